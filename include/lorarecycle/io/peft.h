@@ -1,0 +1,37 @@
+// LoRA adapters on disk.
+//
+// PEFT adapter directory (DESIGN 2.3): adapter_model.safetensors with keys
+//   base_model.model.vision_model.encoder.layers.{i}.self_attn.{q,v}_proj.lora_{A,B}.weight
+// and the classifier head under base_model.model.classifier.{weight,bias} (listed in
+// modules_to_save), plus adapter_config.json (peft_type "LORA", r, lora_alpha, target_modules,
+// layers_to_transform, ...). Unknown config keys are ignored, missing ones take PEFT's defaults
+// (r 8, lora_alpha 8; target modules inferred from the weights). Scaling = lora_alpha / r.
+//
+// Official LoRA-Recycle format: one safetensors file with w_a_000.. / w_b_000.. (index 2l = q_proj,
+// 2l+1 = v_proj of layer l), head fc_512in_{N}out (no bias saved: zeros), scale 1 (alpha = r).
+#pragma once
+
+#include <string>
+
+#include "lorarecycle/model/clip_config.h"
+#include "lorarecycle/model/vit.h"
+
+namespace lorarec::io {
+
+inline constexpr const char* kPeftWeights = "adapter_model.safetensors";
+inline constexpr const char* kPeftConfig = "adapter_config.json";
+
+// Loads a PEFT adapter directory for a ViT of config `vit`. InputError naming the file for a
+// malformed config, a rank that does not match the weights, unknown target modules, wrong shapes,
+// NaN/Inf weights.
+model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit);
+// Writes the directory atomically (weights + config). `base_model` goes into
+// base_model_name_or_path.
+void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model = "");
+
+// The official repo's single-file format.
+model::Lora load_official(const std::string& file, const model::ClipVisionConfig& vit);
+// Writes the official format (q and v adapters of every layer required; head without bias).
+void save_official(const std::string& file, const model::Lora& lora);
+
+}  // namespace lorarec::io

@@ -1,0 +1,175 @@
+// The HF CLIP vision tower (DESIGN 2.1) with LoRA (2.2) and token selection/pruning (2.6),
+// written functionally on ATen: weights are plain tensors, LoRA factors are the only tensors
+// that may require grad. The VFM is frozen everywhere.
+//
+// Thread-safety: forward() is const and may run concurrently on distinct inputs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lorarecycle/model/clip_config.h"
+
+namespace lorarec::model {
+
+// The linear layers of an encoder layer that a LoRA can target (HF names).
+enum class Module { kQ = 0, kK, kV, kOut, kFc1, kFc2 };
+inline constexpr int kNumModules = 6;
+const char* module_name(Module m);                 // "q_proj", ..., "fc2"
+const char* module_path(Module m);                 // "self_attn.q_proj", ..., "mlp.fc2"
+Module parse_module(const std::string& name);      // accepts "q_proj" or "self_attn.q_proj"; InputError otherwise
+
+struct LoraConfig {
+  int r = 4;                                            // rank
+  double alpha = 4;                                     // scale = alpha / r (official code: alpha = r)
+  std::vector<Module> target_modules{Module::kQ, Module::kV};
+  std::vector<int> layers;                              // empty = every layer
+  void validate(const ClipVisionConfig& vit, const std::string& origin) const;
+  double scale() const { return alpha / r; }
+};
+
+// One low-rank adapter: y += scale * B (A x).
+struct Adapter {
+  at::Tensor a;  // [r, in]
+  at::Tensor b;  // [out, r]
+};
+
+// A set of adapters over a ViT plus an optional classifier head on the projected feature.
+class Lora {
+ public:
+  Lora() = default;
+  // Fresh adapters: A kaiming-uniform(a = sqrt(5)) = U(+-1/sqrt(in)), B = 0. float32 on CPU.
+  Lora(const ClipVisionConfig& vit, const LoraConfig& cfg, std::uint64_t seed);
+  // No adapters yet (for loaders, which add them with set()).
+  static Lora empty(const ClipVisionConfig& vit, const LoraConfig& cfg);
+
+  const LoraConfig& config() const { return config_; }
+  double scale() const { return config_.scale(); }
+  // nullptr when (layer, module) has no adapter.
+  const Adapter* find(int layer, Module m) const;
+  Adapter* find(int layer, Module m);
+  // Sets one adapter; shapes are checked against the ViT config (InputError).
+  void set(int layer, Module m, Adapter adapter);
+  const std::map<std::pair<int, int>, Adapter>& adapters() const { return adapters_; }
+
+  // Classifier head Linear(projection_dim -> n_classes, bias). U(+-1/sqrt(in)) init.
+  void init_head(int n_classes, std::uint64_t seed);
+  void set_head(at::Tensor weight, at::Tensor bias);  // [n, proj], [n]
+  bool has_head() const { return head_weight_.defined(); }
+  const at::Tensor& head_weight() const { return head_weight_; }
+  const at::Tensor& head_bias() const { return head_bias_; }
+  at::Tensor head(const at::Tensor& feature) const;  // [B, proj] -> [B, n]
+
+  // The trainable tensors in a fixed order (layer, module, A then B; then head W, b).
+  std::vector<at::Tensor> parameters(bool include_head) const;
+  void set_requires_grad(bool on, bool include_head);
+  void to(const c10::Device& device);
+  int64_t num_parameters(bool include_head) const;
+
+ private:
+  ClipVisionConfig vit_;
+  LoraConfig config_;
+  std::map<std::pair<int, int>, Adapter> adapters_;  // key (layer, module index)
+  at::Tensor head_weight_, head_bias_;
+};
+
+// Options of one forward pass.
+struct ForwardOptions {
+  // Sparse tokens: [B, T] int64 indices of the original patches to feed (each row in any order;
+  // the same T for every image). Undefined = all patches.
+  at::Tensor patch_index;
+  // Token pruning (DESIGN 2.6): (layer, ratio) pairs. After layer l's attention, the
+  // int(ratio * count) patches with the lowest head-averaged CLS attention are dropped.
+  std::vector<std::pair<int, double>> prune;
+  // The last layer computes attention for the CLS query and its MLP for CLS only: exact for the
+  // feature and cheaper. Off = the whole last layer (for checking).
+  bool cls_only_last = true;
+  // Also return the last layer's CLS-attention scores and the keep mask.
+  bool want_scores = false;
+  // Reproduce the official code's bug: the residual of a pruning layer's MLP taken after LN2.
+  bool official_prune_residual = false;
+};
+
+struct ForwardOutput {
+  at::Tensor feature;       // [B, projection_dim] (hidden_size when the file has no projection)
+  at::Tensor patch_index;   // [B, T_final] int64 original indices of the patches that survived
+  at::Tensor patch_scores;  // [B, P] float: last layer's head-averaged CLS attention per original
+                            //   patch, 0 for patches not present at the last layer (want_scores)
+  at::Tensor keep_mask;     // [B, P] bool: patches that survived all pruning (want_scores)
+};
+
+class ClipVision {
+ public:
+  ClipVision() = default;
+
+  // Loads an HF model directory (config.json, preprocessor_config.json, model.safetensors).
+  static ClipVision load(const std::string& dir);
+  // Builds from HF-named tensors (full CLIPModel or CLIPVisionModel; text keys ignored).
+  // Missing keys, unexpected vision keys, wrong shapes and non-finite values: InputError.
+  static ClipVision from_tensors(const ClipVisionConfig& cfg, const std::map<std::string, at::Tensor>& tensors,
+                                 const std::string& origin);
+  // Random weights (HF-like init) for pre-training from scratch and tests.
+  static ClipVision random(const ClipVisionConfig& cfg, std::uint64_t seed);
+
+  // HF-named tensors (CLIPModel vision tower + visual_projection).
+  std::map<std::string, at::Tensor> state_dict() const;
+  // Writes config.json, preprocessor_config.json and model.safetensors into dir (atomically each).
+  void save(const std::string& dir) const;
+
+  const ClipVisionConfig& config() const { return config_; }
+  int feature_dim() const;
+  c10::Device device() const;
+  void to(const c10::Device& device);
+
+  // uint8 images [B, H, W, C] (C = 1 or 3) -> float [B, 3, S, S] normalised with image_mean /
+  // image_std; resized (bicubic) to image_size when H or W differ; 1 channel is repeated.
+  at::Tensor preprocess(const at::Tensor& images_u8) const;
+  // Valid range of normalised pixels per channel: [-mean/std, (1-mean)/std], each [3].
+  std::pair<at::Tensor, at::Tensor> pixel_bounds() const;
+
+  // pixels [B, 3, S, S] normalised -> feature (and more, see ForwardOptions).
+  ForwardOutput forward(const at::Tensor& pixels, const ForwardOptions& opts = {}, const Lora* lora = nullptr) const;
+
+ private:
+  struct Layer {
+    at::Tensor ln1_w, ln1_b, ln2_w, ln2_b;
+    at::Tensor w[kNumModules];  // Module order
+    at::Tensor b[kNumModules];
+  };
+  at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
+
+  ClipVisionConfig config_;
+  at::Tensor patch_w_;   // [D, C, p, p]
+  at::Tensor class_emb_; // [D]
+  at::Tensor pos_emb_;   // [1 + P, D]
+  at::Tensor pre_ln_w_, pre_ln_b_, post_ln_w_, post_ln_b_;
+  at::Tensor proj_;      // [proj, D] or undefined
+  std::vector<Layer> layers_;
+};
+
+// RAII: enables autocast to bf16 on the given device type for its lifetime (CPU or CUDA).
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType type, bool enabled);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType type_;
+  bool enabled_;
+  bool prev_ = false;
+};
+
+// Picks the compute device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when LibTorch has it, device
+// local_rank % count). InputError when CUDA is asked for and absent.
+c10::Device select_device(const std::string& spec, int local_rank);
+
+}  // namespace lorarec::model

@@ -1,0 +1,28 @@
+// Every environment variable the system reads, in one place.
+#pragma once
+
+namespace lorarec::env {
+
+// Launcher detection (read by dist/runtime.cpp).
+inline constexpr const char* kOmpiWorldSize = "OMPI_COMM_WORLD_SIZE";   // set by mpirun (Open MPI)
+inline constexpr const char* kOmpiLocalRank = "OMPI_COMM_WORLD_LOCAL_RANK";
+inline constexpr const char* kPmixRank = "PMIX_RANK";                    // set by srun --mpi=pmix
+inline constexpr const char* kPmiRank = "PMI_RANK";                      // other PMI launchers
+inline constexpr const char* kPmiSize = "PMI_SIZE";
+inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
+inline constexpr const char* kSlurmStepId = "SLURM_STEP_ID";
+inline constexpr const char* kSlurmNtasks = "SLURM_NTASKS";
+inline constexpr const char* kSlurmProcId = "SLURM_PROCID";
+
+// Thread settings: set to 1 per rank at start-up unless the user set them.
+inline constexpr const char* kOpenblasThreads = "OPENBLAS_NUM_THREADS";
+inline constexpr const char* kOmpThreads = "OMP_NUM_THREADS";
+
+// Fault injection for tests: "RANK:WHERE" makes that rank throw at that point
+// (WHERE = "start" after runtime start-up). Never set it in real runs.
+inline constexpr const char* kFaultInject = "LORAREC_FAULT";
+
+// Returns the variable's value or nullptr.
+const char* get(const char* name);
+
+}  // namespace lorarec::env

@@ -1,0 +1,29 @@
+// File-system helpers. Every file the system writes goes to a temporary name in the same
+// directory and is renamed into place when complete, so a crash never leaves a half-written
+// file that a later run would trust.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+namespace lorarec::fs {
+
+namespace stdfs = std::filesystem;
+
+// A temporary sibling name of `target`, unique per process: "<dir>/.<name>.tmp.<pid>".
+stdfs::path temp_sibling(const stdfs::path& target);
+
+// Calls write(tmp) with a temporary sibling path, then renames tmp onto target (atomic on
+// POSIX). On any exception the temporary is removed and the exception re-thrown; the previous
+// `target`, if any, is untouched. Works for files and for directories (a directory target that
+// already exists is replaced: the old one is renamed away first and removed after).
+void write_atomically(const stdfs::path& target, const std::function<void(const stdfs::path&)>& write);
+
+// Whole file as a string; InputError naming the file when it cannot be read.
+std::string read_text(const stdfs::path& path);
+
+// Writes text atomically.
+void write_text(const stdfs::path& path, const std::string& text);
+
+}  // namespace lorarec::fs

@@ -1,0 +1,13 @@
+// Private to the CLI: one entry point per subcommand (one file each).
+#pragma once
+
+namespace lorarec::dist {
+class Runtime;
+}
+
+namespace lorarec::cli {
+
+// argv[0] is the command name. Returns the exit status; throws on error.
+int run_embed(int argc, char** argv, dist::Runtime& runtime);
+
+}  // namespace lorarec::cli

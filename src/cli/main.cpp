@@ -1,0 +1,98 @@
+// lorarecycle: thin main. Parse the command, start the runtime, dispatch, and turn any exception
+// on any rank into one line on stderr + MPI_Abort + a meaningful exit status:
+//   0 ok, 1 run-time failure, 2 bad input or options.
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/util/env.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
+
+namespace {
+
+using lorarec::kExitInput;
+using lorarec::kExitRuntime;
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int, char**, lorarec::dist::Runtime&);
+};
+
+const Command kTable[] = {
+    {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
+};
+
+void usage(std::FILE* out) {
+  std::fprintf(out,
+               "lorarecycle %s: LoRA Recycle (CVPR 2025) for clusters\n\n"
+               "usage: lorarecycle <command> [options]     (lorarecycle <command> --help for its options)\n"
+               "       lorarecycle --version\n\ncommands:\n",
+               LORAREC_VERSION);
+  for (const auto& c : kTable) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(out,
+               "\nRuns alone (world size 1), under mpirun -np N, or under srun --mpi=pmix.\n"
+               "Exit status: 0 ok, 1 run-time failure, 2 bad input or options.\n");
+}
+
+// Test hook (env::kFaultInject = "RANK:start"): that rank throws right after start-up.
+void maybe_inject_fault(int rank) {
+  const char* spec = lorarec::env::get(lorarec::env::kFaultInject);
+  if (spec == nullptr) return;
+  const std::string s = spec;
+  const auto colon = s.find(':');
+  if (colon == std::string::npos) return;
+  if (std::stoi(s.substr(0, colon)) == rank && s.substr(colon + 1) == "start")
+    throw lorarec::RuntimeError("fault injected by " + std::string(lorarec::env::kFaultInject) + "=" + s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? kExitInput : 0;
+  }
+  if (std::strcmp(argv[1], "--version") == 0) {
+    std::printf("lorarecycle %s\n", LORAREC_VERSION);
+    return 0;
+  }
+  const Command* cmd = nullptr;
+  for (const auto& c : kTable)
+    if (std::strcmp(argv[1], c.name) == 0) cmd = &c;
+  if (cmd == nullptr) {
+    std::fprintf(stderr, "lorarecycle: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return kExitInput;
+  }
+
+  std::unique_ptr<lorarec::dist::Runtime> runtime;
+  int rank = -1;
+  int status = 0;
+  try {
+    runtime = std::make_unique<lorarec::dist::Runtime>(&argc, &argv);
+    rank = runtime->rank();
+    maybe_inject_fault(rank);
+    status = cmd->run(argc - 1, argv + 1, *runtime);
+  } catch (const lorarec::InputError& e) {
+    std::fprintf(stderr, "lorarecycle %s: error [rank %d]: %s\n", cmd->name, rank, e.what());
+    status = kExitInput;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "lorarecycle %s: error [rank %d]: LibTorch: %s\n", cmd->name, rank, e.what_without_backtrace());
+    status = kExitRuntime;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lorarecycle %s: error [rank %d]: %s\n", cmd->name, rank, e.what());
+    status = kExitRuntime;
+  }
+  std::fflush(stderr);
+  if (status != 0 && runtime) runtime->abort(status);  // never returns when other ranks exist
+  return status;
+}

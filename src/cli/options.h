@@ -1,0 +1,36 @@
+// Private to the CLI: option groups and the parse step shared by every subcommand.
+//
+// Precedence: command line > config file (--config FILE.ini) > defaults. A config file holds
+// "key = value" lines; keys before any section or under [common] apply to every command, keys
+// under [<command>] to that command only, sections of other commands are skipped. Unknown keys,
+// unknown sections and invalid values are rejected with file:line.
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <string>
+
+namespace lorarec::cli {
+
+namespace po = boost::program_options;
+
+inline const char* kCommands[] = {"embed"};
+
+// Options every command has.
+struct CommonOptions {
+  std::string config;            // INI file merged under the command line
+  std::string log_level = "info";
+  std::string device = "auto";   // auto | cpu | cuda | cuda:N
+  bool bf16 = false;             // bf16 autocast where the device supports it
+  std::string comm = "auto";     // communicator: auto | local | mpi | nccl
+};
+
+po::options_description common_options(CommonOptions& opts);
+
+// Parses argv (argv[0] = the command name) with `desc` (which must include common_options) and
+// the INI file named by --config. Returns false when --help was asked for (help printed on
+// rank 0). Throws InputError for bad options.
+bool parse(const std::string& command, const std::string& usage, int argc, char** argv, po::options_description& desc,
+           CommonOptions& common, int rank);
+
+}  // namespace lorarec::cli

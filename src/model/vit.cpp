@@ -1,0 +1,521 @@
+#include "lorarecycle/model/vit.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "lorarecycle/io/safetensors.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+
+namespace lorarec::model {
+namespace {
+
+constexpr const char* kModuleNames[kNumModules] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
+constexpr const char* kModulePaths[kNumModules] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                   "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+
+// (out, in) features of a module's Linear.
+std::pair<int64_t, int64_t> module_shape(const ClipVisionConfig& c, Module m) {
+  switch (m) {
+    case Module::kFc1: return {c.intermediate_size, c.hidden_size};
+    case Module::kFc2: return {c.hidden_size, c.intermediate_size};
+    default: return {c.hidden_size, c.hidden_size};
+  }
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+at::Generator make_gen(std::uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+at::Tensor uniform(at::IntArrayRef shape, double bound, at::Generator& gen) {
+  return at::empty(shape, at::kFloat).uniform_(-bound, bound, gen);
+}
+at::Tensor normal(at::IntArrayRef shape, double std, at::Generator& gen) {
+  return at::empty(shape, at::kFloat).normal_(0.0, std, gen);
+}
+
+const std::string kVision = "vision_model.";
+const std::string kProjection = "visual_projection.weight";
+
+std::string layer_key(int l, const std::string& rest) {
+  return kVision + "encoder.layers." + std::to_string(l) + "." + rest;
+}
+
+}  // namespace
+
+const char* module_name(Module m) { return kModuleNames[static_cast<int>(m)]; }
+const char* module_path(Module m) { return kModulePaths[static_cast<int>(m)]; }
+
+Module parse_module(const std::string& name) {
+  for (int i = 0; i < kNumModules; ++i)
+    if (name == kModuleNames[i] || name == kModulePaths[i]) return static_cast<Module>(i);
+  throw InputError("unknown LoRA target module '" + name + "' (known: q_proj, k_proj, v_proj, out_proj, fc1, fc2)");
+}
+
+void LoraConfig::validate(const ClipVisionConfig& vit, const std::string& origin) const {
+  if (r <= 0) throw InputError(origin + ": LoRA rank r must be positive, got " + std::to_string(r));
+  if (!(alpha > 0) || !std::isfinite(alpha)) throw InputError(origin + ": lora_alpha must be positive and finite");
+  if (target_modules.empty()) throw InputError(origin + ": no LoRA target modules");
+  for (int l : layers)
+    if (l < 0 || l >= vit.num_hidden_layers)
+      throw InputError(origin + ": LoRA layer " + std::to_string(l) + " outside [0, " +
+                       std::to_string(vit.num_hidden_layers) + ")");
+}
+
+// ---- Lora ------------------------------------------------------------------------------
+
+Lora::Lora(const ClipVisionConfig& vit, const LoraConfig& cfg, std::uint64_t seed) : vit_(vit), config_(cfg) {
+  cfg.validate(vit, "LoRA config");
+  auto gen = make_gen(seed);
+  std::vector<int> layers = cfg.layers;
+  if (layers.empty())
+    for (int l = 0; l < vit.num_hidden_layers; ++l) layers.push_back(l);
+  std::sort(layers.begin(), layers.end());
+  layers.erase(std::unique(layers.begin(), layers.end()), layers.end());
+  config_.layers = layers;
+  for (int l : layers)
+    for (Module m : cfg.target_modules) {
+      const auto [out, in] = module_shape(vit, m);
+      // kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in)
+      adapters_[{l, static_cast<int>(m)}] = Adapter{uniform({cfg.r, in}, 1.0 / std::sqrt(double(in)), gen),
+                                                    at::zeros({out, cfg.r}, at::kFloat)};
+    }
+}
+
+Lora Lora::empty(const ClipVisionConfig& vit, const LoraConfig& cfg) {
+  cfg.validate(vit, "LoRA config");
+  Lora l;
+  l.vit_ = vit;
+  l.config_ = cfg;
+  return l;
+}
+
+const Adapter* Lora::find(int layer, Module m) const {
+  auto it = adapters_.find({layer, static_cast<int>(m)});
+  return it == adapters_.end() ? nullptr : &it->second;
+}
+Adapter* Lora::find(int layer, Module m) {
+  auto it = adapters_.find({layer, static_cast<int>(m)});
+  return it == adapters_.end() ? nullptr : &it->second;
+}
+
+void Lora::set(int layer, Module m, Adapter adapter) {
+  const auto [out, in] = module_shape(vit_, m);
+  const std::string where = std::string("layer ") + std::to_string(layer) + " " + module_name(m);
+  if (layer < 0 || layer >= vit_.num_hidden_layers) throw InputError("LoRA " + where + ": layer out of range");
+  if (adapter.a.dim() != 2 || adapter.a.size(0) != config_.r || adapter.a.size(1) != in)
+    throw InputError("LoRA " + where + ": lora_A has shape " + shape_str(adapter.a.sizes()) + ", expected [" +
+                     std::to_string(config_.r) + ", " + std::to_string(in) + "]");
+  if (adapter.b.dim() != 2 || adapter.b.size(0) != out || adapter.b.size(1) != config_.r)
+    throw InputError("LoRA " + where + ": lora_B has shape " + shape_str(adapter.b.sizes()) + ", expected [" +
+                     std::to_string(out) + ", " + std::to_string(config_.r) + "]");
+  adapters_[{layer, static_cast<int>(m)}] = std::move(adapter);
+}
+
+void Lora::init_head(int n_classes, std::uint64_t seed) {
+  auto gen = make_gen(seed);
+  const double bound = 1.0 / std::sqrt(double(vit_.projection_dim));
+  head_weight_ = uniform({n_classes, vit_.projection_dim}, bound, gen);
+  head_bias_ = uniform({n_classes}, bound, gen);
+}
+
+void Lora::set_head(at::Tensor weight, at::Tensor bias) {
+  if (weight.dim() != 2 || weight.size(1) != vit_.projection_dim)
+    throw InputError("classifier head weight has shape " + shape_str(weight.sizes()) + ", expected [n_classes, " +
+                     std::to_string(vit_.projection_dim) + "]");
+  if (bias.dim() != 1 || bias.size(0) != weight.size(0))
+    throw InputError("classifier head bias has shape " + shape_str(bias.sizes()) + ", expected [" +
+                     std::to_string(weight.size(0)) + "]");
+  head_weight_ = std::move(weight);
+  head_bias_ = std::move(bias);
+}
+
+at::Tensor Lora::head(const at::Tensor& feature) const {
+  LORAREC_CHECK(has_head(), "this LoRA has no classifier head");
+  return at::linear(feature, head_weight_, head_bias_);
+}
+
+std::vector<at::Tensor> Lora::parameters(bool include_head) const {
+  std::vector<at::Tensor> out;
+  for (const auto& [key, ad] : adapters_) {
+    out.push_back(ad.a);
+    out.push_back(ad.b);
+  }
+  if (include_head && has_head()) {
+    out.push_back(head_weight_);
+    out.push_back(head_bias_);
+  }
+  return out;
+}
+
+void Lora::set_requires_grad(bool on, bool include_head) {
+  for (auto& [key, ad] : adapters_) {
+    ad.a.requires_grad_(on);
+    ad.b.requires_grad_(on);
+  }
+  if (include_head && has_head()) {
+    head_weight_.requires_grad_(on);
+    head_bias_.requires_grad_(on);
+  }
+}
+
+void Lora::to(const c10::Device& device) {
+  for (auto& [key, ad] : adapters_) {
+    const bool ga = ad.a.requires_grad(), gb = ad.b.requires_grad();
+    ad.a = ad.a.detach().to(device).requires_grad_(ga);
+    ad.b = ad.b.detach().to(device).requires_grad_(gb);
+  }
+  if (has_head()) {
+    const bool g = head_weight_.requires_grad();
+    head_weight_ = head_weight_.detach().to(device).requires_grad_(g);
+    head_bias_ = head_bias_.detach().to(device).requires_grad_(g);
+  }
+}
+
+int64_t Lora::num_parameters(bool include_head) const {
+  int64_t n = 0;
+  for (const auto& t : parameters(include_head)) n += t.numel();
+  return n;
+}
+
+// ---- ClipVision: loading -----------------------------------------------------------------
+
+ClipVision ClipVision::load(const std::string& dir) {
+  namespace stdfs = std::filesystem;
+  const ClipVisionConfig cfg = load_clip_config(dir);
+  const stdfs::path weights = stdfs::path(dir) / "model.safetensors";
+  if (!stdfs::exists(weights))
+    throw InputError(weights.string() + ": missing (expected HF weights in safetensors format)");
+  const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& [name, info] : file.tensors()) {
+    if (name.rfind("text_model.", 0) == 0 || name.rfind("text_projection.", 0) == 0 || name == "logit_scale") continue;
+    tensors.emplace(name, file.tensor(name));
+  }
+  return from_tensors(cfg, tensors, weights.string());
+}
+
+ClipVision ClipVision::from_tensors(const ClipVisionConfig& cfg, const std::map<std::string, at::Tensor>& tensors,
+                                    const std::string& origin) {
+  cfg.validate(origin);
+  ClipVision m;
+  m.config_ = cfg;
+  std::set<std::string> used;
+  const int64_t D = cfg.hidden_size, I = cfg.intermediate_size, C = cfg.num_channels, p = cfg.patch_size;
+  auto take = [&](const std::string& key, std::vector<int64_t> shape) -> at::Tensor {
+    auto it = tensors.find(key);
+    if (it == tensors.end()) throw InputError(origin + ": missing tensor '" + key + "'");
+    used.insert(key);
+    const at::Tensor& t = it->second;
+    if (!at::isFloatingType(t.scalar_type()))
+      throw InputError(origin + ": tensor '" + key + "' has non-float dtype " + std::string(c10::toString(t.scalar_type())));
+    if (t.sizes() != at::IntArrayRef(shape))
+      throw InputError(origin + ": tensor '" + key + "' has shape " + shape_str(t.sizes()) + ", the config implies " +
+                       shape_str(shape));
+    at::Tensor f = t.to(at::kFloat);
+    if (!at::isfinite(f).all().item<bool>()) throw InputError(origin + ": tensor '" + key + "' holds NaN or Inf");
+    return f;
+  };
+  m.patch_w_ = take(kVision + "embeddings.patch_embedding.weight", {D, C, p, p});
+  m.class_emb_ = take(kVision + "embeddings.class_embedding", {D});
+  m.pos_emb_ = take(kVision + "embeddings.position_embedding.weight", {cfg.num_patches() + 1, D});
+  m.pre_ln_w_ = take(kVision + "pre_layrnorm.weight", {D});
+  m.pre_ln_b_ = take(kVision + "pre_layrnorm.bias", {D});
+  m.post_ln_w_ = take(kVision + "post_layernorm.weight", {D});
+  m.post_ln_b_ = take(kVision + "post_layernorm.bias", {D});
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    Layer layer;
+    layer.ln1_w = take(layer_key(l, "layer_norm1.weight"), {D});
+    layer.ln1_b = take(layer_key(l, "layer_norm1.bias"), {D});
+    layer.ln2_w = take(layer_key(l, "layer_norm2.weight"), {D});
+    layer.ln2_b = take(layer_key(l, "layer_norm2.bias"), {D});
+    for (int i = 0; i < kNumModules; ++i) {
+      const auto [out, in] = module_shape(cfg, static_cast<Module>(i));
+      layer.w[i] = take(layer_key(l, std::string(kModulePaths[i]) + ".weight"), {out, in});
+      layer.b[i] = take(layer_key(l, std::string(kModulePaths[i]) + ".bias"), {out});
+    }
+    m.layers_.push_back(std::move(layer));
+  }
+  (void)I;
+  if (tensors.count(kProjection)) {
+    m.proj_ = take(kProjection, {cfg.projection_dim, D});
+  }
+  for (const auto& [key, t] : tensors) {
+    if (used.count(key) || key == kVision + "embeddings.position_ids") continue;
+    if (key.rfind("text_model.", 0) == 0 || key.rfind("text_projection.", 0) == 0 || key == "logit_scale") continue;
+    throw InputError(origin + ": unexpected tensor '" + key + "' (does config.json match the weights?)");
+  }
+  return m;
+}
+
+ClipVision ClipVision::random(const ClipVisionConfig& cfg, std::uint64_t seed) {
+  cfg.validate("random ViT config");
+  auto gen = make_gen(seed);
+  const int64_t D = cfg.hidden_size, C = cfg.num_channels, p = cfg.patch_size;
+  constexpr double kStd = 0.02;
+  ClipVision m;
+  m.config_ = cfg;
+  m.patch_w_ = normal({D, C, p, p}, kStd, gen);
+  m.class_emb_ = normal({D}, kStd, gen);
+  m.pos_emb_ = normal({cfg.num_patches() + 1, D}, kStd, gen);
+  m.pre_ln_w_ = at::ones({D});
+  m.pre_ln_b_ = at::zeros({D});
+  m.post_ln_w_ = at::ones({D});
+  m.post_ln_b_ = at::zeros({D});
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    Layer layer;
+    layer.ln1_w = at::ones({D});
+    layer.ln1_b = at::zeros({D});
+    layer.ln2_w = at::ones({D});
+    layer.ln2_b = at::zeros({D});
+    for (int i = 0; i < kNumModules; ++i) {
+      const auto [out, in] = module_shape(cfg, static_cast<Module>(i));
+      layer.w[i] = normal({out, in}, kStd, gen);
+      layer.b[i] = at::zeros({out});
+    }
+    m.layers_.push_back(std::move(layer));
+  }
+  m.proj_ = normal({cfg.projection_dim, D}, kStd, gen);
+  return m;
+}
+
+std::map<std::string, at::Tensor> ClipVision::state_dict() const {
+  std::map<std::string, at::Tensor> out;
+  out[kVision + "embeddings.patch_embedding.weight"] = patch_w_;
+  out[kVision + "embeddings.class_embedding"] = class_emb_;
+  out[kVision + "embeddings.position_embedding.weight"] = pos_emb_;
+  out[kVision + "pre_layrnorm.weight"] = pre_ln_w_;
+  out[kVision + "pre_layrnorm.bias"] = pre_ln_b_;
+  out[kVision + "post_layernorm.weight"] = post_ln_w_;
+  out[kVision + "post_layernorm.bias"] = post_ln_b_;
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+    const Layer& layer = layers_[l];
+    out[layer_key(l, "layer_norm1.weight")] = layer.ln1_w;
+    out[layer_key(l, "layer_norm1.bias")] = layer.ln1_b;
+    out[layer_key(l, "layer_norm2.weight")] = layer.ln2_w;
+    out[layer_key(l, "layer_norm2.bias")] = layer.ln2_b;
+    for (int i = 0; i < kNumModules; ++i) {
+      out[layer_key(l, std::string(kModulePaths[i]) + ".weight")] = layer.w[i];
+      out[layer_key(l, std::string(kModulePaths[i]) + ".bias")] = layer.b[i];
+    }
+  }
+  if (proj_.defined()) out[kProjection] = proj_;
+  return out;
+}
+
+void ClipVision::save(const std::string& dir) const {
+  namespace stdfs = std::filesystem;
+  std::error_code ec;
+  stdfs::create_directories(dir, ec);
+  if (ec) throw RuntimeError("cannot create directory '" + dir + "': " + ec.message());
+  io::save_safetensors((stdfs::path(dir) / "model.safetensors").string(), state_dict(),
+                       {{"format", "pt"}, {"producer", "lorarecycle"}});
+  fs::write_text(stdfs::path(dir) / "config.json", to_config_json(config_));
+  fs::write_text(stdfs::path(dir) / "preprocessor_config.json", to_preprocessor_json(config_));
+}
+
+int ClipVision::feature_dim() const { return proj_.defined() ? config_.projection_dim : config_.hidden_size; }
+
+c10::Device ClipVision::device() const { return patch_w_.defined() ? patch_w_.device() : c10::Device(at::kCPU); }
+
+void ClipVision::to(const c10::Device& device) {
+  auto mv = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device);
+  };
+  mv(patch_w_), mv(class_emb_), mv(pos_emb_), mv(pre_ln_w_), mv(pre_ln_b_), mv(post_ln_w_), mv(post_ln_b_), mv(proj_);
+  for (Layer& layer : layers_) {
+    mv(layer.ln1_w), mv(layer.ln1_b), mv(layer.ln2_w), mv(layer.ln2_b);
+    for (int i = 0; i < kNumModules; ++i) mv(layer.w[i]), mv(layer.b[i]);
+  }
+}
+
+// ---- ClipVision: pixels -------------------------------------------------------------------
+
+at::Tensor ClipVision::preprocess(const at::Tensor& images) const {
+  if (images.dim() != 4) throw InputError("images must be [N, H, W, C], got " + shape_str(images.sizes()));
+  if (images.scalar_type() != at::kByte) throw InputError("images must be uint8");
+  const int64_t c = images.size(3);
+  if (c != 1 && c != config_.num_channels)
+    throw InputError("images have " + std::to_string(c) + " channels; the model takes " +
+                     std::to_string(config_.num_channels) + " (or 1, repeated)");
+  at::Tensor x = images.to(device()).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
+  if (c == 1 && config_.num_channels != 1) x = x.expand({-1, config_.num_channels, -1, -1});
+  const int64_t s = config_.image_size;
+  if (x.size(2) != s || x.size(3) != s) x = at::upsample_bicubic2d(x, {s, s}, false).clamp_(0.0, 1.0);
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device());
+  std::vector<float> mean(config_.image_mean.begin(), config_.image_mean.end());
+  std::vector<float> std(config_.image_std.begin(), config_.image_std.end());
+  mean.resize(config_.num_channels, mean.back());
+  std.resize(config_.num_channels, std.back());
+  const at::Tensor m = at::tensor(mean, at::kFloat).to(opts.device()).view({1, -1, 1, 1});
+  const at::Tensor d = at::tensor(std, at::kFloat).to(opts.device()).view({1, -1, 1, 1});
+  return ((x - m) / d).contiguous();
+}
+
+std::pair<at::Tensor, at::Tensor> ClipVision::pixel_bounds() const {
+  std::vector<float> lo, hi;
+  for (int i = 0; i < 3; ++i) {
+    lo.push_back(float(-config_.image_mean[i] / config_.image_std[i]));
+    hi.push_back(float((1.0 - config_.image_mean[i]) / config_.image_std[i]));
+  }
+  return {at::tensor(lo, at::kFloat).to(device()), at::tensor(hi, at::kFloat).to(device())};
+}
+
+// ---- ClipVision: forward --------------------------------------------------------------------
+
+at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const {
+  const int i = static_cast<int>(m);
+  at::Tensor y = at::linear(x, layers_[layer].w[i], layers_[layer].b[i]);
+  if (lora != nullptr)
+    if (const Adapter* ad = lora->find(layer, m)) y = y + lora->scale() * at::linear(at::linear(x, ad->a), ad->b);
+  return y;
+}
+
+ForwardOutput ClipVision::forward(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
+  const ClipVisionConfig& c = config_;
+  const int64_t S = c.image_size, C = c.num_channels, p = c.patch_size, g = c.grid(), P = c.num_patches();
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim(), L = c.num_hidden_layers;
+  if (pixels.dim() != 4 || pixels.size(1) != C || pixels.size(2) != S || pixels.size(3) != S)
+    throw InputError("pixels must be [B, " + std::to_string(C) + ", " + std::to_string(S) + ", " + std::to_string(S) +
+                     "], got " + shape_str(pixels.sizes()));
+  const int64_t B = pixels.size(0);
+  std::map<int, double> prune;
+  for (const auto& [l, r] : opts.prune) {
+    if (l < 0 || l >= L) throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
+    if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
+    prune[l] = r;
+  }
+  const bool track = opts.patch_index.defined() || !prune.empty() || opts.want_scores;
+
+  // Patch embedding as a matmul over unfolded patches (= the stride-p conv without bias), on the
+  // kept patches only.
+  at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, P, C * p * p});
+  at::Tensor index;  // [B, T] int64 original patch indices of the current tokens
+  if (opts.patch_index.defined()) {
+    const at::Tensor& pi = opts.patch_index;
+    if (pi.dim() != 2 || pi.size(0) != B || pi.size(1) < 1 || pi.size(1) > P)
+      throw InputError("patch_index must be [B, T] with 1 <= T <= " + std::to_string(P) + ", got " + shape_str(pi.sizes()));
+    index = pi.to(pixels.device(), at::kLong);
+    if (index.min().item<int64_t>() < 0 || index.max().item<int64_t>() >= P)
+      throw InputError("patch_index holds values outside [0, " + std::to_string(P) + ")");
+    patches = at::gather(patches, 1, index.unsqueeze(-1).expand({B, index.size(1), C * p * p}));
+  } else if (track) {
+    index = at::arange(P, at::TensorOptions().dtype(at::kLong).device(pixels.device())).unsqueeze(0).expand({B, P});
+  }
+  at::Tensor x = at::matmul(patches, patch_w_.reshape({D, C * p * p}).t());  // [B, T, D]
+  if (index.defined())
+    x = x + pos_emb_.index_select(0, (index + 1).reshape({-1})).view({B, index.size(1), D});
+  else
+    x = x + pos_emb_.slice(0, 1).unsqueeze(0);
+  const at::Tensor cls = (class_emb_ + pos_emb_[0]).view({1, 1, D}).expand({B, 1, D});
+  x = at::cat({cls, x}, 1);
+  x = at::layer_norm(x, {D}, pre_ln_w_, pre_ln_b_, c.layer_norm_eps);
+
+  at::Tensor last_scores, last_index;
+  const double scale = 1.0 / std::sqrt(double(dh));
+  for (int l = 0; l < L; ++l) {
+    const Layer& ly = layers_[l];
+    const bool last = (l == L - 1);
+    const bool cls_only = last && opts.cls_only_last;
+    const int64_t T = x.size(1);
+    // Attention (HF CLIPAttention: q scaled after projection, softmax over keys).
+    const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);
+    const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
+    const int64_t Tq = hq.size(1);
+    const at::Tensor q = (linear(hq, l, Module::kQ, lora) * scale).view({B, Tq, H, dh}).transpose(1, 2);
+    const at::Tensor k = linear(h, l, Module::kK, lora).view({B, T, H, dh}).transpose(1, 2);
+    const at::Tensor v = linear(h, l, Module::kV, lora).view({B, T, H, dh}).transpose(1, 2);
+    const at::Tensor attn = at::softmax(at::matmul(q, k.transpose(-2, -1)), -1);  // [B, H, Tq, T]
+    at::Tensor o = at::matmul(attn, v).transpose(1, 2).reshape({B, Tq, D});
+    o = linear(o, l, Module::kOut, lora);
+    x = (cls_only ? x.slice(1, 0, 1) : x) + o;
+
+    const auto pr = prune.find(l);
+    const bool want_last = last && opts.want_scores;
+    if (pr != prune.end() || want_last) {
+      // Head-averaged attention of the CLS query on each patch token: [B, T - 1].
+      const at::Tensor s = attn.select(2, 0).slice(-1, 1).mean(1);
+      if (want_last) {
+        last_scores = s.detach();
+        last_index = index;
+      }
+      const int64_t n = T - 1;
+      const int64_t drop = pr != prune.end() ? static_cast<int64_t>(pr->second * double(n)) : 0;
+      if (drop > 0 && n - drop >= 1) {
+        const at::Tensor keep = std::get<0>(std::get<1>(at::topk(s, n - drop, -1)).sort(-1));  // order kept
+        index = at::gather(index, 1, keep);
+        if (!cls_only)
+          x = at::cat({x.slice(1, 0, 1), at::gather(x.slice(1, 1), 1, keep.unsqueeze(-1).expand({B, n - drop, D}))}, 1);
+      }
+    }
+    // MLP.
+    const at::Tensor h2 = at::layer_norm(x, {D}, ly.ln2_w, ly.ln2_b, c.layer_norm_eps);
+    at::Tensor m = linear(h2, l, Module::kFc1, lora);
+    m = c.hidden_act == Activation::kQuickGelu ? m * at::sigmoid(1.702 * m) : at::gelu(m);
+    m = linear(m, l, Module::kFc2, lora);
+    x = (opts.official_prune_residual && pr != prune.end()) ? h2 + m : x + m;
+  }
+  ForwardOutput out;
+  at::Tensor pooled = at::layer_norm(x.select(1, 0), {D}, post_ln_w_, post_ln_b_, c.layer_norm_eps);
+  out.feature = proj_.defined() ? at::matmul(pooled, proj_.t()) : pooled;
+  if (track) out.patch_index = index;
+  if (opts.want_scores) {
+    const auto fopts = at::TensorOptions().device(pixels.device());
+    out.patch_scores = at::zeros({B, P}, fopts.dtype(last_scores.scalar_type())).scatter_(1, last_index, last_scores);
+    out.keep_mask = at::zeros({B, P}, fopts.dtype(at::kBool))
+                        .scatter_(1, index, at::ones(index.sizes(), fopts.dtype(at::kBool)));
+  }
+  return out;
+}
+
+// ---- device and precision -------------------------------------------------------------------
+
+AutocastScope::AutocastScope(c10::DeviceType type, bool enabled) : type_(type), enabled_(enabled) {
+  if (!enabled_) return;
+  if (type_ == c10::DeviceType::CUDA) {
+    prev_ = at::autocast::is_enabled();
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+  } else {
+    prev_ = at::autocast::is_cpu_enabled();
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+  }
+}
+
+AutocastScope::~AutocastScope() {
+  if (!enabled_) return;
+  if (type_ == c10::DeviceType::CUDA)
+    at::autocast::set_enabled(prev_);
+  else
+    at::autocast::set_cpu_enabled(prev_);
+  at::autocast::clear_cache();
+}
+
+c10::Device select_device(const std::string& spec, int local_rank) {
+  const bool has_cuda = at::hasCUDA();
+  if (spec == "cpu") return c10::Device(at::kCPU);
+  if (spec == "auto") {
+    if (!has_cuda) return c10::Device(at::kCPU);
+    const int n = static_cast<int>(at::getNumGPUs());
+    return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
+  }
+  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
+    if (!has_cuda) throw InputError("device '" + spec + "' asked for, but this LibTorch build has no CUDA (or no GPU is visible)");
+    if (spec == "cuda") return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % at::getNumGPUs()));
+    return c10::Device(spec);
+  }
+  throw InputError("unknown device '" + spec + "' (expected auto, cpu, cuda or cuda:N)");
+}
+
+}  // namespace lorarec::model

@@ -1,0 +1,62 @@
+#include "lorarecycle/util/fs.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "lorarecycle/util/error.h"
+
+namespace lorarec::fs {
+
+stdfs::path temp_sibling(const stdfs::path& target) {
+  const stdfs::path dir = target.has_parent_path() ? target.parent_path() : stdfs::path(".");
+  return dir / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()));
+}
+
+void write_atomically(const stdfs::path& target, const std::function<void(const stdfs::path&)>& write) {
+  const stdfs::path tmp = temp_sibling(target);
+  std::error_code ec;
+  stdfs::remove_all(tmp, ec);
+  try {
+    write(tmp);
+    if (stdfs::is_directory(tmp) && stdfs::exists(target)) {
+      const stdfs::path old = temp_sibling(target).string() + ".old";
+      stdfs::remove_all(old, ec);
+      stdfs::rename(target, old);
+      stdfs::rename(tmp, target);
+      stdfs::remove_all(old, ec);
+    } else {
+      stdfs::rename(tmp, target);
+    }
+  } catch (const stdfs::filesystem_error& e) {
+    stdfs::remove_all(tmp, ec);
+    throw RuntimeError("cannot write '" + target.string() + "': " + e.code().message());
+  } catch (...) {
+    stdfs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+std::string read_text(const stdfs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError("cannot open '" + path.string() + "': " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw InputError("cannot read '" + path.string() + "'");
+  return ss.str();
+}
+
+void write_text(const stdfs::path& path, const std::string& text) {
+  write_atomically(path, [&](const stdfs::path& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw RuntimeError("cannot create '" + tmp.string() + "': " + std::strerror(errno));
+    out << text;
+    out.flush();
+    if (!out) throw RuntimeError("write failed for '" + tmp.string() + "': " + std::strerror(errno));
+  });
+}
+
+}  // namespace lorarec::fs

@@ -1,0 +1,51 @@
+#include "lorarecycle/util/ini.h"
+
+#include <cstdlib>
+#include <sstream>
+
+#include "lorarecycle/util/env.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+
+namespace lorarec {
+
+const char* env::get(const char* name) { return std::getenv(name); }
+
+namespace ini {
+namespace {
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r");
+  return s.substr(b, e - b + 1);
+}
+}  // namespace
+
+std::vector<Entry> parse(const std::string& text, const std::string& origin) {
+  std::vector<Entry> out;
+  std::istringstream in(text);
+  std::string raw, section;
+  int line_no = 0;
+  while (std::getline(in, raw)) {
+    ++line_no;
+    const std::string line = trim(raw);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    const std::string where = origin + ":" + std::to_string(line_no);
+    if (line.front() == '[') {
+      if (line.back() != ']' || line.size() < 3) throw InputError(where + ": malformed section header '" + line + "'");
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) throw InputError(where + ": expected 'key = value', got '" + line + "'");
+    Entry e{section, trim(line.substr(0, eq)), trim(line.substr(eq + 1)), line_no};
+    if (e.key.empty()) throw InputError(where + ": empty key");
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<Entry> read(const std::string& path) { return parse(fs::read_text(path), path); }
+
+}  // namespace ini
+}  // namespace lorarec
