@@ -1,0 +1,288 @@
+#include "lorarecycle/model/vit.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "lorarecycle/util/error.h"
+#include "test_util.h"
+
+namespace lorarec::model {
+namespace {
+
+using test::kFloatTol;
+using test::rel_error;
+
+// A random ViT with non-trivial LayerNorm parameters and biases (the HF-like init has LN = 1/0).
+ClipVision random_vit(Activation act = Activation::kQuickGelu) {
+  ClipVision v = ClipVision::random(test::tiny_config(act), 5);
+  auto sd = v.state_dict();
+  at::manual_seed(9);
+  for (auto& [k, t] : sd) t = t + 0.05 * at::randn(t.sizes());
+  return ClipVision::from_tensors(v.config(), sd, "perturbed");
+}
+
+at::Tensor pixels(int64_t b, std::uint64_t seed = 1) {
+  at::manual_seed(seed);
+  return at::randn({b, 3, 16, 16});
+}
+
+Lora nonzero_lora(const ClipVisionConfig& c) {
+  LoraConfig lc;
+  lc.r = 2;
+  lc.alpha = 3;
+  Lora l(c, lc, 4);
+  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  return l;
+}
+
+TEST(Lora, InitialisationFollowsThePaper) {
+  const auto c = test::tiny_config();
+  Lora l(c, LoraConfig{}, 1);
+  EXPECT_EQ(l.adapters().size(), 2u * c.num_hidden_layers);
+  EXPECT_EQ(l.num_parameters(false), 2 * c.num_hidden_layers * 2 * c.hidden_size * 4);
+  for (const auto& [key, ad] : l.adapters()) {
+    EXPECT_TRUE(at::equal(ad.b, at::zeros_like(ad.b)));
+    EXPECT_LE(ad.a.abs().max().item<double>(), 1.0 / std::sqrt(double(c.hidden_size)));
+    EXPECT_GT(ad.a.abs().max().item<double>(), 0.5 / std::sqrt(double(c.hidden_size)));
+  }
+}
+
+TEST(Lora, CountMatchesThePaperForB16) {
+  ClipVisionConfig b16;  // HF defaults + patch 16: ViT-B/16
+  b16.patch_size = 16;
+  EXPECT_EQ(Lora(b16, LoraConfig{}, 1).num_parameters(false), 147456);
+}
+
+TEST(Vit, LoraWithZeroBEqualsTheBaseModel) {
+  const ClipVision v = random_vit();
+  const Lora l(v.config(), LoraConfig{}, 3);
+  const at::Tensor x = pixels(3);
+  EXPECT_TRUE(at::equal(v.forward(x).feature, v.forward(x, {}, &l).feature));
+}
+
+TEST(Vit, LoraEqualsMergedWeights) {
+  // y = W x + b + s B A x  ==  (W + s B A) x + b: compare against a model with merged weights.
+  const ClipVision v = random_vit();
+  const Lora l = nonzero_lora(v.config());
+  auto sd = v.state_dict();
+  for (const auto& [key, ad] : l.adapters()) {
+    const std::string name = "vision_model.encoder.layers." + std::to_string(key.first) + "." +
+                             module_path(static_cast<Module>(key.second)) + ".weight";
+    sd[name] = sd[name] + l.scale() * at::matmul(ad.b, ad.a);
+  }
+  const ClipVision merged = ClipVision::from_tensors(v.config(), sd, "merged");
+  const at::Tensor x = pixels(2);
+  const at::Tensor a = v.forward(x, {}, &l).feature, b = merged.forward(x).feature;
+  EXPECT_LT(rel_error(a, b), kFloatTol);
+  EXPECT_GT(rel_error(a, v.forward(x).feature), 1e-3) << "the LoRA should change the feature";
+}
+
+TEST(Vit, ClsOnlyLastLayerEqualsTheFullLastLayer) {
+  const ClipVision v = random_vit(Activation::kGelu);
+  const at::Tensor x = pixels(4);
+  ForwardOptions full;
+  full.cls_only_last = false;
+  EXPECT_LT(rel_error(v.forward(x).feature, v.forward(x, full).feature), kFloatTol);
+}
+
+TEST(Vit, PruningWithRatioZeroEqualsDense) {
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(3);
+  ForwardOptions o;
+  o.prune = {{0, 0.0}, {1, 0.0}, {2, 0.0}};
+  o.want_scores = true;
+  const ForwardOutput r = v.forward(x, o);
+  EXPECT_TRUE(at::equal(r.feature, v.forward(x).feature));
+  EXPECT_TRUE(r.keep_mask.all().item<bool>());
+  EXPECT_EQ(r.patch_index.size(1), v.config().num_patches());
+}
+
+TEST(Vit, SparseInputWithAllTokensEqualsDenseInAnyOrder) {
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(3);
+  const int64_t P = v.config().num_patches();
+  const at::Tensor dense = v.forward(x).feature;
+  ForwardOptions o;
+  o.patch_index = at::arange(P, at::kLong).unsqueeze(0).repeat({3, 1});
+  EXPECT_LT(rel_error(v.forward(x, o).feature, dense), kFloatTol);
+  o.patch_index = at::stack({at::randperm(P, at::kLong), at::randperm(P, at::kLong), at::randperm(P, at::kLong)});
+  EXPECT_LT(rel_error(v.forward(x, o).feature, dense), kFloatTol) << "tokens carry their own position embeddings";
+}
+
+TEST(Vit, SparseInputEqualsZeroingNothingButDropsTokens) {
+  // A subset of patches differs from dense, and equals the per-image forward of the same subset.
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  ForwardOptions o;
+  o.patch_index = at::tensor({0, 3, 5, 9, 10, 15, 1, 2, 4, 6, 7, 8}, at::kLong).view({2, 6});
+  const at::Tensor batched = v.forward(x, o).feature;
+  EXPECT_GT(rel_error(batched, v.forward(x).feature), 1e-3);
+  for (int i = 0; i < 2; ++i) {
+    ForwardOptions one;
+    one.patch_index = o.patch_index.slice(0, i, i + 1);
+    EXPECT_LT(rel_error(v.forward(x.slice(0, i, i + 1), one).feature, batched.slice(0, i, i + 1)), kFloatTol);
+  }
+}
+
+// Plain reference of pruning at layer l for one image: the layer run densely, the kept set
+// chosen by a sort of the head-averaged CLS attention, then the rest of the network on it.
+TEST(Vit, PruningKeepsTheHighestScoringPatchesInOrderAndMatchesPerImageRuns) {
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(3, 4);
+  ForwardOptions o;
+  o.prune = {{1, 0.5}, {2, 0.25}};
+  o.want_scores = true;
+  const ForwardOutput r = v.forward(x, o);
+  const int64_t P = v.config().num_patches();
+  // 16 -> drop 8 at layer 1 -> 8 -> drop 2 at layer 2 -> 6
+  EXPECT_EQ(r.patch_index.size(1), 6);
+  EXPECT_TRUE(at::equal(r.keep_mask.sum(1), at::full({3}, 6, at::kLong)));
+  // Survivors keep their original order.
+  EXPECT_TRUE(at::equal(r.patch_index, std::get<0>(r.patch_index.sort(1))));
+  // The last layer's pruning keeps the top scores of that layer among the 8 present patches.
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor present = r.patch_scores[i] > 0;
+    EXPECT_EQ(present.sum().item<int64_t>(), 8);
+    const at::Tensor s = r.patch_scores[i].masked_fill(~present, -1.0);
+    const at::Tensor top = std::get<0>(std::get<1>(s.topk(6)).sort());
+    EXPECT_TRUE(at::equal(top, r.patch_index[i])) << i;
+  }
+  // Batched = per image.
+  for (int i = 0; i < 3; ++i) {
+    const ForwardOutput one = v.forward(x.slice(0, i, i + 1), o);
+    EXPECT_LT(rel_error(one.feature, r.feature.slice(0, i, i + 1)), kFloatTol);
+    EXPECT_TRUE(at::equal(one.patch_index, r.patch_index.slice(0, i, i + 1)));
+  }
+  // Pruning at the last layer does not change the feature (only CLS matters there).
+  ForwardOptions last;
+  last.prune = {{2, 0.75}};
+  EXPECT_LT(rel_error(v.forward(x, last).feature, v.forward(x).feature), kFloatTol);
+  // Scores: a probability row restricted to patches, so in (0, 1].
+  EXPECT_LE(r.patch_scores.sum(1).max().item<double>(), 1.0 + 1e-6);
+  (void)P;
+}
+
+TEST(Vit, ScoresAtTheLastLayerEqualAFullForwardComputation) {
+  // cls-only last layer vs the full last layer: the CLS attention row is the same.
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  ForwardOptions a, b;
+  a.want_scores = b.want_scores = true;
+  b.cls_only_last = false;
+  EXPECT_LT(rel_error(v.forward(x, a).patch_scores, v.forward(x, b).patch_scores), kFloatTol);
+}
+
+TEST(Vit, OfficialResidualBugIsOptIn) {
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  ForwardOptions fixed, bug;
+  fixed.prune = bug.prune = {{0, 0.25}};
+  bug.official_prune_residual = true;
+  EXPECT_GT(rel_error(v.forward(x, bug).feature, v.forward(x, fixed).feature), 1e-3);
+}
+
+TEST(Vit, BadInputsAreRejected) {
+  const ClipVision v = random_vit();
+  EXPECT_THROW(v.forward(at::randn({1, 3, 8, 8})), InputError);
+  ForwardOptions o;
+  o.prune = {{7, 0.5}};
+  EXPECT_THROW(v.forward(pixels(1), o), InputError);
+  o.prune = {{0, 1.0}};
+  EXPECT_THROW(v.forward(pixels(1), o), InputError);
+  ForwardOptions s;
+  s.patch_index = at::tensor({0, 16}, at::kLong).view({1, 2});
+  EXPECT_THROW(v.forward(pixels(1), s), InputError);
+}
+
+TEST(Vit, SaveAndLoadInHfFormatRoundTrips) {
+  test::TempDir dir;
+  const ClipVision v = random_vit(Activation::kGelu);
+  v.save(dir.file("m"));
+  const ClipVision r = ClipVision::load(dir.file("m"));
+  EXPECT_EQ(r.config().hidden_act, Activation::kGelu);
+  const at::Tensor x = pixels(2);
+  EXPECT_TRUE(at::equal(v.forward(x).feature, r.forward(x).feature));
+}
+
+TEST(Vit, LoaderRejectsMissingUnexpectedWrongShapeAndNanTensors) {
+  const ClipVision v = random_vit();
+  const auto good = v.state_dict();
+  auto expect_error = [&](std::map<std::string, at::Tensor> sd, const std::string& needle) {
+    try {
+      ClipVision::from_tensors(v.config(), sd, "file.safetensors");
+      FAIL() << "accepted; expected " << needle;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  auto sd = good;
+  sd.erase("vision_model.post_layernorm.bias");
+  expect_error(sd, "missing tensor 'vision_model.post_layernorm.bias'");
+  sd = good;
+  sd["vision_model.encoder.layers.9.mlp.fc1.bias"] = at::zeros({64});
+  expect_error(sd, "unexpected tensor");
+  sd = good;
+  sd["vision_model.encoder.layers.0.mlp.fc1.weight"] = at::zeros({64, 31});
+  expect_error(sd, "has shape [64, 31], the config implies [64, 32]");
+  sd = good;
+  sd["vision_model.pre_layrnorm.weight"] = at::full({32}, NAN);
+  expect_error(sd, "NaN");
+  sd = good;  // text tower and position_ids are ignored
+  sd["text_model.embeddings.token_embedding.weight"] = at::zeros({3, 3});
+  sd["vision_model.embeddings.position_ids"] = at::arange(17, at::kLong);
+  EXPECT_NO_THROW(ClipVision::from_tensors(v.config(), sd, "ok"));
+}
+
+TEST(Vit, PreprocessNormalisesResizesAndRepeatsGray) {
+  const ClipVision v = random_vit();
+  const at::Tensor img = at::full({1, 16, 16, 3}, 255, at::kByte);
+  const at::Tensor p = v.preprocess(img);
+  const auto [lo, hi] = v.pixel_bounds();
+  EXPECT_LT(rel_error(p[0].amax({1, 2}), hi), 1e-6);
+  EXPECT_EQ(v.preprocess(at::zeros({2, 8, 8, 1}, at::kByte)).sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
+  EXPECT_LT(rel_error(v.preprocess(at::zeros({1, 8, 8, 1}, at::kByte))[0].amin({1, 2}), lo), 1e-6);
+  EXPECT_THROW(v.preprocess(at::zeros({1, 16, 16, 2}, at::kByte)), InputError);
+}
+
+TEST(Vit, Bf16AutocastRunsAndStaysClose) {
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  at::Tensor f;
+  {
+    AutocastScope scope(c10::DeviceType::CPU, true);
+    f = v.forward(x).feature;
+  }
+  EXPECT_LT(rel_error(f.to(at::kFloat), v.forward(x).feature), 0.1);
+}
+
+TEST(Vit, GradientsFlowToLoraOnly) {
+  const ClipVision v = random_vit();
+  Lora l = nonzero_lora(v.config());
+  l.init_head(3, 1);
+  l.set_requires_grad(true, true);
+  const at::Tensor loss = l.head(v.forward(pixels(2), {}, &l).feature).pow(2).sum();
+  loss.backward();
+  for (const auto& p : l.parameters(true)) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
+TEST(Device, CudaIsRefusedClearlyWithoutIt) {
+  if (at::hasCUDA()) GTEST_SKIP() << "CUDA present: nothing to refuse";
+  EXPECT_THROW(select_device("cuda", 0), InputError);
+  EXPECT_EQ(select_device("auto", 1).type(), c10::DeviceType::CPU);
+  EXPECT_THROW(select_device("tpu", 0), InputError);
+}
+
+TEST(Device, ForwardOnCudaMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA in this LibTorch build or no GPU";
+  ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  const at::Tensor cpu = v.forward(x).feature;
+  v.to(select_device("cuda", 0));
+  EXPECT_LT(rel_error(v.forward(x.cuda()).feature.cpu(), cpu), 1e-4);
+}
+
+}  // namespace
+}  // namespace lorarec::model
