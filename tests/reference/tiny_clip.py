@@ -62,13 +62,17 @@ def st_read(path):
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=32,
             patch_size=8, layer_norm_eps=1e-5, num_channels=3)
-PROJ = 24
+# The shapes of openai/clip-vit-base-patch16's vision tower.
+B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
+           patch_size=16, layer_norm_eps=1e-5, num_channels=3)
+PRESETS = {"tiny": (TINY, 24), "b16": (B16, 512)}
 
 
 def make_model(args):
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.dir, exist_ok=True)
-    v = dict(TINY, hidden_act=args.act)
+    base, PROJ = PRESETS[args.preset]
+    v = dict(base, hidden_act=args.act)
     # The real openai/clip-vit-base-patch16 layout: CLIPConfig, vision_config nested, projection_dim on top.
     cfg = {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": PROJ,
            "text_config": {"hidden_size": 32, "vocab_size": 100}, "vision_config": dict(v, projection_dim=PROJ,
@@ -78,7 +82,8 @@ def make_model(args):
               open(os.path.join(args.dir, "preprocessor_config.json"), "w"), indent=2)
     D, I, L, p, C = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["patch_size"], 3
     P = (v["image_size"] // p) ** 2
-    f = lambda *s, sd=0.1: (rng.standard_normal(s) * sd).astype(np.float32)
+    scale = (64.0 / D) ** 0.5  # keep activations O(1) at any width
+    f = lambda *s, sd=0.1: (rng.standard_normal(s, dtype=np.float32) * (sd if len(s) < 2 else sd * scale)).astype(np.float32)
     t = {"vision_model.embeddings.patch_embedding.weight": f(D, C, p, p, sd=0.05),
          "vision_model.embeddings.class_embedding": f(D, sd=0.5),
          "vision_model.embeddings.position_embedding.weight": f(P + 1, D, sd=0.5),
@@ -114,7 +119,8 @@ def make_lora(args):
             k = f"base_model.model.vision_model.encoder.layers.{l}.self_attn.{m}."
             t[k + "lora_A.weight"] = (rng.standard_normal((args.r, D)) * 0.2).astype(np.float32)
             t[k + "lora_B.weight"] = (rng.standard_normal((D, args.r)) * 0.2).astype(np.float32)
-    t["base_model.model.classifier.weight"] = (rng.standard_normal((args.classes, PROJ)) * 0.2).astype(np.float32)
+    proj = cfg.get("projection_dim", v.get("projection_dim"))
+    t["base_model.model.classifier.weight"] = (rng.standard_normal((args.classes, proj)) * 0.2).astype(np.float32)
     t["base_model.model.classifier.bias"] = (rng.standard_normal(args.classes) * 0.2).astype(np.float32)
     st_write(os.path.join(args.dir, "adapter_model.safetensors"), t)
     json.dump({"peft_type": "LORA", "r": args.r, "lora_alpha": args.alpha, "target_modules": ["q_proj", "v_proj"],
@@ -209,6 +215,7 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("make-model"); s.add_argument("dir"); s.add_argument("--act", default="quick_gelu"); s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     s = sub.add_parser("make-lora"); s.add_argument("dir"); s.add_argument("--model", required=True); s.add_argument("--r", type=int, default=4)
     s.add_argument("--alpha", type=float, default=8); s.add_argument("--seed", type=int, default=2); s.add_argument("--layers", default="")
     s.add_argument("--classes", type=int, default=5)
