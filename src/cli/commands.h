@@ -9,5 +9,7 @@ namespace lorarec::cli {
 
 // argv[0] is the command name. Returns the exit status; throws on error.
 int run_embed(int argc, char** argv, dist::Runtime& runtime);
+int run_pretrain(int argc, char** argv, dist::Runtime& runtime);
+int run_zoo(int argc, char** argv, dist::Runtime& runtime);
 
 }  // namespace lorarec::cli

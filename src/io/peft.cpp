@@ -168,7 +168,8 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   return lora;
 }
 
-void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model) {
+void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model,
+               const std::map<std::string, std::string>& extra_files) {
   std::map<std::string, at::Tensor> tensors;
   std::vector<std::string> targets;
   for (auto m : lora.config().target_modules) targets.push_back(model::module_name(m));
@@ -198,6 +199,7 @@ void save_peft(const std::string& dir, const model::Lora& lora, const std::strin
     stdfs::create_directories(tmp);
     save_safetensors((tmp / kPeftWeights).string(), tensors, {{"format", "pt"}, {"producer", "lorarecycle"}});
     fs::write_text(tmp / kPeftConfig, cfg.dump(2) + "\n");
+    for (const auto& [name, text] : extra_files) fs::write_text(tmp / name, text);
   });
 }
 

@@ -313,6 +313,37 @@ std::map<std::string, at::Tensor> ClipVision::state_dict() const {
   return out;
 }
 
+std::vector<at::Tensor> ClipVision::parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& [name, t] : state_dict()) out.push_back(t);
+  return out;
+}
+
+void ClipVision::set_requires_grad(bool on) {
+  auto flag = [&](at::Tensor& t) {
+    if (t.defined()) t.requires_grad_(on);
+  };
+  flag(patch_w_), flag(class_emb_), flag(pos_emb_), flag(pre_ln_w_), flag(pre_ln_b_), flag(post_ln_w_),
+      flag(post_ln_b_), flag(proj_);
+  for (Layer& layer : layers_) {
+    flag(layer.ln1_w), flag(layer.ln1_b), flag(layer.ln2_w), flag(layer.ln2_b);
+    for (int i = 0; i < kNumModules; ++i) flag(layer.w[i]), flag(layer.b[i]);
+  }
+}
+
+void ClipVision::load_values(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : state_dict()) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw InputError(origin + ": missing tensor '" + name + "'");
+    if (it->second.sizes() != t.sizes())
+      throw InputError(origin + ": tensor '" + name + "' has shape " + shape_str(it->second.sizes()) + ", expected " +
+                       shape_str(t.sizes()));
+    at::Tensor dst = t;
+    dst.copy_(it->second);
+  }
+}
+
 void ClipVision::save(const std::string& dir) const {
   namespace stdfs = std::filesystem;
   std::error_code ec;

@@ -11,6 +11,7 @@
 // 2l+1 = v_proj of layer l), head fc_512in_{N}out (no bias saved: zeros), scale 1 (alpha = r).
 #pragma once
 
+#include <map>
 #include <string>
 
 #include "lorarecycle/model/clip_config.h"
@@ -25,9 +26,10 @@ inline constexpr const char* kPeftConfig = "adapter_config.json";
 // malformed config, a rank that does not match the weights, unknown target modules, wrong shapes,
 // NaN/Inf weights.
 model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit);
-// Writes the directory atomically (weights + config). `base_model` goes into
-// base_model_name_or_path.
-void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model = "");
+// Writes the directory atomically (weights + config + `extra_files`, name -> text, e.g. our
+// task.json): a reader sees all of it or nothing. `base_model` goes into base_model_name_or_path.
+void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model = "",
+               const std::map<std::string, std::string>& extra_files = {});
 
 // The official repo's single-file format.
 model::Lora load_official(const std::string& file, const model::ClipVisionConfig& vit);

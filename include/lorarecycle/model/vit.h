@@ -118,8 +118,14 @@ class ClipVision {
   // Random weights (HF-like init) for pre-training from scratch and tests.
   static ClipVision random(const ClipVisionConfig& cfg, std::uint64_t seed);
 
-  // HF-named tensors (CLIPModel vision tower + visual_projection).
+  // HF-named tensors (CLIPModel vision tower + visual_projection). The tensors are the model's
+  // own (shared storage): updating them in place updates the model.
   std::map<std::string, at::Tensor> state_dict() const;
+  // Every weight, in state_dict order, for pre-training (the VFM is frozen everywhere else).
+  std::vector<at::Tensor> parameters() const;
+  void set_requires_grad(bool on);
+  // Copies values from HF-named tensors of the same shapes (a checkpoint). InputError otherwise.
+  void load_values(const std::map<std::string, at::Tensor>& tensors, const std::string& origin);
   // Writes config.json, preprocessor_config.json and model.safetensors into dir (atomically each).
   void save(const std::string& dir) const;
 

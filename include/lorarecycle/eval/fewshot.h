@@ -1,0 +1,48 @@
+// Tuning-free few-shot evaluation with class prototypes (DESIGN 2.7): each query gets the class
+// of the nearest prototype (mean support feature) by squared Euclidean distance.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "lorarecycle/data/image_set.h"
+
+namespace lorarec::dist {
+class Communicator;
+}
+namespace lorarec::model {
+class ClipVision;
+class Lora;
+}  // namespace lorarec::model
+
+namespace lorarec::eval {
+
+// Accuracy in percent over episodes: mean +- 1.96 * std / sqrt(n) (population std, as the
+// official code), with the episode rate.
+struct Accuracy {
+  double mean = 0, ci95 = 0;
+  int64_t episodes = 0;
+  double seconds = 0;
+  double tasks_per_s() const { return seconds > 0 ? episodes / seconds : 0; }
+};
+Accuracy summarize(const std::vector<double>& accuracies, double seconds);
+
+// Collective. Features of every image of the set, rows split over ranks, the whole [N, D] float
+// CPU tensor returned on every rank. No gradients.
+at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
+                     dist::Communicator& comm, int batch_size = 256);
+
+// Logits of queries against prototypes: -||q - p||^2. support [N*K, D] class-major, query [M, D].
+at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot);
+
+// Percent of correctly classified queries of one episode, from precomputed features [N_set, D].
+double episode_accuracy(const at::Tensor& features, const data::Episode& episode, const data::EpisodeSpec& spec);
+
+// Collective. A fixed list of `episodes` episodes (episode i drawn from make_rng(seed, 0, i), so the
+// list does not depend on the world size), split over ranks, scored with precomputed features.
+Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& set, const data::EpisodeSpec& spec,
+                             int episodes, std::uint64_t seed, dist::Communicator& comm);
+
+}  // namespace lorarec::eval

@@ -1,0 +1,56 @@
+// Optimisation pieces shared by pretrain, zoo and metatrain: AdamW over a list of tensors with
+// explicit state (for checkpoints), learning-rate schedules, and a data-parallel step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace lorarec::dist {
+class Communicator;
+}
+
+namespace lorarec::train {
+
+struct AdamWConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;  // decoupled (AdamW); 0 = Adam
+};
+
+// Adam/AdamW on tensors that require grad. Not thread-safe.
+class AdamW {
+ public:
+  AdamW(std::vector<at::Tensor> params, AdamWConfig cfg);
+  // One update with learning rate `lr` from the params' .grad() (undefined grads are skipped).
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return step_; }
+  const std::vector<at::Tensor>& params() const { return params_; }
+  // "adam.m.<i>", "adam.v.<i>", "adam.step" for a checkpoint; load_state checks the shapes.
+  std::map<std::string, at::Tensor> state() const;
+  void load_state(const std::map<std::string, at::Tensor>& state);
+
+ private:
+  std::vector<at::Tensor> params_, m_, v_;
+  AdamWConfig cfg_;
+  int64_t step_ = 0;
+};
+
+// Linear warm-up from 0 over `warmup` steps to `peak`, then cosine decay to `floor` at `total`.
+double warmup_cosine(int64_t step, int64_t total, int64_t warmup, double peak, double floor);
+// The official meta-training schedule: cycles of `cycle` steps, `warmup` linear steps from lo to hi,
+// then cosine back to lo (CosineAnnealingWarmupRestarts).
+double cyclic_warmup_cosine(int64_t step, int64_t cycle, int64_t warmup, double lo, double hi);
+
+// Collective: averages the gradients of `params` over ranks through one flat buffer.
+void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator& comm);
+
+// Global L2 norm of the gradients; scales them down to max_norm when above (max_norm > 0).
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+}  // namespace lorarec::train

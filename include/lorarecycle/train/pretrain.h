@@ -1,0 +1,46 @@
+// Supervised pre-training of a small CLIP-architecture ViT on the base classes (the benchmark's
+// stand-in for CLIP's pre-training), data parallel over the communicator.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <string>
+
+#include "lorarecycle/model/clip_config.h"
+
+namespace lorarec::dist {
+class Communicator;
+}
+
+namespace lorarec::train {
+
+struct PretrainConfig {
+  std::string data;                 // HDF5 image set of the base classes
+  std::string out;                  // output HF model directory
+  std::string work;                 // checkpoints and metrics (default: <out>.work)
+  std::string eval_data;            // optional HDF5 set (e.g. test classes) for a prototype check at the end
+  model::ClipVisionConfig vit;      // architecture
+  int64_t steps = 3000;             // optimizer steps
+  int batch_size = 64;              // images per rank per step
+  double lr = 1e-3;                 // peak learning rate
+  double min_lr = 1e-5;             // end of the cosine
+  int64_t warmup = 200;             // linear warm-up steps
+  double weight_decay = 0.05;       // AdamW
+  double clip_norm = 1.0;           // gradient-norm clip (0 = off)
+  double holdout = 0.25;            // fraction of each base class held out for the report
+  int shift = 2;                    // augmentation: random roll by up to this many pixels
+  int64_t checkpoint_every = 500;   // steps between checkpoints (and at the end)
+  int64_t log_every = 50;           // steps between metrics lines
+  int eval_episodes = 600;          // 5-way 1-shot episodes of the final check
+  std::uint64_t seed = 0;
+  bool resume = true;               // continue from <work>/checkpoint.safetensors when present
+  int64_t stop_after = 0;           // > 0: checkpoint and stop after this many steps of this run (time-limited jobs)
+  void validate() const;
+};
+
+// Collective. Trains, checkpoints, writes the model to cfg.out (rank 0) and a report
+// (<out>/pretrain_report.json). Returns the report as JSON text.
+std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device);
+
+}  // namespace lorarec::train

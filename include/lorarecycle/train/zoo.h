@@ -1,0 +1,55 @@
+// Zoo pre-tuning (DESIGN 2.3): K LoRAs, each with its classifier head, pre-tuned on one seeded
+// N-way task of a dataset's classes (Adam, cross-entropy, LoRA + head trained), on a fraction of
+// each class's images; the rest measure the LoRA's held-out accuracy (stored in task.json).
+// LoRA k is trained by rank k mod world; each is written as one PEFT directory
+// <out>/lora_<kkk>/ (adapter files + task.json, atomically); a re-run skips finished ones.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lorarecycle/model/vit.h"
+
+namespace lorarec::dist {
+class Communicator;
+}
+
+namespace lorarec::train {
+
+struct ZooConfig {
+  std::string model;              // HF model directory of the VFM
+  std::string data;               // HDF5 image set of the zoo classes
+  std::string out;                // zoo directory
+  int num_loras = 20;             // K
+  int n_way = 5;                  // classes per LoRA task
+  double train_fraction = 0.8;    // of each class's images; the rest is held out
+  int epochs = 20;                // passes over the task's training images
+  int batch_size = 25;            // images per step
+  double lr = 1e-3;               // Adam
+  model::LoraConfig lora;         // r, alpha, targets, layers
+  std::uint64_t seed = 0;
+  void validate() const;
+};
+
+struct ZooEntry {
+  int id = 0;
+  std::string dir;
+  std::vector<int64_t> classes;   // class ids of the dataset
+  double heldout_accuracy = 0;    // percent
+  bool reused = false;            // finished by an earlier run
+};
+
+// Classes of LoRA `id`'s task (seeded, the same for every world size).
+std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int64_t num_classes);
+// Directory name of LoRA `id`: "lora_007".
+std::string zoo_entry_name(int id);
+// True when <dir> holds a complete entry (adapter files and a task.json with an accuracy).
+bool zoo_entry_complete(const std::string& dir);
+
+// Collective. Builds the zoo and writes <out>/manifest.json (rank 0). Returns every entry.
+std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device);
+
+}  // namespace lorarec::train

@@ -1,0 +1,73 @@
+// lorarecycle pretrain: supervised pre-training of the small VFM on the base classes.
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/model/vit.h"
+#include "lorarecycle/train/pretrain.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
+
+namespace lorarec::cli {
+
+int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
+  train::PretrainConfig c;
+  c.vit.hidden_size = 128;
+  c.vit.intermediate_size = 512;
+  c.vit.num_hidden_layers = 4;
+  c.vit.num_attention_heads = 4;
+  c.vit.image_size = 32;
+  c.vit.patch_size = 4;
+  c.vit.projection_dim = 128;
+  std::string act = "quick_gelu";
+  bool no_resume = false;
+  CommonOptions common;
+  po::options_description desc = common_options(common);
+  po::options_description own("Pretrain options");
+  own.add_options()
+      ("data", po::value(&c.data), "HDF5 image set of the base classes (e.g. data/demo/base.h5)")
+      ("out", po::value(&c.out), "output HF model directory (config.json, preprocessor_config.json, model.safetensors)")
+      ("work", po::value(&c.work), "checkpoint/metrics directory (default: <out>.work)")
+      ("eval-data", po::value(&c.eval_data), "optional HDF5 set scored at the end with 5-way 1-shot prototypes (e.g. test.h5)")
+      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps")
+      ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "images per rank per step")
+      ("lr", po::value(&c.lr)->default_value(c.lr), "peak learning rate (AdamW)")
+      ("min-lr", po::value(&c.min_lr)->default_value(c.min_lr), "learning rate at the end of the cosine")
+      ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warm-up steps")
+      ("weight-decay", po::value(&c.weight_decay)->default_value(c.weight_decay), "decoupled weight decay")
+      ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "gradient-norm clip (0 = off)")
+      ("holdout", po::value(&c.holdout)->default_value(c.holdout), "fraction of each class held out for the report")
+      ("shift", po::value(&c.shift)->default_value(c.shift), "augmentation: random roll by up to this many pixels")
+      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "steps between checkpoints")
+      ("log-every", po::value(&c.log_every)->default_value(c.log_every), "steps between metrics lines")
+      ("eval-episodes", po::value(&c.eval_episodes)->default_value(c.eval_episodes), "episodes of the final prototype check")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, sampling and augmentation")
+      ("no-resume", po::bool_switch(&no_resume), "ignore an existing checkpoint and start over")
+      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "checkpoint and exit after this many steps of this run (0 = run to the end)");
+  po::options_description arch("Architecture (HF CLIPVisionConfig fields)");
+  arch.add_options()
+      ("width", po::value(&c.vit.hidden_size)->default_value(c.vit.hidden_size), "hidden_size")
+      ("mlp", po::value(&c.vit.intermediate_size)->default_value(c.vit.intermediate_size), "intermediate_size")
+      ("layers", po::value(&c.vit.num_hidden_layers)->default_value(c.vit.num_hidden_layers), "num_hidden_layers")
+      ("heads", po::value(&c.vit.num_attention_heads)->default_value(c.vit.num_attention_heads), "num_attention_heads")
+      ("image-size", po::value(&c.vit.image_size)->default_value(c.vit.image_size), "image_size (images are resized to it)")
+      ("patch", po::value(&c.vit.patch_size)->default_value(c.vit.patch_size), "patch_size")
+      ("proj-dim", po::value(&c.vit.projection_dim)->default_value(c.vit.projection_dim), "projection_dim (feature width)")
+      ("act", po::value(&act)->default_value(act), "hidden_act: quick_gelu | gelu");
+  desc.add(own).add(arch);
+  if (!parse("pretrain", "usage: lorarecycle pretrain --data base.h5 --out DIR [options]", argc, argv, desc, common,
+             rt.rank()))
+    return 0;
+  c.vit.hidden_act = model::parse_activation(act, "--act");
+  c.resume = !no_resume;
+  c.validate();
+  LOG_INFO("pretrain", rt.describe());
+  auto comm = rt.make_communicator(common.comm);
+  const c10::Device device = model::select_device(common.device, rt.local_rank());
+  train::run_pretrain(c, *comm, device);
+  return 0;
+}
+
+}  // namespace lorarec::cli

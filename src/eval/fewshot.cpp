@@ -1,0 +1,81 @@
+#include "lorarecycle/eval/fewshot.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/model/vit.h"
+
+namespace lorarec::eval {
+
+Accuracy summarize(const std::vector<double>& acc, double seconds) {
+  Accuracy a;
+  a.episodes = static_cast<int64_t>(acc.size());
+  a.seconds = seconds;
+  if (acc.empty()) return a;
+  double sum = 0, sq = 0;
+  for (double x : acc) sum += x;
+  a.mean = sum / acc.size();
+  for (double x : acc) sq += (x - a.mean) * (x - a.mean);
+  a.ci95 = 1.96 * std::sqrt(sq / acc.size()) / std::sqrt(double(acc.size()));
+  return a;
+}
+
+at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
+                     dist::Communicator& comm, int batch_size) {
+  const int64_t n = set.size(), r = comm.rank(), w = comm.size();
+  const int64_t begin = n * r / w, end = n * (r + 1) / w;
+  std::vector<at::Tensor> parts;
+  {
+    at::NoGradGuard no_grad;
+    for (int64_t s = begin; s < end; s += batch_size) {
+      const int64_t e = std::min<int64_t>(end, s + batch_size);
+      const at::Tensor px = vit.preprocess(set.images().slice(0, s, e));
+      parts.push_back(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
+    }
+  }
+  const at::Tensor local = parts.empty() ? at::empty({0, vit.feature_dim()}, at::kFloat) : at::cat(parts);
+  if (w == 1) return local;
+  at::Tensor all = comm.gather_rows(local, 0);
+  if (r != 0) all = at::empty({n, vit.feature_dim()}, at::kFloat);
+  comm.broadcast(all, 0);
+  return all;
+}
+
+at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot) {
+  const at::Tensor protos = support.view({n_way, k_shot, support.size(-1)}).mean(1);  // [N, D]
+  const at::Tensor q2 = query.pow(2).sum(-1, true);                                      // [M, 1]
+  const at::Tensor p2 = protos.pow(2).sum(-1).unsqueeze(0);                              // [1, N]
+  return -(q2 - 2.0 * at::matmul(query, protos.t()) + p2);                               // [M, N]
+}
+
+double episode_accuracy(const at::Tensor& features, const data::Episode& e, const data::EpisodeSpec& spec) {
+  const at::Tensor s = features.index_select(0, at::tensor(e.support, at::kLong));
+  const at::Tensor q = features.index_select(0, at::tensor(e.query, at::kLong));
+  const at::Tensor pred = prototype_logits(s, q, spec.n_way, spec.k_shot).argmax(-1);
+  const at::Tensor truth = data::episode_labels(spec.n_way, spec.q_query);
+  return 100.0 * pred.eq(truth).to(at::kDouble).mean().item<double>();
+}
+
+Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& set, const data::EpisodeSpec& spec,
+                             int episodes, std::uint64_t seed, dist::Communicator& comm) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const data::EpisodeSampler sampler(set, spec);
+  std::vector<double> mine;
+  for (int i = comm.rank(); i < episodes; i += comm.size()) {
+    auto rng = data::make_rng(seed, 0, static_cast<std::uint64_t>(i));
+    mine.push_back(episode_accuracy(features, sampler.sample(rng), spec));
+  }
+  std::vector<double> all = mine;
+  if (comm.size() > 1) {
+    const at::Tensor g = comm.gather_rows(at::tensor(mine, at::kDouble).view({-1, 1}), 0);
+    at::Tensor flat = comm.rank() == 0 ? g.view({-1}).contiguous() : at::empty({episodes}, at::kDouble);
+    comm.broadcast(flat, 0);
+    all.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+  }
+  return summarize(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+}  // namespace lorarec::eval

@@ -1,0 +1,102 @@
+#include "lorarecycle/train/optim.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/util/error.h"
+
+namespace lorarec::train {
+
+AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
+  for (const auto& p : params_) {
+    m_.push_back(at::zeros_like(p));
+    v_.push_back(at::zeros_like(p));
+  }
+}
+
+void AdamW::step(double lr) {
+  ++step_;
+  at::NoGradGuard no_grad;
+  const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step_));
+  const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    if (cfg_.weight_decay > 0) p.mul_(1.0 - lr * cfg_.weight_decay);
+    m_[i].mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
+    v_[i].mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
+    const at::Tensor denom = (v_[i] / bc2).sqrt_().add_(cfg_.eps);
+    p.addcdiv_(m_[i], denom, -lr / bc1);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& p : params_)
+    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+}
+
+std::map<std::string, at::Tensor> AdamW::state() const {
+  std::map<std::string, at::Tensor> s;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    s["adam.m." + std::to_string(i)] = m_[i];
+    s["adam.v." + std::to_string(i)] = v_[i];
+  }
+  s["adam.step"] = at::tensor({step_}, at::kLong);
+  return s;
+}
+
+void AdamW::load_state(const std::map<std::string, at::Tensor>& s) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const std::pair<const char*, at::Tensor*> slots[] = {{"adam.m.", &m_[i]}, {"adam.v.", &v_[i]}};
+    for (const auto& [name, dst] : slots) {
+      auto it = s.find(name + std::to_string(i));
+      if (it == s.end()) throw InputError(std::string("checkpoint lacks optimizer state '") + name + std::to_string(i) + "'");
+      if (it->second.sizes() != dst->sizes()) throw InputError("checkpoint optimizer state does not match the model");
+      dst->copy_(it->second);
+    }
+  }
+  auto it = s.find("adam.step");
+  if (it == s.end()) throw InputError("checkpoint lacks 'adam.step'");
+  step_ = it->second.item<int64_t>();
+}
+
+double warmup_cosine(int64_t step, int64_t total, int64_t warmup, double peak, double floor) {
+  if (warmup > 0 && step < warmup) return peak * double(step + 1) / double(warmup);
+  const double t = total > warmup ? double(step - warmup) / double(total - warmup) : 1.0;
+  return floor + 0.5 * (peak - floor) * (1.0 + std::cos(M_PI * std::min(1.0, std::max(0.0, t))));
+}
+
+double cyclic_warmup_cosine(int64_t step, int64_t cycle, int64_t warmup, double lo, double hi) {
+  const int64_t s = step % cycle;
+  if (s < warmup) return lo + (hi - lo) * double(s) / double(warmup);
+  const double t = double(s - warmup) / double(cycle - warmup);
+  return lo + 0.5 * (hi - lo) * (1.0 + std::cos(M_PI * t));
+}
+
+void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator& comm) {
+  if (comm.size() == 1) return;
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) {
+    if (!p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::zeros_like(p);  // same layout on every rank
+    grads.push_back(p.grad());
+  }
+  comm.all_reduce_mean(grads);
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  double sq = 0;
+  for (const auto& p : params)
+    if (p.grad().defined()) sq += p.grad().pow(2).sum().item<double>();
+  const double norm = std::sqrt(sq);
+  if (max_norm > 0 && norm > max_norm) {
+    at::NoGradGuard ng;
+    for (const auto& p : params)
+      if (p.grad().defined()) p.grad().mul_(max_norm / (norm + 1e-6));
+  }
+  return norm;
+}
+
+}  // namespace lorarec::train

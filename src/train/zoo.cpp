@@ -1,0 +1,212 @@
+#include "lorarecycle/train/zoo.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "lorarecycle/data/image_set.h"
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/io/peft.h"
+#include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/log.h"
+#include "lorarecycle/util/progress.h"
+
+namespace lorarec::train {
+namespace {
+using json = nlohmann::json;
+namespace stdfs = std::filesystem;
+constexpr const char* kTaskFile = "task.json";
+constexpr std::uint64_t kTaskStream = 0x200, kSplitStream = 0x201, kTrainStream = 0x202;
+}  // namespace
+
+void ZooConfig::validate() const {
+  if (model.empty() || data.empty() || out.empty()) throw InputError("zoo: --model, --data and --out are required");
+  if (num_loras < 1) throw InputError("zoo: --num-loras must be >= 1");
+  if (n_way < 2) throw InputError("zoo: --way must be >= 2");
+  if (!(train_fraction > 0 && train_fraction < 1)) throw InputError("zoo: --train-fraction must be in (0, 1)");
+  if (epochs < 1 || batch_size < 1) throw InputError("zoo: --epochs and --batch-size must be >= 1");
+  if (!(lr > 0)) throw InputError("zoo: --lr must be positive");
+}
+
+std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int64_t num_classes) {
+  if (num_classes < n_way)
+    throw InputError("zoo: " + std::to_string(num_classes) + " classes, fewer than the " + std::to_string(n_way) +
+                     " of a task");
+  auto rng = data::make_rng(seed, kTaskStream, static_cast<std::uint64_t>(id));
+  std::vector<int64_t> all(num_classes);
+  std::iota(all.begin(), all.end(), 0);
+  for (int i = 0; i < n_way; ++i) {
+    std::uniform_int_distribution<int64_t> d(i, num_classes - 1);
+    std::swap(all[i], all[d(rng)]);
+  }
+  all.resize(n_way);
+  return all;
+}
+
+std::string zoo_entry_name(int id) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "lora_%03d", id);
+  return buf;
+}
+
+bool zoo_entry_complete(const std::string& dir) {
+  const stdfs::path d(dir);
+  if (!stdfs::exists(d / io::kPeftWeights) || !stdfs::exists(d / io::kPeftConfig) || !stdfs::exists(d / kTaskFile))
+    return false;
+  try {
+    const json t = json::parse(fs::read_text(d / kTaskFile));
+    return t.contains("heldout_accuracy");
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+namespace {
+
+ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, const data::ImageSet& set,
+                   const c10::Device& device) {
+  const std::vector<int64_t> classes = zoo_task_classes(cfg.seed, id, cfg.n_way, set.num_classes());
+  std::vector<int64_t> train_rows, train_y, held_rows, held_y;
+  for (int j = 0; j < cfg.n_way; ++j) {
+    std::vector<int64_t> rows = set.by_class()[classes[j]];
+    auto rng = data::make_rng(cfg.seed, kSplitStream, static_cast<std::uint64_t>(id) * 1000 + j);
+    std::shuffle(rows.begin(), rows.end(), rng);
+    const size_t cut = static_cast<size_t>(std::lround(cfg.train_fraction * double(rows.size())));
+    if (cut < 1 || cut >= rows.size())
+      throw InputError(set.origin() + ": class '" + set.class_names()[classes[j]] + "' has " +
+                       std::to_string(rows.size()) + " images: too few to split " + std::to_string(cfg.train_fraction));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      (i < cut ? train_rows : held_rows).push_back(rows[i]);
+      (i < cut ? train_y : held_y).push_back(j);
+    }
+  }
+  model::Lora lora(vit.config(), cfg.lora, cfg.seed * 1000003 + id);
+  lora.init_head(cfg.n_way, cfg.seed * 1000003 + id + 500000);
+  lora.to(device);
+  lora.set_requires_grad(true, true);
+  AdamW opt(lora.parameters(true), AdamWConfig{});
+  const at::Tensor train_x = vit.preprocess(set.gather(train_rows));  // small: one task
+  const at::Tensor train_t = at::tensor(train_y, at::kLong).to(device);
+  const int64_t n = static_cast<int64_t>(train_rows.size());
+  for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
+    auto rng = data::make_rng(cfg.seed, kTrainStream, static_cast<std::uint64_t>(id) * 100000 + epoch);
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t s = 0; s < n; s += cfg.batch_size) {
+      const std::vector<int64_t> b(order.begin() + s, order.begin() + std::min<int64_t>(n, s + cfg.batch_size));
+      const at::Tensor idx = at::tensor(b, at::kLong).to(device);
+      const at::Tensor logits = lora.head(vit.forward(train_x.index_select(0, idx), {}, &lora).feature);
+      const at::Tensor loss = at::cross_entropy_loss(logits, train_t.index_select(0, idx));
+      opt.zero_grad();
+      loss.backward();
+      opt.step(cfg.lr);
+    }
+  }
+  lora.set_requires_grad(false, true);
+  double acc = 0;
+  {
+    at::NoGradGuard ng;
+    const at::Tensor logits = lora.head(vit.forward(vit.preprocess(set.gather(held_rows)), {}, &lora).feature);
+    acc = 100.0 * logits.argmax(-1).cpu().eq(at::tensor(held_y, at::kLong)).to(at::kDouble).mean().item<double>();
+  }
+  ZooEntry e;
+  e.id = id;
+  e.dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
+  e.classes = classes;
+  e.heldout_accuracy = acc;
+  std::vector<std::string> names;
+  for (int64_t c : classes) names.push_back(set.class_names()[c]);
+  const json task = {{"lora_id", id},
+                     {"classes", classes},
+                     {"class_names", names},
+                     {"source_dataset", set.origin()},
+                     {"base_model", cfg.model},
+                     {"n_way", cfg.n_way},
+                     {"train_images", train_rows.size()},
+                     {"heldout_images", held_rows.size()},
+                     {"heldout_accuracy", acc},
+                     {"epochs", cfg.epochs},
+                     {"batch_size", cfg.batch_size},
+                     {"lr", cfg.lr},
+                     {"seed", cfg.seed},
+                     {"producer", std::string("lorarecycle zoo ") + LORAREC_VERSION}};
+  lora.to(c10::Device(at::kCPU));
+  io::save_peft(e.dir, lora, cfg.model, {{kTaskFile, task.dump(2) + "\n"}});
+  return e;
+}
+
+}  // namespace
+
+std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+  cfg.validate();
+  if (comm.rank() == 0) {
+    stdfs::create_directories(cfg.out);
+    // Leftovers of a crashed run (temporary siblings) are never trusted: remove them.
+    for (const auto& e : stdfs::directory_iterator(cfg.out)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind(".lora_", 0) == 0 && name.find(".tmp.") != std::string::npos) {
+        LOG_WARN("zoo", "removing the partial output of an interrupted run: " << e.path().string());
+        stdfs::remove_all(e.path());
+      }
+    }
+  }
+  comm.barrier();
+  model::ClipVision vit = model::ClipVision::load(cfg.model);
+  vit.to(device);
+  const data::ImageSet set = data::ImageSet::load(cfg.data);
+  std::vector<int> mine;
+  int reused = 0;
+  for (int id = comm.rank(); id < cfg.num_loras; id += comm.size()) {
+    if (zoo_entry_complete((stdfs::path(cfg.out) / zoo_entry_name(id)).string()))
+      ++reused;
+    else
+      mine.push_back(id);
+  }
+  LOG_INFO("zoo", cfg.num_loras << " LoRAs of " << cfg.n_way << " classes from " << cfg.data << " (" << set.num_classes()
+                                << " classes); rank 0 trains " << mine.size() << ", skips " << reused << " finished");
+  Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
+  for (int id : mine) {
+    const ZooEntry e = train_one(cfg, id, vit, set, device);
+    LOG_INFO("zoo", zoo_entry_name(id) << ": held-out accuracy " << e.heldout_accuracy << "%");
+    progress.advance(1);
+  }
+  progress.finish();
+  comm.barrier();
+
+  std::vector<ZooEntry> entries;
+  json manifest = {{"model", cfg.model}, {"data", cfg.data}, {"num_loras", cfg.num_loras}, {"n_way", cfg.n_way},
+                   {"loras", json::array()}};
+  double sum = 0;
+  for (int id = 0; id < cfg.num_loras; ++id) {
+    const std::string dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
+    if (!zoo_entry_complete(dir)) throw RuntimeError("zoo: " + dir + " is missing after every rank finished");
+    const json t = json::parse(fs::read_text(stdfs::path(dir) / kTaskFile));
+    ZooEntry e;
+    e.id = id;
+    e.dir = dir;
+    e.classes = t.at("classes").get<std::vector<int64_t>>();
+    e.heldout_accuracy = t.at("heldout_accuracy").get<double>();
+    e.reused = std::find(mine.begin(), mine.end(), id) == mine.end() && id % comm.size() == comm.rank();
+    sum += e.heldout_accuracy;
+    manifest["loras"].push_back({{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes},
+                                 {"heldout_accuracy", e.heldout_accuracy}});
+    entries.push_back(std::move(e));
+  }
+  manifest["mean_heldout_accuracy"] = sum / cfg.num_loras;
+  if (comm.rank() == 0) {
+    fs::write_text(stdfs::path(cfg.out) / "manifest.json", manifest.dump(2) + "\n");
+    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << sum / cfg.num_loras << "%; wrote "
+                                                  << cfg.out << "/manifest.json");
+  }
+  comm.barrier();
+  return entries;
+}
+
+}  // namespace lorarec::train

@@ -1,0 +1,120 @@
+#include "lorarecycle/data/image_set.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "lorarecycle/io/hdf5.h"
+#include "lorarecycle/util/error.h"
+#include "test_util.h"
+
+namespace lorarec::data {
+namespace {
+
+// 4 classes; class c has 5 + c images; pixel values encode the row.
+ImageSet make_set(int classes = 4) {
+  std::vector<int64_t> labels;
+  for (int c = 0; c < classes; ++c)
+    for (int i = 0; i < 5 + c; ++i) labels.push_back(c);
+  const int64_t n = static_cast<int64_t>(labels.size());
+  at::Tensor images = (at::arange(n, at::kLong) % 256).to(at::kByte).view({n, 1, 1, 1}).expand({n, 4, 4, 3}).contiguous();
+  std::vector<std::string> names;
+  for (int c = 0; c < classes; ++c) names.push_back("c" + std::to_string(c));
+  return ImageSet::from_tensors(images, at::tensor(labels, at::kLong), names, "mem");
+}
+
+TEST(ImageSet, LoadsTheBenchmarkFormatAndIndexesClasses) {
+  test::TempDir dir;
+  const std::string path = dir.file("s.h5");
+  io::h5::write_file_atomically(path, [](io::h5::File& f) {
+    f.write("/images", at::zeros({6, 2, 2, 3}, at::kByte));
+    f.write("/labels", at::tensor({0, 1, 1, 2, 2, 2}, at::kInt));
+    f.write_strings("/class_names", {"a", "b", "c"});
+  });
+  const ImageSet s = ImageSet::load(path);
+  EXPECT_EQ(s.size(), 6);
+  EXPECT_EQ(s.num_classes(), 3);
+  EXPECT_EQ(s.by_class()[2], (std::vector<int64_t>{3, 4, 5}));
+  EXPECT_EQ(s.class_names()[1], "b");
+}
+
+TEST(ImageSet, RejectsLabelsOutOfRangeAndMissingDatasets) {
+  test::TempDir dir;
+  const std::string path = dir.file("bad.h5");
+  io::h5::write_file_atomically(path, [](io::h5::File& f) {
+    f.write("/images", at::zeros({2, 2, 2, 3}, at::kByte));
+    f.write("/labels", at::tensor({0, 5}, at::kInt));
+    f.write_strings("/class_names", {"a", "b"});
+  });
+  EXPECT_THROW(ImageSet::load(path), InputError);
+  const std::string path2 = dir.file("nolabels.h5");
+  io::h5::write_file_atomically(path2, [](io::h5::File& f) { f.write("/images", at::zeros({2, 2, 2, 3}, at::kByte)); });
+  EXPECT_THROW(ImageSet::load(path2), InputError);
+  const std::string path3 = dir.file("float.h5");
+  io::h5::write_file_atomically(path3, [](io::h5::File& f) {
+    f.write("/images", at::zeros({2, 2, 2, 3}));
+    f.write("/labels", at::tensor({0, 1}, at::kInt));
+  });
+  EXPECT_THROW(ImageSet::load(path3), InputError);
+}
+
+TEST(EpisodeSampler, RefusesAClassWithTooFewImagesNamingIt) {
+  const ImageSet s = make_set();  // class c0 has 5 images
+  try {
+    EpisodeSampler(s, EpisodeSpec{3, 1, 5});
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("class 'c0' (id 0) has 5 images, fewer than K+Q = 6"), std::string::npos) << m;
+    EXPECT_NE(m.find("mem"), std::string::npos) << m;
+  }
+  EXPECT_THROW(EpisodeSampler(s, EpisodeSpec{5, 1, 1}), InputError);  // 4 classes < N
+}
+
+TEST(EpisodeSampler, EpisodesAreWellFormedAndDeterministic) {
+  const ImageSet s = make_set();
+  const EpisodeSampler sampler(s, EpisodeSpec{3, 2, 3});
+  for (int i = 0; i < 50; ++i) {
+    auto rng = make_rng(1, 0, i);
+    const Episode e = sampler.sample(rng);
+    ASSERT_EQ(e.classes.size(), 3u);
+    EXPECT_EQ(std::set<int64_t>(e.classes.begin(), e.classes.end()).size(), 3u);
+    ASSERT_EQ(e.support.size(), 6u);
+    ASSERT_EQ(e.query.size(), 9u);
+    std::set<int64_t> rows(e.support.begin(), e.support.end());
+    rows.insert(e.query.begin(), e.query.end());
+    EXPECT_EQ(rows.size(), 15u) << "support and query overlap";
+    for (int j = 0; j < 3; ++j) {
+      for (int k = 0; k < 2; ++k) EXPECT_EQ(s.labels()[e.support[j * 2 + k]].item<int64_t>(), e.classes[j]);
+      for (int k = 0; k < 3; ++k) EXPECT_EQ(s.labels()[e.query[j * 3 + k]].item<int64_t>(), e.classes[j]);
+    }
+    auto rng2 = make_rng(1, 0, i);
+    EXPECT_EQ(sampler.sample(rng2).query, e.query);
+  }
+  EXPECT_TRUE(at::equal(episode_labels(3, 2), at::tensor({0, 0, 1, 1, 2, 2}, at::kLong)));
+}
+
+TEST(ImageSet, SplitPerClassIsDisjointCompleteAndSeeded) {
+  const ImageSet s = make_set();
+  const auto [a, b] = s.split_per_class(0.8, 3);
+  std::set<int64_t> all(a.begin(), a.end());
+  for (int64_t r : b) EXPECT_TRUE(all.insert(r).second);
+  EXPECT_EQ(static_cast<int64_t>(all.size()), s.size());
+  EXPECT_EQ(a.size(), 4u + 5u + 6u + 6u);  // round(0.8 * {5,6,7,8})
+  EXPECT_EQ(s.split_per_class(0.8, 3).first, a);
+  EXPECT_NE(s.split_per_class(0.8, 4).first, a);
+}
+
+TEST(Augment, ShiftRollsEachImageAndIsSeeded) {
+  const at::Tensor x = at::arange(2 * 3 * 8 * 8, at::kFloat).view({2, 3, 8, 8});
+  auto r1 = make_rng(0, 0, 0), r2 = make_rng(0, 0, 0);
+  const at::Tensor a = random_shift_flip(x, 2, true, r1), b = random_shift_flip(x, 2, true, r2);
+  EXPECT_TRUE(at::equal(a, b));
+  EXPECT_EQ(a.sizes(), x.sizes());
+  // A roll/flip permutes pixels: same multiset per image.
+  EXPECT_TRUE(at::equal(std::get<0>(a[0].flatten().sort()), std::get<0>(x[0].flatten().sort())));
+}
+
+}  // namespace
+}  // namespace lorarec::data

@@ -1,0 +1,51 @@
+#include "lorarecycle/train/optim.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace lorarec::train {
+namespace {
+
+TEST(AdamW, MatchesTheTextbookUpdate) {
+  at::Tensor p = at::tensor({1.0f, -2.0f}).requires_grad_(true);
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  AdamW opt({p}, cfg);
+  double ref[2] = {1.0, -2.0}, m[2] = {0, 0}, v[2] = {0, 0};
+  const double lr = 0.01;
+  for (int t = 1; t <= 3; ++t) {
+    opt.zero_grad();
+    (p * p).sum().backward();  // grad = 2p
+    opt.step(lr);
+    for (int i = 0; i < 2; ++i) {
+      const double g = 2 * ref[i];
+      ref[i] *= 1 - lr * cfg.weight_decay;
+      m[i] = 0.9 * m[i] + 0.1 * g;
+      v[i] = 0.999 * v[i] + 0.001 * g * g;
+      const double mh = m[i] / (1 - std::pow(0.9, t)), vh = v[i] / (1 - std::pow(0.999, t));
+      ref[i] -= lr * mh / (std::sqrt(vh) + 1e-8);
+      EXPECT_NEAR(p[i].item<double>(), ref[i], 1e-6) << "step " << t;
+    }
+  }
+  // State round trip.
+  at::Tensor q = p.detach().clone().requires_grad_(true);
+  AdamW other({q}, cfg);
+  other.load_state(opt.state());
+  EXPECT_EQ(other.steps(), 3);
+}
+
+TEST(Schedules, WarmupCosineAndTheOfficialCycle) {
+  EXPECT_DOUBLE_EQ(warmup_cosine(0, 100, 10, 1.0, 0.0), 0.1);
+  EXPECT_DOUBLE_EQ(warmup_cosine(9, 100, 10, 1.0, 0.0), 1.0);
+  EXPECT_NEAR(warmup_cosine(10, 100, 10, 1.0, 0.0), 1.0, 1e-12);
+  EXPECT_NEAR(warmup_cosine(100, 100, 10, 1.0, 0.1), 0.1, 1e-12);
+  EXPECT_DOUBLE_EQ(cyclic_warmup_cosine(0, 100, 25, 1e-5, 1e-3), 1e-5);
+  EXPECT_NEAR(cyclic_warmup_cosine(25, 100, 25, 1e-5, 1e-3), 1e-3, 1e-12);
+  EXPECT_NEAR(cyclic_warmup_cosine(99, 100, 25, 1e-5, 1e-3), 1e-5, 1e-6);
+  EXPECT_DOUBLE_EQ(cyclic_warmup_cosine(100, 100, 25, 1e-5, 1e-3), 1e-5);
+}
+
+}  // namespace
+}  // namespace lorarec::train
