@@ -31,7 +31,7 @@ import numpy as np
 from fontTools.ttLib import TTCollection, TTFont
 from PIL import Image, ImageDraw, ImageFont
 
-VERSION = "1"
+VERSION = "2"
 SIZE = 32          # stored image side
 CANVAS = 64        # rendering canvas before the jitter and the downsampling
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -64,8 +64,12 @@ HANGUL_FACES = [(O + "NotoSansCJK-Regular.ttc", 1), (O + "NotoSansCJK-Bold.ttc",
 
 PRESETS = {
     # classes per split and images per class
-    "demo": dict(base=None, zoo=600, val=150, test=300, hangul=150, per_class=24, fashion_per_class=300),
-    "quick": dict(base=80, zoo=40, val=15, test=30, hangul=20, per_class=20, fashion_per_class=40),
+    # base_symbols caps the symbol classes (many symbols differ only in fine detail at 32 px);
+    # base_per_class: more images per base class for pre-training.
+    "demo": dict(base=None, base_symbols=150, base_per_class=48, zoo=600, val=150, test=300, hangul=150, per_class=24,
+                 fashion_per_class=300),
+    "quick": dict(base=80, base_symbols=40, base_per_class=20, zoo=40, val=15, test=30, hangul=20, per_class=20,
+                  fashion_per_class=40),
 }
 
 
@@ -219,6 +223,9 @@ def main():
     hangul = Faces(HANGUL_FACES)
 
     base = alphabetic_classes(alpha, min_faces=8)
+    symbols = [i for i, (_, sc) in enumerate(base) if sc == "Symbols"]
+    drop = set(symbols) - set(np.array(symbols)[rng.permutation(len(symbols))[:p["base_symbols"]]].tolist())
+    base = [c for i, c in enumerate(base) if i not in drop]
     if p["base"]:
         base = [base[i] for i in sorted(rng.permutation(len(base))[:p["base"]])]
     han_all = block_classes(han, 0x4E00, 0x9FFF, "Han", min_faces=len(han.faces))
@@ -235,7 +242,8 @@ def main():
     manifest = {"version": VERSION, "preset": args.preset, "seed": args.seed, "splits": {}}
     for name, classes, faces in [("base", base, alpha), ("zoo", zoo, han), ("val", val, han), ("test", test, han),
                                  ("cross_hangul", cross, hangul)]:
-        images, labels = render_split(classes, faces, p["per_class"], np.random.default_rng([args.seed, len(name)]))
+        per_class = p["base_per_class"] if name == "base" else p["per_class"]
+        images, labels = render_split(classes, faces, per_class, np.random.default_rng([args.seed, len(name)]))
         fname = f"{name}.h5"
         write_split(os.path.join(args.out, fname), images, labels, [c for c, _ in classes],
                     [s for _, s in classes], dict(common, split=name, fonts=json.dumps(faces.names())))
@@ -243,7 +251,7 @@ def main():
         for _, s in classes:
             scripts[s] = scripts.get(s, 0) + 1
         manifest["splits"][name] = {"file": fname, "classes": len(classes), "images": int(len(labels)),
-                                    "per_class": p["per_class"], "scripts": scripts}
+                                    "per_class": per_class, "scripts": scripts}
         print(f"build_benchmark: {name}: {len(classes)} classes, {len(labels)} images, scripts {scripts}", flush=True)
     fx, fy = fashion(p["fashion_per_class"], np.random.default_rng([args.seed, 99]))
     write_split(os.path.join(args.out, "cross_fashion.h5"), fx, fy, FASHION_NAMES, ["Fashion-MNIST"] * 10,

@@ -30,7 +30,7 @@ PACKAGES=(build-essential cmake ccache pkg-config git bc
   libopenmpi-dev openmpi-bin
   libhdf5-dev hdf5-tools
   libboost-program-options-dev nlohmann-json3-dev libgtest-dev
-  python3-torch python3-numpy python3-h5py python3-pil python3-fonttools
+  python3-torch python3-torchvision python3-numpy python3-h5py python3-pil python3-fonttools
   dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-freefont-ttf fonts-liberation2 fonts-noto-core
   fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-microhei fonts-wqy-zenhei)
 missing=()

@@ -1,5 +1,6 @@
 // lorarecycle pretrain: supervised pre-training of the small VFM on the base classes.
 #include <filesystem>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -22,11 +23,13 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
   c.vit.patch_size = 4;
   c.vit.projection_dim = 128;
   std::string act = "quick_gelu";
+  std::string resnet_layers = "1,1,1,1";
   bool no_resume = false;
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Pretrain options");
   own.add_options()
+      ("arch", po::value(&c.arch)->default_value(c.arch), "what to pre-train: vit (the VFM) | resnet (the BN prior for inversion)")
       ("data", po::value(&c.data), "HDF5 image set of the base classes (e.g. data/demo/base.h5)")
       ("out", po::value(&c.out), "output HF model directory (config.json, preprocessor_config.json, model.safetensors)")
       ("work", po::value(&c.work), "checkpoint/metrics directory (default: <out>.work)")
@@ -56,12 +59,32 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
       ("patch", po::value(&c.vit.patch_size)->default_value(c.vit.patch_size), "patch_size")
       ("proj-dim", po::value(&c.vit.projection_dim)->default_value(c.vit.projection_dim), "projection_dim (feature width)")
       ("act", po::value(&act)->default_value(act), "hidden_act: quick_gelu | gelu");
-  desc.add(own).add(arch);
-  if (!parse("pretrain", "usage: lorarecycle pretrain --data base.h5 --out DIR [options]", argc, argv, desc, common,
+  po::options_description cnn("BN-prior CNN (--arch resnet; torchvision naming)");
+  cnn.add_options()
+      ("resnet-width", po::value(&c.resnet.width)->default_value(c.resnet.width), "channels of the stem and first stage (torchvision: 64)")
+      ("resnet-layers", po::value(&resnet_layers)->default_value(resnet_layers), "blocks per stage, 4 comma-separated (ResNet-18: 2,2,2,2)")
+      ("resnet-bottleneck", po::bool_switch(&c.resnet.bottleneck), "Bottleneck blocks (ResNet-50 style) instead of BasicBlock")
+      ("resnet-imagenet-stem", po::bool_switch(&c.resnet.imagenet_stem), "7x7/2 conv + max-pool stem (for large images)");
+  desc.add(own).add(arch).add(cnn);
+  if (!parse("pretrain", "usage: lorarecycle pretrain [--arch vit|resnet] --data base.h5 --out DIR [options]", argc, argv, desc, common,
              rt.rank()))
     return 0;
   c.vit.hidden_act = model::parse_activation(act, "--act");
   c.resume = !no_resume;
+  {
+    c.resnet.layers.clear();
+    std::stringstream ss(resnet_layers);
+    for (std::string t; std::getline(ss, t, ',');) {
+      try {
+        c.resnet.layers.push_back(std::stoi(t));
+      } catch (const std::exception&) {
+        throw InputError("pretrain: --resnet-layers must be 4 comma-separated integers, got '" + resnet_layers + "'");
+      }
+    }
+    if (c.resnet.layers.size() != 4) throw InputError("pretrain: --resnet-layers needs 4 numbers");
+    for (int l : c.resnet.layers)
+      if (l < 1) throw InputError("pretrain: --resnet-layers must be positive");
+  }
   c.validate();
   LOG_INFO("pretrain", rt.describe());
   auto comm = rt.make_communicator(common.comm);

@@ -5,12 +5,14 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/eval/fewshot.h"
 #include "lorarecycle/io/safetensors.h"
+#include "lorarecycle/model/resnet.h"
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/train/optim.h"
 #include "lorarecycle/util/error.h"
@@ -25,7 +27,148 @@ namespace stdfs = std::filesystem;
 
 constexpr const char* kCheckpoint = "checkpoint.safetensors";
 
-std::string arch_string(const model::ClipVisionConfig& c) { return model::to_config_json(c); }
+// What the training loop needs of a network: ViT + linear head, or ResNet.
+class Trainee {
+ public:
+  virtual ~Trainee() = default;
+  virtual std::string arch() const = 0;  // identifies the architecture in checkpoints
+  virtual std::vector<at::Tensor> params() = 0;
+  virtual at::Tensor preprocess(const at::Tensor& u8) const = 0;
+  virtual at::Tensor logits(const at::Tensor& px, bool train) = 0;
+  virtual std::map<std::string, at::Tensor> state() const = 0;  // weights (+ buffers, head)
+  virtual void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) = 0;
+  // Collective: after each step (the ResNet averages its BN running statistics).
+  virtual void after_step(dist::Communicator&) {}
+  virtual void freeze() = 0;
+  virtual void save(const std::string& dir) = 0;
+  // Adds entries to the report (features for prototype checks when the network has them).
+  virtual void report(json& r, const data::ImageSet& held, const PretrainConfig& cfg, dist::Communicator& comm) = 0;
+};
+
+class VitTrainee final : public Trainee {
+ public:
+  VitTrainee(const PretrainConfig& cfg, int64_t classes, const c10::Device& device)
+      : vit_(model::ClipVision::random(cfg.vit, cfg.seed)), head_(cfg.vit, model::LoraConfig{}, cfg.seed), device_(device) {
+    head_.init_head(static_cast<int>(classes), cfg.seed + 1);
+    vit_.to(device);
+    head_.to(device);
+    vit_.set_requires_grad(true);
+    head_.set_requires_grad(true, true);
+  }
+  std::string arch() const override { return model::to_config_json(vit_.config()); }
+  std::vector<at::Tensor> params() override {
+    auto p = vit_.parameters();
+    p.push_back(head_.head_weight());
+    p.push_back(head_.head_bias());
+    return p;
+  }
+  at::Tensor preprocess(const at::Tensor& u8) const override { return vit_.preprocess(u8); }
+  at::Tensor logits(const at::Tensor& px, bool) override { return head_.head(vit_.forward(px).feature); }
+  std::map<std::string, at::Tensor> state() const override {
+    auto t = vit_.state_dict();
+    t["head.weight"] = head_.head_weight();
+    t["head.bias"] = head_.head_bias();
+    return t;
+  }
+  void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) override {
+    vit_.load_values(t, origin);
+    at::NoGradGuard ng;
+    at::Tensor hw = head_.head_weight(), hb = head_.head_bias();
+    hw.copy_(t.at("head.weight"));
+    hb.copy_(t.at("head.bias"));
+  }
+  void freeze() override {
+    vit_.set_requires_grad(false);
+    head_.set_requires_grad(false, true);
+  }
+  void save(const std::string& dir) override {
+    vit_.to(c10::Device(at::kCPU));
+    vit_.save(dir);
+  }
+  void report(json& r, const data::ImageSet& held, const PretrainConfig& cfg, dist::Communicator& comm) override {
+    const at::Tensor feats = eval::embed_all(vit_, nullptr, held, comm);
+    at::Tensor pred;
+    {
+      at::NoGradGuard ng;
+      pred = head_.head(feats.to(device_)).argmax(-1).cpu();
+    }
+    r["heldout_head_acc"] = 100.0 * pred.eq(held.labels()).to(at::kDouble).mean().item<double>();
+    int64_t min_per_class = INT64_MAX;
+    for (const auto& c : held.by_class()) min_per_class = std::min<int64_t>(min_per_class, c.size());
+    if (min_per_class >= 2 && held.num_classes() >= 5) {
+      const data::EpisodeSpec spec{5, 1, static_cast<int>(std::min<int64_t>(15, min_per_class - 1))};
+      const auto a = eval::evaluate_prototypes(feats, held, spec, cfg.eval_episodes, cfg.seed + 7, comm);
+      r["heldout_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", spec.q_query}};
+    }
+    if (!cfg.eval_data.empty()) {
+      const data::ImageSet ev = data::ImageSet::load(cfg.eval_data);
+      const at::Tensor f = eval::embed_all(vit_, nullptr, ev, comm);
+      const data::EpisodeSpec spec{5, 1, 15};
+      const auto a = eval::evaluate_prototypes(f, ev, spec, cfg.eval_episodes, cfg.seed + 11, comm);
+      r["eval_data"] = cfg.eval_data;
+      r["eval_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", 15}};
+    }
+  }
+
+ private:
+  model::ClipVision vit_;
+  model::Lora head_;  // only its head is used
+  c10::Device device_;
+};
+
+class ResNetTrainee final : public Trainee {
+ public:
+  ResNetTrainee(const PretrainConfig& cfg, int64_t classes, const c10::Device& device)
+      : pixels_(model::ClipVision::random(tiny_for_pixels(cfg.vit), 0)) {
+    model::ResNetConfig rc = cfg.resnet;
+    rc.num_classes = static_cast<int>(classes);
+    net_ = model::ResNet::random(rc, cfg.seed);
+    net_.to(device);
+    pixels_.to(device);
+    net_.set_requires_grad(true);
+  }
+  std::string arch() const override {
+    const auto& c = net_.config();
+    std::string s = std::string(c.bottleneck ? "bottleneck" : "basic") + " width " + std::to_string(c.width) + " stem " +
+                    (c.imagenet_stem ? "imagenet" : "cifar") + " classes " + std::to_string(c.num_classes) + " layers";
+    for (int l : c.layers) s += " " + std::to_string(l);
+    return s;
+  }
+  std::vector<at::Tensor> params() override { return net_.parameters(); }
+  at::Tensor preprocess(const at::Tensor& u8) const override { return pixels_.preprocess(u8); }
+  at::Tensor logits(const at::Tensor& px, bool train) override { return net_.forward(px, train); }
+  std::map<std::string, at::Tensor> state() const override { return net_.state_dict(); }
+  void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) override { net_.load_values(t, origin); }
+  void after_step(dist::Communicator& comm) override { comm.all_reduce_mean(net_.buffers()); }
+  void freeze() override { net_.set_requires_grad(false); }
+  void save(const std::string& dir) override {
+    net_.to(c10::Device(at::kCPU));
+    net_.save(dir);
+  }
+  void report(json& r, const data::ImageSet& held, const PretrainConfig&, dist::Communicator& comm) override {
+    int64_t correct = 0;
+    {
+      at::NoGradGuard ng;
+      for (int64_t s = comm.rank() * 256; s < held.size(); s += 256 * comm.size()) {
+        const int64_t e = std::min<int64_t>(held.size(), s + 256);
+        const at::Tensor pred = net_.forward(preprocess(held.images().slice(0, s, e)), false).argmax(-1).cpu();
+        correct += pred.eq(held.labels().slice(0, s, e)).sum().item<int64_t>();
+      }
+    }
+    double total = 0;
+    for (double c : comm.all_gather_f64(double(correct))) total += c;
+    r["heldout_head_acc"] = 100.0 * total / double(held.size());
+  }
+
+ private:
+  // Only the pixel pipeline (image size, mean/std) of the ViT config is used.
+  static model::ClipVisionConfig tiny_for_pixels(model::ClipVisionConfig c) {
+    c.hidden_size = 4, c.intermediate_size = 4, c.num_hidden_layers = 1, c.num_attention_heads = 1, c.projection_dim = 4;
+    return c;
+  }
+  model::ClipVision pixels_;
+  model::ResNet net_;
+};
 
 }  // namespace
 
@@ -40,6 +183,7 @@ void PretrainConfig::validate() const {
   if (shift < 0) throw InputError("pretrain: --shift must be >= 0");
   if (checkpoint_every < 1 || log_every < 1) throw InputError("pretrain: --checkpoint-every and --log-every must be >= 1");
   vit.validate("pretrain");
+  if (arch != "vit" && arch != "resnet") throw InputError("pretrain: --arch must be vit or resnet, got '" + arch + "'");
 }
 
 std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
@@ -55,16 +199,12 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   LOG_INFO("pretrain", cfg.data << ": " << n_classes << " classes, " << train_rows.size() << " training and "
                                  << held_rows.size() << " held-out images");
 
-  model::ClipVision vit = model::ClipVision::random(cfg.vit, cfg.seed);
-  model::Lora head_holder(cfg.vit, model::LoraConfig{}, cfg.seed);  // only its head is used
-  head_holder.init_head(static_cast<int>(n_classes), cfg.seed + 1);
-  vit.to(device);
-  head_holder.to(device);
-  vit.set_requires_grad(true);
-  head_holder.set_requires_grad(true, true);
-  std::vector<at::Tensor> params = vit.parameters();
-  params.push_back(head_holder.head_weight());
-  params.push_back(head_holder.head_bias());
+  std::unique_ptr<Trainee> net;
+  if (cfg.arch == "vit")
+    net = std::make_unique<VitTrainee>(cfg, n_classes, device);
+  else
+    net = std::make_unique<ResNetTrainee>(cfg, n_classes, device);
+  std::vector<at::Tensor> params = net->params();
   AdamWConfig ocfg;
   ocfg.weight_decay = cfg.weight_decay;
   AdamW opt(params, ocfg);
@@ -75,18 +215,12 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   if (cfg.resume && stdfs::exists(ckpt)) {
     const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
     const auto meta = f.metadata();
-    if (!meta.count("arch") || meta.at("arch") != arch_string(cfg.vit) || !meta.count("seed") ||
+    if (!meta.count("arch") || meta.at("arch") != net->arch() || !meta.count("seed") ||
         meta.at("seed") != std::to_string(cfg.seed) || !meta.count("data") || meta.at("data") != cfg.data)
       throw InputError(ckpt.string() + ": checkpoint of another architecture, seed or dataset; remove it or use --no-resume");
     std::map<std::string, at::Tensor> t;
     for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
-    vit.load_values(t, ckpt.string());
-    {
-      at::NoGradGuard ng;
-      at::Tensor hw = head_holder.head_weight(), hb = head_holder.head_bias();
-      hw.copy_(t.at("head.weight"));
-      hb.copy_(t.at("head.bias"));
-    }
+    net->load(t, ckpt.string());
     opt.load_state(t);
     start = opt.steps();
     LOG_INFO("pretrain", "resumed from " << ckpt.string() << " at step " << start);
@@ -94,12 +228,10 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
 
   auto save_checkpoint = [&](int64_t step) {
     if (comm.rank() != 0) return;
-    std::map<std::string, at::Tensor> t = vit.state_dict();
-    t["head.weight"] = head_holder.head_weight();
-    t["head.bias"] = head_holder.head_bias();
+    std::map<std::string, at::Tensor> t = net->state();
     for (auto& [k, v] : opt.state()) t[k] = v;
     io::save_safetensors(ckpt.string(), t,
-                         {{"arch", arch_string(cfg.vit)}, {"seed", std::to_string(cfg.seed)}, {"data", cfg.data},
+                         {{"arch", net->arch()}, {"seed", std::to_string(cfg.seed)}, {"data", cfg.data},
                           {"step", std::to_string(step)}});
   };
 
@@ -114,9 +246,9 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     std::vector<int64_t> rows(cfg.batch_size);
     for (auto& r : rows) r = train_rows[pick(rng)];
     const at::Tensor y = all.labels().index_select(0, at::tensor(rows, at::kLong)).to(device);
-    at::Tensor x = vit.preprocess(all.gather(rows));
+    at::Tensor x = net->preprocess(all.gather(rows));
     x = data::random_shift_flip(x, cfg.shift, false, rng);
-    const at::Tensor logits = head_holder.head(vit.forward(x).feature);
+    const at::Tensor logits = net->logits(x, true);
     const at::Tensor loss = at::cross_entropy_loss(logits, y);
     opt.zero_grad();
     loss.backward();
@@ -124,6 +256,7 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     clip_grad_norm(params, cfg.clip_norm);
     const double lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
     opt.step(lr);
+    net->after_step(comm);
     loss_acc += loss.item<double>();
     correct_acc += logits.argmax(-1).eq(y).sum().item<double>();
     seen_acc += cfg.batch_size;
@@ -154,41 +287,15 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     }
   }
   progress.finish();
-  vit.set_requires_grad(false);
-  head_holder.set_requires_grad(false, true);
+  net->freeze();
 
-  // Report: held-out base accuracy (head), prototype 5-way 1-shot on held-out base images and on
-  // the evaluation set.
-  json report = {{"data", cfg.data}, {"steps", cfg.steps}, {"world_size", comm.size()},
+  // Report: held-out base accuracy (head); for the ViT also prototype 5-way 1-shot accuracy on the
+  // held-out base images and on the evaluation set.
+  json report = {{"arch", cfg.arch}, {"data", cfg.data}, {"steps", cfg.steps}, {"world_size", comm.size()},
                  {"batch_size_global", cfg.batch_size * comm.size()}};
-  if (!held_rows.empty()) {
-    const data::ImageSet held = all.subset(held_rows, cfg.data + " (held out)");
-    const at::Tensor feats = eval::embed_all(vit, nullptr, held, comm);
-    at::Tensor pred;
-    {
-      at::NoGradGuard ng;
-      pred = head_holder.head(feats.to(device)).argmax(-1).cpu();
-    }
-    report["heldout_head_acc"] = 100.0 * pred.eq(held.labels()).to(at::kDouble).mean().item<double>();
-    int64_t min_per_class = INT64_MAX;
-    for (const auto& c : held.by_class()) min_per_class = std::min<int64_t>(min_per_class, c.size());
-    if (min_per_class >= 2) {
-      data::EpisodeSpec spec{5, 1, static_cast<int>(std::min<int64_t>(15, min_per_class - 1))};
-      const auto a = eval::evaluate_prototypes(feats, held, spec, cfg.eval_episodes, cfg.seed + 7, comm);
-      report["heldout_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", spec.q_query}};
-    }
-  }
-  if (!cfg.eval_data.empty()) {
-    const data::ImageSet ev = data::ImageSet::load(cfg.eval_data);
-    const at::Tensor feats = eval::embed_all(vit, nullptr, ev, comm);
-    const data::EpisodeSpec spec{5, 1, 15};
-    const auto a = eval::evaluate_prototypes(feats, ev, spec, cfg.eval_episodes, cfg.seed + 11, comm);
-    report["eval_data"] = cfg.eval_data;
-    report["eval_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", 15}};
-  }
+  if (!held_rows.empty()) net->report(report, all.subset(held_rows, cfg.data + " (held out)"), cfg, comm);
   if (comm.rank() == 0) {
-    vit.to(c10::Device(at::kCPU));
-    vit.save(cfg.out);
+    net->save(cfg.out);
     fs::write_text(stdfs::path(cfg.out) / "pretrain_report.json", report.dump(2) + "\n");
     LOG_INFO("pretrain", "wrote " << cfg.out << ": " << report.dump());
   }

@@ -31,7 +31,7 @@ def st_write(path, tensors, metadata=None):
     if metadata:
         header["__metadata__"] = metadata
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.require(arr, requirements="C")  # keeps 0-d arrays 0-d
         b = arr.tobytes()
         header[name] = {"dtype": NP_TO_ST[arr.dtype], "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)

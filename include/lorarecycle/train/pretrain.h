@@ -1,5 +1,7 @@
-// Supervised pre-training of a small CLIP-architecture ViT on the base classes (the benchmark's
-// stand-in for CLIP's pre-training), data parallel over the communicator.
+// Supervised pre-training on the base classes, data parallel over the communicator, of either
+//  - a small CLIP-architecture ViT (the benchmark's stand-in for CLIP's pre-training), saved as an
+//    HF model directory, or
+//  - the BN-prior CNN for inversion (a torchvision-named ResNet), saved as model.safetensors.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -8,6 +10,7 @@
 #include <string>
 
 #include "lorarecycle/model/clip_config.h"
+#include "lorarecycle/model/resnet.h"
 
 namespace lorarec::dist {
 class Communicator;
@@ -20,7 +23,9 @@ struct PretrainConfig {
   std::string out;                  // output HF model directory
   std::string work;                 // checkpoints and metrics (default: <out>.work)
   std::string eval_data;            // optional HDF5 set (e.g. test classes) for a prototype check at the end
-  model::ClipVisionConfig vit;      // architecture
+  std::string arch = "vit";         // vit | resnet
+  model::ClipVisionConfig vit;      // ViT architecture (also the pixel normalisation of both)
+  model::ResNetConfig resnet;       // ResNet architecture (num_classes set from the data)
   int64_t steps = 3000;             // optimizer steps
   int batch_size = 64;              // images per rank per step
   double lr = 1e-3;                 // peak learning rate
