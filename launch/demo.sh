@@ -1,26 +1,61 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Today it runs what exists: a CLIP-format ViT (random
-# weights, written by the independent reference tool in the HF file layout) and a PEFT LoRA are
-# loaded through the real loaders, and `lorarecycle embed` computes features of an HDF5 image
-# set alone and under mpirun -np 2; both are checked against the Python reference.
-# Later stages (benchmark data, pretrain, zoo, invert, metatrain, eval) join this script as they land.
+# The main job on the embedded benchmark: every stage that exists, each reused when finished.
+#   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR]
+# Outputs go to data/<preset> and runs/<preset> under the work directory (default: the repo).
+# Stages: (1) benchmark data from Debian's fonts and Fashion-MNIST, (2) pre-train the small VFM
+# and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes.
+# Each runs under mpirun -np N (default 2: one rank per core). Inversion, meta-training and
+# evaluation join as their issues land.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source launch/env.sh
-OUT=${LORAREC_RUN_DIR:-runs/demo}
-mkdir -p "$OUT"
-B=$PWD/build/lorarecycle
-PY=/usr/bin/python3
-REF=$PWD/tests/reference/tiny_clip.py
-cd "$OUT"
-[ -f model/model.safetensors ] || $PY "$REF" make-model model --act quick_gelu
-[ -f lora/adapter_config.json ] || $PY "$REF" make-lora lora --model model --r 4 --alpha 8
-[ -f images.h5 ] || $PY "$REF" make-images images.h5 --n 256
-$PY "$REF" forward --model model --lora lora --images images.h5 --out reference.h5
-$B embed --model model --lora lora --images images.h5 --out features_np1.h5
-mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np 2 -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
-  $B embed --model model --lora lora --images images.h5 --out features_np2.h5
-$PY "$REF" compare features_np1.h5 reference.h5
-$PY "$REF" compare features_np2.h5 reference.h5
-h5ls features_np2.h5
-echo "demo: outputs in $OUT"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PRESET=demo
+NP=2
+WORKDIR=$REPO
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) PRESET=$2; shift 2 ;;
+    --np) NP=$2; shift 2 ;;
+    --workdir) WORKDIR=$2; shift 2 ;;
+    -h|--help) sed -n "2,10p" "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+source "$REPO/launch/env.sh"
+B=$REPO/build/lorarecycle
+mkdir -p "$WORKDIR" && cd "$WORKDIR"
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
+[ -n "${OPENBLAS_CORETYPE:-}" ] && MPI+=(-x OPENBLAS_CORETYPE)
+stage() { echo; echo "=== $(date +%T) $*"; }
+t0=$(date +%s)
+
+stage "1/4 benchmark data (data/$PRESET)"
+/usr/bin/python3 "$REPO/data_tools/build_benchmark.py" --out "data/$PRESET" --preset "$PRESET"
+
+stage "2/4 pre-train the VFM"
+if [ -f "runs/$PRESET/vfm/pretrain_report.json" ]; then echo "reusing runs/$PRESET/vfm"; else
+  "${MPI[@]}" "$B" pretrain --config "$REPO/configs/$PRESET.ini"; fi
+
+stage "3/4 pre-train the BN prior"
+if [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
+  "${MPI[@]}" "$B" pretrain --config "$REPO/configs/${PRESET}_prior.ini"; fi
+
+stage "4/4 LoRA zoo"
+"${MPI[@]}" "$B" zoo --config "$REPO/configs/$PRESET.ini"
+
+stage "summary"
+/usr/bin/python3 - "$PRESET" <<'PY'
+import json, sys
+p = sys.argv[1]
+m = json.load(open(f"data/{p}/manifest.json"))
+print("data:", {k: (v["classes"], v["images"]) for k, v in m["splits"].items()}, "(classes, images)")
+v = json.load(open(f"runs/{p}/vfm/pretrain_report.json"))
+e, h = v.get("eval_proto_5w1s", {}), v.get("heldout_proto_5w1s", {})
+print(f"VFM: test 5-way 1-shot prototypes {e.get('mean', 0):.2f} +- {e.get('ci95', 0):.2f} (chance 20); "
+      f"held-out base {h.get('mean', 0):.2f} +- {h.get('ci95', 0):.2f}; held-out base head accuracy {v['heldout_head_acc']:.2f}")
+r = json.load(open(f"runs/{p}/prior/pretrain_report.json"))
+print(f"BN prior: held-out base accuracy {r['heldout_head_acc']:.2f}")
+z = json.load(open(f"runs/{p}/zoo/manifest.json"))
+accs = [e["heldout_accuracy"] for e in z["loras"]]
+print(f"zoo: {len(accs)} LoRAs, held-out accuracy mean {sum(accs)/len(accs):.2f}, min {min(accs):.2f}, max {max(accs):.2f}")
+PY
+echo "demo: done in $(( $(date +%s) - t0 )) s; outputs under runs/$PRESET"
