@@ -28,7 +28,7 @@ done
 PACKAGES=(build-essential cmake ccache pkg-config git bc
   libtorch-dev libopenblas0-pthread
   libopenmpi-dev openmpi-bin
-  libhdf5-dev hdf5-tools
+  libhdf5-dev hdf5-tools zlib1g-dev
   libboost-program-options-dev nlohmann-json3-dev libgtest-dev
   python3-torch python3-torchvision python3-numpy python3-h5py python3-pil python3-fonttools
   dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-freefont-ttf fonts-liberation2 fonts-noto-core

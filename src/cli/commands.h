@@ -11,5 +11,6 @@ namespace lorarec::cli {
 int run_embed(int argc, char** argv, dist::Runtime& runtime);
 int run_pretrain(int argc, char** argv, dist::Runtime& runtime);
 int run_zoo(int argc, char** argv, dist::Runtime& runtime);
+int run_invert(int argc, char** argv, dist::Runtime& runtime);
 
 }  // namespace lorarec::cli

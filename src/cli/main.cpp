@@ -30,6 +30,7 @@ struct Command {
 const Command kTable[] = {
     {"pretrain", "(benchmark) supervised pre-training of the small VFM on the base classes", lorarec::cli::run_pretrain},
     {"zoo", "pre-tune K LoRAs (+ heads) on N-way tasks of a dataset, sharded over ranks", lorarec::cli::run_zoo},
+    {"invert", "invert every zoo LoRA into surrogate images (HDF5 pool), sharded over ranks", lorarec::cli::run_invert},
     {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
 };
 

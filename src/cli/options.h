@@ -14,7 +14,7 @@ namespace lorarec::cli {
 
 namespace po = boost::program_options;
 
-inline const char* kCommands[] = {"pretrain", "zoo", "embed"};
+inline const char* kCommands[] = {"pretrain", "zoo", "invert", "embed"};
 
 // Options every command has.
 struct CommonOptions {

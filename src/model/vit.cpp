@@ -259,19 +259,25 @@ ClipVision ClipVision::from_tensors(const ClipVisionConfig& cfg, const std::map<
 }
 
 ClipVision ClipVision::random(const ClipVisionConfig& cfg, std::uint64_t seed) {
+  // HF CLIPPreTrainedModel._init_weights with initializer_factor 1 and initializer_range 0.02.
   cfg.validate("random ViT config");
   auto gen = make_gen(seed);
   const int64_t D = cfg.hidden_size, C = cfg.num_channels, p = cfg.patch_size;
-  constexpr double kStd = 0.02;
+  const double L2 = 2.0 * cfg.num_hidden_layers;
+  const double in_std = std::pow(double(D), -0.5) * std::pow(L2, -0.5);  // q, k, v and fc2
+  const double out_std = std::pow(double(D), -0.5);                      // out_proj
+  const double fc_std = std::pow(2.0 * double(D), -0.5);                 // fc1
+  constexpr double kRange = 0.02;
   ClipVision m;
   m.config_ = cfg;
-  m.patch_w_ = normal({D, C, p, p}, kStd, gen);
-  m.class_emb_ = normal({D}, kStd, gen);
-  m.pos_emb_ = normal({cfg.num_patches() + 1, D}, kStd, gen);
+  m.patch_w_ = normal({D, C, p, p}, kRange, gen);
+  m.class_emb_ = normal({D}, std::pow(double(D), -0.5), gen);
+  m.pos_emb_ = normal({cfg.num_patches() + 1, D}, kRange, gen);
   m.pre_ln_w_ = at::ones({D});
   m.pre_ln_b_ = at::zeros({D});
   m.post_ln_w_ = at::ones({D});
   m.post_ln_b_ = at::zeros({D});
+  const double stds[kNumModules] = {in_std, in_std, in_std, out_std, fc_std, in_std};
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     Layer layer;
     layer.ln1_w = at::ones({D});
@@ -280,12 +286,12 @@ ClipVision ClipVision::random(const ClipVisionConfig& cfg, std::uint64_t seed) {
     layer.ln2_b = at::zeros({D});
     for (int i = 0; i < kNumModules; ++i) {
       const auto [out, in] = module_shape(cfg, static_cast<Module>(i));
-      layer.w[i] = normal({out, in}, kStd, gen);
+      layer.w[i] = normal({out, in}, stds[i], gen);
       layer.b[i] = at::zeros({out});
     }
     m.layers_.push_back(std::move(layer));
   }
-  m.proj_ = normal({cfg.projection_dim, D}, kStd, gen);
+  m.proj_ = normal({cfg.projection_dim, D}, std::pow(double(D), -0.5), gen);
   return m;
 }
 

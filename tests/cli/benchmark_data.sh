@@ -26,3 +26,25 @@ for s1 in ("zoo", "val", "test"):
         assert s1 == s2 or not (names[s1] & names[s2]), f"{s1} and {s2} share classes"
 print("benchmark_data: splits disjoint, format ok, deterministic")
 PY
+# A user's folder-per-class images import into the same format; a bad image names its file.
+TOOL2="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/import_folder.py"
+"$LORAREC_PYTHON" - <<'PY'
+import os, numpy as np
+from PIL import Image
+for c in ("heron", "wren"):
+    os.makedirs(f"imgs/{c}", exist_ok=True)
+    for i in range(3):
+        Image.fromarray(np.full((40 + i, 50, 3), 60 * i, dtype=np.uint8)).save(f"imgs/{c}/{i}.png")
+PY
+"$LORAREC_PYTHON" "$TOOL2" imgs custom.h5 --size 32 --min-per-class 3
+"$LORAREC_PYTHON" - <<'PY'
+import h5py, numpy as np
+f = h5py.File("custom.h5")
+assert f["images"].shape == (6, 32, 32, 3) and list(np.array(f["labels"])) == [0, 0, 0, 1, 1, 1]
+assert [c.decode() for c in f["class_names"]] == ["heron", "wren"]
+PY
+echo "not an image" > imgs/wren/3.png
+set +e; "$LORAREC_PYTHON" "$TOOL2" imgs bad.h5 2>err.txt; rc=$?; set -e
+[ $rc -ne 0 ] && grep -q "imgs/wren/3.png" err.txt || fail "a broken image was not reported with its path"
+[ ! -e bad.h5 ] || fail "output written despite the error"
+echo "benchmark_data: folder import ok"

@@ -115,7 +115,7 @@ class ClipVision {
   // Missing keys, unexpected vision keys, wrong shapes and non-finite values: InputError.
   static ClipVision from_tensors(const ClipVisionConfig& cfg, const std::map<std::string, at::Tensor>& tensors,
                                  const std::string& origin);
-  // Random weights (HF-like init) for pre-training from scratch and tests.
+  // Random weights with HF CLIP's initialisation, for pre-training from scratch and tests.
   static ClipVision random(const ClipVisionConfig& cfg, std::uint64_t seed);
 
   // HF-named tensors (CLIPModel vision tower + visual_projection). The tensors are the model's

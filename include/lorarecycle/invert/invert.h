@@ -1,0 +1,65 @@
+// LoRA inversion (DESIGN 2.4): one zoo LoRA (VFM + LoRA + head, the frozen teacher) -> surrogate
+// images of its classes, by optimising noise in normalised pixel space so that the teacher
+// classifies it as the wanted class, with a DeepInversion BN prior, and token pruning from a
+// fraction of the iterations on (DESIGN 2.6).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lorarecycle/model/resnet.h"
+#include "lorarecycle/model/vit.h"
+
+namespace lorarec::invert {
+
+struct InversionConfig {
+  int per_class = 10;              // surrogate images per class
+  int iterations = 2000;           // Adam steps (paper 2000)
+  double lr = 0.25;                // Adam, betas (0.5, 0.99)
+  double beta1 = 0.5, beta2 = 0.99;
+  double w_ce = 1.0;               // oh: cross-entropy weight
+  double w_bn = 0.01;              // BN-prior weight (0 or no prior: off)
+  double w_tv = 0.0;               // total variation
+  double w_l2 = 0.0;               // ||X||
+  int jitter = -1;                 // max roll in pixels (-1: image_size / 8)
+  bool flip = true;                // random horizontal flip (shared by the batch)
+  double prune_start = 0.25;       // fraction of the iterations after which pruning is on
+  std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
+  std::uint64_t seed = 0;
+};
+
+// The loss terms on a batch (exposed for tests).
+struct LossTerms {
+  at::Tensor ce, bn, tv, l2, total;  // scalars
+};
+// ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
+// (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
+// l2 = ||x||_2 over the whole batch.
+LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
+                     const at::Tensor& x, const InversionConfig& cfg);
+// Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
+void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
+// Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).
+at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x);
+
+struct Surrogates {
+  at::Tensor images;         // uint8 [n, S, S, 3]
+  at::Tensor labels;         // int32 [n] local class 0..N-1 (class-interleaved)
+  at::Tensor teacher_logits; // float [n, N] of the stored (uint8) images
+  at::Tensor patch_scores;   // float [n, P] last-layer CLS attention, dense forward
+  at::Tensor keep_mask;      // uint8 [n, P] survivors of the configured pruning
+  double best_loss = 0, final_loss = 0;
+  int best_iteration = -1;
+  double teacher_accuracy = 0;  // percent of stored images the teacher classifies as their label
+  double seconds = 0;
+};
+
+// Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
+Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
+                       const InversionConfig& cfg, std::uint64_t stream);
+
+}  // namespace lorarec::invert

@@ -1,0 +1,52 @@
+// `lorarecycle invert`: the zoo sharded over ranks, each LoRA inverted into one HDF5 file of the
+// surrogate pool, plus a pool index that meta-training reads.
+//
+// Pool layout (<out>/):
+//   lora_<kkk>.h5   /images uint8 [n,S,S,3], /labels int32 [n] (local), /global_class int32 [n],
+//                   /teacher_logits float [n,N], /patch_scores float [n,P], /keep_mask uint8 [n,P],
+//                   root attributes (lora_id, lora_path, seed, iterations, losses, teacher accuracy,
+//                   software version, time, complete = 1). Written to a temporary name, renamed.
+//   index.json      every LoRA file with its classes and counts (written by rank 0 at the end).
+//   summary.json    per LoRA: teacher accuracy on its own surrogates, losses, seconds, rank.
+// Global class id = lora_id * N + local class (classes of different LoRAs are distinct classes).
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <string>
+#include <vector>
+
+#include "lorarecycle/invert/invert.h"
+
+namespace lorarec::dist {
+class Communicator;
+}
+
+namespace lorarec::invert {
+
+struct InvertJobConfig {
+  std::string model;       // VFM directory
+  std::string zoo;         // zoo directory (manifest.json + lora_<k>/)
+  std::string prior;       // BN-prior ResNet (directory or .safetensors); empty: no BN term
+  std::string out;         // pool directory
+  InversionConfig inv;
+  bool preview = false;    // also write lora_<k>.png, a contact sheet of the surrogates
+  int chunk_images = 64;   // HDF5 chunk (images) of /images
+};
+
+// Longest-processing-time-first assignment of costs to `ranks` bins; returns the bin of each
+// item. Deterministic (ties to the lowest index).
+std::vector<int> lpt_assign(const std::vector<double>& costs, int ranks);
+
+// Name of LoRA k's pool file: "lora_007.h5".
+std::string pool_file_name(int id);
+// True when the file is a complete, readable pool file with n images.
+bool pool_file_complete(const std::string& path);
+
+// Collective.
+void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10::Device& device);
+
+// Writes a PNG (8-bit RGB) of a grid of uint8 [n, H, W, 3] images, `cols` per row.
+void write_png_grid(const std::string& path, const at::Tensor& images, int cols);
+
+}  // namespace lorarec::invert

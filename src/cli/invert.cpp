@@ -1,0 +1,71 @@
+// lorarecycle invert: the zoo sharded over ranks, every LoRA inverted into the surrogate pool.
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/invert/pool.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
+
+namespace lorarec::cli {
+
+// "11:0.75,6:0.5" -> {(11, .75), (6, .5)}; "" or "none" -> {}.
+std::vector<std::pair<int, double>> parse_prune(const std::string& spec) {
+  std::vector<std::pair<int, double>> out;
+  if (spec.empty() || spec == "none") return out;
+  std::stringstream ss(spec);
+  for (std::string item; std::getline(ss, item, ',');) {
+    const auto colon = item.find(':');
+    try {
+      if (colon == std::string::npos) throw std::invalid_argument("no colon");
+      out.emplace_back(std::stoi(item.substr(0, colon)), std::stod(item.substr(colon + 1)));
+    } catch (const std::exception&) {
+      throw InputError("--prune expects LAYER:RATIO[,LAYER:RATIO...], e.g. 3:0.75; got '" + spec + "'");
+    }
+  }
+  return out;
+}
+
+int run_invert(int argc, char** argv, dist::Runtime& rt) {
+  invert::InvertJobConfig c;
+  std::string prune = "none";
+  bool no_flip = false;
+  CommonOptions common;
+  po::options_description desc = common_options(common);
+  po::options_description own("Invert options");
+  own.add_options()
+      ("model", po::value(&c.model), "HF model directory of the VFM")
+      ("zoo", po::value(&c.zoo), "zoo directory (manifest.json + lora_<k>/ PEFT directories with heads)")
+      ("prior", po::value(&c.prior), "BN-prior ResNet (directory or .safetensors, torchvision names); omitted: no BN term")
+      ("out", po::value(&c.out), "pool directory: lora_<k>.h5 per LoRA + index.json + summary.json")
+      ("per-class", po::value(&c.inv.per_class)->default_value(c.inv.per_class), "surrogate images per class")
+      ("iterations", po::value(&c.inv.iterations)->default_value(c.inv.iterations), "Adam iterations per LoRA (paper: 2000)")
+      ("lr", po::value(&c.inv.lr)->default_value(c.inv.lr), "Adam learning rate on the pixels (betas 0.5, 0.99)")
+      ("w-ce", po::value(&c.inv.w_ce)->default_value(c.inv.w_ce), "weight of the cross-entropy to the wanted class")
+      ("w-bn", po::value(&c.inv.w_bn)->default_value(c.inv.w_bn), "weight of the BN-prior (DeepInversion) term")
+      ("w-tv", po::value(&c.inv.w_tv)->default_value(c.inv.w_tv), "weight of the total variation")
+      ("w-l2", po::value(&c.inv.w_l2)->default_value(c.inv.w_l2), "weight of ||X||")
+      ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
+      ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip")
+      ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
+      ("prune-start", po::value(&c.inv.prune_start)->default_value(c.inv.prune_start), "fraction of the iterations after which pruning is on")
+      ("seed", po::value(&c.inv.seed)->default_value(c.inv.seed), "seed of the noise and the jitter")
+      ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates");
+  desc.add(own);
+  if (!parse("invert", "usage: lorarecycle invert --model DIR --zoo ZOO_DIR --out POOL_DIR [--prior DIR] [options]", argc,
+             argv, desc, common, rt.rank()))
+    return 0;
+  c.inv.flip = !no_flip;
+  c.inv.prune = parse_prune(prune);
+  if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
+  if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
+  LOG_INFO("invert", rt.describe());
+  auto comm = rt.make_communicator(common.comm);
+  const c10::Device device = model::select_device(common.device, rt.local_rank());
+  invert::run_invert(c, *comm, device);
+  return 0;
+}
+
+}  // namespace lorarec::cli

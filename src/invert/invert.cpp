@@ -1,0 +1,120 @@
+#include "lorarecycle/invert/invert.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <limits>
+
+#include "lorarecycle/data/image_set.h"
+#include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/error.h"
+
+namespace lorarec::invert {
+
+LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
+                     const at::Tensor& x, const InversionConfig& cfg) {
+  LossTerms t;
+  t.ce = at::cross_entropy_loss(logits, targets);
+  t.bn = at::zeros({}, x.options());
+  if (stats != nullptr)
+    for (const auto& s : *stats) t.bn = t.bn + (s.running_var - s.var).norm() + (s.running_mean - s.mean).norm();
+  const at::Tensor dv = x.slice(2, 1) - x.slice(2, 0, -1);
+  const at::Tensor dh = x.slice(3, 1) - x.slice(3, 0, -1);
+  t.tv = dv.pow(2).mean() + dh.pow(2).mean();
+  t.l2 = x.norm();
+  t.total = cfg.w_ce * t.ce + cfg.w_bn * t.bn + cfg.w_tv * t.tv + cfg.w_l2 * t.l2;
+  return t;
+}
+
+void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
+  at::NoGradGuard ng;
+  x.copy_(at::max(at::min(x, hi.view({1, -1, 1, 1})), lo.view({1, -1, 1, 1})));
+}
+
+at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
+  const auto& c = vit.config();
+  const at::Tensor mean = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end())).view({1, 3, 1, 1});
+  const at::Tensor std = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end())).view({1, 3, 1, 1});
+  const at::Tensor px = (x.detach().to(at::kCPU) * std + mean).clamp(0.0, 1.0);
+  return px.mul(255.0).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
+Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
+                       const InversionConfig& cfg, std::uint64_t stream) {
+  if (!lora.has_head()) throw InputError("inversion needs a LoRA with a classifier head");
+  if (cfg.per_class < 1 || cfg.iterations < 1) throw InputError("inversion needs per-class >= 1 and iterations >= 1");
+  const auto t0 = std::chrono::steady_clock::now();
+  const int N = static_cast<int>(lora.head_weight().size(0));
+  const int S = vit.config().image_size;
+  const int n = N * cfg.per_class;
+  const auto dev = vit.device();
+  // Targets class-interleaved: 0, 1, .., N-1, 0, 1, ..
+  const at::Tensor y = at::arange(N, at::kLong).repeat({cfg.per_class}).to(dev);
+  auto gen_rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max());
+  at::manual_seed(static_cast<std::uint64_t>(gen_rng()));
+  at::Tensor x = at::randn({n, 3, S, S}, at::TensorOptions().device(dev)).requires_grad_(true);
+  train::AdamWConfig oc;
+  oc.beta1 = cfg.beta1;
+  oc.beta2 = cfg.beta2;
+  train::AdamW opt({x}, oc);
+  const auto [lo, hi] = vit.pixel_bounds();
+  const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
+  const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
+  const bool use_prior = prior != nullptr && cfg.w_bn > 0;
+
+  Surrogates out;
+  double best = std::numeric_limits<double>::infinity();
+  at::Tensor best_x = x.detach().clone();
+  for (int it = 0; it < cfg.iterations; ++it) {
+    auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
+    std::uniform_int_distribution<int> shift(-jitter, jitter);
+    const int dy = shift(rng), dx = shift(rng);
+    const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
+    at::Tensor xa = jitter > 0 ? at::roll(x, {dy, dx}, {2, 3}) : x;
+    if (flip) xa = xa.flip({3});
+    model::ForwardOptions fo;
+    if (it >= prune_from) fo.prune = cfg.prune;
+    const at::Tensor logits = lora.head(vit.forward(xa, fo, &lora).feature);
+    std::vector<model::BnStat> stats;
+    if (use_prior) prior->forward(xa, false, &stats);
+    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, x, cfg);
+    const double value = lt.total.item<double>();
+    if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
+    if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)
+      best = value;
+      best_x = x.detach().clone();
+      out.best_iteration = it;
+    }
+    out.final_loss = value;
+    opt.zero_grad();
+    lt.total.backward();
+    opt.step(cfg.lr);
+    clamp_pixels(x, lo, hi);
+  }
+  out.best_loss = best;
+
+  // What is stored is the uint8 image: score, mask and teacher logits are computed on it.
+  out.images = to_uint8(vit, best_x);
+  out.labels = y.to(at::kCPU, at::kInt);
+  at::NoGradGuard ng;
+  const at::Tensor px = vit.preprocess(out.images);
+  model::ForwardOptions dense;
+  dense.want_scores = true;
+  const model::ForwardOutput d = vit.forward(px, dense, &lora);
+  out.teacher_logits = lora.head(d.feature).to(at::kCPU, at::kFloat);
+  out.patch_scores = d.patch_scores.to(at::kCPU, at::kFloat);
+  if (cfg.prune.empty()) {
+    out.keep_mask = at::ones(out.patch_scores.sizes(), at::kByte);
+  } else {
+    model::ForwardOptions pruned;
+    pruned.prune = cfg.prune;
+    pruned.want_scores = true;
+    out.keep_mask = vit.forward(px, pruned, &lora).keep_mask.to(at::kCPU, at::kByte);
+  }
+  out.teacher_accuracy =
+      100.0 * out.teacher_logits.argmax(-1).eq(out.labels.to(at::kLong)).to(at::kDouble).mean().item<double>();
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace lorarec::invert

@@ -1,0 +1,278 @@
+#include "lorarecycle/invert/pool.h"
+
+#include <zlib.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <nlohmann/json.hpp>
+
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/io/hdf5.h"
+#include "lorarecycle/io/peft.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/log.h"
+
+namespace lorarec::invert {
+namespace {
+using json = nlohmann::json;
+namespace stdfs = std::filesystem;
+
+std::string now_iso() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Per-rank progress files, read by rank 0 to log the whole job's rate and ETA without a collective
+// (ranks finish LoRAs at different times).
+void write_progress(const stdfs::path& dir, int rank, double done, double total, double seconds) {
+  fs::write_text(dir / ("rank_" + std::to_string(rank) + ".json"),
+                 json({{"done", done}, {"total", total}, {"seconds", seconds}}).dump());
+}
+
+void log_aggregate(const stdfs::path& dir, int world) {
+  double done = 0, total = 0, rate = 0;
+  for (int r = 0; r < world; ++r) {
+    try {
+      const json j = json::parse(fs::read_text(dir / ("rank_" + std::to_string(r) + ".json")));
+      done += j.at("done").get<double>();
+      total += j.at("total").get<double>();
+      const double s = j.at("seconds").get<double>();
+      if (s > 0) rate += j.at("done").get<double>() / s;
+    } catch (const std::exception&) {
+      // not written yet
+    }
+  }
+  const double eta = rate > 0 ? (total - done) / rate : -1;
+  LOG_INFO("invert", "all ranks: " << static_cast<long long>(done) << "/" << static_cast<long long>(total)
+                                   << " image-iterations x1000 done, " << rate << "k image-iterations/s, ETA "
+                                   << (eta >= 0 ? std::to_string(static_cast<long long>(eta)) + " s" : "--"));
+}
+
+void write_chunk(std::string& out, const char* type, const std::string& data) {
+  auto be32 = [&](std::uint32_t v) {
+    for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  be32(static_cast<std::uint32_t>(data.size()));
+  const std::string body = std::string(type, 4) + data;
+  out += body;
+  be32(static_cast<std::uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+}
+
+}  // namespace
+
+std::vector<int> lpt_assign(const std::vector<double>& costs, int ranks) {
+  std::vector<size_t> order(costs.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return costs[a] > costs[b]; });
+  std::vector<double> load(ranks, 0.0);
+  std::vector<int> bin(costs.size(), 0);
+  for (size_t i : order) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    bin[i] = r;
+    load[r] += costs[i];
+  }
+  return bin;
+}
+
+std::string pool_file_name(int id) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "lora_%03d.h5", id);
+  return buf;
+}
+
+bool pool_file_complete(const std::string& path) {
+  if (!stdfs::exists(path)) return false;
+  try {
+    const io::h5::File f = io::h5::File::open_read(path);
+    if (!f.has_attr("/", "complete") || f.attr_double("/", "complete") != 1.0) return false;
+    const int64_t n = f.shape("/images").at(0);
+    for (const char* d : {"/labels", "/global_class", "/teacher_logits", "/patch_scores", "/keep_mask"})
+      if (f.shape(d).at(0) != n) return false;
+    return n > 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void write_png_grid(const std::string& path, const at::Tensor& images, int cols) {
+  const int64_t n = images.size(0), h = images.size(1), w = images.size(2);
+  const int64_t rows = (n + cols - 1) / cols, W = cols * (w + 1) + 1, H = rows * (h + 1) + 1;
+  at::Tensor canvas = at::full({H, W, 3}, 255, at::kByte);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i / cols, c = i % cols;
+    canvas.slice(0, 1 + r * (h + 1), 1 + r * (h + 1) + h).slice(1, 1 + c * (w + 1), 1 + c * (w + 1) + w).copy_(images[i]);
+  }
+  std::string raw;
+  const auto* px = canvas.data_ptr<std::uint8_t>();
+  for (int64_t y = 0; y < H; ++y) {
+    raw.push_back('\0');  // filter: none
+    raw.append(reinterpret_cast<const char*>(px + y * W * 3), W * 3);
+  }
+  uLongf zlen = compressBound(raw.size());
+  std::string z(zlen, '\0');
+  if (compress2(reinterpret_cast<Bytef*>(z.data()), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size(), 6) != Z_OK)
+    throw RuntimeError("PNG compression failed for " + path);
+  z.resize(zlen);
+  std::string png = "\x89PNG\r\n\x1a\n";
+  std::string ihdr;
+  for (std::uint32_t v : {static_cast<std::uint32_t>(W), static_cast<std::uint32_t>(H)})
+    for (int i = 3; i >= 0; --i) ihdr.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8-bit RGB, no interlace
+  write_chunk(png, "IHDR", ihdr);
+  write_chunk(png, "IDAT", z);
+  write_chunk(png, "IEND", "");
+  fs::write_text(path, png);
+}
+
+void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+  if (cfg.model.empty() || cfg.zoo.empty() || cfg.out.empty()) throw InputError("invert: --model, --zoo and --out are required");
+  const stdfs::path zoo(cfg.zoo), out(cfg.out), progress_dir = stdfs::path(cfg.out) / ".progress";
+  const stdfs::path manifest_path = zoo / "manifest.json";
+  if (!stdfs::exists(manifest_path)) throw InputError(manifest_path.string() + ": missing (is --zoo a zoo directory?)");
+  json manifest;
+  try {
+    manifest = json::parse(fs::read_text(manifest_path));
+  } catch (const json::exception& e) {
+    throw InputError(manifest_path.string() + ": invalid JSON (" + e.what() + ")");
+  }
+  struct Job {
+    int id;
+    std::string dir;
+  };
+  std::vector<Job> jobs;
+  for (const auto& e : manifest.at("loras")) jobs.push_back({e.at("id").get<int>(), (zoo / e.at("dir").get<std::string>()).string()});
+  if (comm.rank() == 0) {
+    stdfs::create_directories(out);
+    stdfs::create_directories(progress_dir);
+    for (const auto& e : stdfs::directory_iterator(out)) {  // leftovers of a crash: never trusted
+      const std::string name = e.path().filename().string();
+      if (name.rfind(".lora_", 0) == 0 && name.find(".tmp.") != std::string::npos) {
+        LOG_WARN("invert", "removing the partial file of an interrupted run: " << e.path().string());
+        stdfs::remove_all(e.path());
+      }
+    }
+    for (const auto& e : stdfs::directory_iterator(progress_dir)) stdfs::remove(e.path());
+  }
+  comm.barrier();
+
+  model::ClipVision vit = model::ClipVision::load(cfg.model);
+  vit.to(device);
+  std::optional<model::ResNet> prior;
+  if (!cfg.prior.empty()) {
+    prior = model::ResNet::load(cfg.prior);
+    prior->to(device);
+  }
+  // Cost of a LoRA = images x iterations; assign longest first.
+  std::vector<double> costs;
+  std::vector<model::Lora> loras;
+  for (const Job& j : jobs) {
+    loras.push_back(io::load_peft(j.dir, vit.config()));
+    if (!loras.back().has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
+    costs.push_back(double(loras.back().head_weight().size(0)) * cfg.inv.per_class * cfg.inv.iterations);
+  }
+  const std::vector<int> owner = lpt_assign(costs, comm.size());
+  double my_total = 0, my_done = 0;
+  std::vector<size_t> mine;
+  for (size_t i = 0; i < jobs.size(); ++i)
+    if (owner[i] == comm.rank()) {
+      if (pool_file_complete((out / pool_file_name(jobs[i].id)).string())) continue;
+      mine.push_back(i);
+      my_total += costs[i] / 1000.0;
+    }
+  LOG_INFO("invert", jobs.size() << " LoRAs, " << cfg.inv.per_class << " images per class, " << cfg.inv.iterations
+                                 << " iterations" << (prior ? ", BN prior " + cfg.prior : ", no BN prior")
+                                 << "; rank 0 inverts " << mine.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  write_progress(progress_dir, comm.rank(), 0, my_total, 0);
+  double hdf5_seconds = 0;
+  for (size_t i : mine) {
+    const Job& j = jobs[i];
+    loras[i].to(device);
+    const Surrogates s = invert_lora(vit, loras[i], prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
+    const auto tw = std::chrono::steady_clock::now();
+    const int N = static_cast<int>(loras[i].head_weight().size(0));
+    const std::string path = (out / pool_file_name(j.id)).string();
+    io::h5::write_file_atomically(path, [&](io::h5::File& f) {
+      f.write("/images", s.images, cfg.chunk_images);
+      f.write("/labels", s.labels);
+      f.write("/global_class", s.labels + j.id * N);
+      f.write("/teacher_logits", s.teacher_logits, cfg.chunk_images);
+      f.write("/patch_scores", s.patch_scores, cfg.chunk_images);
+      f.write("/keep_mask", s.keep_mask, cfg.chunk_images);
+      f.set_attr("/", "lora_id", int64_t{j.id});
+      f.set_attr("/", "lora_path", j.dir);
+      f.set_attr("/", "seed", static_cast<int64_t>(cfg.inv.seed));
+      f.set_attr("/", "iterations", int64_t{cfg.inv.iterations});
+      f.set_attr("/", "per_class", int64_t{cfg.inv.per_class});
+      f.set_attr("/", "best_loss", s.best_loss);
+      f.set_attr("/", "final_loss", s.final_loss);
+      f.set_attr("/", "best_iteration", int64_t{s.best_iteration});
+      f.set_attr("/", "teacher_accuracy", s.teacher_accuracy);
+      f.set_attr("/", "seconds", s.seconds);
+      f.set_attr("/", "software", std::string("lorarecycle ") + LORAREC_VERSION);
+      f.set_attr("/", "time", now_iso());
+      f.set_attr("/", "complete", int64_t{1});
+    });
+    hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
+    if (cfg.preview) write_png_grid((out / ("lora_" + pool_file_name(j.id).substr(5, 3) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? N : 10);
+    my_done += costs[i] / 1000.0;
+    write_progress(progress_dir, comm.rank(), my_done, my_total, elapsed());
+    LOG_INFO("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "
+                                            << s.teacher_accuracy << "%, best loss " << s.best_loss << " at iteration "
+                                            << s.best_iteration << ", " << s.seconds << " s");
+    if (comm.rank() == 0) log_aggregate(progress_dir, comm.size());
+  }
+  const double my_seconds = elapsed();
+  const auto finish = comm.all_gather_f64(my_seconds);
+  const auto hdf5 = comm.all_gather_f64(hdf5_seconds);
+  comm.barrier();
+  if (comm.rank() != 0) return;
+
+  // Index and summary over every LoRA (all files complete now).
+  json index = {{"model", cfg.model}, {"zoo", cfg.zoo}, {"files", json::array()}};
+  json summary = {{"loras", json::array()}};
+  int64_t images = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const std::string name = pool_file_name(jobs[i].id);
+    const std::string path = (out / name).string();
+    if (!pool_file_complete(path)) throw RuntimeError("invert: " + path + " is missing or incomplete after every rank finished");
+    const io::h5::File f = io::h5::File::open_read(path);
+    const int64_t n = f.shape("/images")[0];
+    const int N = static_cast<int>(f.shape("/teacher_logits")[1]);
+    images += n;
+    index["files"].push_back({{"file", name}, {"lora_id", jobs[i].id}, {"images", n}, {"classes", N},
+                              {"global_class_first", jobs[i].id * N}});
+    summary["loras"].push_back({{"lora_id", jobs[i].id}, {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
+                                {"best_loss", f.attr_double("/", "best_loss")}, {"seconds", f.attr_double("/", "seconds")},
+                                {"rank", owner[i]}});
+  }
+  index["images"] = images;
+  summary["rank_finish_seconds"] = finish;
+  summary["rank_hdf5_seconds"] = hdf5;
+  fs::write_text(out / "index.json", index.dump(2) + "\n");
+  fs::write_text(out / "summary.json", summary.dump(2) + "\n");
+  double lo = 100, sum = 0;
+  for (const auto& e : summary["loras"]) {
+    lo = std::min(lo, e["teacher_accuracy"].get<double>());
+    sum += e["teacher_accuracy"].get<double>();
+  }
+  const double fmax = *std::max_element(finish.begin(), finish.end());
+  const double fmin = *std::min_element(finish.begin(), finish.end());
+  LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << images << " images; teacher accuracy on own surrogates mean "
+                             << sum / jobs.size() << "%, min " << lo << "%; rank finish times " << fmin << " .. " << fmax << " s");
+}
+
+}  // namespace lorarec::invert
