@@ -86,6 +86,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
       out.best_iteration = it;
     }
     out.final_loss = value;
+    out.losses.push_back(value);
     opt.zero_grad();
     lt.total.backward();
     opt.step(cfg.lr);

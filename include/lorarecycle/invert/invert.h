@@ -52,6 +52,7 @@ struct Surrogates {
   at::Tensor teacher_logits; // float [n, N] of the stored (uint8) images
   at::Tensor patch_scores;   // float [n, P] last-layer CLS attention, dense forward
   at::Tensor keep_mask;      // uint8 [n, P] survivors of the configured pruning
+  std::vector<double> losses;  // total loss at every iteration (of the iterate before its step)
   double best_loss = 0, final_loss = 0;
   int best_iteration = -1;
   double teacher_accuracy = 0;  // percent of stored images the teacher classifies as their label

@@ -1,0 +1,144 @@
+#include "lorarecycle/invert/invert.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "lorarecycle/invert/pool.h"
+#include "lorarecycle/io/hdf5.h"
+#include "test_util.h"
+
+namespace lorarec::invert {
+namespace {
+
+TEST(InversionLoss, TermsEqualDirectComputations) {
+  at::manual_seed(0);
+  const at::Tensor logits = at::randn({4, 3});
+  const at::Tensor y = at::tensor({0, 2, 1, 2}, at::kLong);
+  const at::Tensor x = at::randn({2, 3, 4, 5});
+  model::BnStat s1{at::tensor({0.1f, 0.2f}), at::tensor({1.0f, 2.0f}), at::tensor({0.0f, 0.0f}), at::tensor({1.5f, 1.0f})};
+  model::BnStat s2{at::tensor({1.0f}), at::tensor({3.0f}), at::tensor({0.0f}), at::tensor({1.0f})};
+  const std::vector<model::BnStat> stats{s1, s2};
+  InversionConfig cfg;
+  cfg.w_ce = 1.0, cfg.w_bn = 0.5, cfg.w_tv = 2.0, cfg.w_l2 = 0.1;
+  const LossTerms t = loss_terms(logits, y, &stats, x, cfg);
+  // cross-entropy, by hand
+  double ce = 0;
+  for (int i = 0; i < 4; ++i) {
+    double z = 0;
+    for (int c = 0; c < 3; ++c) z += std::exp(logits[i][c].item<double>());
+    ce += std::log(z) - logits[i][y[i].item<int64_t>()].item<double>();
+  }
+  EXPECT_NEAR(t.ce.item<double>(), ce / 4, 1e-5);
+  // BN: ||rv - v|| + ||rm - m|| per layer
+  const double bn = std::sqrt(0.25 + 1.0) + std::sqrt(0.01 + 0.04) + std::sqrt(4.0) + 1.0;
+  EXPECT_NEAR(t.bn.item<double>(), bn, 1e-5);
+  // TV: mean squared vertical + horizontal differences
+  double v = 0, h = 0;
+  const auto a = x.accessor<float, 4>();
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 3; ++c)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 5; ++j) {
+          if (i + 1 < 4) v += std::pow(a[n][c][i + 1][j] - a[n][c][i][j], 2);
+          if (j + 1 < 5) h += std::pow(a[n][c][i][j + 1] - a[n][c][i][j], 2);
+        }
+  EXPECT_NEAR(t.tv.item<double>(), v / (2 * 3 * 3 * 5) + h / (2 * 3 * 4 * 4), 1e-5);
+  EXPECT_NEAR(t.l2.item<double>(), std::sqrt(x.pow(2).sum().item<double>()), 1e-4);
+  EXPECT_NEAR(t.total.item<double>(), ce / 4 + 0.5 * bn + 2.0 * t.tv.item<double>() + 0.1 * t.l2.item<double>(), 1e-4);
+  // Without stats the BN term is 0.
+  EXPECT_EQ(loss_terms(logits, y, nullptr, x, cfg).bn.item<double>(), 0.0);
+}
+
+TEST(InversionLoss, ClampKeepsEveryChannelInItsRange) {
+  at::Tensor x = at::randn({3, 3, 4, 4}) * 5;
+  const at::Tensor lo = at::tensor({-1.0f, -2.0f, -0.5f}), hi = at::tensor({1.0f, 0.5f, 2.0f});
+  const at::Tensor before = x.clone();
+  clamp_pixels(x, lo, hi);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_GE(x.select(1, c).min().item<float>(), lo[c].item<float>());
+    EXPECT_LE(x.select(1, c).max().item<float>(), hi[c].item<float>());
+  }
+  const at::Tensor inside = (before >= lo.view({1, 3, 1, 1})) & (before <= hi.view({1, 3, 1, 1}));
+  EXPECT_TRUE(at::equal(x.masked_select(inside), before.masked_select(inside)));
+}
+
+struct Teacher {
+  model::ClipVision vit;
+  model::Lora lora;
+};
+
+Teacher tiny_teacher() {
+  Teacher t{model::ClipVision::random(test::tiny_config(), 3), model::Lora(test::tiny_config(), model::LoraConfig{}, 4)};
+  for (const auto& [key, ad] : t.lora.adapters()) t.lora.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
+  t.lora.init_head(3, 5);
+  return t;
+}
+
+TEST(Inversion, KeepsTheLowestLossIterate) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg;
+  cfg.per_class = 2;
+  cfg.iterations = 40;
+  cfg.lr = 0.5;  // large steps: the loss is not monotone
+  const Surrogates s = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  ASSERT_EQ(static_cast<int>(s.losses.size()), 40);
+  const auto best = std::min_element(s.losses.begin(), s.losses.end());
+  EXPECT_EQ(s.best_iteration, best - s.losses.begin());
+  EXPECT_DOUBLE_EQ(s.best_loss, *best);
+  EXPECT_DOUBLE_EQ(s.final_loss, s.losses.back());
+  // The stored images are the iterate at best_iteration: a run stopped right after it stores the same.
+  InversionConfig shorter = cfg;
+  shorter.iterations = s.best_iteration + 1;
+  const Surrogates p = invert_lora(t.vit, t.lora, nullptr, shorter, 1);
+  EXPECT_TRUE(at::equal(p.images, s.images));
+  EXPECT_EQ(s.images.sizes(), (std::vector<int64_t>{6, 16, 16, 3}));
+  EXPECT_TRUE(at::equal(s.labels, at::tensor({0, 1, 2, 0, 1, 2}, at::kInt)));
+}
+
+TEST(Inversion, StoredScoresMasksAndLogitsMatchASeparateForwardPass) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg;
+  cfg.per_class = 2;
+  cfg.iterations = 8;
+  cfg.prune = {{1, 0.5}};
+  cfg.prune_start = 0.5;
+  model::ResNetConfig rc;
+  rc.width = 4;
+  rc.num_classes = 3;
+  const model::ResNet prior = model::ResNet::random(rc, 2);
+  const Surrogates s = invert_lora(t.vit, t.lora, &prior, cfg, 2);
+  test::TempDir dir;
+  const std::string path = dir.file("pool.h5");
+  io::h5::write_file_atomically(path, [&](io::h5::File& f) {
+    f.write("/images", s.images);
+    f.write("/patch_scores", s.patch_scores);
+    f.write("/keep_mask", s.keep_mask);
+    f.write("/teacher_logits", s.teacher_logits);
+  });
+  const io::h5::File f = io::h5::File::open_read(path);
+  const at::Tensor px = t.vit.preprocess(f.read("/images"));
+  model::ForwardOptions dense, pruned;
+  dense.want_scores = pruned.want_scores = true;
+  dense.cls_only_last = false;  // the plain path as the reference
+  pruned.prune = {{1, 0.5}};
+  const model::ForwardOutput d = t.vit.forward(px, dense, &t.lora);
+  EXPECT_LT(test::rel_error(f.read("/patch_scores"), d.patch_scores), 1e-5);
+  EXPECT_LT(test::rel_error(f.read("/teacher_logits"), t.lora.head(d.feature)), 1e-5);
+  EXPECT_TRUE(at::equal(f.read("/keep_mask").to(at::kBool), t.vit.forward(px, pruned, &t.lora).keep_mask));
+  EXPECT_EQ(f.read("/keep_mask").sum(1).min().item<int64_t>(), 8);  // 16 patches, half pruned at layer 1
+}
+
+TEST(Pool, LongestProcessingTimeFirstBalances) {
+  const std::vector<int> bins = lpt_assign({5, 4, 3, 3, 3}, 2);
+  double a = 0, b = 0;
+  const double costs[] = {5, 4, 3, 3, 3};
+  for (int i = 0; i < 5; ++i) (bins[i] == 0 ? a : b) += costs[i];
+  EXPECT_EQ(std::max(a, b), 10);  // LPT: {5, 3} and {4, 3, 3} (the optimum is 9; LPT is within 4/3)
+  EXPECT_EQ(lpt_assign({1, 1, 1, 1}, 2), (std::vector<int>{0, 1, 0, 1}));
+}
+
+}  // namespace
+}  // namespace lorarec::invert
