@@ -3,9 +3,9 @@
 #   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR]
 # Outputs go to data/<preset> and runs/<preset> under the work directory (default: the repo).
 # Stages: (1) benchmark data from Debian's fonts and Fashion-MNIST, (2) pre-train the small VFM
-# and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes.
-# Each runs under mpirun -np N (default 2: one rank per core). Inversion, meta-training and
-# evaluation join as their issues land.
+# and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes, (5)
+# invert every LoRA into the surrogate pool. Each runs under mpirun -np N (default 2: one rank
+# per core). Meta-training and evaluation join as their issues land.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PRESET=demo
@@ -28,19 +28,22 @@ MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREA
 stage() { echo; echo "=== $(date +%T) $*"; }
 t0=$(date +%s)
 
-stage "1/4 benchmark data (data/$PRESET)"
+stage "1/5 benchmark data (data/$PRESET)"
 /usr/bin/python3 "$REPO/data_tools/build_benchmark.py" --out "data/$PRESET" --preset "$PRESET"
 
-stage "2/4 pre-train the VFM"
+stage "2/5 pre-train the VFM"
 if [ -f "runs/$PRESET/vfm/pretrain_report.json" ]; then echo "reusing runs/$PRESET/vfm"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/$PRESET.ini"; fi
 
-stage "3/4 pre-train the BN prior"
+stage "3/5 pre-train the BN prior"
 if [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/${PRESET}_prior.ini"; fi
 
-stage "4/4 LoRA zoo"
+stage "4/5 LoRA zoo"
 "${MPI[@]}" "$B" zoo --config "$REPO/configs/$PRESET.ini"
+
+stage "5/5 invert the zoo into the surrogate pool"
+"${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini"
 
 stage "summary"
 /usr/bin/python3 - "$PRESET" <<'PY'
@@ -57,5 +60,10 @@ print(f"BN prior: held-out base accuracy {r['heldout_head_acc']:.2f}")
 z = json.load(open(f"runs/{p}/zoo/manifest.json"))
 accs = [e["heldout_accuracy"] for e in z["loras"]]
 print(f"zoo: {len(accs)} LoRAs, held-out accuracy mean {sum(accs)/len(accs):.2f}, min {min(accs):.2f}, max {max(accs):.2f}")
+s = json.load(open(f"runs/{p}/pool/summary.json"))
+ta = [e["teacher_accuracy"] for e in s["loras"]]
+fin = s["rank_finish_seconds"]
+print(f"pool: {len(ta)} LoRAs inverted; teacher accuracy on own surrogates mean {sum(ta)/len(ta):.2f}, min {min(ta):.2f}; "
+      f"rank finish times {min(fin):.1f} .. {max(fin):.1f} s")
 PY
 echo "demo: done in $(( $(date +%s) - t0 )) s; outputs under runs/$PRESET"

@@ -32,6 +32,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   invert::InvertJobConfig c;
   std::string prune = "none";
   bool no_flip = false;
+  bool full_last = false;
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Invert options");
@@ -52,12 +53,14 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
       ("prune-start", po::value(&c.inv.prune_start)->default_value(c.inv.prune_start), "fraction of the iterations after which pruning is on")
       ("seed", po::value(&c.inv.seed)->default_value(c.inv.seed), "seed of the noise and the jitter")
+      ("full-last-layer", po::bool_switch(&full_last), "run the whole last layer as the official code does (benchmarking; the default computes CLS only)")
       ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates");
   desc.add(own);
   if (!parse("invert", "usage: lorarecycle invert --model DIR --zoo ZOO_DIR --out POOL_DIR [--prior DIR] [options]", argc,
              argv, desc, common, rt.rank()))
     return 0;
   c.inv.flip = !no_flip;
+  c.inv.cls_only_last = !full_last;
   c.inv.prune = parse_prune(prune);
   if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");

@@ -73,6 +73,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     at::Tensor xa = jitter > 0 ? at::roll(x, {dy, dx}, {2, 3}) : x;
     if (flip) xa = xa.flip({3});
     model::ForwardOptions fo;
+    fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;
     const at::Tensor logits = lora.head(vit.forward(xa, fo, &lora).feature);
     std::vector<model::BnStat> stats;

@@ -14,7 +14,7 @@ timeout 120 "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 $B invert $ARGS >run1.tx
 job=$!
 # wait for the first finished LoRA, then kill one rank
 for _ in $(seq 1 600); do ls pool/lora_*.h5 >/dev/null 2>&1 && break; sleep 0.1; done
-victim=$(pgrep -f "lorarecycle invert" | tail -n 1)
+victim=$(pgrep -f "^$B invert" | tail -n 1)  # a rank, not mpirun
 [ -n "$victim" ] || fail "no rank to kill"
 kill -9 "$victim"
 wait $job

@@ -29,6 +29,7 @@ struct InversionConfig {
   bool flip = true;                // random horizontal flip (shared by the batch)
   double prune_start = 0.25;       // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
+  bool cls_only_last = true;       // the last layer computes CLS only (off: the official full layer)
   std::uint64_t seed = 0;
 };
 
