@@ -56,10 +56,9 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
              argv, desc, common, rt.rank()))
     return 0;
   validate(o);
-  LOG_INFO("embed", rt.describe());
-
-  auto comm = rt.make_communicator(common.comm);
-  const c10::Device device = model::select_device(common.device, rt.local_rank());
+  RunContext ctx = start("embed", rt, common);
+  auto& comm = ctx.comm;
+  const c10::Device device = ctx.device;
   model::ClipVision vit = model::ClipVision::load(o.model);
   vit.to(device);
   std::optional<model::Lora> lora;

@@ -64,10 +64,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.prune = parse_prune(prune);
   if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
-  LOG_INFO("invert", rt.describe());
-  auto comm = rt.make_communicator(common.comm);
-  const c10::Device device = model::select_device(common.device, rt.local_rank());
-  invert::run_invert(c, *comm, device);
+  RunContext ctx = start("invert", rt, common);
+  invert::run_invert(c, *ctx.comm, ctx.device);
   return 0;
 }
 

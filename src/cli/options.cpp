@@ -2,6 +2,9 @@
 
 #include <iostream>
 
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/model/vit.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/ini.h"
 #include "lorarecycle/util/log.h"
@@ -72,6 +75,12 @@ bool parse(const std::string& command, const std::string& usage, int argc, char*
   }
   log::set_level(log::parse_level(common.log_level));
   return true;
+}
+
+RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common) {
+  LOG_INFO(tag, rt.describe());
+  RunContext ctx{rt.make_communicator(common.comm), model::select_device(common.device, rt.local_rank())};
+  return ctx;
 }
 
 }  // namespace lorarec::cli

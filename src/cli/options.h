@@ -8,7 +8,15 @@
 
 #include <boost/program_options.hpp>
 
+#include <c10/core/Device.h>
+
+#include <memory>
 #include <string>
+
+namespace lorarec::dist {
+class Communicator;
+class Runtime;
+}  // namespace lorarec::dist
 
 namespace lorarec::cli {
 
@@ -32,5 +40,13 @@ po::options_description common_options(CommonOptions& opts);
 // rank 0). Throws InputError for bad options.
 bool parse(const std::string& command, const std::string& usage, int argc, char** argv, po::options_description& desc,
            CommonOptions& common, int rank);
+
+// What a command needs once its options are valid: logs the runtime line (launcher, ranks),
+// makes the communicator of --comm and picks the device of --device.
+struct RunContext {
+  std::unique_ptr<dist::Communicator> comm;
+  c10::Device device;
+};
+RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common);
 
 }  // namespace lorarec::cli

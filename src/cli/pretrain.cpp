@@ -86,10 +86,8 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
       if (l < 1) throw InputError("pretrain: --resnet-layers must be positive");
   }
   c.validate();
-  LOG_INFO("pretrain", rt.describe());
-  auto comm = rt.make_communicator(common.comm);
-  const c10::Device device = model::select_device(common.device, rt.local_rank());
-  train::run_pretrain(c, *comm, device);
+  RunContext ctx = start("pretrain", rt, common);
+  train::run_pretrain(c, *ctx.comm, ctx.device);
   return 0;
 }
 

@@ -40,10 +40,8 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
   for (std::string t; std::getline(ss, t, ',');)
     if (!t.empty()) c.lora.target_modules.push_back(model::parse_module(t));
   c.validate();
-  LOG_INFO("zoo", rt.describe());
-  auto comm = rt.make_communicator(common.comm);
-  const c10::Device device = model::select_device(common.device, rt.local_rank());
-  train::run_zoo(c, *comm, device);
+  RunContext ctx = start("zoo", rt, common);
+  train::run_zoo(c, *ctx.comm, ctx.device);
   return 0;
 }
 

@@ -96,27 +96,25 @@ EpisodeSampler::EpisodeSampler(const ImageSet& set, EpisodeSpec spec) : set_(&se
                        std::to_string(set.by_class()[c].size()) + " images, fewer than K+Q = " + std::to_string(need));
 }
 
+std::vector<int64_t> sample_without_replacement(int64_t n, int64_t k, std::mt19937_64& rng) {
+  std::vector<int64_t> all(n);
+  std::iota(all.begin(), all.end(), 0);
+  for (int64_t i = 0; i < k; ++i) {
+    std::uniform_int_distribution<int64_t> d(i, n - 1);
+    std::swap(all[i], all[d(rng)]);
+  }
+  all.resize(k);
+  return all;
+}
+
 Episode EpisodeSampler::sample(std::mt19937_64& rng) const {
   Episode e;
-  const int64_t C = set_->num_classes();
-  std::vector<int64_t> classes(C);
-  std::iota(classes.begin(), classes.end(), 0);
-  // partial Fisher-Yates: the first N are a uniform sample without replacement
-  for (int i = 0; i < spec_.n_way; ++i) {
-    std::uniform_int_distribution<int64_t> d(i, C - 1);
-    std::swap(classes[i], classes[d(rng)]);
-  }
-  classes.resize(spec_.n_way);
-  e.classes = classes;
-  for (int64_t c : classes) {
-    std::vector<int64_t> rows = set_->by_class()[c];
-    const int take = spec_.k_shot + spec_.q_query;
-    for (int i = 0; i < take; ++i) {
-      std::uniform_int_distribution<size_t> d(i, rows.size() - 1);
-      std::swap(rows[i], rows[d(rng)]);
-    }
-    e.support.insert(e.support.end(), rows.begin(), rows.begin() + spec_.k_shot);
-    e.query.insert(e.query.end(), rows.begin() + spec_.k_shot, rows.begin() + take);
+  e.classes = sample_without_replacement(set_->num_classes(), spec_.n_way, rng);
+  const int take = spec_.k_shot + spec_.q_query;
+  for (int64_t c : e.classes) {
+    const std::vector<int64_t>& rows = set_->by_class()[c];
+    const std::vector<int64_t> pick = sample_without_replacement(static_cast<int64_t>(rows.size()), take, rng);
+    for (int i = 0; i < take; ++i) (i < spec_.k_shot ? e.support : e.query).push_back(rows[pick[i]]);
   }
   return e;
 }

@@ -16,6 +16,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/io/peft.h"
+#include "lorarecycle/train/zoo.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -86,11 +87,7 @@ std::vector<int> lpt_assign(const std::vector<double>& costs, int ranks) {
   return bin;
 }
 
-std::string pool_file_name(int id) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "lora_%03d.h5", id);
-  return buf;
-}
+std::string pool_file_name(int id) { return train::zoo_entry_name(id) + ".h5"; }
 
 bool pool_file_complete(const std::string& path) {
   if (!stdfs::exists(path)) return false;
@@ -156,13 +153,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   if (comm.rank() == 0) {
     stdfs::create_directories(out);
     stdfs::create_directories(progress_dir);
-    for (const auto& e : stdfs::directory_iterator(out)) {  // leftovers of a crash: never trusted
-      const std::string name = e.path().filename().string();
-      if (name.rfind(".lora_", 0) == 0 && name.find(".tmp.") != std::string::npos) {
-        LOG_WARN("invert", "removing the partial file of an interrupted run: " << e.path().string());
-        stdfs::remove_all(e.path());
-      }
-    }
+    for (const auto& p : fs::remove_temporaries(out))
+      LOG_WARN("invert", "removed the partial file of an interrupted run: " << p);
     for (const auto& e : stdfs::directory_iterator(progress_dir)) stdfs::remove(e.path());
   }
   comm.barrier();
@@ -227,7 +219,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "complete", int64_t{1});
     });
     hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
-    if (cfg.preview) write_png_grid((out / ("lora_" + pool_file_name(j.id).substr(5, 3) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? N : 10);
+    if (cfg.preview) write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? N : 10);
     my_done += costs[i] / 1000.0;
     write_progress(progress_dir, comm.rank(), my_done, my_total, elapsed());
     LOG_INFO("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "

@@ -39,14 +39,7 @@ std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int
     throw InputError("zoo: " + std::to_string(num_classes) + " classes, fewer than the " + std::to_string(n_way) +
                      " of a task");
   auto rng = data::make_rng(seed, kTaskStream, static_cast<std::uint64_t>(id));
-  std::vector<int64_t> all(num_classes);
-  std::iota(all.begin(), all.end(), 0);
-  for (int i = 0; i < n_way; ++i) {
-    std::uniform_int_distribution<int64_t> d(i, num_classes - 1);
-    std::swap(all[i], all[d(rng)]);
-  }
-  all.resize(n_way);
-  return all;
+  return data::sample_without_replacement(num_classes, n_way, rng);
 }
 
 std::string zoo_entry_name(int id) {
@@ -148,14 +141,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   cfg.validate();
   if (comm.rank() == 0) {
     stdfs::create_directories(cfg.out);
-    // Leftovers of a crashed run (temporary siblings) are never trusted: remove them.
-    for (const auto& e : stdfs::directory_iterator(cfg.out)) {
-      const std::string name = e.path().filename().string();
-      if (name.rfind(".lora_", 0) == 0 && name.find(".tmp.") != std::string::npos) {
-        LOG_WARN("zoo", "removing the partial output of an interrupted run: " << e.path().string());
-        stdfs::remove_all(e.path());
-      }
-    }
+    for (const auto& p : fs::remove_temporaries(cfg.out))
+      LOG_WARN("zoo", "removed the partial output of an interrupted run: " << p);
   }
   comm.barrier();
   model::ClipVision vit = model::ClipVision::load(cfg.model);

@@ -40,6 +40,20 @@ void write_atomically(const stdfs::path& target, const std::function<void(const 
   }
 }
 
+std::vector<std::string> remove_temporaries(const stdfs::path& dir) {
+  std::vector<std::string> removed;
+  if (!stdfs::is_directory(dir)) return removed;
+  for (const auto& e : stdfs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos) {
+      std::error_code ec;
+      stdfs::remove_all(e.path(), ec);
+      removed.push_back(e.path().string());
+    }
+  }
+  return removed;
+}
+
 std::string read_text(const stdfs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError("cannot open '" + path.string() + "': " + std::strerror(errno));

@@ -71,6 +71,9 @@ class EpisodeSampler {
   EpisodeSpec spec_;
 };
 
+// k distinct values of [0, n), uniformly (partial Fisher-Yates), in draw order.
+std::vector<int64_t> sample_without_replacement(int64_t n, int64_t k, std::mt19937_64& rng);
+
 // Episode labels 0..N-1 in the class-major layout above: [N*per_class] int64.
 at::Tensor episode_labels(int n_way, int per_class);
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace lorarec::fs {
 
@@ -19,6 +20,10 @@ stdfs::path temp_sibling(const stdfs::path& target);
 // `target`, if any, is untouched. Works for files and for directories (a directory target that
 // already exists is replaced: the old one is renamed away first and removed after).
 void write_atomically(const stdfs::path& target, const std::function<void(const stdfs::path&)>& write);
+
+// Removes the temporary siblings (temp_sibling names) that an interrupted run left in `dir`:
+// they are never trusted. Returns what was removed.
+std::vector<std::string> remove_temporaries(const stdfs::path& dir);
 
 // Whole file as a string; InputError naming the file when it cannot be read.
 std::string read_text(const stdfs::path& path);
