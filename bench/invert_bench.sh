@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
 REPS=${1:-2}
-MODEL=${MODEL:-runs/demo/vfm}; ZOO=${ZOO:-runs/demo/zoo}; PRIOR=${PRIOR:-runs/demo/prior}
+MODEL=${MODEL:-runs/demo/vfm}; ZOO=${ZOO:-runs/demo/zoo}; PRIOR=${PRIOR-runs/demo/prior}  # PRIOR= : no BN prior
 B=$PWD/build/lorarecycle
 W=$(mktemp -d /tmp/invert_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
 # A 4-LoRA sub-zoo so runs are short.
@@ -26,14 +26,15 @@ json.dump(m, open(os.path.join(dst, "manifest.json"), "w"))
 PY
 LAYERS=$(/usr/bin/python3 -c "import json;c=json.load(open('$MODEL/config.json'));print(c.get('vision_config',c)['num_hidden_layers'])")
 MID=$(( LAYERS / 2 - 1 )); LAST=$(( LAYERS - 1 ))
-PER=8; IT=${IT:-120}
+PER=8; IT=${IT:-40}
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
 [ -n "${OPENBLAS_CORETYPE:-}" ] && MPI+=(-x OPENBLAS_CORETYPE)
 # run NAME NP ARGS... -> prints "seconds hdf5_seconds image_iterations"
 run() {
   local name=$1 np=$2; shift 2
   rm -rf "$W/pool_$name"
-  "${MPI[@]}" -np "$np" "$B" invert --model "$MODEL" --zoo "$W/zoo" --prior "$PRIOR" --out "$W/pool_$name" \
+  local prior=(); [ -n "$PRIOR" ] && prior=(--prior "$PRIOR")
+  "${MPI[@]}" -np "$np" "$B" invert --model "$MODEL" --zoo "$W/zoo" "${prior[@]}" --out "$W/pool_$name" \
     --per-class $PER --iterations $IT --log-level warn "$@" >/dev/null
   /usr/bin/python3 - "$W/pool_$name" $PER $IT <<'PY'
 import json, sys
@@ -58,7 +59,7 @@ for rep in $(seq 1 "$REPS"); do
 done
 med() { printf '%s\n' $@ | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-echo "work: 4 LoRAs x 5 classes x $PER images x $IT iterations = $N image-iterations; VFM $MODEL ($LAYERS layers); $REPS reps, medians"
+echo "work: 4 LoRAs x 5 classes x $PER images x $IT iterations = $N image-iterations; VFM $MODEL ($LAYERS layers); BN prior: ${PRIOR:-none}; $REPS reps, medians"
 printf '\n| variant | seconds | image-it/s | vs reference |\n|---|---|---|---|\n'
 t1=$(med ${T[np1]}); t2=$(med ${T[np2]})
 printf '| 1 rank | %.1f | %.0f | 1.00 |\n' $t1 $(echo "$N/$t1" | bc -l)
