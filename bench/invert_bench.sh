@@ -27,8 +27,8 @@ PY
 LAYERS=$(/usr/bin/python3 -c "import json;c=json.load(open('$MODEL/config.json'));print(c.get('vision_config',c)['num_hidden_layers'])")
 MID=$(( LAYERS / 2 - 1 )); LAST=$(( LAYERS - 1 ))
 PER=8; IT=${IT:-40}
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
-[ -n "${OPENBLAS_CORETYPE:-}" ] && MPI+=(-x OPENBLAS_CORETYPE)
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
 # run NAME NP ARGS... -> prints "seconds hdf5_seconds image_iterations"
 run() {
   local name=$1 np=$2; shift 2

@@ -23,8 +23,8 @@ done
 source "$REPO/launch/env.sh"
 B=$REPO/build/lorarecycle
 mkdir -p "$WORKDIR" && cd "$WORKDIR"
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS)
-[ -n "${OPENBLAS_CORETYPE:-}" ] && MPI+=(-x OPENBLAS_CORETYPE)
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREADS)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
 stage() { echo; echo "=== $(date +%T) $*"; }
 t0=$(date +%s)
 
