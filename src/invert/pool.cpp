@@ -147,9 +147,16 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   struct Job {
     int id;
     std::string dir;
+    int classes;
   };
   std::vector<Job> jobs;
-  for (const auto& e : manifest.at("loras")) jobs.push_back({e.at("id").get<int>(), (zoo / e.at("dir").get<std::string>()).string()});
+  try {
+    for (const auto& e : manifest.at("loras"))
+      jobs.push_back({e.at("id").get<int>(), (zoo / e.at("dir").get<std::string>()).string(),
+                      static_cast<int>(e.at("classes").size())});
+  } catch (const json::exception& e) {
+    throw InputError(manifest_path.string() + ": not a zoo manifest (" + e.what() + ")");
+  }
   if (comm.rank() == 0) {
     stdfs::create_directories(out);
     stdfs::create_directories(progress_dir);
@@ -166,14 +173,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     prior = model::ResNet::load(cfg.prior);
     prior->to(device);
   }
-  // Cost of a LoRA = images x iterations; assign longest first.
+  // Cost of a LoRA = images x iterations (classes from the manifest); assign longest first.
   std::vector<double> costs;
-  std::vector<model::Lora> loras;
-  for (const Job& j : jobs) {
-    loras.push_back(io::load_peft(j.dir, vit.config()));
-    if (!loras.back().has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
-    costs.push_back(double(loras.back().head_weight().size(0)) * cfg.inv.per_class * cfg.inv.iterations);
-  }
+  for (const Job& j : jobs) costs.push_back(double(j.classes) * cfg.inv.per_class * cfg.inv.iterations);
   const std::vector<int> owner = lpt_assign(costs, comm.size());
   double my_total = 0, my_done = 0;
   std::vector<size_t> mine;
@@ -192,10 +194,12 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   double hdf5_seconds = 0;
   for (size_t i : mine) {
     const Job& j = jobs[i];
-    loras[i].to(device);
-    const Surrogates s = invert_lora(vit, loras[i], prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
+    model::Lora lora = io::load_peft(j.dir, vit.config());
+    if (!lora.has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
+    lora.to(device);
+    const Surrogates s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
     const auto tw = std::chrono::steady_clock::now();
-    const int N = static_cast<int>(loras[i].head_weight().size(0));
+    const int N = static_cast<int>(lora.head_weight().size(0));
     const std::string path = (out / pool_file_name(j.id)).string();
     io::h5::write_file_atomically(path, [&](io::h5::File& f) {
       f.write("/images", s.images, cfg.chunk_images);

@@ -378,26 +378,27 @@ void ClipVision::to(const c10::Device& device) {
 
 // ---- ClipVision: pixels -------------------------------------------------------------------
 
-at::Tensor ClipVision::preprocess(const at::Tensor& images) const {
+at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& cfg, const c10::Device& device) {
   if (images.dim() != 4) throw InputError("images must be [N, H, W, C], got " + shape_str(images.sizes()));
   if (images.scalar_type() != at::kByte) throw InputError("images must be uint8");
   const int64_t c = images.size(3);
-  if (c != 1 && c != config_.num_channels)
+  if (c != 1 && c != cfg.num_channels)
     throw InputError("images have " + std::to_string(c) + " channels; the model takes " +
-                     std::to_string(config_.num_channels) + " (or 1, repeated)");
-  at::Tensor x = images.to(device()).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
-  if (c == 1 && config_.num_channels != 1) x = x.expand({-1, config_.num_channels, -1, -1});
-  const int64_t s = config_.image_size;
+                     std::to_string(cfg.num_channels) + " (or 1, repeated)");
+  at::Tensor x = images.to(device).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
+  if (c == 1 && cfg.num_channels != 1) x = x.expand({-1, cfg.num_channels, -1, -1});
+  const int64_t s = cfg.image_size;
   if (x.size(2) != s || x.size(3) != s) x = at::upsample_bicubic2d(x, {s, s}, false).clamp_(0.0, 1.0);
-  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device());
-  std::vector<float> mean(config_.image_mean.begin(), config_.image_mean.end());
-  std::vector<float> std(config_.image_std.begin(), config_.image_std.end());
-  mean.resize(config_.num_channels, mean.back());
-  std.resize(config_.num_channels, std.back());
-  const at::Tensor m = at::tensor(mean, at::kFloat).to(opts.device()).view({1, -1, 1, 1});
-  const at::Tensor d = at::tensor(std, at::kFloat).to(opts.device()).view({1, -1, 1, 1});
+  std::vector<float> mean(cfg.image_mean.begin(), cfg.image_mean.end());
+  std::vector<float> std(cfg.image_std.begin(), cfg.image_std.end());
+  mean.resize(cfg.num_channels, mean.back());
+  std.resize(cfg.num_channels, std.back());
+  const at::Tensor m = at::tensor(mean, at::kFloat).to(device).view({1, -1, 1, 1});
+  const at::Tensor d = at::tensor(std, at::kFloat).to(device).view({1, -1, 1, 1});
   return ((x - m) / d).contiguous();
 }
+
+at::Tensor ClipVision::preprocess(const at::Tensor& images) const { return preprocess_images(images, config_, device()); }
 
 std::pair<at::Tensor, at::Tensor> ClipVision::pixel_bounds() const {
   std::vector<float> lo, hi;

@@ -79,18 +79,18 @@ double cyclic_warmup_cosine(int64_t step, int64_t cycle, int64_t warmup, double 
 void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator& comm) {
   if (comm.size() == 1) return;
   std::vector<at::Tensor> grads;
-  for (const auto& p : params) {
-    if (!p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::zeros_like(p);  // same layout on every rank
+  for (at::Tensor p : params) {  // a handle: setting its grad sets the parameter's
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);  // same layout on every rank
     grads.push_back(p.grad());
   }
   comm.all_reduce_mean(grads);
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
-  double sq = 0;
+  std::vector<at::Tensor> sq;
   for (const auto& p : params)
-    if (p.grad().defined()) sq += p.grad().pow(2).sum().item<double>();
-  const double norm = std::sqrt(sq);
+    if (p.grad().defined()) sq.push_back(p.grad().pow(2).sum());
+  const double norm = sq.empty() ? 0.0 : std::sqrt(at::stack(sq).sum().item<double>());  // one sync
   if (max_norm > 0 && norm > max_norm) {
     at::NoGradGuard ng;
     for (const auto& p : params)

@@ -27,6 +27,10 @@ namespace stdfs = std::filesystem;
 
 constexpr const char* kCheckpoint = "checkpoint.safetensors";
 
+json accuracy_json(const eval::Accuracy& a, const data::EpisodeSpec& spec) {
+  return {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", spec.q_query}};
+}
+
 // What the training loop needs of a network: ViT + linear head, or ResNet.
 class Trainee {
  public:
@@ -48,7 +52,8 @@ class Trainee {
 class VitTrainee final : public Trainee {
  public:
   VitTrainee(const PretrainConfig& cfg, int64_t classes, const c10::Device& device)
-      : vit_(model::ClipVision::random(cfg.vit, cfg.seed)), head_(cfg.vit, model::LoraConfig{}, cfg.seed), device_(device) {
+      : vit_(model::ClipVision::random(cfg.vit, cfg.seed)), head_(model::Lora::empty(cfg.vit, model::LoraConfig{})),
+        device_(device) {
     head_.init_head(static_cast<int>(classes), cfg.seed + 1);
     vit_.to(device);
     head_.to(device);
@@ -98,7 +103,7 @@ class VitTrainee final : public Trainee {
     if (min_per_class >= 2 && held.num_classes() >= 5) {
       const data::EpisodeSpec spec{5, 1, static_cast<int>(std::min<int64_t>(15, min_per_class - 1))};
       const auto a = eval::evaluate_prototypes(feats, held, spec, cfg.eval_episodes, cfg.seed + 7, comm);
-      r["heldout_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", spec.q_query}};
+      r["heldout_proto_5w1s"] = accuracy_json(a, spec);
     }
     if (!cfg.eval_data.empty()) {
       const data::ImageSet ev = data::ImageSet::load(cfg.eval_data);
@@ -106,25 +111,24 @@ class VitTrainee final : public Trainee {
       const data::EpisodeSpec spec{5, 1, 15};
       const auto a = eval::evaluate_prototypes(f, ev, spec, cfg.eval_episodes, cfg.seed + 11, comm);
       r["eval_data"] = cfg.eval_data;
-      r["eval_proto_5w1s"] = {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", 15}};
+      r["eval_proto_5w1s"] = accuracy_json(a, spec);
     }
   }
 
  private:
   model::ClipVision vit_;
-  model::Lora head_;  // only its head is used
+  model::Lora head_;  // no adapters: only its classifier head
   c10::Device device_;
 };
 
 class ResNetTrainee final : public Trainee {
  public:
   ResNetTrainee(const PretrainConfig& cfg, int64_t classes, const c10::Device& device)
-      : pixels_(model::ClipVision::random(tiny_for_pixels(cfg.vit), 0)) {
+      : pixels_(cfg.vit), device_(device) {
     model::ResNetConfig rc = cfg.resnet;
     rc.num_classes = static_cast<int>(classes);
     net_ = model::ResNet::random(rc, cfg.seed);
     net_.to(device);
-    pixels_.to(device);
     net_.set_requires_grad(true);
   }
   std::string arch() const override {
@@ -135,7 +139,7 @@ class ResNetTrainee final : public Trainee {
     return s;
   }
   std::vector<at::Tensor> params() override { return net_.parameters(); }
-  at::Tensor preprocess(const at::Tensor& u8) const override { return pixels_.preprocess(u8); }
+  at::Tensor preprocess(const at::Tensor& u8) const override { return model::preprocess_images(u8, pixels_, device_); }
   at::Tensor logits(const at::Tensor& px, bool train) override { return net_.forward(px, train); }
   std::map<std::string, at::Tensor> state() const override { return net_.state_dict(); }
   void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) override { net_.load_values(t, origin); }
@@ -161,12 +165,8 @@ class ResNetTrainee final : public Trainee {
   }
 
  private:
-  // Only the pixel pipeline (image size, mean/std) of the ViT config is used.
-  static model::ClipVisionConfig tiny_for_pixels(model::ClipVisionConfig c) {
-    c.hidden_size = 4, c.intermediate_size = 4, c.num_hidden_layers = 1, c.num_attention_heads = 1, c.projection_dim = 4;
-    return c;
-  }
-  model::ClipVision pixels_;
+  model::ClipVisionConfig pixels_;  // only its pixel pipeline (image size, mean/std) is used
+  c10::Device device_;
   model::ResNet net_;
 };
 

@@ -180,7 +180,6 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     e.dir = dir;
     e.classes = t.at("classes").get<std::vector<int64_t>>();
     e.heldout_accuracy = t.at("heldout_accuracy").get<double>();
-    e.reused = std::find(mine.begin(), mine.end(), id) == mine.end() && id % comm.size() == comm.rank();
     sum += e.heldout_accuracy;
     manifest["loras"].push_back({{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes},
                                  {"heldout_accuracy", e.heldout_accuracy}});

@@ -160,6 +160,10 @@ class ClipVision {
   std::vector<Layer> layers_;
 };
 
+// The pixel pipeline of ClipVision::preprocess for a config, on `device`: also used for networks
+// that share the VFM's pixels (the BN prior).
+at::Tensor preprocess_images(const at::Tensor& images_u8, const ClipVisionConfig& cfg, const c10::Device& device);
+
 // RAII: enables autocast to bf16 on the given device type for its lifetime (CPU or CUDA).
 class AutocastScope {
  public:

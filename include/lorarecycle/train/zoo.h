@@ -39,7 +39,6 @@ struct ZooEntry {
   std::string dir;
   std::vector<int64_t> classes;   // class ids of the dataset
   double heldout_accuracy = 0;    // percent
-  bool reused = false;            // finished by an earlier run
 };
 
 // Classes of LoRA `id`'s task (seeded, the same for every world size).
