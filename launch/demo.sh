@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # The main job on the embedded benchmark: every stage that exists, each reused when finished.
-#   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR]
+#   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR] [--until STAGE]
 # Outputs go to data/<preset> and runs/<preset> under the work directory (default: the repo).
 # Stages: (1) benchmark data from Debian's fonts and Fashion-MNIST, (2) pre-train the small VFM
 # and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes, (5)
-# invert every LoRA into the surrogate pool. Each runs under mpirun -np N (default 2: one rank
-# per core). Meta-training and evaluation join as their issues land.
+# invert every LoRA into the surrogate pool, (6) meta-train the meta-LoRA, dense and with mask
+# ratio 0.75, (7) evaluate nn / lora-avg / lora-ft / meta in- and cross-domain, (8) write the
+# report (table beside the paper's, validation curves, surrogate grid). Each runs under mpirun -np N
+# (default 2: one rank per core). --until STAGE (data, vfm, prior, zoo, invert, metatrain, eval)
+# stops after that stage.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PRESET=demo
 NP=2
 WORKDIR=$REPO
+UNTIL=
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET=$2; shift 2 ;;
     --np) NP=$2; shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
-    -h|--help) sed -n "2,10p" "$0"; exit 0 ;;
+    --until) UNTIL=$2; shift 2 ;;
+    -h|--help) sed -n "2,13p" "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -26,24 +31,47 @@ mkdir -p "$WORKDIR" && cd "$WORKDIR"
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREADS)
 for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
 stage() { echo; echo "=== $(date +%T) $*"; }
+done_with() { [ "$UNTIL" = "$1" ] && { echo "demo: stopping after stage '$1' (--until)"; exit 0; }; return 0; }
 t0=$(date +%s)
 
-stage "1/5 benchmark data (data/$PRESET)"
+stage "1/8 benchmark data (data/$PRESET)"
 /usr/bin/python3 "$REPO/data_tools/build_benchmark.py" --out "data/$PRESET" --preset "$PRESET"
+done_with data
 
-stage "2/5 pre-train the VFM"
+stage "2/8 pre-train the VFM"
 if [ -f "runs/$PRESET/vfm/pretrain_report.json" ]; then echo "reusing runs/$PRESET/vfm"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/$PRESET.ini"; fi
+done_with vfm
 
-stage "3/5 pre-train the BN prior"
+stage "3/8 pre-train the BN prior"
 if [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/${PRESET}_prior.ini"; fi
+done_with prior
 
-stage "4/5 LoRA zoo"
+stage "4/8 LoRA zoo"
 "${MPI[@]}" "$B" zoo --config "$REPO/configs/$PRESET.ini"
+done_with zoo
 
-stage "5/5 invert the zoo into the surrogate pool"
+stage "5/8 invert the zoo into the surrogate pool"
 "${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini"
+done_with invert
+
+# Exit status 75 = stopped with a checkpoint (e.g. a signal): re-running this script resumes.
+stage "6/8 meta-train the meta-LoRA: dense (runs/$PRESET/meta) and mask ratio 0.75 (runs/$PRESET/meta_mask75)"
+for variant in "meta 0" "meta_mask75 0.75"; do
+  set -- $variant
+  if [ -f "runs/$PRESET/$1/metatrain.json" ]; then echo "reusing runs/$PRESET/$1"; else
+    "${MPI[@]}" "$B" metatrain --config "$REPO/configs/$PRESET.ini" --out "runs/$PRESET/$1" --mask-ratio "$2" --resume; fi
+done
+done_with metatrain
+
+stage "7/8 evaluate: in-domain (test classes) and cross-domain (Hangul, Fashion-MNIST)"
+if [ -f "runs/$PRESET/eval/results.csv" ]; then echo "reusing runs/$PRESET/eval"; else
+  "${MPI[@]}" "$B" eval --config "$REPO/configs/$PRESET.ini"; fi
+done_with eval
+
+stage "8/8 report (runs/$PRESET/report)"
+/usr/bin/python3 "$REPO/data_tools/report.py" --runs "runs/$PRESET" --out "runs/$PRESET/report"
 
 stage "summary"
 /usr/bin/python3 - "$PRESET" <<'PY'
@@ -65,5 +93,11 @@ ta = [e["teacher_accuracy"] for e in s["loras"]]
 fin = s["rank_finish_seconds"]
 print(f"pool: {len(ta)} LoRAs inverted; teacher accuracy on own surrogates mean {sum(ta)/len(ta):.2f}, min {min(ta):.2f}; "
       f"rank finish times {min(fin):.1f} .. {max(fin):.1f} s")
+for name in ("meta", "meta_mask75"):
+    m = json.load(open(f"runs/{p}/{name}/metatrain.json"))
+    a, b = m["val_initial"], m["val_final"]
+    print(f"{name}: mask ratio {m['mask_ratio']}, {m['steps']} steps x {m['episodes_per_step']} episodes, "
+          f"{m['timing']['episodes_per_s']:.1f} episodes/s; val 5-way 1-shot {a['val_mean']:.2f} +- {a['val_ci95']:.2f} "
+          f"(bare VFM) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}")
 PY
 echo "demo: done in $(( $(date +%s) - t0 )) s; outputs under runs/$PRESET"

@@ -22,15 +22,16 @@ while [ $# -gt 0 ]; do
 done
 
 # Build: compilers, CMake, ccache. Libraries: LibTorch (CPU), Open MPI, HDF5, Boost.PO, JSON,
-# GoogleTest. Runtime: OpenBLAS (the reference BLAS is ~10x slower), h5dump/h5ls.
+# GoogleTest, libpng/libjpeg (predict). Runtime: OpenBLAS (the reference BLAS is ~10x slower), h5dump/h5ls.
 # Tests: Debian's python3 with torch/numpy/h5py for the independent reference.
-# Benchmark data (data_tools/): font packages (the glyphs), Fashion-MNIST, PIL and fontTools.
+# Benchmark data (data_tools/): font packages (the glyphs), Fashion-MNIST, PIL and fontTools;
+# the main job's report: matplotlib.
 PACKAGES=(build-essential cmake ccache pkg-config git bc
   libtorch-dev libopenblas0-pthread
   libopenmpi-dev openmpi-bin
-  libhdf5-dev hdf5-tools zlib1g-dev
+  libhdf5-dev hdf5-tools zlib1g-dev libpng-dev libjpeg-dev
   libboost-program-options-dev nlohmann-json3-dev libgtest-dev
-  python3-torch python3-torchvision python3-numpy python3-h5py python3-pil python3-fonttools
+  python3-torch python3-torchvision python3-numpy python3-h5py python3-pil python3-fonttools python3-matplotlib
   dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-freefont-ttf fonts-liberation2 fonts-noto-core
   fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-microhei fonts-wqy-zenhei)
 missing=()

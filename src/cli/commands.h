@@ -12,5 +12,8 @@ int run_embed(int argc, char** argv, dist::Runtime& runtime);
 int run_pretrain(int argc, char** argv, dist::Runtime& runtime);
 int run_zoo(int argc, char** argv, dist::Runtime& runtime);
 int run_invert(int argc, char** argv, dist::Runtime& runtime);
+int run_metatrain(int argc, char** argv, dist::Runtime& runtime);
+int run_eval(int argc, char** argv, dist::Runtime& runtime);
+int run_predict(int argc, char** argv, dist::Runtime& runtime);
 
 }  // namespace lorarec::cli

@@ -31,6 +31,9 @@ const Command kTable[] = {
     {"pretrain", "(benchmark) supervised pre-training of the small VFM on the base classes", lorarec::cli::run_pretrain},
     {"zoo", "pre-tune K LoRAs (+ heads) on N-way tasks of a dataset, sharded over ranks", lorarec::cli::run_zoo},
     {"invert", "invert every zoo LoRA into surrogate images (HDF5 pool), sharded over ranks", lorarec::cli::run_invert},
+    {"metatrain", "meta-train the meta-LoRA on the surrogate pool (episodes, data parallel)", lorarec::cli::run_metatrain},
+    {"eval", "few-shot evaluation: nn, lora-avg, lora-ft and meta-LoRAs on the same seeded episodes", lorarec::cli::run_eval},
+    {"predict", "classify query images from a labelled support set in one forward pass (VFM + meta-LoRA)", lorarec::cli::run_predict},
     {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
 };
 

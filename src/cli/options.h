@@ -22,7 +22,7 @@ namespace lorarec::cli {
 
 namespace po = boost::program_options;
 
-inline const char* kCommands[] = {"pretrain", "zoo", "invert", "embed"};
+inline const char* kCommands[] = {"pretrain", "zoo", "invert", "metatrain", "eval", "predict", "embed"};
 
 // Options every command has.
 struct CommonOptions {

@@ -19,7 +19,8 @@ inline constexpr const char* kOpenblasThreads = "OPENBLAS_NUM_THREADS";
 inline constexpr const char* kOmpThreads = "OMP_NUM_THREADS";
 
 // Fault injection for tests: "RANK:WHERE" makes that rank throw at that point
-// (WHERE = "start" after runtime start-up). Never set it in real runs.
+// (WHERE = "start" after runtime start-up; "diverge": metatrain perturbs that rank's replica). Never
+// set it in real runs.
 inline constexpr const char* kFaultInject = "LORAREC_FAULT";
 
 // Returns the variable's value or nullptr.

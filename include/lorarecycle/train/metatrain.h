@@ -1,0 +1,143 @@
+// Meta-training of one shared meta-LoRA on the surrogate pool (DESIGN 2.5, 2.6), data parallel.
+//
+// Step s draws `episodes_per_step` episodes (global). Episode slot j of step s is drawn from
+// make_rng(seed, kEpisodeStream + j, s) and is computed by rank j mod W, so the schedule does not
+// depend on the world size: world size 1 accumulates what W ranks split. Each rank's loss is the
+// mean over its episodes; the gradients (plus a few counters) are averaged in ONE flat buffer per
+// step, and every rank applies the same Adam update (replicas checked by hash every
+// `hash_every` steps).
+//
+// Episode: N classes from the whole pool (classes of different LoRAs mix: cross-task
+// interpolation), K support + Q query images each; prototypes = mean support feature; logits =
+// -squared Euclidean distance; CE on the queries. With probability `single_lora_prob` an episode
+// takes its N classes from one LoRA and adds kl_weight * KL(teacher || student) on the queries,
+// the teacher being that LoRA's stored logits (restricted to the episode's classes).
+//
+// Files under <work> (default <out>.work): checkpoint.safetensors (LoRA, Adam, step, counters;
+// written every `checkpoint_every` steps, at the end, and when a rank gets SIGTERM/SIGUSR1),
+// metrics.jsonl (train and validation lines). The result is a PEFT adapter directory <out> with
+// metatrain.json (the report) beside the adapter files.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lorarecycle/data/image_set.h"
+#include "lorarecycle/model/vit.h"
+
+namespace lorarec::dist {
+class Communicator;
+}
+namespace lorarec::io::h5 {
+class File;
+}
+
+namespace lorarec::train {
+
+// The surrogate pool (invert's index.json + lora_<k>.h5 files). Labels, teacher logits and patch
+// scores are held in memory (small); images are cached in memory when they fit `cache_bytes`,
+// else read from HDF5 row by row on demand. Not thread-safe: use from one thread.
+class SurrogatePool {
+ public:
+  struct Class {
+    int file = 0;                 // index into files()
+    int local = 0;                // class within its LoRA (column of the teacher logits)
+    std::vector<int64_t> rows;    // global rows
+  };
+  struct File {
+    std::string path;
+    int lora_id = 0;
+    int num_classes = 0;          // N of its LoRA
+    int64_t first_row = 0, rows = 0;
+    std::vector<int> classes;     // indices into classes()
+  };
+
+  // Reads <dir>/index.json and every file it lists; checks completeness, shapes and that the
+  // images are image_size x image_size x 3 (InputError naming the file).
+  static SurrogatePool open(const std::string& dir, int image_size, int num_patches, int64_t cache_bytes);
+  SurrogatePool(SurrogatePool&&) noexcept;
+  SurrogatePool& operator=(SurrogatePool&&) noexcept;
+  ~SurrogatePool();
+
+  const std::vector<Class>& classes() const { return classes_; }
+  const std::vector<File>& files() const { return files_; }
+  int64_t size() const { return static_cast<int64_t>(row_file_.size()); }
+  bool cached() const { return images_.defined(); }
+  int64_t image_bytes() const { return image_bytes_; }
+  // uint8 [n, S, S, 3] of the given global rows.
+  at::Tensor images(const std::vector<int64_t>& rows);
+  const at::Tensor& patch_scores() const { return scores_; }    // float [rows, P]
+  const at::Tensor& teacher_logits(int file) const { return logits_[file]; }  // float [rows of file, N]
+
+ private:
+  SurrogatePool() = default;
+  std::vector<File> files_;
+  std::vector<Class> classes_;
+  std::vector<int> row_file_;
+  std::vector<std::unique_ptr<io::h5::File>> handles_;
+  std::vector<at::Tensor> logits_;
+  at::Tensor images_, scores_;
+  int64_t image_bytes_ = 0;
+};
+
+struct MetaTrainConfig {
+  std::string model;                 // VFM directory
+  std::string pool;                  // surrogate pool directory (invert --out)
+  std::string val;                   // HDF5 image set of the validation classes (real images); empty: no validation
+  std::string out;                   // PEFT adapter directory of the meta-LoRA
+  std::string work;                  // default <out>.work
+  data::EpisodeSpec spec{5, 1, 15};  // training episodes
+  int64_t steps = 2000;              // optimizer steps
+  int episodes_per_step = 0;         // global; 0 = one per rank. Must be a multiple of the world size.
+  double lr = 1e-3, lr_min = 1e-5;   // Adam; schedule cycles: warm-up from lr_min to lr, cosine back
+  int64_t cycle = 100;               // steps per cycle (official 100); 0 = one cycle over the whole run
+  int64_t warmup = 25;               // warm-up steps of a cycle (official 25)
+  double clip_norm = 0;              // gradient-norm clip (0 = off)
+  model::LoraConfig lora;            // meta-LoRA shape (no head)
+  double mask_ratio = 0;             // feed each surrogate with its top-(1-x) patches by stored score
+  bool flip = true;                  // random horizontal flip per image
+  bool gray = false;                 // average the surrogates' channels (for VFMs of grey images)
+  double single_lora_prob = 0.1;     // share of episodes drawn from one LoRA (with the KL term)
+  double kl_weight = 1.0;            // weight of the KL term on single-LoRA episodes
+  int64_t val_every = 200;           // steps between validations (0 = only at start and end)
+  int val_episodes = 300;            // fixed validation episodes
+  data::EpisodeSpec val_spec{5, 1, 15};
+  int64_t checkpoint_every = 200;
+  int64_t hash_every = 100;          // replica check (0 = only at the end)
+  int64_t log_every = 20;
+  int64_t cache_mb = 2048;           // budget for holding the pool's images in memory
+  int max_bad_steps = 10;            // consecutive non-finite steps before aborting
+  bool prefetch = true;              // prepare the next step's batch on a second thread
+  std::uint64_t seed = 0;
+  bool resume = false;               // continue from the checkpoint (none: start fresh)
+  bool restart = false;              // discard an existing checkpoint
+  int64_t stop_after = 0;            // > 0: checkpoint and stop after this many steps of this run
+  void validate() const;
+};
+
+struct MetaTrainResult {
+  bool finished = false;             // false: stopped early (signal or stop_after), checkpoint written
+  int64_t step = 0;
+  std::string report;                // JSON (metatrain.json) when finished
+};
+
+// Collective. Exit codes of the CLI: 0 finished, 75 stopped with a checkpoint (resume later).
+MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device);
+
+// The patches fed for a mask ratio: the top (P - int(ratio * P)) by score, in ascending patch order.
+// scores [B, P] -> int64 [B, T].
+at::Tensor top_patches(const at::Tensor& scores, double ratio);
+
+// Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
+// Tests may set the flag through request_stop().
+bool stop_requested();
+void request_stop();
+void install_stop_handlers();
+
+}  // namespace lorarec::train

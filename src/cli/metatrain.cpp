@@ -1,0 +1,79 @@
+// lorarecycle metatrain: data-parallel meta-training of the meta-LoRA on the surrogate pool.
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/train/metatrain.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
+
+namespace lorarec::cli {
+
+int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
+  train::MetaTrainConfig c;
+  std::string targets = "q_proj,v_proj";
+  bool no_flip = false, no_prefetch = false;
+  CommonOptions common;
+  po::options_description desc = common_options(common);
+  po::options_description own("Meta-training options");
+  own.add_options()
+      ("model", po::value(&c.model), "HF model directory of the VFM (frozen)")
+      ("pool", po::value(&c.pool), "surrogate pool directory written by `lorarecycle invert` (index.json + lora_<k>.h5)")
+      ("val", po::value(&c.val), "HDF5 image set of the validation classes (real images, e.g. data/demo/val.h5); empty: no validation")
+      ("out", po::value(&c.out), "output PEFT adapter directory of the meta-LoRA (+ metatrain.json, the report)")
+      ("work", po::value(&c.work), "checkpoint and metrics directory (default: <out>.work)")
+      ("way", po::value(&c.spec.n_way)->default_value(c.spec.n_way), "N: classes per training episode")
+      ("shot", po::value(&c.spec.k_shot)->default_value(c.spec.k_shot), "K: support images per class")
+      ("query", po::value(&c.spec.q_query)->default_value(c.spec.q_query), "Q: query images per class (K+Q <= images per class in the pool)")
+      ("steps", po::value(&c.steps)->default_value(c.steps), "optimizer steps (episodes = steps x episodes-per-step; paper: 240,000 episodes)")
+      ("episodes-per-step", po::value(&c.episodes_per_step)->default_value(c.episodes_per_step), "global episodes per step, split over ranks (multiple of the world size; 0 = one per rank). Fix it to make runs independent of the world size")
+      ("lr", po::value(&c.lr)->default_value(c.lr), "peak Adam learning rate")
+      ("lr-min", po::value(&c.lr_min)->default_value(c.lr_min), "learning rate at the start and end of each cycle")
+      ("cycle", po::value(&c.cycle)->default_value(c.cycle), "steps per warm-up + cosine cycle (official: 100); 0 = one cycle over the whole run")
+      ("warmup", po::value(&c.warmup)->default_value(c.warmup), "linear warm-up steps at the start of each cycle (official: 25)")
+      ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "gradient-norm clip (0 = off)")
+      ("rank", po::value(&c.lora.r)->default_value(c.lora.r), "meta-LoRA rank r")
+      ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
+      ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
+      ("mask-ratio", po::value(&c.mask_ratio)->default_value(c.mask_ratio), "sparse tokens: feed each surrogate with its top-(1-x) patches by stored CLS-attention score (+ CLS); 0 = dense")
+      ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the surrogates")
+      ("gray", po::bool_switch(&c.gray), "average each surrogate's colour channels (when the real images are grey, as in the embedded benchmark)")
+      ("single-lora-prob", po::value(&c.single_lora_prob)->default_value(c.single_lora_prob), "share of episodes whose classes all come from one LoRA; they add the KL term to its stored teacher logits")
+      ("kl-weight", po::value(&c.kl_weight)->default_value(c.kl_weight), "weight of that KL term (0 = CE only)")
+      ("val-every", po::value(&c.val_every)->default_value(c.val_every), "steps between validations (also at the start and the end; 0 = only those)")
+      ("val-episodes", po::value(&c.val_episodes)->default_value(c.val_episodes), "fixed, seeded validation episodes")
+      ("val-way", po::value(&c.val_spec.n_way)->default_value(c.val_spec.n_way), "validation episodes: N")
+      ("val-shot", po::value(&c.val_spec.k_shot)->default_value(c.val_spec.k_shot), "validation episodes: K")
+      ("val-query", po::value(&c.val_spec.q_query)->default_value(c.val_spec.q_query), "validation episodes: Q")
+      ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "steps between checkpoints (also at the end and on SIGTERM/SIGUSR1)")
+      ("hash-every", po::value(&c.hash_every)->default_value(c.hash_every), "steps between replica checks (hash of the meta-LoRA gathered from every rank; 0 = only at the end)")
+      ("log-every", po::value(&c.log_every)->default_value(c.log_every), "steps between metrics lines")
+      ("cache-mb", po::value(&c.cache_mb)->default_value(c.cache_mb), "hold the pool's images in memory when they fit in this many MiB; else read them from HDF5 per episode")
+      ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
+      ("no-prefetch", po::bool_switch(&no_prefetch), "prepare batches on the training thread (for measuring the prefetch)")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")
+      ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
+      ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")
+      ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "checkpoint and exit (status 75) after this many steps of this run (0 = run to the end)");
+  desc.add(own);
+  if (!parse("metatrain",
+             "usage: lorarecycle metatrain --model DIR --pool POOL_DIR --out DIR [--val val.h5] [options]\n"
+             "Exit status: 0 finished, 75 stopped early with a checkpoint (signal or --stop-after; rerun with --resume),\n"
+             "2 bad input, 1 runtime failure.",
+             argc, argv, desc, common, rt.rank()))
+    return 0;
+  c.lora.target_modules.clear();
+  std::stringstream ss(targets);
+  for (std::string t; std::getline(ss, t, ',');)
+    if (!t.empty()) c.lora.target_modules.push_back(model::parse_module(t));
+  c.flip = !no_flip;
+  c.prefetch = !no_prefetch;
+  c.validate();
+  RunContext ctx = start("metatrain", rt, common);
+  const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
+  return r.finished ? 0 : 75;
+}
+
+}  // namespace lorarec::cli

@@ -1,0 +1,208 @@
+// lorarecycle predict: labelled support images + query images in, predicted labels and class
+// probabilities out, in one forward pass of the VFM (+ meta-LoRA): prototypes, softmax over
+// negative squared Euclidean distances.
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "lorarecycle/data/image_set.h"
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/dist/runtime.h"
+#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/io/image_file.h"
+#include "lorarecycle/io/peft.h"
+#include "lorarecycle/model/vit.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/log.h"
+
+namespace lorarec::cli {
+namespace {
+namespace stdfs = std::filesystem;
+using json = nlohmann::json;
+
+bool is_h5(const std::string& p) {
+  const std::string e = stdfs::path(p).extension().string();
+  return e == ".h5" || e == ".hdf5";
+}
+
+// Images of a list, with their names; every image must have the size of the first one.
+struct Images {
+  std::vector<std::string> names;
+  std::vector<at::Tensor> u8;  // [H, W, 3] each, or [n, H, W, C] blocks from HDF5 sets
+};
+
+void check_size(const at::Tensor& img, const std::string& name, std::string& first_name, std::vector<int64_t>& first) {
+  const std::vector<int64_t> hw{img.size(-3), img.size(-2)};
+  if (first.empty()) {
+    first = hw;
+    first_name = name;
+  } else if (hw != first) {
+    throw InputError("mixed image sizes: " + first_name + " is " + std::to_string(first[1]) + "x" + std::to_string(first[0]) +
+                     ", " + name + " is " + std::to_string(hw[1]) + "x" + std::to_string(hw[0]) +
+                     " (resize them to one size first)");
+  }
+}
+
+at::Tensor to_rgb(const at::Tensor& u8) { return u8.size(-1) == 1 ? u8.expand({-1, -1, -1, 3}).contiguous() : u8; }
+
+}  // namespace
+
+int run_predict(int argc, char** argv, dist::Runtime& rt) {
+  std::string model_dir, lora_dir, support, query, out;
+  int batch = 256;
+  CommonOptions common;
+  po::options_description desc = common_options(common);
+  po::options_description own("Prediction options");
+  own.add_options()
+      ("model", po::value(&model_dir), "HF model directory of the VFM")
+      ("lora", po::value(&lora_dir), "meta-LoRA PEFT directory (e.g. runs/demo/meta); empty: the bare VFM")
+      ("support", po::value(&support), "labelled support images: a directory with one sub-directory of PNG/JPEG files per class, or an HDF5 image set")
+      ("query", po::value(&query), "comma-separated query images: PNG/JPEG files, directories of them, or HDF5 image sets (labels ignored)")
+      ("out", po::value(&out), "output file, .json or .csv (default: JSON on stdout)")
+      ("batch-size", po::value(&batch)->default_value(batch), "images per forward pass");
+  desc.add(own);
+  if (!parse("predict", "usage: lorarecycle predict --model DIR [--lora META_DIR] --support DIR|SET.h5 --query FILES|DIR|SET.h5 [--out preds.json|csv]",
+             argc, argv, desc, common, rt.rank()))
+    return 0;
+  if (model_dir.empty() || support.empty() || query.empty())
+    throw InputError("predict: --model, --support and --query are required");
+  if (!out.empty()) {
+    const std::string e = stdfs::path(out).extension().string();
+    if (e != ".json" && e != ".csv") throw InputError("predict: --out must end in .json or .csv, got '" + out + "'");
+  }
+  if (batch < 1) throw InputError("predict: --batch-size must be >= 1");
+
+  // Support set.
+  std::vector<std::string> class_names;
+  std::vector<at::Tensor> support_imgs;
+  std::vector<int64_t> support_labels;
+  std::string first_name;
+  std::vector<int64_t> first_size;
+  if (is_h5(support)) {
+    const data::ImageSet s = data::ImageSet::load(support);
+    class_names = s.class_names();
+    for (int64_t c = 0; c < s.num_classes(); ++c)
+      if (s.by_class()[c].empty())
+        throw InputError(support + ": class '" + class_names[c] + "' has no support image");
+    check_size(s.images(), support, first_name, first_size);
+    support_imgs.push_back(to_rgb(s.images()));
+    const auto* l = s.labels().data_ptr<int64_t>();
+    support_labels.assign(l, l + s.size());
+  } else {
+    if (!stdfs::is_directory(support)) throw InputError(support + ": no such directory or HDF5 file");
+    std::vector<std::string> dirs;
+    for (const auto& e : stdfs::directory_iterator(support))
+      if (e.is_directory()) dirs.push_back(e.path().string());
+    std::sort(dirs.begin(), dirs.end());
+    if (dirs.size() < 2) throw InputError(support + ": needs one sub-directory per class, at least 2 classes");
+    for (const auto& d : dirs) {
+      const auto files = io::list_images(d);
+      if (files.empty()) throw InputError("class '" + stdfs::path(d).filename().string() + "' (" + d + ") has no support image");
+      for (const auto& f : files) {
+        const at::Tensor img = io::read_image(f);
+        check_size(img, f, first_name, first_size);
+        support_imgs.push_back(img.unsqueeze(0));
+        support_labels.push_back(static_cast<int64_t>(class_names.size()));
+      }
+      class_names.push_back(stdfs::path(d).filename().string());
+    }
+  }
+
+  // Queries.
+  Images q;
+  std::stringstream ss(query);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (item.empty()) continue;
+    if (is_h5(item)) {
+      const data::ImageSet s = data::ImageSet::load(item);
+      check_size(s.images(), item, first_name, first_size);
+      for (int64_t i = 0; i < s.size(); ++i) q.names.push_back(item + "#" + std::to_string(i));
+      q.u8.push_back(to_rgb(s.images()));
+    } else if (stdfs::is_directory(item)) {
+      const auto files = io::list_images(item);
+      if (files.empty()) throw InputError(item + ": no PNG/JPEG files");
+      for (const auto& f : files) {
+        const at::Tensor img = io::read_image(f);
+        check_size(img, f, first_name, first_size);
+        q.names.push_back(f);
+        q.u8.push_back(img.unsqueeze(0));
+      }
+    } else {
+      const at::Tensor img = io::read_image(item);
+      check_size(img, item, first_name, first_size);
+      q.names.push_back(item);
+      q.u8.push_back(img.unsqueeze(0));
+    }
+  }
+  if (q.names.empty()) throw InputError("predict: no query images");
+
+  RunContext ctx = start("predict", rt, common);
+  model::ClipVision vit = model::ClipVision::load(model_dir);
+  vit.to(ctx.device);
+  std::unique_ptr<model::Lora> lora;
+  if (!lora_dir.empty()) {
+    lora = std::make_unique<model::Lora>(io::load_peft(lora_dir, vit.config()));
+    lora->to(ctx.device);
+  }
+  const at::Tensor all = at::cat({at::cat(support_imgs), at::cat(q.u8)});
+  const int64_t ns = static_cast<int64_t>(support_labels.size());
+  std::vector<at::Tensor> feats;
+  {
+    at::NoGradGuard ng;
+    for (int64_t s = 0; s < all.size(0); s += batch)
+      feats.push_back(vit.forward(vit.preprocess(all.slice(0, s, std::min<int64_t>(all.size(0), s + batch))), {}, lora.get())
+                          .feature.to(at::kCPU, at::kFloat));
+  }
+  const at::Tensor f = at::cat(feats);
+  const int64_t C = static_cast<int64_t>(class_names.size());
+  const at::Tensor y = at::tensor(support_labels, at::kLong);
+  const at::Tensor protos = at::zeros({C, f.size(1)}).index_add_(0, y, f.narrow(0, 0, ns)) /
+                            at::bincount(y, {}, C).to(at::kFloat).unsqueeze(1);
+  const at::Tensor fq = f.narrow(0, ns, f.size(0) - ns);
+  const at::Tensor logits = -(fq.pow(2).sum(-1, true) - 2.0 * at::matmul(fq, protos.t()) + protos.pow(2).sum(-1).unsqueeze(0));
+  const at::Tensor probs = at::softmax(logits.to(at::kDouble), -1);
+  const at::Tensor pred = probs.argmax(-1);
+
+  if (ctx.comm->rank() == 0) {
+    std::string text;
+    const bool csv = !out.empty() && stdfs::path(out).extension() == ".csv";
+    if (csv) {
+      text = "query,prediction,probability";
+      for (const auto& c : class_names) text += ",p_" + c;
+      text += "\n";
+      for (size_t i = 0; i < q.names.size(); ++i) {
+        const int64_t p = pred[i].item<int64_t>();
+        text += q.names[i] + "," + class_names[p] + "," + std::to_string(probs[i][p].item<double>());
+        for (int64_t c = 0; c < C; ++c) text += "," + std::to_string(probs[i][c].item<double>());
+        text += "\n";
+      }
+    } else {
+      json j = {{"model", model_dir}, {"lora", lora_dir}, {"classes", class_names}, {"support_images", ns},
+                {"predictions", json::array()}};
+      for (size_t i = 0; i < q.names.size(); ++i) {
+        json pr = json::object();
+        for (int64_t c = 0; c < C; ++c) pr[class_names[c]] = probs[i][c].item<double>();
+        j["predictions"].push_back({{"query", q.names[i]}, {"prediction", class_names[pred[i].item<int64_t>()]},
+                                    {"probabilities", pr}});
+      }
+      text = j.dump(2) + "\n";
+    }
+    if (out.empty())
+      std::cout << text << std::flush;
+    else {
+      fs::write_text(out, text);
+      LOG_INFO("predict", "wrote " << out << ": " << q.names.size() << " predictions over " << C << " classes");
+    }
+  }
+  return 0;
+}
+
+}  // namespace lorarec::cli

@@ -1,0 +1,710 @@
+#include "lorarecycle/train/metatrain.h"
+
+#include <ATen/ATen.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cmath>
+#include <deque>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/io/hdf5.h"
+#include "lorarecycle/io/peft.h"
+#include "lorarecycle/io/safetensors.h"
+#include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/env.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/log.h"
+#include "lorarecycle/util/progress.h"
+
+namespace lorarec::train {
+namespace {
+using json = nlohmann::json;
+namespace stdfs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kCheckpoint = "checkpoint.safetensors";
+constexpr std::uint64_t kEpisodeStream = 0x3000;  // + episode slot
+constexpr std::uint64_t kValSeedOffset = 0x5eed;
+
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double peak_rss_mb() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;  // Linux: kilobytes
+}
+
+}  // namespace
+
+bool stop_requested() { return g_stop != 0; }
+void request_stop() { g_stop = 1; }
+void install_stop_handlers() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Surrogate pool
+
+SurrogatePool::SurrogatePool(SurrogatePool&&) noexcept = default;
+SurrogatePool& SurrogatePool::operator=(SurrogatePool&&) noexcept = default;
+SurrogatePool::~SurrogatePool() = default;
+
+SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int num_patches, int64_t cache_bytes) {
+  const stdfs::path index_path = stdfs::path(dir) / "index.json";
+  if (!stdfs::exists(index_path))
+    throw InputError(index_path.string() + ": no pool index (run `lorarecycle invert` first, or check --pool)");
+  json index;
+  try {
+    index = json::parse(fs::read_text(index_path));
+  } catch (const json::exception& e) {
+    throw InputError(index_path.string() + ": not valid JSON: " + e.what());
+  }
+  if (!index.contains("files") || !index["files"].is_array() || index["files"].empty())
+    throw InputError(index_path.string() + ": no \"files\" list");
+  SurrogatePool pool;
+  int64_t row = 0;
+  std::vector<at::Tensor> scores, images;
+  int64_t total_bytes = 0;
+  for (const auto& entry : index["files"]) {
+    File f;
+    try {
+      f.path = (stdfs::path(dir) / entry.at("file").get<std::string>()).string();
+      f.lora_id = entry.at("lora_id").get<int>();
+    } catch (const json::exception& e) {
+      throw InputError(index_path.string() + ": malformed file entry: " + e.what());
+    }
+    auto h = std::make_unique<io::h5::File>(io::h5::File::open_read(f.path));
+    if (!h->has_attr("/", "complete") || h->attr_double("/", "complete") != 1.0)
+      throw InputError(f.path + ": incomplete pool file (re-run `lorarecycle invert` to finish it)");
+    const auto ishape = h->shape("/images");
+    if (ishape.size() != 4 || ishape[1] != image_size || ishape[2] != image_size || ishape[3] != 3)
+      throw InputError(f.path + ": /images must be [n, " + std::to_string(image_size) + ", " +
+                       std::to_string(image_size) + ", 3] for this VFM");
+    f.rows = ishape[0];
+    f.first_row = row;
+    const at::Tensor labels = h->read("/labels", 0, -1, at::kInt).to(at::kLong);
+    const at::Tensor logits = h->read("/teacher_logits", 0, -1, at::kFloat);
+    const at::Tensor sc = h->read("/patch_scores", 0, -1, at::kFloat);
+    if (labels.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows || sc.dim() != 2 ||
+        sc.size(0) != f.rows || sc.size(1) != num_patches)
+      throw InputError(f.path + ": /labels, /teacher_logits or /patch_scores do not match /images (" +
+                       std::to_string(num_patches) + " patches expected)");
+    f.num_classes = static_cast<int>(logits.size(1));
+    std::vector<std::vector<int64_t>> by_local(f.num_classes);
+    const int64_t* lp = labels.data_ptr<int64_t>();
+    for (int64_t i = 0; i < f.rows; ++i) {
+      if (lp[i] < 0 || lp[i] >= f.num_classes) throw InputError(f.path + ": /labels out of range");
+      by_local[lp[i]].push_back(row + i);
+    }
+    const int file_index = static_cast<int>(pool.files_.size());
+    for (int c = 0; c < f.num_classes; ++c) {
+      if (by_local[c].empty()) continue;
+      f.classes.push_back(static_cast<int>(pool.classes_.size()));
+      pool.classes_.push_back(Class{file_index, c, std::move(by_local[c])});
+    }
+    pool.row_file_.insert(pool.row_file_.end(), f.rows, file_index);
+    pool.logits_.push_back(logits);
+    scores.push_back(sc);
+    total_bytes += f.rows * image_size * image_size * 3;
+    pool.handles_.push_back(std::move(h));
+    pool.files_.push_back(std::move(f));
+    row += pool.files_.back().rows;
+  }
+  pool.scores_ = at::cat(scores);
+  pool.image_bytes_ = total_bytes;
+  if (total_bytes <= cache_bytes) {
+    for (size_t i = 0; i < pool.files_.size(); ++i) images.push_back(pool.handles_[i]->read("/images", 0, -1, at::kByte));
+    pool.images_ = at::cat(images);
+    pool.handles_.clear();
+  }
+  return pool;
+}
+
+at::Tensor SurrogatePool::images(const std::vector<int64_t>& rows) {
+  if (images_.defined()) return images_.index_select(0, at::tensor(rows, at::kLong));
+  std::vector<at::Tensor> out;
+  out.reserve(rows.size());
+  for (int64_t r : rows) {
+    const File& f = files_[row_file_[r]];
+    out.push_back(handles_[row_file_[r]]->read("/images", r - f.first_row, 1, at::kByte));
+  }
+  return at::cat(out);
+}
+
+at::Tensor top_patches(const at::Tensor& scores, double ratio) {
+  const int64_t P = scores.size(1);
+  const int64_t keep = P - static_cast<int64_t>(ratio * double(P));
+  const at::Tensor idx = std::get<1>(scores.topk(keep, 1, true, false));
+  return std::get<0>(idx.sort(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void MetaTrainConfig::validate() const {
+  if (model.empty() || pool.empty() || out.empty()) throw InputError("metatrain: --model, --pool and --out are required");
+  if (spec.n_way < 2 || spec.k_shot < 1 || spec.q_query < 1)
+    throw InputError("metatrain: need --way >= 2, --shot >= 1, --query >= 1");
+  if (val_spec.n_way < 2 || val_spec.k_shot < 1 || val_spec.q_query < 1)
+    throw InputError("metatrain: need --val-way >= 2, --val-shot >= 1, --val-query >= 1");
+  if (steps < 1) throw InputError("metatrain: --steps must be >= 1");
+  if (episodes_per_step < 0) throw InputError("metatrain: --episodes-per-step must be >= 0");
+  if (!(lr > 0) || !(lr_min >= 0) || lr_min > lr) throw InputError("metatrain: need 0 <= --lr-min <= --lr, --lr > 0");
+  if (cycle < 0 || warmup < 0 || (cycle > 0 && warmup >= cycle))
+    throw InputError("metatrain: need --cycle >= 0 and 0 <= --warmup < cycle");
+  if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
+  if (!(single_lora_prob >= 0 && single_lora_prob <= 1)) throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
+  if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
+  if (val_every < 0 || hash_every < 0 || checkpoint_every < 1 || log_every < 1)
+    throw InputError("metatrain: --val-every, --hash-every >= 0; --checkpoint-every, --log-every >= 1");
+  if (val_episodes < 1) throw InputError("metatrain: --val-episodes must be >= 1");
+  if (cache_mb < 0) throw InputError("metatrain: --cache-mb must be >= 0");
+  if (max_bad_steps < 1) throw InputError("metatrain: --max-bad-steps must be >= 1");
+  if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
+  if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
+}
+
+namespace {
+
+// One step's share of episodes for this rank, ready for the forward pass.
+struct Batch {
+  int64_t step = -1;
+  at::Tensor pixels;                  // [E_local * N(K+Q), 3, S, S] float (CPU), normalised
+  at::Tensor patch_index;             // [same, T] int64, or undefined (all patches)
+  std::vector<at::Tensor> teacher;    // per local episode: [N*Q, N] teacher logits, or undefined
+  double prep_seconds = 0;
+};
+
+// Draws and prepares batches; deterministic in (seed, slot, step).
+class BatchMaker {
+ public:
+  BatchMaker(const MetaTrainConfig& cfg, SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
+             int rank, int world)
+      : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world) {
+    grid_ = vit.image_size / vit.patch_size;
+    for (size_t f = 0; f < pool.files().size(); ++f)
+      if (static_cast<int>(pool.files()[f].classes.size()) >= cfg.spec.n_way) single_files_.push_back(static_cast<int>(f));
+    const int need = cfg.spec.k_shot + cfg.spec.q_query;
+    for (const auto& c : pool.classes())
+      if (static_cast<int>(c.rows.size()) < need)
+        throw InputError(pool.files()[c.file].path + ": class " + std::to_string(c.local) + " has " +
+                         std::to_string(c.rows.size()) + " images, fewer than K+Q = " + std::to_string(need) +
+                         " (invert with a larger --per-class, or lower --shot/--query)");
+    if (static_cast<int>(pool.classes().size()) < cfg.spec.n_way)
+      throw InputError(cfg.pool + ": " + std::to_string(pool.classes().size()) + " classes, fewer than N = " +
+                       std::to_string(cfg.spec.n_way));
+  }
+
+  Batch make(int64_t step) {
+    const auto t0 = Clock::now();
+    const auto& s = cfg_.spec;
+    Batch b;
+    b.step = step;
+    std::vector<int64_t> rows;
+    std::vector<bool> flips;
+    for (int j = rank_; j < episodes_; j += world_) {
+      auto rng = data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
+      std::uniform_real_distribution<double> u(0, 1);
+      const bool single = !single_files_.empty() && cfg_.single_lora_prob > 0 && u(rng) < cfg_.single_lora_prob;
+      std::vector<int> classes;
+      int file = -1;
+      if (single) {
+        file = single_files_[std::uniform_int_distribution<size_t>(0, single_files_.size() - 1)(rng)];
+        const auto& fc = pool_.files()[file].classes;
+        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(fc.size()), s.n_way, rng))
+          classes.push_back(fc[k]);
+      } else {
+        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(pool_.classes().size()), s.n_way, rng))
+          classes.push_back(static_cast<int>(k));
+      }
+      std::vector<std::vector<int64_t>> picked(s.n_way);
+      for (int c = 0; c < s.n_way; ++c) {
+        const auto& cr = pool_.classes()[classes[c]].rows;
+        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(cr.size()), s.k_shot + s.q_query, rng))
+          picked[c].push_back(cr[k]);
+      }
+      std::vector<int64_t> query_rows;
+      for (int c = 0; c < s.n_way; ++c)
+        for (int k = 0; k < s.k_shot; ++k) rows.push_back(picked[c][k]);
+      for (int c = 0; c < s.n_way; ++c)
+        for (int k = s.k_shot; k < s.k_shot + s.q_query; ++k) {
+          rows.push_back(picked[c][k]);
+          query_rows.push_back(picked[c][k]);
+        }
+      for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) flips.push_back(cfg_.flip && u(rng) < 0.5);
+      if (single && cfg_.kl_weight > 0) {
+        const auto& f = pool_.files()[file];
+        std::vector<int64_t> local_rows, cols;
+        for (int64_t r : query_rows) local_rows.push_back(r - f.first_row);
+        for (int c : classes) cols.push_back(pool_.classes()[c].local);
+        b.teacher.push_back(pool_.teacher_logits(file)
+                                .index_select(0, at::tensor(local_rows, at::kLong))
+                                .index_select(1, at::tensor(cols, at::kLong)));
+      } else {
+        b.teacher.emplace_back();
+      }
+    }
+    at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
+    if (cfg_.gray) u8 = u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
+    std::vector<int64_t> fl;
+    for (size_t i = 0; i < flips.size(); ++i)
+      if (flips[i]) fl.push_back(static_cast<int64_t>(i));
+    at::Tensor scores;
+    if (cfg_.mask_ratio > 0) scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
+    if (!fl.empty()) {
+      const at::Tensor fi = at::tensor(fl, at::kLong);
+      u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
+      if (scores.defined()) {
+        const int64_t B = scores.size(0);
+        at::Tensor grid = scores.view({B, grid_, grid_});
+        grid.index_copy_(0, fi, grid.index_select(0, fi).flip({2}));
+      }
+    }
+    b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
+    if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
+    b.prep_seconds = seconds_since(t0);
+    return b;
+  }
+
+ private:
+  const MetaTrainConfig& cfg_;
+  SurrogatePool& pool_;
+  model::ClipVisionConfig vit_;
+  int episodes_, rank_, world_, grid_ = 0;
+  std::vector<int> single_files_;
+};
+
+// Runs a BatchMaker on its own thread, `depth` steps ahead.
+class Prefetcher {
+ public:
+  Prefetcher(BatchMaker& maker, int64_t first, int64_t end, bool threaded)
+      : maker_(maker), next_(first), end_(end), threaded_(threaded) {
+    if (threaded_) thread_ = std::thread([this] { loop(); });
+  }
+  ~Prefetcher() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  Batch get(int64_t step) {
+    if (!threaded_) return maker_.make(step);
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return !queue_.empty() || error_; });
+    if (error_) std::rethrow_exception(error_);
+    Batch b = std::move(queue_.front());
+    queue_.pop_front();
+    cv_.notify_all();
+    if (b.step != step) throw RuntimeError("metatrain: prefetch out of order");
+    return b;
+  }
+
+ private:
+  void loop() {
+    try {
+      for (;;) {
+        {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return quit_ || queue_.size() < 2; });
+          if (quit_ || next_ >= end_) return;
+        }
+        Batch b = maker_.make(next_);
+        std::lock_guard<std::mutex> lk(mu_);
+        queue_.push_back(std::move(b));
+        ++next_;
+        cv_.notify_all();
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      error_ = std::current_exception();
+      cv_.notify_all();
+    }
+  }
+  BatchMaker& maker_;
+  int64_t next_, end_;
+  bool threaded_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> queue_;
+  bool quit_ = false;
+  std::exception_ptr error_;
+};
+
+json fingerprint(const MetaTrainConfig& c, int episodes) {
+  json targets = json::array();
+  for (auto m : c.lora.target_modules) targets.push_back(model::module_name(m));
+  json j = {{"model", c.model},      {"pool", c.pool},          {"seed", c.seed},
+            {"way", c.spec.n_way},   {"shot", c.spec.k_shot},   {"query", c.spec.q_query},
+            {"episodes_per_step", episodes}, {"lr", c.lr},      {"lr_min", c.lr_min},
+            {"cycle", c.cycle},      {"warmup", c.warmup},      {"r", c.lora.r},
+            {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
+            {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
+            {"kl_weight", c.kl_weight}, {"clip_norm", c.clip_norm}};
+  if (c.cycle == 0) j["steps"] = c.steps;
+  return j;
+}
+
+}  // namespace
+
+MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+  cfg.validate();
+  const int W = comm.size(), rank = comm.rank();
+  const int E = cfg.episodes_per_step == 0 ? W : cfg.episodes_per_step;
+  if (E % W != 0)
+    throw InputError("metatrain: --episodes-per-step " + std::to_string(E) + " is not a multiple of the world size " +
+                     std::to_string(W));
+  const int E_local = E / W;
+  const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
+  const stdfs::path ckpt = stdfs::path(work) / kCheckpoint;
+  const json fp = fingerprint(cfg, E);
+
+  if (stdfs::exists(ckpt) && !cfg.resume && !cfg.restart)
+    throw InputError(ckpt.string() + ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
+  comm.barrier();
+  if (rank == 0) {
+    stdfs::create_directories(work);
+    if (cfg.restart) {
+      stdfs::remove(ckpt);
+      stdfs::remove(stdfs::path(work) / "metrics.jsonl");
+    }
+  }
+  comm.barrier();
+
+  model::ClipVision vit = model::ClipVision::load(cfg.model);
+  const auto& vc = vit.config();
+  const int P = (vc.image_size / vc.patch_size) * (vc.image_size / vc.patch_size);
+  cfg.lora.validate(vc, "metatrain");
+  SurrogatePool pool = SurrogatePool::open(cfg.pool, vc.image_size, P, cfg.cache_mb * (int64_t(1) << 20));
+  LOG_INFO("metatrain", cfg.pool << ": " << pool.files().size() << " LoRAs, " << pool.classes().size() << " classes, "
+                                 << pool.size() << " images ("
+                                 << (pool.cached() ? "held in memory, " : "read on demand, over the cache budget, ")
+                                 << pool.image_bytes() / (1 << 20) << " MiB)");
+  data::ImageSet val;
+  const bool have_val = !cfg.val.empty();
+  if (have_val) {
+    val = data::ImageSet::load(cfg.val);
+    data::EpisodeSampler check(val, cfg.val_spec);  // refuses a set too small for the episodes
+    (void)check;
+  }
+  vit.to(device);
+  model::Lora lora(vc, cfg.lora, cfg.seed + 1);
+  lora.to(device);
+  lora.set_requires_grad(true, false);
+  std::vector<at::Tensor> params = lora.parameters(false);
+  int64_t n_grad = 0;
+  for (const auto& p : params) n_grad += p.numel();
+  AdamW opt(params, AdamWConfig{});
+
+  // Resume.
+  int64_t start = 0;
+  int64_t skipped_total = 0;
+  json val0 = nullptr;
+  if (cfg.resume && stdfs::exists(ckpt)) {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
+    const auto& meta = f.metadata();
+    if (!meta.count("fingerprint") || json::parse(meta.at("fingerprint")) != fp)
+      throw InputError(ckpt.string() + ": checkpoint of another configuration (" +
+                       (meta.count("fingerprint") ? meta.at("fingerprint") : std::string("none")) +
+                       "); use --restart to discard it");
+    std::map<std::string, at::Tensor> t;
+    for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
+    {
+      at::NoGradGuard ng;
+      for (size_t i = 0; i < params.size(); ++i) {
+        const std::string key = "lora." + std::to_string(i);
+        if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
+          throw InputError(ckpt.string() + ": missing or mis-shaped " + key);
+        params[i].copy_(t[key]);
+      }
+    }
+    opt.load_state(t);
+    if (!meta.count("step")) throw InputError(ckpt.string() + ": no step in the metadata");
+    start = std::stoll(meta.at("step"));  // Adam's own count lags it by the skipped steps
+    if (meta.count("skipped")) skipped_total = std::stoll(meta.at("skipped"));
+    if (meta.count("val0")) val0 = json::parse(meta.at("val0"));
+    LOG_INFO("metatrain", "resumed from " << ckpt.string() << " at step " << start);
+  }
+  if (start > cfg.steps)
+    throw InputError(ckpt.string() + ": checkpoint at step " + std::to_string(start) + " is past --steps " +
+                     std::to_string(cfg.steps));
+
+  // Metrics: drop lines past the checkpoint (from a run that died after it).
+  const stdfs::path metrics_path = stdfs::path(work) / "metrics.jsonl";
+  std::ofstream metrics;
+  if (rank == 0) {
+    std::string kept;
+    if (stdfs::exists(metrics_path)) {
+      std::istringstream in(fs::read_text(metrics_path));
+      for (std::string line; std::getline(in, line);) {
+        try {
+          if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept += line + "\n";
+        } catch (const json::exception&) {
+        }
+      }
+    }
+    fs::write_text(metrics_path, kept);
+    metrics.open(metrics_path, std::ios::app);
+  }
+  auto emit = [&](const json& line) {
+    if (rank == 0) metrics << line.dump() << "\n" << std::flush;
+  };
+
+  auto validate_now = [&](int64_t step) -> json {
+    if (!have_val) return nullptr;
+    const auto t0 = Clock::now();
+    const at::Tensor feats = eval::embed_all(vit, &lora, val, comm);
+    const eval::Accuracy a =
+        eval::evaluate_prototypes(feats, val, cfg.val_spec, cfg.val_episodes, cfg.seed + kValSeedOffset, comm);
+    json j = {{"step", step}, {"val_mean", a.mean}, {"val_ci95", a.ci95}, {"val_episodes", a.episodes},
+              {"val_seconds", seconds_since(t0)}};
+    LOG_INFO("metatrain", "validation at step " << step << ": " << a.mean << " +- " << a.ci95 << " % ("
+                                                << cfg.val_spec.n_way << "-way " << cfg.val_spec.k_shot << "-shot, "
+                                                << a.episodes << " episodes of " << cfg.val << ")");
+    emit(j);
+    return j;
+  };
+
+  auto save_checkpoint = [&](int64_t step) {
+    if (rank != 0) return;
+    std::map<std::string, at::Tensor> t;
+    for (size_t i = 0; i < params.size(); ++i) t["lora." + std::to_string(i)] = params[i].detach().cpu();
+    for (auto& [k, v] : opt.state()) t[k] = v.cpu();
+    io::save_safetensors(ckpt.string(), t,
+                         {{"fingerprint", fp.dump()}, {"step", std::to_string(step)},
+                          {"skipped", std::to_string(skipped_total)}, {"val0", val0.dump()},
+                          {"rng", "episodes are drawn from make_rng(seed, slot, step): the step is the RNG state"}});
+  };
+
+  auto check_replicas = [&](int64_t step) {
+    const std::uint64_t h = dist::hash_tensors(params);
+    const auto all = comm.all_gather_u64(h);
+    for (int r = 1; r < W; ++r)
+      if (all[r] != all[0]) {
+        std::ostringstream os;
+        os << "metatrain: replicas diverged at step " << step << ": rank 0 hash " << std::hex << all[0] << ", rank "
+           << std::dec << r << " hash " << std::hex << all[r];
+        throw RuntimeError(os.str());
+      }
+    return h;
+  };
+
+  // Test hook (env::kFaultInject = "RANK:diverge"): that rank perturbs its replica two steps in,
+  // which the replica check must catch.
+  const char* fault = env::get(env::kFaultInject);
+  const bool diverge = fault != nullptr && std::string(fault) == std::to_string(rank) + ":diverge";
+
+  if (start == 0 && have_val) val0 = validate_now(0);
+  const double rss_before = peak_rss_mb();
+
+  BatchMaker maker(cfg, pool, vc, E, rank, W);
+  const at::Tensor query_labels = data::episode_labels(cfg.spec.n_way, cfg.spec.q_query).to(device);
+  const int per_episode = cfg.spec.n_way * (cfg.spec.k_shot + cfg.spec.q_query);
+  const int n_support = cfg.spec.n_way * cfg.spec.k_shot;
+
+  install_stop_handlers();
+  Progress progress("metatrain", "meta-training", cfg.steps - start, "steps", 10.0);
+  double t_wait = 0, t_prep = 0, t_compute = 0, t_reduce = 0, t_total = 0;
+  int64_t timed_steps = 0;
+  double win_loss = 0, win_correct = 0, win_queries = 0, win_time = 0;
+  int64_t win_steps = 0;
+  int bad_in_row = 0;
+  const int64_t warm_steps = 2;  // excluded from the throughput figures (allocations, first touches)
+  json last_val = nullptr;
+  MetaTrainResult result;
+  bool stopped = false;
+  int64_t step = start;
+  {
+    Prefetcher prefetch(maker, start, cfg.steps, cfg.prefetch);
+    for (; step < cfg.steps; ++step) {
+      const auto t_step = Clock::now();
+      Batch b = prefetch.get(step);
+      const double wait = seconds_since(t_step);
+      const auto t_c = Clock::now();
+      model::ForwardOptions fo;
+      if (b.patch_index.defined()) fo.patch_index = b.patch_index.to(device);
+      const at::Tensor feat = vit.forward(b.pixels.to(device), fo, &lora).feature;
+      at::Tensor loss_sum = at::zeros({}, feat.options());
+      at::Tensor correct = at::zeros({}, feat.options());
+      for (int e = 0; e < E_local; ++e) {
+        const at::Tensor f = feat.narrow(0, int64_t(e) * per_episode, per_episode);
+        const at::Tensor logits = eval::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
+                                                         cfg.spec.n_way, cfg.spec.k_shot);
+        at::Tensor loss = at::cross_entropy_loss(logits, query_labels);
+        if (b.teacher[e].defined()) {
+          const at::Tensor p = at::softmax(b.teacher[e].to(device), -1);
+          const at::Tensor kl = (p * (at::log_softmax(b.teacher[e].to(device), -1) - at::log_softmax(logits, -1))).sum(-1).mean();
+          loss = loss + cfg.kl_weight * kl;
+        }
+        loss_sum = loss_sum + loss;
+        correct = correct + logits.detach().argmax(-1).eq(query_labels).sum().to(feat.scalar_type());
+      }
+      opt.zero_grad();
+      (loss_sum / double(E_local)).backward();
+      // One flat buffer: gradients, then loss sum, correct queries and the stop flag.
+      std::vector<at::Tensor> parts;
+      for (auto& p : params) parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
+      const double flag = stop_requested() ? 1.0 : 0.0;
+      parts.push_back(at::stack({loss_sum.detach(), correct, at::full({}, flag, feat.options())}));
+      at::Tensor flat = at::cat(parts);
+      const double t_fwd_bwd = seconds_since(t_c);
+      const auto t_r = Clock::now();
+      comm.all_reduce_sum(flat);
+      const double reduce = seconds_since(t_r);
+      at::Tensor grads = flat.narrow(0, 0, n_grad);
+      grads.div_(double(W));
+      const at::Tensor tail = flat.narrow(0, n_grad, 3).cpu();
+      const double g_loss = tail[0].item<double>(), g_correct = tail[1].item<double>();
+      const bool stop_now = tail[2].item<double>() > 0;
+      const bool finite = std::isfinite(g_loss) && grads.isfinite().all().item<bool>();
+      if (finite) {
+        int64_t off = 0;
+        at::NoGradGuard ng;
+        for (auto& p : params) {
+          p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
+          off += p.numel();
+        }
+        clip_grad_norm(params, cfg.clip_norm);
+        const int64_t cyc = cfg.cycle == 0 ? cfg.steps : cfg.cycle;
+        opt.step(cyclic_warmup_cosine(step, cyc, std::min(cfg.warmup, cyc - 1), cfg.lr_min, cfg.lr));
+        bad_in_row = 0;
+      } else {
+        // Every rank sees the same reduced values, so all skip together.
+        ++skipped_total;
+        ++bad_in_row;
+        LOG_WARN("metatrain", "step " << step << ": non-finite loss or gradient, step skipped (" << bad_in_row
+                                      << " in a row, " << skipped_total << " in all)");
+        if (bad_in_row >= cfg.max_bad_steps)
+          throw RuntimeError("metatrain: " + std::to_string(bad_in_row) +
+                             " steps in a row with a non-finite loss or gradient (--max-bad-steps); last good checkpoint: " +
+                             ckpt.string());
+      }
+      const double total = seconds_since(t_step);
+      if (step - start >= warm_steps) {
+        t_wait += wait;
+        t_prep += b.prep_seconds;
+        t_compute += t_fwd_bwd;
+        t_reduce += reduce;
+        t_total += total;
+        ++timed_steps;
+      }
+      win_loss += g_loss;
+      win_correct += g_correct;
+      win_queries += double(E) * cfg.spec.n_way * cfg.spec.q_query;
+      win_time += total;
+      ++win_steps;
+      progress.advance(1);
+      const bool last = step + 1 == cfg.steps;
+      if ((step + 1) % cfg.log_every == 0 || last) {
+        const double lr_now = cyclic_warmup_cosine(step, cfg.cycle == 0 ? cfg.steps : cfg.cycle,
+                                                   std::min(cfg.warmup, (cfg.cycle == 0 ? cfg.steps : cfg.cycle) - 1),
+                                                   cfg.lr_min, cfg.lr);
+        const json line = {{"step", step + 1},
+                           {"loss", win_loss / (double(win_steps) * E)},
+                           {"train_acc", 100.0 * win_correct / win_queries},
+                           {"lr", lr_now},
+                           {"episodes_per_s", double(win_steps) * E / win_time},
+                           {"skipped", skipped_total}};
+        emit(line);
+        LOG_DEBUG("metatrain", line.dump());
+        win_loss = win_correct = win_queries = win_time = 0;
+        win_steps = 0;
+      }
+      if (diverge && step == start + 1) {
+        at::NoGradGuard ng;
+        params[0].add_(1e-3);
+      }
+      if (cfg.hash_every > 0 && (step + 1) % cfg.hash_every == 0) check_replicas(step + 1);
+      if (have_val && cfg.val_every > 0 && (step + 1) % cfg.val_every == 0 && !last) last_val = validate_now(step + 1);
+      if ((step + 1) % cfg.checkpoint_every == 0 || last) save_checkpoint(step + 1);
+      const bool stop_after = cfg.stop_after > 0 && step + 1 - start >= cfg.stop_after && !last;
+      if ((stop_now || stop_after) && !last) {
+        save_checkpoint(step + 1);
+        comm.barrier();
+        LOG_INFO("metatrain", (stop_now ? "stop signal received" : "--stop-after reached")
+                                  << ": checkpoint at step " << step + 1 << " in " << ckpt.string()
+                                  << "; the same command with --resume continues");
+        stopped = true;
+        ++step;
+        break;
+      }
+    }
+  }
+  result.step = step;
+  if (stopped) return result;
+  progress.finish();
+
+  const std::uint64_t hash = check_replicas(cfg.steps);
+  const json final_val = validate_now(cfg.steps);
+  const double rss_peak = peak_rss_mb();
+  const auto share = [&](double x) { return t_total > 0 ? x / t_total : 0.0; };
+  json report = {
+      {"model", cfg.model},
+      {"pool", cfg.pool},
+      {"val", cfg.val},
+      {"steps", cfg.steps},
+      {"world_size", W},
+      {"episodes_per_step", E},
+      {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
+      {"mask_ratio", cfg.mask_ratio},
+      {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
+      {"skipped_steps", skipped_total},
+      {"replica_hash", [&] {
+         std::ostringstream os;
+         os << std::hex << hash;
+         return os.str();
+       }()},
+      {"val_initial", val0},
+      {"val_final", final_val},
+      {"timing",
+       {{"timed_steps", timed_steps},
+        {"episodes_per_s", t_total > 0 ? double(timed_steps) * E / t_total : 0.0},
+        {"step_seconds", timed_steps ? t_total / timed_steps : 0.0},
+        {"data_wait_share", share(t_wait)},
+        {"data_prep_share", share(t_prep)},
+        {"prefetch", cfg.prefetch},
+        {"forward_backward_share", share(t_compute)},
+        {"all_reduce_share", share(t_reduce)}}},
+      {"memory",
+       {{"device", device.str()},
+        {"peak_rss_mb", rss_peak},
+        {"rss_before_training_mb", rss_before},
+        {"pool_cached", pool.cached()},
+        {"pool_image_mb", double(pool.image_bytes()) / (1 << 20)}}},
+      {"fingerprint", fp}};
+  // Peak RSS of every rank (rank 0 writes the report).
+  const auto rss_all = comm.all_gather_f64(rss_peak);
+  report["memory"]["peak_rss_mb_per_rank"] = rss_all;
+  if (rank == 0) {
+    lora.to(c10::Device(at::kCPU));
+    io::save_peft(cfg.out, lora, cfg.model, {{"metatrain.json", report.dump(2) + "\n"}});
+    LOG_INFO("metatrain", "wrote " << cfg.out << " (PEFT adapter + metatrain.json); val " << (val0.is_null() ? json("-") : val0["val_mean"])
+                                   << " -> " << (final_val.is_null() ? json("-") : final_val["val_mean"]) << " %, "
+                                   << report["timing"]["episodes_per_s"] << " episodes/s");
+  }
+  comm.barrier();
+  result.finished = true;
+  result.report = report.dump();
+  return result;
+}
+
+}  // namespace lorarec::train

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Meta-training on the quick pool:
+#  1. the same global episode schedule at world size 1 and under mpirun -np 2 gives the same
+#     weights after 20 steps (replicas checked every step);
+#  2. a run stopped after 10 steps and resumed equals the uninterrupted run (bit for bit);
+#  3. a SIGUSR1 to one rank mid-run: every rank stops on the same step with a checkpoint (exit 75),
+#     and --resume finishes with the weights of an uninterrupted run;
+#  4. a replica that diverges is caught; non-finite losses are skipped and counted, and too many
+#     in a row abort with a clear message.
+source "$(dirname "$0")/common.sh"
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until invert >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
+cd w
+B=$LORAREC_BIN
+ARGS="--model runs/quick/vfm --pool runs/quick/pool --way 5 --shot 1 --query 5 --episodes-per-step 2 --log-every 1 --checkpoint-every 1000 --single-lora-prob 0.3"
+VAL="--val data/quick/val.h5 --val-episodes 40 --val-every 0"
+compare() {  # compare DIR_A DIR_B TOL: max |a-b| / max |a| over the adapter tensors
+  "$LORAREC_PYTHON" - "$@" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(d):
+    b = open(f"{d}/adapter_model.safetensors", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]
+        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
+    return out
+a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
+assert a.keys() == b.keys() and a, (a.keys(), b.keys())
+err = max(np.abs(a[k] - b[k]).max() for k in a) / max(np.abs(a[k]).max() for k in a)
+print(f"{sys.argv[1]} vs {sys.argv[2]}: {len(a)} tensors, max relative difference {err:.3g} (tolerance {tol:g})")
+assert err <= tol, "weights differ"
+PY
+}
+
+# 1. world size 1 (accumulating both episodes of a step) vs 2 ranks (one each)
+$B metatrain $ARGS $VAL --steps 20 --out w1 >w1.txt 2>&1 || { cat w1.txt; fail "world size 1"; }
+mpirun2 $B metatrain $ARGS $VAL --steps 20 --hash-every 1 --out w2 >w2.txt 2>&1 || { cat w2.txt; fail "mpirun -np 2"; }
+compare w1 w2 1e-4
+"$LORAREC_PYTHON" - <<'PY'
+import json
+a, b = json.load(open("w1/metatrain.json")), json.load(open("w2/metatrain.json"))
+assert b["world_size"] == 2 and a["world_size"] == 1 and b["replica_hash"], b
+print("val after 20 steps: world 1", a["val_final"]["val_mean"], "world 2", b["val_final"]["val_mean"],
+      "(initial", a["val_initial"]["val_mean"], ")")
+assert abs(a["val_final"]["val_mean"] - b["val_final"]["val_mean"]) < 0.5
+PY
+
+# 2. stop after 10 steps, resume: the same weights as the uninterrupted run
+set +e; mpirun2 $B metatrain $ARGS --steps 20 --stop-after 10 --out r1 >r1.txt 2>&1; rc=$?; set -e
+[ $rc = 75 ] || { cat r1.txt; fail "--stop-after exited $rc, expected 75"; }
+[ ! -e r1/adapter_model.safetensors ] || fail "a stopped run exported an adapter"
+expect_status 2 "a checkpoint exists; pass --resume" -- mpirun2 $B metatrain $ARGS --steps 20 --out r1
+mpirun2 $B metatrain $ARGS --steps 20 --out r1 --resume >r2.txt 2>&1 || { cat r2.txt; fail "resume"; }
+grep -q "resumed from .* at step 10" r2.txt || fail "did not resume at step 10"
+compare w2 r1 0
+
+# 3. SIGUSR1 to one rank in the middle of a longer run
+N=1500
+mpirun2 $B metatrain $ARGS --steps $N --out ref >ref.txt 2>&1 || { cat ref.txt; fail "reference run"; }
+set +e
+mpirun2 $B metatrain $ARGS --steps $N --out s1 >s1.txt 2>&1 &
+job=$!
+for _ in $(seq 1 600); do
+  [ -f s1.work/metrics.jsonl ] && [ "$(wc -l <s1.work/metrics.jsonl)" -ge 5 ] && break; sleep 0.05
+done
+victim=$(pgrep -f "^$B metatrain .*--out s1" | tail -n 1)
+[ -n "$victim" ] || fail "no rank to signal"
+kill -USR1 "$victim"
+wait $job; rc=$?
+set -e
+[ $rc = 75 ] || { cat s1.txt; fail "after SIGUSR1 the job exited $rc, expected 75"; }
+grep -q "stop signal received: checkpoint at step" s1.txt || { cat s1.txt; fail "no checkpoint message"; }
+at=$(grep -o "checkpoint at step [0-9]*" s1.txt | head -n1 | grep -o "[0-9]*$")
+echo "SIGUSR1 to rank pid $victim: stopped at step $at of $N"
+[ "$at" -lt $N ] || fail "stopped at $at"
+mpirun2 $B metatrain $ARGS --steps $N --out s1 --resume >s2.txt 2>&1 || { cat s2.txt; fail "resume after signal"; }
+compare ref s1 0
+
+# 4. faults: a diverged replica; NaN teacher logits
+expect_status 1 "replicas diverged at step" -- env LORAREC_FAULT=1:diverge "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 \
+  -x LORAREC_FAULT $B metatrain $ARGS --steps 10 --hash-every 1 --out d1
+cp -r runs/quick/pool nanpool
+"$LORAREC_PYTHON" - <<'PY'
+import glob, h5py, numpy as np
+for p in glob.glob("nanpool/lora_*.h5"):
+    with h5py.File(p, "r+") as f:
+        f["teacher_logits"][...] = np.nan
+PY
+expect_status 1 "3 steps in a row with a non-finite loss" -- mpirun2 $B metatrain $ARGS --pool nanpool --steps 10 \
+  --single-lora-prob 1 --max-bad-steps 3 --out n1
+mpirun2 $B metatrain $ARGS --pool nanpool --steps 20 --single-lora-prob 0.3 --out n2 >n2.txt 2>&1 || { cat n2.txt; fail "occasional NaN"; }
+"$LORAREC_PYTHON" - <<'PY'
+import json
+r = json.load(open("n2/metatrain.json"))
+assert r["skipped_steps"] > 0, r["skipped_steps"]
+print("NaN teacher logits on single-LoRA episodes:", r["skipped_steps"], "of 20 steps skipped, run finished")
+PY
+echo "metatrain_mpi: all checks passed"

@@ -1,0 +1,108 @@
+#include "lorarecycle/train/metatrain.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "lorarecycle/io/hdf5.h"
+#include "lorarecycle/util/error.h"
+#include "lorarecycle/util/fs.h"
+#include "test_util.h"
+
+namespace lorarec::train {
+namespace {
+namespace stdfs = std::filesystem;
+
+// A pool of `files` LoRAs, N classes, `per` images per class, S x S images, P patches.
+void write_pool(const stdfs::path& dir, int files, int N, int per, int S, int P, bool complete = true) {
+  stdfs::create_directories(dir);
+  nlohmann::json index = {{"files", nlohmann::json::array()}};
+  for (int f = 0; f < files; ++f) {
+    const int n = N * per;
+    const std::string name = "lora_00" + std::to_string(f) + ".h5";
+    std::vector<int32_t> labels;
+    for (int i = 0; i < n; ++i) labels.push_back(i % N);
+    // image i of file f: every byte = (f * 50 + i) % 256
+    at::Tensor img = (at::arange(n, at::kInt) + f * 50).remainder(256).to(at::kByte).view({n, 1, 1, 1}).expand({n, S, S, 3}).contiguous();
+    io::h5::write_file_atomically((dir / name).string(), [&](io::h5::File& h) {
+      h.write("/images", img, 4);
+      h.write("/labels", at::tensor(labels, at::kInt));
+      h.write("/global_class", at::tensor(labels, at::kInt) + f * N);
+      h.write("/teacher_logits", at::randn({n, N}));
+      h.write("/patch_scores", at::rand({n, P}));
+      h.write("/keep_mask", at::ones({n, P}, at::kByte));
+      if (complete) h.set_attr("/", "complete", int64_t(1));
+    });
+    index["files"].push_back({{"file", name}, {"lora_id", f}, {"images", n}, {"classes", N}});
+  }
+  fs::write_text(dir / "index.json", index.dump());
+}
+
+TEST(SurrogatePool, CachedAndOnDemandReadsAgree) {
+  test::TempDir tmp;
+  write_pool(tmp.path() / "pool", 3, 5, 4, 8, 4);
+  SurrogatePool cached = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
+  SurrogatePool lazy = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, 0);
+  EXPECT_TRUE(cached.cached());
+  EXPECT_FALSE(lazy.cached());
+  EXPECT_EQ(cached.size(), 60);
+  ASSERT_EQ(cached.classes().size(), 15u);  // classes of different LoRAs are distinct
+  for (const auto& c : cached.classes()) EXPECT_EQ(c.rows.size(), 4u);
+  const std::vector<int64_t> rows{0, 59, 21, 40, 3};
+  const at::Tensor a = cached.images(rows), b = lazy.images(rows);
+  EXPECT_TRUE(a.equal(b));
+  EXPECT_EQ(a[1][0][0][0].item<int>(), (2 * 50 + 19) % 256);  // row 59 = file 2, image 19
+  EXPECT_EQ(a[2][3][3][2].item<int>(), (1 * 50 + 1) % 256);   // row 21 = file 1, image 1
+  // rows of a class all carry its label
+  const auto& c7 = cached.classes()[7];  // file 1, local class 2
+  EXPECT_EQ(c7.file, 1);
+  EXPECT_EQ(c7.local, 2);
+  for (int64_t r : c7.rows) EXPECT_EQ((r - 20) % 5, 2);
+}
+
+TEST(SurrogatePool, RefusesIncompleteOrMisshapedFiles) {
+  test::TempDir tmp;
+  write_pool(tmp.path() / "a", 1, 5, 4, 8, 4, /*complete=*/false);
+  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "a").string(), 8, 4, 0), InputError, "incomplete pool file");
+  write_pool(tmp.path() / "b", 1, 5, 4, 8, 4);
+  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 16, 4, 0), InputError, "/images must be [n, 16, 16, 3]");
+  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 8, 9, 0), InputError, "9 patches expected");
+  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "none").string(), 8, 4, 0), InputError, "no pool index");
+}
+
+TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
+  const at::Tensor s = at::tensor({0.1f, 0.9f, 0.3f, 0.8f, 0.2f, 0.7f, 0.0f, 0.5f}).view({1, 8});
+  EXPECT_TRUE(top_patches(s, 0.0).equal(at::arange(8, at::kLong).view({1, 8})));
+  EXPECT_TRUE(top_patches(s, 0.5).equal(at::tensor({1, 3, 5, 7}, at::kLong).view({1, 4})));
+  EXPECT_TRUE(top_patches(s, 0.75).equal(at::tensor({1, 3}, at::kLong).view({1, 2})));
+  // per row, against a full sort
+  at::manual_seed(3);
+  const at::Tensor r = at::rand({6, 64});
+  const at::Tensor t = top_patches(r, 0.75);
+  ASSERT_EQ(t.size(1), 16);
+  for (int i = 0; i < 6; ++i) {
+    const at::Tensor want = std::get<0>(std::get<1>(r[i].sort(0, true)).narrow(0, 0, 16).sort());
+    EXPECT_TRUE(t[i].equal(want));
+  }
+}
+
+TEST(MetaTrainConfig, RejectsBadValues) {
+  MetaTrainConfig c;
+  c.model = "m", c.pool = "p", c.out = "o";
+  EXPECT_NO_THROW(c.validate());
+  auto bad = [&](auto edit, const char* msg) {
+    MetaTrainConfig d = c;
+    edit(d);
+    EXPECT_THROW_MSG(d.validate(), InputError, msg);
+  };
+  bad([](auto& d) { d.mask_ratio = 1.0; }, "--mask-ratio");
+  bad([](auto& d) { d.warmup = 100; }, "--warmup");
+  bad([](auto& d) { d.resume = d.restart = true; }, "exclude each other");
+  bad([](auto& d) { d.spec.q_query = 0; }, "--query");
+  bad([](auto& d) { d.single_lora_prob = 1.5; }, "--single-lora-prob");
+}
+
+}  // namespace
+}  // namespace lorarec::train
