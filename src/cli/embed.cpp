@@ -1,6 +1,7 @@
 // lorarecycle embed: features of every image of an HDF5 image set, split over ranks, gathered
 // into one output file by rank 0.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <filesystem>
 

@@ -70,6 +70,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
     if (!t.empty()) c.lora.target_modules.push_back(model::parse_module(t));
   c.flip = !no_flip;
   c.prefetch = !no_prefetch;
+  c.bf16 = common.bf16;
   c.validate();
   RunContext ctx = start("metatrain", rt, common);
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);

@@ -2,6 +2,7 @@
 // probabilities out, in one forward pass of the VFM (+ meta-LoRA): prototypes, softmax over
 // negative squared Euclidean distances.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cstdio>
 #include <filesystem>

@@ -1,6 +1,7 @@
 #include "lorarecycle/dist/communicator.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <climits>
 #include <cstring>

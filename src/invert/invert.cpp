@@ -1,6 +1,7 @@
 #include "lorarecycle/invert/invert.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <chrono>
 #include <limits>

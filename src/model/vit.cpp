@@ -1,8 +1,15 @@
 #include "lorarecycle/model/vit.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#if __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+#define LORAREC_AUTOCAST_BY_DEVICE 1  // LibTorch >= 2.4: autocast state per device type
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -520,6 +527,11 @@ ForwardOutput ClipVision::forward(const at::Tensor& pixels, const ForwardOptions
 
 AutocastScope::AutocastScope(c10::DeviceType type, bool enabled) : type_(type), enabled_(enabled) {
   if (!enabled_) return;
+#ifdef LORAREC_AUTOCAST_BY_DEVICE
+  prev_ = at::autocast::is_autocast_enabled(type_);
+  at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+  at::autocast::set_autocast_enabled(type_, true);
+#else
   if (type_ == c10::DeviceType::CUDA) {
     prev_ = at::autocast::is_enabled();
     at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
@@ -529,14 +541,19 @@ AutocastScope::AutocastScope(c10::DeviceType type, bool enabled) : type_(type), 
     at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
     at::autocast::set_cpu_enabled(true);
   }
+#endif
 }
 
 AutocastScope::~AutocastScope() {
   if (!enabled_) return;
+#ifdef LORAREC_AUTOCAST_BY_DEVICE
+  at::autocast::set_autocast_enabled(type_, prev_);
+#else
   if (type_ == c10::DeviceType::CUDA)
     at::autocast::set_enabled(prev_);
   else
     at::autocast::set_cpu_enabled(prev_);
+#endif
   at::autocast::clear_cache();
 }
 

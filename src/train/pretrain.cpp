@@ -1,6 +1,7 @@
 #include "lorarecycle/train/pretrain.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <chrono>
 #include <filesystem>

@@ -1,6 +1,7 @@
 #include "lorarecycle/train/zoo.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cstdio>

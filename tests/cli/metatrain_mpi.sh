@@ -12,7 +12,8 @@ REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until invert >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
 cd w
 B=$LORAREC_BIN
-ARGS="--model runs/quick/vfm --pool runs/quick/pool --way 5 --shot 1 --query 5 --episodes-per-step 2 --log-every 1 --checkpoint-every 1000 --single-lora-prob 0.3"
+COMMON="--model runs/quick/vfm --way 5 --shot 1 --query 5 --episodes-per-step 2 --log-every 1 --checkpoint-every 1000"
+ARGS="$COMMON --pool runs/quick/pool --single-lora-prob 0.3"
 VAL="--val data/quick/val.h5 --val-episodes 40 --val-every 0"
 compare() {  # compare DIR_A DIR_B TOL: max |a-b| / max |a| over the adapter tensors
   "$LORAREC_PYTHON" - "$@" <<'PY'
@@ -88,9 +89,9 @@ for p in glob.glob("nanpool/lora_*.h5"):
     with h5py.File(p, "r+") as f:
         f["teacher_logits"][...] = np.nan
 PY
-expect_status 1 "3 steps in a row with a non-finite loss" -- mpirun2 $B metatrain $ARGS --pool nanpool --steps 10 \
+expect_status 1 "3 steps in a row with a non-finite loss" -- mpirun2 $B metatrain $COMMON --pool nanpool --steps 10 \
   --single-lora-prob 1 --max-bad-steps 3 --out n1
-mpirun2 $B metatrain $ARGS --pool nanpool --steps 20 --single-lora-prob 0.3 --out n2 >n2.txt 2>&1 || { cat n2.txt; fail "occasional NaN"; }
+mpirun2 $B metatrain $COMMON --pool nanpool --steps 20 --single-lora-prob 0.3 --out n2 >n2.txt 2>&1 || { cat n2.txt; fail "occasional NaN"; }
 "$LORAREC_PYTHON" - <<'PY'
 import json
 r = json.load(open("n2/metatrain.json"))
