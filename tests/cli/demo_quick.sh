@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The main job's script on the quick preset under mpirun -np 2, twice: every stage's outputs
-# exist after the first run, and the second run reuses them all.
+# exist after the first run, and the second run reuses them all. Then `predict` on PNG folders
+# and an HDF5 set, and its errors for bad input.
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" 2>&1 | tee run1.txt
 for f in data/quick/manifest.json runs/quick/vfm/model.safetensors runs/quick/vfm/config.json \
          runs/quick/vfm/pretrain_report.json runs/quick/prior/model.safetensors runs/quick/zoo/manifest.json \
-         runs/quick/pool/index.json runs/quick/pool/summary.json runs/quick/pool/lora_003.h5 runs/quick/pool/lora_000.png; do
+         runs/quick/pool/index.json runs/quick/pool/summary.json runs/quick/pool/lora_003.h5 runs/quick/pool/lora_000.png \
+         runs/quick/meta/adapter_model.safetensors runs/quick/meta/metatrain.json runs/quick/meta.work/metrics.jsonl \
+         runs/quick/meta_mask75/metatrain.json runs/quick/eval/results.csv runs/quick/eval/results.json \
+         runs/quick/report/report.md runs/quick/report/val_curves.png runs/quick/report/surrogates.png; do
   [ -f "w/$f" ] || fail "missing w/$f"
 done
 [ "$(ls w/runs/quick/zoo | grep -c '^lora_')" = 4 ] || fail "expected 4 LoRAs"
@@ -17,4 +21,58 @@ grep -q "reusing runs/quick/prior" run2.txt || fail "prior not reused"
 grep -q "is complete" run2.txt || fail "data not reused"
 grep -q "skips 2 finished" run2.txt || fail "zoo not reused"
 grep -q "rank 0 inverts 0" run2.txt || fail "pool not reused"
+grep -q "reusing runs/quick/meta$" run2.txt || fail "meta-LoRA not reused"
+grep -q "reusing runs/quick/eval" run2.txt || fail "evaluation not reused"
+"$LORAREC_PYTHON" - <<'PY'
+import csv, json
+rows = list(csv.DictReader(open("w/runs/quick/eval/results.csv")))
+got = {(r["dataset"], r["method"], r["shot"]) for r in rows}
+for d in ("test", "hangul"):
+    for m in ("nn", "lora-avg", "lora-ft", "meta", "meta-mask75"):
+        for s in ("1", "5"):
+            assert (d, m, s) in got, (d, m, s)
+for r in rows:
+    assert 0 <= float(r["mean"]) <= 100 and float(r["tasks_per_s"]) > 0, r
+m = json.load(open("w/runs/quick/meta_mask75/metatrain.json"))
+assert m["mask_ratio"] == 0.75 and m["tokens_per_image"] == 17 and m["world_size"] == 2, m
+print("eval: every method, dataset and shot present;", len(rows), "rows")
+PY
 echo "demo_quick: all stages ran and were reused"
+
+# predict: PNG folders (one per class) and an HDF5 query set
+cd w
+"$LORAREC_PYTHON" - <<'PY'
+import h5py, os
+from PIL import Image
+f = h5py.File("data/quick/test.h5", "r")
+imgs, labels = f["images"][:], f["labels"][:]
+for c in range(3):
+    rows = [i for i in range(len(labels)) if labels[i] == c]
+    os.makedirs(f"sup/class{c}", exist_ok=True)
+    for k, r in enumerate(rows[:2]):
+        Image.fromarray(imgs[r].squeeze()).save(f"sup/class{c}/{k}.png")
+    os.makedirs("qry", exist_ok=True)
+    Image.fromarray(imgs[rows[5]].squeeze()).convert("RGB").save(f"qry/q{c}.jpg", quality=95)
+os.makedirs("sup_empty/a", exist_ok=True); os.makedirs("sup_empty/b", exist_ok=True)
+Image.fromarray(imgs[0].squeeze()).save("sup_empty/a/0.png")
+Image.fromarray(imgs[0].squeeze()).resize((16, 16)).save("odd.png")
+open("broken.png", "wb").write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+PY
+B=$LORAREC_BIN
+$B predict --model runs/quick/vfm --lora runs/quick/meta --support sup --query qry --out preds.json >p.txt 2>&1 || { cat p.txt; fail "predict"; }
+$B predict --model runs/quick/vfm --support sup --query qry/q0.jpg,data/quick/val.h5 --out preds.csv >p2.txt 2>&1 || { cat p2.txt; fail "predict csv"; }
+"$LORAREC_PYTHON" - <<'PY'
+import csv, json
+j = json.load(open("preds.json"))
+assert j["classes"] == ["class0", "class1", "class2"] and len(j["predictions"]) == 3, j
+for p in j["predictions"]:
+    assert abs(sum(p["probabilities"].values()) - 1) < 1e-6 and p["prediction"] in j["classes"], p
+rows = list(csv.reader(open("preds.csv")))
+assert rows[0][:3] == ["query", "prediction", "probability"] and len(rows) == 1 + 1 + 300, len(rows)
+print("predict: 3 JPEG queries ->", [p["prediction"] for p in j["predictions"]], "; CSV with", len(rows) - 1, "rows")
+PY
+expect_status 2 "class 'b' (sup_empty/b) has no support image" -- $B predict --model runs/quick/vfm --support sup_empty --query qry
+expect_status 2 "mixed image sizes" -- $B predict --model runs/quick/vfm --support sup --query odd.png
+expect_status 2 "broken.png: unreadable PNG" -- $B predict --model runs/quick/vfm --support sup --query broken.png
+expect_status 2 "nothere.png: cannot open" -- $B predict --model runs/quick/vfm --support sup --query nothere.png
+echo "demo_quick: predict checks passed"
