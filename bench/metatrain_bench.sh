@@ -18,7 +18,7 @@ B=$PWD/build/lorarecycle
 W=$(mktemp -d /tmp/metatrain_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
 for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 "${MPI[@]}" -np 2 "$B" invert --model "$MODEL" --zoo "$ZOO" --out "$W/pool" --per-class 16 --iterations 2 --log-level warn
 run() {  # run NAME NP [args]: one short meta-training, report copied to $W/NAME.<rep>.json
   local name=$1 np=$2; shift 2

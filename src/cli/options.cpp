@@ -19,7 +19,7 @@ po::options_description common_options(CommonOptions& o) {
       ("log-level", po::value(&o.log_level)->default_value(o.log_level), "debug | info | warn | error (info is printed by rank 0 only)")
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
       ("bf16", po::bool_switch(&o.bf16), "bf16 autocast for the forward pass (CUDA, or CPU where LibTorch supports it)")
-      ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (MPI under a launcher, else local) | local | mpi | nccl");
+      ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl");
   return d;
 }
 
@@ -79,7 +79,14 @@ bool parse(const std::string& command, const std::string& usage, int argc, char*
 
 RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common) {
   LOG_INFO(tag, rt.describe());
-  RunContext ctx{rt.make_communicator(common.comm), model::select_device(common.device, rt.local_rank())};
+  const c10::Device device = model::select_device(common.device, rt.local_rank());
+  std::string comm = common.comm;
+#ifdef LORAREC_HAVE_NCCL
+  // CUDA tensors travel through NCCL; the MPI communicator takes CPU tensors.
+  if (comm == "auto" && device.is_cuda() && rt.world_size() > 1) comm = "nccl";
+#endif
+  RunContext ctx{rt.make_communicator(comm), device};
+  LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str());
   return ctx;
 }
 

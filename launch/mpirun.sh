@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Starts lorarecycle under mpirun with the per-rank settings of launch/env.sh.
+#   bash launch/mpirun.sh [-n RANKS] [--hostfile FILE] [--no-bind] [--dry-run] -- COMMAND [ARGS...]
+# COMMAND is a lorarecycle subcommand (pretrain, zoo, invert, metatrain, eval, ...) or a program.
+#   -n RANKS         ranks in all (default: the cores of this machine, or the hostfile's slots)
+#   --hostfile FILE  Open MPI hostfile ("node01 slots=32" per line) for runs over several nodes
+#   --no-bind        do not bind ranks to cores (default: --bind-to core when ranks <= cores)
+#   --dry-run        print the mpirun command instead of running it
+# One rank per core (or per GPU), one compute thread per rank; --allow-run-as-root only as root;
+# --oversubscribe only when there are more ranks than cores on one machine.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+source "$REPO/launch/env.sh"
+N=""; HOSTFILE=""; BIND=1; DRY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--np) N=$2; shift 2 ;;
+    --hostfile) HOSTFILE=$2; shift 2 ;;
+    --no-bind) BIND=0; shift ;;
+    --dry-run) DRY=1; shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n "2,11p" "$0"; exit 0 ;;
+    *) echo "mpirun.sh: unknown argument $1 (the command goes after --)" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "mpirun.sh: no command (usage: launch/mpirun.sh [-n N] -- COMMAND ...)" >&2; exit 2; }
+CMD=("$@")
+case "${CMD[0]}" in
+  pretrain|zoo|invert|metatrain|eval|predict|embed) CMD=("${LORAREC_BIN:-$REPO/build/lorarecycle}" "${CMD[@]}") ;;
+esac
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
+ARGS=("${MPIRUN_ROOT_FLAGS[@]}")
+if [ -n "$HOSTFILE" ]; then
+  [ -f "$HOSTFILE" ] || { echo "mpirun.sh: no hostfile $HOSTFILE" >&2; exit 2; }
+  ARGS+=(--hostfile "$HOSTFILE")
+  [ -n "$N" ] && ARGS+=(-np "$N")
+else
+  N=${N:-$CORES}
+  ARGS+=(-np "$N")
+  if [ "$N" -gt "$CORES" ]; then ARGS+=(--oversubscribe); BIND=0; fi
+fi
+[ $BIND = 1 ] && ARGS+=(--bind-to core --map-by core)
+for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE NCCL_SOCKET_IFNAME NCCL_DEBUG LORAREC_FAULT; do
+  [ -n "${!v:-}" ] && ARGS+=(-x "$v")
+done
+if [ $DRY = 1 ]; then echo mpirun "${ARGS[@]}" "${CMD[@]}"; exit 0; fi
+exec mpirun "${ARGS[@]}" "${CMD[@]}"
