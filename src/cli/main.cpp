@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
     status = kExitRuntime;
   }
   std::fflush(stderr);
-  if (status != 0 && runtime) runtime->abort(status);  // never returns when other ranks exist
+  // Errors abort every rank (never a hang). A command's own non-zero status that all ranks agree on
+  // (metatrain's 75: stopped with a checkpoint) ends normally, so launchers see a clean exit code.
+  if (status != 0 && status != lorarec::kExitCheckpointed && runtime) runtime->abort(status);  // never returns when other ranks exist
   return status;
 }

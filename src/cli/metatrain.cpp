@@ -74,7 +74,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   c.validate();
   RunContext ctx = start("metatrain", rt, common);
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
-  return r.finished ? 0 : 75;
+  return r.finished ? 0 : kExitCheckpointed;
 }
 
 }  // namespace lorarec::cli

@@ -81,7 +81,9 @@ echo "sent SIGUSR1 to job $j at metrics line $(wc -l <"$M")"
 for _ in $(seq 1 120); do
   st=$(squeue -h -j "$j" -o %T 2>/dev/null || true)
   if [ "$st" = PENDING ] && scontrol show job "$j" | grep -q "Restarts=1"; then
-    scontrol update JobId="$j" StartTime=now  # Slurm holds a requeued job ~2 min; no need to wait here
+    # Slurm holds a requeued job ~2 min; start it sooner, once the old step is gone from the node.
+    sleep 5
+    scontrol update JobId="$j" StartTime=now
     break
   fi
   sleep 0.5

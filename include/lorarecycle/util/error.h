@@ -15,6 +15,7 @@ namespace lorarec {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitInput = 2;
+inline constexpr int kExitCheckpointed = 75;  // stopped early with a checkpoint (signal, --stop-after); resume later
 
 class Error : public std::runtime_error {
  public:
