@@ -3,7 +3,7 @@
 # 1-shot 15-query episodes, 2 episodes per step (global):
 #   (1) episodes/s at mask ratio 0, 0.5, 0.75 under mpirun -np 2, with peak memory per rank;
 #   (2) world size 1 vs mpirun -np 2 at the same global episodes per step; the all-reduce's
-#       share of the step time;
+#       share of the step time, and (with --sync-timing) how much of it is waiting for the slower rank;
 #   (3) the data pipeline: share of the step spent waiting for data with the prefetch thread,
 #       and the preparation's share (what the prefetch hides).
 # The pool is built for speed, not quality: every zoo LoRA inverted for 2 iterations with 16
@@ -29,6 +29,7 @@ run() {  # run NAME NP [args]: one short meta-training, report copied to $W/NAME
 }
 for rep in $(seq 1 "$REPS"); do
   run dense 2 --mask-ratio 0
+  run dense_sync 2 --mask-ratio 0 --sync-timing
   run m50 2 --mask-ratio 0.5
   run m75 2 --mask-ratio 0.75
   run np1 1 --mask-ratio 0
@@ -50,7 +51,10 @@ for name, label in (("dense", "mask 0 (np 2)"), ("m50", "mask 0.5 (np 2)"), ("m7
 np1 = med("np1", eps)
 print(f"\nworld size: 1 rank {np1:.2f} episodes/s, mpirun -np 2 {dense:.2f} episodes/s = {dense / np1:.2f}x")
 print(f"all-reduce share of the step (np 2, dense): {100 * med('dense', lambda x: x['timing']['all_reduce_share']):.2f} %"
-      f" (includes waiting for the slower rank)")
+      f" as timed in the run (includes waiting for the slower rank); with a barrier first (--sync-timing): all-reduce"
+      f" {100 * med('dense_sync', lambda x: x['timing']['all_reduce_share']):.2f} %, waiting for the slower rank"
+      f" {100 * med('dense_sync', lambda x: x['timing']['imbalance_wait_share']):.2f} %"
+      f" ({med('dense_sync', eps):.2f} episodes/s)")
 print(f"data: with prefetch, waiting {100 * med('dense', lambda x: x['timing']['data_wait_share']):.2f} % of the step; "
       f"preparation (hidden by the prefetch thread) {100 * med('dense', lambda x: x['timing']['data_prep_share']):.2f} %; "
       f"without prefetch {med('noprefetch', eps):.2f} episodes/s ({med('noprefetch', eps) / dense:.2f}x)")

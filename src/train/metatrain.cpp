@@ -551,7 +551,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
 
   install_stop_handlers();
   Progress progress("metatrain", "meta-training", cfg.steps - start, "steps", 10.0);
-  double t_wait = 0, t_prep = 0, t_compute = 0, t_reduce = 0, t_total = 0;
+  double t_wait = 0, t_prep = 0, t_compute = 0, t_reduce = 0, t_imbalance = 0, t_total = 0;
   int64_t timed_steps = 0;
   double win_loss = 0, win_correct = 0, win_queries = 0, win_time = 0;
   int64_t win_steps = 0;
@@ -601,6 +601,12 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       parts.push_back(at::stack({loss_sum.detach(), correct, at::full({}, flag, feat.options())}));
       at::Tensor flat = at::cat(parts);
       const double t_fwd_bwd = seconds_since(t_c);
+      double imbalance = 0;
+      if (cfg.sync_timing) {  // separate waiting for the slowest rank from the transfer itself
+        const auto t_b = Clock::now();
+        comm.barrier();
+        imbalance = seconds_since(t_b);
+      }
       const auto t_r = Clock::now();
       comm.all_reduce_sum(flat);
       const double reduce = seconds_since(t_r);
@@ -638,6 +644,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         t_prep += b.prep_seconds;
         t_compute += t_fwd_bwd;
         t_reduce += reduce;
+        t_imbalance += imbalance;
         t_total += total;
         ++timed_steps;
       }
@@ -718,7 +725,9 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         {"data_prep_share", share(t_prep)},
         {"prefetch", cfg.prefetch},
         {"forward_backward_share", share(t_compute)},
-        {"all_reduce_share", share(t_reduce)}}},
+        {"all_reduce_share", share(t_reduce)},
+        {"sync_timing", cfg.sync_timing},
+        {"imbalance_wait_share", share(t_imbalance)}}},
       {"memory",
        {{"device", device.str()},
         {"peak_rss_mb", rss_peak},

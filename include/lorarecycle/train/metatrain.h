@@ -114,6 +114,7 @@ struct MetaTrainConfig {
   int64_t cache_mb = 2048;           // budget for holding the pool's images in memory
   int max_bad_steps = 10;            // consecutive non-finite steps before aborting
   bool prefetch = true;              // prepare the next step's batch on a second thread
+  bool sync_timing = false;          // barrier before the all-reduce: its share then excludes waiting for the slowest rank
   bool bf16 = false;                 // bf16 autocast for the ViT (CUDA; slow on CPUs without bf16)
   std::uint64_t seed = 0;
   bool resume = false;               // continue from the checkpoint (none: start fresh)
