@@ -585,8 +585,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                                                          cfg.spec.n_way, cfg.spec.k_shot);
         at::Tensor loss = at::cross_entropy_loss(logits, query_labels);
         if (b.teacher[e].defined()) {
-          const at::Tensor p = at::softmax(b.teacher[e].to(device), -1);
-          const at::Tensor kl = (p * (at::log_softmax(b.teacher[e].to(device), -1) - at::log_softmax(logits, -1))).sum(-1).mean();
+          const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device), -1);
+          const at::Tensor kl = (log_p.exp() * (log_p - at::log_softmax(logits, -1))).sum(-1).mean();
           loss = loss + cfg.kl_weight * kl;
         }
         loss_sum = loss_sum + loss;
@@ -616,6 +616,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       const double g_loss = tail[0].item<double>(), g_correct = tail[1].item<double>();
       const bool stop_now = tail[2].item<double>() > 0;
       const bool finite = std::isfinite(g_loss) && grads.isfinite().all().item<bool>();
+      const int64_t cyc = cfg.cycle == 0 ? cfg.steps : cfg.cycle;
+      const double lr_now = cyclic_warmup_cosine(step, cyc, std::min(cfg.warmup, cyc - 1), cfg.lr_min, cfg.lr);
       if (finite) {
         int64_t off = 0;
         at::NoGradGuard ng;
@@ -624,8 +626,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
           off += p.numel();
         }
         clip_grad_norm(params, cfg.clip_norm);
-        const int64_t cyc = cfg.cycle == 0 ? cfg.steps : cfg.cycle;
-        opt.step(cyclic_warmup_cosine(step, cyc, std::min(cfg.warmup, cyc - 1), cfg.lr_min, cfg.lr));
+        opt.step(lr_now);
         bad_in_row = 0;
       } else {
         // Every rank sees the same reduced values, so all skip together.
@@ -656,9 +657,6 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       progress.advance(1);
       const bool last = step + 1 == cfg.steps;
       if ((step + 1) % cfg.log_every == 0 || last) {
-        const double lr_now = cyclic_warmup_cosine(step, cfg.cycle == 0 ? cfg.steps : cfg.cycle,
-                                                   std::min(cfg.warmup, (cfg.cycle == 0 ? cfg.steps : cfg.cycle) - 1),
-                                                   cfg.lr_min, cfg.lr);
         const json line = {{"step", step + 1},
                            {"loss", win_loss / (double(win_steps) * E)},
                            {"train_acc", 100.0 * win_correct / win_queries},
