@@ -10,16 +10,6 @@
 #include "lorarecycle/util/log.h"
 
 namespace lorarec::cli {
-namespace {
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string t; std::getline(ss, t, ',');)
-    if (!t.empty()) out.push_back(t);
-  return out;
-}
-}  // namespace
-
 int run_eval(int argc, char** argv, dist::Runtime& rt) {
   eval::EvalConfig c;
   std::string data, meta, methods, shots = "1,5", targets = "q_proj,v_proj";
@@ -61,8 +51,7 @@ int run_eval(int argc, char** argv, dist::Runtime& rt) {
       throw InputError("eval: --shots must be comma-separated integers, got '" + shots + "'");
     }
   }
-  c.ft_lora.target_modules.clear();
-  for (const auto& t : split_list(targets)) c.ft_lora.target_modules.push_back(model::parse_module(t));
+  c.ft_lora.target_modules = parse_modules(targets);
   c.validate();
   RunContext ctx = start("eval", rt, common);
   eval::run_eval(c, *ctx.comm, ctx.device);

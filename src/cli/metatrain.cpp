@@ -65,10 +65,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
              "2 bad input, 1 runtime failure.",
              argc, argv, desc, common, rt.rank()))
     return 0;
-  c.lora.target_modules.clear();
-  std::stringstream ss(targets);
-  for (std::string t; std::getline(ss, t, ',');)
-    if (!t.empty()) c.lora.target_modules.push_back(model::parse_module(t));
+  c.lora.target_modules = parse_modules(targets);
   c.flip = !no_flip;
   c.prefetch = !no_prefetch;
   c.bf16 = common.bf16;

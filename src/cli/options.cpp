@@ -1,6 +1,7 @@
 #include "cli/options.h"
 
 #include <iostream>
+#include <sstream>
 
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/dist/runtime.h"
@@ -75,6 +76,20 @@ bool parse(const std::string& command, const std::string& usage, int argc, char*
   }
   log::set_level(log::parse_level(common.log_level));
   return true;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string t; std::getline(ss, t, ',');)
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+
+std::vector<model::Module> parse_modules(const std::string& list) {
+  std::vector<model::Module> out;
+  for (const auto& t : split_list(list)) out.push_back(model::parse_module(t));
+  return out;
 }
 
 RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common) {

@@ -12,6 +12,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
 class Communicator;
@@ -34,6 +37,11 @@ struct CommonOptions {
 };
 
 po::options_description common_options(CommonOptions& opts);
+
+// "a,b,,c" -> {"a", "b", "c"} (empty items dropped).
+std::vector<std::string> split_list(const std::string& s);
+// "q_proj,v_proj" -> modules (InputError for an unknown name).
+std::vector<model::Module> parse_modules(const std::string& list);
 
 // Parses argv (argv[0] = the command name) with `desc` (which must include common_options) and
 // the INI file named by --config. Returns false when --help was asked for (help printed on

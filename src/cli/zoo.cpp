@@ -35,10 +35,7 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
   if (!parse("zoo", "usage: lorarecycle zoo --model DIR --data zoo.h5 --out ZOO_DIR [options]", argc, argv, desc, common,
              rt.rank()))
     return 0;
-  c.lora.target_modules.clear();
-  std::stringstream ss(targets);
-  for (std::string t; std::getline(ss, t, ',');)
-    if (!t.empty()) c.lora.target_modules.push_back(model::parse_module(t));
+  c.lora.target_modules = parse_modules(targets);
   c.validate();
   RunContext ctx = start("zoo", rt, common);
   train::run_zoo(c, *ctx.comm, ctx.device);

@@ -34,15 +34,6 @@ std::pair<std::string, std::string> split_named(const std::string& spec, const s
   return {default_name, spec};
 }
 
-// Every rank's values, concatenated (order: rank 0's, rank 1's, ...).
-std::vector<double> gather_all(const std::vector<double>& mine, int64_t total, dist::Communicator& comm) {
-  if (comm.size() == 1) return mine;
-  const at::Tensor g = comm.gather_rows(at::tensor(mine, at::kDouble).view({-1, 1}), 0);
-  at::Tensor flat = comm.rank() == 0 ? g.view({-1}).contiguous() : at::empty({total}, at::kDouble);
-  comm.broadcast(flat, 0);
-  return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
-}
-
 double slowest(double seconds, dist::Communicator& comm) {
   double m = 0;
   for (double s : comm.all_gather_f64(seconds)) m = std::max(m, s);
@@ -240,7 +231,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
         progress.finish();
         EvalRow r;
         r.dataset = dname, r.method = "lora-ft", r.way = cfg.way, r.shot = shot, r.query = cfg.query;
-        r.acc = summarize(gather_all(mine, n, comm), secs);
+        r.acc = summarize(all_gather_values(mine, n, comm), secs);
         r.timed_tasks = n;
         r.tasks_per_s = secs > 0 ? n / secs : 0;
         LOG_INFO("eval", dname << " lora-ft " << cfg.way << "w" << shot << "s: " << r.acc.mean << " +- " << r.acc.ci95

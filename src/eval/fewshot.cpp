@@ -45,6 +45,14 @@ at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, cons
   return all;
 }
 
+std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t total, dist::Communicator& comm) {
+  if (comm.size() == 1) return mine;
+  const at::Tensor g = comm.gather_rows(at::tensor(mine, at::kDouble).view({-1, 1}), 0);
+  at::Tensor flat = comm.rank() == 0 ? g.view({-1}).contiguous() : at::empty({total}, at::kDouble);
+  comm.broadcast(flat, 0);
+  return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+}
+
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot) {
   const at::Tensor protos = support.view({n_way, k_shot, support.size(-1)}).mean(1);  // [N, D]
   const at::Tensor q2 = query.pow(2).sum(-1, true);                                      // [M, 1]
@@ -69,14 +77,7 @@ Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& s
     auto rng = data::make_rng(seed, 0, static_cast<std::uint64_t>(i));
     mine.push_back(episode_accuracy(features, sampler.sample(rng), spec));
   }
-  std::vector<double> all = mine;
-  if (comm.size() > 1) {
-    const at::Tensor g = comm.gather_rows(at::tensor(mine, at::kDouble).view({-1, 1}), 0);
-    at::Tensor flat = comm.rank() == 0 ? g.view({-1}).contiguous() : at::empty({episodes}, at::kDouble);
-    comm.broadcast(flat, 0);
-    all.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
-  }
-  return summarize(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return summarize(all_gather_values(mine, episodes, comm), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 }  // namespace lorarec::eval

@@ -15,30 +15,11 @@ B=$LORAREC_BIN
 COMMON="--model runs/quick/vfm --way 5 --shot 1 --query 5 --episodes-per-step 2 --log-every 1 --checkpoint-every 1000"
 ARGS="$COMMON --pool runs/quick/pool --single-lora-prob 0.3"
 VAL="--val data/quick/val.h5 --val-episodes 40 --val-every 0"
-compare() {  # compare DIR_A DIR_B TOL: max |a-b| / max |a| over the adapter tensors
-  "$LORAREC_PYTHON" - "$@" <<'PY'
-import json, struct, sys
-import numpy as np
-def load(d):
-    b = open(f"{d}/adapter_model.safetensors", "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
-a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
-assert a.keys() == b.keys() and a, (a.keys(), b.keys())
-err = max(np.abs(a[k] - b[k]).max() for k in a) / max(np.abs(a[k]).max() for k in a)
-print(f"{sys.argv[1]} vs {sys.argv[2]}: {len(a)} tensors, max relative difference {err:.3g} (tolerance {tol:g})")
-assert err <= tol, "weights differ"
-PY
-}
 
 # 1. world size 1 (accumulating both episodes of a step) vs 2 ranks (one each)
 $B metatrain $ARGS $VAL --steps 20 --out w1 >w1.txt 2>&1 || { cat w1.txt; fail "world size 1"; }
 mpirun2 $B metatrain $ARGS $VAL --steps 20 --hash-every 1 --out w2 >w2.txt 2>&1 || { cat w2.txt; fail "mpirun -np 2"; }
-compare w1 w2 1e-4
+compare_adapters w1 w2 1e-4
 "$LORAREC_PYTHON" - <<'PY'
 import json
 a, b = json.load(open("w1/metatrain.json")), json.load(open("w2/metatrain.json"))
@@ -55,7 +36,7 @@ set +e; mpirun2 $B metatrain $ARGS --steps 20 --stop-after 10 --out r1 >r1.txt 2
 expect_status 2 "a checkpoint exists; pass --resume" -- mpirun2 $B metatrain $ARGS --steps 20 --out r1
 mpirun2 $B metatrain $ARGS --steps 20 --out r1 --resume >r2.txt 2>&1 || { cat r2.txt; fail "resume"; }
 grep -q "resumed from .* at step 10" r2.txt || fail "did not resume at step 10"
-compare w2 r1 0
+compare_adapters w2 r1 0
 
 # 3. SIGUSR1 to one rank in the middle of a longer run
 N=1500
@@ -77,7 +58,7 @@ at=$(grep -o "checkpoint at step [0-9]*" s1.txt | head -n1 | grep -o "[0-9]*$")
 echo "SIGUSR1 to rank pid $victim: stopped at step $at of $N"
 [ "$at" -lt $N ] || fail "stopped at $at"
 mpirun2 $B metatrain $ARGS --steps $N --out s1 --resume >s2.txt 2>&1 || { cat s2.txt; fail "resume after signal"; }
-compare ref s1 0
+compare_adapters ref s1 0
 
 # 4. faults: a diverged replica; NaN teacher logits
 expect_status 1 "replicas diverged at step" -- env LORAREC_FAULT=1:diverge "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 \

@@ -34,6 +34,10 @@ Accuracy summarize(const std::vector<double>& accuracies, double seconds);
 at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
                      dist::Communicator& comm, int batch_size = 256);
 
+// Collective. Every rank's values concatenated in rank order, on every rank (`total` = the sum of
+// the ranks' counts): per-episode accuracies of episodes split over ranks.
+std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t total, dist::Communicator& comm);
+
 // Logits of queries against prototypes: -||q - p||^2. support [N*K, D] class-major, query [M, D].
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot);
 
