@@ -3,6 +3,7 @@
 //   0 ok, 1 run-time failure, 2 bad input or options.
 #include <c10/util/Exception.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -49,17 +50,6 @@ void usage(std::FILE* out) {
                "Exit status: 0 ok, 1 run-time failure, 2 bad input or options.\n");
 }
 
-// Test hook (env::kFaultInject = "RANK:start"): that rank throws right after start-up.
-void maybe_inject_fault(int rank) {
-  const char* spec = lorarec::env::get(lorarec::env::kFaultInject);
-  if (spec == nullptr) return;
-  const std::string s = spec;
-  const auto colon = s.find(':');
-  if (colon == std::string::npos) return;
-  if (std::stoi(s.substr(0, colon)) == rank && s.substr(colon + 1) == "start")
-    throw lorarec::RuntimeError("fault injected by " + std::string(lorarec::env::kFaultInject) + "=" + s);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -80,13 +70,16 @@ int main(int argc, char** argv) {
     return kExitInput;
   }
 
+  // A file-size limit (ulimit -f) makes writes fail with EFBIG, reported like any failed write,
+  // instead of killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
   std::unique_ptr<lorarec::dist::Runtime> runtime;
   int rank = -1;
   int status = 0;
   try {
     runtime = std::make_unique<lorarec::dist::Runtime>(&argc, &argv);
     rank = runtime->rank();
-    maybe_inject_fault(rank);
+    lorarec::env::fault_point(rank, "start");
     status = cmd->run(argc - 1, argv + 1, *runtime);
   } catch (const lorarec::InputError& e) {
     std::fprintf(stderr, "lorarecycle %s: error [rank %d]: %s\n", cmd->name, rank, e.what());

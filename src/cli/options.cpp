@@ -20,7 +20,8 @@ po::options_description common_options(CommonOptions& o) {
       ("log-level", po::value(&o.log_level)->default_value(o.log_level), "debug | info | warn | error (info is printed by rank 0 only)")
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
       ("bf16", po::bool_switch(&o.bf16), "bf16 autocast for the forward pass (CUDA, or CPU where LibTorch supports it)")
-      ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl");
+      ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl")
+      ("collective-timeout", po::value(&o.collective_timeout)->default_value(o.collective_timeout), "seconds one collective (all-reduce, barrier, gather) may wait for the other ranks before this rank reports a stuck peer and ends the job (exit 1); 0 = wait forever");
   return d;
 }
 
@@ -100,7 +101,8 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
   // CUDA tensors travel through NCCL; the MPI communicator takes CPU tensors.
   if (comm == "auto" && device.is_cuda() && rt.world_size() > 1) comm = "nccl";
 #endif
-  RunContext ctx{rt.make_communicator(comm), device};
+  if (common.collective_timeout < 0) throw InputError(std::string(tag) + ": --collective-timeout must be >= 0");
+  RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device};
   LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str());
   return ctx;
 }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
@@ -34,6 +35,7 @@ struct CommonOptions {
   std::string device = "auto";   // auto | cpu | cuda | cuda:N
   bool bf16 = false;             // bf16 autocast where the device supports it
   std::string comm = "auto";     // communicator: auto | local | mpi | nccl
+  double collective_timeout = dist::kDefaultCollectiveTimeout;  // seconds; 0 = unbounded
 };
 
 po::options_description common_options(CommonOptions& opts);

@@ -3,8 +3,16 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "dist/mpi_check.h"
 #include "lorarecycle/util/error.h"
@@ -60,13 +68,83 @@ void Communicator::all_reduce_mean(const std::vector<at::Tensor>& tensors) {
 
 at::Tensor LocalCommunicator::gather_rows(const at::Tensor& local, int) { return local.to(at::kCPU).contiguous(); }
 
-MpiCommunicator::MpiCommunicator() {
+// ---- watchdog ----
+struct CollectiveWatchdog::State {
+  int rank = 0;
+  std::string comm;
+  std::atomic<const char*> what{nullptr};
+  std::atomic<int64_t> since_ms{0};  // steady clock; valid while what != nullptr
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread thread;
+};
+
+namespace {
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+CollectiveWatchdog::CollectiveWatchdog(double timeout_s, int rank, const char* comm_name)
+    : timeout_s_(timeout_s), state_(std::make_unique<State>()) {
+  if (!(timeout_s_ > 0)) return;
+  State* st = state_.get();
+  st->rank = rank;
+  st->comm = comm_name;
+  const auto limit_ms = static_cast<int64_t>(timeout_s_ * 1000.0);
+  const auto poll = std::chrono::milliseconds(std::clamp<int64_t>(limit_ms / 10, 10, 1000));
+  st->thread = std::thread([st, limit_ms, poll, timeout = timeout_s_] {
+    std::unique_lock<std::mutex> lock(st->mu);
+    while (!st->cv.wait_for(lock, poll, [st] { return st->stop; })) {
+      const char* what = st->what.load();
+      if (what == nullptr) continue;
+      const int64_t waited = now_ms() - st->since_ms.load();
+      if (waited < limit_ms || st->what.load() != what) continue;
+      std::fprintf(stderr,
+                   "lorarecycle: error [rank %d]: %s %s did not complete within %g s (a peer is stuck or dead; "
+                   "--collective-timeout); aborting\n",
+                   st->rank, st->comm.c_str(), what, timeout);
+      std::fflush(stderr);
+      std::_Exit(1);  // the launcher sees a failed rank and ends the others
+    }
+  });
+}
+
+CollectiveWatchdog::~CollectiveWatchdog() {
+  if (!state_ || !state_->thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stop = true;
+  }
+  state_->cv.notify_all();
+  state_->thread.join();
+}
+
+CollectiveWatchdog::Scope::Scope(CollectiveWatchdog* w, const char* what) : w_(w) {
+  if (w_ == nullptr || !(w_->timeout_s_ > 0)) {
+    w_ = nullptr;
+    return;
+  }
+  w_->state_->since_ms.store(now_ms());
+  w_->state_->what.store(what);
+}
+
+CollectiveWatchdog::Scope::~Scope() {
+  if (w_ != nullptr) w_->state_->what.store(nullptr);
+}
+
+MpiCommunicator::MpiCommunicator(double timeout_s) {
   LORAREC_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   LORAREC_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  if (timeout_s > 0 && size_ > 1) watchdog_ = std::make_unique<CollectiveWatchdog>(timeout_s, rank_, "MPI");
 }
+
+MpiCommunicator::~MpiCommunicator() = default;
 
 void MpiCommunicator::all_reduce_sum(at::Tensor& flat) {
   check_cpu_contiguous(flat, "all_reduce_sum");
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "all_reduce_sum");
   const MPI_Datatype type = mpi_type(flat.scalar_type());
   auto* base = static_cast<char*>(flat.data_ptr());
   for (int64_t off = 0; off < flat.numel(); off += kChunk) {
@@ -77,6 +155,7 @@ void MpiCommunicator::all_reduce_sum(at::Tensor& flat) {
 
 void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
   check_cpu_contiguous(tensor, "broadcast");
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "broadcast");
   auto* base = static_cast<char*>(tensor.data_ptr());
   const int64_t bytes = tensor.numel() * tensor.element_size();
   for (int64_t off = 0; off < bytes; off += kChunk) {
@@ -85,16 +164,21 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
   }
 }
 
-void MpiCommunicator::barrier() { LORAREC_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+void MpiCommunicator::barrier() {
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "barrier");
+  LORAREC_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+}
 
 std::vector<std::uint64_t> MpiCommunicator::all_gather_u64(std::uint64_t value) {
   std::vector<std::uint64_t> out(size_);
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "all_gather");
   LORAREC_MPI_CHECK(MPI_Allgather(&value, 1, MPI_UINT64_T, out.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD));
   return out;
 }
 
 std::vector<double> MpiCommunicator::all_gather_f64(double value) {
   std::vector<double> out(size_);
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "all_gather");
   LORAREC_MPI_CHECK(MPI_Allgather(&value, 1, MPI_DOUBLE, out.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
   return out;
 }
@@ -128,6 +212,7 @@ at::Tensor MpiCommunicator::gather_rows(const at::Tensor& local_in, int root) {
     shape[0] = total_rows;
     out = at::empty(shape, local.options());
   }
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "gather_rows");
   LORAREC_MPI_CHECK(MPI_Gatherv(local.data_ptr(), counts[rank_], MPI_BYTE, rank_ == root ? out.data_ptr() : nullptr,
                                 counts.data(), displs.data(), MPI_BYTE, root, MPI_COMM_WORLD));
   return out;
@@ -135,6 +220,7 @@ at::Tensor MpiCommunicator::gather_rows(const at::Tensor& local_in, int root) {
 
 std::string MpiCommunicator::broadcast_string(const std::string& value, int root) {
   std::uint64_t n = value.size();
+  CollectiveWatchdog::Scope watch(watchdog_.get(), "broadcast_string");
   LORAREC_MPI_CHECK(MPI_Bcast(&n, 1, MPI_UINT64_T, root, MPI_COMM_WORLD));
   std::string out = rank_ == root ? value : std::string(n, '\0');
   if (n > INT_MAX) throw RuntimeError("broadcast_string: string too long");

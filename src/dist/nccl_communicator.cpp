@@ -59,12 +59,10 @@ ncclDataType_t nccl_type(at::ScalarType t) {
   }
 }
 
-// Seconds a collective may take before the communicator is aborted (a stuck peer).
-constexpr double kCollectiveTimeoutSeconds = 600.0;
-
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(int device_index, int local_rank, int local_size) : device_(device_index) {
+  NcclCommunicator(int device_index, int local_rank, int local_size, double timeout_s)
+      : mpi_(timeout_s), device_(device_index), timeout_s_(timeout_s) {
     int n_dev = 0;
     LORAREC_CUDA_CHECK(cudaGetDeviceCount(&n_dev));
     if (n_dev == 0) throw InputError("communicator 'nccl': no CUDA device visible");
@@ -135,10 +133,10 @@ class NcclCommunicator final : public Communicator {
       LORAREC_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &async));
       LORAREC_NCCL_CHECK(comm_, async);
       const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (waited > kCollectiveTimeoutSeconds) {
+      if (timeout_s_ > 0 && waited > timeout_s_) {
         ncclCommAbort(comm_);
         comm_ = nullptr;
-        throw RuntimeError("NCCL collective did not complete within " + std::to_string(kCollectiveTimeoutSeconds) +
+        throw RuntimeError("NCCL collective did not complete within " + std::to_string(timeout_s_) +
                            " s on rank " + std::to_string(rank()) + " (a peer is stuck or dead); communicator aborted");
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -147,14 +145,16 @@ class NcclCommunicator final : public Communicator {
 
   MpiCommunicator mpi_;
   int device_ = 0;
+  double timeout_s_ = kDefaultCollectiveTimeout;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(int device_index, int local_rank, int local_size) {
-  return std::make_unique<NcclCommunicator>(device_index, local_rank, local_size);
+std::unique_ptr<Communicator> make_nccl_communicator(int device_index, int local_rank, int local_size,
+                                                     double timeout_s) {
+  return std::make_unique<NcclCommunicator>(device_index, local_rank, local_size, timeout_s);
 }
 
 }  // namespace lorarec::dist

@@ -78,19 +78,19 @@ std::string Runtime::describe() const {
   return os.str();
 }
 
-std::unique_ptr<Communicator> Runtime::make_communicator(const std::string& kind) const {
+std::unique_ptr<Communicator> Runtime::make_communicator(const std::string& kind, double collective_timeout_s) const {
   if (kind == "local" || (kind == "auto" && !mpi_active_)) {
     if (world_size_ != 1) throw InputError("communicator 'local' asked for with world size " + std::to_string(world_size_));
     return std::make_unique<LocalCommunicator>();
   }
   if (kind == "mpi" || kind == "auto") {
     if (!mpi_active_) throw InputError("communicator 'mpi' needs an MPI launcher (mpirun or srun --mpi=pmix)");
-    return std::make_unique<MpiCommunicator>();
+    return std::make_unique<MpiCommunicator>(collective_timeout_s);
   }
   if (kind == "nccl") {
 #ifdef LORAREC_HAVE_NCCL
     if (!mpi_active_) throw InputError("communicator 'nccl' needs an MPI launcher to exchange the NCCL unique id");
-    return make_nccl_communicator(local_rank_, local_rank_, local_size_);
+    return make_nccl_communicator(local_rank_, local_rank_, local_size_, collective_timeout_s);
 #else
     throw InputError("communicator 'nccl' asked for, but this build has no NCCL support (LORAREC_WITH_NCCL)");
 #endif

@@ -4,8 +4,13 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <map>
+#include <optional>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -15,6 +20,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/peft.h"
 #include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -44,6 +50,140 @@ struct Method {
   std::string name;
   std::string kind;  // nn | lora-avg | lora-ft | meta
   std::unique_ptr<model::Lora> lora;
+  std::string source;  // identity of the files it was loaded from (result cache)
+};
+
+std::string fnv_hex(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// A file's or directory's identity for the result cache: sizes and modification times.
+std::string fingerprint(const std::string& path) {
+  std::error_code ec;
+  const auto one = [&](const stdfs::path& p) {
+    const auto t = stdfs::last_write_time(p, ec).time_since_epoch().count();
+    return p.filename().string() + ":" + std::to_string(stdfs::file_size(p, ec)) + ":" + std::to_string(t);
+  };
+  if (!stdfs::is_directory(path)) return one(path);
+  std::vector<std::string> parts;
+  for (const auto& e : stdfs::directory_iterator(path, ec))
+    if (e.is_regular_file()) parts.push_back(one(e.path()));
+  std::sort(parts.begin(), parts.end());
+  std::string out;
+  for (const auto& p : parts) out += p + ";";
+  return out;
+}
+
+// Resumable evaluation. With --out, every finished result row and every lora-ft episode is
+// recorded under OUT/partial/, keyed by the settings and by the identity (size, mtime) of the
+// files it depends on; a re-run with the same settings reuses them, so a killed eval loses at most
+// the rows (prototype methods) or episodes (lora-ft) in flight. Rank 0 reads, every rank gets
+// the same answer.
+class ResultCache {
+ public:
+  ResultCache(const std::string& out, const json& settings, dist::Communicator& comm)
+      : comm_(comm), dir_(out.empty() ? stdfs::path() : stdfs::path(out) / "partial") {
+    if (dir_.empty()) return;
+    const std::string want = settings.dump();
+    if (comm_.rank() == 0) {
+      const stdfs::path sp = dir_ / "settings.json";
+      std::string have;
+      if (stdfs::exists(sp)) have = fs::read_text(sp);
+      if (have != want + "\n") {
+        if (!have.empty()) LOG_WARN("eval", dir_.string() << ": settings changed, previous partial results discarded");
+        std::error_code ec;
+        stdfs::remove_all(dir_, ec);
+        stdfs::create_directories(dir_);
+        fs::write_text(sp, want + "\n");
+      } else {
+        LOG_INFO("eval", "reusing finished results under " << dir_.string());
+      }
+    }
+    comm_.barrier();
+  }
+  bool enabled() const { return !dir_.empty(); }
+
+  // The cached row for key whose dependencies have identity `source`, if any.
+  std::optional<EvalRow> row(const std::string& key, const std::string& source) {
+    if (!enabled()) return std::nullopt;
+    std::string text;
+    if (comm_.rank() == 0) {
+      const stdfs::path p = dir_ / (safe(key) + ".json");
+      if (stdfs::exists(p)) text = fs::read_text(p);
+    }
+    text = comm_.broadcast_string(text, 0);
+    if (text.empty()) return std::nullopt;
+    try {
+      const json j = json::parse(text);
+      if (j.at("source") != source) return std::nullopt;
+      EvalRow r;
+      r.dataset = j.at("dataset"), r.method = j.at("method"), r.way = j.at("way"), r.shot = j.at("shot");
+      r.query = j.at("query"), r.acc.mean = j.at("mean"), r.acc.ci95 = j.at("ci95"), r.acc.episodes = j.at("episodes");
+      r.tasks_per_s = j.at("tasks_per_s"), r.timed_tasks = j.at("timed_tasks");
+      return r;
+    } catch (const json::exception&) {
+      return std::nullopt;  // unreadable: recompute
+    }
+  }
+  void put_row(const std::string& key, const std::string& source, const EvalRow& r) {
+    if (!enabled() || comm_.rank() != 0) return;
+    const json j = {{"source", source}, {"dataset", r.dataset}, {"method", r.method}, {"way", r.way},
+                    {"shot", r.shot}, {"query", r.query}, {"mean", r.acc.mean}, {"ci95", r.acc.ci95},
+                    {"episodes", r.acc.episodes}, {"tasks_per_s", r.tasks_per_s}, {"timed_tasks", r.timed_tasks}};
+    fs::write_text(dir_ / (safe(key) + ".json"), j.dump() + "\n");
+  }
+
+  // lora-ft episodes already finished for key: episode -> (accuracy, seconds). Lines are
+  // "EPISODE ACCURACY SECONDS SOURCE-HASH"; a line cut short by a kill is ignored.
+  std::map<int64_t, std::pair<double, double>> episodes(const std::string& key, const std::string& source) {
+    std::map<int64_t, std::pair<double, double>> done;
+    if (!enabled()) return done;
+    std::string text;
+    if (comm_.rank() == 0) {
+      const std::string prefix = safe(key) + ".r";
+      for (const auto& e : stdfs::directory_iterator(dir_)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind(prefix, 0) == 0 && name.size() > 4 && name.substr(name.size() - 4) == ".txt")
+          text += fs::read_text(e.path());
+      }
+    }
+    text = comm_.broadcast_string(text, 0);
+    const std::string h = fnv_hex(source);
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (in.eof()) break;  // no newline: cut short
+      std::istringstream ls(line);
+      int64_t i;
+      double acc, secs;
+      std::string hs;
+      if (ls >> i >> acc >> secs >> hs && hs == h) done[i] = {acc, secs};
+    }
+    return done;
+  }
+  void put_episode(const std::string& key, const std::string& source, int64_t i, double acc, double secs) {
+    if (!enabled()) return;
+    const stdfs::path p = dir_ / (safe(key) + ".r" + std::to_string(comm_.rank()) + ".txt");
+    std::FILE* f = std::fopen(p.c_str(), "a");
+    if (f == nullptr) throw RuntimeError("cannot write '" + p.string() + "': " + std::strerror(errno));
+    std::fprintf(f, "%lld %.17g %.9g %s\n", static_cast<long long>(i), acc, secs,
+                 fnv_hex(source).c_str());
+    const bool ok = std::fflush(f) == 0;
+    if (std::fclose(f) != 0 || !ok) throw RuntimeError("cannot write '" + p.string() + "': " + std::strerror(errno));
+  }
+
+ private:
+  static std::string safe(std::string s) {
+    for (char& c : s)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
+    return s;
+  }
+  dist::Communicator& comm_;
+  stdfs::path dir_;
 };
 
 }  // namespace
@@ -143,7 +283,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     return cfg.methods.empty() || std::count(cfg.methods.begin(), cfg.methods.end(), m) > 0;
   };
   std::vector<Method> methods;
-  if (wants("nn")) methods.push_back({"nn", "nn", nullptr});
+  if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
     const stdfs::path manifest = stdfs::path(cfg.zoo) / "manifest.json";
     json m;
@@ -157,26 +297,50 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     auto avg = std::make_unique<model::Lora>(average_loras(loras, vit.config()));
     avg->to(device);
     LOG_INFO("eval", "lora-avg: the mean of " << loras.size() << " zoo LoRAs of " << cfg.zoo);
-    methods.push_back({"lora-avg", "lora-avg", std::move(avg)});
+    std::string src;
+    for (const auto& e : m.at("loras")) src += fingerprint((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string());
+    methods.push_back({"lora-avg", "lora-avg", std::move(avg), src});
   }
   if (wants("meta"))
     for (const auto& spec : cfg.meta) {
       auto [name, dir] = split_named(spec, cfg.meta.size() == 1 ? "meta" : stdfs::path(spec).filename().string());
       auto l = std::make_unique<model::Lora>(io::load_peft(dir, vit.config()));
       l->to(device);
-      methods.push_back({name, "meta", std::move(l)});
+      methods.push_back({name, "meta", std::move(l), fingerprint(dir)});
     }
   const bool ft = wants("lora-ft");
   if (methods.empty() && !ft) throw InputError("eval: no method to run");
 
+  std::vector<std::string> targets;
+  for (auto t : cfg.ft_lora.target_modules) targets.push_back(model::module_name(t));
+  const json settings = {{"model", cfg.model}, {"model_files", fingerprint(cfg.model)}, {"seed", cfg.seed},
+                         {"way", cfg.way}, {"query", cfg.query}, {"episodes", cfg.episodes},
+                         {"timing_episodes", cfg.timing_episodes}, {"ft_episodes", cfg.ft_episodes},
+                         {"ft_steps", cfg.ft_steps}, {"ft_lr", cfg.ft_lr}, {"ft_rank", cfg.ft_lora.r},
+                         {"ft_alpha", cfg.ft_lora.alpha}, {"ft_targets", targets}, {"device", device.str()}};
+  ResultCache cache(cfg.out, settings, comm);
   std::vector<EvalRow> rows;
+  int reused = 0;
   for (const auto& dspec : cfg.data) {
     auto [dname, path] = split_named(dspec, stdfs::path(dspec).stem().string());
     const data::ImageSet set = data::ImageSet::load(path);
+    const std::string dsource = path + "|" + fingerprint(path);
     LOG_INFO("eval", dname << " (" << path << "): " << set.num_classes() << " classes, " << set.size() << " images");
     for (const auto& m : methods) {
-      const at::Tensor feats = embed_all(vit, m.lora.get(), set, comm, cfg.batch_size);
+      const auto key = [&](int shot) { return dname + "__" + m.name + "__" + std::to_string(shot); };
+      const std::string source = dsource + "|" + m.source;
+      std::map<int, EvalRow> by_shot;  // rows in --shots order, whether reused or computed
+      std::vector<int> todo;
       for (int shot : cfg.shots) {
+        if (auto r = cache.row(key(shot), source)) {
+          by_shot[shot] = *r;
+          ++reused;
+        } else {
+          todo.push_back(shot);
+        }
+      }
+      const at::Tensor feats = todo.empty() ? at::Tensor() : embed_all(vit, m.lora.get(), set, comm, cfg.batch_size);
+      for (int shot : todo) {
         const data::EpisodeSpec spec{cfg.way, shot, cfg.query};
         EvalRow r;
         r.dataset = dname, r.method = m.name, r.way = cfg.way, r.shot = shot, r.query = cfg.query;
@@ -206,41 +370,69 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
         LOG_INFO("eval", dname << " " << m.name << " " << cfg.way << "w" << shot << "s: " << r.acc.mean << " +- "
                                << r.acc.ci95 << " % over " << r.acc.episodes << " episodes; " << r.tasks_per_s
                                << " tasks/s");
-        rows.push_back(r);
+        by_shot[shot] = r;
+        cache.put_row(key(shot), source, r);
+        env::fault_point(comm.rank(), "eval");
       }
+      for (int shot : cfg.shots) rows.push_back(by_shot.at(shot));
     }
     if (ft) {
       for (int shot : cfg.shots) {
+        const std::string fkey = dname + "__lora-ft__" + std::to_string(shot);
+        if (auto r = cache.row(fkey, dsource)) {
+          rows.push_back(*r);
+          ++reused;
+          continue;
+        }
         const data::EpisodeSpec spec{cfg.way, shot, cfg.query};
         const data::EpisodeSampler sampler(set, spec);
         const int n = cfg.ft_episodes > 0 ? std::min(cfg.ft_episodes, cfg.episodes) : cfg.episodes;
-        Progress progress("eval", dname + " lora-ft " + std::to_string(shot) + "-shot", (n + comm.size() - 1) / comm.size(),
-                          "tasks", 10.0);
-        comm.barrier();
-        const auto t0 = Clock::now();
-        std::vector<double> mine;
-        for (int i = comm.rank(); i < n; i += comm.size()) {
+        // Episodes finished by an earlier, interrupted run are kept; the rest are split over ranks.
+        const auto done = cache.episodes(fkey, dsource);
+        std::vector<int64_t> left;
+        for (int64_t i = 0; i < n; ++i)
+          if (done.count(i) == 0) left.push_back(i);
+        if (!done.empty())
+          LOG_INFO("eval", dname << " lora-ft " << shot << "-shot: " << (n - left.size()) << " of " << n
+                                 << " episodes finished by an earlier run");
+        Progress progress("eval", dname + " lora-ft " + std::to_string(shot) + "-shot",
+                          (static_cast<int64_t>(left.size()) + comm.size() - 1) / comm.size(), "tasks", 10.0);
+        std::vector<double> mine, mine_secs;
+        for (size_t j = comm.rank(); j < left.size(); j += comm.size()) {
+          const int64_t i = left[j];
+          const auto te = Clock::now();
           auto rng = data::make_rng(cfg.seed, 0, static_cast<std::uint64_t>(i));
           const data::Episode e = sampler.sample(rng);
           mine.push_back(finetune_episode(vit, vit.preprocess(set.gather(e.support)), vit.preprocess(set.gather(e.query)),
                                           cfg.way, shot, cfg.ft_lora, cfg.ft_steps, cfg.ft_lr,
                                           cfg.seed * 1000003 + static_cast<std::uint64_t>(i)));
+          mine_secs.push_back(since(te));
+          cache.put_episode(fkey, dsource, i, mine.back(), mine_secs.back());
           progress.advance(1, comm.size());
+          env::fault_point(comm.rank(), "eval");
         }
-        const double secs = slowest(since(t0), comm);
         progress.finish();
+        std::vector<double> acc = all_gather_values(mine, static_cast<int64_t>(left.size()), comm);
+        std::vector<double> secs = all_gather_values(mine_secs, static_cast<int64_t>(left.size()), comm);
+        for (const auto& [i, v] : done) acc.push_back(v.first), secs.push_back(v.second);
+        double total = 0;
+        for (double x : secs) total += x;
         EvalRow r;
         r.dataset = dname, r.method = "lora-ft", r.way = cfg.way, r.shot = shot, r.query = cfg.query;
-        r.acc = summarize(all_gather_values(mine, n, comm), secs);
+        r.acc = summarize(acc, total);
         r.timed_tasks = n;
-        r.tasks_per_s = secs > 0 ? n / secs : 0;
+        // Ranks fine-tune independently: throughput = world size / mean seconds per task.
+        r.tasks_per_s = total > 0 ? comm.size() * n / total : 0;
         LOG_INFO("eval", dname << " lora-ft " << cfg.way << "w" << shot << "s: " << r.acc.mean << " +- " << r.acc.ci95
                                << " % over " << n << " episodes (" << cfg.ft_steps << " steps, lr " << cfg.ft_lr
                                << "); " << r.tasks_per_s << " tasks/s");
         rows.push_back(r);
+        cache.put_row(fkey, dsource, r);
+        env::fault_point(comm.rank(), "eval");
       }
     }
   }
+  if (reused > 0) LOG_INFO("eval", reused << " result rows reused from an earlier run (" << cfg.out << "/partial)");
 
   if (comm.rank() == 0) {
     std::fputs(format_table(rows).c_str(), stdout);

@@ -17,6 +17,7 @@
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/io/peft.h"
 #include "lorarecycle/train/zoo.h"
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -230,6 +231,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
                                             << s.teacher_accuracy << "%, best loss " << s.best_loss << " at iteration "
                                             << s.best_iteration << ", " << s.seconds << " s");
     if (comm.rank() == 0) log_aggregate(progress_dir, comm.size());
+    env::fault_point(comm.rank(), "invert");
   }
   const double my_seconds = elapsed();
   const auto finish = comm.all_gather_f64(my_seconds);

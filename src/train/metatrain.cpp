@@ -607,6 +607,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         comm.barrier();
         imbalance = seconds_since(t_b);
       }
+      env::fault_point(rank, "metatrain");
       const auto t_r = Clock::now();
       comm.all_reduce_sum(flat);
       const double reduce = seconds_since(t_r);

@@ -13,6 +13,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/peft.h"
 #include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -157,13 +158,18 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     else
       mine.push_back(id);
   }
+  std::uint64_t total_reused = 0;
+  for (auto v : comm.all_gather_u64(static_cast<std::uint64_t>(reused))) total_reused += v;
   LOG_INFO("zoo", cfg.num_loras << " LoRAs of " << cfg.n_way << " classes from " << cfg.data << " (" << set.num_classes()
-                                << " classes); rank 0 trains " << mine.size() << ", skips " << reused << " finished");
+                                << " classes); rank 0 trains " << mine.size() << ", skips " << reused
+                                << " finished; all ranks: " << (cfg.num_loras - total_reused) << " to train, "
+                                << total_reused << " finished earlier");
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
     const ZooEntry e = train_one(cfg, id, vit, set, device);
     LOG_INFO("zoo", zoo_entry_name(id) << ": held-out accuracy " << e.heldout_accuracy << "%");
     progress.advance(1);
+    env::fault_point(comm.rank(), "zoo");
   }
   progress.finish();
   comm.barrier();

@@ -34,6 +34,12 @@ void write_atomically(const stdfs::path& target, const std::function<void(const 
   } catch (const stdfs::filesystem_error& e) {
     stdfs::remove_all(tmp, ec);
     throw RuntimeError("cannot write '" + target.string() + "': " + e.code().message());
+  } catch (const RuntimeError& e) {  // a failed write (disk full, I/O error): name the target
+    stdfs::remove_all(tmp, ec);
+    const std::string head = "cannot write '" + target.string() + "'";
+    const std::string what = e.what();
+    if (what.rfind(head, 0) == 0) throw;
+    throw RuntimeError(head + ": " + what + "; the previous version, if any, is unchanged");
   } catch (...) {
     stdfs::remove_all(tmp, ec);
     throw;

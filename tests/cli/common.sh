@@ -37,3 +37,18 @@ print(f"{sys.argv[1]} vs {sys.argv[2]}: {len(a)} tensors, max relative differenc
 assert err <= tol, "weights differ"
 PY
 }
+# expect_crash NEEDLE -- command...: a job with an injected fault must end non-zero (not by the
+# 120 s timeout) within 60 s, with a line matching NEEDLE (extended regex) that names the rank.
+expect_crash() {
+  local needle=$1; shift 2
+  local t0; t0=$(date +%s%N)
+  set +e; timeout 120 "$@" >crash.txt 2>&1; local rc=$?; set -e
+  local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  [ $rc -ne 0 ] || { cat crash.txt; fail "'$*' exited 0 despite the fault"; }
+  [ $rc -ne 124 ] || { cat crash.txt; fail "'$*' hung (killed by timeout after 120 s)"; }
+  [ $ms -lt 60000 ] || { cat crash.txt; fail "'$*' took $ms ms to end (limit 60 s)"; }
+  grep -qE -- "$needle" crash.txt || { cat crash.txt; fail "'$*': no line matching '$needle'"; }
+  echo "ok: exit $rc after $((ms / 1000)).$(( (ms % 1000) / 100 )) s: $(grep -E -m1 -- "$needle" crash.txt)"
+}
+# tree_state DIR: "path mtime" of every file under DIR (finished outputs must not change).
+tree_state() { (cd "$1" && find . -type f ! -name '.*' -printf '%p %T@\n' | sort); }

@@ -56,10 +56,43 @@ class LocalCommunicator final : public Communicator {
   std::string broadcast_string(const std::string& v, int) override { return v; }
 };
 
-// MPI_COMM_WORLD (MPI must be initialised: see Runtime). CPU tensors.
+// Bounds how long a rank may wait in one collective: a watchdog thread that, when a collective has
+// been running for `timeout_s` seconds (a peer stuck or dead without the launcher noticing), prints
+// one line naming this rank and the collective and ends the process with status 1, which makes the
+// launcher (mpirun, srun --kill-on-bad-exit) end every rank. 0 disables it.
+class CollectiveWatchdog {
+ public:
+  CollectiveWatchdog(double timeout_s, int rank, const char* comm_name);
+  ~CollectiveWatchdog();
+  CollectiveWatchdog(const CollectiveWatchdog&) = delete;
+  CollectiveWatchdog& operator=(const CollectiveWatchdog&) = delete;
+  // RAII: a collective is running while a Scope lives.
+  class Scope {
+   public:
+    Scope(CollectiveWatchdog* w, const char* what);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    CollectiveWatchdog* w_;
+  };
+  double timeout() const { return timeout_s_; }
+
+ private:
+  struct State;
+  double timeout_s_;
+  std::unique_ptr<State> state_;
+};
+
+inline constexpr double kDefaultCollectiveTimeout = 1800.0;  // seconds (PyTorch's default for NCCL)
+
+// MPI_COMM_WORLD (MPI must be initialised: see Runtime). CPU tensors. Every collective is
+// bounded by the watchdog (timeout_s, 0 = unbounded).
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator();
+  explicit MpiCommunicator(double timeout_s = 0);
+  ~MpiCommunicator() override;
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* name() const override { return "mpi"; }
@@ -73,12 +106,15 @@ class MpiCommunicator final : public Communicator {
 
  private:
   int rank_ = 0, size_ = 1;
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 #ifdef LORAREC_HAVE_NCCL
 // NCCL over CUDA tensors on one device per rank; the unique id travels over MPI. Host-side
 // gathers go through MPI. Defined in nccl_communicator.cpp.
-std::unique_ptr<Communicator> make_nccl_communicator(int device_index, int local_rank, int local_size);
+// A collective that does not complete within timeout_s aborts the NCCL communicator and throws.
+std::unique_ptr<Communicator> make_nccl_communicator(int device_index, int local_rank, int local_size,
+                                                     double timeout_s = kDefaultCollectiveTimeout);
 #endif
 
 // FNV-1a 64 over the bytes of the tensors (moved to CPU, contiguous): replicas that agree

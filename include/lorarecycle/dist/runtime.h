@@ -10,9 +10,9 @@
 #include <memory>
 #include <string>
 
-namespace lorarec::dist {
+#include "lorarecycle/dist/communicator.h"
 
-class Communicator;
+namespace lorarec::dist {
 
 enum class Launcher { kNone, kMpirun, kSrun, kPmix, kPmi };
 const char* launcher_name(Launcher launcher);
@@ -40,7 +40,8 @@ class Runtime {
 
   // "auto" (MPI when world > 1, else local), "local", "mpi", "nccl". InputError for a kind that
   // cannot work here (nccl without NCCL support or without a CUDA device).
-  std::unique_ptr<Communicator> make_communicator(const std::string& kind = "auto") const;
+  std::unique_ptr<Communicator> make_communicator(const std::string& kind = "auto",
+                                                  double collective_timeout_s = kDefaultCollectiveTimeout) const;
 
   // Ends the whole job from any rank: MPI_Abort when MPI is active (never returns), otherwise
   // returns so the caller can exit with `code`.
