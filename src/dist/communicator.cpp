@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <ctime>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -84,7 +85,15 @@ namespace {
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+std::atomic<int64_t> g_stop_signal_ms{0};
+static_assert(std::atomic<int64_t>::is_always_lock_free, "signal handlers need a lock-free atomic");
 }  // namespace
+
+void note_stop_signal() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // async-signal-safe; the same clock as steady_clock on Linux
+  g_stop_signal_ms.store(int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000);
+}
 
 CollectiveWatchdog::CollectiveWatchdog(double timeout_s, int rank, const char* comm_name)
     : timeout_s_(timeout_s), state_(std::make_unique<State>()) {
@@ -99,6 +108,15 @@ CollectiveWatchdog::CollectiveWatchdog(double timeout_s, int rank, const char* c
     while (!st->cv.wait_for(lock, poll, [st] { return st->stop; })) {
       const char* what = st->what.load();
       if (what == nullptr) continue;
+      const int64_t stop_ms = g_stop_signal_ms.load();
+      if (stop_ms != 0 && now_ms() - stop_ms > static_cast<int64_t>(kStopGraceSeconds * 1000) && st->what.load() == what) {
+        std::fprintf(stderr,
+                     "lorarecycle: error [rank %d]: stop signal received while %s %s still waits for a peer after "
+                     "%g s (a peer is gone); exiting\n",
+                     st->rank, st->comm.c_str(), what, kStopGraceSeconds);
+        std::fflush(stderr);
+        std::_Exit(1);
+      }
       const int64_t waited = now_ms() - st->since_ms.load();
       if (waited < limit_ms || st->what.load() != what) continue;
       std::fprintf(stderr,

@@ -46,7 +46,10 @@ constexpr std::uint64_t kEpisodeStream = 0x3000;  // + episode slot
 constexpr std::uint64_t kValSeedOffset = 0x5eed;
 
 volatile std::sig_atomic_t g_stop = 0;
-extern "C" void on_stop_signal(int) { g_stop = 1; }
+extern "C" void on_stop_signal(int sig) {
+  g_stop = 1;
+  if (sig == SIGTERM) dist::note_stop_signal();
+}
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 

@@ -4,7 +4,8 @@
 # dependent sbatch jobs with 2 tasks each (ranks started by srun --mpi=pmix); every stage's
 # outputs checked; the srun-trained meta-LoRA equals mpirun -np 2 and a plain run of the same
 # stage; SIGUSR1 to a meta-training job leaves a checkpoint, the job requeues itself and resumes;
-# everything torn down, no daemon left. Installs the Slurm packages when missing.
+# faults (a rank throwing or SIGKILLed in each stage) end the srun step within 60 s naming the
+# task and the re-run finishes the work; everything torn down, no daemon left. Installs the Slurm packages when missing.
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 t0=$(date +%s)
@@ -84,7 +85,18 @@ grep -q "resumed from .* at step" "$LOG" || { cat "$LOG"; fail "not resumed"; }
 "$LORAREC_PYTHON" -c "import json; r = json.load(open('runs/quick/meta_sig/metatrain.json')); assert r['steps'] == 6000; print('signal job finished after requeue:', r['steps'], 'steps')"
 echo "$(grep -o 'checkpoint at step [0-9]*' "$LOG" | head -1); $(grep -o 'resumed from .* at step [0-9]*' "$LOG" | head -1)"
 
-# 4. Tear down: no daemon left.
+# 4. Faults under srun: rank 1 throwing or SIGKILLed in zoo, invert, metatrain and eval (the cases
+# of tests/cli/fault_cases.sh, as tests/cli/faults.sh runs them under mpirun). srun ends every
+# task when one fails (--kill-on-bad-exit, as cluster/site.sh launches) and names the task.
+B=$LORAREC_BIN
+LAUNCH=(srun --mpi=pmix -n 2 --kill-on-bad-exit=1)
+ERR='error \[rank 1\]: fault injected'
+KILLED='srun: error: .*: task 1: Killed'
+source "$REPO/tests/cli/fault_cases.sh"
+all_fault_cases
+echo "faults under srun: all passed after $(( $(date +%s) - t0 )) s"
+
+# 5. Tear down: no daemon left.
 bash "$REPO/cluster/local_slurm.sh" stop "$S"
 if pgrep -f "$S/" >/dev/null; then pgrep -fa "$S/"; fail "daemons left running"; fi
 echo "slurm_pipeline: passed in $(( $(date +%s) - t0 )) s; daemons stopped"

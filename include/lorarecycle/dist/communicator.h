@@ -85,6 +85,14 @@ class CollectiveWatchdog {
   std::unique_ptr<State> state_;
 };
 
+// Async-signal-safe: SIGTERM arrived (a launcher ending the job, e.g. srun after another task
+// died). A rank waiting in a collective cannot act on it; when it is still waiting
+// kStopGraceSeconds later (the peer it waits for is gone), the watchdog ends the process with a
+// message instead of leaving it to the launcher's SIGKILL (Slurm's KillWait, 30 s by default).
+// Longer than any step, so a graceful stop (all ranks signalled together) is never cut short.
+void note_stop_signal();
+inline constexpr double kStopGraceSeconds = 20.0;
+
 inline constexpr double kDefaultCollectiveTimeout = 1800.0;  // seconds (PyTorch's default for NCCL)
 
 // MPI_COMM_WORLD (MPI must be initialised: see Runtime). CPU tensors. Every collective is
