@@ -97,7 +97,7 @@ class ResultCache {
         if (!have.empty()) LOG_WARN("eval", dir_.string() << ": settings changed, previous partial results discarded");
         std::error_code ec;
         stdfs::remove_all(dir_, ec);
-        stdfs::create_directories(dir_);
+        fs::make_dirs(dir_);
         fs::write_text(sp, want + "\n");
       } else {
         LOG_INFO("eval", "reusing finished results under " << dir_.string());
@@ -438,7 +438,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     std::fputs(format_table(rows).c_str(), stdout);
     std::fflush(stdout);
     if (!cfg.out.empty()) {
-      stdfs::create_directories(cfg.out);
+      fs::make_dirs(cfg.out);
       std::string csv = "dataset,method,way,shot,query,episodes,mean,ci95,tasks_per_s,timed_tasks\n";
       json j = {{"model", cfg.model}, {"seed", cfg.seed}, {"world_size", comm.size()}, {"ft_steps", cfg.ft_steps},
                 {"ft_lr", cfg.ft_lr}, {"rows", json::array()}};

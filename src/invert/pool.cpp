@@ -159,8 +159,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     throw InputError(manifest_path.string() + ": not a zoo manifest (" + e.what() + ")");
   }
   if (comm.rank() == 0) {
-    stdfs::create_directories(out);
-    stdfs::create_directories(progress_dir);
+    fs::make_dirs(out);
+    fs::make_dirs(progress_dir);
     for (const auto& p : fs::remove_temporaries(out))
       LOG_WARN("invert", "removed the partial file of an interrupted run: " << p);
     for (const auto& e : stdfs::directory_iterator(progress_dir)) stdfs::remove(e.path());

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <fstream>
+#include <vector>
 
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -303,11 +305,34 @@ void File::close() {
   if (H5Fclose(id) < 0) fail<RuntimeError>(path_, "H5Fclose", "");
 }
 
+// The file is built in memory (HDF5's core driver, no backing store) and its image written with
+// plain I/O: a full disk or a failed write is then an ordinary write error. (Written directly, a
+// failed H5Fflush leaves a file HDF5 cannot close, and HDF5 1.10 crashes at exit trying again.)
 void write_file_atomically_impl(const std::string& path, void (*fill)(File&, void*), void* ctx) {
+  File f;
+  f.path_ = path;
+  f.writable_ = true;
+  {
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    if (fapl.get() < 0 || H5Pset_fapl_core(fapl.get(), 1 << 20, /*backing_store=*/0) < 0)
+      fail<RuntimeError>(path, "H5Pset_fapl_core", "");
+    const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+    if (id < 0) fail<RuntimeError>(path, "H5Fcreate (in memory)", "");
+    f.handle_ = Handle(id, H5Fclose);
+  }
+  fill(f, ctx);
+  if (H5Fflush(f.handle_.get(), H5F_SCOPE_GLOBAL) < 0) fail<RuntimeError>(path, "H5Fflush (in memory)", "");
+  const ssize_t n = H5Fget_file_image(f.handle_.get(), nullptr, 0);
+  if (n < 0) fail<RuntimeError>(path, "H5Fget_file_image", "");
+  std::vector<char> image(static_cast<size_t>(n));
+  if (H5Fget_file_image(f.handle_.get(), image.data(), image.size()) != n) fail<RuntimeError>(path, "H5Fget_file_image", "");
+  f.close();
   fs::write_atomically(path, [&](const fs::stdfs::path& tmp) {
-    File f = File::create(tmp.string());
-    fill(f, ctx);
-    f.close();
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fs::throw_write_error(tmp);
+    out.write(image.data(), static_cast<std::streamsize>(image.size()));
+    out.flush();
+    if (!out) fs::throw_write_error(tmp);
   });
 }
 

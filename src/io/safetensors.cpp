@@ -267,7 +267,7 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
   while (text.size() % 8 != 0) text.push_back(' ');
   fs::write_atomically(path, [&](const fs::stdfs::path& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw RuntimeError("cannot create '" + tmp.string() + "': " + std::strerror(errno));
+    if (!out) fs::throw_write_error(tmp);
     std::uint8_t len[8];
     std::uint64_t n = text.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>((n >> (8 * i)) & 0xff);
@@ -276,7 +276,7 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
     for (const auto& c : ordered)
       out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
     out.flush();
-    if (!out) throw RuntimeError("write failed for '" + tmp.string() + "': " + std::strerror(errno));
+    if (!out) fs::throw_write_error(tmp);
   });
 }
 

@@ -412,7 +412,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     throw InputError(ckpt.string() + ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
   comm.barrier();
   if (rank == 0) {
-    stdfs::create_directories(work);
+    fs::make_dirs(work);
     if (cfg.restart) {
       stdfs::remove(ckpt);
       stdfs::remove(stdfs::path(work) / "metrics.jsonl");
@@ -496,7 +496,9 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     metrics.open(metrics_path, std::ios::app);
   }
   auto emit = [&](const json& line) {
-    if (rank == 0) metrics << line.dump() << "\n" << std::flush;
+    if (rank != 0) return;
+    metrics << line.dump() << "\n" << std::flush;
+    if (!metrics) fs::throw_write_error(metrics_path);  // disk full: say so rather than lose lines
   };
 
   auto validate_now = [&](int64_t step) -> json {

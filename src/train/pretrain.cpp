@@ -190,7 +190,7 @@ void PretrainConfig::validate() const {
 std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
   const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
-  if (comm.rank() == 0) stdfs::create_directories(work);
+  if (comm.rank() == 0) fs::make_dirs(work);
   comm.barrier();
 
   const data::ImageSet all = data::ImageSet::load(cfg.data);
@@ -273,7 +273,10 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
       const json line = {{"step", step + 1}, {"loss", l / (steps_in * comm.size())},
                          {"train_acc", 100.0 * c / (seen_acc * comm.size())}, {"lr", lr},
                          {"images_per_s", seen_acc * comm.size() / secs}};
-      if (comm.rank() == 0) metrics << line.dump() << "\n" << std::flush;
+      if (comm.rank() == 0) {
+        metrics << line.dump() << "\n" << std::flush;
+        if (!metrics) fs::throw_write_error(stdfs::path(work) / "metrics.jsonl");
+      }
       LOG_INFO("pretrain", line.dump());
       loss_acc = correct_acc = seen_acc = 0;
       t_window = std::chrono::steady_clock::now();

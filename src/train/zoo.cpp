@@ -142,7 +142,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
 std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
   if (comm.rank() == 0) {
-    stdfs::create_directories(cfg.out);
+    fs::make_dirs(cfg.out);
     for (const auto& p : fs::remove_temporaries(cfg.out))
       LOG_WARN("zoo", "removed the partial output of an interrupted run: " << p);
   }

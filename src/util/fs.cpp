@@ -33,18 +33,26 @@ void write_atomically(const stdfs::path& target, const std::function<void(const 
     }
   } catch (const stdfs::filesystem_error& e) {
     stdfs::remove_all(tmp, ec);
-    throw RuntimeError("cannot write '" + target.string() + "': " + e.code().message());
-  } catch (const RuntimeError& e) {  // a failed write (disk full, I/O error): name the target
+    throw WriteError(target.string(), e.code().message());
+  } catch (const WriteError& e) {  // from a writer or a nested write_atomically: name this target
     stdfs::remove_all(tmp, ec);
-    const std::string head = "cannot write '" + target.string() + "'";
-    const std::string what = e.what();
-    if (what.rfind(head, 0) == 0) throw;
-    throw RuntimeError(head + ": " + what + "; the previous version, if any, is unchanged");
+    throw WriteError(target.string(), e.reason());
+  } catch (const RuntimeError& e) {  // e.g. HDF5's failed write: keep its message as the reason
+    stdfs::remove_all(tmp, ec);
+    throw WriteError(target.string(), e.what());
   } catch (...) {
     stdfs::remove_all(tmp, ec);
     throw;
   }
 }
+
+void make_dirs(const stdfs::path& dir) {
+  std::error_code ec;
+  stdfs::create_directories(dir, ec);
+  if (ec) throw WriteError(dir.string(), ec.message());
+}
+
+void throw_write_error(const stdfs::path& path) { throw WriteError(path.string(), std::strerror(errno)); }
 
 std::vector<std::string> remove_temporaries(const stdfs::path& dir) {
   std::vector<std::string> removed;
@@ -72,10 +80,10 @@ std::string read_text(const stdfs::path& path) {
 void write_text(const stdfs::path& path, const std::string& text) {
   write_atomically(path, [&](const stdfs::path& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw RuntimeError("cannot create '" + tmp.string() + "': " + std::strerror(errno));
+    if (!out) throw_write_error(tmp);
     out << text;
     out.flush();
-    if (!out) throw RuntimeError("write failed for '" + tmp.string() + "': " + std::strerror(errno));
+    if (!out) throw_write_error(tmp);
   });
 }
 

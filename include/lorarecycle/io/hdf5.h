@@ -82,12 +82,14 @@ class File {
   void close();
 
  private:
+  friend void write_file_atomically_impl(const std::string& path, void (*fill)(File&, void*), void* ctx);
   std::string path_;
   Handle handle_;
   bool writable_ = false;
 };
 
-// Creates the file under a temporary name, calls fill(file), closes, and renames into place.
+// Builds the file in memory (fill(file)), then writes it under a temporary name and renames it
+// into place: a failed write is a fs::WriteError naming `path`, the previous file stays.
 template <typename Fill>
 void write_file_atomically(const std::string& path, Fill&& fill);
 

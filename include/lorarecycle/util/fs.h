@@ -8,9 +8,26 @@
 #include <string>
 #include <vector>
 
+#include "lorarecycle/util/error.h"
+
 namespace lorarec::fs {
 
 namespace stdfs = std::filesystem;
+
+// A write that failed (disk full, read-only file system, a directory in the way, ...):
+// "cannot write '<target>': <reason>; the previous version, if any, is unchanged".
+class WriteError : public RuntimeError {
+ public:
+  WriteError(const std::string& target, const std::string& reason)
+      : RuntimeError("cannot write '" + target + "': " + reason + "; the previous version, if any, is unchanged"),
+        reason_(reason) {}
+  const std::string& reason() const { return reason_; }
+
+ private:
+  std::string reason_;
+};
+// For writers inside write_atomically: throws WriteError(path, strerror(errno)).
+[[noreturn]] void throw_write_error(const stdfs::path& path);
 
 // A temporary sibling name of `target`, unique per process: "<dir>/.<name>.tmp.<pid>".
 stdfs::path temp_sibling(const stdfs::path& target);
@@ -25,6 +42,8 @@ void write_atomically(const stdfs::path& target, const std::function<void(const 
 // they are never trusted. Returns what was removed.
 std::vector<std::string> remove_temporaries(const stdfs::path& dir);
 
+// create_directories, with a WriteError naming the directory when it fails.
+void make_dirs(const stdfs::path& dir);
 // Whole file as a string; InputError naming the file when it cannot be read.
 std::string read_text(const stdfs::path& path);
 
