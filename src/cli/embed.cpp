@@ -69,8 +69,14 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
 
   const io::h5::File in = io::h5::File::open_read(o.images);
   const std::vector<int64_t> shape = in.shape("/images");
-  if (shape.size() != 4) throw InputError(o.images + ": /images must be [N, H, W, C]");
+  model::check_image_shape(shape, vit.config(), o.images);
   const int64_t n = shape[0];
+  if (in.has("/labels")) {  // copied to the output: checked before any work
+    const at::Tensor l = in.read("/labels");
+    if ((l.scalar_type() != at::kInt && l.scalar_type() != at::kLong) || l.dim() != 1 || l.size(0) != n)
+      throw InputError(o.images + ": /labels must be int32 or int64 [N] with N = " + std::to_string(n) +
+                       " (the image count)");
+  }
   const int64_t begin = n * rt.rank() / rt.world_size(), end = n * (rt.rank() + 1) / rt.world_size();
   LOG_INFO("embed", "model " << o.model << " (" << vit.config().num_hidden_layers << " layers, width "
                              << vit.config().hidden_size << ", feature " << vit.feature_dim() << "); " << n

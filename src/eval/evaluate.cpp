@@ -324,6 +324,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   for (const auto& dspec : cfg.data) {
     auto [dname, path] = split_named(dspec, stdfs::path(dspec).stem().string());
     const data::ImageSet set = data::ImageSet::load(path);
+    model::check_image_shape(set.images().sizes(), vit.config(), path);
     const std::string dsource = path + "|" + fingerprint(path);
     LOG_INFO("eval", dname << " (" << path << "): " << set.num_classes() << " classes, " << set.size() << " images");
     for (const auto& m : methods) {

@@ -385,13 +385,22 @@ void ClipVision::to(const c10::Device& device) {
 
 // ---- ClipVision: pixels -------------------------------------------------------------------
 
+void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin) {
+  if (nhwc.size() != 4) throw InputError(origin + ": images must be [N, H, W, C], got " + shape_str(nhwc));
+  const int64_t c = nhwc[3];
+  if (c != 1 && c != cfg.num_channels)
+    throw InputError(origin + ": images have " + std::to_string(c) + " channels; the model takes " +
+                     std::to_string(cfg.num_channels) + " (or 1, repeated)");
+  if (nhwc[1] < cfg.patch_size || nhwc[2] < cfg.patch_size)
+    throw InputError(origin + ": images of " + std::to_string(nhwc[1]) + "x" + std::to_string(nhwc[2]) +
+                     " are smaller than one " + std::to_string(cfg.patch_size) + "x" + std::to_string(cfg.patch_size) +
+                     " patch of the model (image_size " + std::to_string(cfg.image_size) + ")");
+}
+
 at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& cfg, const c10::Device& device) {
-  if (images.dim() != 4) throw InputError("images must be [N, H, W, C], got " + shape_str(images.sizes()));
+  check_image_shape(images.sizes(), cfg, "images");
   if (images.scalar_type() != at::kByte) throw InputError("images must be uint8");
   const int64_t c = images.size(3);
-  if (c != 1 && c != cfg.num_channels)
-    throw InputError("images have " + std::to_string(c) + " channels; the model takes " +
-                     std::to_string(cfg.num_channels) + " (or 1, repeated)");
   at::Tensor x = images.to(device).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
   if (c == 1 && cfg.num_channels != 1) x = x.expand({-1, cfg.num_channels, -1, -1});
   const int64_t s = cfg.image_size;

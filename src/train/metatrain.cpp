@@ -433,6 +433,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   const bool have_val = !cfg.val.empty();
   if (have_val) {
     val = data::ImageSet::load(cfg.val);
+    model::check_image_shape(val.images().sizes(), vit.config(), cfg.val);
     data::EpisodeSampler check(val, cfg.val_spec);  // refuses a set too small for the episodes
     (void)check;
   }

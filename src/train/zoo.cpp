@@ -150,6 +150,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   model::ClipVision vit = model::ClipVision::load(cfg.model);
   vit.to(device);
   const data::ImageSet set = data::ImageSet::load(cfg.data);
+  model::check_image_shape(set.images().sizes(), vit.config(), cfg.data);
   std::vector<int> mine;
   int reused = 0;
   for (int id = comm.rank(); id < cfg.num_loras; id += comm.size()) {

@@ -163,6 +163,9 @@ class ClipVision {
 // The pixel pipeline of ClipVision::preprocess for a config, on `device`: also used for networks
 // that share the VFM's pixels (the BN prior).
 at::Tensor preprocess_images(const at::Tensor& images_u8, const ClipVisionConfig& cfg, const c10::Device& device);
+// InputError naming `origin` unless the images are [N, H, W, C] with C = 1 or the model's channel
+// count and H, W at least one patch (other sizes are resized to image_size, bicubic).
+void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin);
 
 // RAII: enables autocast to bf16 on the given device type for its lifetime (CPU or CUDA).
 class AutocastScope {
