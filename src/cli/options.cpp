@@ -1,5 +1,7 @@
 #include "cli/options.h"
 
+#include "cli/config_file.h"
+
 #include <iostream>
 #include <sstream>
 
@@ -7,7 +9,7 @@
 #include "lorarecycle/dist/runtime.h"
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/util/error.h"
-#include "lorarecycle/util/ini.h"
+#include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
 
 namespace lorarec::cli {
@@ -25,51 +27,20 @@ po::options_description common_options(CommonOptions& o) {
   return d;
 }
 
-namespace {
-bool is_command(const std::string& s) {
-  for (const char* c : kCommands)
-    if (s == c) return true;
-  return false;
-}
-}  // namespace
 
 bool parse(const std::string& command, const std::string& usage, int argc, char** argv, po::options_description& desc,
            CommonOptions& common, int rank) {
   po::variables_map vm;
   try {
-    const auto parsed = po::command_line_parser(argc, argv).options(desc).run();
-    po::store(parsed, vm);
+    store_tokens(std::vector<std::string>(argv, argv + argc), desc, vm, command + ": ",
+                 " (see 'lorarecycle " + command + " --help')");
     if (vm.count("help")) {
       if (rank == 0) std::cout << usage << "\n\n" << desc << std::endl;
       return false;
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
-      std::vector<std::string> args{"lorarecycle"};
-      for (const auto& e : ini::read(path)) {
-        const std::string where = path + ":" + std::to_string(e.line);
-        if (!e.section.empty() && e.section != "common" && !is_command(e.section))
-          throw InputError(where + ": unknown section [" + e.section + "]");
-        if (!e.section.empty() && e.section != "common" && e.section != command) continue;
-        if (e.key == "config" || e.key == "help") throw InputError(where + ": '" + e.key + "' cannot be set in a config file");
-        const po::option_description* od = desc.find_nothrow(e.key, false);
-        if (od == nullptr) throw InputError(where + ": unknown key '" + e.key + "' for command '" + command + "'");
-        if (od->semantic()->max_tokens() == 0) {  // a switch: true/false in the file
-          if (e.value == "true" || e.value == "1" || e.value == "yes" || e.value == "on")
-            args.push_back("--" + e.key);
-          else if (!(e.value == "false" || e.value == "0" || e.value == "no" || e.value == "off"))
-            throw InputError(where + ": '" + e.key + "' takes true or false, got '" + e.value + "'");
-          continue;
-        }
-        args.push_back("--" + e.key + "=" + e.value);
-      }
-      std::vector<char*> cargs;
-      for (auto& a : args) cargs.push_back(a.data());
-      try {
-        po::store(po::command_line_parser(static_cast<int>(cargs.size()), cargs.data()).options(desc).run(), vm);
-      } catch (const po::error& e) {
-        throw InputError(path + ": " + e.what());
-      }
+      store_config(config_args(fs::read_text(path), path, command, desc), path, desc, vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/config_file.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/model/vit.h"
 
@@ -26,7 +27,6 @@ namespace lorarec::cli {
 
 namespace po = boost::program_options;
 
-inline const char* kCommands[] = {"pretrain", "zoo", "invert", "metatrain", "eval", "predict", "embed"};
 
 // Options every command has.
 struct CommonOptions {

@@ -151,7 +151,9 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   }
   lc.layers.assign(layers.begin(), layers.end());
   model::Lora lora = with_file_context(origin, [&] { return model::Lora::empty(vit, lc); });
-  for (auto& [key, ad] : found) {
+  for (auto& entry : found) {  // (not a structured binding: lambdas below capture them)
+    const auto& key = entry.first;
+    auto& ad = entry.second;
     if (ad.a.size(0) != lc.r)
       throw InputError(w_path.string() + ": lora_A of layer " + std::to_string(key.first) + " has rank " +
                        std::to_string(ad.a.size(0)) + " but " + origin + " says r = " + std::to_string(lc.r));

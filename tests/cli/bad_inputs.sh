@@ -167,6 +167,8 @@ bad "--steps" -- $B metatrain --log-level error --model m --pool p --out mo --st
 bad "--collective-timeout" -- $B embed --log-level error --model m --images im.h5 --out o.h5 --collective-timeout -1
 bad "episodes" -- $B eval --log-level error --model m --data set_ok.h5 --episodes many
 bad "unknown method 'magic'" -- $B eval --log-level error --model m --data set_ok.h5 --methods nn,magic
+# a value holding Boost's own placeholder once made the error message loop forever (fuzz_config)
+bad "'--seed' is invalid" -- $B eval --log-level error --model m --data set_ok.h5 --seed '%value%x'
 printf '[eval]\nway = 0\n' >zero_way.ini
 bad "--way" -- $B eval --log-level error --model m --data set_ok.h5 --config zero_way.ini
 printf '[eval]\nepisodes = 1e99\n' >big.ini
