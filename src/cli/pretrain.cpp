@@ -43,6 +43,7 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
       ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "gradient-norm clip (0 = off)")
       ("holdout", po::value(&c.holdout)->default_value(c.holdout), "fraction of each class held out for the report")
       ("shift", po::value(&c.shift)->default_value(c.shift), "augmentation: random roll by up to this many pixels")
+      ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped, not applied)")
       ("checkpoint-every", po::value(&c.checkpoint_every)->default_value(c.checkpoint_every), "steps between checkpoints")
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "steps between metrics lines")
       ("eval-episodes", po::value(&c.eval_episodes)->default_value(c.eval_episodes), "episodes of the final prototype check")

@@ -27,6 +27,7 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
       ("epochs", po::value(&c.epochs)->default_value(c.epochs), "passes over a task's training images")
       ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "images per step")
       ("lr", po::value(&c.lr)->default_value(c.lr), "Adam learning rate (paper: 1e-3)")
+      ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped, not applied)")
       ("rank", po::value(&c.lora.r)->default_value(c.lora.r), "LoRA rank r")
       ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")

@@ -7,6 +7,7 @@
 
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
 
 namespace lorarec::train {
 
@@ -98,6 +99,30 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
       if (p.grad().defined()) p.grad().mul_(max_norm / (norm + 1e-6));
   }
   return norm;
+}
+
+}  // namespace lorarec::train
+
+namespace lorarec::train {
+
+BadStepGuard::BadStepGuard(std::string tag, int max_in_row, std::string hint)
+    : tag_(std::move(tag)), hint_(std::move(hint)), max_in_row_(max_in_row) {
+  if (max_in_row_ < 1) throw InputError(tag_ + ": --max-bad-steps must be >= 1");
+}
+
+bool BadStepGuard::ok(bool finite, int64_t step) {
+  if (finite) {
+    in_row_ = 0;
+    return true;
+  }
+  ++in_row_;
+  ++skipped_;
+  LOG_WARN(tag_.c_str(), "step " << step << ": non-finite loss or gradient, step skipped (" << in_row_ << " in a row, "
+                         << skipped_ << " in all)");
+  if (in_row_ >= max_in_row_)
+    throw RuntimeError(tag_ + ": " + std::to_string(in_row_) +
+                       " steps in a row with a non-finite loss or gradient (--max-bad-steps)" + hint_);
+  return false;
 }
 
 }  // namespace lorarec::train

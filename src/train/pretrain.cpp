@@ -4,6 +4,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -16,6 +18,7 @@
 #include "lorarecycle/model/resnet.h"
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/train/optim.h"
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -241,6 +244,7 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   Progress progress("pretrain", "training", cfg.steps - start, "steps", 10.0);
   double loss_acc = 0, correct_acc = 0, seen_acc = 0;
   auto t_window = std::chrono::steady_clock::now();
+  BadStepGuard guard("pretrain", cfg.max_bad_steps, "; last good checkpoint under " + work);
   for (int64_t step = start; step < cfg.steps; ++step) {
     auto rng = data::make_rng(cfg.seed, comm.rank(), step);
     std::uniform_int_distribution<size_t> pick(0, train_rows.size() - 1);
@@ -250,17 +254,24 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     at::Tensor x = net->preprocess(all.gather(rows));
     x = data::random_shift_flip(x, cfg.shift, false, rng);
     const at::Tensor logits = net->logits(x, true);
-    const at::Tensor loss = at::cross_entropy_loss(logits, y);
+    at::Tensor loss = at::cross_entropy_loss(logits, y);
+    if (env::fault_point(comm.rank(), "pretrain")) loss = loss * std::numeric_limits<double>::quiet_NaN();
     opt.zero_grad();
     loss.backward();
     all_reduce_grads(params, comm);
-    clip_grad_norm(params, cfg.clip_norm);
+    // The reduced gradients are the same on every rank: all apply or all skip the step.
+    bool finite = true;
+    for (const auto& p : params)
+      if (p.grad().defined() && !p.grad().isfinite().all().item<bool>()) finite = false;
     const double lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-    opt.step(lr);
-    net->after_step(comm);
-    loss_acc += loss.item<double>();
-    correct_acc += logits.argmax(-1).eq(y).sum().item<double>();
-    seen_acc += cfg.batch_size;
+    if (guard.ok(finite, step)) {
+      clip_grad_norm(params, cfg.clip_norm);
+      opt.step(lr);
+      net->after_step(comm);
+      loss_acc += loss.item<double>();
+      correct_acc += logits.argmax(-1).eq(y).sum().item<double>();
+      seen_acc += cfg.batch_size;
+    }
     progress.advance(1);
     const bool last = step + 1 == cfg.steps;
     if ((step + 1) % cfg.log_every == 0 || last) {

@@ -4,6 +4,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -89,6 +91,8 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
   const at::Tensor train_x = vit.preprocess(set.gather(train_rows));  // small: one task
   const at::Tensor train_t = at::tensor(train_y, at::kLong).to(device);
   const int64_t n = static_cast<int64_t>(train_rows.size());
+  BadStepGuard guard("zoo", cfg.max_bad_steps, " while training " + zoo_entry_name(id));
+  int64_t step = 0;
   for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
     auto rng = data::make_rng(cfg.seed, kTrainStream, static_cast<std::uint64_t>(id) * 100000 + epoch);
     std::vector<int64_t> order(n);
@@ -98,10 +102,15 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
       const std::vector<int64_t> b(order.begin() + s, order.begin() + std::min<int64_t>(n, s + cfg.batch_size));
       const at::Tensor idx = at::tensor(b, at::kLong).to(device);
       const at::Tensor logits = lora.head(vit.forward(train_x.index_select(0, idx), {}, &lora).feature);
-      const at::Tensor loss = at::cross_entropy_loss(logits, train_t.index_select(0, idx));
+      at::Tensor loss = at::cross_entropy_loss(logits, train_t.index_select(0, idx));
+      // (test hook; LoRAs train without a communicator, so the point is "0:zoo-step" on every rank)
+      if (env::fault_point(0, "zoo-step")) loss = loss * std::numeric_limits<double>::quiet_NaN();
       opt.zero_grad();
       loss.backward();
-      opt.step(cfg.lr);
+      bool finite = std::isfinite(loss.item<double>());
+      for (const auto& p : lora.parameters(true))
+        if (finite && p.grad().defined() && !p.grad().isfinite().all().item<bool>()) finite = false;
+      if (guard.ok(finite, step++)) opt.step(cfg.lr);
     }
   }
   lora.set_requires_grad(false, true);

@@ -42,6 +42,21 @@ class AdamW {
 };
 
 // Linear warm-up from 0 over `warmup` steps to `peak`, then cosine decay to `floor` at `total`.
+// Non-finite training steps (NaN/Inf loss or gradient): the caller skips the step when ok()
+// says so; the guard counts them and throws a RuntimeError after `max_in_row` in a row.
+class BadStepGuard {
+ public:
+  BadStepGuard(std::string tag, int max_in_row, std::string hint = "");
+  // True when the step may be applied; false (counted, warned) when it must be skipped.
+  bool ok(bool finite, int64_t step);
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  std::string tag_, hint_;
+  int max_in_row_ = 10, in_row_ = 0;
+  int64_t skipped_ = 0;
+};
+
 double warmup_cosine(int64_t step, int64_t total, int64_t warmup, double peak, double floor);
 // The official meta-training schedule: cycles of `cycle` steps, `warmup` linear steps from lo to hi,
 // then cosine back to lo (CosineAnnealingWarmupRestarts).

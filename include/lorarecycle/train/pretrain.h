@@ -33,6 +33,7 @@ struct PretrainConfig {
   int64_t warmup = 200;             // linear warm-up steps
   double weight_decay = 0.05;       // AdamW
   double clip_norm = 1.0;           // gradient-norm clip (0 = off)
+  int max_bad_steps = 10;           // consecutive non-finite steps (each skipped) before aborting
   double holdout = 0.25;            // fraction of each base class held out for the report
   int shift = 2;                    // augmentation: random roll by up to this many pixels
   int64_t checkpoint_every = 500;   // steps between checkpoints (and at the end)

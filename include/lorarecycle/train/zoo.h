@@ -29,6 +29,7 @@ struct ZooConfig {
   int epochs = 20;                // passes over the task's training images
   int batch_size = 25;            // images per step
   double lr = 1e-3;               // Adam
+  int max_bad_steps = 10;         // consecutive non-finite steps (each skipped) before aborting
   model::LoraConfig lora;         // r, alpha, targets, layers
   std::uint64_t seed = 0;
   void validate() const;
