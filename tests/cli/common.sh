@@ -5,6 +5,13 @@ REF="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/reference/tiny_clip.py"
 WORK=$(mktemp -d /tmp/lorarec_cli_XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
+# quick_pipeline STAGE: the quick preset's data and runs up to STAGE under $WORK/w
+# (launch/demo.sh --until STAGE, under mpirun -np 2); then cd there.
+quick_pipeline() {
+  bash "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/launch/demo.sh" --preset quick --workdir "$WORK/w" \
+    --until "$1" >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline up to $1"; }
+  cd "$WORK/w"
+}
 mpirun2() { "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 "$@"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # expect_status CODE NEEDLE -- command...: runs it, checks exit code and that stderr has NEEDLE.

@@ -8,8 +8,7 @@
 # rank ends the job (and without the watchdog the job hangs, which is what the MPI path does).
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until eval >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
-cd w
+quick_pipeline eval
 B=$LORAREC_BIN
 CFG=$REPO/configs/quick.ini
 MPI2=("$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2)

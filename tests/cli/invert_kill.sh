@@ -4,8 +4,7 @@
 # LoRA exactly once without redoing the finished ones.
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until zoo >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
-cd w
+quick_pipeline zoo
 B=$LORAREC_BIN
 ARGS="--model runs/quick/vfm --zoo runs/quick/zoo --prior runs/quick/prior --out pool --per-class 3 --iterations 150 --prune 1:0.5"
 start=$(date +%s)

@@ -5,8 +5,7 @@
 # and the previous complete outputs unchanged (same SHA-256).
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until metatrain >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
-cd w
+quick_pipeline metatrain
 B=$LORAREC_BIN
 CFG=$REPO/configs/quick.ini
 sums() { find "$@" -type f -print0 | sort -z | xargs -0 sha256sum; }
