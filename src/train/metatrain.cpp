@@ -561,7 +561,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   int64_t timed_steps = 0;
   double win_loss = 0, win_correct = 0, win_queries = 0, win_time = 0;
   int64_t win_steps = 0;
-  int bad_in_row = 0;
+  BadStepGuard guard("metatrain", cfg.max_bad_steps, "; last good checkpoint: " + ckpt.string(), skipped_total);
   const int64_t warm_steps = 2;  // excluded from the throughput figures (allocations, first touches)
   json last_val = nullptr;
   MetaTrainResult result;
@@ -625,7 +625,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       const bool finite = std::isfinite(g_loss) && grads.isfinite().all().item<bool>();
       const int64_t cyc = cfg.cycle == 0 ? cfg.steps : cfg.cycle;
       const double lr_now = cyclic_warmup_cosine(step, cyc, std::min(cfg.warmup, cyc - 1), cfg.lr_min, cfg.lr);
-      if (finite) {
+      // Every rank sees the same reduced values, so all apply or all skip the step.
+      if (guard.ok(finite, step)) {
         int64_t off = 0;
         at::NoGradGuard ng;
         for (auto& p : params) {
@@ -634,18 +635,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         }
         clip_grad_norm(params, cfg.clip_norm);
         opt.step(lr_now);
-        bad_in_row = 0;
-      } else {
-        // Every rank sees the same reduced values, so all skip together.
-        ++skipped_total;
-        ++bad_in_row;
-        LOG_WARN("metatrain", "step " << step << ": non-finite loss or gradient, step skipped (" << bad_in_row
-                                      << " in a row, " << skipped_total << " in all)");
-        if (bad_in_row >= cfg.max_bad_steps)
-          throw RuntimeError("metatrain: " + std::to_string(bad_in_row) +
-                             " steps in a row with a non-finite loss or gradient (--max-bad-steps); last good checkpoint: " +
-                             ckpt.string());
       }
+      skipped_total = guard.skipped();
       const double total = seconds_since(t_step);
       if (step - start >= warm_steps) {
         t_wait += wait;

@@ -105,8 +105,8 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
 
 namespace lorarec::train {
 
-BadStepGuard::BadStepGuard(std::string tag, int max_in_row, std::string hint)
-    : tag_(std::move(tag)), hint_(std::move(hint)), max_in_row_(max_in_row) {
+BadStepGuard::BadStepGuard(std::string tag, int max_in_row, std::string hint, int64_t skipped_before)
+    : tag_(std::move(tag)), hint_(std::move(hint)), max_in_row_(max_in_row), skipped_(skipped_before) {
   if (max_in_row_ < 1) throw InputError(tag_ + ": --max-bad-steps must be >= 1");
 }
 

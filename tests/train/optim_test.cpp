@@ -5,8 +5,28 @@
 
 #include <cmath>
 
+#include "lorarecycle/util/error.h"
+
 namespace lorarec::train {
 namespace {
+
+TEST(BadStepGuard, SkipsCountsAndAbortsAfterTooManyInARow) {
+  BadStepGuard g("unit", 3, "; hint", /*skipped_before=*/5);
+  EXPECT_TRUE(g.ok(true, 0));
+  EXPECT_FALSE(g.ok(false, 1));
+  EXPECT_FALSE(g.ok(false, 2));
+  EXPECT_TRUE(g.ok(true, 3));  // a good step resets the run
+  EXPECT_FALSE(g.ok(false, 4));
+  EXPECT_FALSE(g.ok(false, 5));
+  EXPECT_EQ(g.skipped(), 9);
+  try {
+    g.ok(false, 6);
+    FAIL() << "the third bad step in a row must throw";
+  } catch (const RuntimeError& e) {
+    EXPECT_STREQ(e.what(), "unit: 3 steps in a row with a non-finite loss or gradient (--max-bad-steps); hint");
+  }
+  EXPECT_THROW(BadStepGuard("unit", 0), InputError);
+}
 
 TEST(AdamW, MatchesTheTextbookUpdate) {
   at::Tensor p = at::tensor({1.0f, -2.0f}).requires_grad_(true);

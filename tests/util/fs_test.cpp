@@ -2,11 +2,43 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "test_util.h"
 
 namespace lorarec {
 namespace {
+
+TEST(Fs, WriteErrorsNameTheTargetNotTheTemporary) {
+  test::TempDir dir;
+  const auto target = dir.path() / "sub" / "f.txt";
+  fs::write_text(dir.path() / "sub", "a file where a directory should be");
+  try {
+    fs::write_text(target, "x");
+    FAIL() << "writing under a regular file must fail";
+  } catch (const fs::WriteError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("cannot write '" + target.string() + "': ", 0), 0u) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the previous version, if any, is unchanged"), std::string::npos);
+  }
+  EXPECT_THROW(fs::make_dirs(dir.path() / "sub" / "deeper"), fs::WriteError);
+}
+
+TEST(Fs, FaultPointsFireOnTheNamedRankAndPass) {
+  ::setenv(env::kFaultInject, "3:unit-a@2:nan", 1);
+  EXPECT_FALSE(env::fault_point(2, "unit-a"));  // another rank
+  EXPECT_FALSE(env::fault_point(3, "unit-a"));  // pass 1
+  EXPECT_TRUE(env::fault_point(3, "unit-a"));   // pass 2: nan
+  EXPECT_FALSE(env::fault_point(3, "unit-a"));  // pass 3
+  ::setenv(env::kFaultInject, "0:unit-b@2+", 1);
+  EXPECT_FALSE(env::fault_point(0, "unit-b"));
+  EXPECT_THROW(env::fault_point(0, "unit-b"), RuntimeError);
+  EXPECT_THROW(env::fault_point(0, "unit-b"), RuntimeError);  // and every later pass
+  EXPECT_FALSE(env::fault_point(0, "other"));
+  ::unsetenv(env::kFaultInject);
+  EXPECT_FALSE(env::fault_point(0, "unit-b"));
+}
 
 TEST(Fs, WriteAtomicallyKeepsOldFileWhenTheWriterThrows) {
   test::TempDir dir;

@@ -46,7 +46,8 @@ class AdamW {
 // says so; the guard counts them and throws a RuntimeError after `max_in_row` in a row.
 class BadStepGuard {
  public:
-  BadStepGuard(std::string tag, int max_in_row, std::string hint = "");
+  // skipped_before: the count of an earlier run that this one resumes.
+  BadStepGuard(std::string tag, int max_in_row, std::string hint = "", int64_t skipped_before = 0);
   // True when the step may be applied; false (counted, warned) when it must be skipped.
   bool ok(bool finite, int64_t step);
   int64_t skipped() const { return skipped_; }
