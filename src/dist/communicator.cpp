@@ -246,17 +246,18 @@ std::string MpiCommunicator::broadcast_string(const std::string& value, int root
   return out;
 }
 
+std::uint64_t fnv1a64(const void* data, std::size_t n, std::uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
 std::uint64_t hash_tensors(const std::vector<at::Tensor>& tensors) {
-  std::uint64_t h = 1469598103934665603ull;
+  std::uint64_t h = kFnvOffset;
   for (const auto& t : tensors) {
     if (!t.defined()) continue;
     const at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    const auto* p = static_cast<const unsigned char*>(c.data_ptr());
-    const int64_t n = c.numel() * c.element_size();
-    for (int64_t i = 0; i < n; ++i) {
-      h ^= p[i];
-      h *= 1099511628211ull;
-    }
+    h = fnv1a64(c.data_ptr(), static_cast<std::size_t>(c.numel() * c.element_size()), h);
   }
   return h;
 }

@@ -5,10 +5,8 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <optional>
 #include <filesystem>
@@ -54,11 +52,23 @@ struct Method {
 };
 
 std::string fnv_hex(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(dist::fnv1a64(s.data(), s.size())));
   return buf;
+}
+
+// One result row as results.json and the result cache store it.
+json row_json(const EvalRow& r) {
+  return {{"dataset", r.dataset}, {"method", r.method}, {"way", r.way}, {"shot", r.shot},
+          {"query", r.query}, {"episodes", r.acc.episodes}, {"mean", r.acc.mean},
+          {"ci95", r.acc.ci95}, {"tasks_per_s", r.tasks_per_s}, {"timed_tasks", r.timed_tasks}};
+}
+EvalRow row_from_json(const json& j) {
+  EvalRow r;
+  r.dataset = j.at("dataset"), r.method = j.at("method"), r.way = j.at("way"), r.shot = j.at("shot");
+  r.query = j.at("query"), r.acc.mean = j.at("mean"), r.acc.ci95 = j.at("ci95"), r.acc.episodes = j.at("episodes");
+  r.tasks_per_s = j.at("tasks_per_s"), r.timed_tasks = j.at("timed_tasks");
+  return r;
 }
 
 // A file's or directory's identity for the result cache: sizes and modification times.
@@ -120,20 +130,15 @@ class ResultCache {
     try {
       const json j = json::parse(text);
       if (j.at("source") != source) return std::nullopt;
-      EvalRow r;
-      r.dataset = j.at("dataset"), r.method = j.at("method"), r.way = j.at("way"), r.shot = j.at("shot");
-      r.query = j.at("query"), r.acc.mean = j.at("mean"), r.acc.ci95 = j.at("ci95"), r.acc.episodes = j.at("episodes");
-      r.tasks_per_s = j.at("tasks_per_s"), r.timed_tasks = j.at("timed_tasks");
-      return r;
+      return row_from_json(j);
     } catch (const json::exception&) {
       return std::nullopt;  // unreadable: recompute
     }
   }
   void put_row(const std::string& key, const std::string& source, const EvalRow& r) {
     if (!enabled() || comm_.rank() != 0) return;
-    const json j = {{"source", source}, {"dataset", r.dataset}, {"method", r.method}, {"way", r.way},
-                    {"shot", r.shot}, {"query", r.query}, {"mean", r.acc.mean}, {"ci95", r.acc.ci95},
-                    {"episodes", r.acc.episodes}, {"tasks_per_s", r.tasks_per_s}, {"timed_tasks", r.timed_tasks}};
+    json j = row_json(r);
+    j["source"] = source;
     fs::write_text(dir_ / (safe(key) + ".json"), j.dump() + "\n");
   }
 
@@ -169,11 +174,11 @@ class ResultCache {
     if (!enabled()) return;
     const stdfs::path p = dir_ / (safe(key) + ".r" + std::to_string(comm_.rank()) + ".txt");
     std::FILE* f = std::fopen(p.c_str(), "a");
-    if (f == nullptr) throw RuntimeError("cannot write '" + p.string() + "': " + std::strerror(errno));
+    if (f == nullptr) fs::throw_write_error(p);
     std::fprintf(f, "%lld %.17g %.9g %s\n", static_cast<long long>(i), acc, secs,
                  fnv_hex(source).c_str());
     const bool ok = std::fflush(f) == 0;
-    if (std::fclose(f) != 0 || !ok) throw RuntimeError("cannot write '" + p.string() + "': " + std::strerror(errno));
+    if (std::fclose(f) != 0 || !ok) fs::throw_write_error(p);
   }
 
  private:
@@ -449,9 +454,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                       r.way, r.shot, r.query, static_cast<long long>(r.acc.episodes), r.acc.mean, r.acc.ci95,
                       r.tasks_per_s, static_cast<long long>(r.timed_tasks));
         csv += line;
-        j["rows"].push_back({{"dataset", r.dataset}, {"method", r.method}, {"way", r.way}, {"shot", r.shot},
-                             {"query", r.query}, {"episodes", r.acc.episodes}, {"mean", r.acc.mean},
-                             {"ci95", r.acc.ci95}, {"tasks_per_s", r.tasks_per_s}, {"timed_tasks", r.timed_tasks}});
+        j["rows"].push_back(row_json(r));
       }
       fs::write_text(stdfs::path(cfg.out) / "results.csv", csv);
       fs::write_text(stdfs::path(cfg.out) / "results.json", j.dump(2) + "\n");

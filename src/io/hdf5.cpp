@@ -92,16 +92,6 @@ File File::open_read(const std::string& path) {
   return f;
 }
 
-File File::create(const std::string& path) {
-  File f;
-  f.path_ = path;
-  f.writable_ = true;
-  const hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (id < 0) fail<RuntimeError>(path, "H5Fcreate", "");
-  f.handle_ = Handle(id, H5Fclose);
-  return f;
-}
-
 bool File::has(const std::string& dataset) const {
   std::string partial;
   // Check every path component so that "a/b" does not fail inside H5Lexists.

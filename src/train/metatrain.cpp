@@ -541,11 +541,6 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     return h;
   };
 
-  // Test hook (env::kFaultInject = "RANK:diverge"): that rank perturbs its replica two steps in,
-  // which the replica check must catch.
-  const char* fault = env::get(env::kFaultInject);
-  const bool diverge = fault != nullptr && std::string(fault) == std::to_string(rank) + ":diverge";
-
   if (start == 0 && have_val) val0 = validate_now(0);
   const double rss_before = peak_rss_mb();
   cuda_peak_mb(device, /*reset=*/true);  // the training loop's peak, without validation
@@ -666,7 +661,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         win_loss = win_correct = win_queries = win_time = 0;
         win_steps = 0;
       }
-      if (diverge && step == start + 1) {
+      if (env::fault_point(rank, "replica")) {  // test hook: the replica check must catch this
         at::NoGradGuard ng;
         params[0].add_(1e-3);
       }

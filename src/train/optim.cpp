@@ -88,6 +88,12 @@ void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator&
   comm.all_reduce_mean(grads);
 }
 
+bool grads_finite(const std::vector<at::Tensor>& params) {
+  for (const auto& p : params)
+    if (p.grad().defined() && !p.grad().isfinite().all().item<bool>()) return false;
+  return true;
+}
+
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   std::vector<at::Tensor> sq;
   for (const auto& p : params)

@@ -255,14 +255,12 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     x = data::random_shift_flip(x, cfg.shift, false, rng);
     const at::Tensor logits = net->logits(x, true);
     at::Tensor loss = at::cross_entropy_loss(logits, y);
-    if (env::fault_point(comm.rank(), "pretrain")) loss = loss * std::numeric_limits<double>::quiet_NaN();
+    if (env::fault_point(comm.rank(), "pretrain")) loss = loss * std::numeric_limits<double>::quiet_NaN();  // test hook
     opt.zero_grad();
     loss.backward();
     all_reduce_grads(params, comm);
     // The reduced gradients are the same on every rank: all apply or all skip the step.
-    bool finite = true;
-    for (const auto& p : params)
-      if (p.grad().defined() && !p.grad().isfinite().all().item<bool>()) finite = false;
+    const bool finite = grads_finite(params);
     const double lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
     if (guard.ok(finite, step)) {
       clip_grad_norm(params, cfg.clip_norm);

@@ -107,9 +107,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
       if (env::fault_point(0, "zoo-step")) loss = loss * std::numeric_limits<double>::quiet_NaN();
       opt.zero_grad();
       loss.backward();
-      bool finite = std::isfinite(loss.item<double>());
-      for (const auto& p : lora.parameters(true))
-        if (finite && p.grad().defined() && !p.grad().isfinite().all().item<bool>()) finite = false;
+      const bool finite = std::isfinite(loss.item<double>()) && grads_finite(lora.parameters(true));
       if (guard.ok(finite, step++)) opt.step(cfg.lr);
     }
   }

@@ -27,13 +27,13 @@ nan_case() {  # nan_case NAME -- command...: one NaN step skipped, run completes
   grep -qE "non-finite loss or gradient, step skipped \(1 in a row, 1 in all\)" nan.txt || { cat nan.txt; fail "$*: NaN step not reported"; }
   echo "ok: $(grep -oE 'step [0-9]+: non-finite.*' nan.txt | head -1); run completed"
 }
-nan_case pretrain -- env LORAREC_FAULT=1:pretrain@5:nan "${MPI2[@]}" $B pretrain --config "$CFG" --out vfm_nan --steps 12
+nan_case pretrain -- env LORAREC_FAULT=1:pretrain@5:corrupt "${MPI2[@]}" $B pretrain --config "$CFG" --out vfm_nan --steps 12
 [ -f vfm_nan/model.safetensors ] || fail "pretrain with one NaN step wrote no model"
 expect_crash 'error \[rank [01]\]: pretrain: 3 steps in a row with a non-finite loss or gradient' -- \
-  env LORAREC_FAULT=1:pretrain@5+:nan "${MPI2[@]}" $B pretrain --config "$CFG" --out vfm_nan3 --steps 12 --max-bad-steps 3
-nan_case zoo -- env LORAREC_FAULT=0:zoo-step@3:nan $B zoo --config "$CFG" --out zoo_nan --num-loras 1
+  env LORAREC_FAULT=1:pretrain@5+:corrupt "${MPI2[@]}" $B pretrain --config "$CFG" --out vfm_nan3 --steps 12 --max-bad-steps 3
+nan_case zoo -- env LORAREC_FAULT=0:zoo-step@3:corrupt $B zoo --config "$CFG" --out zoo_nan --num-loras 1
 expect_crash 'error \[rank 0\]: zoo: 2 steps in a row with a non-finite loss or gradient \(--max-bad-steps\) while training lora_000' -- \
-  env LORAREC_FAULT=0:zoo-step@3+:nan $B zoo --config "$CFG" --out zoo_nan2 --num-loras 1 --max-bad-steps 2
+  env LORAREC_FAULT=0:zoo-step@3+:corrupt $B zoo --config "$CFG" --out zoo_nan2 --num-loras 1 --max-bad-steps 2
 
 # ---- a stuck rank: rank 1 hangs before the all-reduce of step 5.
 expect_crash 'error \[rank 0\]: MPI all_reduce_sum did not complete within 5 s' -- \

@@ -61,7 +61,7 @@ mpirun2 $B metatrain $ARGS --steps $N --out s1 --resume >s2.txt 2>&1 || { cat s2
 compare_adapters ref s1 0
 
 # 4. faults: a diverged replica; NaN teacher logits
-expect_status 1 "replicas diverged at step" -- env LORAREC_FAULT=1:diverge "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 \
+expect_status 1 "replicas diverged at step" -- env LORAREC_FAULT=1:replica@2:corrupt "$LORAREC_MPIEXEC" $LORAREC_MPI_FLAGS -np 2 \
   -x LORAREC_FAULT $B metatrain $ARGS --steps 10 --hash-every 1 --out d1
 cp -r runs/quick/pool nanpool
 "$LORAREC_PYTHON" - <<'PY'

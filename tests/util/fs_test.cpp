@@ -26,10 +26,10 @@ TEST(Fs, WriteErrorsNameTheTargetNotTheTemporary) {
 }
 
 TEST(Fs, FaultPointsFireOnTheNamedRankAndPass) {
-  ::setenv(env::kFaultInject, "3:unit-a@2:nan", 1);
+  ::setenv(env::kFaultInject, "3:unit-a@2:corrupt", 1);
   EXPECT_FALSE(env::fault_point(2, "unit-a"));  // another rank
   EXPECT_FALSE(env::fault_point(3, "unit-a"));  // pass 1
-  EXPECT_TRUE(env::fault_point(3, "unit-a"));   // pass 2: nan
+  EXPECT_TRUE(env::fault_point(3, "unit-a"));   // pass 2: corrupt
   EXPECT_FALSE(env::fault_point(3, "unit-a"));  // pass 3
   ::setenv(env::kFaultInject, "0:unit-b@2+", 1);
   EXPECT_FALSE(env::fault_point(0, "unit-b"));

@@ -77,7 +77,6 @@ class CollectiveWatchdog {
    private:
     CollectiveWatchdog* w_;
   };
-  double timeout() const { return timeout_s_; }
 
  private:
   struct State;
@@ -128,5 +127,8 @@ std::unique_ptr<Communicator> make_nccl_communicator(int device_index, int local
 // FNV-1a 64 over the bytes of the tensors (moved to CPU, contiguous): replicas that agree
 // bit for bit have equal hashes.
 std::uint64_t hash_tensors(const std::vector<at::Tensor>& tensors);
+// FNV-1a 64 of n bytes, continuing from h (hash_tensors chains it over the tensors).
+inline constexpr std::uint64_t kFnvOffset = 1469598103934665603ull;
+std::uint64_t fnv1a64(const void* data, std::size_t n, std::uint64_t h = kFnvOffset);
 
 }  // namespace lorarec::dist

@@ -54,8 +54,6 @@ class File {
  public:
   // Opens an existing file read-only. InputError naming the file when it is not HDF5.
   static File open_read(const std::string& path);
-  // Creates (truncates) a file for writing. Prefer write_file_atomically().
-  static File create(const std::string& path);
 
   const std::string& path() const { return path_; }
   hid_t id() const { return handle_.get(); }

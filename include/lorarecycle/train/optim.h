@@ -68,5 +68,7 @@ void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator&
 
 // Global L2 norm of the gradients; scales them down to max_norm when above (max_norm > 0).
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+// True when every defined gradient of params is finite (no NaN or Inf).
+bool grads_finite(const std::vector<at::Tensor>& params);
 
 }  // namespace lorarec::train

@@ -21,20 +21,21 @@ inline constexpr const char* kOmpThreads = "OMP_NUM_THREADS";
 // Fault injection for tests, "RANK:WHERE[@N[+]][:ACTION]": on that rank, the N-th time (default 1)
 // the code passes fault point WHERE, ACTION happens: "throw" (default, a RuntimeError), "hang"
 // (sleeps forever: a stuck peer), "exit" (std::_Exit(1) without a message: a crashed process),
-// "kill" (the process sends itself SIGKILL: as if killed by the OOM killer or a user) or "nan"
-// (the training step's loss becomes NaN).
+// "kill" (the process sends itself SIGKILL: as if killed by the OOM killer or a user) or
+// "corrupt" (the caller corrupts its data: a NaN loss at "pretrain" and "zoo-step", a perturbed
+// replica at "replica").
 // Points: "start" (after runtime start-up), "zoo" (after each LoRA is saved), "invert" (after each
 // pool file), "metatrain" (each step, before the all-reduce), "eval" (after each result row and
-// each lora-ft episode). "RANK:diverge": metatrain perturbs that rank's replica. Never set it in
-// real runs.
+// each lora-ft episode), "replica" (metatrain, each step after the update), "pretrain" and
+// "zoo-step" (each training step). Never set it in real runs.
 inline constexpr const char* kFaultInject = "LORAREC_FAULT";
 
 // Returns the variable's value or nullptr.
 const char* get(const char* name);
 
 // A fault point (see kFaultInject); does nothing unless LORAREC_FAULT names this rank and point.
-// Returns true when the action is "nan": the caller then poisons its loss (training points
-// "pretrain", "zoo-step"). "@N+" fires at the N-th pass and every later one.
+// Returns true when the action is "corrupt" (the caller then corrupts its data). "@N+" fires at
+// the N-th pass and every later one.
 bool fault_point(int rank, const char* where);
 
 }  // namespace lorarec::env
