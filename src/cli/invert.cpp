@@ -50,6 +50,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("w-l2", po::value(&c.inv.w_l2)->default_value(c.inv.w_l2), "weight of ||X||")
       ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip")
+      ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
       ("prune-start", po::value(&c.inv.prune_start)->default_value(c.inv.prune_start), "fraction of the iterations after which pruning is on")
       ("seed", po::value(&c.inv.seed)->default_value(c.inv.seed), "seed of the noise and the jitter")

@@ -42,6 +42,8 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("gray", po::bool_switch(&c.gray), "average each surrogate's colour channels (when the real images are grey, as in the embedded benchmark)")
       ("single-lora-prob", po::value(&c.single_lora_prob)->default_value(c.single_lora_prob), "share of episodes whose classes all come from one LoRA; they add the KL term to its stored teacher logits")
       ("kl-weight", po::value(&c.kl_weight)->default_value(c.kl_weight), "weight of that KL term (0 = CE only)")
+      ("distill-weight", po::value(&c.distill_weight)->default_value(c.distill_weight), "weight of a feature distillation (mean squared difference) from each surrogate image's own zoo LoRA (read from the pool file's lora_path) to the meta-LoRA; 0 = off (the paper)")
+      ("temperature", po::value(&c.temperature)->default_value(c.temperature), "training logits = -squared Euclidean distance / T (paper: 1); prediction (argmin distance) does not depend on it")
       ("val-every", po::value(&c.val_every)->default_value(c.val_every), "steps between validations (also at the start and the end; 0 = only those)")
       ("val-episodes", po::value(&c.val_episodes)->default_value(c.val_episodes), "fixed, seeded validation episodes")
       ("val-way", po::value(&c.val_spec.n_way)->default_value(c.val_spec.n_way), "validation episodes: N")

@@ -53,25 +53,38 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   const at::Tensor y = at::arange(N, at::kLong).repeat({cfg.per_class}).to(dev);
   auto gen_rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max());
   at::manual_seed(static_cast<std::uint64_t>(gen_rng()));
-  at::Tensor x = at::randn({n, 3, S, S}, at::TensorOptions().device(dev)).requires_grad_(true);
+  // The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
+  // pixels normalised with the mean of the channel constants; pixels(v) maps it to the model's input.
+  const auto& mc = vit.config();
+  const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
+  const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
+  const at::Tensor cmean = at::tensor(std::vector<float>(mc.image_mean.begin(), mc.image_mean.end())).view({1, 3, 1, 1}).to(dev);
+  const at::Tensor cstd = at::tensor(std::vector<float>(mc.image_std.begin(), mc.image_std.end())).view({1, 3, 1, 1}).to(dev);
+  auto pixels = [&](const at::Tensor& v) { return cfg.gray ? (v * gs + gm - cmean) / cstd : v; };
+  at::Tensor x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)).requires_grad_(true);
   train::AdamWConfig oc;
   oc.beta1 = cfg.beta1;
   oc.beta2 = cfg.beta2;
   train::AdamW opt({x}, oc);
-  const auto [lo, hi] = vit.pixel_bounds();
+  auto [lo, hi] = vit.pixel_bounds();
+  if (cfg.gray) {
+    lo = at::full({1}, -gm / gs, lo.options());
+    hi = at::full({1}, (1.0 - gm) / gs, hi.options());
+  }
   const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
   const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
   const bool use_prior = prior != nullptr && cfg.w_bn > 0;
 
   Surrogates out;
   double best = std::numeric_limits<double>::infinity();
-  at::Tensor best_x = x.detach().clone();
+  at::Tensor best_x = pixels(x).detach().clone();
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     std::uniform_int_distribution<int> shift(-jitter, jitter);
     const int dy = shift(rng), dx = shift(rng);
     const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
-    at::Tensor xa = jitter > 0 ? at::roll(x, {dy, dx}, {2, 3}) : x;
+    const at::Tensor xp = pixels(x);
+    at::Tensor xa = jitter > 0 ? at::roll(xp, {dy, dx}, {2, 3}) : xp;
     if (flip) xa = xa.flip({3});
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
@@ -79,12 +92,12 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     const at::Tensor logits = lora.head(vit.forward(xa, fo, &lora).feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
-    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, x, cfg);
+    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg);
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)
       best = value;
-      best_x = x.detach().clone();
+      best_x = xp.detach().clone();
       out.best_iteration = it;
     }
     out.final_loss = value;

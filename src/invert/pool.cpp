@@ -214,6 +214,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "seed", static_cast<int64_t>(cfg.inv.seed));
       f.set_attr("/", "iterations", int64_t{cfg.inv.iterations});
       f.set_attr("/", "per_class", int64_t{cfg.inv.per_class});
+      f.set_attr("/", "gray", int64_t{cfg.inv.gray ? 1 : 0});
       f.set_attr("/", "best_loss", s.best_loss);
       f.set_attr("/", "final_loss", s.final_loss);
       f.set_attr("/", "best_iteration", int64_t{s.best_iteration});

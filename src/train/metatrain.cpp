@@ -123,6 +123,7 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
                        std::to_string(image_size) + ", 3] for this VFM");
     f.rows = ishape[0];
     f.first_row = row;
+    if (h->has_attr("/", "lora_path")) f.lora_path = h->attr_string("/", "lora_path");
     const at::Tensor labels = h->read("/labels", 0, -1, at::kInt).to(at::kLong);
     const at::Tensor logits = h->read("/teacher_logits", 0, -1, at::kFloat);
     const at::Tensor sc = h->read("/patch_scores", 0, -1, at::kFloat);
@@ -195,6 +196,8 @@ void MetaTrainConfig::validate() const {
   if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
   if (!(single_lora_prob >= 0 && single_lora_prob <= 1)) throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
   if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
+  if (!(temperature > 0) || !std::isfinite(temperature)) throw InputError("metatrain: --temperature must be > 0");
+  if (!(distill_weight >= 0) || !std::isfinite(distill_weight)) throw InputError("metatrain: --distill-weight must be >= 0");
   if (val_every < 0 || hash_every < 0 || checkpoint_every < 1 || log_every < 1)
     throw InputError("metatrain: --val-every, --hash-every >= 0; --checkpoint-every, --log-every >= 1");
   if (val_episodes < 1) throw InputError("metatrain: --val-episodes must be >= 1");
@@ -213,6 +216,7 @@ struct Batch {
   at::Tensor u8;                      //   the uint8 [.., S, S, 3] images when the device normalises them
   at::Tensor patch_index;             // [same, T] int64, or undefined (all patches)
   std::vector<at::Tensor> teacher;    // per local episode: [N*Q, N] teacher logits, or undefined
+  at::Tensor teacher_feat;            // [same rows as pixels, D] own-LoRA features (--distill-weight), or undefined
   double prep_seconds = 0;
 };
 
@@ -221,9 +225,12 @@ class BatchMaker {
  public:
   // normalise_here: produce normalised float pixels (CPU training); else the uint8 images, for the
   // device to normalise (4x less to copy; a GPU does it in microseconds).
+  // teacher_feat: [pool rows, 2, D] features of every image under its own LoRA, unflipped and
+  // flipped (undefined: no distillation).
   BatchMaker(const MetaTrainConfig& cfg, SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
-             int rank, int world, bool normalise_here)
-      : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world), normalise_(normalise_here) {
+             int rank, int world, bool normalise_here, at::Tensor teacher_feat)
+      : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world), normalise_(normalise_here),
+        teacher_feat_(std::move(teacher_feat)) {
     grid_ = vit.image_size / vit.patch_size;
     for (size_t f = 0; f < pool.files().size(); ++f)
       if (static_cast<int>(pool.files()[f].classes.size()) >= cfg.spec.n_way) single_files_.push_back(static_cast<int>(f));
@@ -287,6 +294,11 @@ class BatchMaker {
         b.teacher.emplace_back();
       }
     }
+    if (teacher_feat_.defined()) {
+      std::vector<int64_t> flat;
+      for (size_t i = 0; i < rows.size(); ++i) flat.push_back(rows[i] * 2 + (flips[i] ? 1 : 0));
+      b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
+    }
     at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
     if (cfg_.gray) u8 = u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
     std::vector<int64_t> fl;
@@ -319,6 +331,7 @@ class BatchMaker {
   int episodes_, rank_, world_, grid_ = 0;
   bool normalise_ = true;
   std::vector<int> single_files_;
+  at::Tensor teacher_feat_;
 };
 
 // Runs a BatchMaker on its own thread, `depth` steps ahead.
@@ -389,11 +402,58 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"cycle", c.cycle},      {"warmup", c.warmup},      {"r", c.lora.r},
             {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
             {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
-            {"kl_weight", c.kl_weight}, {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
+            {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight}, {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
   if (c.cycle == 0) j["steps"] = c.steps;
   return j;
 }
 
+}  // namespace
+
+namespace {
+// Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
+// unflipped and flipped: [rows, 2, D] on the CPU. With a mask ratio the teacher sees the same
+// patches as the student (the top ones by stored score, flipped with the image). Files are shared out over the ranks and the
+// result summed, so every rank holds the whole table.
+at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, double mask_ratio,
+                             dist::Communicator& comm, const c10::Device& device) {
+  const auto t0 = Clock::now();
+  at::NoGradGuard ng;
+  const int64_t D = vit.config().projection_dim;
+  const int64_t grid = vit.config().image_size / vit.config().patch_size;
+  at::Tensor out = at::zeros({pool.size(), 2, D}, at::kFloat);
+  for (size_t fi = 0; fi < pool.files().size(); ++fi) {
+    if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
+    const auto& f = pool.files()[fi];
+    if (f.lora_path.empty())
+      throw InputError(f.path + ": no lora_path attribute; --distill-weight needs the LoRA each pool file was inverted from");
+    if (!stdfs::is_directory(f.lora_path))
+      throw InputError(f.path + ": its LoRA '" + f.lora_path + "' (attribute lora_path) is not a directory; --distill-weight needs it");
+    model::Lora teacher = io::load_peft(f.lora_path, vit.config());
+    teacher.to(device);
+    std::vector<int64_t> rows(f.rows);
+    for (int64_t i = 0; i < f.rows; ++i) rows[i] = f.first_row + i;
+    for (int64_t i = 0; i < f.rows; i += 64) {
+      const int64_t n = std::min<int64_t>(64, f.rows - i);
+      const at::Tensor u8 = pool.images(std::vector<int64_t>(rows.begin() + i, rows.begin() + i + n));
+      const at::Tensor px = model::preprocess_images(u8, vit.config(), device);
+      for (int flip = 0; flip < 2; ++flip) {
+        model::ForwardOptions fo;
+        if (mask_ratio > 0) {
+          at::Tensor sc = pool.patch_scores().narrow(0, f.first_row + i, n);
+          if (flip) sc = sc.view({n, grid, grid}).flip({2}).reshape({n, -1});
+          fo.patch_index = top_patches(sc, mask_ratio).to(device);
+        }
+        const at::Tensor feat = vit.forward(flip ? px.flip({3}) : px, fo, &teacher).feature;
+        out.narrow(0, f.first_row + i, n).select(1, flip).copy_(feat.to(at::kCPU, at::kFloat));
+      }
+    }
+  }
+  at::Tensor d = out.to(device);
+  comm.all_reduce_sum(d);
+  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images under their own LoRAs, "
+                                                   << seconds_since(t0) << " s");
+  return d.cpu();
+}
 }  // namespace
 
 MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
@@ -438,6 +498,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     (void)check;
   }
   vit.to(device);
+  at::Tensor teacher_feat;
+  if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
   model::Lora lora(vc, cfg.lora, cfg.seed + 1);
   lora.to(device);
   lora.set_requires_grad(true, false);
@@ -545,7 +607,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   const double rss_before = peak_rss_mb();
   cuda_peak_mb(device, /*reset=*/true);  // the training loop's peak, without validation
 
-  BatchMaker maker(cfg, pool, vc, E, rank, W, /*normalise_here=*/!device.is_cuda());
+  BatchMaker maker(cfg, pool, vc, E, rank, W, /*normalise_here=*/!device.is_cuda(), teacher_feat);
   const at::Tensor query_labels = data::episode_labels(cfg.spec.n_way, cfg.spec.q_query).to(device);
   const int per_episode = cfg.spec.n_way * (cfg.spec.k_shot + cfg.spec.q_query);
   const int n_support = cfg.spec.n_way * cfg.spec.k_shot;
@@ -578,18 +640,23 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         feat = vit.forward(px, fo, &lora).feature;
       }
       feat = feat.to(at::kFloat);  // prototypes and losses in float32
+      at::Tensor tfeat;
+      if (b.teacher_feat.defined()) tfeat = b.teacher_feat.to(device);
       at::Tensor loss_sum = at::zeros({}, feat.options());
       at::Tensor correct = at::zeros({}, feat.options());
       for (int e = 0; e < E_local; ++e) {
         const at::Tensor f = feat.narrow(0, int64_t(e) * per_episode, per_episode);
         const at::Tensor logits = eval::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
-                                                         cfg.spec.n_way, cfg.spec.k_shot);
+                                                         cfg.spec.n_way, cfg.spec.k_shot) /
+                                 cfg.temperature;
         at::Tensor loss = at::cross_entropy_loss(logits, query_labels);
         if (b.teacher[e].defined()) {
           const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device), -1);
           const at::Tensor kl = (log_p.exp() * (log_p - at::log_softmax(logits, -1))).sum(-1).mean();
           loss = loss + cfg.kl_weight * kl;
         }
+        if (tfeat.defined())  // mean over the episode's images of the squared distance / D
+          loss = loss + cfg.distill_weight * (f - tfeat.narrow(0, int64_t(e) * per_episode, per_episode)).pow(2).mean();
         loss_sum = loss_sum + loss;
         correct = correct + logits.detach().argmax(-1).eq(query_labels).sum().to(feat.scalar_type());
       }

@@ -163,6 +163,8 @@ bad "set_nolabels.h5" -- $B eval --log-level error --model m --data set_nolabels
 # ---- options and config values
 bad "--way" -- $B eval --log-level error --model m --data set_ok.h5 --way 1
 bad "--mask-ratio" -- $B metatrain --log-level error --model m --pool p --val set_ok.h5 --out mo --mask-ratio 1.5
+bad "--temperature must be > 0" -- $B metatrain --log-level error --model m --pool p --val set_ok.h5 --out mo --temperature 0
+bad "--distill-weight must be >= 0" -- $B metatrain --log-level error --model m --pool p --val set_ok.h5 --out mo --distill-weight -1
 bad "--steps" -- $B metatrain --log-level error --model m --pool p --out mo --steps -3
 bad "--collective-timeout" -- $B embed --log-level error --model m --images im.h5 --out o.h5 --collective-timeout -1
 bad "episodes" -- $B eval --log-level error --model m --data set_ok.h5 --episodes many

@@ -6,7 +6,10 @@
 #  3. a SIGUSR1 to one rank mid-run: every rank stops on the same step with a checkpoint (exit 75),
 #     and --resume finishes with the weights of an uninterrupted run;
 #  4. a replica that diverges is caught; non-finite losses are skipped and counted, and too many
-#     in a row abort with a clear message.
+#     in a row abort with a clear message;
+#  5. feature distillation from each surrogate's own LoRA (--distill-weight, with a temperature and
+#     a mask ratio): world size 1 equals mpirun -np 2, the distillation term falls, and a pool whose
+#     LoRA is missing is refused (exit 2).
 source "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until invert >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
@@ -79,4 +82,27 @@ r = json.load(open("n2/metatrain.json"))
 assert r["skipped_steps"] > 0, r["skipped_steps"]
 print("NaN teacher logits on single-LoRA episodes:", r["skipped_steps"], "of 20 steps skipped, run finished")
 PY
+
+# 5. distillation: same weights at world size 1 and 2; with the CE made flat (huge temperature) the
+# logged loss is log(5) + the distillation term, which must fall.
+DIS="--distill-weight 1 --temperature 1e9 --mask-ratio 0.5 --lr 3e-3"
+$B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS --steps 20 --out k1 >k1.txt 2>&1 || { cat k1.txt; fail "distillation, world size 1"; }
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS --steps 20 --hash-every 1 --out k2 >k2.txt 2>&1 || { cat k2.txt; fail "distillation, mpirun -np 2"; }
+grep -q "distillation targets: .* images under their own LoRAs" k2.txt || { cat k2.txt; fail "no distillation targets line"; }
+compare_adapters k1 k2 1e-4
+"$LORAREC_PYTHON" - <<'PY'
+import json, math
+rows = [json.loads(l) for l in open("k2.work/metrics.jsonl") if '"loss"' in l]
+first, last = rows[0]["loss"] - math.log(5), sum(r["loss"] for r in rows[-5:]) / 5 - math.log(5)
+print(f"distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
+assert first > 0 and last < 0.8 * first, (first, last)
+PY
+cp -r runs/quick/pool lostpool
+"$LORAREC_PYTHON" - <<'PY'
+import h5py
+with h5py.File("lostpool/lora_000.h5", "r+") as f:
+    f.attrs["lora_path"] = "runs/quick/zoo/no_such_lora"
+PY
+expect_status 2 "lora_000.h5: its LoRA 'runs/quick/zoo/no_such_lora' (attribute lora_path) is not a directory" -- \
+  $B metatrain $COMMON --pool lostpool --distill-weight 1 --steps 2 --out lost
 echo "metatrain_mpi: all checks passed"

@@ -98,6 +98,25 @@ TEST(Inversion, KeepsTheLowestLossIterate) {
   EXPECT_TRUE(at::equal(s.labels, at::tensor({0, 1, 2, 0, 1, 2}, at::kInt)));
 }
 
+TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg;
+  cfg.per_class = 2;
+  cfg.iterations = 30;
+  cfg.gray = true;
+  const Surrogates g = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  const at::Tensor px = g.images.to(at::kInt);
+  // Rounding of the per-channel normalisation may differ by one level, no more.
+  EXPECT_LE((px.select(3, 0) - px.select(3, 1)).abs().max().item<int>(), 1);
+  EXPECT_LE((px.select(3, 0) - px.select(3, 2)).abs().max().item<int>(), 1);
+  EXPECT_GT(px.to(at::kFloat).std().item<float>(), 5.0f);  // an image, not a constant
+  EXPECT_LT(g.best_loss, g.losses.front());                // the grey variable is optimised
+  cfg.gray = false;
+  const Surrogates c = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  const at::Tensor cx = c.images.to(at::kInt);
+  EXPECT_GT((cx.select(3, 0) - cx.select(3, 1)).abs().max().item<int>(), 1);  // colour noise without it
+}
+
 TEST(Inversion, StoredScoresMasksAndLogitsMatchASeparateForwardPass) {
   const Teacher t = tiny_teacher();
   InversionConfig cfg;

@@ -27,6 +27,7 @@ struct InversionConfig {
   double w_l2 = 0.0;               // ||X||
   int jitter = -1;                 // max roll in pixels (-1: image_size / 8)
   bool flip = true;                // random horizontal flip (shared by the batch)
+  bool gray = false;               // optimise one grey channel shared by R, G, B (greyscale domains)
   double prune_start = 0.25;       // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
   bool cls_only_last = true;       // the last layer computes CLS only (off: the official full layer)

@@ -4,7 +4,8 @@
 // Pool layout (<out>/):
 //   lora_<kkk>.h5   /images uint8 [n,S,S,3], /labels int32 [n] (local), /global_class int32 [n],
 //                   /teacher_logits float [n,N], /patch_scores float [n,P], /keep_mask uint8 [n,P],
-//                   root attributes (lora_id, lora_path, seed, iterations, losses, teacher accuracy,
+//                   root attributes (lora_id, lora_path (read by metatrain --distill-weight), seed,
+//                   iterations, per_class, gray, losses, teacher accuracy,
 //                   software version, time, complete = 1). Written to a temporary name, renamed.
 //   index.json      every LoRA file with its classes and counts (written by rank 0 at the end).
 //   summary.json    per LoRA: teacher accuracy on its own surrogates, losses, seconds, rank.

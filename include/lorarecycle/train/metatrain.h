@@ -56,6 +56,7 @@ class SurrogatePool {
     int num_classes = 0;          // N of its LoRA
     int64_t first_row = 0, rows = 0;
     std::vector<int> classes;     // indices into classes()
+    std::string lora_path;        // the inverted LoRA's directory (pool attribute), "" if absent
   };
 
   // Reads <dir>/index.json and every file it lists; checks completeness, shapes and that the
@@ -105,6 +106,8 @@ struct MetaTrainConfig {
   bool gray = false;                 // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;     // share of episodes drawn from one LoRA (with the KL term)
   double kl_weight = 1.0;            // weight of the KL term on single-LoRA episodes
+  double temperature = 1.0;          // training logits = -squared distance / temperature
+  double distill_weight = 0.0;       // weight of the feature distillation to each image's own LoRA (0 = off)
   int64_t val_every = 200;           // steps between validations (0 = only at start and end)
   int val_episodes = 300;            // fixed validation episodes
   data::EpisodeSpec val_spec{5, 1, 15};
