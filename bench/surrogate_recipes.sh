@@ -68,12 +68,14 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = metatrain ]; then
   printf '\n%-40s %-58s %s\n' variant flags "val 5w1s at 0 / 100 / 200 / 300 steps (+- 95% CI at 300)"
   n_mt=0
+  # mt LABEL DISTILL_WEIGHT TEMPERATURE [more flags]: the main job's [metatrain] settings otherwise.
   mt() {
-    local name=$1 flags=$2
+    local name=$1 d=$2 t=$3; shift 3
+    local flags="--distill-weight $d --temperature $t $*"
     n_mt=$((n_mt + 1))
     local run="$OUT/m_$n_mt"
     "${MPI[@]}" $B metatrain --config configs/demo.ini --out "$run" --restart --steps 300 --val-every 100 \
-      --distill-weight 0 --temperature 1 $flags >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
+      $flags >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
     $PY - "$run.work/metrics.jsonl" "$name" "$flags" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
@@ -81,12 +83,11 @@ vals = " / ".join(f"{r['val_mean']:.2f}" for r in rows)
 print(f"{sys.argv[2]:40s} {sys.argv[3]:58s} {vals} +- {rows[-1]['val_ci95']:.2f}")
 PY
   }
-  # --distill-weight 0 --temperature 1 first (the paper's objective); each variant's flags override them.
-  mt "paper objective (CE, T 1)" ""
-  mt "CE, T 128" "--temperature 128"
-  mt "CE + distillation, T 1" "--distill-weight 1"
-  mt "CE + distillation, T 128 (main job)" "--distill-weight 1 --temperature 128"
-  mt "distillation only (T 1e9: flat CE)" "--distill-weight 1 --temperature 1e9"
-  mt "main job's recipe, mask 0.75" "--distill-weight 1 --temperature 128 --mask-ratio 0.75"
-  mt "distillation only, mask 0.75" "--distill-weight 1 --temperature 1e9 --mask-ratio 0.75"
+  mt "paper objective (CE, T 1)" 0 1
+  mt "CE, T 128" 0 128
+  mt "CE + distillation, T 1" 1 1
+  mt "CE + distillation, T 128 (main job)" 1 128
+  mt "distillation only (T 1e9: flat CE)" 1 1e9
+  mt "main job's recipe, mask 0.75" 1 128 --mask-ratio 0.75
+  mt "distillation only, mask 0.75" 1 1e9 --mask-ratio 0.75
 fi

@@ -237,6 +237,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   const double my_seconds = elapsed();
   const auto finish = comm.all_gather_f64(my_seconds);
   const auto hdf5 = comm.all_gather_f64(hdf5_seconds);
+  const auto inverted = comm.all_gather_f64(static_cast<double>(mine.size()));
   comm.barrier();
   if (comm.rank() != 0) return;
 
@@ -259,7 +260,12 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
                                 {"rank", owner[i]}});
   }
   index["images"] = images;
-  summary["rank_finish_seconds"] = finish;
+  double inverted_now = 0, lora_seconds = 0;
+  for (double v : inverted) inverted_now += v;
+  for (const auto& e : summary["loras"]) lora_seconds += e["seconds"].get<double>();
+  summary["inverted_this_run"] = static_cast<int64_t>(inverted_now);  // the rest were complete already
+  summary["lora_seconds_total"] = lora_seconds;                         // over every file, when it was made
+  summary["rank_finish_seconds"] = finish;                              // this run
   summary["rank_hdf5_seconds"] = hdf5;
   fs::write_text(out / "index.json", index.dump(2) + "\n");
   fs::write_text(out / "summary.json", summary.dump(2) + "\n");
@@ -271,7 +277,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   const double fmax = *std::max_element(finish.begin(), finish.end());
   const double fmin = *std::min_element(finish.begin(), finish.end());
   LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << images << " images; teacher accuracy on own surrogates mean "
-                             << sum / jobs.size() << "%, min " << lo << "%; rank finish times " << fmin << " .. " << fmax << " s");
+                             << sum / jobs.size() << "%, min " << lo << "%; " << static_cast<int64_t>(inverted_now)
+                             << " inverted in this run (rank finish times " << fmin << " .. " << fmax
+                             << " s), the rest reused; inversion time of all files " << lora_seconds << " s");
 }
 
 }  // namespace lorarec::invert

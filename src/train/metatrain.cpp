@@ -402,32 +402,35 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"cycle", c.cycle},      {"warmup", c.warmup},      {"r", c.lora.r},
             {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
             {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
-            {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight}, {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
+            {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
+            {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
   if (c.cycle == 0) j["steps"] = c.steps;
   return j;
 }
 
-}  // namespace
-
-namespace {
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
 // unflipped and flipped: [rows, 2, D] on the CPU. With a mask ratio the teacher sees the same
-// patches as the student (the top ones by stored score, flipped with the image). Files are shared out over the ranks and the
-// result summed, so every rank holds the whole table.
+// patches as the student (the top ones by stored score, flipped with the image). Every rank
+// checks every path first (so all report a missing LoRA alike); the files are then shared out
+// over the ranks and the result summed, so every rank holds the whole table.
 at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, double mask_ratio,
                              dist::Communicator& comm, const c10::Device& device) {
   const auto t0 = Clock::now();
   at::NoGradGuard ng;
   const int64_t D = vit.config().projection_dim;
   const int64_t grid = vit.config().image_size / vit.config().patch_size;
+  for (const auto& f : pool.files()) {
+    if (f.lora_path.empty())
+      throw InputError(f.path + ": no lora_path attribute; --distill-weight needs the LoRA each pool file was inverted from");
+    if (!stdfs::is_directory(f.lora_path))
+      throw InputError(f.path + ": its LoRA '" + f.lora_path +
+                       "' (attribute lora_path) is not a directory; --distill-weight needs it (relative paths "
+                       "resolve against the working directory)");
+  }
   at::Tensor out = at::zeros({pool.size(), 2, D}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
     if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
     const auto& f = pool.files()[fi];
-    if (f.lora_path.empty())
-      throw InputError(f.path + ": no lora_path attribute; --distill-weight needs the LoRA each pool file was inverted from");
-    if (!stdfs::is_directory(f.lora_path))
-      throw InputError(f.path + ": its LoRA '" + f.lora_path + "' (attribute lora_path) is not a directory; --distill-weight needs it");
     model::Lora teacher = io::load_peft(f.lora_path, vit.config());
     teacher.to(device);
     std::vector<int64_t> rows(f.rows);
@@ -454,6 +457,7 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
                                                    << seconds_since(t0) << " s");
   return d.cpu();
 }
+
 }  // namespace
 
 MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
