@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Meta-training performance on this machine, measured side by side (A/B/A/B, medians), 5-way
-# 1-shot 15-query episodes, 2 episodes per step (global):
+# 1-shot 15-query episodes, EPS episodes per step (global; default 2):
 #   (1) episodes/s at mask ratio 0, 0.5, 0.75 under mpirun -np 2, with peak memory per rank;
 #   (2) world size 1 vs mpirun -np 2 at the same global episodes per step; the all-reduce's
 #       share of the step time, and (with --sync-timing) how much of it is waiting for the slower rank;
@@ -8,11 +8,11 @@
 #       and the preparation's share (what the prefetch hides).
 # The pool is built for speed, not quality: every zoo LoRA inverted for 2 iterations with 16
 # images per class (enough for K + Q = 16).
-#   bash bench/metatrain_bench.sh [REPS] [STEPS]
+#   [EPS=4] bash bench/metatrain_bench.sh [REPS] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-REPS=${1:-2}; STEPS=${2:-40}
+REPS=${1:-2}; STEPS=${2:-40}; EPS=${EPS:-2}
 MODEL=${MODEL:-runs/demo/vfm}; ZOO=${ZOO:-runs/demo/zoo}
 B=$PWD/build/lorarecycle
 W=$(mktemp -d /tmp/metatrain_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
@@ -23,7 +23,7 @@ echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut
 run() {  # run NAME NP [args]: one short meta-training, report copied to $W/NAME.<rep>.json
   local name=$1 np=$2; shift 2
   local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/out_$name" --steps "$STEPS" --way 5 --shot 1
-             --query 15 --episodes-per-step 2 --log-level warn --hash-every 0 --restart "$@")
+             --query 15 --episodes-per-step "$EPS" --log-level warn --hash-every 0 --restart "$@")
   if [ "$np" = 1 ]; then "${cmd[@]}"; else "${MPI[@]}" -np "$np" "${cmd[@]}"; fi
   cp "$W/out_$name/metatrain.json" "$W/$name.$rep.json"
 }
@@ -35,14 +35,14 @@ for rep in $(seq 1 "$REPS"); do
   run np1 1 --mask-ratio 0
   run noprefetch 2 --mask-ratio 0 --no-prefetch
 done
-/usr/bin/python3 - "$W" "$REPS" <<'PY'
+/usr/bin/python3 - "$W" "$REPS" "$EPS" <<'PY'
 import json, statistics, sys
-w, reps = sys.argv[1], int(sys.argv[2])
+w, reps, eps_per_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def rep(name): return [json.load(open(f"{w}/{name}.{r}.json")) for r in range(1, reps + 1)]
 def med(name, f): return statistics.median(f(x) for x in rep(name))
 eps = lambda x: x["timing"]["episodes_per_s"]
 dense = med("dense", eps)
-print(f"\nmeta-training, 5-way 1-shot 15-query, 2 episodes/step, medians of {reps}")
+print(f"\nmeta-training, 5-way 1-shot 15-query, {eps_per_step} episodes/step, medians of {reps}")
 print(f"{'variant':<28}{'tokens/img':>11}{'episodes/s':>12}{'vs dense':>10}{'peak RSS/rank MB':>18}")
 for name, label in (("dense", "mask 0 (np 2)"), ("m50", "mask 0.5 (np 2)"), ("m75", "mask 0.75 (np 2)")):
     r = rep(name)[0]
