@@ -32,10 +32,16 @@ void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
   x.copy_(at::max(at::min(x, hi.view({1, -1, 1, 1})), lo.view({1, -1, 1, 1})));
 }
 
+namespace {
+// image_mean, image_std as float [1, 3, 1, 1] tensors on the CPU.
+std::pair<at::Tensor, at::Tensor> channel_constants(const model::ClipVisionConfig& c) {
+  return {at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end())).view({1, 3, 1, 1}),
+          at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end())).view({1, 3, 1, 1})};
+}
+}  // namespace
+
 at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
-  const auto& c = vit.config();
-  const at::Tensor mean = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end())).view({1, 3, 1, 1});
-  const at::Tensor std = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end())).view({1, 3, 1, 1});
+  const auto [mean, std] = channel_constants(vit.config());
   const at::Tensor px = (x.detach().to(at::kCPU) * std + mean).clamp(0.0, 1.0);
   return px.mul(255.0).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
 }
@@ -58,8 +64,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   const auto& mc = vit.config();
   const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
   const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
-  const at::Tensor cmean = at::tensor(std::vector<float>(mc.image_mean.begin(), mc.image_mean.end())).view({1, 3, 1, 1}).to(dev);
-  const at::Tensor cstd = at::tensor(std::vector<float>(mc.image_std.begin(), mc.image_std.end())).view({1, 3, 1, 1}).to(dev);
+  auto [cmean, cstd] = channel_constants(mc);
+  cmean = cmean.to(dev), cstd = cstd.to(dev);
   auto pixels = [&](const at::Tensor& v) { return cfg.gray ? (v * gs + gm - cmean) / cstd : v; };
   at::Tensor x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)).requires_grad_(true);
   train::AdamWConfig oc;

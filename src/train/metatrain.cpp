@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -173,6 +174,10 @@ at::Tensor SurrogatePool::images(const std::vector<int64_t>& rows) {
   return at::cat(out);
 }
 
+at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid) {
+  return scores.view({scores.size(0), grid, grid}).flip({2}).reshape({scores.size(0), -1});
+}
+
 at::Tensor top_patches(const at::Tensor& scores, double ratio) {
   const int64_t P = scores.size(1);
   const int64_t keep = P - static_cast<int64_t>(ratio * double(P));
@@ -309,11 +314,7 @@ class BatchMaker {
     if (!fl.empty()) {
       const at::Tensor fi = at::tensor(fl, at::kLong);
       u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
-      if (scores.defined()) {
-        const int64_t B = scores.size(0);
-        at::Tensor grid = scores.view({B, grid_, grid_});
-        grid.index_copy_(0, fi, grid.index_select(0, fi).flip({2}));
-      }
+      if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
     }
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
@@ -433,21 +434,19 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
     const auto& f = pool.files()[fi];
     model::Lora teacher = io::load_peft(f.lora_path, vit.config());
     teacher.to(device);
-    std::vector<int64_t> rows(f.rows);
-    for (int64_t i = 0; i < f.rows; ++i) rows[i] = f.first_row + i;
-    for (int64_t i = 0; i < f.rows; i += 64) {
-      const int64_t n = std::min<int64_t>(64, f.rows - i);
-      const at::Tensor u8 = pool.images(std::vector<int64_t>(rows.begin() + i, rows.begin() + i + n));
-      const at::Tensor px = model::preprocess_images(u8, vit.config(), device);
+    for (int64_t first = f.first_row; first < f.first_row + f.rows; first += 64) {
+      const int64_t n = std::min<int64_t>(64, f.first_row + f.rows - first);
+      std::vector<int64_t> rows(n);
+      std::iota(rows.begin(), rows.end(), first);
+      const at::Tensor px = model::preprocess_images(pool.images(rows), vit.config(), device);
       for (int flip = 0; flip < 2; ++flip) {
         model::ForwardOptions fo;
         if (mask_ratio > 0) {
-          at::Tensor sc = pool.patch_scores().narrow(0, f.first_row + i, n);
-          if (flip) sc = sc.view({n, grid, grid}).flip({2}).reshape({n, -1});
-          fo.patch_index = top_patches(sc, mask_ratio).to(device);
+          const at::Tensor sc = pool.patch_scores().narrow(0, first, n);
+          fo.patch_index = top_patches(flip ? flip_patch_scores(sc, grid) : sc, mask_ratio).to(device);
         }
         const at::Tensor feat = vit.forward(flip ? px.flip({3}) : px, fo, &teacher).feature;
-        out.narrow(0, f.first_row + i, n).select(1, flip).copy_(feat.to(at::kCPU, at::kFloat));
+        out.narrow(0, first, n).select(1, flip).copy_(feat.to(at::kCPU, at::kFloat));
       }
     }
   }

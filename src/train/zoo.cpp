@@ -67,7 +67,7 @@ bool zoo_entry_complete(const std::string& dir) {
 namespace {
 
 ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, const data::ImageSet& set,
-                   const c10::Device& device) {
+                   const c10::Device& device, int rank) {
   const std::vector<int64_t> classes = zoo_task_classes(cfg.seed, id, cfg.n_way, set.num_classes());
   std::vector<int64_t> train_rows, train_y, held_rows, held_y;
   for (int j = 0; j < cfg.n_way; ++j) {
@@ -104,7 +104,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
       const at::Tensor logits = lora.head(vit.forward(train_x.index_select(0, idx), {}, &lora).feature);
       at::Tensor loss = at::cross_entropy_loss(logits, train_t.index_select(0, idx));
       // (test hook; LoRAs train without a communicator, so the point is "0:zoo-step" on every rank)
-      if (env::fault_point(0, "zoo-step")) loss = loss * std::numeric_limits<double>::quiet_NaN();
+      if (env::fault_point(rank, "zoo-step")) loss = loss * std::numeric_limits<double>::quiet_NaN();
       opt.zero_grad();
       loss.backward();
       const bool finite = std::isfinite(loss.item<double>()) && grads_finite(lora.parameters(true));
@@ -174,7 +174,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
                                 << total_reused << " finished earlier");
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
-    const ZooEntry e = train_one(cfg, id, vit, set, device);
+    const ZooEntry e = train_one(cfg, id, vit, set, device, comm.rank());
     LOG_INFO("zoo", zoo_entry_name(id) << ": held-out accuracy " << e.heldout_accuracy << "%");
     progress.advance(1);
     env::fault_point(comm.rank(), "zoo");

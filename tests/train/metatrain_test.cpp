@@ -88,6 +88,15 @@ TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
   }
 }
 
+TEST(FlipPatchScores, MirrorsEachRowOfTheGrid) {
+  // 2 images, 3x3 grid: patch (r, c) of the flipped image is patch (r, 2 - c) of the original.
+  const at::Tensor s = at::arange(18, at::kFloat).view({2, 9});
+  const at::Tensor f = flip_patch_scores(s, 3);
+  EXPECT_TRUE(f[0].equal(at::tensor({2.f, 1.f, 0.f, 5.f, 4.f, 3.f, 8.f, 7.f, 6.f})));
+  EXPECT_TRUE(f[1].equal(s[1].view({3, 3}).flip({1}).reshape({9})));
+  EXPECT_TRUE(flip_patch_scores(f, 3).equal(s));
+}
+
 TEST(MetaTrainConfig, RejectsBadValues) {
   MetaTrainConfig c;
   c.model = "m", c.pool = "p", c.out = "o";

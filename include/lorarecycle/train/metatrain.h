@@ -135,6 +135,8 @@ struct MetaTrainResult {
 // Collective. Exit codes of the CLI: 0 finished, 75 stopped with a checkpoint (resume later).
 MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device);
 
+// Patch scores [B, P] (P = grid x grid) of the horizontally flipped images.
+at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid);
 // The patches fed for a mask ratio: the top (P - int(ratio * P)) by score, in ascending patch order.
 // scores [B, P] -> int64 [B, T].
 at::Tensor top_patches(const at::Tensor& scores, double ratio);
