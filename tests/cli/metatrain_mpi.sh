@@ -11,9 +11,7 @@
 #     a mask ratio): world size 1 equals mpirun -np 2, the distillation term falls, and a pool whose
 #     LoRA is missing is refused (exit 2).
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
-bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --until invert >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline"; }
-cd w
+quick_pipeline invert
 B=$LORAREC_BIN
 COMMON="--model runs/quick/vfm --way 5 --shot 1 --query 5 --episodes-per-step 2 --log-every 1 --checkpoint-every 1000"
 ARGS="$COMMON --pool runs/quick/pool --single-lora-prob 0.3"
