@@ -75,7 +75,7 @@ for t in "${TARGETS[@]}"; do
   crashes=$(ls "$B/crashes" | grep -c "^$t-" || true)
   printf '%-18s %8s %12s %10s %8s %8s\n' "$t" "$secs" "$runs" "$eps" "$(ls "$B/corpus/$t" | wc -l)" "$crashes"
 done
-echo "machine: $(nproc) cores, $(clang++ --version | head -1); logs: $B/<target>.log; crash inputs: $B/crashes/"
+echo "machine: $(nproc) cores, $(clang++ --version | sed -n 1p); logs: $B/<target>.log; crash inputs: $B/crashes/"
 if [ $status != 0 ] || [ -n "$(ls "$B/crashes")" ]; then
   echo "fuzz: FINDINGS (see the logs and $B/crashes)"; exit 1
 fi

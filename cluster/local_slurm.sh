@@ -47,7 +47,7 @@ CONF
   slurmctld -f "$SLURM_CONF"
   slurmd -f "$SLURM_CONF" -N localhost
   for _ in $(seq 1 60); do
-    sinfo -h -o %t 2>/dev/null | grep -q idle && { echo "export SLURM_CONF=$SLURM_CONF"; exit 0; }
+    grep -q idle <<<"$(sinfo -h -o %t 2>/dev/null)" && { echo "export SLURM_CONF=$SLURM_CONF"; exit 0; }
     sleep 0.5
   done
   echo "local_slurm: the node did not become idle; logs in $S/log" >&2; sinfo >&2 || true; exit 1 ;;

@@ -23,10 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 PAPER = {
     "in-domain (mean of CIFAR-FS, MiniImageNet, VGG-Flower, CUB)": {
         "nn": (np.mean([78.06, 81.08, 89.75, 85.11]), np.mean([94.09, 93.85, 97.78, 96.09])),
+        "lorahub": (np.mean([81.23, 83.68, 90.89, 87.22]), np.mean([96.24, 95.72, 97.75, 97.51])),
         "meta": (np.mean([89.69, 88.60, 94.53, 91.12]), np.mean([97.05, 96.12, 98.59, 97.67])),
     },
     "cross-domain (mean of EuroSAT, CropDiseases)": {
         "nn": (np.mean([61.73, 75.48]), np.mean([80.05, 91.89])),
+        "lorahub": (np.mean([69.45, 79.32]), np.mean([89.76, 94.44])),
         "meta": (np.mean([66.95, 83.07]), np.mean([85.17, 95.33])),
     },
 }

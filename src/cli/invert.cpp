@@ -49,13 +49,14 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("w-tv", po::value(&c.inv.w_tv)->default_value(c.inv.w_tv), "weight of the total variation")
       ("w-l2", po::value(&c.inv.w_l2)->default_value(c.inv.w_l2), "weight of ||X||")
       ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
-      ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip")
+      ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
       ("prune-start", po::value(&c.inv.prune_start)->default_value(c.inv.prune_start), "fraction of the iterations after which pruning is on")
       ("seed", po::value(&c.inv.seed)->default_value(c.inv.seed), "seed of the noise and the jitter")
       ("full-last-layer", po::bool_switch(&full_last), "run the whole last layer as the official code does (benchmarking; the default computes CLS only)")
-      ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates");
+      ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates")
+      ("real-images", po::value(&c.real_images), "control experiment: instead of inverting, store --per-class REAL images of each LoRA's classes from this HDF5 set (the zoo's --data), in the same pool layout with the LoRA's logits and scores; the LoRAs covering one class get disjoint images while the class has enough");
   desc.add(own);
   if (!parse("invert", "usage: lorarecycle invert --model DIR --zoo ZOO_DIR --out POOL_DIR [--prior DIR] [options]", argc,
              argv, desc, common, rt.rank()))

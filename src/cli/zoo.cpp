@@ -23,6 +23,7 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
       ("out", po::value(&c.out), "zoo directory: one PEFT directory lora_<k> per LoRA + manifest.json")
       ("num-loras", po::value(&c.num_loras)->default_value(c.num_loras), "number of LoRAs K (paper: 100)")
       ("way", po::value(&c.n_way)->default_value(c.n_way), "classes per LoRA task (paper: 5)")
+      ("classes", po::value(&c.cover_classes)->default_value(c.cover_classes), "draw every LoRA's task from this many of the dataset's classes (chosen by the seed), each class covered about K x way / classes times, so that several LoRAs share each class (paper: 100 LoRAs over 64 classes); 0 = each task from all classes independently")
       ("train-fraction", po::value(&c.train_fraction)->default_value(c.train_fraction), "share of each class's images for training; the rest measure held-out accuracy")
       ("epochs", po::value(&c.epochs)->default_value(c.epochs), "passes over a task's training images")
       ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "images per step")

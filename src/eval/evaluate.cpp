@@ -7,6 +7,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <optional>
 #include <filesystem>
@@ -16,6 +17,7 @@
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/eval/lorahub.h"
 #include "lorarecycle/io/peft.h"
 #include "lorarecycle/train/optim.h"
 #include "lorarecycle/util/env.h"
@@ -42,6 +44,17 @@ double slowest(double seconds, dist::Communicator& comm) {
   double m = 0;
   for (double s : comm.all_gather_f64(seconds)) m = std::max(m, s);
   return m;
+}
+
+json read_manifest(const std::string& zoo) {
+  const stdfs::path manifest = stdfs::path(zoo) / "manifest.json";
+  try {
+    json m = json::parse(fs::read_text(manifest));
+    if (!m.contains("loras") || !m["loras"].is_array()) throw InputError(manifest.string() + ": no \"loras\" list");
+    return m;
+  } catch (const json::exception& e) {
+    throw InputError(manifest.string() + ": not valid JSON: " + e.what());
+  }
 }
 
 struct Method {
@@ -204,10 +217,13 @@ void EvalConfig::validate() const {
     throw InputError("eval: need --episodes >= 1, --ft-episodes >= 0, --timing-episodes >= 0");
   if (ft_steps < 0 || !(ft_lr > 0)) throw InputError("eval: need --ft-steps >= 0 and --ft-lr > 0");
   for (const auto& m : methods)
-    if (m != "nn" && m != "lora-avg" && m != "lora-ft" && m != "meta")
-      throw InputError("eval: unknown method '" + m + "' (nn, lora-avg, lora-ft, meta)");
+    if (m != "nn" && m != "lora-avg" && m != "lora-ft" && m != "lorahub" && m != "meta")
+      throw InputError("eval: unknown method '" + m + "' (nn, lora-avg, lora-ft, lorahub, meta)");
   const auto wants = [&](const char* m) { return methods.empty() || std::count(methods.begin(), methods.end(), m) > 0; };
   if (!methods.empty() && wants("lora-avg") && zoo.empty()) throw InputError("eval: method lora-avg needs --zoo");
+  if (!methods.empty() && wants("lorahub") && zoo.empty()) throw InputError("eval: method lorahub needs --zoo");
+  if (hub_episodes < 0 || hub.budget < 1 || !(hub.l1 >= 0) || !(hub.sigma > 0) || !(hub.bound > 0))
+    throw InputError("eval: need --hub-episodes >= 0, --hub-budget >= 1, --hub-l1 >= 0, --hub-sigma > 0, --hub-bound > 0");
   if (!methods.empty() && wants("meta") && meta.empty()) throw InputError("eval: method meta needs --meta");
 }
 
@@ -290,13 +306,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
-    const stdfs::path manifest = stdfs::path(cfg.zoo) / "manifest.json";
-    json m;
-    try {
-      m = json::parse(fs::read_text(manifest));
-    } catch (const json::exception& e) {
-      throw InputError(manifest.string() + ": not valid JSON: " + e.what());
-    }
+    const json m = read_manifest(cfg.zoo);
     std::vector<model::Lora> loras;
     for (const auto& e : m.at("loras")) loras.push_back(io::load_peft((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string(), vit.config()));
     auto avg = std::make_unique<model::Lora>(average_loras(loras, vit.config()));
@@ -313,8 +323,40 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       l->to(device);
       methods.push_back({name, "meta", std::move(l), fingerprint(dir)});
     }
-  const bool ft = wants("lora-ft");
-  if (methods.empty() && !ft) throw InputError("eval: no method to run");
+  // Per-task adaptive methods: name, episodes (0 = all), result-cache identity, log detail, and the
+  // episode itself (normalised support and query pixels, shot, seed -> query accuracy %).
+  struct Adaptive {
+    std::string name;
+    int episodes;
+    std::string source, detail;
+    std::function<double(const at::Tensor&, const at::Tensor&, int, std::uint64_t)> run;
+  };
+  std::vector<Adaptive> adaptive;
+  if (wants("lora-ft"))
+    adaptive.push_back({"lora-ft", cfg.ft_episodes, "",
+                        std::to_string(cfg.ft_steps) + " steps, lr " + std::to_string(cfg.ft_lr),
+                        [&](const at::Tensor& s, const at::Tensor& q, int shot, std::uint64_t seed) {
+                          return finetune_episode(vit, s, q, cfg.way, shot, cfg.ft_lora, cfg.ft_steps, cfg.ft_lr, seed);
+                        }});
+  std::vector<model::Lora> hub_loras;
+  if (wants("lorahub") && !cfg.zoo.empty()) {
+    for (const auto& e : read_manifest(cfg.zoo).at("loras"))
+      hub_loras.push_back(io::load_peft((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string(), vit.config()));
+    for (auto& l : hub_loras) l.to(device);
+    (void)compose_loras(hub_loras, std::vector<double>(hub_loras.size(), 0.0), vit.config());  // shapes checked up front
+    std::string src = "|lorahub " + std::to_string(cfg.hub.budget) + " " + std::to_string(cfg.hub.l1) + " " +
+                      std::to_string(cfg.hub.sigma) + " " + std::to_string(cfg.hub.bound) + " " + std::to_string(cfg.hub.shift);
+    for (const auto& e : read_manifest(cfg.zoo).at("loras"))
+      src += fingerprint((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string());
+    LOG_INFO("eval", "lorahub: " << hub_loras.size() << " zoo LoRAs of " << cfg.zoo << ", CMA-ES over their weights, "
+                                 << cfg.hub.budget << " evaluations per task, L1 " << cfg.hub.l1);
+    adaptive.push_back({"lorahub", cfg.hub_episodes, src,
+                        "CMA-ES, " + std::to_string(cfg.hub.budget) + " evaluations",
+                        [&](const at::Tensor& s, const at::Tensor& q, int shot, std::uint64_t seed) {
+                          return lorahub_episode(vit, hub_loras, s, q, cfg.way, shot, cfg.hub, seed).accuracy;
+                        }});
+  }
+  if (methods.empty() && adaptive.empty()) throw InputError("eval: no method to run");
 
   std::vector<std::string> targets;
   for (auto t : cfg.ft_lora.target_modules) targets.push_back(model::module_name(t));
@@ -382,26 +424,29 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       }
       for (int shot : cfg.shots) rows.push_back(by_shot.at(shot));
     }
-    if (ft) {
+    // Methods that adapt per task (fine-tuning, LoRAHub's search): the first n episodes of the same
+    // list, one at a time, each finished episode kept for a resumed run.
+    for (const auto& am : adaptive) {
       for (int shot : cfg.shots) {
-        const std::string fkey = dname + "__lora-ft__" + std::to_string(shot);
-        if (auto r = cache.row(fkey, dsource)) {
+        const std::string fkey = dname + "__" + am.name + "__" + std::to_string(shot);
+        const std::string asource = dsource + am.source;
+        if (auto r = cache.row(fkey, asource)) {
           rows.push_back(*r);
           ++reused;
           continue;
         }
         const data::EpisodeSpec spec{cfg.way, shot, cfg.query};
         const data::EpisodeSampler sampler(set, spec);
-        const int n = cfg.ft_episodes > 0 ? std::min(cfg.ft_episodes, cfg.episodes) : cfg.episodes;
+        const int n = am.episodes > 0 ? std::min(am.episodes, cfg.episodes) : cfg.episodes;
         // Episodes finished by an earlier, interrupted run are kept; the rest are split over ranks.
-        const auto done = cache.episodes(fkey, dsource);
+        const auto done = cache.episodes(fkey, asource);
         std::vector<int64_t> left;
         for (int64_t i = 0; i < n; ++i)
           if (done.count(i) == 0) left.push_back(i);
         if (!done.empty())
-          LOG_INFO("eval", dname << " lora-ft " << shot << "-shot: " << (n - left.size()) << " of " << n
+          LOG_INFO("eval", dname << " " << am.name << " " << shot << "-shot: " << (n - left.size()) << " of " << n
                                  << " episodes finished by an earlier run");
-        Progress progress("eval", dname + " lora-ft " + std::to_string(shot) + "-shot",
+        Progress progress("eval", dname + " " + am.name + " " + std::to_string(shot) + "-shot",
                           (static_cast<int64_t>(left.size()) + comm.size() - 1) / comm.size(), "tasks", 10.0);
         std::vector<double> mine, mine_secs;
         for (size_t j = comm.rank(); j < left.size(); j += comm.size()) {
@@ -409,11 +454,10 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
           const auto te = Clock::now();
           auto rng = data::make_rng(cfg.seed, 0, static_cast<std::uint64_t>(i));
           const data::Episode e = sampler.sample(rng);
-          mine.push_back(finetune_episode(vit, vit.preprocess(set.gather(e.support)), vit.preprocess(set.gather(e.query)),
-                                          cfg.way, shot, cfg.ft_lora, cfg.ft_steps, cfg.ft_lr,
-                                          cfg.seed * 1000003 + static_cast<std::uint64_t>(i)));
+          mine.push_back(am.run(vit.preprocess(set.gather(e.support)), vit.preprocess(set.gather(e.query)), shot,
+                                cfg.seed * 1000003 + static_cast<std::uint64_t>(i)));
           mine_secs.push_back(since(te));
-          cache.put_episode(fkey, dsource, i, mine.back(), mine_secs.back());
+          cache.put_episode(fkey, asource, i, mine.back(), mine_secs.back());
           progress.advance(1, comm.size());
           env::fault_point(comm.rank(), "eval");
         }
@@ -424,16 +468,16 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
         double total = 0;
         for (double x : secs) total += x;
         EvalRow r;
-        r.dataset = dname, r.method = "lora-ft", r.way = cfg.way, r.shot = shot, r.query = cfg.query;
+        r.dataset = dname, r.method = am.name, r.way = cfg.way, r.shot = shot, r.query = cfg.query;
         r.acc = summarize(acc, total);
         r.timed_tasks = n;
-        // Ranks fine-tune independently: throughput = world size / mean seconds per task.
+        // Ranks adapt independently: throughput = world size / mean seconds per task.
         r.tasks_per_s = total > 0 ? comm.size() * n / total : 0;
-        LOG_INFO("eval", dname << " lora-ft " << cfg.way << "w" << shot << "s: " << r.acc.mean << " +- " << r.acc.ci95
-                               << " % over " << n << " episodes (" << cfg.ft_steps << " steps, lr " << cfg.ft_lr
-                               << "); " << r.tasks_per_s << " tasks/s");
+        LOG_INFO("eval", dname << " " << am.name << " " << cfg.way << "w" << shot << "s: " << r.acc.mean << " +- "
+                               << r.acc.ci95 << " % over " << n << " episodes (" << am.detail << "); " << r.tasks_per_s
+                               << " tasks/s");
         rows.push_back(r);
-        cache.put_row(fkey, dsource, r);
+        cache.put_row(fkey, asource, r);
         env::fault_point(comm.rank(), "eval");
       }
     }

@@ -118,6 +118,12 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   // What is stored is the uint8 image: score, mask and teacher logits are computed on it.
   out.images = to_uint8(vit, best_x);
   out.labels = y.to(at::kCPU, at::kInt);
+  describe_images(vit, lora, cfg, out);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out) {
   at::NoGradGuard ng;
   const at::Tensor px = vit.preprocess(out.images);
   model::ForwardOptions dense;
@@ -135,8 +141,6 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   }
   out.teacher_accuracy =
       100.0 * out.teacher_logits.argmax(-1).eq(out.labels.to(at::kLong)).to(at::kDouble).mean().item<double>();
-  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return out;
 }
 
 }  // namespace lorarec::invert

@@ -10,9 +10,11 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <nlohmann/json.hpp>
 
+#include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/io/peft.h"
@@ -25,6 +27,7 @@
 namespace lorarec::invert {
 namespace {
 using json = nlohmann::json;
+constexpr std::uint64_t kRealStream = 0x401;  // permutation of a class's images (--real-images)
 namespace stdfs = std::filesystem;
 
 std::string now_iso() {
@@ -96,6 +99,8 @@ bool pool_file_complete(const std::string& path) {
     const io::h5::File f = io::h5::File::open_read(path);
     if (!f.has_attr("/", "complete") || f.attr_double("/", "complete") != 1.0) return false;
     const int64_t n = f.shape("/images").at(0);
+    // A file of an older layout (per-LoRA class slots in /global_class) is not complete: re-inverted.
+    if (!f.has_attr("/", "pool_format") || f.attr_double("/", "pool_format") < kPoolFormat) return false;
     for (const char* d : {"/labels", "/global_class", "/teacher_logits", "/patch_scores", "/keep_mask"})
       if (f.shape(d).at(0) != n) return false;
     return n > 0;
@@ -149,12 +154,13 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     int id;
     std::string dir;
     int classes;
+    std::vector<int64_t> class_ids;  // dataset class id of each local label (the zoo task)
   };
   std::vector<Job> jobs;
   try {
     for (const auto& e : manifest.at("loras"))
       jobs.push_back({e.at("id").get<int>(), (zoo / e.at("dir").get<std::string>()).string(),
-                      static_cast<int>(e.at("classes").size())});
+                      static_cast<int>(e.at("classes").size()), e.at("classes").get<std::vector<int64_t>>()});
   } catch (const json::exception& e) {
     throw InputError(manifest_path.string() + ": not a zoo manifest (" + e.what() + ")");
   }
@@ -173,6 +179,20 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   if (!cfg.prior.empty()) {
     prior = model::ResNet::load(cfg.prior);
     prior->to(device);
+  }
+  std::optional<data::ImageSet> real;  // the real-image control (--real-images)
+  std::vector<std::vector<int>> slot(jobs.size());  // per LoRA and label: LoRAs before it covering the class
+  if (!cfg.real_images.empty()) {
+    real = data::ImageSet::load(cfg.real_images);
+    model::check_image_shape(real->images().sizes(), vit.config(), cfg.real_images);
+    std::map<int64_t, int> seen;
+    for (size_t i = 0; i < jobs.size(); ++i)
+      for (int64_t c : jobs[i].class_ids) {
+        if (c < 0 || c >= real->num_classes())
+          throw InputError(cfg.real_images + ": has no class " + std::to_string(c) + " (LoRA " +
+                           std::to_string(jobs[i].id) + "'s task); --real-images must be the zoo's data");
+        slot[i].push_back(seen[c]++);
+      }
   }
   // Cost of a LoRA = images x iterations (classes from the manifest); assign longest first.
   std::vector<double> costs;
@@ -198,14 +218,39 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     model::Lora lora = io::load_peft(j.dir, vit.config());
     if (!lora.has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
     lora.to(device);
-    const Surrogates s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
+    Surrogates s;
+    if (real) {
+      // Real images of the LoRA's classes, class-interleaved like surrogates, described alike.
+      const auto t1 = std::chrono::steady_clock::now();
+      std::vector<int64_t> rows(static_cast<size_t>(j.classes) * cfg.inv.per_class);
+      for (int l = 0; l < j.classes; ++l) {
+        std::vector<int64_t> perm = real->by_class()[j.class_ids[l]];
+        auto rng = data::make_rng(cfg.inv.seed, kRealStream, static_cast<std::uint64_t>(j.class_ids[l]));
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (int k = 0; k < cfg.inv.per_class; ++k)
+          rows[static_cast<size_t>(k) * j.classes + l] = perm[(slot[i][l] * cfg.inv.per_class + k) % perm.size()];
+      }
+      s.images = real->gather(rows);
+      if (s.images.size(3) == 1) s.images = s.images.expand({-1, -1, -1, 3}).contiguous();
+      s.labels = at::arange(j.classes, at::kInt).repeat({cfg.inv.per_class});
+      describe_images(vit, lora, cfg.inv, s);
+      s.best_iteration = 0;
+      s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    } else {
+      s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
+    }
     const auto tw = std::chrono::steady_clock::now();
     const int N = static_cast<int>(lora.head_weight().size(0));
+    if (N != j.classes)
+      throw InputError(j.dir + ": its head has " + std::to_string(N) + " classes, the zoo manifest lists " +
+                       std::to_string(j.classes));
     const std::string path = (out / pool_file_name(j.id)).string();
     io::h5::write_file_atomically(path, [&](io::h5::File& f) {
       f.write("/images", s.images, cfg.chunk_images);
       f.write("/labels", s.labels);
-      f.write("/global_class", s.labels + j.id * N);
+      // The dataset class of each image (the zoo task's class of its label): surrogates of one real
+      // class pool across every LoRA that covers it (DESIGN 2.4).
+      f.write("/global_class", at::tensor(j.class_ids, at::kLong).index_select(0, s.labels.to(at::kLong)).to(at::kInt));
       f.write("/teacher_logits", s.teacher_logits, cfg.chunk_images);
       f.write("/patch_scores", s.patch_scores, cfg.chunk_images);
       f.write("/keep_mask", s.keep_mask, cfg.chunk_images);
@@ -215,6 +260,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "iterations", int64_t{cfg.inv.iterations});
       f.set_attr("/", "per_class", int64_t{cfg.inv.per_class});
       f.set_attr("/", "gray", int64_t{cfg.inv.gray ? 1 : 0});
+      f.set_attr("/", "flip", int64_t{cfg.inv.flip ? 1 : 0});
+      f.set_attr("/", "pool_format", int64_t{kPoolFormat});
+      if (real) f.set_attr("/", "real_images", cfg.real_images);
       f.set_attr("/", "best_loss", s.best_loss);
       f.set_attr("/", "final_loss", s.final_loss);
       f.set_attr("/", "best_iteration", int64_t{s.best_iteration});
@@ -242,7 +290,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   if (comm.rank() != 0) return;
 
   // Index and summary over every LoRA (all files complete now).
-  json index = {{"model", cfg.model}, {"zoo", cfg.zoo}, {"files", json::array()}};
+  json index = {{"format", kPoolFormat}, {"model", cfg.model}, {"zoo", cfg.zoo}, {"files", json::array()}};
+  std::map<int64_t, std::pair<int64_t, std::vector<int>>> by_class;  // dataset class -> (images, LoRAs)
   json summary = {{"loras", json::array()}};
   int64_t images = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -254,12 +303,20 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     const int N = static_cast<int>(f.shape("/teacher_logits")[1]);
     images += n;
     index["files"].push_back({{"file", name}, {"lora_id", jobs[i].id}, {"images", n}, {"classes", N},
-                              {"global_class_first", jobs[i].id * N}});
+                              {"class_ids", jobs[i].class_ids}});
+    const at::Tensor gc = f.read("/global_class", 0, -1, at::kInt).to(at::kLong);
+    for (int64_t c : jobs[i].class_ids) {
+      auto& e = by_class[c];
+      e.first += gc.eq(c).sum().item<int64_t>();
+      e.second.push_back(jobs[i].id);
+    }
     summary["loras"].push_back({{"lora_id", jobs[i].id}, {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
                                 {"best_loss", f.attr_double("/", "best_loss")}, {"seconds", f.attr_double("/", "seconds")},
                                 {"rank", owner[i]}});
   }
   index["images"] = images;
+  index["classes"] = json::array();
+  for (const auto& [c, e] : by_class) index["classes"].push_back({{"class", c}, {"images", e.first}, {"loras", e.second}});
   double inverted_now = 0, lora_seconds = 0;
   for (double v : inverted) inverted_now += v;
   for (const auto& e : summary["loras"]) lora_seconds += e["seconds"].get<double>();
@@ -276,7 +333,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   }
   const double fmax = *std::max_element(finish.begin(), finish.end());
   const double fmin = *std::min_element(finish.begin(), finish.end());
-  LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << images << " images; teacher accuracy on own surrogates mean "
+  LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << by_class.size() << " real classes, " << images << " images; teacher accuracy on own surrogates mean "
                              << sum / jobs.size() << "%, min " << lo << "%; " << static_cast<int64_t>(inverted_now)
                              << " inverted in this run (rank finish times " << fmin << " .. " << fmax
                              << " s), the rest reused; inversion time of all files " << lora_seconds << " s");

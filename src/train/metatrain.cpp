@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <csignal>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <nlohmann/json.hpp>
@@ -26,6 +28,7 @@
 
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/invert/pool.h"
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/io/peft.h"
 #include "lorarecycle/io/safetensors.h"
@@ -103,6 +106,10 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
   }
   if (!index.contains("files") || !index["files"].is_array() || index["files"].empty())
     throw InputError(index_path.string() + ": no \"files\" list");
+  if (!index.contains("format") || !index["format"].is_number() || index["format"].get<int>() < invert::kPoolFormat)
+    throw InputError(dir + ": a pool of an older lorarecycle (classes numbered per LoRA, not by real class); re-run "
+                     "`lorarecycle invert` with this --out to rebuild it");
+  std::map<int64_t, int> class_index;  // dataset class id -> index into classes_
   SurrogatePool pool;
   int64_t row = 0;
   std::vector<at::Tensor> scores, images;
@@ -125,25 +132,40 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
     f.rows = ishape[0];
     f.first_row = row;
     if (h->has_attr("/", "lora_path")) f.lora_path = h->attr_string("/", "lora_path");
+    if (!h->has_attr("/", "pool_format") || h->attr_double("/", "pool_format") < invert::kPoolFormat)
+      throw InputError(f.path + ": a pool file of an older lorarecycle (classes numbered per LoRA); re-run "
+                       "`lorarecycle invert` with this --out to rebuild it");
     const at::Tensor labels = h->read("/labels", 0, -1, at::kInt).to(at::kLong);
+    const at::Tensor global = h->read("/global_class", 0, -1, at::kInt).to(at::kLong);
     const at::Tensor logits = h->read("/teacher_logits", 0, -1, at::kFloat);
     const at::Tensor sc = h->read("/patch_scores", 0, -1, at::kFloat);
-    if (labels.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows || sc.dim() != 2 ||
+    if (labels.size(0) != f.rows || global.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows || sc.dim() != 2 ||
         sc.size(0) != f.rows || sc.size(1) != num_patches)
-      throw InputError(f.path + ": /labels, /teacher_logits or /patch_scores do not match /images (" +
+      throw InputError(f.path + ": /labels, /global_class, /teacher_logits or /patch_scores do not match /images (" +
                        std::to_string(num_patches) + " patches expected)");
     f.num_classes = static_cast<int>(logits.size(1));
-    std::vector<std::vector<int64_t>> by_local(f.num_classes);
+    f.local_rows.assign(f.num_classes, {});
+    f.classes.assign(f.num_classes, -1);
+    std::vector<int64_t> local_global(f.num_classes, -1);
     const int64_t* lp = labels.data_ptr<int64_t>();
+    const int64_t* gp = global.data_ptr<int64_t>();
     for (int64_t i = 0; i < f.rows; ++i) {
       if (lp[i] < 0 || lp[i] >= f.num_classes) throw InputError(f.path + ": /labels out of range");
-      by_local[lp[i]].push_back(row + i);
+      if (gp[i] < 0) throw InputError(f.path + ": /global_class is negative");
+      if (local_global[lp[i]] >= 0 && local_global[lp[i]] != gp[i])
+        throw InputError(f.path + ": label " + std::to_string(lp[i]) + " maps to two dataset classes in /global_class");
+      local_global[lp[i]] = gp[i];
+      f.local_rows[lp[i]].push_back(row + i);
     }
     const int file_index = static_cast<int>(pool.files_.size());
     for (int c = 0; c < f.num_classes; ++c) {
-      if (by_local[c].empty()) continue;
-      f.classes.push_back(static_cast<int>(pool.classes_.size()));
-      pool.classes_.push_back(Class{file_index, c, std::move(by_local[c])});
+      if (local_global[c] < 0) continue;
+      auto [it, fresh] = class_index.emplace(local_global[c], static_cast<int>(pool.classes_.size()));
+      if (fresh) pool.classes_.push_back(Class{local_global[c], {}, 0});
+      Class& k = pool.classes_[it->second];
+      for (int64_t r : f.local_rows[c]) k.rows.push_back(r);
+      ++k.loras;
+      f.classes[c] = it->second;
     }
     pool.row_file_.insert(pool.row_file_.end(), f.rows, file_index);
     pool.logits_.push_back(logits);
@@ -174,6 +196,36 @@ at::Tensor SurrogatePool::images(const std::vector<int64_t>& rows) {
   return at::cat(out);
 }
 
+EpisodeRows draw_episode(const SurrogatePool& pool, const data::EpisodeSpec& s, const std::vector<int>& single_files,
+                         double single_prob, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  EpisodeRows ep;
+  const bool single = !single_files.empty() && single_prob > 0 && u(rng) < single_prob;
+  // Each of the N classes: the rows to draw from (a real class over every LoRA, or one LoRA's label).
+  std::vector<const std::vector<int64_t>*> sources;
+  if (single) {
+    ep.file = single_files[std::uniform_int_distribution<size_t>(0, single_files.size() - 1)(rng)];
+    const auto& f = pool.files()[ep.file];
+    for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(f.num_classes), s.n_way, rng)) {
+      sources.push_back(&f.local_rows[k]);
+      ep.cols.push_back(k);
+      ep.classes.push_back(f.classes[k]);
+    }
+  } else {
+    for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(pool.classes().size()), s.n_way, rng)) {
+      sources.push_back(&pool.classes()[k].rows);
+      ep.classes.push_back(static_cast<int>(k));
+    }
+  }
+  ep.picked.resize(s.n_way);
+  for (int c = 0; c < s.n_way; ++c) {
+    const auto& cr = *sources[c];
+    for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(cr.size()), s.k_shot + s.q_query, rng))
+      ep.picked[c].push_back(cr[k]);
+  }
+  return ep;
+}
+
 at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid) {
   return scores.view({scores.size(0), grid, grid}).flip({2}).reshape({scores.size(0), -1});
 }
@@ -199,6 +251,7 @@ void MetaTrainConfig::validate() const {
   if (cycle < 0 || warmup < 0 || (cycle > 0 && warmup >= cycle))
     throw InputError("metatrain: need --cycle >= 0 and 0 <= --warmup < cycle");
   if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
+  if (jitter < 0) throw InputError("metatrain: --jitter must be >= 0");
   if (!(single_lora_prob >= 0 && single_lora_prob <= 1)) throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
   if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
   if (!(temperature > 0) || !std::isfinite(temperature)) throw InputError("metatrain: --temperature must be > 0");
@@ -237,13 +290,17 @@ class BatchMaker {
       : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world), normalise_(normalise_here),
         teacher_feat_(std::move(teacher_feat)) {
     grid_ = vit.image_size / vit.patch_size;
-    for (size_t f = 0; f < pool.files().size(); ++f)
-      if (static_cast<int>(pool.files()[f].classes.size()) >= cfg.spec.n_way) single_files_.push_back(static_cast<int>(f));
     const int need = cfg.spec.k_shot + cfg.spec.q_query;
+    // Single-LoRA (KL) episodes take one file's classes and images: files whose labels all have K+Q.
+    for (size_t f = 0; f < pool.files().size(); ++f) {
+      int usable = 0;
+      for (const auto& r : pool.files()[f].local_rows) usable += static_cast<int>(r.size()) >= need;
+      if (usable == pool.files()[f].num_classes && usable >= cfg.spec.n_way) single_files_.push_back(static_cast<int>(f));
+    }
     for (const auto& c : pool.classes())
       if (static_cast<int>(c.rows.size()) < need)
-        throw InputError(pool.files()[c.file].path + ": class " + std::to_string(c.local) + " has " +
-                         std::to_string(c.rows.size()) + " images, fewer than K+Q = " + std::to_string(need) +
+        throw InputError(cfg.pool + ": class " + std::to_string(c.id) + " has " + std::to_string(c.rows.size()) +
+                         " images, fewer than K+Q = " + std::to_string(need) +
                          " (invert with a larger --per-class, or lower --shot/--query)");
     if (static_cast<int>(pool.classes().size()) < cfg.spec.n_way)
       throw InputError(cfg.pool + ": " + std::to_string(pool.classes().size()) + " classes, fewer than N = " +
@@ -257,27 +314,15 @@ class BatchMaker {
     b.step = step;
     std::vector<int64_t> rows;
     std::vector<bool> flips;
+    std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng = data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       std::uniform_real_distribution<double> u(0, 1);
-      const bool single = !single_files_.empty() && cfg_.single_lora_prob > 0 && u(rng) < cfg_.single_lora_prob;
-      std::vector<int> classes;
-      int file = -1;
-      if (single) {
-        file = single_files_[std::uniform_int_distribution<size_t>(0, single_files_.size() - 1)(rng)];
-        const auto& fc = pool_.files()[file].classes;
-        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(fc.size()), s.n_way, rng))
-          classes.push_back(fc[k]);
-      } else {
-        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(pool_.classes().size()), s.n_way, rng))
-          classes.push_back(static_cast<int>(k));
-      }
-      std::vector<std::vector<int64_t>> picked(s.n_way);
-      for (int c = 0; c < s.n_way; ++c) {
-        const auto& cr = pool_.classes()[classes[c]].rows;
-        for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(cr.size()), s.k_shot + s.q_query, rng))
-          picked[c].push_back(cr[k]);
-      }
+      const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng);
+      const auto& picked = ep.picked;
+      const bool single = ep.file >= 0;
+      const int file = ep.file;
+      const auto& cols = ep.cols;
       std::vector<int64_t> query_rows;
       for (int c = 0; c < s.n_way; ++c)
         for (int k = 0; k < s.k_shot; ++k) rows.push_back(picked[c][k]);
@@ -287,11 +332,17 @@ class BatchMaker {
           query_rows.push_back(picked[c][k]);
         }
       for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) flips.push_back(cfg_.flip && u(rng) < 0.5);
+      if (cfg_.jitter > 0) {
+        std::uniform_int_distribution<int> d(-cfg_.jitter, cfg_.jitter);
+        for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) {
+          const int dy = d(rng), dx = d(rng);
+          shifts.emplace_back(dy, dx);
+        }
+      }
       if (single && cfg_.kl_weight > 0) {
         const auto& f = pool_.files()[file];
-        std::vector<int64_t> local_rows, cols;
+        std::vector<int64_t> local_rows;
         for (int64_t r : query_rows) local_rows.push_back(r - f.first_row);
-        for (int c : classes) cols.push_back(pool_.classes()[c].local);
         b.teacher.push_back(pool_.teacher_logits(file)
                                 .index_select(0, at::tensor(local_rows, at::kLong))
                                 .index_select(1, at::tensor(cols, at::kLong)));
@@ -315,6 +366,18 @@ class BatchMaker {
       const at::Tensor fi = at::tensor(fl, at::kLong);
       u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
       if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
+    }
+    // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
+    // roll by the nearest whole number of patches.
+    for (size_t i = 0; i < shifts.size(); ++i) {
+      const auto [dy, dx] = shifts[i];
+      if (dy == 0 && dx == 0) continue;
+      u8[i].copy_(at::roll(u8[i], {dy, dx}, {0, 1}));
+      if (scores.defined()) {
+        const int64_t p = vit_.patch_size;
+        const int64_t gy = (dy >= 0 ? dy + p / 2 : dy - p / 2) / p, gx = (dx >= 0 ? dx + p / 2 : dx - p / 2) / p;
+        scores[i].copy_(at::roll(scores[i].view({grid_, grid_}), {gy, gx}, {0, 1}).reshape({-1}));
+      }
     }
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
@@ -402,7 +465,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"episodes_per_step", episodes}, {"lr", c.lr},      {"lr_min", c.lr_min},
             {"cycle", c.cycle},      {"warmup", c.warmup},      {"r", c.lora.r},
             {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
-            {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
+            {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"jitter", c.jitter}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
             {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
             {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
   if (c.cycle == 0) j["steps"] = c.steps;
@@ -492,6 +555,21 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                                  << pool.size() << " images ("
                                  << (pool.cached() ? "held in memory, " : "read on demand, over the cache budget, ")
                                  << pool.image_bytes() / (1 << 20) << " MiB)");
+  {
+    size_t lo = SIZE_MAX, hi = 0;
+    int lo_l = INT32_MAX, hi_l = 0;
+    for (const auto& c : pool.classes()) {
+      lo = std::min(lo, c.rows.size()), hi = std::max(hi, c.rows.size());
+      lo_l = std::min(lo_l, c.loras), hi_l = std::max(hi_l, c.loras);
+    }
+    const size_t kq = static_cast<size_t>(cfg.spec.k_shot + cfg.spec.q_query);
+    LOG_INFO("metatrain", "real classes: " << lo << " to " << hi << " images each, from " << lo_l << " to " << hi_l
+                                           << " LoRAs");
+    if (lo < 2 * kq)
+      LOG_WARN("metatrain", "a class has " << lo << " images, fewer than 2(K+Q) = " << 2 * kq
+                                           << ": episodes see nearly every image of it each time (invert a larger "
+                                              "--per-class, or let more LoRAs cover each class: zoo --classes)");
+  }
   data::ImageSet val;
   const bool have_val = !cfg.val.empty();
   if (have_val) {

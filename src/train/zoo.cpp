@@ -4,8 +4,11 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <deque>
 #include <limits>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -26,7 +29,7 @@ namespace {
 using json = nlohmann::json;
 namespace stdfs = std::filesystem;
 constexpr const char* kTaskFile = "task.json";
-constexpr std::uint64_t kTaskStream = 0x200, kSplitStream = 0x201, kTrainStream = 0x202;
+constexpr std::uint64_t kTaskStream = 0x200, kSplitStream = 0x201, kTrainStream = 0x202, kCoverStream = 0x203;
 }  // namespace
 
 void ZooConfig::validate() const {
@@ -36,6 +39,8 @@ void ZooConfig::validate() const {
   if (!(train_fraction > 0 && train_fraction < 1)) throw InputError("zoo: --train-fraction must be in (0, 1)");
   if (epochs < 1 || batch_size < 1) throw InputError("zoo: --epochs and --batch-size must be >= 1");
   if (!(lr > 0)) throw InputError("zoo: --lr must be positive");
+  if (cover_classes < 0 || (cover_classes > 0 && cover_classes < n_way))
+    throw InputError("zoo: --classes must be 0 (all) or at least --way (" + std::to_string(n_way) + ")");
 }
 
 std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int64_t num_classes) {
@@ -44,6 +49,42 @@ std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int
                      " of a task");
   auto rng = data::make_rng(seed, kTaskStream, static_cast<std::uint64_t>(id));
   return data::sample_without_replacement(num_classes, n_way, rng);
+}
+
+std::vector<std::vector<int64_t>> zoo_tasks(std::uint64_t seed, int num_loras, int n_way, int64_t num_classes,
+                                            int cover_classes) {
+  std::vector<std::vector<int64_t>> tasks;
+  if (cover_classes == 0) {
+    for (int id = 0; id < num_loras; ++id) tasks.push_back(zoo_task_classes(seed, id, n_way, num_classes));
+    return tasks;
+  }
+  if (cover_classes > num_classes)
+    throw InputError("zoo: --classes " + std::to_string(cover_classes) + " but the data has only " +
+                     std::to_string(num_classes) + " classes");
+  if (cover_classes < n_way) throw InputError("zoo: --classes must be at least --way");
+  auto rng = data::make_rng(seed, kCoverStream, 0);
+  std::vector<int64_t> chosen = data::sample_without_replacement(num_classes, cover_classes, rng);
+  std::sort(chosen.begin(), chosen.end());
+  std::deque<int64_t> deck;
+  for (int id = 0; id < num_loras; ++id) {
+    std::vector<int64_t> task, back;
+    while (static_cast<int>(task.size()) < n_way) {
+      if (deck.empty()) {
+        std::vector<int64_t> perm = chosen;
+        std::shuffle(perm.begin(), perm.end(), rng);
+        deck.insert(deck.end(), perm.begin(), perm.end());
+      }
+      const int64_t c = deck.front();
+      deck.pop_front();
+      if (std::find(task.begin(), task.end(), c) != task.end())
+        back.push_back(c);  // already in this task: next task gets it
+      else
+        task.push_back(c);
+    }
+    deck.insert(deck.begin(), back.begin(), back.end());
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
 }
 
 std::string zoo_entry_name(int id) {
@@ -66,9 +107,8 @@ bool zoo_entry_complete(const std::string& dir) {
 
 namespace {
 
-ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, const data::ImageSet& set,
-                   const c10::Device& device, int rank) {
-  const std::vector<int64_t> classes = zoo_task_classes(cfg.seed, id, cfg.n_way, set.num_classes());
+ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& classes, const model::ClipVision& vit,
+                   const data::ImageSet& set, const c10::Device& device, int rank) {
   std::vector<int64_t> train_rows, train_y, held_rows, held_y;
   for (int j = 0; j < cfg.n_way; ++j) {
     std::vector<int64_t> rows = set.by_class()[classes[j]];
@@ -131,6 +171,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const model::ClipVision& vit, c
                      {"source_dataset", set.origin()},
                      {"base_model", cfg.model},
                      {"n_way", cfg.n_way},
+                     {"cover_classes", cfg.cover_classes},
                      {"train_images", train_rows.size()},
                      {"heldout_images", held_rows.size()},
                      {"heldout_accuracy", acc},
@@ -158,13 +199,21 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   vit.to(device);
   const data::ImageSet set = data::ImageSet::load(cfg.data);
   model::check_image_shape(set.images().sizes(), vit.config(), cfg.data);
+  const auto tasks = zoo_tasks(cfg.seed, cfg.num_loras, cfg.n_way, set.num_classes(), cfg.cover_classes);
   std::vector<int> mine;
   int reused = 0;
   for (int id = comm.rank(); id < cfg.num_loras; id += comm.size()) {
-    if (zoo_entry_complete((stdfs::path(cfg.out) / zoo_entry_name(id)).string()))
+    const stdfs::path dir = stdfs::path(cfg.out) / zoo_entry_name(id);
+    if (zoo_entry_complete(dir.string())) {
+      // A finished LoRA is reused only for the same task (other --classes, --way or --seed: refuse).
+      const auto had = json::parse(fs::read_text(dir / kTaskFile)).at("classes").get<std::vector<int64_t>>();
+      if (had != tasks[id])
+        throw InputError((dir / kTaskFile).string() + ": this finished LoRA was tuned on other classes than --classes/" +
+                         "--way/--seed give now; use a new --out (or delete " + dir.string() + ")");
       ++reused;
-    else
+    } else {
       mine.push_back(id);
+    }
   }
   std::uint64_t total_reused = 0;
   for (auto v : comm.all_gather_u64(static_cast<std::uint64_t>(reused))) total_reused += v;
@@ -174,7 +223,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
                                 << total_reused << " finished earlier");
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
-    const ZooEntry e = train_one(cfg, id, vit, set, device, comm.rank());
+    const ZooEntry e = train_one(cfg, id, tasks[id], vit, set, device, comm.rank());
     LOG_INFO("zoo", zoo_entry_name(id) << ": held-out accuracy " << e.heldout_accuracy << "%");
     progress.advance(1);
     env::fault_point(comm.rank(), "zoo");
@@ -184,7 +233,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
 
   std::vector<ZooEntry> entries;
   json manifest = {{"model", cfg.model}, {"data", cfg.data}, {"num_loras", cfg.num_loras}, {"n_way", cfg.n_way},
-                   {"loras", json::array()}};
+                   {"cover_classes", cfg.cover_classes}, {"loras", json::array()}};
+  std::map<int64_t, int> coverage;  // dataset class -> LoRAs tuned on it
   double sum = 0;
   for (int id = 0; id < cfg.num_loras; ++id) {
     const std::string dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
@@ -196,13 +246,23 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     e.classes = t.at("classes").get<std::vector<int64_t>>();
     e.heldout_accuracy = t.at("heldout_accuracy").get<double>();
     sum += e.heldout_accuracy;
+    for (int64_t c : e.classes) ++coverage[c];
     manifest["loras"].push_back({{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes},
                                  {"heldout_accuracy", e.heldout_accuracy}});
     entries.push_back(std::move(e));
   }
   manifest["mean_heldout_accuracy"] = sum / cfg.num_loras;
+  int cov_lo = INT32_MAX, cov_hi = 0;
+  json cov = json::object();
+  for (const auto& [c, k] : coverage) {
+    cov[std::to_string(c)] = k;
+    cov_lo = std::min(cov_lo, k), cov_hi = std::max(cov_hi, k);
+  }
+  manifest["coverage"] = {{"classes", coverage.size()}, {"min_loras_per_class", cov_lo},
+                          {"max_loras_per_class", cov_hi}, {"loras_per_class", cov}};
   if (comm.rank() == 0) {
     fs::write_text(stdfs::path(cfg.out) / "manifest.json", manifest.dump(2) + "\n");
+    LOG_INFO("zoo", coverage.size() << " classes covered by " << cov_lo << " to " << cov_hi << " LoRAs each");
     LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << sum / cfg.num_loras << "%; wrote "
                                                   << cfg.out << "/manifest.json");
   }

@@ -4,7 +4,7 @@ source "$(dirname "$0")/common.sh"
 TOOL="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/build_benchmark.py"
 "$LORAREC_PYTHON" "$TOOL" --out a --preset quick
 "$LORAREC_PYTHON" "$TOOL" --out b --preset quick
-"$LORAREC_PYTHON" "$TOOL" --out a --preset quick | grep -q "is complete" || fail "a complete build was not reused"
+grep -q "is complete" <<<"$("$LORAREC_PYTHON" "$TOOL" --out a --preset quick)" || fail "a complete build was not reused"
 "$LORAREC_PYTHON" - <<'PY'
 import hashlib, json, h5py, numpy as np
 a, b = json.load(open("a/manifest.json")), json.load(open("b/manifest.json"))

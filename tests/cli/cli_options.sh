@@ -2,12 +2,12 @@
 # --help, --version, unknown commands/options, INI config files merged under the command line.
 source "$(dirname "$0")/common.sh"
 B=$LORAREC_BIN
-$B --version | grep -q '^lorarecycle [0-9]' || fail "--version"
+grep -q '^lorarecycle [0-9]' <<<"$($B --version)" || fail "--version"
 for c in pretrain zoo invert embed; do
-  $B --help | grep -q "^  $c " || fail "--help does not list $c"
-  $B $c --help | grep -q -- "--log-level" || fail "$c --help"
+  grep -q "^  $c " <<<"$($B --help)" || fail "--help does not list $c"
+  grep -q -- "--log-level" <<<"$($B $c --help)" || fail "$c --help"
 done
-$B embed --help | grep -q -- '--batch-size' || fail "embed --help lists its options"
+grep -q -- '--batch-size' <<<"$($B embed --help)" || fail "embed --help lists its options"
 set +e; $B nosuch >/dev/null 2>&1; [ $? = 2 ] || fail "unknown command must exit 2"; set -e
 expect_status 2 "unrecognised option '--bogus'" -- $B embed --bogus 1
 expect_status 2 "--model is required" -- $B embed --images x.h5 --out y.h5

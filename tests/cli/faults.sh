@@ -25,7 +25,7 @@ nan_case() {  # nan_case NAME -- command...: one NaN step skipped, run completes
   shift 2
   "$@" >nan.txt 2>&1 || { cat nan.txt; fail "$*: a single NaN step ended the run"; }
   grep -qE "non-finite loss or gradient, step skipped \(1 in a row, 1 in all\)" nan.txt || { cat nan.txt; fail "$*: NaN step not reported"; }
-  echo "ok: $(grep -oE 'step [0-9]+: non-finite.*' nan.txt | head -1); run completed"
+  echo "ok: $(grep -m1 -oE 'step [0-9]+: non-finite.*' nan.txt); run completed"
 }
 nan_case pretrain -- env LORAREC_FAULT=1:pretrain@5:corrupt "${MPI2[@]}" $B pretrain --config "$CFG" --out vfm_nan --steps 12
 [ -f vfm_nan/model.safetensors ] || fail "pretrain with one NaN step wrote no model"

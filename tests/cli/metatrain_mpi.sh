@@ -55,7 +55,7 @@ wait $job; rc=$?
 set -e
 [ $rc = 75 ] || { cat s1.txt; fail "after SIGUSR1 the job exited $rc, expected 75"; }
 grep -q "stop signal received: checkpoint at step" s1.txt || { cat s1.txt; fail "no checkpoint message"; }
-at=$(grep -o "checkpoint at step [0-9]*" s1.txt | head -n1 | grep -o "[0-9]*$")
+at=$(grep -m1 -o "checkpoint at step [0-9]*" s1.txt); at=${at##* }
 echo "SIGUSR1 to rank pid $victim: stopped at step $at of $N"
 [ "$at" -lt $N ] || fail "stopped at $at"
 mpirun2 $B metatrain $ARGS --steps $N --out s1 --resume >s2.txt 2>&1 || { cat s2.txt; fail "resume after signal"; }

@@ -69,7 +69,7 @@ scancel --signal=USR1 "$j"
 echo "sent SIGUSR1 to job $j at metrics line $(wc -l <"$M")"
 for _ in $(seq 1 120); do
   st=$(squeue -h -j "$j" -o %T 2>/dev/null || true)
-  if [ "$st" = PENDING ] && scontrol show job "$j" | grep -q "Restarts=1"; then
+  if [ "$st" = PENDING ] && grep -q "Restarts=1" <<<"$(scontrol show job "$j")"; then
     # Slurm holds a requeued job ~2 min; start it sooner, once the old step is gone from the node.
     sleep 5
     scontrol update JobId="$j" StartTime=now
@@ -83,7 +83,7 @@ grep -q "stop signal received: checkpoint at step" "$LOG" || { cat "$LOG"; fail 
 grep -q "requeueing job $j" "$LOG" || { cat "$LOG"; fail "not requeued"; }
 grep -q "resumed from .* at step" "$LOG" || { cat "$LOG"; fail "not resumed"; }
 "$LORAREC_PYTHON" -c "import json; r = json.load(open('runs/quick/meta_sig/metatrain.json')); assert r['steps'] == 6000; print('signal job finished after requeue:', r['steps'], 'steps')"
-echo "$(grep -o 'checkpoint at step [0-9]*' "$LOG" | head -1); $(grep -o 'resumed from .* at step [0-9]*' "$LOG" | head -1)"
+echo "$(grep -m1 -o 'checkpoint at step [0-9]*' "$LOG"); $(grep -m1 -o 'resumed from .* at step [0-9]*' "$LOG")"
 
 # 4. Faults under srun: rank 1 throwing or SIGKILLed in zoo, invert, metatrain and eval (the cases
 # of tests/cli/fault_cases.sh, as tests/cli/faults.sh runs them under mpirun). srun ends every

@@ -4,6 +4,8 @@
 //   lora-avg  the zoo's LoRAs averaged (the mean of their weight deltas), prototypes
 //   lora-ft   a fresh LoRA + a head fine-tuned on each support set (the head starts as the
 //             prototype classifier, so step 0 equals nn), then the head classifies the queries
+//   lorahub   per task, the zoo's LoRAs composed with weights found by CMA-ES on the support set
+//             (LoRAHub; eval/lorahub.h), then prototypes
 //   meta      one or more meta-LoRAs, prototypes (tuning-free: one forward pass)
 // Episodes are split over ranks. Accuracy = mean over episodes +- 1.96 std / sqrt(n).
 #pragma once
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/eval/lorahub.h"
 #include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
@@ -28,7 +31,7 @@ struct EvalConfig {
   std::vector<std::string> data;           // "NAME=path.h5" or "path.h5" (name: the file stem)
   std::string zoo;                         // zoo directory (manifest.json): enables lora-avg
   std::vector<std::string> meta;           // "NAME=dir" or "dir" (name: "meta" or the dir name)
-  std::vector<std::string> methods;        // subset of nn, lora-avg, lora-ft, meta; empty = all available
+  std::vector<std::string> methods;        // subset of nn, lora-avg, lora-ft, lorahub, meta; empty = all available
   int way = 5, query = 15;
   std::vector<int> shots{1, 5};
   int episodes = 600;
@@ -37,6 +40,8 @@ struct EvalConfig {
   int ft_steps = 20;                       // lora-ft: Adam steps on the support set
   double ft_lr = 1e-3;
   model::LoraConfig ft_lora;               // lora-ft: adapter shape (default r 4, q/v)
+  int hub_episodes = 0;                    // lorahub: the first n episodes of the same list (0 = all)
+  HubConfig hub;                           // lorahub: search budget, L1 weight, CMA-ES step, bounds
   std::uint64_t seed = 0;
   std::string out;                         // directory for results.csv / results.json (rank 0); empty: none
   int batch_size = 256;

@@ -61,6 +61,10 @@ struct Surrogates {
   double seconds = 0;
 };
 
+// Fills out's teacher_logits, patch_scores, keep_mask and teacher_accuracy from out.images (uint8
+// [n, S, S, 3]) and out.labels under the LoRA: what the pool stores beside each image.
+void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out);
+
 // Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
                        const InversionConfig& cfg, std::uint64_t stream);

@@ -2,14 +2,19 @@
 // surrogate pool, plus a pool index that meta-training reads.
 //
 // Pool layout (<out>/):
-//   lora_<kkk>.h5   /images uint8 [n,S,S,3], /labels int32 [n] (local), /global_class int32 [n],
+//   lora_<kkk>.h5   /images uint8 [n,S,S,3], /labels int32 [n] (local: the LoRA's head),
+//                   /global_class int32 [n] (the dataset class id of the zoo task's class),
 //                   /teacher_logits float [n,N], /patch_scores float [n,P], /keep_mask uint8 [n,P],
 //                   root attributes (lora_id, lora_path (read by metatrain --distill-weight), seed,
-//                   iterations, per_class, gray, losses, teacher accuracy,
+//                   iterations, per_class, gray, flip, losses, teacher accuracy, pool_format,
 //                   software version, time, complete = 1). Written to a temporary name, renamed.
-//   index.json      every LoRA file with its classes and counts (written by rank 0 at the end).
+//   index.json      format, every LoRA file with its dataset class ids and counts, and every real
+//                   class with its image count and the LoRAs that cover it (rank 0, at the end).
 //   summary.json    per LoRA: teacher accuracy on its own surrogates, losses, seconds, rank.
-// Global class id = lora_id * N + local class (classes of different LoRAs are distinct classes).
+// Surrogates are pooled by real class (DESIGN 2.4): two LoRAs tuned on the same dataset class put
+// their images under one class id, so an episode's support and query of a class may come from
+// different teachers. Format 1 (earlier versions) numbered classes per LoRA (lora_id * N + label); such
+// files count as incomplete (invert re-inverts them) and metatrain refuses such a pool.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -25,6 +30,9 @@ class Communicator;
 
 namespace lorarec::invert {
 
+// The pool layout's version (index.json "format", pool files' pool_format attribute).
+inline constexpr int kPoolFormat = 2;
+
 struct InvertJobConfig {
   std::string model;       // VFM directory
   std::string zoo;         // zoo directory (manifest.json + lora_<k>/)
@@ -32,6 +40,9 @@ struct InvertJobConfig {
   std::string out;         // pool directory
   InversionConfig inv;
   bool preview = false;    // also write lora_<k>.png, a contact sheet of the surrogates
+  std::string real_images; // control: store per_class REAL images of each LoRA's classes from this
+                           // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
+                           // class gets the k-th block of a seeded permutation of its images
   int chunk_images = 64;   // HDF5 chunk (images) of /images
 };
 

@@ -7,10 +7,11 @@
 // step, and every rank applies the same Adam update (replicas checked by hash every
 // `hash_every` steps).
 //
-// Episode: N classes from the whole pool (classes of different LoRAs mix: cross-task
-// interpolation), K support + Q query images each; prototypes = mean support feature; logits =
+// Episode: N real (dataset) classes from the whole pool, K support + Q query images each, drawn
+// from every LoRA's surrogates of that class (support and query may come from different
+// teachers: cross-task interpolation); prototypes = mean support feature; logits =
 // -squared Euclidean distance; CE on the queries. With probability `single_lora_prob` an episode
-// takes its N classes from one LoRA and adds kl_weight * KL(teacher || student) on the queries,
+// takes its N classes and images from one LoRA and adds kl_weight * KL(teacher || student) on the queries,
 // the teacher being that LoRA's stored logits (restricted to the episode's classes).
 //
 // Files under <work> (default <out>.work): checkpoint.safetensors (LoRA, Adam, step, counters;
@@ -40,27 +41,32 @@ class File;
 
 namespace lorarec::train {
 
-// The surrogate pool (invert's index.json + lora_<k>.h5 files). Labels, teacher logits and patch
-// scores are held in memory (small); images are cached in memory when they fit `cache_bytes`,
-// else read from HDF5 row by row on demand. Not thread-safe: use from one thread.
+// The surrogate pool (invert's index.json + lora_<k>.h5 files), classes keyed by the dataset
+// class id (/global_class): a class holds the surrogates of every LoRA that covers it. Labels,
+// teacher logits and patch scores are held in memory (small); images are cached in memory when
+// they fit `cache_bytes`, else read from HDF5 row by row on demand. Not thread-safe: use from one
+// thread.
 class SurrogatePool {
  public:
   struct Class {
-    int file = 0;                 // index into files()
-    int local = 0;                // class within its LoRA (column of the teacher logits)
-    std::vector<int64_t> rows;    // global rows
+    int64_t id = 0;               // dataset class id
+    std::vector<int64_t> rows;    // global rows, from every LoRA that covers the class
+    int loras = 0;                // how many pool files (LoRAs) contribute
   };
   struct File {
     std::string path;
     int lora_id = 0;
     int num_classes = 0;          // N of its LoRA
     int64_t first_row = 0, rows = 0;
-    std::vector<int> classes;     // indices into classes()
+    std::vector<int> classes;     // per local label (head column): index into classes()
+    std::vector<std::vector<int64_t>> local_rows;  // per local label: global rows of this file
     std::string lora_path;        // the inverted LoRA's directory (pool attribute), "" if absent
   };
 
-  // Reads <dir>/index.json and every file it lists; checks completeness, shapes and that the
-  // images are image_size x image_size x 3 (InputError naming the file).
+  // Reads <dir>/index.json and every file it lists; checks the format (a pool with per-LoRA class
+  // slots, written before classes were pooled by real class, is refused: re-run invert),
+  // completeness, shapes and that the images are image_size x image_size x 3 (InputError naming
+  // the file).
   static SurrogatePool open(const std::string& dir, int image_size, int num_patches, int64_t cache_bytes);
   SurrogatePool(SurrogatePool&&) noexcept;
   SurrogatePool& operator=(SurrogatePool&&) noexcept;
@@ -87,6 +93,19 @@ class SurrogatePool {
   int64_t image_bytes_ = 0;
 };
 
+// The pool rows of one training episode. picked[c] holds K + Q rows of episode class c (support
+// first); classes[c] is its pool class (index into classes()). Single-LoRA episodes (with
+// probability single_prob, from one of `single_files`) take N labels of one file: `file` >= 0 and
+// cols[c] is the label (teacher-logit column) of episode class c. Consumes rng deterministically.
+struct EpisodeRows {
+  std::vector<std::vector<int64_t>> picked;
+  std::vector<int> classes;
+  int file = -1;
+  std::vector<int64_t> cols;
+};
+EpisodeRows draw_episode(const SurrogatePool& pool, const data::EpisodeSpec& spec, const std::vector<int>& single_files,
+                         double single_prob, std::mt19937_64& rng);
+
 struct MetaTrainConfig {
   std::string model;                 // VFM directory
   std::string pool;                  // surrogate pool directory (invert --out)
@@ -103,6 +122,7 @@ struct MetaTrainConfig {
   model::LoraConfig lora;            // meta-LoRA shape (no head)
   double mask_ratio = 0;             // feed each surrogate with its top-(1-x) patches by stored score
   bool flip = true;                  // random horizontal flip per image
+  int jitter = 0;                    // random roll of each image by up to this many pixels (0 = off)
   bool gray = false;                 // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;     // share of episodes drawn from one LoRA (with the KL term)
   double kl_weight = 1.0;            // weight of the KL term on single-LoRA episodes

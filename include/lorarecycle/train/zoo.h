@@ -25,6 +25,7 @@ struct ZooConfig {
   std::string out;                // zoo directory
   int num_loras = 20;             // K
   int n_way = 5;                  // classes per LoRA task
+  int cover_classes = 0;          // > 0: tasks drawn from this many classes, balanced coverage (zoo_tasks)
   double train_fraction = 0.8;    // of each class's images; the rest is held out
   int epochs = 20;                // passes over the task's training images
   int batch_size = 25;            // images per step
@@ -42,8 +43,14 @@ struct ZooEntry {
   double heldout_accuracy = 0;    // percent
 };
 
-// Classes of LoRA `id`'s task (seeded, the same for every world size).
+// Classes of LoRA `id`'s task (seeded, the same for every world size), drawn from all classes.
 std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int64_t num_classes);
+// Every LoRA's task. cover_classes = 0: zoo_task_classes per LoRA. cover_classes = M > 0: M
+// classes of the dataset are chosen by the seed, and the tasks deal them out like cards from
+// shuffled decks of those M (a class already in a task goes back for the next), so each class is
+// covered floor or ceil of num_loras * n_way / M times, give or take one; no task repeats a class.
+std::vector<std::vector<int64_t>> zoo_tasks(std::uint64_t seed, int num_loras, int n_way, int64_t num_classes,
+                                            int cover_classes);
 // Directory name of LoRA `id`: "lora_007".
 std::string zoo_entry_name(int id);
 // True when <dir> holds a complete entry (adapter files and a task.json with an accuracy).

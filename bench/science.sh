@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
+#   bash bench/science.sh [pools|runs|all] [VARIANT ...]        (default: all, every variant)
+# Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo) and its pool
+# (--until invert). Three pools in the same layout:
+#   surrogates  runs/demo/pool (the main job's inversion, configs/demo.ini [invert]);
+#   real        the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
+#               images of each zoo LoRA's classes, with that LoRA's logits and scores (~1 min);
+#   perlora     the main job's surrogates with classes numbered per LoRA (the old layout), for
+#               the variants in PERLORA: what pooling by real class changes.
+# Each variant meta-trains 300 steps (configs/demo.ini [metatrain] plus the variant's flags) on
+# both pools and prints the validation accuracy (5-way 1-shot, the same 300 episodes of the val
+# classes, real images) at 0 / 100 / 200 / 300 steps and the 95% CI at 300: 1-2 min per run on 2
+# cores. Selection uses these validation numbers only; the test classes are never looked at here.
+# Variants below; "paper" is the paper's objective (episodic CE at T 1 + KL on single-LoRA
+# episodes, no distillation). Scratch output under ${BENCH_DIR:-/tmp/lorarec_science}.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+source launch/env.sh
+WHAT=${1:-all}
+shift || true
+OUT=${BENCH_DIR:-/tmp/lorarec_science}
+mkdir -p "$OUT"
+B=build/lorarecycle
+PY=/usr/bin/python3
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+[ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
+for need in runs/demo/vfm runs/demo/zoo/manifest.json runs/demo/pool/index.json data/demo/val.h5 data/demo/zoo.h5; do
+  [ -e "$need" ] || { echo "science: $need missing; run bash launch/demo.sh --until invert first" >&2; exit 2; }
+done
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+
+if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
+  if [ ! -f "$OUT/pool_real/index.json" ]; then
+    "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real" \
+      >"$OUT/pool_real.log" 2>&1 || { cat "$OUT/pool_real.log"; exit 1; }
+  fi
+  # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
+  # LoRA (lora_id * N + label), so no class mixes teachers.
+  if [ ! -f "$OUT/pool_perlora/index.json" ]; then
+    rm -rf "$OUT/pool_perlora" && mkdir -p "$OUT/pool_perlora"
+    $PY - runs/demo/pool "$OUT/pool_perlora" <<'PY'
+import glob, json, os, shutil, sys, h5py
+src, dst = sys.argv[1:]
+idx = json.load(open(f"{src}/index.json"))
+for e in idx["files"]:
+    shutil.copy(f"{src}/{e['file']}", f"{dst}/{e['file']}")
+    with h5py.File(f"{dst}/{e['file']}", "r+") as f:
+        n = f["teacher_logits"].shape[1]
+        f["global_class"][...] = f["labels"][:] + e["lora_id"] * n
+idx["classes"] = []
+json.dump(idx, open(f"{dst}/index.json", "w"))
+PY
+  fi
+  $PY - runs/demo/pool "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
+import glob, json, sys, h5py, numpy as np
+print(f"{'pool':28s} {'classes':>7s} {'img/class':>9s} {'LoRAs/class':>11s} {'mean':>6s} {'white':>6s} {'teacher acc':>11s}")
+for d in sys.argv[1:]:
+    idx = json.load(open(f"{d}/index.json"))
+    fs = [h5py.File(f, "r") for f in sorted(glob.glob(f"{d}/lora_*.h5"))]
+    im = np.concatenate([f["images"][:] for f in fs]).astype(float)
+    acc = np.mean([f.attrs["teacher_accuracy"] for f in fs])
+    classes = {}
+    for f in fs:
+        for c in f["global_class"][:]:
+            classes.setdefault(int(c), [0, set()])[0] += 1
+            classes[int(c)][1].add(int(f.attrs["lora_id"]))
+    n = [v[0] for v in classes.values()]; l = [len(v[1]) for v in classes.values()]
+    print(f"{d:28s} {len(n):7d} {min(n):4d}-{max(n):<4d} {min(l):5d}-{max(l):<5d} {im.mean():6.1f} "
+          f"{(im.mean(-1) > 200).mean():6.2f} {acc:11.1f}")
+PY
+fi
+
+# VARIANT NAME -> metatrain flags on top of configs/demo.ini [metatrain].
+declare -A FLAGS=(
+  [paper]="--distill-weight 0 --temperature 1"
+  [paper-lr1e-4]="--distill-weight 0 --temperature 1 --lr 1e-4"
+  [paper-t16]="--distill-weight 0 --temperature 16"
+  [paper-t128]="--distill-weight 0 --temperature 128"
+  [paper-t16-jit4]="--distill-weight 0 --temperature 16 --jitter 4"
+  [distill-only]="--distill-weight 1 --temperature 1e9"
+  [main]=""
+)
+ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t16-jit4 distill-only main)
+declare -A PERLORA=([paper-t128]=1 [main]=1)  # variants also run on the per-LoRA pool
+[ $# -gt 0 ] && ORDER=("$@")
+
+if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
+  printf '\n%-16s %-48s %-34s %-34s %s\n' variant "flags (on configs/demo.ini)" "surrogates: val 0/100/200/300 +-CI" \
+    "real images (control)" "surrogates, classes per LoRA"
+  for name in "${ORDER[@]}"; do
+    [ -n "${FLAGS[$name]+x}" ] || { echo "science: unknown variant $name (${!FLAGS[*]})" >&2; exit 2; }
+    res=()
+    for pool in surr real perlora; do
+      [ $pool = perlora ] && [ -z "${PERLORA[$name]+x}" ] && { res+=("-"); continue; }
+      p=runs/demo/pool; [ $pool = real ] && p="$OUT/pool_real"; [ $pool = perlora ] && p="$OUT/pool_perlora"
+      run="$OUT/m_${name}_$pool"
+      if [ ! -f "$run/metatrain.json" ]; then
+        "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart --steps 300 \
+          --val-every 100 ${FLAGS[$name]} >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
+      fi
+      res+=("$($PY - "$run.work/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
+print(" / ".join(f"{r['val_mean']:.1f}" for r in rows) + f" +- {rows[-1]['val_ci95']:.1f}")
+PY
+)")
+    done
+    printf '%-16s %-48s %-34s %-34s %s\n' "$name" "${FLAGS[$name]:-(main job)}" "${res[0]}" "${res[1]}" "${res[2]}"
+  done
+fi

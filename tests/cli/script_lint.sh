@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's shell scripts run under `set -o pipefail`: a reader that stops early (`grep -q`,
+# `head`) makes the writer die of SIGPIPE now and then, and the pipeline fails at random. Read a
+# command's output into a here-string (`grep -q X <<<"$(cmd)"`), or use `grep -m1` / `sed -n 1p`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+early='(grep +(-[a-zA-Z]*q|--quiet|--silent)|head)'
+bad=$(grep -nE "\|[[:space:]]*$early([[:space:]]|$)" .ci/run $(find tests launch bench cluster data_tools \
+  -name '*.sh' -o -name '*.sbatch') | grep -v '^tests/cli/script_lint.sh:' || true)
+if [ -n "$bad" ]; then
+  echo "$bad" >&2
+  echo "FAIL: a pipe into an early-exiting reader (SIGPIPE under pipefail); see the comment at the top of $0" >&2
+  exit 1
+fi
+echo "ok: no pipe into grep -q or head in $(find tests launch bench cluster data_tools -name '*.sh' -o -name '*.sbatch' | wc -l) scripts"
