@@ -340,13 +340,14 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                         }});
   std::vector<model::Lora> hub_loras;
   if (wants("lorahub") && !cfg.zoo.empty()) {
-    for (const auto& e : read_manifest(cfg.zoo).at("loras"))
+    const json manifest = read_manifest(cfg.zoo);  // (a named copy: the loops below reference into it)
+    for (const auto& e : manifest.at("loras"))
       hub_loras.push_back(io::load_peft((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string(), vit.config()));
     for (auto& l : hub_loras) l.to(device);
     (void)compose_loras(hub_loras, std::vector<double>(hub_loras.size(), 0.0), vit.config());  // shapes checked up front
     std::string src = "|lorahub " + std::to_string(cfg.hub.budget) + " " + std::to_string(cfg.hub.l1) + " " +
                       std::to_string(cfg.hub.sigma) + " " + std::to_string(cfg.hub.bound) + " " + std::to_string(cfg.hub.shift);
-    for (const auto& e : read_manifest(cfg.zoo).at("loras"))
+    for (const auto& e : manifest.at("loras"))
       src += fingerprint((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string());
     LOG_INFO("eval", "lorahub: " << hub_loras.size() << " zoo LoRAs of " << cfg.zoo << ", CMA-ES over their weights, "
                                  << cfg.hub.budget << " evaluations per task, L1 " << cfg.hub.l1);
