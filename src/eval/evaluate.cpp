@@ -228,15 +228,9 @@ void EvalConfig::validate() const {
 }
 
 model::Lora average_loras(const std::vector<model::Lora>& loras, const model::ClipVisionConfig& vit) {
-  if (loras.empty()) throw InputError("lora-avg: no LoRAs to average");
+  require_same_shape(loras, "lora-avg");
   const model::LoraConfig& c0 = loras[0].config();
   const int K = static_cast<int>(loras.size());
-  for (const auto& l : loras) {
-    if (l.config().r != c0.r || l.config().scale() != c0.scale() || l.adapters().size() != loras[0].adapters().size())
-      throw InputError("lora-avg: the zoo's LoRAs differ in rank, scale or targets; they cannot be averaged");
-    for (const auto& [key, _] : loras[0].adapters())
-      if (!l.adapters().count(key)) throw InputError("lora-avg: the zoo's LoRAs differ in their targets");
-  }
   model::LoraConfig cfg = c0;
   cfg.r = c0.r * K;
   cfg.alpha = c0.scale() * cfg.r;  // same scale
@@ -303,18 +297,24 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   const auto wants = [&](const char* m) {
     return cfg.methods.empty() || std::count(cfg.methods.begin(), cfg.methods.end(), m) > 0;
   };
+  // The zoo's LoRAs (lora-avg, lorahub), read once, and the identity of their files (result cache).
+  std::vector<model::Lora> zoo_loras;
+  std::string zoo_source;
+  if ((wants("lora-avg") || wants("lorahub")) && !cfg.zoo.empty()) {
+    const json m = read_manifest(cfg.zoo);
+    for (const auto& e : m.at("loras")) {
+      const std::string dir = (stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string();
+      zoo_loras.push_back(io::load_peft(dir, vit.config()));
+      zoo_source += fingerprint(dir);
+    }
+  }
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
-    const json m = read_manifest(cfg.zoo);
-    std::vector<model::Lora> loras;
-    for (const auto& e : m.at("loras")) loras.push_back(io::load_peft((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string(), vit.config()));
-    auto avg = std::make_unique<model::Lora>(average_loras(loras, vit.config()));
+    auto avg = std::make_unique<model::Lora>(average_loras(zoo_loras, vit.config()));
     avg->to(device);
-    LOG_INFO("eval", "lora-avg: the mean of " << loras.size() << " zoo LoRAs of " << cfg.zoo);
-    std::string src;
-    for (const auto& e : m.at("loras")) src += fingerprint((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string());
-    methods.push_back({"lora-avg", "lora-avg", std::move(avg), src});
+    LOG_INFO("eval", "lora-avg: the mean of " << zoo_loras.size() << " zoo LoRAs of " << cfg.zoo);
+    methods.push_back({"lora-avg", "lora-avg", std::move(avg), zoo_source});
   }
   if (wants("meta"))
     for (const auto& spec : cfg.meta) {
@@ -338,23 +338,18 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                         [&](const at::Tensor& s, const at::Tensor& q, int shot, std::uint64_t seed) {
                           return finetune_episode(vit, s, q, cfg.way, shot, cfg.ft_lora, cfg.ft_steps, cfg.ft_lr, seed);
                         }});
-  std::vector<model::Lora> hub_loras;
   if (wants("lorahub") && !cfg.zoo.empty()) {
-    const json manifest = read_manifest(cfg.zoo);  // (a named copy: the loops below reference into it)
-    for (const auto& e : manifest.at("loras"))
-      hub_loras.push_back(io::load_peft((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string(), vit.config()));
-    for (auto& l : hub_loras) l.to(device);
-    (void)compose_loras(hub_loras, std::vector<double>(hub_loras.size(), 0.0), vit.config());  // shapes checked up front
-    std::string src = "|lorahub " + std::to_string(cfg.hub.budget) + " " + std::to_string(cfg.hub.l1) + " " +
-                      std::to_string(cfg.hub.sigma) + " " + std::to_string(cfg.hub.bound) + " " + std::to_string(cfg.hub.shift);
-    for (const auto& e : manifest.at("loras"))
-      src += fingerprint((stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string());
-    LOG_INFO("eval", "lorahub: " << hub_loras.size() << " zoo LoRAs of " << cfg.zoo << ", CMA-ES over their weights, "
+    require_same_shape(zoo_loras, "lorahub");  // up front, not per task
+    for (auto& l : zoo_loras) l.to(device);
+    const std::string src = "|lorahub " + std::to_string(cfg.hub.budget) + " " + std::to_string(cfg.hub.l1) + " " +
+                            std::to_string(cfg.hub.sigma) + " " + std::to_string(cfg.hub.bound) + " " +
+                            std::to_string(cfg.hub.shift) + zoo_source;
+    LOG_INFO("eval", "lorahub: " << zoo_loras.size() << " zoo LoRAs of " << cfg.zoo << ", CMA-ES over their weights, "
                                  << cfg.hub.budget << " evaluations per task, L1 " << cfg.hub.l1);
     adaptive.push_back({"lorahub", cfg.hub_episodes, src,
                         "CMA-ES, " + std::to_string(cfg.hub.budget) + " evaluations",
                         [&](const at::Tensor& s, const at::Tensor& q, int shot, std::uint64_t seed) {
-                          return lorahub_episode(vit, hub_loras, s, q, cfg.way, shot, cfg.hub, seed).accuracy;
+                          return lorahub_episode(vit, zoo_loras, s, q, cfg.way, shot, cfg.hub, seed).accuracy;
                         }});
   }
   if (methods.empty() && adaptive.empty()) throw InputError("eval: no method to run");

@@ -15,18 +15,22 @@
 
 namespace lorarec::eval {
 
-model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vector<double>& w,
-                          const model::ClipVisionConfig& vit) {
-  if (loras.empty()) throw InputError("lorahub: no LoRAs to compose");
-  if (w.size() != loras.size()) throw InputError("lorahub: one weight per LoRA expected");
+void require_same_shape(const std::vector<model::Lora>& loras, const std::string& what) {
+  if (loras.empty()) throw InputError(what + ": no LoRAs to combine");
   const model::LoraConfig& c0 = loras[0].config();
   for (const auto& l : loras) {
     if (l.config().r != c0.r || l.config().scale() != c0.scale() || l.adapters().size() != loras[0].adapters().size())
-      throw InputError("lorahub: the zoo's LoRAs differ in rank, scale or targets; they cannot be composed");
+      throw InputError(what + ": the zoo's LoRAs differ in rank, scale or targets; they cannot be combined");
     for (const auto& [key, _] : loras[0].adapters())
-      if (!l.adapters().count(key)) throw InputError("lorahub: the zoo's LoRAs differ in their targets");
+      if (!l.adapters().count(key)) throw InputError(what + ": the zoo's LoRAs differ in their targets");
   }
-  model::Lora out = model::Lora::empty(vit, c0);
+}
+
+model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vector<double>& w,
+                          const model::ClipVisionConfig& vit) {
+  require_same_shape(loras, "lorahub");
+  if (w.size() != loras.size()) throw InputError("lorahub: one weight per LoRA expected");
+  model::Lora out = model::Lora::empty(vit, loras[0].config());
   for (const auto& [key, a0] : loras[0].adapters()) {
     at::Tensor a = at::zeros_like(a0.a), b = at::zeros_like(a0.b);
     for (size_t k = 0; k < loras.size(); ++k) {
@@ -134,21 +138,17 @@ HubResult lorahub_episode(const model::ClipVision& vit, const std::vector<model:
   auto objective = [&](const std::vector<double>& w) {
     double l1 = 0;
     for (double v : w) l1 += std::abs(v);
-    ++r.evaluations;
-    return hub_support_loss(vit, loras, w, support_px, way, shot, shift) + cfg.l1 * l1;
+    const double value = hub_support_loss(vit, loras, w, support_px, way, shot, shift) + cfg.l1 * l1;
+    if (r.evaluations++ == 0) r.objective_equal = value;  // cma_es evaluates its start first
+    return value;
   };
-  const std::vector<double> equal(K, 1.0 / K);
-  r.weights = cma_es(objective, equal, cfg.sigma, cfg.budget, -cfg.bound, cfg.bound, seed, &r.objective);
-  {
-    double l1 = 0;
-    for (double v : equal) l1 += std::abs(v);
-    r.objective_equal = hub_support_loss(vit, loras, equal, support_px, way, shot, shift) + cfg.l1 * l1;
-  }
+  r.weights = cma_es(objective, std::vector<double>(K, 1.0 / K), cfg.sigma, cfg.budget, -cfg.bound, cfg.bound, seed,
+                     &r.objective);
   at::NoGradGuard ng;
   const model::Lora lora = compose_loras(loras, r.weights, vit.config());
-  const at::Tensor fs = vit.forward(support_px, {}, &lora).feature;
-  const at::Tensor fq = vit.forward(query_px, {}, &lora).feature;
-  const at::Tensor pred = prototype_logits(fs, fq, way, shot).argmax(-1).cpu();
+  const int64_t ns = support_px.size(0);
+  const at::Tensor f = vit.forward(at::cat({support_px, query_px}), {}, &lora).feature;
+  const at::Tensor pred = prototype_logits(f.narrow(0, 0, ns), f.narrow(0, ns, f.size(0) - ns), way, shot).argmax(-1).cpu();
   const int q = static_cast<int>(query_px.size(0) / way);
   r.accuracy = 100.0 * pred.eq(data::episode_labels(way, q)).to(at::kDouble).mean().item<double>();
   return r;

@@ -217,6 +217,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     const Job& j = jobs[i];
     model::Lora lora = io::load_peft(j.dir, vit.config());
     if (!lora.has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
+    if (lora.head_weight().size(0) != j.classes)
+      throw InputError(j.dir + ": its head has " + std::to_string(lora.head_weight().size(0)) +
+                       " classes, the zoo manifest lists " + std::to_string(j.classes));
     lora.to(device);
     Surrogates s;
     if (real) {
@@ -240,10 +243,6 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
     }
     const auto tw = std::chrono::steady_clock::now();
-    const int N = static_cast<int>(lora.head_weight().size(0));
-    if (N != j.classes)
-      throw InputError(j.dir + ": its head has " + std::to_string(N) + " classes, the zoo manifest lists " +
-                       std::to_string(j.classes));
     const std::string path = (out / pool_file_name(j.id)).string();
     io::h5::write_file_atomically(path, [&](io::h5::File& f) {
       f.write("/images", s.images, cfg.chunk_images);
@@ -273,7 +272,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "complete", int64_t{1});
     });
     hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
-    if (cfg.preview) write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? N : 10);
+    if (cfg.preview) write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? j.classes : 10);
     my_done += costs[i] / 1000.0;
     write_progress(progress_dir, comm.rank(), my_done, my_total, elapsed());
     LOG_INFO("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "
@@ -304,12 +303,10 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     images += n;
     index["files"].push_back({{"file", name}, {"lora_id", jobs[i].id}, {"images", n}, {"classes", N},
                               {"class_ids", jobs[i].class_ids}});
-    const at::Tensor gc = f.read("/global_class", 0, -1, at::kInt).to(at::kLong);
-    for (int64_t c : jobs[i].class_ids) {
-      auto& e = by_class[c];
-      e.first += gc.eq(c).sum().item<int64_t>();
-      e.second.push_back(jobs[i].id);
-    }
+    for (int64_t c : jobs[i].class_ids) by_class[c].second.push_back(jobs[i].id);
+    const at::Tensor gc = f.read("/global_class", 0, -1, at::kInt).contiguous();
+    const int32_t* g = gc.data_ptr<int32_t>();
+    for (int64_t r = 0; r < n; ++r) ++by_class[g[r]].first;
     summary["loras"].push_back({{"lora_id", jobs[i].id}, {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
                                 {"best_loss", f.attr_double("/", "best_loss")}, {"seconds", f.attr_double("/", "seconds")},
                                 {"rank", owner[i]}});

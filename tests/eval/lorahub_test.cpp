@@ -83,6 +83,9 @@ TEST(Lorahub, TheSearchLowersTheSupportObjectiveBelowEqualWeights) {
   EXPECT_EQ(r.evaluations, 60);
   ASSERT_EQ(r.weights.size(), 4u);
   EXPECT_LT(r.objective, r.objective_equal);
+  // the start's value is the objective at equal weights 1/K (L1 = 1)
+  EXPECT_NEAR(r.objective_equal, hub_support_loss(vit, zoo, std::vector<double>(4, 0.25), support, 5, 1, 1) + cfg.l1,
+              1e-6);
   double l1 = 0;
   for (double w : r.weights) {
     EXPECT_LE(std::abs(w), cfg.bound);

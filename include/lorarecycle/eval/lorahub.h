@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "lorarecycle/model/vit.h"
@@ -28,7 +29,11 @@ struct HubConfig {
   int shift = -1;       // support views rolled by +-shift pixels (-1: image_size / 16, at least 1)
 };
 
-// The composed LoRA (every LoRA of the same targets, layers, rank and scale; no head).
+// InputError ("<what>: ...") unless there is at least one LoRA and all have the same rank, scale
+// and adapted modules (what averaging and composing need).
+void require_same_shape(const std::vector<model::Lora>& loras, const std::string& what);
+
+// The composed LoRA (every LoRA of the same targets, layers, rank and scale, checked; no head).
 model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vector<double>& w,
                           const model::ClipVisionConfig& vit);
 
@@ -39,7 +44,7 @@ double hub_support_loss(const model::ClipVision& vit, const std::vector<model::L
 struct HubResult {
   std::vector<double> weights;   // the best weights found
   double objective = 0;          // support_loss + l1 |w|_1 at them
-  double objective_equal = 0;    // the same at equal weights 1/K (the search's start)
+  double objective_equal = 0;    // the same at equal weights 1/K (the search's start, its first evaluation)
   double accuracy = 0;           // percent of queries correct with the composed LoRA
   int evaluations = 0;
 };
