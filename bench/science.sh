@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
 #   bash bench/science.sh [pools|runs|all] [VARIANT ...]        (default: all, every variant)
-# Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo) and its pool
-# (--until invert). Three pools in the same layout:
-#   surrogates  runs/demo/pool (the main job's inversion, configs/demo.ini [invert]);
-#   real        the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
-#               images of each zoo LoRA's classes, with that LoRA's logits and scores (~1 min);
-#   perlora     the main job's surrogates with classes numbered per LoRA (the old layout), for
-#               the variants in PERLORA: what pooling by real class changes.
+# Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
+# same layout (pooled by real class) and built here once:
+#   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
+#            main job's pool until this round; ~28 min on 2 cores);
+#   bn0      the same without the BN prior (--w-bn 0; the main job's pool now; ~15 min);
+#   div0.3   bn0 plus a diversity term (--w-div 0.3: same-class surrogates pushed apart in the
+#            teacher's feature space; ~15 min);
+#   real     the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
+#            images of each zoo LoRA's classes, with that LoRA's logits and scores (~1 min);
+#   perlora  the bn0.1 surrogates with classes numbered per LoRA (the old layout), for the
+#            variants in PERLORA: what pooling by real class changes.
+# A pool of the main job with the same settings can be linked in instead of inverting it again
+# (e.g. ln -s "$PWD/runs/demo/pool" /tmp/lorarec_science/pool_bn0). bench/surrogate_check.sh
+# prints, for each pool, how its images look to the bare VFM beside real images.
 # Each variant meta-trains 300 steps (configs/demo.ini [metatrain] plus the variant's flags) on
-# both pools and prints the validation accuracy (5-way 1-shot, the same 300 episodes of the val
+# each pool and prints the validation accuracy (5-way 1-shot, the same 300 episodes of the val
 # classes, real images) at 0 / 100 / 200 / 300 steps and the 95% CI at 300: 1-2 min per run on 2
 # cores. Selection uses these validation numbers only; the test classes are never looked at here.
 # Variants below; "paper" is the paper's objective (episodic CE at T 1 + KL on single-LoRA
@@ -27,12 +34,21 @@ PY=/usr/bin/python3
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
 for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
-for need in runs/demo/vfm runs/demo/zoo/manifest.json runs/demo/pool/index.json data/demo/val.h5 data/demo/zoo.h5; do
-  [ -e "$need" ] || { echo "science: $need missing; run bash launch/demo.sh --until invert first" >&2; exit 2; }
+for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/val.h5 data/demo/zoo.h5; do
+  [ -e "$need" ] || { echo "science: $need missing; run bash launch/demo.sh --until zoo first" >&2; exit 2; }
 done
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
+# Inverted pools: invert flags on top of configs/demo.ini [invert].
+declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
+
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
+  for pool in bn0.1 bn0 div0.3; do
+    if [ ! -f "$OUT/pool_$pool/index.json" ]; then
+      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$OUT/pool_$pool" \
+        >"$OUT/pool_$pool.log" 2>&1 || { cat "$OUT/pool_$pool.log"; exit 1; }
+    fi
+  done
   if [ ! -f "$OUT/pool_real/index.json" ]; then
     "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real" \
       >"$OUT/pool_real.log" 2>&1 || { cat "$OUT/pool_real.log"; exit 1; }
@@ -41,7 +57,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   # LoRA (lora_id * N + label), so no class mixes teachers.
   if [ ! -f "$OUT/pool_perlora/index.json" ]; then
     rm -rf "$OUT/pool_perlora" && mkdir -p "$OUT/pool_perlora"
-    $PY - runs/demo/pool "$OUT/pool_perlora" <<'PY'
+    $PY - "$OUT/pool_bn0.1" "$OUT/pool_perlora" <<'PY'
 import glob, json, os, shutil, sys, h5py
 src, dst = sys.argv[1:]
 idx = json.load(open(f"{src}/index.json"))
@@ -54,7 +70,7 @@ idx["classes"] = []
 json.dump(idx, open(f"{dst}/index.json", "w"))
 PY
   fi
-  $PY - runs/demo/pool "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
+  $PY - "$OUT/pool_bn0.1" "$OUT/pool_bn0" "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
 import glob, json, sys, h5py, numpy as np
 print(f"{'pool':28s} {'classes':>7s} {'img/class':>9s} {'LoRAs/class':>11s} {'mean':>6s} {'white':>6s} {'teacher acc':>11s}")
 for d in sys.argv[1:]:
@@ -80,22 +96,24 @@ declare -A FLAGS=(
   [paper-t16]="--distill-weight 0 --temperature 16"
   [paper-t128]="--distill-weight 0 --temperature 128"
   [paper-t16-jit4]="--distill-weight 0 --temperature 16 --jitter 4"
+  [paper-t128-jit4]="--distill-weight 0 --temperature 128 --jitter 4"
   [distill-only]="--distill-weight 1 --temperature 1e9"
   [main]=""
 )
-ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t16-jit4 distill-only main)
+ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t16-jit4 paper-t128-jit4 distill-only main)
 declare -A PERLORA=([paper-t128]=1 [main]=1)  # variants also run on the per-LoRA pool
 [ $# -gt 0 ] && ORDER=("$@")
 
 if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
-  printf '\n%-16s %-48s %-34s %-34s %s\n' variant "flags (on configs/demo.ini)" "surrogates: val 0/100/200/300 +-CI" \
-    "real images (control)" "surrogates, classes per LoRA"
+  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at 300, per pool:"
+  printf '%-16s %-44s %-28s %-28s %-28s %-28s %s\n' variant "flags (on configs/demo.ini)" "surrogates, BN prior 0.1" \
+    "surrogates, no BN prior" "no BN prior, w-div 0.3" "real images (control)" "bn0.1 surrogates, per LoRA"
   for name in "${ORDER[@]}"; do
     [ -n "${FLAGS[$name]+x}" ] || { echo "science: unknown variant $name (${!FLAGS[*]})" >&2; exit 2; }
     res=()
-    for pool in surr real perlora; do
+    for pool in bn0.1 bn0 div0.3 real perlora; do
       [ $pool = perlora ] && [ -z "${PERLORA[$name]+x}" ] && { res+=("-"); continue; }
-      p=runs/demo/pool; [ $pool = real ] && p="$OUT/pool_real"; [ $pool = perlora ] && p="$OUT/pool_perlora"
+      p="$OUT/pool_$pool"
       run="$OUT/m_${name}_$pool"
       if [ ! -f "$run/metatrain.json" ]; then
         "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart --steps 300 \
@@ -108,6 +126,6 @@ print(" / ".join(f"{r['val_mean']:.1f}" for r in rows) + f" +- {rows[-1]['val_ci
 PY
 )")
     done
-    printf '%-16s %-48s %-34s %-34s %s\n' "$name" "${FLAGS[$name]:-(main job)}" "${res[0]}" "${res[1]}" "${res[2]}"
+    printf '%-16s %-44s %-28s %-28s %-28s %-28s %s\n' "$name" "${FLAGS[$name]:-(configs/demo.ini)}" "${res[@]}"
   done
 fi

@@ -48,6 +48,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("w-bn", po::value(&c.inv.w_bn)->default_value(c.inv.w_bn), "weight of the BN-prior (DeepInversion) term")
       ("w-tv", po::value(&c.inv.w_tv)->default_value(c.inv.w_tv), "weight of the total variation")
       ("w-l2", po::value(&c.inv.w_l2)->default_value(c.inv.w_l2), "weight of ||X||")
+      ("w-div", po::value(&c.inv.w_div)->default_value(c.inv.w_div), "weight of a diversity term: the mean cosine similarity between the teacher's features of two surrogates of the same class, so that a class's surrogates are not near-copies of one another (0: off)")
       ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")

@@ -13,7 +13,7 @@
 namespace lorarec::invert {
 
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
-                     const at::Tensor& x, const InversionConfig& cfg) {
+                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features) {
   LossTerms t;
   t.ce = at::cross_entropy_loss(logits, targets);
   t.bn = at::zeros({}, x.options());
@@ -23,7 +23,15 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
   const at::Tensor dh = x.slice(3, 1) - x.slice(3, 0, -1);
   t.tv = dv.pow(2).mean() + dh.pow(2).mean();
   t.l2 = x.norm();
-  t.total = cfg.w_ce * t.ce + cfg.w_bn * t.bn + cfg.w_tv * t.tv + cfg.w_l2 * t.l2;
+  t.div = at::zeros({}, x.options());
+  if (features != nullptr) {
+    const at::Tensor f = *features / features->norm(2, -1, true).clamp_min(1e-12);
+    const at::Tensor same = targets.unsqueeze(0).eq(targets.unsqueeze(1)) &
+                            at::eye(targets.size(0), targets.options().dtype(at::kBool)).logical_not();
+    const at::Tensor pairs = same.sum();
+    if (pairs.item<int64_t>() > 0) t.div = at::matmul(f, f.t()).masked_select(same).sum() / pairs;
+  }
+  t.total = cfg.w_ce * t.ce + cfg.w_bn * t.bn + cfg.w_tv * t.tv + cfg.w_l2 * t.l2 + cfg.w_div * t.div;
   return t;
 }
 
@@ -95,10 +103,11 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;
-    const at::Tensor logits = lora.head(vit.forward(xa, fo, &lora).feature);
+    const at::Tensor feature = vit.forward(xa, fo, &lora).feature;
+    const at::Tensor logits = lora.head(feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
-    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg);
+    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr);
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)

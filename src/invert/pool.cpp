@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "lorarecycle/data/image_set.h"
@@ -176,7 +177,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   model::ClipVision vit = model::ClipVision::load(cfg.model);
   vit.to(device);
   std::optional<model::ResNet> prior;
-  if (!cfg.prior.empty()) {
+  if (!cfg.prior.empty() && cfg.inv.w_bn > 0) {  // --w-bn 0: the prior would only cost time
     prior = model::ResNet::load(cfg.prior);
     prior->to(device);
   }
@@ -206,8 +207,13 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       mine.push_back(i);
       my_total += costs[i] / 1000.0;
     }
+  std::ostringstream prior_note;
+  if (prior)
+    prior_note << ", BN prior " << cfg.prior << " at weight " << cfg.inv.w_bn;
+  else
+    prior_note << (cfg.prior.empty() ? ", no BN prior (--prior not given)" : ", no BN prior (--w-bn 0)");
   LOG_INFO("invert", jobs.size() << " LoRAs, " << cfg.inv.per_class << " images per class, " << cfg.inv.iterations
-                                 << " iterations" << (prior ? ", BN prior " + cfg.prior : ", no BN prior")
+                                 << " iterations" << prior_note.str()
                                  << "; rank 0 inverts " << mine.size());
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -260,6 +266,13 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "per_class", int64_t{cfg.inv.per_class});
       f.set_attr("/", "gray", int64_t{cfg.inv.gray ? 1 : 0});
       f.set_attr("/", "flip", int64_t{cfg.inv.flip ? 1 : 0});
+      if (!real) {  // the loss weights the surrogates were made with
+        f.set_attr("/", "w_ce", cfg.inv.w_ce);
+        f.set_attr("/", "w_bn", prior ? cfg.inv.w_bn : 0.0);
+        f.set_attr("/", "w_tv", cfg.inv.w_tv);
+        f.set_attr("/", "w_l2", cfg.inv.w_l2);
+        f.set_attr("/", "w_div", cfg.inv.w_div);
+      }
       f.set_attr("/", "pool_format", int64_t{kPoolFormat});
       if (real) f.set_attr("/", "real_images", cfg.real_images);
       f.set_attr("/", "best_loss", s.best_loss);

@@ -653,7 +653,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         eval::evaluate_prototypes(feats, val, cfg.val_spec, cfg.val_episodes, cfg.seed + kValSeedOffset, comm);
     json j = {{"step", step}, {"val_mean", a.mean}, {"val_ci95", a.ci95}, {"val_episodes", a.episodes},
               {"val_seconds", seconds_since(t0)}};
-    LOG_INFO("metatrain", "validation at step " << step << ": " << a.mean << " +- " << a.ci95 << " % ("
+    LOG_INFO("metatrain", "validation at step " << step << ": " << log::fixed(a.mean) << " +- " << log::fixed(a.ci95) << " % ("
                                                 << cfg.val_spec.n_way << "-way " << cfg.val_spec.k_shot << "-shot, "
                                                 << a.episodes << " episodes of " << cfg.val << ")");
     emit(j);
@@ -881,9 +881,13 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   if (rank == 0) {
     lora.to(c10::Device(at::kCPU));
     io::save_peft(cfg.out, lora, cfg.model, {{"metatrain.json", report.dump(2) + "\n"}});
-    LOG_INFO("metatrain", "wrote " << cfg.out << " (PEFT adapter + metatrain.json); val " << (val0.is_null() ? json("-") : val0["val_mean"])
-                                   << " -> " << (final_val.is_null() ? json("-") : final_val["val_mean"]) << " %, "
-                                   << report["timing"]["episodes_per_s"] << " episodes/s");
+    auto val_text = [](const json& v) { return v.is_null() ? std::string("-") : log::fixed(v["val_mean"].get<double>()); };
+    LOG_INFO("metatrain", "wrote " << cfg.out << " (PEFT adapter + metatrain.json); "
+                                   << (val0.is_null() && final_val.is_null()
+                                           ? std::string("no validation (--val not given)")
+                                           : "val " + val_text(val0) + " -> " + val_text(final_val) + " %")
+                                   << ", " << log::fixed(report["timing"]["episodes_per_s"].get<double>())
+                                   << " episodes/s");
   }
   comm.barrier();
   result.finished = true;

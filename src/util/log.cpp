@@ -5,10 +5,19 @@
 #include <cstdio>
 #include <ctime>
 #include <mutex>
+#include <sstream>
 
 #include "lorarecycle/util/error.h"
 
 namespace lorarec::log {
+
+std::string fixed(double value, int digits) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(digits);
+  os << value;
+  return os.str();
+}
 namespace {
 std::atomic<int> g_rank{0};
 std::atomic<int> g_level{static_cast<int>(Level::kInfo)};

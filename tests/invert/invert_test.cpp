@@ -52,6 +52,33 @@ TEST(InversionLoss, TermsEqualDirectComputations) {
   EXPECT_EQ(loss_terms(logits, y, nullptr, x, cfg).bn.item<double>(), 0.0);
 }
 
+TEST(InversionLoss, DiversityIsTheMeanCosineOfSameClassPairs) {
+  at::manual_seed(1);
+  const at::Tensor logits = at::randn({5, 3});
+  const at::Tensor y = at::tensor({0, 2, 1, 2, 2}, at::kLong);  // same-class pairs: (1,3), (1,4), (3,4)
+  const at::Tensor x = at::randn({5, 3, 4, 4});
+  const at::Tensor f = at::randn({5, 6});
+  InversionConfig cfg;
+  cfg.w_div = 0.7;
+  const LossTerms t = loss_terms(logits, y, nullptr, x, cfg, &f);
+  auto cos = [&](int i, int j) {
+    return (f[i] * f[j]).sum().item<double>() / (f[i].norm().item<double>() * f[j].norm().item<double>());
+  };
+  const double div = (cos(1, 3) + cos(1, 4) + cos(3, 4)) / 3.0;
+  EXPECT_NEAR(t.div.item<double>(), div, 1e-5);
+  EXPECT_NEAR(t.total.item<double>(), t.ce.item<double>() + 0.7 * div, 1e-5);
+  // Without features, or without two images of one class, the term is 0.
+  EXPECT_EQ(loss_terms(logits, y, nullptr, x, cfg).div.item<double>(), 0.0);
+  const at::Tensor distinct = at::tensor({0, 1, 2, 3, 4}, at::kLong);
+  EXPECT_EQ(loss_terms(at::randn({5, 5}), distinct, nullptr, x, cfg, &f).div.item<double>(), 0.0);
+  // Its gradient pushes two same-class features apart.
+  const at::Tensor g = f.clone().requires_grad_(true);
+  loss_terms(logits, y, nullptr, x, cfg, &g).div.backward();
+  const at::Tensor step = g.detach() - 0.1 * g.grad();
+  const LossTerms after = loss_terms(logits, y, nullptr, x, cfg, &step);
+  EXPECT_LT(after.div.item<double>(), t.div.item<double>());
+}
+
 TEST(InversionLoss, ClampKeepsEveryChannelInItsRange) {
   at::Tensor x = at::randn({3, 3, 4, 4}) * 5;
   const at::Tensor lo = at::tensor({-1.0f, -2.0f, -0.5f}), hi = at::tensor({1.0f, 0.5f, 2.0f});

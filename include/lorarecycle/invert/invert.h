@@ -25,6 +25,7 @@ struct InversionConfig {
   double w_bn = 0.01;              // BN-prior weight (0 or no prior: off)
   double w_tv = 0.0;               // total variation
   double w_l2 = 0.0;               // ||X||
+  double w_div = 0.0;              // diversity: mean cosine between teacher features of two images of one class
   int jitter = -1;                 // max roll in pixels (-1: image_size / 8)
   bool flip = true;                // random horizontal flip (shared by the batch)
   bool gray = false;               // optimise one grey channel shared by R, G, B (greyscale domains)
@@ -36,13 +37,14 @@ struct InversionConfig {
 
 // The loss terms on a batch (exposed for tests).
 struct LossTerms {
-  at::Tensor ce, bn, tv, l2, total;  // scalars
+  at::Tensor ce, bn, tv, l2, div, total;  // scalars
 };
 // ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
-// l2 = ||x||_2 over the whole batch.
+// l2 = ||x||_2 over the whole batch; div = mean cosine similarity of features [B, d] over the pairs
+// (i != j) of images with the same target (0 without features or without such pairs).
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
-                     const at::Tensor& x, const InversionConfig& cfg);
+                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features = nullptr);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).

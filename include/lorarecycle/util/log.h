@@ -18,6 +18,9 @@ Level level();
 // Parses "debug", "info", "warn", "error"; throws InputError otherwise.
 Level parse_level(const std::string& name);
 
+// A number for people: `digits` decimals ("53.26"); JSON output keeps full precision.
+std::string fixed(double value, int digits = 2);
+
 bool enabled(Level level);
 void write(Level level, const char* tag, const std::string& message);
 
