@@ -1,5 +1,7 @@
 // lorarecycle invert: the zoo sharded over ranks, every LoRA inverted into the surrogate pool.
 #include <sstream>
+#include <string>
+#include <utility>
 
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -67,6 +69,9 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.prune = parse_prune(prune);
   if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
+  for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce}, {"--w-bn", c.inv.w_bn},
+                                {"--w-tv", c.inv.w_tv}, {"--w-l2", c.inv.w_l2}, {"--w-div", c.inv.w_div}})
+    if (!(w >= 0)) throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
   RunContext ctx = start("invert", rt, common);
   invert::run_invert(c, *ctx.comm, ctx.device);
   return 0;

@@ -12,6 +12,7 @@ set +e; $B nosuch >/dev/null 2>&1; [ $? = 2 ] || fail "unknown command must exit
 expect_status 2 "unrecognised option '--bogus'" -- $B embed --bogus 1
 expect_status 2 "--model is required" -- $B embed --images x.h5 --out y.h5
 expect_status 2 "batch-size" -- $B embed --batch-size abc
+expect_status 2 "--w-div must be >= 0" -- $B invert --model m --zoo z --out p --w-div=-1
 
 "$LORAREC_PYTHON" "$REF" make-model m
 "$LORAREC_PYTHON" "$REF" make-images im.h5 --n 5
