@@ -95,12 +95,13 @@ declare -A FLAGS=(
   [paper-lr1e-4]="--distill-weight 0 --temperature 1 --lr 1e-4"
   [paper-t16]="--distill-weight 0 --temperature 16"
   [paper-t128]="--distill-weight 0 --temperature 128"
+  [paper-t128-lr3e-4]="--distill-weight 0 --temperature 128 --lr 3e-4"
   [paper-t16-jit4]="--distill-weight 0 --temperature 16 --jitter 4"
   [paper-t128-jit4]="--distill-weight 0 --temperature 128 --jitter 4"
   [distill-only]="--distill-weight 1 --temperature 1e9"
   [main]=""
 )
-ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t16-jit4 paper-t128-jit4 distill-only main)
+ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t128-lr3e-4 paper-t16-jit4 paper-t128-jit4 distill-only main)
 declare -A PERLORA=([paper-t128]=1 [main]=1)  # variants also run on the per-LoRA pool
 [ $# -gt 0 ] && ORDER=("$@")
 
