@@ -100,8 +100,9 @@ declare -A FLAGS=(
   [paper-t128-jit4]="--distill-weight 0 --temperature 128 --jitter 4"
   [distill-only]="--distill-weight 1 --temperature 1e9"
   [main]=""
+  [main-lr3e-4]="--lr 3e-4"
 )
-ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t128-lr3e-4 paper-t16-jit4 paper-t128-jit4 distill-only main)
+ORDER=(paper paper-lr1e-4 paper-t16 paper-t128 paper-t128-lr3e-4 paper-t16-jit4 paper-t128-jit4 distill-only main main-lr3e-4)
 declare -A PERLORA=([paper-t128]=1 [main]=1)  # variants also run on the per-LoRA pool
 [ $# -gt 0 ] && ORDER=("$@")
 
