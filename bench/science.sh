@@ -5,16 +5,16 @@
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
 #            main job's pool until this round; ~28 min on 2 cores);
-#   bn0      the same without the BN prior (--w-bn 0; the main job's pool now; ~15 min);
+#   bn0      the same without the BN prior (--w-bn 0, as configs/demo.ini now has it): the main
+#            job's own pool runs/demo/pool, inverted here only if the main job has not (~15 min);
 #   div0.3   bn0 plus a diversity term (--w-div 0.3: same-class surrogates pushed apart in the
 #            teacher's feature space; ~15 min);
 #   real     the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
 #            images of each zoo LoRA's classes, with that LoRA's logits and scores (~1 min);
 #   perlora  the bn0.1 surrogates with classes numbered per LoRA (the old layout), for the
 #            variants in PERLORA: what pooling by real class changes.
-# A pool of the main job with the same settings can be linked in instead of inverting it again
-# (e.g. ln -s "$PWD/runs/demo/pool" /tmp/lorarec_science/pool_bn0). bench/surrogate_check.sh
-# prints, for each pool, how its images look to the bare VFM beside real images.
+# bench/surrogate_check.sh prints, for each pool, how its images look to the bare VFM beside real
+# images.
 # Each variant meta-trains 300 steps (configs/demo.ini [metatrain] plus the variant's flags) on
 # each pool and prints the validation accuracy (5-way 1-shot, the same 300 episodes of the val
 # classes, real images) at 0 / 100 / 200 / 300 steps and the 95% CI at 300: 1-2 min per run on 2
@@ -39,13 +39,15 @@ for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/
 done
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
-# Inverted pools: invert flags on top of configs/demo.ini [invert].
+# Inverted pools: invert flags on top of configs/demo.ini [invert]; every pool lives in
+# $OUT/pool_<name> except bn0, which is the main job's.
 declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
+pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
-    if [ ! -f "$OUT/pool_$pool/index.json" ]; then
-      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$OUT/pool_$pool" \
+    if [ ! -f "$(pool_dir $pool)/index.json" ]; then
+      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)" \
         >"$OUT/pool_$pool.log" 2>&1 || { cat "$OUT/pool_$pool.log"; exit 1; }
     fi
   done
@@ -70,7 +72,7 @@ idx["classes"] = []
 json.dump(idx, open(f"{dst}/index.json", "w"))
 PY
   fi
-  $PY - "$OUT/pool_bn0.1" "$OUT/pool_bn0" "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
+  $PY - "$OUT/pool_bn0.1" runs/demo/pool "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
 import glob, json, sys, h5py, numpy as np
 print(f"{'pool':28s} {'classes':>7s} {'img/class':>9s} {'LoRAs/class':>11s} {'mean':>6s} {'white':>6s} {'teacher acc':>11s}")
 for d in sys.argv[1:]:
@@ -115,7 +117,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
     res=()
     for pool in bn0.1 bn0 div0.3 real perlora; do
       [ $pool = perlora ] && [ -z "${PERLORA[$name]+x}" ] && { res+=("-"); continue; }
-      p="$OUT/pool_$pool"
+      p=$(pool_dir $pool)
       run="$OUT/m_${name}_$pool"
       if [ ! -f "$run/metatrain.json" ]; then
         "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart --steps 300 \

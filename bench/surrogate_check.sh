@@ -23,13 +23,17 @@ B=build/lorarecycle
 PY=/usr/bin/python3
 OUT=${BENCH_DIR:-/tmp/lorarec_surrogate_check}
 mkdir -p "$OUT"
+# Per pool: its surrogates (s<i>.h5) and the real images of its classes (real_<key>.h5, shared by
+# the pools of one zoo and class set: written and embedded once per run).
+declare -A REAL_DONE=()
+PAIRS=()
 i=0
 for pool in "$@"; do
   [ -f "$pool/index.json" ] || { echo "surrogate_check: $pool/index.json missing (not a finished pool)" >&2; exit 2; }
   i=$((i + 1))
-  $PY - "$pool" "$OUT/s$i.h5" "$OUT/r$i.h5" <<'PY'
-import glob, json, sys, h5py, numpy as np
-pool, sur, real = sys.argv[1:]
+  info=$($PY - "$pool" "$OUT/s$i.h5" "$OUT" <<'PY'
+import glob, hashlib, json, os, sys, h5py, numpy as np
+pool, sur, out = sys.argv[1:]
 ims, gc = [], []
 for f in sorted(glob.glob(f"{pool}/lora_*.h5")):
     with h5py.File(f, "r") as h:
@@ -38,22 +42,31 @@ gc = np.concatenate(gc)
 with h5py.File(sur, "w") as h:
     h["images"] = np.concatenate(ims); h["labels"] = gc.astype(np.int64)
 # The zoo's data: from the manifest of the zoo named in index.json.
-data = json.load(open(json.load(open(f"{pool}/index.json"))["zoo"] + "/manifest.json"))["data"]
-with h5py.File(data, "r") as z:
-    lab = z["labels"][:]
-    sel = np.where(np.isin(lab, np.unique(gc)))[0]
-    with h5py.File(real, "w") as h:
-        h["images"] = z["images"][sel]; h["labels"] = lab[sel].astype(np.int64)
+idx = json.load(open(f"{pool}/index.json"))
+data = json.load(open(idx["zoo"] + "/manifest.json"))["data"]
+classes = np.unique(gc)
+key = hashlib.sha1(f"{idx['model']}|{os.path.realpath(data)}|{classes.tolist()}".encode()).hexdigest()[:12]
+if not os.path.exists(f"{out}/real_{key}.h5"):
+    with h5py.File(data, "r") as z:
+        lab = z["labels"][:]
+        sel = np.where(np.isin(lab, classes))[0]
+        with h5py.File(f"{out}/real_{key}.h5.tmp", "w") as h:
+            h["images"] = z["images"][sel]; h["labels"] = lab[sel].astype(np.int64)
+    os.replace(f"{out}/real_{key}.h5.tmp", f"{out}/real_{key}.h5")
+print(idx["model"], key)
 PY
-  for s in s r; do
-    $B embed --model "$(/usr/bin/python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['model'])" "$pool/index.json")" \
-      --images "$OUT/$s$i.h5" --out "$OUT/${s}${i}_f.h5" >"$OUT/embed.log" 2>&1 || { cat "$OUT/embed.log"; exit 1; }
+)
+  read -r model key <<<"$info"
+  todo=("s$i")
+  [ -n "${REAL_DONE[$key]+x}" ] || { todo+=("real_$key"); REAL_DONE[$key]=1; }
+  for s in "${todo[@]}"; do
+    $B embed --model "$model" --images "$OUT/$s.h5" --out "$OUT/${s}_f.h5" >"$OUT/embed.log" 2>&1 \
+      || { cat "$OUT/embed.log"; exit 1; }
   done
+  PAIRS+=("$pool=$OUT/s${i}_f.h5=$OUT/real_${key}_f.h5")
 done
-$PY - "$OUT" "$@" <<'PY'
+$PY - "${PAIRS[@]}" <<'PY'
 import sys, h5py, numpy as np
-out, pools = sys.argv[1], sys.argv[2:]
-rng = np.random.default_rng(0)
 def load(p):
     with h5py.File(p, "r") as h: return h["features"][:], h["labels"][:]
 def protos(R, yr, cls): return np.stack([R[yr == c].mean(0) for c in cls])
@@ -63,8 +76,11 @@ def cosines(X, y):
     same = y[:, None] == y[None]; off = ~np.eye(len(y), dtype=bool)
     return C[same & off].mean(), C[~same].mean()
 print(f"{'pool':40s} {'images':>6s} {'real-proto':>10s} {'sur->real':>9s} {'cos-mean':>8s} {'within':>6s} {'betw':>6s}")
-for i, pool in enumerate(pools, 1):
-    S, ys = load(f"{out}/s{i}_f.h5"); R, yr = load(f"{out}/r{i}_f.h5")
+shown = set()
+for arg in sys.argv[1:]:
+    pool, sur_f, real_f = arg.rsplit("=", 2)
+    rng = np.random.default_rng(0)  # the same episodes whatever the order of the pools
+    S, ys = load(sur_f); R, yr = load(real_f)
     cls = sorted(set(ys.tolist())); P = protos(R, yr, cls)
     m = R.mean(0); m /= np.linalg.norm(m)
     acc = []
@@ -75,7 +91,8 @@ for i, pool in enumerate(pools, 1):
         ql = np.repeat(np.arange(len(pick)), 7)
         acc.append((((q[:, None] - sup[None]) ** 2).sum(-1).argmin(1) == ql).mean())
     w, b = cosines(S, ys)
-    if i == 1:
+    if real_f not in shown:
+        shown.add(real_f)
         wr, br = cosines(R, yr)
         print(f"{'(real images of these classes)':40s} {len(R):6d} {100 * (nearest(R, P, cls) == yr).mean():10.1f} {'':>9s} "
               f"{(R @ m / np.linalg.norm(R, axis=1)).mean():8.3f} {wr:6.3f} {br:6.3f}")

@@ -28,8 +28,8 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
     const at::Tensor f = *features / features->norm(2, -1, true).clamp_min(1e-12);
     const at::Tensor same = targets.unsqueeze(0).eq(targets.unsqueeze(1)) &
                             at::eye(targets.size(0), targets.options().dtype(at::kBool)).logical_not();
-    const at::Tensor pairs = same.sum();
-    if (pairs.item<int64_t>() > 0) t.div = at::matmul(f, f.t()).masked_select(same).sum() / pairs;
+    // No host sync: without a same-class pair the sum is 0 and so is the term.
+    t.div = at::matmul(f, f.t()).masked_select(same).sum() / same.sum().clamp_min(1);
   }
   t.total = cfg.w_ce * t.ce + cfg.w_bn * t.bn + cfg.w_tv * t.tv + cfg.w_l2 * t.l2 + cfg.w_div * t.div;
   return t;
