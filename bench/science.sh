@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|all] [VARIANT ...]        (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|all] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -21,6 +21,11 @@
 # cores. Selection uses these validation numbers only; the test classes are never looked at here.
 # Variants below; "paper" is the paper's objective (episodic CE at T 1 + KL on single-LoRA
 # episodes, no distillation). Scratch output under ${BENCH_DIR:-/tmp/lorarec_science}.
+# "zoo" (the last part, also in "all"): the zoo's average as the bar. It builds a second zoo of
+# 32 LoRAs over 64 classes (2-3 LoRAs per class; ~10 min), its surrogate pool (~35 min) and its
+# real-image control pool, then prints the validation accuracy of lora-avg (the meta-LoRA set to
+# the zoo's mean delta at full rank, no training), of meta-training started from it
+# (--init zoo-mean), and of 1,000-step runs on the 64-class pools (~10 min each).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -42,6 +47,12 @@ echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut
 # Inverted pools: invert flags on top of configs/demo.ini [invert]; every pool lives in
 # $OUT/pool_<name> except bn0, which is the main job's.
 declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
+# The real-image control pool of the main job's zoo (~1 min).
+real_pool() {
+  [ -f "$OUT/pool_real/index.json" ] && return 0
+  "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real" \
+    >"$OUT/pool_real.log" 2>&1 || { cat "$OUT/pool_real.log"; exit 1; }
+}
 pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
@@ -51,10 +62,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
         >"$OUT/pool_$pool.log" 2>&1 || { cat "$OUT/pool_$pool.log"; exit 1; }
     fi
   done
-  if [ ! -f "$OUT/pool_real/index.json" ]; then
-    "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real" \
-      >"$OUT/pool_real.log" 2>&1 || { cat "$OUT/pool_real.log"; exit 1; }
-  fi
+  real_pool
   # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
   # LoRA (lora_id * N + label), so no class mixes teachers.
   if [ ! -f "$OUT/pool_perlora/index.json" ]; then
@@ -131,5 +139,57 @@ PY
 )")
     done
     printf '%-16s %-44s %-28s %-28s %-28s %-28s %s\n' "$name" "${FLAGS[$name]:-(configs/demo.ini)}" "${res[@]}"
+  done
+fi
+
+# The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
+if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
+  if [ ! -f "$OUT/zoo64/manifest.json" ]; then
+    "${MPI[@]}" $B zoo --config configs/demo.ini --out "$OUT/zoo64" --num-loras 32 --classes 64 \
+      >"$OUT/zoo64.log" 2>&1 || { cat "$OUT/zoo64.log"; exit 1; }
+  fi
+  real_pool
+  if [ ! -f "$OUT/pool64/index.json" ]; then
+    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --out "$OUT/pool64" \
+      >"$OUT/pool64.log" 2>&1 || { cat "$OUT/pool64.log"; exit 1; }
+  fi
+  if [ ! -f "$OUT/pool64_real/index.json" ]; then
+    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 \
+      --out "$OUT/pool64_real" >"$OUT/pool64_real.log" 2>&1 || { cat "$OUT/pool64_real.log"; exit 1; }
+  fi
+  # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
+  # delta at full rank (zoo rank 4 x LoRAs; alpha = rank keeps the zoo's scale 1), no training.
+  AVG="--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0"
+  P128="--distill-weight 0 --temperature 128"
+  ZOO_RUNS=(
+    "lora-avg, zoo of 20|runs/demo/pool|$AVG --rank 80 --alpha 80"
+    "lora-avg, zoo of 32 over 64 classes|$OUT/pool64_real|$AVG --rank 128 --alpha 128"
+    "zoo-mean rank 4, no training, zoo of 32|$OUT/pool64_real|$AVG"
+    "zoo-mean + main, surrogates 20|runs/demo/pool|--init zoo-mean --steps 300 --val-every 50"
+    "zoo-mean + paper T128 lr 3e-4, surrogates 20|runs/demo/pool|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
+    "zoo-mean + paper T128 lr 3e-4, real 20|$OUT/pool_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
+    "zoo-mean + paper T128 lr 3e-4, real 64|$OUT/pool64_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
+    "paper T128 lr 3e-4, real 64|$OUT/pool64_real|$P128 --lr 3e-4 --steps 300 --val-every 50"
+    "paper T128, 1000 steps, real 64|$OUT/pool64_real|$P128 --steps 1000 --val-every 250"
+    "paper T128, 1000 steps, surrogates 64|$OUT/pool64|$P128 --steps 1000 --val-every 250"
+    "main, 1000 steps, surrogates 64|$OUT/pool64|--steps 1000 --val-every 250"
+    "paper T128 lr 3e-4, surrogates 64|$OUT/pool64|$P128 --lr 3e-4 --steps 300 --val-every 50"
+  )
+  echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
+  i=0
+  for row in "${ZOO_RUNS[@]}"; do
+    IFS='|' read -r name p flags <<<"$row"
+    i=$((i + 1))
+    run="$OUT/z_$i"
+    if [ ! -f "$run/metatrain.json" ]; then
+      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags \
+        >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
+    fi
+    printf '%-48s %s\n' "$name" "$($PY - "$run.work/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
+print(" / ".join(f"{r['val_mean']:.2f}" for r in rows) + f" +- {rows[-1]['val_ci95']:.2f}")
+PY
+)"
   done
 fi

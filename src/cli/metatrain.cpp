@@ -36,6 +36,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("clip-norm", po::value(&c.clip_norm)->default_value(c.clip_norm), "gradient-norm clip (0 = off)")
       ("rank", po::value(&c.lora.r)->default_value(c.lora.r), "meta-LoRA rank r")
       ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
+      ("init", po::value(&c.init)->default_value(c.init), "meta-LoRA start: fresh (A random, B zero: the paper) or zoo-mean (the best rank-r approximation, by SVD, of the mean weight delta of the LoRAs the pool was inverted from: meta-training starts from the zoo's average, lora-avg, and must then improve on it; needs the zoo's --targets)")
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
       ("mask-ratio", po::value(&c.mask_ratio)->default_value(c.mask_ratio), "sparse tokens: feed each surrogate with its top-(1-x) patches by stored CLS-attention score (+ CLS); 0 = dense")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the surrogates (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")

@@ -227,26 +227,6 @@ void EvalConfig::validate() const {
   if (!methods.empty() && wants("meta") && meta.empty()) throw InputError("eval: method meta needs --meta");
 }
 
-model::Lora average_loras(const std::vector<model::Lora>& loras, const model::ClipVisionConfig& vit) {
-  require_same_shape(loras, "lora-avg");
-  const model::LoraConfig& c0 = loras[0].config();
-  const int K = static_cast<int>(loras.size());
-  model::LoraConfig cfg = c0;
-  cfg.r = c0.r * K;
-  cfg.alpha = c0.scale() * cfg.r;  // same scale
-  model::Lora avg = model::Lora::empty(vit, cfg);
-  for (const auto& [key, _] : loras[0].adapters()) {
-    std::vector<at::Tensor> as, bs;
-    for (const auto& l : loras) {
-      const auto& ad = l.adapters().at(key);
-      as.push_back(ad.a.to(at::kCPU, at::kFloat));
-      bs.push_back(ad.b.to(at::kCPU, at::kFloat) / double(K));
-    }
-    avg.set(key.first, static_cast<model::Module>(key.second), model::Adapter{at::cat(as, 0), at::cat(bs, 1)});
-  }
-  return avg;
-}
-
 double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px,
                         int way, int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed) {
   model::Lora ft(vit.config(), lora_cfg, seed);
@@ -311,7 +291,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
-    auto avg = std::make_unique<model::Lora>(average_loras(zoo_loras, vit.config()));
+    auto avg = std::make_unique<model::Lora>(model::average_loras(zoo_loras, vit.config()));
     avg->to(device);
     LOG_INFO("eval", "lora-avg: the mean of " << zoo_loras.size() << " zoo LoRAs of " << cfg.zoo);
     methods.push_back({"lora-avg", "lora-avg", std::move(avg), zoo_source});
@@ -339,7 +319,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                           return finetune_episode(vit, s, q, cfg.way, shot, cfg.ft_lora, cfg.ft_steps, cfg.ft_lr, seed);
                         }});
   if (wants("lorahub") && !cfg.zoo.empty()) {
-    require_same_shape(zoo_loras, "lorahub");  // up front, not per task
+    model::require_same_shape(zoo_loras, "lorahub");  // up front, not per task
     for (auto& l : zoo_loras) l.to(device);
     const std::string src = "|lorahub " + std::to_string(cfg.hub.budget) + " " + std::to_string(cfg.hub.l1) + " " +
                             std::to_string(cfg.hub.sigma) + " " + std::to_string(cfg.hub.bound) + " " +

@@ -15,20 +15,9 @@
 
 namespace lorarec::eval {
 
-void require_same_shape(const std::vector<model::Lora>& loras, const std::string& what) {
-  if (loras.empty()) throw InputError(what + ": no LoRAs to combine");
-  const model::LoraConfig& c0 = loras[0].config();
-  for (const auto& l : loras) {
-    if (l.config().r != c0.r || l.config().scale() != c0.scale() || l.adapters().size() != loras[0].adapters().size())
-      throw InputError(what + ": the zoo's LoRAs differ in rank, scale or targets; they cannot be combined");
-    for (const auto& [key, _] : loras[0].adapters())
-      if (!l.adapters().count(key)) throw InputError(what + ": the zoo's LoRAs differ in their targets");
-  }
-}
-
 model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vector<double>& w,
                           const model::ClipVisionConfig& vit) {
-  require_same_shape(loras, "lorahub");
+  model::require_same_shape(loras, "lorahub");
   if (w.size() != loras.size()) throw InputError("lorahub: one weight per LoRA expected");
   model::Lora out = model::Lora::empty(vit, loras[0].config());
   for (const auto& [key, a0] : loras[0].adapters()) {

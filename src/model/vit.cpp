@@ -195,6 +195,61 @@ int64_t Lora::num_parameters(bool include_head) const {
   return n;
 }
 
+void require_same_shape(const std::vector<Lora>& loras, const std::string& what) {
+  if (loras.empty()) throw InputError(what + ": no LoRAs to combine");
+  const LoraConfig& c0 = loras[0].config();
+  for (const auto& l : loras) {
+    if (l.config().r != c0.r || l.config().scale() != c0.scale() || l.adapters().size() != loras[0].adapters().size())
+      throw InputError(what + ": the zoo's LoRAs differ in rank, scale or targets; they cannot be combined");
+    for (const auto& [key, _] : loras[0].adapters())
+      if (!l.adapters().count(key)) throw InputError(what + ": the zoo's LoRAs differ in their targets");
+  }
+}
+
+Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit) {
+  require_same_shape(loras, "lora-avg");
+  const LoraConfig& c0 = loras[0].config();
+  const int K = static_cast<int>(loras.size());
+  LoraConfig cfg = c0;
+  cfg.r = c0.r * K;
+  cfg.alpha = c0.scale() * cfg.r;  // same scale
+  Lora avg = Lora::empty(vit, cfg);
+  for (const auto& [key, _] : loras[0].adapters()) {
+    std::vector<at::Tensor> as, bs;
+    for (const auto& l : loras) {
+      const auto& ad = l.adapters().at(key);
+      as.push_back(ad.a.to(at::kCPU, at::kFloat));
+      bs.push_back(ad.b.to(at::kCPU, at::kFloat) / double(K));
+    }
+    avg.set(key.first, static_cast<Module>(key.second), Adapter{at::cat(as, 0), at::cat(bs, 1)});
+  }
+  return avg;
+}
+
+Lora low_rank(const Lora& src, int r, double alpha, double* kept_share) {
+  LoraConfig cfg = src.config();
+  cfg.r = r;
+  cfg.alpha = alpha;
+  Lora out = Lora::empty(src.vit_config(), cfg);
+  const double s = cfg.scale();
+  double total = 0, kept = 0;
+  for (const auto& [key, ad] : src.adapters()) {
+    const at::Tensor delta = (ad.b.to(at::kCPU, at::kDouble).matmul(ad.a.to(at::kCPU, at::kDouble))) * src.scale();
+    auto [u, sv, vh] = at::linalg_svd(delta, /*full_matrices=*/false);
+    const int64_t n = sv.size(0);
+    const int64_t k = std::min<int64_t>(r, n);
+    const at::Tensor root = (sv.narrow(0, 0, k) / s).sqrt();
+    at::Tensor b = at::zeros({delta.size(0), r}, at::kDouble), a = at::zeros({r, delta.size(1)}, at::kDouble);
+    b.narrow(1, 0, k).copy_(u.narrow(1, 0, k) * root.unsqueeze(0));
+    a.narrow(0, 0, k).copy_(vh.narrow(0, 0, k) * root.unsqueeze(1));
+    total += sv.pow(2).sum().item<double>();
+    kept += sv.narrow(0, 0, k).pow(2).sum().item<double>();
+    out.set(key.first, static_cast<Module>(key.second), Adapter{a.to(at::kFloat), b.to(at::kFloat)});
+  }
+  if (kept_share) *kept_share = total > 0 ? kept / total : 1.0;
+  return out;
+}
+
 // ---- ClipVision: loading -----------------------------------------------------------------
 
 ClipVision ClipVision::load(const std::string& dir) {

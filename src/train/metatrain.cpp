@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <mutex>
 #include <numeric>
 #include <nlohmann/json.hpp>
@@ -263,6 +264,7 @@ void MetaTrainConfig::validate() const {
   if (max_bad_steps < 1) throw InputError("metatrain: --max-bad-steps must be >= 1");
   if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
+  if (init != "fresh" && init != "zoo-mean") throw InputError("metatrain: --init must be fresh or zoo-mean, not '" + init + "'");
 }
 
 namespace {
@@ -469,7 +471,50 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
             {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
   if (c.cycle == 0) j["steps"] = c.steps;
+  if (c.init != "fresh") j["init"] = c.init;  // absent for fresh: checkpoints of earlier versions still resume
   return j;
+}
+
+// Every pool file names the LoRA it was inverted from (attribute lora_path), and that directory
+// exists; else InputError naming the option that needs it.
+void check_lora_paths(const SurrogatePool& pool, const std::string& option) {
+  for (const auto& f : pool.files()) {
+    if (f.lora_path.empty())
+      throw InputError(f.path + ": no lora_path attribute; " + option + " needs the LoRA each pool file was inverted from");
+    if (!stdfs::is_directory(f.lora_path))
+      throw InputError(f.path + ": its LoRA '" + f.lora_path + "' (attribute lora_path) is not a directory; " + option +
+                       " needs it (relative paths resolve against the working directory)");
+  }
+}
+
+// --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
+// pool's LoRAs (each LoRA once, however many files name it). Every rank computes the same adapter.
+void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
+  check_lora_paths(pool, "--init zoo-mean");
+  const auto& vc = lora.vit_config();
+  std::set<std::string> seen;
+  std::vector<model::Lora> zoo;
+  for (const auto& f : pool.files())
+    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(io::load_peft(f.lora_path, vc));
+  const model::Lora mean = model::average_loras(zoo, vc);
+  double kept = 0;
+  const model::Lora init = model::low_rank(mean, lora.config().r, lora.config().alpha, &kept);
+  std::set<std::pair<int, int>> want, have;
+  for (const auto& [key, _] : lora.adapters()) want.insert(key);
+  for (const auto& [key, _] : init.adapters()) have.insert(key);
+  if (want != have)
+    throw InputError("metatrain: --init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA (" +
+                     std::to_string(have.size()) + " against " + std::to_string(want.size()) +
+                     " adapters); give the meta-LoRA the zoo's --targets");
+  at::NoGradGuard ng;
+  for (auto& [key, ad] : init.adapters()) {
+    model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
+    dst->a.copy_(ad.a);
+    dst->b.copy_(ad.b);
+  }
+  LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
+                                                      << "), cut to rank " << lora.config().r << ", keeps "
+                                                      << log::fixed(100 * kept, 1) << " % of its squared norm");
 }
 
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
@@ -483,14 +528,7 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
   at::NoGradGuard ng;
   const int64_t D = vit.config().projection_dim;
   const int64_t grid = vit.config().image_size / vit.config().patch_size;
-  for (const auto& f : pool.files()) {
-    if (f.lora_path.empty())
-      throw InputError(f.path + ": no lora_path attribute; --distill-weight needs the LoRA each pool file was inverted from");
-    if (!stdfs::is_directory(f.lora_path))
-      throw InputError(f.path + ": its LoRA '" + f.lora_path +
-                       "' (attribute lora_path) is not a directory; --distill-weight needs it (relative paths "
-                       "resolve against the working directory)");
-  }
+  check_lora_paths(pool, "--distill-weight");
   at::Tensor out = at::zeros({pool.size(), 2, D}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
     if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
@@ -582,6 +620,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   at::Tensor teacher_feat;
   if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
   model::Lora lora(vc, cfg.lora, cfg.seed + 1);
+  if (cfg.init == "zoo-mean") init_from_zoo_mean(lora, pool);
   lora.to(device);
   lora.set_requires_grad(true, false);
   std::vector<at::Tensor> params = lora.parameters(false);

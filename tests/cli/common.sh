@@ -25,18 +25,13 @@ expect_status() {
 }
 # compare_adapters DIR_A DIR_B TOL: max |a-b| / max |a| over the tensors of two PEFT adapter
 # directories (own safetensors reader), fails above TOL.
+CLI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$CLI_DIR${PYTHONPATH:+:$PYTHONPATH}"  # peft_adapter.py
 compare_adapters() {
   "$LORAREC_PYTHON" - "$@" <<'PY'
-import json, struct, sys
+import sys
 import numpy as np
-def load(d):
-    b = open(f"{d}/adapter_model.safetensors", "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
-    return out
+from peft_adapter import tensors as load
 a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
 assert a.keys() == b.keys() and a, (a.keys(), b.keys())
 err = max(np.abs(a[k] - b[k]).max() for k in a) / max(np.abs(a[k]).max() for k in a)

@@ -9,7 +9,10 @@
 #     in a row abort with a clear message;
 #  5. feature distillation from each surrogate's own LoRA (--distill-weight, with a temperature and
 #     a mask ratio): world size 1 equals mpirun -np 2, the distillation term falls, and a pool whose
-#     LoRA is missing is refused (exit 2).
+#     LoRA is missing is refused (exit 2);
+#  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
+#     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
+#     less of it, and a meta-LoRA on other modules than the zoo's is refused (exit 2).
 source "$(dirname "$0")/common.sh"
 quick_pipeline invert
 B=$LORAREC_BIN
@@ -103,4 +106,27 @@ with h5py.File("lostpool/lora_000.h5", "r+") as f:
 PY
 expect_status 2 "lora_000.h5: its LoRA 'runs/quick/zoo/no_such_lora' (attribute lora_path) is not a directory" -- \
   $B metatrain $COMMON --pool lostpool --distill-weight 1 --steps 2 --out lost
+
+# 6. --init zoo-mean
+NZ=$(ls -d runs/quick/zoo/lora_* | wc -l)
+ZR=$("$LORAREC_PYTHON" -c 'import json; print(json.load(open("runs/quick/zoo/lora_000/adapter_config.json"))["r"])')
+FULL=$((NZ * ZR))
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank $FULL --alpha $FULL --lr 1e-30 --lr-min 0 \
+  --steps 2 --out z1 >z1.txt 2>&1 || { cat z1.txt; fail "--init zoo-mean"; }
+grep -q "init zoo-mean: the mean of $NZ zoo LoRAs (rank $FULL), cut to rank $FULL, keeps 100.0 %" z1.txt || { cat z1.txt; fail "no full-rank init line"; }
+"$LORAREC_PYTHON" - z1 runs/quick/zoo/lora_* <<'PY'
+import sys
+import numpy as np
+from peft_adapter import deltas
+meta, zoo = deltas(sys.argv[1]), [deltas(d) for d in sys.argv[2:]]
+assert meta and meta.keys() == zoo[0].keys(), (meta.keys(), zoo[0].keys())
+err = max(np.abs(meta[k] - sum(z[k] for z in zoo) / len(zoo)).max() for k in meta) / max(np.abs(meta[k]).max() for k in meta)
+print(f"--init zoo-mean at full rank: {len(meta)} deltas, max relative difference to the zoo's mean delta {err:.3g}")
+assert err < 1e-4, err
+PY
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank 1 --steps 2 --out z2 >z2.txt 2>&1 || { cat z2.txt; fail "--init zoo-mean at rank 1"; }
+grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no rank-1 init line"; }
+! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
+expect_status 2 "--init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
 echo "metatrain_mpi: all checks passed"

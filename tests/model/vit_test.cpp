@@ -53,6 +53,66 @@ TEST(Lora, CountMatchesThePaperForB16) {
   EXPECT_EQ(Lora(b16, LoraConfig{}, 1).num_parameters(false), 147456);
 }
 
+// The weight delta scale * B A of one adapter, in double.
+at::Tensor delta(const Lora& l, const std::pair<int, int>& key) {
+  const Adapter& ad = l.adapters().at(key);
+  return at::matmul(ad.b.to(at::kDouble), ad.a.to(at::kDouble)) * l.scale();
+}
+
+TEST(Lora, AverageIsTheMeanWeightDelta) {
+  const auto c = test::tiny_config();
+  std::vector<Lora> zoo;
+  for (int k = 0; k < 3; ++k) {
+    Lora l(c, LoraConfig{}, 10 + k);
+    at::manual_seed(20 + k);
+    for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.2);
+    zoo.push_back(std::move(l));
+  }
+  const Lora avg = average_loras(zoo, c);
+  EXPECT_EQ(avg.config().r, 12);
+  for (const auto& [key, _] : zoo[0].adapters()) {
+    const at::Tensor mean = (delta(zoo[0], key) + delta(zoo[1], key) + delta(zoo[2], key)) / 3.0;
+    EXPECT_LT(rel_error(delta(avg, key), mean), kFloatTol);
+  }
+  LoraConfig other;
+  other.r = 2;
+  zoo.push_back(Lora(c, other, 1));
+  EXPECT_THROW_MSG(average_loras(zoo, c), InputError, "differ in rank");
+}
+
+TEST(Lora, LowRankIsTheTruncatedSvdOfEachDelta) {
+  const auto c = test::tiny_config();
+  const Lora src = nonzero_lora(c);  // rank 2, alpha 3
+  // at a rank >= the source's, the same deltas (any alpha)
+  double kept = 0;
+  const Lora same = low_rank(src, 4, 8, &kept);
+  EXPECT_EQ(same.config().r, 4);
+  EXPECT_DOUBLE_EQ(same.scale(), 2.0);
+  EXPECT_NEAR(kept, 1.0, 1e-9);
+  ASSERT_EQ(same.adapters().size(), src.adapters().size());
+  for (const auto& [key, _] : src.adapters()) EXPECT_LT(rel_error(delta(same, key), delta(src, key)), kFloatTol);
+  // at rank 1, the best rank-1 approximation: delta minus it is the second singular direction
+  const Lora one = low_rank(src, 1, 1, &kept);
+  double total = 0, kept_direct = 0;
+  for (const auto& [key, ad] : one.adapters()) {
+    const at::Tensor d = delta(src, key);
+    auto [u, s, vh] = at::linalg_svd(d, false);
+    const at::Tensor best = s[0].item<double>() * at::outer(u.select(1, 0), vh.select(0, 0));
+    EXPECT_LT(rel_error(delta(one, key), best), kFloatTol);
+    // balanced factors: |B| = |A|
+    EXPECT_NEAR(ad.a.norm().item<double>(), ad.b.norm().item<double>(), 1e-4 * ad.a.norm().item<double>());
+    total += s.pow(2).sum().item<double>();
+    kept_direct += s[0].item<double>() * s[0].item<double>();
+  }
+  EXPECT_NEAR(kept, kept_direct / total, 1e-9);
+  EXPECT_LT(kept, 1.0);
+  // the features of the ViT under the rank-2 copy equal those under the source
+  const ClipVision v = random_vit();
+  const at::Tensor x = pixels(2);
+  const Lora again = low_rank(src, 2, 5);
+  EXPECT_LT(rel_error(v.forward(x, {}, &again).feature, v.forward(x, {}, &src).feature), kFloatTol);
+}
+
 TEST(Vit, LoraWithZeroBEqualsTheBaseModel) {
   const ClipVision v = random_vit();
   const Lora l(v.config(), LoraConfig{}, 3);

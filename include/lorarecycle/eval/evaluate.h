@@ -56,10 +56,6 @@ struct EvalRow {
   int64_t timed_tasks = 0;
 };
 
-// Averages LoRAs of one shape (same targets, layers and scale) into one exact adapter whose weight
-// delta is the mean of theirs: A = [A_1; ..; A_K], B = [B_1 .. B_K] / K (rank K r).
-model::Lora average_loras(const std::vector<model::Lora>& loras, const model::ClipVisionConfig& vit);
-
 // One episode of the lora-ft baseline; returns the query accuracy in percent.
 double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px,
                         int way, int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed);

@@ -29,10 +29,6 @@ struct HubConfig {
   int shift = -1;       // support views rolled by +-shift pixels (-1: image_size / 16, at least 1)
 };
 
-// InputError ("<what>: ...") unless there is at least one LoRA and all have the same rank, scale
-// and adapted modules (what averaging and composing need).
-void require_same_shape(const std::vector<model::Lora>& loras, const std::string& what);
-
 // The composed LoRA (every LoRA of the same targets, layers, rank and scale, checked; no head).
 model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vector<double>& w,
                           const model::ClipVisionConfig& vit);

@@ -51,6 +51,7 @@ class Lora {
   static Lora empty(const ClipVisionConfig& vit, const LoraConfig& cfg);
 
   const LoraConfig& config() const { return config_; }
+  const ClipVisionConfig& vit_config() const { return vit_; }
   double scale() const { return config_.scale(); }
   // nullptr when (layer, module) has no adapter.
   const Adapter* find(int layer, Module m) const;
@@ -79,6 +80,21 @@ class Lora {
   std::map<std::pair<int, int>, Adapter> adapters_;  // key (layer, module index)
   at::Tensor head_weight_, head_bias_;
 };
+
+// InputError ("<what>: ...") unless there is at least one LoRA and all have the same rank, scale
+// and adapted modules (what averaging and composing need).
+void require_same_shape(const std::vector<Lora>& loras, const std::string& what);
+
+// Averages LoRAs of one shape (same targets, layers and scale) into one exact adapter whose weight
+// delta is the mean of theirs: A = [A_1; ..; A_K], B = [B_1 .. B_K] / K (rank K r).
+Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit);
+
+// The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
+// scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
+// B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share
+// of the deltas' summed squared Frobenius norm that the approximation keeps (1 when r >= src's
+// rank). float32 on the CPU, no head.
+Lora low_rank(const Lora& src, int r, double alpha, double* kept_share = nullptr);
 
 // Options of one forward pass.
 struct ForwardOptions {

@@ -120,6 +120,7 @@ struct MetaTrainConfig {
   int64_t warmup = 25;               // warm-up steps of a cycle (official 25)
   double clip_norm = 0;              // gradient-norm clip (0 = off)
   model::LoraConfig lora;            // meta-LoRA shape (no head)
+  std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean delta)
   double mask_ratio = 0;             // feed each surrogate with its top-(1-x) patches by stored score
   bool flip = true;                  // random horizontal flip per image
   int jitter = 0;                    // random roll of each image by up to this many pixels (0 = off)
