@@ -47,20 +47,34 @@ echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut
 # Inverted pools: invert flags on top of configs/demo.ini [invert]; every pool lives in
 # $OUT/pool_<name> except bn0, which is the main job's.
 declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
+# once DONE_FILE LOG COMMAND...: runs COMMAND (output to LOG) unless DONE_FILE exists; on failure
+# prints LOG and exits.
+once() {
+  local done=$1 log=$2
+  shift 2
+  [ -f "$done" ] && return 0
+  "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
+}
+# series METRICS DIGITS: the validation accuracies of a run, step 0 first, +- the CI at the last.
+series() {
+  $PY - "$1" "$2" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
+d = int(sys.argv[2])
+print(" / ".join(f"{r['val_mean']:.{d}f}" for r in rows) + f" +- {rows[-1]['val_ci95']:.{d}f}")
+PY
+}
 # The real-image control pool of the main job's zoo (~1 min).
 real_pool() {
-  [ -f "$OUT/pool_real/index.json" ] && return 0
-  "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real" \
-    >"$OUT/pool_real.log" 2>&1 || { cat "$OUT/pool_real.log"; exit 1; }
+  once "$OUT/pool_real/index.json" "$OUT/pool_real.log" \
+    "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
 }
 pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
-    if [ ! -f "$(pool_dir $pool)/index.json" ]; then
-      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)" \
-        >"$OUT/pool_$pool.log" 2>&1 || { cat "$OUT/pool_$pool.log"; exit 1; }
-    fi
+    once "$(pool_dir $pool)/index.json" "$OUT/pool_$pool.log" \
+      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)"
   done
   real_pool
   # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
@@ -127,16 +141,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
       [ $pool = perlora ] && [ -z "${PERLORA[$name]+x}" ] && { res+=("-"); continue; }
       p=$(pool_dir $pool)
       run="$OUT/m_${name}_$pool"
-      if [ ! -f "$run/metatrain.json" ]; then
-        "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart --steps 300 \
-          --val-every 100 ${FLAGS[$name]} >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
-      fi
-      res+=("$($PY - "$run.work/metrics.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
-print(" / ".join(f"{r['val_mean']:.1f}" for r in rows) + f" +- {rows[-1]['val_ci95']:.1f}")
-PY
-)")
+      once "$run/metatrain.json" "$run.log" "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" \
+        --out "$run" --restart --steps 300 --val-every 100 ${FLAGS[$name]}
+      res+=("$(series "$run.work/metrics.jsonl" 1)")
     done
     printf '%-16s %-44s %-28s %-28s %-28s %-28s %s\n' "$name" "${FLAGS[$name]:-(configs/demo.ini)}" "${res[@]}"
   done
@@ -144,19 +151,13 @@ fi
 
 # The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
 if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
-  if [ ! -f "$OUT/zoo64/manifest.json" ]; then
-    "${MPI[@]}" $B zoo --config configs/demo.ini --out "$OUT/zoo64" --num-loras 32 --classes 64 \
-      >"$OUT/zoo64.log" 2>&1 || { cat "$OUT/zoo64.log"; exit 1; }
-  fi
+  once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
+    "${MPI[@]}" $B zoo --config configs/demo.ini --out "$OUT/zoo64" --num-loras 32 --classes 64
   real_pool
-  if [ ! -f "$OUT/pool64/index.json" ]; then
-    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --out "$OUT/pool64" \
-      >"$OUT/pool64.log" 2>&1 || { cat "$OUT/pool64.log"; exit 1; }
-  fi
-  if [ ! -f "$OUT/pool64_real/index.json" ]; then
-    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 \
-      --out "$OUT/pool64_real" >"$OUT/pool64_real.log" 2>&1 || { cat "$OUT/pool64_real.log"; exit 1; }
-  fi
+  once "$OUT/pool64/index.json" "$OUT/pool64.log" \
+    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --out "$OUT/pool64"
+  once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+    --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 --out "$OUT/pool64_real"
   # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
   # delta at full rank (zoo rank 4 x LoRAs; alpha = rank keeps the zoo's scale 1), no training.
   AVG="--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0"
@@ -181,15 +182,8 @@ if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
     IFS='|' read -r name p flags <<<"$row"
     i=$((i + 1))
     run="$OUT/z_$i"
-    if [ ! -f "$run/metatrain.json" ]; then
-      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags \
-        >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
-    fi
-    printf '%-48s %s\n' "$name" "$($PY - "$run.work/metrics.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"val_mean"' in l]
-print(" / ".join(f"{r['val_mean']:.2f}" for r in rows) + f" +- {rows[-1]['val_ci95']:.2f}")
-PY
-)"
+    once "$run/metatrain.json" "$run.log" \
+      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
+    printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
   done
 fi

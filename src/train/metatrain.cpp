@@ -497,15 +497,13 @@ void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
   for (const auto& f : pool.files())
     if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(io::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
+  const auto same_key = [](const auto& x, const auto& y) { return x.first == y.first; };
+  if (!std::equal(lora.adapters().begin(), lora.adapters().end(), mean.adapters().begin(), mean.adapters().end(), same_key))
+    throw InputError("metatrain: --init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA (" +
+                     std::to_string(mean.adapters().size()) + " against " + std::to_string(lora.adapters().size()) +
+                     " adapters); give the meta-LoRA the zoo's --targets");
   double kept = 0;
   const model::Lora init = model::low_rank(mean, lora.config().r, lora.config().alpha, &kept);
-  std::set<std::pair<int, int>> want, have;
-  for (const auto& [key, _] : lora.adapters()) want.insert(key);
-  for (const auto& [key, _] : init.adapters()) have.insert(key);
-  if (want != have)
-    throw InputError("metatrain: --init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA (" +
-                     std::to_string(have.size()) + " against " + std::to_string(want.size()) +
-                     " adapters); give the meta-LoRA the zoo's --targets");
   at::NoGradGuard ng;
   for (auto& [key, ad] : init.adapters()) {
     model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
@@ -619,8 +617,9 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   vit.to(device);
   at::Tensor teacher_feat;
   if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
+  const bool resuming = cfg.resume && stdfs::exists(ckpt);
   model::Lora lora(vc, cfg.lora, cfg.seed + 1);
-  if (cfg.init == "zoo-mean") init_from_zoo_mean(lora, pool);
+  if (cfg.init == "zoo-mean" && !resuming) init_from_zoo_mean(lora, pool);  // a checkpoint holds the weights
   lora.to(device);
   lora.set_requires_grad(true, false);
   std::vector<at::Tensor> params = lora.parameters(false);
@@ -632,7 +631,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   int64_t start = 0;
   int64_t skipped_total = 0;
   json val0 = nullptr;
-  if (cfg.resume && stdfs::exists(ckpt)) {
+  if (resuming) {
     const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
     const auto& meta = f.metadata();
     if (!meta.count("fingerprint") || json::parse(meta.at("fingerprint")) != fp)

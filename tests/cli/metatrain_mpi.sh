@@ -12,7 +12,8 @@
 #     LoRA is missing is refused (exit 2);
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
-#     less of it, and a meta-LoRA on other modules than the zoo's is refused (exit 2).
+#     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), and a resumed
+#     run takes its weights from the checkpoint without reading the zoo (moved away here).
 source "$(dirname "$0")/common.sh"
 quick_pipeline invert
 B=$LORAREC_BIN
@@ -129,4 +130,11 @@ grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no
 ! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
 expect_status 2 "--init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
+set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --stop-after 2 --out z4 >z4.txt 2>&1; rc=$?; set -e
+[ $rc = 75 ] || { cat z4.txt; fail "--init zoo-mean --stop-after exited $rc, expected 75"; }
+mv runs/quick/zoo zoo_away
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --resume --out z4 >z4r.txt 2>&1 \
+  || { cat z4r.txt; fail "resuming a --init zoo-mean run without the zoo"; }
+mv zoo_away runs/quick/zoo
+! grep -q "init zoo-mean: the mean" z4r.txt || fail "the resumed run read the zoo again"
 echo "metatrain_mpi: all checks passed"
