@@ -3,6 +3,8 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/ini.h"
 
+#include <map>
+
 namespace lorarec::cli {
 namespace po = boost::program_options;
 
@@ -14,27 +16,50 @@ bool is_command(const std::string& s) {
 }
 }  // namespace
 
-std::vector<std::string> config_args(const std::string& text, const std::string& origin, const std::string& command,
-                                     const po::options_description& desc) {
-  std::vector<std::string> args{"lorarecycle"};
+std::vector<ConfigToken> config_args(const std::string& text, const std::string& origin, const std::string& command,
+                                     const po::options_description& desc, const std::set<std::string>& other_keys) {
+  struct Chosen {
+    ConfigToken token;
+    bool own;  // from [<command>], which overrides [common]
+    int line;
+  };
+  std::map<std::string, Chosen> chosen;
+  std::vector<std::string> order;
   for (const auto& e : ini::parse(text, origin)) {
     const std::string where = origin + ":" + std::to_string(e.line);
     if (!e.section.empty() && e.section != "common" && !is_command(e.section))
-      throw InputError(where + ": unknown section [" + e.section + "]");
+      throw InputError(where + ": unknown section [" + e.section + "] (sections: [common] or a command's name)");
     if (!e.section.empty() && e.section != "common" && e.section != command) continue;
     if (e.key == "config" || e.key == "help") throw InputError(where + ": '" + e.key + "' cannot be set in a config file");
+    const bool own = e.section == command;
     const po::option_description* od = desc.find_nothrow(e.key, false);
-    if (od == nullptr) throw InputError(where + ": unknown key '" + e.key + "' for command '" + command + "'");
-    if (od->semantic()->max_tokens() == 0) {  // a switch: true/false in the file
-      if (e.value == "true" || e.value == "1" || e.value == "yes" || e.value == "on")
-        args.push_back("--" + e.key);
-      else if (!(e.value == "false" || e.value == "0" || e.value == "no" || e.value == "off"))
-        throw InputError(where + ": '" + e.key + "' takes true or false, got '" + e.value + "'");
-      continue;
+    if (od == nullptr) {
+      if (!own && other_keys.count(e.key) != 0) continue;  // a [common] key for the commands that have it
+      throw InputError(where + ": unknown key '" + e.key + "' " +
+                       (own ? "for command '" + command + "'" : std::string("(no command has it)")) + " (see 'lorarecycle " +
+                       command + " --help')");
     }
-    args.push_back("--" + e.key + "=" + e.value);
+    std::string token = "--" + e.key + "=" + e.value;
+    if (od->semantic()->max_tokens() == 0) {  // a switch: true/false in the file
+      const bool on = e.value == "true" || e.value == "1" || e.value == "yes" || e.value == "on";
+      if (!on && !(e.value == "false" || e.value == "0" || e.value == "no" || e.value == "off"))
+        throw InputError(where + ": '" + e.key + "' takes true or false, got '" + e.value + "'");
+      token = on ? "--" + e.key : "";  // off: no token, but it overrides an earlier layer's "on"
+    }
+    const auto it = chosen.find(e.key);
+    if (it == chosen.end()) {
+      chosen.emplace(e.key, Chosen{{e.key, token, where}, own, e.line});
+      order.push_back(e.key);
+    } else if (it->second.own == own) {
+      throw InputError(where + ": '" + e.key + "' is set twice in one section (first at line " +
+                       std::to_string(it->second.line) + ")");
+    } else if (own) {
+      it->second = Chosen{{e.key, token, where}, own, e.line};
+    }
   }
-  return args;
+  std::vector<ConfigToken> out;
+  for (const auto& key : order) out.push_back(chosen.at(key).token);
+  return out;
 }
 
 namespace {
@@ -69,9 +94,25 @@ void store_tokens(const std::vector<std::string>& args, const po::options_descri
   }
 }
 
-void store_config(const std::vector<std::string>& args, const std::string& origin, const po::options_description& desc,
-                  po::variables_map& vm) {
-  store_tokens(args, desc, vm, origin + ": ", "");
+std::vector<ConfigToken> layer_configs(const std::vector<std::vector<ConfigToken>>& files) {
+  std::vector<ConfigToken> out;
+  std::map<std::string, size_t> at;
+  for (const auto& file : files)
+    for (const auto& t : file) {
+      const auto it = at.find(t.key);
+      if (it == at.end()) {
+        at.emplace(t.key, out.size());
+        out.push_back(t);
+      } else {
+        out[it->second] = t;
+      }
+    }
+  return out;
+}
+
+void store_config(const std::vector<ConfigToken>& tokens, const po::options_description& desc, po::variables_map& vm) {
+  for (const auto& t : tokens)
+    if (!t.token.empty()) store_tokens({"lorarecycle", t.token}, desc, vm, t.where + ": ", "");
 }
 
 }  // namespace lorarec::cli

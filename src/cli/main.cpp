@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <set>
 #include <string>
 
 #include "cli/commands.h"
@@ -37,6 +38,19 @@ const Command kTable[] = {
     {"predict", "classify query images from a labelled support set in one forward pass (VFM + meta-LoRA)", lorarec::cli::run_predict},
     {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
 };
+
+// The option names of every command (config files' [common] keys), each command's entry point run
+// in the mode where parse() only lists its options.
+std::set<std::string> all_option_names(lorarec::dist::Runtime& rt) {
+  std::set<std::string> names;
+  lorarec::cli::OptionNameCollector collect(&names);
+  for (const auto& c : kTable) {
+    std::string name = c.name;
+    char* argv[] = {name.data(), nullptr};
+    c.run(1, argv, rt);
+  }
+  return names;
+}
 
 void usage(std::FILE* out) {
   std::fprintf(out,
@@ -79,6 +93,7 @@ int main(int argc, char** argv) {
   try {
     runtime = std::make_unique<lorarec::dist::Runtime>(&argc, &argv);
     rank = runtime->rank();
+    lorarec::cli::set_option_names_source([&runtime] { return all_option_names(*runtime); });
     lorarec::env::fault_point(rank, "start");
     status = cmd->run(argc - 1, argv + 1, *runtime);
   } catch (const lorarec::InputError& e) {

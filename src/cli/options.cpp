@@ -18,7 +18,7 @@ po::options_description common_options(CommonOptions& o) {
   po::options_description d("Common options");
   d.add_options()
       ("help,h", "show this help and exit")
-      ("config", po::value(&o.config), "INI config file (sections [common] and [<command>]); the command line overrides it")
+      ("config", po::value(&o.configs)->composing(), "INI config file (sections [common] and [<command>], '#' comments); may be given several times, a later file overrides an earlier one, and the command line overrides them all")
       ("log-level", po::value(&o.log_level)->default_value(o.log_level), "debug | info | warn | error (info is printed by rank 0 only)")
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
       ("bf16", po::bool_switch(&o.bf16), "bf16 autocast for the forward pass (CUDA, or CPU where LibTorch supports it)")
@@ -28,8 +28,29 @@ po::options_description common_options(CommonOptions& o) {
 }
 
 
+namespace {
+std::function<std::set<std::string>()> g_names_source;
+std::set<std::string>* g_collecting = nullptr;
+
+std::set<std::string> option_names(const po::options_description& desc) {
+  std::set<std::string> out;
+  for (const auto& o : desc.options()) out.insert(o->long_name());
+  return out;
+}
+}  // namespace
+
+void set_option_names_source(std::function<std::set<std::string>()> source) { g_names_source = std::move(source); }
+
+OptionNameCollector::OptionNameCollector(std::set<std::string>* names) { g_collecting = names; }
+OptionNameCollector::~OptionNameCollector() { g_collecting = nullptr; }
+
 bool parse(const std::string& command, const std::string& usage, int argc, char** argv, po::options_description& desc,
            CommonOptions& common, int rank) {
+  if (g_collecting != nullptr) {
+    const auto names = option_names(desc);
+    g_collecting->insert(names.begin(), names.end());
+    return false;
+  }
   po::variables_map vm;
   try {
     store_tokens(std::vector<std::string>(argv, argv + argc), desc, vm, command + ": ",
@@ -39,8 +60,12 @@ bool parse(const std::string& command, const std::string& usage, int argc, char*
       return false;
     }
     if (vm.count("config")) {
-      const std::string path = vm["config"].as<std::string>();
-      store_config(config_args(fs::read_text(path), path, command, desc), path, desc, vm);
+      // Every command's option names: a [common] key that another command has is not a typo.
+      const std::set<std::string> others = g_names_source ? g_names_source() : std::set<std::string>{};
+      std::vector<std::vector<ConfigToken>> layers;
+      for (const auto& path : vm["config"].as<std::vector<std::string>>())
+        layers.push_back(config_args(fs::read_text(path), path, command, desc, others));
+      store_config(layer_configs(layers), desc, vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {

@@ -1,16 +1,19 @@
 // Private to the CLI: option groups and the parse step shared by every subcommand.
 //
-// Precedence: command line > config file (--config FILE.ini) > defaults. A config file holds
-// "key = value" lines; keys before any section or under [common] apply to every command, keys
-// under [<command>] to that command only, sections of other commands are skipped. Unknown keys,
-// unknown sections and invalid values are rejected with file:line.
+// Precedence: command line > config files (--config A.ini --config B.ini: B over A) > defaults. A
+// config file holds "key = value" lines; keys before any section or under [common] apply to every
+// command that has them, keys under [<command>] to that command only (and over [common]),
+// sections of other commands are skipped. Unknown keys, unknown sections and invalid values are
+// rejected with file:line.
 #pragma once
 
 #include <boost/program_options.hpp>
 
 #include <c10/core/Device.h>
 
+#include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,7 +33,7 @@ namespace po = boost::program_options;
 
 // Options every command has.
 struct CommonOptions {
-  std::string config;            // INI file merged under the command line
+  std::vector<std::string> configs;  // INI files merged under the command line, later over earlier
   std::string log_level = "info";
   std::string device = "auto";   // auto | cpu | cuda | cuda:N
   bool bf16 = false;             // bf16 autocast where the device supports it
@@ -50,6 +53,19 @@ std::vector<model::Module> parse_modules(const std::string& list);
 // rank 0). Throws InputError for bad options.
 bool parse(const std::string& command, const std::string& usage, int argc, char** argv, po::options_description& desc,
            CommonOptions& common, int rank);
+
+// Every command's option names, so that a config file's [common] keys can be told from typos.
+// main() installs the source (it knows the commands); parse() calls it when --config is given.
+void set_option_names_source(std::function<std::set<std::string>()> source);
+// True while the source runs: parse() then records the names of the description it is given into
+// *names and returns false at once (as after --help), so each command's entry point lists its
+// options without doing anything else.
+struct OptionNameCollector {
+  explicit OptionNameCollector(std::set<std::string>* names);
+  ~OptionNameCollector();
+  OptionNameCollector(const OptionNameCollector&) = delete;
+  OptionNameCollector& operator=(const OptionNameCollector&) = delete;
+};
 
 // What a command needs once its options are valid: logs the runtime line (launcher, ranks),
 // makes the communicator of --comm and picks the device of --device.

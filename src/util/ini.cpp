@@ -15,6 +15,13 @@ std::string trim(const std::string& s) {
   const auto e = s.find_last_not_of(" \t\r");
   return s.substr(b, e - b + 1);
 }
+// Drops an inline comment: '#' or ';' at the start of the line or after a blank ("steps = 300  #
+// more"); one inside a value ("a#b") stays.
+std::string strip_comment(const std::string& s) {
+  for (size_t i = 0; i < s.size(); ++i)
+    if ((s[i] == '#' || s[i] == ';') && (i == 0 || s[i - 1] == ' ' || s[i - 1] == '\t')) return s.substr(0, i);
+  return s;
+}
 }  // namespace
 
 std::vector<Entry> parse(const std::string& text, const std::string& origin) {
@@ -24,8 +31,8 @@ std::vector<Entry> parse(const std::string& text, const std::string& origin) {
   int line_no = 0;
   while (std::getline(in, raw)) {
     ++line_no;
-    const std::string line = trim(raw);
-    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    const std::string line = trim(strip_comment(raw));
+    if (line.empty()) continue;
     const std::string where = origin + ":" + std::to_string(line_no);
     if (line.front() == '[') {
       if (line.back() != ']' || line.size() < 3) throw InputError(where + ": malformed section header '" + line + "'");

@@ -25,7 +25,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       ("seed", po::value(&u), "")("bf16", po::bool_switch(&b), "")("mask-ratio", po::value(&d), "");
   try {
     po::variables_map vm;
-    lorarec::cli::store_config(lorarec::cli::config_args(text, "fuzz.ini", "eval", desc), "fuzz.ini", desc, vm);
+    const auto tokens = lorarec::cli::config_args(text, "fuzz.ini", "eval", desc, {"data", "steps"});
+    lorarec::cli::store_config(lorarec::cli::layer_configs({tokens, tokens}), desc, vm);
     po::notify(vm);
   } catch (const lorarec::InputError&) {
   } catch (const po::error&) {  // notify's own checks (e.g. required), also reported as input errors by the CLI

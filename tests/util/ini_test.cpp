@@ -18,6 +18,14 @@ TEST(Ini, SectionsKeysCommentsAndLineNumbers) {
   EXPECT_EQ(e[1].line, 6);
 }
 
+TEST(Ini, InlineCommentsAfterABlankAreDropped) {
+  const auto e = ini::parse("[zoo]\nepochs = 3  # paper: 10\ndata = a#b.h5\t; c\nname = x;y\n[embed] # c\n", "x.ini");
+  ASSERT_EQ(e.size(), 3u);
+  EXPECT_EQ(e[0].value, "3");
+  EXPECT_EQ(e[1].value, "a#b.h5");
+  EXPECT_EQ(e[2].value, "x;y");
+}
+
 TEST(Ini, MalformedLinesNameFileAndLine) {
   try {
     ini::parse("[ok]\nno equals sign\n", "bad.ini");
