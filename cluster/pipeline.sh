@@ -2,19 +2,30 @@
 # Submits the whole pipeline as a chain of Slurm jobs, each starting after the previous one
 # succeeded (--dependency=afterok): data, VFM, BN prior, zoo, inversion, meta-training (dense and
 # mask 0.75), evaluation, report.
-#   bash cluster/pipeline.sh [--preset demo|quick|paper] [--ntasks N] [--gpus] [--time HH:MM:SS]
-#                            [--partition P] [--account A] [--workdir DIR] [--from STAGE]
-# --preset paper uses configs/paper.ini (your ViT-B/16 and data: edit its paths) and skips the
-#   benchmark's data/VFM/prior stages unless their configs exist.
+#   bash cluster/pipeline.sh [--preset demo|quick|paper | --config FILE] [--ntasks N] [--gpus]
+#        [--time HH:MM:SS] [--partition P] [--account A] [--workdir DIR] [--from STAGE]
+# --preset NAME: configs/NAME.ini of this checkout (default demo); demo and quick run every stage
+#   (the benchmark's data, VFM and BN prior first), paper starts at the zoo (your CLIP and data).
+# --config FILE: your own INI file anywhere (e.g. a copy of configs/paper.ini with your paths;
+#   relative paths in it resolve against --workdir); the chain starts at the zoo, with a VFM stage
+#   first when FILE has a [pretrain] section and a prior stage when FILE's directory holds
+#   <name>_prior.ini. Meta-LoRAs go to FILE's [metatrain] out and <its dir>/meta_mask75, the report
+#   to <that dir>/report. Convert HF pytorch_model.bin / torchvision .pth weights first:
+#   data_tools/convert_weights.py.
 # --gpus: one task per GPU (--gpus-per-task=1); ranks then use CUDA and NCCL.
-# --from STAGE: start the chain at that stage (earlier outputs exist).
-# Prints the job ids; `squeue -u $USER` shows them, slurm-lorarecycle-<id>.out their logs.
+# --from STAGE: start the chain at that stage (earlier outputs exist): data, vfm, prior, zoo,
+#   invert, meta, meta_mask75, eval or report.
+# Prints the job ids; `squeue -u $USER` shows them, slurm-lr-<stage>-<id>.out their logs.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PRESET=demo; NTASKS=2; GPUS=0; TIME=""; WORKDIR=$PWD; FROM=data; EXTRA=()
+PRESET=""; CONFIG=""; NTASKS=2; GPUS=0; TIME=""; WORKDIR=$PWD; FROM=data; EXTRA=()
+die() { echo "pipeline.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
+    --preset|--config|--ntasks|--time|--partition|--account|--workdir|--from)
+      [ $# -ge 2 ] || die "$1 needs a value" ;;&
     --preset) PRESET=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
     --ntasks) NTASKS=$2; shift 2 ;;
     --gpus) GPUS=1; shift ;;
     --time) TIME=$2; shift 2 ;;
@@ -22,12 +33,49 @@ while [ $# -gt 0 ]; do
     --account) EXTRA+=(--account "$2"); shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
-    -h|--help) sed -n "2,13p" "$0"; exit 0 ;;
-    *) echo "pipeline.sh: unknown argument $1" >&2; exit 2 ;;
+    -h|--help) sed -n "2,/^[^#]/{/^#/s/^# \{0,1\}//p}" "$0"; exit 0 ;;
+    *) die "unknown argument $1" ;;
   esac
 done
-CFG=$REPO/configs/$PRESET.ini
-[ -f "$CFG" ] || { echo "pipeline.sh: no $CFG" >&2; exit 2; }
+case "$FROM" in
+  data|vfm|prior|zoo|invert|meta|meta_mask75|eval|report) ;;
+  *) die "unknown --from stage '$FROM' (data, vfm, prior, zoo, invert, meta, meta_mask75, eval, report)" ;;
+esac
+# ini_value FILE SECTION KEY: the value of KEY in [SECTION] (last one wins), inline comments
+# (# or ; after a blank) and surrounding blanks removed; empty when absent.
+ini_value() {
+  awk -v want="$2" -v key="$3" '
+    { line = $0; sub(/\r$/, "", line); sub(/(^|[ \t])[#;].*$/, "", line) }
+    line ~ /^[ \t]*\[.*\][ \t]*$/ { s = line; gsub(/^[ \t]*\[[ \t]*|[ \t]*\][ \t]*$/, "", s); sec = s; next }
+    sec == want && index(line, "=") {
+      k = substr(line, 1, index(line, "=") - 1); v = substr(line, index(line, "=") + 1)
+      gsub(/^[ \t]+|[ \t]+$/, "", k); gsub(/^[ \t]+|[ \t]+$/, "", v)
+      if (k == key) val = v
+    }
+    END { print val }' "$1"
+}
+if [ -n "$CONFIG" ]; then
+  [ -z "$PRESET" ] || die "give --preset or --config, not both"
+  [ -f "$CONFIG" ] || die "no such config file: $CONFIG"
+  [ -r "$CONFIG" ] || die "cannot read config file: $CONFIG"
+  CFG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")"  # absolute: the jobs run in --workdir
+  NAME=$(basename "$CFG" .ini)
+  PRIOR_CFG="$(dirname "$CFG")/${NAME}_prior.ini"
+  BENCHMARK=0
+  HAS_PRETRAIN=$(grep -c '^[[:space:]]*\[[[:space:]]*pretrain[[:space:]]*\]' "$CFG" || true)
+else
+  NAME=${PRESET:-demo}
+  CFG=$REPO/configs/$NAME.ini
+  if [ ! -f "$CFG" ]; then
+    presets=""; for f in "$REPO"/configs/*.ini; do case "$f" in *_prior.ini) ;; *) presets+=" $(basename "$f" .ini)" ;; esac; done
+    die "no preset '$NAME' ($CFG missing; presets:$presets); for your own file use --config FILE"
+  fi
+  PRIOR_CFG=$REPO/configs/${NAME}_prior.ini
+  if [ "$NAME" = paper ]; then BENCHMARK=0; HAS_PRETRAIN=0; else BENCHMARK=1; HAS_PRETRAIN=1; fi
+fi
+META=$(ini_value "$CFG" metatrain out)
+META=${META:-runs/$NAME/meta}
+RUNS=$(dirname "$META")
 mkdir -p "$WORKDIR"
 COMMON=(--parsable --chdir "$WORKDIR" --export "ALL,LORAREC_REPO=$REPO" --ntasks "$NTASKS" "${EXTRA[@]}")
 [ -n "$TIME" ] && COMMON+=(--time "$TIME")
@@ -41,16 +89,13 @@ submit() {  # submit NAME STAGE CONFIG [args]
   prev=$(sbatch "${COMMON[@]}" "${dep[@]}" --job-name "lr-$name" "$REPO/cluster/stage.sbatch" "$@")
   echo "$name: job $prev"
 }
-if [ "$PRESET" != paper ]; then
-  submit data data "$PRESET"
-  submit vfm pretrain "$CFG"
-  submit prior prior "$REPO/configs/${PRESET}_prior.ini"
-else
-  started=1
-fi
+skip() { [ "$1" = "$FROM" ] && started=1; return 0; }  # a stage not run: --from it starts at the next
+if [ $BENCHMARK = 1 ]; then submit data data "$NAME"; else skip data; fi
+if [ "$HAS_PRETRAIN" -ge 1 ]; then submit vfm pretrain "$CFG"; else skip vfm; fi
+if [ $BENCHMARK = 1 ] || { [ -n "$CONFIG" ] && [ -f "$PRIOR_CFG" ]; }; then submit prior prior "$PRIOR_CFG"; else skip prior; fi
 submit zoo zoo "$CFG"
 submit invert invert "$CFG"
-submit meta metatrain "$CFG" --out "runs/$PRESET/meta" --mask-ratio 0
-submit meta_mask75 metatrain "$CFG" --out "runs/$PRESET/meta_mask75" --mask-ratio 0.75
+submit meta metatrain "$CFG" --out "$META" --mask-ratio 0
+submit meta_mask75 metatrain "$CFG" --out "$RUNS/meta_mask75" --mask-ratio 0.75
 submit eval eval "$CFG"
-submit report report "$PRESET" --runs "runs/$PRESET" --out "runs/$PRESET/report"
+submit report report "$NAME" --runs "$RUNS" --out "$RUNS/report"

@@ -1,9 +1,18 @@
-"""The main job's report: results table beside the paper's, validation curves and a grid of
-surrogate images, from the outputs of launch/demo.sh.
+"""The report of a run directory: results table beside the paper's, validation curves and a grid
+of surrogate images, from the outputs of launch/demo.sh, cluster/pipeline.sh or your own commands.
 
-  /usr/bin/python3 data_tools/report.py --runs runs/demo --out runs/demo/report
+  /usr/bin/python3 data_tools/report.py RUN_DIR [--out DIR]      (or --runs RUN_DIR, as before)
 
-Writes report.md, val_curves.png and surrogates.png into --out.
+The parts are found by their marker files anywhere under RUN_DIR (symbolic links followed):
+  zoo          a directory with manifest.json and lora_*/ adapter directories (zoo)
+  pool         a directory with index.json and lora_*.h5 (invert)
+  meta-LoRA    a directory with metatrain.json (metatrain); its curve from <dir>.work/metrics.jsonl
+  eval         a directory with results.csv (eval); partial/ alone = an unfinished eval
+  model        a directory with pretrain_report.json (pretrain: the VFM or the BN prior)
+One line per part found, missing or unfinished is printed first; a partial run gives a partial
+report, never a traceback. With several evals the one named eval (else the first) makes the main
+table, the others follow it; the pool named pool (else the first) makes the surrogate grid.
+Writes report.md, val_curves.png and surrogates.png into --out (default RUN_DIR/report).
 """
 import argparse
 import csv
@@ -12,12 +21,7 @@ import json
 import os
 import sys
 
-import h5py
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 # The paper's CLIP ViT-B/16 results (DESIGN 2.7): 5-way 1-shot / 5-shot.
 PAPER = {
@@ -40,20 +44,148 @@ def read_jsonl(path):
         for line in open(path):
             line = line.strip()
             if line:
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:  # a line cut short by a crash
+                    continue
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", required=True, help="run directory of a preset (e.g. runs/demo)")
-    ap.add_argument("--out", required=True, help="report directory")
-    a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    runs = a.runs
+def why(e):
+    """An exception as a short phrase for a one-line message."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
-    # Results table.
-    rows = list(csv.DictReader(open(os.path.join(runs, "eval", "results.csv"))))
+
+# ---- finding the parts -------------------------------------------------------------------------
+
+def find_parts(root, skip):
+    """Walks root (links followed, each real directory once, hidden ones and `skip` left out) and
+    returns {kind: [directory, ...]} of the marker files' directories, sorted by path."""
+    parts = {k: [] for k in ("zoo", "zoo_partial", "pool", "pool_partial", "meta", "meta_partial", "eval",
+                             "eval_partial", "model", "model_partial")}
+    seen = set()
+    skip_real = os.path.realpath(skip) if skip else None
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen or real == skip_real:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        fs = set(files)
+        lora_dirs = [x for x in dirs if x.startswith("lora_")]
+        lora_h5 = [x for x in files if x.startswith("lora_") and x.endswith(".h5")]
+        if lora_dirs and any(os.path.exists(os.path.join(d, x, "adapter_config.json")) for x in lora_dirs):
+            parts["zoo" if "manifest.json" in fs else "zoo_partial"].append(d)
+        if lora_h5:
+            parts["pool" if "index.json" in fs else "pool_partial"].append(d)
+        if "metatrain.json" in fs:
+            parts["meta"].append(d)
+        if "results.csv" in fs:
+            parts["eval"].append(d)
+        elif "partial" in dirs and os.path.exists(os.path.join(d, "partial", "settings.json")):
+            parts["eval_partial"].append(d)
+        if "pretrain_report.json" in fs:
+            parts["model"].append(d)
+        if d.endswith(".work") and "metrics.jsonl" in fs:
+            out = d[:-len(".work")]
+            if os.path.exists(os.path.join(out, "metatrain.json")) or os.path.exists(os.path.join(out, "pretrain_report.json")):
+                continue
+            kind = "model_partial"
+            for r in read_jsonl(os.path.join(d, "metrics.jsonl"))[:3]:
+                if "episodes_per_s" in r or "val_mean" in r:
+                    kind = "meta_partial"
+            parts[kind].append(d)
+    return {k: sorted(v, key=lambda p: os.path.join(p, "")) for k, v in parts.items()}
+
+
+def prefer(dirs, root, name):
+    """The directory <root>/<name> when among dirs, else the first."""
+    for d in dirs:
+        if os.path.relpath(d, root) == name:
+            return d
+    return dirs[0] if dirs else None
+
+
+def last_step(work):
+    steps = [r["step"] for r in read_jsonl(os.path.join(work, "metrics.jsonl")) if isinstance(r.get("step"), int)]
+    return max(steps) if steps else None
+
+
+def inventory(parts, root):
+    """One line per part: (ok, text); ok False for missing, unfinished or unreadable parts."""
+    rel = lambda d: os.path.relpath(d, root)  # noqa: E731
+    lines = []
+    for d in parts["zoo"]:
+        try:
+            m = json.load(open(os.path.join(d, "manifest.json")))
+            accs = [e["heldout_accuracy"] for e in m["loras"]]
+            acc = f", held-out accuracy mean {sum(accs) / len(accs):.2f}" if accs else ""
+            lines.append((True, f"zoo ({rel(d)}/): {len(m['loras'])} LoRAs{acc}"))
+        except Exception as e:  # noqa: BLE001
+            lines.append((False, f"zoo ({rel(d)}/): manifest.json unreadable ({why(e)})"))
+    for d in parts["zoo_partial"]:
+        n = len([x for x in os.listdir(d) if x.startswith("lora_")])
+        lines.append((False, f"zoo ({rel(d)}/): unfinished: {n} lora_* directories, no manifest.json"))
+    if not parts["zoo"] and not parts["zoo_partial"]:
+        lines.append((False, "zoo: missing (no directory with manifest.json and lora_*/ adapters)"))
+    for d in parts["pool"]:
+        n = len(glob.glob(os.path.join(d, "lora_*.h5")))
+        try:
+            idx = json.load(open(os.path.join(d, "index.json")))
+            lines.append((True, f"pool ({rel(d)}/): {len(idx['files'])} files, {idx['images']} images"))
+        except Exception as e:  # noqa: BLE001
+            lines.append((False, f"pool ({rel(d)}/): {n} lora_*.h5, index.json unreadable ({why(e)})"))
+    for d in parts["pool_partial"]:
+        n = len(glob.glob(os.path.join(d, "lora_*.h5")))
+        lines.append((False, f"pool ({rel(d)}/): unfinished: {n} lora_*.h5, no index.json"))
+    if not parts["pool"] and not parts["pool_partial"]:
+        lines.append((False, "pool: missing (no directory with index.json and lora_*.h5)"))
+    for d in parts["meta"]:
+        try:
+            r = json.load(open(os.path.join(d, "metatrain.json")))
+            lines.append((True, f"meta-LoRA ({rel(d)}/): mask {r['mask_ratio']}, {r['steps']} steps, val "
+                                f"{r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}"))
+        except Exception as e:  # noqa: BLE001
+            lines.append((False, f"meta-LoRA ({rel(d)}/): metatrain.json unreadable ({why(e)})"))
+    for d in parts["meta_partial"]:
+        s = last_step(d)
+        lines.append((False, f"meta-LoRA ({rel(d)[:-len('.work')]}/): unfinished (no metatrain.json; {rel(d)} "
+                             f"{'at step ' + str(s) if s is not None else 'has no step yet'})"))
+    if not parts["meta"] and not parts["meta_partial"]:
+        lines.append((False, "meta-LoRA: missing (no directory with metatrain.json)"))
+    for d in parts["eval"]:
+        try:
+            rows = list(csv.DictReader(open(os.path.join(d, "results.csv"))))
+            methods = sorted({r["method"] for r in rows})
+            lines.append((True, f"eval ({rel(d)}/): {len(rows)} rows ({', '.join(methods)})"))
+        except Exception as e:  # noqa: BLE001
+            lines.append((False, f"eval ({rel(d)}/): results.csv unreadable ({why(e)})"))
+    for d in parts["eval_partial"]:
+        n = len(glob.glob(os.path.join(d, "partial", "*__*.json")))
+        lines.append((False, f"eval ({rel(d)}/): unfinished: {n} finished rows in partial/, no results.csv"))
+    if not parts["eval"] and not parts["eval_partial"]:
+        lines.append((False, "eval: missing (no directory with results.csv)"))
+    for d in parts["model"]:
+        try:
+            r = json.load(open(os.path.join(d, "pretrain_report.json")))
+            acc = r.get("heldout_head_acc")
+            lines.append((True, f"model ({rel(d)}/): pretrained {r.get('arch', '?')}"
+                                f"{f', held-out head accuracy {acc:.2f}' if isinstance(acc, (int, float)) else ''}"))
+        except Exception as e:  # noqa: BLE001
+            lines.append((False, f"model ({rel(d)}/): pretrain_report.json unreadable ({why(e)})"))
+    for d in parts["model_partial"]:
+        s = last_step(d)
+        lines.append((False, f"model ({rel(d)[:-len('.work')]}/): unfinished pretraining "
+                             f"({'at step ' + str(s) if s is not None else 'no step yet'})"))
+    return lines
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+def results_table(path):
+    rows = list(csv.DictReader(open(path)))
     shots = sorted({int(r["shot"]) for r in rows})
     table = {}
     for r in rows:
@@ -64,11 +196,6 @@ def main():
         cells = [f"{float(by_shot[s]['mean']):.2f} ± {float(by_shot[s]['ci95']):.2f}" if s in by_shot else "-" for s in shots]
         tps = float(by_shot[shots[0]]["tasks_per_s"]) if shots[0] in by_shot else 0
         lines.append(f"| {d} | {m} | " + " | ".join(cells) + f" | {tps:.2f} |")
-    paper = ["| paper setting | method | 5-way 1-shot | 5-way 5-shot |", "|---|---|---|---|"]
-    for setting, methods in PAPER.items():
-        for m, (s1, s5) in methods.items():
-            paper.append(f"| {setting} | {m} | {s1:.2f} | {s5:.2f} |")
-
     # Speed-up of tuning-free inference over fine-tuning.
     speed = []
     for (d, m), by_shot in table.items():
@@ -78,66 +205,157 @@ def main():
         for s in shots:
             if s in by_shot and s in ft and float(ft[s]["tasks_per_s"]) > 0:
                 speed.append(f"{d} {m} {s}-shot: {float(by_shot[s]['tasks_per_s']) / float(ft[s]['tasks_per_s']):.1f}x lora-ft")
+    return lines, speed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", nargs="?", help="run directory (e.g. runs/demo)")
+    ap.add_argument("--runs", help="the same as RUN_DIR (the older spelling)")
+    ap.add_argument("--out", help="report directory (default RUN_DIR/report)")
+    a = ap.parse_args()
+    if bool(a.run_dir) == bool(a.runs):
+        ap.error("give the run directory once: RUN_DIR or --runs RUN_DIR")
+    runs = a.run_dir or a.runs
+    if not os.path.isdir(runs):
+        print(f"report.py: error: {runs}: not a directory", file=sys.stderr)
+        return 2
+    out_dir = a.out or os.path.join(runs, "report")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        print(f"report.py: error: {out_dir}: cannot create ({e.strerror or e})", file=sys.stderr)
+        return 1
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = find_parts(runs, out_dir)
+    inv = inventory(parts, runs)
+    for _, line in inv:
+        print(line)
+    problems = [line for ok, line in inv if not ok]
+
+    # Results table (the main eval), then any further evals.
+    lines, speed, more = [], [], []
+    evals = parts["eval"]
+    main_eval = prefer(evals, runs, "eval")
+    if main_eval is not None:
+        try:
+            lines, speed = results_table(os.path.join(main_eval, "results.csv"))
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"eval ({os.path.relpath(main_eval, runs)}/): results.csv unreadable ({why(e)})")
+            main_eval = None
+    for d in evals:
+        if d == main_eval:
+            continue
+        try:
+            t, s = results_table(os.path.join(d, "results.csv"))
+        except Exception:  # noqa: BLE001 - already reported by the inventory
+            continue
+        more += ["", f"## Results ({os.path.relpath(d, runs)})", ""] + t
+        if s:
+            more += ["", "Throughput of tuning-free inference vs fine-tuning: " + "; ".join(s)]
+    paper = ["| paper setting | method | 5-way 1-shot | 5-way 5-shot |", "|---|---|---|---|"]
+    for setting, methods in PAPER.items():
+        for m, (s1, s5) in methods.items():
+            paper.append(f"| {setting} | {m} | {s1:.2f} | {s5:.2f} |")
 
     # Validation curves.
-    plt.figure(figsize=(6, 4))
     curves = []
-    for meta in sorted(glob.glob(os.path.join(runs, "meta*", "metatrain.json"))):
-        d = os.path.dirname(meta)
-        rep = json.load(open(meta))
-        pts = [(r["step"], r["val_mean"], r["val_ci95"]) for r in read_jsonl(d + ".work/metrics.jsonl") if "val_mean" in r]
-        if not pts:
+    plt.figure(figsize=(6, 4))
+    for d in parts["meta"]:
+        try:
+            rep = json.load(open(os.path.join(d, "metatrain.json")))
+            pts = [(r["step"], r["val_mean"], r["val_ci95"]) for r in read_jsonl(d + ".work/metrics.jsonl") if "val_mean" in r]
+            if not pts:
+                continue
+            s, m, c = map(np.array, zip(*pts))
+            label = f"{os.path.relpath(d, runs)} (mask {rep['mask_ratio']})"
+            plt.errorbar(s * rep["episodes_per_step"], m, yerr=c, marker="o", capsize=3, label=label)
+            curves.append((label, rep))
+        except Exception:  # noqa: BLE001 - reported by the inventory when metatrain.json is bad
             continue
-        s, m, c = map(np.array, zip(*pts))
-        label = f"{os.path.basename(d)} (mask {rep['mask_ratio']})"
-        plt.errorbar(s * rep["episodes_per_step"], m, yerr=c, marker="o", capsize=3, label=label)
-        curves.append((label, rep))
-    plt.xlabel("meta-training episodes")
-    plt.ylabel("val 5-way 1-shot accuracy (%)")
-    plt.title("Validation (real images of the val classes, 95% CI)")
-    plt.grid(alpha=0.3)
-    plt.legend()
-    plt.tight_layout()
-    plt.savefig(os.path.join(a.out, "val_curves.png"), dpi=120)
+    if curves:
+        plt.xlabel("meta-training episodes")
+        plt.ylabel("val 5-way 1-shot accuracy (%)")
+        plt.title("Validation (real images of the val classes, 95% CI)")
+        plt.grid(alpha=0.3)
+        plt.legend()
+        plt.tight_layout()
+        plt.savefig(os.path.join(out_dir, "val_curves.png"), dpi=120)
     plt.close()
 
     # Surrogate grid: the first 8 images of the first 8 pool files, one row per LoRA.
-    files = sorted(glob.glob(os.path.join(runs, "pool", "lora_*.h5")))[:8]
+    pool = prefer(parts["pool"] + parts["pool_partial"], runs, "pool")
+    files = sorted(glob.glob(os.path.join(pool, "lora_*.h5")))[:8] if pool else []
     grid = []
     for p in files:
-        with h5py.File(p, "r") as f:
-            imgs = f["images"][:]
-            labels = f["labels"][:]
-        order = np.argsort(labels, kind="stable")
-        pick = imgs[order][np.linspace(0, len(imgs) - 1, 8).astype(int)]
-        grid.append(np.concatenate(list(pick), axis=1))
+        try:
+            import h5py
+            with h5py.File(p, "r") as f:
+                imgs = f["images"][:]
+                labels = f["labels"][:]
+            order = np.argsort(labels, kind="stable")
+            pick = imgs[order][np.linspace(0, len(imgs) - 1, 8).astype(int)]
+            grid.append(np.concatenate(list(pick), axis=1))
+        except Exception as e:  # noqa: BLE001
+            print(f"pool ({os.path.relpath(p, runs)}): unreadable, left out of the grid ({why(e)})")
+    if grid and len({g.shape for g in grid}) > 1:
+        print("pool: the files' images differ in size; the grid shows the first file's only")
+        grid = [g for g in grid if g.shape == grid[0].shape]
     if grid:
         g = np.concatenate(grid, axis=0)
         plt.figure(figsize=(8, 8 * g.shape[0] / g.shape[1] + 0.5))
-        plt.imshow(g, interpolation="nearest")
+        plt.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, interpolation="nearest",
+                   cmap="gray" if g.shape[-1] == 1 else None)
         plt.axis("off")
         plt.title("Surrogate images (rows: LoRAs; columns spread over their classes)")
         plt.tight_layout()
-        plt.savefig(os.path.join(a.out, "surrogates.png"), dpi=120)
+        plt.savefig(os.path.join(out_dir, "surrogates.png"), dpi=120)
         plt.close()
 
     md = ["# LoRA Recycle on the embedded benchmark", "",
-          f"Generated by `data_tools/report.py --runs {runs}` from the outputs of `launch/demo.sh`.", "",
-          "## Results (this run)", ""] + lines + ["", "Throughput of tuning-free inference vs fine-tuning: " +
-                                                   ("; ".join(speed) if speed else "n/a"), "",
-          "## The paper (CLIP ViT-B/16, for comparison of the ordering; different data and backbone)", ""] + paper
+          f"Generated by `data_tools/report.py --runs {runs}` from the outputs of `launch/demo.sh`.", ""]
+    if problems:
+        md += ["## Missing or unfinished parts of this run", ""] + [f"- {p}" for p in problems] + [""]
+    md += ["## Results (this run)", ""]
+    if lines:
+        md += lines + ["", "Throughput of tuning-free inference vs fine-tuning: " + ("; ".join(speed) if speed else "n/a")]
+    else:
+        md += ["No evaluation results (no results.csv under the run directory)."]
+    md += more
+    md += ["", "## The paper (CLIP ViT-B/16, for comparison of the ordering; different data and backbone)", ""] + paper
     md += ["", "## Meta-training", ""]
     for label, rep in curves:
-        vi, vf = rep["val_initial"], rep["val_final"]
-        md.append(f"- {label}: {rep['steps']} steps x {rep['episodes_per_step']} episodes, "
-                  f"{rep['timing']['episodes_per_s']:.1f} episodes/s; val {vi['val_mean']:.2f} ± {vi['val_ci95']:.2f} (bare VFM) "
-                  f"-> {vf['val_mean']:.2f} ± {vf['val_ci95']:.2f}")
-    md += ["", "![validation curves](val_curves.png)", "", "![surrogates](surrogates.png)", ""]
-    open(os.path.join(a.out, "report.md"), "w").write("\n".join(md))
-    print("\n".join(lines))
-    print("\n".join(speed))
-    print(f"report: {os.path.join(a.out, 'report.md')}")
+        try:
+            vi, vf = rep["val_initial"], rep["val_final"]
+            md.append(f"- {label}: {rep['steps']} steps x {rep['episodes_per_step']} episodes, "
+                      f"{rep['timing']['episodes_per_s']:.1f} episodes/s; val {vi['val_mean']:.2f} ± {vi['val_ci95']:.2f} (bare VFM) "
+                      f"-> {vf['val_mean']:.2f} ± {vf['val_ci95']:.2f}")
+        except Exception as e:  # noqa: BLE001
+            md.append(f"- {label}: metatrain.json incomplete ({why(e)})")
+    if not curves:
+        md.append("No validation curves (no meta-LoRA with validation points).")
+    md += [""]
+    if curves:
+        md += ["![validation curves](val_curves.png)", ""]
+    if grid:
+        md += ["![surrogates](surrogates.png)", ""]
+    open(os.path.join(out_dir, "report.md"), "w").write("\n".join(md))
+    if lines:
+        print("\n".join(lines))
+        print("\n".join(speed))
+    print(f"report: {os.path.join(out_dir, 'report.md')}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - never a traceback; the message names what failed
+        print(f"report.py: error: {why(e)}", file=sys.stderr)
+        sys.exit(1)

@@ -34,23 +34,22 @@ bool is_h5(const std::string& p) {
   return e == ".h5" || e == ".hdf5";
 }
 
-// Images of a list, with their names; every image must have the size of the first one.
+// Query images with their names.
 struct Images {
   std::vector<std::string> names;
-  std::vector<at::Tensor> u8;  // [H, W, 3] each, or [n, H, W, C] blocks from HDF5 sets
+  std::vector<at::Tensor> u8;  // [n, S, S, C] blocks at the model's image size S
 };
 
-void check_size(const at::Tensor& img, const std::string& name, std::string& first_name, std::vector<int64_t>& first) {
-  const std::vector<int64_t> hw{img.size(-3), img.size(-2)};
-  if (first.empty()) {
-    first = hw;
-    first_name = name;
-  } else if (hw != first) {
-    throw InputError("mixed image sizes: " + first_name + " is " + std::to_string(first[1]) + "x" + std::to_string(first[0]) +
-                     ", " + name + " is " + std::to_string(hw[1]) + "x" + std::to_string(hw[0]) +
-                     " (resize them to one size first)");
+// Images of any size to the model's size (CLIP's geometry), counting how many were resized.
+struct Fitter {
+  int64_t size;
+  int64_t resized = 0, total = 0;
+  at::Tensor operator()(const at::Tensor& nhwc) {
+    total += nhwc.size(0);
+    if (nhwc.size(1) != size || nhwc.size(2) != size) resized += nhwc.size(0);
+    return model::fit_images(nhwc, size);
   }
-}
+};
 
 at::Tensor to_rgb(const at::Tensor& u8) { return u8.size(-1) == 1 ? u8.expand({-1, -1, -1, 3}).contiguous() : u8; }
 
@@ -81,20 +80,20 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   }
   if (batch < 1) throw InputError("predict: --batch-size must be >= 1");
 
-  // Support set.
+  // Support set, every image brought to the model's image size.
+  const model::ClipVisionConfig vit_config = model::load_clip_config(model_dir);
+  Fitter fit{vit_config.image_size};
   std::vector<std::string> class_names;
   std::vector<at::Tensor> support_imgs;
   std::vector<int64_t> support_labels;
-  std::string first_name;
-  std::vector<int64_t> first_size;
   if (is_h5(support)) {
     const data::ImageSet s = data::ImageSet::load(support);
     class_names = s.class_names();
     for (int64_t c = 0; c < s.num_classes(); ++c)
       if (s.by_class()[c].empty())
         throw InputError(support + ": class '" + class_names[c] + "' has no support image");
-    check_size(s.images(), support, first_name, first_size);
-    support_imgs.push_back(to_rgb(s.images()));
+    model::check_image_shape(s.images().sizes(), vit_config, support, false);
+    support_imgs.push_back(fit(to_rgb(s.images())));
     const auto* l = s.labels().data_ptr<int64_t>();
     support_labels.assign(l, l + s.size());
   } else {
@@ -108,9 +107,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
       const auto files = io::list_images(d);
       if (files.empty()) throw InputError("class '" + stdfs::path(d).filename().string() + "' (" + d + ") has no support image");
       for (const auto& f : files) {
-        const at::Tensor img = io::read_image(f);
-        check_size(img, f, first_name, first_size);
-        support_imgs.push_back(img.unsqueeze(0));
+        support_imgs.push_back(fit(io::read_image(f).unsqueeze(0)));
         support_labels.push_back(static_cast<int64_t>(class_names.size()));
       }
       class_names.push_back(stdfs::path(d).filename().string());
@@ -124,26 +121,25 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     if (item.empty()) continue;
     if (is_h5(item)) {
       const data::ImageSet s = data::ImageSet::load(item);
-      check_size(s.images(), item, first_name, first_size);
+      model::check_image_shape(s.images().sizes(), vit_config, item, false);
       for (int64_t i = 0; i < s.size(); ++i) q.names.push_back(item + "#" + std::to_string(i));
-      q.u8.push_back(to_rgb(s.images()));
+      q.u8.push_back(fit(to_rgb(s.images())));
     } else if (stdfs::is_directory(item)) {
       const auto files = io::list_images(item);
       if (files.empty()) throw InputError(item + ": no PNG/JPEG files");
       for (const auto& f : files) {
-        const at::Tensor img = io::read_image(f);
-        check_size(img, f, first_name, first_size);
         q.names.push_back(f);
-        q.u8.push_back(img.unsqueeze(0));
+        q.u8.push_back(fit(io::read_image(f).unsqueeze(0)));
       }
     } else {
-      const at::Tensor img = io::read_image(item);
-      check_size(img, item, first_name, first_size);
       q.names.push_back(item);
-      q.u8.push_back(img.unsqueeze(0));
+      q.u8.push_back(fit(io::read_image(item).unsqueeze(0)));
     }
   }
   if (q.names.empty()) throw InputError("predict: no query images");
+  if (fit.resized > 0 && rt.rank() == 0)
+    LOG_WARN("predict", fit.resized << " of " << fit.total << " support and query images resized to the model's "
+                                    << fit.size << "x" << fit.size << " (shorter side, bicubic, centre crop)");
 
   RunContext ctx = start("predict", rt, common);
   model::ClipVision vit = model::ClipVision::load(model_dir);

@@ -136,6 +136,13 @@ ResNet ResNet::from_tensors(const std::map<std::string, at::Tensor>& in, const s
 ResNet ResNet::load(const std::string& path) {
   namespace stdfs = std::filesystem;
   const std::string file = stdfs::is_directory(path) ? (stdfs::path(path) / "model.safetensors").string() : path;
+  const std::string ext = stdfs::path(file).extension().string();
+  const std::string convert = "/usr/bin/python3 data_tools/convert_weights.py torchvision-resnet50 FILE.pth DIR";
+  if (stdfs::is_directory(path) && !stdfs::exists(file))
+    throw InputError(file + ": missing (the BN prior: a torchvision-named ResNet in safetensors); from a torchvision .pth: " +
+                     convert);
+  if (ext == ".pth" || ext == ".pt" || ext == ".bin")
+    throw InputError(file + ": a PyTorch checkpoint; the BN prior is read from safetensors: convert it once with " + convert);
   return from_tensors(io::load_safetensors(file), file);
 }
 

@@ -19,6 +19,7 @@
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/log.h"
 
 namespace lorarec::model {
 namespace {
@@ -256,8 +257,13 @@ ClipVision ClipVision::load(const std::string& dir) {
   namespace stdfs = std::filesystem;
   const ClipVisionConfig cfg = load_clip_config(dir);
   const stdfs::path weights = stdfs::path(dir) / "model.safetensors";
-  if (!stdfs::exists(weights))
-    throw InputError(weights.string() + ": missing (expected HF weights in safetensors format)");
+  if (!stdfs::exists(weights)) {
+    const bool bin = stdfs::exists(stdfs::path(dir) / "pytorch_model.bin") ||
+                     stdfs::exists(stdfs::path(dir) / "pytorch_model.bin.index.json");
+    throw InputError(weights.string() + ": missing (expected HF weights in safetensors format); " +
+                     (bin ? dir + " holds pytorch_model.bin: convert it once with " : "from an HF pytorch_model.bin: ") +
+                     "/usr/bin/python3 data_tools/convert_weights.py hf-bin " + dir);
+  }
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, info] : file.tensors()) {
@@ -440,7 +446,7 @@ void ClipVision::to(const c10::Device& device) {
 
 // ---- ClipVision: pixels -------------------------------------------------------------------
 
-void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin) {
+void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin, bool warn_resize) {
   if (nhwc.size() != 4) throw InputError(origin + ": images must be [N, H, W, C], got " + shape_str(nhwc));
   const int64_t c = nhwc[3];
   if (c != 1 && c != cfg.num_channels)
@@ -450,16 +456,39 @@ void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const
     throw InputError(origin + ": images of " + std::to_string(nhwc[1]) + "x" + std::to_string(nhwc[2]) +
                      " are smaller than one " + std::to_string(cfg.patch_size) + "x" + std::to_string(cfg.patch_size) +
                      " patch of the model (image_size " + std::to_string(cfg.image_size) + ")");
+  const int64_t s = cfg.image_size;
+  if (warn_resize && (nhwc[1] != s || nhwc[2] != s) && log::rank() <= 0)
+    LOG_WARN("model", origin << ": images of " << nhwc[2] << "x" << nhwc[1] << " px are resized to the model's " << s << "x"
+                             << s << " (shorter side, bicubic, centre crop) at every use; importing them at " << s
+                             << " px (data_tools/import_folder.py --size " << s << ") does it once");
+}
+
+at::Tensor resize_center_crop(const at::Tensor& nchw, int64_t size) {
+  const int64_t h = nchw.size(2), w = nchw.size(3);
+  if (h == size && w == size) return nchw;
+  const double scale = static_cast<double>(size) / static_cast<double>(std::min(h, w));
+  const int64_t nh = std::max<int64_t>(size, std::llround(h * scale));
+  const int64_t nw = std::max<int64_t>(size, std::llround(w * scale));
+  // Shrinking filters with the antialiased kernel, as PIL's bicubic resize does.
+  const at::Tensor x = nh < h || nw < w ? at::_upsample_bicubic2d_aa(nchw, {nh, nw}, false)
+                                        : at::upsample_bicubic2d(nchw, {nh, nw}, false);
+  return x.narrow(2, (nh - size) / 2, size).narrow(3, (nw - size) / 2, size);
+}
+
+at::Tensor fit_images(const at::Tensor& images_u8, int64_t size) {
+  if (images_u8.size(1) == size && images_u8.size(2) == size) return images_u8;
+  const at::Tensor x = images_u8.permute({0, 3, 1, 2}).to(at::kFloat);
+  return resize_center_crop(x, size).round_().clamp_(0.0, 255.0).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
 }
 
 at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& cfg, const c10::Device& device) {
-  check_image_shape(images.sizes(), cfg, "images");
+  check_image_shape(images.sizes(), cfg, "images", false);
   if (images.scalar_type() != at::kByte) throw InputError("images must be uint8");
   const int64_t c = images.size(3);
   at::Tensor x = images.to(device).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
   if (c == 1 && cfg.num_channels != 1) x = x.expand({-1, cfg.num_channels, -1, -1});
   const int64_t s = cfg.image_size;
-  if (x.size(2) != s || x.size(3) != s) x = at::upsample_bicubic2d(x, {s, s}, false).clamp_(0.0, 1.0);
+  if (x.size(2) != s || x.size(3) != s) x = resize_center_crop(x, s).clamp_(0.0, 1.0);
   std::vector<float> mean(cfg.image_mean.begin(), cfg.image_mean.end());
   std::vector<float> std(cfg.image_std.begin(), cfg.image_std.end());
   mean.resize(cfg.num_channels, mean.back());

@@ -72,7 +72,9 @@ assert rows[0][:3] == ["query", "prediction", "probability"] and len(rows) == 1 
 print("predict: 3 JPEG queries ->", [p["prediction"] for p in j["predictions"]], "; CSV with", len(rows) - 1, "rows")
 PY
 expect_status 2 "class 'b' (sup_empty/b) has no support image" -- $B predict --model runs/quick/vfm --support sup_empty --query qry
-expect_status 2 "mixed image sizes" -- $B predict --model runs/quick/vfm --support sup --query odd.png
+# A query of another size is resized to the model's (CLIP's geometry), with one warning line.
+$B predict --model runs/quick/vfm --support sup --query odd.png,qry/q0.jpg --out odd.json >odd.txt 2>&1 || { cat odd.txt; fail "predict of a 16 px query"; }
+grep -q "1 of 8 support and query images resized to the model's 32x32" odd.txt || { cat odd.txt; fail "no resize warning"; }
 expect_status 2 "broken.png: unreadable PNG" -- $B predict --model runs/quick/vfm --support sup --query broken.png
 expect_status 2 "nothere.png: cannot open" -- $B predict --model runs/quick/vfm --support sup --query nothere.png
 echo "demo_quick: predict checks passed"

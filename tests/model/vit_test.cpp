@@ -297,6 +297,27 @@ TEST(Vit, PreprocessNormalisesResizesAndRepeatsGray) {
   EXPECT_THROW(v.preprocess(at::zeros({1, 16, 16, 2}, at::kByte)), InputError);
 }
 
+TEST(Vit, ResizeTakesTheShorterSideThenTheCentreCropAsClip) {
+  // Shorter side already at size: no resampling, only the centre crop of the longer side.
+  const at::Tensor wide = at::rand({2, 3, 4, 8});
+  EXPECT_TRUE(at::equal(resize_center_crop(wide, 4), wide.narrow(3, 2, 4)));
+  const at::Tensor tall = at::rand({1, 3, 10, 4});
+  EXPECT_TRUE(at::equal(resize_center_crop(tall, 4), tall.narrow(2, 3, 4)));
+  // Shrinking is antialiased (as PIL's bicubic): a one-pixel checkerboard halved is grey, not a
+  // sample of its black or white pixels.
+  const at::Tensor idx = at::arange(16);
+  const at::Tensor board = (idx.view({-1, 1}) + idx.view({1, -1})).remainder(2).to(at::kFloat).expand({1, 3, 16, 16});
+  const at::Tensor half = resize_center_crop(board, 8);
+  EXPECT_EQ(half.sizes(), (std::vector<int64_t>{1, 3, 8, 8}));
+  EXPECT_LT((half.narrow(2, 2, 4).narrow(3, 2, 4) - 0.5).abs().max().item<float>(), 0.05);
+  // A non-square image: 12 x 6 to 3 keeps the aspect (6 x 3), then the centre 3 x 3.
+  EXPECT_EQ(resize_center_crop(at::rand({1, 1, 12, 6}), 3).sizes(), (std::vector<int64_t>{1, 1, 3, 3}));
+  // uint8 images of any size come back at size x size, a constant image unchanged.
+  const at::Tensor grey = at::full({1, 30, 20, 3}, 77, at::kByte);
+  EXPECT_TRUE(at::equal(fit_images(grey, 16), at::full({1, 16, 16, 3}, 77, at::kByte)));
+  EXPECT_TRUE(at::equal(fit_images(grey.narrow(1, 0, 20), 20), grey.narrow(1, 0, 20)));
+}
+
 TEST(Vit, Bf16AutocastRunsAndStaysClose) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(2);

@@ -180,8 +180,16 @@ class ClipVision {
 // that share the VFM's pixels (the BN prior).
 at::Tensor preprocess_images(const at::Tensor& images_u8, const ClipVisionConfig& cfg, const c10::Device& device);
 // InputError naming `origin` unless the images are [N, H, W, C] with C = 1 or the model's channel
-// count and H, W at least one patch (other sizes are resized to image_size, bicubic).
-void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin);
+// count and H, W at least one patch. Images of another size than image_size are resized by
+// preprocess (see resize_center_crop): one warning line (rank 0) says so when `warn_resize`.
+void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin,
+                       bool warn_resize = true);
+// CLIP's image preprocessing geometry on float [N, C, H, W]: the shorter side to `size` (bicubic;
+// antialiased when shrinking, as PIL), then the centre size x size crop. Unchanged when already
+// size x size.
+at::Tensor resize_center_crop(const at::Tensor& nchw, int64_t size);
+// The same on uint8 [N, H, W, C] images, rounded back to uint8 (for sets of images of mixed sizes).
+at::Tensor fit_images(const at::Tensor& images_u8, int64_t size);
 
 // RAII: enables autocast to bf16 on the given device type for its lifetime (CPU or CUDA).
 class AutocastScope {
