@@ -51,6 +51,14 @@ struct Fitter {
   }
 };
 
+// " (not PNG/JPEG: a.webp, b.gif, ...; ...)": the files of a folder that predict does not read.
+std::string not_read(const std::vector<std::string>& files) {
+  std::string s = " (not PNG/JPEG: ";
+  for (size_t i = 0; i < files.size() && i < 3; ++i) s += (i ? ", " : "") + files[i];
+  if (files.size() > 3) s += ", ... (" + std::to_string(files.size() - 3) + " more)";
+  return s + "; convert them to PNG or JPEG, or import the folder with data_tools/import_folder.py and pass the .h5)";
+}
+
 at::Tensor to_rgb(const at::Tensor& u8) { return u8.size(-1) == 1 ? u8.expand({-1, -1, -1, 3}).contiguous() : u8; }
 
 }  // namespace
@@ -84,6 +92,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   const model::ClipVisionConfig vit_config = model::load_clip_config(model_dir);
   Fitter fit{vit_config.image_size};
   std::vector<std::string> class_names;
+  std::vector<std::string> skipped;  // files in the folders that are not PNG/JPEG
   std::vector<at::Tensor> support_imgs;
   std::vector<int64_t> support_labels;
   if (is_h5(support)) {
@@ -104,8 +113,12 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     std::sort(dirs.begin(), dirs.end());
     if (dirs.size() < 2) throw InputError(support + ": needs one sub-directory per class, at least 2 classes");
     for (const auto& d : dirs) {
-      const auto files = io::list_images(d);
-      if (files.empty()) throw InputError("class '" + stdfs::path(d).filename().string() + "' (" + d + ") has no support image");
+      std::vector<std::string> other;
+      const auto files = io::list_images(d, &other);
+      if (files.empty())
+        throw InputError("class '" + stdfs::path(d).filename().string() + "' (" + d + ") has no support image" +
+                         (other.empty() ? std::string() : not_read(other)));
+      skipped.insert(skipped.end(), other.begin(), other.end());
       for (const auto& f : files) {
         support_imgs.push_back(fit(io::read_image(f).unsqueeze(0)));
         support_labels.push_back(static_cast<int64_t>(class_names.size()));
@@ -125,8 +138,10 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
       for (int64_t i = 0; i < s.size(); ++i) q.names.push_back(item + "#" + std::to_string(i));
       q.u8.push_back(fit(to_rgb(s.images())));
     } else if (stdfs::is_directory(item)) {
-      const auto files = io::list_images(item);
-      if (files.empty()) throw InputError(item + ": no PNG/JPEG files");
+      std::vector<std::string> other;
+      const auto files = io::list_images(item, &other);
+      if (files.empty()) throw InputError(item + ": no PNG/JPEG files" + (other.empty() ? std::string() : not_read(other)));
+      skipped.insert(skipped.end(), other.begin(), other.end());
       for (const auto& f : files) {
         q.names.push_back(f);
         q.u8.push_back(fit(io::read_image(f).unsqueeze(0)));
@@ -137,6 +152,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     }
   }
   if (q.names.empty()) throw InputError("predict: no query images");
+  if (!skipped.empty() && rt.rank() == 0) LOG_WARN("predict", "skipped " << skipped.size() << " file(s)" << not_read(skipped));
   if (fit.resized > 0 && rt.rank() == 0)
     LOG_WARN("predict", fit.resized << " of " << fit.total << " support and query images resized to the model's "
                                     << fit.size << "x" << fit.size << " (shorter side, bicubic, centre crop)");

@@ -83,17 +83,20 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> ImageSet::split_per_class(
   return {a, b};
 }
 
-EpisodeSampler::EpisodeSampler(const ImageSet& set, EpisodeSpec spec) : set_(&set), spec_(spec) {
+EpisodeSampler::EpisodeSampler(const ImageSet& set, EpisodeSpec spec, const std::string& options)
+    : set_(&set), spec_(spec) {
+  const std::string change = options.empty() ? std::string() : " (change " + options + ")";
   if (spec.n_way < 1 || spec.k_shot < 1 || spec.q_query < 0)
     throw InputError("episodes need N >= 1, K >= 1 and Q >= 0");
   if (set.num_classes() < spec.n_way)
     throw InputError(set.origin() + ": " + std::to_string(set.num_classes()) + " classes, fewer than N = " +
-                     std::to_string(spec.n_way) + " for " + std::to_string(spec.n_way) + "-way episodes");
+                     std::to_string(spec.n_way) + " for " + std::to_string(spec.n_way) + "-way episodes" + change);
   const size_t need = static_cast<size_t>(spec.k_shot + spec.q_query);
   for (size_t c = 0; c < set.by_class().size(); ++c)
     if (set.by_class()[c].size() < need)
       throw InputError(set.origin() + ": class '" + set.class_names()[c] + "' (id " + std::to_string(c) + ") has " +
-                       std::to_string(set.by_class()[c].size()) + " images, fewer than K+Q = " + std::to_string(need));
+                       std::to_string(set.by_class()[c].size()) + " images, fewer than K+Q = " + std::to_string(need) +
+                       change);
 }
 
 std::vector<int64_t> sample_without_replacement(int64_t n, int64_t k, std::mt19937_64& rng) {

@@ -348,6 +348,8 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     auto [dname, path] = split_named(dspec, stdfs::path(dspec).stem().string());
     const data::ImageSet set = data::ImageSet::load(path);
     model::check_image_shape(set.images().sizes(), vit.config(), path);
+    for (int shot : cfg.shots)  // refuses a set too small for the episodes before any embedding
+      (void)data::EpisodeSampler(set, data::EpisodeSpec{cfg.way, shot, cfg.query}, "--way, --shots or --query");
     const std::string dsource = path + "|" + fingerprint(path);
     LOG_INFO("eval", dname << " (" << path << "): " << set.num_classes() << " classes, " << set.size() << " images");
     for (const auto& m : methods) {

@@ -5,10 +5,13 @@
 
 #include <chrono>
 #include <limits>
+#include <optional>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/train/optim.h"
 #include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
+#include "lorarecycle/util/progress.h"
 
 namespace lorarec::invert {
 
@@ -55,7 +58,7 @@ at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
 }
 
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
-                       const InversionConfig& cfg, std::uint64_t stream) {
+                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name) {
   if (!lora.has_head()) throw InputError("inversion needs a LoRA with a classifier head");
   if (cfg.per_class < 1 || cfg.iterations < 1) throw InputError("inversion needs per-class >= 1 and iterations >= 1");
   const auto t0 = std::chrono::steady_clock::now();
@@ -92,6 +95,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   Surrogates out;
   double best = std::numeric_limits<double>::infinity();
   at::Tensor best_x = pixels(x).detach().clone();
+  std::optional<Progress> progress;
+  if (!progress_name.empty()) progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     std::uniform_int_distribution<int> shift(-jitter, jitter);
@@ -121,6 +126,15 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     lt.total.backward();
     opt.step(cfg.lr);
     clamp_pixels(x, lo, hi);
+    if (progress) {
+      if (progress->due()) {  // the terms are read only for the lines that are printed
+        const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
+        progress->note("loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) +
+                       ", l2 " + term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) + "), " +
+                       std::to_string(n) + " images");
+      }
+      progress->advance(1);
+    }
   }
   out.best_loss = best;
 

@@ -24,6 +24,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/progress.h"
 
 namespace lorarec::invert {
 namespace {
@@ -61,9 +62,10 @@ void log_aggregate(const stdfs::path& dir, int world) {
     }
   }
   const double eta = rate > 0 ? (total - done) / rate : -1;
+  if (total <= 0) return;
   LOG_INFO("invert", "all ranks: " << static_cast<long long>(done) << "/" << static_cast<long long>(total)
-                                   << " image-iterations x1000 done, " << rate << "k image-iterations/s, ETA "
-                                   << (eta >= 0 ? std::to_string(static_cast<long long>(eta)) + " s" : "--"));
+                                   << " image-iterations (" << log::fixed(100.0 * done / total, 0) << "%), "
+                                   << log::sig(rate) << " image-iterations/s, ETA " << clock_str(eta));
 }
 
 void write_chunk(std::string& out, const char* type, const std::string& data) {
@@ -178,6 +180,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   vit.to(device);
   std::optional<model::ResNet> prior;
   if (!cfg.prior.empty() && cfg.inv.w_bn > 0) {  // --w-bn 0: the prior would only cost time
+    if (!stdfs::exists(cfg.prior))
+      throw InputError("--prior " + cfg.prior + ": no such file or directory (the BN prior; --w-bn 0 inverts without one)");
     prior = model::ResNet::load(cfg.prior);
     prior->to(device);
   }
@@ -205,7 +209,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     if (owner[i] == comm.rank()) {
       if (pool_file_complete((out / pool_file_name(jobs[i].id)).string())) continue;
       mine.push_back(i);
-      my_total += costs[i] / 1000.0;
+      my_total += costs[i];
     }
   std::ostringstream prior_note;
   if (prior)
@@ -246,7 +250,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       s.best_iteration = 0;
       s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     } else {
-      s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id));
+      s = invert_lora(vit, lora, prior ? &*prior : nullptr, cfg.inv, static_cast<std::uint64_t>(j.id),
+                      train::zoo_entry_name(j.id));
     }
     const auto tw = std::chrono::steady_clock::now();
     const std::string path = (out / pool_file_name(j.id)).string();
@@ -286,11 +291,12 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     });
     hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
     if (cfg.preview) write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? j.classes : 10);
-    my_done += costs[i] / 1000.0;
+    my_done += costs[i];
     write_progress(progress_dir, comm.rank(), my_done, my_total, elapsed());
-    LOG_INFO("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "
-                                            << s.teacher_accuracy << "%, best loss " << s.best_loss << " at iteration "
-                                            << s.best_iteration << ", " << s.seconds << " s");
+    LOG_INFO_EVERY_RANK("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "
+                                                       << log::fixed(s.teacher_accuracy, 1) << "%, best loss "
+                                                       << log::sig(s.best_loss) << " at iteration " << s.best_iteration
+                                                       << ", " << log::fixed(s.seconds, 1) << " s");
     if (comm.rank() == 0) log_aggregate(progress_dir, comm.size());
     env::fault_point(comm.rank(), "invert");
   }
@@ -344,9 +350,10 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   const double fmax = *std::max_element(finish.begin(), finish.end());
   const double fmin = *std::min_element(finish.begin(), finish.end());
   LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << by_class.size() << " real classes, " << images << " images; teacher accuracy on own surrogates mean "
-                             << sum / jobs.size() << "%, min " << lo << "%; " << static_cast<int64_t>(inverted_now)
-                             << " inverted in this run (rank finish times " << fmin << " .. " << fmax
-                             << " s), the rest reused; inversion time of all files " << lora_seconds << " s");
+                             << log::fixed(sum / jobs.size(), 1) << "%, min " << log::fixed(lo, 1) << "%; "
+                             << static_cast<int64_t>(inverted_now) << " inverted in this run (rank finish times "
+                             << log::fixed(fmin, 1) << " .. " << log::fixed(fmax, 1)
+                             << " s), the rest reused; inversion time of all files " << log::fixed(lora_seconds, 1) << " s");
 }
 
 }  // namespace lorarec::invert

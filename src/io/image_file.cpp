@@ -23,13 +23,18 @@ at::Tensor read_png(const std::string& path) {
   img.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_file(&img, path.c_str()))
     throw InputError(path + ": unreadable PNG (" + img.message + ")");
-  img.format = PNG_FORMAT_RGB;
-  at::Tensor out = at::empty({int64_t(img.height), int64_t(img.width), 3}, at::kByte);
-  if (!png_image_finish_read(&img, nullptr, out.data_ptr<uint8_t>(), 0, nullptr)) {
+  // Read with alpha and composited on white here, in the stored (sRGB) values, as PIL and
+  // data_tools/import_folder.py do (libpng's own compositing works in linear light).
+  img.format = PNG_FORMAT_RGBA;
+  at::Tensor rgba = at::empty({int64_t(img.height), int64_t(img.width), 4}, at::kByte);
+  if (!png_image_finish_read(&img, nullptr, rgba.data_ptr<uint8_t>(), 0, nullptr)) {
     const std::string msg = img.message;
     png_image_free(&img);
     throw InputError(path + ": unreadable PNG (" + msg + ")");
   }
+  const at::Tensor a = rgba.narrow(2, 3, 1).to(at::kFloat) / 255.0;
+  const at::Tensor rgb = rgba.narrow(2, 0, 3).to(at::kFloat);
+  const at::Tensor out = (rgb * a + 255.0 * (1.0 - a)).round_().clamp_(0, 255).to(at::kByte).contiguous();
   return out;
 }
 
@@ -88,16 +93,22 @@ at::Tensor read_image(const std::string& path) {
   throw InputError(path + ": not a PNG or JPEG file (convert it, or import a folder with data_tools/import_folder.py)");
 }
 
-std::vector<std::string> list_images(const std::string& dir) {
+std::vector<std::string> list_images(const std::string& dir, std::vector<std::string>* skipped) {
   if (!stdfs::is_directory(dir)) throw InputError(dir + ": not a directory");
   std::vector<std::string> out;
-  for (const auto& e : stdfs::directory_iterator(dir)) {
+  for (const auto& e : stdfs::recursive_directory_iterator(dir)) {
     if (!e.is_regular_file()) continue;
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;  // hidden files (.DS_Store, macOS ._x.jpg)
     std::string ext = e.path().extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg") out.push_back(e.path().string());
+    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg")
+      out.push_back(e.path().string());
+    else if (skipped != nullptr)
+      skipped->push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
+  if (skipped != nullptr) std::sort(skipped->begin(), skipped->end());
   return out;
 }
 

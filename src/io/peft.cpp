@@ -46,6 +46,7 @@ auto with_file_context(const std::string& origin, F&& f) {
 model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit) {
   const stdfs::path cfg_path = stdfs::path(dir) / kPeftConfig;
   const stdfs::path w_path = stdfs::path(dir) / kPeftWeights;
+  if (!stdfs::exists(dir)) throw InputError(dir + ": no such directory (a PEFT adapter directory was expected)");
   if (!stdfs::is_directory(dir)) throw InputError(dir + ": not a PEFT adapter directory");
   if (!stdfs::exists(cfg_path)) throw InputError(cfg_path.string() + ": missing");
   if (!stdfs::exists(w_path)) throw InputError(w_path.string() + ": missing");

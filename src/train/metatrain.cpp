@@ -280,6 +280,37 @@ struct Batch {
   double prep_seconds = 0;
 };
 
+// Pool files usable for single-LoRA (KL) episodes: every label of the file has K+Q images.
+std::vector<int> single_lora_files(const MetaTrainConfig& cfg, const SurrogatePool& pool) {
+  const int need = cfg.spec.k_shot + cfg.spec.q_query;
+  std::vector<int> out;
+  for (size_t f = 0; f < pool.files().size(); ++f) {
+    int usable = 0;
+    for (const auto& r : pool.files()[f].local_rows) usable += static_cast<int>(r.size()) >= need;
+    if (usable == pool.files()[f].num_classes && usable >= cfg.spec.n_way) out.push_back(static_cast<int>(f));
+  }
+  return out;
+}
+
+// The pool against the episodes, before any expensive work: InputError naming the option to change
+// for too few classes or images per class; a warning when no single-LoRA episode can be drawn.
+void check_pool_for_episodes(const MetaTrainConfig& cfg, const SurrogatePool& pool, int rank) {
+  const int need = cfg.spec.k_shot + cfg.spec.q_query;
+  for (const auto& c : pool.classes())
+    if (static_cast<int>(c.rows.size()) < need)
+      throw InputError(cfg.pool + ": dataset class " + std::to_string(c.id) + " has " + std::to_string(c.rows.size()) +
+                       " images, fewer than K+Q = " + std::to_string(need) +
+                       " (invert with a larger --per-class, or lower --shot/--query)");
+  if (static_cast<int>(pool.classes().size()) < cfg.spec.n_way)
+    throw InputError(cfg.pool + ": " + std::to_string(pool.classes().size()) + " classes, fewer than N = " +
+                     std::to_string(cfg.spec.n_way) + " (lower --way, or invert a zoo that covers more classes)");
+  if (cfg.single_lora_prob > 0 && single_lora_files(cfg, pool).empty() && rank == 0)
+    LOG_WARN("metatrain", cfg.pool << ": no pool file holds K+Q = " << need << " images of each of its classes, so no "
+                                   << "single-LoRA (KL) episode is drawn and --single-lora-prob "
+                                   << cfg.single_lora_prob << " has no effect (invert with --per-class >= " << need
+                                   << ", or lower --shot/--query)");
+}
+
 // Draws and prepares batches; deterministic in (seed, slot, step).
 class BatchMaker {
  public:
@@ -292,21 +323,7 @@ class BatchMaker {
       : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world), normalise_(normalise_here),
         teacher_feat_(std::move(teacher_feat)) {
     grid_ = vit.image_size / vit.patch_size;
-    const int need = cfg.spec.k_shot + cfg.spec.q_query;
-    // Single-LoRA (KL) episodes take one file's classes and images: files whose labels all have K+Q.
-    for (size_t f = 0; f < pool.files().size(); ++f) {
-      int usable = 0;
-      for (const auto& r : pool.files()[f].local_rows) usable += static_cast<int>(r.size()) >= need;
-      if (usable == pool.files()[f].num_classes && usable >= cfg.spec.n_way) single_files_.push_back(static_cast<int>(f));
-    }
-    for (const auto& c : pool.classes())
-      if (static_cast<int>(c.rows.size()) < need)
-        throw InputError(cfg.pool + ": class " + std::to_string(c.id) + " has " + std::to_string(c.rows.size()) +
-                         " images, fewer than K+Q = " + std::to_string(need) +
-                         " (invert with a larger --per-class, or lower --shot/--query)");
-    if (static_cast<int>(pool.classes().size()) < cfg.spec.n_way)
-      throw InputError(cfg.pool + ": " + std::to_string(pool.classes().size()) + " classes, fewer than N = " +
-                       std::to_string(cfg.spec.n_way));
+    single_files_ = single_lora_files(cfg, pool);
   }
 
   Batch make(int64_t step) {
@@ -591,6 +608,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                                  << pool.size() << " images ("
                                  << (pool.cached() ? "held in memory, " : "read on demand, over the cache budget, ")
                                  << pool.image_bytes() / (1 << 20) << " MiB)");
+  check_pool_for_episodes(cfg, pool, rank);
   {
     size_t lo = SIZE_MAX, hi = 0;
     int lo_l = INT32_MAX, hi_l = 0;
@@ -611,7 +629,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   if (have_val) {
     val = data::ImageSet::load(cfg.val);
     model::check_image_shape(val.images().sizes(), vit.config(), cfg.val);
-    data::EpisodeSampler check(val, cfg.val_spec);  // refuses a set too small for the episodes
+    // Refuses a set too small for the episodes, before any work.
+    data::EpisodeSampler check(val, cfg.val_spec, "--val-way, --val-shot or --val-query, or --val");
     (void)check;
   }
   vit.to(device);

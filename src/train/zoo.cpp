@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <deque>
@@ -107,6 +108,17 @@ bool zoo_entry_complete(const std::string& dir) {
 
 namespace {
 
+// Training images of a class of a task: InputError when the split leaves either side empty.
+size_t train_cut(const data::ImageSet& set, int64_t cls, double fraction) {
+  const size_t n = set.by_class()[cls].size();
+  const size_t cut = static_cast<size_t>(std::lround(fraction * double(n)));
+  if (cut < 1 || cut >= n)
+    throw InputError(set.origin() + ": class '" + set.class_names()[cls] + "' has " + std::to_string(n) +
+                     " images: too few to split into training and held-out images at --train-fraction " +
+                     log::fixed(fraction, 2));
+  return cut;
+}
+
 ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& classes, const model::ClipVision& vit,
                    const data::ImageSet& set, const c10::Device& device, int rank) {
   std::vector<int64_t> train_rows, train_y, held_rows, held_y;
@@ -114,10 +126,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
     std::vector<int64_t> rows = set.by_class()[classes[j]];
     auto rng = data::make_rng(cfg.seed, kSplitStream, static_cast<std::uint64_t>(id) * 1000 + j);
     std::shuffle(rows.begin(), rows.end(), rng);
-    const size_t cut = static_cast<size_t>(std::lround(cfg.train_fraction * double(rows.size())));
-    if (cut < 1 || cut >= rows.size())
-      throw InputError(set.origin() + ": class '" + set.class_names()[classes[j]] + "' has " +
-                       std::to_string(rows.size()) + " images: too few to split " + std::to_string(cfg.train_fraction));
+    const size_t cut = train_cut(set, classes[j], cfg.train_fraction);
     for (size_t i = 0; i < rows.size(); ++i) {
       (i < cut ? train_rows : held_rows).push_back(rows[i]);
       (i < cut ? train_y : held_y).push_back(j);
@@ -133,7 +142,12 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
   const int64_t n = static_cast<int64_t>(train_rows.size());
   BadStepGuard guard("zoo", cfg.max_bad_steps, " while training " + zoo_entry_name(id));
   int64_t step = 0;
+  // Inside one LoRA: epochs with the training loss and accuracy (rank 0's LoRAs, every 10 s).
+  Progress progress("zoo", zoo_entry_name(id) + " epochs", cfg.epochs, "epochs", 10.0);
+  double loss_sum = 0;
+  int64_t correct = 0, seen = 0;
   for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
+    loss_sum = 0, correct = 0, seen = 0;
     auto rng = data::make_rng(cfg.seed, kTrainStream, static_cast<std::uint64_t>(id) * 100000 + epoch);
     std::vector<int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
@@ -141,15 +155,24 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
     for (int64_t s = 0; s < n; s += cfg.batch_size) {
       const std::vector<int64_t> b(order.begin() + s, order.begin() + std::min<int64_t>(n, s + cfg.batch_size));
       const at::Tensor idx = at::tensor(b, at::kLong).to(device);
+      const at::Tensor target = train_t.index_select(0, idx);
       const at::Tensor logits = lora.head(vit.forward(train_x.index_select(0, idx), {}, &lora).feature);
-      at::Tensor loss = at::cross_entropy_loss(logits, train_t.index_select(0, idx));
+      at::Tensor loss = at::cross_entropy_loss(logits, target);
       // (test hook; LoRAs train without a communicator, so the point is "0:zoo-step" on every rank)
       if (env::fault_point(rank, "zoo-step")) loss = loss * std::numeric_limits<double>::quiet_NaN();
       opt.zero_grad();
       loss.backward();
-      const bool finite = std::isfinite(loss.item<double>()) && grads_finite(lora.parameters(true));
+      const double value = loss.item<double>();
+      const bool finite = std::isfinite(value) && grads_finite(lora.parameters(true));
       if (guard.ok(finite, step++)) opt.step(cfg.lr);
+      const int64_t nb = static_cast<int64_t>(b.size());
+      loss_sum += value * static_cast<double>(nb);
+      correct += logits.detach().argmax(-1).eq(target).sum().item<int64_t>();
+      seen += nb;
     }
+    progress.note("loss " + log::fixed(loss_sum / static_cast<double>(seen), 3) + ", train accuracy " +
+                  log::fixed(100.0 * static_cast<double>(correct) / static_cast<double>(seen), 1) + "%");
+    progress.advance(1);
   }
   lora.set_requires_grad(false, true);
   double acc = 0;
@@ -163,6 +186,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
   e.dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
   e.classes = classes;
   e.heldout_accuracy = acc;
+  e.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(seen, 1));
   std::vector<std::string> names;
   for (int64_t c : classes) names.push_back(set.class_names()[c]);
   const json task = {{"lora_id", id},
@@ -175,6 +199,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
                      {"train_images", train_rows.size()},
                      {"heldout_images", held_rows.size()},
                      {"heldout_accuracy", acc},
+                     {"last_epoch_loss", loss_sum / static_cast<double>(std::max<int64_t>(seen, 1))},
                      {"epochs", cfg.epochs},
                      {"batch_size", cfg.batch_size},
                      {"lr", cfg.lr},
@@ -199,7 +224,12 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   vit.to(device);
   const data::ImageSet set = data::ImageSet::load(cfg.data);
   model::check_image_shape(set.images().sizes(), vit.config(), cfg.data);
+  if (set.num_classes() < cfg.n_way)
+    throw InputError(cfg.data + ": " + std::to_string(set.num_classes()) + " classes, fewer than --way " +
+                     std::to_string(cfg.n_way) + " of a LoRA's task");
   const auto tasks = zoo_tasks(cfg.seed, cfg.num_loras, cfg.n_way, set.num_classes(), cfg.cover_classes);
+  for (const auto& task : tasks)  // every task's split, checked before any LoRA is trained
+    for (int64_t c : task) (void)train_cut(set, c, cfg.train_fraction);
   std::vector<int> mine;
   int reused = 0;
   for (int id = comm.rank(); id < cfg.num_loras; id += comm.size()) {
@@ -223,8 +253,12 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
                                 << total_reused << " finished earlier");
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
+    const auto t0 = std::chrono::steady_clock::now();
     const ZooEntry e = train_one(cfg, id, tasks[id], vit, set, device, comm.rank());
-    LOG_INFO("zoo", zoo_entry_name(id) << ": held-out accuracy " << e.heldout_accuracy << "%");
+    LOG_INFO_EVERY_RANK("zoo", zoo_entry_name(id) << ": held-out accuracy " << log::fixed(e.heldout_accuracy, 1)
+                                                  << "%, last-epoch loss " << log::fixed(e.train_loss, 3) << ", "
+                                                  << log::fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1)
+                                                  << " s");
     progress.advance(1);
     env::fault_point(comm.rank(), "zoo");
   }
@@ -263,7 +297,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   if (comm.rank() == 0) {
     fs::write_text(stdfs::path(cfg.out) / "manifest.json", manifest.dump(2) + "\n");
     LOG_INFO("zoo", coverage.size() << " classes covered by " << cov_lo << " to " << cov_hi << " LoRAs each");
-    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << sum / cfg.num_loras << "%; wrote "
+    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << log::fixed(sum / cfg.num_loras, 1) << "%; wrote "
                                                   << cfg.out << "/manifest.json");
   }
   comm.barrier();

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <iomanip>
 #include <mutex>
 #include <sstream>
 
@@ -52,6 +53,14 @@ bool enabled(Level lvl) {
   // Non-zero ranks stay quiet at info unless debug logging was asked for.
   if (g_rank.load() != 0 && lvl == Level::kInfo && level() != Level::kDebug) return false;
   return true;
+}
+
+bool enabled_on_every_rank(Level lvl) { return static_cast<int>(lvl) >= g_level.load(); }
+
+std::string sig(double value, int digits) {
+  std::ostringstream os;
+  os << std::setprecision(digits) << value;
+  return os.str();
 }
 
 void write(Level lvl, const char* tag, const std::string& message) {

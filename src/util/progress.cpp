@@ -5,7 +5,6 @@
 #include "lorarecycle/util/log.h"
 
 namespace lorarec {
-namespace {
 std::string clock_str(double s) {
   if (!(s >= 0) || s > 1e7) return "--:--";
   const long t = static_cast<long>(s + 0.5);
@@ -16,7 +15,6 @@ std::string clock_str(double s) {
     std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
   return buf;
 }
-}  // namespace
 
 Progress::Progress(std::string tag, std::string what, int64_t total, std::string unit, double interval_s)
     : tag_(std::move(tag)), what_(std::move(what)), unit_(std::move(unit)), total_(total), interval_(interval_s),
@@ -36,6 +34,12 @@ void Progress::advance(int64_t n, double scale) {
   }
 }
 
+bool Progress::due() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - last_).count() >= interval_;
+}
+
+void Progress::note(std::string text) { note_ = std::move(text); }
+
 void Progress::finish() {
   if (finished_) return;
   finished_ = true;
@@ -51,7 +55,7 @@ void Progress::print(bool final) {
                 static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(),
                 total_ > 0 ? 100.0 * done_ / total_ : 100.0, rate, unit_.c_str(), final ? "took" : "ETA",
                 clock_str(final ? t : eta).c_str());
-  LOG_INFO(tag_.c_str(), buf);
+  LOG_INFO(tag_.c_str(), buf << (note_.empty() ? "" : "; ") << note_);
 }
 
 }  // namespace lorarec

@@ -6,7 +6,7 @@
 # the fuzzers' crash inputs under tests/data/corpus/ are replayed too.
 source "$(dirname "$0")/common.sh"
 B=$LORAREC_BIN
-CORPUS="$(cd "$(dirname "$0")/.." && pwd)/data/corpus"
+CORPUS="$CLI_DIR/../data/corpus"
 "$LORAREC_PYTHON" "$REF" make-model m >/dev/null
 "$LORAREC_PYTHON" "$REF" make-lora l --model m --r 4 >/dev/null
 "$LORAREC_PYTHON" "$REF" make-images im.h5 --n 6 >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick benchmark builds, has the DESIGN 3 format and splits, and rebuilds byte-identically.
 source "$(dirname "$0")/common.sh"
-TOOL="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/build_benchmark.py"
+TOOL="$REPO_DIR/data_tools/build_benchmark.py"
 "$LORAREC_PYTHON" "$TOOL" --out a --preset quick
 "$LORAREC_PYTHON" "$TOOL" --out b --preset quick
 grep -q "is complete" <<<"$("$LORAREC_PYTHON" "$TOOL" --out a --preset quick)" || fail "a complete build was not reused"
@@ -27,7 +27,7 @@ for s1 in ("zoo", "val", "test"):
 print("benchmark_data: splits disjoint, format ok, deterministic")
 PY
 # A user's folder-per-class images import into the same format; a bad image names its file.
-TOOL2="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/import_folder.py"
+TOOL2="$REPO_DIR/data_tools/import_folder.py"
 "$LORAREC_PYTHON" - <<'PY'
 import os, numpy as np
 from PIL import Image

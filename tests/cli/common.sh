@@ -1,14 +1,17 @@
 # Shared by the CLI tests: paths from ctest's environment, a temp dir, helpers.
 set -euo pipefail
 : "${LORAREC_BIN:?}" "${LORAREC_PYTHON:?}" "${LORAREC_MPIEXEC:?}"
-REF="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/reference/tiny_clip.py"
+# Paths of the tests' own files, resolved before the cd below (a relative $0 works too).
+CLI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$CLI_DIR/../.." && pwd)"
+REF="$CLI_DIR/../reference/tiny_clip.py"
 WORK=$(mktemp -d /tmp/lorarec_cli_XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 # quick_pipeline STAGE: the quick preset's data and runs up to STAGE under $WORK/w
 # (launch/demo.sh --until STAGE, under mpirun -np 2); then cd there.
 quick_pipeline() {
-  bash "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/launch/demo.sh" --preset quick --workdir "$WORK/w" \
+  bash "$REPO_DIR/launch/demo.sh" --preset quick --workdir "$WORK/w" \
     --until "$1" >demo.txt 2>&1 || { cat demo.txt; fail "quick pipeline up to $1"; }
   cd "$WORK/w"
 }
@@ -25,7 +28,6 @@ expect_status() {
 }
 # compare_adapters DIR_A DIR_B TOL: max |a-b| / max |a| over the tensors of two PEFT adapter
 # directories (own safetensors reader), fails above TOL.
-CLI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PYTHONPATH="$CLI_DIR${PYTHONPATH:+:$PYTHONPATH}"  # peft_adapter.py
 compare_adapters() {
   "$LORAREC_PYTHON" - "$@" <<'PY'

@@ -3,7 +3,7 @@
 # exist after the first run, and the second run reuses them all. Then `predict` on PNG folders
 # and an HDF5 set, and its errors for bad input.
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$REPO_DIR"
 bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" 2>&1 | tee run1.txt
 for f in data/quick/manifest.json runs/quick/vfm/model.safetensors runs/quick/vfm/config.json \
          runs/quick/vfm/pretrain_report.json runs/quick/prior/model.safetensors runs/quick/zoo/manifest.json \
@@ -75,6 +75,12 @@ expect_status 2 "class 'b' (sup_empty/b) has no support image" -- $B predict --m
 # A query of another size is resized to the model's (CLIP's geometry), with one warning line.
 $B predict --model runs/quick/vfm --support sup --query odd.png,qry/q0.jpg --out odd.json >odd.txt 2>&1 || { cat odd.txt; fail "predict of a 16 px query"; }
 grep -q "1 of 8 support and query images resized to the model's 32x32" odd.txt || { cat odd.txt; fail "no resize warning"; }
+# Other formats in the folders are named in one warning line; a class folder of them only is an error.
+mkdir -p sup_webp/a sup_webp/b && cp sup/class0/0.png sup_webp/a/ && touch sup_webp/a/x.webp sup_webp/b/y.gif
+cp -r sup sup_extra && touch sup_extra/class1/z.webp
+$B predict --model runs/quick/vfm --support sup_extra --query qry --out extra.json >extra.txt 2>&1 || { cat extra.txt; fail "predict with a .webp in a class folder"; }
+grep -q "skipped 1 file(s) (not PNG/JPEG: sup_extra/class1/z.webp" extra.txt || { cat extra.txt; fail "no skipped-file warning"; }
+expect_status 2 "class 'b' (sup_webp/b) has no support image (not PNG/JPEG: sup_webp/b/y.gif" -- $B predict --model runs/quick/vfm --support sup_webp --query qry
 expect_status 2 "broken.png: unreadable PNG" -- $B predict --model runs/quick/vfm --support sup --query broken.png
 expect_status 2 "nothere.png: cannot open" -- $B predict --model runs/quick/vfm --support sup --query nothere.png
 echo "demo_quick: predict checks passed"

@@ -7,7 +7,7 @@
 # result equals the uninterrupted run's. Then a stuck rank: the collective watchdog of the other
 # rank ends the job (and without the watchdog the job hangs, which is what the MPI path does).
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$REPO_DIR"
 quick_pipeline eval
 B=$LORAREC_BIN
 CFG=$REPO/configs/quick.ini

@@ -3,7 +3,7 @@
 # ends non-zero without hanging, no partial file is in the pool, and the re-run completes every
 # LoRA exactly once without redoing the finished ones.
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$REPO_DIR"
 quick_pipeline zoo
 B=$LORAREC_BIN
 ARGS="--model runs/quick/vfm --zoo runs/quick/zoo --prior runs/quick/prior --out pool --per-class 3 --iterations 150 --prune 1:0.5"

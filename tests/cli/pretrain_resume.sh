@@ -2,7 +2,7 @@
 # pretrain under mpirun -np 2: an interrupted run (--stop-after, then the same command) ends with
 # the same weights, bit for bit, as an uninterrupted one; the report and metrics are written.
 source "$(dirname "$0")/common.sh"
-TOOL="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/build_benchmark.py"
+TOOL="$REPO_DIR/data_tools/build_benchmark.py"
 "$LORAREC_PYTHON" "$TOOL" --out data --preset quick >/dev/null
 B=$LORAREC_BIN
 ARGS="--data data/base.h5 --steps 12 --warmup 2 --batch-size 16 --checkpoint-every 4 --log-every 4 --width 32 --mlp 64 --heads 2 --layers 2 --proj-dim 16 --eval-episodes 20 --log-level warn"

@@ -7,7 +7,7 @@
 # faults (a rank throwing or SIGKILLed in each stage) end the srun step within 60 s naming the
 # task and the re-run finishes the work; everything torn down, no daemon left. Installs the Slurm packages when missing.
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$REPO_DIR"
 t0=$(date +%s)
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
   echo "installing slurmctld slurmd slurm-client munge"

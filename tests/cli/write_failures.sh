@@ -4,7 +4,7 @@
 # time: a one-line error naming the file and the cause, a non-zero exit, no temporary left behind,
 # and the previous complete outputs unchanged (same SHA-256).
 source "$(dirname "$0")/common.sh"
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+REPO="$REPO_DIR"
 quick_pipeline metatrain
 B=$LORAREC_BIN
 CFG=$REPO/configs/quick.ini

@@ -2,7 +2,7 @@
 # zoo under mpirun -np 2: every LoRA written exactly once, a re-run skips finished ones, crash
 # leftovers are removed, a deleted entry is rebuilt alone.
 source "$(dirname "$0")/common.sh"
-TOOL="$(cd "$(dirname "$0")/../.." && pwd)/data_tools/build_benchmark.py"
+TOOL="$REPO_DIR/data_tools/build_benchmark.py"
 "$LORAREC_PYTHON" "$TOOL" --out data --preset quick >/dev/null
 "$LORAREC_PYTHON" "$REF" make-model m
 B=$LORAREC_BIN

@@ -5,7 +5,8 @@ Written separately from the C++ code: its own safetensors reader/writer (struct 
 HF CLIPVisionTransformer's forward written from the HF modeling code's structure (conv patch
 embedding, per-head attention) in float64.
 
-  tiny_clip.py make-model DIR [--act quick_gelu|gelu] [--seed S]
+  tiny_clip.py make-model DIR [--act quick_gelu|gelu] [--seed S] [--preset tiny|b16]
+                 [--image-size S] [--patch P] [--width D] [--layers L] [--heads H]
   tiny_clip.py make-lora DIR --model MODEL [--r 4] [--alpha 8] [--seed S] [--layers 0,2] [--classes 5]
   tiny_clip.py make-images FILE [--n N] [--size S] [--channels C] [--seed S]
   tiny_clip.py forward --model DIR [--lora DIR] --images FILE --out FILE
@@ -73,12 +74,20 @@ def make_model(args):
     os.makedirs(args.dir, exist_ok=True)
     base, PROJ = PRESETS[args.preset]
     v = dict(base, hidden_act=args.act)
+    # Overrides of the preset's geometry, e.g. CLIP's real 224 px / patch 16 at a tiny width.
+    for key, val in (("image_size", args.image_size), ("patch_size", args.patch),
+                     ("num_hidden_layers", args.layers), ("num_attention_heads", args.heads)):
+        if val is not None:
+            v[key] = val
+    if args.width is not None:
+        v["hidden_size"], v["intermediate_size"] = args.width, 2 * args.width
     # The real openai/clip-vit-base-patch16 layout: CLIPConfig, vision_config nested, projection_dim on top.
     cfg = {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": PROJ,
            "text_config": {"hidden_size": 32, "vocab_size": 100}, "vision_config": dict(v, projection_dim=PROJ,
                                                                                           dropout=0.0)}
     json.dump(cfg, open(os.path.join(args.dir, "config.json"), "w"), indent=2)
-    json.dump({"image_mean": [0.5, 0.45, 0.4], "image_std": [0.25, 0.27, 0.3], "crop_size": 32},
+    crop = 32 if args.image_size is None else args.image_size
+    json.dump({"image_mean": [0.5, 0.45, 0.4], "image_std": [0.25, 0.27, 0.3], "crop_size": crop},
               open(os.path.join(args.dir, "preprocessor_config.json"), "w"), indent=2)
     D, I, L, p, C = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["patch_size"], 3
     P = (v["image_size"] // p) ** 2
@@ -216,6 +225,9 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("make-model"); s.add_argument("dir"); s.add_argument("--act", default="quick_gelu"); s.add_argument("--seed", type=int, default=1)
     s.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    for flag, what in (("--image-size", "image_size"), ("--patch", "patch_size"), ("--width", "hidden_size (MLP 2x)"),
+                       ("--layers", "num_hidden_layers"), ("--heads", "num_attention_heads")):
+        s.add_argument(flag, type=int, default=None, help=f"overrides the preset's {what}")
     s = sub.add_parser("make-lora"); s.add_argument("dir"); s.add_argument("--model", required=True); s.add_argument("--r", type=int, default=4)
     s.add_argument("--alpha", type=float, default=8); s.add_argument("--seed", type=int, default=2); s.add_argument("--layers", default="")
     s.add_argument("--classes", type=int, default=5)

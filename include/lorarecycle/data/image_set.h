@@ -58,11 +58,12 @@ struct Episode {
   std::vector<int64_t> query;          // [N*Q] rows, class-major
 };
 
-// Draws episodes from the classes of a set. Refuses (InputError, naming the class and the file)
+// Draws episodes from the classes of a set. Refuses (InputError, naming the class and the file,
+// and `options`, the caller's names of N, K and Q, e.g. "--val-way, --val-shot or --val-query")
 // a set with fewer than N classes or any class with fewer than K+Q images. Thread-compatible.
 class EpisodeSampler {
  public:
-  EpisodeSampler(const ImageSet& set, EpisodeSpec spec);
+  EpisodeSampler(const ImageSet& set, EpisodeSpec spec, const std::string& options = {});
   Episode sample(std::mt19937_64& rng) const;
   const EpisodeSpec& spec() const { return spec_; }
 

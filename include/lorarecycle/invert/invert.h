@@ -68,7 +68,8 @@ struct Surrogates {
 void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out);
 
 // Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
+// With a `progress_name`, logs the iterations with the loss terms and rate every 10 s (rank 0).
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
-                       const InversionConfig& cfg, std::uint64_t stream);
+                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name = {});
 
 }  // namespace lorarec::invert

@@ -41,6 +41,7 @@ struct ZooEntry {
   std::string dir;
   std::vector<int64_t> classes;   // class ids of the dataset
   double heldout_accuracy = 0;    // percent
+  double train_loss = 0;          // mean training loss of the last epoch (this run's LoRAs only)
 };
 
 // Classes of LoRA `id`'s task (seeded, the same for every world size), drawn from all classes.
