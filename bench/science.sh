@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|all] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -26,6 +26,11 @@
 # real-image control pool, then prints the validation accuracy of lora-avg (the meta-LoRA set to
 # the zoo's mean delta at full rank, no training), of meta-training started from it
 # (--init zoo-mean), and of 1,000-step runs on the 64-class pools (~10 min each).
+# "variety" (after "zoo", also in "all"): how much of the surrogates' failure is their lack of
+# variety. An inverted LoRA's surrogates of one class are near-copies; the real-image control pool
+# is cut to 1 or 4 distinct real images per LoRA and class (the rest copies of them;
+# bench/pool_copies.py) and meta-trained like the full one (paper T 128, 1,000 steps, ~10 min each),
+# and the surrogates are meta-trained with --jitter 4 (augmentation in place of variety).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -182,6 +187,32 @@ if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
     IFS='|' read -r name p flags <<<"$row"
     i=$((i + 1))
     run="$OUT/z_$i"
+    once "$run/metatrain.json" "$run.log" \
+      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
+    printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
+  done
+fi
+
+# Variety: real images cut to 1 or 4 distinct per LoRA and class, against 8 (docs/science.md).
+if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
+  [ -f "$OUT/pool64_real/index.json" ] && [ -f "$OUT/pool64/index.json" ] ||
+    { echo "science: run 'bash bench/science.sh zoo' first (the 64-class pools)" >&2; exit 2; }
+  for d in 1 4; do
+    [ -f "$OUT/pool64_real_d$d/index.json" ] || $PY bench/pool_copies.py "$OUT/pool64_real" "$OUT/pool64_real_d$d" "$d"
+  done
+  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+  VARIETY_RUNS=(
+    "real 64, 1 distinct image per LoRA and class|$OUT/pool64_real_d1|$P1K"
+    "real 64, 4 distinct images per LoRA and class|$OUT/pool64_real_d4|$P1K"
+    "surrogates 64, --jitter 4|$OUT/pool64|$P1K --jitter 4"
+  )
+  echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
+  echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"
+  i=0
+  for row in "${VARIETY_RUNS[@]}"; do
+    IFS='|' read -r name p flags <<<"$row"
+    i=$((i + 1))
+    run="$OUT/v_$i"
     once "$run/metatrain.json" "$run.log" \
       "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
     printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"

@@ -27,6 +27,7 @@ are summarised at the end. Files are written as OUT.tmp and renamed when every s
 import argparse
 import csv
 import functools
+import io
 import json
 import multiprocessing
 import os
@@ -108,7 +109,8 @@ def resize_crop(im, size):
     """Shorter side to `size` (bicubic), then the centre size x size crop."""
     w, h = im.size
     s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    # Half rounded up, as the C++ resize (llround) does.
+    im = im.resize((max(size, int(w * s + 0.5)), max(size, int(h * s + 0.5))), Image.BICUBIC)
     w, h = im.size
     left, top = (w - size) // 2, (h - size) // 2
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
@@ -157,6 +159,11 @@ def class_folders(root, skips):
         if is_hidden(e):
             skips.add(HIDDEN, path)
         elif os.path.isdir(path):
+            try:
+                e.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ImportFailure(f"{path!r}: the class folder's name is not UTF-8 (HDF5 stores class names as "
+                                    "UTF-8): rename the folder") from None
             names.append(e)
         else:
             skips.add(OUTSIDE, path)
@@ -226,10 +233,12 @@ def splits_by_fraction(root, classes, text, seed):
 
 def read_class_list(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             names = list(dict.fromkeys(line.strip() for line in f if line.strip()))
     except OSError as e:
         raise ImportFailure(f"class list {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImportFailure(f"class list {path}: not UTF-8 text: save it as UTF-8") from None
     if not names:
         raise ImportFailure(f"class list {path} is empty: it needs one class folder name a line")
     return names
@@ -278,7 +287,12 @@ def miniimagenet_csvs(root):
 
 def miniimagenet_split(root, name, csv_path):
     split = Split(name)
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ImportFailure(f"{csv_path}: not UTF-8 text: save it as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         rows = csv.reader(f)
         if [h.strip() for h in next(rows, [])] != ["filename", "label"]:
             raise ImportFailure(f"{csv_path}: the first line must be the header 'filename,label'")

@@ -145,8 +145,9 @@ def inventory(parts, root):
     for d in parts["meta"]:
         try:
             r = json.load(open(os.path.join(d, "metatrain.json")))
-            lines.append((True, f"meta-LoRA ({rel(d)}/): mask {r['mask_ratio']}, {r['steps']} steps, val "
-                                f"{r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}"))
+            val = ("no validation (--val not given)" if r.get("val_initial") is None or r.get("val_final") is None
+                   else f"val {r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}")
+            lines.append((True, f"meta-LoRA ({rel(d)}/): mask {r['mask_ratio']}, {r['steps']} steps, {val}"))
         except Exception as e:  # noqa: BLE001
             lines.append((False, f"meta-LoRA ({rel(d)}/): metatrain.json unreadable ({why(e)})"))
     for d in parts["meta_partial"]:

@@ -131,7 +131,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
         const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
         progress->note("loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) +
                        ", l2 " + term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) + "), " +
-                       std::to_string(n) + " images");
+                       std::to_string(n) + " images, " + log::sig(double(it + 1) * n / progress->elapsed_s()) +
+                       " image-iterations/s");
       }
       progress->advance(1);
     }

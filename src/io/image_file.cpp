@@ -96,17 +96,24 @@ at::Tensor read_image(const std::string& path) {
 std::vector<std::string> list_images(const std::string& dir, std::vector<std::string>* skipped) {
   if (!stdfs::is_directory(dir)) throw InputError(dir + ": not a directory");
   std::vector<std::string> out;
-  for (const auto& e : stdfs::recursive_directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    const std::string name = e.path().filename().string();
-    if (name.empty() || name[0] == '.') continue;  // hidden files (.DS_Store, macOS ._x.jpg)
-    std::string ext = e.path().extension().string();
+  std::error_code ec;
+  stdfs::recursive_directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    // Hidden files and folders (.DS_Store, macOS ._x.jpg and __MACOSX/) are not images of the class.
+    if (name.empty() || name[0] == '.' || name == "__MACOSX") {
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file()) continue;
+    std::string ext = it->path().extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
     if (ext == ".png" || ext == ".jpg" || ext == ".jpeg")
-      out.push_back(e.path().string());
+      out.push_back(it->path().string());
     else if (skipped != nullptr)
-      skipped->push_back(e.path().string());
+      skipped->push_back(it->path().string());
   }
+  if (ec) throw InputError(dir + ": cannot list (" + ec.message() + ")");
   std::sort(out.begin(), out.end());
   if (skipped != nullptr) std::sort(skipped->begin(), skipped->end());
   return out;

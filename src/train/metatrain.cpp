@@ -943,8 +943,10 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                                    << (val0.is_null() && final_val.is_null()
                                            ? std::string("no validation (--val not given)")
                                            : "val " + val_text(val0) + " -> " + val_text(final_val) + " %")
-                                   << ", " << log::fixed(report["timing"]["episodes_per_s"].get<double>())
-                                   << " episodes/s");
+                                   << ", "
+                                   << (timed_steps > 0
+                                           ? log::fixed(report["timing"]["episodes_per_s"].get<double>()) + " episodes/s"
+                                           : std::string("too few steps to time")));
   }
   comm.barrier();
   result.finished = true;

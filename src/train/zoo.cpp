@@ -255,10 +255,10 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   for (int id : mine) {
     const auto t0 = std::chrono::steady_clock::now();
     const ZooEntry e = train_one(cfg, id, tasks[id], vit, set, device, comm.rank());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     LOG_INFO_EVERY_RANK("zoo", zoo_entry_name(id) << ": held-out accuracy " << log::fixed(e.heldout_accuracy, 1)
                                                   << "%, last-epoch loss " << log::fixed(e.train_loss, 3) << ", "
-                                                  << log::fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1)
-                                                  << " s");
+                                                  << log::fixed(seconds, 1) << " s");
     progress.advance(1);
     env::fault_point(comm.rank(), "zoo");
   }

@@ -25,13 +25,13 @@ void write_rgba_png(const std::string& path, int w, int h, const std::vector<uin
 TEST(ImageFile, TransparencyIsCompositedOnWhite) {
   test::TempDir dir;
   const std::string path = dir.file("rgba.png");
-  // A transparent pixel, an opaque one, a half-transparent black one.
-  write_rgba_png(path, 3, 1, {200, 100, 50, 0, 10, 20, 30, 255, 0, 0, 0, 128});
+  // A transparent pixel, an opaque one, a half-transparent red one.
+  write_rgba_png(path, 3, 1, {200, 100, 50, 0, 10, 20, 30, 255, 255, 0, 0, 128});
   const at::Tensor img = read_image(path);
   ASSERT_EQ(img.sizes(), (std::vector<int64_t>{1, 3, 3}));
   const auto* p = img.data_ptr<uint8_t>();
-  EXPECT_EQ(std::vector<int>(p, p + 6), (std::vector<int>{255, 255, 255, 10, 20, 30}));
-  for (int c = 6; c < 9; ++c) EXPECT_NEAR(p[c], 127, 12);  // half way from black to white
+  // Half way from red to white in the stored values, as PIL's alpha_composite (255, 127, 127).
+  EXPECT_EQ(std::vector<int>(p, p + 9), (std::vector<int>{255, 255, 255, 10, 20, 30, 255, 127, 127}));
 }
 
 TEST(ImageFile, ListingWalksSubFoldersSkipsHiddenAndReportsOtherFiles) {
@@ -39,7 +39,9 @@ TEST(ImageFile, ListingWalksSubFoldersSkipsHiddenAndReportsOtherFiles) {
   namespace stdfs = std::filesystem;
   const stdfs::path root = dir.file("cls");
   stdfs::create_directories(root / "sub");
-  for (const char* f : {"b.PNG", "sub/a.jpg", "c.webp", ".hidden.png", "._d.jpg"}) std::ofstream(root / f) << "x";
+  stdfs::create_directories(root / ".thumbs");
+  for (const char* f : {"b.PNG", "sub/a.jpg", "c.webp", ".hidden.png", "._d.jpg", ".thumbs/e.png"})
+    std::ofstream(root / f) << "x";
   std::vector<std::string> skipped;
   const auto files = list_images(root.string(), &skipped);
   EXPECT_EQ(files, (std::vector<std::string>{(root / "b.PNG").string(), (root / "sub/a.jpg").string()}));

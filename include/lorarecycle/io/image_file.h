@@ -13,7 +13,7 @@ namespace lorarec::io {
 at::Tensor read_image(const std::string& path);
 
 // The image files (.png, .jpg, .jpeg; any case) inside `dir` and its sub-directories, sorted by
-// path; hidden files are ignored. Other files go to *skipped (sorted) when given.
+// path; hidden files and folders are ignored. Other files go to *skipped (sorted) when given.
 std::vector<std::string> list_images(const std::string& dir, std::vector<std::string>* skipped = nullptr);
 
 }  // namespace lorarec::io

@@ -1,5 +1,6 @@
 // A strict INI reader for config files: "[section]" headers, "key = value" lines,
-// "#" or ";" comments, whole-line or after a blank at the end of a line ("lr = 1e-3  # paper"). Keys before the first section belong to section "".
+// "#" or ";" comments, whole-line or after a blank at the end of a line ("lr = 1e-3  # paper").
+// Keys before the first section belong to section "".
 #pragma once
 
 #include <string>
