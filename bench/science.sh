@@ -154,6 +154,21 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
   done
 fi
 
+# run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (configs/demo.ini [metatrain] plus FLAGS) on POOL
+# as $OUT/PREFIX_<i>, unless done, and prints each run's validation series.
+run_rows() {
+  local prefix=$1 i=0 row name p flags run
+  shift
+  for row in "$@"; do
+    IFS='|' read -r name p flags <<<"$row"
+    i=$((i + 1))
+    run="$OUT/${prefix}_$i"
+    once "$run/metatrain.json" "$run.log" \
+      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
+    printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
+  done
+}
+
 # The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
 if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
   once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
@@ -182,15 +197,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
     "paper T128 lr 3e-4, surrogates 64|$OUT/pool64|$P128 --lr 3e-4 --steps 300 --val-every 50"
   )
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
-  i=0
-  for row in "${ZOO_RUNS[@]}"; do
-    IFS='|' read -r name p flags <<<"$row"
-    i=$((i + 1))
-    run="$OUT/z_$i"
-    once "$run/metatrain.json" "$run.log" \
-      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
-    printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
-  done
+  run_rows z "${ZOO_RUNS[@]}"
 fi
 
 # Variety: real images cut to 1 or 4 distinct per LoRA and class, against 8 (docs/science.md).
@@ -208,13 +215,5 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
   )
   echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"
-  i=0
-  for row in "${VARIETY_RUNS[@]}"; do
-    IFS='|' read -r name p flags <<<"$row"
-    i=$((i + 1))
-    run="$OUT/v_$i"
-    once "$run/metatrain.json" "$run.log" \
-      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
-    printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
-  done
+  run_rows v "${VARIETY_RUNS[@]}"
 fi
