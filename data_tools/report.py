@@ -117,65 +117,61 @@ def inventory(parts, root):
     """One line per part: (ok, text); ok False for missing, unfinished or unreadable parts."""
     rel = lambda d: os.path.relpath(d, root)  # noqa: E731
     lines = []
-    for d in parts["zoo"]:
-        try:
-            m = json.load(open(os.path.join(d, "manifest.json")))
-            accs = [e["heldout_accuracy"] for e in m["loras"]]
-            acc = f", held-out accuracy mean {sum(accs) / len(accs):.2f}" if accs else ""
-            lines.append((True, f"zoo ({rel(d)}/): {len(m['loras'])} LoRAs{acc}"))
-        except Exception as e:  # noqa: BLE001
-            lines.append((False, f"zoo ({rel(d)}/): manifest.json unreadable ({why(e)})"))
+
+    def finished(kind, label, marker, describe, load=lambda f: json.load(open(f)), before_error=lambda d: ""):
+        """A line per finished part of this kind: describe(d, content of its marker file), or why the
+        marker could not be read."""
+        for d in parts[kind]:
+            try:
+                lines.append((True, f"{label} ({rel(d)}/): {describe(d, load(os.path.join(d, marker)))}"))
+            except Exception as e:  # noqa: BLE001
+                lines.append((False, f"{label} ({rel(d)}/): {before_error(d)}{marker} unreadable ({why(e)})"))
+
+    def zoo_text(d, m):
+        accs = [e["heldout_accuracy"] for e in m["loras"]]
+        acc = f", held-out accuracy mean {sum(accs) / len(accs):.2f}" if accs else ""
+        return f"{len(m['loras'])} LoRAs{acc}"
+
+    def meta_text(d, r):
+        val = ("no validation (--val not given)" if r.get("val_initial") is None or r.get("val_final") is None
+               else f"val {r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}")
+        return f"mask {r['mask_ratio']}, {r['steps']} steps, {val}"
+
+    def eval_text(d, rows):
+        return f"{len(rows)} rows ({', '.join(sorted({r['method'] for r in rows}))})"
+
+    def model_text(d, r):
+        acc = r.get("heldout_head_acc")
+        return (f"pretrained {r.get('arch', '?')}"
+                f"{f', held-out head accuracy {acc:.2f}' if isinstance(acc, (int, float)) else ''}")
+
+    def missing(kind, text):
+        if not parts[kind] and not parts[kind + "_partial"]:
+            lines.append((False, text))
+
+    pool_files = lambda d: len(glob.glob(os.path.join(d, "lora_*.h5")))  # noqa: E731
+    finished("zoo", "zoo", "manifest.json", zoo_text)
     for d in parts["zoo_partial"]:
         n = len([x for x in os.listdir(d) if x.startswith("lora_")])
         lines.append((False, f"zoo ({rel(d)}/): unfinished: {n} lora_* directories, no manifest.json"))
-    if not parts["zoo"] and not parts["zoo_partial"]:
-        lines.append((False, "zoo: missing (no directory with manifest.json and lora_*/ adapters)"))
-    for d in parts["pool"]:
-        n = len(glob.glob(os.path.join(d, "lora_*.h5")))
-        try:
-            idx = json.load(open(os.path.join(d, "index.json")))
-            lines.append((True, f"pool ({rel(d)}/): {len(idx['files'])} files, {idx['images']} images"))
-        except Exception as e:  # noqa: BLE001
-            lines.append((False, f"pool ({rel(d)}/): {n} lora_*.h5, index.json unreadable ({why(e)})"))
+    missing("zoo", "zoo: missing (no directory with manifest.json and lora_*/ adapters)")
+    finished("pool", "pool", "index.json", lambda d, idx: f"{len(idx['files'])} files, {idx['images']} images",
+             before_error=lambda d: f"{pool_files(d)} lora_*.h5, ")
     for d in parts["pool_partial"]:
-        n = len(glob.glob(os.path.join(d, "lora_*.h5")))
-        lines.append((False, f"pool ({rel(d)}/): unfinished: {n} lora_*.h5, no index.json"))
-    if not parts["pool"] and not parts["pool_partial"]:
-        lines.append((False, "pool: missing (no directory with index.json and lora_*.h5)"))
-    for d in parts["meta"]:
-        try:
-            r = json.load(open(os.path.join(d, "metatrain.json")))
-            val = ("no validation (--val not given)" if r.get("val_initial") is None or r.get("val_final") is None
-                   else f"val {r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}")
-            lines.append((True, f"meta-LoRA ({rel(d)}/): mask {r['mask_ratio']}, {r['steps']} steps, {val}"))
-        except Exception as e:  # noqa: BLE001
-            lines.append((False, f"meta-LoRA ({rel(d)}/): metatrain.json unreadable ({why(e)})"))
+        lines.append((False, f"pool ({rel(d)}/): unfinished: {pool_files(d)} lora_*.h5, no index.json"))
+    missing("pool", "pool: missing (no directory with index.json and lora_*.h5)")
+    finished("meta", "meta-LoRA", "metatrain.json", meta_text)
     for d in parts["meta_partial"]:
         s = last_step(d)
         lines.append((False, f"meta-LoRA ({rel(d)[:-len('.work')]}/): unfinished (no metatrain.json; {rel(d)} "
                              f"{'at step ' + str(s) if s is not None else 'has no step yet'})"))
-    if not parts["meta"] and not parts["meta_partial"]:
-        lines.append((False, "meta-LoRA: missing (no directory with metatrain.json)"))
-    for d in parts["eval"]:
-        try:
-            rows = list(csv.DictReader(open(os.path.join(d, "results.csv"))))
-            methods = sorted({r["method"] for r in rows})
-            lines.append((True, f"eval ({rel(d)}/): {len(rows)} rows ({', '.join(methods)})"))
-        except Exception as e:  # noqa: BLE001
-            lines.append((False, f"eval ({rel(d)}/): results.csv unreadable ({why(e)})"))
+    missing("meta", "meta-LoRA: missing (no directory with metatrain.json)")
+    finished("eval", "eval", "results.csv", eval_text, load=lambda f: list(csv.DictReader(open(f))))
     for d in parts["eval_partial"]:
         n = len(glob.glob(os.path.join(d, "partial", "*__*.json")))
         lines.append((False, f"eval ({rel(d)}/): unfinished: {n} finished rows in partial/, no results.csv"))
-    if not parts["eval"] and not parts["eval_partial"]:
-        lines.append((False, "eval: missing (no directory with results.csv)"))
-    for d in parts["model"]:
-        try:
-            r = json.load(open(os.path.join(d, "pretrain_report.json")))
-            acc = r.get("heldout_head_acc")
-            lines.append((True, f"model ({rel(d)}/): pretrained {r.get('arch', '?')}"
-                                f"{f', held-out head accuracy {acc:.2f}' if isinstance(acc, (int, float)) else ''}"))
-        except Exception as e:  # noqa: BLE001
-            lines.append((False, f"model ({rel(d)}/): pretrain_report.json unreadable ({why(e)})"))
+    missing("eval", "eval: missing (no directory with results.csv)")
+    finished("model", "model", "pretrain_report.json", model_text)
     for d in parts["model_partial"]:
         s = last_step(d)
         lines.append((False, f"model ({rel(d)[:-len('.work')]}/): unfinished pretraining "

@@ -46,12 +46,8 @@ struct Fitter {
   int64_t resized = 0, total = 0;
   at::Tensor operator()(const at::Tensor& nhwc) {
     total += nhwc.size(0);
-    if (nhwc.size(1) == size && nhwc.size(2) == size) return nhwc;
-    resized += nhwc.size(0);
-    std::vector<at::Tensor> blocks;  // a block at a time: the float copy of a large set stays small
-    for (int64_t s = 0; s < nhwc.size(0); s += 256)
-      blocks.push_back(model::fit_images(nhwc.slice(0, s, std::min<int64_t>(nhwc.size(0), s + 256)), size));
-    return at::cat(blocks);
+    if (nhwc.size(1) != size || nhwc.size(2) != size) resized += nhwc.size(0);
+    return model::fit_images(nhwc, size);
   }
 };
 

@@ -477,8 +477,14 @@ at::Tensor resize_center_crop(const at::Tensor& nchw, int64_t size) {
 
 at::Tensor fit_images(const at::Tensor& images_u8, int64_t size) {
   if (images_u8.size(1) == size && images_u8.size(2) == size) return images_u8;
-  const at::Tensor x = images_u8.permute({0, 3, 1, 2}).to(at::kFloat);
-  return resize_center_crop(x, size).round_().clamp_(0.0, 255.0).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+  // 256 images at a time, so that the float copy of a large set stays small.
+  std::vector<at::Tensor> blocks;
+  for (int64_t s = 0; s < images_u8.size(0); s += 256) {
+    const at::Tensor block = images_u8.slice(0, s, std::min<int64_t>(images_u8.size(0), s + 256));
+    const at::Tensor x = block.permute({0, 3, 1, 2}).to(at::kFloat);
+    blocks.push_back(resize_center_crop(x, size).round_().clamp_(0.0, 255.0).to(at::kByte).permute({0, 2, 3, 1}));
+  }
+  return at::cat(blocks).contiguous();
 }
 
 at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& cfg, const c10::Device& device) {

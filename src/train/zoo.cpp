@@ -199,7 +199,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
                      {"train_images", train_rows.size()},
                      {"heldout_images", held_rows.size()},
                      {"heldout_accuracy", acc},
-                     {"last_epoch_loss", loss_sum / static_cast<double>(std::max<int64_t>(seen, 1))},
+                     {"last_epoch_loss", e.train_loss},
                      {"epochs", cfg.epochs},
                      {"batch_size", cfg.batch_size},
                      {"lr", cfg.lr},
