@@ -30,7 +30,9 @@
 # variety. An inverted LoRA's surrogates of one class are near-copies; the real-image control pool
 # is cut to 1 or 4 distinct real images per LoRA and class (the rest copies of them;
 # bench/pool_copies.py) and meta-trained like the full one (paper T 128, 1,000 steps, ~10 min each),
-# and the surrogates are meta-trained with --jitter 4 (augmentation in place of variety).
+# and the surrogates are meta-trained with --jitter 4 (augmentation in place of variety); then the
+# 64-class zoo is inverted with a jitter shift per image (--jitter-per-image, ~21 min) and
+# meta-trained alike.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -207,11 +209,15 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
   for d in 1 4; do
     [ -f "$OUT/pool64_real_d$d/index.json" ] || $PY bench/pool_copies.py "$OUT/pool64_real" "$OUT/pool64_real_d$d" "$d"
   done
+  # The inversion's side: a jitter shift (and flip) per image instead of one per batch (~21 min).
+  once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+    --zoo "$OUT/zoo64" --out "$OUT/pool64_pi" --jitter-per-image
   P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
   VARIETY_RUNS=(
     "real 64, 1 distinct image per LoRA and class|$OUT/pool64_real_d1|$P1K"
     "real 64, 4 distinct images per LoRA and class|$OUT/pool64_real_d4|$P1K"
     "surrogates 64, --jitter 4|$OUT/pool64|$P1K --jitter 4"
+    "surrogates 64, inverted with --jitter-per-image|$OUT/pool64_pi|$P1K"
   )
   echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"

@@ -14,6 +14,7 @@
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
 
 namespace lorarec::cli {
@@ -36,6 +37,7 @@ void validate(const EmbedOptions& o) {
   if (o.batch_size <= 0) throw InputError("embed: --batch-size must be positive");
   const auto parent = std::filesystem::absolute(o.out).parent_path();
   if (!std::filesystem::is_directory(parent)) throw InputError("embed: output directory '" + parent.string() + "' does not exist");
+  prov::check_output_file(o.out, "embed: --out");
 }
 
 }  // namespace
@@ -63,7 +65,7 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
   model::ClipVision vit = model::ClipVision::load(o.model);
   vit.to(device);
   std::optional<model::Lora> lora;
-  if (!o.lora.empty()) lora = io::load_peft(o.lora, vit.config());
+  if (!o.lora.empty()) lora = io::load_peft(o.lora, vit.config(), o.model);
   if (!o.lora_official.empty()) lora = io::load_official(o.lora_official, vit.config());
   if (lora) lora->to(device);
 

@@ -52,12 +52,15 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("w-l2", po::value(&c.inv.w_l2)->default_value(c.inv.w_l2), "weight of ||X||")
       ("w-div", po::value(&c.inv.w_div)->default_value(c.inv.w_div), "weight of a diversity term: the mean cosine similarity between the teacher's features of two surrogates of the same class, so that a class's surrogates are not near-copies of one another (0: off)")
       ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
+      ("jitter-per-image", po::bool_switch(&c.inv.per_image), "draw the roll (and flip) for each image at every iteration instead of one shared by the whole batch (as the official code does): each surrogate is then pushed to be its class under its own views")
+      ("target-mix", po::value(&c.inv.target_mix)->default_value(c.inv.target_mix), "give each surrogate its own target: a share u ~ U(0, M) of it on a second class of the LoRA (drawn once per image), the rest on its own class, so that a class's surrogates lean towards different neighbours as real images do; 0 = the one-hot target of the paper")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
       ("prune-start", po::value(&c.inv.prune_start)->default_value(c.inv.prune_start), "fraction of the iterations after which pruning is on")
       ("seed", po::value(&c.inv.seed)->default_value(c.inv.seed), "seed of the noise and the jitter")
       ("full-last-layer", po::bool_switch(&full_last), "run the whole last layer as the official code does (benchmarking; the default computes CLS only)")
+      ("restart", po::bool_switch(&c.restart), "discard the pool files an earlier run left in --out and invert every LoRA anew (without it, finished files are reused when their recorded settings equal today's, and the run is refused otherwise)")
       ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates")
       ("real-images", po::value(&c.real_images), "control experiment: instead of inverting, store --per-class REAL images of each LoRA's classes from this HDF5 set (the zoo's --data), in the same pool layout with the LoRA's logits and scores; the LoRAs covering one class get disjoint images while the class has enough");
   desc.add(own);
@@ -68,6 +71,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.cls_only_last = !full_last;
   c.inv.prune = parse_prune(prune);
   if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
+  if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
   for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce}, {"--w-bn", c.inv.w_bn},
                                 {"--w-tv", c.inv.w_tv}, {"--w-l2", c.inv.w_l2}, {"--w-div", c.inv.w_div}})

@@ -23,6 +23,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::cli {
 namespace {
@@ -85,6 +86,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   if (!out.empty()) {
     const std::string e = stdfs::path(out).extension().string();
     if (e != ".json" && e != ".csv") throw InputError("predict: --out must end in .json or .csv, got '" + out + "'");
+    prov::check_output_file(out, "predict: --out");
   }
   if (batch < 1) throw InputError("predict: --batch-size must be >= 1");
 
@@ -162,7 +164,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   vit.to(ctx.device);
   std::unique_ptr<model::Lora> lora;
   if (!lora_dir.empty()) {
-    lora = std::make_unique<model::Lora>(io::load_peft(lora_dir, vit.config()));
+    lora = std::make_unique<model::Lora>(io::load_peft(lora_dir, vit.config(), model_dir));
     lora->to(ctx.device);
   }
   const at::Tensor all = at::cat({at::cat(support_imgs), at::cat(q.u8)});

@@ -32,7 +32,8 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
       ("rank", po::value(&c.lora.r)->default_value(c.lora.r), "LoRA rank r")
       ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
-      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of tasks, splits and initialisation");
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of tasks, splits and initialisation")
+      ("restart", po::bool_switch(&c.restart), "discard the LoRAs and manifest an earlier run left in --out and train every LoRA anew (without it, finished LoRAs are reused when their recorded settings equal today's, and the run is refused otherwise)");
   desc.add(own);
   if (!parse("zoo", "usage: lorarecycle zoo --model DIR --data zoo.h5 --out ZOO_DIR [options]", argc, argv, desc, common,
              rt.rank()))

@@ -24,6 +24,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
 
 namespace lorarec::eval {
@@ -272,6 +273,12 @@ std::string format_table(const std::vector<EvalRow>& rows) {
 
 std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
+  if (!cfg.out.empty()) {  // before any work: --out is new, empty or an eval directory
+    (void)prov::check_output_dir(cfg.out, "eval");
+    comm.barrier();
+    if (comm.rank() == 0) prov::claim_output_dir(cfg.out, "eval", nullptr);
+    comm.barrier();
+  }
   model::ClipVision vit = model::ClipVision::load(cfg.model);
   vit.to(device);
   const auto wants = [&](const char* m) {
@@ -284,7 +291,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     const json m = read_manifest(cfg.zoo);
     for (const auto& e : m.at("loras")) {
       const std::string dir = (stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string();
-      zoo_loras.push_back(io::load_peft(dir, vit.config()));
+      zoo_loras.push_back(io::load_peft(dir, vit.config(), cfg.model));
       zoo_source += fingerprint(dir);
     }
   }
@@ -299,7 +306,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   if (wants("meta"))
     for (const auto& spec : cfg.meta) {
       auto [name, dir] = split_named(spec, cfg.meta.size() == 1 ? "meta" : stdfs::path(spec).filename().string());
-      auto l = std::make_unique<model::Lora>(io::load_peft(dir, vit.config()));
+      auto l = std::make_unique<model::Lora>(io::load_peft(dir, vit.config(), cfg.model));
       l->to(device);
       methods.push_back({name, "meta", std::move(l), fingerprint(dir)});
     }

@@ -16,9 +16,11 @@
 namespace lorarec::invert {
 
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
-                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features) {
+                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features,
+                     const at::Tensor* soft_targets) {
   LossTerms t;
-  t.ce = at::cross_entropy_loss(logits, targets);
+  t.ce = soft_targets != nullptr ? -(*soft_targets * at::log_softmax(logits, -1)).sum(-1).mean()
+                                 : at::cross_entropy_loss(logits, targets);
   t.bn = at::zeros({}, x.options());
   if (stats != nullptr)
     for (const auto& s : *stats) t.bn = t.bn + (s.running_var - s.var).norm() + (s.running_mean - s.mean).norm();
@@ -36,6 +38,27 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
   }
   t.total = cfg.w_ce * t.ce + cfg.w_bn * t.bn + cfg.w_tv * t.tv + cfg.w_l2 * t.l2 + cfg.w_div * t.div;
   return t;
+}
+
+at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std::uint64_t seed, std::uint64_t stream) {
+  if (N < 2 || !(target_mix > 0 && target_mix <= 1))
+    throw InputError("--target-mix needs a LoRA of at least 2 classes and a share in (0, 1]");
+  const at::Tensor yc = y.to(at::kCPU, at::kLong).contiguous();
+  const int64_t n = yc.size(0);
+  at::Tensor t = at::zeros({n, N}, at::kFloat);
+  auto rng = data::make_rng(seed, stream, std::numeric_limits<std::uint32_t>::max() - 1);
+  std::uniform_real_distribution<double> share(0.0, target_mix);
+  std::uniform_int_distribution<int64_t> other(0, N - 2);
+  const int64_t* yp = yc.data_ptr<int64_t>();
+  auto acc = t.accessor<float, 2>();
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = share(rng);
+    int64_t c = other(rng);
+    if (c >= yp[i]) ++c;  // any class but its own
+    acc[i][yp[i]] = static_cast<float>(1.0 - u);
+    acc[i][c] = static_cast<float>(u);
+  }
+  return t.to(y.device());
 }
 
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
@@ -68,6 +91,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   const auto dev = vit.device();
   // Targets class-interleaved: 0, 1, .., N-1, 0, 1, ..
   const at::Tensor y = at::arange(N, at::kLong).repeat({cfg.per_class}).to(dev);
+  std::optional<at::Tensor> soft;
+  if (cfg.target_mix > 0) soft = mixed_targets(y, N, cfg.target_mix, cfg.seed, stream);
   auto gen_rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max());
   at::manual_seed(static_cast<std::uint64_t>(gen_rng()));
   // The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
@@ -100,11 +125,22 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     std::uniform_int_distribution<int> shift(-jitter, jitter);
-    const int dy = shift(rng), dx = shift(rng);
-    const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
     const at::Tensor xp = pixels(x);
-    at::Tensor xa = jitter > 0 ? at::roll(xp, {dy, dx}, {2, 3}) : xp;
-    if (flip) xa = xa.flip({3});
+    at::Tensor xa = xp;
+    if (cfg.per_image) {  // every image its own view (the batch is not seen through one shared shift)
+      std::vector<int> dy(n), dx(n);
+      std::vector<bool> fl(cfg.flip ? n : 0);
+      for (int b = 0; b < n; ++b) {
+        dy[b] = shift(rng), dx[b] = shift(rng);
+        if (cfg.flip) fl[b] = std::bernoulli_distribution(0.5)(rng);
+      }
+      if (jitter > 0 || cfg.flip) xa = roll_each(xp, dy, dx, fl);
+    } else {
+      const int dy = shift(rng), dx = shift(rng);
+      const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
+      if (jitter > 0) xa = at::roll(xp, {dy, dx}, {2, 3});
+      if (flip) xa = xa.flip({3});
+    }
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;
@@ -112,7 +148,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     const at::Tensor logits = lora.head(feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
-    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr);
+    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr,
+                                    soft ? &*soft : nullptr);
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)
@@ -145,6 +182,28 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   describe_images(vit, lora, cfg, out);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
+}
+
+at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std::vector<int>& dx,
+                     const std::vector<bool>& flip) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (static_cast<int64_t>(dy.size()) != B || static_cast<int64_t>(dx.size()) != B ||
+      (!flip.empty() && static_cast<int64_t>(flip.size()) != B))
+    throw InputError("roll_each: one shift (and flip) per image expected");
+  // Source row and column of every output pixel, per image: roll by d reads index (i - d) mod size;
+  // a flip reads the rolled image's column W - 1 - j.
+  std::vector<int64_t> rows(B * H), cols(B * W);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < H; ++i) rows[b * H + i] = (((i - dy[b]) % H) + H) % H;
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t jj = !flip.empty() && flip[b] ? W - 1 - j : j;
+      cols[b * W + j] = (((jj - dx[b]) % W) + W) % W;
+    }
+  }
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(x.device());
+  const at::Tensor ri = at::tensor(rows, opts).view({B, 1, H, 1}).expand({B, C, H, W});
+  const at::Tensor ci = at::tensor(cols, opts).view({B, 1, 1, W}).expand({B, C, H, W});
+  return x.gather(2, ri).gather(3, ci);
 }
 
 void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out) {

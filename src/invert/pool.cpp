@@ -25,6 +25,7 @@
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::invert {
 namespace {
@@ -142,11 +143,37 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
   fs::write_text(path, png);
 }
 
+json pool_settings(const InvertJobConfig& cfg) {
+  const InversionConfig& v = cfg.inv;
+  std::string prune;
+  for (const auto& [layer, ratio] : v.prune) prune += (prune.empty() ? "" : ",") + std::to_string(layer) + ":" + log::sig(ratio);
+  json s = {{"--zoo (manifest digest)", prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json")},
+            {"--model (content digest)", prov::model_digest(cfg.model)},
+            {"--per-class", v.per_class},
+            {"--seed", v.seed},
+            {"--prune", prune.empty() ? "none" : prune}};
+  if (!cfg.real_images.empty()) {  // the control: real images, nothing inverted
+    s["--real-images (content digest)"] = prov::file_digest(cfg.real_images);
+    return s;
+  }
+  const bool use_prior = !cfg.prior.empty() && v.w_bn > 0;
+  s.update({{"--iterations", v.iterations}, {"--lr", v.lr},          {"--w-ce", v.w_ce},
+            {"--w-bn", use_prior ? v.w_bn : 0.0}, {"--w-tv", v.w_tv}, {"--w-l2", v.w_l2},
+            {"--w-div", v.w_div},         {"--jitter", v.jitter},    {"--jitter-per-image", v.per_image}, {"--target-mix", v.target_mix},
+            {"--no-flip", !v.flip},       {"--gray", v.gray},        {"--prune-start", v.prune_start},
+            {"--full-last-layer", !v.cls_only_last}});
+  if (use_prior) s["--prior (content digest)"] = prov::model_digest(cfg.prior);
+  return s;
+}
+
 void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   if (cfg.model.empty() || cfg.zoo.empty() || cfg.out.empty()) throw InputError("invert: --model, --zoo and --out are required");
   const stdfs::path zoo(cfg.zoo), out(cfg.out), progress_dir = stdfs::path(cfg.out) / ".progress";
   const stdfs::path manifest_path = zoo / "manifest.json";
   if (!stdfs::exists(manifest_path)) throw InputError(manifest_path.string() + ": missing (is --zoo a zoo directory?)");
+  if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
+  if (!cfg.real_images.empty() && !stdfs::exists(cfg.real_images))
+    throw InputError("--real-images " + cfg.real_images + ": no such file");
   json manifest;
   try {
     manifest = json::parse(fs::read_text(manifest_path));
@@ -166,6 +193,37 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
                       static_cast<int>(e.at("classes").size()), e.at("classes").get<std::vector<int64_t>>()});
   } catch (const json::exception& e) {
     throw InputError(manifest_path.string() + ": not a zoo manifest (" + e.what() + ")");
+  }
+  // Before any work, on every rank (each reaches the same verdict): whose directory is --out, and
+  // do its finished files have today's settings?
+  (void)prov::check_output_dir(out, "pool");
+  const json settings = pool_settings(cfg);
+  for (const Job& j : jobs) io::check_base_model(j.dir, cfg.model);  // every LoRA tuned on --model
+  std::vector<stdfs::path> earlier;  // pool files of an earlier run (removed by --restart)
+  if (stdfs::is_directory(out)) {
+    for (const auto& e : stdfs::directory_iterator(out)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("lora_", 0) == 0) earlier.push_back(e.path());
+    }
+    std::sort(earlier.begin(), earlier.end());
+    for (const auto& p : earlier) {
+      if (cfg.restart || p.extension() != ".h5" || !pool_file_complete(p.string())) continue;
+      const io::h5::File f = io::h5::File::open_read(p.string());
+      if (!f.has_attr("/", "settings"))
+        throw InputError(p.string() + ": recorded no settings (written by an older lorarecycle), so it cannot be "
+                         "reused safely; --restart discards the pool's files, or choose a new --out");
+      const std::string diff = prov::first_difference(json::parse(f.attr_string("/", "settings")), settings, p.string());
+      if (!diff.empty()) throw InputError(diff + "; --restart discards the pool's files, or choose a new --out");
+    }
+  }
+  comm.barrier();
+  if (comm.rank() == 0) {
+    if (cfg.restart) {
+      for (const auto& p : earlier) stdfs::remove(p);
+      for (const char* name : {"index.json", "summary.json"}) stdfs::remove(out / name);
+      if (!earlier.empty()) LOG_INFO("invert", "--restart: removed " << earlier.size() << " files of an earlier run from " << cfg.out);
+    }
+    prov::claim_output_dir(out, "pool", settings);
   }
   if (comm.rank() == 0) {
     fs::make_dirs(out);
@@ -225,7 +283,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   double hdf5_seconds = 0;
   for (size_t i : mine) {
     const Job& j = jobs[i];
-    model::Lora lora = io::load_peft(j.dir, vit.config());
+    model::Lora lora = io::load_peft(j.dir, vit.config(), cfg.model);
     if (!lora.has_head()) throw InputError(j.dir + ": the LoRA has no classifier head to invert");
     if (lora.head_weight().size(0) != j.classes)
       throw InputError(j.dir + ": its head has " + std::to_string(lora.head_weight().size(0)) +
@@ -271,6 +329,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "per_class", int64_t{cfg.inv.per_class});
       f.set_attr("/", "gray", int64_t{cfg.inv.gray ? 1 : 0});
       f.set_attr("/", "flip", int64_t{cfg.inv.flip ? 1 : 0});
+      f.set_attr("/", "jitter_per_image", int64_t{cfg.inv.per_image ? 1 : 0});
+      f.set_attr("/", "target_mix", cfg.inv.target_mix);
+      f.set_attr("/", "settings", settings.dump());
       if (!real) {  // the loss weights the surrogates were made with
         f.set_attr("/", "w_ce", cfg.inv.w_ce);
         f.set_attr("/", "w_bn", prior ? cfg.inv.w_bn : 0.0);
@@ -308,7 +369,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   if (comm.rank() != 0) return;
 
   // Index and summary over every LoRA (all files complete now).
-  json index = {{"format", kPoolFormat}, {"model", cfg.model}, {"zoo", cfg.zoo}, {"files", json::array()}};
+  json index = {{"format", kPoolFormat}, {"model", cfg.model}, {"zoo", cfg.zoo}, {"settings", settings},
+                {"files", json::array()}};
   std::map<int64_t, std::pair<int64_t, std::vector<int>>> by_class;  // dataset class -> (images, LoRAs)
   json summary = {{"loras", json::array()}};
   int64_t images = 0;

@@ -10,6 +10,7 @@
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/log.h"
 
 namespace lorarec::io {
@@ -171,6 +172,33 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   return lora;
 }
 
+void check_base_model(const std::string& dir, const std::string& model_path) {
+  const stdfs::path w_path = stdfs::path(dir) / kPeftWeights;
+  if (stdfs::exists(w_path) && !model_path.empty()) {
+    const SafetensorsFile file = SafetensorsFile::open(w_path.string());
+    const auto& meta = file.metadata();
+    const auto it = meta.find(kBaseDigest);
+    if (it != meta.end()) {
+      const std::string now = prov::model_digest(model_path);
+      if (it->second != now) {
+        std::string base;
+        try {
+          base = json::parse(fs::read_text(stdfs::path(dir) / kPeftConfig)).value("base_model_name_or_path", std::string());
+        } catch (const std::exception&) {
+        }
+        throw InputError(dir + ": this LoRA was tuned on another VFM (" + (base.empty() ? std::string() : base + ", ") +
+                         "digest " + it->second + ") than --model " + model_path + " (digest " + now +
+                         "); use the VFM it was tuned on");
+      }
+    }
+  }
+}
+
+model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit, const std::string& model_path) {
+  check_base_model(dir, model_path);
+  return load_peft(dir, vit);
+}
+
 void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model,
                const std::map<std::string, std::string>& extra_files) {
   std::map<std::string, at::Tensor> tensors;
@@ -200,7 +228,10 @@ void save_peft(const std::string& dir, const model::Lora& lora, const std::strin
   }
   fs::write_atomically(dir, [&](const stdfs::path& tmp) {
     stdfs::create_directories(tmp);
-    save_safetensors((tmp / kPeftWeights).string(), tensors, {{"format", "pt"}, {"producer", "lorarecycle"}});
+    std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "lorarecycle"}};
+    std::error_code ec;
+    if (!base_model.empty() && stdfs::exists(base_model, ec)) meta[kBaseDigest] = prov::model_digest(base_model);
+    save_safetensors((tmp / kPeftWeights).string(), tensors, meta);
     fs::write_text(tmp / kPeftConfig, cfg.dump(2) + "\n");
     for (const auto& [name, text] : extra_files) fs::write_text(tmp / name, text);
   });

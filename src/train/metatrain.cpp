@@ -39,6 +39,7 @@
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::train {
 namespace {
@@ -585,13 +586,37 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   const int E_local = E / W;
   const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
   const stdfs::path ckpt = stdfs::path(work) / kCheckpoint;
-  const json fp = fingerprint(cfg, E);
+  // Before any work, on every rank: --out and its work directory are new, empty or this command's;
+  // the pool was inverted from --model.
+  (void)prov::check_output_dir(cfg.out, "metatrain");
+  (void)prov::check_output_dir(work, "metatrain-work");
+  if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
+  const stdfs::path index_path = stdfs::path(cfg.pool) / "index.json";
+  const std::string model_digest = prov::model_digest(cfg.model);
+  std::string pool_digest = "none";
+  if (stdfs::exists(index_path)) {
+    pool_digest = prov::file_digest(index_path);
+    json index;
+    try {
+      index = json::parse(fs::read_text(index_path));
+    } catch (const json::exception& e) {
+      throw InputError(index_path.string() + ": invalid JSON (" + e.what() + ")");
+    }
+    const json had = index.value("settings", json::object()).value("--model (content digest)", json());
+    if (had.is_string() && had.get<std::string>() != model_digest)
+      throw InputError("--pool " + cfg.pool + " was inverted from another VFM (" + index.value("model", std::string("?")) +
+                       ", digest " + had.get<std::string>() + ") than --model " + cfg.model + " (digest " + model_digest +
+                       "); meta-train on the VFM the zoo was tuned on");
+  }
+  json fp = fingerprint(cfg, E);
+  fp["model (content digest)"] = model_digest;
+  fp["pool (index digest)"] = pool_digest;
 
   if (stdfs::exists(ckpt) && !cfg.resume && !cfg.restart)
     throw InputError(ckpt.string() + ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
   comm.barrier();
   if (rank == 0) {
-    fs::make_dirs(work);
+    prov::claim_output_dir(work, "metatrain-work", fp);
     if (cfg.restart) {
       stdfs::remove(ckpt);
       stdfs::remove(stdfs::path(work) / "metrics.jsonl");
@@ -674,6 +699,12 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     if (meta.count("skipped")) skipped_total = std::stoll(meta.at("skipped"));
     if (meta.count("val0")) val0 = json::parse(meta.at("val0"));
     LOG_INFO("metatrain", "resumed from " << ckpt.string() << " at step " << start);
+    // Elastic: episode slot j of step s is drawn from (seed, j, s) whatever the world size, so a
+    // checkpoint of W ranks continues the same schedule on W' ranks (E stays a multiple of W').
+    if (meta.count("world_size") && std::stoi(meta.at("world_size")) != W)
+      LOG_INFO("metatrain", "checkpointed at world size " << meta.at("world_size") << ", resumed at " << W
+                                                          << ": the same episodes per step (" << E
+                                                          << "), now " << E_local << " per rank");
   }
   if (start > cfg.steps)
     throw InputError(ckpt.string() + ": checkpoint at step " + std::to_string(start) + " is past --steps " +
@@ -725,6 +756,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     io::save_safetensors(ckpt.string(), t,
                          {{"fingerprint", fp.dump()}, {"step", std::to_string(step)},
                           {"skipped", std::to_string(skipped_total)}, {"val0", val0.dump()},
+                          {"world_size", std::to_string(W)},
                           {"rng", "episodes are drawn from make_rng(seed, slot, step): the step is the RNG state"}});
   };
 
@@ -937,7 +969,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   report["memory"]["peak_rss_mb_per_rank"] = rss_all;
   if (rank == 0) {
     lora.to(c10::Device(at::kCPU));
-    io::save_peft(cfg.out, lora, cfg.model, {{"metatrain.json", report.dump(2) + "\n"}});
+    io::save_peft(cfg.out, lora, cfg.model,
+                  {{"metatrain.json", report.dump(2) + "\n"}, {prov::kMarker, prov::marker_text("metatrain", fp)}});
     auto val_text = [](const json& v) { return v.is_null() ? std::string("-") : log::fixed(v["val_mean"].get<double>()); };
     LOG_INFO("metatrain", "wrote " << cfg.out << " (PEFT adapter + metatrain.json); "
                                    << (val0.is_null() && final_val.is_null()

@@ -22,6 +22,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
 
 namespace lorarec::train {
@@ -193,7 +194,11 @@ void PretrainConfig::validate() const {
 std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
   const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
-  if (comm.rank() == 0) fs::make_dirs(work);
+  // Before any work, on every rank: --out and its work directory are new, empty or this command's.
+  (void)prov::check_output_dir(cfg.out, "pretrain");
+  (void)prov::check_output_dir(work, "pretrain-work");
+  comm.barrier();
+  if (comm.rank() == 0) prov::claim_output_dir(work, "pretrain-work", nullptr);
   comm.barrier();
 
   const data::ImageSet all = data::ImageSet::load(cfg.data);
@@ -310,6 +315,7 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   if (comm.rank() == 0) {
     net->save(cfg.out);
     fs::write_text(stdfs::path(cfg.out) / "pretrain_report.json", report.dump(2) + "\n");
+    fs::write_text(stdfs::path(cfg.out) / prov::kMarker, prov::marker_text("pretrain", nullptr));
     LOG_INFO("pretrain", "wrote " << cfg.out << ": " << report.dump());
   }
   comm.barrier();

@@ -24,6 +24,7 @@
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::train {
 namespace {
@@ -119,8 +120,8 @@ size_t train_cut(const data::ImageSet& set, int64_t cls, double fraction) {
   return cut;
 }
 
-ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& classes, const model::ClipVision& vit,
-                   const data::ImageSet& set, const c10::Device& device, int rank) {
+ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std::vector<int64_t>& classes,
+                   const model::ClipVision& vit, const data::ImageSet& set, const c10::Device& device, int rank) {
   std::vector<int64_t> train_rows, train_y, held_rows, held_y;
   for (int j = 0; j < cfg.n_way; ++j) {
     std::vector<int64_t> rows = set.by_class()[classes[j]];
@@ -190,6 +191,7 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
   std::vector<std::string> names;
   for (int64_t c : classes) names.push_back(set.class_names()[c]);
   const json task = {{"lora_id", id},
+                     {"settings", settings},
                      {"classes", classes},
                      {"class_names", names},
                      {"source_dataset", set.origin()},
@@ -212,10 +214,56 @@ ZooEntry train_one(const ZooConfig& cfg, int id, const std::vector<int64_t>& cla
 
 }  // namespace
 
+json zoo_settings(const ZooConfig& cfg) {
+  json targets = json::array();
+  for (auto m : cfg.lora.target_modules) targets.push_back(model::module_name(m));
+  return {{"--data (content digest)", prov::file_digest(cfg.data)},
+          {"--model (content digest)", prov::model_digest(cfg.model)},
+          {"--way", cfg.n_way},
+          {"--classes", cfg.cover_classes},
+          {"--train-fraction", cfg.train_fraction},
+          {"--epochs", cfg.epochs},
+          {"--batch-size", cfg.batch_size},
+          {"--lr", cfg.lr},
+          {"--rank", cfg.lora.r},
+          {"--alpha", cfg.lora.alpha},
+          {"--targets", targets},
+          {"--seed", cfg.seed}};
+}
+
 std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
+  // Before any work, on every rank (each reaches the same verdict): whose directory is --out, and
+  // do its finished LoRAs have today's settings?
+  (void)prov::check_output_dir(cfg.out, "zoo");
+  if (!stdfs::exists(cfg.data)) throw InputError("--data " + cfg.data + ": no such file");
+  if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
+  const json settings = zoo_settings(cfg);
+  std::vector<std::string> finished;  // entries to discard with --restart
+  if (stdfs::is_directory(cfg.out)) {
+    std::vector<stdfs::path> dirs;
+    for (const auto& e : stdfs::directory_iterator(cfg.out))
+      if (e.is_directory() && e.path().filename().string().rfind("lora_", 0) == 0) dirs.push_back(e.path());
+    std::sort(dirs.begin(), dirs.end());
+    for (const auto& d : dirs) {
+      finished.push_back(d.string());
+      if (cfg.restart || !zoo_entry_complete(d.string())) continue;
+      const json task = json::parse(fs::read_text(d / kTaskFile));
+      if (!task.contains("settings"))
+        throw InputError(d.string() + ": recorded no settings (written by an older lorarecycle), so it cannot be "
+                         "reused safely; --restart discards the finished LoRAs, or choose a new --out");
+      const std::string diff = prov::first_difference(task.at("settings"), settings, d.string());
+      if (!diff.empty()) throw InputError(diff + "; --restart discards the finished LoRAs, or choose a new --out");
+    }
+  }
+  comm.barrier();
   if (comm.rank() == 0) {
-    fs::make_dirs(cfg.out);
+    if (cfg.restart) {
+      for (const auto& d : finished) stdfs::remove_all(d);
+      stdfs::remove(stdfs::path(cfg.out) / "manifest.json");
+      if (!finished.empty()) LOG_INFO("zoo", "--restart: removed " << finished.size() << " LoRAs of an earlier run from " << cfg.out);
+    }
+    prov::claim_output_dir(cfg.out, "zoo", settings);
     for (const auto& p : fs::remove_temporaries(cfg.out))
       LOG_WARN("zoo", "removed the partial output of an interrupted run: " << p);
   }
@@ -254,7 +302,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
     const auto t0 = std::chrono::steady_clock::now();
-    const ZooEntry e = train_one(cfg, id, tasks[id], vit, set, device, comm.rank());
+    const ZooEntry e = train_one(cfg, settings, id, tasks[id], vit, set, device, comm.rank());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     LOG_INFO_EVERY_RANK("zoo", zoo_entry_name(id) << ": held-out accuracy " << log::fixed(e.heldout_accuracy, 1)
                                                   << "%, last-epoch loss " << log::fixed(e.train_loss, 3) << ", "
@@ -267,7 +315,7 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
 
   std::vector<ZooEntry> entries;
   json manifest = {{"model", cfg.model}, {"data", cfg.data}, {"num_loras", cfg.num_loras}, {"n_way", cfg.n_way},
-                   {"cover_classes", cfg.cover_classes}, {"loras", json::array()}};
+                   {"cover_classes", cfg.cover_classes}, {"settings", settings}, {"loras", json::array()}};
   std::map<int64_t, int> coverage;  // dataset class -> LoRAs tuned on it
   double sum = 0;
   for (int id = 0; id < cfg.num_loras; ++id) {

@@ -2,7 +2,8 @@
 # Writes that fail: a full disk (a small tmpfs filled up), a read-only file system, an output
 # path under a regular file, a file replaced by a directory, a file-size limit (ulimit -f). Each
 # time: a one-line error naming the file and the cause, a non-zero exit, no temporary left behind,
-# and the previous complete outputs unchanged (same SHA-256).
+# and the previous complete outputs unchanged (same SHA-256). An output directory that cannot be
+# written at all (read-only, under a file) is refused before any work (exit 2).
 source "$(dirname "$0")/common.sh"
 REPO="$REPO_DIR"
 quick_pipeline metatrain
@@ -51,19 +52,22 @@ if mount -t tmpfs -o size=16m tmpfs "$D" 2>mount.txt; then
   no_temporaries "$D"
   echo "full disk: every previous output unchanged (sha256), no temporary left"
 
-  # ---- 2. A read-only file system.
+  # ---- 2. A read-only file system: the output directory is checked before any work (exit 2); a
+  # write that fails later (the file system turned read-only mid-run) is case 1's error.
   mount -o remount,ro "$D"
-  expect_write_error "cannot write '$D/eval/.*'.*Read-only file system" -- $B eval --config "$CFG" --zoo "$D/zoo" --meta "$D/meta" --methods nn --shots 5 --out "$D/eval"
+  expect_status 2 "$D/eval: directory is not writable" -- $B eval --config "$CFG" --zoo "$D/zoo" --meta "$D/meta" --methods nn --shots 5 --out "$D/eval"
   mount -o remount,rw "$D"
   [ "$(sums "$D")" = "$before" ] || fail "a complete output changed on the read-only file system"
 else
   fail "cannot mount a tmpfs to fill up ($(cat mount.txt)); this test needs root"
 fi
 
-# ---- 3. An output path under a regular file; a file replaced by a directory.
+# ---- 3. An output path under a regular file (refused before any work, exit 2); a file replaced
+# by a directory in an eval directory of its own (the write fails at the end).
 touch plainfile
-expect_write_error "cannot write 'plainfile/zoo': Not a directory" -- $B zoo --config "$CFG" --out plainfile/zoo --num-loras 1
+expect_status 2 "plainfile/zoo: cannot be created: " -- $B zoo --config "$CFG" --out plainfile/zoo --num-loras 1
 mkdir -p ev/results.csv
+echo '{"kind": "eval", "command": "eval"}' >ev/.lorarecycle.json
 expect_write_error "cannot write 'ev/results.csv'.*(Is a directory|Directory not empty)" -- $B eval --config "$CFG" --zoo "$D/zoo" --meta "$D/meta" --methods nn --shots 1 --episodes 10 --out ev
 [ -d ev/results.csv ] || fail "the directory in the way was removed"
 mkdir -p m2 && mkdir -p m2.work/checkpoint.safetensors

@@ -8,6 +8,7 @@
 
 #include "lorarecycle/invert/pool.h"
 #include "lorarecycle/io/hdf5.h"
+#include "lorarecycle/util/error.h"
 #include "test_util.h"
 
 namespace lorarec::invert {
@@ -123,6 +124,74 @@ TEST(Inversion, KeepsTheLowestLossIterate) {
   EXPECT_TRUE(at::equal(p.images, s.images));
   EXPECT_EQ(s.images.sizes(), (std::vector<int64_t>{6, 16, 16, 3}));
   EXPECT_TRUE(at::equal(s.labels, at::tensor({0, 1, 2, 0, 1, 2}, at::kInt)));
+}
+
+TEST(Inversion, RollEachIsAPerImageRollThenFlip) {
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({3, 2, 5, 7}).requires_grad_(true);
+  const std::vector<int> dy{1, -2, 7}, dx{0, 3, -9};
+  const std::vector<bool> fl{false, true, true};
+  const at::Tensor r = roll_each(x, dy, dx, fl);
+  for (int b = 0; b < 3; ++b) {
+    at::Tensor want = at::roll(x[b], {dy[b], dx[b]}, {1, 2});
+    if (fl[b]) want = want.flip({2});
+    EXPECT_TRUE(at::equal(r[b], want)) << "image " << b;
+  }
+  EXPECT_TRUE(at::equal(roll_each(x, dy, dx, {}), at::stack({at::roll(x[0], {1, 0}, {1, 2}), at::roll(x[1], {-2, 3}, {1, 2}),
+                                                             at::roll(x[2], {7, -9}, {1, 2})})));
+  // A permutation of each image's pixels: the gradient of a sum of weighted outputs routes every
+  // weight back to its source pixel.
+  const at::Tensor w = at::randn(r.sizes());
+  (r * w).sum().backward();
+  for (int b = 0; b < 3; ++b) {
+    at::Tensor back = w[b];
+    if (fl[b]) back = back.flip({2});
+    EXPECT_TRUE(at::allclose(x.grad()[b], at::roll(back, {-dy[b], -dx[b]}, {1, 2})));
+  }
+  EXPECT_THROW(roll_each(x, {1, 2}, dx, fl), lorarec::InputError);
+}
+
+TEST(Inversion, PerImageJitterGivesEachImageItsOwnViews) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg;
+  cfg.per_class = 2;
+  cfg.iterations = 20;
+  cfg.jitter = 3;
+  const Surrogates shared = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  cfg.per_image = true;
+  const Surrogates own = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  const Surrogates again = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_TRUE(at::equal(own.images, again.images));     // seeded: the same views every run
+  EXPECT_FALSE(at::equal(own.images, shared.images));   // other views, other images
+  EXPECT_LT(own.best_loss, own.losses.front());
+  EXPECT_EQ(own.images.sizes(), shared.images.sizes());
+}
+
+TEST(InversionLoss, SoftTargetsGiveTheCrossEntropyOfTheMixture) {
+  at::manual_seed(5);
+  const at::Tensor logits = at::randn({6, 4});
+  const at::Tensor y = at::tensor({0, 1, 2, 3, 0, 1}, at::kLong);
+  const at::Tensor x = at::randn({6, 3, 4, 4});
+  InversionConfig cfg;
+  const at::Tensor onehot = at::one_hot(y, 4).to(at::kFloat);
+  EXPECT_NEAR(loss_terms(logits, y, nullptr, x, cfg, nullptr, &onehot).ce.item<double>(),
+              loss_terms(logits, y, nullptr, x, cfg).ce.item<double>(), 1e-6);
+  const at::Tensor soft = mixed_targets(y, 4, 0.4, 11, 2);
+  ASSERT_EQ(soft.sizes(), (std::vector<int64_t>{6, 4}));
+  EXPECT_TRUE(at::allclose(soft.sum(1), at::ones({6})));
+  for (int i = 0; i < 6; ++i) {
+    const int yi = static_cast<int>(y[i].item<int64_t>());
+    EXPECT_GE(soft[i][yi].item<float>(), 0.6f - 1e-6f);  // at most 0.4 moved
+    EXPECT_EQ(soft[i].gt(0).sum().item<int64_t>(), 2);     // its class and one other
+  }
+  EXPECT_TRUE(at::equal(soft, mixed_targets(y, 4, 0.4, 11, 2)));   // seeded
+  EXPECT_FALSE(at::equal(soft, mixed_targets(y, 4, 0.4, 11, 3)));  // per LoRA (stream)
+  const at::Tensor ls = at::log_softmax(logits, -1);
+  double want = 0;
+  for (int i = 0; i < 6; ++i)
+    for (int c = 0; c < 4; ++c) want -= soft[i][c].item<double>() * ls[i][c].item<double>();
+  EXPECT_NEAR(loss_terms(logits, y, nullptr, x, cfg, nullptr, &soft).ce.item<double>(), want / 6, 1e-5);
+  EXPECT_THROW(mixed_targets(y, 1, 0.4, 0, 0), lorarec::InputError);
 }
 
 TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {

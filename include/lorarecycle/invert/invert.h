@@ -27,7 +27,10 @@ struct InversionConfig {
   double w_l2 = 0.0;               // ||X||
   double w_div = 0.0;              // diversity: mean cosine between teacher features of two images of one class
   int jitter = -1;                 // max roll in pixels (-1: image_size / 8)
-  bool flip = true;                // random horizontal flip (shared by the batch)
+  bool flip = true;                // random horizontal flip
+  bool per_image = false;          // each image its own roll and flip per iteration (false: one for the batch)
+  double target_mix = 0.0;         // > 0: image i's target puts a share u_i ~ U(0, target_mix) on a second class c_i
+                                   // of the LoRA (both drawn once per image, seeded); 0: one-hot targets
   bool gray = false;               // optimise one grey channel shared by R, G, B (greyscale domains)
   double prune_start = 0.25;       // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
@@ -42,9 +45,19 @@ struct LossTerms {
 // ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
 // l2 = ||x||_2 over the whole batch; div = mean cosine similarity of features [B, d] over the pairs
-// (i != j) of images with the same target (0 without features or without such pairs).
+// (i != j) of images with the same target (0 without features or without such pairs). With
+// soft_targets [B, N] (rows summing to 1), ce = mean over images of -sum_c soft * log softmax.
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
-                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features = nullptr);
+                     const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features = nullptr,
+                     const at::Tensor* soft_targets = nullptr);
+// The soft targets of cfg.target_mix for n images of N classes with labels y (class-interleaved):
+// row i = (1 - u_i) one-hot(y_i) + u_i one-hot(c_i), u_i ~ U(0, target_mix), c_i != y_i uniform;
+// drawn from make_rng(seed, stream, ...), so the same for every run.
+at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std::uint64_t seed, std::uint64_t stream);
+// Rolls image b of x [B, C, H, W] by (dy[b], dx[b]) pixels (at::roll's direction) and mirrors it
+// horizontally where flip[b] (flip may be empty); differentiable in x.
+at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std::vector<int>& dx,
+                     const std::vector<bool>& flip);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).

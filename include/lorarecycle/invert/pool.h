@@ -19,6 +19,7 @@
 
 #include <c10/core/Device.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,14 @@ struct InvertJobConfig {
                            // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
                            // class gets the k-th block of a seeded permutation of its images
   int chunk_images = 64;   // HDF5 chunk (images) of /images
+  bool restart = false;    // discard the pool files an earlier run left in `out`
 };
+
+// The settings that fix a pool file's content, keyed by option (util/provenance.h): the zoo
+// manifest's, the VFM's (and the prior's, the real images') content digests and the inversion
+// settings. Recorded in the pool's marker, in index.json and in every pool file (attribute
+// "settings"); a finished file is reused only when they equal today's.
+nlohmann::json pool_settings(const InvertJobConfig& cfg);
 
 // Longest-processing-time-first assignment of costs to `ranks` bins; returns the bin of each
 // item. Deterministic (ties to the lowest index).
@@ -55,7 +63,9 @@ std::string pool_file_name(int id);
 // True when the file is a complete, readable pool file with n images.
 bool pool_file_complete(const std::string& path);
 
-// Collective.
+// Collective. Before any work: --out must be new, empty or a pool (exit 2 otherwise), and every
+// finished pool file in it must have today's settings (else exit 2 naming the first difference,
+// unless cfg.restart, which removes the files).
 void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10::Device& device);
 
 // Writes a PNG (8-bit RGB) of a grid of uint8 [n, H, W, 3] images, `cols` per row.

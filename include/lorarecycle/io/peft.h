@@ -26,8 +26,18 @@ inline constexpr const char* kPeftConfig = "adapter_config.json";
 // malformed config, a rank that does not match the weights, unknown target modules, wrong shapes,
 // NaN/Inf weights.
 model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit);
+// The same, after checking that the adapter was tuned on the VFM at `model_path`: an adapter that
+// recorded its VFM's content digest (kBaseDigest in the weights' metadata; ours do) and names
+// another is refused with an InputError naming both; adapters without one (PEFT's) load as before.
+model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit, const std::string& model_path);
+// That check alone (reads the weights' header only): InputError when the adapter in `dir` names
+// another VFM than the one at `model_path`.
+void check_base_model(const std::string& dir, const std::string& model_path);
+// Metadata key of the VFM's content digest (util/provenance.h model_digest).
+inline constexpr const char* kBaseDigest = "base_model_digest";
 // Writes the directory atomically (weights + config + `extra_files`, name -> text, e.g. our
-// task.json): a reader sees all of it or nothing. `base_model` goes into base_model_name_or_path.
+// task.json): a reader sees all of it or nothing. `base_model` goes into base_model_name_or_path
+// and, when it names an existing model, its content digest into the weights' metadata.
 void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model = "",
                const std::map<std::string, std::string>& extra_files = {});
 

@@ -8,6 +8,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@ struct ZooConfig {
   int max_bad_steps = 10;         // consecutive non-finite steps (each skipped) before aborting
   model::LoraConfig lora;         // r, alpha, targets, layers
   std::uint64_t seed = 0;
+  bool restart = false;           // discard the LoRAs and manifest already in `out`
   void validate() const;
 };
 
@@ -57,7 +59,14 @@ std::string zoo_entry_name(int id);
 // True when <dir> holds a complete entry (adapter files and a task.json with an accuracy).
 bool zoo_entry_complete(const std::string& dir);
 
-// Collective. Builds the zoo and writes <out>/manifest.json (rank 0). Returns every entry.
+// The settings that fix a zoo LoRA's content, keyed by option (util/provenance.h): the data's and
+// the VFM's content digests, the task and training settings. Recorded in the zoo's marker and in
+// every task.json; a finished LoRA is reused only when they equal today's.
+nlohmann::json zoo_settings(const ZooConfig& cfg);
+
+// Collective. Before any work: --out must be new, empty or a zoo (exit 2 otherwise), and every
+// finished LoRA in it must have today's settings (else exit 2 naming the first difference, unless
+// cfg.restart, which removes them). Builds the zoo and writes <out>/manifest.json (rank 0). Returns every entry.
 std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device);
 
 }  // namespace lorarec::train

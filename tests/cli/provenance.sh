@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Nothing overwritten, nothing silently reused (docs/RELIABILITY.md, "Between runs"). Each case
+# ends with exit 2 and one error line naming what differs, before any work, with nothing on disk
+# changed (every file's path, size, mtime and content digest compared before and after):
+#  1. metatrain --out a zoo LoRA's directory (another command's output);
+#  2. zoo into an existing zoo with other --epochs, and with other --data;
+#  3. invert into an existing pool with other --per-class / --iterations, and from a second zoo;
+#  4. a LoRA tuned on one VFM loaded onto another of the same shapes (embed, eval, invert);
+#  5. metatrain on a pool inverted from another VFM (a patch-8 pool with a patch-4 model);
+#  6. embed --out an existing directory; pretrain, zoo, invert --out a directory of other files;
+# then --restart discards and rebuilds (zoo and invert), a same-settings re-run reuses everything,
+# and the markers name their kind.
+source "$(dirname "$0")/common.sh"
+B=$LORAREC_BIN
+"$LORAREC_PYTHON" "$REPO_DIR/data_tools/build_benchmark.py" --out data --preset quick >/dev/null
+"$LORAREC_PYTHON" "$REF" make-model m
+"$LORAREC_PYTHON" "$REF" make-model m2 --seed 7             # same shapes, other weights
+"$LORAREC_PYTHON" "$REF" make-model m4 --seed 7 --patch 4   # other patch size
+ZOO="--model m --data data/zoo.h5 --num-loras 2 --epochs 2 --batch-size 10 --log-level warn"
+INV="--model m --per-class 2 --iterations 2 --no-flip --log-level warn"
+mpirun2 $B zoo $ZOO --out zoo >zoo.txt 2>&1 || { cat zoo.txt; fail "zoo"; }
+mpirun2 $B invert $INV --zoo zoo --out pool >inv.txt 2>&1 || { cat inv.txt; fail "invert"; }
+
+# state: every file under the work directory (dot-files included): path, size, mtime, digest.
+state() { find . -path ./out.txt -prune -o -path ./err.txt -prune -o -type f -printf '%p %s %T@\n' | sort |
+  while read -r p rest; do echo "$p $rest $(sha1sum <"$p" | cut -c1-12)"; done; }
+# refused CODE NEEDLE -- command...: exit CODE, stderr has NEEDLE on one error line, nothing changed.
+refused() {
+  local before; before=$(state)
+  expect_status "$@"
+  # one error line (the same from every rank under mpirun)
+  [ "$(grep -E ': error( \[rank [0-9]+\])?:' err.txt | sed -E 's/ \[rank [0-9]+\]//' | sort -u | wc -l)" = 1 ] ||
+    { cat err.txt; fail "not exactly one error message"; }
+  [ "$(state)" = "$before" ] || { diff <(echo "$before") <(state) || true; fail "'${*:4}' changed files on disk"; }
+}
+
+# 1. another command's output
+refused 2 "zoo/lora_000: not empty and not a metatrain directory of lorarecycle metatrain (it holds task.json)" -- \
+  $B metatrain --model m --pool pool --steps 2 --way 2 --shot 1 --query 1 --out zoo/lora_000
+refused 2 "zoo: holds the output of lorarecycle zoo (a zoo directory), not of invert" -- \
+  $B invert $INV --zoo zoo --out zoo
+
+# 2. a finished zoo with other settings (mpirun: every rank refuses alike)
+refused 2 "setting --epochs: 2 in zoo/lora_000, 1 now; --restart discards" -- \
+  mpirun2 $B zoo ${ZOO/--epochs 2/--epochs 1} --out zoo
+Z1=${ZOO/--epochs 2/--epochs 1}
+refused 2 "setting --data (content digest): " -- $B zoo ${Z1/data\/zoo.h5/data\/test.h5} --out zoo
+
+# 3. a finished pool with other settings, or from another zoo
+refused 2 "setting --iterations: 2 in pool/lora_000.h5, 3 now" -- \
+  $B invert ${INV/--per-class 2 --iterations 2/--per-class 6 --iterations 3} --zoo zoo --out pool
+mpirun2 $B zoo $ZOO --seed 5 --out zoo2 >zoo2.txt 2>&1 || { cat zoo2.txt; fail "second zoo"; }
+refused 2 "setting --zoo (manifest digest): " -- $B invert $INV --zoo zoo2 --out pool
+
+# 4. a LoRA on another VFM of the same shapes
+refused 2 "zoo/lora_001: this LoRA was tuned on another VFM (m, digest " -- \
+  $B embed --model m2 --lora zoo/lora_001 --images data/test.h5 --out e.h5
+refused 2 "than --model m2 (digest" -- $B eval --model m2 --zoo zoo --methods lora-avg --data data/test.h5 --episodes 5
+refused 2 "zoo/lora_000: this LoRA was tuned on another VFM" -- $B invert ${INV/--model m/--model m2} --zoo zoo --out pool_m2
+
+# 5. a pool of another VFM
+refused 2 "--pool pool was inverted from another VFM (m, digest" -- \
+  $B metatrain --model m4 --pool pool --steps 2 --way 2 --shot 1 --query 1 --out meta_m4
+
+# 6. output paths checked up front
+mkdir -p somedir holiday && echo photo >holiday/a.jpg
+refused 2 "embed: --out somedir: is a directory" -- $B embed --model m --images data/test.h5 --out somedir
+refused 2 "holiday: not empty and not a pretrain directory of lorarecycle pretrain (it holds a.jpg)" -- \
+  $B pretrain --data data/base.h5 --out holiday --steps 2 --warmup 0
+refused 2 "holiday: not empty and not a zoo directory" -- $B zoo $ZOO --out holiday
+refused 2 "holiday: not empty and not a pool directory" -- $B invert $INV --zoo zoo --out holiday
+refused 2 "zoo: holds the output of lorarecycle zoo (a zoo directory), not of eval" -- \
+  $B eval --model m --methods nn --data data/test.h5 --episodes 5 --out zoo
+
+# A same-settings re-run reuses every unit and rewrites nothing of them.
+before=$(cd zoo && find lora_* -type f -printf '%p %T@\n' | sort)
+mpirun2 $B zoo ${ZOO/--log-level warn/--log-level info} --out zoo >re.txt 2>&1 || { cat re.txt; fail "re-run"; }
+grep -q "0 to train, 2 finished earlier" re.txt || { cat re.txt; fail "finished LoRAs not reused"; }
+[ "$(cd zoo && find lora_* -type f -printf '%p %T@\n' | sort)" = "$before" ] || fail "finished LoRAs rewritten"
+# --restart discards and rebuilds with today's settings.
+mpirun2 $B zoo ${ZOO/--epochs 2/--epochs 1} --out zoo --restart >rs.txt 2>&1 || { cat rs.txt; fail "zoo --restart"; }
+"$LORAREC_PYTHON" - <<'PY'
+import json
+for k in (0, 1):
+    t = json.load(open(f"zoo/lora_00{k}/task.json"))
+    assert t["epochs"] == 1 and t["settings"]["--epochs"] == 1, t
+m = json.load(open("zoo/.lorarecycle.json"))
+assert m["kind"] == "zoo" and m["settings"]["--epochs"] == 1, m
+assert json.load(open("zoo/manifest.json"))["settings"]["--epochs"] == 1
+print("ok: zoo --restart rebuilt both LoRAs with --epochs 1; marker and manifest say so")
+PY
+# The pool of the rebuilt zoo: the old files are refused (the zoo changed), --restart rebuilds.
+refused 2 "setting --zoo (manifest digest): " -- $B invert $INV --zoo zoo --out pool
+mpirun2 $B invert $INV --zoo zoo --out pool --restart >ri.txt 2>&1 || { cat ri.txt; fail "invert --restart"; }
+"$LORAREC_PYTHON" - <<'PY'
+import json, h5py
+idx = json.load(open("pool/index.json"))
+z = json.load(open("zoo/.lorarecycle.json"))
+for f in idx["files"]:
+    with h5py.File("pool/" + f["file"], "r") as h:
+        s = json.loads(h.attrs["settings"])
+    assert s == idx["settings"], (s, idx["settings"])
+assert idx["settings"]["--model (content digest)"] == z["settings"]["--model (content digest)"]
+print("ok: invert --restart rebuilt the pool; every file records the pool's settings")
+PY
+# Every adapter records its VFM: loads on m, and the meta-LoRA's directory is marked as metatrain's.
+$B metatrain --model m --pool pool --steps 2 --way 2 --shot 1 --query 1 --out meta --log-level warn ||
+  fail "metatrain on its own VFM"
+"$LORAREC_PYTHON" - <<'PY'
+import json
+assert json.load(open("meta/.lorarecycle.json"))["kind"] == "metatrain"
+assert json.load(open("meta.work/.lorarecycle.json"))["kind"] == "metatrain-work"
+print("ok: meta/ and meta.work/ marked")
+PY
+$B embed --model m --lora meta --images data/test.h5 --out e.h5 --log-level warn || fail "embed with the meta-LoRA"
+echo "provenance: all cases passed"
