@@ -219,7 +219,12 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
     "surrogates 64, --jitter 4|$OUT/pool64|$P1K --jitter 4"
     "surrogates 64, inverted with --jitter-per-image|$OUT/pool64_pi|$P1K"
   )
+  # Soft two-class targets (--target-mix 0.5): the surrogate check only (it fell; no 1,000-step run).
+  once "$OUT/pool64_tm/index.json" "$OUT/pool64_tm.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+    --zoo "$OUT/zoo64" --out "$OUT/pool64_tm" --target-mix 0.5
   echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"
   run_rows v "${VARIETY_RUNS[@]}"
+  echo "surrogate check of the shared-shift, per-image-shift and soft-target pools:"
+  bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_pi" "$OUT/pool64_tm"
 fi

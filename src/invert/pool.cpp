@@ -113,6 +113,36 @@ bool pool_file_complete(const std::string& path) {
   }
 }
 
+std::string pool_data_digest(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& global_class,
+                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores, const at::Tensor& keep_mask) {
+  std::uint64_t h = 0x6c6f726172656331ull;
+  const std::pair<const at::Tensor*, at::ScalarType> parts[] = {
+      {&images, at::kByte},          {&labels, at::kInt},         {&global_class, at::kInt},
+      {&teacher_logits, at::kFloat}, {&patch_scores, at::kFloat}, {&keep_mask, at::kByte}};
+  for (const auto& [t, type] : parts) {
+    const at::Tensor c = t->to(at::kCPU, type).contiguous();
+    h = prov::hash_bytes(c.data_ptr(), static_cast<std::size_t>(c.numel() * c.element_size()), h);
+  }
+  return prov::hex(h);
+}
+
+void check_pool_file_intact(const std::string& path) {
+  const io::h5::File f = io::h5::File::open_read(path);
+  if (!f.has_attr("/", "data_digest")) return;
+  std::string now;
+  try {
+    now = pool_data_digest(f.read("/images", 0, -1, at::kByte), f.read("/labels", 0, -1, at::kInt),
+                           f.read("/global_class", 0, -1, at::kInt), f.read("/teacher_logits", 0, -1, at::kFloat),
+                           f.read("/patch_scores", 0, -1, at::kFloat), f.read("/keep_mask", 0, -1, at::kByte));
+  } catch (const Error& e) {
+    throw InputError(path + ": corrupt pool file (" + e.what() + "); delete it and re-run invert");
+  }
+  const std::string had = f.attr_string("/", "data_digest");
+  if (now != had)
+    throw InputError(path + ": corrupt pool file (its data digest is " + now + ", it was written as " + had +
+                     "); delete it and re-run invert");
+}
+
 void write_png_grid(const std::string& path, const at::Tensor& images, int cols) {
   const int64_t n = images.size(0), h = images.size(1), w = images.size(2);
   const int64_t rows = (n + cols - 1) / cols, W = cols * (w + 1) + 1, H = rows * (h + 1) + 1;
@@ -214,6 +244,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
                          "reused safely; --restart discards the pool's files, or choose a new --out");
       const std::string diff = prov::first_difference(json::parse(f.attr_string("/", "settings")), settings, p.string());
       if (!diff.empty()) throw InputError(diff + "; --restart discards the pool's files, or choose a new --out");
+      check_pool_file_intact(p.string());  // a finished file is reused only when intact
     }
   }
   comm.barrier();
@@ -318,7 +349,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.write("/labels", s.labels);
       // The dataset class of each image (the zoo task's class of its label): surrogates of one real
       // class pool across every LoRA that covers it (DESIGN 2.4).
-      f.write("/global_class", at::tensor(j.class_ids, at::kLong).index_select(0, s.labels.to(at::kLong)).to(at::kInt));
+      const at::Tensor global_class = at::tensor(j.class_ids, at::kLong).index_select(0, s.labels.to(at::kLong)).to(at::kInt);
+      f.write("/global_class", global_class);
       f.write("/teacher_logits", s.teacher_logits, cfg.chunk_images);
       f.write("/patch_scores", s.patch_scores, cfg.chunk_images);
       f.write("/keep_mask", s.keep_mask, cfg.chunk_images);
@@ -332,6 +364,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "jitter_per_image", int64_t{cfg.inv.per_image ? 1 : 0});
       f.set_attr("/", "target_mix", cfg.inv.target_mix);
       f.set_attr("/", "settings", settings.dump());
+      f.set_attr("/", "data_digest", pool_data_digest(s.images, s.labels, global_class, s.teacher_logits,
+                                                      s.patch_scores, s.keep_mask));
       if (!real) {  // the loss weights the surrogates were made with
         f.set_attr("/", "w_ce", cfg.inv.w_ce);
         f.set_attr("/", "w_bn", prior ? cfg.inv.w_bn : 0.0);

@@ -17,6 +17,7 @@
 
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::io {
 namespace {
@@ -42,6 +43,20 @@ const DTypeEntry& entry(DType d) {
   for (const auto& e : kDTypes)
     if (e.dtype == d) return e;
   throw RuntimeError("unknown DType");
+}
+
+// Integrity digest: the tensor index (names, dtypes, shapes, offsets) and the metadata other than
+// the digest itself, then each tensor's bytes in name order (the data section's order).
+std::uint64_t index_hash(const std::map<std::string, TensorInfo>& tensors, const std::map<std::string, std::string>& meta) {
+  std::string canon;
+  for (const auto& [name, t] : tensors) {
+    canon += name + '\x1f' + std::to_string(static_cast<int>(t.dtype)) + '\x1f';
+    for (auto d : t.shape) canon += std::to_string(d) + ',';
+    canon += '\x1f' + std::to_string(t.begin) + '\x1f' + std::to_string(t.end) + '\x1e';
+  }
+  for (const auto& [key, value] : meta)
+    if (key != kDigestKey) canon += key + '\x1f' + value + '\x1e';
+  return prov::hash_bytes(canon.data(), canon.size());
 }
 
 InputError bad(const std::string& origin, const std::string& what) {
@@ -211,6 +226,15 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   static const std::uint8_t kEmpty = 0;
   const auto* bytes = mapping->size ? static_cast<const std::uint8_t*>(mapping->addr) : &kEmpty;
   f.index_ = parse_safetensors_index(bytes, mapping->size, path);
+  const auto it = f.index_.metadata.find(kDigestKey);
+  if (it != f.index_.metadata.end()) {  // written here: verify the whole content
+    std::uint64_t h = index_hash(f.index_.tensors, f.index_.metadata);
+    const std::uint8_t* data = bytes + 8 + f.index_.header_bytes;
+    for (const auto& [name, t] : f.index_.tensors) h = prov::hash_bytes(data + t.begin, t.end - t.begin, h);
+    if (prov::hex(h) != it->second)
+      throw InputError(path + ": corrupt file: its content digest is " + prov::hex(h) + ", it was written as " +
+                       it->second + " (a changed or damaged byte); restore or re-create it");
+  }
   f.mapping_ = std::move(mapping);
   return f;
 }
@@ -246,8 +270,8 @@ std::map<std::string, at::Tensor> load_safetensors(const std::string& path) {
 void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<at::Tensor> ordered;
+  std::map<std::string, TensorInfo> index;
   std::uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (name == "__metadata__") throw InputError(path + ": tensor name '__metadata__' is reserved");
@@ -260,9 +284,15 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
     at::Tensor c = t.detach().to(at::kCPU).contiguous();
     const std::uint64_t bytes = static_cast<std::uint64_t>(c.numel()) * e->size;
     header[name] = {{"dtype", e->name}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    index[name] = TensorInfo{e->dtype, c.sizes().vec(), offset, offset + bytes};
     offset += bytes;
     ordered.push_back(c);
   }
+  std::map<std::string, std::string> meta = metadata;
+  std::uint64_t h = index_hash(index, meta);
+  for (const auto& c : ordered) h = prov::hash_bytes(c.data_ptr(), static_cast<std::size_t>(c.numel() * c.element_size()), h);
+  meta[kDigestKey] = prov::hex(h);
+  header["__metadata__"] = meta;
   std::string text = header.dump();
   while (text.size() % 8 != 0) text.push_back(' ');
   fs::write_atomically(path, [&](const fs::stdfs::path& tmp) {

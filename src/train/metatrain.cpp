@@ -127,6 +127,7 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
     auto h = std::make_unique<io::h5::File>(io::h5::File::open_read(f.path));
     if (!h->has_attr("/", "complete") || h->attr_double("/", "complete") != 1.0)
       throw InputError(f.path + ": incomplete pool file (re-run `lorarecycle invert` to finish it)");
+    invert::check_pool_file_intact(f.path);  // a corrupt file is an error, never a wrong result
     const auto ishape = h->shape("/images");
     if (ishape.size() != 4 || ishape[1] != image_size || ishape[2] != image_size || ishape[3] != 3)
       throw InputError(f.path + ": /images must be [n, " + std::to_string(image_size) + ", " +

@@ -49,7 +49,7 @@ std::uint64_t hash_bytes(const void* data, std::size_t n, std::uint64_t h) {
     h = mix(h, w);
   }
   std::uint64_t tail = 0;
-  std::memcpy(&tail, p + i, n - i);
+  if (n > i) std::memcpy(&tail, p + i, n - i);  // (never with a null pointer: UBSan)
   return mix(mix(h, tail), static_cast<std::uint64_t>(n));
 }
 

@@ -8,6 +8,7 @@
 #  4. a LoRA tuned on one VFM loaded onto another of the same shapes (embed, eval, invert);
 #  5. metatrain on a pool inverted from another VFM (a patch-8 pool with a patch-4 model);
 #  6. embed --out an existing directory; pretrain, zoo, invert --out a directory of other files;
+#  7. a flipped byte in a zoo adapter, a checkpoint and a pool file: refused, naming the file;
 # then --restart discards and rebuilds (zoo and invert), a same-settings re-run reuses everything,
 # and the markers name their kind.
 source "$(dirname "$0")/common.sh"
@@ -113,4 +114,32 @@ assert json.load(open("meta.work/.lorarecycle.json"))["kind"] == "metatrain-work
 print("ok: meta/ and meta.work/ marked")
 PY
 $B embed --model m --lora meta --images data/test.h5 --out e.h5 --log-level warn || fail "embed with the meta-LoRA"
+
+# 7. Integrity: a flipped byte in a zoo adapter, a checkpoint or a pool file is a one-line error
+# naming the file (exit 2), never a wrong result.
+flip() {  # flip FILE OFFSET: inverts one byte
+  "$LORAREC_PYTHON" - "$1" "$2" <<'PY'
+import sys
+path, off = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(off); b = f.read(1); f.seek(off); f.write(bytes([b[0] ^ 0x01]))
+PY
+}
+cp -r zoo zoo_bad && flip zoo_bad/lora_001/adapter_model.safetensors $(( $(stat -c %s zoo_bad/lora_001/adapter_model.safetensors) - 3 ))
+expect_status 2 "zoo_bad/lora_001/adapter_model.safetensors: corrupt file: its content digest is" -- \
+  $B embed --model m --lora zoo_bad/lora_001 --images data/test.h5 --out e2.h5
+$B metatrain --model m --pool pool --steps 4 --stop-after 2 --way 2 --shot 1 --query 1 --out ck --log-level warn >/dev/null 2>&1 || true
+[ -f ck.work/checkpoint.safetensors ] || fail "no checkpoint to corrupt"
+flip ck.work/checkpoint.safetensors $(( $(stat -c %s ck.work/checkpoint.safetensors) - 5 ))
+expect_status 2 "ck.work/checkpoint.safetensors: corrupt file" -- \
+  $B metatrain --model m --pool pool --steps 4 --way 2 --shot 1 --query 1 --out ck --resume
+cp -r pool pool_bad
+off=$("$LORAREC_PYTHON" -c "
+import h5py
+with h5py.File('pool_bad/lora_001.h5', 'r') as h:
+    d = h['images']
+    print(d.id.get_offset() if d.chunks is None else d.id.get_chunk_info(0).byte_offset)")
+flip pool_bad/lora_001.h5 $((off + 100))
+expect_status 2 "pool_bad/lora_001.h5: corrupt pool file (its data digest is" -- \
+  $B metatrain --model m --pool pool_bad --steps 2 --way 2 --shot 1 --query 1 --out meta_bad
 echo "provenance: all cases passed"

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <iterator>
 
 #include "lorarecycle/util/error.h"
 #include "test_util.h"
@@ -70,6 +71,39 @@ TEST(Safetensors, TensorsOutliveTheFileObjectAndAreWritableCopyOnWrite) {
   x.add_(1);  // private mapping: no crash, file untouched
   EXPECT_TRUE(at::equal(x, at::full({4}, 2.0f)));
   EXPECT_TRUE(at::equal(load_safetensors(path).at("x"), at::ones({4})));
+}
+
+// Inverts one byte of a file in place.
+void flip_byte(const std::string& path, std::streamoff at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  const char c = static_cast<char>(f.get() ^ 0x01);
+  f.seekp(at);
+  f.put(c);
+}
+
+TEST(Safetensors, AFlippedByteAnywhereIsDetected) {
+  test::TempDir dir;
+  const std::string path = dir.file("c.safetensors");
+  save_safetensors(path, {{"a", at::arange(64, at::kFloat)}, {"b", at::ones({3}, at::kLong)}}, {{"step", "10"}});
+  const SafetensorsFile ok = SafetensorsFile::open(path);
+  EXPECT_EQ(ok.metadata().at(kDigestKey).size(), 16u);
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string backup = dir.file("c.bak");
+  std::ofstream(backup, std::ios::binary) << bytes;
+  // A byte of each tensor's data, and the metadata's "10" (a checkpoint's step).
+  const auto data = static_cast<std::streamoff>(bytes.size() - 24 - 256);
+  for (std::streamoff at : {data + 5, static_cast<std::streamoff>(bytes.size() - 2),
+                            static_cast<std::streamoff>(bytes.find("\"10\"") + 2)}) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    flip_byte(path, at);
+    expect_rejected(path, "corrupt file: its content digest is");
+  }
+  // A file from elsewhere (no digest) is read as before.
+  const std::string header = R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  const std::string raw = write_raw(dir, header, std::string(4, '\0'));
+  EXPECT_TRUE(at::equal(SafetensorsFile::open(raw).tensor("x"), at::zeros({1})));
 }
 
 TEST(Safetensors, MalformedFilesAreRejectedWithAClearError) {

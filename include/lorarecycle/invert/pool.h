@@ -62,6 +62,14 @@ std::vector<int> lpt_assign(const std::vector<double>& costs, int ranks);
 std::string pool_file_name(int id);
 // True when the file is a complete, readable pool file with n images.
 bool pool_file_complete(const std::string& path);
+// Integrity: the content digest of a pool file's datasets (/images, /labels, /global_class,
+// /teacher_logits, /patch_scores, /keep_mask, in that order and in their stored types), as the
+// writer records it in the root attribute "data_digest". check_pool_file_intact re-reads the
+// datasets and throws InputError naming the file when the digest differs (a flipped bit, a
+// truncated dataset); files without the attribute (older versions) pass.
+std::string pool_data_digest(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& global_class,
+                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores, const at::Tensor& keep_mask);
+void check_pool_file_intact(const std::string& path);
 
 // Collective. Before any work: --out must be new, empty or a pool (exit 2 otherwise), and every
 // finished pool file in it must have today's settings (else exit 2 naming the first difference,

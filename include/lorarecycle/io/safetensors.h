@@ -76,6 +76,11 @@ class SafetensorsFile {
 // Loads every tensor of a file.
 std::map<std::string, at::Tensor> load_safetensors(const std::string& path);
 
+// Metadata key of the integrity digest that save_safetensors adds: a 64-bit hash of the tensor
+// index, the other metadata and every tensor's bytes. SafetensorsFile::open verifies it when
+// present (files from elsewhere have none) and refuses a file whose content does not match.
+inline constexpr const char* kDigestKey = "lorarecycle_digest";
+
 // Writes tensors (any device; moved to CPU, made contiguous) atomically to `path`.
 // Supported dtypes: those of DType. Throws InputError for an unsupported dtype.
 void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
