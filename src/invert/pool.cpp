@@ -245,6 +245,15 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       const std::string diff = prov::first_difference(json::parse(f.attr_string("/", "settings")), settings, p.string());
       if (!diff.empty()) throw InputError(diff + "; --restart discards the pool's files, or choose a new --out");
       check_pool_file_intact(p.string());  // a finished file is reused only when intact
+      // ... and only when its LoRA is the one it was inverted from (a retrained LoRA whose
+      // manifest entry came out the same must not reuse the old surrogates).
+      if (f.has_attr("/", "lora_digest")) {
+        const std::string stem = p.stem().string();  // lora_007
+        const stdfs::path adapter = zoo / stem / io::kPeftWeights;
+        if (stdfs::exists(adapter) && prov::file_digest(adapter) != f.attr_string("/", "lora_digest"))
+          throw InputError(p.string() + ": inverted from another " + (zoo / stem).string() +
+                           " (its weights changed since); --restart discards the pool's files, or choose a new --out");
+      }
     }
   }
   comm.barrier();
@@ -364,6 +373,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "jitter_per_image", int64_t{cfg.inv.per_image ? 1 : 0});
       f.set_attr("/", "target_mix", cfg.inv.target_mix);
       f.set_attr("/", "settings", settings.dump());
+      f.set_attr("/", "lora_digest", prov::file_digest(stdfs::path(j.dir) / io::kPeftWeights));
       f.set_attr("/", "data_digest", pool_data_digest(s.images, s.labels, global_class, s.teacher_logits,
                                                       s.patch_scores, s.keep_mask));
       if (!real) {  // the loss weights the surrogates were made with

@@ -617,7 +617,9 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     throw InputError(ckpt.string() + ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
   comm.barrier();
   if (rank == 0) {
-    prov::claim_output_dir(work, "metatrain-work", fp);
+    // The marker names the configuration of the run that owns the directory; a --resume that the
+    // checkpoint check below refuses must not change it.
+    if (cfg.restart || !stdfs::exists(stdfs::path(work) / prov::kMarker)) prov::claim_output_dir(work, "metatrain-work", fp);
     if (cfg.restart) {
       stdfs::remove(ckpt);
       stdfs::remove(stdfs::path(work) / "metrics.jsonl");
@@ -679,7 +681,11 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   if (resuming) {
     const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
     const auto& meta = f.metadata();
-    if (!meta.count("fingerprint") || json::parse(meta.at("fingerprint")) != fp)
+    json want = fp;  // checkpoints written before the digests were recorded compare without them
+    json had_fp = meta.count("fingerprint") ? json::parse(meta.at("fingerprint")) : json();
+    for (const char* key : {"model (content digest)", "pool (index digest)"})
+      if (had_fp.is_object() && !had_fp.contains(key)) want.erase(key);
+    if (!had_fp.is_object() || had_fp != want)
       throw InputError(ckpt.string() + ": checkpoint of another configuration (" +
                        (meta.count("fingerprint") ? meta.at("fingerprint") : std::string("none")) +
                        "); use --restart to discard it");

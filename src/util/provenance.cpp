@@ -80,7 +80,9 @@ std::string model_digest(const stdfs::path& path) {
   if (!stdfs::exists(path, ec)) throw InputError("'" + path.string() + "': no such file or directory");
   std::vector<stdfs::path> files;
   if (stdfs::is_directory(path)) {
-    static const std::regex kWeights(R"(config\.json|.*\.(safetensors|bin|pt|pth))");
+    // What the loaders read: the configs and the safetensors weights (other formats are converted
+    // first, data_tools/convert_weights.py, and may be deleted after).
+    static const std::regex kWeights(R"((config|preprocessor_config)\.json|.*\.safetensors)");
     for (const auto& e : stdfs::directory_iterator(path))
       if (e.is_regular_file() && std::regex_match(e.path().filename().string(), kWeights)) files.push_back(e.path());
     std::sort(files.begin(), files.end());

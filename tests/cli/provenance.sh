@@ -104,6 +104,9 @@ for f in idx["files"]:
 assert idx["settings"]["--model (content digest)"] == z["settings"]["--model (content digest)"]
 print("ok: invert --restart rebuilt the pool; every file records the pool's settings")
 PY
+# A same-settings re-run of invert reuses every file.
+mpirun2 $B invert ${INV/--log-level warn/--log-level info} --zoo zoo --out pool >ri2.txt 2>&1 || { cat ri2.txt; fail "invert re-run"; }
+grep -q "0 inverted in this run" ri2.txt || { cat ri2.txt; fail "finished pool files not reused"; }
 # Every adapter records its VFM: loads on m, and the meta-LoRA's directory is marked as metatrain's.
 $B metatrain --model m --pool pool --steps 2 --way 2 --shot 1 --query 1 --out meta --log-level warn ||
   fail "metatrain on its own VFM"

@@ -61,11 +61,15 @@ TEST(Provenance, ModelDigestCoversWeightsAndConfigOnly) {
   write(t.path / "m/notes.txt", "anything");
   const std::string d0 = model_digest(t.path / "m");
   write(t.path / "m/notes.txt", "changed");  // not part of the model
+  write(t.path / "m/pytorch_model.bin", "converted and may be deleted");  // not read by the loaders
   EXPECT_EQ(model_digest(t.path / "m"), d0);
+  write(t.path / "m/preprocessor_config.json", "{\"image_mean\": [0.5, 0.5, 0.5]}");  // read: counts
+  const std::string d1 = model_digest(t.path / "m");
+  EXPECT_NE(d1, d0);
   write(t.path / "m/model.safetensors", "weightz");  // same size: the cache key has the mtime too
   stdfs::last_write_time(t.path / "m/model.safetensors",
                          stdfs::last_write_time(t.path / "m/config.json") + std::chrono::seconds(5));
-  EXPECT_NE(model_digest(t.path / "m"), d0);
+  EXPECT_NE(model_digest(t.path / "m"), d1);
 }
 
 TEST(Provenance, NewEmptyOrOwnDirectoriesAreAccepted) {

@@ -29,8 +29,9 @@ std::string file_digest(const stdfs::path& file);
 // Digest of many byte ranges, chained (for in-memory content).
 std::uint64_t hash_bytes(const void* data, std::size_t n, std::uint64_t h = 0x6c6f726172656331ull);
 std::string hex(std::uint64_t h);
-// Digest of a model: a file, or a directory's config.json and weight files (*.safetensors,
-// *.bin, *.pt, *.pth), names and contents, in name order. Cached per process (path, size, mtime).
+// Digest of a model: a file, or what the loaders read of a directory (config.json,
+// preprocessor_config.json, *.safetensors), names and contents, in name order. Cached per process
+// (path, size, mtime).
 std::string model_digest(const stdfs::path& path);
 
 // The kinds of output directories and the files each writes (for adopting directories written
