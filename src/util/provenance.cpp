@@ -166,12 +166,14 @@ json check_output_dir(const stdfs::path& dir, const std::string& kind) {
   // No marker: new if empty; adopted if it is an output of this kind from before markers.
   std::vector<std::string> foreign;
   bool signed_by_kind = false;
+  std::vector<std::regex> patterns;  // compiled once, not per entry
+  for (const auto& pat : k.patterns) patterns.emplace_back(pat);
   for (const auto& e : stdfs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
     if (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos) continue;
     if (std::find(k.signature.begin(), k.signature.end(), name) != k.signature.end()) signed_by_kind = true;
     bool ours = false;
-    for (const auto& pat : k.patterns) ours = ours || std::regex_match(name, std::regex(pat));
+    for (const auto& re : patterns) ours = ours || std::regex_match(name, re);
     if (!ours) foreign.push_back(name);
   }
   std::sort(foreign.begin(), foreign.end());
