@@ -295,6 +295,21 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       zoo_source += fingerprint(dir);
     }
   }
+  // Provenance of the results: every input by content digest (results.json "inputs"; each row
+  // names the inputs it was computed from). `lorarecycle verify` compares them with the files.
+  const auto input = [](const std::string& path, const std::string& digest) {
+    return json{{"path", path}, {"absolute path", stdfs::absolute(path).lexically_normal().string()}, {"content digest", digest}};
+  };
+  json inputs = {{"model", input(cfg.model, prov::model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
+  if (!zoo_loras.empty()) {
+    std::uint64_t h = prov::hash_bytes(nullptr, 0);
+    for (const auto& e : read_manifest(cfg.zoo).at("loras")) {
+      const std::string d = prov::file_digest(stdfs::path(cfg.zoo) / e.at("dir").get<std::string>() / io::kPeftWeights);
+      h = prov::hash_bytes(d.data(), d.size(), h);
+    }
+    inputs["zoo"] = input(cfg.zoo, prov::hex(h));
+    inputs["zoo"]["manifest digest"] = prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json");
+  }
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
@@ -309,6 +324,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       auto l = std::make_unique<model::Lora>(io::load_peft(dir, vit.config(), cfg.model));
       l->to(device);
       methods.push_back({name, "meta", std::move(l), fingerprint(dir)});
+      inputs["meta"][name] = input(dir, prov::file_digest(stdfs::path(dir) / io::kPeftWeights));
     }
   // Per-task adaptive methods: name, episodes (0 = all), result-cache identity, log detail, and the
   // episode itself (normalised support and query pixels, shot, seed -> query accuracy %).
@@ -358,6 +374,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     for (int shot : cfg.shots)  // refuses a set too small for the episodes before any embedding
       (void)data::EpisodeSampler(set, data::EpisodeSpec{cfg.way, shot, cfg.query}, "--way, --shots or --query");
     const std::string dsource = path + "|" + fingerprint(path);
+    inputs["data"][dname] = input(path, prov::file_digest(path));
     LOG_INFO("eval", dname << " (" << path << "): " << set.num_classes() << " classes, " << set.size() << " images");
     for (const auto& m : methods) {
       const auto key = [&](int shot) { return dname + "__" + m.name + "__" + std::to_string(shot); };
@@ -476,14 +493,19 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       fs::make_dirs(cfg.out);
       std::string csv = "dataset,method,way,shot,query,episodes,mean,ci95,tasks_per_s,timed_tasks\n";
       json j = {{"model", cfg.model}, {"seed", cfg.seed}, {"world_size", comm.size()}, {"ft_steps", cfg.ft_steps},
-                {"ft_lr", cfg.ft_lr}, {"rows", json::array()}};
+                {"ft_lr", cfg.ft_lr}, {"inputs", inputs}, {"rows", json::array()}};
       for (const auto& r : rows) {
         char line[512];
         std::snprintf(line, sizeof line, "%s,%s,%d,%d,%d,%lld,%.4f,%.4f,%.4f,%lld\n", r.dataset.c_str(), r.method.c_str(),
                       r.way, r.shot, r.query, static_cast<long long>(r.acc.episodes), r.acc.mean, r.acc.ci95,
                       r.tasks_per_s, static_cast<long long>(r.timed_tasks));
         csv += line;
-        j["rows"].push_back(row_json(r));
+        json rj = row_json(r);
+        // The inputs this row was computed from, as keys of "inputs".
+        rj["inputs"] = {"model", "data/" + r.dataset};
+        if (r.method == "lora-avg" || r.method == "lorahub") rj["inputs"].push_back("zoo");
+        if (inputs["meta"].contains(r.method)) rj["inputs"].push_back("meta/" + r.method);
+        j["rows"].push_back(rj);
       }
       fs::write_text(stdfs::path(cfg.out) / "results.csv", csv);
       fs::write_text(stdfs::path(cfg.out) / "results.json", j.dump(2) + "\n");
