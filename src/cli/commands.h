@@ -15,5 +15,6 @@ int run_invert(int argc, char** argv, dist::Runtime& runtime);
 int run_metatrain(int argc, char** argv, dist::Runtime& runtime);
 int run_eval(int argc, char** argv, dist::Runtime& runtime);
 int run_predict(int argc, char** argv, dist::Runtime& runtime);
+int run_verify(int argc, char** argv, dist::Runtime& runtime);
 
 }  // namespace lorarec::cli

@@ -37,6 +37,7 @@ const Command kTable[] = {
     {"eval", "few-shot evaluation: nn, lora-avg, lora-ft and meta-LoRAs on the same seeded episodes", lorarec::cli::run_eval},
     {"predict", "classify query images from a labelled support set in one forward pass (VFM + meta-LoRA)", lorarec::cli::run_predict},
     {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
+    {"verify", "check a run's outputs: completeness, integrity and provenance chain (exit 1 on any problem)", lorarec::cli::run_verify},
 };
 
 // The option names of every command (config files' [common] keys), each command's entry point run

@@ -302,12 +302,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   };
   json inputs = {{"model", input(cfg.model, prov::model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
   if (!zoo_loras.empty()) {
-    std::uint64_t h = prov::hash_bytes(nullptr, 0);
-    for (const auto& e : read_manifest(cfg.zoo).at("loras")) {
-      const std::string d = prov::file_digest(stdfs::path(cfg.zoo) / e.at("dir").get<std::string>() / io::kPeftWeights);
-      h = prov::hash_bytes(d.data(), d.size(), h);
-    }
-    inputs["zoo"] = input(cfg.zoo, prov::hex(h));
+    inputs["zoo"] = input(cfg.zoo, prov::zoo_adapters_digest(cfg.zoo));
     inputs["zoo"]["manifest digest"] = prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json");
   }
   std::vector<Method> methods;

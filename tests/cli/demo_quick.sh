@@ -37,6 +37,11 @@ m = json.load(open("w/runs/quick/meta_mask75/metatrain.json"))
 assert m["mask_ratio"] == 0.75 and m["tokens_per_image"] == 17 and m["world_size"] == 2, m
 print("eval: every method, dataset and shot present;", len(rows), "rows")
 PY
+# verify: every output of the run complete, intact and chained (eval <- meta <- pool <- zoo <- VFM).
+(cd w && "$LORAREC_BIN" verify runs/quick) >verify.txt || { cat verify.txt; fail "verify on the quick run"; }
+grep -q "^verify runs/quick: 11 outputs, 0 problems" verify.txt || { cat verify.txt; fail "verify summary"; }
+grep -q "^ok  *eval  *runs/quick/eval: 24 result rows; VFM runs/quick/vfm; zoo runs/quick/zoo; meta-LoRA 'meta' runs/quick/meta" verify.txt ||
+  { cat verify.txt; fail "eval's provenance chain"; }
 echo "demo_quick: all stages ran and were reused"
 
 # predict: PNG folders (one per class) and an HDF5 query set

@@ -9,6 +9,8 @@
 #  5. metatrain on a pool inverted from another VFM (a patch-8 pool with a patch-4 model);
 #  6. embed --out an existing directory; pretrain, zoo, invert --out a directory of other files;
 #  7. a flipped byte in a zoo adapter, a checkpoint and a pool file: refused, naming the file;
+#  8. verify: passes on a good run, names a flipped byte in a zoo adapter, a checkpoint and a pool
+#     file; a retrained zoo LoRA's old surrogates are refused by invert and named by verify;
 # then --restart discards and rebuilds (zoo and invert), a same-settings re-run reuses everything,
 # and the markers name their kind.
 source "$(dirname "$0")/common.sh"
@@ -145,4 +147,33 @@ with h5py.File('pool_bad/lora_001.h5', 'r') as h:
 flip pool_bad/lora_001.h5 $((off + 100))
 expect_status 2 "pool_bad/lora_001.h5: corrupt pool file (its data digest is" -- \
   $B metatrain --model m --pool pool_bad --steps 2 --way 2 --shot 1 --query 1 --out meta_bad
+
+# 8. verify RUN_DIR: passes on a good run (zoo, pool, meta-LoRA and its work directory); a flipped
+# byte in a zoo adapter, the checkpoint or a pool file is a problem naming the file (exit 1).
+mkdir run && cp -rp zoo pool meta meta.work run/
+$B verify run >v.txt 2>&1 || { cat v.txt; fail "verify on a good run"; }
+grep -q "^verify run: 4 outputs, 0 problems" v.txt || { cat v.txt; fail "verify summary"; }
+grep -q "^ok  *pool  *run/pool: 2 pool files.*zoo run/zoo; VFM m (outside the run)" v.txt || { cat v.txt; fail "pool chain"; }
+grep -q "^ok  *metatrain  *run/meta: .*pool run/pool" v.txt || { cat v.txt; fail "meta-LoRA chain"; }
+verify_finds() {  # verify_finds FILE OFFSET NEEDLE: flip a byte, verify exits 1 naming it, restore
+  cp -p "$1" flipped.orig && flip "$1" "$2"
+  set +e; $B verify run >v.txt 2>&1; local rc=$?; set -e
+  mv flipped.orig "$1"
+  [ "$rc" = 1 ] || { cat v.txt; fail "verify exited $rc after flipping a byte of $1"; }
+  grep -q "^PROBLEM .* $1: .*$3" v.txt || { cat v.txt; fail "verify did not name $1 ($3)"; }
+  echo "ok: verify names $1"
+}
+verify_finds run/zoo/lora_001/adapter_model.safetensors $(( $(stat -c %s run/zoo/lora_001/adapter_model.safetensors) - 3 )) "corrupt file"
+verify_finds run/meta.work/checkpoint.safetensors $(( $(stat -c %s run/meta.work/checkpoint.safetensors) - 5 )) "corrupt file"
+verify_finds run/pool/lora_001.h5 $((off + 100)) "corrupt pool file"
+$B verify run >v.txt 2>&1 || { cat v.txt; fail "verify after restoring the files"; }
+# A retrained zoo LoRA (other weights, same manifest): invert does not reuse the surrogates of the
+# old weights (exit 2, nothing changed), and verify names the stale pool file.
+cp run/zoo/lora_000/adapter_model.safetensors run/zoo/lora_001/adapter_model.safetensors
+refused 2 "run/pool/lora_001.h5: inverted from another run/zoo/lora_001 (its weights changed since)" -- \
+  mpirun2 $B invert $INV --zoo run/zoo --out run/pool
+set +e; $B verify run >v.txt 2>&1; rc=$?; set -e
+[ "$rc" = 1 ] && grep -q "^PROBLEM .* run/pool/lora_001.h5: inverted from LoRA weights digest .* (retrained since?)" v.txt ||
+  { cat v.txt; fail "verify did not name the stale pool file"; }
+echo "ok: a retrained LoRA's old surrogates are refused by invert and named by verify"
 echo "provenance: all cases passed"
