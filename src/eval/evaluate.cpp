@@ -287,12 +287,14 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   // The zoo's LoRAs (lora-avg, lorahub), read once, and the identity of their files (result cache).
   std::vector<model::Lora> zoo_loras;
   std::string zoo_source;
+  std::vector<std::string> zoo_dirs;
   if ((wants("lora-avg") || wants("lorahub")) && !cfg.zoo.empty()) {
     const json m = read_manifest(cfg.zoo);
     for (const auto& e : m.at("loras")) {
       const std::string dir = (stdfs::path(cfg.zoo) / e.at("dir").get<std::string>()).string();
       zoo_loras.push_back(io::load_peft(dir, vit.config(), cfg.model));
       zoo_source += fingerprint(dir);
+      zoo_dirs.push_back(dir);
     }
   }
   // Provenance of the results: every input by content digest (results.json "inputs"; each row
@@ -301,10 +303,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
     return json{{"path", path}, {"absolute path", stdfs::absolute(path).lexically_normal().string()}, {"content digest", digest}};
   };
   json inputs = {{"model", input(cfg.model, prov::model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
-  if (!zoo_loras.empty()) {
-    inputs["zoo"] = input(cfg.zoo, prov::zoo_adapters_digest(cfg.zoo));
-    inputs["zoo"]["manifest digest"] = prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json");
-  }
+  if (!zoo_dirs.empty()) inputs["zoo"] = input(cfg.zoo, io::adapters_digest(zoo_dirs));
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
   if (wants("lora-avg") && !cfg.zoo.empty()) {
@@ -319,7 +318,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
       auto l = std::make_unique<model::Lora>(io::load_peft(dir, vit.config(), cfg.model));
       l->to(device);
       methods.push_back({name, "meta", std::move(l), fingerprint(dir)});
-      inputs["meta"][name] = input(dir, prov::file_digest(stdfs::path(dir) / io::kPeftWeights));
+      inputs["meta"][name] = input(dir, io::adapter_digest(dir));
     }
   // Per-task adaptive methods: name, episodes (0 = all), result-cache identity, log detail, and the
   // episode itself (normalised support and query pixels, shot, seed -> query accuracy %).

@@ -249,8 +249,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       // manifest entry came out the same must not reuse the old surrogates).
       if (f.has_attr("/", "lora_digest")) {
         const std::string stem = p.stem().string();  // lora_007
-        const stdfs::path adapter = zoo / stem / io::kPeftWeights;
-        if (stdfs::exists(adapter) && prov::file_digest(adapter) != f.attr_string("/", "lora_digest"))
+        if (stdfs::exists(zoo / stem / io::kPeftWeights) &&
+            io::adapter_digest((zoo / stem).string()) != f.attr_string("/", "lora_digest"))
           throw InputError(p.string() + ": inverted from another " + (zoo / stem).string() +
                            " (its weights changed since); --restart discards the pool's files, or choose a new --out");
       }
@@ -373,7 +373,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "jitter_per_image", int64_t{cfg.inv.per_image ? 1 : 0});
       f.set_attr("/", "target_mix", cfg.inv.target_mix);
       f.set_attr("/", "settings", settings.dump());
-      f.set_attr("/", "lora_digest", prov::file_digest(stdfs::path(j.dir) / io::kPeftWeights));
+      f.set_attr("/", "lora_digest", io::adapter_digest(j.dir));
       f.set_attr("/", "data_digest", pool_data_digest(s.images, s.labels, global_class, s.teacher_logits,
                                                       s.patch_scores, s.keep_mask));
       if (!real) {  // the loss weights the surrogates were made with

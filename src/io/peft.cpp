@@ -172,22 +172,36 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   return lora;
 }
 
+std::string recorded_base_digest(const std::string& dir) {
+  const SafetensorsFile file = SafetensorsFile::open((stdfs::path(dir) / kPeftWeights).string());
+  const auto it = file.metadata().find(kBaseDigest);
+  return it == file.metadata().end() ? std::string() : it->second;
+}
+
+std::string adapter_digest(const std::string& dir) { return prov::file_digest(stdfs::path(dir) / kPeftWeights); }
+
+std::string adapters_digest(const std::vector<std::string>& dirs) {
+  std::uint64_t h = prov::hash_bytes(nullptr, 0);
+  for (const auto& d : dirs) {
+    const std::string one = adapter_digest(d);
+    h = prov::hash_bytes(one.data(), one.size(), h);
+  }
+  return prov::hex(h);
+}
+
 void check_base_model(const std::string& dir, const std::string& model_path) {
-  const stdfs::path w_path = stdfs::path(dir) / kPeftWeights;
-  if (stdfs::exists(w_path) && !model_path.empty()) {
-    const SafetensorsFile file = SafetensorsFile::open(w_path.string());
-    const auto& meta = file.metadata();
-    const auto it = meta.find(kBaseDigest);
-    if (it != meta.end()) {
+  if (stdfs::exists(stdfs::path(dir) / kPeftWeights) && !model_path.empty()) {
+    const std::string had = recorded_base_digest(dir);
+    if (!had.empty()) {
       const std::string now = prov::model_digest(model_path);
-      if (it->second != now) {
+      if (had != now) {
         std::string base;
         try {
           base = json::parse(fs::read_text(stdfs::path(dir) / kPeftConfig)).value("base_model_name_or_path", std::string());
         } catch (const std::exception&) {
         }
         throw InputError(dir + ": this LoRA was tuned on another VFM (" + (base.empty() ? std::string() : base + ", ") +
-                         "digest " + it->second + ") than --model " + model_path + " (digest " + now +
+                         "digest " + had + ") than --model " + model_path + " (digest " + now +
                          "); use the VFM it was tuned on");
       }
     }

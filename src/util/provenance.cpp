@@ -111,23 +111,6 @@ std::string model_digest(const stdfs::path& path) {
   return hex(h);
 }
 
-std::string zoo_adapters_digest(const stdfs::path& zoo_dir) {
-  const stdfs::path manifest = zoo_dir / "manifest.json";
-  json m;
-  try {
-    m = json::parse(fs::read_text(manifest));
-  } catch (const json::exception& e) {
-    throw InputError(manifest.string() + ": not valid JSON: " + e.what());
-  }
-  if (!m.contains("loras") || !m["loras"].is_array()) throw InputError(manifest.string() + ": no \"loras\" list");
-  std::uint64_t h = hash_bytes(nullptr, 0);
-  for (const auto& e : m["loras"]) {
-    const std::string d = file_digest(zoo_dir / e.at("dir").get<std::string>() / "adapter_model.safetensors");
-    h = hash_bytes(d.data(), d.size(), h);
-  }
-  return hex(h);
-}
-
 const OutputKind& output_kind(const std::string& name) {
   // Temporaries of atomic writes (".<name>.tmp.<pid>") and the marker belong to every kind.
   static const std::vector<OutputKind> kinds = {

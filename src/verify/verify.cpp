@@ -38,7 +38,7 @@ struct Output {
 struct Registry {
   std::map<std::string, stdfs::path> models;        // model_digest -> pretrain dir
   std::map<std::string, stdfs::path> zoo_manifest;  // manifest.json digest -> zoo dir
-  std::map<std::string, stdfs::path> zoo_adapters;  // zoo_adapters_digest -> zoo dir
+  std::map<std::string, stdfs::path> zoo_adapters;  // io::adapters_digest of its LoRAs -> zoo dir
   std::map<std::string, stdfs::path> adapters;      // adapter weights digest -> LoRA dir (zoo entries, meta-LoRAs)
   std::map<std::string, stdfs::path> pools;         // index.json digest -> pool dir
 };
@@ -108,10 +108,21 @@ class Checker {
       return false;
     }
   }
-  std::string base_digest(const stdfs::path& adapter_dir) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open((adapter_dir / io::kPeftWeights).string());
-    const auto it = f.metadata().find(io::kBaseDigest);
-    return it == f.metadata().end() ? std::string() : it->second;
+  // The settings an index (manifest.json, index.json) records, which its marker must repeat.
+  json recorded_settings(const json& doc, const stdfs::path& file, const json& marker) {
+    const json settings = doc.value("settings", json());
+    if (settings.is_null()) {
+      problem(file, "no \"settings\": written by an older version, provenance not recorded");
+    } else if (!marker.empty()) {
+      const std::string diff = prov::first_difference(marker.value("settings", json::object()), settings, "the marker");
+      if (!diff.empty()) problem(dir_ / prov::kMarker, "the marker and " + file.filename().string() + " disagree: " + diff);
+    }
+    return settings;
+  }
+  // An output whose index was never written: how far it got.
+  void incomplete(const std::string& index, int done, const std::string& units, const std::string& command) {
+    problem(dir_, "incomplete: no " + index + " (" + std::to_string(done) + " " + units + " finished; re-run " + command +
+                      " with the same options to finish it)");
   }
 
   // An input recorded by digest: found among the run's outputs (named), or at its recorded path
@@ -150,8 +161,15 @@ class Checker {
   static std::string model_at(const stdfs::path& p) { return prov::model_digest(p); }
   static std::string zoo_manifest_at(const stdfs::path& p) { return prov::file_digest(p / "manifest.json"); }
   static std::string pool_index_at(const stdfs::path& p) { return prov::file_digest(p / "index.json"); }
-  static std::string adapter_at(const stdfs::path& p) { return prov::file_digest(p / io::kPeftWeights); }
-  static std::string zoo_at(const stdfs::path& p) { return prov::zoo_adapters_digest(p); }
+  static std::string adapter_at(const stdfs::path& p) { return io::adapter_digest(p.string()); }
+  static std::vector<std::string> lora_dirs(const stdfs::path& zoo_dir, const json& manifest) {
+    std::vector<std::string> dirs;
+    for (const auto& e : manifest.at("loras")) dirs.push_back((zoo_dir / e.at("dir").get<std::string>()).string());
+    return dirs;
+  }
+  static std::string zoo_at(const stdfs::path& p) {
+    return io::adapters_digest(lora_dirs(p, json::parse(fs::read_text(p / "manifest.json"))));
+  }
   static std::string str(const json& j, const std::string& key) {
     return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
   }
@@ -183,17 +201,11 @@ class Checker {
       int done = 0;
       for (const auto& e : stdfs::directory_iterator(dir_))
         if (stdfs::exists(e.path() / io::kPeftWeights)) ++done;
-      problem(dir_, "incomplete: no manifest.json (" + std::to_string(done) +
-                        " LoRAs finished; re-run zoo with the same options to finish it)");
+      incomplete("manifest.json", done, "LoRAs", "zoo");
       return;
     }
     const json m = read_json(mp);
-    const json settings = m.value("settings", json());
-    if (settings.is_null()) problem(mp, "no \"settings\": written by an older version, provenance not recorded");
-    if (!o.marker.empty()) {
-      const std::string diff = prov::first_difference(o.marker.value("settings", json::object()), settings, "the marker");
-      if (!diff.empty()) problem(dir_ / prov::kMarker, "the marker and manifest.json disagree: " + diff);
-    }
+    const json settings = recorded_settings(m, mp, o.marker);
     const auto& loras = m.at("loras");
     const int want = m.value("num_loras", static_cast<int>(loras.size()));
     if (static_cast<int>(loras.size()) != want)
@@ -211,7 +223,7 @@ class Checker {
         problem(ld / "task.json", "made with other settings than the manifest's: " + diff);
         continue;
       }
-      const std::string bd = base_digest(ld);
+      const std::string bd = io::recorded_base_digest(ld.string());
       if (bd != model_d) {
         problem(ld / io::kPeftWeights, "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", the zoo's is " + model_d);
         continue;
@@ -221,7 +233,7 @@ class Checker {
     }
     if (ok != static_cast<int>(loras.size())) return;
     reg_.zoo_manifest[prov::file_digest(mp)] = dir_;
-    reg_.zoo_adapters[prov::zoo_adapters_digest(dir_)] = dir_;
+    reg_.zoo_adapters[io::adapters_digest(lora_dirs(dir_, m))] = dir_;
     note(std::to_string(ok) + "/" + std::to_string(want) + " LoRAs, adapters intact, settings agree");
     link("VFM", model_d, reg_.models, m.value("model", ""), model_at);
     link("data", str(settings, "--data (content digest)"), {}, m.value("data", ""), file_at);
@@ -233,28 +245,22 @@ class Checker {
       int done = 0;
       for (const auto& e : stdfs::directory_iterator(dir_))
         if (e.path().extension() == ".h5" && invert::pool_file_complete(e.path().string())) ++done;
-      problem(dir_, "incomplete: no index.json (" + std::to_string(done) +
-                        " pool files finished; re-run invert with the same options to finish it)");
+      incomplete("index.json", done, "pool files", "invert");
       return;
     }
     const json index = read_json(ip);
-    const json settings = index.value("settings", json());
-    if (settings.is_null()) problem(ip, "no \"settings\": written by an older version, provenance not recorded");
-    if (!o.marker.empty()) {
-      const std::string diff = prov::first_difference(o.marker.value("settings", json::object()), settings, "the marker");
-      if (!diff.empty()) problem(dir_ / prov::kMarker, "the marker and index.json disagree: " + diff);
-    }
+    const json settings = recorded_settings(index, ip, o.marker);
     // The zoo it was inverted from: by manifest digest in the run, else at the recorded path.
     const std::string zoo_d = str(settings, "--zoo (manifest digest)");
     stdfs::path zoo_dir;
     if (auto it = reg_.zoo_manifest.find(zoo_d); it != reg_.zoo_manifest.end()) zoo_dir = it->second;
     else if (index.contains("zoo") && stdfs::exists(stdfs::path(index["zoo"].get<std::string>()) / "manifest.json"))
       zoo_dir = index["zoo"].get<std::string>();
-    std::map<int, stdfs::path> lora_dirs;
+    std::map<int, stdfs::path> lora_by_id;  // the zoo's LoRA directories by lora id
     if (!zoo_dir.empty()) {
       const json zm = read_json(zoo_dir / "manifest.json");
       for (const auto& e : zm.at("loras"))
-        lora_dirs[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
+        lora_by_id[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
     }
     int ok = 0, images = 0;
     const auto& files = index.at("files");
@@ -281,11 +287,11 @@ class Checker {
           }
         }
         const int id = e.at("lora_id").get<int>();
-        if (h.has_attr("/", "lora_digest") && lora_dirs.count(id)) {
+        if (h.has_attr("/", "lora_digest") && lora_by_id.count(id)) {
           const std::string had = h.attr_string("/", "lora_digest");
-          const std::string now = adapter_at(lora_dirs[id]);
+          const std::string now = adapter_at(lora_by_id[id]);
           if (had != now) {
-            problem(f, "inverted from LoRA weights digest " + had + ", but " + lora_dirs[id].string() + " is now " + now +
+            problem(f, "inverted from LoRA weights digest " + had + ", but " + lora_by_id[id].string() + " is now " + now +
                            " (retrained since?)");
             continue;
           }
@@ -310,7 +316,7 @@ class Checker {
       return;
     const json fp = o.marker.value("settings", json());
     const std::string model_d = str(fp, "model (content digest)");
-    const std::string bd = base_digest(dir_);
+    const std::string bd = io::recorded_base_digest(dir_.string());
     if (!model_d.empty() && bd != model_d) {
       problem(dir_ / io::kPeftWeights, "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) +
                                            ", its fingerprint names " + model_d);

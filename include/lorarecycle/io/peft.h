@@ -13,6 +13,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "lorarecycle/model/clip_config.h"
 #include "lorarecycle/model/vit.h"
@@ -35,6 +36,12 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
 void check_base_model(const std::string& dir, const std::string& model_path);
 // Metadata key of the VFM's content digest (util/provenance.h model_digest).
 inline constexpr const char* kBaseDigest = "base_model_digest";
+// The VFM digest the adapter in `dir` recorded (kBaseDigest), "" when it recorded none.
+std::string recorded_base_digest(const std::string& dir);
+// Content digest of the adapter's weights file (a pool file's lora_digest, an eval's meta input).
+std::string adapter_digest(const std::string& dir);
+// The adapters' digests chained in order (an eval's zoo input: every LoRA of the zoo).
+std::string adapters_digest(const std::vector<std::string>& dirs);
 // Writes the directory atomically (weights + config + `extra_files`, name -> text, e.g. our
 // task.json): a reader sees all of it or nothing. `base_model` goes into base_model_name_or_path
 // and, when it names an existing model, its content digest into the weights' metadata.

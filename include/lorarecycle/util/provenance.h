@@ -34,10 +34,6 @@ std::string hex(std::uint64_t h);
 // (path, size, mtime).
 std::string model_digest(const stdfs::path& path);
 
-// Digest of a zoo's adapters: each LoRA's weights file (manifest.json's "loras", in order),
-// chained. InputError naming the file when the manifest or a weights file cannot be read.
-std::string zoo_adapters_digest(const stdfs::path& zoo_dir);
-
 // The kinds of output directories and the files each writes (for adopting directories written
 // before markers existed: such a directory is accepted as `kind` when it holds the kind's
 // signature file and nothing the kind does not write).
