@@ -18,6 +18,7 @@
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/peft.h"
+#include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/train/optim.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
@@ -254,6 +255,12 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
                          "reused safely; --restart discards the finished LoRAs, or choose a new --out");
       const std::string diff = prov::first_difference(task.at("settings"), settings, d.string());
       if (!diff.empty()) throw InputError(diff + "; --restart discards the finished LoRAs, or choose a new --out");
+      // A finished LoRA is reused only when intact: opening it verifies its content digest.
+      try {
+        (void)io::SafetensorsFile::open((d / io::kPeftWeights).string());
+      } catch (const InputError& e) {
+        throw InputError(std::string(e.what()) + "; delete " + d.string() + " and re-run zoo (or --restart)");
+      }
     }
   }
   comm.barrier();

@@ -8,7 +8,8 @@
 #  4. a LoRA tuned on one VFM loaded onto another of the same shapes (embed, eval, invert);
 #  5. metatrain on a pool inverted from another VFM (a patch-8 pool with a patch-4 model);
 #  6. embed --out an existing directory; pretrain, zoo, invert --out a directory of other files;
-#  7. a flipped byte in a zoo adapter, a checkpoint and a pool file: refused, naming the file;
+#  7. a flipped byte in a zoo adapter (embed, and a zoo re-run), a checkpoint and a pool file:
+#     refused, naming the file;
 #  8. verify: passes on a good run, names a flipped byte in a zoo adapter, a checkpoint and a pool
 #     file; a retrained zoo LoRA's old surrogates are refused by invert and named by verify;
 # then --restart discards and rebuilds (zoo and invert), a same-settings re-run reuses everything,
@@ -133,6 +134,10 @@ PY
 cp -r zoo zoo_bad && flip zoo_bad/lora_001/adapter_model.safetensors $(( $(stat -c %s zoo_bad/lora_001/adapter_model.safetensors) - 3 ))
 expect_status 2 "zoo_bad/lora_001/adapter_model.safetensors: corrupt file: its content digest is" -- \
   $B embed --model m --lora zoo_bad/lora_001 --images data/test.h5 --out e2.h5
+# zoo does not reuse a corrupt finished LoRA: it names the file and what to do, before any work.
+refused 2 "zoo_bad/lora_001/adapter_model.safetensors: corrupt file: its content digest is" -- \
+  mpirun2 $B zoo ${ZOO/--epochs 2/--epochs 1} --out zoo_bad
+grep -q "delete zoo_bad/lora_001 and re-run zoo" err.txt || { cat err.txt; fail "zoo: no remedy named"; }
 $B metatrain --model m --pool pool --steps 4 --stop-after 2 --way 2 --shot 1 --query 1 --out ck --log-level warn >/dev/null 2>&1 || true
 [ -f ck.work/checkpoint.safetensors ] || fail "no checkpoint to corrupt"
 flip ck.work/checkpoint.safetensors $(( $(stat -c %s ck.work/checkpoint.safetensors) - 5 ))
