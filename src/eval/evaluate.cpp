@@ -19,6 +19,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/eval/lorahub.h"
 #include "lorarecycle/io/peft.h"
+#include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/train/optim.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
@@ -302,7 +303,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   const auto input = [](const std::string& path, const std::string& digest) {
     return json{{"path", path}, {"absolute path", stdfs::absolute(path).lexically_normal().string()}, {"content digest", digest}};
   };
-  json inputs = {{"model", input(cfg.model, prov::model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
+  json inputs = {{"model", input(cfg.model, io::checked_model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
   if (!zoo_dirs.empty()) inputs["zoo"] = input(cfg.zoo, io::adapters_digest(zoo_dirs));
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});

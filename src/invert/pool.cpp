@@ -19,6 +19,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/io/peft.h"
+#include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/train/zoo.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
@@ -178,7 +179,7 @@ json pool_settings(const InvertJobConfig& cfg) {
   std::string prune;
   for (const auto& [layer, ratio] : v.prune) prune += (prune.empty() ? "" : ",") + std::to_string(layer) + ":" + log::sig(ratio);
   json s = {{"--zoo (manifest digest)", prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json")},
-            {"--model (content digest)", prov::model_digest(cfg.model)},
+            {"--model (content digest)", io::checked_model_digest(cfg.model)},
             {"--per-class", v.per_class},
             {"--seed", v.seed},
             {"--prune", prune.empty() ? "none" : prune}};
@@ -192,7 +193,7 @@ json pool_settings(const InvertJobConfig& cfg) {
             {"--w-div", v.w_div},         {"--jitter", v.jitter},    {"--jitter-per-image", v.per_image}, {"--target-mix", v.target_mix},
             {"--no-flip", !v.flip},       {"--gray", v.gray},        {"--prune-start", v.prune_start},
             {"--full-last-layer", !v.cls_only_last}});
-  if (use_prior) s["--prior (content digest)"] = prov::model_digest(cfg.prior);
+  if (use_prior) s["--prior (content digest)"] = io::checked_model_digest(cfg.prior);
   return s;
 }
 

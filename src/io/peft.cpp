@@ -193,7 +193,7 @@ void check_base_model(const std::string& dir, const std::string& model_path) {
   if (stdfs::exists(stdfs::path(dir) / kPeftWeights) && !model_path.empty()) {
     const std::string had = recorded_base_digest(dir);
     if (!had.empty()) {
-      const std::string now = prov::model_digest(model_path);
+      const std::string now = checked_model_digest(model_path);
       if (had != now) {
         std::string base;
         try {

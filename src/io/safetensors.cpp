@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -20,6 +21,7 @@
 #include "lorarecycle/util/provenance.h"
 
 namespace lorarec::io {
+namespace stdfs = std::filesystem;
 namespace {
 
 using json = nlohmann::json;
@@ -308,6 +310,17 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
     out.flush();
     if (!out) fs::throw_write_error(tmp);
   });
+}
+
+std::string checked_model_digest(const std::string& path) {
+  std::error_code ec;
+  if (stdfs::is_directory(path, ec)) {
+    for (const auto& e : stdfs::directory_iterator(path))
+      if (e.is_regular_file() && e.path().extension() == ".safetensors") (void)SafetensorsFile::open(e.path().string());
+  } else if (stdfs::path(path).extension() == ".safetensors" && stdfs::exists(path, ec)) {
+    (void)SafetensorsFile::open(path);
+  }
+  return prov::model_digest(path);
 }
 
 }  // namespace lorarec::io

@@ -593,7 +593,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   (void)prov::check_output_dir(work, "metatrain-work");
   if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
   const stdfs::path index_path = stdfs::path(cfg.pool) / "index.json";
-  const std::string model_digest = prov::model_digest(cfg.model);
+  const std::string model_digest = io::checked_model_digest(cfg.model);
   std::string pool_digest = "none";
   if (stdfs::exists(index_path)) {
     pool_digest = prov::file_digest(index_path);

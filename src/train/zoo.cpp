@@ -219,7 +219,7 @@ json zoo_settings(const ZooConfig& cfg) {
   json targets = json::array();
   for (auto m : cfg.lora.target_modules) targets.push_back(model::module_name(m));
   return {{"--data (content digest)", prov::file_digest(cfg.data)},
-          {"--model (content digest)", prov::model_digest(cfg.model)},
+          {"--model (content digest)", io::checked_model_digest(cfg.model)},
           {"--way", cfg.n_way},
           {"--classes", cfg.cover_classes},
           {"--train-fraction", cfg.train_fraction},

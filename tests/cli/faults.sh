@@ -18,6 +18,20 @@ source "$REPO/tests/cli/fault_cases.sh"
 LAUNCH=("${MPI2[@]}")
 all_fault_cases
 
+# ---- a corrupt VFM under a finished zoo: named as a corrupt file, not as "another model" (whose
+# remedy, --restart, would discard the zoo). Found by bench/fault_soak.py.
+cp -r runs/quick/vfm vfm_bad && cp -r runs/quick/zoo zoo_vfm_bad
+"$LORAREC_PYTHON" - vfm_bad/model.safetensors <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(-7, 2); b = f.read(1); f.seek(-7, 2); f.write(bytes([b[0] ^ 0x10]))
+PY
+expect_status 2 "vfm_bad/model.safetensors: corrupt file: its content digest is" -- \
+  "${MPI2[@]}" $B zoo --config "$CFG" --model vfm_bad --out zoo_vfm_bad
+expect_status 2 "vfm_bad/model.safetensors: corrupt file: its content digest is" -- \
+  "${MPI2[@]}" $B invert --config "$CFG" --model vfm_bad --zoo zoo_vfm_bad --out pool_vfm_bad
+[ "$(ls zoo_vfm_bad | grep -c lora_)" = 4 ] || fail "the zoo under a corrupt VFM lost LoRAs"
+
 # ---- NaN losses in pre-training (data parallel) and in a zoo LoRA: a step with a non-finite loss
 # or gradient is skipped and counted; --max-bad-steps in a row abort with a message.
 # (metatrain's NaN handling is tested by metatrain_mpi with NaN teacher logits.)

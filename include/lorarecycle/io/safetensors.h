@@ -81,6 +81,11 @@ std::map<std::string, at::Tensor> load_safetensors(const std::string& path);
 // present (files from elsewhere have none) and refuses a file whose content does not match.
 inline constexpr const char* kDigestKey = "lorarecycle_digest";
 
+// prov::model_digest of a model (a directory or one file) after opening each of its safetensors
+// files, which verifies their content digests: a corrupt model is reported as a corrupt file
+// (InputError naming it), never as "another model" by a digest that differs.
+std::string checked_model_digest(const std::string& path);
+
 // Writes tensors (any device; moved to CPU, made contiguous) atomically to `path`.
 // Supported dtypes: those of DType. Throws InputError for an unsupported dtype.
 void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
