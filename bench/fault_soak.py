@@ -352,14 +352,20 @@ def compare(ref, got):
     return lines, bad
 
 
-def corrupt_run(soak, np_, logfile, rng, durations, max_exit_s, disk):
+# The units a corrupt fault planned at a stage prefers: the stage's own products and inputs.
+UNITS_OF = {"zoo": ["zoo adapter"], "invert": ["pool file"], "meta": ["checkpoint", "pool file"],
+            "meta_mask75": ["checkpoint", "meta-LoRA"], "eval": ["meta-LoRA", "VFM weights"]}
+
+
+def corrupt_run(soak, np_, logfile, rng, durations, max_exit_s, disk, stage, wait_allowed):
     """A corrupt fault: flips a byte of a finished unit the next run reads, runs, expects exit 2
-    naming the file, then deletes the unit. None when nothing is finished yet."""
+    naming the file, then deletes the unit. Prefers the units of the planned stage; when there is
+    none and wait_allowed, returns (None, None) so that the fault waits behind a process fault."""
     cands = corrupt_candidates(soak)
-    if not cands:
+    preferred = [c for c in cands if unit_kind(c[0]) in UNITS_OF[stage]]
+    if not preferred and (wait_allowed or not cands):
         return None, None
-    kinds = sorted({unit_kind(p) for p, _ in cands})  # a kind of unit first, so that rare ones come up
-    path, unit = rng.choice([c for c in cands if unit_kind(c[0]) == rng.choice(kinds)] or cands)
+    path, unit = rng.choice(preferred or cands)
     at = flip_byte(path, rng)
     rec = run_with_fault(soak, np_, logfile, None, durations, rng, max_exit_s, disk)
     rel = os.path.relpath(path, soak)
@@ -391,9 +397,10 @@ def cycle(c, W, a, rng, durations, records, failures):
             logfile = f"{W}/logs/cycle{c}_run{run:03d}.log"
             rec, failure = None, None
             if fault and fault["kind"] == "corrupt":
-                rec, failure = corrupt_run(soak, a.np, logfile, rng, durations, a.max_exit_s, disk)
-                if rec is None:  # nothing finished yet to corrupt: after the next process fault
-                    k = next((i for i, f in enumerate(plan) if f["kind"] != "corrupt"), None)
+                k = next((i for i, f in enumerate(plan) if f["kind"] != "corrupt"), None)
+                rec, failure = corrupt_run(soak, a.np, logfile, rng, durations, a.max_exit_s, disk, fault["stage"],
+                                           k is not None)
+                if rec is None:  # nothing of its stage finished yet to corrupt: after the next process fault
                     if k is None:
                         fault["kind"] = "kill9"
                     else:
