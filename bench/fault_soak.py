@@ -14,10 +14,12 @@ appearing):
   diskfull   the work directory's file system filled up (a tmpfs of --disk-mib, filled by a file
              that is removed after the run ends: the user frees space); without the rights to
              mount a tmpfs, a file-size limit (prlimit --fsize) on the running rank instead
-  corrupt    before a run, one byte flipped in a finished unit that the run will read: a zoo
-             adapter, a pool file, a meta-training checkpoint, a meta-LoRA, the VFM's weights.
-             The run must stop with exit 2 naming the file; the soak then deletes that unit (the
-             remedy the message gives) and goes on.
+  corrupt    before a run, one bit flipped in a finished unit that the run will read: a zoo
+             adapter, a pool file, a meta-training checkpoint, a meta-LoRA, the VFM's weights
+             (past the file's header: only the content digest can tell). The run must stop with
+             exit 2 naming the file; the soak then deletes that unit (the remedy the message
+             gives) and goes on. Or one digit of an eval row's accuracy under eval/partial: the
+             run must recompute the row (a warning names it) and finish.
 Stages: vfm, prior (pretrain), zoo, invert, meta, meta_mask75 (metatrain), eval. A fault whose
 stage has already finished, or whose stage ends before its moment, moves on to the next stage
 that runs (with a new moment).
@@ -166,11 +168,15 @@ def corrupt_candidates(w):
             c.append((ck, ck))
         if finished(w, m) and not finished(w, "eval"):
             c.append((f"{r}/{m}/adapter_model.safetensors", f"{r}/{m}"))
+    if os.path.isdir(f"{r}/eval/partial") and not finished(w, "eval"):
+        for f in sorted(os.listdir(f"{r}/eval/partial")):
+            if f.endswith(".json") and f != "settings.json":
+                c.append((f"{r}/eval/partial/{f}", None))  # recomputed by the next run: nothing to delete
     return c
 
 
 def unit_kind(path):
-    return ("zoo adapter" if "/zoo/" in path else "pool file" if path.endswith(".h5") else
+    return ("eval row" if path.endswith(".json") else "zoo adapter" if "/zoo/" in path else "pool file" if path.endswith(".h5") else
             "checkpoint" if "checkpoint" in path else "VFM weights" if "/vfm/" in path else "meta-LoRA")
 
 
@@ -178,6 +184,13 @@ def flip_byte(path, rng):
     """Flips one bit of a byte of the file's data (past any header, so that the file still parses
     and only its content digest can tell)."""
     size = os.path.getsize(path)
+    if path.endswith(".json"):  # an eval row: one digit of its accuracy changed (still valid JSON)
+        text = open(path).read()
+        start = text.index('"mean":') + len('"mean":')
+        digits = [i for i in range(start, start + 12) if text[i].isdigit()]
+        at = rng.choice(digits)
+        open(path, "w").write(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:])
+        return at
     if path.endswith(".h5"):
         with h5py.File(path, "r") as h:
             d = h["images"]
@@ -354,7 +367,7 @@ def compare(ref, got):
 
 # The units a corrupt fault planned at a stage prefers: the stage's own products and inputs.
 UNITS_OF = {"zoo": ["zoo adapter"], "invert": ["pool file"], "meta": ["checkpoint", "pool file"],
-            "meta_mask75": ["checkpoint", "meta-LoRA"], "eval": ["meta-LoRA", "VFM weights"]}
+            "meta_mask75": ["checkpoint", "meta-LoRA"], "eval": ["meta-LoRA", "VFM weights", "eval row"]}
 
 
 def corrupt_run(soak, np_, logfile, rng, durations, max_exit_s, disk, stage, wait_allowed):
@@ -371,6 +384,11 @@ def corrupt_run(soak, np_, logfile, rng, durations, max_exit_s, disk, stage, wai
     rel = os.path.relpath(path, soak)
     rec.update(kind="corrupt", stage=unit_kind(rel), what=f"byte {at} of {rel}", exit_s=rec["run_s"], after_s="")
     failure = None
+    if unit is None:  # an eval row: recomputed, with a warning naming it
+        if rec["exit"] != 0 or f"{rel}: corrupt" not in open(logfile).read():
+            failure = f"corrupt {rel}: exit {rec['exit']}, and no warning that it was recomputed"
+        rec["remedy"] = "none: recomputed by the run"
+        return rec, failure
     if rec["exit"] != 2 or rel not in rec["error"]:
         failure = f"corrupt {rel}: exit {rec['exit']}, error line '{rec['error']}'"
     if os.path.isdir(unit):
@@ -442,7 +460,8 @@ def cycle(c, W, a, rng, durations, records, failures):
         if bad:
             failures.append(f"cycle {c}: {bad} final output(s) differ from the reference (or are missing)")
         # the outputs stay for inspection (the tmpfs goes)
-        shutil.copytree(f"{soak}/{RUNS}", f"{W}/soak_{c}_runs", dirs_exist_ok=True)
+        if os.path.isdir(f"{soak}/{RUNS}"):
+            shutil.copytree(f"{soak}/{RUNS}", f"{W}/soak_{c}_runs", dirs_exist_ok=True)
     finally:
         disk.free()
         disk.close()
@@ -482,7 +501,7 @@ def main():
     records, failures = [], []
     t1 = time.monotonic()
     injected, c = 0, 0
-    while injected < a.faults and c < 3 * a.faults:
+    while injected < a.faults and c < 3 * a.faults and not failures:  # stops at the first failed cycle
         c += 1
         injected += cycle(c, W, a, rng, durations, records, failures)
     soak_s = time.monotonic() - t1

@@ -143,22 +143,34 @@ class ResultCache {
     text = comm_.broadcast_string(text, 0);
     if (text.empty()) return std::nullopt;
     try {
-      const json j = json::parse(text);
+      json j = json::parse(text);
       if (j.at("source") != source) return std::nullopt;
+      // The row's own digest: a row whose bytes changed since it was written is recomputed.
+      const std::string digest = j.value("digest", std::string());
+      j.erase("digest");
+      if (digest != fnv_hex(j.dump())) {
+        if (comm_.rank() == 0)
+          LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string() << ": corrupt (its digest does not match), recomputed");
+        return std::nullopt;
+      }
       return row_from_json(j);
     } catch (const json::exception&) {
-      return std::nullopt;  // unreadable: recompute
+      if (comm_.rank() == 0)
+        LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string() << ": corrupt (not a valid result row), recomputed");
+      return std::nullopt;
     }
   }
   void put_row(const std::string& key, const std::string& source, const EvalRow& r) {
     if (!enabled() || comm_.rank() != 0) return;
     json j = row_json(r);
     j["source"] = source;
+    j["digest"] = fnv_hex(j.dump());
     fs::write_text(dir_ / (safe(key) + ".json"), j.dump() + "\n");
   }
 
   // lora-ft episodes already finished for key: episode -> (accuracy, seconds). Lines are
-  // "EPISODE ACCURACY SECONDS SOURCE-HASH"; a line cut short by a kill is ignored.
+  // "EPISODE ACCURACY SECONDS SOURCE-HASH LINE-HASH" (LINE-HASH: of the four fields before it);
+  // a line cut short by a kill, or whose bytes changed since, is ignored (the episode is re-run).
   std::map<int64_t, std::pair<double, double>> episodes(const std::string& key, const std::string& source) {
     std::map<int64_t, std::pair<double, double>> done;
     if (!enabled()) return done;
@@ -177,7 +189,12 @@ class ResultCache {
     std::string line;
     while (std::getline(in, line)) {
       if (in.eof()) break;  // no newline: cut short
-      std::istringstream ls(line);
+      const auto cut = line.rfind(' ');
+      if (cut == std::string::npos || fnv_hex(line.substr(0, cut)) != line.substr(cut + 1)) {
+        if (!line.empty()) LOG_DEBUG("eval", "lora-ft episode line not reused (cut short or changed): " << line);
+        continue;
+      }
+      std::istringstream ls(line.substr(0, cut));
       int64_t i;
       double acc, secs;
       std::string hs;
@@ -190,8 +207,10 @@ class ResultCache {
     const stdfs::path p = dir_ / (safe(key) + ".r" + std::to_string(comm_.rank()) + ".txt");
     std::FILE* f = std::fopen(p.c_str(), "a");
     if (f == nullptr) fs::throw_write_error(p);
-    std::fprintf(f, "%lld %.17g %.9g %s\n", static_cast<long long>(i), acc, secs,
-                 fnv_hex(source).c_str());
+    char fields[128];
+    std::snprintf(fields, sizeof fields, "%lld %.17g %.9g %s", static_cast<long long>(i), acc, secs,
+                  fnv_hex(source).c_str());
+    std::fprintf(f, "%s %s\n", fields, fnv_hex(fields).c_str());
     const bool ok = std::fflush(f) == 0;
     if (std::fclose(f) != 0 || !ok) fs::throw_write_error(p);
   }

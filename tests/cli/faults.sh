@@ -32,6 +32,31 @@ expect_status 2 "vfm_bad/model.safetensors: corrupt file: its content digest is"
   "${MPI2[@]}" $B invert --config "$CFG" --model vfm_bad --zoo zoo_vfm_bad --out pool_vfm_bad
 [ "$(ls zoo_vfm_bad | grep -c lora_)" = 4 ] || fail "the zoo under a corrupt VFM lost LoRAs"
 
+# ---- eval's partial results whose bytes changed since they were written: a result row is
+# recomputed (a warning names it), a lora-ft episode line is re-run; the results equal the first.
+"${MPI2[@]}" $B eval --config "$CFG" --methods nn,lora-ft --out ev_rows >rows1.txt 2>&1 || { cat rows1.txt; fail "eval ev_rows"; }
+"$LORAREC_PYTHON" - <<'PY'
+import json
+p = "ev_rows/partial/test__nn__1.json"
+t = open(p).read()
+j = json.loads(t)
+open(p, "w").write(t.replace('"mean":%s' % json.dumps(j["mean"]), '"mean":%s' % json.dumps(j["mean"] + 50)))
+assert json.loads(open(p).read())["mean"] == j["mean"] + 50
+p = "ev_rows/partial/test__lora-ft__1.r0.txt"
+lines = open(p).read().splitlines(True)
+f = lines[0].split(" ")
+f[1] = "100" if f[1] != "100" else "0"
+lines[0] = " ".join(f)
+open(p, "w").write("".join(lines))
+PY
+rm ev_rows/partial/test__lora-ft__1.json
+"${MPI2[@]}" $B eval --config "$CFG" --methods nn,lora-ft --out ev_rows >rows2.txt 2>&1 || { cat rows2.txt; fail "eval ev_rows re-run"; }
+grep -q "ev_rows/partial/test__nn__1.json: corrupt (its digest does not match), recomputed" rows2.txt || { cat rows2.txt; fail "corrupt row not named"; }
+grep -qE "lora-ft 1-shot: 9 of 10 episodes finished by an earlier run" rows2.txt || { cat rows2.txt; fail "corrupt lora-ft episode line reused"; }
+diff <(cut -d, -f1-8 runs/quick/eval/results.csv | grep -E '^dataset,|,(nn|lora-ft),') <(cut -d, -f1-8 ev_rows/results.csv) ||
+  fail "eval rows after a corrupt partial result differ from the pipeline's"
+echo "eval: a changed partial row recomputed, a changed lora-ft episode line re-run; results equal"
+
 # ---- NaN losses in pre-training (data parallel) and in a zoo LoRA: a step with a non-finite loss
 # or gradient is skipped and counted; --max-bad-steps in a row abort with a message.
 # (metatrain's NaN handling is tested by metatrain_mpi with NaN teacher logits.)
