@@ -66,11 +66,7 @@ struct Method {
   std::string source;  // identity of the files it was loaded from (result cache)
 };
 
-std::string fnv_hex(const std::string& s) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(dist::fnv1a64(s.data(), s.size())));
-  return buf;
-}
+std::string fnv_hex(const std::string& s) { return prov::hex(dist::fnv1a64(s.data(), s.size())); }
 
 // One result row as results.json and the result cache store it.
 json row_json(const EvalRow& r) {

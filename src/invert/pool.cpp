@@ -34,15 +34,6 @@ using json = nlohmann::json;
 constexpr std::uint64_t kRealStream = 0x401;  // permutation of a class's images (--real-images)
 namespace stdfs = std::filesystem;
 
-std::string now_iso() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // Per-rank progress files, read by rank 0 to log the whole job's rate and ETA without a collective
 // (ranks finish LoRAs at different times).
 void write_progress(const stdfs::path& dir, int rank, double done, double total, double seconds) {
@@ -116,7 +107,7 @@ bool pool_file_complete(const std::string& path) {
 
 std::string pool_data_digest(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& global_class,
                              const at::Tensor& teacher_logits, const at::Tensor& patch_scores, const at::Tensor& keep_mask) {
-  std::uint64_t h = 0x6c6f726172656331ull;
+  std::uint64_t h = prov::kHashSeed;
   const std::pair<const at::Tensor*, at::ScalarType> parts[] = {
       {&images, at::kByte},          {&labels, at::kInt},         {&global_class, at::kInt},
       {&teacher_logits, at::kFloat}, {&patch_scores, at::kFloat}, {&keep_mask, at::kByte}};
@@ -392,7 +383,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "teacher_accuracy", s.teacher_accuracy);
       f.set_attr("/", "seconds", s.seconds);
       f.set_attr("/", "software", std::string("lorarecycle ") + LORAREC_VERSION);
-      f.set_attr("/", "time", now_iso());
+      f.set_attr("/", "time", prov::now_iso());
       f.set_attr("/", "complete", int64_t{1});
     });
     hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();

@@ -14,7 +14,9 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <set>
+#include <tuple>
 
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -313,12 +315,28 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
 }
 
 std::string checked_model_digest(const std::string& path) {
+  // Each file is verified once per process while its size and mtime stay (eval checks the VFM
+  // once per zoo LoRA).
+  static std::mutex mu;
+  static std::set<std::tuple<std::string, std::uintmax_t, std::int64_t>> verified;
+  const auto verify = [](const stdfs::path& f) {
+    std::error_code ec;
+    const auto key = std::make_tuple(stdfs::absolute(f, ec).string(), stdfs::file_size(f, ec),
+                                     static_cast<std::int64_t>(stdfs::last_write_time(f, ec).time_since_epoch().count()));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (verified.count(key) > 0) return;
+    }
+    (void)SafetensorsFile::open(f.string());
+    std::lock_guard<std::mutex> lock(mu);
+    verified.insert(key);
+  };
   std::error_code ec;
   if (stdfs::is_directory(path, ec)) {
     for (const auto& e : stdfs::directory_iterator(path))
-      if (e.is_regular_file() && e.path().extension() == ".safetensors") (void)SafetensorsFile::open(e.path().string());
+      if (e.is_regular_file() && e.path().extension() == ".safetensors") verify(e.path());
   } else if (stdfs::path(path).extension() == ".safetensors" && stdfs::exists(path, ec)) {
-    (void)SafetensorsFile::open(path);
+    verify(path);
   }
   return prov::model_digest(path);
 }

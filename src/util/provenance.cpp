@@ -29,13 +29,6 @@ inline std::uint64_t mix(std::uint64_t h, std::uint64_t w) {
   return h ^ (h >> 29);
 }
 
-std::string now_iso() {
-  const std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 std::string value_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
 }  // namespace
@@ -53,6 +46,15 @@ std::uint64_t hash_bytes(const void* data, std::size_t n, std::uint64_t h) {
   return mix(mix(h, tail), static_cast<std::uint64_t>(n));
 }
 
+std::string now_iso() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
 std::string hex(std::uint64_t h) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
@@ -63,7 +65,7 @@ std::string file_digest(const stdfs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw InputError("cannot open '" + file.string() + "': " + std::strerror(errno));
   std::vector<char> buf(std::size_t{1} << 20);
-  std::uint64_t h = 0x6c6f726172656331ull;
+  std::uint64_t h = kHashSeed;
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
     const auto got = static_cast<std::size_t>(in.gcount());
@@ -89,7 +91,7 @@ std::string model_digest(const stdfs::path& path) {
   } else {
     files.push_back(path);
   }
-  std::uint64_t h = 0x6c6f726172656331ull;
+  std::uint64_t h = kHashSeed;
   for (const auto& f : files) {
     const std::string name = f.filename().string();
     const auto key = std::make_tuple(stdfs::weakly_canonical(f).string(), stdfs::file_size(f),

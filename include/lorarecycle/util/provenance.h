@@ -27,8 +27,11 @@ inline constexpr const char* kMarker = ".lorarecycle.json";
 // changed or corrupted inputs, not adversaries). InputError naming the file if it cannot be read.
 std::string file_digest(const stdfs::path& file);
 // Digest of many byte ranges, chained (for in-memory content).
-std::uint64_t hash_bytes(const void* data, std::size_t n, std::uint64_t h = 0x6c6f726172656331ull);
+inline constexpr std::uint64_t kHashSeed = 0x6c6f726172656331ull;  // "lorarec1": every digest starts here
+std::uint64_t hash_bytes(const void* data, std::size_t n, std::uint64_t h = kHashSeed);
 std::string hex(std::uint64_t h);
+// Now, UTC, as 2026-12-01T05:30:00Z (marker and pool file times).
+std::string now_iso();
 // Digest of a model: a file, or what the loaders read of a directory (config.json,
 // preprocessor_config.json, *.safetensors), names and contents, in name order. Cached per process
 // (path, size, mtime).
