@@ -222,12 +222,12 @@ class Disk:
         if not self.tmpfs:  # a file-size limit on the rank: its next write over 1 KiB fails
             subprocess.run(["prlimit", f"--pid={pid}", "--fsize=1024"], capture_output=True)
             return "file-size limit 1 KiB (prlimit)"
-        with open(self.filler, "wb") as f:
-            try:
+        try:
+            with open(self.filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
                 while True:
-                    f.write(b"\0" * (1 << 20))
-            except OSError:
-                pass
+                    f.write(b"\0" * (1 << 16))
+        except OSError:
+            pass  # full
         st = os.statvfs(self.path)
         return f"tmpfs full ({st.f_bavail * st.f_frsize} bytes free)"
 
