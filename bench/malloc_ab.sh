@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# glibc malloc as the CLI tunes it (blocks up to 1 GiB from the heap, no trimming; src/cli/main.cpp)
+# against glibc's defaults (LORAREC_MALLOC=system), side by side (A/B/A/B), one rank, one thread:
+#   (1) meta-training: CPU seconds per step (user and system) = (24-step run - 4-step run) / 20,
+#       the report's step_seconds, peak RSS; 5-way 1-shot 15-query, --no-prefetch;
+#   (2) inversion of one zoo LoRA (30 iterations): wall, user, system seconds;
+#   (3) eval of nn and the meta-LoRA, 100 episodes per shot on the test classes (REPS_EVAL, default 1).
+# Results must be bit-identical either way (checked). Needs the main job's outputs (launch/demo.sh;
+# WORKDIR= its --workdir, default the repo).
+#   [WORKDIR=DIR] bash bench/malloc_ab.sh [REPS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/env.sh
+REPS=${1:-2}; REPS_EVAL=${REPS_EVAL:-1}
+CFG=$PWD/configs/demo.ini
+B=$PWD/build/lorarecycle
+cd "${WORKDIR:-.}"
+R=runs/demo
+W=$(mktemp -d /tmp/malloc_ab_XXXXXX); trap 'rm -rf "$W"' EXIT
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+mkdir -p "$W/zoo1"
+/usr/bin/python3 - "$R/zoo" "$W/zoo1" <<'PY'
+import json, os, sys
+src, dst = sys.argv[1:]
+m = json.load(open(os.path.join(src, "manifest.json")))
+m["loras"] = m["loras"][:1]
+for e in m["loras"]:
+    os.symlink(os.path.abspath(os.path.join(src, e["dir"])), os.path.join(dst, e["dir"]))
+json.dump(m, open(os.path.join(dst, "manifest.json"), "w"))
+PY
+envof() { if [ "$1" = A ]; then echo LORAREC_MALLOC=system; else echo LORAREC_MALLOC=tuned; fi; }
+name() { if [ "$1" = A ]; then echo "glibc defaults"; else echo "tuned (default)"; fi; }
+meta() {  # meta VARIANT STEPS -> "user sys maxrss_kb"
+  rm -rf "$W/m_$1" "$W/m_$1.work"
+  env "$(envof "$1")" /usr/bin/time -f "%U %S %M" "$B" metatrain --config "$CFG" --pool "$R/pool" --model "$R/vfm" \
+    --query 15 --out "$W/m_$1" --steps "$2" --episodes-per-step 1 --no-prefetch \
+    --log-level warn --hash-every 0 2>&1 >/dev/null | tail -1
+}
+echo; echo "(1) meta-training step, CPU seconds (24-step run minus 4-step run) / 20"
+printf '%-16s %4s %9s %9s %12s %12s\n' variant rep user_s sys_s step_seconds peak_rss_MB
+for rep in $(seq 1 "$REPS"); do for v in A B; do
+  read -r u4 s4 _ <<<"$(meta $v 4)"; read -r u24 s24 rss <<<"$(meta $v 24)"
+  step=$(/usr/bin/python3 -c "import json;print(json.load(open('$W/m_$v/metatrain.json'))['timing']['step_seconds'])")
+  /usr/bin/python3 -c "print('%-16s %4d %9.3f %9.3f %12.3f %12.0f' % ('$(name $v)', $rep, ($u24-$u4)/20, ($s24-$s4)/20, $step, $rss/1024))"
+done; done
+cmp "$W/m_A/adapter_model.safetensors" "$W/m_B/adapter_model.safetensors" && echo "meta-LoRAs: identical"
+echo; echo "(2) inversion of one LoRA"
+printf '%-16s %4s %8s %8s %8s\n' variant rep wall_s user_s sys_s
+for rep in $(seq 1 "$REPS"); do for v in A B; do
+  rm -rf "$W/p_$v"
+  read -r e u s <<<"$(env "$(envof $v)" /usr/bin/time -f "%e %U %S" "$B" invert --config "$CFG" --zoo "$W/zoo1" \
+    --out "$W/p_$v" --iterations 30 --log-level warn 2>&1 | tail -1)"
+  printf '%-16s %4d %8s %8s %8s\n' "$(name $v)" "$rep" "$e" "$u" "$s"
+done; done
+/usr/bin/python3 - "$W/p_A/lora_000.h5" "$W/p_B/lora_000.h5" <<'PY'
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1]) as a, h5py.File(sys.argv[2]) as b:
+    assert all(np.array_equal(a[k][...], b[k][...]) for k in a), "pool files differ"
+print("pool files: equal arrays")
+PY
+echo; echo "(3) eval nn + meta, 100 episodes per shot, test classes"
+printf '%-16s %4s %8s %8s %8s\n' variant rep wall_s user_s sys_s
+for rep in $(seq 1 "$REPS_EVAL"); do for v in A B; do
+  rm -rf "$W/e_$v"
+  read -r e u s <<<"$(env "$(envof $v)" /usr/bin/time -f "%e %U %S" "$B" eval --config "$CFG" --model "$R/vfm" \
+    --meta "meta=$R/meta" --methods nn,meta --data test=data/demo/test.h5 \
+    --episodes 100 --out "$W/e_$v" --log-level warn 2>&1 | tail -1)"
+  printf '%-16s %4d %8s %8s %8s\n' "$(name $v)" "$rep" "$e" "$u" "$s"
+done; done
+diff <(cut -d, -f1-8 "$W/e_A/results.csv") <(cut -d, -f1-8 "$W/e_B/results.csv") && echo "eval rows: equal"
