@@ -23,15 +23,15 @@
 namespace {
 
 using lorarec::kExitInput;
+using lorarec::kExitRuntime;
 
-// glibc's malloc serves every block over 128 KiB-32 MiB (its dynamic threshold) with a fresh mmap
-// and gives it back at free, and trims the heap top: every training step then allocates its
-// activations anew and first-touches them page by page. Here (a 2-core VM) that cost a
-// meta-training step 0.91 s of user and 0.40 s of system time against 0.18 s with the blocks
-// reused from the heap (bench/metatrain_bench.sh, docs/metatrain.md), same results bit for bit.
-// Memory freed stays with the process (peak RSS is what it was). LORAREC_MALLOC=system, or any
-// malloc setting of the user's own (GLIBC_TUNABLES glibc.malloc.*, MALLOC_*_), keeps glibc's
-// defaults.
+// glibc's malloc serves every block over its dynamic threshold (128 KiB, at most 32 MiB) with a
+// fresh mmap and gives it back at free, and trims the heap top: every training step then
+// allocates its activations anew and first-touches them page by page. Here (a 2-core VM) that
+// cost a meta-training step 0.62 s of user and 0.23 s of system time against 0.22 s and none with
+// the blocks reused from the heap, with bit-identical results and peak RSS within 7 %
+// (bench/malloc_ab.sh, docs/metatrain.md). LORAREC_MALLOC=system, or any malloc setting of the
+// user's own (GLIBC_TUNABLES glibc.malloc.*, MALLOC_*_), keeps glibc's defaults.
 void tune_malloc() {
   const char* mode = std::getenv("LORAREC_MALLOC");
   if (mode != nullptr && std::strcmp(mode, "system") == 0) return;
@@ -43,7 +43,6 @@ void tune_malloc() {
   if (mallopt(M_MMAP_THRESHOLD, kKeep) == 0) (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);  // older glibc's cap
   (void)mallopt(M_TRIM_THRESHOLD, kKeep);
 }
-using lorarec::kExitRuntime;
 
 struct Command {
   const char* name;
