@@ -153,8 +153,8 @@ def corrupt_candidates(w):
     c = []
     if finished(w, "vfm") and not finished(w, "eval"):
         c.append((f"{r}/vfm/model.safetensors", f"{r}/vfm"))
-    if os.path.exists(f"{r}/zoo/manifest.json") or os.path.isdir(f"{r}/zoo"):
-        for d in sorted(os.listdir(f"{r}/zoo")) if os.path.isdir(f"{r}/zoo") else []:
+    if os.path.isdir(f"{r}/zoo"):
+        for d in sorted(os.listdir(f"{r}/zoo")):
             a = f"{r}/zoo/{d}/adapter_model.safetensors"
             if d.startswith("lora_") and os.path.exists(f"{r}/zoo/{d}/task.json") and os.path.exists(a):
                 c.append((a, f"{r}/zoo/{d}"))
@@ -183,7 +183,6 @@ def unit_kind(path):
 def flip_byte(path, rng):
     """Flips one bit of a byte of the file's data (past any header, so that the file still parses
     and only its content digest can tell)."""
-    size = os.path.getsize(path)
     if path.endswith(".json"):  # an eval row: one digit of its accuracy changed (still valid JSON)
         text = open(path).read()
         start = text.index('"mean":') + len('"mean":')
@@ -200,7 +199,7 @@ def flip_byte(path, rng):
     else:
         with open(path, "rb") as f:
             header = 8 + int.from_bytes(f.read(8), "little")
-        at = rng.randrange(header, size)
+        at = rng.randrange(header, os.path.getsize(path))
     with open(path, "r+b") as f:
         f.seek(at)
         b = f.read(1)

@@ -14,16 +14,7 @@ MODEL=${MODEL:-runs/demo/vfm}; ZOO=${ZOO:-runs/demo/zoo}; PRIOR=${PRIOR-runs/dem
 B=$PWD/build/lorarecycle
 W=$(mktemp -d /tmp/invert_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
 # A 4-LoRA sub-zoo so runs are short.
-mkdir -p "$W/zoo"
-/usr/bin/python3 - "$ZOO" "$W/zoo" <<'PY'
-import json, os, sys
-src, dst = sys.argv[1:]
-m = json.load(open(os.path.join(src, "manifest.json")))
-m["loras"] = m["loras"][:4]
-for e in m["loras"]:
-    os.symlink(os.path.abspath(os.path.join(src, e["dir"])), os.path.join(dst, e["dir"]))
-json.dump(m, open(os.path.join(dst, "manifest.json"), "w"))
-PY
+/usr/bin/python3 bench/sub_zoo.py "$ZOO" "$W/zoo" 4
 LAYERS=$(/usr/bin/python3 -c "import json;c=json.load(open('$MODEL/config.json'));print(c.get('vision_config',c)['num_hidden_layers'])")
 MID=$(( LAYERS / 2 - 1 )); LAST=$(( LAYERS - 1 ))
 PER=8; IT=${IT:-40}

@@ -12,22 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
 REPS=${1:-2}; REPS_EVAL=${REPS_EVAL:-1}
-CFG=$PWD/configs/demo.ini
-B=$PWD/build/lorarecycle
+REPO=$PWD; CFG=$REPO/configs/demo.ini
+B=$REPO/build/lorarecycle
 cd "${WORKDIR:-.}"
 R=runs/demo
 W=$(mktemp -d /tmp/malloc_ab_XXXXXX); trap 'rm -rf "$W"' EXIT
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-mkdir -p "$W/zoo1"
-/usr/bin/python3 - "$R/zoo" "$W/zoo1" <<'PY'
-import json, os, sys
-src, dst = sys.argv[1:]
-m = json.load(open(os.path.join(src, "manifest.json")))
-m["loras"] = m["loras"][:1]
-for e in m["loras"]:
-    os.symlink(os.path.abspath(os.path.join(src, e["dir"])), os.path.join(dst, e["dir"]))
-json.dump(m, open(os.path.join(dst, "manifest.json"), "w"))
-PY
+/usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
 envof() { if [ "$1" = A ]; then echo LORAREC_MALLOC=system; else echo LORAREC_MALLOC=tuned; fi; }
 name() { if [ "$1" = A ]; then echo "glibc defaults"; else echo "tuned (default)"; fi; }
 meta() {  # meta VARIANT STEPS -> "user sys maxrss_kb"
