@@ -59,11 +59,12 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
              argv, desc, common, rt.rank()))
     return 0;
   validate(o);
-  RunContext ctx = start("embed", rt, common);
+  RunContext ctx = start("embed", rt, common, true);
   auto& comm = ctx.comm;
   const c10::Device device = ctx.device;
   model::ClipVision vit = model::ClipVision::load(o.model);
   vit.to(device);
+  vit.set_precision(ctx.precision);
   std::optional<model::Lora> lora;
   if (!o.lora.empty()) lora = io::load_peft(o.lora, vit.config(), o.model);
   if (!o.lora_official.empty()) lora = io::load_official(o.lora_official, vit.config());
@@ -88,7 +89,6 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
   std::vector<at::Tensor> parts;
   {
     at::NoGradGuard no_grad;
-    model::AutocastScope autocast(device.type(), common.bf16);
     for (int64_t s = begin; s < end; s += o.batch_size) {
       const int64_t count = std::min<int64_t>(o.batch_size, end - s);
       const at::Tensor pixels = vit.preprocess(in.read("/images", s, count, at::kByte));

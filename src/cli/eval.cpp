@@ -58,7 +58,8 @@ int run_eval(int argc, char** argv, dist::Runtime& rt) {
   }
   c.ft_lora.target_modules = parse_modules(targets);
   c.validate();
-  RunContext ctx = start("eval", rt, common);
+  RunContext ctx = start("eval", rt, common, true);
+  c.precision = ctx.precision;
   eval::run_eval(c, *ctx.comm, ctx.device);
   return 0;
 }

@@ -76,7 +76,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce}, {"--w-bn", c.inv.w_bn},
                                 {"--w-tv", c.inv.w_tv}, {"--w-l2", c.inv.w_l2}, {"--w-div", c.inv.w_div}})
     if (!(w >= 0)) throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
-  RunContext ctx = start("invert", rt, common);
+  RunContext ctx = start("invert", rt, common, true);
+  c.precision = ctx.precision;
   invert::run_invert(c, *ctx.comm, ctx.device);
   return 0;
 }

@@ -72,9 +72,9 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   c.lora.target_modules = parse_modules(targets);
   c.flip = !no_flip;
   c.prefetch = !no_prefetch;
-  c.bf16 = common.bf16;
   c.validate();
-  RunContext ctx = start("metatrain", rt, common);
+  RunContext ctx = start("metatrain", rt, common, true);
+  c.bf16 = ctx.precision == model::Precision::kBf16;
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }

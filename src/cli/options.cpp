@@ -21,7 +21,8 @@ po::options_description common_options(CommonOptions& o) {
       ("config", po::value(&o.configs)->composing(), "INI config file (sections [common] and [<command>], '#' comments); may be given several times, a later file overrides an earlier one, and the command line overrides them all")
       ("log-level", po::value(&o.log_level)->default_value(o.log_level), "debug | info | warn | error (info is printed by rank 0 only)")
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
-      ("bf16", po::bool_switch(&o.bf16), "bf16 autocast for the forward pass (CUDA, or CPU where LibTorch supports it)")
+      ("precision", po::value(&o.precision)->default_value(o.precision), "compute precision of the ViT in invert, metatrain, eval, embed and predict: fp32 | bf16 (autocast: matmuls in bf16, norms and softmax in float32; weights, gradients and optimizer state stay float32) | auto (bf16 on a CPU with avx512_bf16 or amx_bf16 and on a GPU of compute capability >= 8, else fp32). The choice and why is logged at the start. pretrain and zoo always run in fp32")
+      ("bf16", po::bool_switch(&o.bf16), "the same as --precision bf16 (older configs)")
       ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl")
       ("collective-timeout", po::value(&o.collective_timeout)->default_value(o.collective_timeout), "seconds one collective (all-reduce, barrier, gather) may wait for the other ranks before this rank reports a stuck peer and ends the job (exit 1); 0 = wait forever");
   return d;
@@ -89,7 +90,7 @@ std::vector<model::Module> parse_modules(const std::string& list) {
   return out;
 }
 
-RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common) {
+RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common, bool with_precision) {
   LOG_INFO(tag, rt.describe());
   const c10::Device device = model::select_device(common.device, rt.local_rank());
   std::string comm = common.comm;
@@ -98,8 +99,15 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
   if (comm == "auto" && device.is_cuda() && rt.world_size() > 1) comm = "nccl";
 #endif
   if (common.collective_timeout < 0) throw InputError(std::string(tag) + ": --collective-timeout must be >= 0");
-  RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device};
-  LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str());
+  if (common.bf16 && common.precision != "auto" && common.precision != "bf16")
+    throw InputError(std::string(tag) + ": --bf16 and --precision " + common.precision + " contradict each other");
+  const model::PrecisionChoice prec = model::resolve_precision(common.bf16 ? "bf16" : common.precision, device);
+  RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device, prec.precision};
+  if (with_precision)
+    LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << ", precision "
+                                  << model::precision_name(prec.precision) << " (" << prec.reason << ")");
+  else
+    LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str());
   return ctx;
 }
 

@@ -36,7 +36,8 @@ struct CommonOptions {
   std::vector<std::string> configs;  // INI files merged under the command line, later over earlier
   std::string log_level = "info";
   std::string device = "auto";   // auto | cpu | cuda | cuda:N
-  bool bf16 = false;             // bf16 autocast where the device supports it
+  std::string precision = "auto";  // fp32 | bf16 | auto (model::resolve_precision)
+  bool bf16 = false;             // --bf16: the same as --precision bf16 (kept for older configs)
   std::string comm = "auto";     // communicator: auto | local | mpi | nccl
   double collective_timeout = dist::kDefaultCollectiveTimeout;  // seconds; 0 = unbounded
 };
@@ -72,7 +73,10 @@ struct OptionNameCollector {
 struct RunContext {
   std::unique_ptr<dist::Communicator> comm;
   c10::Device device;
+  model::Precision precision = model::Precision::kFp32;  // of the ViT's forward passes
 };
-RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common);
+// Picks the device, the communicator and (for commands that run the ViT in the chosen
+// precision: with_precision) the precision, and logs them on one line.
+RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common, bool with_precision = false);
 
 }  // namespace lorarec::cli

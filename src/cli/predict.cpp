@@ -159,9 +159,10 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     LOG_WARN("predict", fit.resized << " of " << fit.total << " support and query images resized to the model's "
                                     << fit.size << "x" << fit.size << " (shorter side, bicubic, centre crop)");
 
-  RunContext ctx = start("predict", rt, common);
+  RunContext ctx = start("predict", rt, common, true);
   model::ClipVision vit = model::ClipVision::load(model_dir);
   vit.to(ctx.device);
+  vit.set_precision(ctx.precision);
   std::unique_ptr<model::Lora> lora;
   if (!lora_dir.empty()) {
     lora = std::make_unique<model::Lora>(io::load_peft(lora_dir, vit.config(), model_dir));

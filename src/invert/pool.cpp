@@ -173,6 +173,8 @@ json pool_settings(const InvertJobConfig& cfg) {
             {"--per-class", v.per_class},
             {"--seed", v.seed},
             {"--prune", prune.empty() ? "none" : prune}};
+  // Recorded only for bf16, so that fp32 pools written before the option existed still match.
+  if (cfg.precision != model::Precision::kFp32) s["--precision"] = model::precision_name(cfg.precision);
   if (!cfg.real_images.empty()) {  // the control: real images, nothing inverted
     s["--real-images (content digest)"] = prov::file_digest(cfg.real_images);
     return s;
@@ -267,6 +269,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
 
   model::ClipVision vit = model::ClipVision::load(cfg.model);
   vit.to(device);
+  vit.set_precision(cfg.precision);
   std::optional<model::ResNet> prior;
   if (!cfg.prior.empty() && cfg.inv.w_bn > 0) {  // --w-bn 0: the prior would only cost time
     if (!stdfs::exists(cfg.prior))

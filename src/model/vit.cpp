@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
 #endif
@@ -14,7 +15,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/util/error.h"
@@ -526,6 +529,18 @@ at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lo
 }
 
 ForwardOutput ClipVision::forward(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
+  if (precision_ == Precision::kFp32) return forward_impl(pixels, opts, lora);
+  ForwardOutput out;
+  {
+    AutocastScope autocast(pixels.device().type(), true);
+    out = forward_impl(pixels, opts, lora);
+  }
+  out.feature = out.feature.to(at::kFloat);
+  if (out.patch_scores.defined()) out.patch_scores = out.patch_scores.to(at::kFloat);
+  return out;
+}
+
+ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
   const ClipVisionConfig& c = config_;
   const int64_t S = c.image_size, C = c.num_channels, p = c.patch_size, g = c.grid(), P = c.num_patches();
   const int64_t D = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim(), L = c.num_hidden_layers;
@@ -654,6 +669,38 @@ AutocastScope::~AutocastScope() {
     at::autocast::set_cpu_enabled(prev_);
 #endif
   at::autocast::clear_cache();
+}
+
+const char* precision_name(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+
+std::string cpu_bf16_features() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    std::set<std::string> flags;
+    for (std::string w; words >> w;) flags.insert(w);
+    std::string out;
+    for (const char* f : {"avx512_bf16", "amx_bf16"})
+      if (flags.count(f)) out += (out.empty() ? "" : "+") + std::string(f);
+    return out;
+  }
+  return "";
+}
+
+PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device) {
+  if (spec == "fp32") return {Precision::kFp32, "asked for"};
+  if (spec == "bf16") return {Precision::kBf16, "asked for"};
+  if (spec != "auto") throw InputError("unknown precision '" + spec + "' (expected auto, fp32 or bf16)");
+  if (device.is_cuda()) {
+    if (at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8())
+      return {Precision::kBf16, "auto: this GPU runs bf16 natively (compute capability >= 8)"};
+    return {Precision::kFp32, "auto: this GPU has no native bf16 (compute capability < 8)"};
+  }
+  const std::string f = cpu_bf16_features();
+  if (!f.empty()) return {Precision::kBf16, "auto: this CPU has " + f};
+  return {Precision::kFp32, "auto: this CPU has no avx512_bf16 or amx_bf16"};
 }
 
 c10::Device select_device(const std::string& spec, int local_rank) {

@@ -662,6 +662,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     (void)check;
   }
   vit.to(device);
+  vit.set_precision(cfg.bf16 ? model::Precision::kBf16 : model::Precision::kFp32);
   at::Tensor teacher_feat;
   if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
   const bool resuming = cfg.resume && stdfs::exists(ckpt);
@@ -812,7 +813,6 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       if (b.patch_index.defined()) fo.patch_index = b.patch_index.to(device);
       at::Tensor feat;
       {
-        model::AutocastScope autocast(device.type(), cfg.bf16);
         const at::Tensor px = b.pixels.defined() ? b.pixels.to(device) : model::preprocess_images(b.u8, vc, device);
         feat = vit.forward(px, fo, &lora).feature;
       }
@@ -943,6 +943,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       {"episodes_per_step", E},
       {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
       {"mask_ratio", cfg.mask_ratio},
+      {"precision", cfg.bf16 ? "bf16" : "fp32"},
       {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
       {"skipped_steps", skipped_total},
       {"replica_hash", [&] {

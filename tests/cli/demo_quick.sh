@@ -89,3 +89,47 @@ expect_status 2 "class 'b' (sup_webp/b) has no support image (not PNG/JPEG: sup_
 expect_status 2 "broken.png: unreadable PNG" -- $B predict --model runs/quick/vfm --support sup --query broken.png
 expect_status 2 "nothere.png: cannot open" -- $B predict --model runs/quick/vfm --support sup --query nothere.png
 echo "demo_quick: predict checks passed"
+
+# Precision: the run above used --precision auto (the default), which must follow this CPU's bf16
+# instructions and say so; then invert, metatrain and eval in the other precision, asked for.
+if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo; then AUTO=bf16; OTHER=fp32; else AUTO=fp32; OTHER=bf16; fi
+for cmd in invert metatrain eval; do
+  grep -q "\[$cmd\] communicator .*, precision $AUTO (auto: " ../run1.txt || fail "$cmd did not log precision $AUTO (auto)"
+done
+C="--config $REPO/configs/quick.ini"
+$B invert $C --out pool_other --precision $OTHER >inv_o.txt 2>&1 || { cat inv_o.txt; fail "invert --precision $OTHER"; }
+grep -q "precision $OTHER (asked for)" inv_o.txt || { cat inv_o.txt; fail "invert: no 'precision $OTHER (asked for)'"; }
+"$LORAREC_PYTHON" - "$OTHER" <<'PY'
+import json, sys
+other = sys.argv[1]
+s_auto = json.load(open("runs/quick/pool/index.json"))["settings"]
+s_other = json.load(open("pool_other/index.json"))["settings"]
+# Only bf16 is recorded (fp32 pools of earlier versions stay valid).
+assert ("--precision" in s_other) == (other == "bf16") and ("--precision" in s_auto) == (other == "fp32"), (s_auto, s_other)
+acc = lambda p: [l["teacher_accuracy"] for l in json.load(open(p + "/summary.json"))["loras"]]
+a, o = acc("runs/quick/pool"), acc("pool_other")
+print("teacher accuracy on own surrogates, auto:", a, other + ":", o)
+# The same inversion in either precision (the quick zoo is weak: its teachers score ~20-60 %).
+assert abs(sum(o) / len(o) - sum(a) / len(a)) < 15, (a, o)
+PY
+[ $? = 0 ] || fail "pool in $OTHER"
+# The auto pool is not reused in the other precision: the difference is named, nothing changes.
+expect_status 2 "setting --precision" -- $B invert $C --precision $OTHER
+$B metatrain $C --out meta_other --steps 4 --val-every 0 --precision $OTHER >mt_o.txt 2>&1 || { cat mt_o.txt; fail "metatrain --precision $OTHER"; }
+"$LORAREC_PYTHON" -c "import json,sys; m=json.load(open('meta_other/metatrain.json')); sys.exit(0 if m['precision'] == '$OTHER' else 1)" ||
+  fail "metatrain.json does not record precision $OTHER"
+$B eval $C --methods nn,meta --data test=data/quick/test.h5 --shots 1 --out eval_other --precision $OTHER >ev_o.txt 2>&1 ||
+  { cat ev_o.txt; fail "eval --precision $OTHER"; }
+"$LORAREC_PYTHON" - <<'PY'
+import csv
+key = lambda r: (r["dataset"], r["method"], r["shot"])
+auto = {key(r): float(r["mean"]) for r in csv.DictReader(open("runs/quick/eval/results.csv"))}
+other = {key(r): float(r["mean"]) for r in csv.DictReader(open("eval_other/results.csv"))}
+for k, v in other.items():
+    print("eval", k, "auto", auto[k], "other precision", v)
+    assert abs(v - auto[k]) < 5, (k, v, auto[k])  # the same episodes: the precisions agree closely
+PY
+[ $? = 0 ] || fail "eval in $OTHER disagrees with $AUTO"
+expect_status 2 "--bf16 and --precision fp32 contradict each other" -- $B eval $C --bf16 --precision fp32
+expect_status 2 "unknown precision 'fp16'" -- $B eval $C --precision fp16
+echo "demo_quick: precision checks passed ($AUTO by auto, $OTHER asked for)"

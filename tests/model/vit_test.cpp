@@ -329,6 +329,50 @@ TEST(Vit, Bf16AutocastRunsAndStaysClose) {
   EXPECT_LT(rel_error(f.to(at::kFloat), v.forward(x).feature), 0.1);
 }
 
+TEST(Vit, Bf16PrecisionIsTheAutocastForwardWithFloatOutputs) {
+  ClipVision v = random_vit();
+  const Lora l = nonzero_lora(v.config());
+  const at::Tensor x = pixels(3);
+  ForwardOptions fo;
+  fo.want_scores = true;
+  const ForwardOutput ref = v.forward(x, fo, &l);
+  at::Tensor scoped;
+  {
+    AutocastScope scope(c10::DeviceType::CPU, true);
+    scoped = v.forward(x, fo, &l).feature.to(at::kFloat);
+  }
+  v.set_precision(Precision::kBf16);
+  EXPECT_EQ(v.precision(), Precision::kBf16);
+  const ForwardOutput b = v.forward(x, fo, &l);
+  EXPECT_EQ(b.feature.scalar_type(), at::kFloat);
+  EXPECT_EQ(b.patch_scores.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(b.feature, scoped));  // exactly the autocast pass
+  EXPECT_GT(rel_error(b.feature, ref.feature), 0.0);  // and not the fp32 one
+  EXPECT_LT(rel_error(b.feature, ref.feature), 0.1);
+  // Gradients reach the pixels (inversion) in float32.
+  const at::Tensor px = x.clone().requires_grad_(true);
+  v.forward(px, {}, &l).feature.pow(2).sum().backward();
+  ASSERT_TRUE(px.grad().defined());
+  EXPECT_EQ(px.grad().scalar_type(), at::kFloat);
+  EXPECT_GT(px.grad().abs().sum().item<double>(), 0.0);
+  // Autocast is off again after the pass: a matmul outside it stays float32.
+  EXPECT_EQ(at::mm(at::ones({2, 2}), at::ones({2, 2})).scalar_type(), at::kFloat);
+}
+
+TEST(Precision, ResolvesFixedAndAutoChoices) {
+  const c10::Device cpu(at::kCPU);
+  EXPECT_EQ(resolve_precision("fp32", cpu).precision, Precision::kFp32);
+  EXPECT_EQ(resolve_precision("bf16", cpu).precision, Precision::kBf16);
+  EXPECT_THROW(resolve_precision("fp16", cpu), InputError);
+  EXPECT_STREQ(precision_name(Precision::kBf16), "bf16");
+  EXPECT_STREQ(precision_name(Precision::kFp32), "fp32");
+  // auto follows the CPU's bf16 instructions, and says which it found.
+  const PrecisionChoice a = resolve_precision("auto", cpu);
+  const std::string f = cpu_bf16_features();
+  EXPECT_EQ(a.precision, f.empty() ? Precision::kFp32 : Precision::kBf16);
+  if (!f.empty()) EXPECT_NE(a.reason.find(f), std::string::npos) << a.reason;
+}
+
 TEST(Vit, GradientsFlowToLoraOnly) {
   const ClipVision v = random_vit();
   Lora l = nonzero_lora(v.config());

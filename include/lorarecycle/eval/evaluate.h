@@ -45,6 +45,7 @@ struct EvalConfig {
   std::uint64_t seed = 0;
   std::string out;                         // directory for results.csv / results.json (rank 0); empty: none
   int batch_size = 256;
+  model::Precision precision = model::Precision::kFp32;  // of every ViT pass (all methods)
   void validate() const;
 };
 

@@ -46,6 +46,7 @@ struct InvertJobConfig {
                            // class gets the k-th block of a seeded permutation of its images
   int chunk_images = 64;   // HDF5 chunk (images) of /images
   bool restart = false;    // discard the pool files an earlier run left in `out`
+  model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)
 };
 
 // The settings that fix a pool file's content, keyed by option (util/provenance.h): the zoo

@@ -121,6 +121,23 @@ struct ForwardOutput {
   at::Tensor keep_mask;     // [B, P] bool: patches that survived all pruning (want_scores)
 };
 
+// Compute precision of the ViT's forward pass: float32, or bf16 autocast (matmuls in bf16,
+// norms, softmax and reductions in float32, as LibTorch's autocast lists say) with float32
+// weights, gradients and optimizer state.
+enum class Precision { kFp32, kBf16 };
+const char* precision_name(Precision p);
+struct PrecisionChoice {
+  Precision precision = Precision::kFp32;
+  std::string reason;  // why, for the log: "asked for", "auto: this CPU has avx512_bf16", ...
+};
+// "fp32" | "bf16" | "auto". auto = bf16 where the device runs it natively: a CPU with
+// avx512_bf16 or amx_bf16 (read from /proc/cpuinfo), a CUDA GPU with bf16 support (compute
+// capability >= 8); fp32 elsewhere. InputError for another spec.
+PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device);
+// The CPU's bf16 instruction sets found in /proc/cpuinfo ("avx512_bf16", "amx_bf16", joined by
+// '+'), empty when none (or no /proc/cpuinfo).
+std::string cpu_bf16_features();
+
 class ClipVision {
  public:
   ClipVision() = default;
@@ -156,8 +173,14 @@ class ClipVision {
   // Valid range of normalised pixels per channel: [-mean/std, (1-mean)/std], each [3].
   std::pair<at::Tensor, at::Tensor> pixel_bounds() const;
 
-  // pixels [B, 3, S, S] normalised -> feature (and more, see ForwardOptions).
+  // pixels [B, 3, S, S] normalised -> feature (and more, see ForwardOptions). Under
+  // Precision::kBf16 the pass runs under bf16 autocast (weights stay float32) and the float
+  // outputs come back as float32.
   ForwardOutput forward(const at::Tensor& pixels, const ForwardOptions& opts = {}, const Lora* lora = nullptr) const;
+
+  // Compute precision of forward() (default fp32). Pre-training and the zoo stay in fp32.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
 
  private:
   struct Layer {
@@ -166,8 +189,10 @@ class ClipVision {
     at::Tensor b[kNumModules];
   };
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
+  ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
 
   ClipVisionConfig config_;
+  Precision precision_ = Precision::kFp32;
   at::Tensor patch_w_;   // [D, C, p, p]
   at::Tensor class_emb_; // [D]
   at::Tensor pos_emb_;   // [1 + P, D]
