@@ -51,7 +51,9 @@ $LORAREC_BIN metatrain --config "$CFG" --out m_plain --restart >m2.txt 2>&1 || {
 grep -q "launcher: mpirun (Open MPI); rank 0 of 2" m1.txt || fail "mpirun launcher line"
 grep -q "launcher: none (single process); rank 0 of 1" m2.txt || { head -3 m2.txt; fail "plain launcher line"; }
 compare_adapters runs/quick/meta m_mpirun 1e-4
-compare_adapters runs/quick/meta m_plain 1e-4
+# One rank against two: the all-reduce's rounding in fp32, more in bf16 (--precision auto).
+TOL=$("$LORAREC_PYTHON" -c 'import json; print("5e-3" if json.load(open("m_plain/metatrain.json"))["precision"] == "bf16" else "1e-4")')
+compare_adapters runs/quick/meta m_plain "$TOL"
 "$LORAREC_PYTHON" - <<'PY'
 import json
 v = [json.load(open(f"{d}/metatrain.json"))["val_final"]["val_mean"] for d in ("runs/quick/meta", "m_mpirun", "m_plain")]
