@@ -15,11 +15,13 @@
 # left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
 # tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
 # the work, so a lower bound of nothing).
-#   [WORKDIR=DIR] bash bench/perf.sh [REPS]
+# PARTS="1 2" runs only those parts (default "1 2 3"; the peak (0) always runs).
+#   [WORKDIR=DIR] [PARTS=...] bash bench/perf.sh [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-REPS=${1:-2}
+REPS=${1:-2}; PARTS=${PARTS:-1 2 3}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 REPO=$PWD; B=$REPO/build/lorarecycle
 cd "${WORKDIR:-.}"
 R=runs/demo; MODEL=$R/vfm
@@ -57,17 +59,16 @@ for dt in (torch.float32, torch.bfloat16):
 json.dump(out, open(sys.argv[1], "w"))
 PY
 
-echo; echo "(1) meta-training step, 1 rank, 1 thread, 5-way 1-shot 15-query: CPU seconds per step (24 - 4 steps) / 20"
+part 1 && echo "(1) meta-training step, 1 rank, 1 thread, 5-way 1-shot 15-query: CPU seconds per step (24 - 4 steps) / 20: running"
 cpp_step() {  # cpp_step PRECISION STEPS -> "user sys"
-  rm -rf "$W/m_$1"
-  OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" "$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/m_$1" \
+  OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" "$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/m_$1" --restart \
     --steps "$2" --way 5 --shot 1 --query 15 --episodes-per-step 1 --no-prefetch --distill-weight 0 \
     --no-flip --precision "$1" --log-level warn --hash-every 0 2>&1 >/dev/null | tail -1
 }
 eager_step() {
   OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" /usr/bin/python3 "$REPO/bench/eager_step.py" --steps "$1" 2>&1 >/dev/null | tail -1
 }
-for rep in $(seq 1 "$REPS"); do
+part 1 && for rep in $(seq 1 "$REPS"); do
   for v in eager fp32 bf16; do
     if [ $v = eager ]; then read -r u4 s4 <<<"$(eager_step 4)"; read -r u24 s24 <<<"$(eager_step 24)"
     else read -r u4 s4 <<<"$(cpp_step $v 4)"; read -r u24 s24 <<<"$(cpp_step $v 24)"; fi
@@ -75,7 +76,7 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-echo; echo "(2) episodes/s (2 episodes per step, 40 steps, mpirun -np 2 unless said)"
+part 2 && echo "(2) episodes/s (2 episodes per step, 40 steps, mpirun -np 2 unless said): running"
 eps_run() {  # eps_run NAME NP PRECISION MASK
   local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps 40 --way 5 --shot 1 --query 15
              --episodes-per-step 2 --distill-weight 0 --no-flip --precision "$3" --mask-ratio "$4"
@@ -83,14 +84,14 @@ eps_run() {  # eps_run NAME NP PRECISION MASK
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 "${cmd[@]}"; else "${MPI[@]}" -np "$2" "${cmd[@]}"; fi
   cp "$W/e_$1/metatrain.json" "$W/eps_$1.$rep.json"
 }
-for rep in $(seq 1 "$REPS"); do
+part 2 && for rep in $(seq 1 "$REPS"); do
   for p in fp32 bf16; do
     eps_run "${p}_m0" 2 $p 0; eps_run "${p}_m50" 2 $p 0.5; eps_run "${p}_m75" 2 $p 0.75; eps_run "${p}_np1" 1 $p 0
   done
 done
 
-echo "(3) inversion of one LoRA, 30 iterations, 1 rank"
-for rep in $(seq 1 "$REPS"); do
+part 3 && echo "(3) inversion of one LoRA, 30 iterations, 1 rank: running"
+part 3 && for rep in $(seq 1 "$REPS"); do
   for p in fp32 bf16; do
     rm -rf "$W/p_$p"
     read -r e u <<<"$(OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U" "$B" invert --model "$MODEL" --zoo "$W/zoo1" \
@@ -99,41 +100,50 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-/usr/bin/python3 - "$W" "$REPO/$MODEL" "$REPS" <<'PY'
-import json, statistics as st, sys
+/usr/bin/python3 - "$W" "$PWD/$MODEL" "$REPS" <<'PY'
+import json, os, statistics as st, sys
 w, model, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+med = st.median
 peak = json.load(open(f"{w}/peak.json"))
 c = json.load(open(f"{model}/config.json")); c = c.get("vision_config", c)
 D, M, L, p, S = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"], c["image_size"]
 P = (S // p) ** 2; N = P + 1
 fwd = 2 * P * 3 * p * p * D + L * (2 * N * D * D * 4 + 2 * 2 * N * N * D + 2 * N * D * M * 2)
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
-med = st.median
+
+def lines(name):
+    path = f"{w}/{name}"
+    return [l.split() for l in open(path)] if os.path.exists(path) else []
+
 rows = {}
-for line in open(f"{w}/step.txt"):
-    v, r, u4, s4, u24, s24 = line.split()
+for v, r, u4, s4, u24, s24 in lines("step.txt"):
     rows.setdefault(v, []).append(((float(u24) - float(u4)) / 20, (float(s24) - float(s4)) / 20))
-print(f"  step FLOP count: {ep_flop / 1e9:.1f} GFLOP per 80-image episode (2 x forward {fwd / 1e6:.0f} MFLOP per image)")
-print(f"  {'variant':<32}{'user s':>8}{'sys s':>8}{'CPU s':>8}{'kernel':>8}{'vs eager':>10}{'GFLOP/CPU-s':>13}{'of peak':>9}")
-eager = med(u + s for u, s in rows["eager"])
-for v, label, pk in (("eager", "PyTorch eager (eager_step.py)", "float32"), ("fp32", "lorarecycle fp32", "float32"),
-                     ("bf16", "lorarecycle bf16", "bfloat16")):
-    u, s = med(x[0] for x in rows[v]), med(x[1] for x in rows[v]); t = med(a + b for a, b in rows[v])
-    print(f"  {label:<32}{u:8.3f}{s:8.3f}{t:8.3f}{100 * s / t:7.1f}%{eager / t:9.2f}x{ep_flop / t / 1e9:13.1f}"
-          f"{100 * ep_flop / t / 1e9 / peak[pk]:8.1f}%")
-fp = med(a + b for a, b in rows["fp32"]); bf = med(a + b for a, b in rows["bf16"])
-print(f"  bf16 step vs fp32 step: {fp / bf:.2f}x; matmul peak fp32 {peak['float32']:.0f}, bf16 {peak['bfloat16']:.0f} GFLOP/s")
-def eps(name): return med(json.load(open(f"{w}/eps_{name}.{r}.json"))["timing"]["episodes_per_s"] for r in range(1, reps + 1))
-print(f"\n  {'precision':<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}{'1 rank':>8}{'2 vs 1':>8}  (episodes/s)")
-for pr in ("fp32", "bf16"):
-    m0, m5, m7, n1 = eps(f"{pr}_m0"), eps(f"{pr}_m50"), eps(f"{pr}_m75"), eps(f"{pr}_np1")
-    print(f"  {pr:<10}{m0:9.2f}{m5:10.2f}{m7:11.2f}{m5 / m0:9.2f}x{m7 / m0:10.2f}x{n1:8.2f}{m0 / n1:7.2f}x")
-print(f"  bf16 vs fp32 (mask 0, np 2): {eps('bf16_m0') / eps('fp32_m0'):.2f}x")
+if rows:
+    print(f"\n(1) step FLOP count: {ep_flop / 1e9:.1f} GFLOP per 80-image episode (2 x forward {fwd / 1e6:.0f} MFLOP per image)")
+    print(f"  {'variant':<32}{'user s':>8}{'sys s':>8}{'CPU s':>8}{'kernel':>8}{'vs eager':>10}{'GFLOP/CPU-s':>13}{'of peak':>9}")
+    cpu = {v: med(a + b for a, b in x) for v, x in rows.items()}
+    for v, label, pk in (("eager", "PyTorch eager (eager_step.py)", "float32"), ("fp32", "lorarecycle fp32", "float32"),
+                         ("bf16", "lorarecycle bf16", "bfloat16")):
+        u, s, t = med(x[0] for x in rows[v]), med(x[1] for x in rows[v]), cpu[v]
+        print(f"  {label:<32}{u:8.3f}{s:8.3f}{t:8.3f}{100 * s / t:7.1f}%{cpu['eager'] / t:9.2f}x{ep_flop / t / 1e9:13.1f}"
+              f"{100 * ep_flop / t / 1e9 / peak[pk]:8.1f}%")
+    print(f"  bf16 step vs fp32 step: {cpu['fp32'] / cpu['bf16']:.2f}x; matmul peak fp32 {peak['float32']:.0f}, "
+          f"bf16 {peak['bfloat16']:.0f} GFLOP/s")
+
+if os.path.exists(f"{w}/eps_fp32_m0.1.json"):
+    def eps(name): return med(json.load(open(f"{w}/eps_{name}.{r}.json"))["timing"]["episodes_per_s"] for r in range(1, reps + 1))
+    print(f"\n(2) {'precision':<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}{'1 rank':>8}{'2 vs 1':>8}  (episodes/s)")
+    for pr in ("fp32", "bf16"):
+        m0, m5, m7, n1 = eps(f"{pr}_m0"), eps(f"{pr}_m50"), eps(f"{pr}_m75"), eps(f"{pr}_np1")
+        print(f"    {pr:<10}{m0:9.2f}{m5:10.2f}{m7:11.2f}{m5 / m0:9.2f}x{m7 / m0:10.2f}x{n1:8.2f}{m0 / n1:7.2f}x")
+    print(f"    bf16 vs fp32 (mask 0, np 2): {eps('bf16_m0') / eps('fp32_m0'):.2f}x")
+
 inv = {}
-for line in open(f"{w}/inv.txt"):
-    v, r, e, u = line.split(); inv.setdefault(v, []).append(float(e))
-n_img = 5 * 8 * 30
-print(f"\n  inversion, 1 LoRA (40 images x 30 iterations), 1 rank: fp32 {med(inv['fp32']):.2f} s"
-      f" ({n_img / med(inv['fp32']):.0f} image-iterations/s), bf16 {med(inv['bf16']):.2f} s"
-      f" ({n_img / med(inv['bf16']):.0f}); bf16 vs fp32 {med(inv['fp32']) / med(inv['bf16']):.2f}x (wall, includes start-up)")
+for v, r, e, u in lines("inv.txt"):
+    inv.setdefault(v, []).append(float(e))
+if inv:
+    n_img = 5 * 8 * 30
+    f, b = med(inv["fp32"]), med(inv["bf16"])
+    print(f"\n(3) inversion, 1 LoRA (40 images x 30 iterations), 1 rank: fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), "
+          f"bf16 {b:.2f} s ({n_img / b:.0f}); bf16 vs fp32 {f / b:.2f}x (wall, includes start-up)")
 PY
