@@ -6,7 +6,8 @@
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
 #            main job's pool until this round; ~28 min on 2 cores);
 #   bn0      the same without the BN prior (--w-bn 0, as configs/demo.ini now has it): the main
-#            job's own pool runs/demo/pool, inverted here only if the main job has not (~15 min);
+#            job's own pool runs/demo/pool, inverted here only if the main job has not (~15 min;
+#            a main job run in bf16 made it in bf16);
 #   div0.3   bn0 plus a diversity term (--w-div 0.3: same-class surrogates pushed apart in the
 #            teacher's feature space; ~15 min);
 #   real     the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
@@ -42,6 +43,9 @@ shift || true
 OUT=${BENCH_DIR:-/tmp/lorarec_science}
 mkdir -p "$OUT"
 B=build/lorarecycle
+# The tables of docs/science.md were measured in fp32 (before --precision auto); PRECISION=auto
+# runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
+CFG=(--config configs/demo.ini --precision "${PRECISION:-fp32}")
 PY=/usr/bin/python3
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
 for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
@@ -74,14 +78,14 @@ PY
 # The real-image control pool of the main job's zoo (~1 min).
 real_pool() {
   once "$OUT/pool_real/index.json" "$OUT/pool_real.log" \
-    "${MPI[@]}" $B invert --config configs/demo.ini --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
+    "${MPI[@]}" $B invert "${CFG[@]}" --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
 }
 pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
     once "$(pool_dir $pool)/index.json" "$OUT/pool_$pool.log" \
-      "${MPI[@]}" $B invert --config configs/demo.ini ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)"
+      "${MPI[@]}" $B invert "${CFG[@]}" ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)"
   done
   real_pool
   # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
@@ -150,7 +154,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
       [ $pool = perlora ] && [ -z "${PERLORA[$name]+x}" ] && { res+=("-"); continue; }
       p=$(pool_dir $pool)
       run="$OUT/m_${name}_$pool"
-      once "$run/metatrain.json" "$run.log" "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" \
+      once "$run/metatrain.json" "$run.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$p" \
         --out "$run" --restart --steps 300 --val-every 100 ${FLAGS[$name]}
       res+=("$(series "$run.work/metrics.jsonl" 1)")
     done
@@ -168,7 +172,7 @@ run_rows() {
     i=$((i + 1))
     run="$OUT/${prefix}_$i"
     once "$run/metatrain.json" "$run.log" \
-      "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$p" --out "$run" --restart $flags
+      "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$p" --out "$run" --restart $flags
     printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
   done
 }
@@ -176,11 +180,11 @@ run_rows() {
 # The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
 if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
   once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
-    "${MPI[@]}" $B zoo --config configs/demo.ini --out "$OUT/zoo64" --num-loras 32 --classes 64
+    "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo64" --num-loras 32 --classes 64
   real_pool
   once "$OUT/pool64/index.json" "$OUT/pool64.log" \
-    "${MPI[@]}" $B invert --config configs/demo.ini --zoo "$OUT/zoo64" --out "$OUT/pool64"
-  once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+    "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
+  once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 --out "$OUT/pool64_real"
   # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
   # delta at full rank (zoo rank 4 x LoRAs; alpha = rank keeps the zoo's scale 1), no training.
@@ -212,7 +216,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
     [ -f "$OUT/pool64_real_d$d/index.json" ] || $PY bench/pool_copies.py "$OUT/pool64_real" "$OUT/pool64_real_d$d" "$d"
   done
   # The inversion's side: a jitter shift (and flip) per image instead of one per batch (~21 min).
-  once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+  once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_pi" --jitter-per-image
   P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
   VARIETY_RUNS=(
@@ -222,7 +226,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
     "surrogates 64, inverted with --jitter-per-image|$OUT/pool64_pi|$P1K"
   )
   # Soft two-class targets (--target-mix 0.5): the surrogate check only (it fell; no 1,000-step run).
-  once "$OUT/pool64_tm/index.json" "$OUT/pool64_tm.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+  once "$OUT/pool64_tm/index.json" "$OUT/pool64_tm.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_tm" --target-mix 0.5
   echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"
