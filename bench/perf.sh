@@ -22,21 +22,10 @@ cd "$(dirname "$0")/.."
 source launch/env.sh
 REPS=${1:-2}; PARTS=${PARTS:-1 2 3}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
-REPO=$PWD; B=$REPO/build/lorarecycle
-cd "${WORKDIR:-.}"
-R=runs/demo; MODEL=$R/vfm
-for f in "$MODEL/config.json" "$R/zoo/manifest.json"; do
-  [ -f "$f" ] || { echo "perf.sh: $PWD/$f missing: run bash launch/demo.sh --until zoo first (WORKDIR= its --workdir)" >&2; exit 2; }
-done
-W=$(mktemp -d /tmp/perf_XXXXXX); trap 'rm -rf "$W"' EXIT
+NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
 for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
-echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \
-  "bf16 instructions: $(grep -m1 -o -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | xargs || true);" \
-  "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; $(date -u +%F)"
-# A pool built for speed, not quality: 2 iterations, 16 images per class (K + Q = 16).
-"${MPI[@]}" -np 2 "$B" invert --model "$MODEL" --zoo "$R/zoo" --out "$W/pool" --per-class 16 --iterations 2 \
-  --precision fp32 --log-level warn
+speed_pool "$W/pool" "${MPI[@]}" -np 2
 /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
 
 echo; echo "(0) one-thread matmul peak (GFLOP/s; rows = 80 images x 65 tokens)"
@@ -61,9 +50,8 @@ PY
 
 part 1 && echo "(1) meta-training step, 1 rank, 1 thread, 5-way 1-shot 15-query: CPU seconds per step (24 - 4 steps) / 20: running"
 cpp_step() {  # cpp_step PRECISION STEPS -> "user sys"
-  OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" "$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/m_$1" --restart \
-    --steps "$2" --way 5 --shot 1 --query 15 --episodes-per-step 1 --no-prefetch --distill-weight 0 \
-    --no-flip --precision "$1" --log-level warn --hash-every 0 2>&1 >/dev/null | tail -1
+  OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" "$B" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/m_$1" --restart \
+    --steps "$2" --precision "$1" 2>&1 >/dev/null | tail -1
 }
 eager_step() {
   OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" /usr/bin/python3 "$REPO/bench/eager_step.py" --steps "$1" 2>&1 >/dev/null | tail -1

@@ -14,21 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
 STEPS=${1:-40}
-REPO=$PWD; B=$REPO/build/lorarecycle
 command -v perf >/dev/null || { echo "profile.sh: perf missing (apt-get install linux-perf)" >&2; exit 2; }
-cd "${WORKDIR:-.}"
-R=runs/demo; MODEL=$R/vfm
-for f in "$MODEL/config.json" "$R/zoo/manifest.json"; do
-  [ -f "$f" ] || { echo "profile.sh: $PWD/$f missing: run bash launch/demo.sh --until zoo first (WORKDIR= its --workdir)" >&2; exit 2; }
-done
-W=$(mktemp -d /tmp/profile_XXXXXX); trap 'rm -rf "$W"' EXIT
-echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \
-  "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; $(date -u +%F)"
-"$B" invert --model "$MODEL" --zoo "$R/zoo" --out "$W/pool" --per-class 16 --iterations 2 --precision fp32 --log-level warn
+NAME=profile source bench/demo_inputs.sh
+speed_pool "$W/pool"
 rec() {  # rec NAME PRECISION MASK STEPS
-  OMP_NUM_THREADS=1 perf record -q -F 999 -o "$W/$1.$4.data" -- "$B" metatrain --model "$MODEL" --pool "$W/pool" \
-    --out "$W/m_$1" --restart --steps "$4" --way 5 --shot 1 --query 15 --episodes-per-step 1 --no-prefetch \
-    --distill-weight 0 --no-flip --precision "$2" --mask-ratio "$3" --log-level warn --hash-every 0 >/dev/null 2>&1
+  OMP_NUM_THREADS=1 perf record -q -F 999 -o "$W/$1.$4.data" -- "$B" metatrain "${STEP[@]}" --pool "$W/pool" \
+    --out "$W/m_$1" --restart --steps "$4" --precision "$2" --mask-ratio "$3" >/dev/null 2>&1
   perf report -i "$W/$1.$4.data" --no-children -n --sort dso,sym -g none --stdio 2>/dev/null >"$W/$1.$4.txt"
 }
 for v in "fp32_m0 fp32 0" "fp32_m75 fp32 0.75" "bf16_m0 bf16 0" "bf16_m75 bf16 0.75"; do

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     c.steps = std::stoll(get("steps", "20"));
     c.spec.q_query = std::stoi(get("query", "15"));
     c.episodes_per_step = std::stoi(get("episodes", "0"));
-    c.bf16 = get("bf16", "0") == "1";
+    c.precision = get("bf16", "0") == "1" ? lorarec::model::Precision::kBf16 : lorarec::model::Precision::kFp32;
     c.seed = std::stoull(get("seed", "0"));
     c.hash_every = std::stoll(get("hash", "5"));
     c.val_episodes = 50;

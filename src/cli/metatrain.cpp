@@ -74,7 +74,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   c.prefetch = !no_prefetch;
   c.validate();
   RunContext ctx = start("metatrain", rt, common, true);
-  c.bf16 = ctx.precision == model::Precision::kBf16;
+  c.precision = ctx.precision;
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }

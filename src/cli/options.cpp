@@ -103,11 +103,9 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
     throw InputError(std::string(tag) + ": --bf16 and --precision " + common.precision + " contradict each other");
   const model::PrecisionChoice prec = model::resolve_precision(common.bf16 ? "bf16" : common.precision, device);
   RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device, prec.precision};
-  if (with_precision)
-    LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << ", precision "
-                                  << model::precision_name(prec.precision) << " (" << prec.reason << ")");
-  else
-    LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str());
+  const std::string precision =
+      with_precision ? std::string(", precision ") + model::precision_name(prec.precision) + " (" + prec.reason + ")" : "";
+  LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << precision);
   return ctx;
 }
 

@@ -488,7 +488,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
             {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"jitter", c.jitter}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
             {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
-            {"clip_norm", c.clip_norm}, {"bf16", c.bf16}};
+            {"clip_norm", c.clip_norm}, {"bf16", c.precision == model::Precision::kBf16}};  // the key checkpoints have
   if (c.cycle == 0) j["steps"] = c.steps;
   if (c.init != "fresh") j["init"] = c.init;  // absent for fresh: checkpoints of earlier versions still resume
   return j;
@@ -662,7 +662,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     (void)check;
   }
   vit.to(device);
-  vit.set_precision(cfg.bf16 ? model::Precision::kBf16 : model::Precision::kFp32);
+  vit.set_precision(cfg.precision);
   at::Tensor teacher_feat;
   if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
   const bool resuming = cfg.resume && stdfs::exists(ckpt);
@@ -943,7 +943,7 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       {"episodes_per_step", E},
       {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
       {"mask_ratio", cfg.mask_ratio},
-      {"precision", cfg.bf16 ? "bf16" : "fp32"},
+      {"precision", model::precision_name(cfg.precision)},
       {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
       {"skipped_steps", skipped_total},
       {"replica_hash", [&] {

@@ -139,7 +139,7 @@ struct MetaTrainConfig {
   int max_bad_steps = 10;            // consecutive non-finite steps before aborting
   bool prefetch = true;              // prepare the next step's batch on a second thread
   bool sync_timing = false;          // barrier before the all-reduce: its share then excludes waiting for the slowest rank
-  bool bf16 = false;                 // bf16 autocast for the ViT (CUDA; slow on CPUs without bf16)
+  model::Precision precision = model::Precision::kFp32;  // of the ViT (ClipVision::set_precision)
   std::uint64_t seed = 0;
   bool resume = false;               // continue from the checkpoint (none: start fresh)
   bool restart = false;              // discard an existing checkpoint
