@@ -371,10 +371,10 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   std::vector<std::string> targets;
   for (auto t : cfg.ft_lora.target_modules) targets.push_back(model::module_name(t));
   json settings = {{"model", cfg.model}, {"model_files", fingerprint(cfg.model)}, {"seed", cfg.seed},
-                         {"way", cfg.way}, {"query", cfg.query}, {"episodes", cfg.episodes},
-                         {"timing_episodes", cfg.timing_episodes}, {"ft_episodes", cfg.ft_episodes},
-                         {"ft_steps", cfg.ft_steps}, {"ft_lr", cfg.ft_lr}, {"ft_rank", cfg.ft_lora.r},
-                         {"ft_alpha", cfg.ft_lora.alpha}, {"ft_targets", targets}, {"device", device.str()}};
+                   {"way", cfg.way}, {"query", cfg.query}, {"episodes", cfg.episodes},
+                   {"timing_episodes", cfg.timing_episodes}, {"ft_episodes", cfg.ft_episodes},
+                   {"ft_steps", cfg.ft_steps}, {"ft_lr", cfg.ft_lr}, {"ft_rank", cfg.ft_lora.r},
+                   {"ft_alpha", cfg.ft_lora.alpha}, {"ft_targets", targets}, {"device", device.str()}};
   // Only bf16 is recorded: fp32 partial results of runs before the option existed stay valid.
   if (cfg.precision != model::Precision::kFp32) settings["precision"] = model::precision_name(cfg.precision);
   ResultCache cache(cfg.out, settings, comm);
