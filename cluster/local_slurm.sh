@@ -11,7 +11,7 @@ stop_pid() { [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null || true; }
 case "$ACTION" in
 start)
   for b in munged slurmctld slurmd sbatch; do command -v $b >/dev/null || { echo "local_slurm: $b missing (apt-get install --no-install-recommends slurmctld slurmd slurm-client munge)" >&2; exit 2; }; done
-  mkdir -p "$S"/{run,log,state,spool}; chmod 755 "$S/run"
+  mkdir -p "$S"/{run,log,state,spool,tmp}; chmod 755 "$S/run"
   [ -f /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
   CPUS=$(env -u OMP_NUM_THREADS nproc --all)
   MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
@@ -25,6 +25,7 @@ CredType=cred/munge
 AuthInfo=socket=$S/run/munge.socket.2
 StateSaveLocation=$S/state
 SlurmdSpoolDir=$S/spool
+TmpFS=$S/tmp
 SlurmctldPidFile=$S/run/slurmctld.pid
 SlurmdPidFile=$S/run/slurmd.pid
 SlurmctldLogFile=$S/log/slurmctld.log

@@ -5,7 +5,8 @@
 # outputs checked; the srun-trained meta-LoRA equals mpirun -np 2 and a plain run of the same
 # stage; SIGUSR1 to a meta-training job leaves a checkpoint, the job requeues itself and resumes;
 # faults (a rank throwing or SIGKILLed in each stage) end the srun step within 60 s naming the
-# task and the re-run finishes the work; everything torn down, no daemon left. Installs the Slurm packages when missing.
+# task and the re-run finishes the work; a step srun cannot launch fails its job; everything torn
+# down, no daemon left. Installs the Slurm packages when missing.
 source "$(dirname "$0")/common.sh"
 REPO="$REPO_DIR"
 t0=$(date +%s)
@@ -66,7 +67,10 @@ j=$(sbatch --parsable --chdir "$WORK/w" --export "ALL,LORAREC_REPO=$REPO" --ntas
       "$REPO/cluster/stage.sbatch" metatrain "$CFG" --out runs/quick/meta_sig --steps 6000 --log-every 10 --val-every 0)
 M=runs/quick/meta_sig.work/metrics.jsonl
 for _ in $(seq 1 600); do [ -f "$M" ] && [ "$(wc -l <"$M")" -ge 3 ] && break; sleep 0.2; done
-[ -f "$M" ] || fail "the signal job never trained"
+if ! [ -f "$M" ]; then
+  squeue; scontrol show job "$j" | grep -E "JobState|Restarts" || true
+  cat slurm-lr-sig-"$j".out; tail -n 20 "$S"/log/slurmd.log; fail "the signal job never trained"
+fi
 scancel --signal=USR1 "$j"
 echo "sent SIGUSR1 to job $j at metrics line $(wc -l <"$M")"
 for _ in $(seq 1 120); do
@@ -97,6 +101,18 @@ KILLED='srun: error: .*: task 1: Killed'
 source "$REPO/tests/cli/fault_cases.sh"
 all_fault_cases
 echo "faults under srun: all passed after $(( $(date +%s) - t0 )) s"
+
+# A step that srun cannot launch fails the stage's job (srun itself exits 0 then). Slurm's PMIx
+# plugin refuses to start a step whose client directory exists already: make one for the job.
+j=$(sbatch --parsable --hold --chdir "$WORK/w" --export "ALL,LORAREC_REPO=$REPO" --ntasks 2 --job-name lr-nolaunch \
+      "$REPO/cluster/stage.sbatch" eval "$CFG" --out runs/quick/eval_nolaunch)
+mkdir -p "$S/tmp/spmix_appdir_$(id -u)_$j.0"
+scontrol release "$j"
+wait_jobs 120
+st=$(scontrol show job "$j" | grep -o "JobState=[A-Z]*")
+[ "$st" = JobState=FAILED ] || { cat slurm-lr-nolaunch-"$j".out; fail "a step srun could not launch left the job $st"; }
+grep -q "srun could not launch the tasks" slurm-lr-nolaunch-"$j".out || { cat slurm-lr-nolaunch-"$j".out; fail "no message for the step that was not launched"; }
+echo "a step srun could not launch: job $st, named in its log"
 
 # 5. Tear down: no daemon left.
 bash "$REPO/cluster/local_slurm.sh" stop "$S"
