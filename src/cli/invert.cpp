@@ -54,6 +54,9 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("jitter", po::value(&c.inv.jitter)->default_value(c.inv.jitter), "max random roll in pixels (-1: image_size / 8)")
       ("jitter-per-image", po::bool_switch(&c.inv.per_image), "draw the roll (and flip) for each image at every iteration instead of one shared by the whole batch (as the official code does): each surrogate is then pushed to be its class under its own views")
       ("target-mix", po::value(&c.inv.target_mix)->default_value(c.inv.target_mix), "give each surrogate its own target: a share u ~ U(0, M) of it on a second class of the LoRA (drawn once per image), the rest on its own class, so that a class's surrogates lean towards different neighbours as real images do; 0 = the one-hot target of the paper")
+      ("zoom", po::value(&c.inv.zoom)->default_value(c.inv.zoom), "scale augmentation: every iteration the teacher also sees a random square crop of side s x image size, s ~ U(1 - Z, 1), resized back (one crop for the batch), so that a surrogate must be its class at several scales; 0 = off (the paper: roll and flip only)")
+      ("stop-confidence", po::value(&c.inv.stop_confidence)->default_value(c.inv.stop_confidence), "an image whose teacher probability of its class has reached P gets no cross-entropy gradient in that iteration, so it stops short of the class's mode instead of joining the others there; 0 = off (the paper: every image to CE 0)")
+      ("init-lowres", po::value(&c.inv.init_lowres)->default_value(c.inv.init_lowres), "start each surrogate from noise drawn at R x R, 2R x 2R, 4R x 4R, .. (one size per image, at random) resized to the image size: smooth blobs of several sizes, which the VFM tells apart, instead of white noise, which it sees as one image; 0 = white noise (the paper)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
@@ -72,6 +75,10 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.prune = parse_prune(prune);
   if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
   if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
+  if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0) throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
+  if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
+  if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
+    throw InputError("invert: --stop-confidence must be in [0, 1]");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
   for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce}, {"--w-bn", c.inv.w_bn},
                                 {"--w-tv", c.inv.w_tv}, {"--w-l2", c.inv.w_l2}, {"--w-div", c.inv.w_div}})

@@ -23,6 +23,7 @@ po::options_description common_options(CommonOptions& o) {
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
       ("precision", po::value(&o.precision)->default_value(o.precision), "compute precision of the ViT in invert, metatrain, eval, embed and predict: fp32 | bf16 (autocast: matmuls in bf16, norms and softmax in float32; weights, gradients and optimizer state stay float32) | auto (bf16 on a CPU with avx512_bf16 or amx_bf16 and on a GPU of compute capability >= 8, else fp32). The choice and why is logged at the start. pretrain and zoo always run in fp32")
       ("bf16", po::bool_switch(&o.bf16), "the same as --precision bf16 (older configs)")
+      ("tf32", po::value(&o.tf32)->default_value(o.tf32, "on"), "on a GPU: fp32 matmuls and convolutions (fp32 precision, pretrain, zoo) run on TF32 tensor cores (PyTorch's allow_tf32 for cuBLAS and cuDNN; ~10 mantissa bits in the products, fp32 accumulation) | off: full fp32. No effect on CPUs. Logged at the start on a GPU")
       ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl")
       ("collective-timeout", po::value(&o.collective_timeout)->default_value(o.collective_timeout), "seconds one collective (all-reduce, barrier, gather) may wait for the other ranks before this rank reports a stuck peer and ends the job (exit 1); 0 = wait forever");
   return d;
@@ -103,8 +104,10 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
     throw InputError(std::string(tag) + ": --bf16 and --precision " + common.precision + " contradict each other");
   const model::PrecisionChoice prec = model::resolve_precision(common.bf16 ? "bf16" : common.precision, device);
   RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device, prec.precision};
-  const std::string precision =
+  std::string precision =
       with_precision ? std::string(", precision ") + model::precision_name(prec.precision) + " (" + prec.reason + ")" : "";
+  model::set_tf32(common.tf32);
+  if (device.is_cuda()) precision += std::string(", tf32 ") + (common.tf32 ? "on" : "off");
   LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << precision);
   return ctx;
 }

@@ -38,6 +38,7 @@ struct CommonOptions {
   std::string device = "auto";   // auto | cpu | cuda | cuda:N
   std::string precision = "auto";  // fp32 | bf16 | auto (model::resolve_precision)
   bool bf16 = false;             // --bf16: the same as --precision bf16 (kept for older configs)
+  bool tf32 = true;              // CUDA: fp32 matmuls and convolutions on TF32 tensor cores (--tf32 on|off)
   std::string comm = "auto";     // communicator: auto | local | mpi | nccl
   double collective_timeout = dist::kDefaultCollectiveTimeout;  // seconds; 0 = unbounded
 };

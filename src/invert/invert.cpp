@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <optional>
 
@@ -19,8 +21,14 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
                      const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features,
                      const at::Tensor* soft_targets) {
   LossTerms t;
-  t.ce = soft_targets != nullptr ? -(*soft_targets * at::log_softmax(logits, -1)).sum(-1).mean()
-                                 : at::cross_entropy_loss(logits, targets);
+  at::Tensor ce_each = soft_targets != nullptr
+                           ? -(*soft_targets * at::log_softmax(logits, -1)).sum(-1)
+                           : at::cross_entropy_loss(logits, targets, {}, at::Reduction::None);
+  if (cfg.stop_confidence > 0) {  // confident images drop out of this iteration's CE (no host sync)
+    const at::Tensor p = at::softmax(logits.detach(), -1).gather(1, targets.view({-1, 1})).view({-1});
+    ce_each = ce_each * p.lt(cfg.stop_confidence).to(ce_each.scalar_type());
+  }
+  t.ce = ce_each.mean();
   t.bn = at::zeros({}, x.options());
   if (stats != nullptr)
     for (const auto& s : *stats) t.bn = t.bn + (s.running_var - s.var).norm() + (s.running_mean - s.mean).norm();
@@ -103,7 +111,9 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   auto [cmean, cstd] = channel_constants(mc);
   cmean = cmean.to(dev), cstd = cstd.to(dev);
   auto pixels = [&](const at::Tensor& v) { return cfg.gray ? (v * gs + gm - cmean) / cstd : v; };
-  at::Tensor x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)).requires_grad_(true);
+  at::Tensor x = (cfg.init_lowres > 0 ? lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev)
+                                      : at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)))
+                     .requires_grad_(true);
   train::AdamWConfig oc;
   oc.beta1 = cfg.beta1;
   oc.beta2 = cfg.beta2;
@@ -140,6 +150,13 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
       const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
       if (jitter > 0) xa = at::roll(xp, {dy, dx}, {2, 3});
       if (flip) xa = xa.flip({3});
+    }
+    if (cfg.zoom > 0) {  // drawn after the roll and flip: without zoom the views are those of before
+      std::uniform_real_distribution<double> scale(1.0 - cfg.zoom, 1.0);
+      const int side = std::clamp(static_cast<int>(std::lround(scale(rng) * S)), 1, S);
+      std::uniform_int_distribution<int> at_(0, S - side);
+      const int y0 = at_(rng), x0 = at_(rng);
+      xa = zoom_view(xa, side, y0, x0);
     }
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
@@ -182,6 +199,29 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   describe_images(vit, lora, cfg, out);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
+}
+
+at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev) {
+  if (init_lowres < 2 || init_lowres > S) throw InputError("--init-lowres must be in [2, image size]");
+  int levels = 1;  // resolutions init_lowres * 2^k <= S
+  while (init_lowres << levels <= S) ++levels;
+  std::uniform_int_distribution<int> level(0, levels - 1);
+  std::vector<at::Tensor> imgs;
+  for (int64_t i = 0; i < n; ++i) {
+    const int r = init_lowres << level(rng);
+    at::Tensor z = at::randn({1, C, r, r});
+    if (r != S) z = at::upsample_bilinear2d(z, {S, S}, /*align_corners=*/false);
+    imgs.push_back(z / z.std().clamp_min(1e-6));
+  }
+  return at::cat(imgs).to(dev);
+}
+
+at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0) {
+  const int64_t H = x.size(2), W = x.size(3);
+  if (side >= H && side >= W) return x;
+  if (side < 1 || y0 < 0 || x0 < 0 || y0 + side > H || x0 + side > W)
+    throw InputError("zoom_view: the square does not lie inside the image");
+  return at::upsample_bilinear2d(x.slice(2, y0, y0 + side).slice(3, x0, x0 + side), {H, W}, /*align_corners=*/false);
 }
 
 at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std::vector<int>& dx,

@@ -186,6 +186,10 @@ json pool_settings(const InvertJobConfig& cfg) {
             {"--no-flip", !v.flip},       {"--gray", v.gray},        {"--prune-start", v.prune_start},
             {"--full-last-layer", !v.cls_only_last}});
   if (use_prior) s["--prior (content digest)"] = io::checked_model_digest(cfg.prior);
+  // Recorded only when used, so that pools written before these options existed still match.
+  if (v.zoom > 0) s["--zoom"] = v.zoom;
+  if (v.stop_confidence > 0) s["--stop-confidence"] = v.stop_confidence;
+  if (v.init_lowres > 0) s["--init-lowres"] = v.init_lowres;
   return s;
 }
 

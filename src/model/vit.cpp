@@ -703,6 +703,13 @@ PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& de
   return {Precision::kFp32, "auto: this CPU has no avx512_bf16 or amx_bf16"};
 }
 
+void set_tf32(bool on) {
+  at::globalContext().setAllowTF32CuBLAS(on);
+  at::globalContext().setAllowTF32CuDNN(on);
+}
+
+bool tf32_enabled() { return at::globalContext().allowTF32CuBLAS(); }
+
 c10::Device select_device(const std::string& spec, int local_rank) {
   const bool has_cuda = at::hasCUDA();
   if (spec == "cpu") return c10::Device(at::kCPU);

@@ -132,4 +132,12 @@ PY
 [ $? = 0 ] || fail "eval in $OTHER disagrees with $AUTO"
 expect_status 2 "--bf16 and --precision fp32 contradict each other" -- $B eval $C --bf16 --precision fp32
 expect_status 2 "unknown precision 'fp16'" -- $B eval $C --precision fp16
+expect_status 2 "the argument ('maybe') for option '--tf32' is invalid" -- $B eval $C --tf32 maybe
+# Inversion options recorded only when used: the main pool is not reused with them, and bad
+# values are named.
+expect_status 2 "setting --zoom" -- $B invert $C --zoom 0.2
+expect_status 2 "setting --init-lowres" -- $B invert $C --init-lowres 4
+expect_status 2 "--zoom must be in [0, 1)" -- $B invert $C --zoom 1
+expect_status 2 "--stop-confidence must be in [0, 1]" -- $B invert $C --stop-confidence 2
+expect_status 2 "--init-lowres must be 0 (off) or >= 2" -- $B invert $C --init-lowres 1
 echo "demo_quick: precision checks passed ($AUTO by auto, $OTHER asked for)"

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "lorarecycle/data/image_set.h"
 #include "lorarecycle/invert/pool.h"
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/util/error.h"
@@ -192,6 +193,80 @@ TEST(InversionLoss, SoftTargetsGiveTheCrossEntropyOfTheMixture) {
     for (int c = 0; c < 4; ++c) want -= soft[i][c].item<double>() * ls[i][c].item<double>();
   EXPECT_NEAR(loss_terms(logits, y, nullptr, x, cfg, nullptr, &soft).ce.item<double>(), want / 6, 1e-5);
   EXPECT_THROW(mixed_targets(y, 1, 0.4, 0, 0), lorarec::InputError);
+}
+
+TEST(InversionLoss, StopConfidenceDropsConfidentImagesFromTheCrossEntropy) {
+  // Image 0 is its class at p ~ 0.99, image 1 at p ~ 0.33, image 2 at ~ 0.58.
+  const at::Tensor logits = at::tensor({6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f}).view({3, 3}).requires_grad_(true);
+  const at::Tensor y = at::tensor({0, 1, 0}, at::kLong);
+  const at::Tensor x = at::zeros({3, 1, 2, 2});
+  InversionConfig cfg;
+  const at::Tensor each = at::cross_entropy_loss(logits.detach(), y, {}, at::Reduction::None);
+  EXPECT_NEAR(loss_terms(logits, y, nullptr, x, cfg).ce.item<double>(), each.mean().item<double>(), 1e-6);
+  cfg.stop_confidence = 0.9;  // image 0 drops out; the mean stays over 3
+  const LossTerms t = loss_terms(logits, y, nullptr, x, cfg);
+  EXPECT_NEAR(t.ce.item<double>(), (each[1] + each[2]).item<double>() / 3, 1e-6);
+  t.ce.backward();
+  EXPECT_TRUE(at::equal(logits.grad()[0], at::zeros({3})));
+  EXPECT_GT(logits.grad()[1].abs().sum().item<double>(), 0.0);
+  cfg.stop_confidence = 0.5;  // images 0 and 2 drop out
+  EXPECT_NEAR(loss_terms(logits, y, nullptr, x, cfg).ce.item<double>(), each[1].item<double>() / 3, 1e-6);
+}
+
+TEST(Inversion, ZoomViewIsTheCropResizedBack) {
+  at::manual_seed(2);
+  const at::Tensor x = at::randn({2, 1, 8, 8}).requires_grad_(true);
+  EXPECT_TRUE(at::equal(zoom_view(x, 8, 0, 0), x));
+  const at::Tensor z = zoom_view(x, 4, 1, 3);
+  ASSERT_EQ(z.sizes(), x.sizes());
+  // A 4 x 4 square doubled: the bilinear resize of that square, and constant where the square is.
+  const at::Tensor crop = x.detach().slice(2, 1, 5).slice(3, 3, 7);
+  EXPECT_TRUE(at::allclose(z.detach(), at::upsample_bilinear2d(crop, {8, 8}, false)));
+  const at::Tensor c = at::ones({1, 1, 8, 8});
+  EXPECT_TRUE(at::allclose(zoom_view(c, 5, 2, 2), c));
+  z.sum().backward();  // only the square's pixels get a gradient
+  EXPECT_GT(x.grad().slice(2, 1, 5).slice(3, 3, 7).abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(x.grad().slice(2, 5).abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(x.grad().slice(3, 0, 3).abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(zoom_view(x, 4, 5, 0), lorarec::InputError);
+  EXPECT_THROW(zoom_view(x, 0, 0, 0), lorarec::InputError);
+}
+
+TEST(Inversion, LowresNoiseIsSmoothUnitNoiseOfSeveralSizes) {
+  auto rng = data::make_rng(3, 0, 0);
+  at::manual_seed(3);
+  const at::Tensor z = lowres_noise(12, 1, 16, 2, rng, c10::Device(at::kCPU));
+  ASSERT_EQ(z.sizes(), (std::vector<int64_t>{12, 1, 16, 16}));
+  const at::Tensor sd = z.view({12, -1}).std(1);
+  EXPECT_TRUE(at::allclose(sd, at::ones({12}), 1e-4, 1e-4));
+  // Neighbouring pixels: white noise differs by ~sqrt(2) std; upsampled noise much less, and the
+  // images do not share one size (the mean step varies across them).
+  const at::Tensor step = (z.slice(3, 1) - z.slice(3, 0, -1)).abs().mean({1, 2, 3});
+  EXPECT_LT(step.min().item<double>(), 0.6);
+  EXPECT_GT(step.max().item<double>() - step.min().item<double>(), 0.05);
+  auto rng2 = data::make_rng(3, 0, 0);
+  at::manual_seed(3);
+  EXPECT_TRUE(at::equal(z, lowres_noise(12, 1, 16, 2, rng2, c10::Device(at::kCPU))));  // seeded
+  EXPECT_THROW(lowres_noise(1, 1, 16, 32, rng, c10::Device(at::kCPU)), lorarec::InputError);
+}
+
+TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg;
+  cfg.per_class = 2;
+  cfg.iterations = 20;
+  cfg.jitter = 2;
+  const Surrogates plain = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  cfg.zoom = 0.5;
+  const Surrogates zoomed = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_TRUE(at::equal(zoomed.images, invert_lora(t.vit, t.lora, nullptr, cfg, 1).images));  // seeded
+  EXPECT_FALSE(at::equal(zoomed.images, plain.images));
+  EXPECT_LT(zoomed.best_loss, zoomed.losses.front());
+  cfg.zoom = 0;
+  cfg.stop_confidence = 1e-6;  // every image is past it from the start: no CE gradient at all
+  const Surrogates stopped = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_EQ(stopped.best_loss, 0.0);
+  EXPECT_EQ(stopped.best_iteration, 0);  // the start, unchanged
 }
 
 TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {

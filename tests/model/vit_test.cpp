@@ -359,6 +359,13 @@ TEST(Vit, Bf16PrecisionIsTheAutocastForwardWithFloatOutputs) {
   EXPECT_EQ(at::mm(at::ones({2, 2}), at::ones({2, 2})).scalar_type(), at::kFloat);
 }
 
+TEST(Precision, Tf32IsSetProcessWide) {
+  set_tf32(false);
+  EXPECT_FALSE(tf32_enabled());
+  set_tf32(true);
+  EXPECT_TRUE(tf32_enabled());
+}
+
 TEST(Precision, ResolvesFixedAndAutoChoices) {
   const c10::Device cpu(at::kCPU);
   EXPECT_EQ(resolve_precision("fp32", cpu).precision, Precision::kFp32);
@@ -370,7 +377,9 @@ TEST(Precision, ResolvesFixedAndAutoChoices) {
   const PrecisionChoice a = resolve_precision("auto", cpu);
   const std::string f = cpu_bf16_features();
   EXPECT_EQ(a.precision, f.empty() ? Precision::kFp32 : Precision::kBf16);
-  if (!f.empty()) EXPECT_NE(a.reason.find(f), std::string::npos) << a.reason;
+  if (!f.empty()) {
+    EXPECT_NE(a.reason.find(f), std::string::npos) << a.reason;
+  }
 }
 
 TEST(Vit, GradientsFlowToLoraOnly) {

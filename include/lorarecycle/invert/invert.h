@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,14 @@ struct InversionConfig {
   bool per_image = false;          // each image its own roll and flip per iteration (false: one for the batch)
   double target_mix = 0.0;         // > 0: image i's target puts a share u_i ~ U(0, target_mix) on a second class c_i
                                    // of the LoRA (both drawn once per image, seeded); 0: one-hot targets
+  double zoom = 0.0;               // > 0: every iteration also crops a square of side s * S, s ~ U(1 - zoom, 1), at a
+                                   // random place and resizes it back to S (bilinear), one crop for the batch; 0: off
+  double stop_confidence = 0.0;    // > 0: an image whose teacher probability of its class reached this gets no
+                                   // cross-entropy gradient in that iteration (it stops short of the class's mode);
+                                   // 0: off
+  int init_lowres = 0;             // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
+                                   // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
+                                   // blobs of several sizes instead of white noise; 0: white noise (the paper)
   bool gray = false;               // optimise one grey channel shared by R, G, B (greyscale domains)
   double prune_start = 0.25;       // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
@@ -46,7 +55,9 @@ struct LossTerms {
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
 // l2 = ||x||_2 over the whole batch; div = mean cosine similarity of features [B, d] over the pairs
 // (i != j) of images with the same target (0 without features or without such pairs). With
-// soft_targets [B, N] (rows summing to 1), ce = mean over images of -sum_c soft * log softmax.
+// soft_targets [B, N] (rows summing to 1), ce = mean over images of -sum_c soft * log softmax. With
+// cfg.stop_confidence > 0, the images whose softmax probability of their target reached it count
+// 0 in that mean (the mean stays over all B images).
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
                      const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features = nullptr,
                      const at::Tensor* soft_targets = nullptr);
@@ -58,6 +69,12 @@ at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std:
 // horizontally where flip[b] (flip may be empty); differentiable in x.
 at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std::vector<int>& dx,
                      const std::vector<bool>& flip);
+// The zoom view of x [B, C, S, S]: the square of side `side` at (y0, x0) resized back to S x S
+// (bilinear, differentiable in x); x itself when side >= S.
+at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0);
+// The starting images [n, C, S, S] of cfg.init_lowres (see InversionConfig), drawn from rng and
+// at::randn (seeded by the caller).
+at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).

@@ -134,6 +134,10 @@ struct PrecisionChoice {
 // avx512_bf16 or amx_bf16 (read from /proc/cpuinfo), a CUDA GPU with bf16 support (compute
 // capability >= 8); fp32 elsewhere. InputError for another spec.
 PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device);
+// TF32 for fp32 matmuls and convolutions on CUDA (cuBLAS and cuDNN, as PyTorch's allow_tf32);
+// process-wide, no effect on CPUs. tf32_enabled() reads back what cuBLAS was set to.
+void set_tf32(bool on);
+bool tf32_enabled();
 // The CPU's bf16 instruction sets found in /proc/cpuinfo ("avx512_bf16", "amx_bf16", joined by
 // '+'), empty when none (or no /proc/cpuinfo).
 std::string cpu_bf16_features();

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A screen of inversion settings that needs no meta-training (docs/science.md, "Screening the
+# inversion"): a sub-zoo of the main job's zoo that covers each of its 20 classes once (LoRAs with
+# disjoint classes, picked in zoo order: 4 of them), inverted once per variant with the main job's
+# [invert] settings plus the variant's flags (fp32, 2 ranks, ~2 min each here), then
+# bench/surrogate_check.sh on every pool: does one surrogate teach its class to real queries
+# (sur->real), and how alike are the surrogates of a class (within; real glyphs ~0.93)?
+#   bash bench/inversion_variants.sh [VARIANT ...]     (default: every variant below)
+#   WORKDIR=DIR (default: the repository) holds the main job's outputs (launch/demo.sh --workdir).
+# Scratch: ${BENCH_DIR:-/tmp/lorarec_inversion_variants}; a pool already there is reused.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+source "$REPO/launch/env.sh"
+W=$(cd "${WORKDIR:-$REPO}" && pwd)
+B=$REPO/build/lorarecycle
+PY=/usr/bin/python3
+OUT=${BENCH_DIR:-/tmp/lorarec_inversion_variants}
+mkdir -p "$OUT"
+for need in "$W/runs/demo/vfm" "$W/runs/demo/zoo/manifest.json" "$W/data/demo/zoo.h5"; do
+  [ -e "$need" ] || { echo "inversion_variants: $need missing; run bash launch/demo.sh --until zoo first (WORKDIR=its --workdir)" >&2; exit 2; }
+done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+[ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+
+# NAME|invert flags on top of configs/demo.ini [invert] (200 iterations, grey, no flip, no BN prior).
+VARIANTS=(
+  "base|"
+  "iters100|--iterations 100"
+  "tm0.1|--target-mix 0.1"
+  "tm0.2|--target-mix 0.2"
+  "zoom0.5|--zoom 0.5"
+  "stop0.9|--stop-confidence 0.9"
+  "stop0.5|--stop-confidence 0.5"
+  "start_white|--stop-confidence 1e-6"
+  "start_lr2|--init-lowres 2 --stop-confidence 1e-6"
+  "lr2|--init-lowres 2"
+  "lr4|--init-lowres 4"
+  "lr2_zoom0.5|--init-lowres 2 --zoom 0.5"
+  "lr2_iters100|--init-lowres 2 --iterations 100"
+)
+want=("$@")
+
+# The sub-zoo: LoRAs in zoo order whose classes are all new, links to their adapters, absolute
+# paths in its manifest (the pools and the check then work from any directory).
+SUB=$OUT/subzoo
+if [ ! -f "$SUB/manifest.json" ]; then
+  $PY - "$W" "$SUB" <<'PY'
+import json, os, sys
+w, sub = sys.argv[1:]
+zoo = f"{w}/runs/demo/zoo"
+m = json.load(open(f"{zoo}/manifest.json"))
+seen, keep = set(), []
+for e in m["loras"]:
+    if not seen & set(e["classes"]):
+        seen |= set(e["classes"]); keep.append(e)
+os.makedirs(sub, exist_ok=True)
+for e in keep:
+    if not os.path.lexists(f"{sub}/{e['dir']}"):
+        os.symlink(f"{zoo}/{e['dir']}", f"{sub}/{e['dir']}")
+m["loras"] = keep
+m["num_loras"] = len(keep)
+m["data"] = os.path.join(w, m["data"]) if not os.path.isabs(m["data"]) else m["data"]
+m["model"] = os.path.join(w, m["model"]) if not os.path.isabs(m["model"]) else m["model"]
+m.pop("coverage", None)
+json.dump(m, open(f"{sub}/manifest.json.tmp", "w"), indent=1)
+os.replace(f"{sub}/manifest.json.tmp", f"{sub}/manifest.json")
+print(f"sub-zoo: {len(keep)} LoRAs ({', '.join(e['dir'] for e in keep)}) covering {len(seen)} classes once")
+PY
+fi
+
+POOLS=()
+for row in "${VARIANTS[@]}"; do
+  name=${row%%|*}; flags=${row#*|}
+  if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi
+  pool=$OUT/pool_$name
+  if [ ! -f "$pool/index.json" ]; then
+    t0=$(date +%s)
+    # shellcheck disable=SC2086  # flags are words
+    (cd "$W" && "${MPI[@]}" "$B" invert --config "$REPO/configs/demo.ini" --precision fp32 --model "$W/runs/demo/vfm" \
+       --zoo "$SUB" --out "$pool" $flags) >"$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log"; exit 1; }
+    echo "$name: inverted in $(( $(date +%s) - t0 )) s ($flags)"
+  fi
+  $PY - "$pool" "$name" "$flags" <<'PY'
+import glob, json, sys
+import h5py, numpy as np
+pool, name, flags = sys.argv[1:]
+acc = []
+for f in sorted(glob.glob(f"{pool}/lora_*.h5")):
+    with h5py.File(f, "r") as h:
+        acc.append((h["teacher_logits"][:].argmax(1) == h["labels"][:]).mean())
+print(f"  {name:10s} teacher accuracy on its surrogates: mean {100 * np.mean(acc):.1f} %, min {100 * np.min(acc):.1f} %  [{flags or 'the main job settings'}]")
+PY
+  POOLS+=("$pool")
+done
+echo "surrogate check (bench/surrogate_check.sh; real images: sur->real is one real image per class as the support):"
+BENCH_DIR=$OUT/check bash "$REPO/bench/surrogate_check.sh" "${POOLS[@]}"
