@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -34,6 +34,11 @@
 # and the surrogates are meta-trained with --jitter 4 (augmentation in place of variety); then the
 # 64-class zoo is inverted with a jitter shift per image (--jitter-per-image, ~21 min) and
 # meta-trained alike.
+# "starts" (after "zoo" or alone; not in "all"): the 64-class zoo inverted from smooth starting
+# noise (invert --init-lowres 2, docs/science.md "Why a class's surrogates are near-copies"; ~11
+# min in bf16) and meta-trained as the default pool is in "zoo" (paper T 128, 1,000 steps), both
+# pools side by side, then the surrogate check of both. It builds the zoo and the default pool
+# when "zoo" has not.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -233,4 +238,23 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
   run_rows v "${VARIETY_RUNS[@]}"
   echo "surrogate check of the shared-shift, per-image-shift and soft-target pools:"
   bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_pi" "$OUT/pool64_tm"
+fi
+
+# Smooth starting noise on the 64-class zoo, against the default pool (docs/science.md).
+if [ "$WHAT" = starts ]; then
+  once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
+    "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo64" --num-loras 32 --classes 64
+  once "$OUT/pool64/index.json" "$OUT/pool64.log" \
+    "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
+  once "$OUT/pool64_lr2/index.json" "$OUT/pool64_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2" --init-lowres 2
+  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+  STARTS_RUNS=(
+    "surrogates 64, white-noise starts (default)|$OUT/pool64|$P1K"
+    "surrogates 64, --init-lowres 2|$OUT/pool64_lr2|$P1K"
+  )
+  echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
+  run_rows s "${STARTS_RUNS[@]}"
+  echo "surrogate check of both pools:"
+  bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_lr2"
 fi
