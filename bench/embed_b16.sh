@@ -15,8 +15,7 @@ W=${LORAREC_BENCH_DIR:-runs/bench_b16}; mkdir -p "$W"; cd "$W"
 [ -f lora/adapter_config.json ] || $PY "$REF" make-lora lora --model b16 --r 4 --alpha 4
 $PY "$REF" make-images images.h5 --n "$N" --size 224
 $PY "$REF" forward --model b16 --lora lora --images images.h5 --out reference.h5
-XENV=(-x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && XENV+=(-x "$v"); done
+XENV=("${MPIRUN_ENV_FLAGS[@]}")
 t1=(); t2=()
 for rep in 1 2 3; do
   s=$(date +%s.%N); $B embed --model b16 --lora lora --images images.h5 --out np1.h5 --batch-size 8 --log-level warn

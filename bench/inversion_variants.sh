@@ -19,8 +19,7 @@ mkdir -p "$OUT"
 for need in "$W/runs/demo/vfm" "$W/runs/demo/zoo/manifest.json" "$W/data/demo/zoo.h5"; do
   [ -e "$need" ] || { echo "inversion_variants: $need missing; run bash launch/demo.sh --until zoo first (WORKDIR=its --workdir)" >&2; exit 2; }
 done
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 "${MPIRUN_ENV_FLAGS[@]}")
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
@@ -42,33 +41,11 @@ VARIANTS=(
 )
 want=("$@")
 
-# The sub-zoo: LoRAs in zoo order whose classes are all new, links to their adapters, absolute
+# The sub-zoo: LoRAs in zoo order whose classes are all new (bench/sub_zoo.py cover), absolute
 # paths in its manifest (the pools and the check then work from any directory).
 SUB=$OUT/subzoo
-if [ ! -f "$SUB/manifest.json" ]; then
-  $PY - "$W" "$SUB" <<'PY'
-import json, os, sys
-w, sub = sys.argv[1:]
-zoo = f"{w}/runs/demo/zoo"
-m = json.load(open(f"{zoo}/manifest.json"))
-seen, keep = set(), []
-for e in m["loras"]:
-    if not seen & set(e["classes"]):
-        seen |= set(e["classes"]); keep.append(e)
-os.makedirs(sub, exist_ok=True)
-for e in keep:
-    if not os.path.lexists(f"{sub}/{e['dir']}"):
-        os.symlink(f"{zoo}/{e['dir']}", f"{sub}/{e['dir']}")
-m["loras"] = keep
-m["num_loras"] = len(keep)
-m["data"] = os.path.join(w, m["data"]) if not os.path.isabs(m["data"]) else m["data"]
-m["model"] = os.path.join(w, m["model"]) if not os.path.isabs(m["model"]) else m["model"]
-m.pop("coverage", None)
-json.dump(m, open(f"{sub}/manifest.json.tmp", "w"), indent=1)
-os.replace(f"{sub}/manifest.json.tmp", f"{sub}/manifest.json")
-print(f"sub-zoo: {len(keep)} LoRAs ({', '.join(e['dir'] for e in keep)}) covering {len(seen)} classes once")
-PY
-fi
+[ -f "$SUB/manifest.json" ] || (cd "$W" && $PY "$REPO/bench/sub_zoo.py" runs/demo/zoo "$SUB" cover)
+$PY -c "import json, sys; m = json.load(open(sys.argv[1])); print('sub-zoo:', m['num_loras'], 'LoRAs', [e['dir'] for e in m['loras']], 'covering', len({c for e in m['loras'] for c in e['classes']}), 'classes once')" "$SUB/manifest.json"
 
 POOLS=()
 for row in "${VARIANTS[@]}"; do
@@ -82,15 +59,12 @@ for row in "${VARIANTS[@]}"; do
        --zoo "$SUB" --out "$pool" $flags) >"$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log"; exit 1; }
     echo "$name: inverted in $(( $(date +%s) - t0 )) s ($flags)"
   fi
-  $PY - "$pool" "$name" "$flags" <<'PY'
-import glob, json, sys
-import h5py, numpy as np
-pool, name, flags = sys.argv[1:]
-acc = []
-for f in sorted(glob.glob(f"{pool}/lora_*.h5")):
-    with h5py.File(f, "r") as h:
-        acc.append((h["teacher_logits"][:].argmax(1) == h["labels"][:]).mean())
-print(f"  {name:10s} teacher accuracy on its surrogates: mean {100 * np.mean(acc):.1f} %, min {100 * np.min(acc):.1f} %  [{flags or 'the main job settings'}]")
+  # The teacher's accuracy on its own (stored) surrogates, per LoRA, from the pool's summary.
+  $PY - "$pool/summary.json" "$name" "$flags" <<'PY'
+import json, sys
+path, name, flags = sys.argv[1:]
+acc = [l["teacher_accuracy"] for l in json.load(open(path))["loras"]]
+print(f"  {name:10s} teacher accuracy on its surrogates: mean {sum(acc) / len(acc):.1f} %, min {min(acc):.1f} %  [{flags or 'the main job settings'}]")
 PY
   POOLS+=("$pool")
 done

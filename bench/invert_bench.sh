@@ -18,8 +18,7 @@ W=$(mktemp -d /tmp/invert_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
 LAYERS=$(/usr/bin/python3 -c "import json;c=json.load(open('$MODEL/config.json'));print(c.get('vision_config',c)['num_hidden_layers'])")
 MID=$(( LAYERS / 2 - 1 )); LAST=$(( LAYERS - 1 ))
 PER=8; IT=${IT:-40}
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
 # run NAME NP ARGS... -> prints "seconds hdf5_seconds image_iterations"
 run() {
   local name=$1 np=$2; shift 2

@@ -16,8 +16,7 @@ REPS=${1:-2}; STEPS=${2:-40}; EPS=${EPS:-2}
 MODEL=${MODEL:-runs/demo/vfm}; ZOO=${ZOO:-runs/demo/zoo}
 B=$PWD/build/lorarecycle
 W=$(mktemp -d /tmp/metatrain_bench_XXXXXX); trap 'rm -rf "$W"' EXIT
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 "${MPI[@]}" -np 2 "$B" invert --model "$MODEL" --zoo "$ZOO" --out "$W/pool" --per-class 16 --iterations 2 --log-level warn
 run() {  # run NAME NP [args]: one short meta-training, report copied to $W/NAME.<rep>.json

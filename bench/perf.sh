@@ -23,8 +23,7 @@ source launch/env.sh
 REPS=${1:-2}; PARTS=${PARTS:-1 2 3}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
 speed_pool "$W/pool" "${MPI[@]}" -np 2
 /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
 

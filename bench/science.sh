@@ -52,8 +52,7 @@ B=build/lorarecycle
 # runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
 CFG=(--config configs/demo.ini --precision "${PRECISION:-fp32}")
 PY=/usr/bin/python3
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 "${MPIRUN_ENV_FLAGS[@]}")
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
 for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/val.h5 data/demo/zoo.h5; do
   [ -e "$need" ] || { echo "science: $need missing; run bash launch/demo.sh --until zoo first" >&2; exit 2; }
@@ -182,13 +181,18 @@ run_rows() {
   done
 }
 
-# The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
-if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
+# The second zoo (32 LoRAs over 64 classes) and its surrogate pool, unless made before.
+zoo64_and_pool() {
   once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
     "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo64" --num-loras 32 --classes 64
-  real_pool
   once "$OUT/pool64/index.json" "$OUT/pool64.log" \
     "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
+}
+
+# The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
+if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
+  real_pool
+  zoo64_and_pool
   once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 --out "$OUT/pool64_real"
   # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
@@ -242,10 +246,7 @@ fi
 
 # Smooth starting noise on the 64-class zoo, against the default pool (docs/science.md).
 if [ "$WHAT" = starts ]; then
-  once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
-    "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo64" --num-loras 32 --classes 64
-  once "$OUT/pool64/index.json" "$OUT/pool64.log" \
-    "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
+  zoo64_and_pool
   once "$OUT/pool64_lr2/index.json" "$OUT/pool64_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2" --init-lowres 2
   P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"

@@ -28,8 +28,7 @@ done
 source "$REPO/launch/env.sh"
 B=$REPO/build/lorarecycle
 mkdir -p "$WORKDIR" && cd "$WORKDIR"
-MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" -x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
+MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" "${MPIRUN_ENV_FLAGS[@]}")
 stage() { echo; echo "=== $(date +%T) $*"; }
 done_with() { [ "$UNTIL" = "$1" ] && { echo "demo: stopping after stage '$1' (--until)"; exit 0; }; return 0; }
 t0=$(date +%s)

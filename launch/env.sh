@@ -13,3 +13,6 @@ fi
 # mpirun as root needs an explicit opt-in.
 MPIRUN_ROOT_FLAGS=()
 if [ "$(id -u)" = 0 ]; then MPIRUN_ROOT_FLAGS=(--allow-run-as-root); fi
+# What mpirun passes on to the ranks (-x): the thread count, and the OpenBLAS settings when set.
+MPIRUN_ENV_FLAGS=(-x OMP_NUM_THREADS)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPIRUN_ENV_FLAGS+=(-x "$v"); done

@@ -154,8 +154,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     if (cfg.zoom > 0) {  // drawn after the roll and flip: without zoom the views are those of before
       std::uniform_real_distribution<double> scale(1.0 - cfg.zoom, 1.0);
       const int side = std::clamp(static_cast<int>(std::lround(scale(rng) * S)), 1, S);
-      std::uniform_int_distribution<int> at_(0, S - side);
-      const int y0 = at_(rng), x0 = at_(rng);
+      std::uniform_int_distribution<int> corner(0, S - side);
+      const int y0 = corner(rng), x0 = corner(rng);
       xa = zoom_view(xa, side, y0, x0);
     }
     model::ForwardOptions fo;

@@ -488,7 +488,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
             {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"jitter", c.jitter}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
             {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
-            {"clip_norm", c.clip_norm}, {"bf16", c.precision == model::Precision::kBf16}};  // the key checkpoints have
+            {"clip_norm", c.clip_norm}, {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
   if (c.cycle == 0) j["steps"] = c.steps;
   if (c.init != "fresh") j["init"] = c.init;  // absent for fresh: checkpoints of earlier versions still resume
   return j;

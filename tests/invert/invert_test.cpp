@@ -152,12 +152,18 @@ TEST(Inversion, RollEachIsAPerImageRollThenFlip) {
   EXPECT_THROW(roll_each(x, {1, 2}, dx, fl), lorarec::InputError);
 }
 
-TEST(Inversion, PerImageJitterGivesEachImageItsOwnViews) {
-  const Teacher t = tiny_teacher();
+// A short inversion of the tiny teacher: 2 images per class, 20 iterations, a roll of `jitter`.
+InversionConfig short_run(int jitter) {
   InversionConfig cfg;
   cfg.per_class = 2;
   cfg.iterations = 20;
-  cfg.jitter = 3;
+  cfg.jitter = jitter;
+  return cfg;
+}
+
+TEST(Inversion, PerImageJitterGivesEachImageItsOwnViews) {
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg = short_run(3);
   const Surrogates shared = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
   cfg.per_image = true;
   const Surrogates own = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
@@ -252,10 +258,7 @@ TEST(Inversion, LowresNoiseIsSmoothUnitNoiseOfSeveralSizes) {
 
 TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
   const Teacher t = tiny_teacher();
-  InversionConfig cfg;
-  cfg.per_class = 2;
-  cfg.iterations = 20;
-  cfg.jitter = 2;
+  InversionConfig cfg = short_run(2);
   const Surrogates plain = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
   cfg.zoom = 0.5;
   const Surrogates zoomed = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
