@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -39,6 +39,10 @@
 # min in bf16) and meta-trained as the default pool is in "zoo" (paper T 128, 1,000 steps), both
 # pools side by side, then the surrogate check of both. It builds the zoo and the default pool
 # when "zoo" has not.
+# "lowres", "zoo100", "mask" (alone; not in "all"): smooth starts with 32 surrogates per LoRA and
+# class and with --zoom 0.5, under the paper's objective and the main recipe; the paper's zoo size
+# (100 LoRAs over 64 classes); the main job's mask-0.75 gap with --distill-dense. Each part's
+# comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -259,3 +263,70 @@ if [ "$WHAT" = starts ]; then
   echo "surrogate check of both pools:"
   bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_lr2"
 fi
+
+# Smooth starts with more surrogates per LoRA and class (32, not 8: ~17 min), with scale
+# augmentation (~5 min), and the main recipe (distillation) on them and on the default pool.
+# docs/science.md, "Smooth starts, more images, the main recipe".
+if [ "$WHAT" = lowres ]; then
+  zoo64_and_pool
+  once "$OUT/pool64_lr2_pc32/index.json" "$OUT/pool64_lr2_pc32.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_pc32" --init-lowres 2 --per-class 32
+  once "$OUT/pool64_lr2_zoom/index.json" "$OUT/pool64_lr2_zoom.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_zoom" --init-lowres 2 --zoom 0.5
+  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+  LOWRES_RUNS=(
+    "--init-lowres 2, 32 per LoRA and class|$OUT/pool64_lr2_pc32|$P1K"
+    "--init-lowres 2 --zoom 0.5|$OUT/pool64_lr2_zoom|$P1K"
+    "main recipe, --init-lowres 2, 32 per class|$OUT/pool64_lr2_pc32|--steps 1000 --val-every 250"
+    "main recipe, --init-lowres 2|$OUT/pool64_lr2|--steps 1000 --val-every 250"
+    "main recipe, --init-lowres 2 --zoom 0.5|$OUT/pool64_lr2_zoom|--steps 1000 --val-every 250"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
+  run_rows l "${LOWRES_RUNS[@]}"
+  # The main recipe on the default pool in the same precision (the "zoo" part's row is fp32).
+  run_rows lw "main recipe, white-noise starts|$OUT/pool64|--steps 1000 --val-every 250"
+  echo "surrogate check:"
+  bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_lr2" "$OUT/pool64_lr2_pc32" "$OUT/pool64_lr2_zoom"
+fi
+
+# The paper's zoo: 100 LoRAs over the 64 classes (~7.8 LoRAs per class, against 2-3 in the zoo of
+# 32; ~11 min), inverted from smooth starts and from white noise (~13 min each in bf16) and its
+# real-image control pool, then lora-avg and 1,000-step runs (~2-4 min each; docs/science.md,
+# "The paper's zoo size").
+if [ "$WHAT" = zoo100 ]; then
+  once "$OUT/zoo100/manifest.json" "$OUT/zoo100.log" \
+    "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo100" --num-loras 100 --classes 64
+  once "$OUT/pool100_lr2/index.json" "$OUT/pool100_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --out "$OUT/pool100_lr2" --init-lowres 2
+  # The same zoo inverted from white noise (the default; ~13 min), for what smooth starts do here.
+  once "$OUT/pool100/index.json" "$OUT/pool100.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --out "$OUT/pool100"
+  once "$OUT/pool100_real/index.json" "$OUT/pool100_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --real-images data/demo/zoo.h5 --out "$OUT/pool100_real"
+  ZOO100_RUNS=(
+    "lora-avg, zoo of 100 over 64 classes|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128"
+    "paper T128, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+    "main recipe, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--steps 1000 --val-every 250"
+    "paper T128 lr 3e-4, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
+    "paper T128, real images, zoo of 100|$OUT/pool100_real|--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+    "main recipe, 2000 steps, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--steps 2000 --val-every 250"
+    "paper T128 lr 3e-4, white-noise starts, zoo of 100|$OUT/pool100|--distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
+    "main recipe, white-noise starts, zoo of 100|$OUT/pool100|--steps 1000 --val-every 250"
+  )
+  echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
+  run_rows h "${ZOO100_RUNS[@]}"
+  bash bench/surrogate_check.sh "$OUT/pool64_lr2" "$OUT/pool100" "$OUT/pool100_lr2"
+fi
+
+# The mask-0.75 gap of the main job: distillation targets of the kept patches (the default) or of
+# the whole surrogate (--distill-dense), on the main job's pool and recipe (docs/science.md).
+if [ "$WHAT" = mask ]; then
+  MASK_RUNS=(
+    "main, dense|runs/demo/pool|"
+    "main, mask 0.75|runs/demo/pool|--mask-ratio 0.75"
+    "main, mask 0.75, --distill-dense|runs/demo/pool|--mask-ratio 0.75 --distill-dense"
+  )
+  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
+  run_rows k "${MASK_RUNS[@]}"
+fi
+

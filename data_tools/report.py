@@ -59,6 +59,13 @@ def why(e):
 
 # ---- finding the parts -------------------------------------------------------------------------
 
+def kept_text(rep):
+    """', kept step S (V)' when metatrain --keep best wrote another step's meta-LoRA than the last."""
+    if rep.get("keep") != "best" or rep.get("val_kept") is None:
+        return ""
+    return f"; kept the best validation's meta-LoRA: step {rep['kept_step']}, {rep['val_kept']['val_mean']:.2f}"
+
+
 def find_parts(root, skip):
     """Walks root (links followed, each real directory once, hidden ones and `skip` left out) and
     returns {kind: [directory, ...]} of the marker files' directories, sorted by path."""
@@ -134,7 +141,7 @@ def inventory(parts, root):
 
     def meta_text(d, r):
         val = ("no validation (--val not given)" if r.get("val_initial") is None or r.get("val_final") is None
-               else f"val {r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}")
+               else f"val {r['val_initial']['val_mean']:.2f} -> {r['val_final']['val_mean']:.2f}" + kept_text(r))
         return f"mask {r['mask_ratio']}, {r['steps']} steps, {val}"
 
     def eval_text(d, rows):
@@ -330,7 +337,7 @@ def main():
             vi, vf = rep["val_initial"], rep["val_final"]
             md.append(f"- {label}: {rep['steps']} steps x {rep['episodes_per_step']} episodes, "
                       f"{rep['timing']['episodes_per_s']:.1f} episodes/s; val {vi['val_mean']:.2f} ± {vi['val_ci95']:.2f} (bare VFM) "
-                      f"-> {vf['val_mean']:.2f} ± {vf['val_ci95']:.2f}")
+                      f"-> {vf['val_mean']:.2f} ± {vf['val_ci95']:.2f}" + kept_text(rep))
         except Exception as e:  # noqa: BLE001
             md.append(f"- {label}: metatrain.json incomplete ({why(e)})")
     if not curves:

@@ -97,6 +97,7 @@ for name in ("meta", "meta_mask75"):
     a, b = m["val_initial"], m["val_final"]
     print(f"{name}: mask ratio {m['mask_ratio']}, {m['steps']} steps x {m['episodes_per_step']} episodes, "
           f"{m['timing']['episodes_per_s']:.1f} episodes/s; val 5-way 1-shot {a['val_mean']:.2f} +- {a['val_ci95']:.2f} "
-          f"(bare VFM) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}")
+          f"(bare VFM) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}"
+          + (f"; kept step {m['kept_step']} ({m['val_kept']['val_mean']:.2f})" if m.get("keep") == "best" else ""))
 PY
 echo "demo: done in $(( $(date +%s) - t0 )) s; outputs under runs/$PRESET"

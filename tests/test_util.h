@@ -57,12 +57,12 @@ inline double rel_error(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace lorarec::test
 
 // Expects `stmt` to throw `type` with `needle` in its message.
-#define EXPECT_THROW_MSG(stmt, type, needle)                                                   \
-  do {                                                                                         \
-    try {                                                                                      \
-      (void)(stmt);                                                                            \
-      ADD_FAILURE() << #stmt " did not throw";                                                 \
-    } catch (const type& e_) {                                                                 \
-      EXPECT_NE(std::string(e_.what()).find(needle), std::string::npos) << e_.what();          \
-    }                                                                                          \
+#define EXPECT_THROW_MSG(stmt, type, needle)                                          \
+  do {                                                                                \
+    try {                                                                             \
+      (void)(stmt);                                                                   \
+      ADD_FAILURE() << #stmt " did not throw";                                        \
+    } catch (const type& e_) {                                                        \
+      EXPECT_NE(std::string(e_.what()).find(needle), std::string::npos) << e_.what(); \
+    }                                                                                 \
   } while (0)

@@ -41,8 +41,8 @@ int main(int argc, char** argv) {
     auto comm = rt->make_communicator(get("comm", "auto"));
     const auto device = lorarec::model::select_device(get("device", "auto"), rt->local_rank());
     lorarec::model::set_tf32(get("tf32", "1") == "1");  // as the CLI's --tf32 (default on)
-    LOG_INFO("gpu_check", "communicator " << comm->name() << ", device " << device.str()
-                                          << ", tf32 " << (lorarec::model::tf32_enabled() ? "on" : "off"));
+    LOG_INFO("gpu_check", "communicator " << comm->name() << ", device " << device.str() << ", tf32 "
+                                          << (lorarec::model::tf32_enabled() ? "on" : "off"));
     lorarec::train::run_metatrain(c, *comm, device);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpu_metatrain: error: %s\n", e.what());

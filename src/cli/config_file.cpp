@@ -1,9 +1,9 @@
 #include "cli/config_file.h"
 
+#include <map>
+
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/ini.h"
-
-#include <map>
 
 namespace lorarec::cli {
 namespace po = boost::program_options;
@@ -30,14 +30,15 @@ std::vector<ConfigToken> config_args(const std::string& text, const std::string&
     if (!e.section.empty() && e.section != "common" && !is_command(e.section))
       throw InputError(where + ": unknown section [" + e.section + "] (sections: [common] or a command's name)");
     if (!e.section.empty() && e.section != "common" && e.section != command) continue;
-    if (e.key == "config" || e.key == "help") throw InputError(where + ": '" + e.key + "' cannot be set in a config file");
+    if (e.key == "config" || e.key == "help")
+      throw InputError(where + ": '" + e.key + "' cannot be set in a config file");
     const bool own = e.section == command;
     const po::option_description* od = desc.find_nothrow(e.key, false);
     if (od == nullptr) {
       if (!own && other_keys.count(e.key) != 0) continue;  // a [common] key for the commands that have it
       throw InputError(where + ": unknown key '" + e.key + "' " +
-                       (own ? "for command '" + command + "'" : std::string("(no command has it)")) + " (see 'lorarecycle " +
-                       command + " --help')");
+                       (own ? "for command '" + command + "'" : std::string("(no command has it)")) +
+                       " (see 'lorarecycle " + command + " --help')");
     }
     std::string token = "--" + e.key + "=" + e.value;
     if (od->semantic()->max_tokens() == 0) {  // a switch: true/false in the file

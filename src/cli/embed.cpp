@@ -14,19 +14,19 @@
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
-#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::cli {
 namespace {
 
 struct EmbedOptions {
-  std::string model;         // HF model directory
-  std::string lora;          // PEFT adapter directory (optional)
-  std::string lora_official; // official-format LoRA file (optional)
-  std::string images;        // input HDF5 with /images uint8 [N,H,W,C]
-  std::string out;           // output HDF5 with /features float32 [N, D]
-  int batch_size = 64;       // images per forward pass
+  std::string model;          // HF model directory
+  std::string lora;           // PEFT adapter directory (optional)
+  std::string lora_official;  // official-format LoRA file (optional)
+  std::string images;         // input HDF5 with /images uint8 [N,H,W,C]
+  std::string out;            // output HDF5 with /features float32 [N, D]
+  int batch_size = 64;        // images per forward pass
 };
 
 void validate(const EmbedOptions& o) {
@@ -36,7 +36,8 @@ void validate(const EmbedOptions& o) {
   if (!o.lora.empty() && !o.lora_official.empty()) throw InputError("embed: give --lora or --lora-official, not both");
   if (o.batch_size <= 0) throw InputError("embed: --batch-size must be positive");
   const auto parent = std::filesystem::absolute(o.out).parent_path();
-  if (!std::filesystem::is_directory(parent)) throw InputError("embed: output directory '" + parent.string() + "' does not exist");
+  if (!std::filesystem::is_directory(parent))
+    throw InputError("embed: output directory '" + parent.string() + "' does not exist");
   prov::check_output_file(o.out, "embed: --out");
 }
 
@@ -47,6 +48,8 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Embed options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&o.model), "HF CLIP model directory (config.json, preprocessor_config.json, model.safetensors)")
       ("lora", po::value(&o.lora), "PEFT adapter directory applied to the VFM (optional)")
@@ -54,6 +57,7 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
       ("images", po::value(&o.images), "input HDF5 image set: /images uint8 [N,H,W,C] (resized to the model's image_size)")
       ("out", po::value(&o.out), "output HDF5: /features float32 [N, projection_dim] (+ /labels copied when present)")
       ("batch-size", po::value(&o.batch_size)->default_value(o.batch_size), "images per forward pass on each rank");
+  // clang-format on
   desc.add(own);
   if (!parse("embed", "usage: lorarecycle embed --model DIR [--lora DIR] --images IN.h5 --out OUT.h5 [options]", argc,
              argv, desc, common, rt.rank()))
@@ -83,7 +87,8 @@ int run_embed(int argc, char** argv, dist::Runtime& rt) {
   const int64_t begin = n * rt.rank() / rt.world_size(), end = n * (rt.rank() + 1) / rt.world_size();
   LOG_INFO("embed", "model " << o.model << " (" << vit.config().num_hidden_layers << " layers, width "
                              << vit.config().hidden_size << ", feature " << vit.feature_dim() << "); " << n
-                             << " images of " << shape[1] << "x" << shape[2] << "x" << shape[3] << "; device " << device);
+                             << " images of " << shape[1] << "x" << shape[2] << "x" << shape[3] << "; device "
+                             << device);
 
   Progress progress("embed", "embedding", end - begin, "images");
   std::vector<at::Tensor> parts;

@@ -16,6 +16,8 @@ int run_eval(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Evaluation options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&c.model), "HF model directory of the VFM")
       ("data", po::value(&data), "comma-separated HDF5 image sets to evaluate on, each PATH or NAME=PATH (e.g. test=data/demo/test.h5,hangul=data/demo/cross_hangul.h5)")
@@ -41,8 +43,11 @@ int run_eval(int argc, char** argv, dist::Runtime& rt) {
       ("batch-size", po::value(&c.batch_size)->default_value(c.batch_size), "images per forward pass when embedding a set")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the episode list")
       ("out", po::value(&c.out), "directory for results.csv and results.json");
+  // clang-format on
   desc.add(own);
-  if (!parse("eval", "usage: lorarecycle eval --model DIR --data [NAME=]SET.h5[,...] [--zoo ZOO] [--meta [NAME=]DIR[,...]] [options]",
+  if (!parse("eval",
+             "usage: lorarecycle eval --model DIR --data [NAME=]SET.h5[,...] [--zoo ZOO] [--meta [NAME=]DIR[,...]] "
+             "[options]",
              argc, argv, desc, common, rt.rank()))
     return 0;
   c.data = split_list(data);

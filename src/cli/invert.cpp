@@ -38,6 +38,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Invert options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&c.model), "HF model directory of the VFM")
       ("zoo", po::value(&c.zoo), "zoo directory (manifest.json + lora_<k>/ PEFT directories with heads)")
@@ -66,23 +68,30 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("restart", po::bool_switch(&c.restart), "discard the pool files an earlier run left in --out and invert every LoRA anew (without it, finished files are reused when their recorded settings equal today's, and the run is refused otherwise)")
       ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates")
       ("real-images", po::value(&c.real_images), "control experiment: instead of inverting, store --per-class REAL images of each LoRA's classes from this HDF5 set (the zoo's --data), in the same pool layout with the LoRA's logits and scores; the LoRAs covering one class get disjoint images while the class has enough");
+  // clang-format on
   desc.add(own);
-  if (!parse("invert", "usage: lorarecycle invert --model DIR --zoo ZOO_DIR --out POOL_DIR [--prior DIR] [options]", argc,
-             argv, desc, common, rt.rank()))
+  if (!parse("invert", "usage: lorarecycle invert --model DIR --zoo ZOO_DIR --out POOL_DIR [--prior DIR] [options]",
+             argc, argv, desc, common, rt.rank()))
     return 0;
   c.inv.flip = !no_flip;
   c.inv.cls_only_last = !full_last;
   c.inv.prune = parse_prune(prune);
-  if (c.inv.per_class < 1 || c.inv.iterations < 1) throw InputError("invert: --per-class and --iterations must be >= 1");
+  if (c.inv.per_class < 1 || c.inv.iterations < 1)
+    throw InputError("invert: --per-class and --iterations must be >= 1");
   if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
-  if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0) throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
+  if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
+    throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
   if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
     throw InputError("invert: --stop-confidence must be in [0, 1]");
   if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
-  for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce}, {"--w-bn", c.inv.w_bn},
-                                {"--w-tv", c.inv.w_tv}, {"--w-l2", c.inv.w_l2}, {"--w-div", c.inv.w_div}})
-    if (!(w >= 0)) throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
+  for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce},
+                                {"--w-bn", c.inv.w_bn},
+                                {"--w-tv", c.inv.w_tv},
+                                {"--w-l2", c.inv.w_l2},
+                                {"--w-div", c.inv.w_div}})
+    if (!(w >= 0))
+      throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
   RunContext ctx = start("invert", rt, common, true);
   c.precision = ctx.precision;
   invert::run_invert(c, *ctx.comm, ctx.device);

@@ -51,14 +51,19 @@ struct Command {
 };
 
 const Command kTable[] = {
-    {"pretrain", "(benchmark) supervised pre-training of the small VFM on the base classes", lorarec::cli::run_pretrain},
+    {"pretrain", "(benchmark) supervised pre-training of the small VFM on the base classes",
+     lorarec::cli::run_pretrain},
     {"zoo", "pre-tune K LoRAs (+ heads) on N-way tasks of a dataset, sharded over ranks", lorarec::cli::run_zoo},
     {"invert", "invert every zoo LoRA into surrogate images (HDF5 pool), sharded over ranks", lorarec::cli::run_invert},
-    {"metatrain", "meta-train the meta-LoRA on the surrogate pool (episodes, data parallel)", lorarec::cli::run_metatrain},
-    {"eval", "few-shot evaluation: nn, lora-avg, lora-ft and meta-LoRAs on the same seeded episodes", lorarec::cli::run_eval},
-    {"predict", "classify query images from a labelled support set in one forward pass (VFM + meta-LoRA)", lorarec::cli::run_predict},
+    {"metatrain", "meta-train the meta-LoRA on the surrogate pool (episodes, data parallel)",
+     lorarec::cli::run_metatrain},
+    {"eval", "few-shot evaluation: nn, lora-avg, lora-ft and meta-LoRAs on the same seeded episodes",
+     lorarec::cli::run_eval},
+    {"predict", "classify query images from a labelled support set in one forward pass (VFM + meta-LoRA)",
+     lorarec::cli::run_predict},
     {"embed", "features of every image of an HDF5 image set (VFM [+ LoRA])", lorarec::cli::run_embed},
-    {"verify", "check a run's outputs: completeness, integrity and provenance chain (exit 1 on any problem)", lorarec::cli::run_verify},
+    {"verify", "check a run's outputs: completeness, integrity and provenance chain (exit 1 on any problem)",
+     lorarec::cli::run_verify},
 };
 
 // The option names of every command (config files' [common] keys), each command's entry point run
@@ -123,7 +128,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lorarecycle %s: error [rank %d]: %s\n", cmd->name, rank, e.what());
     status = kExitInput;
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "lorarecycle %s: error [rank %d]: LibTorch: %s\n", cmd->name, rank, e.what_without_backtrace());
+    std::fprintf(stderr, "lorarecycle %s: error [rank %d]: LibTorch: %s\n", cmd->name, rank,
+                 e.what_without_backtrace());
     status = kExitRuntime;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lorarecycle %s: error [rank %d]: %s\n", cmd->name, rank, e.what());
@@ -132,6 +138,7 @@ int main(int argc, char** argv) {
   std::fflush(stderr);
   // Errors abort every rank (never a hang). A command's own non-zero status that all ranks agree on
   // (metatrain's 75: stopped with a checkpoint) ends normally, so launchers see a clean exit code.
-  if (status != 0 && status != lorarec::kExitCheckpointed && runtime) runtime->abort(status);  // never returns when other ranks exist
+  if (status != 0 && status != lorarec::kExitCheckpointed && runtime)
+    runtime->abort(status);  // never returns when other ranks exist
   return status;
 }

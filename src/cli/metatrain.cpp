@@ -1,11 +1,12 @@
 // lorarecycle metatrain: data-parallel meta-training of the meta-LoRA on the surrogate pool.
+#include "lorarecycle/train/metatrain.h"
+
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/dist/runtime.h"
-#include "lorarecycle/train/metatrain.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 
@@ -18,6 +19,8 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Meta-training options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&c.model), "HF model directory of the VFM (frozen)")
       ("pool", po::value(&c.pool), "surrogate pool directory written by `lorarecycle invert` (index.json + lora_<k>.h5)")
@@ -45,8 +48,10 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("single-lora-prob", po::value(&c.single_lora_prob)->default_value(c.single_lora_prob), "share of episodes whose classes all come from one LoRA; they add the KL term to its stored teacher logits")
       ("kl-weight", po::value(&c.kl_weight)->default_value(c.kl_weight), "weight of that KL term (0 = CE only)")
       ("distill-weight", po::value(&c.distill_weight)->default_value(c.distill_weight), "weight of a feature distillation (mean squared difference) from each surrogate image's own zoo LoRA (read from the pool file's lora_path) to the meta-LoRA; 0 = off (the paper)")
+      ("distill-dense", po::bool_switch(&c.distill_dense), "with --mask-ratio and --distill-weight: distil the teacher's features of the whole surrogate (every patch) into the student's features of the kept patches, instead of the teacher's features of the same kept patches; the meta-LoRA is used on whole images")
       ("temperature", po::value(&c.temperature)->default_value(c.temperature), "training logits = -squared Euclidean distance / T (paper: 1); prediction (argmin distance) does not depend on it")
       ("val-every", po::value(&c.val_every)->default_value(c.val_every), "steps between validations (also at the start and the end; 0 = only those)")
+      ("keep", po::value(&c.keep)->default_value(c.keep), "the meta-LoRA written to --out: last (the one after --steps) | best (the one of the validation with the highest mean accuracy, step 0 included, earliest on a tie: early stopping on the validation classes; needs --val). Both are tracked in every run, and metatrain.json names the step kept")
       ("val-episodes", po::value(&c.val_episodes)->default_value(c.val_episodes), "fixed, seeded validation episodes")
       ("val-way", po::value(&c.val_spec.n_way)->default_value(c.val_spec.n_way), "validation episodes: N")
       ("val-shot", po::value(&c.val_spec.k_shot)->default_value(c.val_spec.k_shot), "validation episodes: K")
@@ -62,12 +67,14 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")
       ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "checkpoint and exit (status 75) after this many steps of this run (0 = run to the end)");
+  // clang-format on
   desc.add(own);
-  if (!parse("metatrain",
-             "usage: lorarecycle metatrain --model DIR --pool POOL_DIR --out DIR [--val val.h5] [options]\n"
-             "Exit status: 0 finished, 75 stopped early with a checkpoint (signal or --stop-after; rerun with --resume),\n"
-             "2 bad input, 1 runtime failure.",
-             argc, argv, desc, common, rt.rank()))
+  if (!parse(
+          "metatrain",
+          "usage: lorarecycle metatrain --model DIR --pool POOL_DIR --out DIR [--val val.h5] [options]\n"
+          "Exit status: 0 finished, 75 stopped early with a checkpoint (signal or --stop-after; rerun with --resume),\n"
+          "2 bad input, 1 runtime failure.",
+          argc, argv, desc, common, rt.rank()))
     return 0;
   c.lora.target_modules = parse_modules(targets);
   c.flip = !no_flip;

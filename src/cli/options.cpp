@@ -1,10 +1,9 @@
 #include "cli/options.h"
 
-#include "cli/config_file.h"
-
 #include <iostream>
 #include <sstream>
 
+#include "cli/config_file.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/dist/runtime.h"
 #include "lorarecycle/model/vit.h"
@@ -16,6 +15,8 @@ namespace lorarec::cli {
 
 po::options_description common_options(CommonOptions& o) {
   po::options_description d("Common options");
+  // One option per line:
+  // clang-format off
   d.add_options()
       ("help,h", "show this help and exit")
       ("config", po::value(&o.configs)->composing(), "INI config file (sections [common] and [<command>], '#' comments); may be given several times, a later file overrides an earlier one, and the command line overrides them all")
@@ -26,9 +27,9 @@ po::options_description common_options(CommonOptions& o) {
       ("tf32", po::value(&o.tf32)->default_value(o.tf32, "on"), "on a GPU: fp32 matmuls and convolutions (fp32 precision, pretrain, zoo) run on TF32 tensor cores (PyTorch's allow_tf32 for cuBLAS and cuDNN; ~10 mantissa bits in the products, fp32 accumulation) | off: full fp32. No effect on CPUs. Logged at the start on a GPU")
       ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl")
       ("collective-timeout", po::value(&o.collective_timeout)->default_value(o.collective_timeout), "seconds one collective (all-reduce, barrier, gather) may wait for the other ranks before this rank reports a stuck peer and ends the job (exit 1); 0 = wait forever");
+  // clang-format on
   return d;
 }
-
 
 namespace {
 std::function<std::set<std::string>()> g_names_source;
@@ -105,7 +106,8 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
   const model::PrecisionChoice prec = model::resolve_precision(common.bf16 ? "bf16" : common.precision, device);
   RunContext ctx{rt.make_communicator(comm, common.collective_timeout), device, prec.precision};
   std::string precision =
-      with_precision ? std::string(", precision ") + model::precision_name(prec.precision) + " (" + prec.reason + ")" : "";
+      with_precision ? std::string(", precision ") + model::precision_name(prec.precision) + " (" + prec.reason + ")"
+                     : "";
   model::set_tf32(common.tf32);
   if (device.is_cuda()) precision += std::string(", tf32 ") + (common.tf32 ? "on" : "off");
   LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << precision);

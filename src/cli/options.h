@@ -8,7 +8,6 @@
 #pragma once
 
 #include <boost/program_options.hpp>
-
 #include <c10/core/Device.h>
 
 #include <functional>
@@ -30,16 +29,15 @@ namespace lorarec::cli {
 
 namespace po = boost::program_options;
 
-
 // Options every command has.
 struct CommonOptions {
   std::vector<std::string> configs;  // INI files merged under the command line, later over earlier
   std::string log_level = "info";
-  std::string device = "auto";   // auto | cpu | cuda | cuda:N
+  std::string device = "auto";     // auto | cpu | cuda | cuda:N
   std::string precision = "auto";  // fp32 | bf16 | auto (model::resolve_precision)
-  bool bf16 = false;             // --bf16: the same as --precision bf16 (kept for older configs)
-  bool tf32 = true;              // CUDA: fp32 matmuls and convolutions on TF32 tensor cores (--tf32 on|off)
-  std::string comm = "auto";     // communicator: auto | local | mpi | nccl
+  bool bf16 = false;               // --bf16: the same as --precision bf16 (kept for older configs)
+  bool tf32 = true;                // CUDA: fp32 matmuls and convolutions on TF32 tensor cores (--tf32 on|off)
+  std::string comm = "auto";       // communicator: auto | local | mpi | nccl
   double collective_timeout = dist::kDefaultCollectiveTimeout;  // seconds; 0 = unbounded
 };
 

@@ -3,12 +3,12 @@
 // negative squared Euclidean distances.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -70,6 +70,8 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Prediction options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&model_dir), "HF model directory of the VFM")
       ("lora", po::value(&lora_dir), "meta-LoRA PEFT directory (e.g. runs/demo/meta); empty: the bare VFM")
@@ -77,8 +79,11 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
       ("query", po::value(&query), "comma-separated query images: PNG/JPEG files, directories of them, or HDF5 image sets (labels ignored)")
       ("out", po::value(&out), "output file, .json or .csv (default: JSON on stdout)")
       ("batch-size", po::value(&batch)->default_value(batch), "images per forward pass");
+  // clang-format on
   desc.add(own);
-  if (!parse("predict", "usage: lorarecycle predict --model DIR [--lora META_DIR] --support DIR|SET.h5 --query FILES|DIR|SET.h5 [--out preds.json|csv]",
+  if (!parse("predict",
+             "usage: lorarecycle predict --model DIR [--lora META_DIR] --support DIR|SET.h5 --query FILES|DIR|SET.h5 "
+             "[--out preds.json|csv]",
              argc, argv, desc, common, rt.rank()))
     return 0;
   if (model_dir.empty() || support.empty() || query.empty())
@@ -101,8 +106,7 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     const data::ImageSet s = data::ImageSet::load(support);
     class_names = s.class_names();
     for (int64_t c = 0; c < s.num_classes(); ++c)
-      if (s.by_class()[c].empty())
-        throw InputError(support + ": class '" + class_names[c] + "' has no support image");
+      if (s.by_class()[c].empty()) throw InputError(support + ": class '" + class_names[c] + "' has no support image");
     model::check_image_shape(s.images().sizes(), vit_config, support, false);
     support_imgs.push_back(fit(to_rgb(s.images())));
     const auto* l = s.labels().data_ptr<int64_t>();
@@ -142,7 +146,8 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     } else if (stdfs::is_directory(item)) {
       std::vector<std::string> other;
       const auto files = io::list_images(item, &other);
-      if (files.empty()) throw InputError(item + ": no PNG/JPEG files" + (other.empty() ? std::string() : not_read(other)));
+      if (files.empty())
+        throw InputError(item + ": no PNG/JPEG files" + (other.empty() ? std::string() : not_read(other)));
       skipped.insert(skipped.end(), other.begin(), other.end());
       for (const auto& f : files) {
         q.names.push_back(f);
@@ -154,7 +159,8 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
     }
   }
   if (q.names.empty()) throw InputError("predict: no query images");
-  if (!skipped.empty() && rt.rank() == 0) LOG_WARN("predict", "skipped " << skipped.size() << " file(s)" << not_read(skipped));
+  if (!skipped.empty() && rt.rank() == 0)
+    LOG_WARN("predict", "skipped " << skipped.size() << " file(s)" << not_read(skipped));
   if (fit.resized > 0 && rt.rank() == 0)
     LOG_WARN("predict", fit.resized << " of " << fit.total << " support and query images resized to the model's "
                                     << fit.size << "x" << fit.size << " (shorter side, bicubic, centre crop)");
@@ -174,8 +180,9 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   {
     at::NoGradGuard ng;
     for (int64_t s = 0; s < all.size(0); s += batch)
-      feats.push_back(vit.forward(vit.preprocess(all.slice(0, s, std::min<int64_t>(all.size(0), s + batch))), {}, lora.get())
-                          .feature.to(at::kCPU, at::kFloat));
+      feats.push_back(
+          vit.forward(vit.preprocess(all.slice(0, s, std::min<int64_t>(all.size(0), s + batch))), {}, lora.get())
+              .feature.to(at::kCPU, at::kFloat));
   }
   const at::Tensor f = at::cat(feats);
   const int64_t C = static_cast<int64_t>(class_names.size());
@@ -183,7 +190,8 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
   const at::Tensor protos = at::zeros({C, f.size(1)}).index_add_(0, y, f.narrow(0, 0, ns)) /
                             at::bincount(y, {}, C).to(at::kFloat).unsqueeze(1);
   const at::Tensor fq = f.narrow(0, ns, f.size(0) - ns);
-  const at::Tensor logits = -(fq.pow(2).sum(-1, true) - 2.0 * at::matmul(fq, protos.t()) + protos.pow(2).sum(-1).unsqueeze(0));
+  const at::Tensor logits =
+      -(fq.pow(2).sum(-1, true) - 2.0 * at::matmul(fq, protos.t()) + protos.pow(2).sum(-1).unsqueeze(0));
   const at::Tensor probs = at::softmax(logits.to(at::kDouble), -1);
   const at::Tensor pred = probs.argmax(-1);
 
@@ -201,13 +209,16 @@ int run_predict(int argc, char** argv, dist::Runtime& rt) {
         text += "\n";
       }
     } else {
-      json j = {{"model", model_dir}, {"lora", lora_dir}, {"classes", class_names}, {"support_images", ns},
+      json j = {{"model", model_dir},
+                {"lora", lora_dir},
+                {"classes", class_names},
+                {"support_images", ns},
                 {"predictions", json::array()}};
       for (size_t i = 0; i < q.names.size(); ++i) {
         json pr = json::object();
         for (int64_t c = 0; c < C; ++c) pr[class_names[c]] = probs[i][c].item<double>();
-        j["predictions"].push_back({{"query", q.names[i]}, {"prediction", class_names[pred[i].item<int64_t>()]},
-                                    {"probabilities", pr}});
+        j["predictions"].push_back(
+            {{"query", q.names[i]}, {"prediction", class_names[pred[i].item<int64_t>()]}, {"probabilities", pr}});
       }
       text = j.dump(2) + "\n";
     }

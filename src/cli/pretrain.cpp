@@ -1,4 +1,6 @@
 // lorarecycle pretrain: supervised pre-training of the small VFM on the base classes.
+#include "lorarecycle/train/pretrain.h"
+
 #include <filesystem>
 #include <sstream>
 
@@ -7,7 +9,6 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/dist/runtime.h"
 #include "lorarecycle/model/vit.h"
-#include "lorarecycle/train/pretrain.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 
@@ -28,6 +29,8 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Pretrain options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("arch", po::value(&c.arch)->default_value(c.arch), "what to pre-train: vit (the VFM) | resnet (the BN prior for inversion)")
       ("data", po::value(&c.data), "HDF5 image set of the base classes (e.g. data/demo/base.h5)")
@@ -50,7 +53,10 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, sampling and augmentation")
       ("no-resume", po::bool_switch(&no_resume), "ignore an existing checkpoint and start over")
       ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "checkpoint and exit after this many steps of this run (0 = run to the end)");
+  // clang-format on
   po::options_description arch("Architecture (HF CLIPVisionConfig fields)");
+  // One option per line:
+  // clang-format off
   arch.add_options()
       ("width", po::value(&c.vit.hidden_size)->default_value(c.vit.hidden_size), "hidden_size")
       ("mlp", po::value(&c.vit.intermediate_size)->default_value(c.vit.intermediate_size), "intermediate_size")
@@ -60,15 +66,19 @@ int run_pretrain(int argc, char** argv, dist::Runtime& rt) {
       ("patch", po::value(&c.vit.patch_size)->default_value(c.vit.patch_size), "patch_size")
       ("proj-dim", po::value(&c.vit.projection_dim)->default_value(c.vit.projection_dim), "projection_dim (feature width)")
       ("act", po::value(&act)->default_value(act), "hidden_act: quick_gelu | gelu");
+  // clang-format on
   po::options_description cnn("BN-prior CNN (--arch resnet; torchvision naming)");
+  // One option per line:
+  // clang-format off
   cnn.add_options()
       ("resnet-width", po::value(&c.resnet.width)->default_value(c.resnet.width), "channels of the stem and first stage (torchvision: 64)")
       ("resnet-layers", po::value(&resnet_layers)->default_value(resnet_layers), "blocks per stage, 4 comma-separated (ResNet-18: 2,2,2,2)")
       ("resnet-bottleneck", po::bool_switch(&c.resnet.bottleneck), "Bottleneck blocks (ResNet-50 style) instead of BasicBlock")
       ("resnet-imagenet-stem", po::bool_switch(&c.resnet.imagenet_stem), "7x7/2 conv + max-pool stem (for large images)");
+  // clang-format on
   desc.add(own).add(arch).add(cnn);
-  if (!parse("pretrain", "usage: lorarecycle pretrain [--arch vit|resnet] --data base.h5 --out DIR [options]", argc, argv, desc, common,
-             rt.rank()))
+  if (!parse("pretrain", "usage: lorarecycle pretrain [--arch vit|resnet] --data base.h5 --out DIR [options]", argc,
+             argv, desc, common, rt.rank()))
     return 0;
   c.vit.hidden_act = model::parse_activation(act, "--act");
   c.resume = !no_resume;

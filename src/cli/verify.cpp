@@ -1,5 +1,7 @@
 // lorarecycle verify RUN_DIR: completeness, integrity and the provenance chain of a run's outputs
 // (lorarecycle/verify/verify.h). One line per output; exit 0 when all is well, 1 on any problem.
+#include "lorarecycle/verify/verify.h"
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -8,7 +10,6 @@
 #include "cli/options.h"
 #include "lorarecycle/dist/runtime.h"
 #include "lorarecycle/util/error.h"
-#include "lorarecycle/verify/verify.h"
 
 namespace lorarec::cli {
 
@@ -25,19 +26,23 @@ int run_verify(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Verify options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("run", po::value(&run_dir), "the run directory to check (also the first argument): every output directory under it (up to 3 levels down) that carries a .lorarecycle.json marker, or an output of an older version")
       ("quiet", po::bool_switch(&quiet), "print only the problems and the summary line");
+  // clang-format on
   desc.add(own);
-  if (!parse("verify",
-             "usage: lorarecycle verify RUN_DIR [--quiet]\n\n"
-             "Checks a run's outputs (pre-trained models, zoo, pool, meta-LoRAs, their work directories, evaluations):\n"
-             "completeness (everything the zoo manifest, the pool index and the results name is there and finished),\n"
-             "integrity (every safetensors file's content digest, every pool file's data digest) and the provenance\n"
-             "chain (each output's inputs, recorded by content digest, found in the run or at their recorded paths\n"
-             "and unchanged since). Paths recorded relative are read from the current directory: run it where the\n"
-             "pipeline ran. Exit status: 0 all well, 1 a problem found (each one line), 2 bad options.",
-             static_cast<int>(av.size()) - 1, av.data(), desc, common, rt.rank()))
+  if (!parse(
+          "verify",
+          "usage: lorarecycle verify RUN_DIR [--quiet]\n\n"
+          "Checks a run's outputs (pre-trained models, zoo, pool, meta-LoRAs, their work directories, evaluations):\n"
+          "completeness (everything the zoo manifest, the pool index and the results name is there and finished),\n"
+          "integrity (every safetensors file's content digest, every pool file's data digest) and the provenance\n"
+          "chain (each output's inputs, recorded by content digest, found in the run or at their recorded paths\n"
+          "and unchanged since). Paths recorded relative are read from the current directory: run it where the\n"
+          "pipeline ran. Exit status: 0 all well, 1 a problem found (each one line), 2 bad options.",
+          static_cast<int>(av.size()) - 1, av.data(), desc, common, rt.rank()))
     return 0;
   if (run_dir.empty()) throw InputError("verify: RUN_DIR is required (lorarecycle verify RUN_DIR)");
   const verify::Report report = verify::verify_run(run_dir);

@@ -1,11 +1,12 @@
 // lorarecycle zoo: pre-tune K LoRAs (+ heads) on N-way tasks, sharded over ranks.
+#include "lorarecycle/train/zoo.h"
+
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/dist/runtime.h"
-#include "lorarecycle/train/zoo.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 
@@ -17,6 +18,8 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Zoo options");
+  // One option per line:
+  // clang-format off
   own.add_options()
       ("model", po::value(&c.model), "HF model directory of the VFM")
       ("data", po::value(&c.data), "HDF5 image set of the zoo classes (e.g. data/demo/zoo.h5)")
@@ -34,9 +37,10 @@ int run_zoo(int argc, char** argv, dist::Runtime& rt) {
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of tasks, splits and initialisation")
       ("restart", po::bool_switch(&c.restart), "discard the LoRAs and manifest an earlier run left in --out and train every LoRA anew (without it, finished LoRAs are reused when their recorded settings equal today's, and the run is refused otherwise)");
+  // clang-format on
   desc.add(own);
-  if (!parse("zoo", "usage: lorarecycle zoo --model DIR --data zoo.h5 --out ZOO_DIR [options]", argc, argv, desc, common,
-             rt.rank()))
+  if (!parse("zoo", "usage: lorarecycle zoo --model DIR --data zoo.h5 --out ZOO_DIR [options]", argc, argv, desc,
+             common, rt.rank()))
     return 0;
   c.lora.target_modules = parse_modules(targets);
   c.validate();

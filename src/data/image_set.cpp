@@ -44,8 +44,8 @@ ImageSet ImageSet::from_tensors(at::Tensor images, at::Tensor labels, std::vecto
   if (s.labels_.numel() > 0) {
     const int64_t lo = s.labels_.min().item<int64_t>(), hi = s.labels_.max().item<int64_t>();
     if (lo < 0 || hi >= s.num_classes())
-      throw InputError(s.origin_ + ": labels span [" + std::to_string(lo) + ", " + std::to_string(hi) + "] but there are " +
-                       std::to_string(s.num_classes()) + " class names");
+      throw InputError(s.origin_ + ": labels span [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                       "] but there are " + std::to_string(s.num_classes()) + " class names");
   }
   s.index();
   return s;
@@ -68,7 +68,7 @@ ImageSet ImageSet::subset(const std::vector<int64_t>& rows, const std::string& o
 }
 
 std::pair<std::vector<int64_t>, std::vector<int64_t>> ImageSet::split_per_class(double fraction,
-                                                                               std::uint64_t seed) const {
+                                                                                std::uint64_t seed) const {
   std::vector<int64_t> a, b;
   for (size_t c = 0; c < by_class_.size(); ++c) {
     std::vector<int64_t> rows = by_class_[c];

@@ -7,11 +7,11 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <ctime>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <thread>
 
@@ -23,12 +23,18 @@ namespace {
 
 MPI_Datatype mpi_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return MPI_FLOAT;
-    case at::kDouble: return MPI_DOUBLE;
-    case at::kLong: return MPI_INT64_T;
-    case at::kInt: return MPI_INT32_T;
-    case at::kByte: return MPI_UINT8_T;
-    default: throw RuntimeError(std::string("MPI communicator: unsupported dtype ") + c10::toString(t));
+    case at::kFloat:
+      return MPI_FLOAT;
+    case at::kDouble:
+      return MPI_DOUBLE;
+    case at::kLong:
+      return MPI_INT64_T;
+    case at::kInt:
+      return MPI_INT32_T;
+    case at::kByte:
+      return MPI_UINT8_T;
+    default:
+      throw RuntimeError(std::string("MPI communicator: unsupported dtype ") + c10::toString(t));
   }
 }
 
@@ -83,7 +89,8 @@ struct CollectiveWatchdog::State {
 
 namespace {
 int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 std::atomic<int64_t> g_stop_signal_ms{0};
 static_assert(std::atomic<int64_t>::is_always_lock_free, "signal handlers need a lock-free atomic");
@@ -109,7 +116,8 @@ CollectiveWatchdog::CollectiveWatchdog(double timeout_s, int rank, const char* c
       const char* what = st->what.load();
       if (what == nullptr) continue;
       const int64_t stop_ms = g_stop_signal_ms.load();
-      if (stop_ms != 0 && now_ms() - stop_ms > static_cast<int64_t>(kStopGraceSeconds * 1000) && st->what.load() == what) {
+      if (stop_ms != 0 && now_ms() - stop_ms > static_cast<int64_t>(kStopGraceSeconds * 1000) &&
+          st->what.load() == what) {
         std::fprintf(stderr,
                      "lorarecycle: error [rank %d]: stop signal received while %s %s still waits for a peer after "
                      "%g s (a peer is gone); exiting\n",

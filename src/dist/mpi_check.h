@@ -27,12 +27,12 @@ inline int world_rank_or_minus1() {
 }  // namespace lorarec::dist::detail
 
 // Throws RuntimeError with the expression, file:line, rank and MPI's error string.
-#define LORAREC_MPI_CHECK(expr)                                                                        \
-  do {                                                                                                 \
-    const int lorarec_mpi_rc_ = (expr);                                                                \
-    if (lorarec_mpi_rc_ != MPI_SUCCESS)                                                                \
-      throw ::lorarec::RuntimeError(std::string("MPI call ") + #expr + " failed at " + __FILE__ + ":" + \
-                                    std::to_string(__LINE__) + " on rank " +                          \
-                                    std::to_string(::lorarec::dist::detail::world_rank_or_minus1()) +  \
-                                    ": " + ::lorarec::dist::detail::mpi_error_string(lorarec_mpi_rc_)); \
+#define LORAREC_MPI_CHECK(expr)                                                                              \
+  do {                                                                                                       \
+    const int lorarec_mpi_rc_ = (expr);                                                                      \
+    if (lorarec_mpi_rc_ != MPI_SUCCESS)                                                                      \
+      throw ::lorarec::RuntimeError(std::string("MPI call ") + #expr + " failed at " + __FILE__ + ":" +      \
+                                    std::to_string(__LINE__) + " on rank " +                                 \
+                                    std::to_string(::lorarec::dist::detail::world_rank_or_minus1()) + ": " + \
+                                    ::lorarec::dist::detail::mpi_error_string(lorarec_mpi_rc_));             \
   } while (0)

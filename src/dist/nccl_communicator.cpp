@@ -1,9 +1,8 @@
 // NCCL communicator: one ncclAllReduce on the flat gradient buffer per step.
 // Built only when LORAREC_HAVE_NCCL (CUDA toolkit + NCCL found at configure time).
+#include <ATen/ATen.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
-
-#include <ATen/ATen.h>
 
 #include <chrono>
 #include <thread>
@@ -21,41 +20,48 @@
 namespace lorarec::dist {
 namespace {
 
-#define LORAREC_CUDA_CHECK(expr)                                                                         \
-  do {                                                                                                   \
-    const cudaError_t lorarec_cuda_rc_ = (expr);                                                         \
-    if (lorarec_cuda_rc_ != cudaSuccess)                                                                 \
-      throw ::lorarec::RuntimeError(std::string("CUDA call ") + #expr + " failed at " + __FILE__ + ":" +  \
-                                    std::to_string(__LINE__) + " on rank " +                            \
-                                    std::to_string(detail::world_rank_or_minus1()) + ": " +              \
-                                    cudaGetErrorString(lorarec_cuda_rc_));                               \
+#define LORAREC_CUDA_CHECK(expr)                                                                                       \
+  do {                                                                                                                 \
+    const cudaError_t lorarec_cuda_rc_ = (expr);                                                                       \
+    if (lorarec_cuda_rc_ != cudaSuccess)                                                                               \
+      throw ::lorarec::RuntimeError(                                                                                   \
+          std::string("CUDA call ") + #expr + " failed at " + __FILE__ + ":" + std::to_string(__LINE__) +              \
+          " on rank " + std::to_string(detail::world_rank_or_minus1()) + ": " + cudaGetErrorString(lorarec_cuda_rc_)); \
   } while (0)
 
 // Aborts the communicator before throwing, so peers do not hang (STYLE 5).
-#define LORAREC_NCCL_CHECK(comm, expr)                                                                  \
-  do {                                                                                                  \
-    const ncclResult_t lorarec_nccl_rc_ = (expr);                                                       \
-    if (lorarec_nccl_rc_ != ncclSuccess) {                                                              \
-      const std::string lorarec_nccl_last_ = (comm) != nullptr ? ncclGetLastError(comm) : "";           \
-      if ((comm) != nullptr) ncclCommAbort(comm);                                                       \
-      (comm) = nullptr;                                                                                 \
+#define LORAREC_NCCL_CHECK(comm, expr)                                                                   \
+  do {                                                                                                   \
+    const ncclResult_t lorarec_nccl_rc_ = (expr);                                                        \
+    if (lorarec_nccl_rc_ != ncclSuccess) {                                                               \
+      const std::string lorarec_nccl_last_ = (comm) != nullptr ? ncclGetLastError(comm) : "";            \
+      if ((comm) != nullptr) ncclCommAbort(comm);                                                        \
+      (comm) = nullptr;                                                                                  \
       throw ::lorarec::RuntimeError(std::string("NCCL call ") + #expr + " failed at " + __FILE__ + ":" + \
-                                    std::to_string(__LINE__) + " on rank " +                           \
-                                    std::to_string(detail::world_rank_or_minus1()) + ": " +             \
-                                    ncclGetErrorString(lorarec_nccl_rc_) + " " + lorarec_nccl_last_);   \
-    }                                                                                                   \
+                                    std::to_string(__LINE__) + " on rank " +                             \
+                                    std::to_string(detail::world_rank_or_minus1()) + ": " +              \
+                                    ncclGetErrorString(lorarec_nccl_rc_) + " " + lorarec_nccl_last_);    \
+    }                                                                                                    \
   } while (0)
 
 ncclDataType_t nccl_type(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return ncclFloat32;
-    case at::kDouble: return ncclFloat64;
-    case at::kHalf: return ncclFloat16;
-    case at::kBFloat16: return ncclBfloat16;
-    case at::kLong: return ncclInt64;
-    case at::kInt: return ncclInt32;
-    case at::kByte: return ncclUint8;
-    default: throw RuntimeError(std::string("NCCL communicator: unsupported dtype ") + c10::toString(t));
+    case at::kFloat:
+      return ncclFloat32;
+    case at::kDouble:
+      return ncclFloat64;
+    case at::kHalf:
+      return ncclFloat16;
+    case at::kBFloat16:
+      return ncclBfloat16;
+    case at::kLong:
+      return ncclInt64;
+    case at::kInt:
+      return ncclInt32;
+    case at::kByte:
+      return ncclUint8;
+    default:
+      throw RuntimeError(std::string("NCCL communicator: unsupported dtype ") + c10::toString(t));
   }
 }
 
@@ -91,20 +97,23 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(at::Tensor& flat) override {
     check_cuda(flat);
     const cudaStream_t s = begin();
-    LORAREC_NCCL_CHECK(comm_, ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(), nccl_type(flat.scalar_type()),
-                                            ncclSum, comm_, s));
+    LORAREC_NCCL_CHECK(comm_, ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(),
+                                            nccl_type(flat.scalar_type()), ncclSum, comm_, s));
     finish(s);
   }
   void broadcast(at::Tensor& t, int root) override {
     check_cuda(t);
     const cudaStream_t s = begin();
-    LORAREC_NCCL_CHECK(comm_, ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), root, comm_, s));
+    LORAREC_NCCL_CHECK(
+        comm_, ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), root, comm_, s));
     finish(s);
   }
   void barrier() override { mpi_.barrier(); }
   std::vector<std::uint64_t> all_gather_u64(std::uint64_t v) override { return mpi_.all_gather_u64(v); }
   std::vector<double> all_gather_f64(double v) override { return mpi_.all_gather_f64(v); }
-  at::Tensor gather_rows(const at::Tensor& local, int root) override { return mpi_.gather_rows(local.to(at::kCPU), root); }
+  at::Tensor gather_rows(const at::Tensor& local, int root) override {
+    return mpi_.gather_rows(local.to(at::kCPU), root);
+  }
   std::string broadcast_string(const std::string& v, int root) override { return mpi_.broadcast_string(v, root); }
 
  private:
@@ -136,8 +145,8 @@ class NcclCommunicator final : public Communicator {
       if (timeout_s_ > 0 && waited > timeout_s_) {
         ncclCommAbort(comm_);
         comm_ = nullptr;
-        throw RuntimeError("NCCL collective did not complete within " + std::to_string(timeout_s_) +
-                           " s on rank " + std::to_string(rank()) + " (a peer is stuck or dead); communicator aborted");
+        throw RuntimeError("NCCL collective did not complete within " + std::to_string(timeout_s_) + " s on rank " +
+                           std::to_string(rank()) + " (a peer is stuck or dead); communicator aborted");
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }

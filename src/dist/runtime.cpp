@@ -1,8 +1,7 @@
 #include "lorarecycle/dist/runtime.h"
 
-#include <dlfcn.h>
-
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 
 #include <cstdlib>
 #include <sstream>
@@ -17,18 +16,24 @@ namespace lorarec::dist {
 
 const char* launcher_name(Launcher l) {
   switch (l) {
-    case Launcher::kNone: return "none (single process)";
-    case Launcher::kMpirun: return "mpirun (Open MPI)";
-    case Launcher::kSrun: return "srun (Slurm, PMIx)";
-    case Launcher::kPmix: return "PMIx launcher";
-    case Launcher::kPmi: return "PMI launcher";
+    case Launcher::kNone:
+      return "none (single process)";
+    case Launcher::kMpirun:
+      return "mpirun (Open MPI)";
+    case Launcher::kSrun:
+      return "srun (Slurm, PMIx)";
+    case Launcher::kPmix:
+      return "PMIx launcher";
+    case Launcher::kPmi:
+      return "PMI launcher";
   }
   return "?";
 }
 
 Launcher detect_launcher() {
   if (env::get(env::kOmpiWorldSize)) return Launcher::kMpirun;
-  if (env::get(env::kPmixRank)) return env::get(env::kSlurmStepId) || env::get(env::kSlurmJobId) ? Launcher::kSrun : Launcher::kPmix;
+  if (env::get(env::kPmixRank))
+    return env::get(env::kSlurmStepId) || env::get(env::kSlurmJobId) ? Launcher::kSrun : Launcher::kPmix;
   if (env::get(env::kPmiRank) && env::get(env::kPmiSize)) return Launcher::kPmi;
   return Launcher::kNone;
 }
@@ -80,7 +85,8 @@ std::string Runtime::describe() const {
 
 std::unique_ptr<Communicator> Runtime::make_communicator(const std::string& kind, double collective_timeout_s) const {
   if (kind == "local" || (kind == "auto" && !mpi_active_)) {
-    if (world_size_ != 1) throw InputError("communicator 'local' asked for with world size " + std::to_string(world_size_));
+    if (world_size_ != 1)
+      throw InputError("communicator 'local' asked for with world size " + std::to_string(world_size_));
     return std::make_unique<LocalCommunicator>();
   }
   if (kind == "mpi" || kind == "auto") {

@@ -2,17 +2,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <map>
-#include <optional>
-#include <filesystem>
 #include <memory>
-#include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "lorarecycle/data/image_set.h"
@@ -25,8 +25,8 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
-#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::eval {
 namespace {
@@ -70,9 +70,16 @@ std::string fnv_hex(const std::string& s) { return prov::hex(dist::fnv1a64(s.dat
 
 // One result row as results.json and the result cache store it.
 json row_json(const EvalRow& r) {
-  return {{"dataset", r.dataset}, {"method", r.method}, {"way", r.way}, {"shot", r.shot},
-          {"query", r.query}, {"episodes", r.acc.episodes}, {"mean", r.acc.mean},
-          {"ci95", r.acc.ci95}, {"tasks_per_s", r.tasks_per_s}, {"timed_tasks", r.timed_tasks}};
+  return {{"dataset", r.dataset},
+          {"method", r.method},
+          {"way", r.way},
+          {"shot", r.shot},
+          {"query", r.query},
+          {"episodes", r.acc.episodes},
+          {"mean", r.acc.mean},
+          {"ci95", r.acc.ci95},
+          {"tasks_per_s", r.tasks_per_s},
+          {"timed_tasks", r.timed_tasks}};
 }
 EvalRow row_from_json(const json& j) {
   EvalRow r;
@@ -146,7 +153,8 @@ class ResultCache {
       j.erase("digest");
       if (digest != fnv_hex(j.dump())) {
         if (comm_.rank() == 0)
-          LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string() << ": corrupt (its digest does not match), recomputed");
+          LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string()
+                               << ": corrupt (its digest does not match), recomputed");
         return std::nullopt;
       }
       return row_from_json(j);
@@ -236,16 +244,19 @@ void EvalConfig::validate() const {
   for (const auto& m : methods)
     if (m != "nn" && m != "lora-avg" && m != "lora-ft" && m != "lorahub" && m != "meta")
       throw InputError("eval: unknown method '" + m + "' (nn, lora-avg, lora-ft, lorahub, meta)");
-  const auto wants = [&](const char* m) { return methods.empty() || std::count(methods.begin(), methods.end(), m) > 0; };
+  const auto wants = [&](const char* m) {
+    return methods.empty() || std::count(methods.begin(), methods.end(), m) > 0;
+  };
   if (!methods.empty() && wants("lora-avg") && zoo.empty()) throw InputError("eval: method lora-avg needs --zoo");
   if (!methods.empty() && wants("lorahub") && zoo.empty()) throw InputError("eval: method lorahub needs --zoo");
   if (hub_episodes < 0 || hub.budget < 1 || !(hub.l1 >= 0) || !(hub.sigma > 0) || !(hub.bound > 0))
-    throw InputError("eval: need --hub-episodes >= 0, --hub-budget >= 1, --hub-l1 >= 0, --hub-sigma > 0, --hub-bound > 0");
+    throw InputError(
+        "eval: need --hub-episodes >= 0, --hub-budget >= 1, --hub-l1 >= 0, --hub-sigma > 0, --hub-bound > 0");
   if (!methods.empty() && wants("meta") && meta.empty()) throw InputError("eval: method meta needs --meta");
 }
 
-double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px,
-                        int way, int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed) {
+double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px, int way,
+                        int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed) {
   model::Lora ft(vit.config(), lora_cfg, seed);
   ft.to(vit.device());
   const at::Tensor y = data::episode_labels(way, shot).to(vit.device());
@@ -273,15 +284,15 @@ double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_
 std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream os;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10s\n", "dataset", "method", "setting", "accuracy % (95% CI)",
-                "tasks/s");
+  std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10s\n", "dataset", "method", "setting",
+                "accuracy % (95% CI)", "tasks/s");
   os << buf;
   for (const auto& r : rows) {
     char setting[32], acc[48];
     std::snprintf(setting, sizeof setting, "%dw%ds", r.way, r.shot);
     std::snprintf(acc, sizeof acc, "%6.2f +- %4.2f", r.acc.mean, r.acc.ci95);
-    std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10.2f\n", r.dataset.c_str(), r.method.c_str(), setting, acc,
-                  r.tasks_per_s);
+    std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10.2f\n", r.dataset.c_str(), r.method.c_str(), setting,
+                  acc, r.tasks_per_s);
     os << buf;
   }
   return os.str();
@@ -317,9 +328,13 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   // Provenance of the results: every input by content digest (results.json "inputs"; each row
   // names the inputs it was computed from). `lorarecycle verify` compares them with the files.
   const auto input = [](const std::string& path, const std::string& digest) {
-    return json{{"path", path}, {"absolute path", stdfs::absolute(path).lexically_normal().string()}, {"content digest", digest}};
+    return json{{"path", path},
+                {"absolute path", stdfs::absolute(path).lexically_normal().string()},
+                {"content digest", digest}};
   };
-  json inputs = {{"model", input(cfg.model, io::checked_model_digest(cfg.model))}, {"data", json::object()}, {"meta", json::object()}};
+  json inputs = {{"model", input(cfg.model, io::checked_model_digest(cfg.model))},
+                 {"data", json::object()},
+                 {"meta", json::object()}};
   if (!zoo_dirs.empty()) inputs["zoo"] = input(cfg.zoo, io::adapters_digest(zoo_dirs));
   std::vector<Method> methods;
   if (wants("nn")) methods.push_back({"nn", "nn", nullptr, ""});
@@ -360,8 +375,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                             std::to_string(cfg.hub.shift) + zoo_source;
     LOG_INFO("eval", "lorahub: " << zoo_loras.size() << " zoo LoRAs of " << cfg.zoo << ", CMA-ES over their weights, "
                                  << cfg.hub.budget << " evaluations per task, L1 " << cfg.hub.l1);
-    adaptive.push_back({"lorahub", cfg.hub_episodes, src,
-                        "CMA-ES, " + std::to_string(cfg.hub.budget) + " evaluations",
+    adaptive.push_back({"lorahub", cfg.hub_episodes, src, "CMA-ES, " + std::to_string(cfg.hub.budget) + " evaluations",
                         [&](const at::Tensor& s, const at::Tensor& q, int shot, std::uint64_t seed) {
                           return lorahub_episode(vit, zoo_loras, s, q, cfg.way, shot, cfg.hub, seed).accuracy;
                         }});
@@ -370,11 +384,20 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
 
   std::vector<std::string> targets;
   for (auto t : cfg.ft_lora.target_modules) targets.push_back(model::module_name(t));
-  json settings = {{"model", cfg.model}, {"model_files", fingerprint(cfg.model)}, {"seed", cfg.seed},
-                   {"way", cfg.way}, {"query", cfg.query}, {"episodes", cfg.episodes},
-                   {"timing_episodes", cfg.timing_episodes}, {"ft_episodes", cfg.ft_episodes},
-                   {"ft_steps", cfg.ft_steps}, {"ft_lr", cfg.ft_lr}, {"ft_rank", cfg.ft_lora.r},
-                   {"ft_alpha", cfg.ft_lora.alpha}, {"ft_targets", targets}, {"device", device.str()}};
+  json settings = {{"model", cfg.model},
+                   {"model_files", fingerprint(cfg.model)},
+                   {"seed", cfg.seed},
+                   {"way", cfg.way},
+                   {"query", cfg.query},
+                   {"episodes", cfg.episodes},
+                   {"timing_episodes", cfg.timing_episodes},
+                   {"ft_episodes", cfg.ft_episodes},
+                   {"ft_steps", cfg.ft_steps},
+                   {"ft_lr", cfg.ft_lr},
+                   {"ft_rank", cfg.ft_lora.r},
+                   {"ft_alpha", cfg.ft_lora.alpha},
+                   {"ft_targets", targets},
+                   {"device", device.str()}};
   // Only bf16 is recorded: fp32 partial results of runs before the option existed stay valid.
   if (cfg.precision != model::Precision::kFp32) settings["precision"] = model::precision_name(cfg.precision);
   ResultCache cache(cfg.out, settings, comm);
@@ -509,9 +532,9 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
                 {"ft_lr", cfg.ft_lr}, {"inputs", inputs}, {"rows", json::array()}};
       for (const auto& r : rows) {
         char line[512];
-        std::snprintf(line, sizeof line, "%s,%s,%d,%d,%d,%lld,%.4f,%.4f,%.4f,%lld\n", r.dataset.c_str(), r.method.c_str(),
-                      r.way, r.shot, r.query, static_cast<long long>(r.acc.episodes), r.acc.mean, r.acc.ci95,
-                      r.tasks_per_s, static_cast<long long>(r.timed_tasks));
+        std::snprintf(line, sizeof line, "%s,%s,%d,%d,%d,%lld,%.4f,%.4f,%.4f,%lld\n", r.dataset.c_str(),
+                      r.method.c_str(), r.way, r.shot, r.query, static_cast<long long>(r.acc.episodes), r.acc.mean,
+                      r.acc.ci95, r.tasks_per_s, static_cast<long long>(r.timed_tasks));
         csv += line;
         json rj = row_json(r);
         // The inputs this row was computed from, as keys of "inputs".

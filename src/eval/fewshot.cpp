@@ -55,9 +55,9 @@ std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t t
 
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot) {
   const at::Tensor protos = support.view({n_way, k_shot, support.size(-1)}).mean(1);  // [N, D]
-  const at::Tensor q2 = query.pow(2).sum(-1, true);                                      // [M, 1]
-  const at::Tensor p2 = protos.pow(2).sum(-1).unsqueeze(0);                              // [1, N]
-  return -(q2 - 2.0 * at::matmul(query, protos.t()) + p2);                               // [M, N]
+  const at::Tensor q2 = query.pow(2).sum(-1, true);                                   // [M, 1]
+  const at::Tensor p2 = protos.pow(2).sum(-1).unsqueeze(0);                           // [1, N]
+  return -(q2 - 2.0 * at::matmul(query, protos.t()) + p2);                            // [M, N]
 }
 
 double episode_accuracy(const at::Tensor& features, const data::Episode& e, const data::EpisodeSpec& spec) {
@@ -77,7 +77,8 @@ Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& s
     auto rng = data::make_rng(seed, 0, static_cast<std::uint64_t>(i));
     mine.push_back(episode_accuracy(features, sampler.sample(rng), spec));
   }
-  return summarize(all_gather_values(mine, episodes, comm), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return summarize(all_gather_values(mine, episodes, comm),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 }  // namespace lorarec::eval

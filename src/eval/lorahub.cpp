@@ -32,14 +32,14 @@ model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vect
   return out;
 }
 
-double hub_support_loss(const model::ClipVision& vit, const std::vector<model::Lora>& loras, const std::vector<double>& w,
-                        const at::Tensor& support_px, int way, int shot, int shift) {
+double hub_support_loss(const model::ClipVision& vit, const std::vector<model::Lora>& loras,
+                        const std::vector<double>& w, const at::Tensor& support_px, int way, int shot, int shift) {
   at::NoGradGuard ng;
   const model::Lora lora = compose_loras(loras, w, vit.config());
   const int64_t n = support_px.size(0);
   // Support, then its copies rolled by (+s, +s) and (-s, -s): one forward.
-  const at::Tensor views = at::cat({support_px, at::roll(support_px, {shift, shift}, {2, 3}),
-                                    at::roll(support_px, {-shift, -shift}, {2, 3})});
+  const at::Tensor views = at::cat(
+      {support_px, at::roll(support_px, {shift, shift}, {2, 3}), at::roll(support_px, {-shift, -shift}, {2, 3})});
   const at::Tensor f = vit.forward(views, {}, &lora).feature.to(at::kFloat);
   const at::Tensor logits = prototype_logits(f.narrow(0, 0, n), f.narrow(0, n, 2 * n), way, shot) / double(f.size(1));
   const at::Tensor y = data::episode_labels(way, shot).repeat({2}).to(logits.device());
@@ -137,7 +137,8 @@ HubResult lorahub_episode(const model::ClipVision& vit, const std::vector<model:
   const model::Lora lora = compose_loras(loras, r.weights, vit.config());
   const int64_t ns = support_px.size(0);
   const at::Tensor f = vit.forward(at::cat({support_px, query_px}), {}, &lora).feature;
-  const at::Tensor pred = prototype_logits(f.narrow(0, 0, ns), f.narrow(0, ns, f.size(0) - ns), way, shot).argmax(-1).cpu();
+  const at::Tensor pred =
+      prototype_logits(f.narrow(0, 0, ns), f.narrow(0, ns, f.size(0) - ns), way, shot).argmax(-1).cpu();
   const int q = static_cast<int>(query_px.size(0) / way);
   r.accuracy = 100.0 * pred.eq(data::episode_labels(way, q)).to(at::kDouble).mean().item<double>();
   return r;

@@ -21,9 +21,8 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
                      const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features,
                      const at::Tensor* soft_targets) {
   LossTerms t;
-  at::Tensor ce_each = soft_targets != nullptr
-                           ? -(*soft_targets * at::log_softmax(logits, -1)).sum(-1)
-                           : at::cross_entropy_loss(logits, targets, {}, at::Reduction::None);
+  at::Tensor ce_each = soft_targets != nullptr ? -(*soft_targets * at::log_softmax(logits, -1)).sum(-1)
+                                               : at::cross_entropy_loss(logits, targets, {}, at::Reduction::None);
   if (cfg.stop_confidence > 0) {  // confident images drop out of this iteration's CE (no host sync)
     const at::Tensor p = at::softmax(logits.detach(), -1).gather(1, targets.view({-1, 1})).view({-1});
     ce_each = ce_each * p.lt(cfg.stop_confidence).to(ce_each.scalar_type());
@@ -131,7 +130,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   double best = std::numeric_limits<double>::infinity();
   at::Tensor best_x = pixels(x).detach().clone();
   std::optional<Progress> progress;
-  if (!progress_name.empty()) progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
+  if (!progress_name.empty())
+    progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     std::uniform_int_distribution<int> shift(-jitter, jitter);
@@ -165,8 +165,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     const at::Tensor logits = lora.head(feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
-    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr,
-                                    soft ? &*soft : nullptr);
+    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg,
+                                    cfg.w_div > 0 ? &feature : nullptr, soft ? &*soft : nullptr);
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)
@@ -182,10 +182,12 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     clamp_pixels(x, lo, hi);
     if (progress) {
       if (progress->due()) {  // the terms are read only for the lines that are printed
-        const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
-        progress->note("loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) +
-                       ", l2 " + term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) + "), " +
-                       std::to_string(n) + " images, " + log::sig(double(it + 1) * n / progress->elapsed_s()) +
+        const auto term = [](const at::Tensor& t) {
+          return t.defined() ? log::sig(t.item<double>()) : std::string("0");
+        };
+        progress->note("loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " +
+                       term(lt.tv) + ", l2 " + term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) +
+                       "), " + std::to_string(n) + " images, " + log::sig(double(it + 1) * n / progress->elapsed_s()) +
                        " image-iterations/s");
       }
       progress->advance(1);
@@ -246,7 +248,8 @@ at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std:
   return x.gather(2, ri).gather(3, ci);
 }
 
-void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out) {
+void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg,
+                     Surrogates& out) {
   at::NoGradGuard ng;
   const at::Tensor px = vit.preprocess(out.images);
   model::ForwardOptions dense;

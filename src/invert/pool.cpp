@@ -1,8 +1,8 @@
 #include "lorarecycle/invert/pool.h"
 
-#include <zlib.h>
-
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +12,6 @@
 #include <map>
 #include <optional>
 #include <sstream>
-#include <nlohmann/json.hpp>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
@@ -105,7 +104,8 @@ bool pool_file_complete(const std::string& path) {
 }
 
 std::string pool_data_digest(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& global_class,
-                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores, const at::Tensor& keep_mask) {
+                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores,
+                             const at::Tensor& keep_mask) {
   std::uint64_t h = prov::kHashSeed;
   const std::pair<const at::Tensor*, at::ScalarType> parts[] = {
       {&images, at::kByte},          {&labels, at::kInt},         {&global_class, at::kInt},
@@ -140,7 +140,9 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
   at::Tensor canvas = at::full({H, W, 3}, 255, at::kByte);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = i / cols, c = i % cols;
-    canvas.slice(0, 1 + r * (h + 1), 1 + r * (h + 1) + h).slice(1, 1 + c * (w + 1), 1 + c * (w + 1) + w).copy_(images[i]);
+    canvas.slice(0, 1 + r * (h + 1), 1 + r * (h + 1) + h)
+        .slice(1, 1 + c * (w + 1), 1 + c * (w + 1) + w)
+        .copy_(images[i]);
   }
   std::string raw;
   const auto* px = canvas.data_ptr<std::uint8_t>();
@@ -150,7 +152,8 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
   }
   uLongf zlen = compressBound(raw.size());
   std::string z(zlen, '\0');
-  if (compress2(reinterpret_cast<Bytef*>(z.data()), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size(), 6) != Z_OK)
+  if (compress2(reinterpret_cast<Bytef*>(z.data()), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size(), 6) !=
+      Z_OK)
     throw RuntimeError("PNG compression failed for " + path);
   z.resize(zlen);
   std::string png = "\x89PNG\r\n\x1a\n";
@@ -167,7 +170,8 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
 json pool_settings(const InvertJobConfig& cfg) {
   const InversionConfig& v = cfg.inv;
   std::string prune;
-  for (const auto& [layer, ratio] : v.prune) prune += (prune.empty() ? "" : ",") + std::to_string(layer) + ":" + log::sig(ratio);
+  for (const auto& [layer, ratio] : v.prune)
+    prune += (prune.empty() ? "" : ",") + std::to_string(layer) + ":" + log::sig(ratio);
   json s = {{"--zoo (manifest digest)", prov::file_digest(stdfs::path(cfg.zoo) / "manifest.json")},
             {"--model (content digest)", io::checked_model_digest(cfg.model)},
             {"--per-class", v.per_class},
@@ -180,10 +184,19 @@ json pool_settings(const InvertJobConfig& cfg) {
     return s;
   }
   const bool use_prior = !cfg.prior.empty() && v.w_bn > 0;
-  s.update({{"--iterations", v.iterations}, {"--lr", v.lr},          {"--w-ce", v.w_ce},
-            {"--w-bn", use_prior ? v.w_bn : 0.0}, {"--w-tv", v.w_tv}, {"--w-l2", v.w_l2},
-            {"--w-div", v.w_div},         {"--jitter", v.jitter},    {"--jitter-per-image", v.per_image}, {"--target-mix", v.target_mix},
-            {"--no-flip", !v.flip},       {"--gray", v.gray},        {"--prune-start", v.prune_start},
+  s.update({{"--iterations", v.iterations},
+            {"--lr", v.lr},
+            {"--w-ce", v.w_ce},
+            {"--w-bn", use_prior ? v.w_bn : 0.0},
+            {"--w-tv", v.w_tv},
+            {"--w-l2", v.w_l2},
+            {"--w-div", v.w_div},
+            {"--jitter", v.jitter},
+            {"--jitter-per-image", v.per_image},
+            {"--target-mix", v.target_mix},
+            {"--no-flip", !v.flip},
+            {"--gray", v.gray},
+            {"--prune-start", v.prune_start},
             {"--full-last-layer", !v.cls_only_last}});
   if (use_prior) s["--prior (content digest)"] = io::checked_model_digest(cfg.prior);
   // Recorded only when used, so that pools written before these options existed still match.
@@ -194,7 +207,8 @@ json pool_settings(const InvertJobConfig& cfg) {
 }
 
 void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
-  if (cfg.model.empty() || cfg.zoo.empty() || cfg.out.empty()) throw InputError("invert: --model, --zoo and --out are required");
+  if (cfg.model.empty() || cfg.zoo.empty() || cfg.out.empty())
+    throw InputError("invert: --model, --zoo and --out are required");
   const stdfs::path zoo(cfg.zoo), out(cfg.out), progress_dir = stdfs::path(cfg.out) / ".progress";
   const stdfs::path manifest_path = zoo / "manifest.json";
   if (!stdfs::exists(manifest_path)) throw InputError(manifest_path.string() + ": missing (is --zoo a zoo directory?)");
@@ -237,9 +251,11 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       if (cfg.restart || p.extension() != ".h5" || !pool_file_complete(p.string())) continue;
       const io::h5::File f = io::h5::File::open_read(p.string());
       if (!f.has_attr("/", "settings"))
-        throw InputError(p.string() + ": recorded no settings (written by an older lorarecycle), so it cannot be "
+        throw InputError(p.string() +
+                         ": recorded no settings (written by an older lorarecycle), so it cannot be "
                          "reused safely; --restart discards the pool's files, or choose a new --out");
-      const std::string diff = prov::first_difference(json::parse(f.attr_string("/", "settings")), settings, p.string());
+      const std::string diff =
+          prov::first_difference(json::parse(f.attr_string("/", "settings")), settings, p.string());
       if (!diff.empty()) throw InputError(diff + "; --restart discards the pool's files, or choose a new --out");
       check_pool_file_intact(p.string());  // a finished file is reused only when intact
       // ... and only when its LoRA is the one it was inverted from (a retrained LoRA whose
@@ -258,7 +274,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
     if (cfg.restart) {
       for (const auto& p : earlier) stdfs::remove(p);
       for (const char* name : {"index.json", "summary.json"}) stdfs::remove(out / name);
-      if (!earlier.empty()) LOG_INFO("invert", "--restart: removed " << earlier.size() << " files of an earlier run from " << cfg.out);
+      if (!earlier.empty())
+        LOG_INFO("invert", "--restart: removed " << earlier.size() << " files of an earlier run from " << cfg.out);
     }
     prov::claim_output_dir(out, "pool", settings);
   }
@@ -277,11 +294,12 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   std::optional<model::ResNet> prior;
   if (!cfg.prior.empty() && cfg.inv.w_bn > 0) {  // --w-bn 0: the prior would only cost time
     if (!stdfs::exists(cfg.prior))
-      throw InputError("--prior " + cfg.prior + ": no such file or directory (the BN prior; --w-bn 0 inverts without one)");
+      throw InputError("--prior " + cfg.prior +
+                       ": no such file or directory (the BN prior; --w-bn 0 inverts without one)");
     prior = model::ResNet::load(cfg.prior);
     prior->to(device);
   }
-  std::optional<data::ImageSet> real;  // the real-image control (--real-images)
+  std::optional<data::ImageSet> real;               // the real-image control (--real-images)
   std::vector<std::vector<int>> slot(jobs.size());  // per LoRA and label: LoRAs before it covering the class
   if (!cfg.real_images.empty()) {
     real = data::ImageSet::load(cfg.real_images);
@@ -313,8 +331,7 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   else
     prior_note << (cfg.prior.empty() ? ", no BN prior (--prior not given)" : ", no BN prior (--w-bn 0)");
   LOG_INFO("invert", jobs.size() << " LoRAs, " << cfg.inv.per_class << " images per class, " << cfg.inv.iterations
-                                 << " iterations" << prior_note.str()
-                                 << "; rank 0 inverts " << mine.size());
+                                 << " iterations" << prior_note.str() << "; rank 0 inverts " << mine.size());
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   write_progress(progress_dir, comm.rank(), 0, my_total, 0);
@@ -356,7 +373,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.write("/labels", s.labels);
       // The dataset class of each image (the zoo task's class of its label): surrogates of one real
       // class pool across every LoRA that covers it (DESIGN 2.4).
-      const at::Tensor global_class = at::tensor(j.class_ids, at::kLong).index_select(0, s.labels.to(at::kLong)).to(at::kInt);
+      const at::Tensor global_class =
+          at::tensor(j.class_ids, at::kLong).index_select(0, s.labels.to(at::kLong)).to(at::kInt);
       f.write("/global_class", global_class);
       f.write("/teacher_logits", s.teacher_logits, cfg.chunk_images);
       f.write("/patch_scores", s.patch_scores, cfg.chunk_images);
@@ -372,8 +390,8 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "target_mix", cfg.inv.target_mix);
       f.set_attr("/", "settings", settings.dump());
       f.set_attr("/", "lora_digest", io::adapter_digest(j.dir));
-      f.set_attr("/", "data_digest", pool_data_digest(s.images, s.labels, global_class, s.teacher_logits,
-                                                      s.patch_scores, s.keep_mask));
+      f.set_attr("/", "data_digest",
+                 pool_data_digest(s.images, s.labels, global_class, s.teacher_logits, s.patch_scores, s.keep_mask));
       if (!real) {  // the loss weights the surrogates were made with
         f.set_attr("/", "w_ce", cfg.inv.w_ce);
         f.set_attr("/", "w_bn", prior ? cfg.inv.w_bn : 0.0);
@@ -393,7 +411,9 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
       f.set_attr("/", "complete", int64_t{1});
     });
     hdf5_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
-    if (cfg.preview) write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images, cfg.inv.per_class > 1 ? j.classes : 10);
+    if (cfg.preview)
+      write_png_grid((out / (train::zoo_entry_name(j.id) + ".png")).string(), s.images,
+                     cfg.inv.per_class > 1 ? j.classes : 10);
     my_done += costs[i];
     write_progress(progress_dir, comm.rank(), my_done, my_total, elapsed());
     LOG_INFO_EVERY_RANK("invert", pool_file_name(j.id) << ": " << s.images.size(0) << " images, teacher accuracy "
@@ -411,7 +431,10 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   if (comm.rank() != 0) return;
 
   // Index and summary over every LoRA (all files complete now).
-  json index = {{"format", kPoolFormat}, {"model", cfg.model}, {"zoo", cfg.zoo}, {"settings", settings},
+  json index = {{"format", kPoolFormat},
+                {"model", cfg.model},
+                {"zoo", cfg.zoo},
+                {"settings", settings},
                 {"files", json::array()}};
   std::map<int64_t, std::pair<int64_t, std::vector<int>>> by_class;  // dataset class -> (images, LoRAs)
   json summary = {{"loras", json::array()}};
@@ -419,30 +442,34 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   for (size_t i = 0; i < jobs.size(); ++i) {
     const std::string name = pool_file_name(jobs[i].id);
     const std::string path = (out / name).string();
-    if (!pool_file_complete(path)) throw RuntimeError("invert: " + path + " is missing or incomplete after every rank finished");
+    if (!pool_file_complete(path))
+      throw RuntimeError("invert: " + path + " is missing or incomplete after every rank finished");
     const io::h5::File f = io::h5::File::open_read(path);
     const int64_t n = f.shape("/images")[0];
     const int N = static_cast<int>(f.shape("/teacher_logits")[1]);
     images += n;
-    index["files"].push_back({{"file", name}, {"lora_id", jobs[i].id}, {"images", n}, {"classes", N},
-                              {"class_ids", jobs[i].class_ids}});
+    index["files"].push_back(
+        {{"file", name}, {"lora_id", jobs[i].id}, {"images", n}, {"classes", N}, {"class_ids", jobs[i].class_ids}});
     for (int64_t c : jobs[i].class_ids) by_class[c].second.push_back(jobs[i].id);
     const at::Tensor gc = f.read("/global_class", 0, -1, at::kInt).contiguous();
     const int32_t* g = gc.data_ptr<int32_t>();
     for (int64_t r = 0; r < n; ++r) ++by_class[g[r]].first;
-    summary["loras"].push_back({{"lora_id", jobs[i].id}, {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
-                                {"best_loss", f.attr_double("/", "best_loss")}, {"seconds", f.attr_double("/", "seconds")},
+    summary["loras"].push_back({{"lora_id", jobs[i].id},
+                                {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
+                                {"best_loss", f.attr_double("/", "best_loss")},
+                                {"seconds", f.attr_double("/", "seconds")},
                                 {"rank", owner[i]}});
   }
   index["images"] = images;
   index["classes"] = json::array();
-  for (const auto& [c, e] : by_class) index["classes"].push_back({{"class", c}, {"images", e.first}, {"loras", e.second}});
+  for (const auto& [c, e] : by_class)
+    index["classes"].push_back({{"class", c}, {"images", e.first}, {"loras", e.second}});
   double inverted_now = 0, lora_seconds = 0;
   for (double v : inverted) inverted_now += v;
   for (const auto& e : summary["loras"]) lora_seconds += e["seconds"].get<double>();
   summary["inverted_this_run"] = static_cast<int64_t>(inverted_now);  // the rest were complete already
-  summary["lora_seconds_total"] = lora_seconds;                         // over every file, when it was made
-  summary["rank_finish_seconds"] = finish;                              // this run
+  summary["lora_seconds_total"] = lora_seconds;                       // over every file, when it was made
+  summary["rank_finish_seconds"] = finish;                            // this run
   summary["rank_hdf5_seconds"] = hdf5;
   fs::write_text(out / "index.json", index.dump(2) + "\n");
   fs::write_text(out / "summary.json", summary.dump(2) + "\n");
@@ -453,11 +480,13 @@ void run_invert(const InvertJobConfig& cfg, dist::Communicator& comm, const c10:
   }
   const double fmax = *std::max_element(finish.begin(), finish.end());
   const double fmin = *std::min_element(finish.begin(), finish.end());
-  LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << by_class.size() << " real classes, " << images << " images; teacher accuracy on own surrogates mean "
+  LOG_INFO("invert", "pool " << cfg.out << ": " << jobs.size() << " LoRAs, " << by_class.size() << " real classes, "
+                             << images << " images; teacher accuracy on own surrogates mean "
                              << log::fixed(sum / jobs.size(), 1) << "%, min " << log::fixed(lo, 1) << "%; "
                              << static_cast<int64_t>(inverted_now) << " inverted in this run (rank finish times "
                              << log::fixed(fmin, 1) << " .. " << log::fixed(fmax, 1)
-                             << " s), the rest reused; inversion time of all files " << log::fixed(lora_seconds, 1) << " s");
+                             << " s), the rest reused; inversion time of all files " << log::fixed(lora_seconds, 1)
+                             << " s");
 }
 
 }  // namespace lorarec::invert

@@ -41,14 +41,22 @@ template <typename E>
 
 hid_t native_type(at::ScalarType t) {
   switch (t) {
-    case at::kByte: return H5T_NATIVE_UINT8;
-    case at::kChar: return H5T_NATIVE_INT8;
-    case at::kInt: return H5T_NATIVE_INT32;
-    case at::kLong: return H5T_NATIVE_INT64;
-    case at::kFloat: return H5T_NATIVE_FLOAT;
-    case at::kDouble: return H5T_NATIVE_DOUBLE;
-    case at::kBool: return H5T_NATIVE_UINT8;
-    default: throw InputError(std::string("HDF5: unsupported tensor dtype ") + c10::toString(t));
+    case at::kByte:
+      return H5T_NATIVE_UINT8;
+    case at::kChar:
+      return H5T_NATIVE_INT8;
+    case at::kInt:
+      return H5T_NATIVE_INT32;
+    case at::kLong:
+      return H5T_NATIVE_INT64;
+    case at::kFloat:
+      return H5T_NATIVE_FLOAT;
+    case at::kDouble:
+      return H5T_NATIVE_DOUBLE;
+    case at::kBool:
+      return H5T_NATIVE_UINT8;
+    default:
+      throw InputError(std::string("HDF5: unsupported tensor dtype ") + c10::toString(t));
   }
 }
 
@@ -164,7 +172,8 @@ std::vector<std::string> File::read_strings(const std::string& name) const {
   if (dims.size() != 1) throw InputError(path_ + ": dataset '" + name + "' must be a 1-D array of strings");
   Handle dset(H5Dopen2(id(), name.c_str(), H5P_DEFAULT), H5Dclose);
   Handle ftype(H5Dget_type(dset.get()), H5Tclose);
-  if (H5Tget_class(ftype.get()) != H5T_STRING) throw InputError(path_ + ": dataset '" + name + "' does not hold strings");
+  if (H5Tget_class(ftype.get()) != H5T_STRING)
+    throw InputError(path_ + ": dataset '" + name + "' does not hold strings");
   std::vector<std::string> out;
   if (H5Tis_variable_str(ftype.get()) > 0) {
     Handle mtype(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -193,14 +202,17 @@ std::vector<std::string> File::read_strings(const std::string& name) const {
 void File::write(const std::string& name, const at::Tensor& tensor, int64_t chunk_rows, int gzip) {
   const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
   std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
-  Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
-               H5Sclose);
+  Handle space(
+      dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+      H5Sclose);
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   if (chunk_rows > 0 && !dims.empty() && dims[0] > 0) {
     std::vector<hsize_t> chunk = dims;
     chunk[0] = std::min<hsize_t>(static_cast<hsize_t>(chunk_rows), dims[0]);
-    if (H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) < 0) fail<RuntimeError>(path_, "H5Pset_chunk", name);
-    if (gzip > 0 && H5Pset_deflate(dcpl.get(), static_cast<unsigned>(gzip)) < 0) fail<RuntimeError>(path_, "H5Pset_deflate", name);
+    if (H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) < 0)
+      fail<RuntimeError>(path_, "H5Pset_chunk", name);
+    if (gzip > 0 && H5Pset_deflate(dcpl.get(), static_cast<unsigned>(gzip)) < 0)
+      fail<RuntimeError>(path_, "H5Pset_deflate", name);
   }
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.get(), 1);
@@ -315,7 +327,8 @@ void write_file_atomically_impl(const std::string& path, void (*fill)(File&, voi
   const ssize_t n = H5Fget_file_image(f.handle_.get(), nullptr, 0);
   if (n < 0) fail<RuntimeError>(path, "H5Fget_file_image", "");
   std::vector<char> image(static_cast<size_t>(n));
-  if (H5Fget_file_image(f.handle_.get(), image.data(), image.size()) != n) fail<RuntimeError>(path, "H5Fget_file_image", "");
+  if (H5Fget_file_image(f.handle_.get(), image.data(), image.size()) != n)
+    fail<RuntimeError>(path, "H5Fget_file_image", "");
   f.close();
   fs::write_atomically(path, [&](const fs::stdfs::path& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

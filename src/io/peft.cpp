@@ -1,17 +1,17 @@
 #include "lorarecycle/io/peft.h"
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
-#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::io {
 namespace {
@@ -111,7 +111,8 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   }
 
   const SafetensorsFile file = SafetensorsFile::open(w_path.string());
-  static const std::regex kKey(R"(base_model\.model\.vision_model\.encoder\.layers\.(\d+)\.((?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight)");
+  static const std::regex kKey(
+      R"(base_model\.model\.vision_model\.encoder\.layers\.(\d+)\.((?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight)");
   std::map<std::pair<int, int>, model::Adapter> found;
   std::set<int> modules_seen;
   at::Tensor head_w, head_b;
@@ -143,9 +144,11 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
   for (const auto& [key, ad] : found) {
     const auto mod = static_cast<model::Module>(key.second);
     if (std::find(lc.target_modules.begin(), lc.target_modules.end(), mod) == lc.target_modules.end())
-      throw InputError(w_path.string() + ": weights for module " + model::module_name(mod) + " not in target_modules of " + origin);
+      throw InputError(w_path.string() + ": weights for module " + model::module_name(mod) +
+                       " not in target_modules of " + origin);
     if (!allowed_layers.empty() && !allowed_layers.count(key.first))
-      throw InputError(w_path.string() + ": weights for layer " + std::to_string(key.first) + " not in layers_to_transform");
+      throw InputError(w_path.string() + ": weights for layer " + std::to_string(key.first) +
+                       " not in layers_to_transform");
     if (!ad.a.defined() || !ad.b.defined())
       throw InputError(w_path.string() + ": layer " + std::to_string(key.first) + " " + model::module_name(mod) +
                        " lacks lora_A or lora_B");
@@ -164,8 +167,10 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
       return 0;
     });
   }
-  if (head_w.defined() != head_b.defined()) throw InputError(w_path.string() + ": classifier head lacks weight or bias");
-  if (head_w.defined()) with_file_context(w_path.string(), [&] {
+  if (head_w.defined() != head_b.defined())
+    throw InputError(w_path.string() + ": classifier head lacks weight or bias");
+  if (head_w.defined())
+    with_file_context(w_path.string(), [&] {
       lora.set_head(head_w, head_b);
       return 0;
     });
@@ -197,7 +202,8 @@ void check_base_model(const std::string& dir, const std::string& model_path) {
       if (had != now) {
         std::string base;
         try {
-          base = json::parse(fs::read_text(stdfs::path(dir) / kPeftConfig)).value("base_model_name_or_path", std::string());
+          base = json::parse(fs::read_text(stdfs::path(dir) / kPeftConfig))
+                     .value("base_model_name_or_path", std::string());
         } catch (const std::exception&) {
         }
         throw InputError(dir + ": this LoRA was tuned on another VFM (" + (base.empty() ? std::string() : base + ", ") +
@@ -219,8 +225,8 @@ void save_peft(const std::string& dir, const model::Lora& lora, const std::strin
   std::vector<std::string> targets;
   for (auto m : lora.config().target_modules) targets.push_back(model::module_name(m));
   for (const auto& [key, ad] : lora.adapters()) {
-    const std::string base = kPrefix + std::to_string(key.first) + "." +
-                             model::module_path(static_cast<model::Module>(key.second));
+    const std::string base =
+        kPrefix + std::to_string(key.first) + "." + model::module_path(static_cast<model::Module>(key.second));
     tensors[base + ".lora_A.weight"] = ad.a.detach();
     tensors[base + ".lora_B.weight"] = ad.b.detach();
   }

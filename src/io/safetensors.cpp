@@ -1,11 +1,11 @@
 #include "lorarecycle/io/safetensors.h"
 
+#include <ATen/ATen.h>
 #include <fcntl.h>
+#include <nlohmann/json.hpp>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <mutex>
 #include <set>
 #include <tuple>
@@ -36,11 +35,10 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF64, "F64", 8, at::kDouble}, {DType::kF32, "F32", 4, at::kFloat},
-    {DType::kF16, "F16", 2, at::kHalf},   {DType::kBF16, "BF16", 2, at::kBFloat16},
-    {DType::kI64, "I64", 8, at::kLong},   {DType::kI32, "I32", 4, at::kInt},
-    {DType::kI16, "I16", 2, at::kShort},  {DType::kI8, "I8", 1, at::kChar},
-    {DType::kU8, "U8", 1, at::kByte},     {DType::kBool, "BOOL", 1, at::kBool},
+    {DType::kF64, "F64", 8, at::kDouble},     {DType::kF32, "F32", 4, at::kFloat}, {DType::kF16, "F16", 2, at::kHalf},
+    {DType::kBF16, "BF16", 2, at::kBFloat16}, {DType::kI64, "I64", 8, at::kLong},  {DType::kI32, "I32", 4, at::kInt},
+    {DType::kI16, "I16", 2, at::kShort},      {DType::kI8, "I8", 1, at::kChar},    {DType::kU8, "U8", 1, at::kByte},
+    {DType::kBool, "BOOL", 1, at::kBool},
 };
 
 const DTypeEntry& entry(DType d) {
@@ -51,7 +49,8 @@ const DTypeEntry& entry(DType d) {
 
 // Integrity digest: the tensor index (names, dtypes, shapes, offsets) and the metadata other than
 // the digest itself, then each tensor's bytes in name order (the data section's order).
-std::uint64_t index_hash(const std::map<std::string, TensorInfo>& tensors, const std::map<std::string, std::string>& meta) {
+std::uint64_t index_hash(const std::map<std::string, TensorInfo>& tensors,
+                         const std::map<std::string, std::string>& meta) {
   std::string canon;
   for (const auto& [name, t] : tensors) {
     canon += name + '\x1f' + std::to_string(static_cast<int>(t.dtype)) + '\x1f';
@@ -73,7 +72,9 @@ json parse_strict_json(const std::string& text, const std::string& origin) {
   std::string duplicate;
   auto callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
-      case json::parse_event_t::object_start: seen.emplace_back(); break;
+      case json::parse_event_t::object_start:
+        seen.emplace_back();
+        break;
       case json::parse_event_t::object_end:
         if (!seen.empty()) seen.pop_back();
         break;
@@ -81,7 +82,8 @@ json parse_strict_json(const std::string& text, const std::string& origin) {
         if (!seen.empty() && !seen.back().insert(parsed.get<std::string>()).second && duplicate.empty())
           duplicate = parsed.get<std::string>();
         break;
-      default: break;
+      default:
+        break;
     }
     return true;
   };
@@ -111,9 +113,11 @@ SafetensorsIndex parse_safetensors_index(const std::uint8_t* data, std::size_t s
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];  // little endian
   if (n > kMaxHeaderBytes)
-    throw bad(origin, "header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes));
+    throw bad(origin,
+              "header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes));
   if (n > size - 8)
-    throw bad(origin, "header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) + " bytes)");
+    throw bad(origin, "header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
+                          " bytes)");
   if (n < 2) throw bad(origin, "header of " + std::to_string(n) + " bytes cannot hold a JSON object");
   const std::string text(reinterpret_cast<const char*>(data) + 8, n);
   const json header = parse_strict_json(text, origin);
@@ -160,13 +164,15 @@ SafetensorsIndex parse_safetensors_index(const std::uint8_t* data, std::size_t s
       t.shape.push_back(static_cast<std::int64_t>(dim));
     }
     const json& off = v.at("data_offsets");
-    if (!off.is_array() || off.size() != 2) throw bad(origin, "tensor '" + name + "': data_offsets must be [begin, end]");
+    if (!off.is_array() || off.size() != 2)
+      throw bad(origin, "tensor '" + name + "': data_offsets must be [begin, end]");
     t.begin = to_offset(off[0], origin, name);
     t.end = to_offset(off[1], origin, name);
     if (t.begin > t.end) throw bad(origin, "tensor '" + name + "': data_offsets begin > end");
     if (t.end > data_size)
-      throw bad(origin, "tensor '" + name + "': data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-                            "] outside the data section of " + std::to_string(data_size) + " bytes");
+      throw bad(origin, "tensor '" + name + "': data_offsets [" + std::to_string(t.begin) + ", " +
+                            std::to_string(t.end) + "] outside the data section of " + std::to_string(data_size) +
+                            " bytes");
     const std::size_t es = dtype_size(t.dtype);
     if (overflow || numel > std::numeric_limits<std::uint64_t>::max() / es || numel * es != t.end - t.begin)
       throw bad(origin, "tensor '" + name + "': " + std::to_string(t.end - t.begin) + " bytes do not match shape x " +
@@ -182,7 +188,8 @@ SafetensorsIndex parse_safetensors_index(const std::uint8_t* data, std::size_t s
   for (const auto& [begin, name] : spans) {
     const TensorInfo& t = index.tensors.at(*name);
     if (begin < cursor) throw bad(origin, "tensor '" + *name + "' overlaps another tensor");
-    if (begin > cursor) throw bad(origin, "hole of " + std::to_string(begin - cursor) + " bytes before tensor '" + *name + "'");
+    if (begin > cursor)
+      throw bad(origin, "hole of " + std::to_string(begin - cursor) + " bytes before tensor '" + *name + "'");
     cursor = t.end;
   }
   if (cursor != data_size)
@@ -257,7 +264,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   auto* ptr = static_cast<std::uint8_t*>(mapping_->addr) + 8 + index_.header_bytes + t.begin;
   if (reinterpret_cast<std::uintptr_t>(ptr) % e.size == 0) {
     auto keep = mapping_;
-    return at::from_blob(ptr, t.shape, [keep](void*) mutable { keep.reset(); }, options);
+    return at::from_blob(
+        ptr, t.shape, [keep](void*) mutable { keep.reset(); }, options);
   }
   at::Tensor out = at::empty(t.shape, options);  // unaligned: one copy
   std::memcpy(out.data_ptr(), ptr, t.end - t.begin);
@@ -294,7 +302,8 @@ void save_safetensors(const std::string& path, const std::map<std::string, at::T
   }
   std::map<std::string, std::string> meta = metadata;
   std::uint64_t h = index_hash(index, meta);
-  for (const auto& c : ordered) h = prov::hash_bytes(c.data_ptr(), static_cast<std::size_t>(c.numel() * c.element_size()), h);
+  for (const auto& c : ordered)
+    h = prov::hash_bytes(c.data_ptr(), static_cast<std::size_t>(c.numel() * c.element_size()), h);
   meta[kDigestKey] = prov::hex(h);
   header["__metadata__"] = meta;
   std::string text = header.dump();
@@ -321,8 +330,9 @@ std::string checked_model_digest(const std::string& path) {
   static std::set<std::tuple<std::string, std::uintmax_t, std::int64_t>> verified;
   const auto verify = [](const stdfs::path& f) {
     std::error_code ec;
-    const auto key = std::make_tuple(stdfs::absolute(f, ec).string(), stdfs::file_size(f, ec),
-                                     static_cast<std::int64_t>(stdfs::last_write_time(f, ec).time_since_epoch().count()));
+    const auto key =
+        std::make_tuple(stdfs::absolute(f, ec).string(), stdfs::file_size(f, ec),
+                        static_cast<std::int64_t>(stdfs::last_write_time(f, ec).time_since_epoch().count()));
     {
       std::lock_guard<std::mutex> lock(mu);
       if (verified.count(key) > 0) return;

@@ -1,7 +1,8 @@
 #include "lorarecycle/model/clip_config.h"
 
-#include <filesystem>
 #include <nlohmann/json.hpp>
+
+#include <filesystem>
 
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -67,8 +68,8 @@ void ClipVisionConfig::validate(const std::string& origin) const {
   positive(patch_size, "patch_size");
   positive(projection_dim, "projection_dim");
   if (hidden_size % num_attention_heads != 0)
-    throw InputError(origin + ": hidden_size " + std::to_string(hidden_size) + " is not divisible by num_attention_heads " +
-                     std::to_string(num_attention_heads));
+    throw InputError(origin + ": hidden_size " + std::to_string(hidden_size) +
+                     " is not divisible by num_attention_heads " + std::to_string(num_attention_heads));
   if (image_size % patch_size != 0)
     throw InputError(origin + ": image_size " + std::to_string(image_size) + " is not divisible by patch_size " +
                      std::to_string(patch_size));
@@ -131,12 +132,9 @@ std::string to_config_json(const ClipVisionConfig& c) {
                  {"layer_norm_eps", c.layer_norm_eps},
                  {"hidden_act", activation_name(c.hidden_act)},
                  {"model_type", "clip_vision_model"}};
-  json top = {{"architectures", {"CLIPModel"}},
-              {"model_type", "clip"},
-              {"projection_dim", c.projection_dim},
-              {"vision_config", vision},
-              {"torch_dtype", "float32"},
-              {"_lorarecycle", "exported by lorarecycle; text tower absent"}};
+  json top = {{"architectures", {"CLIPModel"}},     {"model_type", "clip"},
+              {"projection_dim", c.projection_dim}, {"vision_config", vision},
+              {"torch_dtype", "float32"},           {"_lorarecycle", "exported by lorarecycle; text tower absent"}};
   return top.dump(2) + "\n";
 }
 

@@ -1,8 +1,8 @@
 #include "lorarecycle/model/resnet.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 #include <cstring>
@@ -56,7 +56,8 @@ std::map<std::string, std::vector<int64_t>> expected_shapes(const ResNetConfig& 
 }
 
 bool is_buffer(const std::string& n) {
-  return n.size() > 12 && (n.find("running_") != std::string::npos || n.find("num_batches_tracked") != std::string::npos);
+  return n.size() > 12 &&
+         (n.find("running_") != std::string::npos || n.find("num_batches_tracked") != std::string::npos);
 }
 
 }  // namespace
@@ -69,7 +70,8 @@ ResNet ResNet::random(const ResNetConfig& cfg, std::uint64_t seed) {
   for (const auto& [name, shape] : expected_shapes(cfg)) {
     at::Tensor t;
     const auto ends = [&](const char* suf) {
-      return name.size() >= std::strlen(suf) && name.compare(name.size() - std::strlen(suf), std::strlen(suf), suf) == 0;
+      return name.size() >= std::strlen(suf) &&
+             name.compare(name.size() - std::strlen(suf), std::strlen(suf), suf) == 0;
     };
     if (ends("num_batches_tracked")) {
       t = at::zeros({}, at::kLong);
@@ -123,7 +125,7 @@ ResNet ResNet::from_tensors(const std::map<std::string, at::Tensor>& in, const s
     if (it->second.sizes() != at::IntArrayRef(shape))
       throw InputError(origin + ": tensor '" + name + "' has an unexpected shape");
     at::Tensor t = name.find("num_batches_tracked") != std::string::npos ? it->second.to(at::kLong)
-                                                                        : it->second.to(at::kFloat).clone();
+                                                                         : it->second.to(at::kFloat).clone();
     if (t.is_floating_point() && !at::isfinite(t).all().item<bool>())
       throw InputError(origin + ": tensor '" + name + "' holds NaN or Inf");
     r.tensors_[name] = t;
@@ -139,10 +141,12 @@ ResNet ResNet::load(const std::string& path) {
   const std::string ext = stdfs::path(file).extension().string();
   const std::string convert = "/usr/bin/python3 data_tools/convert_weights.py torchvision-resnet50 FILE.pth DIR";
   if (stdfs::is_directory(path) && !stdfs::exists(file))
-    throw InputError(file + ": missing (the BN prior: a torchvision-named ResNet in safetensors); from a torchvision .pth: " +
-                     convert);
+    throw InputError(
+        file +
+        ": missing (the BN prior: a torchvision-named ResNet in safetensors); from a torchvision .pth: " + convert);
   if (ext == ".pth" || ext == ".pt" || ext == ".bin")
-    throw InputError(file + ": a PyTorch checkpoint; the BN prior is read from safetensors: convert it once with " + convert);
+    throw InputError(file + ": a PyTorch checkpoint; the BN prior is read from safetensors: convert it once with " +
+                     convert);
   return from_tensors(io::load_safetensors(file), file);
 }
 

@@ -1,9 +1,9 @@
 #include "lorarecycle/model/vit.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
@@ -28,15 +28,18 @@ namespace lorarec::model {
 namespace {
 
 constexpr const char* kModuleNames[kNumModules] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-constexpr const char* kModulePaths[kNumModules] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                   "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+constexpr const char* kModulePaths[kNumModules] = {"self_attn.q_proj",   "self_attn.k_proj", "self_attn.v_proj",
+                                                   "self_attn.out_proj", "mlp.fc1",          "mlp.fc2"};
 
 // (out, in) features of a module's Linear.
 std::pair<int64_t, int64_t> module_shape(const ClipVisionConfig& c, Module m) {
   switch (m) {
-    case Module::kFc1: return {c.intermediate_size, c.hidden_size};
-    case Module::kFc2: return {c.hidden_size, c.intermediate_size};
-    default: return {c.hidden_size, c.hidden_size};
+    case Module::kFc1:
+      return {c.intermediate_size, c.hidden_size};
+    case Module::kFc2:
+      return {c.hidden_size, c.intermediate_size};
+    default:
+      return {c.hidden_size, c.hidden_size};
   }
 }
 
@@ -98,8 +101,8 @@ Lora::Lora(const ClipVisionConfig& vit, const LoraConfig& cfg, std::uint64_t see
     for (Module m : cfg.target_modules) {
       const auto [out, in] = module_shape(vit, m);
       // kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in)
-      adapters_[{l, static_cast<int>(m)}] = Adapter{uniform({cfg.r, in}, 1.0 / std::sqrt(double(in)), gen),
-                                                    at::zeros({out, cfg.r}, at::kFloat)};
+      adapters_[{l, static_cast<int>(m)}] =
+          Adapter{uniform({cfg.r, in}, 1.0 / std::sqrt(double(in)), gen), at::zeros({out, cfg.r}, at::kFloat)};
     }
 }
 
@@ -263,9 +266,10 @@ ClipVision ClipVision::load(const std::string& dir) {
   if (!stdfs::exists(weights)) {
     const bool bin = stdfs::exists(stdfs::path(dir) / "pytorch_model.bin") ||
                      stdfs::exists(stdfs::path(dir) / "pytorch_model.bin.index.json");
-    throw InputError(weights.string() + ": missing (expected HF weights in safetensors format); " +
-                     (bin ? dir + " holds pytorch_model.bin: convert it once with " : "from an HF pytorch_model.bin: ") +
-                     "/usr/bin/python3 data_tools/convert_weights.py hf-bin " + dir);
+    throw InputError(
+        weights.string() + ": missing (expected HF weights in safetensors format); " +
+        (bin ? dir + " holds pytorch_model.bin: convert it once with " : "from an HF pytorch_model.bin: ") +
+        "/usr/bin/python3 data_tools/convert_weights.py hf-bin " + dir);
   }
   const io::SafetensorsFile file = io::SafetensorsFile::open(weights.string());
   std::map<std::string, at::Tensor> tensors;
@@ -289,7 +293,8 @@ ClipVision ClipVision::from_tensors(const ClipVisionConfig& cfg, const std::map<
     used.insert(key);
     const at::Tensor& t = it->second;
     if (!at::isFloatingType(t.scalar_type()))
-      throw InputError(origin + ": tensor '" + key + "' has non-float dtype " + std::string(c10::toString(t.scalar_type())));
+      throw InputError(origin + ": tensor '" + key + "' has non-float dtype " +
+                       std::string(c10::toString(t.scalar_type())));
     if (t.sizes() != at::IntArrayRef(shape))
       throw InputError(origin + ": tensor '" + key + "' has shape " + shape_str(t.sizes()) + ", the config implies " +
                        shape_str(shape));
@@ -449,7 +454,8 @@ void ClipVision::to(const c10::Device& device) {
 
 // ---- ClipVision: pixels -------------------------------------------------------------------
 
-void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin, bool warn_resize) {
+void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const std::string& origin,
+                       bool warn_resize) {
   if (nhwc.size() != 4) throw InputError(origin + ": images must be [N, H, W, C], got " + shape_str(nhwc));
   const int64_t c = nhwc[3];
   if (c != 1 && c != cfg.num_channels)
@@ -461,9 +467,9 @@ void check_image_shape(c10::IntArrayRef nhwc, const ClipVisionConfig& cfg, const
                      " patch of the model (image_size " + std::to_string(cfg.image_size) + ")");
   const int64_t s = cfg.image_size;
   if (warn_resize && (nhwc[1] != s || nhwc[2] != s) && log::rank() <= 0)
-    LOG_WARN("model", origin << ": images of " << nhwc[2] << "x" << nhwc[1] << " px are resized to the model's " << s << "x"
-                             << s << " (shorter side, bicubic, centre crop) at every use; importing them at " << s
-                             << " px (data_tools/import_folder.py --size " << s << ") does it once");
+    LOG_WARN("model", origin << ": images of " << nhwc[2] << "x" << nhwc[1] << " px are resized to the model's " << s
+                             << "x" << s << " (shorter side, bicubic, centre crop) at every use; importing them at "
+                             << s << " px (data_tools/import_folder.py --size " << s << ") does it once");
 }
 
 at::Tensor resize_center_crop(const at::Tensor& nchw, int64_t size) {
@@ -507,7 +513,9 @@ at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& c
   return ((x - m) / d).contiguous();
 }
 
-at::Tensor ClipVision::preprocess(const at::Tensor& images) const { return preprocess_images(images, config_, device()); }
+at::Tensor ClipVision::preprocess(const at::Tensor& images) const {
+  return preprocess_images(images, config_, device());
+}
 
 std::pair<at::Tensor, at::Tensor> ClipVision::pixel_bounds() const {
   std::vector<float> lo, hi;
@@ -550,7 +558,8 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
   const int64_t B = pixels.size(0);
   std::map<int, double> prune;
   for (const auto& [l, r] : opts.prune) {
-    if (l < 0 || l >= L) throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
+    if (l < 0 || l >= L)
+      throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
     if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
     prune[l] = r;
   }
@@ -563,7 +572,8 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
   if (opts.patch_index.defined()) {
     const at::Tensor& pi = opts.patch_index;
     if (pi.dim() != 2 || pi.size(0) != B || pi.size(1) < 1 || pi.size(1) > P)
-      throw InputError("patch_index must be [B, T] with 1 <= T <= " + std::to_string(P) + ", got " + shape_str(pi.sizes()));
+      throw InputError("patch_index must be [B, T] with 1 <= T <= " + std::to_string(P) + ", got " +
+                       shape_str(pi.sizes()));
     index = pi.to(pixels.device(), at::kLong);
     if (index.min().item<int64_t>() < 0 || index.max().item<int64_t>() >= P)
       throw InputError("patch_index holds values outside [0, " + std::to_string(P) + ")");
@@ -631,8 +641,8 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
   if (opts.want_scores) {
     const auto fopts = at::TensorOptions().device(pixels.device());
     out.patch_scores = at::zeros({B, P}, fopts.dtype(last_scores.scalar_type())).scatter_(1, last_index, last_scores);
-    out.keep_mask = at::zeros({B, P}, fopts.dtype(at::kBool))
-                        .scatter_(1, index, at::ones(index.sizes(), fopts.dtype(at::kBool)));
+    out.keep_mask =
+        at::zeros({B, P}, fopts.dtype(at::kBool)).scatter_(1, index, at::ones(index.sizes(), fopts.dtype(at::kBool)));
   }
   return out;
 }
@@ -719,7 +729,8 @@ c10::Device select_device(const std::string& spec, int local_rank) {
     return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
   }
   if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
-    if (!has_cuda) throw InputError("device '" + spec + "' asked for, but this LibTorch build has no CUDA (or no GPU is visible)");
+    if (!has_cuda)
+      throw InputError("device '" + spec + "' asked for, but this LibTorch build has no CUDA (or no GPU is visible)");
     if (spec == "cuda") return c10::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % at::getNumGPUs()));
     return c10::Device(spec);
   }

@@ -2,24 +2,24 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
-#include <cmath>
 #include <deque>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <set>
 #include <mutex>
 #include <numeric>
-#include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -109,7 +109,8 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
   if (!index.contains("files") || !index["files"].is_array() || index["files"].empty())
     throw InputError(index_path.string() + ": no \"files\" list");
   if (!index.contains("format") || !index["format"].is_number() || index["format"].get<int>() < invert::kPoolFormat)
-    throw InputError(dir + ": a pool of an older lorarecycle (classes numbered per LoRA, not by real class); re-run "
+    throw InputError(dir +
+                     ": a pool of an older lorarecycle (classes numbered per LoRA, not by real class); re-run "
                      "`lorarecycle invert` with this --out to rebuild it");
   std::map<int64_t, int> class_index;  // dataset class id -> index into classes_
   SurrogatePool pool;
@@ -136,14 +137,15 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
     f.first_row = row;
     if (h->has_attr("/", "lora_path")) f.lora_path = h->attr_string("/", "lora_path");
     if (!h->has_attr("/", "pool_format") || h->attr_double("/", "pool_format") < invert::kPoolFormat)
-      throw InputError(f.path + ": a pool file of an older lorarecycle (classes numbered per LoRA); re-run "
+      throw InputError(f.path +
+                       ": a pool file of an older lorarecycle (classes numbered per LoRA); re-run "
                        "`lorarecycle invert` with this --out to rebuild it");
     const at::Tensor labels = h->read("/labels", 0, -1, at::kInt).to(at::kLong);
     const at::Tensor global = h->read("/global_class", 0, -1, at::kInt).to(at::kLong);
     const at::Tensor logits = h->read("/teacher_logits", 0, -1, at::kFloat);
     const at::Tensor sc = h->read("/patch_scores", 0, -1, at::kFloat);
-    if (labels.size(0) != f.rows || global.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows || sc.dim() != 2 ||
-        sc.size(0) != f.rows || sc.size(1) != num_patches)
+    if (labels.size(0) != f.rows || global.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows ||
+        sc.dim() != 2 || sc.size(0) != f.rows || sc.size(1) != num_patches)
       throw InputError(f.path + ": /labels, /global_class, /teacher_logits or /patch_scores do not match /images (" +
                        std::to_string(num_patches) + " patches expected)");
     f.num_classes = static_cast<int>(logits.size(1));
@@ -181,7 +183,8 @@ SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int nu
   pool.scores_ = at::cat(scores);
   pool.image_bytes_ = total_bytes;
   if (total_bytes <= cache_bytes) {
-    for (size_t i = 0; i < pool.files_.size(); ++i) images.push_back(pool.handles_[i]->read("/images", 0, -1, at::kByte));
+    for (size_t i = 0; i < pool.files_.size(); ++i)
+      images.push_back(pool.handles_[i]->read("/images", 0, -1, at::kByte));
     pool.images_ = at::cat(images);
     pool.handles_.clear();
   }
@@ -243,7 +246,8 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
 // ---------------------------------------------------------------------------------------------
 
 void MetaTrainConfig::validate() const {
-  if (model.empty() || pool.empty() || out.empty()) throw InputError("metatrain: --model, --pool and --out are required");
+  if (model.empty() || pool.empty() || out.empty())
+    throw InputError("metatrain: --model, --pool and --out are required");
   if (spec.n_way < 2 || spec.k_shot < 1 || spec.q_query < 1)
     throw InputError("metatrain: need --way >= 2, --shot >= 1, --query >= 1");
   if (val_spec.n_way < 2 || val_spec.k_shot < 1 || val_spec.q_query < 1)
@@ -255,10 +259,19 @@ void MetaTrainConfig::validate() const {
     throw InputError("metatrain: need --cycle >= 0 and 0 <= --warmup < cycle");
   if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
   if (jitter < 0) throw InputError("metatrain: --jitter must be >= 0");
-  if (!(single_lora_prob >= 0 && single_lora_prob <= 1)) throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
+  if (!(single_lora_prob >= 0 && single_lora_prob <= 1))
+    throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
   if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
   if (!(temperature > 0) || !std::isfinite(temperature)) throw InputError("metatrain: --temperature must be > 0");
-  if (!(distill_weight >= 0) || !std::isfinite(distill_weight)) throw InputError("metatrain: --distill-weight must be >= 0");
+  if (!(distill_weight >= 0) || !std::isfinite(distill_weight))
+    throw InputError("metatrain: --distill-weight must be >= 0");
+  if (distill_dense && (distill_weight <= 0 || mask_ratio <= 0))
+    throw InputError(
+        "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
+        "and --mask-ratio > 0");
+  if (keep != "last" && keep != "best") throw InputError("metatrain: --keep must be last or best, not '" + keep + "'");
+  if (keep == "best" && val.empty())
+    throw InputError("metatrain: --keep best chooses by validation accuracy and needs --val");
   if (val_every < 0 || hash_every < 0 || checkpoint_every < 1 || log_every < 1)
     throw InputError("metatrain: --val-every, --hash-every >= 0; --checkpoint-every, --log-every >= 1");
   if (val_episodes < 1) throw InputError("metatrain: --val-episodes must be >= 1");
@@ -266,7 +279,8 @@ void MetaTrainConfig::validate() const {
   if (max_bad_steps < 1) throw InputError("metatrain: --max-bad-steps must be >= 1");
   if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
-  if (init != "fresh" && init != "zoo-mean") throw InputError("metatrain: --init must be fresh or zoo-mean, not '" + init + "'");
+  if (init != "fresh" && init != "zoo-mean")
+    throw InputError("metatrain: --init must be fresh or zoo-mean, not '" + init + "'");
 }
 
 namespace {
@@ -274,11 +288,11 @@ namespace {
 // One step's share of episodes for this rank, ready for the forward pass.
 struct Batch {
   int64_t step = -1;
-  at::Tensor pixels;                  // [E_local * N(K+Q), 3, S, S] float (CPU), normalised, or
-  at::Tensor u8;                      //   the uint8 [.., S, S, 3] images when the device normalises them
-  at::Tensor patch_index;             // [same, T] int64, or undefined (all patches)
-  std::vector<at::Tensor> teacher;    // per local episode: [N*Q, N] teacher logits, or undefined
-  at::Tensor teacher_feat;            // [same rows as pixels, D] own-LoRA features (--distill-weight), or undefined
+  at::Tensor pixels;                // [E_local * N(K+Q), 3, S, S] float (CPU), normalised, or
+  at::Tensor u8;                    //   the uint8 [.., S, S, 3] images when the device normalises them
+  at::Tensor patch_index;           // [same, T] int64, or undefined (all patches)
+  std::vector<at::Tensor> teacher;  // per local episode: [N*Q, N] teacher logits, or undefined
+  at::Tensor teacher_feat;          // [same rows as pixels, D] own-LoRA features (--distill-weight), or undefined
   double prep_seconds = 0;
 };
 
@@ -322,7 +336,13 @@ class BatchMaker {
   // flipped (undefined: no distillation).
   BatchMaker(const MetaTrainConfig& cfg, SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
              int rank, int world, bool normalise_here, at::Tensor teacher_feat)
-      : cfg_(cfg), pool_(pool), vit_(vit), episodes_(episodes), rank_(rank), world_(world), normalise_(normalise_here),
+      : cfg_(cfg),
+        pool_(pool),
+        vit_(vit),
+        episodes_(episodes),
+        rank_(rank),
+        world_(world),
+        normalise_(normalise_here),
         teacher_feat_(std::move(teacher_feat)) {
     grid_ = vit.image_size / vit.patch_size;
     single_files_ = single_lora_files(cfg, pool);
@@ -337,7 +357,8 @@ class BatchMaker {
     std::vector<bool> flips;
     std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
     for (int j = rank_; j < episodes_; j += world_) {
-      auto rng = data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
+      auto rng =
+          data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       std::uniform_real_distribution<double> u(0, 1);
       const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng);
       const auto& picked = ep.picked;
@@ -481,16 +502,34 @@ class Prefetcher {
 json fingerprint(const MetaTrainConfig& c, int episodes) {
   json targets = json::array();
   for (auto m : c.lora.target_modules) targets.push_back(model::module_name(m));
-  json j = {{"model", c.model},      {"pool", c.pool},          {"seed", c.seed},
-            {"way", c.spec.n_way},   {"shot", c.spec.k_shot},   {"query", c.spec.q_query},
-            {"episodes_per_step", episodes}, {"lr", c.lr},      {"lr_min", c.lr_min},
-            {"cycle", c.cycle},      {"warmup", c.warmup},      {"r", c.lora.r},
-            {"alpha", c.lora.alpha}, {"targets", targets},      {"layers", c.lora.layers},
-            {"mask_ratio", c.mask_ratio}, {"flip", c.flip}, {"jitter", c.jitter}, {"gray", c.gray},     {"single_lora_prob", c.single_lora_prob},
-            {"kl_weight", c.kl_weight}, {"temperature", c.temperature}, {"distill_weight", c.distill_weight},
-            {"clip_norm", c.clip_norm}, {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
+  json j = {{"model", c.model},
+            {"pool", c.pool},
+            {"seed", c.seed},
+            {"way", c.spec.n_way},
+            {"shot", c.spec.k_shot},
+            {"query", c.spec.q_query},
+            {"episodes_per_step", episodes},
+            {"lr", c.lr},
+            {"lr_min", c.lr_min},
+            {"cycle", c.cycle},
+            {"warmup", c.warmup},
+            {"r", c.lora.r},
+            {"alpha", c.lora.alpha},
+            {"targets", targets},
+            {"layers", c.lora.layers},
+            {"mask_ratio", c.mask_ratio},
+            {"flip", c.flip},
+            {"jitter", c.jitter},
+            {"gray", c.gray},
+            {"single_lora_prob", c.single_lora_prob},
+            {"kl_weight", c.kl_weight},
+            {"temperature", c.temperature},
+            {"distill_weight", c.distill_weight},
+            {"clip_norm", c.clip_norm},
+            {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
   if (c.cycle == 0) j["steps"] = c.steps;
-  if (c.init != "fresh") j["init"] = c.init;  // absent for fresh: checkpoints of earlier versions still resume
+  if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
+  if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
   return j;
 }
 
@@ -499,7 +538,8 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
 void check_lora_paths(const SurrogatePool& pool, const std::string& option) {
   for (const auto& f : pool.files()) {
     if (f.lora_path.empty())
-      throw InputError(f.path + ": no lora_path attribute; " + option + " needs the LoRA each pool file was inverted from");
+      throw InputError(f.path + ": no lora_path attribute; " + option +
+                       " needs the LoRA each pool file was inverted from");
     if (!stdfs::is_directory(f.lora_path))
       throw InputError(f.path + ": its LoRA '" + f.lora_path + "' (attribute lora_path) is not a directory; " + option +
                        " needs it (relative paths resolve against the working directory)");
@@ -514,10 +554,12 @@ void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
   std::set<std::string> seen;
   std::vector<model::Lora> zoo;
   for (const auto& f : pool.files())
-    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(io::load_peft(f.lora_path, vc));
+    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
+      zoo.push_back(io::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
   const auto same_key = [](const auto& x, const auto& y) { return x.first == y.first; };
-  if (!std::equal(lora.adapters().begin(), lora.adapters().end(), mean.adapters().begin(), mean.adapters().end(), same_key))
+  if (!std::equal(lora.adapters().begin(), lora.adapters().end(), mean.adapters().begin(), mean.adapters().end(),
+                  same_key))
     throw InputError("metatrain: --init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA (" +
                      std::to_string(mean.adapters().size()) + " against " + std::to_string(lora.adapters().size()) +
                      " adapters); give the meta-LoRA the zoo's --targets");
@@ -530,15 +572,16 @@ void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
     dst->b.copy_(ad.b);
   }
   LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
-                                                      << "), cut to rank " << lora.config().r << ", keeps "
-                                                      << log::fixed(100 * kept, 1) << " % of its squared norm");
+                                                        << "), cut to rank " << lora.config().r << ", keeps "
+                                                        << log::fixed(100 * kept, 1) << " % of its squared norm");
 }
 
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
 // unflipped and flipped: [rows, 2, D] on the CPU. With a mask ratio the teacher sees the same
-// patches as the student (the top ones by stored score, flipped with the image). Every rank
-// checks every path first (so all report a missing LoRA alike); the files are then shared out
-// over the ranks and the result summed, so every rank holds the whole table.
+// patches as the student (the top ones by stored score, flipped with the image); with 0 (also
+// under --distill-dense) every patch. Every rank checks every path first (so all report a missing
+// LoRA alike); the files are then shared out over the ranks and the result summed, so every rank
+// holds the whole table.
 at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, double mask_ratio,
                              dist::Communicator& comm, const c10::Device& device) {
   const auto t0 = Clock::now();
@@ -570,8 +613,9 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
   }
   at::Tensor d = out.to(device);
   comm.all_reduce_sum(d);
-  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images under their own LoRAs, "
-                                                   << seconds_since(t0) << " s");
+  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images under their own LoRAs ("
+                                                 << (mask_ratio > 0 ? "the kept patches" : "every patch") << "), "
+                                                 << seconds_since(t0) << " s");
   return d.cpu();
 }
 
@@ -605,8 +649,9 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     }
     const json had = index.value("settings", json::object()).value("--model (content digest)", json());
     if (had.is_string() && had.get<std::string>() != model_digest)
-      throw InputError("--pool " + cfg.pool + " was inverted from another VFM (" + index.value("model", std::string("?")) +
-                       ", digest " + had.get<std::string>() + ") than --model " + cfg.model + " (digest " + model_digest +
+      throw InputError("--pool " + cfg.pool + " was inverted from another VFM (" +
+                       index.value("model", std::string("?")) + ", digest " + had.get<std::string>() +
+                       ") than --model " + cfg.model + " (digest " + model_digest +
                        "); meta-train on the VFM the zoo was tuned on");
   }
   json fp = fingerprint(cfg, E);
@@ -619,7 +664,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   if (rank == 0) {
     // The marker names the configuration of the run that owns the directory; a --resume that the
     // checkpoint check below refuses must not change it.
-    if (cfg.restart || !stdfs::exists(stdfs::path(work) / prov::kMarker)) prov::claim_output_dir(work, "metatrain-work", fp);
+    if (cfg.restart || !stdfs::exists(stdfs::path(work) / prov::kMarker))
+      prov::claim_output_dir(work, "metatrain-work", fp);
     if (cfg.restart) {
       stdfs::remove(ckpt);
       stdfs::remove(stdfs::path(work) / "metrics.jsonl");
@@ -645,8 +691,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       lo_l = std::min(lo_l, c.loras), hi_l = std::max(hi_l, c.loras);
     }
     const size_t kq = static_cast<size_t>(cfg.spec.k_shot + cfg.spec.q_query);
-    LOG_INFO("metatrain", "real classes: " << lo << " to " << hi << " images each, from " << lo_l << " to " << hi_l
-                                           << " LoRAs");
+    LOG_INFO("metatrain",
+             "real classes: " << lo << " to " << hi << " images each, from " << lo_l << " to " << hi_l << " LoRAs");
     if (lo < 2 * kq)
       LOG_WARN("metatrain", "a class has " << lo << " images, fewer than 2(K+Q) = " << 2 * kq
                                            << ": episodes see nearly every image of it each time (invert a larger "
@@ -664,7 +710,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   vit.to(device);
   vit.set_precision(cfg.precision);
   at::Tensor teacher_feat;
-  if (cfg.distill_weight > 0) teacher_feat = own_lora_features(vit, pool, cfg.mask_ratio, comm, device);
+  if (cfg.distill_weight > 0)
+    teacher_feat = own_lora_features(vit, pool, cfg.distill_dense ? 0.0 : cfg.mask_ratio, comm, device);
   const bool resuming = cfg.resume && stdfs::exists(ckpt);
   model::Lora lora(vc, cfg.lora, cfg.seed + 1);
   if (cfg.init == "zoo-mean" && !resuming) init_from_zoo_mean(lora, pool);  // a checkpoint holds the weights
@@ -679,6 +726,10 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   int64_t start = 0;
   int64_t skipped_total = 0;
   json val0 = nullptr;
+  // The meta-LoRA of the best validation so far (highest mean, earliest on a tie), kept on the CPU
+  // and in the checkpoint whatever --keep says, so that --keep never changes the training.
+  json best_val = nullptr;
+  std::vector<at::Tensor> best_params;
   if (resuming) {
     const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
     const auto& meta = f.metadata();
@@ -706,13 +757,22 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     start = std::stoll(meta.at("step"));  // Adam's own count lags it by the skipped steps
     if (meta.count("skipped")) skipped_total = std::stoll(meta.at("skipped"));
     if (meta.count("val0")) val0 = json::parse(meta.at("val0"));
+    if (meta.count("best_val")) best_val = json::parse(meta.at("best_val"));
+    if (!best_val.is_null()) {
+      for (size_t i = 0; i < params.size(); ++i) {
+        const std::string key = "best." + std::to_string(i);
+        if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
+          throw InputError(ckpt.string() + ": missing or mis-shaped " + key + " (the best validation's meta-LoRA)");
+        best_params.push_back(t[key].clone());
+      }
+    }
     LOG_INFO("metatrain", "resumed from " << ckpt.string() << " at step " << start);
     // Elastic: episode slot j of step s is drawn from (seed, j, s) whatever the world size, so a
     // checkpoint of W ranks continues the same schedule on W' ranks (E stays a multiple of W').
     if (meta.count("world_size") && std::stoi(meta.at("world_size")) != W)
       LOG_INFO("metatrain", "checkpointed at world size " << meta.at("world_size") << ", resumed at " << W
-                                                          << ": the same episodes per step (" << E
-                                                          << "), now " << E_local << " per rank");
+                                                          << ": the same episodes per step (" << E << "), now "
+                                                          << E_local << " per rank");
   }
   if (start > cfg.steps)
     throw InputError(ckpt.string() + ": checkpoint at step " + std::to_string(start) + " is past --steps " +
@@ -747,11 +807,21 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     const at::Tensor feats = eval::embed_all(vit, &lora, val, comm);
     const eval::Accuracy a =
         eval::evaluate_prototypes(feats, val, cfg.val_spec, cfg.val_episodes, cfg.seed + kValSeedOffset, comm);
-    json j = {{"step", step}, {"val_mean", a.mean}, {"val_ci95", a.ci95}, {"val_episodes", a.episodes},
+    json j = {{"step", step},
+              {"val_mean", a.mean},
+              {"val_ci95", a.ci95},
+              {"val_episodes", a.episodes},
               {"val_seconds", seconds_since(t0)}};
-    LOG_INFO("metatrain", "validation at step " << step << ": " << log::fixed(a.mean) << " +- " << log::fixed(a.ci95) << " % ("
-                                                << cfg.val_spec.n_way << "-way " << cfg.val_spec.k_shot << "-shot, "
-                                                << a.episodes << " episodes of " << cfg.val << ")");
+    // Every rank holds the same reduced accuracy and the same weights.
+    if (best_val.is_null() || a.mean > best_val["val_mean"].get<double>()) {
+      best_val = j;
+      best_params.clear();
+      for (const auto& p : params)
+        best_params.push_back(p.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));
+    }
+    LOG_INFO("metatrain", "validation at step " << step << ": " << log::fixed(a.mean) << " +- " << log::fixed(a.ci95)
+                                                << " % (" << cfg.val_spec.n_way << "-way " << cfg.val_spec.k_shot
+                                                << "-shot, " << a.episodes << " episodes of " << cfg.val << ")");
     emit(j);
     return j;
   };
@@ -761,9 +831,13 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     std::map<std::string, at::Tensor> t;
     for (size_t i = 0; i < params.size(); ++i) t["lora." + std::to_string(i)] = params[i].detach().cpu();
     for (auto& [k, v] : opt.state()) t[k] = v.cpu();
+    for (size_t i = 0; i < best_params.size(); ++i) t["best." + std::to_string(i)] = best_params[i];
     io::save_safetensors(ckpt.string(), t,
-                         {{"fingerprint", fp.dump()}, {"step", std::to_string(step)},
-                          {"skipped", std::to_string(skipped_total)}, {"val0", val0.dump()},
+                         {{"fingerprint", fp.dump()},
+                          {"step", std::to_string(step)},
+                          {"skipped", std::to_string(skipped_total)},
+                          {"val0", val0.dump()},
+                          {"best_val", best_val.dump()},
                           {"world_size", std::to_string(W)},
                           {"rng", "episodes are drawn from make_rng(seed, slot, step): the step is the RNG state"}});
   };
@@ -823,9 +897,10 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       at::Tensor correct = at::zeros({}, feat.options());
       for (int e = 0; e < E_local; ++e) {
         const at::Tensor f = feat.narrow(0, int64_t(e) * per_episode, per_episode);
-        const at::Tensor logits = eval::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
-                                                         cfg.spec.n_way, cfg.spec.k_shot) /
-                                 cfg.temperature;
+        const at::Tensor logits =
+            eval::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
+                                   cfg.spec.n_way, cfg.spec.k_shot) /
+            cfg.temperature;
         at::Tensor loss = at::cross_entropy_loss(logits, query_labels);
         if (b.teacher[e].defined()) {
           const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device), -1);
@@ -841,7 +916,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
       (loss_sum / double(E_local)).backward();
       // One flat buffer: gradients, then loss sum, correct queries and the stop flag.
       std::vector<at::Tensor> parts;
-      for (auto& p : params) parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
+      for (auto& p : params)
+        parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
       const double flag = stop_requested() ? 1.0 : 0.0;
       parts.push_back(at::stack({loss_sum.detach(), correct, at::full({}, flag, feat.options())}));
       at::Tensor flat = at::cat(parts);
@@ -932,46 +1008,57 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
   const double gpu_peak = cuda_peak_mb(device, false);
   const std::uint64_t hash = check_replicas(cfg.steps);
   const json final_val = validate_now(cfg.steps);
+  // --keep best: the written meta-LoRA is the best validation's (the last one's when that is best).
+  const bool keep_best = cfg.keep == "best" && !best_val.is_null();
+  const int64_t kept_step = keep_best ? best_val["step"].get<int64_t>() : cfg.steps;
+  if (keep_best && kept_step != cfg.steps) {
+    at::NoGradGuard ng;
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(best_params[i]);
+  }
   const double rss_peak = peak_rss_mb();
   const auto share = [&](double x) { return t_total > 0 ? x / t_total : 0.0; };
-  json report = {
-      {"model", cfg.model},
-      {"pool", cfg.pool},
-      {"val", cfg.val},
-      {"steps", cfg.steps},
-      {"world_size", W},
-      {"episodes_per_step", E},
-      {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
-      {"mask_ratio", cfg.mask_ratio},
-      {"precision", model::precision_name(cfg.precision)},
-      {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
-      {"skipped_steps", skipped_total},
-      {"replica_hash", [&] {
-         std::ostringstream os;
-         os << std::hex << hash;
-         return os.str();
-       }()},
-      {"val_initial", val0},
-      {"val_final", final_val},
-      {"timing",
-       {{"timed_steps", timed_steps},
-        {"episodes_per_s", t_total > 0 ? double(timed_steps) * E / t_total : 0.0},
-        {"step_seconds", timed_steps ? t_total / timed_steps : 0.0},
-        {"data_wait_share", share(t_wait)},
-        {"data_prep_share", share(t_prep)},
-        {"prefetch", cfg.prefetch},
-        {"forward_backward_share", share(t_compute)},
-        {"all_reduce_share", share(t_reduce)},
-        {"sync_timing", cfg.sync_timing},
-        {"imbalance_wait_share", share(t_imbalance)}}},
-      {"memory",
-       {{"device", device.str()},
-        {"peak_rss_mb", rss_peak},
-        {"rss_before_training_mb", rss_before},
-        {"cuda_peak_allocated_mb", gpu_peak},
-        {"pool_cached", pool.cached()},
-        {"pool_image_mb", double(pool.image_bytes()) / (1 << 20)}}},
-      {"fingerprint", fp}};
+  json report = {{"model", cfg.model},
+                 {"pool", cfg.pool},
+                 {"val", cfg.val},
+                 {"steps", cfg.steps},
+                 {"world_size", W},
+                 {"episodes_per_step", E},
+                 {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
+                 {"mask_ratio", cfg.mask_ratio},
+                 {"precision", model::precision_name(cfg.precision)},
+                 {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
+                 {"skipped_steps", skipped_total},
+                 {"replica_hash",
+                  [&] {
+                    std::ostringstream os;
+                    os << std::hex << hash;
+                    return os.str();
+                  }()},
+                 {"val_initial", val0},
+                 {"val_final", final_val},
+                 {"val_best", best_val},
+                 {"keep", cfg.keep},
+                 {"kept_step", kept_step},
+                 {"val_kept", keep_best ? best_val : final_val},
+                 {"timing",
+                  {{"timed_steps", timed_steps},
+                   {"episodes_per_s", t_total > 0 ? double(timed_steps) * E / t_total : 0.0},
+                   {"step_seconds", timed_steps ? t_total / timed_steps : 0.0},
+                   {"data_wait_share", share(t_wait)},
+                   {"data_prep_share", share(t_prep)},
+                   {"prefetch", cfg.prefetch},
+                   {"forward_backward_share", share(t_compute)},
+                   {"all_reduce_share", share(t_reduce)},
+                   {"sync_timing", cfg.sync_timing},
+                   {"imbalance_wait_share", share(t_imbalance)}}},
+                 {"memory",
+                  {{"device", device.str()},
+                   {"peak_rss_mb", rss_peak},
+                   {"rss_before_training_mb", rss_before},
+                   {"cuda_peak_allocated_mb", gpu_peak},
+                   {"pool_cached", pool.cached()},
+                   {"pool_image_mb", double(pool.image_bytes()) / (1 << 20)}}},
+                 {"fingerprint", fp}};
   // Peak RSS of every rank (rank 0 writes the report).
   const auto rss_all = comm.all_gather_f64(rss_peak);
   report["memory"]["peak_rss_mb_per_rank"] = rss_all;
@@ -979,15 +1066,21 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     lora.to(c10::Device(at::kCPU));
     io::save_peft(cfg.out, lora, cfg.model,
                   {{"metatrain.json", report.dump(2) + "\n"}, {prov::kMarker, prov::marker_text("metatrain", fp)}});
-    auto val_text = [](const json& v) { return v.is_null() ? std::string("-") : log::fixed(v["val_mean"].get<double>()); };
-    LOG_INFO("metatrain", "wrote " << cfg.out << " (PEFT adapter + metatrain.json); "
-                                   << (val0.is_null() && final_val.is_null()
-                                           ? std::string("no validation (--val not given)")
-                                           : "val " + val_text(val0) + " -> " + val_text(final_val) + " %")
-                                   << ", "
-                                   << (timed_steps > 0
-                                           ? log::fixed(report["timing"]["episodes_per_s"].get<double>()) + " episodes/s"
-                                           : std::string("too few steps to time")));
+    auto val_text = [](const json& v) {
+      return v.is_null() ? std::string("-") : log::fixed(v["val_mean"].get<double>());
+    };
+    LOG_INFO(
+        "metatrain",
+        "wrote " << cfg.out << " (PEFT adapter + metatrain.json); "
+                 << (val0.is_null() && final_val.is_null()
+                         ? std::string("no validation (--val not given)")
+                         : "val " + val_text(val0) + " -> " + val_text(final_val) + " %" +
+                               (cfg.keep == "best" ? ", kept the best validation's meta-LoRA (step " +
+                                                         std::to_string(kept_step) + ", " + val_text(best_val) + " %)"
+                                                   : std::string()))
+                 << ", "
+                 << (timed_steps > 0 ? log::fixed(report["timing"]["episodes_per_s"].get<double>()) + " episodes/s"
+                                     : std::string("too few steps to time")));
   }
   comm.barrier();
   result.finished = true;

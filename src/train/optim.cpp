@@ -55,7 +55,8 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& s) {
     const std::pair<const char*, at::Tensor*> slots[] = {{"adam.m.", &m_[i]}, {"adam.v.", &v_[i]}};
     for (const auto& [name, dst] : slots) {
       auto it = s.find(name + std::to_string(i));
-      if (it == s.end()) throw InputError(std::string("checkpoint lacks optimizer state '") + name + std::to_string(i) + "'");
+      if (it == s.end())
+        throw InputError(std::string("checkpoint lacks optimizer state '") + name + std::to_string(i) + "'");
       if (it->second.sizes() != dst->sizes()) throw InputError("checkpoint optimizer state does not match the model");
       dst->copy_(it->second);
     }
@@ -81,7 +82,7 @@ double cyclic_warmup_cosine(int64_t step, int64_t cycle, int64_t warmup, double 
 void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator& comm) {
   if (comm.size() == 1) return;
   std::vector<at::Tensor> grads;
-  for (at::Tensor p : params) {  // a handle: setting its grad sets the parameter's
+  for (at::Tensor p : params) {                                     // a handle: setting its grad sets the parameter's
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);  // same layout on every rank
     grads.push_back(p.grad());
   }
@@ -124,7 +125,7 @@ bool BadStepGuard::ok(bool finite, int64_t step) {
   ++in_row_;
   ++skipped_;
   LOG_WARN(tag_.c_str(), "step " << step << ": non-finite loss or gradient, step skipped (" << in_row_ << " in a row, "
-                         << skipped_ << " in all)");
+                                 << skipped_ << " in all)");
   if (in_row_ >= max_in_row_)
     throw RuntimeError(tag_ + ": " + std::to_string(in_row_) +
                        " steps in a row with a non-finite loss or gradient (--max-bad-steps)" + hint_);

@@ -2,14 +2,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
-#include <nlohmann/json.hpp>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
@@ -22,8 +22,8 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
-#include "lorarecycle/util/provenance.h"
 #include "lorarecycle/util/progress.h"
+#include "lorarecycle/util/provenance.h"
 
 namespace lorarec::train {
 namespace {
@@ -57,7 +57,8 @@ class Trainee {
 class VitTrainee final : public Trainee {
  public:
   VitTrainee(const PretrainConfig& cfg, int64_t classes, const c10::Device& device)
-      : vit_(model::ClipVision::random(cfg.vit, cfg.seed)), head_(model::Lora::empty(cfg.vit, model::LoraConfig{})),
+      : vit_(model::ClipVision::random(cfg.vit, cfg.seed)),
+        head_(model::Lora::empty(cfg.vit, model::LoraConfig{})),
         device_(device) {
     head_.init_head(static_cast<int>(classes), cfg.seed + 1);
     vit_.to(device);
@@ -138,8 +139,9 @@ class ResNetTrainee final : public Trainee {
   }
   std::string arch() const override {
     const auto& c = net_.config();
-    std::string s = std::string(c.bottleneck ? "bottleneck" : "basic") + " width " + std::to_string(c.width) + " stem " +
-                    (c.imagenet_stem ? "imagenet" : "cifar") + " classes " + std::to_string(c.num_classes) + " layers";
+    std::string s = std::string(c.bottleneck ? "bottleneck" : "basic") + " width " + std::to_string(c.width) +
+                    " stem " + (c.imagenet_stem ? "imagenet" : "cifar") + " classes " + std::to_string(c.num_classes) +
+                    " layers";
     for (int l : c.layers) s += " " + std::to_string(l);
     return s;
   }
@@ -147,7 +149,9 @@ class ResNetTrainee final : public Trainee {
   at::Tensor preprocess(const at::Tensor& u8) const override { return model::preprocess_images(u8, pixels_, device_); }
   at::Tensor logits(const at::Tensor& px, bool train) override { return net_.forward(px, train); }
   std::map<std::string, at::Tensor> state() const override { return net_.state_dict(); }
-  void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) override { net_.load_values(t, origin); }
+  void load(const std::map<std::string, at::Tensor>& t, const std::string& origin) override {
+    net_.load_values(t, origin);
+  }
   void after_step(dist::Communicator& comm) override { comm.all_reduce_mean(net_.buffers()); }
   void freeze() override { net_.set_requires_grad(false); }
   void save(const std::string& dir) override {
@@ -186,7 +190,8 @@ void PretrainConfig::validate() const {
   if (warmup < 0 || warmup >= steps) throw InputError("pretrain: --warmup must be in [0, steps)");
   if (!(holdout >= 0 && holdout < 1)) throw InputError("pretrain: --holdout must be in [0, 1)");
   if (shift < 0) throw InputError("pretrain: --shift must be >= 0");
-  if (checkpoint_every < 1 || log_every < 1) throw InputError("pretrain: --checkpoint-every and --log-every must be >= 1");
+  if (checkpoint_every < 1 || log_every < 1)
+    throw InputError("pretrain: --checkpoint-every and --log-every must be >= 1");
   vit.validate("pretrain");
   if (arch != "vit" && arch != "resnet") throw InputError("pretrain: --arch must be vit or resnet, got '" + arch + "'");
 }
@@ -206,7 +211,7 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   if (train_rows.empty()) throw InputError(cfg.data + ": no training images");
   const int64_t n_classes = all.num_classes();
   LOG_INFO("pretrain", cfg.data << ": " << n_classes << " classes, " << train_rows.size() << " training and "
-                                 << held_rows.size() << " held-out images");
+                                << held_rows.size() << " held-out images");
 
   std::unique_ptr<Trainee> net;
   if (cfg.arch == "vit")
@@ -226,7 +231,8 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     const auto meta = f.metadata();
     if (!meta.count("arch") || meta.at("arch") != net->arch() || !meta.count("seed") ||
         meta.at("seed") != std::to_string(cfg.seed) || !meta.count("data") || meta.at("data") != cfg.data)
-      throw InputError(ckpt.string() + ": checkpoint of another architecture, seed or dataset; remove it or use --no-resume");
+      throw InputError(ckpt.string() +
+                       ": checkpoint of another architecture, seed or dataset; remove it or use --no-resume");
     std::map<std::string, at::Tensor> t;
     for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
     net->load(t, ckpt.string());
@@ -240,7 +246,9 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
     std::map<std::string, at::Tensor> t = net->state();
     for (auto& [k, v] : opt.state()) t[k] = v;
     io::save_safetensors(ckpt.string(), t,
-                         {{"arch", net->arch()}, {"seed", std::to_string(cfg.seed)}, {"data", cfg.data},
+                         {{"arch", net->arch()},
+                          {"seed", std::to_string(cfg.seed)},
+                          {"data", cfg.data},
                           {"step", std::to_string(step)}});
   };
 
@@ -284,8 +292,10 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
       for (size_t i = 0; i < losses.size(); ++i) l += losses[i], c += corrects[i];
       const double steps_in = seen_acc / cfg.batch_size;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_window).count();
-      const json line = {{"step", step + 1}, {"loss", l / (steps_in * comm.size())},
-                         {"train_acc", 100.0 * c / (seen_acc * comm.size())}, {"lr", lr},
+      const json line = {{"step", step + 1},
+                         {"loss", l / (steps_in * comm.size())},
+                         {"train_acc", 100.0 * c / (seen_acc * comm.size())},
+                         {"lr", lr},
                          {"images_per_s", seen_acc * comm.size() / secs}};
       if (comm.rank() == 0) {
         metrics << line.dump() << "\n" << std::flush;
@@ -309,7 +319,10 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
 
   // Report: held-out base accuracy (head); for the ViT also prototype 5-way 1-shot accuracy on the
   // held-out base images and on the evaluation set.
-  json report = {{"arch", cfg.arch}, {"data", cfg.data}, {"steps", cfg.steps}, {"world_size", comm.size()},
+  json report = {{"arch", cfg.arch},
+                 {"data", cfg.data},
+                 {"steps", cfg.steps},
+                 {"world_size", comm.size()},
                  {"batch_size_global", cfg.batch_size * comm.size()}};
   if (!held_rows.empty()) net->report(report, all.subset(held_rows, cfg.data + " (held out)"), cfg, comm);
   if (comm.rank() == 0) {

@@ -2,17 +2,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <limits>
 #include <map>
-#include <cstdio>
-#include <filesystem>
-#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "lorarecycle/data/image_set.h"
@@ -251,7 +251,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
       if (cfg.restart || !zoo_entry_complete(d.string())) continue;
       const json task = json::parse(fs::read_text(d / kTaskFile));
       if (!task.contains("settings"))
-        throw InputError(d.string() + ": recorded no settings (written by an older lorarecycle), so it cannot be "
+        throw InputError(d.string() +
+                         ": recorded no settings (written by an older lorarecycle), so it cannot be "
                          "reused safely; --restart discards the finished LoRAs, or choose a new --out");
       const std::string diff = prov::first_difference(task.at("settings"), settings, d.string());
       if (!diff.empty()) throw InputError(diff + "; --restart discards the finished LoRAs, or choose a new --out");
@@ -268,7 +269,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     if (cfg.restart) {
       for (const auto& d : finished) stdfs::remove_all(d);
       stdfs::remove(stdfs::path(cfg.out) / "manifest.json");
-      if (!finished.empty()) LOG_INFO("zoo", "--restart: removed " << finished.size() << " LoRAs of an earlier run from " << cfg.out);
+      if (!finished.empty())
+        LOG_INFO("zoo", "--restart: removed " << finished.size() << " LoRAs of an earlier run from " << cfg.out);
     }
     prov::claim_output_dir(cfg.out, "zoo", settings);
     for (const auto& p : fs::remove_temporaries(cfg.out))
@@ -293,7 +295,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
       // A finished LoRA is reused only for the same task (other --classes, --way or --seed: refuse).
       const auto had = json::parse(fs::read_text(dir / kTaskFile)).at("classes").get<std::vector<int64_t>>();
       if (had != tasks[id])
-        throw InputError((dir / kTaskFile).string() + ": this finished LoRA was tuned on other classes than --classes/" +
+        throw InputError((dir / kTaskFile).string() +
+                         ": this finished LoRA was tuned on other classes than --classes/" +
                          "--way/--seed give now; use a new --out (or delete " + dir.string() + ")");
       ++reused;
     } else {
@@ -302,9 +305,9 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   }
   std::uint64_t total_reused = 0;
   for (auto v : comm.all_gather_u64(static_cast<std::uint64_t>(reused))) total_reused += v;
-  LOG_INFO("zoo", cfg.num_loras << " LoRAs of " << cfg.n_way << " classes from " << cfg.data << " (" << set.num_classes()
-                                << " classes); rank 0 trains " << mine.size() << ", skips " << reused
-                                << " finished; all ranks: " << (cfg.num_loras - total_reused) << " to train, "
+  LOG_INFO("zoo", cfg.num_loras << " LoRAs of " << cfg.n_way << " classes from " << cfg.data << " ("
+                                << set.num_classes() << " classes); rank 0 trains " << mine.size() << ", skips "
+                                << reused << " finished; all ranks: " << (cfg.num_loras - total_reused) << " to train, "
                                 << total_reused << " finished earlier");
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
@@ -321,8 +324,13 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   comm.barrier();
 
   std::vector<ZooEntry> entries;
-  json manifest = {{"model", cfg.model}, {"data", cfg.data}, {"num_loras", cfg.num_loras}, {"n_way", cfg.n_way},
-                   {"cover_classes", cfg.cover_classes}, {"settings", settings}, {"loras", json::array()}};
+  json manifest = {{"model", cfg.model},
+                   {"data", cfg.data},
+                   {"num_loras", cfg.num_loras},
+                   {"n_way", cfg.n_way},
+                   {"cover_classes", cfg.cover_classes},
+                   {"settings", settings},
+                   {"loras", json::array()}};
   std::map<int64_t, int> coverage;  // dataset class -> LoRAs tuned on it
   double sum = 0;
   for (int id = 0; id < cfg.num_loras; ++id) {
@@ -336,8 +344,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     e.heldout_accuracy = t.at("heldout_accuracy").get<double>();
     sum += e.heldout_accuracy;
     for (int64_t c : e.classes) ++coverage[c];
-    manifest["loras"].push_back({{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes},
-                                 {"heldout_accuracy", e.heldout_accuracy}});
+    manifest["loras"].push_back(
+        {{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes}, {"heldout_accuracy", e.heldout_accuracy}});
     entries.push_back(std::move(e));
   }
   manifest["mean_heldout_accuracy"] = sum / cfg.num_loras;
@@ -347,13 +355,15 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
     cov[std::to_string(c)] = k;
     cov_lo = std::min(cov_lo, k), cov_hi = std::max(cov_hi, k);
   }
-  manifest["coverage"] = {{"classes", coverage.size()}, {"min_loras_per_class", cov_lo},
-                          {"max_loras_per_class", cov_hi}, {"loras_per_class", cov}};
+  manifest["coverage"] = {{"classes", coverage.size()},
+                          {"min_loras_per_class", cov_lo},
+                          {"max_loras_per_class", cov_hi},
+                          {"loras_per_class", cov}};
   if (comm.rank() == 0) {
     fs::write_text(stdfs::path(cfg.out) / "manifest.json", manifest.dump(2) + "\n");
     LOG_INFO("zoo", coverage.size() << " classes covered by " << cov_lo << " to " << cov_hi << " LoRAs each");
-    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << log::fixed(sum / cfg.num_loras, 1) << "%; wrote "
-                                                  << cfg.out << "/manifest.json");
+    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << log::fixed(sum / cfg.num_loras, 1)
+                                                   << "%; wrote " << cfg.out << "/manifest.json");
   }
   comm.barrier();
   return entries;

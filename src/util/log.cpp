@@ -26,10 +26,14 @@ std::mutex g_mutex;
 
 const char* level_name(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "?";
 }
@@ -72,8 +76,7 @@ void write(Level lvl, const char* tag, const std::string& message) {
   std::strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
   std::lock_guard<std::mutex> lock(g_mutex);
   std::FILE* out = lvl >= Level::kWarn ? stderr : stdout;
-  std::fprintf(out, "%s %-5s [rank %d] [%s] %s\n", stamp, level_name(lvl), g_rank.load(), tag,
-               message.c_str());
+  std::fprintf(out, "%s %-5s [rank %d] [%s] %s\n", stamp, level_name(lvl), g_rank.load(), tag, message.c_str());
   std::fflush(out);
 }
 

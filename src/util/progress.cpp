@@ -17,8 +17,13 @@ std::string clock_str(double s) {
 }
 
 Progress::Progress(std::string tag, std::string what, int64_t total, std::string unit, double interval_s)
-    : tag_(std::move(tag)), what_(std::move(what)), unit_(std::move(unit)), total_(total), interval_(interval_s),
-      start_(std::chrono::steady_clock::now()), last_(start_) {}
+    : tag_(std::move(tag)),
+      what_(std::move(what)),
+      unit_(std::move(unit)),
+      total_(total),
+      interval_(interval_s),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
 
 double Progress::elapsed_s() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();

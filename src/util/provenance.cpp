@@ -116,16 +116,26 @@ std::string model_digest(const stdfs::path& path) {
 const OutputKind& output_kind(const std::string& name) {
   // Temporaries of atomic writes (".<name>.tmp.<pid>") and the marker belong to every kind.
   static const std::vector<OutputKind> kinds = {
-      {"pretrain", "pretrain", {"pretrain_report.json"},
+      {"pretrain",
+       "pretrain",
+       {"pretrain_report.json"},
        {"config\\.json", "preprocessor_config\\.json", "model\\.safetensors", "pretrain_report\\.json"}},
-      {"pretrain-work", "pretrain", {"checkpoint.safetensors", "metrics.jsonl"},
+      {"pretrain-work",
+       "pretrain",
+       {"checkpoint.safetensors", "metrics.jsonl"},
        {"checkpoint\\.safetensors", "metrics\\.jsonl", ".*\\.json"}},
       {"zoo", "zoo", {"manifest.json", "lora_000"}, {"manifest\\.json", "lora_\\d+"}},
-      {"pool", "invert", {"index.json", "lora_000.h5"},
+      {"pool",
+       "invert",
+       {"index.json", "lora_000.h5"},
        {"index\\.json", "summary\\.json", "lora_\\d+\\.(h5|png)", "\\.progress"}},
-      {"metatrain", "metatrain", {"metatrain.json"},
+      {"metatrain",
+       "metatrain",
+       {"metatrain.json"},
        {"adapter_model\\.safetensors", "adapter_config\\.json", "metatrain\\.json"}},
-      {"metatrain-work", "metatrain", {"checkpoint.safetensors", "metrics.jsonl"},
+      {"metatrain-work",
+       "metatrain",
+       {"checkpoint.safetensors", "metrics.jsonl"},
        {"checkpoint\\.safetensors", "metrics\\.jsonl"}},
       {"eval", "eval", {"results.json", "partial"}, {"results\\.(csv|json)", "partial", "report.*"}},
   };
@@ -157,7 +167,8 @@ json check_output_dir(const stdfs::path& dir, const std::string& kind) {
     try {
       m = json::parse(fs::read_text(marker));
     } catch (const json::exception& e) {
-      throw InputError(marker.string() + ": unreadable marker (" + e.what() + "); remove the directory or choose another --out");
+      throw InputError(marker.string() + ": unreadable marker (" + e.what() +
+                       "); remove the directory or choose another --out");
     }
     const std::string had = m.value("kind", std::string("?"));
     if (had != kind)
@@ -181,7 +192,8 @@ json check_output_dir(const stdfs::path& dir, const std::string& kind) {
   std::sort(foreign.begin(), foreign.end());
   if (!foreign.empty())
     throw InputError(dir.string() + ": not empty and not a " + kind + " directory of lorarecycle " + k.command +
-                     " (it holds " + foreign.front() + (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " more" : std::string()) +
+                     " (it holds " + foreign.front() +
+                     (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " more" : std::string()) +
                      "); choose a new or empty --out");
   if (!signed_by_kind && stdfs::directory_iterator(dir) != stdfs::directory_iterator())
     throw InputError(dir.string() + ": not empty and not a " + kind + " directory of lorarecycle " + k.command +
@@ -216,7 +228,8 @@ void check_output_file(const stdfs::path& file, const std::string& option) {
   if (stdfs::is_directory(file, ec))
     throw InputError(option + " " + file.string() + ": is a directory; give a file name");
   const stdfs::path p = stdfs::absolute(file).parent_path();
-  if (!stdfs::exists(p, ec)) throw InputError(option + " " + file.string() + ": directory " + p.string() + " does not exist");
+  if (!stdfs::exists(p, ec))
+    throw InputError(option + " " + file.string() + ": directory " + p.string() + " does not exist");
   if (!stdfs::is_directory(p))
     throw InputError(option + " " + file.string() + ": " + p.string() + " is a file, not a directory");
   if (::access(p.c_str(), W_OK) != 0)

@@ -1,10 +1,11 @@
 #include "lorarecycle/verify/verify.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <exception>
 #include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 
 #include "lorarecycle/invert/pool.h"
@@ -22,7 +23,8 @@ namespace stdfs = std::filesystem;
 using json = nlohmann::json;
 
 // Pipeline order: an output's inputs are checked (and registered by digest) before it.
-const std::vector<std::string> kKinds = {"pretrain", "pretrain-work", "zoo", "pool", "metatrain", "metatrain-work", "eval"};
+const std::vector<std::string> kKinds = {"pretrain",  "pretrain-work",  "zoo", "pool",
+                                         "metatrain", "metatrain-work", "eval"};
 
 int kind_rank(const std::string& kind) {
   return static_cast<int>(std::find(kKinds.begin(), kKinds.end(), kind) - kKinds.begin());
@@ -53,7 +55,8 @@ class Checker {
     problems_before_ = report_.problems;
     notes_.clear();
     if (o.marker.is_null() || o.marker.empty()) {
-      problem(dir_, "no " + std::string(prov::kMarker) + " marker: written by an older version, provenance not recorded");
+      problem(dir_,
+              "no " + std::string(prov::kMarker) + " marker: written by an older version, provenance not recorded");
     }
     try {
       if (kind_ == "pretrain") pretrain(o);
@@ -115,14 +118,15 @@ class Checker {
       problem(file, "no \"settings\": written by an older version, provenance not recorded");
     } else if (!marker.empty()) {
       const std::string diff = prov::first_difference(marker.value("settings", json::object()), settings, "the marker");
-      if (!diff.empty()) problem(dir_ / prov::kMarker, "the marker and " + file.filename().string() + " disagree: " + diff);
+      if (!diff.empty())
+        problem(dir_ / prov::kMarker, "the marker and " + file.filename().string() + " disagree: " + diff);
     }
     return settings;
   }
   // An output whose index was never written: how far it got.
   void incomplete(const std::string& index, int done, const std::string& units, const std::string& command) {
-    problem(dir_, "incomplete: no " + index + " (" + std::to_string(done) + " " + units + " finished; re-run " + command +
-                      " with the same options to finish it)");
+    problem(dir_, "incomplete: no " + index + " (" + std::to_string(done) + " " + units + " finished; re-run " +
+                      command + " with the same options to finish it)");
   }
 
   // An input recorded by digest: found among the run's outputs (named), or at its recorded path
@@ -225,7 +229,8 @@ class Checker {
       }
       const std::string bd = io::recorded_base_digest(ld.string());
       if (bd != model_d) {
-        problem(ld / io::kPeftWeights, "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", the zoo's is " + model_d);
+        problem(ld / io::kPeftWeights,
+                "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", the zoo's is " + model_d);
         continue;
       }
       reg_.adapters[adapter_at(ld)] = ld;
@@ -253,14 +258,14 @@ class Checker {
     // The zoo it was inverted from: by manifest digest in the run, else at the recorded path.
     const std::string zoo_d = str(settings, "--zoo (manifest digest)");
     stdfs::path zoo_dir;
-    if (auto it = reg_.zoo_manifest.find(zoo_d); it != reg_.zoo_manifest.end()) zoo_dir = it->second;
+    if (auto it = reg_.zoo_manifest.find(zoo_d); it != reg_.zoo_manifest.end())
+      zoo_dir = it->second;
     else if (index.contains("zoo") && stdfs::exists(stdfs::path(index["zoo"].get<std::string>()) / "manifest.json"))
       zoo_dir = index["zoo"].get<std::string>();
     std::map<int, stdfs::path> lora_by_id;  // the zoo's LoRA directories by lora id
     if (!zoo_dir.empty()) {
       const json zm = read_json(zoo_dir / "manifest.json");
-      for (const auto& e : zm.at("loras"))
-        lora_by_id[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
+      for (const auto& e : zm.at("loras")) lora_by_id[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
     }
     int ok = 0, images = 0;
     const auto& files = index.at("files");
@@ -291,8 +296,8 @@ class Checker {
           const std::string had = h.attr_string("/", "lora_digest");
           const std::string now = adapter_at(lora_by_id[id]);
           if (had != now) {
-            problem(f, "inverted from LoRA weights digest " + had + ", but " + lora_by_id[id].string() + " is now " + now +
-                           " (retrained since?)");
+            problem(f, "inverted from LoRA weights digest " + had + ", but " + lora_by_id[id].string() + " is now " +
+                           now + " (retrained since?)");
             continue;
           }
         }
@@ -305,7 +310,8 @@ class Checker {
     }
     if (ok != static_cast<int>(files.size())) return;
     reg_.pools[prov::file_digest(ip)] = dir_;
-    note(std::to_string(ok) + " pool files, " + std::to_string(images) + " images, data digests intact, settings agree");
+    note(std::to_string(ok) + " pool files, " + std::to_string(images) +
+         " images, data digests intact, settings agree");
     link("zoo", zoo_d, reg_.zoo_manifest, index.value("zoo", ""), zoo_manifest_at);
     link("VFM", str(settings, "--model (content digest)"), reg_.models, index.value("model", ""), model_at);
   }
@@ -318,8 +324,8 @@ class Checker {
     const std::string model_d = str(fp, "model (content digest)");
     const std::string bd = io::recorded_base_digest(dir_.string());
     if (!model_d.empty() && bd != model_d) {
-      problem(dir_ / io::kPeftWeights, "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) +
-                                           ", its fingerprint names " + model_d);
+      problem(dir_ / io::kPeftWeights,
+              "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", its fingerprint names " + model_d);
       return;
     }
     reg_.adapters[adapter_at(dir_)] = dir_;
@@ -334,7 +340,8 @@ class Checker {
       std::error_code ec;
       int rows = 0;
       if (stdfs::is_directory(dir_ / "partial", ec))
-        for (const auto& e : stdfs::directory_iterator(dir_ / "partial")) rows += e.path().filename() != "settings.json";
+        for (const auto& e : stdfs::directory_iterator(dir_ / "partial"))
+          rows += e.path().filename() != "settings.json";
       if (rows > 0) note(std::to_string(rows) + " finished parts under partial/ (re-run eval with the same options)");
       return;
     }
@@ -436,7 +443,8 @@ Report verify_run(const stdfs::path& run_dir) {
   Report report;
   report.outputs = static_cast<int>(found.size());
   if (found.empty()) {
-    report.findings.push_back({true, "", run_dir.string(), "no lorarecycle output found (no .lorarecycle.json marker)"});
+    report.findings.push_back(
+        {true, "", run_dir.string(), "no lorarecycle output found (no .lorarecycle.json marker)"});
     report.problems = 1;
     return report;
   }

@@ -35,4 +35,49 @@ for run in ("two_to_one", "one_to_two"):
     print(f"{run}: training losses at steps {[r['step'] for r in ref]} within {worst:.2g} of the uninterrupted run")
     assert worst < 1e-4, run
 PY
-echo "elastic_resume: both directions continue the uninterrupted schedule"
+
+# --keep best (early stopping on the validation classes): the written meta-LoRA is the one of the
+# validation with the highest mean, earliest on a tie; the checkpoint carries it across a stop and
+# a resume at another world size; it is the meta-LoRA a run cut at that step ends with; --keep
+# never changes the training itself. lr 3e-2 makes later steps overfit the tiny pool.
+KB="$ARGS --lr 3e-2 --val data/val.h5 --val-every 4 --val-episodes 30 --val-way 3 --val-query 2"
+mpirun2 $B metatrain $KB --keep best --out best >best.txt 2>&1 || { cat best.txt; fail "--keep best"; }
+grep -q "kept the best validation's meta-LoRA (step" best.txt || { cat best.txt; fail "--keep best not logged"; }
+mpirun2 $B metatrain $KB --keep last --out last >last.txt 2>&1 || { cat last.txt; fail "--keep last"; }
+set +e; mpirun2 $B metatrain $KB --keep best --stop-after 10 --out best_r >best_r.1.txt 2>&1; rc=$?; set -e
+[ $rc = 75 ] || { cat best_r.1.txt; fail "--keep best --stop-after exited $rc, expected 75"; }
+$B metatrain $KB --keep best --resume --out best_r >best_r.2.txt 2>&1 || { cat best_r.2.txt; fail "--keep best resume"; }
+compare_adapters best best_r 1e-5
+KEPT=$("$LORAREC_PYTHON" - <<'PY'
+import json
+m = json.load(open("best/metatrain.json"))
+vals = [json.loads(l) for l in open("best.work/metrics.jsonl") if '"val_mean"' in l]
+top = max(v["val_mean"] for v in vals)
+first = next(v for v in vals if v["val_mean"] == top)
+assert m["keep"] == "best" and m["kept_step"] == first["step"], (m["kept_step"], vals)
+assert m["val_kept"]["val_mean"] == top and m["val_best"] == m["val_kept"], m
+r = json.load(open("best_r/metatrain.json"))
+assert r["kept_step"] == m["kept_step"] and abs(r["val_kept"]["val_mean"] - top) < 0.01, (r["val_kept"], top)
+l = json.load(open("last/metatrain.json"))
+assert l["keep"] == "last" and l["kept_step"] == 20 and l["val_kept"] == l["val_final"], l
+assert l["replica_hash"] == m["replica_hash"], "--keep changed the training"
+print(f"validations {[(v['step'], round(v['val_mean'], 2)) for v in vals]}: kept step {m['kept_step']}",
+      file=__import__("sys").stderr)
+print(m["kept_step"])
+PY
+)
+if [ "$KEPT" = 20 ]; then
+  compare_adapters best last 0
+elif [ "$KEPT" = 0 ]; then
+  "$LORAREC_PYTHON" - <<'PY'
+import numpy as np
+from peft_adapter import tensors
+t = tensors("best")
+assert all(not np.any(v) for k, v in t.items() if "lora_B" in k), "step 0 kept, but B is not zero"
+print("kept step 0: the written meta-LoRA is the fresh one (B = 0)")
+PY
+else
+  mpirun2 $B metatrain ${ARGS/--steps 20/--steps $KEPT} --lr 3e-2 --keep last --out cut >cut.txt 2>&1 || { cat cut.txt; fail "cut run"; }
+  compare_adapters best cut 1e-5
+fi
+echo "elastic_resume: both directions continue the uninterrupted schedule; --keep best keeps step $KEPT across a resume"

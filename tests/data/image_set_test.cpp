@@ -18,7 +18,8 @@ ImageSet make_set(int classes = 4) {
   for (int c = 0; c < classes; ++c)
     for (int i = 0; i < 5 + c; ++i) labels.push_back(c);
   const int64_t n = static_cast<int64_t>(labels.size());
-  at::Tensor images = (at::arange(n, at::kLong) % 256).to(at::kByte).view({n, 1, 1, 1}).expand({n, 4, 4, 3}).contiguous();
+  at::Tensor images =
+      (at::arange(n, at::kLong) % 256).to(at::kByte).view({n, 1, 1, 1}).expand({n, 4, 4, 3}).contiguous();
   std::vector<std::string> names;
   for (int c = 0; c < classes; ++c) names.push_back("c" + std::to_string(c));
   return ImageSet::from_tensors(images, at::tensor(labels, at::kLong), names, "mem");

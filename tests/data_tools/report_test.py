@@ -56,10 +56,12 @@ def make_pool_file(path, seed):
         f["labels"] = np.arange(10, dtype=np.int32) % 2
 
 
-def make_meta(d, mask):
-    dump(os.path.join(d, "metatrain.json"), {
-        "mask_ratio": mask, "steps": 20, "episodes_per_step": 2, "timing": {"episodes_per_s": 5.0},
-        "val_initial": {"val_mean": 40.0, "val_ci95": 1.0}, "val_final": {"val_mean": 45.0, "val_ci95": 1.1}})
+def make_meta(d, mask, keep_best=False):
+    rep = {"mask_ratio": mask, "steps": 20, "episodes_per_step": 2, "timing": {"episodes_per_s": 5.0},
+           "val_initial": {"val_mean": 40.0, "val_ci95": 1.0}, "val_final": {"val_mean": 45.0, "val_ci95": 1.1}}
+    if keep_best:  # metatrain --keep best: the adapter of step 10 was written
+        rep.update({"keep": "best", "kept_step": 10, "val_kept": {"step": 10, "val_mean": 46.5, "val_ci95": 1.2}})
+    dump(os.path.join(d, "metatrain.json"), rep)
     os.makedirs(d + ".work", exist_ok=True)
     with open(os.path.join(d + ".work", "metrics.jsonl"), "w") as f:
         for step, v in ((0, 40.0), (10, 43.0), (20, 45.0)):
@@ -84,7 +86,7 @@ def make_complete(run):
         make_pool_file(os.path.join(run, "pool", f"lora_{k:03d}.h5"), k)
     dump(os.path.join(run, "pool", "index.json"), {"format": 2, "files": [{}, {}], "images": 20})
     make_meta(os.path.join(run, "meta"), 0.0)
-    make_meta(os.path.join(run, "meta_mask75"), 0.75)
+    make_meta(os.path.join(run, "meta_mask75"), 0.75, keep_best=True)
     make_eval(os.path.join(run, "eval"))
 
 
@@ -101,7 +103,9 @@ class Report(unittest.TestCase):
         p = report("--runs", run, "--out", os.path.join(self.tmp, "rep"))
         self.assertEqual(p.returncode, 0, p.stderr)
         for line in ("zoo (zoo/): 2 LoRAs, held-out accuracy mean 80.50", "pool (pool/): 2 files, 20 images",
-                     "meta-LoRA (meta/): mask 0.0, 20 steps, val 40.00 -> 45.00", "meta-LoRA (meta_mask75/): mask 0.75",
+                     "meta-LoRA (meta/): mask 0.0, 20 steps, val 40.00 -> 45.00\n",
+                     "meta-LoRA (meta_mask75/): mask 0.75, 20 steps, val 40.00 -> 45.00; kept the best validation's "
+                     "meta-LoRA: step 10, 46.50",
                      "eval (eval/): 6 rows (lora-ft, meta, nn)", "| test | meta | 56.00 ± 1.00 | 60.00 ± 1.00 | 4.00 |",
                      "test meta 1-shot: 8.0x lora-ft"):
             self.assertIn(line, p.stdout)
@@ -109,7 +113,8 @@ class Report(unittest.TestCase):
         md = read(os.path.join(self.tmp, "rep", "report.md"))
         self.assertNotIn("Missing or unfinished", md)
         self.assertIn("## Results (this run)\n\n| dataset | method | 5-way 1-shot | 5-way 5-shot | tasks/s (1-shot) |", md)
-        self.assertIn("- meta (mask 0.0): 20 steps x 2 episodes, 5.0 episodes/s; val 40.00 ± 1.00 (bare VFM) -> 45.00 ± 1.10", md)
+        self.assertIn("- meta (mask 0.0): 20 steps x 2 episodes, 5.0 episodes/s; val 40.00 ± 1.00 (bare VFM) -> 45.00 ± 1.10\n", md)
+        self.assertIn("-> 45.00 ± 1.10; kept the best validation's meta-LoRA: step 10, 46.50\n", md)
         self.assertTrue(md.endswith("![validation curves](val_curves.png)\n\n![surrogates](surrogates.png)\n"))
         for f in ("val_curves.png", "surrogates.png"):
             self.assertGreater(os.path.getsize(os.path.join(self.tmp, "rep", f)), 1000)

@@ -38,7 +38,8 @@ class ScopedEnv {
 };
 
 void clear_launchers(ScopedEnv& e) {
-  for (const char* v : {env::kOmpiWorldSize, env::kPmixRank, env::kPmiRank, env::kPmiSize, env::kSlurmJobId, env::kSlurmStepId})
+  for (const char* v :
+       {env::kOmpiWorldSize, env::kPmixRank, env::kPmiRank, env::kPmiSize, env::kSlurmJobId, env::kSlurmStepId})
     e.unset(v);
 }
 

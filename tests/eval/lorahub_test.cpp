@@ -14,7 +14,8 @@ namespace {
 model::Lora zoo_lora(const model::ClipVisionConfig& c, std::uint64_t seed) {
   model::Lora l(c, model::LoraConfig{}, seed);
   at::manual_seed(seed);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
+  for (const auto& [key, ad] : l.adapters())
+    l.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
   return l;
 }
 
@@ -44,7 +45,8 @@ TEST(ComposeLoras, WeightsTheAAndBMatricesSeparately) {
   at::manual_seed(4);
   const at::Tensor px = at::randn({3, 3, c.image_size, c.image_size});
   const model::Lora only1 = compose_loras(zoo, {0, 1, 0}, c);
-  EXPECT_LT(test::rel_error(vit.forward(px, {}, &only1).feature, vit.forward(px, {}, &zoo[1]).feature), test::kFloatTol);
+  EXPECT_LT(test::rel_error(vit.forward(px, {}, &only1).feature, vit.forward(px, {}, &zoo[1]).feature),
+            test::kFloatTol);
   EXPECT_THROW_MSG(compose_loras(zoo, {1, 2}, c), InputError, "one weight per LoRA");
 }
 

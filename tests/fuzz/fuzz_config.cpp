@@ -20,9 +20,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::uint64_t u = 0;
   bool b = false;
   po::options_description desc("fuzz");
-  desc.add_options()("help,h", "")("config", po::value(&s), "")("log-level", po::value(&s), "")
-      ("model", po::value(&s), "")("way", po::value(&i)->default_value(5), "")("lr", po::value(&d), "")
-      ("seed", po::value(&u), "")("bf16", po::bool_switch(&b), "")("mask-ratio", po::value(&d), "");
+  desc.add_options()("help,h", "")("config", po::value(&s), "")("log-level", po::value(&s), "")(
+      "model", po::value(&s), "")("way", po::value(&i)->default_value(5), "")("lr", po::value(&d), "")(
+      "seed", po::value(&u), "")("bf16", po::bool_switch(&b), "")("mask-ratio", po::value(&d), "");
   try {
     po::variables_map vm;
     const auto tokens = lorarec::cli::config_args(text, "fuzz.ini", "eval", desc, {"data", "steps"});

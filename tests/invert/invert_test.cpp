@@ -20,7 +20,8 @@ TEST(InversionLoss, TermsEqualDirectComputations) {
   const at::Tensor logits = at::randn({4, 3});
   const at::Tensor y = at::tensor({0, 2, 1, 2}, at::kLong);
   const at::Tensor x = at::randn({2, 3, 4, 5});
-  model::BnStat s1{at::tensor({0.1f, 0.2f}), at::tensor({1.0f, 2.0f}), at::tensor({0.0f, 0.0f}), at::tensor({1.5f, 1.0f})};
+  model::BnStat s1{at::tensor({0.1f, 0.2f}), at::tensor({1.0f, 2.0f}), at::tensor({0.0f, 0.0f}),
+                   at::tensor({1.5f, 1.0f})};
   model::BnStat s2{at::tensor({1.0f}), at::tensor({3.0f}), at::tensor({0.0f}), at::tensor({1.0f})};
   const std::vector<model::BnStat> stats{s1, s2};
   InversionConfig cfg;
@@ -100,8 +101,10 @@ struct Teacher {
 };
 
 Teacher tiny_teacher() {
-  Teacher t{model::ClipVision::random(test::tiny_config(), 3), model::Lora(test::tiny_config(), model::LoraConfig{}, 4)};
-  for (const auto& [key, ad] : t.lora.adapters()) t.lora.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
+  Teacher t{model::ClipVision::random(test::tiny_config(), 3),
+            model::Lora(test::tiny_config(), model::LoraConfig{}, 4)};
+  for (const auto& [key, ad] : t.lora.adapters())
+    t.lora.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
   t.lora.init_head(3, 5);
   return t;
 }
@@ -138,8 +141,9 @@ TEST(Inversion, RollEachIsAPerImageRollThenFlip) {
     if (fl[b]) want = want.flip({2});
     EXPECT_TRUE(at::equal(r[b], want)) << "image " << b;
   }
-  EXPECT_TRUE(at::equal(roll_each(x, dy, dx, {}), at::stack({at::roll(x[0], {1, 0}, {1, 2}), at::roll(x[1], {-2, 3}, {1, 2}),
-                                                             at::roll(x[2], {7, -9}, {1, 2})})));
+  EXPECT_TRUE(at::equal(
+      roll_each(x, dy, dx, {}),
+      at::stack({at::roll(x[0], {1, 0}, {1, 2}), at::roll(x[1], {-2, 3}, {1, 2}), at::roll(x[2], {7, -9}, {1, 2})})));
   // A permutation of each image's pixels: the gradient of a sum of weighted outputs routes every
   // weight back to its source pixel.
   const at::Tensor w = at::randn(r.sizes());
@@ -168,8 +172,8 @@ TEST(Inversion, PerImageJitterGivesEachImageItsOwnViews) {
   cfg.per_image = true;
   const Surrogates own = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
   const Surrogates again = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
-  EXPECT_TRUE(at::equal(own.images, again.images));     // seeded: the same views every run
-  EXPECT_FALSE(at::equal(own.images, shared.images));   // other views, other images
+  EXPECT_TRUE(at::equal(own.images, again.images));    // seeded: the same views every run
+  EXPECT_FALSE(at::equal(own.images, shared.images));  // other views, other images
   EXPECT_LT(own.best_loss, own.losses.front());
   EXPECT_EQ(own.images.sizes(), shared.images.sizes());
 }
@@ -189,7 +193,7 @@ TEST(InversionLoss, SoftTargetsGiveTheCrossEntropyOfTheMixture) {
   for (int i = 0; i < 6; ++i) {
     const int yi = static_cast<int>(y[i].item<int64_t>());
     EXPECT_GE(soft[i][yi].item<float>(), 0.6f - 1e-6f);  // at most 0.4 moved
-    EXPECT_EQ(soft[i].gt(0).sum().item<int64_t>(), 2);     // its class and one other
+    EXPECT_EQ(soft[i].gt(0).sum().item<int64_t>(), 2);   // its class and one other
   }
   EXPECT_TRUE(at::equal(soft, mixed_targets(y, 4, 0.4, 11, 2)));   // seeded
   EXPECT_FALSE(at::equal(soft, mixed_targets(y, 4, 0.4, 11, 3)));  // per LoRA (stream)
@@ -203,7 +207,8 @@ TEST(InversionLoss, SoftTargetsGiveTheCrossEntropyOfTheMixture) {
 
 TEST(InversionLoss, StopConfidenceDropsConfidentImagesFromTheCrossEntropy) {
   // Image 0 is its class at p ~ 0.99, image 1 at p ~ 0.33, image 2 at ~ 0.58.
-  const at::Tensor logits = at::tensor({6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f}).view({3, 3}).requires_grad_(true);
+  const at::Tensor logits =
+      at::tensor({6.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f, 0.0f}).view({3, 3}).requires_grad_(true);
   const at::Tensor y = at::tensor({0, 1, 0}, at::kLong);
   const at::Tensor x = at::zeros({3, 1, 2, 2});
   InversionConfig cfg;

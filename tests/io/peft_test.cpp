@@ -1,7 +1,6 @@
 #include "lorarecycle/io/peft.h"
 
 #include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
 
 #include "lorarecycle/io/safetensors.h"
@@ -12,13 +11,15 @@
 namespace lorarec::io {
 namespace {
 
-model::Lora random_lora(const model::ClipVisionConfig& c, double alpha, std::vector<model::Module> mods = {model::Module::kQ, model::Module::kV}) {
+model::Lora random_lora(const model::ClipVisionConfig& c, double alpha,
+                        std::vector<model::Module> mods = {model::Module::kQ, model::Module::kV}) {
   model::LoraConfig lc;
   lc.r = 3;
   lc.alpha = alpha;
   lc.target_modules = mods;
   model::Lora l(c, lc, 11);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<model::Module>(key.second))->b.normal_();  // B != 0
+  for (const auto& [key, ad] : l.adapters())
+    l.find(key.first, static_cast<model::Module>(key.second))->b.normal_();  // B != 0
   l.init_head(5, 12);
   return l;
 }

@@ -119,22 +119,35 @@ TEST(Safetensors, MalformedFilesAreRejectedWithAClearError) {
   expect_rejected(write_raw(dir, ok, data8, ok.size() + 100), "runs past the end of the file");
   expect_rejected(write_raw(dir, "{\"a\": [1, 2", data8), "not valid JSON");
   expect_rejected(write_raw(dir, "[1, 2, 3]", ""), "not a JSON object");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", data8),
-                  "duplicate key 'a'");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", data8), "unknown dtype 'Q7'");
+  expect_rejected(
+      write_raw(
+          dir,
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+          data8),
+      "duplicate key 'a'");
+  expect_rejected(write_raw(dir, R"({"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", data8),
+                  "unknown dtype 'Q7'");
   expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data8), "non-negative");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", data8), "outside the data section");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8), "do not match shape");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8),
-                  "overlaps");
+  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", data8),
+                  "outside the data section");
+  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8),
+                  "do not match shape");
+  expect_rejected(
+      write_raw(
+          dir,
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          data8),
+      "overlaps");
   expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8), "hole");
   expect_rejected(write_raw(dir, ok, data8 + "xx"), "trailing bytes");
   expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", data8), "begin > end");
   expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2]}})", data8), "lacks");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", data8), "unknown field");
+  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", data8),
+                  "unknown field");
   expect_rejected(write_raw(dir, R"({"__metadata__":{"k":1}})", ""), "not a string");
-  expect_rejected(write_raw(dir, R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}})", data8),
-                  "do not match shape");
+  expect_rejected(
+      write_raw(dir, R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}})", data8),
+      "do not match shape");
 }
 
 TEST(Safetensors, IndexParserIsSafeOnEveryTruncation) {

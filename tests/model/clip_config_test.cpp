@@ -20,7 +20,8 @@ TEST(ClipConfig, NestedClipConfigLikeOpenAiB16) {
 }
 
 TEST(ClipConfig, FlatVisionConfigWithHfDefaults) {
-  const auto c = parse_clip_config(R"({"model_type": "clip_vision_model", "hidden_act": "gelu", "patch_size": null})", "c");
+  const auto c =
+      parse_clip_config(R"({"model_type": "clip_vision_model", "hidden_act": "gelu", "patch_size": null})", "c");
   EXPECT_EQ(c.hidden_size, 768);
   EXPECT_EQ(c.patch_size, 32);
   EXPECT_EQ(c.hidden_act, Activation::kGelu);

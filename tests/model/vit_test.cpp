@@ -346,7 +346,7 @@ TEST(Vit, Bf16PrecisionIsTheAutocastForwardWithFloatOutputs) {
   const ForwardOutput b = v.forward(x, fo, &l);
   EXPECT_EQ(b.feature.scalar_type(), at::kFloat);
   EXPECT_EQ(b.patch_scores.scalar_type(), at::kFloat);
-  EXPECT_TRUE(at::equal(b.feature, scoped));  // exactly the autocast pass
+  EXPECT_TRUE(at::equal(b.feature, scoped));          // exactly the autocast pass
   EXPECT_GT(rel_error(b.feature, ref.feature), 0.0);  // and not the fp32 one
   EXPECT_LT(rel_error(b.feature, ref.feature), 0.1);
   // Gradients reach the pixels (inversion) in float32.

@@ -2,11 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <map>
 #include <set>
-#include <nlohmann/json.hpp>
 
 #include "lorarecycle/io/hdf5.h"
 #include "lorarecycle/util/error.h"
@@ -36,7 +36,12 @@ void write_pool(const stdfs::path& dir, int files, int N, int per, int S, int P,
     std::vector<int32_t> labels, global;
     for (int i = 0; i < n; ++i) labels.push_back(i % N), global.push_back(ids[f][i % N]);
     // image i of file f: every byte = (f * 50 + i) % 256
-    at::Tensor img = (at::arange(n, at::kInt) + f * 50).remainder(256).to(at::kByte).view({n, 1, 1, 1}).expand({n, S, S, 3}).contiguous();
+    at::Tensor img = (at::arange(n, at::kInt) + f * 50)
+                         .remainder(256)
+                         .to(at::kByte)
+                         .view({n, 1, 1, 1})
+                         .expand({n, S, S, 3})
+                         .contiguous();
     io::h5::write_file_atomically((dir / name).string(), [&](io::h5::File& h) {
       h.write("/images", img, 4);
       h.write("/labels", at::tensor(labels, at::kInt));
@@ -144,7 +149,8 @@ TEST(SurrogatePool, RefusesIncompleteOrMisshapedFiles) {
   write_pool(tmp.path() / "a", 1, 5, 4, 8, 4, /*complete=*/false);
   EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "a").string(), 8, 4, 0), InputError, "incomplete pool file");
   write_pool(tmp.path() / "b", 1, 5, 4, 8, 4);
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 16, 4, 0), InputError, "/images must be [n, 16, 16, 3]");
+  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 16, 4, 0), InputError,
+                   "/images must be [n, 16, 16, 3]");
   EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 8, 9, 0), InputError, "9 patches expected");
   EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "none").string(), 8, 4, 0), InputError, "no pool index");
 }
@@ -188,6 +194,13 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.resume = d.restart = true; }, "exclude each other");
   bad([](auto& d) { d.spec.q_query = 0; }, "--query");
   bad([](auto& d) { d.single_lora_prob = 1.5; }, "--single-lora-prob");
+  bad([](auto& d) { d.keep = "first"; }, "--keep must be last or best");
+  bad([](auto& d) { d.keep = "best"; }, "needs --val");
+  bad([](auto& d) { d.distill_dense = true, d.mask_ratio = 0.75; }, "--distill-dense");
+  bad([](auto& d) { d.distill_dense = true, d.distill_weight = 1; }, "--distill-dense");
+  c.keep = "best", c.val = "v.h5";
+  c.distill_dense = true, c.distill_weight = 1, c.mask_ratio = 0.75;
+  EXPECT_NO_THROW(c.validate());
 }
 
 }  // namespace

@@ -67,9 +67,7 @@ TEST(Fs, WriteAtomicallyReplacesDirectories) {
   EXPECT_EQ(fs::read_text(target / "f"), "second");
 }
 
-TEST(Fs, ReadTextOfMissingFileIsInputError) {
-  EXPECT_THROW(fs::read_text("/nonexistent/file"), InputError);
-}
+TEST(Fs, ReadTextOfMissingFileIsInputError) { EXPECT_THROW(fs::read_text("/nonexistent/file"), InputError); }
 
 }  // namespace
 }  // namespace lorarec

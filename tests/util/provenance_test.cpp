@@ -1,12 +1,12 @@
 #include "lorarecycle/util/provenance.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <unistd.h>
-#include <chrono>
 
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -60,7 +60,7 @@ TEST(Provenance, ModelDigestCoversWeightsAndConfigOnly) {
   write(t.path / "m/model.safetensors", "weights");
   write(t.path / "m/notes.txt", "anything");
   const std::string d0 = model_digest(t.path / "m");
-  write(t.path / "m/notes.txt", "changed");  // not part of the model
+  write(t.path / "m/notes.txt", "changed");                               // not part of the model
   write(t.path / "m/pytorch_model.bin", "converted and may be deleted");  // not read by the loaders
   EXPECT_EQ(model_digest(t.path / "m"), d0);
   write(t.path / "m/preprocessor_config.json", "{\"image_mean\": [0.5, 0.5, 0.5]}");  // read: counts

@@ -47,15 +47,15 @@ class ImageSet {
 
 // N-way K-shot Q-query episodes.
 struct EpisodeSpec {
-  int n_way = 5;    // classes per episode
-  int k_shot = 1;   // support images per class
-  int q_query = 15; // query images per class
+  int n_way = 5;     // classes per episode
+  int k_shot = 1;    // support images per class
+  int q_query = 15;  // query images per class
 };
 
 struct Episode {
-  std::vector<int64_t> classes;        // [N] class ids of the set
-  std::vector<int64_t> support;        // [N*K] rows, class-major: class i's shots at i*K..
-  std::vector<int64_t> query;          // [N*Q] rows, class-major
+  std::vector<int64_t> classes;  // [N] class ids of the set
+  std::vector<int64_t> support;  // [N*K] rows, class-major: class i's shots at i*K..
+  std::vector<int64_t> query;    // [N*Q] rows, class-major
 };
 
 // Draws episodes from the classes of a set. Refuses (InputError, naming the class and the file,

@@ -27,23 +27,23 @@ class Communicator;
 namespace lorarec::eval {
 
 struct EvalConfig {
-  std::string model;                       // VFM directory
-  std::vector<std::string> data;           // "NAME=path.h5" or "path.h5" (name: the file stem)
-  std::string zoo;                         // zoo directory (manifest.json): enables lora-avg
-  std::vector<std::string> meta;           // "NAME=dir" or "dir" (name: "meta" or the dir name)
-  std::vector<std::string> methods;        // subset of nn, lora-avg, lora-ft, lorahub, meta; empty = all available
+  std::string model;                 // VFM directory
+  std::vector<std::string> data;     // "NAME=path.h5" or "path.h5" (name: the file stem)
+  std::string zoo;                   // zoo directory (manifest.json): enables lora-avg
+  std::vector<std::string> meta;     // "NAME=dir" or "dir" (name: "meta" or the dir name)
+  std::vector<std::string> methods;  // subset of nn, lora-avg, lora-ft, lorahub, meta; empty = all available
   int way = 5, query = 15;
   std::vector<int> shots{1, 5};
   int episodes = 600;
-  int ft_episodes = 0;                     // lora-ft: the first n episodes of the same list (0 = all)
-  int timing_episodes = 100;               // tuning-free methods: tasks/s measured on the first n episodes
-  int ft_steps = 20;                       // lora-ft: Adam steps on the support set
+  int ft_episodes = 0;        // lora-ft: the first n episodes of the same list (0 = all)
+  int timing_episodes = 100;  // tuning-free methods: tasks/s measured on the first n episodes
+  int ft_steps = 20;          // lora-ft: Adam steps on the support set
   double ft_lr = 1e-3;
-  model::LoraConfig ft_lora;               // lora-ft: adapter shape (default r 4, q/v)
-  int hub_episodes = 0;                    // lorahub: the first n episodes of the same list (0 = all)
-  HubConfig hub;                           // lorahub: search budget, L1 weight, CMA-ES step, bounds
+  model::LoraConfig ft_lora;  // lora-ft: adapter shape (default r 4, q/v)
+  int hub_episodes = 0;       // lorahub: the first n episodes of the same list (0 = all)
+  HubConfig hub;              // lorahub: search budget, L1 weight, CMA-ES step, bounds
   std::uint64_t seed = 0;
-  std::string out;                         // directory for results.csv / results.json (rank 0); empty: none
+  std::string out;  // directory for results.csv / results.json (rank 0); empty: none
   int batch_size = 256;
   model::Precision precision = model::Precision::kFp32;  // of every ViT pass (all methods)
   void validate() const;
@@ -53,13 +53,13 @@ struct EvalRow {
   std::string dataset, method;
   int way = 0, shot = 0, query = 0;
   Accuracy acc;
-  double tasks_per_s = 0;                  // global throughput: tasks / slowest rank's time
+  double tasks_per_s = 0;  // global throughput: tasks / slowest rank's time
   int64_t timed_tasks = 0;
 };
 
 // One episode of the lora-ft baseline; returns the query accuracy in percent.
-double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px,
-                        int way, int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed);
+double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px, int way,
+                        int shot, const model::LoraConfig& lora_cfg, int steps, double lr, std::uint64_t seed);
 
 // Collective. Runs every configured method on every dataset and shot; prints the table (rank 0)
 // and writes results.csv / results.json when cfg.out is set.

@@ -22,11 +22,11 @@
 namespace lorarec::eval {
 
 struct HubConfig {
-  int budget = 40;      // objective evaluations per task (LoRAHub: 40 inference steps)
-  double l1 = 0.05;     // weight of the L1 penalty on w (LoRAHub: 0.05)
-  double sigma = 0.5;   // CMA-ES initial step size
-  double bound = 1.5;   // w clamped to [-bound, bound] (LoRAHub's bounds)
-  int shift = -1;       // support views rolled by +-shift pixels (-1: image_size / 16, at least 1)
+  int budget = 40;     // objective evaluations per task (LoRAHub: 40 inference steps)
+  double l1 = 0.05;    // weight of the L1 penalty on w (LoRAHub: 0.05)
+  double sigma = 0.5;  // CMA-ES initial step size
+  double bound = 1.5;  // w clamped to [-bound, bound] (LoRAHub's bounds)
+  int shift = -1;      // support views rolled by +-shift pixels (-1: image_size / 16, at least 1)
 };
 
 // The composed LoRA (every LoRA of the same targets, layers, rank and scale, checked; no head).
@@ -34,14 +34,14 @@ model::Lora compose_loras(const std::vector<model::Lora>& loras, const std::vect
                           const model::ClipVisionConfig& vit);
 
 // support_loss(w) (without the L1 term). support_px: [N*K, 3, S, S] class-major, normalised.
-double hub_support_loss(const model::ClipVision& vit, const std::vector<model::Lora>& loras, const std::vector<double>& w,
-                        const at::Tensor& support_px, int way, int shot, int shift);
+double hub_support_loss(const model::ClipVision& vit, const std::vector<model::Lora>& loras,
+                        const std::vector<double>& w, const at::Tensor& support_px, int way, int shot, int shift);
 
 struct HubResult {
-  std::vector<double> weights;   // the best weights found
-  double objective = 0;          // support_loss + l1 |w|_1 at them
-  double objective_equal = 0;    // the same at equal weights 1/K (the search's start, its first evaluation)
-  double accuracy = 0;           // percent of queries correct with the composed LoRA
+  std::vector<double> weights;  // the best weights found
+  double objective = 0;         // support_loss + l1 |w|_1 at them
+  double objective_equal = 0;   // the same at equal weights 1/K (the search's start, its first evaluation)
+  double accuracy = 0;          // percent of queries correct with the composed LoRA
   int evaluations = 0;
 };
 

@@ -18,32 +18,32 @@
 namespace lorarec::invert {
 
 struct InversionConfig {
-  int per_class = 10;              // surrogate images per class
-  int iterations = 2000;           // Adam steps (paper 2000)
-  double lr = 0.25;                // Adam, betas (0.5, 0.99)
+  int per_class = 10;     // surrogate images per class
+  int iterations = 2000;  // Adam steps (paper 2000)
+  double lr = 0.25;       // Adam, betas (0.5, 0.99)
   double beta1 = 0.5, beta2 = 0.99;
-  double w_ce = 1.0;               // oh: cross-entropy weight
-  double w_bn = 0.01;              // BN-prior weight (0 or no prior: off)
-  double w_tv = 0.0;               // total variation
-  double w_l2 = 0.0;               // ||X||
-  double w_div = 0.0;              // diversity: mean cosine between teacher features of two images of one class
-  int jitter = -1;                 // max roll in pixels (-1: image_size / 8)
-  bool flip = true;                // random horizontal flip
-  bool per_image = false;          // each image its own roll and flip per iteration (false: one for the batch)
-  double target_mix = 0.0;         // > 0: image i's target puts a share u_i ~ U(0, target_mix) on a second class c_i
-                                   // of the LoRA (both drawn once per image, seeded); 0: one-hot targets
-  double zoom = 0.0;               // > 0: every iteration also crops a square of side s * S, s ~ U(1 - zoom, 1), at a
-                                   // random place and resizes it back to S (bilinear), one crop for the batch; 0: off
-  double stop_confidence = 0.0;    // > 0: an image whose teacher probability of its class reached this gets no
-                                   // cross-entropy gradient in that iteration (it stops short of the class's mode);
-                                   // 0: off
-  int init_lowres = 0;             // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
-                                   // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
-                                   // blobs of several sizes instead of white noise; 0: white noise (the paper)
-  bool gray = false;               // optimise one grey channel shared by R, G, B (greyscale domains)
-  double prune_start = 0.25;       // fraction of the iterations after which pruning is on
+  double w_ce = 1.0;             // oh: cross-entropy weight
+  double w_bn = 0.01;            // BN-prior weight (0 or no prior: off)
+  double w_tv = 0.0;             // total variation
+  double w_l2 = 0.0;             // ||X||
+  double w_div = 0.0;            // diversity: mean cosine between teacher features of two images of one class
+  int jitter = -1;               // max roll in pixels (-1: image_size / 8)
+  bool flip = true;              // random horizontal flip
+  bool per_image = false;        // each image its own roll and flip per iteration (false: one for the batch)
+  double target_mix = 0.0;       // > 0: image i's target puts a share u_i ~ U(0, target_mix) on a second class c_i
+                                 // of the LoRA (both drawn once per image, seeded); 0: one-hot targets
+  double zoom = 0.0;             // > 0: every iteration also crops a square of side s * S, s ~ U(1 - zoom, 1), at a
+                                 // random place and resizes it back to S (bilinear), one crop for the batch; 0: off
+  double stop_confidence = 0.0;  // > 0: an image whose teacher probability of its class reached this gets no
+                                 // cross-entropy gradient in that iteration (it stops short of the class's mode);
+                                 // 0: off
+  int init_lowres = 0;           // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
+                                 // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
+                                 // blobs of several sizes instead of white noise; 0: white noise (the paper)
+  bool gray = false;             // optimise one grey channel shared by R, G, B (greyscale domains)
+  double prune_start = 0.25;     // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
-  bool cls_only_last = true;       // the last layer computes CLS only (off: the official full layer)
+  bool cls_only_last = true;                  // the last layer computes CLS only (off: the official full layer)
   std::uint64_t seed = 0;
 };
 
@@ -81,11 +81,11 @@ void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x);
 
 struct Surrogates {
-  at::Tensor images;         // uint8 [n, S, S, 3]
-  at::Tensor labels;         // int32 [n] local class 0..N-1 (class-interleaved)
-  at::Tensor teacher_logits; // float [n, N] of the stored (uint8) images
-  at::Tensor patch_scores;   // float [n, P] last-layer CLS attention, dense forward
-  at::Tensor keep_mask;      // uint8 [n, P] survivors of the configured pruning
+  at::Tensor images;           // uint8 [n, S, S, 3]
+  at::Tensor labels;           // int32 [n] local class 0..N-1 (class-interleaved)
+  at::Tensor teacher_logits;   // float [n, N] of the stored (uint8) images
+  at::Tensor patch_scores;     // float [n, P] last-layer CLS attention, dense forward
+  at::Tensor keep_mask;        // uint8 [n, P] survivors of the configured pruning
   std::vector<double> losses;  // total loss at every iteration (of the iterate before its step)
   double best_loss = 0, final_loss = 0;
   int best_iteration = -1;
@@ -95,7 +95,8 @@ struct Surrogates {
 
 // Fills out's teacher_logits, patch_scores, keep_mask and teacher_accuracy from out.images (uint8
 // [n, S, S, 3]) and out.labels under the LoRA: what the pool stores beside each image.
-void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg, Surrogates& out);
+void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg,
+                     Surrogates& out);
 
 // Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
 // With a `progress_name`, logs the iterations with the loss terms and rate every 10 s (rank 0).

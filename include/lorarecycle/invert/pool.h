@@ -18,8 +18,8 @@
 #pragma once
 
 #include <c10/core/Device.h>
-
 #include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -35,17 +35,17 @@ namespace lorarec::invert {
 inline constexpr int kPoolFormat = 2;
 
 struct InvertJobConfig {
-  std::string model;       // VFM directory
-  std::string zoo;         // zoo directory (manifest.json + lora_<k>/)
-  std::string prior;       // BN-prior ResNet (directory or .safetensors); empty: no BN term
-  std::string out;         // pool directory
+  std::string model;  // VFM directory
+  std::string zoo;    // zoo directory (manifest.json + lora_<k>/)
+  std::string prior;  // BN-prior ResNet (directory or .safetensors); empty: no BN term
+  std::string out;    // pool directory
   InversionConfig inv;
-  bool preview = false;    // also write lora_<k>.png, a contact sheet of the surrogates
-  std::string real_images; // control: store per_class REAL images of each LoRA's classes from this
-                           // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
-                           // class gets the k-th block of a seeded permutation of its images
-  int chunk_images = 64;   // HDF5 chunk (images) of /images
-  bool restart = false;    // discard the pool files an earlier run left in `out`
+  bool preview = false;     // also write lora_<k>.png, a contact sheet of the surrogates
+  std::string real_images;  // control: store per_class REAL images of each LoRA's classes from this
+                            // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
+                            // class gets the k-th block of a seeded permutation of its images
+  int chunk_images = 64;    // HDF5 chunk (images) of /images
+  bool restart = false;     // discard the pool files an earlier run left in `out`
   model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)
 };
 
@@ -69,7 +69,8 @@ bool pool_file_complete(const std::string& path);
 // datasets and throws InputError naming the file when the digest differs (a flipped bit, a
 // truncated dataset); files without the attribute (older versions) pass.
 std::string pool_data_digest(const at::Tensor& images, const at::Tensor& labels, const at::Tensor& global_class,
-                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores, const at::Tensor& keep_mask);
+                             const at::Tensor& teacher_logits, const at::Tensor& patch_scores,
+                             const at::Tensor& keep_mask);
 void check_pool_file_intact(const std::string& path);
 
 // Collective. Before any work: --out must be new, empty or a pool (exit 2 otherwise), and every

@@ -6,9 +6,8 @@
 // float64 <-> kDouble. Strings are variable-length UTF-8.
 #pragma once
 
-#include <hdf5.h>
-
 #include <ATen/core/Tensor.h>
+#include <hdf5.h>
 
 #include <cstdint>
 #include <string>

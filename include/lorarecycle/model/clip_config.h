@@ -12,17 +12,17 @@ namespace lorarec::model {
 enum class Activation { kQuickGelu, kGelu };
 
 struct ClipVisionConfig {
-  int hidden_size = 768;          // D, width of the residual stream
-  int intermediate_size = 3072;   // MLP width
-  int num_hidden_layers = 12;     // L
-  int num_attention_heads = 12;   // H; D must be divisible by H
-  int num_channels = 3;           // input channels
-  int image_size = 224;           // input side in pixels
-  int patch_size = 32;            // HF's default (B/16 configs say 16)
-  int projection_dim = 512;       // feature width after visual_projection
-  double layer_norm_eps = 1e-5;   // every LayerNorm
+  int hidden_size = 768;         // D, width of the residual stream
+  int intermediate_size = 3072;  // MLP width
+  int num_hidden_layers = 12;    // L
+  int num_attention_heads = 12;  // H; D must be divisible by H
+  int num_channels = 3;          // input channels
+  int image_size = 224;          // input side in pixels
+  int patch_size = 32;           // HF's default (B/16 configs say 16)
+  int projection_dim = 512;      // feature width after visual_projection
+  double layer_norm_eps = 1e-5;  // every LayerNorm
   Activation hidden_act = Activation::kQuickGelu;
-  std::array<double, 3> image_mean{0.48145466, 0.4578275, 0.40821073};   // CLIP's constants
+  std::array<double, 3> image_mean{0.48145466, 0.4578275, 0.40821073};  // CLIP's constants
   std::array<double, 3> image_std{0.26862954, 0.26130258, 0.27577711};
 
   int head_dim() const { return hidden_size / num_attention_heads; }

@@ -16,17 +16,17 @@
 namespace lorarec::model {
 
 struct ResNetConfig {
-  bool bottleneck = false;             // Bottleneck (ResNet-50) or BasicBlock (ResNet-18)
-  std::vector<int> layers{1, 1, 1, 1}; // blocks per stage
-  int width = 32;                      // channels of the stem and stage 1 (torchvision: 64)
-  bool imagenet_stem = false;          // 7x7/2 conv + 3x3/2 max-pool; else 3x3/1 conv
-  int num_classes = 10;                // fc outputs
+  bool bottleneck = false;              // Bottleneck (ResNet-50) or BasicBlock (ResNet-18)
+  std::vector<int> layers{1, 1, 1, 1};  // blocks per stage
+  int width = 32;                       // channels of the stem and stage 1 (torchvision: 64)
+  bool imagenet_stem = false;           // 7x7/2 conv + 3x3/2 max-pool; else 3x3/1 conv
+  int num_classes = 10;                 // fc outputs
 };
 
 // Input statistics of one BatchNorm layer in a forward pass, over (N, H, W).
 struct BnStat {
-  at::Tensor mean, var;                   // [C] of the batch (var biased)
-  at::Tensor running_mean, running_var;   // [C] the layer's stored statistics
+  at::Tensor mean, var;                  // [C] of the batch (var biased)
+  at::Tensor running_mean, running_var;  // [C] the layer's stored statistics
 };
 
 class ResNet {

@@ -22,15 +22,15 @@ namespace lorarec::model {
 // The linear layers of an encoder layer that a LoRA can target (HF names).
 enum class Module { kQ = 0, kK, kV, kOut, kFc1, kFc2 };
 inline constexpr int kNumModules = 6;
-const char* module_name(Module m);                 // "q_proj", ..., "fc2"
-const char* module_path(Module m);                 // "self_attn.q_proj", ..., "mlp.fc2"
-Module parse_module(const std::string& name);      // accepts "q_proj" or "self_attn.q_proj"; InputError otherwise
+const char* module_name(Module m);             // "q_proj", ..., "fc2"
+const char* module_path(Module m);             // "self_attn.q_proj", ..., "mlp.fc2"
+Module parse_module(const std::string& name);  // accepts "q_proj" or "self_attn.q_proj"; InputError otherwise
 
 struct LoraConfig {
-  int r = 4;                                            // rank
-  double alpha = 4;                                     // scale = alpha / r (official code: alpha = r)
+  int r = 4;         // rank
+  double alpha = 4;  // scale = alpha / r (official code: alpha = r)
   std::vector<Module> target_modules{Module::kQ, Module::kV};
-  std::vector<int> layers;                              // empty = every layer
+  std::vector<int> layers;  // empty = every layer
   void validate(const ClipVisionConfig& vit, const std::string& origin) const;
   double scale() const { return alpha / r; }
 };
@@ -197,11 +197,11 @@ class ClipVision {
 
   ClipVisionConfig config_;
   Precision precision_ = Precision::kFp32;
-  at::Tensor patch_w_;   // [D, C, p, p]
-  at::Tensor class_emb_; // [D]
-  at::Tensor pos_emb_;   // [1 + P, D]
+  at::Tensor patch_w_;    // [D, C, p, p]
+  at::Tensor class_emb_;  // [D]
+  at::Tensor pos_emb_;    // [1 + P, D]
   at::Tensor pre_ln_w_, pre_ln_b_, post_ln_w_, post_ln_b_;
-  at::Tensor proj_;      // [proj, D] or undefined
+  at::Tensor proj_;  // [proj, D] or undefined
   std::vector<Layer> layers_;
 };
 

@@ -49,18 +49,18 @@ namespace lorarec::train {
 class SurrogatePool {
  public:
   struct Class {
-    int64_t id = 0;               // dataset class id
-    std::vector<int64_t> rows;    // global rows, from every LoRA that covers the class
-    int loras = 0;                // how many pool files (LoRAs) contribute
+    int64_t id = 0;             // dataset class id
+    std::vector<int64_t> rows;  // global rows, from every LoRA that covers the class
+    int loras = 0;              // how many pool files (LoRAs) contribute
   };
   struct File {
     std::string path;
     int lora_id = 0;
-    int num_classes = 0;          // N of its LoRA
+    int num_classes = 0;  // N of its LoRA
     int64_t first_row = 0, rows = 0;
-    std::vector<int> classes;     // per local label (head column): index into classes()
+    std::vector<int> classes;                      // per local label (head column): index into classes()
     std::vector<std::vector<int64_t>> local_rows;  // per local label: global rows of this file
-    std::string lora_path;        // the inverted LoRA's directory (pool attribute), "" if absent
+    std::string lora_path;                         // the inverted LoRA's directory (pool attribute), "" if absent
   };
 
   // Reads <dir>/index.json and every file it lists; checks the format (a pool with per-LoRA class
@@ -79,7 +79,7 @@ class SurrogatePool {
   int64_t image_bytes() const { return image_bytes_; }
   // uint8 [n, S, S, 3] of the given global rows.
   at::Tensor images(const std::vector<int64_t>& rows);
-  const at::Tensor& patch_scores() const { return scores_; }    // float [rows, P]
+  const at::Tensor& patch_scores() const { return scores_; }                  // float [rows, P]
   const at::Tensor& teacher_logits(int file) const { return logits_[file]; }  // float [rows of file, N]
 
  private:
@@ -129,28 +129,30 @@ struct MetaTrainConfig {
   double kl_weight = 1.0;            // weight of the KL term on single-LoRA episodes
   double temperature = 1.0;          // training logits = -squared distance / temperature
   double distill_weight = 0.0;       // weight of the feature distillation to each image's own LoRA (0 = off)
-  int64_t val_every = 200;           // steps between validations (0 = only at start and end)
-  int val_episodes = 300;            // fixed validation episodes
+  bool distill_dense = false;  // with a mask ratio: the teacher's features of the whole image, not of the kept patches
+  int64_t val_every = 200;     // steps between validations (0 = only at start and end)
+  std::string keep = "last";   // the meta-LoRA written: last (after --steps) | best (highest validation mean)
+  int val_episodes = 300;      // fixed validation episodes
   data::EpisodeSpec val_spec{5, 1, 15};
   int64_t checkpoint_every = 200;
-  int64_t hash_every = 100;          // replica check (0 = only at the end)
+  int64_t hash_every = 100;  // replica check (0 = only at the end)
   int64_t log_every = 20;
-  int64_t cache_mb = 2048;           // budget for holding the pool's images in memory
-  int max_bad_steps = 10;            // consecutive non-finite steps before aborting
-  bool prefetch = true;              // prepare the next step's batch on a second thread
-  bool sync_timing = false;          // barrier before the all-reduce: its share then excludes waiting for the slowest rank
+  int64_t cache_mb = 2048;   // budget for holding the pool's images in memory
+  int max_bad_steps = 10;    // consecutive non-finite steps before aborting
+  bool prefetch = true;      // prepare the next step's batch on a second thread
+  bool sync_timing = false;  // barrier before the all-reduce: its share then excludes waiting for the slowest rank
   model::Precision precision = model::Precision::kFp32;  // of the ViT (ClipVision::set_precision)
   std::uint64_t seed = 0;
-  bool resume = false;               // continue from the checkpoint (none: start fresh)
-  bool restart = false;              // discard an existing checkpoint
-  int64_t stop_after = 0;            // > 0: checkpoint and stop after this many steps of this run
+  bool resume = false;     // continue from the checkpoint (none: start fresh)
+  bool restart = false;    // discard an existing checkpoint
+  int64_t stop_after = 0;  // > 0: checkpoint and stop after this many steps of this run
   void validate() const;
 };
 
 struct MetaTrainResult {
-  bool finished = false;             // false: stopped early (signal or stop_after), checkpoint written
+  bool finished = false;  // false: stopped early (signal or stop_after), checkpoint written
   int64_t step = 0;
-  std::string report;                // JSON (metatrain.json) when finished
+  std::string report;  // JSON (metatrain.json) when finished
 };
 
 // Collective. Exit codes of the CLI: 0 finished, 75 stopped with a checkpoint (resume later).

@@ -6,9 +6,9 @@
 #pragma once
 
 #include <c10/core/Device.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -21,29 +21,29 @@ class Communicator;
 namespace lorarec::train {
 
 struct ZooConfig {
-  std::string model;              // HF model directory of the VFM
-  std::string data;               // HDF5 image set of the zoo classes
-  std::string out;                // zoo directory
-  int num_loras = 20;             // K
-  int n_way = 5;                  // classes per LoRA task
-  int cover_classes = 0;          // > 0: tasks drawn from this many classes, balanced coverage (zoo_tasks)
-  double train_fraction = 0.8;    // of each class's images; the rest is held out
-  int epochs = 20;                // passes over the task's training images
-  int batch_size = 25;            // images per step
-  double lr = 1e-3;               // Adam
-  int max_bad_steps = 10;         // consecutive non-finite steps (each skipped) before aborting
-  model::LoraConfig lora;         // r, alpha, targets, layers
+  std::string model;            // HF model directory of the VFM
+  std::string data;             // HDF5 image set of the zoo classes
+  std::string out;              // zoo directory
+  int num_loras = 20;           // K
+  int n_way = 5;                // classes per LoRA task
+  int cover_classes = 0;        // > 0: tasks drawn from this many classes, balanced coverage (zoo_tasks)
+  double train_fraction = 0.8;  // of each class's images; the rest is held out
+  int epochs = 20;              // passes over the task's training images
+  int batch_size = 25;          // images per step
+  double lr = 1e-3;             // Adam
+  int max_bad_steps = 10;       // consecutive non-finite steps (each skipped) before aborting
+  model::LoraConfig lora;       // r, alpha, targets, layers
   std::uint64_t seed = 0;
-  bool restart = false;           // discard the LoRAs and manifest already in `out`
+  bool restart = false;  // discard the LoRAs and manifest already in `out`
   void validate() const;
 };
 
 struct ZooEntry {
   int id = 0;
   std::string dir;
-  std::vector<int64_t> classes;   // class ids of the dataset
-  double heldout_accuracy = 0;    // percent
-  double train_loss = 0;          // mean training loss of the last epoch (this run's LoRAs only)
+  std::vector<int64_t> classes;  // class ids of the dataset
+  double heldout_accuracy = 0;   // percent
+  double train_loss = 0;         // mean training loss of the last epoch (this run's LoRAs only)
 };
 
 // Classes of LoRA `id`'s task (seeded, the same for every world size), drawn from all classes.

@@ -4,10 +4,10 @@
 namespace lorarec::env {
 
 // Launcher detection (read by dist/runtime.cpp).
-inline constexpr const char* kOmpiWorldSize = "OMPI_COMM_WORLD_SIZE";   // set by mpirun (Open MPI)
+inline constexpr const char* kOmpiWorldSize = "OMPI_COMM_WORLD_SIZE";  // set by mpirun (Open MPI)
 inline constexpr const char* kOmpiLocalRank = "OMPI_COMM_WORLD_LOCAL_RANK";
-inline constexpr const char* kPmixRank = "PMIX_RANK";                    // set by srun --mpi=pmix
-inline constexpr const char* kPmiRank = "PMI_RANK";                      // other PMI launchers
+inline constexpr const char* kPmixRank = "PMIX_RANK";  // set by srun --mpi=pmix
+inline constexpr const char* kPmiRank = "PMI_RANK";    // other PMI launchers
 inline constexpr const char* kPmiSize = "PMI_SIZE";
 inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
 inline constexpr const char* kSlurmStepId = "SLURM_STEP_ID";

@@ -39,14 +39,14 @@ void check_input(bool cond, const std::string& message);
 
 }  // namespace lorarec
 
-#define LORAREC_CHECK_INPUT(cond, msg)                  \
-  do {                                                  \
-    if (!(cond)) throw ::lorarec::InputError((msg));    \
+#define LORAREC_CHECK_INPUT(cond, msg)               \
+  do {                                               \
+    if (!(cond)) throw ::lorarec::InputError((msg)); \
   } while (0)
 
-#define LORAREC_CHECK(cond, msg)                                                        \
-  do {                                                                                  \
-    if (!(cond))                                                                        \
-      throw ::lorarec::RuntimeError(std::string(msg) + " (" #cond " failed at " +      \
-                                    __FILE__ + ":" + std::to_string(__LINE__) + ")");  \
+#define LORAREC_CHECK(cond, msg)                                                                   \
+  do {                                                                                             \
+    if (!(cond))                                                                                   \
+      throw ::lorarec::RuntimeError(std::string(msg) + " (" #cond " failed at " + __FILE__ + ":" + \
+                                    std::to_string(__LINE__) + ")");                               \
   } while (0)

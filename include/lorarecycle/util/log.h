@@ -33,23 +33,23 @@ void write(Level level, const char* tag, const std::string& message);
 
 }  // namespace lorarec::log
 
-#define LORAREC_LOG(level, tag, expr)                                  \
-  do {                                                                 \
-    if (::lorarec::log::enabled(level)) {                              \
-      std::ostringstream lorarec_log_os_;                              \
-      lorarec_log_os_ << expr;                                         \
-      ::lorarec::log::write(level, tag, lorarec_log_os_.str());        \
-    }                                                                  \
+#define LORAREC_LOG(level, tag, expr)                           \
+  do {                                                          \
+    if (::lorarec::log::enabled(level)) {                       \
+      std::ostringstream lorarec_log_os_;                       \
+      lorarec_log_os_ << expr;                                  \
+      ::lorarec::log::write(level, tag, lorarec_log_os_.str()); \
+    }                                                           \
   } while (0)
 
 // Info from every rank (enabled_on_every_rank), not only rank 0.
-#define LOG_INFO_EVERY_RANK(tag, expr)                                                   \
-  do {                                                                                   \
-    if (::lorarec::log::enabled_on_every_rank(::lorarec::log::Level::kInfo)) {           \
-      std::ostringstream lorarec_log_os_;                                                \
-      lorarec_log_os_ << expr;                                                           \
-      ::lorarec::log::write(::lorarec::log::Level::kInfo, tag, lorarec_log_os_.str());   \
-    }                                                                                    \
+#define LOG_INFO_EVERY_RANK(tag, expr)                                                 \
+  do {                                                                                 \
+    if (::lorarec::log::enabled_on_every_rank(::lorarec::log::Level::kInfo)) {         \
+      std::ostringstream lorarec_log_os_;                                              \
+      lorarec_log_os_ << expr;                                                         \
+      ::lorarec::log::write(::lorarec::log::Level::kInfo, tag, lorarec_log_os_.str()); \
+    }                                                                                  \
   } while (0)
 
 #define LOG_DEBUG(tag, expr) LORAREC_LOG(::lorarec::log::Level::kDebug, tag, expr)

@@ -9,12 +9,12 @@
 // first difference.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace lorarec::prov {
 
@@ -41,10 +41,10 @@ std::string model_digest(const stdfs::path& path);
 // before markers existed: such a directory is accepted as `kind` when it holds the kind's
 // signature file and nothing the kind does not write).
 struct OutputKind {
-  std::string name;                   // "zoo", "pool", ...
-  std::string command;                // the command that writes it, for messages
-  std::vector<std::string> signature; // any one of these marks an old output of this kind
-  std::vector<std::string> patterns;  // ECMAScript regexes of the entry names it writes
+  std::string name;                    // "zoo", "pool", ...
+  std::string command;                 // the command that writes it, for messages
+  std::vector<std::string> signature;  // any one of these marks an old output of this kind
+  std::vector<std::string> patterns;   // ECMAScript regexes of the entry names it writes
 };
 const OutputKind& output_kind(const std::string& name);
 
