@@ -312,6 +312,8 @@ if [ "$WHAT" = zoo100 ]; then
     "main recipe, 2000 steps, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--steps 2000 --val-every 250"
     "paper T128 lr 3e-4, white-noise starts, zoo of 100|$OUT/pool100|--distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
     "main recipe, white-noise starts, zoo of 100|$OUT/pool100|--steps 1000 --val-every 250"
+    "zoo-mean + paper T128 lr 3e-4, smooth starts, zoo of 100|$OUT/pool100_lr2|--init zoo-mean --distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
+    "zoo-mean + paper T128 lr 3e-4, real images, zoo of 100|$OUT/pool100_real|--init zoo-mean --distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
   )
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
   run_rows h "${ZOO100_RUNS[@]}"
