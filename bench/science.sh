@@ -56,6 +56,11 @@ B=build/lorarecycle
 # runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
 CFG=(--config configs/demo.ini --precision "${PRECISION:-fp32}")
 PY=/usr/bin/python3
+# Metatrain flags shared by the parts: the paper's objective at T 128 (no distillation), and a
+# 1,000-step run validated every 250 steps.
+P128="--distill-weight 0 --temperature 128"
+L1K="--steps 1000 --val-every 250"
+P1K="$P128 $L1K"
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 "${MPIRUN_ENV_FLAGS[@]}")
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
 for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/val.h5 data/demo/zoo.h5; do
@@ -202,7 +207,6 @@ if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
   # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
   # delta at full rank (zoo rank 4 x LoRAs; alpha = rank keeps the zoo's scale 1), no training.
   AVG="--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0"
-  P128="--distill-weight 0 --temperature 128"
   ZOO_RUNS=(
     "lora-avg, zoo of 20|runs/demo/pool|$AVG --rank 80 --alpha 80"
     "lora-avg, zoo of 32 over 64 classes|$OUT/pool64_real|$AVG --rank 128 --alpha 128"
@@ -212,9 +216,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
     "zoo-mean + paper T128 lr 3e-4, real 20|$OUT/pool_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
     "zoo-mean + paper T128 lr 3e-4, real 64|$OUT/pool64_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
     "paper T128 lr 3e-4, real 64|$OUT/pool64_real|$P128 --lr 3e-4 --steps 300 --val-every 50"
-    "paper T128, 1000 steps, real 64|$OUT/pool64_real|$P128 --steps 1000 --val-every 250"
-    "paper T128, 1000 steps, surrogates 64|$OUT/pool64|$P128 --steps 1000 --val-every 250"
-    "main, 1000 steps, surrogates 64|$OUT/pool64|--steps 1000 --val-every 250"
+    "paper T128, 1000 steps, real 64|$OUT/pool64_real|$P1K"
+    "paper T128, 1000 steps, surrogates 64|$OUT/pool64|$P1K"
+    "main, 1000 steps, surrogates 64|$OUT/pool64|$L1K"
     "paper T128 lr 3e-4, surrogates 64|$OUT/pool64|$P128 --lr 3e-4 --steps 300 --val-every 50"
   )
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
@@ -231,7 +235,6 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
   # The inversion's side: a jitter shift (and flip) per image instead of one per batch (~21 min).
   once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_pi" --jitter-per-image
-  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
   VARIETY_RUNS=(
     "real 64, 1 distinct image per LoRA and class|$OUT/pool64_real_d1|$P1K"
     "real 64, 4 distinct images per LoRA and class|$OUT/pool64_real_d4|$P1K"
@@ -253,7 +256,6 @@ if [ "$WHAT" = starts ]; then
   zoo64_and_pool
   once "$OUT/pool64_lr2/index.json" "$OUT/pool64_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2" --init-lowres 2
-  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
   STARTS_RUNS=(
     "surrogates 64, white-noise starts (default)|$OUT/pool64|$P1K"
     "surrogates 64, --init-lowres 2|$OUT/pool64_lr2|$P1K"
@@ -273,18 +275,17 @@ if [ "$WHAT" = lowres ]; then
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_pc32" --init-lowres 2 --per-class 32
   once "$OUT/pool64_lr2_zoom/index.json" "$OUT/pool64_lr2_zoom.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_zoom" --init-lowres 2 --zoom 0.5
-  P1K="--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
   LOWRES_RUNS=(
     "--init-lowres 2, 32 per LoRA and class|$OUT/pool64_lr2_pc32|$P1K"
     "--init-lowres 2 --zoom 0.5|$OUT/pool64_lr2_zoom|$P1K"
-    "main recipe, --init-lowres 2, 32 per class|$OUT/pool64_lr2_pc32|--steps 1000 --val-every 250"
-    "main recipe, --init-lowres 2|$OUT/pool64_lr2|--steps 1000 --val-every 250"
-    "main recipe, --init-lowres 2 --zoom 0.5|$OUT/pool64_lr2_zoom|--steps 1000 --val-every 250"
+    "main recipe, --init-lowres 2, 32 per class|$OUT/pool64_lr2_pc32|$L1K"
+    "main recipe, --init-lowres 2|$OUT/pool64_lr2|$L1K"
+    "main recipe, --init-lowres 2 --zoom 0.5|$OUT/pool64_lr2_zoom|$L1K"
   )
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   run_rows l "${LOWRES_RUNS[@]}"
   # The main recipe on the default pool in the same precision (the "zoo" part's row is fp32).
-  run_rows lw "main recipe, white-noise starts|$OUT/pool64|--steps 1000 --val-every 250"
+  run_rows lw "main recipe, white-noise starts|$OUT/pool64|$L1K"
   echo "surrogate check:"
   bash bench/surrogate_check.sh "$OUT/pool64" "$OUT/pool64_lr2" "$OUT/pool64_lr2_pc32" "$OUT/pool64_lr2_zoom"
 fi
@@ -305,15 +306,15 @@ if [ "$WHAT" = zoo100 ]; then
     --zoo "$OUT/zoo100" --real-images data/demo/zoo.h5 --out "$OUT/pool100_real"
   ZOO100_RUNS=(
     "lora-avg, zoo of 100 over 64 classes|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128"
-    "paper T128, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
-    "main recipe, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--steps 1000 --val-every 250"
-    "paper T128 lr 3e-4, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
-    "paper T128, real images, zoo of 100|$OUT/pool100_real|--distill-weight 0 --temperature 128 --steps 1000 --val-every 250"
+    "paper T128, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|$P1K"
+    "main recipe, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|$L1K"
+    "paper T128 lr 3e-4, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|$P1K --lr 3e-4"
+    "paper T128, real images, zoo of 100|$OUT/pool100_real|$P1K"
     "main recipe, 2000 steps, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|--steps 2000 --val-every 250"
-    "paper T128 lr 3e-4, white-noise starts, zoo of 100|$OUT/pool100|--distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
-    "main recipe, white-noise starts, zoo of 100|$OUT/pool100|--steps 1000 --val-every 250"
-    "zoo-mean + paper T128 lr 3e-4, smooth starts, zoo of 100|$OUT/pool100_lr2|--init zoo-mean --distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
-    "zoo-mean + paper T128 lr 3e-4, real images, zoo of 100|$OUT/pool100_real|--init zoo-mean --distill-weight 0 --temperature 128 --lr 3e-4 --steps 1000 --val-every 250"
+    "paper T128 lr 3e-4, white-noise starts, zoo of 100|$OUT/pool100|$P1K --lr 3e-4"
+    "main recipe, white-noise starts, zoo of 100|$OUT/pool100|$L1K"
+    "zoo-mean + paper T128 lr 3e-4, smooth starts, zoo of 100|$OUT/pool100_lr2|--init zoo-mean $P1K --lr 3e-4"
+    "zoo-mean + paper T128 lr 3e-4, real images, zoo of 100|$OUT/pool100_real|--init zoo-mean $P1K --lr 3e-4"
   )
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
   run_rows h "${ZOO100_RUNS[@]}"

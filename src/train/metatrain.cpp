@@ -743,14 +743,16 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                        "); use --restart to discard it");
     std::map<std::string, at::Tensor> t;
     for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
+    // The checkpoint's tensor PREFIX.i, shaped as parameter i.
+    auto param_like = [&](const std::string& prefix, size_t i) -> const at::Tensor& {
+      const std::string key = prefix + "." + std::to_string(i);
+      if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
+        throw InputError(ckpt.string() + ": missing or mis-shaped " + key);
+      return t[key];
+    };
     {
       at::NoGradGuard ng;
-      for (size_t i = 0; i < params.size(); ++i) {
-        const std::string key = "lora." + std::to_string(i);
-        if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
-          throw InputError(ckpt.string() + ": missing or mis-shaped " + key);
-        params[i].copy_(t[key]);
-      }
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(param_like("lora", i));
     }
     opt.load_state(t);
     if (!meta.count("step")) throw InputError(ckpt.string() + ": no step in the metadata");
@@ -758,14 +760,8 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     if (meta.count("skipped")) skipped_total = std::stoll(meta.at("skipped"));
     if (meta.count("val0")) val0 = json::parse(meta.at("val0"));
     if (meta.count("best_val")) best_val = json::parse(meta.at("best_val"));
-    if (!best_val.is_null()) {
-      for (size_t i = 0; i < params.size(); ++i) {
-        const std::string key = "best." + std::to_string(i);
-        if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
-          throw InputError(ckpt.string() + ": missing or mis-shaped " + key + " (the best validation's meta-LoRA)");
-        best_params.push_back(t[key].clone());
-      }
-    }
+    if (!best_val.is_null())  // the best validation's meta-LoRA
+      for (size_t i = 0; i < params.size(); ++i) best_params.push_back(param_like("best", i).clone());
     LOG_INFO("metatrain", "resumed from " << ckpt.string() << " at step " << start);
     // Elastic: episode slot j of step s is drawn from (seed, j, s) whatever the world size, so a
     // checkpoint of W ranks continues the same schedule on W' ranks (E stays a multiple of W').
