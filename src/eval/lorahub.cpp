@@ -10,7 +10,7 @@
 #include <random>
 
 #include "lorarecycle/data/image_set.h"
-#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/fewshot/fewshot.h"
 #include "lorarecycle/util/error.h"
 
 namespace lorarec::eval {
@@ -41,7 +41,8 @@ double hub_support_loss(const model::ClipVision& vit, const std::vector<model::L
   const at::Tensor views = at::cat(
       {support_px, at::roll(support_px, {shift, shift}, {2, 3}), at::roll(support_px, {-shift, -shift}, {2, 3})});
   const at::Tensor f = vit.forward(views, {}, &lora).feature.to(at::kFloat);
-  const at::Tensor logits = prototype_logits(f.narrow(0, 0, n), f.narrow(0, n, 2 * n), way, shot) / double(f.size(1));
+  const at::Tensor logits =
+      fewshot::prototype_logits(f.narrow(0, 0, n), f.narrow(0, n, 2 * n), way, shot) / double(f.size(1));
   const at::Tensor y = data::episode_labels(way, shot).repeat({2}).to(logits.device());
   return at::cross_entropy_loss(logits, y).item<double>();
 }
@@ -138,7 +139,7 @@ HubResult lorahub_episode(const model::ClipVision& vit, const std::vector<model:
   const int64_t ns = support_px.size(0);
   const at::Tensor f = vit.forward(at::cat({support_px, query_px}), {}, &lora).feature;
   const at::Tensor pred =
-      prototype_logits(f.narrow(0, 0, ns), f.narrow(0, ns, f.size(0) - ns), way, shot).argmax(-1).cpu();
+      fewshot::prototype_logits(f.narrow(0, 0, ns), f.narrow(0, ns, f.size(0) - ns), way, shot).argmax(-1).cpu();
   const int q = static_cast<int>(query_px.size(0) / way);
   r.accuracy = 100.0 * pred.eq(data::episode_labels(way, q)).to(at::kDouble).mean().item<double>();
   return r;

@@ -10,7 +10,7 @@
 #include <optional>
 
 #include "lorarecycle/data/image_set.h"
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 #include "lorarecycle/util/progress.h"
@@ -87,6 +87,47 @@ at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
   return px.mul(255.0).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
 }
 
+namespace {
+
+// This iteration's view of the batch: a roll by up to `jitter` pixels and a flip (one for the
+// batch, or per image), then with cfg.zoom a random crop resized back. Consumes rng in that order.
+at::Tensor augmented_view(const at::Tensor& xp, const InversionConfig& cfg, int jitter, std::mt19937_64& rng) {
+  const int n = static_cast<int>(xp.size(0)), S = static_cast<int>(xp.size(-1));
+  std::uniform_int_distribution<int> shift(-jitter, jitter);
+  at::Tensor xa = xp;
+  if (cfg.per_image) {  // every image its own view (the batch is not seen through one shared shift)
+    std::vector<int> dy(n), dx(n);
+    std::vector<bool> fl(cfg.flip ? n : 0);
+    for (int b = 0; b < n; ++b) {
+      dy[b] = shift(rng), dx[b] = shift(rng);
+      if (cfg.flip) fl[b] = std::bernoulli_distribution(0.5)(rng);
+    }
+    if (jitter > 0 || cfg.flip) xa = roll_each(xp, dy, dx, fl);
+  } else {
+    const int dy = shift(rng), dx = shift(rng);
+    const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
+    if (jitter > 0) xa = at::roll(xp, {dy, dx}, {2, 3});
+    if (flip) xa = xa.flip({3});
+  }
+  if (cfg.zoom > 0) {  // drawn after the roll and flip: without zoom the views are those of before
+    std::uniform_real_distribution<double> scale(1.0 - cfg.zoom, 1.0);
+    const int side = std::clamp(static_cast<int>(std::lround(scale(rng) * S)), 1, S);
+    std::uniform_int_distribution<int> corner(0, S - side);
+    const int y0 = corner(rng), x0 = corner(rng);
+    xa = zoom_view(xa, side, y0, x0);
+  }
+  return xa;
+}
+
+std::string progress_note(const LossTerms& lt, double value, const InversionConfig& cfg, int n, double rate) {
+  const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
+  return "loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) + ", l2 " +
+         term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) + "), " + std::to_string(n) +
+         " images, " + log::sig(rate) + " image-iterations/s";
+}
+
+}  // namespace
+
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
                        const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name) {
   if (!lora.has_head()) throw InputError("inversion needs a LoRA with a classifier head");
@@ -113,10 +154,10 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   at::Tensor x = (cfg.init_lowres > 0 ? lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev)
                                       : at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)))
                      .requires_grad_(true);
-  train::AdamWConfig oc;
+  optim::AdamWConfig oc;
   oc.beta1 = cfg.beta1;
   oc.beta2 = cfg.beta2;
-  train::AdamW opt({x}, oc);
+  optim::AdamW opt({x}, oc);
   auto [lo, hi] = vit.pixel_bounds();
   if (cfg.gray) {
     lo = at::full({1}, -gm / gs, lo.options());
@@ -134,30 +175,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
-    std::uniform_int_distribution<int> shift(-jitter, jitter);
     const at::Tensor xp = pixels(x);
-    at::Tensor xa = xp;
-    if (cfg.per_image) {  // every image its own view (the batch is not seen through one shared shift)
-      std::vector<int> dy(n), dx(n);
-      std::vector<bool> fl(cfg.flip ? n : 0);
-      for (int b = 0; b < n; ++b) {
-        dy[b] = shift(rng), dx[b] = shift(rng);
-        if (cfg.flip) fl[b] = std::bernoulli_distribution(0.5)(rng);
-      }
-      if (jitter > 0 || cfg.flip) xa = roll_each(xp, dy, dx, fl);
-    } else {
-      const int dy = shift(rng), dx = shift(rng);
-      const bool flip = cfg.flip && std::bernoulli_distribution(0.5)(rng);
-      if (jitter > 0) xa = at::roll(xp, {dy, dx}, {2, 3});
-      if (flip) xa = xa.flip({3});
-    }
-    if (cfg.zoom > 0) {  // drawn after the roll and flip: without zoom the views are those of before
-      std::uniform_real_distribution<double> scale(1.0 - cfg.zoom, 1.0);
-      const int side = std::clamp(static_cast<int>(std::lround(scale(rng) * S)), 1, S);
-      std::uniform_int_distribution<int> corner(0, S - side);
-      const int y0 = corner(rng), x0 = corner(rng);
-      xa = zoom_view(xa, side, y0, x0);
-    }
+    const at::Tensor xa = augmented_view(xp, cfg, jitter, rng);
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;
@@ -181,15 +200,8 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     opt.step(cfg.lr);
     clamp_pixels(x, lo, hi);
     if (progress) {
-      if (progress->due()) {  // the terms are read only for the lines that are printed
-        const auto term = [](const at::Tensor& t) {
-          return t.defined() ? log::sig(t.item<double>()) : std::string("0");
-        };
-        progress->note("loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " +
-                       term(lt.tv) + ", l2 " + term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) +
-                       "), " + std::to_string(n) + " images, " + log::sig(double(it + 1) * n / progress->elapsed_s()) +
-                       " image-iterations/s");
-      }
+      if (progress->due())  // the terms are read only for the lines that are printed
+        progress->note(progress_note(lt, value, cfg, n, double(it + 1) * n / progress->elapsed_s()));
       progress->advance(1);
     }
   }

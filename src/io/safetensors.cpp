@@ -103,6 +103,52 @@ std::uint64_t to_offset(const json& v, const std::string& origin, const std::str
   return v.get<std::uint64_t>();
 }
 
+// One tensor's header entry: dtype, shape and data offsets, checked against the data section.
+TensorInfo parse_tensor_entry(const json& v, const std::string& name, std::uint64_t data_size,
+                              const std::string& origin) {
+  if (!v.is_object()) throw bad(origin, "tensor '" + name + "' is not an object");
+  for (const auto& [field, _] : v.items())
+    if (field != "dtype" && field != "shape" && field != "data_offsets")
+      throw bad(origin, "tensor '" + name + "' has unknown field '" + field + "'");
+  if (!v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+    throw bad(origin, "tensor '" + name + "' lacks dtype, shape or data_offsets");
+  TensorInfo t;
+  const json& dt = v.at("dtype");
+  if (!dt.is_string()) throw bad(origin, "tensor '" + name + "': dtype is not a string");
+  bool found = false;
+  for (const auto& e : kDTypes)
+    if (dt.get<std::string>() == e.name) {
+      t.dtype = e.dtype;
+      found = true;
+    }
+  if (!found) throw bad(origin, "tensor '" + name + "': unknown dtype '" + dt.get<std::string>() + "'");
+  const json& shape = v.at("shape");
+  if (!shape.is_array()) throw bad(origin, "tensor '" + name + "': shape is not an array");
+  std::uint64_t numel = 1;
+  bool overflow = false;
+  for (const auto& d : shape) {
+    if (!d.is_number_integer() || d.get<std::int64_t>() < 0)
+      throw bad(origin, "tensor '" + name + "': shape entries must be non-negative integers");
+    const auto dim = d.get<std::uint64_t>();
+    if (dim != 0 && numel > std::numeric_limits<std::uint64_t>::max() / dim) overflow = true;
+    numel *= dim;
+    t.shape.push_back(static_cast<std::int64_t>(dim));
+  }
+  const json& off = v.at("data_offsets");
+  if (!off.is_array() || off.size() != 2) throw bad(origin, "tensor '" + name + "': data_offsets must be [begin, end]");
+  t.begin = to_offset(off[0], origin, name);
+  t.end = to_offset(off[1], origin, name);
+  if (t.begin > t.end) throw bad(origin, "tensor '" + name + "': data_offsets begin > end");
+  if (t.end > data_size)
+    throw bad(origin, "tensor '" + name + "': data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
+                          "] outside the data section of " + std::to_string(data_size) + " bytes");
+  const std::size_t es = dtype_size(t.dtype);
+  if (overflow || numel > std::numeric_limits<std::uint64_t>::max() / es || numel * es != t.end - t.begin)
+    throw bad(origin, "tensor '" + name + "': " + std::to_string(t.end - t.begin) + " bytes do not match shape x " +
+                          dtype_name(t.dtype) + " size");
+  return t;
+}
+
 }  // namespace
 
 const char* dtype_name(DType d) { return entry(d).name; }
@@ -135,49 +181,7 @@ SafetensorsIndex parse_safetensors_index(const std::uint8_t* data, std::size_t s
       }
       continue;
     }
-    if (!v.is_object()) throw bad(origin, "tensor '" + name + "' is not an object");
-    for (const auto& [field, _] : v.items())
-      if (field != "dtype" && field != "shape" && field != "data_offsets")
-        throw bad(origin, "tensor '" + name + "' has unknown field '" + field + "'");
-    if (!v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
-      throw bad(origin, "tensor '" + name + "' lacks dtype, shape or data_offsets");
-    TensorInfo t;
-    const json& dt = v.at("dtype");
-    if (!dt.is_string()) throw bad(origin, "tensor '" + name + "': dtype is not a string");
-    bool found = false;
-    for (const auto& e : kDTypes)
-      if (dt.get<std::string>() == e.name) {
-        t.dtype = e.dtype;
-        found = true;
-      }
-    if (!found) throw bad(origin, "tensor '" + name + "': unknown dtype '" + dt.get<std::string>() + "'");
-    const json& shape = v.at("shape");
-    if (!shape.is_array()) throw bad(origin, "tensor '" + name + "': shape is not an array");
-    std::uint64_t numel = 1;
-    bool overflow = false;
-    for (const auto& d : shape) {
-      if (!d.is_number_integer() || d.get<std::int64_t>() < 0)
-        throw bad(origin, "tensor '" + name + "': shape entries must be non-negative integers");
-      const auto dim = d.get<std::uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<std::uint64_t>::max() / dim) overflow = true;
-      numel *= dim;
-      t.shape.push_back(static_cast<std::int64_t>(dim));
-    }
-    const json& off = v.at("data_offsets");
-    if (!off.is_array() || off.size() != 2)
-      throw bad(origin, "tensor '" + name + "': data_offsets must be [begin, end]");
-    t.begin = to_offset(off[0], origin, name);
-    t.end = to_offset(off[1], origin, name);
-    if (t.begin > t.end) throw bad(origin, "tensor '" + name + "': data_offsets begin > end");
-    if (t.end > data_size)
-      throw bad(origin, "tensor '" + name + "': data_offsets [" + std::to_string(t.begin) + ", " +
-                            std::to_string(t.end) + "] outside the data section of " + std::to_string(data_size) +
-                            " bytes");
-    const std::size_t es = dtype_size(t.dtype);
-    if (overflow || numel > std::numeric_limits<std::uint64_t>::max() / es || numel * es != t.end - t.begin)
-      throw bad(origin, "tensor '" + name + "': " + std::to_string(t.end - t.begin) + " bytes do not match shape x " +
-                            dtype_name(t.dtype) + " size");
-    index.tensors.emplace(name, std::move(t));
+    index.tensors.emplace(name, parse_tensor_entry(v, name, data_size, origin));
   }
   // Tensors must tile the data section exactly: no overlap, no hole, no trailing bytes.
   std::vector<std::pair<std::uint64_t, const std::string*>> spans;

@@ -548,29 +548,18 @@ ForwardOutput ClipVision::forward(const at::Tensor& pixels, const ForwardOptions
   return out;
 }
 
-ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
+// Patch embedding as a matmul over unfolded patches (= the stride-p conv without bias), on the
+// kept patches only (patch_index [B, T], or all); position embeddings, the CLS token and the
+// pre-LayerNorm. *index: the tokens' original patch indices when patch_index is given or track.
+at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track,
+                                    at::Tensor* index_out) const {
   const ClipVisionConfig& c = config_;
-  const int64_t S = c.image_size, C = c.num_channels, p = c.patch_size, g = c.grid(), P = c.num_patches();
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim(), L = c.num_hidden_layers;
-  if (pixels.dim() != 4 || pixels.size(1) != C || pixels.size(2) != S || pixels.size(3) != S)
-    throw InputError("pixels must be [B, " + std::to_string(C) + ", " + std::to_string(S) + ", " + std::to_string(S) +
-                     "], got " + shape_str(pixels.sizes()));
+  const int64_t C = c.num_channels, p = c.patch_size, g = c.grid(), P = c.num_patches(), D = c.hidden_size;
   const int64_t B = pixels.size(0);
-  std::map<int, double> prune;
-  for (const auto& [l, r] : opts.prune) {
-    if (l < 0 || l >= L)
-      throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
-    if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
-    prune[l] = r;
-  }
-  const bool track = opts.patch_index.defined() || !prune.empty() || opts.want_scores;
-
-  // Patch embedding as a matmul over unfolded patches (= the stride-p conv without bias), on the
-  // kept patches only.
+  at::Tensor& index = *index_out;
   at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, P, C * p * p});
-  at::Tensor index;  // [B, T] int64 original patch indices of the current tokens
-  if (opts.patch_index.defined()) {
-    const at::Tensor& pi = opts.patch_index;
+  if (patch_index.defined()) {
+    const at::Tensor& pi = patch_index;
     if (pi.dim() != 2 || pi.size(0) != B || pi.size(1) < 1 || pi.size(1) > P)
       throw InputError("patch_index must be [B, T] with 1 <= T <= " + std::to_string(P) + ", got " +
                        shape_str(pi.sizes()));
@@ -588,7 +577,28 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     x = x + pos_emb_.slice(0, 1).unsqueeze(0);
   const at::Tensor cls = (class_emb_ + pos_emb_[0]).view({1, 1, D}).expand({B, 1, D});
   x = at::cat({cls, x}, 1);
-  x = at::layer_norm(x, {D}, pre_ln_w_, pre_ln_b_, c.layer_norm_eps);
+  return at::layer_norm(x, {D}, pre_ln_w_, pre_ln_b_, c.layer_norm_eps);
+}
+
+ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
+  const ClipVisionConfig& c = config_;
+  const int64_t S = c.image_size, C = c.num_channels, P = c.num_patches();
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim(), L = c.num_hidden_layers;
+  if (pixels.dim() != 4 || pixels.size(1) != C || pixels.size(2) != S || pixels.size(3) != S)
+    throw InputError("pixels must be [B, " + std::to_string(C) + ", " + std::to_string(S) + ", " + std::to_string(S) +
+                     "], got " + shape_str(pixels.sizes()));
+  const int64_t B = pixels.size(0);
+  std::map<int, double> prune;
+  for (const auto& [l, r] : opts.prune) {
+    if (l < 0 || l >= L)
+      throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
+    if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
+    prune[l] = r;
+  }
+  const bool track = opts.patch_index.defined() || !prune.empty() || opts.want_scores;
+
+  at::Tensor index;  // [B, T] int64 original patch indices of the current tokens
+  at::Tensor x = embed_tokens(pixels, opts.patch_index, track, &index);
 
   at::Tensor last_scores, last_index;
   const double scale = 1.0 / std::sqrt(double(dh));

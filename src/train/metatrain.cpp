@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -27,13 +28,13 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include "lorarecycle/data/surrogate_pool.h"
 #include "lorarecycle/dist/communicator.h"
-#include "lorarecycle/eval/fewshot.h"
-#include "lorarecycle/invert/pool.h"
+#include "lorarecycle/fewshot/fewshot.h"
 #include "lorarecycle/io/hdf5.h"
-#include "lorarecycle/io/peft.h"
 #include "lorarecycle/io/safetensors.h"
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/model/peft.h"
+#include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -89,121 +90,8 @@ void install_stop_handlers() {
   std::signal(SIGUSR1, on_stop_signal);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Surrogate pool
-
-SurrogatePool::SurrogatePool(SurrogatePool&&) noexcept = default;
-SurrogatePool& SurrogatePool::operator=(SurrogatePool&&) noexcept = default;
-SurrogatePool::~SurrogatePool() = default;
-
-SurrogatePool SurrogatePool::open(const std::string& dir, int image_size, int num_patches, int64_t cache_bytes) {
-  const stdfs::path index_path = stdfs::path(dir) / "index.json";
-  if (!stdfs::exists(index_path))
-    throw InputError(index_path.string() + ": no pool index (run `lorarecycle invert` first, or check --pool)");
-  json index;
-  try {
-    index = json::parse(fs::read_text(index_path));
-  } catch (const json::exception& e) {
-    throw InputError(index_path.string() + ": not valid JSON: " + e.what());
-  }
-  if (!index.contains("files") || !index["files"].is_array() || index["files"].empty())
-    throw InputError(index_path.string() + ": no \"files\" list");
-  if (!index.contains("format") || !index["format"].is_number() || index["format"].get<int>() < invert::kPoolFormat)
-    throw InputError(dir +
-                     ": a pool of an older lorarecycle (classes numbered per LoRA, not by real class); re-run "
-                     "`lorarecycle invert` with this --out to rebuild it");
-  std::map<int64_t, int> class_index;  // dataset class id -> index into classes_
-  SurrogatePool pool;
-  int64_t row = 0;
-  std::vector<at::Tensor> scores, images;
-  int64_t total_bytes = 0;
-  for (const auto& entry : index["files"]) {
-    File f;
-    try {
-      f.path = (stdfs::path(dir) / entry.at("file").get<std::string>()).string();
-      f.lora_id = entry.at("lora_id").get<int>();
-    } catch (const json::exception& e) {
-      throw InputError(index_path.string() + ": malformed file entry: " + e.what());
-    }
-    auto h = std::make_unique<io::h5::File>(io::h5::File::open_read(f.path));
-    if (!h->has_attr("/", "complete") || h->attr_double("/", "complete") != 1.0)
-      throw InputError(f.path + ": incomplete pool file (re-run `lorarecycle invert` to finish it)");
-    invert::check_pool_file_intact(f.path);  // a corrupt file is an error, never a wrong result
-    const auto ishape = h->shape("/images");
-    if (ishape.size() != 4 || ishape[1] != image_size || ishape[2] != image_size || ishape[3] != 3)
-      throw InputError(f.path + ": /images must be [n, " + std::to_string(image_size) + ", " +
-                       std::to_string(image_size) + ", 3] for this VFM");
-    f.rows = ishape[0];
-    f.first_row = row;
-    if (h->has_attr("/", "lora_path")) f.lora_path = h->attr_string("/", "lora_path");
-    if (!h->has_attr("/", "pool_format") || h->attr_double("/", "pool_format") < invert::kPoolFormat)
-      throw InputError(f.path +
-                       ": a pool file of an older lorarecycle (classes numbered per LoRA); re-run "
-                       "`lorarecycle invert` with this --out to rebuild it");
-    const at::Tensor labels = h->read("/labels", 0, -1, at::kInt).to(at::kLong);
-    const at::Tensor global = h->read("/global_class", 0, -1, at::kInt).to(at::kLong);
-    const at::Tensor logits = h->read("/teacher_logits", 0, -1, at::kFloat);
-    const at::Tensor sc = h->read("/patch_scores", 0, -1, at::kFloat);
-    if (labels.size(0) != f.rows || global.size(0) != f.rows || logits.dim() != 2 || logits.size(0) != f.rows ||
-        sc.dim() != 2 || sc.size(0) != f.rows || sc.size(1) != num_patches)
-      throw InputError(f.path + ": /labels, /global_class, /teacher_logits or /patch_scores do not match /images (" +
-                       std::to_string(num_patches) + " patches expected)");
-    f.num_classes = static_cast<int>(logits.size(1));
-    f.local_rows.assign(f.num_classes, {});
-    f.classes.assign(f.num_classes, -1);
-    std::vector<int64_t> local_global(f.num_classes, -1);
-    const int64_t* lp = labels.data_ptr<int64_t>();
-    const int64_t* gp = global.data_ptr<int64_t>();
-    for (int64_t i = 0; i < f.rows; ++i) {
-      if (lp[i] < 0 || lp[i] >= f.num_classes) throw InputError(f.path + ": /labels out of range");
-      if (gp[i] < 0) throw InputError(f.path + ": /global_class is negative");
-      if (local_global[lp[i]] >= 0 && local_global[lp[i]] != gp[i])
-        throw InputError(f.path + ": label " + std::to_string(lp[i]) + " maps to two dataset classes in /global_class");
-      local_global[lp[i]] = gp[i];
-      f.local_rows[lp[i]].push_back(row + i);
-    }
-    const int file_index = static_cast<int>(pool.files_.size());
-    for (int c = 0; c < f.num_classes; ++c) {
-      if (local_global[c] < 0) continue;
-      auto [it, fresh] = class_index.emplace(local_global[c], static_cast<int>(pool.classes_.size()));
-      if (fresh) pool.classes_.push_back(Class{local_global[c], {}, 0});
-      Class& k = pool.classes_[it->second];
-      for (int64_t r : f.local_rows[c]) k.rows.push_back(r);
-      ++k.loras;
-      f.classes[c] = it->second;
-    }
-    pool.row_file_.insert(pool.row_file_.end(), f.rows, file_index);
-    pool.logits_.push_back(logits);
-    scores.push_back(sc);
-    total_bytes += f.rows * image_size * image_size * 3;
-    pool.handles_.push_back(std::move(h));
-    pool.files_.push_back(std::move(f));
-    row += pool.files_.back().rows;
-  }
-  pool.scores_ = at::cat(scores);
-  pool.image_bytes_ = total_bytes;
-  if (total_bytes <= cache_bytes) {
-    for (size_t i = 0; i < pool.files_.size(); ++i)
-      images.push_back(pool.handles_[i]->read("/images", 0, -1, at::kByte));
-    pool.images_ = at::cat(images);
-    pool.handles_.clear();
-  }
-  return pool;
-}
-
-at::Tensor SurrogatePool::images(const std::vector<int64_t>& rows) {
-  if (images_.defined()) return images_.index_select(0, at::tensor(rows, at::kLong));
-  std::vector<at::Tensor> out;
-  out.reserve(rows.size());
-  for (int64_t r : rows) {
-    const File& f = files_[row_file_[r]];
-    out.push_back(handles_[row_file_[r]]->read("/images", r - f.first_row, 1, at::kByte));
-  }
-  return at::cat(out);
-}
-
-EpisodeRows draw_episode(const SurrogatePool& pool, const data::EpisodeSpec& s, const std::vector<int>& single_files,
-                         double single_prob, std::mt19937_64& rng) {
+EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& s,
+                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng) {
   std::uniform_real_distribution<double> u(0, 1);
   EpisodeRows ep;
   const bool single = !single_files.empty() && single_prob > 0 && u(rng) < single_prob;
@@ -297,7 +185,7 @@ struct Batch {
 };
 
 // Pool files usable for single-LoRA (KL) episodes: every label of the file has K+Q images.
-std::vector<int> single_lora_files(const MetaTrainConfig& cfg, const SurrogatePool& pool) {
+std::vector<int> single_lora_files(const MetaTrainConfig& cfg, const data::SurrogatePool& pool) {
   const int need = cfg.spec.k_shot + cfg.spec.q_query;
   std::vector<int> out;
   for (size_t f = 0; f < pool.files().size(); ++f) {
@@ -310,7 +198,7 @@ std::vector<int> single_lora_files(const MetaTrainConfig& cfg, const SurrogatePo
 
 // The pool against the episodes, before any expensive work: InputError naming the option to change
 // for too few classes or images per class; a warning when no single-LoRA episode can be drawn.
-void check_pool_for_episodes(const MetaTrainConfig& cfg, const SurrogatePool& pool, int rank) {
+void check_pool_for_episodes(const MetaTrainConfig& cfg, const data::SurrogatePool& pool, int rank) {
   const int need = cfg.spec.k_shot + cfg.spec.q_query;
   for (const auto& c : pool.classes())
     if (static_cast<int>(c.rows.size()) < need)
@@ -334,7 +222,7 @@ class BatchMaker {
   // device to normalise (4x less to copy; a GPU does it in microseconds).
   // teacher_feat: [pool rows, 2, D] features of every image under its own LoRA, unflipped and
   // flipped (undefined: no distillation).
-  BatchMaker(const MetaTrainConfig& cfg, SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
+  BatchMaker(const MetaTrainConfig& cfg, data::SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
              int rank, int world, bool normalise_here, at::Tensor teacher_feat)
       : cfg_(cfg),
         pool_(pool),
@@ -432,7 +320,7 @@ class BatchMaker {
 
  private:
   const MetaTrainConfig& cfg_;
-  SurrogatePool& pool_;
+  data::SurrogatePool& pool_;
   model::ClipVisionConfig vit_;
   int episodes_, rank_, world_, grid_ = 0;
   bool normalise_ = true;
@@ -535,7 +423,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
 
 // Every pool file names the LoRA it was inverted from (attribute lora_path), and that directory
 // exists; else InputError naming the option that needs it.
-void check_lora_paths(const SurrogatePool& pool, const std::string& option) {
+void check_lora_paths(const data::SurrogatePool& pool, const std::string& option) {
   for (const auto& f : pool.files()) {
     if (f.lora_path.empty())
       throw InputError(f.path + ": no lora_path attribute; " + option +
@@ -548,14 +436,14 @@ void check_lora_paths(const SurrogatePool& pool, const std::string& option) {
 
 // --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
 // pool's LoRAs (each LoRA once, however many files name it). Every rank computes the same adapter.
-void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
+void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
   check_lora_paths(pool, "--init zoo-mean");
   const auto& vc = lora.vit_config();
   std::set<std::string> seen;
   std::vector<model::Lora> zoo;
   for (const auto& f : pool.files())
     if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
-      zoo.push_back(io::load_peft(f.lora_path, vc));
+      zoo.push_back(model::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
   const auto same_key = [](const auto& x, const auto& y) { return x.first == y.first; };
   if (!std::equal(lora.adapters().begin(), lora.adapters().end(), mean.adapters().begin(), mean.adapters().end(),
@@ -582,7 +470,7 @@ void init_from_zoo_mean(model::Lora& lora, const SurrogatePool& pool) {
 // under --distill-dense) every patch. Every rank checks every path first (so all report a missing
 // LoRA alike); the files are then shared out over the ranks and the result summed, so every rank
 // holds the whole table.
-at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, double mask_ratio,
+at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& pool, double mask_ratio,
                              dist::Communicator& comm, const c10::Device& device) {
   const auto t0 = Clock::now();
   at::NoGradGuard ng;
@@ -593,7 +481,7 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
     if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
     const auto& f = pool.files()[fi];
-    model::Lora teacher = io::load_peft(f.lora_path, vit.config());
+    model::Lora teacher = model::load_peft(f.lora_path, vit.config());
     teacher.to(device);
     for (int64_t first = f.first_row; first < f.first_row + f.rows; first += 64) {
       const int64_t n = std::min<int64_t>(64, f.first_row + f.rows - first);
@@ -619,78 +507,184 @@ at::Tensor own_lora_features(const model::ClipVision& vit, SurrogatePool& pool, 
   return d.cpu();
 }
 
-}  // namespace
+// Meta-training as phases: set-up (inputs, directories, models, pool) and resume, the training
+// loop of steps, validation, checkpoints, and the report. One instance per run.
+class MetaTrainer {
+ public:
+  MetaTrainer(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device)
+      : cfg_(cfg), comm_(comm), device_(device), W_(comm.size()), rank_(comm.rank()) {}
 
-MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
-  cfg.validate();
-  const int W = comm.size(), rank = comm.rank();
-  const int E = cfg.episodes_per_step == 0 ? W : cfg.episodes_per_step;
-  if (E % W != 0)
-    throw InputError("metatrain: --episodes-per-step " + std::to_string(E) + " is not a multiple of the world size " +
-                     std::to_string(W));
-  const int E_local = E / W;
-  const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
-  const stdfs::path ckpt = stdfs::path(work) / kCheckpoint;
-  // Before any work, on every rank: --out and its work directory are new, empty or this command's;
-  // the pool was inverted from --model.
-  (void)prov::check_output_dir(cfg.out, "metatrain");
-  (void)prov::check_output_dir(work, "metatrain-work");
-  if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
-  const stdfs::path index_path = stdfs::path(cfg.pool) / "index.json";
-  const std::string model_digest = io::checked_model_digest(cfg.model);
-  std::string pool_digest = "none";
-  if (stdfs::exists(index_path)) {
-    pool_digest = prov::file_digest(index_path);
-    json index;
-    try {
-      index = json::parse(fs::read_text(index_path));
-    } catch (const json::exception& e) {
-      throw InputError(index_path.string() + ": invalid JSON (" + e.what() + ")");
-    }
-    const json had = index.value("settings", json::object()).value("--model (content digest)", json());
-    if (had.is_string() && had.get<std::string>() != model_digest)
-      throw InputError("--pool " + cfg.pool + " was inverted from another VFM (" +
-                       index.value("model", std::string("?")) + ", digest " + had.get<std::string>() +
-                       ") than --model " + cfg.model + " (digest " + model_digest +
-                       "); meta-train on the VFM the zoo was tuned on");
+  // Set-up: before any work every input and directory is checked; then the models, pool and
+  // validation set are loaded, and a checkpoint is resumed from.
+  void set_up() {
+    cfg_.validate();
+    E_ = cfg_.episodes_per_step == 0 ? W_ : cfg_.episodes_per_step;
+    if (E_ % W_ != 0)
+      throw InputError("metatrain: --episodes-per-step " + std::to_string(E_) +
+                       " is not a multiple of the world size " + std::to_string(W_));
+    E_local_ = E_ / W_;
+    work_ = cfg_.work.empty() ? cfg_.out + ".work" : cfg_.work;
+    ckpt_ = stdfs::path(work_) / kCheckpoint;
+    check_inputs();
+    claim_work_dir();
+    load_models_and_data();
+    if (cfg_.resume && stdfs::exists(ckpt_)) resume();
+    if (start_ > cfg_.steps)
+      throw InputError(ckpt_.string() + ": checkpoint at step " + std::to_string(start_) + " is past --steps " +
+                       std::to_string(cfg_.steps));
+    open_metrics();
   }
-  json fp = fingerprint(cfg, E);
-  fp["model (content digest)"] = model_digest;
-  fp["pool (index digest)"] = pool_digest;
 
-  if (stdfs::exists(ckpt) && !cfg.resume && !cfg.restart)
-    throw InputError(ckpt.string() + ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
-  comm.barrier();
-  if (rank == 0) {
-    // The marker names the configuration of the run that owns the directory; a --resume that the
-    // checkpoint check below refuses must not change it.
-    if (cfg.restart || !stdfs::exists(stdfs::path(work) / prov::kMarker))
-      prov::claim_output_dir(work, "metatrain-work", fp);
-    if (cfg.restart) {
-      stdfs::remove(ckpt);
-      stdfs::remove(stdfs::path(work) / "metrics.jsonl");
+  // The training loop; false when it stopped early with a checkpoint (signal or --stop-after).
+  bool train() {
+    if (start_ == 0 && have_val_) val0_ = validate(0);
+    rss_before_ = peak_rss_mb();
+    cuda_peak_mb(device_, /*reset=*/true);  // the training loop's peak, without validation
+    BatchMaker maker(cfg_, *pool_, vit_->config(), E_, rank_, W_, /*normalise_here=*/!device_.is_cuda(), teacher_feat_);
+    install_stop_handlers();
+    Progress progress("metatrain", "meta-training", cfg_.steps - start_, "steps", 10.0);
+    optim::BadStepGuard guard("metatrain", cfg_.max_bad_steps, "; last good checkpoint: " + ckpt_.string(),
+                              skipped_total_);
+    Prefetcher prefetch(maker, start_, cfg_.steps, cfg_.prefetch);
+    for (step_ = start_; step_ < cfg_.steps; ++step_) {
+      const auto t_step = Clock::now();
+      Batch b = prefetch.get(step_);
+      const double wait = seconds_since(t_step);
+      const StepResult r = step(b, guard);
+      record(r, wait, b.prep_seconds, seconds_since(t_step));
+      progress.advance(1);
+      if (!after_step(r.stop)) return false;
     }
+    progress.finish();
+    return true;
   }
-  comm.barrier();
 
-  model::ClipVision vit = model::ClipVision::load(cfg.model);
-  const auto& vc = vit.config();
-  const int P = (vc.image_size / vc.patch_size) * (vc.image_size / vc.patch_size);
-  cfg.lora.validate(vc, "metatrain");
-  SurrogatePool pool = SurrogatePool::open(cfg.pool, vc.image_size, P, cfg.cache_mb * (int64_t(1) << 20));
-  LOG_INFO("metatrain", cfg.pool << ": " << pool.files().size() << " LoRAs, " << pool.classes().size() << " classes, "
-                                 << pool.size() << " images ("
-                                 << (pool.cached() ? "held in memory, " : "read on demand, over the cache budget, ")
-                                 << pool.image_bytes() / (1 << 20) << " MiB)");
-  check_pool_for_episodes(cfg, pool, rank);
-  {
+  MetaTrainResult stopped() const {
+    MetaTrainResult result;
+    result.step = step_;
+    return result;
+  }
+
+  // The report: the final validation, the kept meta-LoRA, metatrain.json and the adapter (rank 0).
+  MetaTrainResult finish() {
+    const double gpu_peak = cuda_peak_mb(device_, false);
+    const std::uint64_t hash = check_replicas(cfg_.steps);
+    const json final_val = validate(cfg_.steps);
+    // --keep best: the written meta-LoRA is the best validation's (the last one's when that is best).
+    const bool keep_best = cfg_.keep == "best" && !best_val_.is_null();
+    const int64_t kept_step = keep_best ? best_val_["step"].get<int64_t>() : cfg_.steps;
+    if (keep_best && kept_step != cfg_.steps) {
+      at::NoGradGuard ng;
+      for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(best_params_[i]);
+    }
+    json rep = report(hash, final_val, keep_best ? best_val_ : final_val, kept_step, gpu_peak);
+    if (rank_ == 0) write(rep, final_val, kept_step);
+    comm_.barrier();
+    MetaTrainResult result;
+    result.step = cfg_.steps;
+    result.finished = true;
+    result.report = rep.dump();
+    return result;
+  }
+
+ private:
+  // What one step's all-reduce returns, identical on every rank.
+  struct StepResult {
+    double loss = 0, correct = 0, lr = 0, compute = 0, reduce = 0, imbalance = 0;
+    bool stop = false;
+  };
+
+  // Before any work, on every rank: --out and its work directory are new, empty or this
+  // command's; the pool was inverted from --model; the fingerprint of the run.
+  void check_inputs() {
+    (void)prov::check_output_dir(cfg_.out, "metatrain");
+    (void)prov::check_output_dir(work_, "metatrain-work");
+    if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
+    const stdfs::path index_path = stdfs::path(cfg_.pool) / data::kPoolIndexFile;
+    const std::string model_digest = io::checked_model_digest(cfg_.model);
+    std::string pool_digest = "none";
+    if (stdfs::exists(index_path)) {
+      pool_digest = prov::file_digest(index_path);
+      json index;
+      try {
+        index = json::parse(fs::read_text(index_path));
+      } catch (const json::exception& e) {
+        throw InputError(index_path.string() + ": invalid JSON (" + e.what() + ")");
+      }
+      const json had = index.value("settings", json::object()).value("--model (content digest)", json());
+      if (had.is_string() && had.get<std::string>() != model_digest)
+        throw InputError("--pool " + cfg_.pool + " was inverted from another VFM (" +
+                         index.value("model", std::string("?")) + ", digest " + had.get<std::string>() +
+                         ") than --model " + cfg_.model + " (digest " + model_digest +
+                         "); meta-train on the VFM the zoo was tuned on");
+    }
+    fp_ = fingerprint(cfg_, E_);
+    fp_["model (content digest)"] = model_digest;
+    fp_["pool (index digest)"] = pool_digest;
+    if (stdfs::exists(ckpt_) && !cfg_.resume && !cfg_.restart)
+      throw InputError(ckpt_.string() +
+                       ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
+  }
+
+  void claim_work_dir() {
+    comm_.barrier();
+    if (rank_ == 0) {
+      // The marker names the configuration of the run that owns the directory; a --resume that
+      // the checkpoint check refuses must not change it.
+      if (cfg_.restart || !stdfs::exists(stdfs::path(work_) / prov::kMarker))
+        prov::claim_output_dir(work_, "metatrain-work", fp_);
+      if (cfg_.restart) {
+        stdfs::remove(ckpt_);
+        stdfs::remove(stdfs::path(work_) / "metrics.jsonl");
+      }
+    }
+    comm_.barrier();
+  }
+
+  void load_models_and_data() {
+    vit_.emplace(model::ClipVision::load(cfg_.model));
+    const auto& vc = vit_->config();
+    P_ = (vc.image_size / vc.patch_size) * (vc.image_size / vc.patch_size);
+    cfg_.lora.validate(vc, "metatrain");
+    pool_.emplace(data::SurrogatePool::open(cfg_.pool, vc.image_size, P_, cfg_.cache_mb * (int64_t(1) << 20)));
+    log_pool();
+    have_val_ = !cfg_.val.empty();
+    if (have_val_) {
+      val_ = data::ImageSet::load(cfg_.val);
+      model::check_image_shape(val_.images().sizes(), vc, cfg_.val);
+      // Refuses a set too small for the episodes, before any work.
+      data::EpisodeSampler check(val_, cfg_.val_spec, "--val-way, --val-shot or --val-query, or --val");
+      (void)check;
+    }
+    vit_->to(device_);
+    vit_->set_precision(cfg_.precision);
+    if (cfg_.distill_weight > 0)
+      teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_.distill_dense ? 0.0 : cfg_.mask_ratio, comm_, device_);
+    lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
+    const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
+    if (cfg_.init == "zoo-mean" && !resuming) init_from_zoo_mean(*lora_, *pool_);  // a checkpoint holds the weights
+    lora_->to(device_);
+    lora_->set_requires_grad(true, false);
+    params_ = lora_->parameters(false);
+    for (const auto& p : params_) n_grad_ += p.numel();
+    opt_.emplace(params_, optim::AdamWConfig{});
+    query_labels_ = data::episode_labels(cfg_.spec.n_way, cfg_.spec.q_query).to(device_);
+  }
+
+  void log_pool() const {
+    const data::SurrogatePool& pool = *pool_;
+    LOG_INFO("metatrain", cfg_.pool << ": " << pool.files().size() << " LoRAs, " << pool.classes().size()
+                                    << " classes, " << pool.size() << " images ("
+                                    << (pool.cached() ? "held in memory, " : "read on demand, over the cache budget, ")
+                                    << pool.image_bytes() / (1 << 20) << " MiB)");
+    check_pool_for_episodes(cfg_, pool, rank_);
     size_t lo = SIZE_MAX, hi = 0;
     int lo_l = INT32_MAX, hi_l = 0;
     for (const auto& c : pool.classes()) {
       lo = std::min(lo, c.rows.size()), hi = std::max(hi, c.rows.size());
       lo_l = std::min(lo_l, c.loras), hi_l = std::max(hi_l, c.loras);
     }
-    const size_t kq = static_cast<size_t>(cfg.spec.k_shot + cfg.spec.q_query);
+    const size_t kq = static_cast<size_t>(cfg_.spec.k_shot + cfg_.spec.q_query);
     LOG_INFO("metatrain",
              "real classes: " << lo << " to " << hi << " images each, from " << lo_l << " to " << hi_l << " LoRAs");
     if (lo < 2 * kq)
@@ -698,47 +692,17 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
                                            << ": episodes see nearly every image of it each time (invert a larger "
                                               "--per-class, or let more LoRAs cover each class: zoo --classes)");
   }
-  data::ImageSet val;
-  const bool have_val = !cfg.val.empty();
-  if (have_val) {
-    val = data::ImageSet::load(cfg.val);
-    model::check_image_shape(val.images().sizes(), vit.config(), cfg.val);
-    // Refuses a set too small for the episodes, before any work.
-    data::EpisodeSampler check(val, cfg.val_spec, "--val-way, --val-shot or --val-query, or --val");
-    (void)check;
-  }
-  vit.to(device);
-  vit.set_precision(cfg.precision);
-  at::Tensor teacher_feat;
-  if (cfg.distill_weight > 0)
-    teacher_feat = own_lora_features(vit, pool, cfg.distill_dense ? 0.0 : cfg.mask_ratio, comm, device);
-  const bool resuming = cfg.resume && stdfs::exists(ckpt);
-  model::Lora lora(vc, cfg.lora, cfg.seed + 1);
-  if (cfg.init == "zoo-mean" && !resuming) init_from_zoo_mean(lora, pool);  // a checkpoint holds the weights
-  lora.to(device);
-  lora.set_requires_grad(true, false);
-  std::vector<at::Tensor> params = lora.parameters(false);
-  int64_t n_grad = 0;
-  for (const auto& p : params) n_grad += p.numel();
-  AdamW opt(params, AdamWConfig{});
 
-  // Resume.
-  int64_t start = 0;
-  int64_t skipped_total = 0;
-  json val0 = nullptr;
-  // The meta-LoRA of the best validation so far (highest mean, earliest on a tie), kept on the CPU
-  // and in the checkpoint whatever --keep says, so that --keep never changes the training.
-  json best_val = nullptr;
-  std::vector<at::Tensor> best_params;
-  if (resuming) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
+  // The meta-LoRA, Adam's state, the step, the counters and the best validation's meta-LoRA.
+  void resume() {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt_.string());
     const auto& meta = f.metadata();
-    json want = fp;  // checkpoints written before the digests were recorded compare without them
+    json want = fp_;  // checkpoints written before the digests were recorded compare without them
     json had_fp = meta.count("fingerprint") ? json::parse(meta.at("fingerprint")) : json();
     for (const char* key : {"model (content digest)", "pool (index digest)"})
       if (had_fp.is_object() && !had_fp.contains(key)) want.erase(key);
     if (!had_fp.is_object() || had_fp != want)
-      throw InputError(ckpt.string() + ": checkpoint of another configuration (" +
+      throw InputError(ckpt_.string() + ": checkpoint of another configuration (" +
                        (meta.count("fingerprint") ? meta.at("fingerprint") : std::string("none")) +
                        "); use --restart to discard it");
     std::map<std::string, at::Tensor> t;
@@ -746,102 +710,102 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
     // The checkpoint's tensor PREFIX.i, shaped as parameter i.
     auto param_like = [&](const std::string& prefix, size_t i) -> const at::Tensor& {
       const std::string key = prefix + "." + std::to_string(i);
-      if (!t.count(key) || !t[key].sizes().equals(params[i].sizes()))
-        throw InputError(ckpt.string() + ": missing or mis-shaped " + key);
+      if (!t.count(key) || !t[key].sizes().equals(params_[i].sizes()))
+        throw InputError(ckpt_.string() + ": missing or mis-shaped " + key);
       return t[key];
     };
     {
       at::NoGradGuard ng;
-      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(param_like("lora", i));
+      for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(param_like("lora", i));
     }
-    opt.load_state(t);
-    if (!meta.count("step")) throw InputError(ckpt.string() + ": no step in the metadata");
-    start = std::stoll(meta.at("step"));  // Adam's own count lags it by the skipped steps
-    if (meta.count("skipped")) skipped_total = std::stoll(meta.at("skipped"));
-    if (meta.count("val0")) val0 = json::parse(meta.at("val0"));
-    if (meta.count("best_val")) best_val = json::parse(meta.at("best_val"));
-    if (!best_val.is_null())  // the best validation's meta-LoRA
-      for (size_t i = 0; i < params.size(); ++i) best_params.push_back(param_like("best", i).clone());
-    LOG_INFO("metatrain", "resumed from " << ckpt.string() << " at step " << start);
+    opt_->load_state(t);
+    if (!meta.count("step")) throw InputError(ckpt_.string() + ": no step in the metadata");
+    start_ = std::stoll(meta.at("step"));  // Adam's own count lags it by the skipped steps
+    if (meta.count("skipped")) skipped_total_ = std::stoll(meta.at("skipped"));
+    if (meta.count("val0")) val0_ = json::parse(meta.at("val0"));
+    if (meta.count("best_val")) best_val_ = json::parse(meta.at("best_val"));
+    if (!best_val_.is_null())  // the best validation's meta-LoRA
+      for (size_t i = 0; i < params_.size(); ++i) best_params_.push_back(param_like("best", i).clone());
+    LOG_INFO("metatrain", "resumed from " << ckpt_.string() << " at step " << start_);
     // Elastic: episode slot j of step s is drawn from (seed, j, s) whatever the world size, so a
     // checkpoint of W ranks continues the same schedule on W' ranks (E stays a multiple of W').
-    if (meta.count("world_size") && std::stoi(meta.at("world_size")) != W)
-      LOG_INFO("metatrain", "checkpointed at world size " << meta.at("world_size") << ", resumed at " << W
-                                                          << ": the same episodes per step (" << E << "), now "
-                                                          << E_local << " per rank");
+    if (meta.count("world_size") && std::stoi(meta.at("world_size")) != W_)
+      LOG_INFO("metatrain", "checkpointed at world size " << meta.at("world_size") << ", resumed at " << W_
+                                                          << ": the same episodes per step (" << E_ << "), now "
+                                                          << E_local_ << " per rank");
   }
-  if (start > cfg.steps)
-    throw InputError(ckpt.string() + ": checkpoint at step " + std::to_string(start) + " is past --steps " +
-                     std::to_string(cfg.steps));
 
   // Metrics: drop lines past the checkpoint (from a run that died after it).
-  const stdfs::path metrics_path = stdfs::path(work) / "metrics.jsonl";
-  std::ofstream metrics;
-  if (rank == 0) {
+  void open_metrics() {
+    metrics_path_ = stdfs::path(work_) / "metrics.jsonl";
+    if (rank_ != 0) return;
     std::string kept;
-    if (stdfs::exists(metrics_path)) {
-      std::istringstream in(fs::read_text(metrics_path));
+    if (stdfs::exists(metrics_path_)) {
+      std::istringstream in(fs::read_text(metrics_path_));
       for (std::string line; std::getline(in, line);) {
         try {
-          if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept += line + "\n";
+          if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start_) kept += line + "\n";
         } catch (const json::exception&) {
         }
       }
     }
-    fs::write_text(metrics_path, kept);
-    metrics.open(metrics_path, std::ios::app);
+    fs::write_text(metrics_path_, kept);
+    metrics_.open(metrics_path_, std::ios::app);
   }
-  auto emit = [&](const json& line) {
-    if (rank != 0) return;
-    metrics << line.dump() << "\n" << std::flush;
-    if (!metrics) fs::throw_write_error(metrics_path);  // disk full: say so rather than lose lines
-  };
 
-  auto validate_now = [&](int64_t step) -> json {
-    if (!have_val) return nullptr;
+  void emit(const json& line) {
+    if (rank_ != 0) return;
+    metrics_ << line.dump() << "\n" << std::flush;
+    if (!metrics_) fs::throw_write_error(metrics_path_);  // disk full: say so rather than lose lines
+  }
+
+  // Collective. Validation episodes of real images; keeps the best validation's meta-LoRA.
+  json validate(int64_t step) {
+    if (!have_val_) return nullptr;
     const auto t0 = Clock::now();
-    const at::Tensor feats = eval::embed_all(vit, &lora, val, comm);
-    const eval::Accuracy a =
-        eval::evaluate_prototypes(feats, val, cfg.val_spec, cfg.val_episodes, cfg.seed + kValSeedOffset, comm);
+    const at::Tensor feats = fewshot::embed_all(*vit_, &*lora_, val_, comm_);
+    const fewshot::Accuracy a =
+        fewshot::evaluate_prototypes(feats, val_, cfg_.val_spec, cfg_.val_episodes, cfg_.seed + kValSeedOffset, comm_);
     json j = {{"step", step},
               {"val_mean", a.mean},
               {"val_ci95", a.ci95},
               {"val_episodes", a.episodes},
               {"val_seconds", seconds_since(t0)}};
     // Every rank holds the same reduced accuracy and the same weights.
-    if (best_val.is_null() || a.mean > best_val["val_mean"].get<double>()) {
-      best_val = j;
-      best_params.clear();
-      for (const auto& p : params)
-        best_params.push_back(p.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));
+    if (best_val_.is_null() || a.mean > best_val_["val_mean"].get<double>()) {
+      best_val_ = j;
+      best_params_.clear();
+      for (const auto& p : params_)
+        best_params_.push_back(p.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));
     }
     LOG_INFO("metatrain", "validation at step " << step << ": " << log::fixed(a.mean) << " +- " << log::fixed(a.ci95)
-                                                << " % (" << cfg.val_spec.n_way << "-way " << cfg.val_spec.k_shot
-                                                << "-shot, " << a.episodes << " episodes of " << cfg.val << ")");
+                                                << " % (" << cfg_.val_spec.n_way << "-way " << cfg_.val_spec.k_shot
+                                                << "-shot, " << a.episodes << " episodes of " << cfg_.val << ")");
     emit(j);
     return j;
-  };
+  }
 
-  auto save_checkpoint = [&](int64_t step) {
-    if (rank != 0) return;
+  void save_checkpoint(int64_t step) {
+    if (rank_ != 0) return;
     std::map<std::string, at::Tensor> t;
-    for (size_t i = 0; i < params.size(); ++i) t["lora." + std::to_string(i)] = params[i].detach().cpu();
-    for (auto& [k, v] : opt.state()) t[k] = v.cpu();
-    for (size_t i = 0; i < best_params.size(); ++i) t["best." + std::to_string(i)] = best_params[i];
-    io::save_safetensors(ckpt.string(), t,
-                         {{"fingerprint", fp.dump()},
+    for (size_t i = 0; i < params_.size(); ++i) t["lora." + std::to_string(i)] = params_[i].detach().cpu();
+    for (auto& [k, v] : opt_->state()) t[k] = v.cpu();
+    for (size_t i = 0; i < best_params_.size(); ++i) t["best." + std::to_string(i)] = best_params_[i];
+    io::save_safetensors(ckpt_.string(), t,
+                         {{"fingerprint", fp_.dump()},
                           {"step", std::to_string(step)},
-                          {"skipped", std::to_string(skipped_total)},
-                          {"val0", val0.dump()},
-                          {"best_val", best_val.dump()},
-                          {"world_size", std::to_string(W)},
+                          {"skipped", std::to_string(skipped_total_)},
+                          {"val0", val0_.dump()},
+                          {"best_val", best_val_.dump()},
+                          {"world_size", std::to_string(W_)},
                           {"rng", "episodes are drawn from make_rng(seed, slot, step): the step is the RNG state"}});
-  };
+  }
 
-  auto check_replicas = [&](int64_t step) {
-    const std::uint64_t h = dist::hash_tensors(params);
-    const auto all = comm.all_gather_u64(h);
-    for (int r = 1; r < W; ++r)
+  // Collective. Throws when the replicas' weights differ; returns the hash.
+  std::uint64_t check_replicas(int64_t step) {
+    const std::uint64_t h = dist::hash_tensors(params_);
+    const auto all = comm_.all_gather_u64(h);
+    for (int r = 1; r < W_; ++r)
       if (all[r] != all[0]) {
         std::ostringstream os;
         os << "metatrain: replicas diverged at step " << step << ": rank 0 hash " << std::hex << all[0] << ", rank "
@@ -849,239 +813,256 @@ MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& co
         throw RuntimeError(os.str());
       }
     return h;
-  };
+  }
 
-  if (start == 0 && have_val) val0 = validate_now(0);
-  const double rss_before = peak_rss_mb();
-  cuda_peak_mb(device, /*reset=*/true);  // the training loop's peak, without validation
+  // The summed loss of this rank's episodes and their correct queries.
+  std::pair<at::Tensor, at::Tensor> episode_losses(const Batch& b, const at::Tensor& feat) const {
+    const int per_episode = cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
+    const int n_support = cfg_.spec.n_way * cfg_.spec.k_shot;
+    at::Tensor tfeat;
+    if (b.teacher_feat.defined()) tfeat = b.teacher_feat.to(device_);
+    at::Tensor loss_sum = at::zeros({}, feat.options());
+    at::Tensor correct = at::zeros({}, feat.options());
+    for (int e = 0; e < E_local_; ++e) {
+      const at::Tensor f = feat.narrow(0, int64_t(e) * per_episode, per_episode);
+      const at::Tensor logits =
+          fewshot::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
+                                    cfg_.spec.n_way, cfg_.spec.k_shot) /
+          cfg_.temperature;
+      at::Tensor loss = at::cross_entropy_loss(logits, query_labels_);
+      if (b.teacher[e].defined()) {
+        const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device_), -1);
+        const at::Tensor kl = (log_p.exp() * (log_p - at::log_softmax(logits, -1))).sum(-1).mean();
+        loss = loss + cfg_.kl_weight * kl;
+      }
+      if (tfeat.defined())  // mean over the episode's images of the squared distance / D
+        loss = loss + cfg_.distill_weight * (f - tfeat.narrow(0, int64_t(e) * per_episode, per_episode)).pow(2).mean();
+      loss_sum = loss_sum + loss;
+      correct = correct + logits.detach().argmax(-1).eq(query_labels_).sum().to(feat.scalar_type());
+    }
+    return {loss_sum, correct};
+  }
 
-  BatchMaker maker(cfg, pool, vc, E, rank, W, /*normalise_here=*/!device.is_cuda(), teacher_feat);
-  const at::Tensor query_labels = data::episode_labels(cfg.spec.n_way, cfg.spec.q_query).to(device);
-  const int per_episode = cfg.spec.n_way * (cfg.spec.k_shot + cfg.spec.q_query);
-  const int n_support = cfg.spec.n_way * cfg.spec.k_shot;
+  // One step: forward and backward on this rank's episodes, one all-reduce of the gradients and
+  // counters, and (on every rank alike) the update or, for a non-finite step, none.
+  StepResult step(const Batch& b, optim::BadStepGuard& guard) {
+    StepResult r;
+    const auto t_c = Clock::now();
+    model::ForwardOptions fo;
+    if (b.patch_index.defined()) fo.patch_index = b.patch_index.to(device_);
+    at::Tensor feat;
+    {
+      const at::Tensor px =
+          b.pixels.defined() ? b.pixels.to(device_) : model::preprocess_images(b.u8, vit_->config(), device_);
+      feat = vit_->forward(px, fo, &*lora_).feature;
+    }
+    feat = feat.to(at::kFloat);  // prototypes and losses in float32
+    const auto [loss_sum, correct] = episode_losses(b, feat);
+    opt_->zero_grad();
+    (loss_sum / double(E_local_)).backward();
+    // One flat buffer: gradients, then loss sum, correct queries and the stop flag.
+    std::vector<at::Tensor> parts;
+    for (auto& p : params_)
+      parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
+    const double flag = stop_requested() ? 1.0 : 0.0;
+    parts.push_back(at::stack({loss_sum.detach(), correct, at::full({}, flag, feat.options())}));
+    at::Tensor flat = at::cat(parts);
+    r.compute = seconds_since(t_c);
+    if (cfg_.sync_timing) {  // separate waiting for the slowest rank from the transfer itself
+      const auto t_b = Clock::now();
+      comm_.barrier();
+      r.imbalance = seconds_since(t_b);
+    }
+    env::fault_point(rank_, "metatrain");
+    const auto t_r = Clock::now();
+    comm_.all_reduce_sum(flat);
+    r.reduce = seconds_since(t_r);
+    at::Tensor grads = flat.narrow(0, 0, n_grad_);
+    grads.div_(double(W_));
+    const at::Tensor tail = flat.narrow(0, n_grad_, 3).cpu();
+    r.loss = tail[0].item<double>(), r.correct = tail[1].item<double>();
+    r.stop = tail[2].item<double>() > 0;
+    const bool finite = std::isfinite(r.loss) && grads.isfinite().all().item<bool>();
+    const int64_t cyc = cfg_.cycle == 0 ? cfg_.steps : cfg_.cycle;
+    r.lr = optim::cyclic_warmup_cosine(step_, cyc, std::min(cfg_.warmup, cyc - 1), cfg_.lr_min, cfg_.lr);
+    // Every rank sees the same reduced values, so all apply or all skip the step.
+    if (guard.ok(finite, step_)) apply(grads, r.lr);
+    skipped_total_ = guard.skipped();
+    return r;
+  }
 
-  install_stop_handlers();
-  Progress progress("metatrain", "meta-training", cfg.steps - start, "steps", 10.0);
-  double t_wait = 0, t_prep = 0, t_compute = 0, t_reduce = 0, t_imbalance = 0, t_total = 0;
-  int64_t timed_steps = 0;
-  double win_loss = 0, win_correct = 0, win_queries = 0, win_time = 0;
-  int64_t win_steps = 0;
-  BadStepGuard guard("metatrain", cfg.max_bad_steps, "; last good checkpoint: " + ckpt.string(), skipped_total);
-  const int64_t warm_steps = 2;  // excluded from the throughput figures (allocations, first touches)
-  json last_val = nullptr;
-  MetaTrainResult result;
-  bool stopped = false;
-  int64_t step = start;
-  {
-    Prefetcher prefetch(maker, start, cfg.steps, cfg.prefetch);
-    for (; step < cfg.steps; ++step) {
-      const auto t_step = Clock::now();
-      Batch b = prefetch.get(step);
-      const double wait = seconds_since(t_step);
-      const auto t_c = Clock::now();
-      model::ForwardOptions fo;
-      if (b.patch_index.defined()) fo.patch_index = b.patch_index.to(device);
-      at::Tensor feat;
-      {
-        const at::Tensor px = b.pixels.defined() ? b.pixels.to(device) : model::preprocess_images(b.u8, vc, device);
-        feat = vit.forward(px, fo, &lora).feature;
-      }
-      feat = feat.to(at::kFloat);  // prototypes and losses in float32
-      at::Tensor tfeat;
-      if (b.teacher_feat.defined()) tfeat = b.teacher_feat.to(device);
-      at::Tensor loss_sum = at::zeros({}, feat.options());
-      at::Tensor correct = at::zeros({}, feat.options());
-      for (int e = 0; e < E_local; ++e) {
-        const at::Tensor f = feat.narrow(0, int64_t(e) * per_episode, per_episode);
-        const at::Tensor logits =
-            eval::prototype_logits(f.narrow(0, 0, n_support), f.narrow(0, n_support, per_episode - n_support),
-                                   cfg.spec.n_way, cfg.spec.k_shot) /
-            cfg.temperature;
-        at::Tensor loss = at::cross_entropy_loss(logits, query_labels);
-        if (b.teacher[e].defined()) {
-          const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device), -1);
-          const at::Tensor kl = (log_p.exp() * (log_p - at::log_softmax(logits, -1))).sum(-1).mean();
-          loss = loss + cfg.kl_weight * kl;
-        }
-        if (tfeat.defined())  // mean over the episode's images of the squared distance / D
-          loss = loss + cfg.distill_weight * (f - tfeat.narrow(0, int64_t(e) * per_episode, per_episode)).pow(2).mean();
-        loss_sum = loss_sum + loss;
-        correct = correct + logits.detach().argmax(-1).eq(query_labels).sum().to(feat.scalar_type());
-      }
-      opt.zero_grad();
-      (loss_sum / double(E_local)).backward();
-      // One flat buffer: gradients, then loss sum, correct queries and the stop flag.
-      std::vector<at::Tensor> parts;
-      for (auto& p : params)
-        parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : at::zeros({p.numel()}, p.options()));
-      const double flag = stop_requested() ? 1.0 : 0.0;
-      parts.push_back(at::stack({loss_sum.detach(), correct, at::full({}, flag, feat.options())}));
-      at::Tensor flat = at::cat(parts);
-      const double t_fwd_bwd = seconds_since(t_c);
-      double imbalance = 0;
-      if (cfg.sync_timing) {  // separate waiting for the slowest rank from the transfer itself
-        const auto t_b = Clock::now();
-        comm.barrier();
-        imbalance = seconds_since(t_b);
-      }
-      env::fault_point(rank, "metatrain");
-      const auto t_r = Clock::now();
-      comm.all_reduce_sum(flat);
-      const double reduce = seconds_since(t_r);
-      at::Tensor grads = flat.narrow(0, 0, n_grad);
-      grads.div_(double(W));
-      const at::Tensor tail = flat.narrow(0, n_grad, 3).cpu();
-      const double g_loss = tail[0].item<double>(), g_correct = tail[1].item<double>();
-      const bool stop_now = tail[2].item<double>() > 0;
-      const bool finite = std::isfinite(g_loss) && grads.isfinite().all().item<bool>();
-      const int64_t cyc = cfg.cycle == 0 ? cfg.steps : cfg.cycle;
-      const double lr_now = cyclic_warmup_cosine(step, cyc, std::min(cfg.warmup, cyc - 1), cfg.lr_min, cfg.lr);
-      // Every rank sees the same reduced values, so all apply or all skip the step.
-      if (guard.ok(finite, step)) {
-        int64_t off = 0;
-        at::NoGradGuard ng;
-        for (auto& p : params) {
-          p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
-          off += p.numel();
-        }
-        clip_grad_norm(params, cfg.clip_norm);
-        opt.step(lr_now);
-      }
-      skipped_total = guard.skipped();
-      const double total = seconds_since(t_step);
-      if (step - start >= warm_steps) {
-        t_wait += wait;
-        t_prep += b.prep_seconds;
-        t_compute += t_fwd_bwd;
-        t_reduce += reduce;
-        t_imbalance += imbalance;
-        t_total += total;
-        ++timed_steps;
-      }
-      win_loss += g_loss;
-      win_correct += g_correct;
-      win_queries += double(E) * cfg.spec.n_way * cfg.spec.q_query;
-      win_time += total;
-      ++win_steps;
-      progress.advance(1);
-      const bool last = step + 1 == cfg.steps;
-      if ((step + 1) % cfg.log_every == 0 || last) {
-        const json line = {{"step", step + 1},
-                           {"loss", win_loss / (double(win_steps) * E)},
-                           {"train_acc", 100.0 * win_correct / win_queries},
-                           {"lr", lr_now},
-                           {"episodes_per_s", double(win_steps) * E / win_time},
-                           {"skipped", skipped_total}};
-        emit(line);
-        LOG_DEBUG("metatrain", line.dump());
-        win_loss = win_correct = win_queries = win_time = 0;
-        win_steps = 0;
-      }
-      if (env::fault_point(rank, "replica")) {  // test hook: the replica check must catch this
-        at::NoGradGuard ng;
-        params[0].add_(1e-3);
-      }
-      if (cfg.hash_every > 0 && (step + 1) % cfg.hash_every == 0) check_replicas(step + 1);
-      if (have_val && cfg.val_every > 0 && (step + 1) % cfg.val_every == 0 && !last) last_val = validate_now(step + 1);
-      if ((step + 1) % cfg.checkpoint_every == 0 || last) save_checkpoint(step + 1);
-      const bool stop_after = cfg.stop_after > 0 && step + 1 - start >= cfg.stop_after && !last;
-      if ((stop_now || stop_after) && !last) {
-        save_checkpoint(step + 1);
-        comm.barrier();
-        LOG_INFO("metatrain", (stop_now ? "stop signal received" : "--stop-after reached")
-                                  << ": checkpoint at step " << step + 1 << " in " << ckpt.string()
-                                  << "; the same command with --resume continues");
-        stopped = true;
-        ++step;
-        break;
-      }
+  void apply(const at::Tensor& grads, double lr) {
+    int64_t off = 0;
+    at::NoGradGuard ng;
+    for (auto& p : params_) {
+      p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
+      off += p.numel();
+    }
+    optim::clip_grad_norm(params_, cfg_.clip_norm);
+    opt_->step(lr);
+  }
+
+  // The step's timings (after the warm-up steps) and the metrics window; a metrics line every
+  // --log-every steps.
+  void record(const StepResult& r, double wait, double prep, double total) {
+    const int64_t warm_steps = 2;  // excluded from the throughput figures (allocations, first touches)
+    if (step_ - start_ >= warm_steps) {
+      t_wait_ += wait, t_prep_ += prep, t_compute_ += r.compute, t_reduce_ += r.reduce;
+      t_imbalance_ += r.imbalance, t_total_ += total;
+      ++timed_steps_;
+    }
+    win_loss_ += r.loss;
+    win_correct_ += r.correct;
+    win_queries_ += double(E_) * cfg_.spec.n_way * cfg_.spec.q_query;
+    win_time_ += total;
+    ++win_steps_;
+    if ((step_ + 1) % cfg_.log_every == 0 || step_ + 1 == cfg_.steps) {
+      const json line = {{"step", step_ + 1},
+                         {"loss", win_loss_ / (double(win_steps_) * E_)},
+                         {"train_acc", 100.0 * win_correct_ / win_queries_},
+                         {"lr", r.lr},
+                         {"episodes_per_s", double(win_steps_) * E_ / win_time_},
+                         {"skipped", skipped_total_}};
+      emit(line);
+      LOG_DEBUG("metatrain", line.dump());
+      win_loss_ = win_correct_ = win_queries_ = win_time_ = 0;
+      win_steps_ = 0;
     }
   }
-  result.step = step;
-  if (stopped) return result;
-  progress.finish();
 
-  const double gpu_peak = cuda_peak_mb(device, false);
-  const std::uint64_t hash = check_replicas(cfg.steps);
-  const json final_val = validate_now(cfg.steps);
-  // --keep best: the written meta-LoRA is the best validation's (the last one's when that is best).
-  const bool keep_best = cfg.keep == "best" && !best_val.is_null();
-  const int64_t kept_step = keep_best ? best_val["step"].get<int64_t>() : cfg.steps;
-  if (keep_best && kept_step != cfg.steps) {
-    at::NoGradGuard ng;
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(best_params[i]);
+  // After step step_: the replica check, validation and checkpoint when due; false after a stop
+  // (signal or --stop-after) with its checkpoint written.
+  bool after_step(bool stop_now) {
+    const int64_t done = step_ + 1;
+    const bool last = done == cfg_.steps;
+    if (env::fault_point(rank_, "replica")) {  // test hook: the replica check must catch this
+      at::NoGradGuard ng;
+      params_[0].add_(1e-3);
+    }
+    if (cfg_.hash_every > 0 && done % cfg_.hash_every == 0) check_replicas(done);
+    if (have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0 && !last) (void)validate(done);
+    if (done % cfg_.checkpoint_every == 0 || last) save_checkpoint(done);
+    const bool stop_after = cfg_.stop_after > 0 && done - start_ >= cfg_.stop_after && !last;
+    if ((stop_now || stop_after) && !last) {
+      save_checkpoint(done);
+      comm_.barrier();
+      LOG_INFO("metatrain", (stop_now ? "stop signal received" : "--stop-after reached")
+                                << ": checkpoint at step " << done << " in " << ckpt_.string()
+                                << "; the same command with --resume continues");
+      step_ = done;
+      return false;
+    }
+    return true;
   }
-  const double rss_peak = peak_rss_mb();
-  const auto share = [&](double x) { return t_total > 0 ? x / t_total : 0.0; };
-  json report = {{"model", cfg.model},
-                 {"pool", cfg.pool},
-                 {"val", cfg.val},
-                 {"steps", cfg.steps},
-                 {"world_size", W},
-                 {"episodes_per_step", E},
-                 {"episode", {{"way", cfg.spec.n_way}, {"shot", cfg.spec.k_shot}, {"query", cfg.spec.q_query}}},
-                 {"mask_ratio", cfg.mask_ratio},
-                 {"precision", model::precision_name(cfg.precision)},
-                 {"tokens_per_image", 1 + P - static_cast<int64_t>(cfg.mask_ratio * P)},
-                 {"skipped_steps", skipped_total},
-                 {"replica_hash",
-                  [&] {
-                    std::ostringstream os;
-                    os << std::hex << hash;
-                    return os.str();
-                  }()},
-                 {"val_initial", val0},
-                 {"val_final", final_val},
-                 {"val_best", best_val},
-                 {"keep", cfg.keep},
-                 {"kept_step", kept_step},
-                 {"val_kept", keep_best ? best_val : final_val},
-                 {"timing",
-                  {{"timed_steps", timed_steps},
-                   {"episodes_per_s", t_total > 0 ? double(timed_steps) * E / t_total : 0.0},
-                   {"step_seconds", timed_steps ? t_total / timed_steps : 0.0},
-                   {"data_wait_share", share(t_wait)},
-                   {"data_prep_share", share(t_prep)},
-                   {"prefetch", cfg.prefetch},
-                   {"forward_backward_share", share(t_compute)},
-                   {"all_reduce_share", share(t_reduce)},
-                   {"sync_timing", cfg.sync_timing},
-                   {"imbalance_wait_share", share(t_imbalance)}}},
-                 {"memory",
-                  {{"device", device.str()},
-                   {"peak_rss_mb", rss_peak},
-                   {"rss_before_training_mb", rss_before},
-                   {"cuda_peak_allocated_mb", gpu_peak},
-                   {"pool_cached", pool.cached()},
-                   {"pool_image_mb", double(pool.image_bytes()) / (1 << 20)}}},
-                 {"fingerprint", fp}};
-  // Peak RSS of every rank (rank 0 writes the report).
-  const auto rss_all = comm.all_gather_f64(rss_peak);
-  report["memory"]["peak_rss_mb_per_rank"] = rss_all;
-  if (rank == 0) {
-    lora.to(c10::Device(at::kCPU));
-    io::save_peft(cfg.out, lora, cfg.model,
-                  {{"metatrain.json", report.dump(2) + "\n"}, {prov::kMarker, prov::marker_text("metatrain", fp)}});
+
+  json report(std::uint64_t hash, const json& final_val, const json& kept_val, int64_t kept_step, double gpu_peak) {
+    const double rss_peak = peak_rss_mb();
+    const auto share = [&](double x) { return t_total_ > 0 ? x / t_total_ : 0.0; };
+    std::ostringstream hex;
+    hex << std::hex << hash;
+    json report = {{"model", cfg_.model},
+                   {"pool", cfg_.pool},
+                   {"val", cfg_.val},
+                   {"steps", cfg_.steps},
+                   {"world_size", W_},
+                   {"episodes_per_step", E_},
+                   {"episode", {{"way", cfg_.spec.n_way}, {"shot", cfg_.spec.k_shot}, {"query", cfg_.spec.q_query}}},
+                   {"mask_ratio", cfg_.mask_ratio},
+                   {"precision", model::precision_name(cfg_.precision)},
+                   {"tokens_per_image", 1 + P_ - static_cast<int64_t>(cfg_.mask_ratio * P_)},
+                   {"skipped_steps", skipped_total_},
+                   {"replica_hash", hex.str()},
+                   {"val_initial", val0_},
+                   {"val_final", final_val},
+                   {"val_best", best_val_},
+                   {"keep", cfg_.keep},
+                   {"kept_step", kept_step},
+                   {"val_kept", kept_val},
+                   {"timing",
+                    {{"timed_steps", timed_steps_},
+                     {"episodes_per_s", t_total_ > 0 ? double(timed_steps_) * E_ / t_total_ : 0.0},
+                     {"step_seconds", timed_steps_ ? t_total_ / timed_steps_ : 0.0},
+                     {"data_wait_share", share(t_wait_)},
+                     {"data_prep_share", share(t_prep_)},
+                     {"prefetch", cfg_.prefetch},
+                     {"forward_backward_share", share(t_compute_)},
+                     {"all_reduce_share", share(t_reduce_)},
+                     {"sync_timing", cfg_.sync_timing},
+                     {"imbalance_wait_share", share(t_imbalance_)}}},
+                   {"memory",
+                    {{"device", device_.str()},
+                     {"peak_rss_mb", rss_peak},
+                     {"rss_before_training_mb", rss_before_},
+                     {"cuda_peak_allocated_mb", gpu_peak},
+                     {"pool_cached", pool_->cached()},
+                     {"pool_image_mb", double(pool_->image_bytes()) / (1 << 20)}}},
+                   {"fingerprint", fp_}};
+    // Peak RSS of every rank (rank 0 writes the report).
+    report["memory"]["peak_rss_mb_per_rank"] = comm_.all_gather_f64(rss_peak);
+    return report;
+  }
+
+  // Rank 0: the PEFT adapter with metatrain.json and the output's marker, and the summary line.
+  void write(const json& report, const json& final_val, int64_t kept_step) {
+    lora_->to(c10::Device(at::kCPU));
+    model::save_peft(cfg_.out, *lora_, cfg_.model,
+                     {{"metatrain.json", report.dump(2) + "\n"}, {prov::kMarker, prov::marker_text("metatrain", fp_)}});
     auto val_text = [](const json& v) {
       return v.is_null() ? std::string("-") : log::fixed(v["val_mean"].get<double>());
     };
-    LOG_INFO(
-        "metatrain",
-        "wrote " << cfg.out << " (PEFT adapter + metatrain.json); "
-                 << (val0.is_null() && final_val.is_null()
-                         ? std::string("no validation (--val not given)")
-                         : "val " + val_text(val0) + " -> " + val_text(final_val) + " %" +
-                               (cfg.keep == "best" ? ", kept the best validation's meta-LoRA (step " +
-                                                         std::to_string(kept_step) + ", " + val_text(best_val) + " %)"
-                                                   : std::string()))
-                 << ", "
-                 << (timed_steps > 0 ? log::fixed(report["timing"]["episodes_per_s"].get<double>()) + " episodes/s"
-                                     : std::string("too few steps to time")));
+    const std::string kept = cfg_.keep == "best" ? ", kept the best validation's meta-LoRA (step " +
+                                                       std::to_string(kept_step) + ", " + val_text(best_val_) + " %)"
+                                                 : std::string();
+    LOG_INFO("metatrain", "wrote " << cfg_.out << " (PEFT adapter + metatrain.json); "
+                                   << (val0_.is_null() && final_val.is_null()
+                                           ? std::string("no validation (--val not given)")
+                                           : "val " + val_text(val0_) + " -> " + val_text(final_val) + " %" + kept)
+                                   << ", "
+                                   << (timed_steps_ > 0 ? log::fixed(report["timing"]["episodes_per_s"].get<double>()) +
+                                                              " episodes/s"
+                                                        : std::string("too few steps to time")));
   }
-  comm.barrier();
-  result.finished = true;
-  result.report = report.dump();
-  return result;
+
+  const MetaTrainConfig& cfg_;
+  dist::Communicator& comm_;
+  const c10::Device device_;
+  const int W_, rank_;
+  int E_ = 0, E_local_ = 0, P_ = 0;
+  std::string work_;
+  stdfs::path ckpt_, metrics_path_;
+  json fp_;
+  std::optional<model::ClipVision> vit_;
+  std::optional<data::SurrogatePool> pool_;
+  data::ImageSet val_;
+  bool have_val_ = false;
+  at::Tensor teacher_feat_, query_labels_;
+  std::optional<model::Lora> lora_;
+  std::vector<at::Tensor> params_;
+  int64_t n_grad_ = 0;
+  std::optional<optim::AdamW> opt_;
+  std::ofstream metrics_;
+  // Progress: the first step of this run, the next step, skipped steps so far.
+  int64_t start_ = 0, step_ = 0, skipped_total_ = 0;
+  json val0_ = nullptr;
+  // The meta-LoRA of the best validation so far (highest mean, earliest on a tie), kept on the
+  // CPU and in the checkpoint whatever --keep says, so that --keep never changes the training.
+  json best_val_ = nullptr;
+  std::vector<at::Tensor> best_params_;
+  double rss_before_ = 0;
+  // Timings of the timed steps (seconds) and the current metrics window.
+  double t_wait_ = 0, t_prep_ = 0, t_compute_ = 0, t_reduce_ = 0, t_imbalance_ = 0, t_total_ = 0;
+  int64_t timed_steps_ = 0;
+  double win_loss_ = 0, win_correct_ = 0, win_queries_ = 0, win_time_ = 0;
+  int64_t win_steps_ = 0;
+};
+
+}  // namespace
+
+MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+  MetaTrainer trainer(cfg, comm, device);
+  trainer.set_up();
+  if (!trainer.train()) return trainer.stopped();
+  return trainer.finish();
 }
 
 }  // namespace lorarec::train

@@ -13,11 +13,11 @@
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/dist/communicator.h"
-#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/fewshot/fewshot.h"
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/model/resnet.h"
 #include "lorarecycle/model/vit.h"
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -32,7 +32,7 @@ namespace stdfs = std::filesystem;
 
 constexpr const char* kCheckpoint = "checkpoint.safetensors";
 
-json accuracy_json(const eval::Accuracy& a, const data::EpisodeSpec& spec) {
+json accuracy_json(const fewshot::Accuracy& a, const data::EpisodeSpec& spec) {
   return {{"mean", a.mean}, {"ci95", a.ci95}, {"episodes", a.episodes}, {"queries", spec.q_query}};
 }
 
@@ -97,7 +97,7 @@ class VitTrainee final : public Trainee {
     vit_.save(dir);
   }
   void report(json& r, const data::ImageSet& held, const PretrainConfig& cfg, dist::Communicator& comm) override {
-    const at::Tensor feats = eval::embed_all(vit_, nullptr, held, comm);
+    const at::Tensor feats = fewshot::embed_all(vit_, nullptr, held, comm);
     at::Tensor pred;
     {
       at::NoGradGuard ng;
@@ -108,14 +108,14 @@ class VitTrainee final : public Trainee {
     for (const auto& c : held.by_class()) min_per_class = std::min<int64_t>(min_per_class, c.size());
     if (min_per_class >= 2 && held.num_classes() >= 5) {
       const data::EpisodeSpec spec{5, 1, static_cast<int>(std::min<int64_t>(15, min_per_class - 1))};
-      const auto a = eval::evaluate_prototypes(feats, held, spec, cfg.eval_episodes, cfg.seed + 7, comm);
+      const auto a = fewshot::evaluate_prototypes(feats, held, spec, cfg.eval_episodes, cfg.seed + 7, comm);
       r["heldout_proto_5w1s"] = accuracy_json(a, spec);
     }
     if (!cfg.eval_data.empty()) {
       const data::ImageSet ev = data::ImageSet::load(cfg.eval_data);
-      const at::Tensor f = eval::embed_all(vit_, nullptr, ev, comm);
+      const at::Tensor f = fewshot::embed_all(vit_, nullptr, ev, comm);
       const data::EpisodeSpec spec{5, 1, 15};
-      const auto a = eval::evaluate_prototypes(f, ev, spec, cfg.eval_episodes, cfg.seed + 11, comm);
+      const auto a = fewshot::evaluate_prototypes(f, ev, spec, cfg.eval_episodes, cfg.seed + 11, comm);
       r["eval_data"] = cfg.eval_data;
       r["eval_proto_5w1s"] = accuracy_json(a, spec);
     }
@@ -196,6 +196,105 @@ void PretrainConfig::validate() const {
   if (arch != "vit" && arch != "resnet") throw InputError("pretrain: --arch must be vit or resnet, got '" + arch + "'");
 }
 
+namespace {
+
+// The checkpoint's weights and Adam state; returns the step to continue from.
+int64_t resume_from(const PretrainConfig& cfg, const stdfs::path& ckpt, Trainee& net, optim::AdamW& opt) {
+  const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
+  const auto meta = f.metadata();
+  if (!meta.count("arch") || meta.at("arch") != net.arch() || !meta.count("seed") ||
+      meta.at("seed") != std::to_string(cfg.seed) || !meta.count("data") || meta.at("data") != cfg.data)
+    throw InputError(ckpt.string() +
+                     ": checkpoint of another architecture, seed or dataset; remove it or use --no-resume");
+  std::map<std::string, at::Tensor> t;
+  for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
+  net.load(t, ckpt.string());
+  opt.load_state(t);
+  LOG_INFO("pretrain", "resumed from " << ckpt.string() << " at step " << opt.steps());
+  return opt.steps();
+}
+
+// Sums over the steps of one metrics window (this rank's).
+struct Window {
+  double loss = 0, correct = 0, seen = 0;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+};
+
+// Collective. The window's metrics line (rank 0 appends it to metrics.jsonl) and a new window.
+void log_window(const PretrainConfig& cfg, dist::Communicator& comm, int64_t step, double lr, Window& w,
+                std::ofstream& metrics, const stdfs::path& metrics_path) {
+  const auto losses = comm.all_gather_f64(w.loss);
+  const auto corrects = comm.all_gather_f64(w.correct);
+  double l = 0, c = 0;
+  for (size_t i = 0; i < losses.size(); ++i) l += losses[i], c += corrects[i];
+  const double steps_in = w.seen / cfg.batch_size;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - w.t0).count();
+  const json line = {{"step", step},
+                     {"loss", l / (steps_in * comm.size())},
+                     {"train_acc", 100.0 * c / (w.seen * comm.size())},
+                     {"lr", lr},
+                     {"images_per_s", w.seen * comm.size() / secs}};
+  if (comm.rank() == 0) {
+    metrics << line.dump() << "\n" << std::flush;
+    if (!metrics) fs::throw_write_error(metrics_path);
+  }
+  LOG_INFO("pretrain", line.dump());
+  w = Window();
+}
+
+// One data-parallel step: this rank's batch (drawn from make_rng(seed, rank, step)), gradients
+// all-reduced, and the update on every rank alike unless the step is not finite.
+void train_step(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device,
+                const data::ImageSet& all, const std::vector<int64_t>& train_rows, Trainee& net,
+                std::vector<at::Tensor>& params, optim::AdamW& opt, optim::BadStepGuard& guard, int64_t step, double lr,
+                Window& w) {
+  auto rng = data::make_rng(cfg.seed, comm.rank(), step);
+  std::uniform_int_distribution<size_t> pick(0, train_rows.size() - 1);
+  std::vector<int64_t> rows(cfg.batch_size);
+  for (auto& r : rows) r = train_rows[pick(rng)];
+  const at::Tensor y = all.labels().index_select(0, at::tensor(rows, at::kLong)).to(device);
+  at::Tensor x = net.preprocess(all.gather(rows));
+  x = data::random_shift_flip(x, cfg.shift, false, rng);
+  const at::Tensor logits = net.logits(x, true);
+  at::Tensor loss = at::cross_entropy_loss(logits, y);
+  if (env::fault_point(comm.rank(), "pretrain")) loss = loss * std::numeric_limits<double>::quiet_NaN();  // test hook
+  opt.zero_grad();
+  loss.backward();
+  optim::all_reduce_grads(params, comm);
+  // The reduced gradients are the same on every rank: all apply or all skip the step.
+  const bool finite = optim::grads_finite(params);
+  if (guard.ok(finite, step)) {
+    optim::clip_grad_norm(params, cfg.clip_norm);
+    opt.step(lr);
+    net.after_step(comm);
+    w.loss += loss.item<double>();
+    w.correct += logits.argmax(-1).eq(y).sum().item<double>();
+    w.seen += cfg.batch_size;
+  }
+}
+
+// Held-out base accuracy (head); for the ViT also prototype 5-way 1-shot accuracy on the held-out
+// base images and on the evaluation set. Rank 0 writes the model, the report and the marker.
+std::string write_report(const PretrainConfig& cfg, dist::Communicator& comm, Trainee& net, const data::ImageSet& all,
+                         const std::vector<int64_t>& held_rows) {
+  json report = {{"arch", cfg.arch},
+                 {"data", cfg.data},
+                 {"steps", cfg.steps},
+                 {"world_size", comm.size()},
+                 {"batch_size_global", cfg.batch_size * comm.size()}};
+  if (!held_rows.empty()) net.report(report, all.subset(held_rows, cfg.data + " (held out)"), cfg, comm);
+  if (comm.rank() == 0) {
+    net.save(cfg.out);
+    fs::write_text(stdfs::path(cfg.out) / "pretrain_report.json", report.dump(2) + "\n");
+    fs::write_text(stdfs::path(cfg.out) / prov::kMarker, prov::marker_text("pretrain", nullptr));
+    LOG_INFO("pretrain", "wrote " << cfg.out << ": " << report.dump());
+  }
+  comm.barrier();
+  return report.dump();
+}
+
+}  // namespace
+
 std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
   const std::string work = cfg.work.empty() ? cfg.out + ".work" : cfg.work;
@@ -212,35 +311,17 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   const int64_t n_classes = all.num_classes();
   LOG_INFO("pretrain", cfg.data << ": " << n_classes << " classes, " << train_rows.size() << " training and "
                                 << held_rows.size() << " held-out images");
-
   std::unique_ptr<Trainee> net;
   if (cfg.arch == "vit")
     net = std::make_unique<VitTrainee>(cfg, n_classes, device);
   else
     net = std::make_unique<ResNetTrainee>(cfg, n_classes, device);
   std::vector<at::Tensor> params = net->params();
-  AdamWConfig ocfg;
+  optim::AdamWConfig ocfg;
   ocfg.weight_decay = cfg.weight_decay;
-  AdamW opt(params, ocfg);
-
-  // Resume.
-  int64_t start = 0;
+  optim::AdamW opt(params, ocfg);
   const stdfs::path ckpt = stdfs::path(work) / kCheckpoint;
-  if (cfg.resume && stdfs::exists(ckpt)) {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(ckpt.string());
-    const auto meta = f.metadata();
-    if (!meta.count("arch") || meta.at("arch") != net->arch() || !meta.count("seed") ||
-        meta.at("seed") != std::to_string(cfg.seed) || !meta.count("data") || meta.at("data") != cfg.data)
-      throw InputError(ckpt.string() +
-                       ": checkpoint of another architecture, seed or dataset; remove it or use --no-resume");
-    std::map<std::string, at::Tensor> t;
-    for (const auto& [name, _] : f.tensors()) t[name] = f.tensor(name);
-    net->load(t, ckpt.string());
-    opt.load_state(t);
-    start = opt.steps();
-    LOG_INFO("pretrain", "resumed from " << ckpt.string() << " at step " << start);
-  }
-
+  const int64_t start = cfg.resume && stdfs::exists(ckpt) ? resume_from(cfg, ckpt, *net, opt) : 0;
   auto save_checkpoint = [&](int64_t step) {
     if (comm.rank() != 0) return;
     std::map<std::string, at::Tensor> t = net->state();
@@ -251,60 +332,18 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
                           {"data", cfg.data},
                           {"step", std::to_string(step)}});
   };
-
+  const stdfs::path metrics_path = stdfs::path(work) / "metrics.jsonl";
   std::ofstream metrics;
-  if (comm.rank() == 0) metrics.open(stdfs::path(work) / "metrics.jsonl", std::ios::app);
+  if (comm.rank() == 0) metrics.open(metrics_path, std::ios::app);
   Progress progress("pretrain", "training", cfg.steps - start, "steps", 10.0);
-  double loss_acc = 0, correct_acc = 0, seen_acc = 0;
-  auto t_window = std::chrono::steady_clock::now();
-  BadStepGuard guard("pretrain", cfg.max_bad_steps, "; last good checkpoint under " + work);
+  Window window;
+  optim::BadStepGuard guard("pretrain", cfg.max_bad_steps, "; last good checkpoint under " + work);
   for (int64_t step = start; step < cfg.steps; ++step) {
-    auto rng = data::make_rng(cfg.seed, comm.rank(), step);
-    std::uniform_int_distribution<size_t> pick(0, train_rows.size() - 1);
-    std::vector<int64_t> rows(cfg.batch_size);
-    for (auto& r : rows) r = train_rows[pick(rng)];
-    const at::Tensor y = all.labels().index_select(0, at::tensor(rows, at::kLong)).to(device);
-    at::Tensor x = net->preprocess(all.gather(rows));
-    x = data::random_shift_flip(x, cfg.shift, false, rng);
-    const at::Tensor logits = net->logits(x, true);
-    at::Tensor loss = at::cross_entropy_loss(logits, y);
-    if (env::fault_point(comm.rank(), "pretrain")) loss = loss * std::numeric_limits<double>::quiet_NaN();  // test hook
-    opt.zero_grad();
-    loss.backward();
-    all_reduce_grads(params, comm);
-    // The reduced gradients are the same on every rank: all apply or all skip the step.
-    const bool finite = grads_finite(params);
-    const double lr = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-    if (guard.ok(finite, step)) {
-      clip_grad_norm(params, cfg.clip_norm);
-      opt.step(lr);
-      net->after_step(comm);
-      loss_acc += loss.item<double>();
-      correct_acc += logits.argmax(-1).eq(y).sum().item<double>();
-      seen_acc += cfg.batch_size;
-    }
+    const double lr = optim::warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+    train_step(cfg, comm, device, all, train_rows, *net, params, opt, guard, step, lr, window);
     progress.advance(1);
     const bool last = step + 1 == cfg.steps;
-    if ((step + 1) % cfg.log_every == 0 || last) {
-      const auto losses = comm.all_gather_f64(loss_acc);
-      const auto corrects = comm.all_gather_f64(correct_acc);
-      double l = 0, c = 0;
-      for (size_t i = 0; i < losses.size(); ++i) l += losses[i], c += corrects[i];
-      const double steps_in = seen_acc / cfg.batch_size;
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_window).count();
-      const json line = {{"step", step + 1},
-                         {"loss", l / (steps_in * comm.size())},
-                         {"train_acc", 100.0 * c / (seen_acc * comm.size())},
-                         {"lr", lr},
-                         {"images_per_s", seen_acc * comm.size() / secs}};
-      if (comm.rank() == 0) {
-        metrics << line.dump() << "\n" << std::flush;
-        if (!metrics) fs::throw_write_error(stdfs::path(work) / "metrics.jsonl");
-      }
-      LOG_INFO("pretrain", line.dump());
-      loss_acc = correct_acc = seen_acc = 0;
-      t_window = std::chrono::steady_clock::now();
-    }
+    if ((step + 1) % cfg.log_every == 0 || last) log_window(cfg, comm, step + 1, lr, window, metrics, metrics_path);
     if ((step + 1) % cfg.checkpoint_every == 0 || last) save_checkpoint(step + 1);
     if (cfg.stop_after > 0 && step + 1 - start >= cfg.stop_after && !last) {
       save_checkpoint(step + 1);
@@ -316,23 +355,7 @@ std::string run_pretrain(const PretrainConfig& cfg, dist::Communicator& comm, co
   }
   progress.finish();
   net->freeze();
-
-  // Report: held-out base accuracy (head); for the ViT also prototype 5-way 1-shot accuracy on the
-  // held-out base images and on the evaluation set.
-  json report = {{"arch", cfg.arch},
-                 {"data", cfg.data},
-                 {"steps", cfg.steps},
-                 {"world_size", comm.size()},
-                 {"batch_size_global", cfg.batch_size * comm.size()}};
-  if (!held_rows.empty()) net->report(report, all.subset(held_rows, cfg.data + " (held out)"), cfg, comm);
-  if (comm.rank() == 0) {
-    net->save(cfg.out);
-    fs::write_text(stdfs::path(cfg.out) / "pretrain_report.json", report.dump(2) + "\n");
-    fs::write_text(stdfs::path(cfg.out) / prov::kMarker, prov::marker_text("pretrain", nullptr));
-    LOG_INFO("pretrain", "wrote " << cfg.out << ": " << report.dump());
-  }
-  comm.barrier();
-  return report.dump();
+  return write_report(cfg, comm, *net, all, held_rows);
 }
 
 }  // namespace lorarec::train

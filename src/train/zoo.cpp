@@ -16,10 +16,11 @@
 #include <numeric>
 
 #include "lorarecycle/data/image_set.h"
+#include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/dist/communicator.h"
-#include "lorarecycle/io/peft.h"
 #include "lorarecycle/io/safetensors.h"
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/model/peft.h"
+#include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
@@ -31,7 +32,6 @@ namespace lorarec::train {
 namespace {
 using json = nlohmann::json;
 namespace stdfs = std::filesystem;
-constexpr const char* kTaskFile = "task.json";
 constexpr std::uint64_t kTaskStream = 0x200, kSplitStream = 0x201, kTrainStream = 0x202, kCoverStream = 0x203;
 }  // namespace
 
@@ -90,24 +90,6 @@ std::vector<std::vector<int64_t>> zoo_tasks(std::uint64_t seed, int num_loras, i
   return tasks;
 }
 
-std::string zoo_entry_name(int id) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "lora_%03d", id);
-  return buf;
-}
-
-bool zoo_entry_complete(const std::string& dir) {
-  const stdfs::path d(dir);
-  if (!stdfs::exists(d / io::kPeftWeights) || !stdfs::exists(d / io::kPeftConfig) || !stdfs::exists(d / kTaskFile))
-    return false;
-  try {
-    const json t = json::parse(fs::read_text(d / kTaskFile));
-    return t.contains("heldout_accuracy");
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
 namespace {
 
 // Training images of a class of a task: InputError when the split leaves either side empty.
@@ -121,31 +103,37 @@ size_t train_cut(const data::ImageSet& set, int64_t cls, double fraction) {
   return cut;
 }
 
-ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std::vector<int64_t>& classes,
-                   const model::ClipVision& vit, const data::ImageSet& set, const c10::Device& device, int rank) {
+// The task's images split into training and held-out rows (seeded per LoRA and class).
+struct TaskSplit {
   std::vector<int64_t> train_rows, train_y, held_rows, held_y;
+};
+TaskSplit split_task(const ZooConfig& cfg, int id, const std::vector<int64_t>& classes, const data::ImageSet& set) {
+  TaskSplit t;
   for (int j = 0; j < cfg.n_way; ++j) {
     std::vector<int64_t> rows = set.by_class()[classes[j]];
     auto rng = data::make_rng(cfg.seed, kSplitStream, static_cast<std::uint64_t>(id) * 1000 + j);
     std::shuffle(rows.begin(), rows.end(), rng);
     const size_t cut = train_cut(set, classes[j], cfg.train_fraction);
     for (size_t i = 0; i < rows.size(); ++i) {
-      (i < cut ? train_rows : held_rows).push_back(rows[i]);
-      (i < cut ? train_y : held_y).push_back(j);
+      (i < cut ? t.train_rows : t.held_rows).push_back(rows[i]);
+      (i < cut ? t.train_y : t.held_y).push_back(j);
     }
   }
-  model::Lora lora(vit.config(), cfg.lora, cfg.seed * 1000003 + id);
-  lora.init_head(cfg.n_way, cfg.seed * 1000003 + id + 500000);
-  lora.to(device);
-  lora.set_requires_grad(true, true);
-  AdamW opt(lora.parameters(true), AdamWConfig{});
-  const at::Tensor train_x = vit.preprocess(set.gather(train_rows));  // small: one task
-  const at::Tensor train_t = at::tensor(train_y, at::kLong).to(device);
-  const int64_t n = static_cast<int64_t>(train_rows.size());
-  BadStepGuard guard("zoo", cfg.max_bad_steps, " while training " + zoo_entry_name(id));
+  return t;
+}
+
+// Adam over the LoRA and its head, cfg.epochs passes over the training rows; returns the mean
+// training loss of the last epoch.
+double train_epochs(const ZooConfig& cfg, int id, const TaskSplit& t, const model::ClipVision& vit,
+                    const data::ImageSet& set, const c10::Device& device, int rank, model::Lora& lora) {
+  optim::AdamW opt(lora.parameters(true), optim::AdamWConfig{});
+  const at::Tensor train_x = vit.preprocess(set.gather(t.train_rows));  // small: one task
+  const at::Tensor train_t = at::tensor(t.train_y, at::kLong).to(device);
+  const int64_t n = static_cast<int64_t>(t.train_rows.size());
+  optim::BadStepGuard guard("zoo", cfg.max_bad_steps, " while training " + data::zoo_entry_name(id));
   int64_t step = 0;
   // Inside one LoRA: epochs with the training loss and accuracy (rank 0's LoRAs, every 10 s).
-  Progress progress("zoo", zoo_entry_name(id) + " epochs", cfg.epochs, "epochs", 10.0);
+  Progress progress("zoo", data::zoo_entry_name(id) + " epochs", cfg.epochs, "epochs", 10.0);
   double loss_sum = 0;
   int64_t correct = 0, seen = 0;
   for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
@@ -165,7 +153,7 @@ ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std
       opt.zero_grad();
       loss.backward();
       const double value = loss.item<double>();
-      const bool finite = std::isfinite(value) && grads_finite(lora.parameters(true));
+      const bool finite = std::isfinite(value) && optim::grads_finite(lora.parameters(true));
       if (guard.ok(finite, step++)) opt.step(cfg.lr);
       const int64_t nb = static_cast<int64_t>(b.size());
       loss_sum += value * static_cast<double>(nb);
@@ -176,19 +164,28 @@ ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std
                   log::fixed(100.0 * static_cast<double>(correct) / static_cast<double>(seen), 1) + "%");
     progress.advance(1);
   }
+  return loss_sum / static_cast<double>(std::max<int64_t>(seen, 1));
+}
+
+data::ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std::vector<int64_t>& classes,
+                         const model::ClipVision& vit, const data::ImageSet& set, const c10::Device& device, int rank) {
+  const TaskSplit t = split_task(cfg, id, classes, set);
+  model::Lora lora(vit.config(), cfg.lora, cfg.seed * 1000003 + id);
+  lora.init_head(cfg.n_way, cfg.seed * 1000003 + id + 500000);
+  lora.to(device);
+  lora.set_requires_grad(true, true);
+  data::ZooEntry e;
+  e.train_loss = train_epochs(cfg, id, t, vit, set, device, rank, lora);
   lora.set_requires_grad(false, true);
-  double acc = 0;
   {
     at::NoGradGuard ng;
-    const at::Tensor logits = lora.head(vit.forward(vit.preprocess(set.gather(held_rows)), {}, &lora).feature);
-    acc = 100.0 * logits.argmax(-1).cpu().eq(at::tensor(held_y, at::kLong)).to(at::kDouble).mean().item<double>();
+    const at::Tensor logits = lora.head(vit.forward(vit.preprocess(set.gather(t.held_rows)), {}, &lora).feature);
+    e.heldout_accuracy =
+        100.0 * logits.argmax(-1).cpu().eq(at::tensor(t.held_y, at::kLong)).to(at::kDouble).mean().item<double>();
   }
-  ZooEntry e;
   e.id = id;
-  e.dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
+  e.dir = (stdfs::path(cfg.out) / data::zoo_entry_name(id)).string();
   e.classes = classes;
-  e.heldout_accuracy = acc;
-  e.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(seen, 1));
   std::vector<std::string> names;
   for (int64_t c : classes) names.push_back(set.class_names()[c]);
   const json task = {{"lora_id", id},
@@ -199,9 +196,9 @@ ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std
                      {"base_model", cfg.model},
                      {"n_way", cfg.n_way},
                      {"cover_classes", cfg.cover_classes},
-                     {"train_images", train_rows.size()},
-                     {"heldout_images", held_rows.size()},
-                     {"heldout_accuracy", acc},
+                     {"train_images", t.train_rows.size()},
+                     {"heldout_images", t.held_rows.size()},
+                     {"heldout_accuracy", e.heldout_accuracy},
                      {"last_epoch_loss", e.train_loss},
                      {"epochs", cfg.epochs},
                      {"batch_size", cfg.batch_size},
@@ -209,8 +206,58 @@ ZooEntry train_one(const ZooConfig& cfg, const json& settings, int id, const std
                      {"seed", cfg.seed},
                      {"producer", std::string("lorarecycle zoo ") + LORAREC_VERSION}};
   lora.to(c10::Device(at::kCPU));
-  io::save_peft(e.dir, lora, cfg.model, {{kTaskFile, task.dump(2) + "\n"}});
+  model::save_peft(e.dir, lora, cfg.model, {{data::kZooTaskFile, task.dump(2) + "\n"}});
   return e;
+}
+
+// Before any work, on every rank (each reaches the same verdict): do the finished LoRAs in --out
+// have today's settings, and are they intact? Returns every entry directory (--restart removes them).
+std::vector<std::string> check_finished(const ZooConfig& cfg, const json& settings) {
+  std::vector<std::string> finished;
+  if (!stdfs::is_directory(cfg.out)) return finished;
+  std::vector<stdfs::path> dirs;
+  for (const auto& e : stdfs::directory_iterator(cfg.out))
+    if (e.is_directory() && e.path().filename().string().rfind("lora_", 0) == 0) dirs.push_back(e.path());
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& d : dirs) {
+    finished.push_back(d.string());
+    if (cfg.restart || !data::zoo_entry_complete(d.string())) continue;
+    const json task = json::parse(fs::read_text(d / data::kZooTaskFile));
+    if (!task.contains("settings"))
+      throw InputError(d.string() +
+                       ": recorded no settings (written by an older lorarecycle), so it cannot be "
+                       "reused safely; --restart discards the finished LoRAs, or choose a new --out");
+    const std::string diff = prov::first_difference(task.at("settings"), settings, d.string());
+    if (!diff.empty()) throw InputError(diff + "; --restart discards the finished LoRAs, or choose a new --out");
+    // A finished LoRA is reused only when intact: opening it verifies its content digest.
+    try {
+      (void)io::SafetensorsFile::open((d / model::kPeftWeights).string());
+    } catch (const InputError& e) {
+      throw InputError(std::string(e.what()) + "; delete " + d.string() + " and re-run zoo (or --restart)");
+    }
+  }
+  return finished;
+}
+
+// This rank's LoRAs still to train; a finished one is reused only for the same task.
+std::vector<int> my_loras(const ZooConfig& cfg, const std::vector<std::vector<int64_t>>& tasks, int rank, int world,
+                          int* reused) {
+  std::vector<int> mine;
+  for (int id = rank; id < cfg.num_loras; id += world) {
+    const stdfs::path dir = stdfs::path(cfg.out) / data::zoo_entry_name(id);
+    if (!data::zoo_entry_complete(dir.string())) {
+      mine.push_back(id);
+      continue;
+    }
+    // Other --classes, --way or --seed: refuse.
+    const auto had = json::parse(fs::read_text(dir / data::kZooTaskFile)).at("classes").get<std::vector<int64_t>>();
+    if (had != tasks[id])
+      throw InputError((dir / data::kZooTaskFile).string() +
+                       ": this finished LoRA was tuned on other classes than --classes/" +
+                       "--way/--seed give now; use a new --out (or delete " + dir.string() + ")");
+    ++*reused;
+  }
+  return mine;
 }
 
 }  // namespace
@@ -232,7 +279,7 @@ json zoo_settings(const ZooConfig& cfg) {
           {"--seed", cfg.seed}};
 }
 
-std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+std::vector<data::ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   cfg.validate();
   // Before any work, on every rank (each reaches the same verdict): whose directory is --out, and
   // do its finished LoRAs have today's settings?
@@ -240,35 +287,12 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   if (!stdfs::exists(cfg.data)) throw InputError("--data " + cfg.data + ": no such file");
   if (!stdfs::exists(cfg.model)) throw InputError("--model " + cfg.model + ": no such directory");
   const json settings = zoo_settings(cfg);
-  std::vector<std::string> finished;  // entries to discard with --restart
-  if (stdfs::is_directory(cfg.out)) {
-    std::vector<stdfs::path> dirs;
-    for (const auto& e : stdfs::directory_iterator(cfg.out))
-      if (e.is_directory() && e.path().filename().string().rfind("lora_", 0) == 0) dirs.push_back(e.path());
-    std::sort(dirs.begin(), dirs.end());
-    for (const auto& d : dirs) {
-      finished.push_back(d.string());
-      if (cfg.restart || !zoo_entry_complete(d.string())) continue;
-      const json task = json::parse(fs::read_text(d / kTaskFile));
-      if (!task.contains("settings"))
-        throw InputError(d.string() +
-                         ": recorded no settings (written by an older lorarecycle), so it cannot be "
-                         "reused safely; --restart discards the finished LoRAs, or choose a new --out");
-      const std::string diff = prov::first_difference(task.at("settings"), settings, d.string());
-      if (!diff.empty()) throw InputError(diff + "; --restart discards the finished LoRAs, or choose a new --out");
-      // A finished LoRA is reused only when intact: opening it verifies its content digest.
-      try {
-        (void)io::SafetensorsFile::open((d / io::kPeftWeights).string());
-      } catch (const InputError& e) {
-        throw InputError(std::string(e.what()) + "; delete " + d.string() + " and re-run zoo (or --restart)");
-      }
-    }
-  }
+  const std::vector<std::string> finished = check_finished(cfg, settings);
   comm.barrier();
   if (comm.rank() == 0) {
     if (cfg.restart) {
       for (const auto& d : finished) stdfs::remove_all(d);
-      stdfs::remove(stdfs::path(cfg.out) / "manifest.json");
+      stdfs::remove(stdfs::path(cfg.out) / data::kZooManifestFile);
       if (!finished.empty())
         LOG_INFO("zoo", "--restart: removed " << finished.size() << " LoRAs of an earlier run from " << cfg.out);
     }
@@ -287,22 +311,8 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   const auto tasks = zoo_tasks(cfg.seed, cfg.num_loras, cfg.n_way, set.num_classes(), cfg.cover_classes);
   for (const auto& task : tasks)  // every task's split, checked before any LoRA is trained
     for (int64_t c : task) (void)train_cut(set, c, cfg.train_fraction);
-  std::vector<int> mine;
   int reused = 0;
-  for (int id = comm.rank(); id < cfg.num_loras; id += comm.size()) {
-    const stdfs::path dir = stdfs::path(cfg.out) / zoo_entry_name(id);
-    if (zoo_entry_complete(dir.string())) {
-      // A finished LoRA is reused only for the same task (other --classes, --way or --seed: refuse).
-      const auto had = json::parse(fs::read_text(dir / kTaskFile)).at("classes").get<std::vector<int64_t>>();
-      if (had != tasks[id])
-        throw InputError((dir / kTaskFile).string() +
-                         ": this finished LoRA was tuned on other classes than --classes/" +
-                         "--way/--seed give now; use a new --out (or delete " + dir.string() + ")");
-      ++reused;
-    } else {
-      mine.push_back(id);
-    }
-  }
+  const std::vector<int> mine = my_loras(cfg, tasks, comm.rank(), comm.size(), &reused);
   std::uint64_t total_reused = 0;
   for (auto v : comm.all_gather_u64(static_cast<std::uint64_t>(reused))) total_reused += v;
   LOG_INFO("zoo", cfg.num_loras << " LoRAs of " << cfg.n_way << " classes from " << cfg.data << " ("
@@ -312,61 +322,37 @@ std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, co
   Progress progress("zoo", "LoRAs (rank 0)", static_cast<int64_t>(mine.size()), "LoRAs", 5.0);
   for (int id : mine) {
     const auto t0 = std::chrono::steady_clock::now();
-    const ZooEntry e = train_one(cfg, settings, id, tasks[id], vit, set, device, comm.rank());
+    const data::ZooEntry e = train_one(cfg, settings, id, tasks[id], vit, set, device, comm.rank());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    LOG_INFO_EVERY_RANK("zoo", zoo_entry_name(id) << ": held-out accuracy " << log::fixed(e.heldout_accuracy, 1)
-                                                  << "%, last-epoch loss " << log::fixed(e.train_loss, 3) << ", "
-                                                  << log::fixed(seconds, 1) << " s");
+    LOG_INFO_EVERY_RANK("zoo", data::zoo_entry_name(id) << ": held-out accuracy " << log::fixed(e.heldout_accuracy, 1)
+                                                        << "%, last-epoch loss " << log::fixed(e.train_loss, 3) << ", "
+                                                        << log::fixed(seconds, 1) << " s");
     progress.advance(1);
     env::fault_point(comm.rank(), "zoo");
   }
   progress.finish();
   comm.barrier();
 
-  std::vector<ZooEntry> entries;
-  json manifest = {{"model", cfg.model},
-                   {"data", cfg.data},
-                   {"num_loras", cfg.num_loras},
-                   {"n_way", cfg.n_way},
-                   {"cover_classes", cfg.cover_classes},
-                   {"settings", settings},
-                   {"loras", json::array()}};
-  std::map<int64_t, int> coverage;  // dataset class -> LoRAs tuned on it
-  double sum = 0;
-  for (int id = 0; id < cfg.num_loras; ++id) {
-    const std::string dir = (stdfs::path(cfg.out) / zoo_entry_name(id)).string();
-    if (!zoo_entry_complete(dir)) throw RuntimeError("zoo: " + dir + " is missing after every rank finished");
-    const json t = json::parse(fs::read_text(stdfs::path(dir) / kTaskFile));
-    ZooEntry e;
-    e.id = id;
-    e.dir = dir;
-    e.classes = t.at("classes").get<std::vector<int64_t>>();
-    e.heldout_accuracy = t.at("heldout_accuracy").get<double>();
-    sum += e.heldout_accuracy;
-    for (int64_t c : e.classes) ++coverage[c];
-    manifest["loras"].push_back(
-        {{"id", id}, {"dir", zoo_entry_name(id)}, {"classes", e.classes}, {"heldout_accuracy", e.heldout_accuracy}});
-    entries.push_back(std::move(e));
-  }
-  manifest["mean_heldout_accuracy"] = sum / cfg.num_loras;
-  int cov_lo = INT32_MAX, cov_hi = 0;
-  json cov = json::object();
-  for (const auto& [c, k] : coverage) {
-    cov[std::to_string(c)] = k;
-    cov_lo = std::min(cov_lo, k), cov_hi = std::max(cov_hi, k);
-  }
-  manifest["coverage"] = {{"classes", coverage.size()},
-                          {"min_loras_per_class", cov_lo},
-                          {"max_loras_per_class", cov_hi},
-                          {"loras_per_class", cov}};
+  const json header = {{"model", cfg.model},
+                       {"data", cfg.data},
+                       {"num_loras", cfg.num_loras},
+                       {"n_way", cfg.n_way},
+                       {"cover_classes", cfg.cover_classes},
+                       {"settings", settings}};
+  const data::ZooManifest manifest = data::ZooManifest::build(cfg.out, header, cfg.num_loras);
   if (comm.rank() == 0) {
-    fs::write_text(stdfs::path(cfg.out) / "manifest.json", manifest.dump(2) + "\n");
-    LOG_INFO("zoo", coverage.size() << " classes covered by " << cov_lo << " to " << cov_hi << " LoRAs each");
-    LOG_INFO("zoo", "mean held-out accuracy over " << cfg.num_loras << " LoRAs: " << log::fixed(sum / cfg.num_loras, 1)
-                                                   << "%; wrote " << cfg.out << "/manifest.json");
+    manifest.write();
+    const json& cov = manifest.content.at("coverage");
+    LOG_INFO("zoo", cov.at("classes").get<int64_t>()
+                        << " classes covered by " << cov.at("min_loras_per_class").get<int>() << " to "
+                        << cov.at("max_loras_per_class").get<int>() << " LoRAs each");
+    LOG_INFO("zoo", "mean held-out accuracy over "
+                        << cfg.num_loras
+                        << " LoRAs: " << log::fixed(manifest.content.at("mean_heldout_accuracy").get<double>(), 1)
+                        << "%; wrote " << cfg.out << "/" << data::kZooManifestFile);
   }
   comm.barrier();
-  return entries;
+  return manifest.loras;
 }
 
 }  // namespace lorarec::train

@@ -8,10 +8,11 @@
 #include <map>
 #include <set>
 
-#include "lorarecycle/invert/pool.h"
+#include "lorarecycle/data/surrogate_pool.h"
+#include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/io/hdf5.h"
-#include "lorarecycle/io/peft.h"
 #include "lorarecycle/io/safetensors.h"
+#include "lorarecycle/model/peft.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/provenance.h"
@@ -40,7 +41,7 @@ struct Output {
 struct Registry {
   std::map<std::string, stdfs::path> models;        // model_digest -> pretrain dir
   std::map<std::string, stdfs::path> zoo_manifest;  // manifest.json digest -> zoo dir
-  std::map<std::string, stdfs::path> zoo_adapters;  // io::adapters_digest of its LoRAs -> zoo dir
+  std::map<std::string, stdfs::path> zoo_adapters;  // model::adapters_digest of its LoRAs -> zoo dir
   std::map<std::string, stdfs::path> adapters;      // adapter weights digest -> LoRA dir (zoo entries, meta-LoRAs)
   std::map<std::string, stdfs::path> pools;         // index.json digest -> pool dir
 };
@@ -163,16 +164,16 @@ class Checker {
   }
   static std::string file_at(const stdfs::path& p) { return prov::file_digest(p); }
   static std::string model_at(const stdfs::path& p) { return prov::model_digest(p); }
-  static std::string zoo_manifest_at(const stdfs::path& p) { return prov::file_digest(p / "manifest.json"); }
-  static std::string pool_index_at(const stdfs::path& p) { return prov::file_digest(p / "index.json"); }
-  static std::string adapter_at(const stdfs::path& p) { return io::adapter_digest(p.string()); }
+  static std::string zoo_manifest_at(const stdfs::path& p) { return prov::file_digest(p / data::kZooManifestFile); }
+  static std::string pool_index_at(const stdfs::path& p) { return prov::file_digest(p / data::kPoolIndexFile); }
+  static std::string adapter_at(const stdfs::path& p) { return model::adapter_digest(p.string()); }
   static std::vector<std::string> lora_dirs(const stdfs::path& zoo_dir, const json& manifest) {
     std::vector<std::string> dirs;
     for (const auto& e : manifest.at("loras")) dirs.push_back((zoo_dir / e.at("dir").get<std::string>()).string());
     return dirs;
   }
   static std::string zoo_at(const stdfs::path& p) {
-    return io::adapters_digest(lora_dirs(p, json::parse(fs::read_text(p / "manifest.json"))));
+    return model::adapters_digest(lora_dirs(p, json::parse(fs::read_text(p / data::kZooManifestFile))));
   }
   static std::string str(const json& j, const std::string& key) {
     return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
@@ -200,12 +201,12 @@ class Checker {
   }
 
   void zoo(const Output& o) {
-    const stdfs::path mp = dir_ / "manifest.json";
+    const stdfs::path mp = dir_ / data::kZooManifestFile;
     if (!stdfs::exists(mp)) {
       int done = 0;
       for (const auto& e : stdfs::directory_iterator(dir_))
-        if (stdfs::exists(e.path() / io::kPeftWeights)) ++done;
-      incomplete("manifest.json", done, "LoRAs", "zoo");
+        if (stdfs::exists(e.path() / model::kPeftWeights)) ++done;
+      incomplete(data::kZooManifestFile, done, "LoRAs", "zoo");
       return;
     }
     const json m = read_json(mp);
@@ -218,8 +219,8 @@ class Checker {
     int ok = 0;
     for (const auto& e : loras) {
       const stdfs::path ld = dir_ / e.at("dir").get<std::string>();
-      if (!need(ld / io::kPeftWeights, "a LoRA the manifest lists") || !need(ld / "task.json", "its task") ||
-          !safetensors_intact(ld / io::kPeftWeights))
+      if (!need(ld / model::kPeftWeights, "a LoRA the manifest lists") || !need(ld / "task.json", "its task") ||
+          !safetensors_intact(ld / model::kPeftWeights))
         continue;
       const json task = read_json(ld / "task.json");
       const std::string diff = prov::first_difference(task.value("settings", json::object()), settings, ld.string());
@@ -227,9 +228,9 @@ class Checker {
         problem(ld / "task.json", "made with other settings than the manifest's: " + diff);
         continue;
       }
-      const std::string bd = io::recorded_base_digest(ld.string());
+      const std::string bd = model::recorded_base_digest(ld.string());
       if (bd != model_d) {
-        problem(ld / io::kPeftWeights,
+        problem(ld / model::kPeftWeights,
                 "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", the zoo's is " + model_d);
         continue;
       }
@@ -238,19 +239,19 @@ class Checker {
     }
     if (ok != static_cast<int>(loras.size())) return;
     reg_.zoo_manifest[prov::file_digest(mp)] = dir_;
-    reg_.zoo_adapters[io::adapters_digest(lora_dirs(dir_, m))] = dir_;
+    reg_.zoo_adapters[model::adapters_digest(lora_dirs(dir_, m))] = dir_;
     note(std::to_string(ok) + "/" + std::to_string(want) + " LoRAs, adapters intact, settings agree");
     link("VFM", model_d, reg_.models, m.value("model", ""), model_at);
     link("data", str(settings, "--data (content digest)"), {}, m.value("data", ""), file_at);
   }
 
   void pool(const Output& o) {
-    const stdfs::path ip = dir_ / "index.json";
+    const stdfs::path ip = dir_ / data::kPoolIndexFile;
     if (!stdfs::exists(ip)) {
       int done = 0;
       for (const auto& e : stdfs::directory_iterator(dir_))
-        if (e.path().extension() == ".h5" && invert::pool_file_complete(e.path().string())) ++done;
-      incomplete("index.json", done, "pool files", "invert");
+        if (e.path().extension() == ".h5" && data::pool_file_complete(e.path().string())) ++done;
+      incomplete(data::kPoolIndexFile, done, "pool files", "invert");
       return;
     }
     const json index = read_json(ip);
@@ -260,11 +261,12 @@ class Checker {
     stdfs::path zoo_dir;
     if (auto it = reg_.zoo_manifest.find(zoo_d); it != reg_.zoo_manifest.end())
       zoo_dir = it->second;
-    else if (index.contains("zoo") && stdfs::exists(stdfs::path(index["zoo"].get<std::string>()) / "manifest.json"))
+    else if (index.contains("zoo") &&
+             stdfs::exists(stdfs::path(index["zoo"].get<std::string>()) / data::kZooManifestFile))
       zoo_dir = index["zoo"].get<std::string>();
     std::map<int, stdfs::path> lora_by_id;  // the zoo's LoRA directories by lora id
     if (!zoo_dir.empty()) {
-      const json zm = read_json(zoo_dir / "manifest.json");
+      const json zm = read_json(zoo_dir / data::kZooManifestFile);
       for (const auto& e : zm.at("loras")) lora_by_id[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
     }
     int ok = 0, images = 0;
@@ -272,7 +274,7 @@ class Checker {
     for (const auto& e : files) {
       const stdfs::path f = dir_ / e.at("file").get<std::string>();
       if (!need(f, "a pool file index.json lists")) continue;
-      if (!invert::pool_file_complete(f.string())) {
+      if (!data::pool_file_complete(f.string())) {
         problem(f, "not a complete pool file");
         continue;
       }
@@ -282,7 +284,7 @@ class Checker {
           problem(f, "no data digest (written by an older version or edited): integrity not checkable");
           continue;
         }
-        invert::check_pool_file_intact(f.string());
+        data::check_pool_file_intact(f.string());
         if (h.has_attr("/", "settings")) {
           const std::string diff =
               prov::first_difference(json::parse(h.attr_string("/", "settings")), settings, f.string());
@@ -318,13 +320,13 @@ class Checker {
 
   void metatrain(const Output& o) {
     if (!need(dir_ / "metatrain.json", "written when meta-training finishes") ||
-        !need(dir_ / io::kPeftWeights, "the meta-LoRA") || !safetensors_intact(dir_ / io::kPeftWeights))
+        !need(dir_ / model::kPeftWeights, "the meta-LoRA") || !safetensors_intact(dir_ / model::kPeftWeights))
       return;
     const json fp = o.marker.value("settings", json());
     const std::string model_d = str(fp, "model (content digest)");
-    const std::string bd = io::recorded_base_digest(dir_.string());
+    const std::string bd = model::recorded_base_digest(dir_.string());
     if (!model_d.empty() && bd != model_d) {
-      problem(dir_ / io::kPeftWeights,
+      problem(dir_ / model::kPeftWeights,
               "tuned on VFM digest " + (bd.empty() ? "(none)" : bd) + ", its fingerprint names " + model_d);
       return;
     }

@@ -8,8 +8,8 @@
 #include <fstream>
 #include <string>
 
-#include "lorarecycle/io/peft.h"
 #include "lorarecycle/model/clip_config.h"
+#include "lorarecycle/model/peft.h"
 #include "lorarecycle/model/vit.h"
 #include "lorarecycle/util/error.h"
 
@@ -42,7 +42,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   put(dir() + "/adapter_model.safetensors", data + 2 + n, size - 2 - n);
   static const lorarec::model::ClipVisionConfig cfg = vit();
   try {
-    (void)lorarec::io::load_peft(dir(), cfg);
+    (void)lorarec::model::load_peft(dir(), cfg);
   } catch (const lorarec::InputError&) {
   }
   return 0;

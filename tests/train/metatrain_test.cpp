@@ -1,5 +1,6 @@
 #include "lorarecycle/train/metatrain.h"
 
+#include "pool_fixture.h"
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -17,92 +18,11 @@ namespace lorarec::train {
 namespace {
 namespace stdfs = std::filesystem;
 
-// A pool of `files` LoRAs, N classes, `per` images per class, S x S images, P patches. File f's
-// label l is dataset class ids[f][l] (default: f * N + l, no class shared). format < 2 writes the
-// old layout (no format marks).
-void write_pool(const stdfs::path& dir, int files, int N, int per, int S, int P, bool complete = true,
-                std::vector<std::vector<int>> ids = {}, int format = 2) {
-  stdfs::create_directories(dir);
-  nlohmann::json index = {{"files", nlohmann::json::array()}};
-  if (format >= 2) index["format"] = format;
-  if (ids.empty())
-    for (int f = 0; f < files; ++f) {
-      ids.emplace_back();
-      for (int l = 0; l < N; ++l) ids.back().push_back(f * N + l);
-    }
-  for (int f = 0; f < files; ++f) {
-    const int n = N * per;
-    const std::string name = "lora_00" + std::to_string(f) + ".h5";
-    std::vector<int32_t> labels, global;
-    for (int i = 0; i < n; ++i) labels.push_back(i % N), global.push_back(ids[f][i % N]);
-    // image i of file f: every byte = (f * 50 + i) % 256
-    at::Tensor img = (at::arange(n, at::kInt) + f * 50)
-                         .remainder(256)
-                         .to(at::kByte)
-                         .view({n, 1, 1, 1})
-                         .expand({n, S, S, 3})
-                         .contiguous();
-    io::h5::write_file_atomically((dir / name).string(), [&](io::h5::File& h) {
-      h.write("/images", img, 4);
-      h.write("/labels", at::tensor(labels, at::kInt));
-      h.write("/global_class", at::tensor(global, at::kInt));
-      if (format >= 2) h.set_attr("/", "pool_format", int64_t(format));
-      h.write("/teacher_logits", at::randn({n, N}));
-      h.write("/patch_scores", at::rand({n, P}));
-      h.write("/keep_mask", at::ones({n, P}, at::kByte));
-      if (complete) h.set_attr("/", "complete", int64_t(1));
-    });
-    index["files"].push_back({{"file", name}, {"lora_id", f}, {"images", n}, {"classes", N}});
-  }
-  fs::write_text(dir / "index.json", index.dump());
-}
-
-TEST(SurrogatePool, CachedAndOnDemandReadsAgree) {
-  test::TempDir tmp;
-  write_pool(tmp.path() / "pool", 3, 5, 4, 8, 4);
-  SurrogatePool cached = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
-  SurrogatePool lazy = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, 0);
-  EXPECT_TRUE(cached.cached());
-  EXPECT_FALSE(lazy.cached());
-  EXPECT_EQ(cached.size(), 60);
-  ASSERT_EQ(cached.classes().size(), 15u);  // no class shared: 3 x 5 distinct classes
-  for (const auto& c : cached.classes()) EXPECT_EQ(c.rows.size(), 4u);
-  const std::vector<int64_t> rows{0, 59, 21, 40, 3};
-  const at::Tensor a = cached.images(rows), b = lazy.images(rows);
-  EXPECT_TRUE(a.equal(b));
-  EXPECT_EQ(a[1][0][0][0].item<int>(), (2 * 50 + 19) % 256);  // row 59 = file 2, image 19
-  EXPECT_EQ(a[2][3][3][2].item<int>(), (1 * 50 + 1) % 256);   // row 21 = file 1, image 1
-  // rows of a class all carry its label
-  const auto& c7 = cached.classes()[7];  // file 1, local class 2
-  EXPECT_EQ(c7.id, 7);
-  EXPECT_EQ(c7.loras, 1);
-  EXPECT_EQ(cached.files()[1].classes[2], 7);
-  for (int64_t r : c7.rows) EXPECT_EQ((r - 20) % 5, 2);
-}
-
-// Two LoRAs tuned on overlapping tasks: file 0 covers classes {10, 11, 12}, file 1 {12, 13, 10}.
-TEST(SurrogatePool, PoolsImagesByRealClassAcrossLoras) {
-  test::TempDir tmp;
-  write_pool(tmp.path() / "pool", 2, 3, 4, 8, 4, true, {{10, 11, 12}, {12, 13, 10}});
-  SurrogatePool pool = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
-  ASSERT_EQ(pool.classes().size(), 4u);  // 10, 11, 12, 13: one label per real class
-  std::map<int64_t, const SurrogatePool::Class*> by_id;
-  for (const auto& c : pool.classes()) by_id[c.id] = &c;
-  ASSERT_EQ(by_id.size(), 4u);
-  EXPECT_EQ(by_id[10]->rows.size(), 8u);  // 4 from each LoRA
-  EXPECT_EQ(by_id[10]->loras, 2);
-  EXPECT_EQ(by_id[12]->loras, 2);
-  EXPECT_EQ(by_id[11]->rows.size(), 4u);
-  // file 1's label 2 is class 10, the same class as file 0's label 0
-  EXPECT_EQ(pool.files()[1].classes[2], pool.files()[0].classes[0]);
-  for (int64_t r : by_id[10]->rows) EXPECT_EQ(r < 12 ? r % 3 : (r - 12) % 3, r < 12 ? 0 : 2);
-}
-
 TEST(DrawEpisode, RealClassesNeverCollideAndSupportAndQueryMayMixLoras) {
   test::TempDir tmp;
   // 4 LoRAs over 6 classes, each class covered twice.
-  write_pool(tmp.path() / "pool", 4, 3, 6, 8, 4, true, {{0, 1, 2}, {3, 4, 5}, {0, 2, 4}, {1, 3, 5}});
-  SurrogatePool pool = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
+  test::write_pool(tmp.path() / "pool", 4, 3, 6, 8, 4, true, {{0, 1, 2}, {3, 4, 5}, {0, 2, 4}, {1, 3, 5}});
+  data::SurrogatePool pool = data::SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
   ASSERT_EQ(pool.classes().size(), 6u);
   const data::EpisodeSpec spec{3, 1, 3};
   auto file_of = [&](int64_t r) { return r / 18; };
@@ -135,24 +55,6 @@ TEST(DrawEpisode, RealClassesNeverCollideAndSupportAndQueryMayMixLoras) {
   EXPECT_GT(mixed, 100);  // support and query of a class come from different LoRAs
   EXPECT_GT(single, 40);
   EXPECT_LT(single, 120);
-}
-
-TEST(SurrogatePool, RefusesAPoolOfTheOldPerLoraLayout) {
-  test::TempDir tmp;
-  write_pool(tmp.path() / "old", 2, 5, 4, 8, 4, true, {}, /*format=*/1);
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "old").string(), 8, 4, 0), InputError,
-                   "re-run `lorarecycle invert`");
-}
-
-TEST(SurrogatePool, RefusesIncompleteOrMisshapedFiles) {
-  test::TempDir tmp;
-  write_pool(tmp.path() / "a", 1, 5, 4, 8, 4, /*complete=*/false);
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "a").string(), 8, 4, 0), InputError, "incomplete pool file");
-  write_pool(tmp.path() / "b", 1, 5, 4, 8, 4);
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 16, 4, 0), InputError,
-                   "/images must be [n, 16, 16, 3]");
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "b").string(), 8, 9, 0), InputError, "9 patches expected");
-  EXPECT_THROW_MSG(SurrogatePool::open((tmp.path() / "none").string(), 8, 4, 0), InputError, "no pool index");
 }
 
 TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {

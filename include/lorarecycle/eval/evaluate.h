@@ -7,17 +7,18 @@
 //   lorahub   per task, the zoo's LoRAs composed with weights found by CMA-ES on the support set
 //             (LoRAHub; eval/lorahub.h), then prototypes
 //   meta      one or more meta-LoRAs, prototypes (tuning-free: one forward pass)
-// Episodes are split over ranks. Accuracy = mean over episodes +- 1.96 std / sqrt(n).
+// Episodes are split over ranks. fewshot::Accuracy = mean over episodes +- 1.96 std / sqrt(n).
 #pragma once
 
 #include <c10/core/Device.h>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "lorarecycle/eval/fewshot.h"
 #include "lorarecycle/eval/lorahub.h"
+#include "lorarecycle/fewshot/fewshot.h"
 #include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
@@ -52,10 +53,13 @@ struct EvalConfig {
 struct EvalRow {
   std::string dataset, method;
   int way = 0, shot = 0, query = 0;
-  Accuracy acc;
+  fewshot::Accuracy acc;
   double tasks_per_s = 0;  // global throughput: tasks / slowest rank's time
   int64_t timed_tasks = 0;
 };
+
+// "NAME=path" -> {NAME, path}; a bare "path" -> {default_name, path}.
+std::pair<std::string, std::string> split_named(const std::string& spec, const std::string& default_name);
 
 // One episode of the lora-ft baseline; returns the query accuracy in percent.
 double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px, int way,

@@ -194,6 +194,7 @@ class ClipVision {
   };
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
+  at::Tensor embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track, at::Tensor* index) const;
 
   ClipVisionConfig config_;
   Precision precision_ = Precision::kFp32;

@@ -30,68 +30,14 @@
 #include <vector>
 
 #include "lorarecycle/data/image_set.h"
+#include "lorarecycle/data/surrogate_pool.h"
 #include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
 class Communicator;
 }
-namespace lorarec::io::h5 {
-class File;
-}
 
 namespace lorarec::train {
-
-// The surrogate pool (invert's index.json + lora_<k>.h5 files), classes keyed by the dataset
-// class id (/global_class): a class holds the surrogates of every LoRA that covers it. Labels,
-// teacher logits and patch scores are held in memory (small); images are cached in memory when
-// they fit `cache_bytes`, else read from HDF5 row by row on demand. Not thread-safe: use from one
-// thread.
-class SurrogatePool {
- public:
-  struct Class {
-    int64_t id = 0;             // dataset class id
-    std::vector<int64_t> rows;  // global rows, from every LoRA that covers the class
-    int loras = 0;              // how many pool files (LoRAs) contribute
-  };
-  struct File {
-    std::string path;
-    int lora_id = 0;
-    int num_classes = 0;  // N of its LoRA
-    int64_t first_row = 0, rows = 0;
-    std::vector<int> classes;                      // per local label (head column): index into classes()
-    std::vector<std::vector<int64_t>> local_rows;  // per local label: global rows of this file
-    std::string lora_path;                         // the inverted LoRA's directory (pool attribute), "" if absent
-  };
-
-  // Reads <dir>/index.json and every file it lists; checks the format (a pool with per-LoRA class
-  // slots, written before classes were pooled by real class, is refused: re-run invert),
-  // completeness, shapes and that the images are image_size x image_size x 3 (InputError naming
-  // the file).
-  static SurrogatePool open(const std::string& dir, int image_size, int num_patches, int64_t cache_bytes);
-  SurrogatePool(SurrogatePool&&) noexcept;
-  SurrogatePool& operator=(SurrogatePool&&) noexcept;
-  ~SurrogatePool();
-
-  const std::vector<Class>& classes() const { return classes_; }
-  const std::vector<File>& files() const { return files_; }
-  int64_t size() const { return static_cast<int64_t>(row_file_.size()); }
-  bool cached() const { return images_.defined(); }
-  int64_t image_bytes() const { return image_bytes_; }
-  // uint8 [n, S, S, 3] of the given global rows.
-  at::Tensor images(const std::vector<int64_t>& rows);
-  const at::Tensor& patch_scores() const { return scores_; }                  // float [rows, P]
-  const at::Tensor& teacher_logits(int file) const { return logits_[file]; }  // float [rows of file, N]
-
- private:
-  SurrogatePool() = default;
-  std::vector<File> files_;
-  std::vector<Class> classes_;
-  std::vector<int> row_file_;
-  std::vector<std::unique_ptr<io::h5::File>> handles_;
-  std::vector<at::Tensor> logits_;
-  at::Tensor images_, scores_;
-  int64_t image_bytes_ = 0;
-};
 
 // The pool rows of one training episode. picked[c] holds K + Q rows of episode class c (support
 // first); classes[c] is its pool class (index into classes()). Single-LoRA episodes (with
@@ -103,8 +49,8 @@ struct EpisodeRows {
   int file = -1;
   std::vector<int64_t> cols;
 };
-EpisodeRows draw_episode(const SurrogatePool& pool, const data::EpisodeSpec& spec, const std::vector<int>& single_files,
-                         double single_prob, std::mt19937_64& rng);
+EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& spec,
+                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng);
 
 struct MetaTrainConfig {
   std::string model;                 // VFM directory

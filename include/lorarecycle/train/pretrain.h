@@ -31,7 +31,7 @@ struct PretrainConfig {
   double lr = 1e-3;                // peak learning rate
   double min_lr = 1e-5;            // end of the cosine
   int64_t warmup = 200;            // linear warm-up steps
-  double weight_decay = 0.05;      // AdamW
+  double weight_decay = 0.05;      // optim::AdamW
   double clip_norm = 1.0;          // gradient-norm clip (0 = off)
   int max_bad_steps = 10;          // consecutive non-finite steps (each skipped) before aborting
   double holdout = 0.25;           // fraction of each base class held out for the report

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/model/vit.h"
 
 namespace lorarec::dist {
@@ -38,14 +39,6 @@ struct ZooConfig {
   void validate() const;
 };
 
-struct ZooEntry {
-  int id = 0;
-  std::string dir;
-  std::vector<int64_t> classes;  // class ids of the dataset
-  double heldout_accuracy = 0;   // percent
-  double train_loss = 0;         // mean training loss of the last epoch (this run's LoRAs only)
-};
-
 // Classes of LoRA `id`'s task (seeded, the same for every world size), drawn from all classes.
 std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int64_t num_classes);
 // Every LoRA's task. cover_classes = 0: zoo_task_classes per LoRA. cover_classes = M > 0: M
@@ -54,11 +47,6 @@ std::vector<int64_t> zoo_task_classes(std::uint64_t seed, int id, int n_way, int
 // covered floor or ceil of num_loras * n_way / M times, give or take one; no task repeats a class.
 std::vector<std::vector<int64_t>> zoo_tasks(std::uint64_t seed, int num_loras, int n_way, int64_t num_classes,
                                             int cover_classes);
-// Directory name of LoRA `id`: "lora_007".
-std::string zoo_entry_name(int id);
-// True when <dir> holds a complete entry (adapter files and a task.json with an accuracy).
-bool zoo_entry_complete(const std::string& dir);
-
 // The settings that fix a zoo LoRA's content, keyed by option (util/provenance.h): the data's and
 // the VFM's content digests, the task and training settings. Recorded in the zoo's marker and in
 // every task.json; a finished LoRA is reused only when they equal today's.
@@ -66,7 +54,8 @@ nlohmann::json zoo_settings(const ZooConfig& cfg);
 
 // Collective. Before any work: --out must be new, empty or a zoo (exit 2 otherwise), and every
 // finished LoRA in it must have today's settings (else exit 2 naming the first difference, unless
-// cfg.restart, which removes them). Builds the zoo and writes <out>/manifest.json (rank 0). Returns every entry.
-std::vector<ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device);
+// cfg.restart, which removes them). Builds the zoo and writes its manifest (data/zoo_manifest.h, rank 0). Returns every
+// entry.
+std::vector<data::ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& comm, const c10::Device& device);
 
 }  // namespace lorarec::train

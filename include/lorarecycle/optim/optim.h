@@ -13,7 +13,7 @@ namespace lorarec::dist {
 class Communicator;
 }
 
-namespace lorarec::train {
+namespace lorarec::optim {
 
 struct AdamWConfig {
   double beta1 = 0.9;
@@ -71,4 +71,4 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
 // True when every defined gradient of params is finite (no NaN or Inf).
 bool grads_finite(const std::vector<at::Tensor>& params);
 
-}  // namespace lorarec::train
+}  // namespace lorarec::optim

@@ -1,4 +1,4 @@
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/optim/optim.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@ namespace lorarec::train {
 namespace {
 
 TEST(BadStepGuard, SkipsCountsAndAbortsAfterTooManyInARow) {
-  BadStepGuard g("unit", 3, "; hint", /*skipped_before=*/5);
+  optim::BadStepGuard g("unit", 3, "; hint", /*skipped_before=*/5);
   EXPECT_TRUE(g.ok(true, 0));
   EXPECT_FALSE(g.ok(false, 1));
   EXPECT_FALSE(g.ok(false, 2));
@@ -25,14 +25,14 @@ TEST(BadStepGuard, SkipsCountsAndAbortsAfterTooManyInARow) {
   } catch (const RuntimeError& e) {
     EXPECT_STREQ(e.what(), "unit: 3 steps in a row with a non-finite loss or gradient (--max-bad-steps); hint");
   }
-  EXPECT_THROW(BadStepGuard("unit", 0), InputError);
+  EXPECT_THROW(optim::BadStepGuard("unit", 0), InputError);
 }
 
 TEST(AdamW, MatchesTheTextbookUpdate) {
   at::Tensor p = at::tensor({1.0f, -2.0f}).requires_grad_(true);
-  AdamWConfig cfg;
+  optim::AdamWConfig cfg;
   cfg.weight_decay = 0.1;
-  AdamW opt({p}, cfg);
+  optim::AdamW opt({p}, cfg);
   double ref[2] = {1.0, -2.0}, m[2] = {0, 0}, v[2] = {0, 0};
   const double lr = 0.01;
   for (int t = 1; t <= 3; ++t) {
@@ -51,20 +51,20 @@ TEST(AdamW, MatchesTheTextbookUpdate) {
   }
   // State round trip.
   at::Tensor q = p.detach().clone().requires_grad_(true);
-  AdamW other({q}, cfg);
+  optim::AdamW other({q}, cfg);
   other.load_state(opt.state());
   EXPECT_EQ(other.steps(), 3);
 }
 
 TEST(Schedules, WarmupCosineAndTheOfficialCycle) {
-  EXPECT_DOUBLE_EQ(warmup_cosine(0, 100, 10, 1.0, 0.0), 0.1);
-  EXPECT_DOUBLE_EQ(warmup_cosine(9, 100, 10, 1.0, 0.0), 1.0);
-  EXPECT_NEAR(warmup_cosine(10, 100, 10, 1.0, 0.0), 1.0, 1e-12);
-  EXPECT_NEAR(warmup_cosine(100, 100, 10, 1.0, 0.1), 0.1, 1e-12);
-  EXPECT_DOUBLE_EQ(cyclic_warmup_cosine(0, 100, 25, 1e-5, 1e-3), 1e-5);
-  EXPECT_NEAR(cyclic_warmup_cosine(25, 100, 25, 1e-5, 1e-3), 1e-3, 1e-12);
-  EXPECT_NEAR(cyclic_warmup_cosine(99, 100, 25, 1e-5, 1e-3), 1e-5, 1e-6);
-  EXPECT_DOUBLE_EQ(cyclic_warmup_cosine(100, 100, 25, 1e-5, 1e-3), 1e-5);
+  EXPECT_DOUBLE_EQ(optim::warmup_cosine(0, 100, 10, 1.0, 0.0), 0.1);
+  EXPECT_DOUBLE_EQ(optim::warmup_cosine(9, 100, 10, 1.0, 0.0), 1.0);
+  EXPECT_NEAR(optim::warmup_cosine(10, 100, 10, 1.0, 0.0), 1.0, 1e-12);
+  EXPECT_NEAR(optim::warmup_cosine(100, 100, 10, 1.0, 0.1), 0.1, 1e-12);
+  EXPECT_DOUBLE_EQ(optim::cyclic_warmup_cosine(0, 100, 25, 1e-5, 1e-3), 1e-5);
+  EXPECT_NEAR(optim::cyclic_warmup_cosine(25, 100, 25, 1e-5, 1e-3), 1e-3, 1e-12);
+  EXPECT_NEAR(optim::cyclic_warmup_cosine(99, 100, 25, 1e-5, 1e-3), 1e-5, 1e-6);
+  EXPECT_DOUBLE_EQ(optim::cyclic_warmup_cosine(100, 100, 25, 1e-5, 1e-3), 1e-5);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/fewshot/fewshot.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "test_util.h"
 
-namespace lorarec::eval {
+namespace lorarec::fewshot {
 namespace {
 
 TEST(FewShot, PrototypeLogitsAreNegativeSquaredDistances) {
@@ -51,4 +51,4 @@ TEST(FewShot, SeparableFeaturesScoreHundredAndChanceFeaturesScoreNear20) {
 }
 
 }  // namespace
-}  // namespace lorarec::eval
+}  // namespace lorarec::fewshot

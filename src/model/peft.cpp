@@ -1,4 +1,4 @@
-#include "lorarecycle/io/peft.h"
+#include "lorarecycle/model/peft.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -13,7 +13,7 @@
 #include "lorarecycle/util/log.h"
 #include "lorarecycle/util/provenance.h"
 
-namespace lorarec::io {
+namespace lorarec::model {
 namespace {
 
 using json = nlohmann::json;
@@ -23,7 +23,7 @@ const std::string kPrefix = "base_model.model.vision_model.encoder.layers.";
 const std::string kHeadW = "base_model.model.classifier.weight";
 const std::string kHeadB = "base_model.model.classifier.bias";
 
-at::Tensor checked_float(const SafetensorsFile& f, const std::string& key) {
+at::Tensor checked_float(const io::SafetensorsFile& f, const std::string& key) {
   const at::Tensor t = f.tensor(key);
   if (!at::isFloatingType(t.scalar_type())) throw InputError(f.path() + ": tensor '" + key + "' is not floating point");
   at::Tensor out = t.to(at::kFloat).clone();  // owned: adapters are trained in place
@@ -44,14 +44,12 @@ auto with_file_context(const std::string& origin, F&& f) {
 
 }  // namespace
 
-model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit) {
-  const stdfs::path cfg_path = stdfs::path(dir) / kPeftConfig;
-  const stdfs::path w_path = stdfs::path(dir) / kPeftWeights;
-  if (!stdfs::exists(dir)) throw InputError(dir + ": no such directory (a PEFT adapter directory was expected)");
-  if (!stdfs::is_directory(dir)) throw InputError(dir + ": not a PEFT adapter directory");
-  if (!stdfs::exists(cfg_path)) throw InputError(cfg_path.string() + ": missing");
-  if (!stdfs::exists(w_path)) throw InputError(w_path.string() + ": missing");
-  const std::string origin = cfg_path.string();
+namespace {
+
+// adapter_config.json as a LoraConfig (PEFT's defaults for what it leaves out; target modules
+// empty when it names none) and its layers_to_transform (empty: any).
+model::LoraConfig read_peft_config(const std::string& origin, const stdfs::path& cfg_path,
+                                   std::set<int>* allowed_layers) {
   json cfg;
   try {
     cfg = json::parse(fs::read_text(cfg_path));
@@ -97,25 +95,36 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
       }
     }
   }
-  std::set<int> allowed_layers;
   if (auto it = cfg.find("layers_to_transform"); it != cfg.end() && !it->is_null()) {
     if (it->is_number_integer())
-      allowed_layers.insert(it->get<int>());
+      allowed_layers->insert(it->get<int>());
     else if (it->is_array())
       for (const auto& v : *it) {
         if (!v.is_number_integer()) throw InputError(origin + ": layers_to_transform must hold integers");
-        allowed_layers.insert(v.get<int>());
+        allowed_layers->insert(v.get<int>());
       }
     else
       throw InputError(origin + ": layers_to_transform must be an integer or a list");
   }
 
-  const SafetensorsFile file = SafetensorsFile::open(w_path.string());
-  static const std::regex kKey(
-      R"(base_model\.model\.vision_model\.encoder\.layers\.(\d+)\.((?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight)");
+  return lc;
+}
+
+// The tensors of adapter_model.safetensors: LoRA A/B per (layer, module), the classifier head.
+struct PeftWeights {
   std::map<std::pair<int, int>, model::Adapter> found;
   std::set<int> modules_seen;
   at::Tensor head_w, head_b;
+};
+PeftWeights read_peft_weights(const stdfs::path& w_path) {
+  PeftWeights w;
+  auto& found = w.found;
+  auto& modules_seen = w.modules_seen;
+  auto& head_w = w.head_w;
+  auto& head_b = w.head_b;
+  const io::SafetensorsFile file = io::SafetensorsFile::open(w_path.string());
+  static const std::regex kKey(
+      R"(base_model\.model\.vision_model\.encoder\.layers\.(\d+)\.((?:self_attn|mlp)\.\w+)\.lora_([AB])\.weight)");
   for (const auto& [key, info] : file.tensors()) {
     std::smatch m;
     if (std::regex_match(key, m, kKey)) {
@@ -137,9 +146,28 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
       throw InputError(w_path.string() + ": unexpected tensor '" + key + "'");
     }
   }
+  return w;
+}
+
+}  // namespace
+
+model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit) {
+  const stdfs::path cfg_path = stdfs::path(dir) / kPeftConfig;
+  const stdfs::path w_path = stdfs::path(dir) / kPeftWeights;
+  if (!stdfs::exists(dir)) throw InputError(dir + ": no such directory (a PEFT adapter directory was expected)");
+  if (!stdfs::is_directory(dir)) throw InputError(dir + ": not a PEFT adapter directory");
+  if (!stdfs::exists(cfg_path)) throw InputError(cfg_path.string() + ": missing");
+  if (!stdfs::exists(w_path)) throw InputError(w_path.string() + ": missing");
+  const std::string origin = cfg_path.string();
+  std::set<int> allowed_layers;
+  model::LoraConfig lc = read_peft_config(origin, cfg_path, &allowed_layers);
+  PeftWeights w = read_peft_weights(w_path);
+  auto& found = w.found;
+  auto& head_w = w.head_w;
+  auto& head_b = w.head_b;
   if (found.empty()) throw InputError(w_path.string() + ": no LoRA weights found");
   if (lc.target_modules.empty())
-    for (int m : modules_seen) lc.target_modules.push_back(static_cast<model::Module>(m));
+    for (int m : w.modules_seen) lc.target_modules.push_back(static_cast<model::Module>(m));
   std::set<int> layers;
   for (const auto& [key, ad] : found) {
     const auto mod = static_cast<model::Module>(key.second);
@@ -178,7 +206,7 @@ model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit
 }
 
 std::string recorded_base_digest(const std::string& dir) {
-  const SafetensorsFile file = SafetensorsFile::open((stdfs::path(dir) / kPeftWeights).string());
+  const io::SafetensorsFile file = io::SafetensorsFile::open((stdfs::path(dir) / kPeftWeights).string());
   const auto it = file.metadata().find(kBaseDigest);
   return it == file.metadata().end() ? std::string() : it->second;
 }
@@ -198,7 +226,7 @@ void check_base_model(const std::string& dir, const std::string& model_path) {
   if (stdfs::exists(stdfs::path(dir) / kPeftWeights) && !model_path.empty()) {
     const std::string had = recorded_base_digest(dir);
     if (!had.empty()) {
-      const std::string now = checked_model_digest(model_path);
+      const std::string now = io::checked_model_digest(model_path);
       if (had != now) {
         std::string base;
         try {
@@ -251,14 +279,14 @@ void save_peft(const std::string& dir, const model::Lora& lora, const std::strin
     std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "lorarecycle"}};
     std::error_code ec;
     if (!base_model.empty() && stdfs::exists(base_model, ec)) meta[kBaseDigest] = prov::model_digest(base_model);
-    save_safetensors((tmp / kPeftWeights).string(), tensors, meta);
+    io::save_safetensors((tmp / kPeftWeights).string(), tensors, meta);
     fs::write_text(tmp / kPeftConfig, cfg.dump(2) + "\n");
     for (const auto& [name, text] : extra_files) fs::write_text(tmp / name, text);
   });
 }
 
 model::Lora load_official(const std::string& path, const model::ClipVisionConfig& vit) {
-  const SafetensorsFile file = SafetensorsFile::open(path);
+  const io::SafetensorsFile file = io::SafetensorsFile::open(path);
   static const std::regex kW(R"(w_([ab])_(\d{3}))");
   static const std::regex kHead(R"(fc_(\d+)in_(\d+)out)");
   std::map<int, at::Tensor> a, b;
@@ -320,7 +348,7 @@ void save_official(const std::string& path, const model::Lora& lora) {
                   static_cast<long>(lora.head_weight().size(0)));
     tensors[name] = lora.head_weight().detach();
   }
-  save_safetensors(path, tensors);
+  io::save_safetensors(path, tensors);
 }
 
-}  // namespace lorarec::io
+}  // namespace lorarec::model

@@ -1,4 +1,4 @@
-#include "lorarecycle/io/peft.h"
+#include "lorarecycle/model/peft.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -8,23 +8,23 @@
 #include "lorarecycle/util/fs.h"
 #include "test_util.h"
 
-namespace lorarec::io {
+namespace lorarec::model {
 namespace {
 
-model::Lora random_lora(const model::ClipVisionConfig& c, double alpha,
-                        std::vector<model::Module> mods = {model::Module::kQ, model::Module::kV}) {
-  model::LoraConfig lc;
+Lora random_lora(const ClipVisionConfig& c, double alpha,
+                 std::vector<model::Module> mods = {model::Module::kQ, model::Module::kV}) {
+  LoraConfig lc;
   lc.r = 3;
   lc.alpha = alpha;
   lc.target_modules = mods;
-  model::Lora l(c, lc, 11);
+  Lora l(c, lc, 11);
   for (const auto& [key, ad] : l.adapters())
     l.find(key.first, static_cast<model::Module>(key.second))->b.normal_();  // B != 0
   l.init_head(5, 12);
   return l;
 }
 
-void expect_same(const model::Lora& a, const model::Lora& b) {
+void expect_same(const Lora& a, const Lora& b) {
   EXPECT_EQ(a.config().r, b.config().r);
   EXPECT_DOUBLE_EQ(a.scale(), b.scale());
   ASSERT_EQ(a.adapters().size(), b.adapters().size());
@@ -41,9 +41,9 @@ void expect_same(const model::Lora& a, const model::Lora& b) {
 TEST(Peft, RoundTripWithHeadAndScaling) {
   test::TempDir dir;
   const auto c = test::tiny_config();
-  const model::Lora l = random_lora(c, 6.0, {model::Module::kQ, model::Module::kV, model::Module::kFc1});
+  const Lora l = random_lora(c, 6.0, {model::Module::kQ, model::Module::kV, model::Module::kFc1});
   save_peft(dir.file("adapter"), l, "tiny");
-  const model::Lora r = load_peft(dir.file("adapter"), c);
+  const Lora r = load_peft(dir.file("adapter"), c);
   expect_same(l, r);
   EXPECT_DOUBLE_EQ(r.scale(), 2.0);
   EXPECT_EQ(r.config().target_modules.size(), 3u);
@@ -52,19 +52,19 @@ TEST(Peft, RoundTripWithHeadAndScaling) {
 TEST(Peft, UnknownConfigKeysIgnoredMissingOnesDefaulted) {
   test::TempDir dir;
   const auto c = test::tiny_config();
-  model::LoraConfig lc;
+  LoraConfig lc;
   lc.r = 8;  // PEFT's default rank, so a config without "r" matches
   lc.alpha = 8;
-  model::Lora l(c, lc, 3);
+  Lora l(c, lc, 3);
   save_peft(dir.file("a"), l);
   fs::write_text(dir.path() / "a" / kPeftConfig, R"({"peft_type": "LORA", "brand_new_option": [1, 2]})");
-  const model::Lora r = load_peft(dir.file("a"), c);
+  const Lora r = load_peft(dir.file("a"), c);
   EXPECT_EQ(r.config().r, 8);
   EXPECT_DOUBLE_EQ(r.scale(), 1.0);
   EXPECT_EQ(r.adapters().size(), l.adapters().size());  // target modules inferred from the weights
 }
 
-void expect_load_error(const std::string& dir, const model::ClipVisionConfig& c, const std::string& needle) {
+void expect_load_error(const std::string& dir, const ClipVisionConfig& c, const std::string& needle) {
   try {
     load_peft(dir, c);
     FAIL() << "accepted; expected '" << needle << "'";
@@ -77,7 +77,7 @@ void expect_load_error(const std::string& dir, const model::ClipVisionConfig& c,
 TEST(Peft, BadAdaptersRejected) {
   test::TempDir dir;
   const auto c = test::tiny_config();
-  const model::Lora l = random_lora(c, 3.0);
+  const Lora l = random_lora(c, 3.0);
   const std::string d = dir.file("bad");
   save_peft(d, l);
   const auto cfg_path = fs::stdfs::path(d) / kPeftConfig;
@@ -102,22 +102,22 @@ TEST(Peft, BadAdaptersRejected) {
   other.num_attention_heads = 4;
   expect_load_error(d, other, "expected");
   // NaN weights.
-  auto tensors = load_safetensors((fs::stdfs::path(d) / kPeftWeights).string());
+  auto tensors = io::load_safetensors((fs::stdfs::path(d) / kPeftWeights).string());
   std::map<std::string, at::Tensor> owned;
   for (auto& [k, t] : tensors) owned[k] = t.clone();
   owned.begin()->second.view({-1})[0] = NAN;
-  save_safetensors((fs::stdfs::path(d) / kPeftWeights).string(), owned);
+  io::save_safetensors((fs::stdfs::path(d) / kPeftWeights).string(), owned);
   expect_load_error(d, c, "NaN");
 }
 
 TEST(Official, RoundTripFoldsScaleAndZeroesHeadBias) {
   test::TempDir dir;
   const auto c = test::tiny_config();
-  const model::Lora l = random_lora(c, 6.0);  // scale 2
+  const Lora l = random_lora(c, 6.0);  // scale 2
   save_official(dir.file("lora.safetensors"), l);
-  const auto raw = load_safetensors(dir.file("lora.safetensors"));
+  const auto raw = io::load_safetensors(dir.file("lora.safetensors"));
   EXPECT_TRUE(raw.count("w_a_000") && raw.count("w_b_005") && raw.count("fc_12in_5out"));
-  const model::Lora r = load_official(dir.file("lora.safetensors"), c);
+  const Lora r = load_official(dir.file("lora.safetensors"), c);
   EXPECT_DOUBLE_EQ(r.scale(), 1.0);
   for (int layer = 0; layer < c.num_hidden_layers; ++layer)
     for (auto m : {model::Module::kQ, model::Module::kV}) {
@@ -136,9 +136,9 @@ TEST(Official, RoundTripFoldsScaleAndZeroesHeadBias) {
 TEST(Official, WrongCountOfAdaptersRejected) {
   test::TempDir dir;
   const auto c = test::tiny_config();
-  save_safetensors(dir.file("x.safetensors"), {{"w_a_000", at::zeros({4, 32})}, {"w_b_000", at::zeros({32, 4})}});
+  io::save_safetensors(dir.file("x.safetensors"), {{"w_a_000", at::zeros({4, 32})}, {"w_b_000", at::zeros({32, 4})}});
   EXPECT_THROW(load_official(dir.file("x.safetensors"), c), InputError);
 }
 
 }  // namespace
-}  // namespace lorarec::io
+}  // namespace lorarec::model

@@ -18,7 +18,7 @@
 #include "lorarecycle/model/clip_config.h"
 #include "lorarecycle/model/vit.h"
 
-namespace lorarec::io {
+namespace lorarec::model {
 
 inline constexpr const char* kPeftWeights = "adapter_model.safetensors";
 inline constexpr const char* kPeftConfig = "adapter_config.json";
@@ -26,11 +26,11 @@ inline constexpr const char* kPeftConfig = "adapter_config.json";
 // Loads a PEFT adapter directory for a ViT of config `vit`. InputError naming the file for a
 // malformed config, a rank that does not match the weights, unknown target modules, wrong shapes,
 // NaN/Inf weights.
-model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit);
+Lora load_peft(const std::string& dir, const ClipVisionConfig& vit);
 // The same, after checking that the adapter was tuned on the VFM at `model_path`: an adapter that
 // recorded its VFM's content digest (kBaseDigest in the weights' metadata; ours do) and names
 // another is refused with an InputError naming both; adapters without one (PEFT's) load as before.
-model::Lora load_peft(const std::string& dir, const model::ClipVisionConfig& vit, const std::string& model_path);
+Lora load_peft(const std::string& dir, const ClipVisionConfig& vit, const std::string& model_path);
 // That check alone (reads the weights' header only): InputError when the adapter in `dir` names
 // another VFM than the one at `model_path`.
 void check_base_model(const std::string& dir, const std::string& model_path);
@@ -45,12 +45,12 @@ std::string adapters_digest(const std::vector<std::string>& dirs);
 // Writes the directory atomically (weights + config + `extra_files`, name -> text, e.g. our
 // task.json): a reader sees all of it or nothing. `base_model` goes into base_model_name_or_path
 // and, when it names an existing model, its content digest into the weights' metadata.
-void save_peft(const std::string& dir, const model::Lora& lora, const std::string& base_model = "",
+void save_peft(const std::string& dir, const Lora& lora, const std::string& base_model = "",
                const std::map<std::string, std::string>& extra_files = {});
 
 // The official repo's single-file format.
-model::Lora load_official(const std::string& file, const model::ClipVisionConfig& vit);
+Lora load_official(const std::string& file, const ClipVisionConfig& vit);
 // Writes the official format (q and v adapters of every layer required; head without bias).
-void save_official(const std::string& file, const model::Lora& lora);
+void save_official(const std::string& file, const Lora& lora);
 
-}  // namespace lorarec::io
+}  // namespace lorarec::model

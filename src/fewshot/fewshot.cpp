@@ -1,4 +1,4 @@
-#include "lorarecycle/eval/fewshot.h"
+#include "lorarecycle/fewshot/fewshot.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -9,7 +9,7 @@
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/model/vit.h"
 
-namespace lorarec::eval {
+namespace lorarec::fewshot {
 
 Accuracy summarize(const std::vector<double>& acc, double seconds) {
   Accuracy a;
@@ -24,20 +24,24 @@ Accuracy summarize(const std::vector<double>& acc, double seconds) {
   return a;
 }
 
+at::Tensor embed_rows(const model::ClipVision& vit, const model::Lora* lora, int64_t begin, int64_t end, int batch_size,
+                      const std::function<at::Tensor(int64_t, int64_t)>& images,
+                      const std::function<void(int64_t)>& on_batch) {
+  std::vector<at::Tensor> parts;
+  at::NoGradGuard no_grad;
+  for (int64_t s = begin; s < end; s += batch_size) {
+    const int64_t count = std::min<int64_t>(batch_size, end - s);
+    parts.push_back(vit.forward(vit.preprocess(images(s, count)), {}, lora).feature.to(at::kCPU, at::kFloat));
+    if (on_batch) on_batch(count);
+  }
+  return parts.empty() ? at::empty({0, vit.feature_dim()}, at::kFloat) : at::cat(parts);
+}
+
 at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
                      dist::Communicator& comm, int batch_size) {
   const int64_t n = set.size(), r = comm.rank(), w = comm.size();
-  const int64_t begin = n * r / w, end = n * (r + 1) / w;
-  std::vector<at::Tensor> parts;
-  {
-    at::NoGradGuard no_grad;
-    for (int64_t s = begin; s < end; s += batch_size) {
-      const int64_t e = std::min<int64_t>(end, s + batch_size);
-      const at::Tensor px = vit.preprocess(set.images().slice(0, s, e));
-      parts.push_back(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
-    }
-  }
-  const at::Tensor local = parts.empty() ? at::empty({0, vit.feature_dim()}, at::kFloat) : at::cat(parts);
+  const at::Tensor local = embed_rows(vit, lora, n * r / w, n * (r + 1) / w, batch_size,
+                                      [&](int64_t s, int64_t c) { return set.images().slice(0, s, s + c); });
   if (w == 1) return local;
   at::Tensor all = comm.gather_rows(local, 0);
   if (r != 0) all = at::empty({n, vit.feature_dim()}, at::kFloat);
@@ -53,11 +57,19 @@ std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t t
   return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
 }
 
+at::Tensor prototype_distances(const at::Tensor& query, const at::Tensor& protos) {
+  const at::Tensor q2 = query.pow(2).sum(-1, true);          // [M, 1]
+  const at::Tensor p2 = protos.pow(2).sum(-1).unsqueeze(0);  // [1, C]
+  return -(q2 - 2.0 * at::matmul(query, protos.t()) + p2);   // [M, C]
+}
+
+at::Tensor class_prototypes(const at::Tensor& features, const at::Tensor& labels, int64_t C) {
+  return at::zeros({C, features.size(1)}, features.options()).index_add_(0, labels, features) /
+         at::bincount(labels, {}, C).to(features.scalar_type()).unsqueeze(1);
+}
+
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot) {
-  const at::Tensor protos = support.view({n_way, k_shot, support.size(-1)}).mean(1);  // [N, D]
-  const at::Tensor q2 = query.pow(2).sum(-1, true);                                   // [M, 1]
-  const at::Tensor p2 = protos.pow(2).sum(-1).unsqueeze(0);                           // [1, N]
-  return -(q2 - 2.0 * at::matmul(query, protos.t()) + p2);                            // [M, N]
+  return prototype_distances(query, support.view({n_way, k_shot, support.size(-1)}).mean(1));
 }
 
 double episode_accuracy(const at::Tensor& features, const data::Episode& e, const data::EpisodeSpec& spec) {
@@ -81,4 +93,4 @@ Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& s
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
-}  // namespace lorarec::eval
+}  // namespace lorarec::fewshot

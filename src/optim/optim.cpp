@@ -1,4 +1,4 @@
-#include "lorarecycle/train/optim.h"
+#include "lorarecycle/optim/optim.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -9,7 +9,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 
-namespace lorarec::train {
+namespace lorarec::optim {
 
 AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
   for (const auto& p : params_) {
@@ -108,9 +108,9 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   return norm;
 }
 
-}  // namespace lorarec::train
+}  // namespace lorarec::optim
 
-namespace lorarec::train {
+namespace lorarec::optim {
 
 BadStepGuard::BadStepGuard(std::string tag, int max_in_row, std::string hint, int64_t skipped_before)
     : tag_(std::move(tag)), hint_(std::move(hint)), max_in_row_(max_in_row), skipped_(skipped_before) {
@@ -132,4 +132,4 @@ bool BadStepGuard::ok(bool finite, int64_t step) {
   return false;
 }
 
-}  // namespace lorarec::train
+}  // namespace lorarec::optim

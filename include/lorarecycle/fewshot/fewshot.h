@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "lorarecycle/data/image_set.h"
@@ -17,7 +18,7 @@ class ClipVision;
 class Lora;
 }  // namespace lorarec::model
 
-namespace lorarec::eval {
+namespace lorarec::fewshot {
 
 // Accuracy in percent over episodes: mean +- 1.96 * std / sqrt(n) (population std, as the
 // official code), with the episode rate.
@@ -29,6 +30,13 @@ struct Accuracy {
 };
 Accuracy summarize(const std::vector<double>& accuracies, double seconds);
 
+// The one batched-embedding loop: features (float, CPU) of rows [begin, end) of an image source,
+// `batch_size` images per forward pass; images(first, count) returns their uint8 [count, S, S, C]
+// pixels, and on_batch(count), when given, is called after each batch (progress). No gradients.
+at::Tensor embed_rows(const model::ClipVision& vit, const model::Lora* lora, int64_t begin, int64_t end, int batch_size,
+                      const std::function<at::Tensor(int64_t, int64_t)>& images,
+                      const std::function<void(int64_t)>& on_batch = {});
+
 // Collective. Features of every image of the set, rows split over ranks, the whole [N, D] float
 // CPU tensor returned on every rank. No gradients.
 at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
@@ -37,6 +45,12 @@ at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, cons
 // Collective. Every rank's values concatenated in rank order, on every rank (`total` = the sum of
 // the ranks' counts): per-episode accuracies of episodes split over ranks.
 std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t total, dist::Communicator& comm);
+
+// Logits of queries [M, D] against prototypes [C, D]: -||q - p||^2, [M, C].
+at::Tensor prototype_distances(const at::Tensor& query, const at::Tensor& protos);
+// Prototypes [C, D] of labelled features (labels int64 in [0, C), any number per class, every
+// class at least one): the mean feature of each class.
+at::Tensor class_prototypes(const at::Tensor& features, const at::Tensor& labels, int64_t C);
 
 // Logits of queries against prototypes: -||q - p||^2. support [N*K, D] class-major, query [M, D].
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot);
@@ -49,4 +63,4 @@ double episode_accuracy(const at::Tensor& features, const data::Episode& episode
 Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& set, const data::EpisodeSpec& spec,
                              int episodes, std::uint64_t seed, dist::Communicator& comm);
 
-}  // namespace lorarec::eval
+}  // namespace lorarec::fewshot
