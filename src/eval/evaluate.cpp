@@ -85,7 +85,7 @@ double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_
     // Head = the prototype classifier: logits 2 f.p - |p|^2 (= -|f - p|^2 up to a per-query constant).
     at::NoGradGuard ng;
     const at::Tensor f = vit.forward(support_px).feature;
-    const at::Tensor p = f.view({way, shot, f.size(-1)}).mean(1);
+    const at::Tensor p = fewshot::episode_prototypes(f, way, shot);
     ft.set_head((2.0 * p).contiguous(), (-p.pow(2).sum(-1)).contiguous());
   }
   ft.set_requires_grad(true, true);

@@ -68,8 +68,12 @@ at::Tensor class_prototypes(const at::Tensor& features, const at::Tensor& labels
          at::bincount(labels, {}, C).to(features.scalar_type()).unsqueeze(1);
 }
 
+at::Tensor episode_prototypes(const at::Tensor& support, int n_way, int k_shot) {
+  return support.view({n_way, k_shot, support.size(-1)}).mean(1);
+}
+
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot) {
-  return prototype_distances(query, support.view({n_way, k_shot, support.size(-1)}).mean(1));
+  return prototype_distances(query, episode_prototypes(support, n_way, k_shot));
 }
 
 double episode_accuracy(const at::Tensor& features, const data::Episode& e, const data::EpisodeSpec& spec) {

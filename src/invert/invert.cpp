@@ -126,6 +126,36 @@ std::string progress_note(const LossTerms& lt, double value, const InversionConf
          " images, " + log::sig(rate) + " image-iterations/s";
 }
 
+// The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
+// pixels normalised with the mean of the channel constants; pixels(v) maps it to the model's
+// input, and [lo, hi] bound v to valid pixels. Its start draws from gen_rng (low-resolution
+// noise) or from the global generator (white noise).
+struct PixelVariable {
+  PixelVariable(const model::ClipVision& vit, const InversionConfig& cfg, int n, std::mt19937_64& gen_rng)
+      : gray(cfg.gray) {
+    const auto& mc = vit.config();
+    const auto dev = vit.device();
+    const int S = mc.image_size;
+    gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
+    gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
+    std::tie(cmean, cstd) = channel_constants(mc);
+    cmean = cmean.to(dev), cstd = cstd.to(dev);
+    x = (cfg.init_lowres > 0 ? lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev)
+                             : at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)))
+            .requires_grad_(true);
+    std::tie(lo, hi) = vit.pixel_bounds();
+    if (cfg.gray) {
+      lo = at::full({1}, -gm / gs, lo.options());
+      hi = at::full({1}, (1.0 - gm) / gs, hi.options());
+    }
+  }
+  at::Tensor pixels(const at::Tensor& v) const { return gray ? (v * gs + gm - cmean) / cstd : v; }
+
+  bool gray;
+  double gm = 0, gs = 1;
+  at::Tensor cmean, cstd, x, lo, hi;
+};
+
 }  // namespace
 
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
@@ -143,26 +173,13 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   if (cfg.target_mix > 0) soft = mixed_targets(y, N, cfg.target_mix, cfg.seed, stream);
   auto gen_rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max());
   at::manual_seed(static_cast<std::uint64_t>(gen_rng()));
-  // The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
-  // pixels normalised with the mean of the channel constants; pixels(v) maps it to the model's input.
-  const auto& mc = vit.config();
-  const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
-  const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
-  auto [cmean, cstd] = channel_constants(mc);
-  cmean = cmean.to(dev), cstd = cstd.to(dev);
-  auto pixels = [&](const at::Tensor& v) { return cfg.gray ? (v * gs + gm - cmean) / cstd : v; };
-  at::Tensor x = (cfg.init_lowres > 0 ? lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev)
-                                      : at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)))
-                     .requires_grad_(true);
+  PixelVariable var(vit, cfg, n, gen_rng);
+  at::Tensor& x = var.x;
+  const auto pixels = [&](const at::Tensor& v) { return var.pixels(v); };
   optim::AdamWConfig oc;
   oc.beta1 = cfg.beta1;
   oc.beta2 = cfg.beta2;
   optim::AdamW opt({x}, oc);
-  auto [lo, hi] = vit.pixel_bounds();
-  if (cfg.gray) {
-    lo = at::full({1}, -gm / gs, lo.options());
-    hi = at::full({1}, (1.0 - gm) / gs, hi.options());
-  }
   const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
   const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
   const bool use_prior = prior != nullptr && cfg.w_bn > 0;
@@ -198,7 +215,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     opt.zero_grad();
     lt.total.backward();
     opt.step(cfg.lr);
-    clamp_pixels(x, lo, hi);
+    clamp_pixels(x, var.lo, var.hi);
     if (progress) {
       if (progress->due())  // the terms are read only for the lines that are printed
         progress->note(progress_note(lt, value, cfg, n, double(it + 1) * n / progress->elapsed_s()));

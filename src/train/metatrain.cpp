@@ -297,8 +297,19 @@ class BatchMaker {
       u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
       if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
     }
-    // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
-    // roll by the nearest whole number of patches.
+    roll_images(shifts, u8, scores);
+    if (normalise_)
+      b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
+    else
+      b.u8 = u8;
+    if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
+    b.prep_seconds = seconds_since(t0);
+    return b;
+  }
+
+  // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
+  // roll by the nearest whole number of patches.
+  void roll_images(const std::vector<std::pair<int, int>>& shifts, at::Tensor& u8, at::Tensor& scores) const {
     for (size_t i = 0; i < shifts.size(); ++i) {
       const auto [dy, dx] = shifts[i];
       if (dy == 0 && dx == 0) continue;
@@ -309,13 +320,6 @@ class BatchMaker {
         scores[i].copy_(at::roll(scores[i].view({grid_, grid_}), {gy, gx}, {0, 1}).reshape({-1}));
       }
     }
-    if (normalise_)
-      b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
-    else
-      b.u8 = u8;
-    if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
-    b.prep_seconds = seconds_since(t0);
-    return b;
   }
 
  private:

@@ -52,6 +52,9 @@ at::Tensor prototype_distances(const at::Tensor& query, const at::Tensor& protos
 // class at least one): the mean feature of each class.
 at::Tensor class_prototypes(const at::Tensor& features, const at::Tensor& labels, int64_t C);
 
+// Prototypes [N, D] of an episode's support features [N*K, D], class-major: the mean of each class's K.
+at::Tensor episode_prototypes(const at::Tensor& support, int n_way, int k_shot);
+
 // Logits of queries against prototypes: -||q - p||^2. support [N*K, D] class-major, query [M, D].
 at::Tensor prototype_logits(const at::Tensor& support, const at::Tensor& query, int n_way, int k_shot);
 
