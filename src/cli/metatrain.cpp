@@ -61,6 +61,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("log-every", po::value(&c.log_every)->default_value(c.log_every), "steps between metrics lines")
       ("cache-mb", po::value(&c.cache_mb)->default_value(c.cache_mb), "hold the pool's images in memory when they fit in this many MiB; else read them from HDF5 per episode")
       ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
+      ("host-sync", po::value(&c.host_sync)->default_value(c.host_sync), "when the host reads a step's results (loss, accuracy, the finite check, the stop flag): step (after every step) | log (every --log-every steps and at checkpoints: the finite check, clipping and a skipped update stay on the device, so a GPU step never waits for the host; --max-bad-steps and a stop signal are acted on at those reads) | auto (log on GPUs, step on CPUs)")
       ("sync-timing", po::bool_switch(&c.sync_timing), "measuring: a barrier before each all-reduce, so the report separates waiting for the slowest rank (imbalance_wait_share) from the all-reduce itself")
       ("no-prefetch", po::bool_switch(&no_prefetch), "prepare batches on the training thread (for measuring the prefetch)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")

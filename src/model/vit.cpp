@@ -564,8 +564,11 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
       throw InputError("patch_index must be [B, T] with 1 <= T <= " + std::to_string(P) + ", got " +
                        shape_str(pi.sizes()));
     index = pi.to(pixels.device(), at::kLong);
-    if (index.min().item<int64_t>() < 0 || index.max().item<int64_t>() >= P)
+    if (index.is_cuda()) {  // checked on the device: no wait for the host in a training step
+      at::_assert_async(index.min().ge(0).logical_and(index.max().lt(P)));
+    } else if (index.min().item<int64_t>() < 0 || index.max().item<int64_t>() >= P) {
       throw InputError("patch_index holds values outside [0, " + std::to_string(P) + ")");
+    }
     patches = at::gather(patches, 1, index.unsqueeze(-1).expand({B, index.size(1), C * p * p}));
   } else if (track) {
     index = at::arange(P, at::TensorOptions().dtype(at::kLong).device(pixels.device())).unsqueeze(0).expand({B, P});

@@ -35,12 +35,47 @@ void AdamW::step(double lr) {
   }
 }
 
+void AdamW::step_masked(double lr, const at::Tensor& apply) {
+  at::NoGradGuard no_grad;
+  if (params_.empty()) return;
+  const at::Tensor on = apply.to(params_[0].device(), at::kBool).reshape({});
+  if (!pending_.defined()) pending_ = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(on.device()));
+  pending_.add_(on.to(at::kLong));
+  const at::Tensor t = (pending_ + step_).to(at::kDouble);
+  const at::Tensor bc1 = 1.0 - at::pow(cfg_.beta1, t), bc2 = 1.0 - at::pow(cfg_.beta2, t);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    // A skipped step's gradient may hold NaN: every new value is chosen, never scaled, by `on`.
+    m_[i].copy_(at::where(on, m_[i] * cfg_.beta1 + g * (1.0 - cfg_.beta1), m_[i]));
+    v_[i].copy_(at::where(on, v_[i] * cfg_.beta2 + g * g * (1.0 - cfg_.beta2), v_[i]));
+    at::Tensor next = p;
+    if (cfg_.weight_decay > 0) next = next * (1.0 - lr * cfg_.weight_decay);
+    const at::Tensor denom = (v_[i] / bc2.to(v_[i].scalar_type())).sqrt() + cfg_.eps;
+    next = next - m_[i] / denom * (lr / bc1).to(p.scalar_type());
+    p.copy_(at::where(on, next, p));
+  }
+}
+
+int64_t AdamW::steps() const {
+  settle();
+  return step_;
+}
+
+void AdamW::settle() const {
+  if (!pending_.defined()) return;
+  step_ += pending_.item<int64_t>();
+  pending_.zero_();
+}
+
 void AdamW::zero_grad() {
   for (auto& p : params_)
     if (p.grad().defined()) p.mutable_grad() = at::Tensor();
 }
 
 std::map<std::string, at::Tensor> AdamW::state() const {
+  settle();
   std::map<std::string, at::Tensor> s;
   for (size_t i = 0; i < params_.size(); ++i) {
     s["adam.m." + std::to_string(i)] = m_[i];
@@ -64,6 +99,7 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& s) {
   auto it = s.find("adam.step");
   if (it == s.end()) throw InputError("checkpoint lacks 'adam.step'");
   step_ = it->second.item<int64_t>();
+  pending_ = at::Tensor();
 }
 
 double warmup_cosine(int64_t step, int64_t total, int64_t warmup, double peak, double floor) {

@@ -157,6 +157,8 @@ void MetaTrainConfig::validate() const {
     throw InputError(
         "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
         "and --mask-ratio > 0");
+  if (host_sync != "step" && host_sync != "log" && host_sync != "auto")
+    throw InputError("metatrain: --host-sync must be step, log or auto, not '" + host_sync + "'");
   if (keep != "last" && keep != "best") throw InputError("metatrain: --keep must be last or best, not '" + keep + "'");
   if (keep == "best" && val.empty())
     throw InputError("metatrain: --keep best chooses by validation accuracy and needs --val");
@@ -301,8 +303,14 @@ class BatchMaker {
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
     else
-      b.u8 = u8;
+      b.u8 = u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
     if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
+    if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
+      if (b.patch_index.defined()) b.patch_index = b.patch_index.pin_memory();
+      if (b.teacher_feat.defined()) b.teacher_feat = b.teacher_feat.pin_memory();
+      for (auto& t : b.teacher)
+        if (t.defined()) t = t.pin_memory();
+    }
     b.prep_seconds = seconds_since(t0);
     return b;
   }
@@ -527,6 +535,7 @@ class MetaTrainer {
       throw InputError("metatrain: --episodes-per-step " + std::to_string(E_) +
                        " is not a multiple of the world size " + std::to_string(W_));
     E_local_ = E_ / W_;
+    defer_ = cfg_.host_sync == "log" || (cfg_.host_sync == "auto" && device_.is_cuda());
     work_ = cfg_.work.empty() ? cfg_.out + ".work" : cfg_.work;
     ckpt_ = stdfs::path(work_) / kCheckpoint;
     check_inputs();
@@ -824,7 +833,7 @@ class MetaTrainer {
     const int per_episode = cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
     const int n_support = cfg_.spec.n_way * cfg_.spec.k_shot;
     at::Tensor tfeat;
-    if (b.teacher_feat.defined()) tfeat = b.teacher_feat.to(device_);
+    if (b.teacher_feat.defined()) tfeat = to_device(b.teacher_feat);
     at::Tensor loss_sum = at::zeros({}, feat.options());
     at::Tensor correct = at::zeros({}, feat.options());
     for (int e = 0; e < E_local_; ++e) {
@@ -835,7 +844,7 @@ class MetaTrainer {
           cfg_.temperature;
       at::Tensor loss = at::cross_entropy_loss(logits, query_labels_);
       if (b.teacher[e].defined()) {
-        const at::Tensor log_p = at::log_softmax(b.teacher[e].to(device_), -1);
+        const at::Tensor log_p = at::log_softmax(to_device(b.teacher[e]), -1);
         const at::Tensor kl = (log_p.exp() * (log_p - at::log_softmax(logits, -1))).sum(-1).mean();
         loss = loss + cfg_.kl_weight * kl;
       }
@@ -853,11 +862,10 @@ class MetaTrainer {
     StepResult r;
     const auto t_c = Clock::now();
     model::ForwardOptions fo;
-    if (b.patch_index.defined()) fo.patch_index = b.patch_index.to(device_);
+    if (b.patch_index.defined()) fo.patch_index = to_device(b.patch_index);
     at::Tensor feat;
     {
-      const at::Tensor px =
-          b.pixels.defined() ? b.pixels.to(device_) : model::preprocess_images(b.u8, vit_->config(), device_);
+      const at::Tensor px = b.pixels.defined() ? b.pixels.to(device_) : normalise_on_device(b.u8);
       feat = vit_->forward(px, fo, &*lora_).feature;
     }
     feat = feat.to(at::kFloat);  // prototypes and losses in float32
@@ -883,16 +891,93 @@ class MetaTrainer {
     r.reduce = seconds_since(t_r);
     at::Tensor grads = flat.narrow(0, 0, n_grad_);
     grads.div_(double(W_));
-    const at::Tensor tail = flat.narrow(0, n_grad_, 3).cpu();
-    r.loss = tail[0].item<double>(), r.correct = tail[1].item<double>();
-    r.stop = tail[2].item<double>() > 0;
-    const bool finite = std::isfinite(r.loss) && grads.isfinite().all().item<bool>();
     const int64_t cyc = cfg_.cycle == 0 ? cfg_.steps : cfg_.cycle;
     r.lr = optim::cyclic_warmup_cosine(step_, cyc, std::min(cfg_.warmup, cyc - 1), cfg_.lr_min, cfg_.lr);
+    if (defer_) {
+      update_on_device(flat, grads, r.lr);
+      return r;
+    }
+    const at::Tensor tail = flat.narrow(0, n_grad_, 3).cpu();
+    ++host_reads_;
+    r.loss = tail[0].item<double>(), r.correct = tail[1].item<double>();
+    r.stop = tail[2].item<double>() > 0;
+    const bool finite = std::isfinite(r.loss) && (++host_reads_, grads.isfinite().all().item<bool>());
     // Every rank sees the same reduced values, so all apply or all skip the step.
     if (guard.ok(finite, step_)) apply(grads, r.lr);
     skipped_total_ = guard.skipped();
     return r;
+  }
+
+  // --host-sync log: the finite check, clipping and the (skipped or applied) update on the device;
+  // the loss, correct queries, stop flag and non-finite counts summed into dev_window_ for the
+  // next host read (read_window).
+  void update_on_device(const at::Tensor& flat, const at::Tensor& grads, double lr) {
+    at::NoGradGuard ng;
+    const at::Tensor tail = flat.narrow(0, n_grad_, 3).to(at::kDouble);
+    const at::Tensor finite = tail[0].isfinite().logical_and(grads.isfinite().all());
+    int64_t off = 0;
+    for (auto& p : params_) {
+      p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
+      off += p.numel();
+    }
+    if (cfg_.clip_norm > 0) {
+      const at::Tensor norm = grads.pow(2).sum().to(at::kDouble).sqrt();
+      const at::Tensor scale = at::where(norm > cfg_.clip_norm, cfg_.clip_norm / (norm + 1e-6), at::ones_like(norm));
+      grads.mul_(scale.to(grads.scalar_type()));
+    }
+    opt_->step_masked(lr, finite);
+    if (!dev_window_.defined()) dev_window_ = at::zeros({5}, tail.options());
+    const at::Tensor bad = finite.logical_not().to(at::kDouble);
+    // [loss sum, correct queries, stop flag, non-finite steps, non-finite steps in a row]
+    dev_window_.narrow(0, 0, 2).add_(tail.narrow(0, 0, 2));
+    dev_window_[2].copy_(at::maximum(dev_window_[2], tail[2]));
+    dev_window_[3].add_(bad);
+    dev_window_[4].copy_((dev_window_[4] + bad) * bad);
+  }
+
+  // --host-sync log: one host read of dev_window_ into the metrics window, the skipped count and
+  // the stop flag; throws after --max-bad-steps non-finite steps in a row. Returns the stop flag.
+  bool read_window() {
+    if (!defer_ || !dev_window_.defined()) return false;
+    const at::Tensor w = dev_window_.cpu();
+    ++host_reads_;
+    const double* v = w.data_ptr<double>();
+    win_loss_ += v[0], win_correct_ += v[1];
+    const int64_t skipped = static_cast<int64_t>(v[3]), in_row = static_cast<int64_t>(v[4]);
+    if (skipped > 0)
+      LOG_WARN("metatrain", "steps up to " << step_ + 1 << ": " << skipped
+                                           << " with a non-finite loss or gradient, skipped (" << in_row
+                                           << " in a row at the end)");
+    skipped_total_ += skipped;
+    if (in_row >= cfg_.max_bad_steps)
+      throw RuntimeError("metatrain: " + std::to_string(in_row) +
+                         " steps in a row with a non-finite loss or gradient (--max-bad-steps); last good "
+                         "checkpoint: " +
+                         ckpt_.string());
+    dev_window_.narrow(0, 0, 4).zero_();
+    return v[2] > 0;
+  }
+
+  // A host tensor on the device: without waiting for the host when it is page-locked (GPU steps).
+  at::Tensor to_device(const at::Tensor& t) const {
+    return t.to(at::TensorOptions().device(device_), /*non_blocking=*/t.is_pinned());
+  }
+
+  // The uint8 [B, S, S, 3] pool images as the model's input, normalised on the device with
+  // constants made once (model::preprocess_images, without its per-call copies of them).
+  at::Tensor normalise_on_device(const at::Tensor& u8) {
+    if (vit_->config().num_channels != 3) return model::preprocess_images(u8, vit_->config(), device_);
+    if (!pixel_mean_.defined()) {
+      const auto& c = vit_->config();
+      pixel_mean_ = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end()), at::kFloat)
+                        .to(device_)
+                        .view({1, -1, 1, 1});
+      pixel_std_ = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end()), at::kFloat)
+                       .to(device_)
+                       .view({1, -1, 1, 1});
+    }
+    const at::Tensor x = to_device(u8).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
+    return ((x - pixel_mean_) / pixel_std_).contiguous();
   }
 
   void apply(const at::Tensor& grads, double lr) {
@@ -902,7 +987,8 @@ class MetaTrainer {
       p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
       off += p.numel();
     }
-    optim::clip_grad_norm(params_, cfg_.clip_norm);
+    optim::clip_grad_norm(params_, cfg_.clip_norm);  // one host read (the norm)
+    ++host_reads_;
     opt_->step(lr);
   }
 
@@ -921,6 +1007,7 @@ class MetaTrainer {
     win_time_ += total;
     ++win_steps_;
     if ((step_ + 1) % cfg_.log_every == 0 || step_ + 1 == cfg_.steps) {
+      deferred_stop_ = read_window() || deferred_stop_;
       const json line = {{"step", step_ + 1},
                          {"loss", win_loss_ / (double(win_steps_) * E_)},
                          {"train_acc", 100.0 * win_correct_ / win_queries_},
@@ -945,9 +1032,14 @@ class MetaTrainer {
     }
     if (cfg_.hash_every > 0 && done % cfg_.hash_every == 0) check_replicas(done);
     if (have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0 && !last) (void)validate(done);
-    if (done % cfg_.checkpoint_every == 0 || last) save_checkpoint(done);
+    if (done % cfg_.checkpoint_every == 0 || last) {
+      deferred_stop_ = read_window() || deferred_stop_;  // the skipped count the checkpoint records
+      save_checkpoint(done);
+    }
+    stop_now = stop_now || deferred_stop_;
     const bool stop_after = cfg_.stop_after > 0 && done - start_ >= cfg_.stop_after && !last;
     if ((stop_now || stop_after) && !last) {
+      (void)read_window();  // the skipped count the checkpoint records
       save_checkpoint(done);
       comm_.barrier();
       LOG_INFO("metatrain", (stop_now ? "stop signal received" : "--stop-after reached")
@@ -964,43 +1056,47 @@ class MetaTrainer {
     const auto share = [&](double x) { return t_total_ > 0 ? x / t_total_ : 0.0; };
     std::ostringstream hex;
     hex << std::hex << hash;
-    json report = {{"model", cfg_.model},
-                   {"pool", cfg_.pool},
-                   {"val", cfg_.val},
-                   {"steps", cfg_.steps},
-                   {"world_size", W_},
-                   {"episodes_per_step", E_},
-                   {"episode", {{"way", cfg_.spec.n_way}, {"shot", cfg_.spec.k_shot}, {"query", cfg_.spec.q_query}}},
-                   {"mask_ratio", cfg_.mask_ratio},
-                   {"precision", model::precision_name(cfg_.precision)},
-                   {"tokens_per_image", 1 + P_ - static_cast<int64_t>(cfg_.mask_ratio * P_)},
-                   {"skipped_steps", skipped_total_},
-                   {"replica_hash", hex.str()},
-                   {"val_initial", val0_},
-                   {"val_final", final_val},
-                   {"val_best", best_val_},
-                   {"keep", cfg_.keep},
-                   {"kept_step", kept_step},
-                   {"val_kept", kept_val},
-                   {"timing",
-                    {{"timed_steps", timed_steps_},
-                     {"episodes_per_s", t_total_ > 0 ? double(timed_steps_) * E_ / t_total_ : 0.0},
-                     {"step_seconds", timed_steps_ ? t_total_ / timed_steps_ : 0.0},
-                     {"data_wait_share", share(t_wait_)},
-                     {"data_prep_share", share(t_prep_)},
-                     {"prefetch", cfg_.prefetch},
-                     {"forward_backward_share", share(t_compute_)},
-                     {"all_reduce_share", share(t_reduce_)},
-                     {"sync_timing", cfg_.sync_timing},
-                     {"imbalance_wait_share", share(t_imbalance_)}}},
-                   {"memory",
-                    {{"device", device_.str()},
-                     {"peak_rss_mb", rss_peak},
-                     {"rss_before_training_mb", rss_before_},
-                     {"cuda_peak_allocated_mb", gpu_peak},
-                     {"pool_cached", pool_->cached()},
-                     {"pool_image_mb", double(pool_->image_bytes()) / (1 << 20)}}},
-                   {"fingerprint", fp_}};
+    json report = {
+        {"model", cfg_.model},
+        {"pool", cfg_.pool},
+        {"val", cfg_.val},
+        {"steps", cfg_.steps},
+        {"world_size", W_},
+        {"episodes_per_step", E_},
+        {"episode", {{"way", cfg_.spec.n_way}, {"shot", cfg_.spec.k_shot}, {"query", cfg_.spec.q_query}}},
+        {"mask_ratio", cfg_.mask_ratio},
+        {"precision", model::precision_name(cfg_.precision)},
+        {"tokens_per_image", 1 + P_ - static_cast<int64_t>(cfg_.mask_ratio * P_)},
+        {"skipped_steps", skipped_total_},
+        {"replica_hash", hex.str()},
+        {"val_initial", val0_},
+        {"val_final", final_val},
+        {"val_best", best_val_},
+        {"keep", cfg_.keep},
+        {"kept_step", kept_step},
+        {"val_kept", kept_val},
+        {"timing",
+         {{"timed_steps", timed_steps_},
+          {"episodes_per_s", t_total_ > 0 ? double(timed_steps_) * E_ / t_total_ : 0.0},
+          {"step_seconds", timed_steps_ ? t_total_ / timed_steps_ : 0.0},
+          {"data_wait_share", share(t_wait_)},
+          {"data_prep_share", share(t_prep_)},
+          {"prefetch", cfg_.prefetch},
+          {"forward_backward_share", share(t_compute_)},
+          {"all_reduce_share", share(t_reduce_)},
+          {"sync_timing", cfg_.sync_timing},
+          {"host_sync", defer_ ? "log" : "step"},
+          {"host_reads", host_reads_},
+          {"host_reads_per_step", cfg_.steps > start_ ? double(host_reads_) / double(cfg_.steps - start_) : 0.0},
+          {"imbalance_wait_share", share(t_imbalance_)}}},
+        {"memory",
+         {{"device", device_.str()},
+          {"peak_rss_mb", rss_peak},
+          {"rss_before_training_mb", rss_before_},
+          {"cuda_peak_allocated_mb", gpu_peak},
+          {"pool_cached", pool_->cached()},
+          {"pool_image_mb", double(pool_->image_bytes()) / (1 << 20)}}},
+        {"fingerprint", fp_}};
     // Peak RSS of every rank (rank 0 writes the report).
     report["memory"]["peak_rss_mb_per_rank"] = comm_.all_gather_f64(rss_peak);
     return report;
@@ -1053,6 +1149,12 @@ class MetaTrainer {
   json best_val_ = nullptr;
   std::vector<at::Tensor> best_params_;
   double rss_before_ = 0;
+  // --host-sync: whether the host reads the step's results only at log and checkpoint steps, the
+  // device-side window it then reads, the stop flag it saw, and the host reads of the training loop.
+  bool defer_ = false, deferred_stop_ = false;
+  at::Tensor pixel_mean_, pixel_std_;  // GPU steps: the normalisation constants on the device
+  at::Tensor dev_window_;
+  int64_t host_reads_ = 0;
   // Timings of the timed steps (seconds) and the current metrics window.
   double t_wait_ = 0, t_prep_ = 0, t_compute_ = 0, t_reduce_ = 0, t_imbalance_ = 0, t_total_ = 0;
   int64_t timed_steps_ = 0;

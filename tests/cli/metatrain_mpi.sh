@@ -14,7 +14,12 @@
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), and a resumed
-#     run takes its weights from the checkpoint without reading the zoo (moved away here).
+#     run takes its weights from the checkpoint without reading the zoo (moved away here);
+#  7. --host-sync log (the GPU default; forced here on the CPU): the finite check, clipping and a
+#     skipped update on the device, read every --log-every steps: the same weights as --host-sync
+#     step within rounding (1e-5), at most one host read per log interval (metatrain.json
+#     host_reads) against three per step, the same non-finite steps skipped, and --max-bad-steps
+#     acted on at the read.
 source "$(dirname "$0")/common.sh"
 quick_pipeline invert
 B=$LORAREC_BIN
@@ -144,4 +149,27 @@ mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --
   || { cat z4r.txt; fail "resuming a --init zoo-mean run without the zoo"; }
 mv zoo_away runs/quick/zoo
 ! grep -q "init zoo-mean: the mean" z4r.txt || fail "the resumed run read the zoo again"
+
+# 7. --host-sync log against step: 20 steps with clipping, the metrics read every 5 steps
+HS="${ARGS/--log-every 1/--log-every 5} --steps 20 --clip-norm 0.05"
+mpirun2 $B metatrain $HS --host-sync step --out hs_step >hs1.txt 2>&1 || { cat hs1.txt; fail "host-sync step"; }
+mpirun2 $B metatrain $HS --host-sync log --out hs_log >hs2.txt 2>&1 || { cat hs2.txt; fail "host-sync log"; }
+compare_adapters hs_step hs_log 1e-5
+mpirun2 $B metatrain $COMMON --pool nanpool --steps 20 --single-lora-prob 0.3 --host-sync log --out n3 >n3.txt 2>&1 ||
+  { cat n3.txt; fail "occasional NaN, host-sync log"; }
+"$LORAREC_PYTHON" - <<'PY'
+import json
+s, l = json.load(open("hs_step/metatrain.json")), json.load(open("hs_log/metatrain.json"))
+ts, tl = s["timing"], l["timing"]
+assert ts["host_sync"] == "step" and tl["host_sync"] == "log", (ts, tl)
+assert ts["host_reads"] == 3 * 20, ts  # the reduced tail, the finite check, the clip norm
+assert tl["host_reads"] <= 20 // 5 + 1, tl  # one per log interval (and the last checkpoint)
+n2, n3 = json.load(open("n2/metatrain.json")), json.load(open("n3/metatrain.json"))
+assert n3["skipped_steps"] == n2["skipped_steps"], (n2["skipped_steps"], n3["skipped_steps"])
+print("host reads in 20 steps: step", ts["host_reads"], "log", tl["host_reads"], "; NaN steps skipped alike:",
+      n3["skipped_steps"])
+PY
+# --max-bad-steps 3 is acted on at the first read, after step 5: the 5 in a row are named
+expect_status 1 "5 steps in a row with a non-finite loss" -- mpirun2 $B metatrain ${COMMON/--log-every 1/--log-every 5} \
+  --pool nanpool --steps 10 --single-lora-prob 1 --max-bad-steps 3 --host-sync log --out n4
 echo "metatrain_mpi: all checks passed"

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "lorarecycle/util/error.h"
+#include "test_util.h"
 
 namespace lorarec::train {
 namespace {
@@ -65,6 +66,36 @@ TEST(Schedules, WarmupCosineAndTheOfficialCycle) {
   EXPECT_NEAR(optim::cyclic_warmup_cosine(25, 100, 25, 1e-5, 1e-3), 1e-3, 1e-12);
   EXPECT_NEAR(optim::cyclic_warmup_cosine(99, 100, 25, 1e-5, 1e-3), 1e-5, 1e-6);
   EXPECT_DOUBLE_EQ(optim::cyclic_warmup_cosine(100, 100, 25, 1e-5, 1e-3), 1e-5);
+}
+
+// step_masked: where `apply` is true the update of step() (up to rounding), where false nothing
+// changes, not even the step count; a NaN gradient of a skipped step leaves no trace.
+TEST(AdamW, MaskedStepsApplyOrSkipOnTheDevice) {
+  optim::AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  at::Tensor a = at::tensor({1.0f, -2.0f, 0.5f}).requires_grad_(true);
+  at::Tensor b = a.detach().clone().requires_grad_(true);
+  optim::AdamW host({a}, cfg), dev({b}, cfg);
+  const bool apply[] = {true, false, true, true, false};
+  for (int t = 0; t < 5; ++t) {
+    for (auto* x : {&a, &b}) {
+      x->mutable_grad() = at::Tensor();
+      (*x * *x * float(t + 1)).sum().backward();
+    }
+    if (!apply[t]) b.mutable_grad().index_put_({1}, std::nanf(""));  // what a skipped step may hold
+    const at::Tensor before = b.detach().clone();
+    if (apply[t]) host.step(0.01);
+    dev.step_masked(0.01, at::scalar_tensor(apply[t], at::kBool));
+    if (!apply[t]) {
+      EXPECT_TRUE(b.detach().equal(before)) << "step " << t;
+    }
+    EXPECT_LT(test::rel_error(b.detach(), a.detach()), 1e-6) << "step " << t;
+  }
+  EXPECT_EQ(dev.steps(), 3);
+  const auto hs = host.state(), ds = dev.state();
+  EXPECT_EQ(ds.at("adam.step").item<int64_t>(), 3);
+  EXPECT_LT(test::rel_error(ds.at("adam.m.0"), hs.at("adam.m.0")), 1e-6);
+  EXPECT_LT(test::rel_error(ds.at("adam.v.0"), hs.at("adam.v.0")), 1e-6);
 }
 
 }  // namespace

@@ -28,17 +28,25 @@ class AdamW {
   AdamW(std::vector<at::Tensor> params, AdamWConfig cfg);
   // One update with learning rate `lr` from the params' .grad() (undefined grads are skipped).
   void step(double lr);
+  // The same update where the 0-dim bool tensor `apply` (on the params' device) is true, and none
+  // (moments, step count and weights unchanged) where it is false, without reading it on the host:
+  // the step count lives on the device until state() or steps() reads it. Equal to step() up to
+  // rounding (the bias correction is computed on the device).
+  void step_masked(double lr, const at::Tensor& apply);
   void zero_grad();
-  int64_t steps() const { return step_; }
+  int64_t steps() const;
   const std::vector<at::Tensor>& params() const { return params_; }
   // "adam.m.<i>", "adam.v.<i>", "adam.step" for a checkpoint; load_state checks the shapes.
   std::map<std::string, at::Tensor> state() const;
   void load_state(const std::map<std::string, at::Tensor>& state);
 
  private:
+  // Folds the device-side count of masked steps into step_ (one host read).
+  void settle() const;
   std::vector<at::Tensor> params_, m_, v_;
   AdamWConfig cfg_;
-  int64_t step_ = 0;
+  mutable int64_t step_ = 0;
+  mutable at::Tensor pending_;  // step_masked's applied steps not yet in step_ (int64, device)
 };
 
 // Linear warm-up from 0 over `warmup` steps to `peak`, then cosine decay to `floor` at `total`.

@@ -83,9 +83,15 @@ struct MetaTrainConfig {
   int64_t checkpoint_every = 200;
   int64_t hash_every = 100;  // replica check (0 = only at the end)
   int64_t log_every = 20;
-  int64_t cache_mb = 2048;   // budget for holding the pool's images in memory
-  int max_bad_steps = 10;    // consecutive non-finite steps before aborting
-  bool prefetch = true;      // prepare the next step's batch on a second thread
+  int64_t cache_mb = 2048;  // budget for holding the pool's images in memory
+  int max_bad_steps = 10;   // consecutive non-finite steps before aborting
+  bool prefetch = true;     // prepare the next step's batch on a second thread
+  // When the host reads the step's results (loss, accuracy, finite check, stop flag): "step" after
+  // every step; "log" only every log_every steps and at checkpoints (the finite check, gradient
+  // clipping and the skipped update stay on the device, so a GPU step does not wait for the host);
+  // "auto": log on GPUs, step on CPUs. A non-finite run (--max-bad-steps) and a stop signal are
+  // then acted on at those reads.
+  std::string host_sync = "auto";
   bool sync_timing = false;  // barrier before the all-reduce: its share then excludes waiting for the slowest rank
   model::Precision precision = model::Precision::kFp32;  // of the ViT (ClipVision::set_precision)
   std::uint64_t seed = 0;
