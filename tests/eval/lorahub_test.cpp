@@ -1,5 +1,6 @@
 #include "lorarecycle/eval/lorahub.h"
 
+#include "zoo_lora.h"
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -11,13 +12,7 @@
 namespace lorarec::eval {
 namespace {
 
-model::Lora zoo_lora(const model::ClipVisionConfig& c, std::uint64_t seed) {
-  model::Lora l(c, model::LoraConfig{}, seed);
-  at::manual_seed(seed);
-  for (const auto& [key, ad] : l.adapters())
-    l.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
-  return l;
-}
+using test::zoo_lora;
 
 TEST(ComposeLoras, WeightsTheAAndBMatricesSeparately) {
   const auto c = test::tiny_config();

@@ -2,6 +2,7 @@
 // and the lora-ft episode.
 #include "lorarecycle/eval/methods.h"
 
+#include "zoo_lora.h"
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -16,13 +17,7 @@
 namespace lorarec::eval {
 namespace {
 
-model::Lora zoo_lora(const model::ClipVisionConfig& c, std::uint64_t seed) {
-  model::Lora l(c, model::LoraConfig{}, seed);
-  at::manual_seed(seed);
-  for (const auto& [key, ad] : l.adapters())
-    l.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
-  return l;
-}
+using test::zoo_lora;
 
 EvalConfig config() {
   EvalConfig c;
