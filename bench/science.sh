@@ -39,10 +39,11 @@
 # min in bf16) and meta-trained as the default pool is in "zoo" (paper T 128, 1,000 steps), both
 # pools side by side, then the surrogate check of both. It builds the zoo and the default pool
 # when "zoo" has not.
-# "lowres", "zoo100", "mask" (alone; not in "all"): smooth starts with 32 surrogates per LoRA and
-# class and with --zoom 0.5, under the paper's objective and the main recipe; the paper's zoo size
-# (100 LoRAs over 64 classes); the main job's mask-0.75 gap with --distill-dense. Each part's
-# comment below says what it costs.
+# "lowres", "zoo100", "mask", "zoomean" (alone; not in "all"): smooth starts with 32 surrogates
+# per LoRA and class and with --zoom 0.5, under the paper's objective and the main recipe; the
+# paper's zoo size (100 LoRAs over 64 classes); the main job's mask-0.75 gap with --distill-dense;
+# small learning rates from the zoo's average on the zoo of 100. Each part's comment below says
+# what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -319,6 +320,22 @@ if [ "$WHAT" = zoo100 ]; then
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
   run_rows h "${ZOO100_RUNS[@]}"
   bash bench/surrogate_check.sh "$OUT/pool64_lr2" "$OUT/pool100" "$OUT/pool100_lr2"
+fi
+
+# From the zoo's average at small learning rates (needs the "zoo100" part's pools; 5 runs, ~1 min
+# each): which way the first steps on surrogates and on real images move validation.
+if [ "$WHAT" = zoomean ]; then
+  [ -f "$OUT/pool100_real/index.json" ] || { echo "science: run the zoo100 part first" >&2; exit 2; }
+  ZM="--init zoo-mean $P128 --keep best"
+  ZOOMEAN_RUNS=(
+    "zoo-mean, paper T128 lr 3e-5, surrogates|$OUT/pool100_lr2|$ZM --lr 3e-5 --steps 500 --val-every 100"
+    "zoo-mean, paper T128 lr 3e-5, real images|$OUT/pool100_real|$ZM --lr 3e-5 --steps 500 --val-every 100"
+    "zoo-mean, main recipe lr 3e-5, surrogates|$OUT/pool100_lr2|--init zoo-mean --keep best --lr 3e-5 --steps 500 --val-every 100"
+    "zoo-mean, paper T128 lr 1e-4, surrogates|$OUT/pool100_lr2|$ZM --lr 1e-4 --steps 1000 --val-every 200"
+    "zoo-mean, paper T128 lr 1e-4, real images|$OUT/pool100_real|$ZM --lr 1e-4 --steps 1000 --val-every 200"
+  )
+  echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
+  run_rows zm "${ZOOMEAN_RUNS[@]}"
 fi
 
 # The mask-0.75 gap of the main job: distillation targets of the kept patches (the default) or of
