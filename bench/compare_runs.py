@@ -9,29 +9,14 @@ paths and other metadata are not compared. Exit status 1 when anything differs, 
 Used to show that a refactoring leaves the pipeline's behaviour unchanged.
 """
 import csv
-import json
 import pathlib
-import struct
 import sys
 
 import h5py
 import numpy as np
 
-DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32,
-          "U8": np.uint8, "F64": np.float64}
-
-
-def safetensors(path):
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=DTYPES[v["dtype"]]).reshape(v["shape"])
-    return out
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "cli"))
+from peft_adapter import read_safetensors  # noqa: E402  (the tests' own safetensors reader)
 
 
 def main():
@@ -47,7 +32,7 @@ def main():
             problems.append(f"{kind}: different file lists: {sorted(set(fa) ^ set(fb))}")
         for rel in sorted(set(fa) & set(fb)):
             if kind == "*.safetensors":
-                ta, tb = safetensors(a / rel), safetensors(b / rel)
+                ta, tb = read_safetensors(a / rel), read_safetensors(b / rel)
                 counts["safetensors"] += 1
             else:
                 with h5py.File(a / rel, "r") as ha, h5py.File(b / rel, "r") as hb:

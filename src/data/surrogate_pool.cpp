@@ -85,13 +85,15 @@ void write_pool_file(const std::string& path, const PoolArrays& a, int chunk_ima
   });
 }
 
-json write_pool_index(const std::string& dir, json header, const std::vector<PoolIndexEntry>& files) {
+json write_pool_index(const std::string& dir, json header, const std::vector<PoolIndexEntry>& files,
+                      const std::function<void(size_t, const io::h5::File&)>& each) {
   json& index = header;
   index["format"] = kPoolFormat;
   index["files"] = json::array();
   std::map<int64_t, std::pair<int64_t, std::vector<int>>> by_class;  // dataset class -> (images, LoRAs)
   int64_t images = 0;
-  for (const PoolIndexEntry& e : files) {
+  for (size_t i = 0; i < files.size(); ++i) {
+    const PoolIndexEntry& e = files[i];
     const std::string path = (stdfs::path(dir) / e.file).string();
     if (!pool_file_complete(path)) throw RuntimeError(path + " is missing or incomplete");
     const io::h5::File f = io::h5::File::open_read(path);
@@ -104,6 +106,7 @@ json write_pool_index(const std::string& dir, json header, const std::vector<Poo
     const at::Tensor gc = f.read("/global_class", 0, -1, at::kInt).contiguous();
     const int32_t* g = gc.data_ptr<int32_t>();
     for (int64_t r = 0; r < n; ++r) ++by_class[g[r]].first;
+    if (each) each(i, f);
   }
   index["images"] = images;
   index["classes"] = json::array();

@@ -38,13 +38,19 @@ bool zoo_entry_complete(const std::string& dir) {
 ZooManifest ZooManifest::read(const std::string& dir) {
   const stdfs::path path = stdfs::path(dir) / kZooManifestFile;
   if (!stdfs::exists(path)) throw InputError(path.string() + ": missing (is --zoo a zoo directory?)");
-  ZooManifest m;
-  m.dir = dir;
+  json content;
   try {
-    m.content = json::parse(fs::read_text(path));
+    content = json::parse(fs::read_text(path));
   } catch (const json::exception& e) {
     throw InputError(path.string() + ": invalid JSON (" + e.what() + ")");
   }
+  return parse(dir, std::move(content));
+}
+
+ZooManifest ZooManifest::parse(const std::string& dir, json content) {
+  ZooManifest m;
+  m.dir = dir;
+  m.content = std::move(content);
   try {
     for (const auto& e : m.content.at("loras")) {
       ZooEntry z;
@@ -55,7 +61,7 @@ ZooManifest ZooManifest::read(const std::string& dir) {
       m.loras.push_back(std::move(z));
     }
   } catch (const json::exception& e) {
-    throw InputError(path.string() + ": not a zoo manifest (" + e.what() + ")");
+    throw InputError((stdfs::path(dir) / kZooManifestFile).string() + ": not a zoo manifest (" + e.what() + ")");
   }
   return m;
 }

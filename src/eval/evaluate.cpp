@@ -6,20 +6,15 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
 #include <map>
-#include <memory>
-#include <optional>
 #include <sstream>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/dist/communicator.h"
-#include "lorarecycle/eval/lorahub.h"
 #include "lorarecycle/eval/methods.h"
 #include "lorarecycle/io/safetensors.h"
 #include "lorarecycle/model/peft.h"

@@ -227,21 +227,20 @@ class InvertJob {
     if (comm_.rank() != 0) return;
     std::vector<data::PoolIndexEntry> entries;
     for (const data::ZooEntry& j : jobs_) entries.push_back({data::pool_file_name(j.id), j.id, j.classes});
+    json summary = {{"loras", json::array()}};
     json index;
     try {
-      index = data::write_pool_index(cfg_.out, {{"model", cfg_.model}, {"zoo", cfg_.zoo}, {"settings", settings_}},
-                                     entries);
+      index = data::write_pool_index(
+          cfg_.out, {{"model", cfg_.model}, {"zoo", cfg_.zoo}, {"settings", settings_}}, entries,
+          [&](size_t i, const io::h5::File& f) {
+            summary["loras"].push_back({{"lora_id", jobs_[i].id},
+                                        {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
+                                        {"best_loss", f.attr_double("/", "best_loss")},
+                                        {"seconds", f.attr_double("/", "seconds")},
+                                        {"rank", owner_[i]}});
+          });
     } catch (const RuntimeError& e) {
       throw RuntimeError(std::string("invert: ") + e.what() + " after every rank finished");
-    }
-    json summary = {{"loras", json::array()}};
-    for (size_t i = 0; i < jobs_.size(); ++i) {
-      const io::h5::File f = io::h5::File::open_read((out_ / entries[i].file).string());
-      summary["loras"].push_back({{"lora_id", jobs_[i].id},
-                                  {"teacher_accuracy", f.attr_double("/", "teacher_accuracy")},
-                                  {"best_loss", f.attr_double("/", "best_loss")},
-                                  {"seconds", f.attr_double("/", "seconds")},
-                                  {"rank", owner_[i]}});
     }
     double inverted_now = 0, lora_seconds = 0;
     for (double v : inverted) inverted_now += v;

@@ -500,7 +500,13 @@ at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& c
   check_image_shape(images.sizes(), cfg, "images", false);
   if (images.scalar_type() != at::kByte) throw InputError("images must be uint8");
   const int64_t c = images.size(3);
-  at::Tensor x = images.to(device).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
+  // Host tensors reach a GPU without the host waiting: page-locked images (metatrain's prefetch)
+  // asynchronously, the small constants below from page-locked copies.
+  const auto to_device = [&](const at::Tensor& t) {
+    if (!device.is_cuda() || t.device() == device) return t.to(device);
+    return (t.is_pinned() ? t : t.pin_memory()).to(at::TensorOptions().device(device), /*non_blocking=*/true);
+  };
+  at::Tensor x = to_device(images).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
   if (c == 1 && cfg.num_channels != 1) x = x.expand({-1, cfg.num_channels, -1, -1});
   const int64_t s = cfg.image_size;
   if (x.size(2) != s || x.size(3) != s) x = resize_center_crop(x, s).clamp_(0.0, 1.0);
@@ -508,8 +514,8 @@ at::Tensor preprocess_images(const at::Tensor& images, const ClipVisionConfig& c
   std::vector<float> std(cfg.image_std.begin(), cfg.image_std.end());
   mean.resize(cfg.num_channels, mean.back());
   std.resize(cfg.num_channels, std.back());
-  const at::Tensor m = at::tensor(mean, at::kFloat).to(device).view({1, -1, 1, 1});
-  const at::Tensor d = at::tensor(std, at::kFloat).to(device).view({1, -1, 1, 1});
+  const at::Tensor m = to_device(at::tensor(mean, at::kFloat)).view({1, -1, 1, 1});
+  const at::Tensor d = to_device(at::tensor(std, at::kFloat)).view({1, -1, 1, 1});
   return ((x - m) / d).contiguous();
 }
 

@@ -865,7 +865,8 @@ class MetaTrainer {
     if (b.patch_index.defined()) fo.patch_index = to_device(b.patch_index);
     at::Tensor feat;
     {
-      const at::Tensor px = b.pixels.defined() ? b.pixels.to(device_) : normalise_on_device(b.u8);
+      const at::Tensor px =
+          b.pixels.defined() ? b.pixels.to(device_) : model::preprocess_images(b.u8, vit_->config(), device_);
       feat = vit_->forward(px, fo, &*lora_).feature;
     }
     feat = feat.to(at::kFloat);  // prototypes and losses in float32
@@ -961,23 +962,6 @@ class MetaTrainer {
   // A host tensor on the device: without waiting for the host when it is page-locked (GPU steps).
   at::Tensor to_device(const at::Tensor& t) const {
     return t.to(at::TensorOptions().device(device_), /*non_blocking=*/t.is_pinned());
-  }
-
-  // The uint8 [B, S, S, 3] pool images as the model's input, normalised on the device with
-  // constants made once (model::preprocess_images, without its per-call copies of them).
-  at::Tensor normalise_on_device(const at::Tensor& u8) {
-    if (vit_->config().num_channels != 3) return model::preprocess_images(u8, vit_->config(), device_);
-    if (!pixel_mean_.defined()) {
-      const auto& c = vit_->config();
-      pixel_mean_ = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end()), at::kFloat)
-                        .to(device_)
-                        .view({1, -1, 1, 1});
-      pixel_std_ = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end()), at::kFloat)
-                       .to(device_)
-                       .view({1, -1, 1, 1});
-    }
-    const at::Tensor x = to_device(u8).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0);
-    return ((x - pixel_mean_) / pixel_std_).contiguous();
   }
 
   void apply(const at::Tensor& grads, double lr) {
@@ -1152,7 +1136,6 @@ class MetaTrainer {
   // --host-sync: whether the host reads the step's results only at log and checkpoint steps, the
   // device-side window it then reads, the stop flag it saw, and the host reads of the training loop.
   bool defer_ = false, deferred_stop_ = false;
-  at::Tensor pixel_mean_, pixel_std_;  // GPU steps: the normalisation constants on the device
   at::Tensor dev_window_;
   int64_t host_reads_ = 0;
   // Timings of the timed steps (seconds) and the current metrics window.

@@ -167,13 +167,8 @@ class Checker {
   static std::string zoo_manifest_at(const stdfs::path& p) { return prov::file_digest(p / data::kZooManifestFile); }
   static std::string pool_index_at(const stdfs::path& p) { return prov::file_digest(p / data::kPoolIndexFile); }
   static std::string adapter_at(const stdfs::path& p) { return model::adapter_digest(p.string()); }
-  static std::vector<std::string> lora_dirs(const stdfs::path& zoo_dir, const json& manifest) {
-    std::vector<std::string> dirs;
-    for (const auto& e : manifest.at("loras")) dirs.push_back((zoo_dir / e.at("dir").get<std::string>()).string());
-    return dirs;
-  }
   static std::string zoo_at(const stdfs::path& p) {
-    return model::adapters_digest(lora_dirs(p, json::parse(fs::read_text(p / data::kZooManifestFile))));
+    return model::adapters_digest(data::ZooManifest::read(p.string()).lora_dirs());
   }
   static std::string str(const json& j, const std::string& key) {
     return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
@@ -211,21 +206,22 @@ class Checker {
     }
     const json m = read_json(mp);
     const json settings = recorded_settings(m, mp, o.marker);
-    const auto& loras = m.at("loras");
+    const data::ZooManifest zm = data::ZooManifest::parse(dir_.string(), m);
+    const auto& loras = zm.loras;
     const int want = m.value("num_loras", static_cast<int>(loras.size()));
     if (static_cast<int>(loras.size()) != want)
       problem(mp, "lists " + std::to_string(loras.size()) + " LoRAs of num_loras " + std::to_string(want));
     const std::string model_d = str(settings, "--model (content digest)");
     int ok = 0;
-    for (const auto& e : loras) {
-      const stdfs::path ld = dir_ / e.at("dir").get<std::string>();
-      if (!need(ld / model::kPeftWeights, "a LoRA the manifest lists") || !need(ld / "task.json", "its task") ||
+    for (const data::ZooEntry& e : loras) {
+      const stdfs::path ld = e.dir;
+      if (!need(ld / model::kPeftWeights, "a LoRA the manifest lists") || !need(ld / data::kZooTaskFile, "its task") ||
           !safetensors_intact(ld / model::kPeftWeights))
         continue;
-      const json task = read_json(ld / "task.json");
+      const json task = read_json(ld / data::kZooTaskFile);
       const std::string diff = prov::first_difference(task.value("settings", json::object()), settings, ld.string());
       if (!diff.empty()) {
-        problem(ld / "task.json", "made with other settings than the manifest's: " + diff);
+        problem(ld / data::kZooTaskFile, "made with other settings than the manifest's: " + diff);
         continue;
       }
       const std::string bd = model::recorded_base_digest(ld.string());
@@ -239,7 +235,7 @@ class Checker {
     }
     if (ok != static_cast<int>(loras.size())) return;
     reg_.zoo_manifest[prov::file_digest(mp)] = dir_;
-    reg_.zoo_adapters[model::adapters_digest(lora_dirs(dir_, m))] = dir_;
+    reg_.zoo_adapters[model::adapters_digest(zm.lora_dirs())] = dir_;
     note(std::to_string(ok) + "/" + std::to_string(want) + " LoRAs, adapters intact, settings agree");
     link("VFM", model_d, reg_.models, m.value("model", ""), model_at);
     link("data", str(settings, "--data (content digest)"), {}, m.value("data", ""), file_at);
@@ -266,8 +262,7 @@ class Checker {
       zoo_dir = index["zoo"].get<std::string>();
     std::map<int, stdfs::path> lora_by_id;  // the zoo's LoRA directories by lora id
     if (!zoo_dir.empty()) {
-      const json zm = read_json(zoo_dir / data::kZooManifestFile);
-      for (const auto& e : zm.at("loras")) lora_by_id[e.at("id").get<int>()] = zoo_dir / e.at("dir").get<std::string>();
+      for (const data::ZooEntry& e : data::ZooManifest::read(zoo_dir.string()).loras) lora_by_id[e.id] = e.dir;
     }
     int ok = 0, images = 0;
     const auto& files = index.at("files");

@@ -1,13 +1,17 @@
-"""Reads a PEFT adapter directory written by lorarecycle (own safetensors reader, float32)."""
+"""Reads safetensors files and PEFT adapter directories written by lorarecycle (own reader, numpy)."""
 import json
 import struct
 
 import numpy as np
 
 
-def tensors(d):
-    """name -> float32 array of DIR/adapter_model.safetensors."""
-    b = open(f"{d}/adapter_model.safetensors", "rb").read()
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "I64": np.int64,
+          "I32": np.int32, "U8": np.uint8}
+
+
+def read_safetensors(path):
+    """name -> array (in its stored dtype; BF16 as raw uint16) of a .safetensors file."""
+    b = open(path, "rb").read()
     n = struct.unpack("<Q", b[:8])[0]
     h = json.loads(b[8:8 + n])
     out = {}
@@ -15,8 +19,13 @@ def tensors(d):
         if k == "__metadata__":
             continue
         s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=np.float32).reshape(v["shape"])
+        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=DTYPES[v["dtype"]]).reshape(v["shape"])
     return out
+
+
+def tensors(d):
+    """name -> float32 array of DIR/adapter_model.safetensors."""
+    return {k: v.astype(np.float32, copy=False) for k, v in read_safetensors(f"{d}/adapter_model.safetensors").items()}
 
 
 def deltas(d):

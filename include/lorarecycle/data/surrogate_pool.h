@@ -71,9 +71,10 @@ struct PoolIndexEntry {
 };
 // Writes <dir>/index.json atomically over complete pool files: `header` (model, zoo, settings) with
 // format, files (with their image and class counts), images and the real classes (image count and
-// covering LoRAs). RuntimeError naming a file that is missing or incomplete. Returns the index.
-nlohmann::json write_pool_index(const std::string& dir, nlohmann::json header,
-                                const std::vector<PoolIndexEntry>& files);
+// covering LoRAs). RuntimeError naming a file that is missing or incomplete. each(i, file), when
+// given, sees every open file in the same pass (the producer's summary). Returns the index.
+nlohmann::json write_pool_index(const std::string& dir, nlohmann::json header, const std::vector<PoolIndexEntry>& files,
+                                const std::function<void(size_t, const io::h5::File&)>& each = {});
 
 // The reader: every file of a pool, classes keyed by the dataset class id (/global_class), so a
 // class holds the surrogates of every LoRA that covers it. Labels, teacher logits and patch scores

@@ -44,6 +44,8 @@ struct ZooManifest {
   // Reads <dir>/manifest.json. InputError naming the file when it is missing, not JSON or not a
   // zoo manifest.
   static ZooManifest read(const std::string& dir);
+  // The same from a manifest's content already read (InputError naming `dir`'s manifest).
+  static ZooManifest parse(const std::string& dir, nlohmann::json content);
   // The manifest of a finished zoo of `num_loras` LoRAs, from their task.json files (RuntimeError
   // naming the first one missing), with `header` (model, data, num_loras, n_way, cover_classes,
   // settings) and the coverage of the dataset's classes. Not written.
