@@ -9,18 +9,22 @@
 #       and bf16 against the same step in PyTorch eager mode (bench/eager_step.py); the kernel's
 #       share; GFLOP per CPU-second against the peak of (0);
 #   (2) episodes/s at mask ratio 0 / 0.5 / 0.75, fp32 and bf16, mpirun -np 2, and world size 1;
-#   (3) inversion of one LoRA (30 iterations): image-iterations/s, fp32 and bf16.
+#   (3) inversion of one LoRA (30 iterations): image-iterations/s, fp32 and bf16;
+#   (4) the step's per-phase profile at mask ratio 0 / 0.5 / 0.75, fp32 and bf16 (one rank, one
+#       thread, the step of (1), 40 steps): metatrain.json timing.phase_ms_per_step (wall-clock
+#       scopes around the phases; CPU ops are synchronous), medians, and what each phase shrinks
+#       by from mask 0 to 0.75 (tokens 65 -> 17; the forward's FLOPs 4.1x fewer).
 # The step's FLOP count: 2 x the forward's matmul FLOPs (the frozen ViT's backward computes
 # input gradients only, one matmul per forward matmul; the LoRA's weight gradients are rank 4 and
 # left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
 # tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
 # the work, so a lower bound of nothing).
-# PARTS="1 2" runs only those parts (default "1 2 3"; the peak (0) always runs).
+# PARTS="1 2" runs only those parts (default "1 2 3 4"; the peak (0) always runs).
 #   [WORKDIR=DIR] [PARTS=...] bash bench/perf.sh [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-REPS=${1:-2}; PARTS=${PARTS:-1 2 3}
+REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
@@ -87,6 +91,17 @@ part 3 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
+part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: running"
+part 4 && for rep in $(seq 1 "$REPS"); do
+  for p in fp32 bf16; do
+    for m in 0 0.5 0.75; do
+      OMP_NUM_THREADS=1 "$B" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart --steps 40 \
+        --precision $p --mask-ratio $m --val-every 0 >/dev/null
+      cp "$W/ph/metatrain.json" "$W/phase_${p}_$m.$rep.json"
+    done
+  done
+done
+
 /usr/bin/python3 - "$W" "$PWD/$MODEL" "$REPS" <<'PY'
 import json, os, statistics as st, sys
 w, model, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -133,4 +148,17 @@ if inv:
     f, b = med(inv["fp32"]), med(inv["bf16"])
     print(f"\n(3) inversion, 1 LoRA (40 images x 30 iterations), 1 rank: fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), "
           f"bf16 {b:.2f} s ({n_img / b:.0f}); bf16 vs fp32 {f / b:.2f}x (wall, includes start-up)")
+
+if os.path.exists(f"{w}/phase_fp32_0.1.json"):
+    order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]
+    print("\n(4) the step by phase, ms per step (1 rank, 1 episode of 80 images; medians)")
+    for pr in ("fp32", "bf16"):
+        ph = {m: [json.load(open(f"{w}/phase_{pr}_{m}.{r}.json"))["timing"] for r in range(1, reps + 1)]
+              for m in ("0", "0.5", "0.75")}
+        print(f"  {pr:<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0 / 0.75':>10}")
+        for k in order + ["step"]:
+            v = {m: med(t["step_seconds"] * 1e3 if k == "step" else t["phase_ms_per_step"][k] for t in ts)
+                 for m, ts in ph.items()}
+            ratio = f"{v['0'] / v['0.75']:9.2f}x" if v["0.75"] > 0.005 else f"{'-':>10}"
+            print(f"  {k:<10}{v['0']:9.2f}{v['0.5']:10.2f}{v['0.75']:11.2f}{ratio}")
 PY

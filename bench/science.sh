@@ -41,7 +41,8 @@
 # when "zoo" has not.
 # "lowres", "zoo100", "mask", "zoomean" (alone; not in "all"): smooth starts with 32 surrogates
 # per LoRA and class and with --zoom 0.5, under the paper's objective and the main recipe; the
-# paper's zoo size (100 LoRAs over 64 classes); the main job's mask-0.75 gap with --distill-dense;
+# paper's zoo size (100 LoRAs over 64 classes); the main job's mask-0.75 gap (attention-top or
+# random patch subsets, --distill-dense);
 # small learning rates from the zoo's average on the zoo of 100. Each part's comment below says
 # what it costs.
 set -euo pipefail
@@ -338,13 +339,18 @@ if [ "$WHAT" = zoomean ]; then
   run_rows zm "${ZOOMEAN_RUNS[@]}"
 fi
 
-# The mask-0.75 gap of the main job: distillation targets of the kept patches (the default) or of
-# the whole surrogate (--distill-dense), on the main job's pool and recipe (docs/science.md).
+# The mask-0.75 gap of the main job, on its pool and recipe (docs/science.md): the paper's
+# attention-top quarter of the patches with distillation targets of the kept patches or of the
+# whole surrogate (--distill-dense), and random quarters (--mask-select random, the main job's since
+# this round) with 1, 8 or 32 fixed subsets per image.
 if [ "$WHAT" = mask ]; then
   MASK_RUNS=(
     "main, dense|runs/demo/pool|"
-    "main, mask 0.75|runs/demo/pool|--mask-ratio 0.75"
-    "main, mask 0.75, --distill-dense|runs/demo/pool|--mask-ratio 0.75 --distill-dense"
+    "main, mask 0.75, attention-top patches|runs/demo/pool|--mask-ratio 0.75 --mask-select top"
+    "main, mask 0.75, attention-top, --distill-dense|runs/demo/pool|--mask-ratio 0.75 --mask-select top --distill-dense"
+    "main, mask 0.75, random subsets, 1 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 1"
+    "main, mask 0.75, random subsets, 8 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 8"
+    "main, mask 0.75, random subsets, 32 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 32"
   )
   echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
   run_rows k "${MASK_RUNS[@]}"

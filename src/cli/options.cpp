@@ -110,6 +110,9 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
                      : "";
   model::set_tf32(common.tf32);
   if (device.is_cuda()) precision += std::string(", tf32 ") + (common.tf32 ? "on" : "off");
+  if (with_precision)
+    precision += model::fused_attention_available() ? ", attention fused (scaled_dot_product_attention)"
+                                                    : ", attention explicit (LibTorch < 2.0 has no fused kernel)";
   LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << precision);
   return ctx;
 }

@@ -11,6 +11,9 @@
 #if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
 #define LORAREC_AUTOCAST_BY_DEVICE 1  // LibTorch >= 2.4: autocast state per device type
 #endif
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+#define LORAREC_HAVE_SDPA 1  // LibTorch >= 2.0: at::scaled_dot_product_attention
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +26,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/phase_clock.h"
 
 namespace lorarec::model {
 namespace {
@@ -563,6 +567,7 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
   const int64_t C = c.num_channels, p = c.patch_size, g = c.grid(), P = c.num_patches(), D = c.hidden_size;
   const int64_t B = pixels.size(0);
   at::Tensor& index = *index_out;
+  util::PhaseScope gather_phase("patches");
   at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, P, C * p * p});
   if (patch_index.defined()) {
     const at::Tensor& pi = patch_index;
@@ -579,6 +584,8 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
   } else if (track) {
     index = at::arange(P, at::TensorOptions().dtype(at::kLong).device(pixels.device())).unsqueeze(0).expand({B, P});
   }
+  gather_phase.stop();
+  util::PhaseScope embed_phase("embed");
   at::Tensor x = at::matmul(patches, patch_w_.reshape({D, C * p * p}).t());  // [B, T, D]
   if (index.defined())
     x = x + pos_emb_.index_select(0, (index + 1).reshape({-1})).view({B, index.size(1), D});
@@ -587,6 +594,44 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
   const at::Tensor cls = (class_emb_ + pos_emb_[0]).view({1, 1, D}).expand({B, 1, D});
   x = at::cat({cls, x}, 1);
   return at::layer_norm(x, {D}, pre_ln_w_, pre_ln_b_, c.layer_norm_eps);
+}
+
+static std::string libtorch_version() {
+#if defined(TORCH_VERSION_MAJOR)
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
+#else
+  return "unknown";
+#endif
+}
+
+bool fused_attention_available() {
+#ifdef LORAREC_HAVE_SDPA
+  return true;
+#else
+  return false;
+#endif
+}
+
+void ClipVision::set_attention(Attention a) {
+  if (a == Attention::kFused && !fused_attention_available())
+    throw InputError("fused attention needs LibTorch >= 2.0 (this build: " + libtorch_version() + ")");
+  attention_ = a;
+}
+
+at::Tensor ClipVision::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              at::Tensor* cls_row) const {
+  const double scale = 1.0 / std::sqrt(double(q.size(-1)));
+#ifdef LORAREC_HAVE_SDPA
+  if (attention_ == Attention::kFused) {
+    if (cls_row != nullptr)  // the one row pruning needs, beside the fused kernel
+      *cls_row = at::softmax(at::matmul(q.narrow(2, 0, 1) * scale, k.transpose(-2, -1)), -1).squeeze(2);
+    return at::scaled_dot_product_attention(q, k, v);  // default scale 1 / sqrt(head dim)
+  }
+#endif
+  // HF CLIPAttention: q scaled after projection, softmax over keys.
+  const at::Tensor attn = at::softmax(at::matmul(q * scale, k.transpose(-2, -1)), -1);  // [B, H, Tq, T]
+  if (cls_row != nullptr) *cls_row = attn.select(2, 0);
+  return at::matmul(attn, v);
 }
 
 ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
@@ -610,29 +655,29 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
   at::Tensor x = embed_tokens(pixels, opts.patch_index, track, &index);
 
   at::Tensor last_scores, last_index;
-  const double scale = 1.0 / std::sqrt(double(dh));
   for (int l = 0; l < L; ++l) {
     const Layer& ly = layers_[l];
     const bool last = (l == L - 1);
     const bool cls_only = last && opts.cls_only_last;
     const int64_t T = x.size(1);
+    util::PhaseScope attention_phase("attention");
     // Attention (HF CLIPAttention: q scaled after projection, softmax over keys).
     const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);
     const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
     const int64_t Tq = hq.size(1);
-    const at::Tensor q = (linear(hq, l, Module::kQ, lora) * scale).view({B, Tq, H, dh}).transpose(1, 2);
+    const at::Tensor q = linear(hq, l, Module::kQ, lora).view({B, Tq, H, dh}).transpose(1, 2);
     const at::Tensor k = linear(h, l, Module::kK, lora).view({B, T, H, dh}).transpose(1, 2);
     const at::Tensor v = linear(h, l, Module::kV, lora).view({B, T, H, dh}).transpose(1, 2);
-    const at::Tensor attn = at::softmax(at::matmul(q, k.transpose(-2, -1)), -1);  // [B, H, Tq, T]
-    at::Tensor o = at::matmul(attn, v).transpose(1, 2).reshape({B, Tq, D});
-    o = linear(o, l, Module::kOut, lora);
-    x = (cls_only ? x.slice(1, 0, 1) : x) + o;
-
     const auto pr = prune.find(l);
     const bool want_last = last && opts.want_scores;
-    if (pr != prune.end() || want_last) {
+    at::Tensor cls_row;  // [B, H, T] when pruning here or returning the scores
+    at::Tensor o = attend(q, k, v, (pr != prune.end() || want_last) ? &cls_row : nullptr);
+    o = linear(o.transpose(1, 2).reshape({B, Tq, D}), l, Module::kOut, lora);
+    x = (cls_only ? x.slice(1, 0, 1) : x) + o;
+
+    if (cls_row.defined()) {
       // Head-averaged attention of the CLS query on each patch token: [B, T - 1].
-      const at::Tensor s = attn.select(2, 0).slice(-1, 1).mean(1);
+      const at::Tensor s = cls_row.slice(-1, 1).mean(1);
       if (want_last) {
         last_scores = s.detach();
         last_index = index;
@@ -646,6 +691,8 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
           x = at::cat({x.slice(1, 0, 1), at::gather(x.slice(1, 1), 1, keep.unsqueeze(-1).expand({B, n - drop, D}))}, 1);
       }
     }
+    attention_phase.stop();
+    util::PhaseScope mlp_phase("mlp");
     // MLP.
     const at::Tensor h2 = at::layer_norm(x, {D}, ly.ln2_w, ly.ln2_b, c.layer_norm_eps);
     at::Tensor m = linear(h2, l, Module::kFc1, lora);
@@ -653,6 +700,7 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     m = linear(m, l, Module::kFc2, lora);
     x = (opts.official_prune_residual && pr != prune.end()) ? h2 + m : x + m;
   }
+  util::PhaseScope head_phase("head");
   ForwardOutput out;
   at::Tensor pooled = at::layer_norm(x.select(1, 0), {D}, post_ln_w_, post_ln_b_, c.layer_norm_eps);
   out.feature = proj_.defined() ? at::matmul(pooled, proj_.t()) : pooled;

@@ -39,6 +39,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/phase_clock.h"
 #include "lorarecycle/util/progress.h"
 #include "lorarecycle/util/provenance.h"
 
@@ -51,6 +52,8 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kCheckpoint = "checkpoint.safetensors";
 constexpr std::uint64_t kEpisodeStream = 0x3000;  // + episode slot
 constexpr std::uint64_t kValSeedOffset = 0x5eed;
+constexpr std::uint64_t kMaskStream = 0x6000;  // + mask variant (--mask-select random)
+constexpr int64_t kWarmSteps = 2;  // excluded from the throughput figures and the phase profile (first touches)
 
 volatile std::sig_atomic_t g_stop = 0;
 extern "C" void on_stop_signal(int sig) {
@@ -131,6 +134,17 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
   return std::get<0>(idx.sort(1));
 }
 
+at::Tensor random_mask_scores(const std::vector<int64_t>& rows, int v, int64_t num_patches, std::uint64_t seed) {
+  at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), num_patches}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto rng = data::make_rng(seed, kMaskStream + static_cast<std::uint64_t>(v), static_cast<std::uint64_t>(rows[i]));
+    for (int64_t j = 0; j < num_patches; ++j) o[i * num_patches + j] = u(rng);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 void MetaTrainConfig::validate() const {
@@ -153,6 +167,9 @@ void MetaTrainConfig::validate() const {
   if (!(temperature > 0) || !std::isfinite(temperature)) throw InputError("metatrain: --temperature must be > 0");
   if (!(distill_weight >= 0) || !std::isfinite(distill_weight))
     throw InputError("metatrain: --distill-weight must be >= 0");
+  if (mask_select != "top" && mask_select != "random")
+    throw InputError("metatrain: --mask-select must be top or random, got '" + mask_select + "'");
+  if (mask_variants < 1) throw InputError("metatrain: --mask-variants must be >= 1");
   if (distill_dense && (distill_weight <= 0 || mask_ratio <= 0))
     throw InputError(
         "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
@@ -222,8 +239,9 @@ class BatchMaker {
  public:
   // normalise_here: produce normalised float pixels (CPU training); else the uint8 images, for the
   // device to normalise (4x less to copy; a GPU does it in microseconds).
-  // teacher_feat: [pool rows, 2, D] features of every image under its own LoRA, unflipped and
-  // flipped (undefined: no distillation).
+  // teacher_feat: [pool rows, V, 2, D] features of every image under its own LoRA, per mask variant
+  // (V = --mask-variants with --mask-select random, else 1), unflipped and flipped (undefined: no
+  // distillation).
   BatchMaker(const MetaTrainConfig& cfg, data::SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
              int rank, int world, bool normalise_here, at::Tensor teacher_feat)
       : cfg_(cfg),
@@ -245,6 +263,7 @@ class BatchMaker {
     b.step = step;
     std::vector<int64_t> rows;
     std::vector<bool> flips;
+    std::vector<int> variants;                // per image, with --mask-select random
     std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng =
@@ -264,6 +283,10 @@ class BatchMaker {
           query_rows.push_back(picked[c][k]);
         }
       for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) flips.push_back(cfg_.flip && u(rng) < 0.5);
+      if (random_masks()) {
+        std::uniform_int_distribution<int> dv(0, cfg_.mask_variants - 1);
+        for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) variants.push_back(dv(rng));
+      }
       if (cfg_.jitter > 0) {
         std::uniform_int_distribution<int> d(-cfg_.jitter, cfg_.jitter);
         for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) {
@@ -284,7 +307,8 @@ class BatchMaker {
     }
     if (teacher_feat_.defined()) {
       std::vector<int64_t> flat;
-      for (size_t i = 0; i < rows.size(); ++i) flat.push_back(rows[i] * 2 + (flips[i] ? 1 : 0));
+      for (size_t i = 0; i < rows.size(); ++i)
+        flat.push_back((rows[i] * num_variants() + (variants.empty() ? 0 : variants[i])) * 2 + (flips[i] ? 1 : 0));
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
     at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
@@ -293,7 +317,13 @@ class BatchMaker {
     for (size_t i = 0; i < flips.size(); ++i)
       if (flips[i]) fl.push_back(static_cast<int64_t>(i));
     at::Tensor scores;
-    if (cfg_.mask_ratio > 0) scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
+    if (random_masks()) {
+      scores = at::empty({static_cast<int64_t>(rows.size()), grid_ * grid_}, at::kFloat);
+      for (size_t i = 0; i < rows.size(); ++i)
+        scores[static_cast<int64_t>(i)].copy_(random_mask_scores({rows[i]}, variants[i], grid_ * grid_, cfg_.seed)[0]);
+    } else if (cfg_.mask_ratio > 0) {
+      scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
+    }
     if (!fl.empty()) {
       const at::Tensor fi = at::tensor(fl, at::kLong);
       u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
@@ -314,6 +344,9 @@ class BatchMaker {
     b.prep_seconds = seconds_since(t0);
     return b;
   }
+
+  bool random_masks() const { return cfg_.mask_ratio > 0 && cfg_.mask_select == "random"; }
+  int64_t num_variants() const { return random_masks() ? cfg_.mask_variants : 1; }
 
   // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
   // roll by the nearest whole number of patches.
@@ -430,6 +463,10 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.cycle == 0) j["steps"] = c.steps;
   if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
   if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
+  if (c.mask_ratio > 0 && c.mask_select != "top") {
+    j["mask_select"] = c.mask_select;
+    j["mask_variants"] = c.mask_variants;
+  }
   return j;
 }
 
@@ -477,19 +514,22 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
 }
 
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
-// unflipped and flipped: [rows, 2, D] on the CPU. With a mask ratio the teacher sees the same
-// patches as the student (the top ones by stored score, flipped with the image); with 0 (also
-// under --distill-dense) every patch. Every rank checks every path first (so all report a missing
-// LoRA alike); the files are then shared out over the ranks and the result summed, so every rank
-// holds the whole table.
+// per mask variant, unflipped and flipped: [rows, V, 2, D] on the CPU (V = --mask-variants under
+// --mask-select random, else 1; the flipped slot is left 0 without --flip). With a mask ratio the
+// teacher sees the same patches as the student (the top ones by stored score, or variant v's random
+// subset, flipped with the image); with 0 (also under --distill-dense) every patch. Every rank checks every path first
+// (so all report a missing LoRA alike); the files are then shared out over the ranks and the result summed, so every
+// rank holds the whole table.
 at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& pool, double mask_ratio,
-                             dist::Communicator& comm, const c10::Device& device) {
+                             const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   const auto t0 = Clock::now();
   at::NoGradGuard ng;
   const int64_t D = vit.config().projection_dim;
   const int64_t grid = vit.config().image_size / vit.config().patch_size;
   check_lora_paths(pool, "--distill-weight");
-  at::Tensor out = at::zeros({pool.size(), 2, D}, at::kFloat);
+  const bool random = mask_ratio > 0 && cfg.mask_select == "random";
+  const int64_t V = random ? cfg.mask_variants : 1;
+  at::Tensor out = at::zeros({pool.size(), V, 2, D}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
     if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
     const auto& f = pool.files()[fi];
@@ -500,22 +540,27 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
       std::vector<int64_t> rows(n);
       std::iota(rows.begin(), rows.end(), first);
       const at::Tensor px = model::preprocess_images(pool.images(rows), vit.config(), device);
-      for (int flip = 0; flip < 2; ++flip) {
-        model::ForwardOptions fo;
-        if (mask_ratio > 0) {
-          const at::Tensor sc = pool.patch_scores().narrow(0, first, n);
-          fo.patch_index = top_patches(flip ? flip_patch_scores(sc, grid) : sc, mask_ratio).to(device);
+      for (int64_t v = 0; v < V; ++v)
+        for (int flip = 0; flip < 2; ++flip) {
+          if (flip && !cfg.flip) continue;  // never looked up
+          model::ForwardOptions fo;
+          if (mask_ratio > 0) {
+            const at::Tensor sc = random ? random_mask_scores(rows, static_cast<int>(v), grid * grid, cfg.seed)
+                                         : pool.patch_scores().narrow(0, first, n);
+            fo.patch_index = top_patches(flip ? flip_patch_scores(sc, grid) : sc, mask_ratio).to(device);
+          }
+          const at::Tensor feat = vit.forward(flip ? px.flip({3}) : px, fo, &teacher).feature;
+          out.narrow(0, first, n).select(1, v).select(1, flip).copy_(feat.to(at::kCPU, at::kFloat));
         }
-        const at::Tensor feat = vit.forward(flip ? px.flip({3}) : px, fo, &teacher).feature;
-        out.narrow(0, first, n).select(1, flip).copy_(feat.to(at::kCPU, at::kFloat));
-      }
     }
   }
   at::Tensor d = out.to(device);
   comm.all_reduce_sum(d);
   LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images under their own LoRAs ("
-                                                 << (mask_ratio > 0 ? "the kept patches" : "every patch") << "), "
-                                                 << seconds_since(t0) << " s");
+                                                 << (mask_ratio <= 0 ? std::string("every patch")
+                                                     : random        ? std::to_string(V) + " random patch subsets each"
+                                                                     : std::string("the kept patches"))
+                                                 << "), " << seconds_since(t0) << " s");
   return d.cpu();
 }
 
@@ -559,12 +604,18 @@ class MetaTrainer {
     optim::BadStepGuard guard("metatrain", cfg_.max_bad_steps, "; last good checkpoint: " + ckpt_.string(),
                               skipped_total_);
     Prefetcher prefetch(maker, start_, cfg_.steps, cfg_.prefetch);
+    util::PhaseClock& phases = util::PhaseClock::this_thread();
+    phases.reset();
     for (step_ = start_; step_ < cfg_.steps; ++step_) {
       const auto t_step = Clock::now();
+      // The per-phase profile (CPU ops are synchronous): the timed steps only, not validation.
+      phases.enable(!device_.is_cuda() && step_ - start_ >= kWarmSteps);
       Batch b = prefetch.get(step_);
       const double wait = seconds_since(t_step);
+      phases.add("data", wait);
       const StepResult r = step(b, guard);
       record(r, wait, b.prep_seconds, seconds_since(t_step));
+      phases.enable(false);
       progress.advance(1);
       if (!after_step(r.stop)) return false;
     }
@@ -672,7 +723,8 @@ class MetaTrainer {
     vit_->to(device_);
     vit_->set_precision(cfg_.precision);
     if (cfg_.distill_weight > 0)
-      teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_.distill_dense ? 0.0 : cfg_.mask_ratio, comm_, device_);
+      teacher_feat_ =
+          own_lora_features(*vit_, *pool_, cfg_.distill_dense ? 0.0 : cfg_.mask_ratio, cfg_, comm_, device_);
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
     if (cfg_.init == "zoo-mean" && !resuming) init_from_zoo_mean(*lora_, *pool_);  // a checkpoint holds the weights
@@ -865,14 +917,21 @@ class MetaTrainer {
     if (b.patch_index.defined()) fo.patch_index = to_device(b.patch_index);
     at::Tensor feat;
     {
+      util::PhaseScope input_phase("input");
       const at::Tensor px =
           b.pixels.defined() ? b.pixels.to(device_) : model::preprocess_images(b.u8, vit_->config(), device_);
+      input_phase.stop();
       feat = vit_->forward(px, fo, &*lora_).feature;
     }
     feat = feat.to(at::kFloat);  // prototypes and losses in float32
+    util::PhaseScope loss_phase("loss");
     const auto [loss_sum, correct] = episode_losses(b, feat);
+    loss_phase.stop();
+    util::PhaseScope backward_phase("backward");
     opt_->zero_grad();
     (loss_sum / double(E_local_)).backward();
+    backward_phase.stop();
+    util::PhaseScope reduce_phase("reduce");
     // One flat buffer: gradients, then loss sum, correct queries and the stop flag.
     std::vector<at::Tensor> parts;
     for (auto& p : params_)
@@ -890,6 +949,8 @@ class MetaTrainer {
     const auto t_r = Clock::now();
     comm_.all_reduce_sum(flat);
     r.reduce = seconds_since(t_r);
+    reduce_phase.stop();
+    util::PhaseScope optimizer_phase("optimizer");
     at::Tensor grads = flat.narrow(0, 0, n_grad_);
     grads.div_(double(W_));
     const int64_t cyc = cfg_.cycle == 0 ? cfg_.steps : cfg_.cycle;
@@ -979,8 +1040,7 @@ class MetaTrainer {
   // The step's timings (after the warm-up steps) and the metrics window; a metrics line every
   // --log-every steps.
   void record(const StepResult& r, double wait, double prep, double total) {
-    const int64_t warm_steps = 2;  // excluded from the throughput figures (allocations, first touches)
-    if (step_ - start_ >= warm_steps) {
+    if (step_ - start_ >= kWarmSteps) {
       t_wait_ += wait, t_prep_ += prep, t_compute_ += r.compute, t_reduce_ += r.reduce;
       t_imbalance_ += r.imbalance, t_total_ += total;
       ++timed_steps_;
@@ -1035,6 +1095,22 @@ class MetaTrainer {
     return true;
   }
 
+  // This rank's step time by phase (ms per timed step; CPU only, null on a GPU): data (waiting for
+  // the batch), input (to the device, normalised), the forward's patches / embed / attention / mlp
+  // / head, loss (prototypes, logits, losses), backward, reduce (flat buffer and all-reduce),
+  // optimizer (finite check, clipping, update), other (the rest of the step).
+  json phase_profile() const {
+    if (device_.is_cuda() || timed_steps_ == 0) return nullptr;
+    json out = json::object();
+    double sum = 0;
+    for (const auto& [name, s] : util::PhaseClock::this_thread().totals()) {
+      out[name] = 1e3 * s / double(timed_steps_);
+      sum += s;
+    }
+    out["other"] = 1e3 * std::max(0.0, t_total_ - sum) / double(timed_steps_);
+    return out;
+  }
+
   json report(std::uint64_t hash, const json& final_val, const json& kept_val, int64_t kept_step, double gpu_peak) {
     const double rss_peak = peak_rss_mb();
     const auto share = [&](double x) { return t_total_ > 0 ? x / t_total_ : 0.0; };
@@ -1081,6 +1157,7 @@ class MetaTrainer {
           {"pool_cached", pool_->cached()},
           {"pool_image_mb", double(pool_->image_bytes()) / (1 << 20)}}},
         {"fingerprint", fp_}};
+    report["timing"]["phase_ms_per_step"] = phase_profile();
     // Peak RSS of every rank (rank 0 writes the report).
     report["memory"]["peak_rss_mb_per_rank"] = comm_.all_gather_f64(rss_peak);
     return report;

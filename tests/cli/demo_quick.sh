@@ -130,12 +130,13 @@ for k, v in other.items():
     assert abs(v - auto[k]) < 5, (k, v, auto[k])  # the same episodes: the precisions agree closely
 PY
 [ $? = 0 ] || fail "eval in $OTHER disagrees with $AUTO"
-# Distillation under a mask: the teacher's features of the kept patches, or of every patch with
+# Distillation under a mask: the teacher's features of the kept patches (the attention-top ones,
+# or each of the random subsets: the quick config's --mask-select random), or of every patch with
 # --distill-dense; the flag alone is refused.
-for dd in "" --distill-dense; do
-  $B metatrain $C --out "meta_dd$dd" --steps 2 --val-every 0 --mask-ratio 0.5 --distill-weight 1 $dd >mt_dd.txt 2>&1 ||
+for dd in "--mask-select top|the kept patches" "|8 random patch subsets each" "--mask-select top --distill-dense|every patch"; do
+  want=${dd#*|}; dd=${dd%%|*}
+  $B metatrain $C --out "meta_dd${dd// /}" --steps 2 --val-every 0 --mask-ratio 0.5 --distill-weight 1 $dd >mt_dd.txt 2>&1 ||
     { cat mt_dd.txt; fail "metatrain --mask-ratio 0.5 --distill-weight 1 $dd"; }
-  want="the kept patches"; [ -n "$dd" ] && want="every patch"
   grep -q "distillation targets: .* images under their own LoRAs ($want)" mt_dd.txt || { cat mt_dd.txt; fail "$dd: not $want"; }
 done
 expect_status 2 "--distill-dense changes the distillation targets under a mask" -- $B metatrain $C --out m_dd --distill-dense

@@ -9,8 +9,8 @@
 #  4. a replica that diverges is caught; non-finite losses are skipped and counted, and too many
 #     in a row abort with a clear message;
 #  5. feature distillation from each surrogate's own LoRA (--distill-weight, with a temperature and
-#     a mask ratio): world size 1 equals mpirun -np 2, the distillation term falls, and a pool whose
-#     LoRA is missing is refused (exit 2);
+#     a mask ratio, the attention-top patches and --mask-select random): world size 1 equals mpirun
+#     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2);
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), and a resumed
@@ -38,6 +38,16 @@ assert b["world_size"] == 2 and a["world_size"] == 1 and b["replica_hash"], b
 print("val after 20 steps: world 1", a["val_final"]["val_mean"], "world 2", b["val_final"]["val_mean"],
       "(initial", a["val_initial"]["val_mean"], ")")
 assert abs(a["val_final"]["val_mean"] - b["val_final"]["val_mean"]) < 0.5
+# the per-phase profile of the step (CPU): every phase there, none negative, together the step
+t = b["timing"]
+ph = t["phase_ms_per_step"]
+want = {"data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"}
+assert set(ph) == want, sorted(ph)
+assert all(v >= 0 for v in ph.values()), ph
+total = sum(ph.values())
+assert abs(total - 1e3 * t["step_seconds"]) < 0.05 * 1e3 * t["step_seconds"] + 0.5, (total, t["step_seconds"])
+assert ph["attention"] > 0 and ph["mlp"] > 0 and ph["backward"] > 0, ph
+print("phases (ms per step):", {k: round(v, 2) for k, v in ph.items()})
 PY
 # ... and in bf16: one episode per forward on 2 ranks, two in one forward alone: the same weights
 # up to bf16 rounding.
@@ -110,6 +120,26 @@ rows = [json.loads(l) for l in open("k2.work/metrics.jsonl") if '"loss"' in l]
 first, last = rows[0]["loss"] - math.log(5), sum(r["loss"] for r in rows[-5:]) / 5 - math.log(5)
 print(f"distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
 assert first > 0 and last < 0.8 * first, (first, last)
+PY
+# The same with random patch subsets (--mask-select random): the targets are the teacher's features
+# of each variant's subset; world size 1 and 2 agree and the distillation term falls.
+DISR="$DIS --mask-select random --mask-variants 3"
+$B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DISR --steps 80 --out rm1 >rm1.txt 2>&1 || { cat rm1.txt; fail "random masks, world size 1"; }
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DISR --steps 80 --hash-every 1 --out rm2 >rm2.txt 2>&1 || { cat rm2.txt; fail "random masks, mpirun -np 2"; }
+compare_adapters rm1 rm2 1e-4
+"$LORAREC_PYTHON" - <<'PY'
+import json, math
+import numpy as np
+from peft_adapter import deltas
+rows = [json.loads(l) for l in open("rm2.work/metrics.jsonl") if '"loss"' in l]
+first, last = rows[0]["loss"] - math.log(5), sum(r["loss"] for r in rows[-5:]) / 5 - math.log(5)
+print(f"random masks, distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
+assert first > 0 and last < 0.8 * first, (first, last)
+fp = json.load(open("rm2/metatrain.json"))["fingerprint"]
+assert fp["mask_select"] == "random" and fp["mask_variants"] == 3, fp
+top, rnd = deltas("k2"), deltas("rm2")
+diff = max(float(np.abs(top[k] - rnd[k]).max()) for k in top)
+assert diff > 1e-4, "random subsets trained the same weights as the top patches"
 PY
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'

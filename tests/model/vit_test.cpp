@@ -225,6 +225,42 @@ TEST(Vit, ScoresAtTheLastLayerEqualAFullForwardComputation) {
   EXPECT_LT(rel_error(v.forward(x, a).patch_scores, v.forward(x, b).patch_scores), kFloatTol);
 }
 
+TEST(Vit, FusedAttentionEqualsExplicitOrIsRefused) {
+  ClipVision v = random_vit();
+  if (!fused_attention_available()) {
+    EXPECT_EQ(v.attention(), Attention::kExplicit);
+    EXPECT_THROW_MSG(v.set_attention(Attention::kFused), InputError, "fused attention needs LibTorch >= 2.0");
+    GTEST_SKIP() << "this LibTorch (< 2.0) has no scaled_dot_product_attention: only the explicit path is built";
+  }
+  EXPECT_EQ(v.attention(), Attention::kFused);  // the default where the build has it
+  Lora l = nonzero_lora(v.config());
+  l.set_requires_grad(true, false);
+  const at::Tensor x = pixels(3, 6);
+  // Sparse input, pruning at a middle and the last layer, scores: every use of the CLS row.
+  ForwardOptions o;
+  o.patch_index = at::tensor({0, 2, 3, 5, 7, 8, 11, 12, 13, 15}, at::kLong).repeat({3, 1});
+  o.prune = {{1, 0.5}, {2, 0.25}};
+  o.want_scores = true;
+  struct Run {
+    ForwardOutput out;
+    std::vector<at::Tensor> grads;
+  };
+  auto run = [&](Attention a) {
+    v.set_attention(a);
+    for (auto& p : l.parameters(false))
+      if (p.grad().defined()) p.mutable_grad().zero_();
+    Run r{v.forward(x, o, &l), {}};
+    r.out.feature.pow(2).sum().backward();
+    for (const auto& p : l.parameters(false)) r.grads.push_back(p.grad().clone());
+    return r;
+  };
+  const Run e = run(Attention::kExplicit), f = run(Attention::kFused);
+  EXPECT_LT(rel_error(f.out.feature, e.out.feature), kFloatTol);
+  EXPECT_LT(rel_error(f.out.patch_scores, e.out.patch_scores), kFloatTol);
+  EXPECT_TRUE(at::equal(f.out.patch_index, e.out.patch_index));
+  for (size_t i = 0; i < e.grads.size(); ++i) EXPECT_LT(rel_error(f.grads[i], e.grads[i]), 1e-4) << i;
+}
+
 TEST(Vit, OfficialResidualBugIsOptIn) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(2);

@@ -73,6 +73,30 @@ TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
   }
 }
 
+TEST(RandomMaskScores, FixedPerRowVariantAndSeed) {
+  const at::Tensor a = random_mask_scores({3, 7, 11}, 0, 64, 5);
+  ASSERT_EQ(a.sizes(), (std::vector<int64_t>{3, 64}));
+  EXPECT_TRUE(a.equal(random_mask_scores({3, 7, 11}, 0, 64, 5)));  // reproducible
+  EXPECT_TRUE(a[1].equal(random_mask_scores({7}, 0, 64, 5)[0]));   // a row's own, whatever the batch
+  EXPECT_TRUE(a[2].equal(random_mask_scores({11, 3}, 0, 64, 5)[0]));
+  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, 1, 64, 5)));  // another variant
+  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, 0, 64, 6)));  // another seed
+  EXPECT_FALSE(a[0].equal(a[1]));                                   // another row
+  EXPECT_TRUE(a.ge(0).all().item<bool>() && a.lt(1).all().item<bool>());
+  // As masks: 16 distinct patches per image, and over many variants every patch is kept about
+  // equally often (uniform subsets, unlike the attention-top quarter).
+  at::Tensor counts = at::zeros({64}, at::kLong);
+  for (int v = 0; v < 400; ++v) {
+    const at::Tensor t = top_patches(random_mask_scores({0}, v, 64, 1), 0.75);
+    ASSERT_EQ(t.size(1), 16);
+    EXPECT_EQ(std::get<0>(at::_unique(t[0])).numel(), 16);
+    counts.index_add_(0, t[0], at::ones({16}, at::kLong));
+  }
+  // 400 x 16 / 64 = 100 per patch; binomial sd ~8.7
+  EXPECT_GT(counts.min().item<int64_t>(), 60);
+  EXPECT_LT(counts.max().item<int64_t>(), 140);
+}
+
 TEST(FlipPatchScores, MirrorsEachRowOfTheGrid) {
   // 2 images, 3x3 grid: patch (r, c) of the flipped image is patch (r, 2 - c) of the original.
   const at::Tensor s = at::arange(18, at::kFloat).view({2, 9});
@@ -100,6 +124,8 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.keep = "best"; }, "needs --val");
   bad([](auto& d) { d.distill_dense = true, d.mask_ratio = 0.75; }, "--distill-dense");
   bad([](auto& d) { d.distill_dense = true, d.distill_weight = 1; }, "--distill-dense");
+  bad([](auto& d) { d.mask_select = "bottom"; }, "--mask-select must be top or random");
+  bad([](auto& d) { d.mask_variants = 0; }, "--mask-variants must be >= 1");
   c.keep = "best", c.val = "v.h5";
   c.distill_dense = true, c.distill_weight = 1, c.mask_ratio = 0.75;
   EXPECT_NO_THROW(c.validate());

@@ -121,6 +121,14 @@ struct ForwardOutput {
   at::Tensor keep_mask;     // [B, P] bool: patches that survived all pruning (want_scores)
 };
 
+// How attention is computed: kExplicit (softmax(q k^T / sqrt(d)) v as matmuls, LibTorch 1.x and
+// later) or kFused (at::scaled_dot_product_attention, LibTorch >= 2.0: flash / memory-efficient
+// kernels where the device has them). Where pruning or the patch scores need the CLS query's
+// attention row, kFused computes that row alone beside the fused call.
+enum class Attention { kExplicit, kFused };
+// Whether this build's LibTorch has the fused path (chosen at compile time: LibTorch >= 2.0).
+bool fused_attention_available();
+
 // Compute precision of the ViT's forward pass: float32, or bf16 autocast (matmuls in bf16,
 // norms, softmax and reductions in float32, as LibTorch's autocast lists say) with float32
 // weights, gradients and optimizer state.
@@ -185,6 +193,10 @@ class ClipVision {
   // Compute precision of forward() (default fp32). Pre-training and the zoo stay in fp32.
   void set_precision(Precision p) { precision_ = p; }
   Precision precision() const { return precision_; }
+  // Attention path of forward(); the default is kFused where available, else kExplicit. InputError
+  // for kFused where this LibTorch lacks it.
+  void set_attention(Attention a);
+  Attention attention() const { return attention_; }
 
  private:
   struct Layer {
@@ -196,8 +208,13 @@ class ClipVision {
   ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
   at::Tensor embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track, at::Tensor* index) const;
 
+  // o [B, H, Tq, dh] of queries q [B, H, Tq, dh] (not yet scaled) over k, v [B, H, T, dh];
+  // cls_row (when asked for): the first query's attention over the T keys, [B, H, T].
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor* cls_row) const;
+
   ClipVisionConfig config_;
   Precision precision_ = Precision::kFp32;
+  Attention attention_ = fused_attention_available() ? Attention::kFused : Attention::kExplicit;
   at::Tensor patch_w_;    // [D, C, p, p]
   at::Tensor class_emb_;  // [D]
   at::Tensor pos_emb_;    // [1 + P, D]

@@ -68,13 +68,17 @@ struct MetaTrainConfig {
   model::LoraConfig lora;            // meta-LoRA shape (no head)
   std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean delta)
   double mask_ratio = 0;             // feed each surrogate with its top-(1-x) patches by stored score
-  bool flip = true;                  // random horizontal flip per image
-  int jitter = 0;                    // random roll of each image by up to this many pixels (0 = off)
-  bool gray = false;                 // average the surrogates' channels (for VFMs of grey images)
-  double single_lora_prob = 0.1;     // share of episodes drawn from one LoRA (with the KL term)
-  double kl_weight = 1.0;            // weight of the KL term on single-LoRA episodes
-  double temperature = 1.0;          // training logits = -squared distance / temperature
-  double distill_weight = 0.0;       // weight of the feature distillation to each image's own LoRA (0 = off)
+  // Which patches a mask keeps: "top" (by the stored CLS-attention score, the paper's) or "random"
+  // (one of mask_variants fixed random subsets of each image, drawn per image and step).
+  std::string mask_select = "top";
+  int mask_variants = 8;
+  bool flip = true;               // random horizontal flip per image
+  int jitter = 0;                 // random roll of each image by up to this many pixels (0 = off)
+  bool gray = false;              // average the surrogates' channels (for VFMs of grey images)
+  double single_lora_prob = 0.1;  // share of episodes drawn from one LoRA (with the KL term)
+  double kl_weight = 1.0;         // weight of the KL term on single-LoRA episodes
+  double temperature = 1.0;       // training logits = -squared distance / temperature
+  double distill_weight = 0.0;    // weight of the feature distillation to each image's own LoRA (0 = off)
   bool distill_dense = false;  // with a mask ratio: the teacher's features of the whole image, not of the kept patches
   int64_t val_every = 200;     // steps between validations (0 = only at start and end)
   std::string keep = "last";   // the meta-LoRA written: last (after --steps) | best (highest validation mean)
@@ -115,6 +119,10 @@ at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid);
 // The patches fed for a mask ratio: the top (P - int(ratio * P)) by score, in ascending patch order.
 // scores [B, P] -> int64 [B, T].
 at::Tensor top_patches(const at::Tensor& scores, double ratio);
+
+// --mask-select random: the scores [rows.size(), P] whose top patches are variant v's fixed random
+// subset of each image (uniform, a function of seed, row and v only).
+at::Tensor random_mask_scores(const std::vector<int64_t>& rows, int v, int64_t num_patches, std::uint64_t seed);
 
 // Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
 // Tests may set the flag through request_stop().
