@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -43,8 +43,9 @@
 # per LoRA and class and with --zoom 0.5, under the paper's objective and the main recipe; the
 # paper's zoo size (100 LoRAs over 64 classes); the main job's mask-0.75 gap (attention-top or
 # random patch subsets, --distill-dense);
-# small learning rates from the zoo's average on the zoo of 100. Each part's comment below says
-# what it costs.
+# small learning rates from the zoo's average on the zoo of 100; "dropout": random patch subsets
+# as augmentation on the zoo of 100 (after "zoo100"); "ensemble": the zoo's feature ensemble against
+# lora-avg on the validation classes, no training. Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -356,3 +357,58 @@ if [ "$WHAT" = mask ]; then
   run_rows k "${MASK_RUNS[@]}"
 fi
 
+# Random patch subsets as augmentation (docs/science.md, "Random patch subsets as augmentation"):
+# the zoo of 100's smooth-start pool ("zoo100" makes it), 1,000 steps each, ~1 min each on 2 idle
+# cores.
+if [ "$WHAT" = dropout ]; then
+  [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
+  DROPOUT_RUNS=(
+    "main recipe, random half of the patches|$OUT/pool100_lr2|$L1K --mask-ratio 0.5 --mask-select random"
+    "paper T128, random half|$OUT/pool100_lr2|$P1K --mask-ratio 0.5 --mask-select random"
+    "paper T128, random quarter|$OUT/pool100_lr2|$P1K --mask-ratio 0.75 --mask-select random"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows dr "${DROPOUT_RUNS[@]}"
+fi
+
+# The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:
+# embed the validation images under each zoo LoRA, lora-avg (the exact mean delta at full rank)
+# and runs/demo/meta, then 600 seeded 5-way 1-shot 15-query episodes in numpy (~2 min).
+if [ "$WHAT" = ensemble ]; then
+  E=$OUT/ensemble; mkdir -p "$E"
+  NZ=$(ls -d runs/demo/zoo/lora_* | wc -l); ZR=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
+  once "$E/avg/adapter_config.json" "$E/avg.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$E/avg" --restart \
+    --init zoo-mean --rank $((NZ * ZR)) --alpha $((NZ * ZR)) --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  emb() { [ -f "$E/$1.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm ${2:+--lora "$2"} \
+    --images data/demo/val.h5 --out "$E/$1.h5" --log-level warn; }
+  emb bare; emb avg "$E/avg"; emb meta runs/demo/meta
+  for d in runs/demo/zoo/lora_*; do emb "zoo_$(basename "$d")" "$d"; done
+  $PY - "$E" <<'PY'
+import glob, sys
+import h5py
+import numpy as np
+e = sys.argv[1]
+def load(name):
+    with h5py.File(f"{e}/{name}.h5", "r") as f:
+        return f["features"][:].astype(np.float64), f["labels"][:]
+bare, y = load("bare")
+zoo = [load(p.split("/")[-1][:-3])[0] for p in sorted(glob.glob(f"{e}/zoo_lora_*.h5"))]
+rng = np.random.default_rng(0)
+by = {c: np.flatnonzero(y == c) for c in np.unique(y)}
+eps = []
+for _ in range(600):
+    idx = [rng.choice(by[c], 16, replace=False) for c in rng.choice(list(by), 5, replace=False)]
+    eps.append((np.array([i[0] for i in idx]), np.concatenate([i[1:] for i in idx])))
+def acc(F):
+    a = np.array([100 * (((F[q][:, None] - F[s][None]) ** 2).sum(-1).argmin(1) == np.repeat(np.arange(5), 15)).mean()
+                  for s, q in eps])
+    return f"{a.mean():.2f} +- {1.96 * a.std() / np.sqrt(len(a)):.2f}"
+unit = lambda F: F / np.linalg.norm(F, axis=1, keepdims=True)
+print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, 600 episodes (5-way 1-shot 15-query):")
+for name, F in (("bare VFM", bare), ("the main job's meta-LoRA", load("meta")[0]), ("lora-avg", load("avg")[0]),
+                ("mean of the zoo's features", np.mean(zoo, 0)), ("mean of L2-normalised features", np.mean([unit(z) for z in zoo], 0)),
+                ("zoo's features concatenated", np.concatenate(zoo, 1))):
+    print(f"  {name:<34}{acc(F)}")
+print("  one zoo LoRA each:", " ".join(acc(z).split()[0] for z in zoo))
+PY
+fi
