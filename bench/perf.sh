@@ -8,7 +8,8 @@
 #       run, /usr/bin/time, user + system) of `metatrain --no-prefetch --distill-weight 0` in fp32
 #       and bf16 against the same step in PyTorch eager mode (bench/eager_step.py); the kernel's
 #       share; GFLOP per CPU-second against the peak of (0);
-#   (2) episodes/s at mask ratio 0 / 0.5 / 0.75, fp32 and bf16, mpirun -np 2, and world size 1;
+#   (2) episodes/s at mask ratio 0 / 0.5 / 0.75, fp32 and bf16, mpirun -np 2, and world size 1, at
+#       2 and 4 episodes per step (one and two per rank; EPS="2 4" by default);
 #   (3) inversion of one LoRA (30 iterations): image-iterations/s, fp32 and bf16;
 #   (4) the step's per-phase profile at mask ratio 0 / 0.5 / 0.75, fp32 and bf16 (one rank, one
 #       thread, the step of (1), 40 steps): metatrain.json timing.phase_ms_per_step (wall-clock
@@ -24,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4}
+REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4}; EPS=${EPS:-2 4}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
@@ -67,17 +68,20 @@ part 1 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
-part 2 && echo "(2) episodes/s (2 episodes per step, 40 steps, mpirun -np 2 unless said): running"
-eps_run() {  # eps_run NAME NP PRECISION MASK
-  local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps 40 --way 5 --shot 1 --query 15
-             --episodes-per-step 2 --distill-weight 0 --no-flip --precision "$3" --mask-ratio "$4"
+part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mpirun -np 2 unless said): running"
+eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
+  local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps $((160 / $5)) --way 5 --shot 1
+             --query 15 --episodes-per-step "$5" --distill-weight 0 --no-flip --precision "$3" --mask-ratio "$4"
              --log-level warn --hash-every 0 --restart)
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 "${cmd[@]}"; else "${MPI[@]}" -np "$2" "${cmd[@]}"; fi
   cp "$W/e_$1/metatrain.json" "$W/eps_$1.$rep.json"
 }
 part 2 && for rep in $(seq 1 "$REPS"); do
-  for p in fp32 bf16; do
-    eps_run "${p}_m0" 2 $p 0; eps_run "${p}_m50" 2 $p 0.5; eps_run "${p}_m75" 2 $p 0.75; eps_run "${p}_np1" 1 $p 0
+  for e in $EPS; do
+    for p in fp32 bf16; do
+      eps_run "${p}_e${e}_m0" 2 $p 0 "$e"; eps_run "${p}_e${e}_m50" 2 $p 0.5 "$e"; eps_run "${p}_e${e}_m75" 2 $p 0.75 "$e"
+      eps_run "${p}_e${e}_np1" 1 $p 0 "$e"
+    done
   done
 done
 
@@ -132,13 +136,21 @@ if rows:
     print(f"  bf16 step vs fp32 step: {cpu['fp32'] / cpu['bf16']:.2f}x; matmul peak fp32 {peak['float32']:.0f}, "
           f"bf16 {peak['bfloat16']:.0f} GFLOP/s")
 
-if os.path.exists(f"{w}/eps_fp32_m0.1.json"):
-    def eps(name): return med(json.load(open(f"{w}/eps_{name}.{r}.json"))["timing"]["episodes_per_s"] for r in range(1, reps + 1))
-    print(f"\n(2) {'precision':<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}{'1 rank':>8}{'2 vs 1':>8}  (episodes/s)")
-    for pr in ("fp32", "bf16"):
-        m0, m5, m7, n1 = eps(f"{pr}_m0"), eps(f"{pr}_m50"), eps(f"{pr}_m75"), eps(f"{pr}_np1")
-        print(f"    {pr:<10}{m0:9.2f}{m5:10.2f}{m7:11.2f}{m5 / m0:9.2f}x{m7 / m0:10.2f}x{n1:8.2f}{m0 / n1:7.2f}x")
-    print(f"    bf16 vs fp32 (mask 0, np 2): {eps('bf16_m0') / eps('fp32_m0'):.2f}x")
+eps_sets = sorted({int(f.split("_e")[1].split("_")[0]) for f in os.listdir(w) if f.startswith("eps_")})
+if eps_sets:
+    def one(name, r): return json.load(open(f"{w}/eps_{name}.{r}.json"))["timing"]["episodes_per_s"]
+    def eps(name): return med(one(name, r) for r in range(1, reps + 1))
+    # ratios per repetition (the variants of one repetition ran side by side), then their median
+    def ratio(a, b): return med(one(a, r) / one(b, r) for r in range(1, reps + 1))
+    print(f"\n(2) {'precision':<10}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
+          f"{'1 rank':>8}{'2 vs 1':>8}  (episodes/s; E = episodes per step; ratios: medians of per-repetition ratios)")
+    for e in eps_sets:
+        for pr in ("fp32", "bf16"):
+            k = f"{pr}_e{e}"
+            m0, m5, m7, n1 = eps(f"{k}_m0"), eps(f"{k}_m50"), eps(f"{k}_m75"), eps(f"{k}_np1")
+            print(f"    {pr:<10}{e:3d}{m0:9.2f}{m5:10.2f}{m7:11.2f}{ratio(k + '_m50', k + '_m0'):9.2f}x"
+                  f"{ratio(k + '_m75', k + '_m0'):10.2f}x{n1:8.2f}{ratio(k + '_m0', k + '_np1'):7.2f}x")
+        print(f"    bf16 vs fp32 (mask 0, np 2, E {e}): {ratio(f'bf16_e{e}_m0', f'fp32_e{e}_m0'):.2f}x")
 
 inv = {}
 for v, r, e, u in lines("inv.txt"):

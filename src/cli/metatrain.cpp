@@ -16,6 +16,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   train::MetaTrainConfig c;
   std::string targets = "q_proj,v_proj";
   bool no_flip = false, no_prefetch = false;
+  std::string prefetch = "auto";
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Meta-training options");
@@ -65,7 +66,8 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
       ("host-sync", po::value(&c.host_sync)->default_value(c.host_sync), "when the host reads a step's results (loss, accuracy, the finite check, the stop flag): step (after every step) | log (every --log-every steps and at checkpoints: the finite check, clipping and a skipped update stay on the device, so a GPU step never waits for the host; --max-bad-steps and a stop signal are acted on at those reads) | auto (log on GPUs, step on CPUs)")
       ("sync-timing", po::bool_switch(&c.sync_timing), "measuring: a barrier before each all-reduce, so the report separates waiting for the slowest rank (imbalance_wait_share) from the all-reduce itself")
-      ("no-prefetch", po::bool_switch(&no_prefetch), "prepare batches on the training thread (for measuring the prefetch)")
+      ("prefetch", po::value(&prefetch)->default_value(prefetch), "prepare the next steps' batches on a second thread: on | off | auto (on a GPU, or when this rank has a CPU to spare beside its compute threads; off when every CPU runs a rank, where the thread would take time from the compute). The choice is logged")
+      ("no-prefetch", po::bool_switch(&no_prefetch), "the same as --prefetch off")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")
       ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")
@@ -81,10 +83,22 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
     return 0;
   c.lora.target_modules = parse_modules(targets);
   c.flip = !no_flip;
-  c.prefetch = !no_prefetch;
+  if (prefetch != "auto" && prefetch != "on" && prefetch != "off")
+    throw InputError("metatrain: --prefetch must be auto, on or off, got '" + prefetch + "'");
+  if (no_prefetch && prefetch == "on")
+    throw InputError("metatrain: --no-prefetch and --prefetch on contradict each other");
+  if (no_prefetch) prefetch = "off";
   c.validate();
   RunContext ctx = start("metatrain", rt, common, true);
   c.precision = ctx.precision;
+  const int cpus = rt.cpus_for_rank();
+  c.prefetch = prefetch == "on" || (prefetch == "auto" && (ctx.device.is_cuda() || cpus > rt.threads()));
+  LOG_INFO("metatrain",
+           "prefetch " << (c.prefetch ? "on" : "off")
+                       << (prefetch != "auto"     ? " (asked for)"
+                           : ctx.device.is_cuda() ? " (auto: GPU)"
+                                                  : " (auto: " + std::to_string(cpus) + " CPU(s) for this rank's " +
+                                                        std::to_string(rt.threads()) + " compute thread(s))"));
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }

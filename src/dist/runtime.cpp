@@ -2,7 +2,10 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <sched.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <sstream>
 
@@ -67,6 +70,15 @@ Runtime::Runtime(int* argc, char*** argv, int threads) {
   threads_ = threads > 0 ? threads : 1;
   at::set_num_threads(threads_);
   set_blas_threads(threads_);
+}
+
+int Runtime::cpus_for_rank() const {
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  const int bound = sched_getaffinity(0, sizeof(mask), &mask) == 0 ? CPU_COUNT(&mask) : static_cast<int>(online);
+  if (online > 0 && bound < online) return std::max(1, bound);
+  return std::max(1, bound / std::max(1, local_size_));
 }
 
 Runtime::~Runtime() {

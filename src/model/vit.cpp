@@ -428,6 +428,22 @@ void ClipVision::load_values(const std::map<std::string, at::Tensor>& tensors, c
     at::Tensor dst = t;
     dst.copy_(it->second);
   }
+  refresh_low_precision();
+}
+
+void ClipVision::set_precision(Precision p) {
+  precision_ = p;
+  refresh_low_precision();
+}
+
+void ClipVision::refresh_low_precision() {
+  at::NoGradGuard no_grad;
+  const bool on = precision_ == Precision::kBf16;
+  for (Layer& layer : layers_)
+    for (int i = 0; i < kNumModules; ++i) {
+      layer.w_lp[i] = on ? layer.w[i].to(at::kBFloat16) : at::Tensor();
+      layer.b_lp[i] = on && layer.b[i].defined() ? layer.b[i].to(at::kBFloat16) : at::Tensor();
+    }
 }
 
 void ClipVision::save(const std::string& dir) const {
@@ -454,6 +470,7 @@ void ClipVision::to(const c10::Device& device) {
     mv(layer.ln1_w), mv(layer.ln1_b), mv(layer.ln2_w), mv(layer.ln2_b);
     for (int i = 0; i < kNumModules; ++i) mv(layer.w[i]), mv(layer.b[i]);
   }
+  refresh_low_precision();
 }
 
 // ---- ClipVision: pixels -------------------------------------------------------------------
@@ -540,7 +557,11 @@ std::pair<at::Tensor, at::Tensor> ClipVision::pixel_bounds() const {
 
 at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   const int i = static_cast<int>(m);
-  at::Tensor y = at::linear(x, layers_[layer].w[i], layers_[layer].b[i]);
+  const Layer& ly = layers_[layer];
+  // The bf16 copies (Precision::kBf16): autocast would cast the frozen weights to the same values
+  // on every call.
+  const bool lp = ly.w_lp[i].defined() && !ly.w[i].requires_grad();
+  at::Tensor y = lp ? at::linear(x, ly.w_lp[i], ly.b_lp[i]) : at::linear(x, ly.w[i], ly.b[i]);
   if (lora != nullptr)
     if (const Adapter* ad = lora->find(layer, m)) y = y + lora->scale() * at::linear(at::linear(x, ad->a), ad->b);
   return y;

@@ -35,6 +35,11 @@ class Runtime {
   int local_size() const { return local_size_; }
   Launcher launcher() const { return launcher_; }
   bool mpi_active() const { return mpi_active_; }
+  int threads() const { return threads_; }
+  // CPUs this rank can count on: those of its affinity mask when it is bound to fewer than the
+  // machine has (mpirun --bind-to), else the machine's CPUs shared by the ranks on this node
+  // (at least 1).
+  int cpus_for_rank() const;
   // One line for the first log message: launcher, rank/world, local rank, threads.
   std::string describe() const;
 

@@ -190,8 +190,11 @@ class ClipVision {
   // outputs come back as float32.
   ForwardOutput forward(const at::Tensor& pixels, const ForwardOptions& opts = {}, const Lora* lora = nullptr) const;
 
-  // Compute precision of forward() (default fp32). Pre-training and the zoo stay in fp32.
-  void set_precision(Precision p) { precision_ = p; }
+  // Compute precision of forward() (default fp32). Pre-training and the zoo stay in fp32. Under
+  // kBf16 the encoder's Linear weights and biases are also held as bf16 copies (made here, by to()
+  // and by load_values()), so that a forward does not cast the frozen weights again each time
+  // (the same values autocast would make); weights that require grad are used as they are.
+  void set_precision(Precision p);
   Precision precision() const { return precision_; }
   // Attention path of forward(); the default is kFused where available, else kExplicit. InputError
   // for kFused where this LibTorch lacks it.
@@ -203,7 +206,9 @@ class ClipVision {
     at::Tensor ln1_w, ln1_b, ln2_w, ln2_b;
     at::Tensor w[kNumModules];  // Module order
     at::Tensor b[kNumModules];
+    at::Tensor w_lp[kNumModules], b_lp[kNumModules];  // bf16 copies under Precision::kBf16, else undefined
   };
+  void refresh_low_precision();
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
   at::Tensor embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track, at::Tensor* index) const;

@@ -89,7 +89,7 @@ struct MetaTrainConfig {
   int64_t log_every = 20;
   int64_t cache_mb = 2048;  // budget for holding the pool's images in memory
   int max_bad_steps = 10;   // consecutive non-finite steps before aborting
-  bool prefetch = true;     // prepare the next step's batch on a second thread
+  bool prefetch = true;     // prepare the next steps' batches on a second thread (the CLI: --prefetch auto|on|off)
   // When the host reads the step's results (loss, accuracy, finite check, stop flag): "step" after
   // every step; "log" only every log_every steps and at checkpoints (the finite check, gradient
   // clipping and the skipped update stay on the device, so a GPU step does not wait for the host);
