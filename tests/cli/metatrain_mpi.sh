@@ -108,33 +108,34 @@ print("NaN teacher logits on single-LoRA episodes:", r["skipped_steps"], "of 20 
 PY
 
 # 5. distillation: same weights at world size 1 and 2; with the CE made flat (huge temperature) the
-# logged loss is log(5) + the distillation term, which must fall.
+# logged loss is log(5) + the distillation term, which must fall. distill_runs NAME STEPS FLAGS...
+# runs NAME1 (world size 1) and NAME2 (mpirun -np 2).
 DIS="--distill-weight 1 --temperature 1e9 --mask-ratio 0.5 --lr 3e-3 --cycle 0 --warmup 2"
-$B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS --steps 40 --out k1 >k1.txt 2>&1 || { cat k1.txt; fail "distillation, world size 1"; }
-mpirun2 $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS --steps 40 --hash-every 1 --out k2 >k2.txt 2>&1 || { cat k2.txt; fail "distillation, mpirun -np 2"; }
-grep -q "distillation targets: .* images under their own LoRAs" k2.txt || { cat k2.txt; fail "no distillation targets line"; }
-compare_adapters k1 k2 1e-4
-"$LORAREC_PYTHON" - <<'PY'
-import json, math
-rows = [json.loads(l) for l in open("k2.work/metrics.jsonl") if '"loss"' in l]
+distill_runs() {
+  local n=$1 steps=$2
+  shift 2
+  $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS "$@" --steps "$steps" --out ${n}1 >${n}1.txt 2>&1 ||
+    { cat ${n}1.txt; fail "distillation $*, world size 1"; }
+  mpirun2 $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS "$@" --steps "$steps" --hash-every 1 \
+    --out ${n}2 >${n}2.txt 2>&1 || { cat ${n}2.txt; fail "distillation $*, mpirun -np 2"; }
+  grep -q "distillation targets: .* images under their own LoRAs" ${n}2.txt || { cat ${n}2.txt; fail "no distillation targets line"; }
+  compare_adapters ${n}1 ${n}2 1e-4
+  "$LORAREC_PYTHON" - ${n}2 <<'PY'
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1] + ".work/metrics.jsonl") if '"loss"' in l]
 first, last = rows[0]["loss"] - math.log(5), sum(r["loss"] for r in rows[-5:]) / 5 - math.log(5)
-print(f"distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
+print(f"{sys.argv[1]}: distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
 assert first > 0 and last < 0.8 * first, (first, last)
 PY
+}
+distill_runs k 40 --mask-select top
 # The same with random patch subsets (--mask-select random): the targets are the teacher's features
-# of each variant's subset; world size 1 and 2 agree and the distillation term falls.
-DISR="$DIS --mask-select random --mask-variants 3"
-$B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DISR --steps 80 --out rm1 >rm1.txt 2>&1 || { cat rm1.txt; fail "random masks, world size 1"; }
-mpirun2 $B metatrain $COMMON --pool runs/quick/pool --single-lora-prob 0 $DISR --steps 80 --hash-every 1 --out rm2 >rm2.txt 2>&1 || { cat rm2.txt; fail "random masks, mpirun -np 2"; }
-compare_adapters rm1 rm2 1e-4
+# of each variant's subset (more of them to fit: 80 steps).
+distill_runs rm 80 --mask-select random --mask-variants 3
 "$LORAREC_PYTHON" - <<'PY'
-import json, math
+import json
 import numpy as np
 from peft_adapter import deltas
-rows = [json.loads(l) for l in open("rm2.work/metrics.jsonl") if '"loss"' in l]
-first, last = rows[0]["loss"] - math.log(5), sum(r["loss"] for r in rows[-5:]) / 5 - math.log(5)
-print(f"random masks, distillation term: step {rows[0]['step']} {first:.4f} -> mean of the last 5 steps {last:.4f}")
-assert first > 0 and last < 0.8 * first, (first, last)
 fp = json.load(open("rm2/metatrain.json"))["fingerprint"]
 assert fp["mask_select"] == "random" and fp["mask_variants"] == 3, fp
 top, rnd = deltas("k2"), deltas("rm2")
