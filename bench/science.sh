@@ -384,7 +384,7 @@ if [ "$WHAT" = ensemble ]; then
   emb bare; emb avg "$E/avg"; emb meta runs/demo/meta
   for d in runs/demo/zoo/lora_*; do emb "zoo_$(basename "$d")" "$d"; done
   $PY - "$E" <<'PY'
-import glob, sys
+import glob, os, sys
 import h5py
 import numpy as np
 e = sys.argv[1]
@@ -392,7 +392,7 @@ def load(name):
     with h5py.File(f"{e}/{name}.h5", "r") as f:
         return f["features"][:].astype(np.float64), f["labels"][:]
 bare, y = load("bare")
-zoo = [load(p.split("/")[-1][:-3])[0] for p in sorted(glob.glob(f"{e}/zoo_lora_*.h5"))]
+zoo = [load(os.path.basename(p)[:-len(".h5")])[0] for p in sorted(glob.glob(f"{e}/zoo_lora_*.h5"))]
 rng = np.random.default_rng(0)
 by = {c: np.flatnonzero(y == c) for c in np.unique(y)}
 eps = []

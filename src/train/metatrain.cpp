@@ -134,12 +134,15 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
   return std::get<0>(idx.sort(1));
 }
 
-at::Tensor random_mask_scores(const std::vector<int64_t>& rows, int v, int64_t num_patches, std::uint64_t seed) {
+at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
+                              std::uint64_t seed) {
+  if (variants.size() != rows.size()) throw RuntimeError("random_mask_scores: one variant per row needed");
   at::Tensor out = at::empty({static_cast<int64_t>(rows.size()), num_patches}, at::kFloat);
   float* o = out.data_ptr<float>();
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
   for (size_t i = 0; i < rows.size(); ++i) {
-    auto rng = data::make_rng(seed, kMaskStream + static_cast<std::uint64_t>(v), static_cast<std::uint64_t>(rows[i]));
+    auto rng = data::make_rng(seed, kMaskStream + static_cast<std::uint64_t>(variants[i]),
+                              static_cast<std::uint64_t>(rows[i]));
     for (int64_t j = 0; j < num_patches; ++j) o[i * num_patches + j] = u(rng);
   }
   return out;
@@ -283,7 +286,7 @@ class BatchMaker {
           query_rows.push_back(picked[c][k]);
         }
       for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) flips.push_back(cfg_.flip && u(rng) < 0.5);
-      if (random_masks()) {
+      if (cfg_.random_masks()) {
         std::uniform_int_distribution<int> dv(0, cfg_.mask_variants - 1);
         for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) variants.push_back(dv(rng));
       }
@@ -307,8 +310,9 @@ class BatchMaker {
     }
     if (teacher_feat_.defined()) {
       std::vector<int64_t> flat;
+      const int64_t V = teacher_feat_.size(1);  // 1: one target per image (top patches, dense targets)
       for (size_t i = 0; i < rows.size(); ++i)
-        flat.push_back((rows[i] * num_variants() + (variants.empty() ? 0 : variants[i])) * 2 + (flips[i] ? 1 : 0));
+        flat.push_back((rows[i] * V + (V > 1 ? variants[i] : 0)) * 2 + (flips[i] ? 1 : 0));
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
     at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
@@ -317,10 +321,8 @@ class BatchMaker {
     for (size_t i = 0; i < flips.size(); ++i)
       if (flips[i]) fl.push_back(static_cast<int64_t>(i));
     at::Tensor scores;
-    if (random_masks()) {
-      scores = at::empty({static_cast<int64_t>(rows.size()), grid_ * grid_}, at::kFloat);
-      for (size_t i = 0; i < rows.size(); ++i)
-        scores[static_cast<int64_t>(i)].copy_(random_mask_scores({rows[i]}, variants[i], grid_ * grid_, cfg_.seed)[0]);
+    if (cfg_.random_masks()) {
+      scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);
     } else if (cfg_.mask_ratio > 0) {
       scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
     }
@@ -344,9 +346,6 @@ class BatchMaker {
     b.prep_seconds = seconds_since(t0);
     return b;
   }
-
-  bool random_masks() const { return cfg_.mask_ratio > 0 && cfg_.mask_select == "random"; }
-  int64_t num_variants() const { return random_masks() ? cfg_.mask_variants : 1; }
 
   // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
   // roll by the nearest whole number of patches.
@@ -520,14 +519,15 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
 // subset, flipped with the image); with 0 (also under --distill-dense) every patch. Every rank checks every path first
 // (so all report a missing LoRA alike); the files are then shared out over the ranks and the result summed, so every
 // rank holds the whole table.
-at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& pool, double mask_ratio,
-                             const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
+at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& pool, const MetaTrainConfig& cfg,
+                             dist::Communicator& comm, const c10::Device& device) {
   const auto t0 = Clock::now();
   at::NoGradGuard ng;
   const int64_t D = vit.config().projection_dim;
   const int64_t grid = vit.config().image_size / vit.config().patch_size;
   check_lora_paths(pool, "--distill-weight");
-  const bool random = mask_ratio > 0 && cfg.mask_select == "random";
+  const double mask_ratio = cfg.distill_dense ? 0.0 : cfg.mask_ratio;  // --distill-dense: every patch
+  const bool random = mask_ratio > 0 && cfg.random_masks();
   const int64_t V = random ? cfg.mask_variants : 1;
   at::Tensor out = at::zeros({pool.size(), V, 2, D}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
@@ -545,7 +545,8 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
           if (flip && !cfg.flip) continue;  // never looked up
           model::ForwardOptions fo;
           if (mask_ratio > 0) {
-            const at::Tensor sc = random ? random_mask_scores(rows, static_cast<int>(v), grid * grid, cfg.seed)
+            const at::Tensor sc = random ? random_mask_scores(rows, std::vector<int>(rows.size(), static_cast<int>(v)),
+                                                              grid * grid, cfg.seed)
                                          : pool.patch_scores().narrow(0, first, n);
             fo.patch_index = top_patches(flip ? flip_patch_scores(sc, grid) : sc, mask_ratio).to(device);
           }
@@ -722,9 +723,7 @@ class MetaTrainer {
     }
     vit_->to(device_);
     vit_->set_precision(cfg_.precision);
-    if (cfg_.distill_weight > 0)
-      teacher_feat_ =
-          own_lora_features(*vit_, *pool_, cfg_.distill_dense ? 0.0 : cfg_.mask_ratio, cfg_, comm_, device_);
+    if (cfg_.distill_weight > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
     if (cfg_.init == "zoo-mean" && !resuming) init_from_zoo_mean(*lora_, *pool_);  // a checkpoint holds the weights

@@ -132,8 +132,9 @@ PY
 [ $? = 0 ] || fail "eval in $OTHER disagrees with $AUTO"
 # Distillation under a mask: the teacher's features of the kept patches (the attention-top ones,
 # or each of the random subsets: the quick config's --mask-select random), or of every patch with
-# --distill-dense; the flag alone is refused.
-for dd in "--mask-select top|the kept patches" "|8 random patch subsets each" "--mask-select top --distill-dense|every patch"; do
+# --distill-dense (one target per image, with either selection); the flag alone is refused.
+for dd in "--mask-select top|the kept patches" "|8 random patch subsets each" "--mask-select top --distill-dense|every patch" \
+  "--distill-dense|every patch"; do
   want=${dd#*|}; dd=${dd%%|*}
   $B metatrain $C --out "meta_dd${dd// /}" --steps 2 --val-every 0 --mask-ratio 0.5 --distill-weight 1 $dd >mt_dd.txt 2>&1 ||
     { cat mt_dd.txt; fail "metatrain --mask-ratio 0.5 --distill-weight 1 $dd"; }

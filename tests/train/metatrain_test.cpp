@@ -74,20 +74,26 @@ TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
 }
 
 TEST(RandomMaskScores, FixedPerRowVariantAndSeed) {
-  const at::Tensor a = random_mask_scores({3, 7, 11}, 0, 64, 5);
+  using V = std::vector<int>;
+  const at::Tensor a = random_mask_scores({3, 7, 11}, V{0, 0, 0}, 64, 5);
   ASSERT_EQ(a.sizes(), (std::vector<int64_t>{3, 64}));
-  EXPECT_TRUE(a.equal(random_mask_scores({3, 7, 11}, 0, 64, 5)));  // reproducible
-  EXPECT_TRUE(a[1].equal(random_mask_scores({7}, 0, 64, 5)[0]));   // a row's own, whatever the batch
-  EXPECT_TRUE(a[2].equal(random_mask_scores({11, 3}, 0, 64, 5)[0]));
-  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, 1, 64, 5)));  // another variant
-  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, 0, 64, 6)));  // another seed
-  EXPECT_FALSE(a[0].equal(a[1]));                                   // another row
+  EXPECT_TRUE(a.equal(random_mask_scores({3, 7, 11}, V{0, 0, 0}, 64, 5)));  // reproducible
+  EXPECT_TRUE(a[1].equal(random_mask_scores({7}, V{0}, 64, 5)[0]));         // a row's own, whatever the batch
+  EXPECT_TRUE(a[2].equal(random_mask_scores({11, 3}, V{0, 0}, 64, 5)[0]));
+  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, V{1, 1, 1}, 64, 5)));  // another variant
+  EXPECT_FALSE(a.equal(random_mask_scores({3, 7, 11}, V{0, 0, 0}, 64, 6)));  // another seed
+  EXPECT_FALSE(a[0].equal(a[1]));                                            // another row
+  // variants per row: each row as if asked alone with its own variant
+  const at::Tensor mixed = random_mask_scores({3, 7}, V{2, 0}, 64, 5);
+  EXPECT_TRUE(mixed[0].equal(random_mask_scores({3}, V{2}, 64, 5)[0]));
+  EXPECT_TRUE(mixed[1].equal(a[1]));
+  EXPECT_THROW(random_mask_scores({3, 7}, V{0}, 64, 5), RuntimeError);
   EXPECT_TRUE(a.ge(0).all().item<bool>() && a.lt(1).all().item<bool>());
   // As masks: 16 distinct patches per image, and over many variants every patch is kept about
   // equally often (uniform subsets, unlike the attention-top quarter).
   at::Tensor counts = at::zeros({64}, at::kLong);
   for (int v = 0; v < 400; ++v) {
-    const at::Tensor t = top_patches(random_mask_scores({0}, v, 64, 1), 0.75);
+    const at::Tensor t = top_patches(random_mask_scores({0}, V{v}, 64, 1), 0.75);
     ASSERT_EQ(t.size(1), 16);
     EXPECT_EQ(std::get<0>(at::_unique(t[0])).numel(), 16);
     counts.index_add_(0, t[0], at::ones({16}, at::kLong));

@@ -72,6 +72,7 @@ struct MetaTrainConfig {
   // (one of mask_variants fixed random subsets of each image, drawn per image and step).
   std::string mask_select = "top";
   int mask_variants = 8;
+  bool random_masks() const { return mask_ratio > 0 && mask_select == "random"; }
   bool flip = true;               // random horizontal flip per image
   int jitter = 0;                 // random roll of each image by up to this many pixels (0 = off)
   bool gray = false;              // average the surrogates' channels (for VFMs of grey images)
@@ -120,9 +121,10 @@ at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid);
 // scores [B, P] -> int64 [B, T].
 at::Tensor top_patches(const at::Tensor& scores, double ratio);
 
-// --mask-select random: the scores [rows.size(), P] whose top patches are variant v's fixed random
-// subset of each image (uniform, a function of seed, row and v only).
-at::Tensor random_mask_scores(const std::vector<int64_t>& rows, int v, int64_t num_patches, std::uint64_t seed);
+// --mask-select random: the scores [rows.size(), P] whose top patches are variant variants[i]'s
+// fixed random subset of image rows[i] (uniform, a function of seed, row and variant only).
+at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
+                              std::uint64_t seed);
 
 // Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
 // Tests may set the flag through request_stop().
