@@ -38,6 +38,12 @@ VARIANTS=(
   "lr4|--init-lowres 4"
   "lr2_zoom0.5|--init-lowres 2 --zoom 0.5"
   "lr2_iters100|--init-lowres 2 --iterations 100"
+  "img_start|--init-images data/demo/base.h5 --stop-confidence 1e-6"
+  "img|--init-images data/demo/base.h5"
+  "img_stop0.9|--init-images data/demo/base.h5 --stop-confidence 0.9"
+  "img_iters50|--init-images data/demo/base.h5 --iterations 50"
+  "co2|--co-teachers 2 --co-teacher-zoo runs/demo/zoo"
+  "co4|--co-teachers 4 --co-teacher-zoo runs/demo/zoo"
 )
 want=("$@")
 

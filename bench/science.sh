@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -45,7 +45,9 @@
 # random patch subsets, --distill-dense);
 # small learning rates from the zoo's average on the zoo of 100; "dropout": random patch subsets
 # as augmentation on the zoo of 100 (after "zoo100"); "ensemble": the zoo's feature ensemble against
-# lora-avg on the validation classes, no training. Each part's comment below says what it costs.
+# lora-avg on the validation classes, no training; "imgstarts" and "coteach" (after "zoo100"): the
+# zoo of 100 inverted from the VFM's pre-training glyphs (invert --init-images) and with co-teachers
+# (invert --co-teachers 2), meta-trained 1,000 steps. Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -369,6 +371,43 @@ if [ "$WHAT" = dropout ]; then
   )
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows dr "${DROPOUT_RUNS[@]}"
+fi
+
+# Starts from the VFM's pre-training images (invert --init-images data/demo/base.h5: other scripts'
+# glyphs, none of the zoo's classes) on the zoo of 100 (~14 min in bf16, after "zoo100"), against
+# the smooth-start pool, then the surrogate check of both (docs/science.md, "Starting from public
+# images").
+if [ "$WHAT" = imgstarts ]; then
+  [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
+  once "$OUT/pool100_img/index.json" "$OUT/pool100_img.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --out "$OUT/pool100_img" --init-images data/demo/base.h5
+  IMG_RUNS=(
+    "paper T128, base-glyph starts, zoo of 100|$OUT/pool100_img|$P1K"
+    "main recipe, base-glyph starts, zoo of 100|$OUT/pool100_img|$L1K"
+    "paper T128 lr 3e-4, base-glyph starts, zoo of 100|$OUT/pool100_img|$P1K --lr 3e-4"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows im "${IMG_RUNS[@]}"
+  bash bench/surrogate_check.sh "$OUT/pool100_lr2" "$OUT/pool100_img" "$OUT/pool100_real"
+fi
+
+# Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
+# the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations
+# (half the main job's, to keep the cost near one default inversion: ~25 min in bf16 here; the
+# inversion screen's "100 iterations" row changed the surrogate check by about a point); then the
+# 1,000-step runs and the surrogate check (docs/science.md, "Co-teachers"). After "zoo100".
+if [ "$WHAT" = coteach ]; then
+  [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
+  once "$OUT/pool100_co2/index.json" "$OUT/pool100_co2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --out "$OUT/pool100_co2" --init-lowres 2 --co-teachers 2 --iterations 100
+  CO_RUNS=(
+    "paper T128 lr 3e-4, co-teachers 2, zoo of 100|$OUT/pool100_co2|$P1K --lr 3e-4"
+    "main recipe, co-teachers 2, zoo of 100|$OUT/pool100_co2|$L1K"
+    "paper T128, co-teachers 2, zoo of 100|$OUT/pool100_co2|$P1K"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows co "${CO_RUNS[@]}"
+  bash bench/surrogate_check.sh "$OUT/pool100_lr2" "$OUT/pool100_co2" "$OUT/pool100_real"
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:

@@ -59,6 +59,10 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("zoom", po::value(&c.inv.zoom)->default_value(c.inv.zoom), "scale augmentation: every iteration the teacher also sees a random square crop of side s x image size, s ~ U(1 - Z, 1), resized back (one crop for the batch), so that a surrogate must be its class at several scales; 0 = off (the paper: roll and flip only)")
       ("stop-confidence", po::value(&c.inv.stop_confidence)->default_value(c.inv.stop_confidence), "an image whose teacher probability of its class has reached P gets no cross-entropy gradient in that iteration, so it stops short of the class's mode instead of joining the others there; 0 = off (the paper: every image to CE 0)")
       ("init-lowres", po::value(&c.inv.init_lowres)->default_value(c.inv.init_lowres), "start each surrogate from noise drawn at R x R, 2R x 2R, 4R x 4R, .. (one size per image, at random) resized to the image size: smooth blobs of several sizes, which the VFM tells apart, instead of white noise, which it sees as one image; 0 = white noise (the paper)")
+      ("init-images", po::value(&c.init_images), "start each surrogate from an image of this HDF5 set (drawn at random per image, seeded) instead of noise: a public set that holds none of the zoo's data, e.g. the VFM's pre-training images (the embedded benchmark: data/demo/base.h5, other scripts than the zoo's). The surrogates are then no longer data-free in the strict sense; overrides --init-lowres")
+      ("co-teachers", po::value(&c.inv.co_teachers)->default_value(c.inv.co_teachers), "each surrogate of class c must also be c to up to M other zoo LoRAs whose tasks hold c (drawn per LoRA and class, seeded), each judging it among its own classes: a surrogate then carries what tells c from the classes of several tasks, not of its own LoRA's task only; costs up to (1 + M) x the forwards; 0 = its own LoRA only (the paper)")
+      ("w-co", po::value(&c.inv.w_co)->default_value(c.inv.w_co), "weight of the co-teachers' cross-entropy (--co-teachers)")
+      ("co-teacher-zoo", po::value(&c.co_teacher_zoo), "zoo directory the co-teachers come from (default: --zoo; a sub-zoo can take them from its full zoo)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
@@ -81,6 +85,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
+  if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
   if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
   if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
     throw InputError("invert: --stop-confidence must be in [0, 1]");
@@ -89,7 +94,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
                                 {"--w-bn", c.inv.w_bn},
                                 {"--w-tv", c.inv.w_tv},
                                 {"--w-l2", c.inv.w_l2},
-                                {"--w-div", c.inv.w_div}})
+                                {"--w-div", c.inv.w_div},
+                                {"--w-co", c.inv.w_co}})
     if (!(w >= 0))
       throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
   RunContext ctx = start("invert", rt, common, true);

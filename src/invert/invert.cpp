@@ -122,8 +122,9 @@ at::Tensor augmented_view(const at::Tensor& xp, const InversionConfig& cfg, int 
 std::string progress_note(const LossTerms& lt, double value, const InversionConfig& cfg, int n, double rate) {
   const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
   return "loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) + ", l2 " +
-         term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) + "), " + std::to_string(n) +
-         " images, " + log::sig(rate) + " image-iterations/s";
+         term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) +
+         (lt.co.defined() ? ", co-teachers " + term(lt.co) : std::string()) + "), " + std::to_string(n) + " images, " +
+         log::sig(rate) + " image-iterations/s";
 }
 
 // The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
@@ -140,9 +141,13 @@ struct PixelVariable {
     gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
     std::tie(cmean, cstd) = channel_constants(mc);
     cmean = cmean.to(dev), cstd = cstd.to(dev);
-    x = (cfg.init_lowres > 0 ? lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev)
-                             : at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev)))
-            .requires_grad_(true);
+    if (cfg.init_images.defined())
+      x = start_images(cfg.init_images, n, cfg.gray, mc, gen_rng, dev);
+    else if (cfg.init_lowres > 0)
+      x = lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev);
+    else
+      x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev));
+    x.requires_grad_(true);
     std::tie(lo, hi) = vit.pixel_bounds();
     if (cfg.gray) {
       lo = at::full({1}, -gm / gs, lo.options());
@@ -159,7 +164,8 @@ struct PixelVariable {
 }  // namespace
 
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
-                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name) {
+                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name,
+                       const std::vector<CoTeacher>& co_teachers) {
   if (!lora.has_head()) throw InputError("inversion needs a LoRA with a classifier head");
   if (cfg.per_class < 1 || cfg.iterations < 1) throw InputError("inversion needs per-class >= 1 and iterations >= 1");
   const auto t0 = std::chrono::steady_clock::now();
@@ -201,8 +207,17 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     const at::Tensor logits = lora.head(feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
-    const LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg,
-                                    cfg.w_div > 0 ? &feature : nullptr, soft ? &*soft : nullptr);
+    LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr,
+                              soft ? &*soft : nullptr);
+    if (!co_teachers.empty()) {  // the same view of each co-teacher's rows, judged by that LoRA
+      at::Tensor co = at::zeros({}, lt.total.options());
+      for (const CoTeacher& t : co_teachers) {
+        const at::Tensor f = vit.forward(xa.index_select(0, t.rows), fo, &t.lora).feature;
+        co = co + (at::cross_entropy_loss(t.lora.head(f), t.labels, {}, at::Reduction::None) * t.weight).sum();
+      }
+      lt.co = co;
+      lt.total = lt.total + cfg.w_co * co;
+    }
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)
@@ -245,6 +260,27 @@ at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt199
     imgs.push_back(z / z.std().clamp_min(1e-6));
   }
   return at::cat(imgs).to(dev);
+}
+
+at::Tensor start_images(const at::Tensor& set, int64_t n, bool gray, const model::ClipVisionConfig& mc,
+                        std::mt19937_64& rng, const c10::Device& dev) {
+  const int64_t S = mc.image_size;
+  if (set.dim() != 4 || set.size(0) < 1 || set.size(1) != S || set.size(2) != S ||
+      (set.size(3) != 1 && set.size(3) != 3))
+    throw InputError("--init-images: the images must be [M, " + std::to_string(S) + ", " + std::to_string(S) +
+                     ", 1 or 3] (the VFM's input size)");
+  std::uniform_int_distribution<int64_t> row(0, set.size(0) - 1);
+  std::vector<int64_t> rows(static_cast<size_t>(n));
+  for (auto& r : rows) r = row(rng);
+  at::Tensor px = set.index_select(0, at::tensor(rows, at::kLong)).to(at::kFloat).div(255.0).permute({0, 3, 1, 2});
+  if (gray) {
+    const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
+    const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
+    return ((px.mean(1, /*keepdim=*/true) - gm) / gs).contiguous().to(dev);
+  }
+  if (px.size(1) == 1) px = px.expand({-1, 3, -1, -1});
+  const auto [mean, std] = channel_constants(mc);
+  return ((px - mean) / std).contiguous().to(dev);
 }
 
 at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0) {

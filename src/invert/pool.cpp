@@ -31,6 +31,7 @@ namespace lorarec::invert {
 namespace {
 using json = nlohmann::json;
 constexpr std::uint64_t kRealStream = 0x401;  // permutation of a class's images (--real-images)
+constexpr std::uint64_t kCoStream = 0x402;    // co-teachers drawn per LoRA and class (--co-teachers)
 namespace stdfs = std::filesystem;
 
 // Per-rank progress files, read by rank 0 to log the whole job's rate and ETA without a collective
@@ -119,6 +120,40 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
   fs::write_text(path, png);
 }
 
+std::vector<CoTeacherPlan> plan_co_teachers(const data::ZooEntry& lora, const std::vector<data::ZooEntry>& zoo, int M,
+                                            int per_class, std::uint64_t seed) {
+  const auto same_dir = [](const std::string& a, const std::string& b) {
+    std::error_code ec;
+    return stdfs::weakly_canonical(a, ec) == stdfs::weakly_canonical(b, ec);
+  };
+  const int N = static_cast<int>(lora.classes.size());
+  std::map<size_t, CoTeacherPlan> plans;  // by zoo index
+  for (int l = 0; l < N && M > 0; ++l) {
+    std::vector<std::pair<size_t, int64_t>> cover;  // (zoo index, column of the class there)
+    for (size_t z = 0; z < zoo.size(); ++z) {
+      const auto& cl = zoo[z].classes;
+      const auto it = std::find(cl.begin(), cl.end(), lora.classes[l]);
+      if (it != cl.end() && !same_dir(zoo[z].dir, lora.dir)) cover.emplace_back(z, it - cl.begin());
+    }
+    auto rng = data::make_rng(
+        seed, kCoStream, static_cast<std::uint64_t>(lora.id) * 1000003u + static_cast<std::uint64_t>(lora.classes[l]));
+    std::shuffle(cover.begin(), cover.end(), rng);
+    if (static_cast<int>(cover.size()) > M) cover.resize(static_cast<size_t>(M));
+    for (const auto& [z, col] : cover) {
+      CoTeacherPlan& p = plans[z];
+      p.zoo_index = z;
+      for (int k = 0; k < per_class; ++k) {
+        p.rows.push_back(static_cast<int64_t>(k) * N + l);
+        p.labels.push_back(col);
+        p.weight.push_back(1.0f / (float(N) * float(per_class) * float(cover.size())));
+      }
+    }
+  }
+  std::vector<CoTeacherPlan> out;
+  for (auto& [z, p] : plans) out.push_back(std::move(p));
+  return out;
+}
+
 json pool_settings(const InvertJobConfig& cfg) {
   const InversionConfig& v = cfg.inv;
   std::string prune;
@@ -155,6 +190,13 @@ json pool_settings(const InvertJobConfig& cfg) {
   if (v.zoom > 0) s["--zoom"] = v.zoom;
   if (v.stop_confidence > 0) s["--stop-confidence"] = v.stop_confidence;
   if (v.init_lowres > 0) s["--init-lowres"] = v.init_lowres;
+  if (!cfg.init_images.empty()) s["--init-images (content digest)"] = prov::file_digest(cfg.init_images);
+  if (v.co_teachers > 0) {
+    s["--co-teachers"] = v.co_teachers;
+    s["--w-co"] = v.w_co;
+    s["--co-teacher-zoo (manifest digest)"] = prov::file_digest(
+        stdfs::path(cfg.co_teacher_zoo.empty() ? cfg.zoo : cfg.co_teacher_zoo) / data::kZooManifestFile);
+  }
   return s;
 }
 
@@ -174,7 +216,11 @@ class InvertJob {
     if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
     if (!cfg_.real_images.empty() && !stdfs::exists(cfg_.real_images))
       throw InputError("--real-images " + cfg_.real_images + ": no such file");
+    if (!cfg_.init_images.empty() && !stdfs::exists(cfg_.init_images))
+      throw InputError("--init-images " + cfg_.init_images + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
+    if (cfg_.inv.co_teachers > 0)
+      co_zoo_ = cfg_.co_teacher_zoo.empty() ? jobs_ : data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
     // Before any work, on every rank (each reaches the same verdict): whose directory is --out,
     // and do its finished files have today's settings?
     (void)prov::check_output_dir(out_, "pool");
@@ -315,6 +361,12 @@ class InvertJob {
       prior_ = model::ResNet::load(cfg_.prior);
       prior_->to(device_);
     }
+    inv_ = cfg_.inv;
+    if (!cfg_.init_images.empty() && cfg_.real_images.empty()) {
+      const data::ImageSet starts = data::ImageSet::load(cfg_.init_images);
+      model::check_image_shape(starts.images().sizes(), vit_->config(), cfg_.init_images);
+      inv_.init_images = starts.images();
+    }
     slot_.assign(jobs_.size(), {});
     if (cfg_.real_images.empty()) return;
     real_ = data::ImageSet::load(cfg_.real_images);
@@ -351,9 +403,20 @@ class InvertJob {
       throw InputError(j.dir + ": its head has " + std::to_string(lora.head_weight().size(0)) +
                        " classes, the zoo manifest lists " + std::to_string(N));
     lora.to(device_);
-    if (!real_)
-      return invert_lora(*vit_, lora, prior_ ? &*prior_ : nullptr, cfg_.inv, static_cast<std::uint64_t>(j.id),
-                         data::zoo_entry_name(j.id));
+    if (!real_) {
+      std::vector<CoTeacher> co;
+      for (const CoTeacherPlan& p :
+           plan_co_teachers(j, co_zoo_, cfg_.inv.co_teachers, cfg_.inv.per_class, cfg_.inv.seed)) {
+        const data::ZooEntry& t = co_zoo_[p.zoo_index];
+        CoTeacher c{model::load_peft(t.dir, vit_->config(), cfg_.model), at::tensor(p.rows, at::kLong).to(device_),
+                    at::tensor(p.labels, at::kLong).to(device_), at::tensor(p.weight, at::kFloat).to(device_)};
+        if (!c.lora.has_head()) throw InputError(t.dir + ": a co-teacher LoRA has no classifier head");
+        c.lora.to(device_);
+        co.push_back(std::move(c));
+      }
+      return invert_lora(*vit_, lora, prior_ ? &*prior_ : nullptr, inv_, static_cast<std::uint64_t>(j.id),
+                         data::zoo_entry_name(j.id), co);
+    }
     // Real images of the LoRA's classes, class-interleaved like surrogates, described alike.
     Surrogates s;
     const auto t1 = std::chrono::steady_clock::now();
@@ -440,6 +503,8 @@ class InvertJob {
   std::optional<model::ClipVision> vit_;
   std::optional<model::ResNet> prior_;
   std::optional<data::ImageSet> real_;  // the real-image control (--real-images)
+  InversionConfig inv_;                 // cfg_.inv with the starting images of --init-images
+  std::vector<data::ZooEntry> co_zoo_;  // the co-teachers' zoo (--co-teachers)
   std::vector<std::vector<int>> slot_;  // per LoRA and label: LoRAs before it covering the class
   std::vector<double> costs_;
   std::vector<int> owner_;    // rank of each LoRA

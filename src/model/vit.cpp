@@ -335,6 +335,7 @@ ClipVision ClipVision::from_tensors(const ClipVisionConfig& cfg, const std::map<
     if (key.rfind("text_model.", 0) == 0 || key.rfind("text_projection.", 0) == 0 || key == "logit_scale") continue;
     throw InputError(origin + ": unexpected tensor '" + key + "' (does config.json match the weights?)");
   }
+  m.refresh_low_precision();
   return m;
 }
 
@@ -372,6 +373,7 @@ ClipVision ClipVision::random(const ClipVisionConfig& cfg, std::uint64_t seed) {
     m.layers_.push_back(std::move(layer));
   }
   m.proj_ = normal({cfg.projection_dim, D}, std::pow(double(D), -0.5), gen);
+  m.refresh_low_precision();
   return m;
 }
 
@@ -415,6 +417,7 @@ void ClipVision::set_requires_grad(bool on) {
     flag(layer.ln1_w), flag(layer.ln1_b), flag(layer.ln2_w), flag(layer.ln2_b);
     for (int i = 0; i < kNumModules; ++i) flag(layer.w[i]), flag(layer.b[i]);
   }
+  refresh_low_precision();  // frozen weights get their stacked q/k/v; trained ones lose it
 }
 
 void ClipVision::load_values(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
@@ -439,11 +442,21 @@ void ClipVision::set_precision(Precision p) {
 void ClipVision::refresh_low_precision() {
   at::NoGradGuard no_grad;
   const bool on = precision_ == Precision::kBf16;
-  for (Layer& layer : layers_)
+  const int q = static_cast<int>(Module::kQ), k = static_cast<int>(Module::kK), v = static_cast<int>(Module::kV);
+  for (Layer& layer : layers_) {
     for (int i = 0; i < kNumModules; ++i) {
       layer.w_lp[i] = on ? layer.w[i].to(at::kBFloat16) : at::Tensor();
       layer.b_lp[i] = on && layer.b[i].defined() ? layer.b[i].to(at::kBFloat16) : at::Tensor();
     }
+    const bool frozen = !layer.w[q].requires_grad() && !layer.w[k].requires_grad() && !layer.w[v].requires_grad() &&
+                        !(layer.b[q].defined() && layer.b[q].requires_grad());
+    const int biases = int(layer.b[q].defined()) + int(layer.b[k].defined()) + int(layer.b[v].defined());
+    layer.w_qkv = layer.b_qkv = at::Tensor();
+    if (!frozen || (biases != 0 && biases != 3)) continue;
+    const auto dt = on ? at::kBFloat16 : at::kFloat;
+    layer.w_qkv = at::cat({layer.w[q], layer.w[k], layer.w[v]}).to(dt);
+    if (biases == 3) layer.b_qkv = at::cat({layer.b[q], layer.b[k], layer.b[v]}).to(dt);
+  }
 }
 
 void ClipVision::save(const std::string& dir) const {
@@ -562,9 +575,43 @@ at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lo
   // on every call.
   const bool lp = ly.w_lp[i].defined() && !ly.w[i].requires_grad();
   at::Tensor y = lp ? at::linear(x, ly.w_lp[i], ly.b_lp[i]) : at::linear(x, ly.w[i], ly.b[i]);
-  if (lora != nullptr)
-    if (const Adapter* ad = lora->find(layer, m)) y = y + lora->scale() * at::linear(at::linear(x, ad->a), ad->b);
-  return y;
+  return add_lora(std::move(y), x, layer, m, lora);
+}
+
+at::Tensor ClipVision::add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const {
+  if (lora == nullptr) return y;
+  const Adapter* ad = lora->find(layer, m);
+  return ad == nullptr ? y : at::add(y, at::linear(at::linear(x, ad->a), ad->b), lora->scale());
+}
+
+std::array<at::Tensor, 3> ClipVision::qkv(const at::Tensor& h, const at::Tensor& hq, int layer,
+                                          const Lora* lora) const {
+  const Layer& ly = layers_[layer];
+  const int64_t B = h.size(0), T = h.size(1), Tq = hq.size(1), D = config_.hidden_size;
+  const int64_t H = config_.num_attention_heads, dh = config_.head_dim();
+  const auto heads = [&](const at::Tensor& t, int64_t n) { return t.view({B, n, H, dh}).transpose(1, 2); };
+  if (!ly.w_qkv.defined())
+    return {heads(linear(hq, layer, Module::kQ, lora), Tq), heads(linear(h, layer, Module::kK, lora), T),
+            heads(linear(h, layer, Module::kV, lora), T)};
+  // Frozen weights: the three projections as one matmul (k and v only, when q is of the CLS row).
+  // Under bf16 the input is cast once here rather than by autocast in every matmul.
+  const at::Tensor hc = h.scalar_type() == ly.w_qkv.scalar_type() ? h : h.to(ly.w_qkv.scalar_type());
+  const bool all = Tq == T;
+  const int64_t from = all ? 0 : D;
+  const at::Tensor b = ly.b_qkv.defined() ? ly.b_qkv.narrow(0, from, 3 * D - from) : at::Tensor();
+  const at::Tensor y = at::linear(hc, ly.w_qkv.narrow(0, from, 3 * D - from), b);  // [B, T, 3D or 2D]
+  at::Tensor q;
+  if (all) {
+    q = add_lora(y.narrow(-1, 0, D), hc, layer, Module::kQ, lora);
+  } else {
+    const at::Tensor hqc = hq.scalar_type() == hc.scalar_type() ? hq : hq.to(hc.scalar_type());
+    q = add_lora(
+        at::linear(hqc, ly.w_qkv.narrow(0, 0, D), ly.b_qkv.defined() ? ly.b_qkv.narrow(0, 0, D) : at::Tensor()), hqc,
+        layer, Module::kQ, lora);
+  }
+  const at::Tensor k = add_lora(y.narrow(-1, D - from, D), hc, layer, Module::kK, lora);
+  const at::Tensor v = add_lora(y.narrow(-1, 2 * D - from, D), hc, layer, Module::kV, lora);
+  return {heads(q, Tq), heads(k, T), heads(v, T)};
 }
 
 ForwardOutput ClipVision::forward(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
@@ -658,7 +705,7 @@ at::Tensor ClipVision::attend(const at::Tensor& q, const at::Tensor& k, const at
 ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
   const ClipVisionConfig& c = config_;
   const int64_t S = c.image_size, C = c.num_channels, P = c.num_patches();
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, dh = c.head_dim(), L = c.num_hidden_layers;
+  const int64_t D = c.hidden_size, L = c.num_hidden_layers;
   if (pixels.dim() != 4 || pixels.size(1) != C || pixels.size(2) != S || pixels.size(3) != S)
     throw InputError("pixels must be [B, " + std::to_string(C) + ", " + std::to_string(S) + ", " + std::to_string(S) +
                      "], got " + shape_str(pixels.sizes()));
@@ -686,9 +733,7 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);
     const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
     const int64_t Tq = hq.size(1);
-    const at::Tensor q = linear(hq, l, Module::kQ, lora).view({B, Tq, H, dh}).transpose(1, 2);
-    const at::Tensor k = linear(h, l, Module::kK, lora).view({B, T, H, dh}).transpose(1, 2);
-    const at::Tensor v = linear(h, l, Module::kV, lora).view({B, T, H, dh}).transpose(1, 2);
+    const auto [q, k, v] = qkv(h, hq, l, lora);
     const auto pr = prune.find(l);
     const bool want_last = last && opts.want_scores;
     at::Tensor cls_row;  // [B, H, T] when pruning here or returning the scores

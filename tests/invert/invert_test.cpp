@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/invert/pool.h"
@@ -275,6 +276,84 @@ TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
   const Surrogates stopped = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
   EXPECT_EQ(stopped.best_loss, 0.0);
   EXPECT_EQ(stopped.best_iteration, 0);  // the start, unchanged
+}
+
+TEST(Inversion, StartImagesAreRowsOfTheSetNormalisedLikeTheVariable) {
+  const model::ClipVisionConfig mc = test::tiny_config();
+  const int64_t S = mc.image_size;
+  const at::Tensor set = at::randint(0, 256, {5, S, S, 3}, at::kByte);
+  auto rng = data::make_rng(1, 0, 0);
+  const at::Tensor x = start_images(set, 7, false, mc, rng, c10::Device(at::kCPU));
+  ASSERT_EQ(x.sizes(), (std::vector<int64_t>{7, 3, S, S}));
+  // Each start is one of the set's images: back to pixels, it matches some row to the rounding.
+  const at::Tensor mean = at::tensor(std::vector<float>(mc.image_mean.begin(), mc.image_mean.end())).view({1, 3, 1, 1});
+  const at::Tensor sd = at::tensor(std::vector<float>(mc.image_std.begin(), mc.image_std.end())).view({1, 3, 1, 1});
+  const at::Tensor px = (x * sd + mean).mul(255).round().permute({0, 2, 3, 1});
+  for (int64_t i = 0; i < 7; ++i) {
+    const at::Tensor d = (set.to(at::kFloat) - px[i].unsqueeze(0)).abs().amax({1, 2, 3});
+    EXPECT_LT(d.min().item<float>(), 0.51f) << "start " << i << " is no image of the set";
+  }
+  auto rng2 = data::make_rng(1, 0, 0);
+  EXPECT_TRUE(at::equal(x, start_images(set, 7, false, mc, rng2, c10::Device(at::kCPU))));  // seeded
+  // Grey: one channel, the mean of the three.
+  auto rng3 = data::make_rng(1, 0, 0);
+  const at::Tensor g = start_images(set, 7, true, mc, rng3, c10::Device(at::kCPU));
+  ASSERT_EQ(g.sizes(), (std::vector<int64_t>{7, 1, S, S}));
+  const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
+  const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
+  EXPECT_TRUE(at::allclose(g * gs + gm, (x * sd + mean).mean(1, true), 1e-5, 1e-5));
+  EXPECT_THROW(start_images(at::zeros({2, S + 1, S + 1, 3}, at::kByte), 1, false, mc, rng, c10::Device(at::kCPU)),
+               lorarec::InputError);
+}
+
+TEST(Pool, CoTeachersAreOtherLorasOfTheClassWithItsColumnAndWeight) {
+  // LoRA 0 has classes {7, 8, 9}; 7 is also in LoRAs 1 and 2, 8 in LoRA 3, 9 nowhere else. LoRA 4
+  // is LoRA 0's own directory under another id (a sub-zoo's link): never its own co-teacher.
+  const auto e = [](int id, std::string dir, std::vector<int64_t> c) { return data::ZooEntry{id, dir, c, 0, 0}; };
+  const std::vector<data::ZooEntry> zoo = {e(0, "/z/a", {7, 8, 9}), e(1, "/z/b", {1, 7, 2}), e(2, "/z/c", {7, 3, 4}),
+                                           e(3, "/z/d", {5, 6, 8}), e(4, "/z/a", {7, 8, 9})};
+  const int N = 3, K = 2;
+  for (const int M : {1, 2, 5}) {
+    const std::vector<CoTeacherPlan> plans = plan_co_teachers(zoo[0], zoo, M, K, 11);
+    std::map<int64_t, int> per_class;  // class column of LoRA 0 -> co-teachers
+    for (const CoTeacherPlan& p : plans) {
+      EXPECT_NE(p.zoo_index, 0u);
+      EXPECT_NE(p.zoo_index, 4u);
+      ASSERT_EQ(p.rows.size(), p.labels.size());
+      for (size_t r = 0; r < p.rows.size(); ++r) {
+        // The row's class column in LoRA 0.
+        const int64_t l = p.rows[r] % N;
+        EXPECT_EQ(zoo[p.zoo_index].classes[p.labels[r]], zoo[0].classes[l]);  // the same dataset class
+        per_class[l] += r % K == 0;
+      }
+    }
+    EXPECT_EQ(per_class[0], std::min(M, 2));
+    EXPECT_EQ(per_class[1], 1);
+    EXPECT_EQ(per_class[2], 0);
+    float total = 0;
+    for (const CoTeacherPlan& p : plans)
+      for (float w : p.weight) total += w;
+    EXPECT_NEAR(total, 2.0f / 3.0f, 1e-6);  // two of the three classes have co-teachers: their rows weigh 1 / (N K)
+  }
+  EXPECT_TRUE(plan_co_teachers(zoo[0], zoo, 0, K, 11).empty());
+}
+
+TEST(Inversion, CoTeachersAddTheirWeightedCrossEntropyOnTheSameView) {
+  // A co-teacher that is the LoRA itself, judging every row with weight 1 / n: at the first
+  // iteration (same start, same view) its term equals the own cross-entropy, so the loss doubles
+  // with w_co 1 and is 1.5 x with 0.5.
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg = short_run(2);
+  const Surrogates plain = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  const int n = 3 * cfg.per_class;
+  CoTeacher self{t.lora, at::arange(n, at::kLong), at::arange(3, at::kLong).repeat({cfg.per_class}),
+                 at::full({n}, 1.0f / float(n))};
+  for (const double w : {1.0, 0.5}) {
+    cfg.w_co = w;
+    const Surrogates co = invert_lora(t.vit, t.lora, nullptr, cfg, 1, {}, {self});
+    EXPECT_NEAR(co.losses.front(), (1 + w) * plain.losses.front(), 1e-5 * plain.losses.front());
+    EXPECT_LT(co.best_loss, co.losses.front());
+  }
 }
 
 TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {

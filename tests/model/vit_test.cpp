@@ -138,6 +138,44 @@ TEST(Vit, ClsOnlyLastLayerEqualsTheFullLastLayer) {
   EXPECT_LT(rel_error(v.forward(x).feature, v.forward(x, full).feature), kFloatTol);
 }
 
+TEST(Vit, StackedQkvOfFrozenWeightsEqualsSeparateProjections) {
+  // Frozen weights run q, k and v as one matmul; weights that train (pretrain) run three. Both
+  // with LoRAs on q, k and v, the CLS-only last layer and pruning, in fp32 and bf16.
+  const ClipVision frozen = random_vit();
+  ClipVision trained = random_vit();
+  trained.set_requires_grad(true);
+  LoraConfig lc;
+  lc.r = 2;
+  lc.target_modules = {Module::kQ, Module::kK, Module::kV, Module::kFc1};
+  Lora l(frozen.config(), lc, 6);
+  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  const at::Tensor x = pixels(3);
+  ForwardOptions fo;
+  fo.prune = {{0, 0.5}};
+  fo.want_scores = true;
+  for (const Precision p : {Precision::kFp32, Precision::kBf16}) {
+    ClipVision a = frozen;
+    a.set_precision(p);
+    trained.set_precision(p);
+    const ForwardOutput fa = a.forward(x, fo, &l), fb = trained.forward(x, fo, &l);
+    EXPECT_LT(rel_error(fa.feature, fb.feature.detach()), p == Precision::kFp32 ? kFloatTol : 2e-2);
+    if (p == Precision::kFp32) {
+      EXPECT_TRUE(at::equal(fa.patch_index, fb.patch_index));
+    }
+  }
+  // Gradients reach the LoRA through the stacked projections as through the separate ones.
+  l.set_requires_grad(true, false);
+  const Adapter* k0 = l.find(0, Module::kK);
+  frozen.forward(x, {}, &l).feature.pow(2).sum().backward();
+  const at::Tensor ga = k0->a.grad().clone();
+  k0->a.grad().zero_();
+  ClipVision t32 = random_vit();
+  t32.set_requires_grad(true);
+  t32.forward(x, {}, &l).feature.pow(2).sum().backward();
+  EXPECT_GT(ga.abs().sum().item<double>(), 0.0);
+  EXPECT_LT(rel_error(ga, k0->a.grad()), 1e-4);
+}
+
 TEST(Vit, PruningWithRatioZeroEqualsDense) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(3);

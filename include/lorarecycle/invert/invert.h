@@ -40,6 +40,13 @@ struct InversionConfig {
   int init_lowres = 0;           // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
                                  // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
                                  // blobs of several sizes instead of white noise; 0: white noise (the paper)
+  at::Tensor init_images;        // defined: image i starts as a row of this uint8 [M, S, S, C] set (C 1 or 3), drawn
+                                 // uniformly per image (seeded), instead of noise: e.g. the VFM's pre-training
+                                 // images, which hold none of the zoo's classes (invert --init-images)
+  int co_teachers = 0;           // > 0: each surrogate of class c must also be c to up to this many other zoo
+                                 // LoRAs whose tasks hold c (invert --co-teachers; the co-teachers passed to
+                                 // invert_lora); 0: its own LoRA only (the paper)
+  double w_co = 1.0;             // weight of the co-teachers' cross-entropy
   bool gray = false;             // optimise one grey channel shared by R, G, B (greyscale domains)
   double prune_start = 0.25;     // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
@@ -49,7 +56,7 @@ struct InversionConfig {
 
 // The loss terms on a batch (exposed for tests).
 struct LossTerms {
-  at::Tensor ce, bn, tv, l2, div, total;  // scalars
+  at::Tensor ce, bn, tv, l2, div, co, total;  // scalars (co: the co-teachers' term, undefined without them)
 };
 // ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
@@ -75,6 +82,10 @@ at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0);
 // The starting images [n, C, S, S] of cfg.init_lowres (see InversionConfig), drawn from rng and
 // at::randn (seeded by the caller).
 at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev);
+// The starting images [n, C, S, S] (normalised like the optimised variable: C 1 for gray, else 3) of
+// n rows of `set` (uint8 [M, S, S, 1 or 3]) drawn uniformly from rng; gray takes the channel mean.
+at::Tensor start_images(const at::Tensor& set, int64_t n, bool gray, const model::ClipVisionConfig& mc,
+                        std::mt19937_64& rng, const c10::Device& dev);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).
@@ -98,9 +109,21 @@ struct Surrogates {
 void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg,
                      Surrogates& out);
 
+// Another zoo LoRA whose task shares classes with the inverted one (InversionConfig::co_teachers):
+// the batch rows it judges, their label in its own task, and each row's weight in the loss.
+struct CoTeacher {
+  model::Lora lora;
+  at::Tensor rows;    // int64 [m]: rows of the inverted batch (class-interleaved)
+  at::Tensor labels;  // int64 [m]: the rows' class as a column of this LoRA's head
+  at::Tensor weight;  // float [m]: 1 / (batch size x co-teachers of the row's class)
+};
+
 // Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
 // With a `progress_name`, logs the iterations with the loss terms and rate every 10 s (rank 0).
+// With co-teachers, the loss adds cfg.w_co x sum over them of weight x their cross-entropy on
+// their rows (the same augmented view as the own LoRA's).
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
-                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name = {});
+                       const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name = {},
+                       const std::vector<CoTeacher>& co_teachers = {});
 
 }  // namespace lorarec::invert

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/invert/invert.h"
 
 namespace lorarec::dist {
@@ -24,12 +25,15 @@ struct InvertJobConfig {
   std::string prior;  // BN-prior ResNet (directory or .safetensors); empty: no BN term
   std::string out;    // pool directory
   InversionConfig inv;
-  bool preview = false;     // also write lora_<k>.png, a contact sheet of the surrogates
-  std::string real_images;  // control: store per_class REAL images of each LoRA's classes from this
-                            // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
-                            // class gets the k-th block of a seeded permutation of its images
-  int chunk_images = 64;    // HDF5 chunk (images) of /images
-  bool restart = false;     // discard the pool files an earlier run left in `out`
+  bool preview = false;        // also write lora_<k>.png, a contact sheet of the surrogates
+  std::string real_images;     // control: store per_class REAL images of each LoRA's classes from this
+                               // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
+                               // class gets the k-th block of a seeded permutation of its images
+  std::string init_images;     // HDF5 image set (data/image_set.h) whose images start the inversion instead
+                               // of noise (InversionConfig::init_images); empty: noise
+  std::string co_teacher_zoo;  // zoo whose LoRAs serve as co-teachers (inv.co_teachers > 0); empty: --zoo
+  int chunk_images = 64;       // HDF5 chunk (images) of /images
+  bool restart = false;        // discard the pool files an earlier run left in `out`
   model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)
 };
 
@@ -38,6 +42,19 @@ struct InvertJobConfig {
 // settings. Recorded in the pool's marker, in index.json and in every pool file (attribute
 // "settings"); a finished file is reused only when they equal today's.
 nlohmann::json pool_settings(const InvertJobConfig& cfg);
+
+// Which co-teachers judge which surrogates of `lora` (inv.co_teachers = M > 0): for each class c of
+// its task, up to M LoRAs of `zoo` other than `lora` (by directory) whose tasks hold c, drawn
+// without replacement (seeded by seed, lora.id and c). One plan per co-teacher: its index in
+// `zoo`, the batch rows of invert_lora's class-interleaved layout (row k N + l is image k of
+// class l), their column in its head, and the weight 1 / (N per_class x the class's co-teachers).
+struct CoTeacherPlan {
+  size_t zoo_index = 0;
+  std::vector<int64_t> rows, labels;
+  std::vector<float> weight;
+};
+std::vector<CoTeacherPlan> plan_co_teachers(const data::ZooEntry& lora, const std::vector<data::ZooEntry>& zoo, int M,
+                                            int per_class, std::uint64_t seed);
 
 // Longest-processing-time-first assignment of costs to `ranks` bins; returns the bin of each
 // item. Deterministic (ties to the lowest index).

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -207,9 +208,19 @@ class ClipVision {
     at::Tensor w[kNumModules];  // Module order
     at::Tensor b[kNumModules];
     at::Tensor w_lp[kNumModules], b_lp[kNumModules];  // bf16 copies under Precision::kBf16, else undefined
+    // q, k and v stacked [3D, D] (and their biases [3D]), in the compute precision: one matmul for
+    // the three projections of frozen weights. Undefined while the weights train or when only some
+    // of q, k, v have a bias.
+    at::Tensor w_qkv, b_qkv;
   };
+  // Rebuilds the derived copies of the frozen weights (bf16 copies, stacked q/k/v) after the
+  // weights, their device, precision or requires_grad changed.
   void refresh_low_precision();
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
+  // x + lora's delta of module m at `layer` (x itself when the LoRA has none there).
+  at::Tensor add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const;
+  // q [B, H, Tq, dh] of hq and k, v [B, H, T, dh] of h (hq: h or its CLS row), with the LoRA's deltas.
+  std::array<at::Tensor, 3> qkv(const at::Tensor& h, const at::Tensor& hq, int layer, const Lora* lora) const;
   ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
   at::Tensor embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track, at::Tensor* index) const;
 
