@@ -373,41 +373,30 @@ if [ "$WHAT" = dropout ]; then
   run_rows dr "${DROPOUT_RUNS[@]}"
 fi
 
-# Starts from the VFM's pre-training images (invert --init-images data/demo/base.h5: other scripts'
-# glyphs, none of the zoo's classes) on the zoo of 100 (~14 min in bf16, after "zoo100"), against
-# the smooth-start pool, then the surrogate check of both (docs/science.md, "Starting from public
-# images").
-if [ "$WHAT" = imgstarts ]; then
+# zoo100_variant PREFIX NAME LABEL "INVERT FLAGS": the zoo of 100 (the "zoo100" part's) inverted
+# with FLAGS as $OUT/pool100_NAME, meta-trained 1,000 steps with the paper's objective (T 128, lr
+# 1e-3 and 3e-4) and the main recipe (runs $OUT/PREFIX_<i>), then the surrogate check beside the
+# smooth-start and real-image pools.
+zoo100_variant() {
+  local prefix=$1 label=$3 flags=$4 pool=$OUT/pool100_$2
   [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
-  once "$OUT/pool100_img/index.json" "$OUT/pool100_img.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --out "$OUT/pool100_img" --init-images data/demo/base.h5
-  IMG_RUNS=(
-    "paper T128, base-glyph starts, zoo of 100|$OUT/pool100_img|$P1K"
-    "main recipe, base-glyph starts, zoo of 100|$OUT/pool100_img|$L1K"
-    "paper T128 lr 3e-4, base-glyph starts, zoo of 100|$OUT/pool100_img|$P1K --lr 3e-4"
-  )
+  # shellcheck disable=SC2086  # flags are words
+  once "$pool/index.json" "$pool.log" "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo100" --out "$pool" $flags
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  run_rows im "${IMG_RUNS[@]}"
-  bash bench/surrogate_check.sh "$OUT/pool100_lr2" "$OUT/pool100_img" "$OUT/pool100_real"
-fi
-
+  run_rows "$prefix" "paper T128, $label, zoo of 100|$pool|$P1K" "main recipe, $label, zoo of 100|$pool|$L1K" \
+    "paper T128 lr 3e-4, $label, zoo of 100|$pool|$P1K --lr 3e-4"
+  bash bench/surrogate_check.sh "$OUT/pool100_lr2" "$pool" "$OUT/pool100_real"
+}
+# Starts from the VFM's pre-training images (invert --init-images data/demo/base.h5: other scripts'
+# glyphs, none of the zoo's classes; ~18 min in bf16), against the smooth-start pool
+# (docs/science.md, "Starting from public images, and co-teachers").
+if [ "$WHAT" = imgstarts ]; then zoo100_variant im img "base-glyph starts" "--init-images data/demo/base.h5"; fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
 # the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations
-# (half the main job's, to keep the cost near one default inversion: ~25 min in bf16 here; the
-# inversion screen's "100 iterations" row changed the surrogate check by about a point); then the
-# 1,000-step runs and the surrogate check (docs/science.md, "Co-teachers"). After "zoo100".
+# (half the main job's, to keep the cost near one default inversion: ~20 min in bf16 here; the
+# inversion screen's "100 iterations" row changed the surrogate check by about a point).
 if [ "$WHAT" = coteach ]; then
-  [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
-  once "$OUT/pool100_co2/index.json" "$OUT/pool100_co2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --out "$OUT/pool100_co2" --init-lowres 2 --co-teachers 2 --iterations 100
-  CO_RUNS=(
-    "paper T128 lr 3e-4, co-teachers 2, zoo of 100|$OUT/pool100_co2|$P1K --lr 3e-4"
-    "main recipe, co-teachers 2, zoo of 100|$OUT/pool100_co2|$L1K"
-    "paper T128, co-teachers 2, zoo of 100|$OUT/pool100_co2|$P1K"
-  )
-  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  run_rows co "${CO_RUNS[@]}"
-  bash bench/surrogate_check.sh "$OUT/pool100_lr2" "$OUT/pool100_co2" "$OUT/pool100_real"
+  zoo100_variant co co2 "co-teachers 2" "--init-lowres 2 --co-teachers 2 --iterations 100"
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:
