@@ -219,8 +219,11 @@ class InvertJob {
     if (!cfg_.init_images.empty() && !stdfs::exists(cfg_.init_images))
       throw InputError("--init-images " + cfg_.init_images + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
-    if (cfg_.inv.co_teachers > 0)
-      co_zoo_ = cfg_.co_teacher_zoo.empty() ? jobs_ : data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
+    if (cfg_.inv.co_teachers > 0 && cfg_.co_teacher_zoo.empty()) co_zoo_ = jobs_;
+    if (cfg_.inv.co_teachers > 0 && !cfg_.co_teacher_zoo.empty()) {
+      co_zoo_ = data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
+      for (const data::ZooEntry& j : co_zoo_) model::check_base_model(j.dir, cfg_.model);  // tuned on --model
+    }
     // Before any work, on every rank (each reaches the same verdict): whose directory is --out,
     // and do its finished files have today's settings?
     (void)prov::check_output_dir(out_, "pool");

@@ -151,4 +151,13 @@ expect_status 2 "setting --init-lowres" -- $B invert $C --init-lowres 4
 expect_status 2 "--zoom must be in [0, 1)" -- $B invert $C --zoom 1
 expect_status 2 "--stop-confidence must be in [0, 1]" -- $B invert $C --stop-confidence 2
 expect_status 2 "--init-lowres must be 0 (off) or >= 2" -- $B invert $C --init-lowres 1
+expect_status 2 "setting --co-teacher" -- $B invert $C --co-teachers 1
+expect_status 2 "setting --init-images" -- $B invert $C --init-images data/quick/base.h5
+expect_status 2 "--co-teachers must be >= 0" -- $B invert $C --co-teachers -1
+expect_status 2 "--init-images nope.h5: no such file" -- $B invert $C --init-images nope.h5 --out pool_img
+# Both, for real (2 iterations): the pool records them and each LoRA's log names the co-teachers' term.
+$B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 --log-level debug >inv_co.txt 2>&1 ||
+  { cat inv_co.txt; fail "invert --co-teachers 2 --init-images"; }
+grep -q '"--co-teachers": 2' pool_co/index.json && grep -q 'init-images (content digest)' pool_co/index.json ||
+  fail "pool_co/index.json does not record --co-teachers and --init-images"
 echo "demo_quick: precision checks passed ($AUTO by auto, $OTHER asked for)"
