@@ -79,6 +79,11 @@ std::pair<at::Tensor, at::Tensor> channel_constants(const model::ClipVisionConfi
   return {at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end())).view({1, 3, 1, 1}),
           at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end())).view({1, 3, 1, 1})};
 }
+// The grey variable's normalisation (--gray): the means of image_mean and of image_std.
+std::pair<double, double> gray_constants(const model::ClipVisionConfig& c) {
+  return {(c.image_mean[0] + c.image_mean[1] + c.image_mean[2]) / 3.0,
+          (c.image_std[0] + c.image_std[1] + c.image_std[2]) / 3.0};
+}
 }  // namespace
 
 at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
@@ -137,8 +142,7 @@ struct PixelVariable {
     const auto& mc = vit.config();
     const auto dev = vit.device();
     const int S = mc.image_size;
-    gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
-    gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
+    std::tie(gm, gs) = gray_constants(mc);
     std::tie(cmean, cstd) = channel_constants(mc);
     cmean = cmean.to(dev), cstd = cstd.to(dev);
     if (cfg.init_images.defined())
@@ -272,15 +276,11 @@ at::Tensor start_images(const at::Tensor& set, int64_t n, bool gray, const model
   std::uniform_int_distribution<int64_t> row(0, set.size(0) - 1);
   std::vector<int64_t> rows(static_cast<size_t>(n));
   for (auto& r : rows) r = row(rng);
-  at::Tensor px = set.index_select(0, at::tensor(rows, at::kLong)).to(at::kFloat).div(255.0).permute({0, 3, 1, 2});
-  if (gray) {
-    const double gm = (mc.image_mean[0] + mc.image_mean[1] + mc.image_mean[2]) / 3.0;
-    const double gs = (mc.image_std[0] + mc.image_std[1] + mc.image_std[2]) / 3.0;
-    return ((px.mean(1, /*keepdim=*/true) - gm) / gs).contiguous().to(dev);
-  }
-  if (px.size(1) == 1) px = px.expand({-1, 3, -1, -1});
+  const at::Tensor x = model::preprocess_images(set.index_select(0, at::tensor(rows, at::kLong)), mc, dev);
+  if (!gray) return x;
+  const auto [gm, gs] = gray_constants(mc);
   const auto [mean, std] = channel_constants(mc);
-  return ((px - mean) / std).contiguous().to(dev);
+  return ((x * std.to(dev) + mean.to(dev)).mean(1, /*keepdim=*/true) - gm) / gs;
 }
 
 at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0) {

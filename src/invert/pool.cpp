@@ -122,10 +122,8 @@ void write_png_grid(const std::string& path, const at::Tensor& images, int cols)
 
 std::vector<CoTeacherPlan> plan_co_teachers(const data::ZooEntry& lora, const std::vector<data::ZooEntry>& zoo, int M,
                                             int per_class, std::uint64_t seed) {
-  const auto same_dir = [](const std::string& a, const std::string& b) {
-    std::error_code ec;
-    return stdfs::weakly_canonical(a, ec) == stdfs::weakly_canonical(b, ec);
-  };
+  std::error_code ec;
+  const stdfs::path own = stdfs::weakly_canonical(lora.dir, ec);  // a sub-zoo's link is the LoRA itself
   const int N = static_cast<int>(lora.classes.size());
   std::map<size_t, CoTeacherPlan> plans;  // by zoo index
   for (int l = 0; l < N && M > 0; ++l) {
@@ -133,7 +131,7 @@ std::vector<CoTeacherPlan> plan_co_teachers(const data::ZooEntry& lora, const st
     for (size_t z = 0; z < zoo.size(); ++z) {
       const auto& cl = zoo[z].classes;
       const auto it = std::find(cl.begin(), cl.end(), lora.classes[l]);
-      if (it != cl.end() && !same_dir(zoo[z].dir, lora.dir)) cover.emplace_back(z, it - cl.begin());
+      if (it != cl.end() && stdfs::weakly_canonical(zoo[z].dir, ec) != own) cover.emplace_back(z, it - cl.begin());
     }
     auto rng = data::make_rng(
         seed, kCoStream, static_cast<std::uint64_t>(lora.id) * 1000003u + static_cast<std::uint64_t>(lora.classes[l]));
@@ -219,16 +217,15 @@ class InvertJob {
     if (!cfg_.init_images.empty() && !stdfs::exists(cfg_.init_images))
       throw InputError("--init-images " + cfg_.init_images + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
-    if (cfg_.inv.co_teachers > 0 && cfg_.co_teacher_zoo.empty()) co_zoo_ = jobs_;
-    if (cfg_.inv.co_teachers > 0 && !cfg_.co_teacher_zoo.empty()) {
-      co_zoo_ = data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
-      for (const data::ZooEntry& j : co_zoo_) model::check_base_model(j.dir, cfg_.model);  // tuned on --model
-    }
+    if (cfg_.inv.co_teachers > 0)
+      co_zoo_ = cfg_.co_teacher_zoo.empty() ? jobs_ : data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
     // Before any work, on every rank (each reaches the same verdict): whose directory is --out,
     // and do its finished files have today's settings?
     (void)prov::check_output_dir(out_, "pool");
     settings_ = pool_settings(cfg_);
     for (const data::ZooEntry& j : jobs_) model::check_base_model(j.dir, cfg_.model);  // every LoRA tuned on --model
+    if (!cfg_.co_teacher_zoo.empty())  // and every co-teacher from another zoo
+      for (const data::ZooEntry& j : co_zoo_) model::check_base_model(j.dir, cfg_.model);
     const std::vector<stdfs::path> earlier = check_earlier_files();
     comm_.barrier();
     if (comm_.rank() == 0) prepare_out(earlier);

@@ -335,7 +335,7 @@ ClipVision ClipVision::from_tensors(const ClipVisionConfig& cfg, const std::map<
     if (key.rfind("text_model.", 0) == 0 || key.rfind("text_projection.", 0) == 0 || key == "logit_scale") continue;
     throw InputError(origin + ": unexpected tensor '" + key + "' (does config.json match the weights?)");
   }
-  m.refresh_low_precision();
+  m.refresh_derived_weights();
   return m;
 }
 
@@ -373,7 +373,7 @@ ClipVision ClipVision::random(const ClipVisionConfig& cfg, std::uint64_t seed) {
     m.layers_.push_back(std::move(layer));
   }
   m.proj_ = normal({cfg.projection_dim, D}, std::pow(double(D), -0.5), gen);
-  m.refresh_low_precision();
+  m.refresh_derived_weights();
   return m;
 }
 
@@ -417,7 +417,7 @@ void ClipVision::set_requires_grad(bool on) {
     flag(layer.ln1_w), flag(layer.ln1_b), flag(layer.ln2_w), flag(layer.ln2_b);
     for (int i = 0; i < kNumModules; ++i) flag(layer.w[i]), flag(layer.b[i]);
   }
-  refresh_low_precision();  // frozen weights get their stacked q/k/v; trained ones lose it
+  refresh_derived_weights();  // frozen weights get their stacked q/k/v; trained ones lose it
 }
 
 void ClipVision::load_values(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
@@ -431,15 +431,15 @@ void ClipVision::load_values(const std::map<std::string, at::Tensor>& tensors, c
     at::Tensor dst = t;
     dst.copy_(it->second);
   }
-  refresh_low_precision();
+  refresh_derived_weights();
 }
 
 void ClipVision::set_precision(Precision p) {
   precision_ = p;
-  refresh_low_precision();
+  refresh_derived_weights();
 }
 
-void ClipVision::refresh_low_precision() {
+void ClipVision::refresh_derived_weights() {
   at::NoGradGuard no_grad;
   const bool on = precision_ == Precision::kBf16;
   const int q = static_cast<int>(Module::kQ), k = static_cast<int>(Module::kK), v = static_cast<int>(Module::kV);
@@ -448,8 +448,9 @@ void ClipVision::refresh_low_precision() {
       layer.w_lp[i] = on ? layer.w[i].to(at::kBFloat16) : at::Tensor();
       layer.b_lp[i] = on && layer.b[i].defined() ? layer.b[i].to(at::kBFloat16) : at::Tensor();
     }
-    const bool frozen = !layer.w[q].requires_grad() && !layer.w[k].requires_grad() && !layer.w[v].requires_grad() &&
-                        !(layer.b[q].defined() && layer.b[q].requires_grad());
+    bool frozen = true;
+    for (const int i : {q, k, v})
+      frozen = frozen && !layer.w[i].requires_grad() && !(layer.b[i].defined() && layer.b[i].requires_grad());
     const int biases = int(layer.b[q].defined()) + int(layer.b[k].defined()) + int(layer.b[v].defined());
     layer.w_qkv = layer.b_qkv = at::Tensor();
     if (!frozen || (biases != 0 && biases != 3)) continue;
@@ -483,7 +484,7 @@ void ClipVision::to(const c10::Device& device) {
     mv(layer.ln1_w), mv(layer.ln1_b), mv(layer.ln2_w), mv(layer.ln2_b);
     for (int i = 0; i < kNumModules; ++i) mv(layer.w[i]), mv(layer.b[i]);
   }
-  refresh_low_precision();
+  refresh_derived_weights();
 }
 
 // ---- ClipVision: pixels -------------------------------------------------------------------

@@ -215,7 +215,7 @@ class ClipVision {
   };
   // Rebuilds the derived copies of the frozen weights (bf16 copies, stacked q/k/v) after the
   // weights, their device, precision or requires_grad changed.
-  void refresh_low_precision();
+  void refresh_derived_weights();
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   // x + lora's delta of module m at `layer` (x itself when the LoRA has none there).
   at::Tensor add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const;
