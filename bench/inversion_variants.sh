@@ -44,6 +44,11 @@ VARIANTS=(
   "img_iters50|--init-images data/demo/base.h5 --iterations 50"
   "co2|--co-teachers 2 --co-teacher-zoo runs/demo/zoo"
   "co4|--co-teachers 4 --co-teacher-zoo runs/demo/zoo"
+  "feat0.01|--feature-prior data/demo/base.h5 --w-feat 0.01"
+  "feat0.1|--feature-prior data/demo/base.h5 --w-feat 0.1"
+  "lr2_feat0.1|--init-lowres 2 --feature-prior data/demo/base.h5 --w-feat 0.1"
+  "feat1|--feature-prior data/demo/base.h5 --w-feat 1"
+  "feat10|--feature-prior data/demo/base.h5 --w-feat 10"
 )
 want=("$@")
 

@@ -69,16 +69,27 @@ part 1 && for rep in $(seq 1 "$REPS"); do
 done
 
 part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mpirun -np 2 unless said): running"
+# LORA_AB=1 adds the precision "bf16-unfused" to parts 2 and 4: bf16 with each LoRA delta as separate
+# ops (LORAREC_UNFUSED_LORA=1) instead of the one fused autograd node (model::lora_add), side by side.
+PRECS=${PRECS:-fp32 bf16${LORA_AB:+ bf16-unfused}}  # PRECS="bf16 bf16-unfused": only those
+# with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
+with_precision() {
+  local p=$1; shift
+  if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 "$@" --precision bf16; else "$@" --precision "$p"; fi
+}
 eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
   local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps $((160 / $5)) --way 5 --shot 1
-             --query 15 --episodes-per-step "$5" --distill-weight 0 --no-flip --precision "$3" --mask-ratio "$4"
+             --query 15 --episodes-per-step "$5" --distill-weight 0 --no-flip --mask-ratio "$4"
              --log-level warn --hash-every 0 --restart)
-  if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 "${cmd[@]}"; else "${MPI[@]}" -np "$2" "${cmd[@]}"; fi
+  local knob=()
+  [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA)
+  if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 with_precision "$3" "${cmd[@]}"
+  else with_precision "$3" "${MPI[@]}" "${knob[@]}" -np "$2" "${cmd[@]}"; fi
   cp "$W/e_$1/metatrain.json" "$W/eps_$1.$rep.json"
 }
 part 2 && for rep in $(seq 1 "$REPS"); do
   for e in $EPS; do
-    for p in fp32 bf16; do
+    for p in $PRECS; do
       eps_run "${p}_e${e}_m0" 2 $p 0 "$e"; eps_run "${p}_e${e}_m50" 2 $p 0.5 "$e"; eps_run "${p}_e${e}_m75" 2 $p 0.75 "$e"
       eps_run "${p}_e${e}_np1" 1 $p 0 "$e"
     done
@@ -97,10 +108,10 @@ done
 
 part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: running"
 part 4 && for rep in $(seq 1 "$REPS"); do
-  for p in fp32 bf16; do
+  for p in $PRECS; do
     for m in 0 0.5 0.75; do
-      OMP_NUM_THREADS=1 "$B" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart --steps 40 \
-        --precision $p --mask-ratio $m --val-every 0 >/dev/null
+      OMP_NUM_THREADS=1 with_precision $p "$B" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart \
+        --steps 40 --mask-ratio $m --val-every 0 >/dev/null
       cp "$W/ph/metatrain.json" "$W/phase_${p}_$m.$rep.json"
     done
   done
@@ -142,15 +153,17 @@ if eps_sets:
     def eps(name): return med(one(name, r) for r in range(1, reps + 1))
     # ratios per repetition (the variants of one repetition ran side by side), then their median
     def ratio(a, b): return med(one(a, r) / one(b, r) for r in range(1, reps + 1))
-    print(f"\n(2) {'precision':<10}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
+    print(f"\n(2) {'precision':<13}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
           f"{'1 rank':>8}{'2 vs 1':>8}  (episodes/s; E = episodes per step; ratios: medians of per-repetition ratios)")
     for e in eps_sets:
-        for pr in ("fp32", "bf16"):
+        for pr in ("fp32", "bf16", "bf16-unfused"):
             k = f"{pr}_e{e}"
+            if not os.path.exists(f"{w}/eps_{k}_m0.1.json"): continue
             m0, m5, m7, n1 = eps(f"{k}_m0"), eps(f"{k}_m50"), eps(f"{k}_m75"), eps(f"{k}_np1")
-            print(f"    {pr:<10}{e:3d}{m0:9.2f}{m5:10.2f}{m7:11.2f}{ratio(k + '_m50', k + '_m0'):9.2f}x"
+            print(f"    {pr:<13}{e:3d}{m0:9.2f}{m5:10.2f}{m7:11.2f}{ratio(k + '_m50', k + '_m0'):9.2f}x"
                   f"{ratio(k + '_m75', k + '_m0'):10.2f}x{n1:8.2f}{ratio(k + '_m0', k + '_np1'):7.2f}x")
-        print(f"    bf16 vs fp32 (mask 0, np 2, E {e}): {ratio(f'bf16_e{e}_m0', f'fp32_e{e}_m0'):.2f}x")
+        if os.path.exists(f"{w}/eps_fp32_e{e}_m0.1.json") and os.path.exists(f"{w}/eps_bf16_e{e}_m0.1.json"):
+            print(f"    bf16 vs fp32 (mask 0, np 2, E {e}): {ratio(f'bf16_e{e}_m0', f'fp32_e{e}_m0'):.2f}x")
 
 inv = {}
 for v, r, e, u in lines("inv.txt"):
@@ -161,10 +174,11 @@ if inv:
     print(f"\n(3) inversion, 1 LoRA (40 images x 30 iterations), 1 rank: fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), "
           f"bf16 {b:.2f} s ({n_img / b:.0f}); bf16 vs fp32 {f / b:.2f}x (wall, includes start-up)")
 
-if os.path.exists(f"{w}/phase_fp32_0.1.json"):
+if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]
     print("\n(4) the step by phase, ms per step (1 rank, 1 episode of 80 images; medians)")
-    for pr in ("fp32", "bf16"):
+    for pr in ("fp32", "bf16", "bf16-unfused"):
+        if not os.path.exists(f"{w}/phase_{pr}_0.1.json"): continue
         ph = {m: [json.load(open(f"{w}/phase_{pr}_{m}.{r}.json"))["timing"] for r in range(1, reps + 1)]
               for m in ("0", "0.5", "0.75")}
         print(f"  {pr:<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0 / 0.75':>10}")

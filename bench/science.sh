@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -397,6 +397,12 @@ if [ "$WHAT" = imgstarts ]; then zoo100_variant im img "base-glyph starts" "--in
 # inversion screen's "100 iterations" row changed the surrogate check by about a point).
 if [ "$WHAT" = coteach ]; then
   zoo100_variant co co2 "co-teachers 2" "--init-lowres 2 --co-teachers 2 --iterations 100"
+fi
+# A feature prior (invert --feature-prior data/demo/base.h5 --w-feat 0.1): the residual stream's
+# per-channel statistics at every layer must match those of the VFM's pre-training glyphs under the
+# inverted LoRA, on top of the smooth starts of pool100_lr2 (~15 min in bf16).
+if [ "$WHAT" = featprior ]; then
+  zoo100_variant fp feat0.1 "feature prior 0.1" "--init-lowres 2 --feature-prior data/demo/base.h5 --w-feat 0.1"
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:

@@ -63,6 +63,9 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("co-teachers", po::value(&c.inv.co_teachers)->default_value(c.inv.co_teachers), "each surrogate of class c must also be c to up to M other zoo LoRAs whose tasks hold c (drawn per LoRA and class, seeded), each judging it among its own classes: a surrogate then carries what tells c from the classes of several tasks, not of its own LoRA's task only; costs up to (1 + M) x the forwards; 0 = its own LoRA only (the paper)")
       ("w-co", po::value(&c.inv.w_co)->default_value(c.inv.w_co), "weight of the co-teachers' cross-entropy (--co-teachers)")
       ("co-teacher-zoo", po::value(&c.co_teacher_zoo), "zoo directory the co-teachers come from (default: --zoo; a sub-zoo can take them from its full zoo)")
+      ("feature-prior", po::value(&c.feature_prior), "a feature prior (DeepInversion's BN term on the ViT itself): the per-channel mean and variance of the residual stream entering every layer, over the batch's images and tokens, must match those of --feature-prior-samples images of this HDF5 set under the inverted LoRA (e.g. the VFM's pre-training images, the embedded benchmark's data/demo/base.h5: other scripts than the zoo's). Uses public data, as a BN prior's statistics do; off when not given")
+      ("w-feat", po::value(&c.inv.w_feat)->default_value(c.inv.w_feat), "weight of the feature prior (--feature-prior)")
+      ("feature-prior-samples", po::value(&c.inv.feature_prior_samples)->default_value(c.inv.feature_prior_samples), "images of --feature-prior the statistics are taken over (drawn per LoRA, seeded)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
@@ -86,6 +89,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
+  if (c.inv.feature_prior_samples < 1) throw InputError("invert: --feature-prior-samples must be >= 1");
   if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
   if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
     throw InputError("invert: --stop-confidence must be in [0, 1]");
@@ -95,7 +99,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
                                 {"--w-tv", c.inv.w_tv},
                                 {"--w-l2", c.inv.w_l2},
                                 {"--w-div", c.inv.w_div},
-                                {"--w-co", c.inv.w_co}})
+                                {"--w-co", c.inv.w_co},
+                                {"--w-feat", c.inv.w_feat}})
     if (!(w >= 0))
       throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
   RunContext ctx = start("invert", rt, common, true);

@@ -128,8 +128,9 @@ std::string progress_note(const LossTerms& lt, double value, const InversionConf
   const auto term = [](const at::Tensor& t) { return t.defined() ? log::sig(t.item<double>()) : std::string("0"); };
   return "loss " + log::sig(value) + " (ce " + term(lt.ce) + ", bn " + term(lt.bn) + ", tv " + term(lt.tv) + ", l2 " +
          term(lt.l2) + (cfg.w_div > 0 ? ", div " + term(lt.div) : std::string()) +
-         (lt.co.defined() ? ", co-teachers " + term(lt.co) : std::string()) + "), " + std::to_string(n) + " images, " +
-         log::sig(rate) + " image-iterations/s";
+         (lt.co.defined() ? ", co-teachers " + term(lt.co) : std::string()) +
+         (lt.feat.defined() ? ", feature prior " + term(lt.feat) : std::string()) + "), " + std::to_string(n) +
+         " images, " + log::sig(rate) + " image-iterations/s";
 }
 
 // The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
@@ -165,6 +166,24 @@ struct PixelVariable {
   at::Tensor cmean, cstd, x, lo, hi;
 };
 
+// The feature prior's statistics (cfg.feature_prior) under the inverted LoRA: of up to
+// cfg.feature_prior_samples images of the set, drawn per LoRA (seeded); empty without a prior.
+std::vector<TokenStat> feature_prior_stats(const model::ClipVision& vit, const model::Lora& lora,
+                                           const InversionConfig& cfg, std::uint64_t stream) {
+  if (!cfg.feature_prior.defined()) return {};
+  const int64_t M = cfg.feature_prior.size(0);
+  if (M < 1 || cfg.feature_prior_samples < 1) throw InputError("--feature-prior: no images to take statistics of");
+  auto rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max() - 2);
+  std::uniform_int_distribution<int64_t> row(0, M - 1);
+  std::vector<int64_t> rows(static_cast<size_t>(std::min<int64_t>(M, cfg.feature_prior_samples)));
+  for (auto& r : rows) r = row(rng);
+  const at::Tensor px = model::preprocess_images(cfg.feature_prior.index_select(0, at::tensor(rows, at::kLong)),
+                                                 vit.config(), vit.device());
+  model::ForwardOptions fo;
+  fo.cls_only_last = cfg.cls_only_last;
+  return token_stats(vit, &lora, px, fo);
+}
+
 }  // namespace
 
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
@@ -193,6 +212,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
   const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
   const bool use_prior = prior != nullptr && cfg.w_bn > 0;
+  const std::vector<TokenStat> feat_target = feature_prior_stats(vit, lora, cfg, stream);
 
   Surrogates out;
   double best = std::numeric_limits<double>::infinity();
@@ -207,12 +227,18 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;
+    std::vector<at::Tensor> layer_inputs;
+    if (!feat_target.empty()) fo.layer_inputs = &layer_inputs;
     const at::Tensor feature = vit.forward(xa, fo, &lora).feature;
     const at::Tensor logits = lora.head(feature);
     std::vector<model::BnStat> stats;
     if (use_prior) prior->forward(xa, false, &stats);
     LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr,
                               soft ? &*soft : nullptr);
+    if (!feat_target.empty()) {
+      lt.feat = token_stat_loss(layer_inputs, feat_target);
+      lt.total = lt.total + cfg.w_feat * lt.feat;
+    }
     if (!co_teachers.empty()) {  // the same view of each co-teacher's rows, judged by that LoRA
       at::Tensor co = at::zeros({}, lt.total.options());
       for (const CoTeacher& t : co_teachers) {
@@ -249,6 +275,52 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   describe_images(vit, lora, cfg, out);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
+}
+
+std::vector<TokenStat> token_stats(const model::ClipVision& vit, const model::Lora* lora, const at::Tensor& pixels,
+                                   model::ForwardOptions fo, int64_t chunk) {
+  at::NoGradGuard ng;
+  if (pixels.size(0) < 1 || chunk < 1) throw InputError("token_stats: no images");
+  std::vector<at::Tensor> sum, sq;
+  int64_t count = 0;
+  for (int64_t i = 0; i < pixels.size(0); i += chunk) {
+    std::vector<at::Tensor> inputs;
+    fo.layer_inputs = &inputs;
+    (void)vit.forward(pixels.slice(0, i, std::min(i + chunk, pixels.size(0))), fo, lora);
+    if (sum.empty()) sum.resize(inputs.size()), sq.resize(inputs.size());
+    for (size_t l = 0; l < inputs.size(); ++l) {
+      const at::Tensor t = inputs[l].to(at::kDouble).reshape({-1, inputs[l].size(-1)});
+      sum[l] = sum[l].defined() ? sum[l] + t.sum(0) : t.sum(0);
+      sq[l] = sq[l].defined() ? sq[l] + t.pow(2).sum(0) : t.pow(2).sum(0);
+    }
+    count += inputs.empty() ? 0 : inputs[0].size(0) * inputs[0].size(1);
+  }
+  std::vector<TokenStat> out(sum.size());
+  for (size_t l = 0; l < sum.size(); ++l) {
+    const at::Tensor mean = sum[l] / double(count);
+    out[l].mean = mean.to(at::kFloat);
+    out[l].var = (sq[l] / double(count) - mean.pow(2)).clamp_min(0).to(at::kFloat);
+  }
+  return out;
+}
+
+at::Tensor token_stat_loss(const std::vector<at::Tensor>& layer_inputs, const std::vector<TokenStat>& target) {
+  if (layer_inputs.size() != target.size())
+    throw InputError("feature prior: " + std::to_string(layer_inputs.size()) + " layers against statistics of " +
+                     std::to_string(target.size()));
+  at::Tensor loss;
+  for (size_t l = 0; l < target.size(); ++l) {
+    const at::Tensor t = layer_inputs[l].to(at::kFloat);
+    if (t.size(-1) != target[l].mean.size(0))
+      throw InputError("feature prior: layer " + std::to_string(l) + " is " + std::to_string(t.size(-1)) +
+                       " wide, its statistics " + std::to_string(target[l].mean.size(0)));
+    const at::Tensor flat = t.reshape({-1, t.size(-1)});
+    const at::Tensor mean = flat.mean(0);
+    const at::Tensor var = (flat - mean).pow(2).mean(0);
+    const at::Tensor term = (mean - target[l].mean.to(t.device())).norm() + (var - target[l].var.to(t.device())).norm();
+    loss = loss.defined() ? loss + term : term;
+  }
+  return loss.defined() ? loss : at::zeros({});
 }
 
 at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev) {

@@ -195,6 +195,11 @@ json pool_settings(const InvertJobConfig& cfg) {
     s["--co-teacher-zoo (manifest digest)"] = prov::file_digest(
         stdfs::path(cfg.co_teacher_zoo.empty() ? cfg.zoo : cfg.co_teacher_zoo) / data::kZooManifestFile);
   }
+  if (!cfg.feature_prior.empty()) {
+    s["--feature-prior (content digest)"] = prov::file_digest(cfg.feature_prior);
+    s["--w-feat"] = v.w_feat;
+    s["--feature-prior-samples"] = v.feature_prior_samples;
+  }
   return s;
 }
 
@@ -216,6 +221,8 @@ class InvertJob {
       throw InputError("--real-images " + cfg_.real_images + ": no such file");
     if (!cfg_.init_images.empty() && !stdfs::exists(cfg_.init_images))
       throw InputError("--init-images " + cfg_.init_images + ": no such file");
+    if (!cfg_.feature_prior.empty() && !stdfs::exists(cfg_.feature_prior))
+      throw InputError("--feature-prior " + cfg_.feature_prior + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
     if (cfg_.inv.co_teachers > 0)
       co_zoo_ = cfg_.co_teacher_zoo.empty() ? jobs_ : data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
@@ -366,6 +373,11 @@ class InvertJob {
       const data::ImageSet starts = data::ImageSet::load(cfg_.init_images);
       model::check_image_shape(starts.images().sizes(), vit_->config(), cfg_.init_images);
       inv_.init_images = starts.images();
+    }
+    if (!cfg_.feature_prior.empty() && cfg_.real_images.empty()) {
+      const data::ImageSet set = data::ImageSet::load(cfg_.feature_prior);
+      model::check_image_shape(set.images().sizes(), vit_->config(), cfg_.feature_prior);
+      inv_.feature_prior = set.images();
     }
     slot_.assign(jobs_.size(), {});
     if (cfg_.real_images.empty()) return;

@@ -5,6 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/csrc/autograd/custom_function.h>
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
 #endif
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -579,10 +581,75 @@ at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lo
   return add_lora(std::move(y), x, layer, m, lora);
 }
 
+namespace {
+
+// y + scale * (x A^T) B^T as one autograd node with a hand-written backward, in y's dtype (bf16
+// under autocast: A and B are cast here, their gradients returned in their own dtype). Unfused,
+// the same delta is about ten nodes (two casts, two linears with their views and transposes, the
+// add), whose per-node work does not shrink with the token count: it was what kept the masked
+// bf16 step from its 4x (docs/metatrain.md).
+struct LoraAdd : public torch::autograd::Function<LoraAdd> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& y, const at::Tensor& x,
+                            const at::Tensor& a, const at::Tensor& b, double scale) {
+    const at::ScalarType dt = y.scalar_type();
+    const int64_t in = x.size(-1), out = y.size(-1);
+    const at::Tensor x2 = (x.scalar_type() == dt ? x : x.to(dt)).reshape({-1, in});
+    const at::Tensor ac = a.to(dt), bc = b.to(dt);
+    const at::Tensor u = at::mm(x2, ac.t());  // [N, r]
+    const at::Tensor res = at::addmm(y.reshape({-1, out}), u, bc.t(), 1, scale);
+    ctx->saved_data["x2"] = x2;
+    ctx->saved_data["u"] = u;
+    ctx->saved_data["a"] = ac;
+    ctx->saved_data["b"] = bc;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    ctx->saved_data["x_type"] = x.scalar_type();
+    ctx->saved_data["a_type"] = a.scalar_type();
+    ctx->saved_data["b_type"] = b.scalar_type();
+    return res.view(y.sizes());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor ac = ctx->saved_data["a"].toTensor(), bc = ctx->saved_data["b"].toTensor();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const at::Tensor& g = grads[0];
+    const at::Tensor g2 = g.reshape({-1, bc.size(0)}).to(bc.scalar_type());
+    at::Tensor gy, gx, ga, gb;
+    if (ctx->needs_input_grad(0)) gy = g;
+    const bool need_x = ctx->needs_input_grad(1), need_a = ctx->needs_input_grad(2);
+    if (need_x || need_a) {
+      const at::Tensor gu = at::mm(g2, bc).mul_(scale);  // [N, r]
+      if (need_x)
+        gx = at::mm(gu, ac).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
+      if (need_a) ga = at::mm(gu.t(), ctx->saved_data["x2"].toTensor()).to(ctx->saved_data["a_type"].toScalarType());
+    }
+    if (ctx->needs_input_grad(3))  // as (u^T g)^T: the [r, out] product is the faster one (bench: 75 vs 124 us)
+      gb = at::mm(ctx->saved_data["u"].toTensor().t(), g2)
+               .mul_(scale)
+               .t()
+               .to(ctx->saved_data["b_type"].toScalarType(), false, false, at::MemoryFormat::Contiguous);
+    return {gy, gx, ga, gb, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale) {
+  return LoraAdd::apply(y, x, a, b, scale);
+}
+
 at::Tensor ClipVision::add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   if (lora == nullptr) return y;
   const Adapter* ad = lora->find(layer, m);
-  return ad == nullptr ? y : at::add(y, at::linear(at::linear(x, ad->a), ad->b), lora->scale());
+  if (ad == nullptr) return y;
+  // LORAREC_UNFUSED_LORA=1: the delta as separate ops (bench/perf.sh compares both in one run).
+  static const bool unfused = [] {
+    const char* e = std::getenv("LORAREC_UNFUSED_LORA");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return unfused ? at::add(y, at::linear(at::linear(x, ad->a), ad->b), lora->scale())
+                 : lora_add(y, x, ad->a, ad->b, lora->scale());
 }
 
 std::array<at::Tensor, 3> ClipVision::qkv(const at::Tensor& h, const at::Tensor& hq, int layer,
@@ -729,6 +796,7 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     const bool last = (l == L - 1);
     const bool cls_only = last && opts.cls_only_last;
     const int64_t T = x.size(1);
+    if (opts.layer_inputs != nullptr) opts.layer_inputs->push_back(x);
     util::PhaseScope attention_phase("attention");
     // Attention (HF CLIPAttention: q scaled after projection, softmax over keys).
     const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);

@@ -155,9 +155,15 @@ expect_status 2 "setting --co-teacher" -- $B invert $C --co-teachers 1
 expect_status 2 "setting --init-images" -- $B invert $C --init-images data/quick/base.h5
 expect_status 2 "--co-teachers must be >= 0" -- $B invert $C --co-teachers -1
 expect_status 2 "--init-images nope.h5: no such file" -- $B invert $C --init-images nope.h5 --out pool_img
-# Both, for real (2 iterations): the pool records them and each LoRA's log names the co-teachers' term.
-$B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 --log-level debug >inv_co.txt 2>&1 ||
-  { cat inv_co.txt; fail "invert --co-teachers 2 --init-images"; }
-grep -q '"--co-teachers": 2' pool_co/index.json && grep -q 'init-images (content digest)' pool_co/index.json ||
-  fail "pool_co/index.json does not record --co-teachers and --init-images"
+expect_status 2 "setting --feature-prior" -- $B invert $C --feature-prior data/quick/base.h5
+expect_status 2 "--feature-prior nope.h5: no such file" -- $B invert $C --feature-prior nope.h5 --out pool_fp
+expect_status 2 "--w-feat must be >= 0" -- $B invert $C --feature-prior data/quick/base.h5 --w-feat -1 --out pool_fp
+expect_status 2 "--feature-prior-samples must be >= 1" -- $B invert $C --feature-prior-samples 0 --out pool_fp
+# All three, for real (2 iterations): the pool records them and the log names the terms.
+$B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 \
+  --feature-prior data/quick/base.h5 --w-feat 0.1 --log-level debug >inv_co.txt 2>&1 ||
+  { cat inv_co.txt; fail "invert --co-teachers 2 --init-images --feature-prior"; }
+grep -q '"--co-teachers": 2' pool_co/index.json && grep -q 'init-images (content digest)' pool_co/index.json &&
+  grep -q 'feature-prior (content digest)' pool_co/index.json && grep -q '"--w-feat": 0.1' pool_co/index.json ||
+  fail "pool_co/index.json does not record --co-teachers, --init-images and --feature-prior"
 echo "demo_quick: precision checks passed ($AUTO by auto, $OTHER asked for)"

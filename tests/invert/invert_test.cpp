@@ -306,6 +306,59 @@ TEST(Inversion, StartImagesAreRowsOfTheSetNormalisedLikeTheVariable) {
                lorarec::InputError);
 }
 
+TEST(Inversion, FeaturePriorMatchesTheTokenStatisticsOfTheSet) {
+  const Teacher t = tiny_teacher();
+  const model::ClipVisionConfig& mc = t.vit.config();
+  const int64_t S = mc.image_size;
+  at::manual_seed(3);
+  const at::Tensor set = at::randint(0, 256, {24, S, S, 3}, at::kByte);
+  const at::Tensor px = model::preprocess_images(set, mc, c10::Device(at::kCPU));
+  model::ForwardOptions fo;
+  // One input per layer, the first after the pre-LayerNorm; chunks give the statistics of the whole.
+  std::vector<at::Tensor> inputs;
+  fo.layer_inputs = &inputs;
+  (void)t.vit.forward(px, fo, &t.lora);
+  ASSERT_EQ(static_cast<int>(inputs.size()), mc.num_hidden_layers);
+  EXPECT_EQ(inputs[0].sizes(), (std::vector<int64_t>{24, mc.num_patches() + 1, mc.hidden_size}));
+  const std::vector<TokenStat> whole = token_stats(t.vit, &t.lora, px, fo, 24);
+  const std::vector<TokenStat> chunked = token_stats(t.vit, &t.lora, px, fo, 5);
+  ASSERT_EQ(whole.size(), inputs.size());
+  for (size_t l = 0; l < whole.size(); ++l) {
+    const at::Tensor flat = inputs[l].reshape({-1, mc.hidden_size});
+    EXPECT_TRUE(at::allclose(whole[l].mean, flat.mean(0), 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(whole[l].var, flat.var(0, /*unbiased=*/false), 1e-4, 1e-5));
+    EXPECT_TRUE(at::allclose(chunked[l].mean, whole[l].mean, 1e-5, 1e-5));
+    EXPECT_TRUE(at::allclose(chunked[l].var, whole[l].var, 1e-4, 1e-5));
+  }
+  // The loss is 0 on the set itself and the BN form (norms of the differences) elsewhere.
+  EXPECT_LT(token_stat_loss(inputs, whole).item<double>(), 1e-4);
+  std::vector<at::Tensor> noise_inputs;
+  fo.layer_inputs = &noise_inputs;
+  (void)t.vit.forward(at::randn({6, 3, S, S}), fo, &t.lora);
+  double expected = 0;
+  for (size_t l = 0; l < whole.size(); ++l) {
+    const at::Tensor flat = noise_inputs[l].reshape({-1, mc.hidden_size});
+    expected += (flat.mean(0) - whole[l].mean).norm().item<double>() +
+                (flat.var(0, false) - whole[l].var).norm().item<double>();
+  }
+  EXPECT_NEAR(token_stat_loss(noise_inputs, whole).item<double>(), expected, 1e-4 * expected);
+  EXPECT_GT(expected, 0.01);
+  EXPECT_THROW(token_stat_loss({noise_inputs[0]}, whole), lorarec::InputError);
+  // In the inversion: the term is added with its weight, and the optimisation lowers it.
+  InversionConfig cfg = short_run(2);
+  cfg.feature_prior = set;
+  cfg.feature_prior_samples = 16;
+  cfg.w_feat = 0;
+  const Surrogates off = invert_lora(t.vit, t.lora, nullptr, InversionConfig(short_run(2)), 1);
+  const Surrogates zero = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_DOUBLE_EQ(zero.losses.front(), off.losses.front());  // the same start and view
+  cfg.w_feat = 1;
+  const Surrogates on = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_GT(on.losses.front(), off.losses.front() + 0.01);
+  EXPECT_LT(on.best_loss, on.losses.front());
+  EXPECT_TRUE(at::equal(on.images, invert_lora(t.vit, t.lora, nullptr, cfg, 1).images));  // seeded
+}
+
 TEST(Pool, CoTeachersAreOtherLorasOfTheClassWithItsColumnAndWeight) {
   // LoRA 0 has classes {7, 8, 9}; 7 is also in LoRAs 1 and 2, 8 in LoRA 3, 9 nowhere else. LoRA 4
   // is LoRA 0's own directory under another id (a sub-zoo's link): never its own co-teacher.

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/function.h>
 
 #include "lorarecycle/util/error.h"
 #include "test_util.h"
@@ -174,6 +175,43 @@ TEST(Vit, StackedQkvOfFrozenWeightsEqualsSeparateProjections) {
   t32.forward(x, {}, &l).feature.pow(2).sum().backward();
   EXPECT_GT(ga.abs().sum().item<double>(), 0.0);
   EXPECT_LT(rel_error(ga, k0->a.grad()), 1e-4);
+}
+
+TEST(Vit, LoraAddIsOneNodeWithTheUnfusedGradients) {
+  // lora_add against the same delta written as separate ops, value and every input's gradient, in
+  // fp32 and (under autocast) bf16; one autograd node whose edges are its four tensor inputs.
+  at::manual_seed(12);
+  const auto leaf = [](const at::Tensor& t) { return t.clone().requires_grad_(true); };
+  const at::Tensor y0 = at::randn({2, 7, 6}), x0 = at::randn({2, 7, 5}), a0 = at::randn({3, 5}), b0 = at::randn({6, 3});
+  const at::Tensor g = at::randn({2, 7, 6});
+  for (const Precision p : {Precision::kFp32, Precision::kBf16}) {
+    const at::ScalarType dt = p == Precision::kBf16 ? at::kBFloat16 : at::kFloat;
+    const double tol = p == Precision::kBf16 ? 3e-2 : 1e-5;
+    at::Tensor yf = leaf(y0.to(dt)), xf = leaf(x0), af = leaf(a0), bf = leaf(b0);
+    at::Tensor yu = leaf(y0.to(dt)), xu = leaf(x0), au = leaf(a0), bu = leaf(b0);
+    at::Tensor fused, unfused;
+    {
+      AutocastScope autocast(c10::DeviceType::CPU, p == Precision::kBf16);
+      fused = lora_add(yf, xf, af, bf, 0.7);
+      unfused = at::add(yu, at::linear(at::linear(xu, au), bu), 0.7);
+    }
+    ASSERT_EQ(fused.scalar_type(), dt);
+    EXPECT_LT(rel_error(fused.to(at::kFloat), unfused.to(at::kFloat).detach()), tol);
+    ASSERT_TRUE(fused.grad_fn() != nullptr);
+    EXPECT_EQ(fused.grad_fn()->next_edges().size(), 4u);
+    fused.backward(g.to(dt));
+    unfused.backward(g.to(dt));
+    for (const auto& [f, u] : {std::pair{xf, xu}, {af, au}, {bf, bu}}) {
+      ASSERT_TRUE(f.grad().defined());
+      EXPECT_EQ(f.grad().scalar_type(), at::kFloat);
+      EXPECT_LT(rel_error(f.grad(), u.grad()), tol);
+    }
+    EXPECT_LT(rel_error(yf.grad().to(at::kFloat), yu.grad().to(at::kFloat)), tol);
+  }
+  // Only what needs a gradient gets one (the frozen teacher in the inversion: x alone).
+  const at::Tensor x = leaf(x0);
+  lora_add(y0, x, a0, b0, 1.0).backward(g);
+  EXPECT_LT(rel_error(x.grad(), at::matmul(at::matmul(g, b0), a0)), 1e-5);
 }
 
 TEST(Vit, PruningWithRatioZeroEqualsDense) {

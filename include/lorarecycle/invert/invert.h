@@ -47,8 +47,14 @@ struct InversionConfig {
                                  // LoRAs whose tasks hold c (invert --co-teachers; the co-teachers passed to
                                  // invert_lora); 0: its own LoRA only (the paper)
   double w_co = 1.0;             // weight of the co-teachers' cross-entropy
-  bool gray = false;             // optimise one grey channel shared by R, G, B (greyscale domains)
-  double prune_start = 0.25;     // fraction of the iterations after which pruning is on
+  at::Tensor feature_prior;      // defined: a uint8 [M, S, S, C] image set (e.g. the VFM's pre-training images) whose
+                                 // token statistics under the inverted LoRA the surrogates' must match (the feature
+                                 // prior: DeepInversion's BN term on the ViT's own residual stream; invert
+                                 // --feature-prior); undefined: off
+  double w_feat = 1.0;           // weight of the feature-prior term
+  int feature_prior_samples = 512;  // images of the set the statistics are computed on (drawn per LoRA, seeded)
+  bool gray = false;                // optimise one grey channel shared by R, G, B (greyscale domains)
+  double prune_start = 0.25;        // fraction of the iterations after which pruning is on
   std::vector<std::pair<int, double>> prune;  // (layer, ratio); empty = no pruning
   bool cls_only_last = true;                  // the last layer computes CLS only (off: the official full layer)
   std::uint64_t seed = 0;
@@ -56,7 +62,8 @@ struct InversionConfig {
 
 // The loss terms on a batch (exposed for tests).
 struct LossTerms {
-  at::Tensor ce, bn, tv, l2, div, co, total;  // scalars (co: the co-teachers' term, undefined without them)
+  at::Tensor ce, bn, tv, l2, div, co, feat, total;  // scalars (co, feat: the co-teachers' and the feature prior's
+                                                    // terms, undefined without them)
 };
 // ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
@@ -86,6 +93,19 @@ at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt199
 // n rows of `set` (uint8 [M, S, S, 1 or 3]) drawn uniformly from rng; gray takes the channel mean.
 at::Tensor start_images(const at::Tensor& set, int64_t n, bool gray, const model::ClipVisionConfig& mc,
                         std::mt19937_64& rng, const c10::Device& dev);
+// Per-channel statistics of the residual stream entering one layer, over images and tokens.
+struct TokenStat {
+  at::Tensor mean, var;  // float [D] (var: biased)
+};
+// The statistics of every layer's input (ForwardOptions::layer_inputs) for the normalised images
+// `pixels` [M, 3, S, S] under `lora` (null: the bare VFM) with the forward options `fo` (its
+// layer_inputs is ignored), in chunks of `chunk` images, without gradients.
+std::vector<TokenStat> token_stats(const model::ClipVision& vit, const model::Lora* lora, const at::Tensor& pixels,
+                                   model::ForwardOptions fo, int64_t chunk = 128);
+// The feature prior: sum over layers of ||mean - target.mean||_2 + ||var - target.var||_2, where
+// mean and var (biased) are the batch's over images and tokens (layer_inputs [B, T, D], any float
+// type; computed in float). Throws InputError when the layer counts or widths differ.
+at::Tensor token_stat_loss(const std::vector<at::Tensor>& layer_inputs, const std::vector<TokenStat>& target);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).

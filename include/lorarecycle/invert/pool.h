@@ -32,6 +32,8 @@ struct InvertJobConfig {
   std::string init_images;     // HDF5 image set (data/image_set.h) whose images start the inversion instead
                                // of noise (InversionConfig::init_images); empty: noise
   std::string co_teacher_zoo;  // zoo whose LoRAs serve as co-teachers (inv.co_teachers > 0); empty: --zoo
+  std::string feature_prior;   // HDF5 image set whose token statistics the surrogates match
+                               // (InversionConfig::feature_prior); empty: off
   int chunk_images = 64;       // HDF5 chunk (images) of /images
   bool restart = false;        // discard the pool files an earlier run left in `out`
   model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)

@@ -90,6 +90,11 @@ void require_same_shape(const std::vector<Lora>& loras, const std::string& what)
 // delta is the mean of theirs: A = [A_1; ..; A_K], B = [B_1 .. B_K] / K (rank K r).
 Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit);
 
+// y + scale * (x a^T) b^T (x [.., in], a [r, in], b [out, r], y [.., out]) as one autograd node with
+// a hand-written backward, computed in y's dtype (a and b are cast to it; their gradients come
+// back in their own dtype). Every LoRA delta of ClipVision::forward goes through it.
+at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale);
+
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
 // scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
 // B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share
@@ -112,6 +117,9 @@ struct ForwardOptions {
   bool want_scores = false;
   // Reproduce the official code's bug: the residual of a pruning layer's MLP taken after LN2.
   bool official_prune_residual = false;
+  // When set: the residual stream entering each layer ([B, T, D], after the pre-LayerNorm for layer
+  // 0), one tensor per layer, appended in layer order (the inversion's feature prior).
+  std::vector<at::Tensor>* layer_inputs = nullptr;
 };
 
 struct ForwardOutput {
