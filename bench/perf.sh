@@ -71,7 +71,8 @@ done
 part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mpirun -np 2 unless said): running"
 # LORA_AB=1 adds the precision "bf16-unfused" to parts 2 and 4: bf16 with each LoRA delta as separate
 # ops (LORAREC_UNFUSED_LORA=1) instead of the one fused autograd node (model::lora_add), side by side.
-PRECS=${PRECS:-fp32 bf16${LORA_AB:+ bf16-unfused}}  # PRECS="bf16 bf16-unfused": only those
+AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
+PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 # with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
 with_precision() {
   local p=$1; shift

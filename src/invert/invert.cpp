@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <optional>
 
 #include "lorarecycle/data/image_set.h"
@@ -174,14 +175,26 @@ std::vector<TokenStat> feature_prior_stats(const model::ClipVision& vit, const m
   const int64_t M = cfg.feature_prior.size(0);
   if (M < 1 || cfg.feature_prior_samples < 1) throw InputError("--feature-prior: no images to take statistics of");
   auto rng = data::make_rng(cfg.seed, stream, std::numeric_limits<std::uint32_t>::max() - 2);
-  std::uniform_int_distribution<int64_t> row(0, M - 1);
-  std::vector<int64_t> rows(static_cast<size_t>(std::min<int64_t>(M, cfg.feature_prior_samples)));
-  for (auto& r : rows) r = row(rng);
+  std::vector<int64_t> rows(static_cast<size_t>(M));  // without replacement: the whole set when it is small
+  std::iota(rows.begin(), rows.end(), int64_t{0});
+  std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(static_cast<size_t>(std::min<int64_t>(M, cfg.feature_prior_samples)));
   const at::Tensor px = model::preprocess_images(cfg.feature_prior.index_select(0, at::tensor(rows, at::kLong)),
                                                  vit.config(), vit.device());
   model::ForwardOptions fo;
   fo.cls_only_last = cfg.cls_only_last;
   return token_stats(vit, &lora, px, fo);
+}
+
+// token_stat_loss of the layers whose input is not pruned yet: the statistics are of all tokens, so
+// with pruning on only the layers up to the first pruning one are compared.
+at::Tensor feature_prior_loss(const std::vector<at::Tensor>& layer_inputs, const std::vector<TokenStat>& target,
+                              const std::vector<std::pair<int, double>>& prune) {
+  if (layer_inputs.size() != target.size()) return token_stat_loss(layer_inputs, target);  // throws, naming both
+  size_t k = target.size();
+  for (const auto& [l, r] : prune)
+    if (r > 0) k = std::min(k, static_cast<size_t>(l) + 1);
+  return token_stat_loss({layer_inputs.begin(), layer_inputs.begin() + k}, {target.begin(), target.begin() + k});
 }
 
 }  // namespace
@@ -236,7 +249,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     LossTerms lt = loss_terms(logits, y, use_prior ? &stats : nullptr, xp, cfg, cfg.w_div > 0 ? &feature : nullptr,
                               soft ? &*soft : nullptr);
     if (!feat_target.empty()) {
-      lt.feat = token_stat_loss(layer_inputs, feat_target);
+      lt.feat = feature_prior_loss(layer_inputs, feat_target, fo.prune);
       lt.total = lt.total + cfg.w_feat * lt.feat;
     }
     if (!co_teachers.empty()) {  // the same view of each co-teacher's rows, judged by that LoRA
@@ -282,24 +295,24 @@ std::vector<TokenStat> token_stats(const model::ClipVision& vit, const model::Lo
   at::NoGradGuard ng;
   if (pixels.size(0) < 1 || chunk < 1) throw InputError("token_stats: no images");
   std::vector<at::Tensor> sum, sq;
-  int64_t count = 0;
+  std::vector<int64_t> count;  // tokens per layer (fewer after a pruning layer)
   for (int64_t i = 0; i < pixels.size(0); i += chunk) {
     std::vector<at::Tensor> inputs;
     fo.layer_inputs = &inputs;
     (void)vit.forward(pixels.slice(0, i, std::min(i + chunk, pixels.size(0))), fo, lora);
-    if (sum.empty()) sum.resize(inputs.size()), sq.resize(inputs.size());
+    if (sum.empty()) sum.resize(inputs.size()), sq.resize(inputs.size()), count.assign(inputs.size(), 0);
     for (size_t l = 0; l < inputs.size(); ++l) {
       const at::Tensor t = inputs[l].to(at::kDouble).reshape({-1, inputs[l].size(-1)});
       sum[l] = sum[l].defined() ? sum[l] + t.sum(0) : t.sum(0);
       sq[l] = sq[l].defined() ? sq[l] + t.pow(2).sum(0) : t.pow(2).sum(0);
+      count[l] += t.size(0);
     }
-    count += inputs.empty() ? 0 : inputs[0].size(0) * inputs[0].size(1);
   }
   std::vector<TokenStat> out(sum.size());
   for (size_t l = 0; l < sum.size(); ++l) {
-    const at::Tensor mean = sum[l] / double(count);
+    const at::Tensor mean = sum[l] / double(count[l]);
     out[l].mean = mean.to(at::kFloat);
-    out[l].var = (sq[l] / double(count) - mean.pow(2)).clamp_min(0).to(at::kFloat);
+    out[l].var = (sq[l] / double(count[l]) - mean.pow(2)).clamp_min(0).to(at::kFloat);
   }
   return out;
 }

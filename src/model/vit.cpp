@@ -5,6 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
@@ -591,16 +592,15 @@ namespace {
 struct LoraAdd : public torch::autograd::Function<LoraAdd> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& y, const at::Tensor& x,
                             const at::Tensor& a, const at::Tensor& b, double scale) {
+    // In y's dtype whatever autocast would pick (the backward runs without autocast).
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const at::ScalarType dt = y.scalar_type();
     const int64_t in = x.size(-1), out = y.size(-1);
     const at::Tensor x2 = (x.scalar_type() == dt ? x : x.to(dt)).reshape({-1, in});
     const at::Tensor ac = a.to(dt), bc = b.to(dt);
     const at::Tensor u = at::mm(x2, ac.t());  // [N, r]
     const at::Tensor res = at::addmm(y.reshape({-1, out}), u, bc.t(), 1, scale);
-    ctx->saved_data["x2"] = x2;
-    ctx->saved_data["u"] = u;
-    ctx->saved_data["a"] = ac;
-    ctx->saved_data["b"] = bc;
+    ctx->save_for_backward({x2, u, ac, bc});  // version-checked: an in-place change throws in the backward
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["x_sizes"] = x.sizes().vec();
     ctx->saved_data["x_type"] = x.scalar_type();
@@ -611,7 +611,8 @@ struct LoraAdd : public torch::autograd::Function<LoraAdd> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const at::Tensor ac = ctx->saved_data["a"].toTensor(), bc = ctx->saved_data["b"].toTensor();
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x2 = saved[0], &u = saved[1], &ac = saved[2], &bc = saved[3];
     const double scale = ctx->saved_data["scale"].toDouble();
     const at::Tensor& g = grads[0];
     const at::Tensor g2 = g.reshape({-1, bc.size(0)}).to(bc.scalar_type());
@@ -622,13 +623,10 @@ struct LoraAdd : public torch::autograd::Function<LoraAdd> {
       const at::Tensor gu = at::mm(g2, bc).mul_(scale);  // [N, r]
       if (need_x)
         gx = at::mm(gu, ac).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
-      if (need_a) ga = at::mm(gu.t(), ctx->saved_data["x2"].toTensor()).to(ctx->saved_data["a_type"].toScalarType());
+      if (need_a) ga = at::mm(gu.t(), x2).to(ctx->saved_data["a_type"].toScalarType());
     }
     if (ctx->needs_input_grad(3))  // as (u^T g)^T: the [r, out] product is the faster one (bench: 75 vs 124 us)
-      gb = at::mm(ctx->saved_data["u"].toTensor().t(), g2)
-               .mul_(scale)
-               .t()
-               .to(ctx->saved_data["b_type"].toScalarType(), false, false, at::MemoryFormat::Contiguous);
+      gb = at::mm(u.t(), g2).mul_(scale).t().contiguous().to(ctx->saved_data["b_type"].toScalarType());
     return {gy, gx, ga, gb, at::Tensor()};
   }
 };

@@ -330,6 +330,17 @@ TEST(Inversion, FeaturePriorMatchesTheTokenStatisticsOfTheSet) {
     EXPECT_TRUE(at::allclose(chunked[l].mean, whole[l].mean, 1e-5, 1e-5));
     EXPECT_TRUE(at::allclose(chunked[l].var, whole[l].var, 1e-4, 1e-5));
   }
+  // With pruning, a layer after the pruning one has fewer tokens: its statistics are over them.
+  model::ForwardOptions pruned = fo;
+  pruned.prune = {{0, 0.5}};
+  std::vector<at::Tensor> pruned_inputs;
+  pruned.layer_inputs = &pruned_inputs;
+  (void)t.vit.forward(px, pruned, &t.lora);
+  ASSERT_LT(pruned_inputs[1].size(1), inputs[1].size(1));
+  const std::vector<TokenStat> ps = token_stats(t.vit, &t.lora, px, pruned, 5);
+  const at::Tensor pflat = pruned_inputs[1].reshape({-1, mc.hidden_size});
+  EXPECT_TRUE(at::allclose(ps[1].mean, pflat.mean(0), 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(ps[1].var, pflat.var(0, false), 1e-4, 1e-5));
   // The loss is 0 on the set itself and the BN form (norms of the differences) elsewhere.
   EXPECT_LT(token_stat_loss(inputs, whole).item<double>(), 1e-4);
   std::vector<at::Tensor> noise_inputs;
