@@ -18,6 +18,14 @@
 
 namespace lorarec::invert {
 
+namespace {
+// DeepInversion's distance of a batch's statistics from the stored ones: ||var gap||_2 + ||mean gap||_2
+// (the BN prior's term per layer, and the feature prior's).
+at::Tensor stat_gap(const model::BnStat& s) {
+  return (s.running_var - s.var).norm() + (s.running_mean - s.mean).norm();
+}
+}  // namespace
+
 LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const std::vector<model::BnStat>* stats,
                      const at::Tensor& x, const InversionConfig& cfg, const at::Tensor* features,
                      const at::Tensor* soft_targets) {
@@ -31,7 +39,7 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
   t.ce = ce_each.mean();
   t.bn = at::zeros({}, x.options());
   if (stats != nullptr)
-    for (const auto& s : *stats) t.bn = t.bn + (s.running_var - s.var).norm() + (s.running_mean - s.mean).norm();
+    for (const auto& s : *stats) t.bn = t.bn + stat_gap(s);
   const at::Tensor dv = x.slice(2, 1) - x.slice(2, 0, -1);
   const at::Tensor dh = x.slice(3, 1) - x.slice(3, 0, -1);
   t.tv = dv.pow(2).mean() + dh.pow(2).mean();
@@ -327,10 +335,8 @@ at::Tensor token_stat_loss(const std::vector<at::Tensor>& layer_inputs, const st
     if (t.size(-1) != target[l].mean.size(0))
       throw InputError("feature prior: layer " + std::to_string(l) + " is " + std::to_string(t.size(-1)) +
                        " wide, its statistics " + std::to_string(target[l].mean.size(0)));
-    const at::Tensor flat = t.reshape({-1, t.size(-1)});
-    const at::Tensor mean = flat.mean(0);
-    const at::Tensor var = (flat - mean).pow(2).mean(0);
-    const at::Tensor term = (mean - target[l].mean.to(t.device())).norm() + (var - target[l].var.to(t.device())).norm();
+    const auto [var, mean] = at::var_mean(t.reshape({-1, t.size(-1)}), 0, /*unbiased=*/false);
+    const at::Tensor term = stat_gap({mean, var, target[l].mean.to(t.device()), target[l].var.to(t.device())});
     loss = loss.defined() ? loss + term : term;
   }
   return loss.defined() ? loss : at::zeros({});

@@ -217,12 +217,10 @@ class InvertJob {
     if (cfg_.model.empty() || cfg_.zoo.empty() || cfg_.out.empty())
       throw InputError("invert: --model, --zoo and --out are required");
     if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
-    if (!cfg_.real_images.empty() && !stdfs::exists(cfg_.real_images))
-      throw InputError("--real-images " + cfg_.real_images + ": no such file");
-    if (!cfg_.init_images.empty() && !stdfs::exists(cfg_.init_images))
-      throw InputError("--init-images " + cfg_.init_images + ": no such file");
-    if (!cfg_.feature_prior.empty() && !stdfs::exists(cfg_.feature_prior))
-      throw InputError("--feature-prior " + cfg_.feature_prior + ": no such file");
+    for (const auto& [option, file] : {std::pair<const char*, const std::string&>{"--real-images", cfg_.real_images},
+                                       {"--init-images", cfg_.init_images},
+                                       {"--feature-prior", cfg_.feature_prior}})
+      if (!file.empty() && !stdfs::exists(file)) throw InputError(std::string(option) + " " + file + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
     if (cfg_.inv.co_teachers > 0)
       co_zoo_ = cfg_.co_teacher_zoo.empty() ? jobs_ : data::ZooManifest::read(cfg_.co_teacher_zoo).loras;
