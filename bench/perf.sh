@@ -71,15 +71,21 @@ done
 part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mpirun -np 2 unless said): running"
 # LORA_AB=1 adds the precision "bf16-unfused" to parts 2 and 4: bf16 with each LoRA delta as separate
 # ops (LORAREC_UNFUSED_LORA=1) instead of the one fused autograd node (model::lora_add), side by side.
+# BASE=<another build's lorarecycle> adds "bf16-base": bf16 with that binary (e.g. the commit before
+# a change, built into another directory), side by side in parts 2 and 4.
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
+[ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 # with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
 with_precision() {
   local p=$1; shift
-  if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 "$@" --precision bf16; else "$@" --precision "$p"; fi
+  if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 "$@" --precision bf16
+  elif [ "$p" = bf16-base ]; then "$@" --precision bf16
+  else "$@" --precision "$p"; fi
 }
+bin_for() { if [ "$1" = bf16-base ]; then echo "$BASE"; else echo "$B"; fi; }  # bin_for PRECISION
 eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
-  local cmd=("$B" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps $((160 / $5)) --way 5 --shot 1
+  local cmd=("$(bin_for "$3")" metatrain --model "$MODEL" --pool "$W/pool" --out "$W/e_$1" --steps $((160 / $5)) --way 5 --shot 1
              --query 15 --episodes-per-step "$5" --distill-weight 0 --no-flip --mask-ratio "$4"
              --log-level warn --hash-every 0 --restart)
   local knob=()
@@ -111,7 +117,7 @@ part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: r
 part 4 && for rep in $(seq 1 "$REPS"); do
   for p in $PRECS; do
     for m in 0 0.5 0.75; do
-      OMP_NUM_THREADS=1 with_precision $p "$B" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart \
+      OMP_NUM_THREADS=1 with_precision $p "$(bin_for $p)" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart \
         --steps 40 --mask-ratio $m --val-every 0 >/dev/null
       cp "$W/ph/metatrain.json" "$W/phase_${p}_$m.$rep.json"
     done
@@ -157,7 +163,7 @@ if eps_sets:
     print(f"\n(2) {'precision':<13}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
           f"{'1 rank':>8}{'2 vs 1':>8}  (episodes/s; E = episodes per step; ratios: medians of per-repetition ratios)")
     for e in eps_sets:
-        for pr in ("fp32", "bf16", "bf16-unfused"):
+        for pr in ("fp32", "bf16", "bf16-unfused", "bf16-base"):
             k = f"{pr}_e{e}"
             if not os.path.exists(f"{w}/eps_{k}_m0.1.json"): continue
             m0, m5, m7, n1 = eps(f"{k}_m0"), eps(f"{k}_m50"), eps(f"{k}_m75"), eps(f"{k}_np1")
@@ -178,7 +184,7 @@ if inv:
 if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]
     print("\n(4) the step by phase, ms per step (1 rank, 1 episode of 80 images; medians)")
-    for pr in ("fp32", "bf16", "bf16-unfused"):
+    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-base"):
         if not os.path.exists(f"{w}/phase_{pr}_0.1.json"): continue
         ph = {m: [json.load(open(f"{w}/phase_{pr}_{m}.{r}.json"))["timing"] for r in range(1, reps + 1)]
               for m in ("0", "0.5", "0.75")}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -47,7 +47,9 @@
 # as augmentation on the zoo of 100 (after "zoo100"); "ensemble": the zoo's feature ensemble against
 # lora-avg on the validation classes, no training; "imgstarts" and "coteach" (after "zoo100"): the
 # zoo of 100 inverted from the VFM's pre-training glyphs (invert --init-images) and with co-teachers
-# (invert --co-teachers 2), meta-trained 1,000 steps. Each part's comment below says what it costs.
+# (invert --co-teachers 2), meta-trained 1,000 steps; "scales" (makes the zoo of 100 and its pools
+# when missing): only the singular values of the zoo's mean delta trained (metatrain --scales-only).
+# Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -299,16 +301,20 @@ fi
 # 32; ~11 min), inverted from smooth starts and from white noise (~13 min each in bf16) and its
 # real-image control pool, then lora-avg and 1,000-step runs (~2-4 min each; docs/science.md,
 # "The paper's zoo size").
-if [ "$WHAT" = zoo100 ]; then
+# zoo100_pools: the zoo of 100, its smooth-start pool and its real-image control pool, unless made.
+zoo100_pools() {
   once "$OUT/zoo100/manifest.json" "$OUT/zoo100.log" \
     "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo100" --num-loras 100 --classes 64
   once "$OUT/pool100_lr2/index.json" "$OUT/pool100_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo100" --out "$OUT/pool100_lr2" --init-lowres 2
+  once "$OUT/pool100_real/index.json" "$OUT/pool100_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --real-images data/demo/zoo.h5 --out "$OUT/pool100_real"
+}
+if [ "$WHAT" = zoo100 ]; then
+  zoo100_pools
   # The same zoo inverted from white noise (the default; ~13 min), for what smooth starts do here.
   once "$OUT/pool100/index.json" "$OUT/pool100.log" "${MPI[@]}" $B invert "${CFG[@]}" \
     --zoo "$OUT/zoo100" --out "$OUT/pool100"
-  once "$OUT/pool100_real/index.json" "$OUT/pool100_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --real-images data/demo/zoo.h5 --out "$OUT/pool100_real"
   ZOO100_RUNS=(
     "lora-avg, zoo of 100 over 64 classes|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128"
     "paper T128, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|$P1K"
@@ -324,6 +330,27 @@ if [ "$WHAT" = zoo100 ]; then
   echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
   run_rows h "${ZOO100_RUNS[@]}"
   bash bench/surrogate_check.sh "$OUT/pool64_lr2" "$OUT/pool100" "$OUT/pool100_lr2"
+fi
+
+# Re-weighting the zoo's directions (docs/science.md, "Training only the singular values of the
+# zoo's average"): metatrain --scales-only from --init zoo-mean at full rank (128, the width), so
+# A and B stay the zoo's mean delta's singular vectors and only its 1,024 singular values (128 per
+# adapted matrix) are trained, from lora-avg itself. Surrogates against real images of the same
+# classes, the paper's objective and the main recipe. Makes the zoo of 100 and its two pools when
+# missing (~25 min), then 1,000-step runs (~3-4 min each on 2 idle cores).
+if [ "$WHAT" = scales ]; then
+  zoo100_pools
+  SC="--init zoo-mean --rank 128 --alpha 128 --scales-only"
+  SCALES_RUNS=(
+    "lora-avg, zoo of 100 (no training)|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128"
+    "scales, paper T128 lr 1e-2, surrogates|$OUT/pool100_lr2|$SC $P1K --lr 1e-2"
+    "scales, paper T128 lr 1e-2, real images|$OUT/pool100_real|$SC $P1K --lr 1e-2"
+    "scales, main recipe lr 1e-2, surrogates|$OUT/pool100_lr2|$SC $L1K --lr 1e-2"
+    "scales, paper T128 lr 1e-3, surrogates|$OUT/pool100_lr2|$SC $P1K --lr 1e-3"
+    "scales, paper T128 lr 1e-3, real images|$OUT/pool100_real|$SC $P1K --lr 1e-3"
+  )
+  echo "validation accuracy (%) at each validation (step 0 first) +- 95% CI at the last:"
+  run_rows sc "${SCALES_RUNS[@]}"
 fi
 
 # From the zoo's average at small learning rates (needs the "zoo100" part's pools; 5 runs, ~1 min

@@ -12,6 +12,19 @@
 
 namespace lorarec::cli {
 
+namespace {
+
+// --prefetch (auto | on | off) with --no-prefetch folded in.
+std::string checked_prefetch(const std::string& prefetch, bool no_prefetch) {
+  if (prefetch != "auto" && prefetch != "on" && prefetch != "off")
+    throw InputError("metatrain: --prefetch must be auto, on or off, got '" + prefetch + "'");
+  if (no_prefetch && prefetch == "on")
+    throw InputError("metatrain: --no-prefetch and --prefetch on contradict each other");
+  return no_prefetch ? "off" : prefetch;
+}
+
+}  // namespace
+
 int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   train::MetaTrainConfig c;
   std::string targets = "q_proj,v_proj";
@@ -41,6 +54,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("rank", po::value(&c.lora.r)->default_value(c.lora.r), "meta-LoRA rank r")
       ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
       ("init", po::value(&c.init)->default_value(c.init), "meta-LoRA start: fresh (A random, B zero: the paper) or zoo-mean (the best rank-r approximation, by SVD, of the mean weight delta of the LoRAs the pool was inverted from: meta-training starts from the zoo's average, lora-avg, and must then improve on it; needs the zoo's --targets)")
+      ("scales-only", po::bool_switch(&c.scales_only), "train one scale per rank-1 component of the meta-LoRA (B diag(s) A, s from 1) with A and B frozen where --init zoo-mean put them, instead of A and B; with --rank the model's width and --alpha = --rank these are the singular values of the zoo's mean delta, so the run starts at lora-avg and can only re-weight its directions. The written meta-LoRA has the scales folded into B")
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
       ("mask-ratio", po::value(&c.mask_ratio)->default_value(c.mask_ratio), "sparse tokens: feed each surrogate with its top-(1-x) patches by stored CLS-attention score (+ CLS); 0 = dense")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the surrogates (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
@@ -83,11 +97,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
     return 0;
   c.lora.target_modules = parse_modules(targets);
   c.flip = !no_flip;
-  if (prefetch != "auto" && prefetch != "on" && prefetch != "off")
-    throw InputError("metatrain: --prefetch must be auto, on or off, got '" + prefetch + "'");
-  if (no_prefetch && prefetch == "on")
-    throw InputError("metatrain: --no-prefetch and --prefetch on contradict each other");
-  if (no_prefetch) prefetch = "off";
+  prefetch = checked_prefetch(prefetch, no_prefetch);
   c.validate();
   RunContext ctx = start("metatrain", rt, common, true);
   c.precision = ctx.precision;

@@ -702,7 +702,8 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
   const int64_t B = pixels.size(0);
   at::Tensor& index = *index_out;
   util::PhaseScope gather_phase("patches");
-  at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, P, C * p * p});
+  const at::Tensor grid = pixels.reshape({B, C, g, p, g, p});  // a view of the images
+  at::Tensor patches;
   if (patch_index.defined()) {
     const at::Tensor& pi = patch_index;
     if (pi.dim() != 2 || pi.size(0) != B || pi.size(1) < 1 || pi.size(1) > P)
@@ -714,9 +715,16 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
     } else if (index.min().item<int64_t>() < 0 || index.max().item<int64_t>() >= P) {
       throw InputError("patch_index holds values outside [0, " + std::to_string(P) + ")");
     }
-    patches = at::gather(patches, 1, index.unsqueeze(-1).expand({B, index.size(1), C * p * p}));
-  } else if (track) {
-    index = at::arange(P, at::TensorOptions().dtype(at::kLong).device(pixels.device())).unsqueeze(0).expand({B, P});
+    // Only the kept patches are read, straight from the images: [B, T] (row, column) indices
+    // around the channel and in-patch dimensions give [B, T, C, p, p].
+    using at::indexing::Slice;
+    const at::Tensor rows = at::arange(B, index.options()).unsqueeze(1).expand_as(index);
+    patches = grid.index({rows, Slice(), index.div(g, "floor"), Slice(), index.remainder(g), Slice()})
+                  .reshape({B, index.size(1), C * p * p});
+  } else {
+    patches = grid.permute({0, 2, 4, 1, 3, 5}).reshape({B, P, C * p * p});
+    if (track)
+      index = at::arange(P, at::TensorOptions().dtype(at::kLong).device(pixels.device())).unsqueeze(0).expand({B, P});
   }
   gather_phase.stop();
   util::PhaseScope embed_phase("embed");

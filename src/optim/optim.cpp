@@ -12,10 +12,49 @@
 namespace lorarec::optim {
 
 AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
+  bool flat = cfg_.flat && !params_.empty();
+  int64_t n = 0;
   for (const auto& p : params_) {
-    m_.push_back(at::zeros_like(p));
-    v_.push_back(at::zeros_like(p));
+    flat = flat && p.scalar_type() == params_[0].scalar_type() && p.device() == params_[0].device();
+    n += p.numel();
   }
+  if (!flat) {
+    for (const auto& p : params_) {
+      m_.push_back(at::zeros_like(p));
+      v_.push_back(at::zeros_like(p));
+    }
+    return;
+  }
+  at::NoGradGuard no_grad;
+  const auto opts = params_[0].options().requires_grad(false);
+  flat_p_ = at::empty({n}, opts), flat_m_ = at::zeros({n}, opts), flat_v_ = at::zeros({n}, opts);
+  int64_t off = 0;
+  for (auto& p : params_) {
+    const auto view = [&](const at::Tensor& buf) { return buf.narrow(0, off, p.numel()).view(p.sizes()); };
+    view(flat_p_).copy_(p.detach());
+    p.set_data(view(flat_p_));  // the same tensor (the model's) now lives in the buffer
+    m_.push_back(view(flat_m_));
+    v_.push_back(view(flat_v_));
+    off += p.numel();
+  }
+}
+
+at::Tensor AdamW::flat_grad() const {
+  const at::Tensor& g0 = params_[0].grad();
+  if (!g0.defined()) return {};
+  bool views = true;
+  int64_t off = g0.storage_offset();
+  for (const auto& p : params_) {
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) return {};
+    views = views && g.is_contiguous() && g.scalar_type() == g0.scalar_type() && g.is_alias_of(g0) &&
+            g.storage_offset() == off;
+    off += g.numel();
+  }
+  if (views) return g0.as_strided({flat_p_.numel()}, {1}, g0.storage_offset());
+  std::vector<at::Tensor> parts;
+  for (const auto& p : params_) parts.push_back(p.grad().reshape({-1}));
+  return at::cat(parts);
 }
 
 void AdamW::step(double lr) {
@@ -23,6 +62,14 @@ void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step_));
+  const at::Tensor g = flat_p_.defined() ? flat_grad() : at::Tensor();
+  if (g.defined()) {  // the loop below, on the whole buffer
+    if (cfg_.weight_decay > 0) flat_p_.mul_(1.0 - lr * cfg_.weight_decay);
+    flat_m_.mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
+    flat_v_.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
+    flat_p_.addcdiv_(flat_m_, (flat_v_ / bc2).sqrt_().add_(cfg_.eps), -lr / bc1);
+    return;
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i];
     const at::Tensor& g = p.grad();
@@ -43,19 +90,20 @@ void AdamW::step_masked(double lr, const at::Tensor& apply) {
   pending_.add_(on.to(at::kLong));
   const at::Tensor t = (pending_ + step_).to(at::kDouble);
   const at::Tensor bc1 = 1.0 - at::pow(cfg_.beta1, t), bc2 = 1.0 - at::pow(cfg_.beta2, t);
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    // A skipped step's gradient may hold NaN: every new value is chosen, never scaled, by `on`.
-    m_[i].copy_(at::where(on, m_[i] * cfg_.beta1 + g * (1.0 - cfg_.beta1), m_[i]));
-    v_[i].copy_(at::where(on, v_[i] * cfg_.beta2 + g * g * (1.0 - cfg_.beta2), v_[i]));
+  // A skipped step's gradient may hold NaN: every new value is chosen, never scaled, by `on`.
+  const auto update = [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g) {
+    m.copy_(at::where(on, m * cfg_.beta1 + g * (1.0 - cfg_.beta1), m));
+    v.copy_(at::where(on, v * cfg_.beta2 + g * g * (1.0 - cfg_.beta2), v));
     at::Tensor next = p;
     if (cfg_.weight_decay > 0) next = next * (1.0 - lr * cfg_.weight_decay);
-    const at::Tensor denom = (v_[i] / bc2.to(v_[i].scalar_type())).sqrt() + cfg_.eps;
-    next = next - m_[i] / denom * (lr / bc1).to(p.scalar_type());
+    const at::Tensor denom = (v / bc2.to(v.scalar_type())).sqrt() + cfg_.eps;
+    next = next - m / denom * (lr / bc1).to(p.scalar_type());
     p.copy_(at::where(on, next, p));
-  }
+  };
+  const at::Tensor g = flat_p_.defined() ? flat_grad() : at::Tensor();
+  if (g.defined()) return update(flat_p_, flat_m_, flat_v_, g);
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i].grad().defined()) update(params_[i], m_[i], v_[i], params_[i].grad());
 }
 
 int64_t AdamW::steps() const {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -39,6 +40,7 @@
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/op_trace.h"
 #include "lorarecycle/util/phase_clock.h"
 #include "lorarecycle/util/progress.h"
 #include "lorarecycle/util/provenance.h"
@@ -191,6 +193,8 @@ void MetaTrainConfig::validate() const {
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
   if (init != "fresh" && init != "zoo-mean")
     throw InputError("metatrain: --init must be fresh or zoo-mean, not '" + init + "'");
+  if (scales_only && init != "zoo-mean")
+    throw InputError("metatrain: --scales-only needs --init zoo-mean (a fresh B is 0: its scales would do nothing)");
 }
 
 namespace {
@@ -462,6 +466,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.cycle == 0) j["steps"] = c.steps;
   if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
   if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
+  if (c.scales_only) j["scales_only"] = true;      // the same
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
     j["mask_variants"] = c.mask_variants;
@@ -607,7 +612,9 @@ class MetaTrainer {
     Prefetcher prefetch(maker, start_, cfg_.steps, cfg_.prefetch);
     util::PhaseClock& phases = util::PhaseClock::this_thread();
     phases.reset();
+    std::unique_ptr<util::OpTrace> trace = util::OpTrace::from_env();  // LORAREC_OP_TRACE: a dev tool
     for (step_ = start_; step_ < cfg_.steps; ++step_) {
+      if (trace && step_ - start_ >= kWarmSteps) trace->before_step();
       const auto t_step = Clock::now();
       // The per-phase profile (CPU ops are synchronous): the timed steps only, not validation.
       phases.enable(!device_.is_cuda() && step_ - start_ >= kWarmSteps);
@@ -641,6 +648,10 @@ class MetaTrainer {
     if (keep_best && kept_step != cfg_.steps) {
       at::NoGradGuard ng;
       for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(best_params_[i]);
+    }
+    {
+      at::NoGradGuard ng;
+      fold_scales();  // the written meta-LoRA is a plain one: the scales in B
     }
     json rep = report(hash, final_val, keep_best ? best_val_ : final_val, kept_step, gpu_peak);
     if (rank_ == 0) write(rep, final_val, kept_step);
@@ -726,12 +737,25 @@ class MetaTrainer {
     if (cfg_.distill_weight > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
-    if (cfg_.init == "zoo-mean" && !resuming) init_from_zoo_mean(*lora_, *pool_);  // a checkpoint holds the weights
+    // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
+    if (cfg_.init == "zoo-mean" && (!resuming || cfg_.scales_only)) init_from_zoo_mean(*lora_, *pool_);
     lora_->to(device_);
-    lora_->set_requires_grad(true, false);
-    params_ = lora_->parameters(false);
+    if (cfg_.scales_only) {
+      lora_->set_requires_grad(false, false);
+      for (const auto& entry : lora_->adapters()) {
+        model::Adapter* ad = lora_->find(entry.first.first, static_cast<model::Module>(entry.first.second));
+        const at::Tensor b0 = ad->b.detach().clone();
+        scaled_.push_back({ad, b0, at::ones({b0.size(1)}, b0.options()).requires_grad_(true)});
+        params_.push_back(scaled_.back().s);
+      }
+    } else {
+      lora_->set_requires_grad(true, false);
+      params_ = lora_->parameters(false);
+    }
     for (const auto& p : params_) n_grad_ += p.numel();
-    opt_.emplace(params_, optim::AdamWConfig{});
+    optim::AdamWConfig oc;
+    oc.flat = true;  // the update as a few ops on one buffer, not ~7 per LoRA matrix
+    opt_.emplace(params_, oc);
     query_labels_ = data::episode_labels(cfg_.spec.n_way, cfg_.spec.q_query).to(device_);
   }
 
@@ -827,6 +851,10 @@ class MetaTrainer {
   json validate(int64_t step) {
     if (!have_val_) return nullptr;
     const auto t0 = Clock::now();
+    {
+      at::NoGradGuard ng;
+      fold_scales();
+    }
     const at::Tensor feats = fewshot::embed_all(*vit_, &*lora_, val_, comm_);
     const fewshot::Accuracy a =
         fewshot::evaluate_prototypes(feats, val_, cfg_.val_spec, cfg_.val_episodes, cfg_.seed + kValSeedOffset, comm_);
@@ -914,6 +942,7 @@ class MetaTrainer {
     const auto t_c = Clock::now();
     model::ForwardOptions fo;
     if (b.patch_index.defined()) fo.patch_index = to_device(b.patch_index);
+    fold_scales();  // --scales-only: B = B0 diag(s), in the graph
     at::Tensor feat;
     {
       util::PhaseScope input_phase("input");
@@ -1031,8 +1060,11 @@ class MetaTrainer {
       p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
       off += p.numel();
     }
-    optim::clip_grad_norm(params_, cfg_.clip_norm);  // one host read (the norm)
-    ++host_reads_;
+    if (cfg_.clip_norm > 0) {  // clip_grad_norm on the flat buffer: one host read (the norm)
+      const double norm = std::sqrt(grads.pow(2).sum().item<double>());
+      ++host_reads_;
+      if (norm > cfg_.clip_norm) grads.mul_(cfg_.clip_norm / (norm + 1e-6));
+    }
     opt_->step(lr);
   }
 
@@ -1197,6 +1229,15 @@ class MetaTrainer {
   bool have_val_ = false;
   at::Tensor teacher_feat_, query_labels_;
   std::optional<model::Lora> lora_;
+  // --scales-only: each adapter's frozen B0 and its trained scales s (params_); B = B0 diag(s).
+  struct Scaled {
+    model::Adapter* ad;
+    at::Tensor b0, s;
+  };
+  std::vector<Scaled> scaled_;
+  void fold_scales() {
+    for (auto& x : scaled_) x.ad->b = x.b0 * x.s;
+  }
   std::vector<at::Tensor> params_;
   int64_t n_grad_ = 0;
   std::optional<optim::AdamW> opt_;

@@ -19,7 +19,11 @@
 #     skipped update on the device, read every --log-every steps: the same weights as --host-sync
 #     step within rounding (1e-5), at most one host read per log interval (metatrain.json
 #     host_reads) against three per step, the same non-finite steps skipped, and --max-bad-steps
-#     acted on at the read.
+#     acted on at the read;
+#  8. --scales-only: refused without --init zoo-mean; from the full-rank zoo mean, the written
+#     adapter keeps the start's A and each column of its B up to one trained scale, the scales move,
+#     and a run stopped and resumed equals the uninterrupted one (A and B rebuilt from the zoo, the
+#     scales from the checkpoint).
 source "$(dirname "$0")/common.sh"
 quick_pipeline invert
 B=$LORAREC_BIN
@@ -203,4 +207,33 @@ PY
 # --max-bad-steps 3 is acted on at the first read, after step 5: the 5 in a row are named
 expect_status 1 "5 steps in a row with a non-finite loss" -- mpirun2 $B metatrain ${COMMON/--log-every 1/--log-every 5} \
   --pool nanpool --steps 10 --single-lora-prob 1 --max-bad-steps 3 --host-sync log --out n4
+
+# 8. --scales-only (z1 above: the full-rank zoo mean, untrained)
+expect_status 2 "--scales-only needs --init zoo-mean" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --scales-only --steps 2 --out s0
+SO="$COMMON --pool runs/quick/pool --init zoo-mean --rank $FULL --alpha $FULL --scales-only --lr 1e-2 --steps 6"
+mpirun2 $B metatrain $SO --out sc1 >sc1.txt 2>&1 || { cat sc1.txt; fail "--scales-only"; }
+set +e; mpirun2 $B metatrain $SO --stop-after 3 --out sc2 >sc2.txt 2>&1; rc=$?; set -e
+[ $rc = 75 ] || { cat sc2.txt; fail "--scales-only --stop-after exited $rc, expected 75"; }
+mpirun2 $B metatrain $SO --resume --out sc2 >sc2r.txt 2>&1 || { cat sc2r.txt; fail "resuming --scales-only"; }
+compare_adapters sc1 sc2 0
+"$LORAREC_PYTHON" - z1 sc1 <<'PY'
+import sys
+import numpy as np
+from peft_adapter import tensors
+z, s = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert z.keys() == s.keys(), (z.keys(), s.keys())
+moved = 0.0
+for k in z:
+    if k.endswith("lora_A.weight"):
+        assert np.array_equal(z[k], s[k]), f"{k}: A changed"
+        continue
+    b0, b = z[k].astype(np.float64), s[k].astype(np.float64)
+    scale = (b * b0).sum(0) / np.maximum((b0 * b0).sum(0), 1e-30)  # one per column (rank-1 component)
+    err = np.abs(b - b0 * scale).max() / np.abs(b).max()
+    assert err < 1e-5, (k, err)
+    moved = max(moved, np.abs(scale - 1)[(b0 * b0).sum(0) > 1e-12].max())
+print(f"--scales-only: A kept, B = B0 diag(s); largest |s - 1| after 6 steps: {moved:.3g}")
+assert moved > 1e-3, moved
+PY
 echo "metatrain_mpi: all checks passed"

@@ -98,5 +98,66 @@ TEST(AdamW, MaskedStepsApplyOrSkipOnTheDevice) {
   EXPECT_LT(test::rel_error(ds.at("adam.v.0"), hs.at("adam.v.0")), 1e-6);
 }
 
+// AdamWConfig::flat: the params move into one buffer (the same tensors, values kept) and every
+// update equals the per-tensor one, whether the gradients come from autograd (separate tensors),
+// as views of one reduced buffer (metatrain), or with one missing (that param skipped), masked or
+// not; the state keeps its per-param names.
+TEST(AdamW, FlatBufferEqualsPerTensorUpdates) {
+  optim::AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  optim::AdamWConfig fcfg = cfg;
+  fcfg.flat = true;
+  const std::vector<at::Tensor> init = {at::randn({4, 3}), at::randn({3}), at::randn({2, 5})};
+  std::vector<at::Tensor> ref, flat;
+  for (const auto& t : init) {
+    ref.push_back(t.clone().requires_grad_(true));
+    flat.push_back(t.clone().requires_grad_(true));
+  }
+  const at::Tensor handle = flat[0];  // another handle of the model's tensor sees the buffer too
+  optim::AdamW a(ref, cfg), b(flat, fcfg);
+  for (size_t i = 0; i < init.size(); ++i) EXPECT_TRUE(flat[i].detach().equal(init[i])) << "values kept";
+  const auto loss = [](const std::vector<at::Tensor>& ps, int t) {
+    at::Tensor l = at::zeros({});
+    for (const auto& p : ps) l = l + (p * p * p).sum() * double(t + 1);
+    return l;
+  };
+  for (int t = 0; t < 6; ++t) {
+    for (auto* ps : {&ref, &flat}) {
+      for (auto& p : *ps) p.mutable_grad() = at::Tensor();
+      loss(*ps, t).backward();
+    }
+    if (t == 2 || t == 3) {  // as metatrain: every gradient a view of one flat buffer
+      std::vector<at::Tensor> parts;
+      for (auto& p : flat) parts.push_back(p.grad().reshape({-1}));
+      const at::Tensor buf = at::cat(parts);
+      int64_t off = 0;
+      for (auto& p : flat) {
+        p.mutable_grad() = buf.narrow(0, off, p.numel()).view(p.sizes());
+        off += p.numel();
+      }
+    }
+    if (t == 4) ref[1].mutable_grad() = at::Tensor(), flat[1].mutable_grad() = at::Tensor();  // one missing
+    if (t == 5) {
+      a.step_masked(0.01, at::scalar_tensor(true, at::kBool));
+      b.step_masked(0.01, at::scalar_tensor(true, at::kBool));
+    } else {
+      a.step(0.01), b.step(0.01);
+    }
+    for (size_t i = 0; i < init.size(); ++i)
+      EXPECT_LT(test::rel_error(flat[i].detach(), ref[i].detach()), 1e-6) << "step " << t << " param " << i;
+  }
+  EXPECT_TRUE(handle.detach().equal(flat[0].detach()));
+  EXPECT_FALSE(flat[0].detach().equal(init[0]));
+  const auto sa = a.state(), sb = b.state();
+  EXPECT_EQ(sa.size(), sb.size());
+  for (const auto& [k, v] : sa) EXPECT_LT(test::rel_error(sb.at(k).to(at::kDouble), v.to(at::kDouble)), 1e-6) << k;
+  std::vector<at::Tensor> again;
+  for (const auto& t : init) again.push_back(t.clone().requires_grad_(true));
+  optim::AdamW c(again, fcfg);
+  c.load_state(sb);
+  EXPECT_EQ(c.steps(), 6);
+  EXPECT_TRUE(c.state().at("adam.v.2").equal(sb.at("adam.v.2")));
+}
+
 }  // namespace
 }  // namespace lorarec::train

@@ -20,6 +20,11 @@ struct AdamWConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;  // decoupled (AdamW); 0 = Adam
+  // One buffer for all the params (each rebound to a view of it with set_data) and one for each
+  // moment, so that an update is a few ops whatever the number of tensors (metatrain: 16 small
+  // LoRA matrices, whose per-tensor update cost more than its arithmetic). Needs params of one
+  // dtype and device; others keep one tensor each. Callers must not rebind the params afterwards.
+  bool flat = false;
 };
 
 // Adam/AdamW on tensors that require grad. Not thread-safe.
@@ -43,7 +48,11 @@ class AdamW {
  private:
   // Folds the device-side count of masked steps into step_ (one host read).
   void settle() const;
+  // flat mode: the gradients as one tensor (a view when they are consecutive views of one buffer,
+  // as metatrain's reduced gradients are; else concatenated); undefined when one is missing.
+  at::Tensor flat_grad() const;
   std::vector<at::Tensor> params_, m_, v_;
+  at::Tensor flat_p_, flat_m_, flat_v_;  // defined in flat mode; params_, m_ and v_ are their views
   AdamWConfig cfg_;
   mutable int64_t step_ = 0;
   mutable at::Tensor pending_;  // step_masked's applied steps not yet in step_ (int64, device)

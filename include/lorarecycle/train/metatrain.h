@@ -67,7 +67,10 @@ struct MetaTrainConfig {
   double clip_norm = 0;              // gradient-norm clip (0 = off)
   model::LoraConfig lora;            // meta-LoRA shape (no head)
   std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean delta)
-  double mask_ratio = 0;             // feed each surrogate with its top-(1-x) patches by stored score
+  // Train one scale per rank-1 component (B diag(s) A, A and B frozen at the start, s from 1)
+  // instead of A and B; needs init zoo-mean (at full rank: the singular values of the zoo's mean delta).
+  bool scales_only = false;
+  double mask_ratio = 0;  // feed each surrogate with its top-(1-x) patches by stored score
   // Which patches a mask keeps: "top" (by the stored CLS-attention score, the paper's) or "random"
   // (one of mask_variants fixed random subsets of each image, drawn per image and step).
   std::string mask_select = "top";
