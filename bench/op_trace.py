@@ -66,15 +66,17 @@ def main():
     names = collections.Counter()
     for self_t, *_ in sums:
         names.update(self_t)
-    head = "".join(f" | {p.split('/')[-1][:24]:>24} n  ms" for p in a.traces)
+    head = "".join(f" | {p.split('/')[-1][:24]:>24} n      ms" for p in a.traces)
     print(f"{'op (self time per step)':<58}{head}")
     for name, _ in names.most_common(a.top):
         row = "".join(f" | {s[1][name] / n:>26.1f} {s[0][name] / n / 1000:7.3f}" for s in sums)
         print(f"{name[:58]:<58}{row}")
     for label, f in (("ops per step (all, nested included)", lambda s: sum(s[1].values()) / n),
                      ("top-level ops and nodes per step", lambda s: s[2] / n),
-                     ("autograd nodes per step", lambda s: sum(c for k, c in s[1].items() if "Backward" in k) / n),
-                     ("summed self time per step, ms", lambda s: sum(s[0].values()) / n / 1000)):
+                     ("autograd nodes per step", lambda s: sum(c for k, c in s[1].items()
+                                                               if k.startswith("autograd::engine::evaluate_function")) / n),
+                     ("summed self time per step, ms", lambda s: sum(s[0].values()) / n / 1000),
+                     ("traced wall time per step, ms", lambda s: s[3] / n / 1000)):
         print(f"{label:<58}" + "".join(f" | {f(s):>34.2f}" for s in sums))
 
 

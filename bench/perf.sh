@@ -76,6 +76,7 @@ part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mp
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
+[[ " $PRECS " == *" bf16-base "* && -z "${BASE:-}" ]] && { echo "perf.sh: bf16-base needs BASE=<binary>" >&2; exit 2; }
 # with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
 with_precision() {
   local p=$1; shift

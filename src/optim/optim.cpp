@@ -39,6 +39,13 @@ AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::mov
   }
 }
 
+void AdamW::bump_versions() {
+  // A write through the buffer does not touch the params' own version counters (set_data gave
+  // them their own): bump them, so that autograd still catches a param changed between a forward
+  // and its backward.
+  for (auto& p : params_) p.unsafeGetTensorImpl()->bump_version();
+}
+
 at::Tensor AdamW::flat_grad() const {
   const at::Tensor& g0 = params_[0].grad();
   if (!g0.defined()) return {};
@@ -68,6 +75,7 @@ void AdamW::step(double lr) {
     flat_m_.mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
     flat_v_.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
     flat_p_.addcdiv_(flat_m_, (flat_v_ / bc2).sqrt_().add_(cfg_.eps), -lr / bc1);
+    bump_versions();
     return;
   }
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -101,7 +109,10 @@ void AdamW::step_masked(double lr, const at::Tensor& apply) {
     p.copy_(at::where(on, next, p));
   };
   const at::Tensor g = flat_p_.defined() ? flat_grad() : at::Tensor();
-  if (g.defined()) return update(flat_p_, flat_m_, flat_v_, g);
+  if (g.defined()) {
+    update(flat_p_, flat_m_, flat_v_, g);
+    return bump_versions();
+  }
   for (size_t i = 0; i < params_.size(); ++i)
     if (params_[i].grad().defined()) update(params_[i], m_[i], v_[i], params_[i].grad());
 }

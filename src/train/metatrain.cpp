@@ -612,7 +612,7 @@ class MetaTrainer {
     Prefetcher prefetch(maker, start_, cfg_.steps, cfg_.prefetch);
     util::PhaseClock& phases = util::PhaseClock::this_thread();
     phases.reset();
-    std::unique_ptr<util::OpTrace> trace = util::OpTrace::from_env();  // LORAREC_OP_TRACE: a dev tool
+    std::unique_ptr<util::OpTrace> trace = util::OpTrace::from_env(rank_);  // LORAREC_OP_TRACE: a dev tool
     for (step_ = start_; step_ < cfg_.steps; ++step_) {
       if (trace && step_ - start_ >= kWarmSteps) trace->before_step();
       const auto t_step = Clock::now();

@@ -14,9 +14,9 @@ struct OpTrace::Recorder {
   torch::autograd::profiler::RecordProfile profile;  // writes the file when destroyed
 };
 
-std::unique_ptr<OpTrace> OpTrace::from_env() {
+std::unique_ptr<OpTrace> OpTrace::from_env(int rank) {
   const char* f = std::getenv("LORAREC_OP_TRACE");
-  if (f == nullptr || *f == '\0') return nullptr;
+  if (f == nullptr || *f == '\0' || rank != 0) return nullptr;
   int64_t steps = 10;
   if (const char* s = std::getenv("LORAREC_OP_TRACE_STEPS")) {
     char* end = nullptr;

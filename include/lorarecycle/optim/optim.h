@@ -22,8 +22,9 @@ struct AdamWConfig {
   double weight_decay = 0.0;  // decoupled (AdamW); 0 = Adam
   // One buffer for all the params (each rebound to a view of it with set_data) and one for each
   // moment, so that an update is a few ops whatever the number of tensors (metatrain: 16 small
-  // LoRA matrices, whose per-tensor update cost more than its arithmetic). Needs params of one
-  // dtype and device; others keep one tensor each. Callers must not rebind the params afterwards.
+  // LoRA matrices, whose per-tensor update cost more than its arithmetic). Needs distinct params
+  // of one dtype and device (else every param keeps its own tensors, as without it). Callers must
+  // not rebind the params afterwards.
   bool flat = false;
 };
 
@@ -51,6 +52,7 @@ class AdamW {
   // flat mode: the gradients as one tensor (a view when they are consecutive views of one buffer,
   // as metatrain's reduced gradients are; else concatenated); undefined when one is missing.
   at::Tensor flat_grad() const;
+  void bump_versions();
   std::vector<at::Tensor> params_, m_, v_;
   at::Tensor flat_p_, flat_m_, flat_v_;  // defined in flat mode; params_, m_ and v_ are their views
   AdamWConfig cfg_;

@@ -68,7 +68,8 @@ struct MetaTrainConfig {
   model::LoraConfig lora;            // meta-LoRA shape (no head)
   std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean delta)
   // Train one scale per rank-1 component (B diag(s) A, A and B frozen at the start, s from 1)
-  // instead of A and B; needs init zoo-mean (at full rank: the singular values of the zoo's mean delta).
+  // instead of A and B; needs init zoo-mean (the scales then multiply the singular values of the
+  // zoo's mean delta; at full rank the start is lora-avg exactly).
   bool scales_only = false;
   double mask_ratio = 0;  // feed each surrogate with its top-(1-x) patches by stored score
   // Which patches a mask keeps: "top" (by the stored CLS-attention score, the paper's) or "random"

@@ -15,8 +15,9 @@ namespace lorarec::util {
 
 class OpTrace {
  public:
-  // The trace the environment asks for (nullptr when LORAREC_OP_TRACE is unset or empty).
-  static std::unique_ptr<OpTrace> from_env();
+  // The trace the environment asks for, on rank 0 only (nullptr when LORAREC_OP_TRACE is unset or
+  // empty, or on another rank: every rank would write the same file).
+  static std::unique_ptr<OpTrace> from_env(int rank);
   explicit OpTrace(std::string file, int64_t steps);
   ~OpTrace();
   // Called once before every step of the loop: starts recording at the first call and writes
