@@ -35,7 +35,7 @@ def summarise(events):
     span = 0.0
     for evs in by_tid.values():
         evs.sort()
-        stack = []  # [end, name, child time]
+        stack = []  # [end, name, child time, duration]
         for ts, neg, name in evs:
             dur = -neg
             while stack and ts >= stack[-1][0]:

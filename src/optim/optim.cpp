@@ -13,10 +13,9 @@ namespace lorarec::optim {
 
 AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
   bool flat = cfg_.flat && !params_.empty();
-  int64_t n = 0;
   for (const auto& p : params_) {
     flat = flat && p.scalar_type() == params_[0].scalar_type() && p.device() == params_[0].device();
-    n += p.numel();
+    numel_ += p.numel();
   }
   if (!flat) {
     for (const auto& p : params_) {
@@ -27,7 +26,7 @@ AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::mov
   }
   at::NoGradGuard no_grad;
   const auto opts = params_[0].options().requires_grad(false);
-  flat_p_ = at::empty({n}, opts), flat_m_ = at::zeros({n}, opts), flat_v_ = at::zeros({n}, opts);
+  flat_p_ = at::empty({numel_}, opts), flat_m_ = at::zeros({numel_}, opts), flat_v_ = at::zeros({numel_}, opts);
   int64_t off = 0;
   for (auto& p : params_) {
     const auto view = [&](const at::Tensor& buf) { return buf.narrow(0, off, p.numel()).view(p.sizes()); };
@@ -39,58 +38,56 @@ AdamW::AdamW(std::vector<at::Tensor> params, AdamWConfig cfg) : params_(std::mov
   }
 }
 
-void AdamW::bump_versions() {
-  // A write through the buffer does not touch the params' own version counters (set_data gave
-  // them their own): bump them, so that autograd still catches a param changed between a forward
-  // and its backward.
-  for (auto& p : params_) p.unsafeGetTensorImpl()->bump_version();
-}
-
-at::Tensor AdamW::flat_grad() const {
-  const at::Tensor& g0 = params_[0].grad();
-  if (!g0.defined()) return {};
-  bool views = true;
-  int64_t off = g0.storage_offset();
-  for (const auto& p : params_) {
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) return {};
-    views = views && g.is_contiguous() && g.scalar_type() == g0.scalar_type() && g.is_alias_of(g0) &&
-            g.storage_offset() == off;
-    off += g.numel();
+template <class Update>
+void AdamW::for_each_update(const at::Tensor& flat_grads, Update&& update) {
+  if (flat_p_.defined()) {
+    at::Tensor g = flat_grads;
+    if (!g.defined()) {
+      std::vector<at::Tensor> parts;
+      for (const auto& p : params_)
+        if (p.grad().defined()) parts.push_back(p.grad().reshape({-1}));
+      if (parts.size() == params_.size()) g = at::cat(parts);  // else the per-param path skips the missing
+    }
+    if (g.defined()) {
+      update(flat_p_, flat_m_, flat_v_, g);
+      // A write through the buffer does not touch the params' own version counters (set_data gave
+      // them their own): bump them, so that autograd still catches a param changed between a
+      // forward and its backward.
+      for (auto& p : params_) p.unsafeGetTensorImpl()->bump_version();
+      return;
+    }
   }
-  if (views) return g0.as_strided({flat_p_.numel()}, {1}, g0.storage_offset());
-  std::vector<at::Tensor> parts;
-  for (const auto& p : params_) parts.push_back(p.grad().reshape({-1}));
-  return at::cat(parts);
+  int64_t off = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const at::Tensor g = flat_grads.defined() ? flat_grads.narrow(0, off, p.numel()).view(p.sizes()) : p.grad();
+    off += p.numel();
+    if (g.defined()) update(p, m_[i], v_[i], g);
+  }
 }
 
-void AdamW::step(double lr) {
+void AdamW::check_flat_grads(const at::Tensor& flat_grads) const {
+  if (flat_grads.defined() && (flat_grads.dim() != 1 || flat_grads.numel() != numel_))
+    throw RuntimeError("AdamW: flat gradients of " + std::to_string(flat_grads.numel()) + " values for " +
+                       std::to_string(numel_) + " parameter values");
+}
+
+void AdamW::step(double lr, const at::Tensor& flat_grads) {
+  check_flat_grads(flat_grads);
   ++step_;
   at::NoGradGuard no_grad;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, double(step_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, double(step_));
-  const at::Tensor g = flat_p_.defined() ? flat_grad() : at::Tensor();
-  if (g.defined()) {  // the loop below, on the whole buffer
-    if (cfg_.weight_decay > 0) flat_p_.mul_(1.0 - lr * cfg_.weight_decay);
-    flat_m_.mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
-    flat_v_.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
-    flat_p_.addcdiv_(flat_m_, (flat_v_ / bc2).sqrt_().add_(cfg_.eps), -lr / bc1);
-    bump_versions();
-    return;
-  }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
+  for_each_update(flat_grads, [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g) {
     if (cfg_.weight_decay > 0) p.mul_(1.0 - lr * cfg_.weight_decay);
-    m_[i].mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
-    v_[i].mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
-    const at::Tensor denom = (v_[i] / bc2).sqrt_().add_(cfg_.eps);
-    p.addcdiv_(m_[i], denom, -lr / bc1);
-  }
+    m.mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
+    v.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
+    p.addcdiv_(m, (v / bc2).sqrt_().add_(cfg_.eps), -lr / bc1);
+  });
 }
 
-void AdamW::step_masked(double lr, const at::Tensor& apply) {
+void AdamW::step_masked(double lr, const at::Tensor& apply, const at::Tensor& flat_grads) {
+  check_flat_grads(flat_grads);
   at::NoGradGuard no_grad;
   if (params_.empty()) return;
   const at::Tensor on = apply.to(params_[0].device(), at::kBool).reshape({});
@@ -99,7 +96,7 @@ void AdamW::step_masked(double lr, const at::Tensor& apply) {
   const at::Tensor t = (pending_ + step_).to(at::kDouble);
   const at::Tensor bc1 = 1.0 - at::pow(cfg_.beta1, t), bc2 = 1.0 - at::pow(cfg_.beta2, t);
   // A skipped step's gradient may hold NaN: every new value is chosen, never scaled, by `on`.
-  const auto update = [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g) {
+  for_each_update(flat_grads, [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g) {
     m.copy_(at::where(on, m * cfg_.beta1 + g * (1.0 - cfg_.beta1), m));
     v.copy_(at::where(on, v * cfg_.beta2 + g * g * (1.0 - cfg_.beta2), v));
     at::Tensor next = p;
@@ -107,14 +104,7 @@ void AdamW::step_masked(double lr, const at::Tensor& apply) {
     const at::Tensor denom = (v / bc2.to(v.scalar_type())).sqrt() + cfg_.eps;
     next = next - m / denom * (lr / bc1).to(p.scalar_type());
     p.copy_(at::where(on, next, p));
-  };
-  const at::Tensor g = flat_p_.defined() ? flat_grad() : at::Tensor();
-  if (g.defined()) {
-    update(flat_p_, flat_m_, flat_v_, g);
-    return bump_versions();
-  }
-  for (size_t i = 0; i < params_.size(); ++i)
-    if (params_[i].grad().defined()) update(params_[i], m_[i], v_[i], params_[i].grad());
+  });
 }
 
 int64_t AdamW::steps() const {
@@ -188,6 +178,15 @@ bool grads_finite(const std::vector<at::Tensor>& params) {
   for (const auto& p : params)
     if (p.grad().defined() && !p.grad().isfinite().all().item<bool>()) return false;
   return true;
+}
+
+double clip_grad_norm(const at::Tensor& flat_grads, double max_norm) {
+  const double norm = std::sqrt(flat_grads.pow(2).sum().item<double>());  // one sync
+  if (max_norm > 0 && norm > max_norm) {
+    at::NoGradGuard ng;
+    flat_grads.mul_(max_norm / (norm + 1e-6));
+  }
+  return norm;
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {

@@ -1005,17 +1005,12 @@ class MetaTrainer {
     at::NoGradGuard ng;
     const at::Tensor tail = flat.narrow(0, n_grad_, 3).to(at::kDouble);
     const at::Tensor finite = tail[0].isfinite().logical_and(grads.isfinite().all());
-    int64_t off = 0;
-    for (auto& p : params_) {
-      p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
-      off += p.numel();
-    }
     if (cfg_.clip_norm > 0) {
       const at::Tensor norm = grads.pow(2).sum().to(at::kDouble).sqrt();
       const at::Tensor scale = at::where(norm > cfg_.clip_norm, cfg_.clip_norm / (norm + 1e-6), at::ones_like(norm));
       grads.mul_(scale.to(grads.scalar_type()));
     }
-    opt_->step_masked(lr, finite);
+    opt_->step_masked(lr, finite, grads);
     if (!dev_window_.defined()) dev_window_ = at::zeros({5}, tail.options());
     const at::Tensor bad = finite.logical_not().to(at::kDouble);
     // [loss sum, correct queries, stop flag, non-finite steps, non-finite steps in a row]
@@ -1054,18 +1049,11 @@ class MetaTrainer {
   }
 
   void apply(const at::Tensor& grads, double lr) {
-    int64_t off = 0;
-    at::NoGradGuard ng;
-    for (auto& p : params_) {
-      p.mutable_grad() = grads.narrow(0, off, p.numel()).view(p.sizes());
-      off += p.numel();
-    }
-    if (cfg_.clip_norm > 0) {  // clip_grad_norm on the flat buffer: one host read (the norm)
-      const double norm = std::sqrt(grads.pow(2).sum().item<double>());
+    if (cfg_.clip_norm > 0) {
+      optim::clip_grad_norm(grads, cfg_.clip_norm);  // one host read (the norm)
       ++host_reads_;
-      if (norm > cfg_.clip_norm) grads.mul_(cfg_.clip_norm / (norm + 1e-6));
     }
-    opt_->step(lr);
+    opt_->step(lr, grads);
   }
 
   // The step's timings (after the warm-up steps) and the metrics window; a metrics line every

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
 
@@ -15,10 +16,10 @@ struct OpTrace::Recorder {
 };
 
 std::unique_ptr<OpTrace> OpTrace::from_env(int rank) {
-  const char* f = std::getenv("LORAREC_OP_TRACE");
+  const char* f = env::get(env::kOpTrace);
   if (f == nullptr || *f == '\0' || rank != 0) return nullptr;
   int64_t steps = 10;
-  if (const char* s = std::getenv("LORAREC_OP_TRACE_STEPS")) {
+  if (const char* s = env::get(env::kOpTraceSteps)) {
     char* end = nullptr;
     steps = std::strtoll(s, &end, 10);
     if (end == s || *end != '\0' || steps < 1)
@@ -29,7 +30,7 @@ std::unique_ptr<OpTrace> OpTrace::from_env(int rank) {
 
 OpTrace::OpTrace(std::string file, int64_t steps) : file_(std::move(file)), steps_(steps) {}
 
-OpTrace::~OpTrace() { rec_.reset(); }
+OpTrace::~OpTrace() = default;  // here, where Recorder is complete
 
 void OpTrace::before_step() {
   if (seen_ == 0) {

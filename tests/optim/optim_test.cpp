@@ -100,9 +100,9 @@ TEST(AdamW, MaskedStepsApplyOrSkipOnTheDevice) {
 
 // AdamWConfig::flat: the params move into one buffer (the same tensors, values kept) and every
 // update equals the per-tensor one, whether the gradients come from autograd (separate tensors),
-// as views of one reduced buffer (metatrain; also in the masked step), or with one missing (that
-// param skipped); the params' version counters move with each update; the state keeps its
-// per-param names.
+// as one flat buffer passed to step() (metatrain's reduced gradients; also in the masked step), or
+// with one missing (that param skipped); the params' version counters move with each update; the
+// state keeps its per-param names; a flat buffer of the wrong size is refused.
 TEST(AdamW, FlatBufferEqualsPerTensorUpdates) {
   optim::AdamWConfig cfg;
   cfg.weight_decay = 0.1;
@@ -126,29 +126,27 @@ TEST(AdamW, FlatBufferEqualsPerTensorUpdates) {
       for (auto& p : *ps) p.mutable_grad() = at::Tensor();
       loss(*ps, t).backward();
     }
-    if (t == 2 || t == 3 || t == 5) {  // as metatrain: every gradient a view of one flat buffer
+    at::Tensor buf;  // as metatrain: the gradients handed over as one flat buffer
+    if (t == 2 || t == 3 || t == 5) {
       std::vector<at::Tensor> parts;
       for (auto& p : flat) parts.push_back(p.grad().reshape({-1}));
-      const at::Tensor buf = at::cat(parts);
-      int64_t off = 0;
-      for (auto& p : flat) {
-        p.mutable_grad() = buf.narrow(0, off, p.numel()).view(p.sizes());
-        off += p.numel();
-      }
+      buf = at::cat(parts);
+      for (auto& p : flat) p.mutable_grad() = at::Tensor();  // not read
     }
     if (t == 4) ref[1].mutable_grad() = at::Tensor(), flat[1].mutable_grad() = at::Tensor();  // one missing
     const auto version = flat[0]._version();
     if (t == 5) {
       a.step_masked(0.01, at::scalar_tensor(true, at::kBool));
-      b.step_masked(0.01, at::scalar_tensor(true, at::kBool));
+      b.step_masked(0.01, at::scalar_tensor(true, at::kBool), buf);
     } else {
-      a.step(0.01), b.step(0.01);
+      a.step(0.01), b.step(0.01, buf);
     }
     EXPECT_GT(flat[0]._version(), version) << "step " << t;
     for (size_t i = 0; i < init.size(); ++i)
       EXPECT_LT(test::rel_error(flat[i].detach(), ref[i].detach()), 1e-6) << "step " << t << " param " << i;
   }
   EXPECT_FALSE(flat[0].detach().equal(init[0]));
+  EXPECT_THROW(b.step(0.01, at::zeros({3})), RuntimeError);
   const auto sa = a.state(), sb = b.state();
   EXPECT_EQ(sa.size(), sb.size());
   for (const auto& [k, v] : sa) EXPECT_LT(test::rel_error(sb.at(k).to(at::kDouble), v.to(at::kDouble)), 1e-6) << k;

@@ -32,13 +32,15 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(std::vector<at::Tensor> params, AdamWConfig cfg);
-  // One update with learning rate `lr` from the params' .grad() (undefined grads are skipped).
-  void step(double lr);
+  // One update with learning rate `lr` from the params' .grad() (undefined grads are skipped), or
+  // from `flat_grads`: all the params' gradients in their order as one 1-D tensor (metatrain's
+  // reduced buffer), used as it is.
+  void step(double lr, const at::Tensor& flat_grads = {});
   // The same update where the 0-dim bool tensor `apply` (on the params' device) is true, and none
   // (moments, step count and weights unchanged) where it is false, without reading it on the host:
   // the step count lives on the device until state() or steps() reads it. Equal to step() up to
   // rounding (the bias correction is computed on the device).
-  void step_masked(double lr, const at::Tensor& apply);
+  void step_masked(double lr, const at::Tensor& apply, const at::Tensor& flat_grads = {});
   void zero_grad();
   int64_t steps() const;
   const std::vector<at::Tensor>& params() const { return params_; }
@@ -49,12 +51,15 @@ class AdamW {
  private:
   // Folds the device-side count of masked steps into step_ (one host read).
   void settle() const;
-  // flat mode: the gradients as one tensor (a view when they are consecutive views of one buffer,
-  // as metatrain's reduced gradients are; else concatenated); undefined when one is missing.
-  at::Tensor flat_grad() const;
-  void bump_versions();
+  // Calls update(param, m, v, grad) once on the flat buffers (flat mode, with flat_grads or every
+  // .grad() defined) or once per param with a gradient; step() and step_masked() pass the formula.
+  template <class Update>
+  void for_each_update(const at::Tensor& flat_grads, Update&& update);
+  // RuntimeError unless flat_grads is undefined or 1-D with numel_ values (a caller's bug).
+  void check_flat_grads(const at::Tensor& flat_grads) const;
   std::vector<at::Tensor> params_, m_, v_;
   at::Tensor flat_p_, flat_m_, flat_v_;  // defined in flat mode; params_, m_ and v_ are their views
+  int64_t numel_ = 0;                    // the params' values in all
   AdamWConfig cfg_;
   mutable int64_t step_ = 0;
   mutable at::Tensor pending_;  // step_masked's applied steps not yet in step_ (int64, device)
@@ -87,6 +92,8 @@ void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator&
 
 // Global L2 norm of the gradients; scales them down to max_norm when above (max_norm > 0).
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+// The same for gradients held in one flat buffer (scaled in place).
+double clip_grad_norm(const at::Tensor& flat_grads, double max_norm);
 // True when every defined gradient of params is finite (no NaN or Inf).
 bool grads_finite(const std::vector<at::Tensor>& params);
 

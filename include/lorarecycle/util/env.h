@@ -30,6 +30,11 @@ inline constexpr const char* kOmpThreads = "OMP_NUM_THREADS";
 // "zoo-step" (each training step). Never set it in real runs.
 inline constexpr const char* kFaultInject = "LORAREC_FAULT";
 
+// Dev tool (util/op_trace.h): a Chrome trace of every op of LORAREC_OP_TRACE_STEPS (default 10)
+// metatrain steps, written to the file LORAREC_OP_TRACE names (rank 0).
+inline constexpr const char* kOpTrace = "LORAREC_OP_TRACE";
+inline constexpr const char* kOpTraceSteps = "LORAREC_OP_TRACE_STEPS";
+
 // Returns the variable's value or nullptr.
 const char* get(const char* name);
 
