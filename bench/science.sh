@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -48,7 +48,8 @@
 # lora-avg on the validation classes, no training; "imgstarts" and "coteach" (after "zoo100"): the
 # zoo of 100 inverted from the VFM's pre-training glyphs (invert --init-images) and with co-teachers
 # (invert --co-teachers 2), meta-trained 1,000 steps; "scales" (makes the zoo of 100 and its pools
-# when missing): only the singular values of the zoo's mean delta trained (metatrain --scales-only).
+# when missing): only the singular values of the zoo's mean delta trained (metatrain --scales-only);
+# "student" (after "zoo100"): the zoo of 100 inverted against lora-avg (invert --student --w-adv).
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -430,6 +431,30 @@ fi
 # inverted LoRA, on top of the smooth starts of pool100_lr2 (~15 min in bf16).
 if [ "$WHAT" = featprior ]; then
   zoo100_variant fp feat0.1 "feature prior 0.1" "--init-lowres 2 --feature-prior data/demo/base.h5 --w-feat 0.1"
+fi
+
+# Surrogates inverted against a student (docs/science.md, "Surrogates that ask about the student's
+# mistakes"): the zoo of 100 inverted from smooth starts with invert --student lora-avg (the zoo's
+# mean delta at full rank, written by metatrain --init zoo-mean without training) --w-adv 0.3, so
+# each surrogate is also pushed away from what lora-avg's prototypes take for its class (~25 min in
+# bf16: a second forward and backward per iteration), then the 1,000-step runs of the other pools
+# and the run from lora-avg itself, and the surrogate check.
+if [ "$WHAT" = student ]; then
+  zoo100_pools
+  AVG=$OUT/avg100
+  once "$AVG/adapter_config.json" "$AVG.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$OUT/pool100_lr2" \
+    --out "$AVG" --restart --init zoo-mean --rank 128 --alpha 128 --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  zoo100_variant st adv0.3 "against lora-avg 0.3" "--init-lowres 2 --student $AVG --w-adv 0.3"
+  run_rows st0 "zoo-mean + paper T128 lr 3e-4, against lora-avg|$OUT/pool100_adv0.3|--init zoo-mean $P1K --lr 3e-4"
+  # How hard each pool's episodes are for lora-avg and for the bare VFM (~1 min).
+  for p in pool100_lr2 pool100_adv0.3; do
+    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
+    for m in avg bare; do
+      [ -f "$OUT/hard_${p}_$m.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
+        $([ $m = avg ] && echo --lora "$AVG") --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_$m.feat.h5" --log-level warn
+    done
+  done
+  $PY bench/pool_hardness.py score 5 "$OUT"/hard_*.feat.h5
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:

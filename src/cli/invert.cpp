@@ -66,6 +66,9 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("feature-prior", po::value(&c.feature_prior), "a feature prior (DeepInversion's BN term on the ViT itself): the per-channel mean and variance of the residual stream entering every layer, over the batch's images and tokens, must match those of --feature-prior-samples images of this HDF5 set under the inverted LoRA (e.g. the VFM's pre-training images, the embedded benchmark's data/demo/base.h5: other scripts than the zoo's). Uses public data, as a BN prior's statistics do; off when not given")
       ("w-feat", po::value(&c.inv.w_feat)->default_value(c.inv.w_feat), "weight of the feature prior (--feature-prior)")
       ("feature-prior-samples", po::value(&c.inv.feature_prior_samples)->default_value(c.inv.feature_prior_samples), "images of --feature-prior the statistics are taken over (drawn per LoRA, seeded)")
+      ("student", po::value(&c.student), "a LoRA adapter directory without head (e.g. a meta-LoRA, or lora-avg written by metatrain --init zoo-mean) to invert against: with --w-adv > 0 every surrogate is also pushed away from what this student's prototype classifier takes for its class (the batch's other images of each class as prototypes) while the teacher keeps it in its class: adversarial inversion, so that the surrogates ask the zoo about the student's mistakes. Costs a second forward and backward per iteration")
+      ("w-adv", po::value(&c.inv.w_adv)->default_value(c.inv.w_adv), "weight of the student term against --student: -log(1 - the student's prototype probability of the image's class), averaged over the batch; 0 = off (the paper)")
+      ("adv-temperature", po::value(&c.inv.adv_temperature)->default_value(c.inv.adv_temperature), "the student's prototype logits are -squared distance / T (as metatrain --temperature)")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the batch (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("gray", po::bool_switch(&c.inv.gray), "optimise one grey channel shared by R, G and B (for greyscale domains: glyphs, X-rays); the surrogates are then grey like the data")
       ("prune", po::value(&prune)->default_value(prune), "token pruning LAYER:RATIO,... (0-based layers; e.g. 3:0.75) or none")
@@ -89,6 +92,11 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
+  if (c.inv.w_adv > 0 && c.student.empty())
+    throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
+  if (!(c.inv.adv_temperature > 0)) throw InputError("invert: --adv-temperature must be > 0");
+  if (c.inv.w_adv > 0 && c.inv.per_class < 2)
+    throw InputError("invert: --w-adv needs --per-class >= 2 (the student's prototypes leave each image out)");
   if (c.inv.feature_prior_samples < 1) throw InputError("invert: --feature-prior-samples must be >= 1");
   if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
   if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
@@ -100,7 +108,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
                                 {"--w-l2", c.inv.w_l2},
                                 {"--w-div", c.inv.w_div},
                                 {"--w-co", c.inv.w_co},
-                                {"--w-feat", c.inv.w_feat}})
+                                {"--w-feat", c.inv.w_feat},
+                                {"--w-adv", c.inv.w_adv}})
     if (!(w >= 0))
       throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
   RunContext ctx = start("invert", rt, common, true);

@@ -195,6 +195,11 @@ json pool_settings(const InvertJobConfig& cfg) {
     s["--co-teacher-zoo (manifest digest)"] = prov::file_digest(
         stdfs::path(cfg.co_teacher_zoo.empty() ? cfg.zoo : cfg.co_teacher_zoo) / data::kZooManifestFile);
   }
+  if (!cfg.student.empty() && v.w_adv > 0) {
+    s["--student (content digest)"] = prov::file_digest(stdfs::path(cfg.student) / model::kPeftWeights);
+    s["--w-adv"] = v.w_adv;
+    s["--adv-temperature"] = v.adv_temperature;
+  }
   if (!cfg.feature_prior.empty()) {
     s["--feature-prior (content digest)"] = prov::file_digest(cfg.feature_prior);
     s["--w-feat"] = v.w_feat;
@@ -219,7 +224,8 @@ class InvertJob {
     if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
     for (const auto& [option, file] : {std::pair<const char*, const std::string&>{"--real-images", cfg_.real_images},
                                        {"--init-images", cfg_.init_images},
-                                       {"--feature-prior", cfg_.feature_prior}})
+                                       {"--feature-prior", cfg_.feature_prior},
+                                       {"--student", cfg_.student}})
       if (!file.empty() && !stdfs::exists(file)) throw InputError(std::string(option) + " " + file + ": no such file");
     jobs_ = data::ZooManifest::read(cfg_.zoo).loras;
     if (cfg_.inv.co_teachers > 0)
@@ -231,6 +237,7 @@ class InvertJob {
     for (const data::ZooEntry& j : jobs_) model::check_base_model(j.dir, cfg_.model);  // every LoRA tuned on --model
     if (!cfg_.co_teacher_zoo.empty())  // and every co-teacher from another zoo
       for (const data::ZooEntry& j : co_zoo_) model::check_base_model(j.dir, cfg_.model);
+    if (!cfg_.student.empty()) model::check_base_model(cfg_.student, cfg_.model);  // and the student
     const std::vector<stdfs::path> earlier = check_earlier_files();
     comm_.barrier();
     if (comm_.rank() == 0) prepare_out(earlier);
@@ -245,6 +252,7 @@ class InvertJob {
       prior_note << ", BN prior " << cfg_.prior << " at weight " << cfg_.inv.w_bn;
     else
       prior_note << (cfg_.prior.empty() ? ", no BN prior (--prior not given)" : ", no BN prior (--w-bn 0)");
+    if (student_) prior_note << ", against the student " << cfg_.student << " at weight " << cfg_.inv.w_adv;
     LOG_INFO("invert", jobs_.size() << " LoRAs, " << cfg_.inv.per_class << " images per class, " << cfg_.inv.iterations
                                     << " iterations" << prior_note.str() << "; rank 0 inverts " << mine_.size());
     t0_ = std::chrono::steady_clock::now();
@@ -377,6 +385,10 @@ class InvertJob {
       model::check_image_shape(set.images().sizes(), vit_->config(), cfg_.feature_prior);
       inv_.feature_prior = set.images();
     }
+    if (!cfg_.student.empty() && cfg_.inv.w_adv > 0 && cfg_.real_images.empty()) {
+      student_.emplace(model::load_peft(cfg_.student, vit_->config(), cfg_.model));
+      student_->to(device_);
+    }
     slot_.assign(jobs_.size(), {});
     if (cfg_.real_images.empty()) return;
     real_ = data::ImageSet::load(cfg_.real_images);
@@ -425,7 +437,7 @@ class InvertJob {
         co.push_back(std::move(c));
       }
       return invert_lora(*vit_, lora, prior_ ? &*prior_ : nullptr, inv_, static_cast<std::uint64_t>(j.id),
-                         data::zoo_entry_name(j.id), co);
+                         data::zoo_entry_name(j.id), co, student_ ? &*student_ : nullptr);
     }
     // Real images of the LoRA's classes, class-interleaved like surrogates, described alike.
     Surrogates s;
@@ -515,6 +527,7 @@ class InvertJob {
   std::optional<data::ImageSet> real_;  // the real-image control (--real-images)
   InversionConfig inv_;                 // cfg_.inv with the starting images of --init-images
   std::vector<data::ZooEntry> co_zoo_;  // the co-teachers' zoo (--co-teachers)
+  std::optional<model::Lora> student_;  // --student, loaded when --w-adv > 0
   std::vector<std::vector<int>> slot_;  // per LoRA and label: LoRAs before it covering the class
   std::vector<double> costs_;
   std::vector<int> owner_;    // rank of each LoRA

@@ -159,11 +159,17 @@ expect_status 2 "setting --feature-prior" -- $B invert $C --feature-prior data/q
 expect_status 2 "--feature-prior nope.h5: no such file" -- $B invert $C --feature-prior nope.h5 --out pool_fp
 expect_status 2 "--w-feat must be >= 0" -- $B invert $C --feature-prior data/quick/base.h5 --w-feat -1 --out pool_fp
 expect_status 2 "--feature-prior-samples must be >= 1" -- $B invert $C --feature-prior-samples 0 --out pool_fp
-# All three, for real (2 iterations): the pool records them and the log names the terms.
+expect_status 2 "--w-adv needs --student" -- $B invert $C --w-adv 0.3 --out pool_st
+expect_status 2 "--student nope: no such file" -- $B invert $C --student nope --w-adv 0.3 --out pool_st
+expect_status 2 "--w-adv needs --per-class >= 2" -- $B invert $C --student runs/quick/meta --w-adv 0.3 --per-class 1 --out pool_st
+expect_status 2 "setting --student" -- $B invert $C --student runs/quick/meta --w-adv 0.3
+# All four, for real (2 iterations): the pool records them and the log names the terms.
 $B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 \
-  --feature-prior data/quick/base.h5 --w-feat 0.1 --log-level debug >inv_co.txt 2>&1 ||
-  { cat inv_co.txt; fail "invert --co-teachers 2 --init-images --feature-prior"; }
+  --feature-prior data/quick/base.h5 --w-feat 0.1 --student runs/quick/meta --w-adv 0.3 --log-level debug >inv_co.txt 2>&1 ||
+  { cat inv_co.txt; fail "invert --co-teachers 2 --init-images --feature-prior --student"; }
 grep -q '"--co-teachers": 2' pool_co/index.json && grep -q 'init-images (content digest)' pool_co/index.json &&
-  grep -q 'feature-prior (content digest)' pool_co/index.json && grep -q '"--w-feat": 0.1' pool_co/index.json ||
-  fail "pool_co/index.json does not record --co-teachers, --init-images and --feature-prior"
+  grep -q 'feature-prior (content digest)' pool_co/index.json && grep -q '"--w-feat": 0.1' pool_co/index.json &&
+  grep -q 'student (content digest)' pool_co/index.json && grep -q '"--w-adv": 0.3' pool_co/index.json ||
+  fail "pool_co/index.json does not record --co-teachers, --init-images, --feature-prior and --student"
+grep -q 'against the student runs/quick/meta at weight 0.3' inv_co.txt || { cat inv_co.txt; fail "invert --student not logged"; }
 echo "demo_quick: precision checks passed ($AUTO by auto, $OTHER asked for)"

@@ -420,6 +420,59 @@ TEST(Inversion, CoTeachersAddTheirWeightedCrossEntropyOnTheSameView) {
   }
 }
 
+TEST(InversionLoss, StudentTermIsTheComplementLogLikelihoodOfLeaveOneOutPrototypes) {
+  at::manual_seed(4);
+  const int64_t N = 3, B = 7, D = 4;
+  const double T = 2.5;
+  const at::Tensor f = at::randn({B, D});
+  const at::Tensor y = at::tensor({0, 1, 2, 0, 1, 2, 0}, at::kLong);
+  double want = 0;
+  for (int64_t i = 0; i < B; ++i) {
+    std::vector<double> logit(N);
+    for (int64_t c = 0; c < N; ++c) {  // the class's mean, without image i
+      at::Tensor sum = at::zeros({D});
+      int n = 0;
+      for (int64_t j = 0; j < B; ++j)
+        if (y[j].item<int64_t>() == c && j != i) sum += f[j], ++n;
+      logit[c] = -(f[i] - sum / n).pow(2).sum().item<double>() / T;
+    }
+    double z = 0;
+    for (double l : logit) z += std::exp(l);
+    want += -std::log(1 - std::exp(logit[y[i].item<int64_t>()]) / z);
+  }
+  EXPECT_NEAR(student_term(f, y, N, T).item<double>(), want / B, 1e-5);
+  // A class with one image has no prototype without it.
+  EXPECT_THROW(student_term(f.slice(0, 0, 5), y.slice(0, 0, 5), N, T), InputError);
+  EXPECT_THROW(student_term(f, y, N, 0), InputError);
+}
+
+TEST(Inversion, AgainstAStudentTheSurrogatesEndHarderForIt) {
+  // The student is another LoRA on the same VFM. With w_adv > 0 the first loss adds the (positive)
+  // student term, and the stored surrogates are harder for the student's prototypes than those of
+  // the same run without it, while the loss still falls.
+  const Teacher t = tiny_teacher();
+  model::Lora student(test::tiny_config(), model::LoraConfig{}, 9);
+  for (const auto& [key, ad] : student.adapters())
+    student.find(key.first, static_cast<model::Module>(key.second))->b.normal_(0, 0.2);
+  InversionConfig cfg = short_run(2);
+  cfg.per_class = 3;
+  cfg.iterations = 30;
+  const Surrogates plain = invert_lora(t.vit, t.lora, nullptr, cfg, 1, {}, {}, &student);  // w_adv 0: unused
+  cfg.w_adv = 1.0;
+  cfg.adv_temperature = 1.0;
+  const Surrogates adv = invert_lora(t.vit, t.lora, nullptr, cfg, 1, {}, {}, &student);
+  EXPECT_GT(adv.losses.front(), plain.losses.front());
+  EXPECT_LT(adv.best_loss, adv.losses.front());
+  const auto hardness = [&](const Surrogates& s) {
+    at::NoGradGuard ng;
+    const at::Tensor f = t.vit.forward(t.vit.preprocess(s.images), {}, &student).feature;
+    return student_term(f, s.labels.to(at::kLong), 3, cfg.adv_temperature).item<double>();
+  };
+  EXPECT_LT(hardness(adv), hardness(plain));
+  cfg.per_class = 1;
+  EXPECT_THROW(invert_lora(t.vit, t.lora, nullptr, cfg, 1, {}, {}, &student), InputError);
+}
+
 TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {
   const Teacher t = tiny_teacher();
   InversionConfig cfg;

@@ -52,6 +52,11 @@ struct InversionConfig {
                                  // prior: DeepInversion's BN term on the ViT's own residual stream; invert
                                  // --feature-prior); undefined: off
   double w_feat = 1.0;           // weight of the feature-prior term
+  double w_adv = 0.0;            // > 0 with a student passed to invert_lora (invert --student): weight of the
+                                 // student term (student_term): the surrogates move to where the student's
+                                 // prototypes misplace them; 0: off (the paper)
+  double adv_temperature = 128;  // the student's prototype logits are -squared distance / this (metatrain's
+                                 // --temperature)
   int feature_prior_samples = 512;  // images of the set the statistics are computed on (drawn per LoRA, seeded)
   bool gray = false;                // optimise one grey channel shared by R, G, B (greyscale domains)
   double prune_start = 0.25;        // fraction of the iterations after which pruning is on
@@ -62,8 +67,8 @@ struct InversionConfig {
 
 // The loss terms on a batch (exposed for tests).
 struct LossTerms {
-  at::Tensor ce, bn, tv, l2, div, co, feat, total;  // scalars (co, feat: the co-teachers' and the feature prior's
-                                                    // terms, undefined without them)
+  at::Tensor ce, bn, tv, l2, div, co, feat, adv, total;  // scalars (co, feat, adv: the co-teachers', the feature
+                                                         // prior's and the student's terms, undefined without them)
 };
 // ce over teacher logits; bn = sum over BN layers of ||running_var - var||_2 + ||running_mean - mean||_2
 // (0 without stats); tv = mean squared difference of vertical + horizontal neighbours of x;
@@ -79,6 +84,15 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
 // row i = (1 - u_i) one-hot(y_i) + u_i one-hot(c_i), u_i ~ U(0, target_mix), c_i != y_i uniform;
 // drawn from make_rng(seed, stream, ...), so the same for every run.
 at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std::uint64_t seed, std::uint64_t stream);
+// The student term: how well a student (e.g. the meta-LoRA being trained) classifies the batch by
+// prototypes, as the mean over images of -log(1 - p_S(y_i | x_i)), where p_S is the student's
+// prototype classifier over the N classes: logits -||f_i - p_c||^2 / temperature, p_c the mean of
+// student_features [B, D] over the batch's images of class c (labels y [B] in 0..N-1), leaving
+// image i out of its own class's mean. Minimised, it moves each image away from what the student
+// takes for its class while the teacher's cross-entropy keeps the class: adversarial inversion as in
+// data-free distillation, here against an episodic learner. >= 0, and bounded below only by 0;
+// computed in float; throws InputError when a class has fewer than 2 images.
+at::Tensor student_term(const at::Tensor& student_features, const at::Tensor& y, int64_t N, double temperature);
 // Rolls image b of x [B, C, H, W] by (dy[b], dx[b]) pixels (at::roll's direction) and mirrors it
 // horizontally where flip[b] (flip may be empty); differentiable in x.
 at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std::vector<int>& dx,
@@ -141,9 +155,11 @@ struct CoTeacher {
 // Inverts one LoRA. `prior` may be null (then the BN term is 0). Deterministic given cfg.seed.
 // With a `progress_name`, logs the iterations with the loss terms and rate every 10 s (rank 0).
 // With co-teachers, the loss adds cfg.w_co x sum over them of weight x their cross-entropy on
-// their rows (the same augmented view as the own LoRA's).
+// their rows (the same augmented view as the own LoRA's). With a `student` (a LoRA without head,
+// e.g. a meta-LoRA) and cfg.w_adv > 0, it adds cfg.w_adv x student_term of the student's features
+// of the same view.
 Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, const model::ResNet* prior,
                        const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name = {},
-                       const std::vector<CoTeacher>& co_teachers = {});
+                       const std::vector<CoTeacher>& co_teachers = {}, const model::Lora* student = nullptr);
 
 }  // namespace lorarec::invert

@@ -34,6 +34,8 @@ struct InvertJobConfig {
   std::string co_teacher_zoo;  // zoo whose LoRAs serve as co-teachers (inv.co_teachers > 0); empty: --zoo
   std::string feature_prior;   // HDF5 image set whose token statistics the surrogates match
                                // (InversionConfig::feature_prior); empty: off
+  std::string student;         // LoRA adapter directory (e.g. a meta-LoRA) the surrogates are inverted against
+                               // (InversionConfig::w_adv, invert_lora's student); empty: none
   int chunk_images = 64;       // HDF5 chunk (images) of /images
   bool restart = false;        // discard the pool files an earlier run left in `out`
   model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)
