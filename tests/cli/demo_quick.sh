@@ -162,7 +162,7 @@ expect_status 2 "--feature-prior-samples must be >= 1" -- $B invert $C --feature
 expect_status 2 "--w-adv needs --student" -- $B invert $C --w-adv 0.3 --out pool_st
 expect_status 2 "--student nope: no such file" -- $B invert $C --student nope --w-adv 0.3 --out pool_st
 expect_status 2 "--w-adv needs --per-class >= 2" -- $B invert $C --student runs/quick/meta --w-adv 0.3 --per-class 1 --out pool_st
-expect_status 2 "setting --student" -- $B invert $C --student runs/quick/meta --w-adv 0.3
+expect_status 2 "setting --adv-temperature: (none)" -- $B invert $C --student runs/quick/meta --w-adv 0.3
 # All four, for real (2 iterations): the pool records them and the log names the terms.
 $B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 \
   --feature-prior data/quick/base.h5 --w-feat 0.1 --student runs/quick/meta --w-adv 0.3 --log-level debug >inv_co.txt 2>&1 ||
