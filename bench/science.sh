@@ -435,10 +435,11 @@ fi
 
 # Surrogates inverted against a student (docs/science.md, "Surrogates that ask about the student's
 # mistakes"): the zoo of 100 inverted from smooth starts with invert --student lora-avg (the zoo's
-# mean delta at full rank, written by metatrain --init zoo-mean without training) --w-adv 0.3, so
-# each surrogate is also pushed away from what lora-avg's prototypes take for its class (~25 min in
-# bf16: a second forward and backward per iteration), then the 1,000-step runs of the other pools
-# and the run from lora-avg itself, and the surrogate check.
+# mean delta at full rank, written by metatrain --init zoo-mean without training) --w-adv 0.3 and
+# 0.1, so each surrogate is also pushed away from what lora-avg's prototypes take for its class (~26
+# min per pool in bf16: a second forward and backward per iteration), then for each the 1,000-step
+# runs of the other pools, the run from the zoo's average and the surrogate check, and how hard each
+# pool's episodes are for lora-avg and the bare VFM.
 if [ "$WHAT" = student ]; then
   zoo100_pools
   AVG=$OUT/avg100
@@ -446,8 +447,11 @@ if [ "$WHAT" = student ]; then
     --out "$AVG" --restart --init zoo-mean --rank 128 --alpha 128 --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
   zoo100_variant st adv0.3 "against lora-avg 0.3" "--init-lowres 2 --student $AVG --w-adv 0.3"
   run_rows st0 "zoo-mean + paper T128 lr 3e-4, against lora-avg|$OUT/pool100_adv0.3|--init zoo-mean $P1K --lr 3e-4"
+  # A weaker push (W 0.1): is a little hardness, short of leaving the class, what helps?
+  zoo100_variant sw adv0.1 "against lora-avg 0.1" "--init-lowres 2 --student $AVG --w-adv 0.1"
+  run_rows sw0 "zoo-mean + paper T128 lr 3e-4, against lora-avg 0.1|$OUT/pool100_adv0.1|--init zoo-mean $P1K --lr 3e-4"
   # How hard each pool's episodes are for lora-avg and for the bare VFM (~1 min).
-  for p in pool100_lr2 pool100_adv0.3; do
+  for p in pool100_lr2 pool100_adv0.3 pool100_adv0.1; do
     [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
     for m in avg bare; do
       [ -f "$OUT/hard_${p}_$m.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \

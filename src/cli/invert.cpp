@@ -94,6 +94,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
   if (c.inv.w_adv > 0 && c.student.empty())
     throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
+  if (!c.student.empty() && !(c.inv.w_adv > 0))
+    throw InputError("invert: --student needs --w-adv > 0 (the weight of the student term)");
   if (!(c.inv.adv_temperature > 0)) throw InputError("invert: --adv-temperature must be > 0");
   if (c.inv.w_adv > 0 && c.inv.per_class < 2)
     throw InputError("invert: --w-adv needs --per-class >= 2 (the student's prototypes leave each image out)");

@@ -160,6 +160,7 @@ expect_status 2 "--feature-prior nope.h5: no such file" -- $B invert $C --featur
 expect_status 2 "--w-feat must be >= 0" -- $B invert $C --feature-prior data/quick/base.h5 --w-feat -1 --out pool_fp
 expect_status 2 "--feature-prior-samples must be >= 1" -- $B invert $C --feature-prior-samples 0 --out pool_fp
 expect_status 2 "--w-adv needs --student" -- $B invert $C --w-adv 0.3 --out pool_st
+expect_status 2 "--student needs --w-adv > 0" -- $B invert $C --student runs/quick/meta --out pool_st
 expect_status 2 "--student nope: no such file" -- $B invert $C --student nope --w-adv 0.3 --out pool_st
 expect_status 2 "--w-adv needs --per-class >= 2" -- $B invert $C --student runs/quick/meta --w-adv 0.3 --per-class 1 --out pool_st
 expect_status 2 "setting --adv-temperature: (none)" -- $B invert $C --student runs/quick/meta --w-adv 0.3

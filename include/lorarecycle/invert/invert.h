@@ -90,8 +90,8 @@ at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std:
 // student_features [B, D] over the batch's images of class c (labels y [B] in 0..N-1), leaving
 // image i out of its own class's mean. Minimised, it moves each image away from what the student
 // takes for its class while the teacher's cross-entropy keeps the class: adversarial inversion as in
-// data-free distillation, here against an episodic learner. >= 0, and bounded below only by 0;
-// computed in float; throws InputError when a class has fewer than 2 images.
+// data-free distillation, here against an episodic learner. >= 0; computed in float; throws
+// InputError when a class has fewer than 2 images.
 at::Tensor student_term(const at::Tensor& student_features, const at::Tensor& y, int64_t N, double temperature);
 // Rolls image b of x [B, C, H, W] by (dy[b], dx[b]) pixels (at::roll's direction) and mirrors it
 // horizontally where flip[b] (flip may be empty); differentiable in x.
