@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "lorarecycle/data/image_set.h"
+#include "lorarecycle/fewshot/fewshot.h"
 #include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
@@ -59,16 +60,15 @@ LossTerms loss_terms(const at::Tensor& logits, const at::Tensor& targets, const 
 at::Tensor student_term(const at::Tensor& student_features, const at::Tensor& y, int64_t N, double temperature) {
   if (!(temperature > 0)) throw InputError("student term: the temperature must be > 0");
   const at::Tensor f = student_features.to(at::kFloat);
-  const at::Tensor count = at::bincount(y, {}, N).to(at::kFloat);  // [N]
-  if (count.size(0) != N || count.min().item<float>() < 2)
+  const at::Tensor per_class = at::bincount(y, {}, N);  // [N]
+  if (per_class.size(0) != N || per_class.min().item<int64_t>() < 2)
     throw InputError("student term: every class needs at least 2 images in the batch (--per-class >= 2)");
-  const at::Tensor sums = at::zeros({N, f.size(1)}, f.options()).index_add(0, y, f);
-  const at::Tensor proto = sums / count.unsqueeze(1);
-  const at::Tensor d2 =
-      f.pow(2).sum(1, /*keepdim=*/true) - 2 * at::matmul(f, proto.t()) + proto.pow(2).sum(1);          // [B, N]
-  const at::Tensor own = (sums.index_select(0, y) - f) / (count.index_select(0, y) - 1).unsqueeze(1);  // leave-one-out
-  const at::Tensor d2_own = (f - own).pow(2).sum(1, /*keepdim=*/true);
-  const at::Tensor log_ps = at::log_softmax(-d2.scatter(1, y.unsqueeze(1), d2_own) / temperature, -1);
+  const at::Tensor count = per_class.to(at::kFloat).index_select(0, y).unsqueeze(1);  // [B, 1], per image
+  const at::Tensor proto = fewshot::class_prototypes(f, y, N);
+  const at::Tensor own = (proto.index_select(0, y) * count - f) / (count - 1);  // its class's mean without it
+  const at::Tensor logits =
+      fewshot::prototype_distances(f, proto).scatter(1, y.unsqueeze(1), -(f - own).pow(2).sum(1, /*keepdim=*/true));
+  const at::Tensor log_ps = at::log_softmax(logits / temperature, -1);
   // log(1 - p_S(y)) = logsumexp of the other classes' log-probabilities
   const at::Tensor others = log_ps.scatter(1, y.unsqueeze(1), -std::numeric_limits<float>::infinity());
   return -at::logsumexp(others, 1).mean();
@@ -227,7 +227,7 @@ at::Tensor feature_prior_loss(const std::vector<at::Tensor>& layer_inputs, const
 // The terms of the models other than the inverted LoRA on the same view xa: the co-teachers'
 // weighted cross-entropy on their rows, and the student term (cfg.w_adv > 0).
 void add_other_models(const model::ClipVision& vit, const at::Tensor& xa, const model::ForwardOptions& fo,
-                      const at::Tensor& logits, const at::Tensor& y, const InversionConfig& cfg,
+                      const at::Tensor& y, int64_t N, const InversionConfig& cfg,
                       const std::vector<CoTeacher>& co_teachers, const model::Lora* student, LossTerms& lt) {
   if (!co_teachers.empty()) {  // the same view of each co-teacher's rows, judged by that LoRA
     at::Tensor co = at::zeros({}, lt.total.options());
@@ -239,7 +239,7 @@ void add_other_models(const model::ClipVision& vit, const at::Tensor& xa, const 
     lt.total = lt.total + cfg.w_co * co;
   }
   if (student != nullptr && cfg.w_adv > 0) {
-    lt.adv = student_term(vit.forward(xa, fo, student).feature, y, logits.size(1), cfg.adv_temperature);
+    lt.adv = student_term(vit.forward(xa, fo, student).feature, y, N, cfg.adv_temperature);
     lt.total = lt.total + cfg.w_adv * lt.adv;
   }
 }
@@ -250,8 +250,6 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
                        const InversionConfig& cfg, std::uint64_t stream, const std::string& progress_name,
                        const std::vector<CoTeacher>& co_teachers, const model::Lora* student) {
   if (!lora.has_head()) throw InputError("inversion needs a LoRA with a classifier head");
-  if (student != nullptr && cfg.w_adv > 0 && cfg.per_class < 2)
-    throw InputError("inversion against a student needs --per-class >= 2 (its prototypes leave each image out)");
   if (cfg.per_class < 1 || cfg.iterations < 1) throw InputError("inversion needs per-class >= 1 and iterations >= 1");
   const auto t0 = std::chrono::steady_clock::now();
   const int N = static_cast<int>(lora.head_weight().size(0));
@@ -301,7 +299,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
       lt.feat = feature_prior_loss(layer_inputs, feat_target, fo.prune);
       lt.total = lt.total + cfg.w_feat * lt.feat;
     }
-    add_other_models(vit, xa, fo, logits, y, cfg, co_teachers, student, lt);
+    add_other_models(vit, xa, fo, y, N, cfg, co_teachers, student, lt);
     const double value = lt.total.item<double>();
     if (!std::isfinite(value)) throw RuntimeError("inversion loss is not finite at iteration " + std::to_string(it));
     if (value < best) {  // the iterate this loss was measured on (a copy: the step changes x)

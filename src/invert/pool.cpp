@@ -196,7 +196,7 @@ json pool_settings(const InvertJobConfig& cfg) {
         stdfs::path(cfg.co_teacher_zoo.empty() ? cfg.zoo : cfg.co_teacher_zoo) / data::kZooManifestFile);
   }
   if (!cfg.student.empty() && v.w_adv > 0) {
-    s["--student (content digest)"] = prov::file_digest(stdfs::path(cfg.student) / model::kPeftWeights);
+    s["--student (content digest)"] = model::adapter_digest(cfg.student);
     s["--w-adv"] = v.w_adv;
     s["--adv-temperature"] = v.adv_temperature;
   }

@@ -180,13 +180,17 @@ bool grads_finite(const std::vector<at::Tensor>& params) {
   return true;
 }
 
-double clip_grad_norm(const at::Tensor& flat_grads, double max_norm) {
-  const double norm = std::sqrt(flat_grads.pow(2).sum().item<double>());  // one sync
-  if (max_norm > 0 && norm > max_norm) {
-    at::NoGradGuard ng;
-    flat_grads.mul_(max_norm / (norm + 1e-6));
-  }
+at::Tensor clip_grad_norm_on_device(const at::Tensor& flat_grads, double max_norm) {
+  at::NoGradGuard ng;
+  const at::Tensor norm = flat_grads.pow(2).sum().to(at::kDouble).sqrt();
+  if (max_norm > 0)
+    flat_grads.mul_(
+        at::where(norm > max_norm, max_norm / (norm + 1e-6), at::ones_like(norm)).to(flat_grads.scalar_type()));
   return norm;
+}
+
+double clip_grad_norm(const at::Tensor& flat_grads, double max_norm) {
+  return clip_grad_norm_on_device(flat_grads, max_norm).item<double>();  // one sync
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {

@@ -1005,11 +1005,7 @@ class MetaTrainer {
     at::NoGradGuard ng;
     const at::Tensor tail = flat.narrow(0, n_grad_, 3).to(at::kDouble);
     const at::Tensor finite = tail[0].isfinite().logical_and(grads.isfinite().all());
-    if (cfg_.clip_norm > 0) {
-      const at::Tensor norm = grads.pow(2).sum().to(at::kDouble).sqrt();
-      const at::Tensor scale = at::where(norm > cfg_.clip_norm, cfg_.clip_norm / (norm + 1e-6), at::ones_like(norm));
-      grads.mul_(scale.to(grads.scalar_type()));
-    }
+    if (cfg_.clip_norm > 0) (void)optim::clip_grad_norm_on_device(grads, cfg_.clip_norm);
     opt_->step_masked(lr, finite, grads);
     if (!dev_window_.defined()) dev_window_ = at::zeros({5}, tail.options());
     const at::Tensor bad = finite.logical_not().to(at::kDouble);

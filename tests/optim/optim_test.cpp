@@ -98,6 +98,31 @@ TEST(AdamW, MaskedStepsApplyOrSkipOnTheDevice) {
   EXPECT_LT(test::rel_error(ds.at("adam.v.0"), hs.at("adam.v.0")), 1e-6);
 }
 
+// The flat clip (metatrain's reduced buffer) equals the per-tensor one: the same norm, the same
+// scaled gradients, untouched below the bound; the device-side variant returns the norm as a tensor.
+TEST(ClipGradNorm, FlatBufferEqualsPerTensorClip) {
+  at::manual_seed(3);
+  std::vector<at::Tensor> params{at::zeros({4, 3}).requires_grad_(), at::zeros({5}).requires_grad_()};
+  params[0].mutable_grad() = at::randn({4, 3});
+  params[1].mutable_grad() = at::randn({5});
+  const at::Tensor flat = at::cat({params[0].grad().reshape({-1}), params[1].grad().reshape({-1})});
+  for (const double max_norm : {1e9, 0.5, 0.0}) {
+    at::Tensor a = flat.clone(), b = flat.clone();
+    std::vector<at::Tensor> ps{params[0].detach().clone().requires_grad_(),
+                               params[1].detach().clone().requires_grad_()};
+    ps[0].mutable_grad() = params[0].grad().clone(), ps[1].mutable_grad() = params[1].grad().clone();
+    const double want = optim::clip_grad_norm(ps, max_norm);
+    EXPECT_NEAR(optim::clip_grad_norm(a, max_norm), want, 1e-5 * want);
+    const at::Tensor on_device = optim::clip_grad_norm_on_device(b, max_norm);
+    EXPECT_EQ(on_device.scalar_type(), at::kDouble);
+    EXPECT_NEAR(on_device.item<double>(), want, 1e-5 * want);
+    const at::Tensor clipped = at::cat({ps[0].grad().reshape({-1}), ps[1].grad().reshape({-1})});
+    EXPECT_LT(test::rel_error(a, clipped), 1e-6) << max_norm;
+    EXPECT_TRUE(a.equal(b)) << max_norm;
+    if (max_norm != 0.5) EXPECT_TRUE(a.equal(flat)) << max_norm;  // below the bound or off: untouched
+  }
+}
+
 // AdamWConfig::flat: the params move into one buffer (the same tensors, values kept) and every
 // update equals the per-tensor one, whether the gradients come from autograd (separate tensors),
 // as one flat buffer passed to step() (metatrain's reduced gradients; also in the masked step), or

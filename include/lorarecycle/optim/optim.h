@@ -92,7 +92,10 @@ void all_reduce_grads(const std::vector<at::Tensor>& params, dist::Communicator&
 
 // Global L2 norm of the gradients; scales them down to max_norm when above (max_norm > 0).
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
-// The same for gradients held in one flat buffer (scaled in place).
+// The same for gradients held in one flat buffer (scaled in place): clip_grad_norm_on_device reads
+// nothing on the host (the norm comes back as a 0-dim double tensor on the buffer's device, the
+// scale is chosen there); clip_grad_norm reads that norm (one sync).
+at::Tensor clip_grad_norm_on_device(const at::Tensor& flat_grads, double max_norm);
 double clip_grad_norm(const at::Tensor& flat_grads, double max_norm);
 // True when every defined gradient of params is finite (no NaN or Inf).
 bool grads_finite(const std::vector<at::Tensor>& params);
