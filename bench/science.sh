@@ -102,6 +102,15 @@ real_pool() {
     "${MPI[@]}" $B invert "${CFG[@]}" --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
 }
 pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
+# lora_avg OUT RANK [FLAGS]: the zoo's mean delta cut to rank RANK (alpha = rank: the exact mean at
+# full rank) written as a PEFT adapter by metatrain --init zoo-mean without training (one step at lr
+# 1e-30); FLAGS (e.g. --pool) choose the pool and so the zoo.
+lora_avg() {
+  local out=$1 rank=$2
+  shift 2
+  once "$out/adapter_config.json" "$out.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$out" --restart \
+    --init zoo-mean --rank "$rank" --alpha "$rank" --steps 1 --lr 1e-30 --lr-min 0 --val-every 0 "$@"
+}
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
@@ -443,8 +452,7 @@ fi
 if [ "$WHAT" = student ]; then
   zoo100_pools
   AVG=$OUT/avg100
-  once "$AVG/adapter_config.json" "$AVG.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$OUT/pool100_lr2" \
-    --out "$AVG" --restart --init zoo-mean --rank 128 --alpha 128 --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  lora_avg "$AVG" 128 --pool "$OUT/pool100_lr2"  # full rank: the VFM's width
   zoo100_variant st adv0.3 "against lora-avg 0.3" "--init-lowres 2 --student $AVG --w-adv 0.3"
   run_rows st0 "zoo-mean + paper T128 lr 3e-4, against lora-avg|$OUT/pool100_adv0.3|--init zoo-mean $P1K --lr 3e-4"
   # A weaker push (W 0.1): is a little hardness, short of leaving the class, what helps?
@@ -467,8 +475,7 @@ fi
 if [ "$WHAT" = ensemble ]; then
   E=$OUT/ensemble; mkdir -p "$E"
   NZ=$(ls -d runs/demo/zoo/lora_* | wc -l); ZR=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
-  once "$E/avg/adapter_config.json" "$E/avg.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$E/avg" --restart \
-    --init zoo-mean --rank $((NZ * ZR)) --alpha $((NZ * ZR)) --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  lora_avg "$E/avg" $((NZ * ZR))
   emb() { [ -f "$E/$1.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm ${2:+--lora "$2"} \
     --images data/demo/val.h5 --out "$E/$1.h5" --log-level warn; }
   emb bare; emb avg "$E/avg"; emb meta runs/demo/meta
