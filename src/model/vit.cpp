@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -16,6 +17,8 @@
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
 #define LORAREC_HAVE_SDPA 1  // LibTorch >= 2.0: at::scaled_dot_product_attention
 #endif
+
+#include "model/quick_gelu_kernel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -637,6 +640,88 @@ at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& 
   return LoraAdd::apply(y, x, a, b, scale);
 }
 
+namespace {
+
+// Whether the one-pass CPU kernels (model/quick_gelu_kernel.h) take x; else ATen ops (CUDA, fp16,
+// double) compute the same formulas inside the node.
+bool fused_gelu(const at::Tensor& x) {
+  return x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+// Runs the kernel over [0, n) in chunks on ATen's intra-op threads (one thread per rank in the
+// launch scripts: one chunk).
+template <typename F>
+void over_chunks(int64_t n, F&& f) {
+  at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) { f(begin, end - begin); });
+}
+
+at::Tensor quick_gelu_values(const at::Tensor& x) {
+  if (!fused_gelu(x)) return x * at::sigmoid(1.702 * x);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  const kernel::Isa isa = kernel::best_isa();
+  if (xc.scalar_type() == at::kFloat) {
+    const float* in = xc.data_ptr<float>();
+    float* out = y.data_ptr<float>();
+    over_chunks(xc.numel(), [&](int64_t i, int64_t n) { kernel::quick_gelu_forward(in + i, out + i, n, isa); });
+  } else {
+    const auto* in = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
+    auto* out = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+    over_chunks(xc.numel(), [&](int64_t i, int64_t n) { kernel::quick_gelu_forward(in + i, out + i, n, isa); });
+  }
+  return y;
+}
+
+at::Tensor quick_gelu_grad(const at::Tensor& x, const at::Tensor& g) {
+  if (!fused_gelu(x)) {
+    const at::Tensor s = at::sigmoid(1.702 * x);
+    return g * s * (1 + 1.702 * x * (1 - s));
+  }
+  const at::Tensor xc = x.contiguous(), gc = g.to(x.scalar_type()).contiguous();
+  at::Tensor gx = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  const kernel::Isa isa = kernel::best_isa();
+  if (xc.scalar_type() == at::kFloat) {
+    const float *in = xc.data_ptr<float>(), *gi = gc.data_ptr<float>();
+    float* out = gx.data_ptr<float>();
+    over_chunks(xc.numel(),
+                [&](int64_t i, int64_t n) { kernel::quick_gelu_backward(in + i, gi + i, out + i, n, isa); });
+  } else {
+    const auto* in = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
+    const auto* gi = reinterpret_cast<const uint16_t*>(gc.data_ptr<at::BFloat16>());
+    auto* out = reinterpret_cast<uint16_t*>(gx.data_ptr<at::BFloat16>());
+    over_chunks(xc.numel(),
+                [&](int64_t i, int64_t n) { kernel::quick_gelu_backward(in + i, gi + i, out + i, n, isa); });
+  }
+  return gx;
+}
+
+// x * sigmoid(1.702 x) as one autograd node that saves x alone (the backward recomputes the
+// sigmoid). Unfused: three forward ops and five backward ones, a quarter of the bf16 CPU step on
+// the main job's shapes (docs/metatrain.md).
+struct QuickGelu : public torch::autograd::Function<QuickGelu> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    ctx->save_for_backward({x});
+    return quick_gelu_values(x);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return {quick_gelu_grad(ctx->get_saved_variables()[0], grads[0])};
+  }
+};
+
+}  // namespace
+
+at::Tensor quick_gelu(const at::Tensor& x) {
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return quick_gelu_values(x);
+  }
+  return QuickGelu::apply(x);
+}
+
 at::Tensor ClipVision::add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   if (lora == nullptr) return y;
   const Adapter* ad = lora->find(layer, m);
@@ -837,7 +922,7 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     // MLP.
     const at::Tensor h2 = at::layer_norm(x, {D}, ly.ln2_w, ly.ln2_b, c.layer_norm_eps);
     at::Tensor m = linear(h2, l, Module::kFc1, lora);
-    m = c.hidden_act == Activation::kQuickGelu ? m * at::sigmoid(1.702 * m) : at::gelu(m);
+    m = c.hidden_act == Activation::kQuickGelu ? quick_gelu(m) : at::gelu(m);
     m = linear(m, l, Module::kFc2, lora);
     x = (opts.official_prune_residual && pr != prune.end()) ? h2 + m : x + m;
   }

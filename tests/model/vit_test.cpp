@@ -214,6 +214,37 @@ TEST(Vit, LoraAddIsOneNodeWithTheUnfusedGradients) {
   EXPECT_LT(rel_error(x.grad(), at::matmul(at::matmul(g, b0), a0)), 1e-5);
 }
 
+TEST(Vit, QuickGeluIsOneNodeWithTheCompositeGradients) {
+  // quick_gelu against x * sigmoid(1.702 x) as ATen ops: value and gradient in fp32 (within float
+  // rounding) and bf16 (the composite rounds three times, the kernel once), on a non-contiguous
+  // input too; one autograd node with one edge; double (no kernel) through the same node.
+  at::manual_seed(13);
+  const at::Tensor x0 = 4 * at::randn({3, 40, 37}), g0 = at::randn({3, 40, 37});
+  for (const at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kDouble}) {
+    const double tol = dt == at::kBFloat16 ? 1e-2 : 1e-6;
+    for (const bool transposed : {false, true}) {
+      const at::Tensor base = (transposed ? x0.transpose(1, 2).contiguous() : x0).to(dt);
+      at::Tensor xf = base.clone().requires_grad_(true), xu = base.clone().requires_grad_(true);
+      const at::Tensor in_f = transposed ? xf.transpose(1, 2) : xf, in_u = transposed ? xu.transpose(1, 2) : xu;
+      ASSERT_EQ(in_f.is_contiguous(), !transposed);
+      const at::Tensor fused = quick_gelu(in_f), composite = in_u * at::sigmoid(1.702 * in_u);
+      ASSERT_EQ(fused.scalar_type(), dt);
+      EXPECT_LT(rel_error(fused.to(at::kDouble), composite.to(at::kDouble).detach()), tol) << dt << transposed;
+      ASSERT_TRUE(fused.grad_fn() != nullptr);
+      EXPECT_EQ(fused.grad_fn()->next_edges().size(), 1u);
+      fused.backward(g0.to(dt));
+      composite.backward(g0.to(dt));
+      EXPECT_LT(rel_error(xf.grad().to(at::kDouble), xu.grad().to(at::kDouble)), tol) << dt << transposed;
+    }
+  }
+  // bf16: one rounding is closer to the exact values than the composite's three.
+  const at::Tensor xb = x0.to(at::kBFloat16), exact = xb.to(at::kDouble) * at::sigmoid(1.702 * xb.to(at::kDouble));
+  EXPECT_LE(rel_error(quick_gelu(xb).to(at::kDouble), exact),
+            rel_error((xb * at::sigmoid(1.702 * xb)).to(at::kDouble), exact));
+  // Without a gradient no node is made.
+  EXPECT_TRUE(quick_gelu(x0).grad_fn() == nullptr);
+}
+
 TEST(Vit, PruningWithRatioZeroEqualsDense) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(3);

@@ -95,6 +95,11 @@ Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit);
 // back in their own dtype). Every LoRA delta of ClipVision::forward goes through it.
 at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale);
 
+// CLIP's QuickGELU, x * sigmoid(1.702 x), in x's dtype. On CPU float and bf16 tensors one pass over
+// memory each way (forward, and the backward as one autograd node that saves x alone), computed in
+// float with one rounding; elsewhere the same formulas in ATen ops. ClipVision::forward's MLP.
+at::Tensor quick_gelu(const at::Tensor& x);
+
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
 // scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
 // B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share

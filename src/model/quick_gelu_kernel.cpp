@@ -1,0 +1,174 @@
+#include "model/quick_gelu_kernel.h"
+
+#include <cstring>
+
+// Built with -O3 and, under GCC, -fno-tree-pre (CMakeLists.txt says why) so that the loops below vectorise; every line
+// of them is plain float arithmetic the compiler can map to SIMD (no libm calls, no branches).
+
+#define LORAREC_ALWAYS_INLINE inline __attribute__((always_inline))
+
+namespace lorarec::model::kernel {
+namespace {
+
+constexpr float kAlpha = 1.702f;  // QuickGELU's slope (CLIP)
+
+LORAREC_ALWAYS_INLINE uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+LORAREC_ALWAYS_INLINE float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+LORAREC_ALWAYS_INLINE float load(float v) { return v; }
+LORAREC_ALWAYS_INLINE float load(uint16_t v) { return float_of(uint32_t(v) << 16); }
+
+LORAREC_ALWAYS_INLINE void store(float v, float* out) { *out = v; }
+// bf16, round to nearest even; a NaN stays a (quiet) NaN.
+LORAREC_ALWAYS_INLINE void store(float v, uint16_t* out) {
+  const uint32_t u = bits_of(v);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  *out = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+}
+
+// exp(t) for the sigmoid: t clamped to [-87, 88] (normal results; exp(-87) is 1.6e-38, so
+// sigmoid's tails come out as exact 0 and 1 as libm's do in float). t = n ln2 + r with |r| <= ln2/2
+// (n by the 1.5 * 2^23 rounding trick), exp(r) by the Cephes expf polynomial, 2^n by the exponent
+// bits.
+LORAREC_ALWAYS_INLINE float exp_clamped(float t) {
+  t = t < -87.0f ? -87.0f : t;
+  t = t > 88.0f ? 88.0f : t;
+  const float shifted = t * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: n lands in the low bits
+  const float n = shifted - 12582912.0f;
+  const float r = (t - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t k = static_cast<int32_t>(bits_of(shifted) - bits_of(12582912.0f));  // n as an integer
+  return p * float_of(static_cast<uint32_t>(k + 127) << 23);
+}
+
+// s = sigmoid(1.702 x) and 1 - s = e s with e = exp(-1.702 x) (no cancellation where s is near 1).
+// Past exp's clamp at either end s and 1 - s are 0 exactly, so that x s and x (1 - s) are 0 for the
+// largest |x| too (not x e^-88).
+struct Sigmoid {
+  float s, one_minus_s;
+};
+LORAREC_ALWAYS_INLINE Sigmoid sigmoid_of_scaled(float x) {
+  const float t = -kAlpha * x;
+  const float e = exp_clamped(t);
+  // Multiplied by 0 or 1 rather than selected: a select of a division is a branch that the AVX2
+  // and SSE loops do not vectorise (GCC 12), and both factors are finite.
+  const float s = (1.0f / (1.0f + e)) * static_cast<float>(t <= 88.0f);
+  return {s, (e * s) * static_cast<float>(t >= -87.0f)};
+}
+
+template <typename T>
+LORAREC_ALWAYS_INLINE void forward_loop(const T* x, T* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = load(x[i]);
+    store(v * sigmoid_of_scaled(v).s, y + i);
+  }
+}
+
+// d/dx [x s] = s + 1.702 x s (1 - s), multiplied in an order that stays finite at both ends of the
+// float range (x s first, then 1 - s, then 1.702).
+template <typename T>
+LORAREC_ALWAYS_INLINE void backward_loop(const T* x, const T* g, T* gx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = load(x[i]);
+    const Sigmoid sg = sigmoid_of_scaled(v);
+    store(load(g[i]) * (sg.s + kAlpha * ((v * sg.s) * sg.one_minus_s)), gx + i);
+  }
+}
+
+// One function per instruction set and buffer type: the same loop, compiled for that target.
+#define LORAREC_KERNELS(SUFFIX, TARGET)                                                                              \
+  TARGET void fwd_f32_##SUFFIX(const float* x, float* y, int64_t n) { forward_loop(x, y, n); }                       \
+  TARGET void fwd_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t n) { forward_loop(x, y, n); }                \
+  TARGET void bwd_f32_##SUFFIX(const float* x, const float* g, float* gx, int64_t n) { backward_loop(x, g, gx, n); } \
+  TARGET void bwd_bf16_##SUFFIX(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n) {                     \
+    backward_loop(x, g, gx, n);                                                                                      \
+  }
+
+LORAREC_KERNELS(generic, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LORAREC_X86_KERNELS 1
+LORAREC_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+LORAREC_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
+#endif
+
+Isa detect() {
+#ifdef LORAREC_X86_KERNELS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kGeneric;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa isa = detect();
+  return isa;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out{Isa::kGeneric};
+  if (best_isa() == Isa::kAvx512) out.push_back(Isa::kAvx2);
+  if (best_isa() != Isa::kGeneric) out.push_back(best_isa());
+  return out;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+    default:
+      return "generic";
+  }
+}
+
+// A request for an instruction set this build or CPU lacks runs the generic loop.
+#ifdef LORAREC_X86_KERNELS
+#define LORAREC_DISPATCH(NAME, ...)                                      \
+  switch (isa) {                                                         \
+    case Isa::kAvx512:                                                   \
+      if (best_isa() == Isa::kAvx512) return NAME##_avx512(__VA_ARGS__); \
+      break;                                                             \
+    case Isa::kAvx2:                                                     \
+      if (best_isa() != Isa::kGeneric) return NAME##_avx2(__VA_ARGS__);  \
+      break;                                                             \
+    default:                                                             \
+      break;                                                             \
+  }                                                                      \
+  return NAME##_generic(__VA_ARGS__)
+#else
+#define LORAREC_DISPATCH(NAME, ...) \
+  (void)isa;                        \
+  return NAME##_generic(__VA_ARGS__)
+#endif
+
+void quick_gelu_forward(const float* x, float* y, int64_t n, Isa isa) { LORAREC_DISPATCH(fwd_f32, x, y, n); }
+void quick_gelu_forward(const uint16_t* x, uint16_t* y, int64_t n, Isa isa) { LORAREC_DISPATCH(fwd_bf16, x, y, n); }
+void quick_gelu_backward(const float* x, const float* g, float* gx, int64_t n, Isa isa) {
+  LORAREC_DISPATCH(bwd_f32, x, g, gx, n);
+}
+void quick_gelu_backward(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n, Isa isa) {
+  LORAREC_DISPATCH(bwd_bf16, x, g, gx, n);
+}
+
+}  // namespace lorarec::model::kernel
