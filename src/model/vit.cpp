@@ -707,6 +707,10 @@ struct QuickGelu : public torch::autograd::Function<QuickGelu> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    // The kernels' result carries no graph: a second derivative (backward with create_graph)
+    // would silently treat this gradient as a constant.
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("quick_gelu: second derivatives are not implemented (backward with create_graph)");
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     return {quick_gelu_grad(ctx->get_saved_variables()[0], grads[0])};
   }

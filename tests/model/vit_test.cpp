@@ -241,8 +241,10 @@ TEST(Vit, QuickGeluIsOneNodeWithTheCompositeGradients) {
   const at::Tensor xb = x0.to(at::kBFloat16), exact = xb.to(at::kDouble) * at::sigmoid(1.702 * xb.to(at::kDouble));
   EXPECT_LE(rel_error(quick_gelu(xb).to(at::kDouble), exact),
             rel_error((xb * at::sigmoid(1.702 * xb)).to(at::kDouble), exact));
-  // Without a gradient no node is made.
+  // Without a gradient no node is made; a second derivative is refused, not silently wrong.
   EXPECT_TRUE(quick_gelu(x0).grad_fn() == nullptr);
+  const at::Tensor x = x0.clone().requires_grad_(true);
+  EXPECT_THROW(quick_gelu(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
 }
 
 TEST(Vit, PruningWithRatioZeroEqualsDense) {

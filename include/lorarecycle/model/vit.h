@@ -98,6 +98,7 @@ at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& 
 // CLIP's QuickGELU, x * sigmoid(1.702 x), in x's dtype. On CPU float and bf16 tensors one pass over
 // memory each way (forward, and the backward as one autograd node that saves x alone), computed in
 // float with one rounding; elsewhere the same formulas in ATen ops. ClipVision::forward's MLP.
+// First derivatives only: a backward with create_graph through it throws RuntimeError.
 at::Tensor quick_gelu(const at::Tensor& x);
 
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
