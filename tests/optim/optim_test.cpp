@@ -119,7 +119,9 @@ TEST(ClipGradNorm, FlatBufferEqualsPerTensorClip) {
     const at::Tensor clipped = at::cat({ps[0].grad().reshape({-1}), ps[1].grad().reshape({-1})});
     EXPECT_LT(test::rel_error(a, clipped), 1e-6) << max_norm;
     EXPECT_TRUE(a.equal(b)) << max_norm;
-    if (max_norm != 0.5) EXPECT_TRUE(a.equal(flat)) << max_norm;  // below the bound or off: untouched
+    if (max_norm != 0.5) {  // below the bound or off: untouched
+      EXPECT_TRUE(a.equal(flat)) << max_norm;
+    }
   }
 }
 
