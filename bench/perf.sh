@@ -73,7 +73,10 @@ part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mp
 # ops (LORAREC_UNFUSED_LORA=1) instead of the one fused autograd node (model::lora_add), side by side.
 # BASE=<another build's lorarecycle> adds "bf16-base": bf16 with that binary (e.g. the commit before
 # a change, built into another directory), side by side in parts 2 and 4.
+# KERNEL_AB=1 adds "bf16-aten" (ATen's ops for QuickGELU and the attention's softmax instead of
+# the CPU kernels, LORAREC_ATEN_KERNELS=1) and "bf16-atensoftmax" (ATen's softmax only).
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
+[ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 [[ " $PRECS " == *" bf16-base "* && -z "${BASE:-}" ]] && { echo "perf.sh: bf16-base needs BASE=<binary>" >&2; exit 2; }
@@ -81,6 +84,8 @@ PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 with_precision() {
   local p=$1; shift
   if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 "$@" --precision bf16
+  elif [ "$p" = bf16-aten ]; then LORAREC_ATEN_KERNELS=1 "$@" --precision bf16
+  elif [ "$p" = bf16-atensoftmax ]; then LORAREC_ATEN_KERNELS=softmax "$@" --precision bf16
   elif [ "$p" = bf16-base ]; then "$@" --precision bf16
   else "$@" --precision "$p"; fi
 }
@@ -91,6 +96,7 @@ eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
              --log-level warn --hash-every 0 --restart)
   local knob=()
   [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA)
+  [[ "$3" = bf16-aten* ]] && knob=(-x LORAREC_ATEN_KERNELS)
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 with_precision "$3" "${cmd[@]}"
   else with_precision "$3" "${MPI[@]}" "${knob[@]}" -np "$2" "${cmd[@]}"; fi
   cp "$W/e_$1/metatrain.json" "$W/eps_$1.$rep.json"
@@ -161,14 +167,14 @@ if eps_sets:
     def eps(name): return med(one(name, r) for r in range(1, reps + 1))
     # ratios per repetition (the variants of one repetition ran side by side), then their median
     def ratio(a, b): return med(one(a, r) / one(b, r) for r in range(1, reps + 1))
-    print(f"\n(2) {'precision':<13}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
+    print(f"\n(2) {'precision':<17}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
           f"{'1 rank':>8}{'2 vs 1':>8}  (episodes/s; E = episodes per step; ratios: medians of per-repetition ratios)")
     for e in eps_sets:
-        for pr in ("fp32", "bf16", "bf16-unfused", "bf16-base"):
+        for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
             k = f"{pr}_e{e}"
             if not os.path.exists(f"{w}/eps_{k}_m0.1.json"): continue
             m0, m5, m7, n1 = eps(f"{k}_m0"), eps(f"{k}_m50"), eps(f"{k}_m75"), eps(f"{k}_np1")
-            print(f"    {pr:<13}{e:3d}{m0:9.2f}{m5:10.2f}{m7:11.2f}{ratio(k + '_m50', k + '_m0'):9.2f}x"
+            print(f"    {pr:<17}{e:3d}{m0:9.2f}{m5:10.2f}{m7:11.2f}{ratio(k + '_m50', k + '_m0'):9.2f}x"
                   f"{ratio(k + '_m75', k + '_m0'):10.2f}x{n1:8.2f}{ratio(k + '_m0', k + '_np1'):7.2f}x")
         if os.path.exists(f"{w}/eps_fp32_e{e}_m0.1.json") and os.path.exists(f"{w}/eps_bf16_e{e}_m0.1.json"):
             print(f"    bf16 vs fp32 (mask 0, np 2, E {e}): {ratio(f'bf16_e{e}_m0', f'fp32_e{e}_m0'):.2f}x")
@@ -185,14 +191,14 @@ if inv:
 if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]
     print("\n(4) the step by phase, ms per step (1 rank, 1 episode of 80 images; medians)")
-    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-base"):
+    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
         if not os.path.exists(f"{w}/phase_{pr}_0.1.json"): continue
         ph = {m: [json.load(open(f"{w}/phase_{pr}_{m}.{r}.json"))["timing"] for r in range(1, reps + 1)]
               for m in ("0", "0.5", "0.75")}
-        print(f"  {pr:<10}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0 / 0.75':>10}")
+        print(f"  {pr:<16}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0 / 0.75':>10}")
         for k in order + ["step"]:
             v = {m: med(t["step_seconds"] * 1e3 if k == "step" else t["phase_ms_per_step"][k] for t in ts)
                  for m, ts in ph.items()}
             ratio = f"{v['0'] / v['0.75']:9.2f}x" if v["0.75"] > 0.005 else f"{'-':>10}"
-            print(f"  {k:<10}{v['0']:9.2f}{v['0.5']:10.2f}{v['0.75']:11.2f}{ratio}")
+            print(f"  {k:<16}{v['0']:9.2f}{v['0.5']:10.2f}{v['0.75']:11.2f}{ratio}")
 PY

@@ -18,7 +18,7 @@
 #define LORAREC_HAVE_SDPA 1  // LibTorch >= 2.0: at::scaled_dot_product_attention
 #endif
 
-#include "model/quick_gelu_kernel.h"
+#include "model/cpu_kernels.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,8 +27,10 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "lorarecycle/io/safetensors.h"
+#include "lorarecycle/util/env.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/fs.h"
 #include "lorarecycle/util/log.h"
@@ -642,11 +644,23 @@ at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& 
 
 namespace {
 
-// Whether the one-pass CPU kernels (model/quick_gelu_kernel.h) take x; else ATen ops (CUDA, fp16,
-// double) compute the same formulas inside the node.
-bool fused_gelu(const at::Tensor& x) {
+// env::kAtenKernels: which of the CPU kernels benchmarks have switched off ("gelu", "softmax",
+// "1" for both), read once.
+bool aten_instead(const char* which) {
+  static const std::string v = [] {
+    const char* e = env::get(env::kAtenKernels);
+    return std::string(e != nullptr ? e : "");
+  }();
+  return v == "1" || v == which;
+}
+
+bool kernel_dtype(const at::Tensor& x) {
   return x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
+
+// Whether the one-pass CPU kernels (model/cpu_kernels.h) take x; else ATen ops (CUDA, fp16,
+// double) compute the same formulas inside the node.
+bool fused_gelu(const at::Tensor& x) { return kernel_dtype(x) && !aten_instead("gelu"); }
 
 // Runs the kernel over [0, n) in chunks on ATen's intra-op threads (one thread per rank in the
 // launch scripts: one chunk).
@@ -717,6 +731,98 @@ struct QuickGelu : public torch::autograd::Function<QuickGelu> {
 };
 
 }  // namespace
+
+namespace {
+
+// Whether the row kernels take x (their generic build is slower than ATen's softmax).
+bool fused_softmax(const at::Tensor& x) {
+  return kernel_dtype(x) && !aten_instead("softmax") && kernel::best_isa() != kernel::Isa::kGeneric && x.dim() >= 1 &&
+         x.size(-1) > 0;
+}
+
+// Runs f(first row, row count) over the rows of [.., n] in chunks on ATen's intra-op threads.
+template <typename F>
+void over_rows(int64_t rows, int64_t n, F&& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 15) / n),
+                   [&](int64_t begin, int64_t end) { f(begin, end - begin); });
+}
+
+template <typename T>
+T* raw(const at::Tensor& t) {  // float, or bf16 as its 16 bits
+  if constexpr (std::is_same_v<T, float>)
+    return t.data_ptr<float>();
+  else
+    return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+template <typename T>
+void softmax_kernel(const at::Tensor& x, const at::Tensor& y) {
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  const T* in = raw<T>(x);
+  T* out = raw<T>(y);
+  over_rows(rows, n,
+            [&](int64_t r, int64_t k) { kernel::softmax_rows(in + r * n, out + r * n, k, n, kernel::best_isa()); });
+}
+
+template <typename T>
+void softmax_grad_kernel(const at::Tensor& y, const at::Tensor& g, const at::Tensor& gx) {
+  const int64_t n = y.size(-1), rows = y.numel() / n;
+  const T *yi = raw<T>(y), *gi = raw<T>(g);
+  T* out = raw<T>(gx);
+  over_rows(rows, n, [&](int64_t r, int64_t k) {
+    kernel::softmax_rows_backward(yi + r * n, gi + r * n, out + r * n, k, n, kernel::best_isa());
+  });
+}
+
+at::Tensor softmax_values(const at::Tensor& x) {
+  if (!fused_softmax(x)) return at::softmax(x, -1);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  if (xc.scalar_type() == at::kFloat)
+    softmax_kernel<float>(xc, y);
+  else
+    softmax_kernel<uint16_t>(xc, y);
+  return y;
+}
+
+at::Tensor softmax_grad(const at::Tensor& y, const at::Tensor& g) {
+  if (!fused_softmax(y)) return at::_softmax_backward_data(g.to(y.scalar_type()), y, -1, y.scalar_type());
+  const at::Tensor gc = g.to(y.scalar_type()).contiguous();
+  at::Tensor gx = at::empty_like(y, at::MemoryFormat::Contiguous);
+  if (y.scalar_type() == at::kFloat)
+    softmax_grad_kernel<float>(y, gc, gx);
+  else
+    softmax_grad_kernel<uint16_t>(y, gc, gx);
+  return gx;
+}
+
+// softmax over the last dimension as one autograd node that saves its output (contiguous).
+struct SoftmaxLastDim : public torch::autograd::Function<SoftmaxLastDim> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    at::Tensor y = softmax_values(x);
+    ctx->save_for_backward({y});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("softmax_last_dim: second derivatives are not implemented (backward with create_graph)");
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return {softmax_grad(ctx->get_saved_variables()[0], grads[0])};
+  }
+};
+
+}  // namespace
+
+at::Tensor softmax_last_dim(const at::Tensor& x) {
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return softmax_values(x);
+  }
+  return SoftmaxLastDim::apply(x);
+}
 
 at::Tensor quick_gelu(const at::Tensor& x) {
   if (!x.requires_grad() || !at::GradMode::is_enabled()) {
@@ -860,7 +966,7 @@ at::Tensor ClipVision::attend(const at::Tensor& q, const at::Tensor& k, const at
   }
 #endif
   // HF CLIPAttention: q scaled after projection, softmax over keys.
-  const at::Tensor attn = at::softmax(at::matmul(q * scale, k.transpose(-2, -1)), -1);  // [B, H, Tq, T]
+  const at::Tensor attn = softmax_last_dim(at::matmul(q * scale, k.transpose(-2, -1)));  // [B, H, Tq, T]
   if (cls_row != nullptr) *cls_row = attn.select(2, 0);
   return at::matmul(attn, v);
 }

@@ -247,6 +247,35 @@ TEST(Vit, QuickGeluIsOneNodeWithTheCompositeGradients) {
   EXPECT_THROW(quick_gelu(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
 }
 
+TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
+  // softmax_last_dim against at::softmax: value and gradient in fp32 (within float rounding) and
+  // bf16, on the attention's shapes (rows of 65 and 17) and a non-contiguous input; double runs
+  // ATen's inside the node; one node with one edge; no node without a gradient; a second
+  // derivative is refused.
+  at::manual_seed(14);
+  for (const int64_t T : {65, 17}) {
+    const at::Tensor x0 = 3 * at::randn({2, 4, T, T}), g0 = at::randn({2, 4, T, T});
+    for (const at::ScalarType dt : {at::kFloat, at::kBFloat16, at::kDouble}) {
+      const double tol = dt == at::kBFloat16 ? 2e-2 : 1e-6;
+      for (const bool transposed : {false, true}) {
+        at::Tensor xf = x0.to(dt).clone().requires_grad_(true), xu = x0.to(dt).clone().requires_grad_(true);
+        const at::Tensor in_f = transposed ? xf.transpose(2, 3) : xf, in_u = transposed ? xu.transpose(2, 3) : xu;
+        const at::Tensor fused = softmax_last_dim(in_f), ref = at::softmax(in_u, -1);
+        ASSERT_EQ(fused.scalar_type(), dt);
+        EXPECT_LT(rel_error(fused.to(at::kDouble), ref.to(at::kDouble).detach()), tol) << dt << " " << T;
+        ASSERT_TRUE(fused.grad_fn() != nullptr);
+        EXPECT_EQ(fused.grad_fn()->next_edges().size(), 1u);
+        fused.backward(g0.to(dt));
+        ref.backward(g0.to(dt));
+        EXPECT_LT(rel_error(xf.grad().to(at::kDouble), xu.grad().to(at::kDouble)), tol) << dt << " " << T;
+      }
+    }
+    EXPECT_TRUE(softmax_last_dim(x0).grad_fn() == nullptr);
+    const at::Tensor x = x0.clone().requires_grad_(true);
+    EXPECT_THROW(softmax_last_dim(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
+  }
+}
+
 TEST(Vit, PruningWithRatioZeroEqualsDense) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(3);

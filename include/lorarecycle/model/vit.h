@@ -101,6 +101,12 @@ at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& 
 // First derivatives only: a backward with create_graph through it throws RuntimeError.
 at::Tensor quick_gelu(const at::Tensor& x);
 
+// softmax over x's last dimension, in x's dtype, as one autograd node that saves its output. On
+// CPU float and bf16 tensors (where the CPU has AVX2 or AVX-512) a row kernel computed in float
+// with one rounding, forward and backward; elsewhere ATen's softmax and its backward. The
+// attention of ClipVision::forward. First derivatives only, as quick_gelu.
+at::Tensor softmax_last_dim(const at::Tensor& x);
+
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
 // scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
 // B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share

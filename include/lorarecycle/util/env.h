@@ -35,6 +35,11 @@ inline constexpr const char* kFaultInject = "LORAREC_FAULT";
 inline constexpr const char* kOpTrace = "LORAREC_OP_TRACE";
 inline constexpr const char* kOpTraceSteps = "LORAREC_OP_TRACE_STEPS";
 
+// Dev tool for side-by-side benchmarks (bench/perf.sh KERNEL_AB=1): "gelu", "softmax" or "1"
+// (both) makes model::quick_gelu / model::softmax_last_dim run ATen's ops instead of the CPU
+// kernels of src/model/cpu_kernels.cpp (same values within rounding, same single node).
+inline constexpr const char* kAtenKernels = "LORAREC_ATEN_KERNELS";
+
 // Returns the variable's value or nullptr.
 const char* get(const char* name);
 

@@ -1,6 +1,7 @@
-#include "model/quick_gelu_kernel.h"
+#include "model/cpu_kernels.h"
 
 #include <cstring>
+#include <vector>
 
 // Built with -O3 and, under GCC, -fno-tree-pre (CMakeLists.txt says why) so that the loops below vectorise; every line
 // of them is plain float arithmetic the compiler can map to SIMD (no libm calls, no branches).
@@ -90,6 +91,73 @@ LORAREC_ALWAYS_INLINE void backward_loop(const T* x, const T* g, T* gx, int64_t 
   }
 }
 
+// ---- softmax over rows --------------------------------------------------------------------
+
+// Lanes of the sums: independent accumulators that the compiler maps to vector registers (one
+// running sum would be one long dependency chain, and float sums are not reordered for it).
+constexpr int kLanes = 16;
+
+// exp(t), exactly 0 below exp's clamp (a -inf logit gets probability 0).
+LORAREC_ALWAYS_INLINE float exp_or_zero(float t) { return exp_clamped(t) * static_cast<float>(t >= -87.0f); }
+
+// A float's bits as an int that orders as the float does (NaNs above +inf): the row's max as an
+// integer max, which vectorises where a float max (NaN and -0 rules) does not.
+LORAREC_ALWAYS_INLINE int32_t order_key(float v) {
+  const auto b = static_cast<int32_t>(bits_of(v));
+  return b ^ ((b >> 31) & 0x7FFFFFFF);
+}
+LORAREC_ALWAYS_INLINE float from_order_key(int32_t k) {
+  return float_of(static_cast<uint32_t>(k ^ ((k >> 31) & 0x7FFFFFFF)));
+}
+
+LORAREC_ALWAYS_INLINE float lane_sum(const float* lane) {
+  float sum = 0.0f;
+  for (int j = 0; j < kLanes; ++j) sum += lane[j];
+  return sum;
+}
+
+// y = softmax(x) over one row of n, in float; e holds the row's exponentials.
+template <typename T>
+LORAREC_ALWAYS_INLINE void softmax_row(const T* __restrict x, T* __restrict y, float* __restrict e, int64_t n) {
+  int32_t key = order_key(-__builtin_inff());
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t k = order_key(load(x[i]));
+    key = k > key ? k : key;
+  }
+  const float mx = from_order_key(key);
+  for (int64_t i = 0; i < n; ++i) e[i] = exp_or_zero(load(x[i]) - mx);
+  float lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += e[i + j];
+  float sum = lane_sum(lane);
+  for (; i < n; ++i) sum += e[i];
+  const float inv = 1.0f / sum;
+  for (i = 0; i < n; ++i) store(e[i] * inv, y + i);
+}
+
+// gx = y (g - <g, y>) over one row of n.
+template <typename T>
+LORAREC_ALWAYS_INLINE void softmax_backward_row(const T* __restrict y, const T* g, T* gx, int64_t n) {
+  float lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += load(g[i + j]) * load(y[i + j]);
+  float dot = lane_sum(lane);
+  for (; i < n; ++i) dot += load(g[i]) * load(y[i]);
+  for (i = 0; i < n; ++i) store(load(y[i]) * (load(g[i]) - dot), gx + i);
+}
+
+template <typename T>
+LORAREC_ALWAYS_INLINE void softmax_loop(const T* x, T* y, int64_t rows, int64_t n, float* e) {
+  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * n, y + r * n, e, n);
+}
+
+template <typename T>
+LORAREC_ALWAYS_INLINE void softmax_backward_loop(const T* y, const T* g, T* gx, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) softmax_backward_row(y + r * n, g + r * n, gx + r * n, n);
+}
+
 // One function per instruction set and buffer type: the same loop, compiled for that target.
 #define LORAREC_KERNELS(SUFFIX, TARGET)                                                                              \
   TARGET void fwd_f32_##SUFFIX(const float* x, float* y, int64_t n) { forward_loop(x, y, n); }                       \
@@ -99,11 +167,30 @@ LORAREC_ALWAYS_INLINE void backward_loop(const T* x, const T* g, T* gx, int64_t 
     backward_loop(x, g, gx, n);                                                                                      \
   }
 
+#define LORAREC_SOFTMAX_KERNELS(SUFFIX, TARGET)                                                                \
+  TARGET void smx_f32_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n, float* e) {                  \
+    softmax_loop(x, y, rows, n, e);                                                                            \
+  }                                                                                                            \
+  TARGET void smx_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, float* e) {           \
+    softmax_loop(x, y, rows, n, e);                                                                            \
+  }                                                                                                            \
+  TARGET void smb_f32_##SUFFIX(const float* y, const float* g, float* gx, int64_t rows, int64_t n) {           \
+    softmax_backward_loop(y, g, gx, rows, n);                                                                  \
+  }                                                                                                            \
+  TARGET void smb_bf16_##SUFFIX(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n) { \
+    softmax_backward_loop(y, g, gx, rows, n);                                                                  \
+  }
+
 LORAREC_KERNELS(generic, )
+LORAREC_SOFTMAX_KERNELS(generic, )
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LORAREC_X86_KERNELS 1
-LORAREC_KERNELS(avx2, __attribute__((target("avx2,fma"))))
-LORAREC_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))))
+#define LORAREC_AVX2 __attribute__((target("avx2,fma")))
+#define LORAREC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+LORAREC_KERNELS(avx2, LORAREC_AVX2)
+LORAREC_SOFTMAX_KERNELS(avx2, LORAREC_AVX2)
+LORAREC_KERNELS(avx512, LORAREC_AVX512)
+LORAREC_SOFTMAX_KERNELS(avx512, LORAREC_AVX512)
 #endif
 
 Isa detect() {
@@ -169,6 +256,21 @@ void quick_gelu_backward(const float* x, const float* g, float* gx, int64_t n, I
 }
 void quick_gelu_backward(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n, Isa isa) {
   LORAREC_DISPATCH(bwd_bf16, x, g, gx, n);
+}
+
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, Isa isa) {
+  std::vector<float> e(static_cast<size_t>(n));
+  LORAREC_DISPATCH(smx_f32, x, y, rows, n, e.data());
+}
+void softmax_rows(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, Isa isa) {
+  std::vector<float> e(static_cast<size_t>(n));
+  LORAREC_DISPATCH(smx_bf16, x, y, rows, n, e.data());
+}
+void softmax_rows_backward(const float* y, const float* g, float* gx, int64_t rows, int64_t n, Isa isa) {
+  LORAREC_DISPATCH(smb_f32, y, g, gx, rows, n);
+}
+void softmax_rows_backward(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n, Isa isa) {
+  LORAREC_DISPATCH(smb_bf16, y, g, gx, rows, n);
 }
 
 }  // namespace lorarec::model::kernel

@@ -1,4 +1,4 @@
-#include "model/quick_gelu_kernel.h"
+#include "model/cpu_kernels.h"
 
 #include <gtest/gtest.h>
 
@@ -113,6 +113,99 @@ TEST(QuickGeluKernel, Bf16IsTheFloatResultRoundedOnce) {
     std::vector<uint16_t> nan{0x7FC0u, 0xFFC1u};
     quick_gelu_forward(nan.data(), nan.data(), 2, isa);
     EXPECT_TRUE(std::isnan(from_bf16(nan[0])) && std::isnan(from_bf16(nan[1])));
+  }
+}
+
+// Rows of several lengths (shorter than, equal to and longer than the 16 lanes, the ViT's 17 and
+// 65) with a wide spread, one row holding -inf (probability 0) and one a NaN (a NaN row).
+struct Rows {
+  int64_t n;
+  std::vector<float> x, g;
+};
+std::vector<Rows> softmax_inputs() {
+  std::mt19937 rng(10);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  std::vector<Rows> out;
+  for (const int64_t n : {1, 5, 16, 17, 33, 65}) {
+    Rows r{n, std::vector<float>(size_t(7 * n)), std::vector<float>(size_t(7 * n))};
+    for (float& v : r.x) v = normal(rng);
+    for (float& v : r.g) v = normal(rng) / 4;
+    r.x[size_t(n)] += 150.0f;  // far above the rest: the others underflow
+    if (n > 1) r.x[size_t(2 * n + 1)] = -std::numeric_limits<float>::infinity();
+    r.x[size_t(3 * n)] = std::numeric_limits<float>::quiet_NaN();
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+TEST(SoftmaxKernel, EveryInstructionSetMatchesTheFormulaInFloat) {
+  for (const Isa isa : supported_isas()) {
+    for (const Rows& in : softmax_inputs()) {
+      const int64_t n = in.n, rows = int64_t(in.x.size()) / n;
+      std::vector<float> y(in.x.size()), gx(in.x.size());
+      softmax_rows(in.x.data(), y.data(), rows, n, isa);
+      softmax_rows_backward(y.data(), in.g.data(), gx.data(), rows, n, isa);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x = in.x.data() + r * n;
+        if (r == 3) {  // the NaN row
+          for (int64_t i = 0; i < n; ++i) EXPECT_TRUE(std::isnan(y[size_t(r * n + i)])) << isa_name(isa);
+          continue;
+        }
+        double mx = -INFINITY, sum = 0, dot = 0;
+        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, double(x[i]));
+        for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i] - float(mx)));
+        std::vector<double> p(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) p[size_t(i)] = std::exp(double(x[i] - float(mx))) / sum;
+        for (int64_t i = 0; i < n; ++i) dot += p[size_t(i)] * in.g[size_t(r * n + i)];
+        for (int64_t i = 0; i < n; ++i) {
+          if (std::isinf(x[i])) {  // -inf: probability 0 and gradient 0, exactly
+            EXPECT_EQ(y[size_t(r * n + i)], 0.0f) << isa_name(isa);
+            EXPECT_EQ(gx[size_t(r * n + i)], 0.0f) << isa_name(isa);
+            continue;
+          }
+          // exp multiplies the rounding of x - max by |x - max|; below exp's clamp the value is 0.
+          const double t = std::abs(double(x[i]) - mx), got = y[size_t(r * n + i)], want = p[size_t(i)];
+          EXPECT_LE(std::abs(got - want), 1e-6 * want * (1 + t) + 1e-37)
+              << "n " << n << " row " << r << " x " << x[i] << " (" << isa_name(isa) << ")";
+          const double gw = p[size_t(i)] * (in.g[size_t(r * n + i)] - dot);
+          const double scale = p[size_t(i)] * (std::abs(in.g[size_t(r * n + i)]) + std::abs(dot));
+          EXPECT_LE(std::abs(gx[size_t(r * n + i)] - gw), 1e-6 * scale * (1 + t) + 1e-37)
+              << "backward, n " << n << " row " << r << " (" << isa_name(isa) << ")";
+        }
+      }
+    }
+  }
+}
+
+TEST(SoftmaxKernel, Bf16IsTheFloatResultRoundedOnce) {
+  for (const Isa isa : supported_isas()) {
+    for (const Rows& in : softmax_inputs()) {
+      const int64_t n = in.n, rows = int64_t(in.x.size()) / n;
+      std::vector<uint16_t> xb, gb;
+      std::vector<float> xf, gf;
+      for (size_t i = 0; i < in.x.size(); ++i) {
+        xb.push_back(to_bf16(in.x[i]));
+        gb.push_back(to_bf16(in.g[i]));
+        xf.push_back(from_bf16(xb.back()));
+        gf.push_back(from_bf16(gb.back()));
+      }
+      std::vector<uint16_t> yb(xb.size()), gxb(xb.size());
+      std::vector<float> yf(xb.size()), gxf(xb.size()), yr(xb.size());
+      softmax_rows(xb.data(), yb.data(), rows, n, isa);
+      softmax_rows(xf.data(), yf.data(), rows, n, isa);
+      // The backward from the same (bf16) output: in float from its values.
+      for (size_t i = 0; i < yb.size(); ++i) yr[i] = from_bf16(yb[i]);
+      softmax_rows_backward(yb.data(), gb.data(), gxb.data(), rows, n, isa);
+      softmax_rows_backward(yr.data(), gf.data(), gxf.data(), rows, n, isa);
+      for (size_t i = 0; i < yb.size(); ++i) {
+        if (std::isnan(yf[i])) {
+          EXPECT_TRUE(std::isnan(from_bf16(yb[i])));
+          continue;
+        }
+        EXPECT_EQ(yb[i], to_bf16(yf[i])) << "n " << n << " at " << i << " (" << isa_name(isa) << ")";
+        EXPECT_EQ(gxb[i], to_bf16(gxf[i])) << "backward, n " << n << " at " << i << " (" << isa_name(isa) << ")";
+      }
+    }
   }
 }
 

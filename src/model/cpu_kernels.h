@@ -1,0 +1,49 @@
+#pragma once
+// One-pass CPU kernels of two element-wise pieces of the ViT, on raw float or bf16 buffers
+// (model::quick_gelu and model::softmax_last_dim wrap them as autograd nodes):
+// - QuickGELU, y = x * sigmoid(1.702 x), and its derivative. As ATen ops the forward is three
+//   passes (scale, sigmoid, multiply) and autograd's backward five; in bf16 each pass rounds, and
+//   on the main job's shapes the composite took a quarter of the CPU step.
+// - The attention's softmax over rows and its backward: ATen's over the 65 keys of the main job's
+//   dense step ran at a third of the speed of exp alone over the same tensor.
+// All compute in float whatever the storage. Each function is compiled for several instruction
+// sets and the best one this CPU runs is chosen at run time (best_isa); tests call every
+// supported one against the formulas.
+
+#include <cstdint>
+#include <vector>
+
+namespace lorarec::model::kernel {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+// The best instruction set of this CPU among those the kernels are built for (detected once;
+// kGeneric off x86-64).
+Isa best_isa();
+// kGeneric first, then every other one this CPU runs (for tests and benchmarks).
+std::vector<Isa> supported_isas();
+const char* isa_name(Isa isa);
+
+// y[i] = x[i] * sigmoid(1.702 x[i]), i < n; computed in float, bf16 stored as its raw 16 bits
+// (round to nearest even). x and y may be the same buffer. exp is a degree-6 polynomial after
+// range reduction; the float result is within 1e-6 (relative) of the formula evaluated exactly
+// from the float product 1.702 x, or below 1e-30 in magnitude (tests/model/cpu_kernels_test).
+void quick_gelu_forward(const float* x, float* y, int64_t n, Isa isa);
+void quick_gelu_forward(const uint16_t* x, uint16_t* y, int64_t n, Isa isa);
+// gx[i] = g[i] * s (1 + 1.702 x[i] (1 - s)), s = sigmoid(1.702 x[i]): the gradient of the forward
+// at x. gx may alias g or x.
+void quick_gelu_backward(const float* x, const float* g, float* gx, int64_t n, Isa isa);
+void quick_gelu_backward(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n, Isa isa);
+
+// y = softmax(x) over each of `rows` contiguous rows of n values, computed in float (bf16 stored
+// once, rounded to nearest even); a -inf value gets probability 0, a row with a NaN or +inf is
+// NaN. x and y must not overlap. The generic build is slower than ATen's softmax: callers use it
+// only where best_isa() is not kGeneric.
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, Isa isa);
+void softmax_rows(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, Isa isa);
+// gx = y (g - <g, y>) per row: the gradient of the softmax whose output is y. gx may alias g;
+// y must not overlap either.
+void softmax_rows_backward(const float* y, const float* g, float* gx, int64_t rows, int64_t n, Isa isa);
+void softmax_rows_backward(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n, Isa isa);
+
+}  // namespace lorarec::model::kernel
