@@ -662,85 +662,14 @@ bool kernel_dtype(const at::Tensor& x) {
 // double) compute the same formulas inside the node.
 bool fused_gelu(const at::Tensor& x) { return kernel_dtype(x) && !aten_instead("gelu"); }
 
-// Runs the kernel over [0, n) in chunks on ATen's intra-op threads (one thread per rank in the
-// launch scripts: one chunk).
-template <typename F>
-void over_chunks(int64_t n, F&& f) {
-  at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) { f(begin, end - begin); });
-}
-
-at::Tensor quick_gelu_values(const at::Tensor& x) {
-  if (!fused_gelu(x)) return x * at::sigmoid(1.702 * x);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
-  const kernel::Isa isa = kernel::best_isa();
-  if (xc.scalar_type() == at::kFloat) {
-    const float* in = xc.data_ptr<float>();
-    float* out = y.data_ptr<float>();
-    over_chunks(xc.numel(), [&](int64_t i, int64_t n) { kernel::quick_gelu_forward(in + i, out + i, n, isa); });
-  } else {
-    const auto* in = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
-    auto* out = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-    over_chunks(xc.numel(), [&](int64_t i, int64_t n) { kernel::quick_gelu_forward(in + i, out + i, n, isa); });
-  }
-  return y;
-}
-
-at::Tensor quick_gelu_grad(const at::Tensor& x, const at::Tensor& g) {
-  if (!fused_gelu(x)) {
-    const at::Tensor s = at::sigmoid(1.702 * x);
-    return g * s * (1 + 1.702 * x * (1 - s));
-  }
-  const at::Tensor xc = x.contiguous(), gc = g.to(x.scalar_type()).contiguous();
-  at::Tensor gx = at::empty_like(xc, at::MemoryFormat::Contiguous);
-  const kernel::Isa isa = kernel::best_isa();
-  if (xc.scalar_type() == at::kFloat) {
-    const float *in = xc.data_ptr<float>(), *gi = gc.data_ptr<float>();
-    float* out = gx.data_ptr<float>();
-    over_chunks(xc.numel(),
-                [&](int64_t i, int64_t n) { kernel::quick_gelu_backward(in + i, gi + i, out + i, n, isa); });
-  } else {
-    const auto* in = reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>());
-    const auto* gi = reinterpret_cast<const uint16_t*>(gc.data_ptr<at::BFloat16>());
-    auto* out = reinterpret_cast<uint16_t*>(gx.data_ptr<at::BFloat16>());
-    over_chunks(xc.numel(),
-                [&](int64_t i, int64_t n) { kernel::quick_gelu_backward(in + i, gi + i, out + i, n, isa); });
-  }
-  return gx;
-}
-
-// x * sigmoid(1.702 x) as one autograd node that saves x alone (the backward recomputes the
-// sigmoid). Unfused: three forward ops and five backward ones, a quarter of the bf16 CPU step on
-// the main job's shapes (docs/metatrain.md).
-struct QuickGelu : public torch::autograd::Function<QuickGelu> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    ctx->save_for_backward({x});
-    return quick_gelu_values(x);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    // The kernels' result carries no graph: a second derivative (backward with create_graph)
-    // would silently treat this gradient as a constant.
-    if (at::GradMode::is_enabled())
-      throw RuntimeError("quick_gelu: second derivatives are not implemented (backward with create_graph)");
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    return {quick_gelu_grad(ctx->get_saved_variables()[0], grads[0])};
-  }
-};
-
-}  // namespace
-
-namespace {
-
 // Whether the row kernels take x (their generic build is slower than ATen's softmax).
 bool fused_softmax(const at::Tensor& x) {
   return kernel_dtype(x) && !aten_instead("softmax") && kernel::best_isa() != kernel::Isa::kGeneric && x.dim() >= 1 &&
          x.size(-1) > 0;
 }
 
-// Runs f(first row, row count) over the rows of [.., n] in chunks on ATen's intra-op threads.
+// Runs f(first row, row count) over `rows` rows of n values in chunks of about 2^15 values on
+// ATen's intra-op threads (one thread per rank in the launch scripts: one chunk).
 template <typename F>
 void over_rows(int64_t rows, int64_t n, F&& f) {
   at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 15) / n),
@@ -755,33 +684,50 @@ T* raw(const at::Tensor& t) {  // float, or bf16 as its 16 bits
     return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
-template <typename T>
-void softmax_kernel(const at::Tensor& x, const at::Tensor& y) {
-  const int64_t n = x.size(-1), rows = x.numel() / n;
-  const T* in = raw<T>(x);
-  T* out = raw<T>(y);
-  over_rows(rows, n,
-            [&](int64_t r, int64_t k) { kernel::softmax_rows(in + r * n, out + r * n, k, n, kernel::best_isa()); });
+// Runs kernel(inputs' pointers at row r ..., out's pointer at row r, row count) over the rows of n
+// values (n = 1: element-wise) of contiguous tensors, in float or bf16 by out's dtype.
+template <typename K, typename... In>
+void run_kernel(int64_t n, const K& kernel, const at::Tensor& out, const In&... in) {
+  const auto go = [&](auto tag) {
+    using T = decltype(tag);
+    T* o = raw<T>(out);
+    over_rows(out.numel() / n, n,
+              [&](int64_t r, int64_t k) { kernel(static_cast<const T*>(raw<T>(in) + r * n)..., o + r * n, k); });
+  };
+  if (out.scalar_type() == at::kFloat)
+    go(float());
+  else
+    go(uint16_t());
 }
 
-template <typename T>
-void softmax_grad_kernel(const at::Tensor& y, const at::Tensor& g, const at::Tensor& gx) {
-  const int64_t n = y.size(-1), rows = y.numel() / n;
-  const T *yi = raw<T>(y), *gi = raw<T>(g);
-  T* out = raw<T>(gx);
-  over_rows(rows, n, [&](int64_t r, int64_t k) {
-    kernel::softmax_rows_backward(yi + r * n, gi + r * n, out + r * n, k, n, kernel::best_isa());
-  });
+at::Tensor quick_gelu_values(const at::Tensor& x) {
+  if (!fused_gelu(x)) return x * at::sigmoid(1.702 * x);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  run_kernel(
+      1, [](auto... a) { kernel::quick_gelu_forward(a..., kernel::best_isa()); }, y, xc);
+  return y;
+}
+
+at::Tensor quick_gelu_grad(const at::Tensor& x, const at::Tensor& g) {
+  if (!fused_gelu(x)) {
+    const at::Tensor s = at::sigmoid(1.702 * x);
+    return g * s * (1 + 1.702 * x * (1 - s));
+  }
+  const at::Tensor xc = x.contiguous(), gc = g.to(x.scalar_type()).contiguous();
+  at::Tensor gx = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  run_kernel(
+      1, [](auto... a) { kernel::quick_gelu_backward(a..., kernel::best_isa()); }, gx, xc, gc);
+  return gx;
 }
 
 at::Tensor softmax_values(const at::Tensor& x) {
   if (!fused_softmax(x)) return at::softmax(x, -1);
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
-  if (xc.scalar_type() == at::kFloat)
-    softmax_kernel<float>(xc, y);
-  else
-    softmax_kernel<uint16_t>(xc, y);
+  const int64_t n = x.size(-1);
+  run_kernel(
+      n, [n](auto in, auto out, int64_t rows) { kernel::softmax_rows(in, out, rows, n, kernel::best_isa()); }, y, xc);
   return y;
 }
 
@@ -789,48 +735,72 @@ at::Tensor softmax_grad(const at::Tensor& y, const at::Tensor& g) {
   if (!fused_softmax(y)) return at::_softmax_backward_data(g.to(y.scalar_type()), y, -1, y.scalar_type());
   const at::Tensor gc = g.to(y.scalar_type()).contiguous();
   at::Tensor gx = at::empty_like(y, at::MemoryFormat::Contiguous);
-  if (y.scalar_type() == at::kFloat)
-    softmax_grad_kernel<float>(y, gc, gx);
-  else
-    softmax_grad_kernel<uint16_t>(y, gc, gx);
+  const int64_t n = y.size(-1);
+  run_kernel(
+      n,
+      [n](auto yi, auto gi, auto out, int64_t rows) {
+        kernel::softmax_rows_backward(yi, gi, out, rows, n, kernel::best_isa());
+      },
+      gx, y, gc);
   return gx;
 }
 
-// softmax over the last dimension as one autograd node that saves its output (contiguous).
-struct SoftmaxLastDim : public torch::autograd::Function<SoftmaxLastDim> {
+// One autograd node over Op's values and gradient: Op::kSaveOutput says whether the backward
+// needs the output (softmax) or the input (QuickGELU). The kernels' result carries no graph, so a
+// second derivative (backward with create_graph) is refused instead of treating the gradient as
+// a constant.
+template <typename Op>
+struct KernelNode : public torch::autograd::Function<KernelNode<Op>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    at::Tensor y = softmax_values(x);
-    ctx->save_for_backward({y});
+    at::Tensor y = Op::values(x);
+    ctx->save_for_backward({Op::kSaveOutput ? y : x});
     return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     if (at::GradMode::is_enabled())
-      throw RuntimeError("softmax_last_dim: second derivatives are not implemented (backward with create_graph)");
+      throw RuntimeError(std::string(Op::kName) +
+                         ": second derivatives are not implemented (backward with create_graph)");
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    return {softmax_grad(ctx->get_saved_variables()[0], grads[0])};
+    return {Op::grad(ctx->get_saved_variables()[0], grads[0])};
   }
+};
+
+// Without a gradient to track, the values alone (no node).
+template <typename Op>
+at::Tensor apply_kernel_node(const at::Tensor& x) {
+  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return Op::values(x);
+  }
+  return KernelNode<Op>::apply(x);
+}
+
+// x * sigmoid(1.702 x), saving x alone (the backward recomputes the sigmoid). Unfused: three
+// forward ops and five backward ones, a quarter of the bf16 CPU step on the main job's shapes
+// (docs/metatrain.md).
+struct QuickGeluOp {
+  static constexpr const char* kName = "quick_gelu";
+  static constexpr bool kSaveOutput = false;
+  static at::Tensor values(const at::Tensor& x) { return quick_gelu_values(x); }
+  static at::Tensor grad(const at::Tensor& x, const at::Tensor& g) { return quick_gelu_grad(x, g); }
+};
+
+// softmax over the last dimension, saving its output (contiguous).
+struct SoftmaxOp {
+  static constexpr const char* kName = "softmax_last_dim";
+  static constexpr bool kSaveOutput = true;
+  static at::Tensor values(const at::Tensor& x) { return softmax_values(x); }
+  static at::Tensor grad(const at::Tensor& y, const at::Tensor& g) { return softmax_grad(y, g); }
 };
 
 }  // namespace
 
-at::Tensor softmax_last_dim(const at::Tensor& x) {
-  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    return softmax_values(x);
-  }
-  return SoftmaxLastDim::apply(x);
-}
+at::Tensor quick_gelu(const at::Tensor& x) { return apply_kernel_node<QuickGeluOp>(x); }
 
-at::Tensor quick_gelu(const at::Tensor& x) {
-  if (!x.requires_grad() || !at::GradMode::is_enabled()) {
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    return quick_gelu_values(x);
-  }
-  return QuickGelu::apply(x);
-}
+at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<SoftmaxOp>(x); }
 
 at::Tensor ClipVision::add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   if (lora == nullptr) return y;
