@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -49,7 +49,10 @@
 # zoo of 100 inverted from the VFM's pre-training glyphs (invert --init-images) and with co-teachers
 # (invert --co-teachers 2), meta-trained 1,000 steps; "scales" (makes the zoo of 100 and its pools
 # when missing): only the singular values of the zoo's mean delta trained (metatrain --scales-only);
-# "student" (after "zoo100"): the zoo of 100 inverted against lora-avg (invert --student --w-adv).
+# "student" (after "zoo100"): the zoo of 100 inverted against lora-avg (invert --student --w-adv);
+# "layers" (after "zoo100"): the meta-LoRA on the late or the early encoder layers only
+# (metatrain --layers), surrogates and real images; "teachers" (after "zoo100"): the support of a
+# class from one LoRA, its queries from the others (metatrain --disjoint-teachers).
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -467,6 +470,59 @@ if [ "$WHAT" = student ]; then
     done
   done
   $PY bench/pool_hardness.py score 5 "$OUT"/hard_*.feat.h5
+fi
+
+# Which layers the surrogates teach (docs/science.md, "Which layers the surrogates teach"): the
+# meta-LoRA on a subset of the encoder layers (metatrain --layers; the others stay bare), on the zoo
+# of 100's smooth-start pool and its real-image control, 1,000 steps each (~1.5 min each).
+if [ "$WHAT" = layers ]; then
+  [ -f "$OUT/pool100_real/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
+  P3="$P1K --lr 3e-4"
+  LAYER_RUNS=(
+    "paper T128 lr 3e-4, real, every layer|$OUT/pool100_real|$P3"
+    "paper T128 lr 3e-4, surrogates, layers 2,3|$OUT/pool100_lr2|$P3 --layers 2,3"
+    "paper T128 lr 3e-4, real, layers 2,3|$OUT/pool100_real|$P3 --layers 2,3"
+    "paper T128 lr 3e-4, surrogates, layers 0,1|$OUT/pool100_lr2|$P3 --layers 0,1"
+    "paper T128 lr 3e-4, real, layers 0,1|$OUT/pool100_real|$P3 --layers 0,1"
+    "main recipe, surrogates, layers 2,3|$OUT/pool100_lr2|$L1K --layers 2,3"
+    "main recipe, surrogates, layers 0,1|$OUT/pool100_lr2|$L1K --layers 0,1"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows ly "${LAYER_RUNS[@]}"
+fi
+
+# Support and queries from different teachers (docs/science.md, "Support and queries from
+# different teachers"): how hard the zoo of 100's pooled episodes are for the bare VFM (queries from
+# the support's LoRA and from the others; bench/pool_episodes.py), then 1,000-step runs with and
+# without metatrain --disjoint-teachers (~1.2 min each).
+if [ "$WHAT" = teachers ]; then
+  [ -f "$OUT/pool100_real/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
+  for p in pool100_lr2 pool100_real; do
+    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
+    [ -f "$OUT/hard_${p}_bare.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
+      --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_bare.feat.h5" --log-level warn
+  done
+  $PY bench/pool_episodes.py "surrogates, smooth starts=$OUT/pool100_lr2=$OUT/hard_pool100_lr2_bare.feat.h5" \
+    "real images (control)=$OUT/pool100_real=$OUT/hard_pool100_real_bare.feat.h5"
+  P3="$P1K --lr 3e-4"
+  TEACHER_RUNS=(
+    "paper T128 lr 3e-4, surrogates|$OUT/pool100_lr2|$P3"
+    "paper T128 lr 3e-4, surrogates, disjoint teachers|$OUT/pool100_lr2|$P3 --disjoint-teachers"
+    "main recipe, surrogates|$OUT/pool100_lr2|$L1K"
+    "main recipe, surrogates, disjoint teachers|$OUT/pool100_lr2|$L1K --disjoint-teachers"
+    "paper T128 lr 3e-4, real, disjoint teachers|$OUT/pool100_real|$P3 --disjoint-teachers"
+    # The surrogates' squared distances are 1.6x the real images' (pool_episodes.py): a softer
+    # softmax for them (Adam takes out the 1/T of the gradient's size, so T sets only the sharpness).
+    "paper T256 lr 3e-4, surrogates|$OUT/pool100_lr2|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+    "paper T512 lr 3e-4, surrogates|$OUT/pool100_lr2|$L1K --distill-weight 0 --temperature 512 --lr 3e-4"
+    "paper T256 lr 3e-4, real|$OUT/pool100_real|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+    # The softer softmax with the two other changes that each moved the ends by about a point.
+    "main recipe at T256, surrogates|$OUT/pool100_lr2|$L1K --temperature 256"
+    "paper T256 lr 3e-4, random half, surrogates|$OUT/pool100_lr2|$L1K --distill-weight 0 --temperature 256 --lr 3e-4 --mask-ratio 0.5 --mask-select random"
+    "main recipe at T256, random half, surrogates|$OUT/pool100_lr2|$L1K --temperature 256 --mask-ratio 0.5 --mask-select random"
+  )
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows dt "${TEACHER_RUNS[@]}"
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:

@@ -27,7 +27,7 @@ std::string checked_prefetch(const std::string& prefetch, bool no_prefetch) {
 
 int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   train::MetaTrainConfig c;
-  std::string targets = "q_proj,v_proj";
+  std::string targets = "q_proj,v_proj", layers;
   bool no_flip = false, no_prefetch = false;
   std::string prefetch = "auto";
   CommonOptions common;
@@ -56,10 +56,12 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("init", po::value(&c.init)->default_value(c.init), "meta-LoRA start: fresh (A random, B zero: the paper) or zoo-mean (the best rank-r approximation, by SVD, of the mean weight delta of the LoRAs the pool was inverted from: meta-training starts from the zoo's average, lora-avg, and must then improve on it; needs the zoo's --targets)")
       ("scales-only", po::bool_switch(&c.scales_only), "train one scale per rank-1 component of the meta-LoRA (B diag(s) A, s from 1) with A and B frozen where --init zoo-mean put them (the top --rank singular directions of the zoo's mean delta), instead of A and B: the scales multiply its singular values. At full rank (--rank = the model's width) the run starts exactly at lora-avg and can only re-weight its directions. The written meta-LoRA has the scales folded into B; a resumed run rebuilds A and B from the zoo's files")
       ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
+      ("layers", po::value(&layers)->default_value(layers), "comma-separated encoder layers (from 0) that get the meta-LoRA, e.g. 2,3 (PEFT's layers_to_transform); empty = every layer. The others run the bare VFM")
       ("mask-ratio", po::value(&c.mask_ratio)->default_value(c.mask_ratio), "sparse tokens: feed each surrogate with its top-(1-x) patches by stored CLS-attention score (+ CLS); 0 = dense")
       ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the surrogates (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("jitter", po::value(&c.jitter)->default_value(c.jitter), "random roll of each training image by up to this many pixels on both axes (0 = off): the jitter the surrogates were inverted under. With --distill-weight the teacher's features are those of the unshifted image")
       ("gray", po::bool_switch(&c.gray), "average each surrogate's colour channels (when the real images are grey, as in the embedded benchmark)")
+      ("disjoint-teachers", po::bool_switch(&c.disjoint_teachers), "in episodes over real classes, take the support images of a class from one LoRA and its queries from the other LoRAs that cover it (never a query from the support's teacher; needs a zoo that covers each class twice or more)")
       ("single-lora-prob", po::value(&c.single_lora_prob)->default_value(c.single_lora_prob), "share of episodes whose classes all come from one LoRA; they add the KL term to its stored teacher logits")
       ("kl-weight", po::value(&c.kl_weight)->default_value(c.kl_weight), "weight of that KL term (0 = CE only)")
       ("distill-weight", po::value(&c.distill_weight)->default_value(c.distill_weight), "weight of a feature distillation (mean squared difference) from each surrogate image's own zoo LoRA (read from the pool file's lora_path) to the meta-LoRA; 0 = off (the paper)")
@@ -96,6 +98,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
           argc, argv, desc, common, rt.rank()))
     return 0;
   c.lora.target_modules = parse_modules(targets);
+  c.lora.layers = parse_layers(layers, "metatrain --layers");
   c.flip = !no_flip;
   prefetch = checked_prefetch(prefetch, no_prefetch);
   c.validate();

@@ -92,6 +92,16 @@ std::vector<model::Module> parse_modules(const std::string& list) {
   return out;
 }
 
+std::vector<int> parse_layers(const std::string& list, const std::string& option) {
+  std::vector<int> out;
+  for (const auto& t : split_list(list)) {
+    if (t.empty() || t.size() > 4 || t.find_first_not_of("0123456789") != std::string::npos)
+      throw InputError(option + ": '" + t + "' is not a layer index (comma-separated integers from 0)");
+    out.push_back(std::stoi(t));
+  }
+  return out;
+}
+
 RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common, bool with_precision) {
   LOG_INFO(tag, rt.describe());
   const c10::Device device = model::select_device(common.device, rt.local_rank());

@@ -47,6 +47,8 @@ po::options_description common_options(CommonOptions& opts);
 std::vector<std::string> split_list(const std::string& s);
 // "q_proj,v_proj" -> modules (InputError for an unknown name).
 std::vector<model::Module> parse_modules(const std::string& list);
+// "2,3" -> {2, 3}; "" -> {} (InputError naming `option` for an item that is not a non-negative integer).
+std::vector<int> parse_layers(const std::string& list, const std::string& option);
 
 // Parses argv (argv[0] = the command name) with `desc` (which must include common_options) and
 // the INI file named by --config. Returns false when --help was asked for (help printed on

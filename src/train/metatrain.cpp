@@ -95,8 +95,26 @@ void install_stop_handlers() {
   std::signal(SIGUSR1, on_stop_signal);
 }
 
+std::vector<std::pair<int, std::vector<int64_t>>> disjoint_support_files(const data::SurrogatePool& pool,
+                                                                         const data::SurrogatePool::Class& cls,
+                                                                         const data::EpisodeSpec& s) {
+  std::map<int, std::vector<int64_t>> by_file;
+  const auto& files = pool.files();
+  for (int64_t r : cls.rows) {
+    const auto it = std::upper_bound(files.begin(), files.end(), r,
+                                     [](int64_t row, const data::SurrogatePool::File& f) { return row < f.first_row; });
+    by_file[static_cast<int>(it - files.begin()) - 1].push_back(r);
+  }
+  std::vector<std::pair<int, std::vector<int64_t>>> out;
+  for (auto& [f, rows] : by_file)
+    if (static_cast<int>(rows.size()) >= s.k_shot && static_cast<int>(cls.rows.size() - rows.size()) >= s.q_query)
+      out.emplace_back(f, std::move(rows));
+  return out;
+}
+
 EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& s,
-                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng) {
+                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng,
+                         bool disjoint_teachers) {
   std::uniform_real_distribution<double> u(0, 1);
   EpisodeRows ep;
   const bool single = !single_files.empty() && single_prob > 0 && u(rng) < single_prob;
@@ -119,6 +137,19 @@ EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpe
   ep.picked.resize(s.n_way);
   for (int c = 0; c < s.n_way; ++c) {
     const auto& cr = *sources[c];
+    if (disjoint_teachers && !single) {  // K support rows from one LoRA, Q queries from the others
+      const auto choices = disjoint_support_files(pool, pool.classes()[ep.classes[c]], s);
+      if (choices.empty()) throw RuntimeError("draw_episode: a class cannot be drawn with disjoint teachers");
+      const auto& [file, own] = choices[std::uniform_int_distribution<size_t>(0, choices.size() - 1)(rng)];
+      for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(own.size()), s.k_shot, rng))
+        ep.picked[c].push_back(own[k]);
+      std::vector<int64_t> others;
+      for (int64_t r : cr)
+        if (std::find(own.begin(), own.end(), r) == own.end()) others.push_back(r);
+      for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(others.size()), s.q_query, rng))
+        ep.picked[c].push_back(others[k]);
+      continue;
+    }
     for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(cr.size()), s.k_shot + s.q_query, rng))
       ep.picked[c].push_back(cr[k]);
   }
@@ -234,6 +265,14 @@ void check_pool_for_episodes(const MetaTrainConfig& cfg, const data::SurrogatePo
   if (static_cast<int>(pool.classes().size()) < cfg.spec.n_way)
     throw InputError(cfg.pool + ": " + std::to_string(pool.classes().size()) + " classes, fewer than N = " +
                      std::to_string(cfg.spec.n_way) + " (lower --way, or invert a zoo that covers more classes)");
+  if (cfg.disjoint_teachers)
+    for (const auto& c : pool.classes())
+      if (disjoint_support_files(pool, c, cfg.spec).empty())
+        throw InputError(cfg.pool + ": dataset class " + std::to_string(c.id) + " is covered by " +
+                         std::to_string(c.loras) + " LoRA(s) with " + std::to_string(c.rows.size()) +
+                         " images: --disjoint-teachers needs K = " + std::to_string(cfg.spec.k_shot) +
+                         " images from one LoRA and Q = " + std::to_string(cfg.spec.q_query) +
+                         " from the others (a zoo that covers each class twice or more: zoo --classes)");
   if (cfg.single_lora_prob > 0 && single_lora_files(cfg, pool).empty() && rank == 0)
     LOG_WARN("metatrain", cfg.pool << ": no pool file holds K+Q = " << need << " images of each of its classes, so no "
                                    << "single-LoRA (KL) episode is drawn and --single-lora-prob "
@@ -276,7 +315,7 @@ class BatchMaker {
       auto rng =
           data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       std::uniform_real_distribution<double> u(0, 1);
-      const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng);
+      const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng, cfg_.disjoint_teachers);
       const auto& picked = ep.picked;
       const bool single = ep.file >= 0;
       const int file = ep.file;
@@ -467,6 +506,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
   if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
   if (c.scales_only) j["scales_only"] = true;      // the same
+  if (c.disjoint_teachers) j["disjoint_teachers"] = true;  // the same
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
     j["mask_variants"] = c.mask_variants;
@@ -498,17 +538,18 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
     if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
       zoo.push_back(model::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
-  const auto same_key = [](const auto& x, const auto& y) { return x.first == y.first; };
-  if (!std::equal(lora.adapters().begin(), lora.adapters().end(), mean.adapters().begin(), mean.adapters().end(),
-                  same_key))
-    throw InputError("metatrain: --init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA (" +
-                     std::to_string(mean.adapters().size()) + " against " + std::to_string(lora.adapters().size()) +
-                     " adapters); give the meta-LoRA the zoo's --targets");
+  for (const auto& [key, ad] : lora.adapters())
+    if (!mean.find(key.first, static_cast<model::Module>(key.second)))
+      throw InputError(std::string("metatrain: --init zoo-mean: the zoo's LoRAs do not adapt ") +
+                       model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
+                       std::to_string(key.first) +
+                       ", which the meta-LoRA does; give the meta-LoRA the zoo's --targets");
   double kept = 0;
   const model::Lora init = model::low_rank(mean, lora.config().r, lora.config().alpha, &kept);
   at::NoGradGuard ng;
-  for (auto& [key, ad] : init.adapters()) {
+  for (auto& [key, ad] : init.adapters()) {  // the meta-LoRA's layers only (--layers)
     model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
+    if (!dst) continue;
     dst->a.copy_(ad.a);
     dst->b.copy_(ad.b);
   }

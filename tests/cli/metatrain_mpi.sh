@@ -13,8 +13,10 @@
 #     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2);
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
-#     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), and a resumed
-#     run takes its weights from the checkpoint without reading the zoo (moved away here);
+#     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
+#     the zoo's mean on the chosen layers only, and a resumed run takes its weights from the
+#     checkpoint without reading the zoo (moved away here); --disjoint-teachers runs where every
+#     class can be drawn so and is refused (exit 2) where the other LoRAs hold too few queries;
 #  7. --host-sync log (the GPU default; forced here on the CPU): the finite check, clipping and a
 #     skipped update on the device, read every --log-every steps: the same weights as --host-sync
 #     step within rounding (1e-5), at most one host read per log interval (metatrain.json
@@ -175,8 +177,33 @@ PY
 mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank 1 --steps 2 --out z2 >z2.txt 2>&1 || { cat z2.txt; fail "--init zoo-mean at rank 1"; }
 grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no rank-1 init line"; }
 ! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
-expect_status 2 "--init zoo-mean: the zoo's LoRAs adapt other modules or layers than the meta-LoRA" -- \
+expect_status 2 "--init zoo-mean: the zoo's LoRAs do not adapt k_proj of layer 0" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
+# --layers: the meta-LoRA on layer 1 alone, from the zoo's mean: only layer 1's deltas, equal to the
+# zoo's mean delta there (PEFT's layers_to_transform written); bad lists refused.
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --layers 1 --rank $FULL --alpha $FULL --lr 1e-30 \
+  --lr-min 0 --steps 2 --out z5 >z5.txt 2>&1 || { cat z5.txt; fail "--init zoo-mean --layers 1"; }
+"$LORAREC_PYTHON" - z5 runs/quick/zoo/lora_* <<'PY'
+import json, sys
+import numpy as np
+from peft_adapter import deltas
+meta, zoo = deltas(sys.argv[1]), [deltas(d) for d in sys.argv[2:]]
+assert json.load(open(f"{sys.argv[1]}/adapter_config.json"))["layers_to_transform"] == [1]
+assert meta and all(".layers.1." in k for k in meta), meta.keys()
+assert {k for k in zoo[0] if ".layers.1." in k} == meta.keys(), (meta.keys(), zoo[0].keys())
+err = max(np.abs(meta[k] - sum(z[k] for z in zoo) / len(zoo)).max() for k in meta) / max(np.abs(meta[k]).max() for k in meta)
+print(f"--layers 1 from the zoo's mean: {len(meta)} deltas, max relative difference {err:.3g}")
+assert err < 1e-4, err
+PY
+expect_status 2 "LoRA layer 2 outside [0, 2)" -- $B metatrain $COMMON --pool runs/quick/pool --layers 0,2 --steps 2 --out z6
+expect_status 2 "metatrain --layers: 'x' is not a layer index" -- $B metatrain $COMMON --pool runs/quick/pool --layers 1,x --steps 2 --out z6
+# --disjoint-teachers: the quick zoo covers each class with 2 LoRAs of 6 surrogates each, so Q = 5
+# queries from the other LoRA can be drawn and Q = 7 cannot (refused before training).
+mpirun2 $B metatrain $ARGS --disjoint-teachers --steps 3 --out d1 >d1.txt 2>&1 || { cat d1.txt; fail "--disjoint-teachers"; }
+"$LORAREC_PYTHON" -c 'import json, sys; assert json.load(open("d1/metatrain.json"))["fingerprint"]["disjoint_teachers"] is True' \
+  || fail "metatrain.json does not record disjoint_teachers"
+expect_status 2 "--disjoint-teachers needs K = 1 images from one LoRA and Q = 7 from the others" -- \
+  $B metatrain ${ARGS/--query 5/--query 7} --disjoint-teachers --steps 3 --out d2
 set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --stop-after 2 --out z4 >z4.txt 2>&1; rc=$?; set -e
 [ $rc = 75 ] || { cat z4.txt; fail "--init zoo-mean --stop-after exited $rc, expected 75"; }
 mv runs/quick/zoo zoo_away

@@ -57,6 +57,51 @@ TEST(DrawEpisode, RealClassesNeverCollideAndSupportAndQueryMayMixLoras) {
   EXPECT_LT(single, 120);
 }
 
+TEST(DrawEpisode, DisjointTeachersTakeQueriesFromTheOtherLoras) {
+  test::TempDir tmp;
+  // 4 LoRAs over 6 classes, each class covered twice, 6 images per LoRA and class.
+  test::write_pool(tmp.path() / "pool", 4, 3, 6, 8, 4, true, {{0, 1, 2}, {3, 4, 5}, {0, 2, 4}, {1, 3, 5}});
+  data::SurrogatePool pool = data::SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
+  const data::EpisodeSpec spec{3, 2, 4};
+  auto file_of = [&](int64_t r) { return r / 18; };
+  std::map<int, std::set<int64_t>> support_files;  // per pool class: the files its support came from
+  for (std::uint64_t e = 0; e < 300; ++e) {
+    auto rng = data::make_rng(7, 1, e);
+    const EpisodeRows ep = draw_episode(pool, spec, {0, 1, 2, 3}, 0.0, rng, true);
+    ASSERT_EQ(ep.file, -1);
+    std::set<int> classes(ep.classes.begin(), ep.classes.end());
+    EXPECT_EQ(classes.size(), 3u);
+    for (int c = 0; c < 3; ++c) {
+      const auto& rows = ep.picked[c];
+      ASSERT_EQ(rows.size(), 6u);
+      EXPECT_EQ(std::set<int64_t>(rows.begin(), rows.end()).size(), 6u);  // no image twice
+      for (int64_t r : rows) {
+        const auto& f = pool.files()[file_of(r)];
+        EXPECT_EQ(f.classes[(r - f.first_row) % 3], ep.classes[c]);
+      }
+      EXPECT_EQ(file_of(rows[0]), file_of(rows[1]));  // the K = 2 support images: one teacher
+      for (int k = 2; k < 6; ++k) EXPECT_NE(file_of(rows[k]), file_of(rows[0])) << "a query from the support's LoRA";
+      support_files[ep.classes[c]].insert(file_of(rows[0]));
+    }
+  }
+  for (const auto& [c, files] : support_files) EXPECT_EQ(files.size(), 2u) << "class " << c;  // either LoRA
+  // Off, the same draw lets queries come from the support's LoRA.
+  int same = 0;
+  for (std::uint64_t e = 0; e < 100; ++e) {
+    auto rng = data::make_rng(7, 1, e);
+    const EpisodeRows ep = draw_episode(pool, spec, {}, 0.0, rng);
+    for (const auto& rows : ep.picked)
+      for (int k = 2; k < 6; ++k) same += file_of(rows[k]) == file_of(rows[0]);
+  }
+  EXPECT_GT(same, 100);
+  // A class covered by one LoRA cannot be drawn so; Q larger than the other LoRAs hold neither.
+  test::write_pool(tmp.path() / "once", 2, 3, 6, 8, 4, true, {{0, 1, 2}, {3, 4, 5}});
+  data::SurrogatePool once = data::SurrogatePool::open((tmp.path() / "once").string(), 8, 4, int64_t(1) << 30);
+  EXPECT_TRUE(disjoint_support_files(once, once.classes()[0], spec).empty());
+  EXPECT_TRUE(disjoint_support_files(pool, pool.classes()[0], data::EpisodeSpec{3, 1, 7}).empty());
+  EXPECT_EQ(disjoint_support_files(pool, pool.classes()[0], data::EpisodeSpec{3, 1, 6}).size(), 2u);
+}
+
 TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
   const at::Tensor s = at::tensor({0.1f, 0.9f, 0.3f, 0.8f, 0.2f, 0.7f, 0.0f, 0.5f}).view({1, 8});
   EXPECT_TRUE(top_patches(s, 0.0).equal(at::arange(8, at::kLong).view({1, 8})));

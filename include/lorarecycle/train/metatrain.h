@@ -49,8 +49,18 @@ struct EpisodeRows {
   int file = -1;
   std::vector<int64_t> cols;
 };
+// disjoint_teachers: in an episode over real classes, the K support images of a class come from one
+// LoRA (a pool file) and its Q queries from the other LoRAs that cover the class (metatrain refuses,
+// before training, a pool where a class cannot be drawn so).
 EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& spec,
-                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng);
+                         const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng,
+                         bool disjoint_teachers = false);
+// The support-file choices of a real class under disjoint_teachers: the files (pool file indices)
+// that hold >= K of its images while the class's other files hold >= Q, each with its rows of the
+// class. Empty: the class cannot be drawn with disjoint teachers.
+std::vector<std::pair<int, std::vector<int64_t>>> disjoint_support_files(const data::SurrogatePool& pool,
+                                                                         const data::SurrogatePool::Class& cls,
+                                                                         const data::EpisodeSpec& spec);
 
 struct MetaTrainConfig {
   std::string model;                 // VFM directory
@@ -77,13 +87,14 @@ struct MetaTrainConfig {
   std::string mask_select = "top";
   int mask_variants = 8;
   bool random_masks() const { return mask_ratio > 0 && mask_select == "random"; }
-  bool flip = true;               // random horizontal flip per image
-  int jitter = 0;                 // random roll of each image by up to this many pixels (0 = off)
-  bool gray = false;              // average the surrogates' channels (for VFMs of grey images)
-  double single_lora_prob = 0.1;  // share of episodes drawn from one LoRA (with the KL term)
-  double kl_weight = 1.0;         // weight of the KL term on single-LoRA episodes
-  double temperature = 1.0;       // training logits = -squared distance / temperature
-  double distill_weight = 0.0;    // weight of the feature distillation to each image's own LoRA (0 = off)
+  bool flip = true;                // random horizontal flip per image
+  int jitter = 0;                  // random roll of each image by up to this many pixels (0 = off)
+  bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
+  double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
+  bool disjoint_teachers = false;  // support and queries of a class from different LoRAs (draw_episode)
+  double kl_weight = 1.0;          // weight of the KL term on single-LoRA episodes
+  double temperature = 1.0;        // training logits = -squared distance / temperature
+  double distill_weight = 0.0;     // weight of the feature distillation to each image's own LoRA (0 = off)
   bool distill_dense = false;  // with a mask ratio: the teacher's features of the whole image, not of the kept patches
   int64_t val_every = 200;     // steps between validations (0 = only at start and end)
   std::string keep = "last";   // the meta-LoRA written: last (after --steps) | best (highest validation mean)
