@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -52,7 +52,8 @@
 # "student" (after "zoo100"): the zoo of 100 inverted against lora-avg (invert --student --w-adv);
 # "layers" (after "zoo100"): the meta-LoRA on the late or the early encoder layers only
 # (metatrain --layers), surrogates and real images; "teachers" (after "zoo100"): the support of a
-# class from one LoRA, its queries from the others (metatrain --disjoint-teachers).
+# class from one LoRA, its queries from the others (metatrain --disjoint-teachers); "border" (after
+# "zoo100"): the zoo of 100 inverted with a white margin (invert --white-border 3).
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -430,6 +431,12 @@ zoo100_variant() {
 # Starts from the VFM's pre-training images (invert --init-images data/demo/base.h5: other scripts'
 # glyphs, none of the zoo's classes; ~18 min in bf16), against the smooth-start pool
 # (docs/science.md, "Starting from public images, and co-teachers").
+# Real glyphs hold no ink in their outer 3 pixels, the surrogates are textures over the whole frame
+# (docs/science.md, "A white margin"): the zoo of 100 inverted with its outer 3 px held white.
+if [ "$WHAT" = border ]; then
+  zoo100_variant wb border3 "white border 3" "--init-lowres 2 --white-border 3"
+  run_rows wb2 "paper T256 lr 3e-4, white border 3, zoo of 100|$OUT/pool100_border3|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+fi
 if [ "$WHAT" = imgstarts ]; then zoo100_variant im img "base-glyph starts" "--init-images data/demo/base.h5"; fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
 # the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations

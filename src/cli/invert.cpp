@@ -58,6 +58,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("target-mix", po::value(&c.inv.target_mix)->default_value(c.inv.target_mix), "give each surrogate its own target: a share u ~ U(0, M) of it on a second class of the LoRA (drawn once per image), the rest on its own class, so that a class's surrogates lean towards different neighbours as real images do; 0 = the one-hot target of the paper")
       ("zoom", po::value(&c.inv.zoom)->default_value(c.inv.zoom), "scale augmentation: every iteration the teacher also sees a random square crop of side s x image size, s ~ U(1 - Z, 1), resized back (one crop for the batch), so that a surrogate must be its class at several scales; 0 = off (the paper: roll and flip only)")
       ("stop-confidence", po::value(&c.inv.stop_confidence)->default_value(c.inv.stop_confidence), "an image whose teacher probability of its class has reached P gets no cross-entropy gradient in that iteration, so it stops short of the class's mode instead of joining the others there; 0 = off (the paper: every image to CE 0)")
+      ("white-border", po::value(&c.inv.white_border)->default_value(c.inv.white_border), "hold the outer PX pixels of every surrogate at white (pixel value 1) from the start and after every step, so that the class is drawn inside a margin, as dark-on-white data (glyphs, documents) has one; must be below half the image size; 0 = off (the paper)")
       ("init-lowres", po::value(&c.inv.init_lowres)->default_value(c.inv.init_lowres), "start each surrogate from noise drawn at R x R, 2R x 2R, 4R x 4R, .. (one size per image, at random) resized to the image size: smooth blobs of several sizes, which the VFM tells apart, instead of white noise, which it sees as one image; 0 = white noise (the paper)")
       ("init-images", po::value(&c.init_images), "start each surrogate from an image of this HDF5 set (drawn at random per image, seeded) instead of noise: a public set that holds none of the zoo's data, e.g. the VFM's pre-training images (the embedded benchmark: data/demo/base.h5, other scripts than the zoo's). The surrogates are then no longer data-free in the strict sense; overrides --init-lowres")
       ("co-teachers", po::value(&c.inv.co_teachers)->default_value(c.inv.co_teachers), "each surrogate of class c must also be c to up to M other zoo LoRAs whose tasks hold c (drawn per LoRA and class, seeded), each judging it among its own classes: a surrogate then carries what tells c from the classes of several tasks, not of its own LoRA's task only; costs up to (1 + M) x the forwards; 0 = its own LoRA only (the paper)")
@@ -92,6 +93,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
+  if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
   if (c.inv.w_adv > 0 && c.student.empty())
     throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
   if (!c.student.empty() && !(c.inv.w_adv > 0))

@@ -100,6 +100,18 @@ void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
   x.copy_(at::max(at::min(x, hi.view({1, -1, 1, 1})), lo.view({1, -1, 1, 1})));
 }
 
+void hold_white_border(at::Tensor& x, int border, const at::Tensor& white) {
+  if (border <= 0) return;
+  at::NoGradGuard ng;
+  const int64_t S = x.size(2);
+  const at::Tensor w = white.view({1, -1, 1, 1}).to(x.scalar_type());
+  const int64_t b = std::min<int64_t>(border, S);
+  for (int dim : {2, 3}) {
+    x.narrow(dim, 0, b).copy_(w.expand_as(x.narrow(dim, 0, b)));
+    x.narrow(dim, S - b, b).copy_(w.expand_as(x.narrow(dim, S - b, b)));
+  }
+}
+
 namespace {
 // image_mean, image_std as float [1, 3, 1, 1] tensors on the CPU.
 std::pair<at::Tensor, at::Tensor> channel_constants(const model::ClipVisionConfig& c) {
@@ -180,12 +192,16 @@ struct PixelVariable {
       x = lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev);
     else
       x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev));
-    x.requires_grad_(true);
     std::tie(lo, hi) = vit.pixel_bounds();
     if (cfg.gray) {
       lo = at::full({1}, -gm / gs, lo.options());
       hi = at::full({1}, (1.0 - gm) / gs, hi.options());
     }
+    if (2 * cfg.white_border >= S)
+      throw InputError("invert: --white-border " + std::to_string(cfg.white_border) + " leaves no pixel free in a " +
+                       std::to_string(S) + " px image (it must be below " + std::to_string((S + 1) / 2) + ")");
+    hold_white_border(x, cfg.white_border, hi);
+    x.requires_grad_(true);
   }
   at::Tensor pixels(const at::Tensor& v) const { return gray ? (v * gs + gm - cmean) / cstd : v; }
 
@@ -313,6 +329,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     lt.total.backward();
     opt.step(cfg.lr);
     clamp_pixels(x, var.lo, var.hi);
+    hold_white_border(x, cfg.white_border, var.hi);
     if (progress) {
       if (progress->due())  // the terms are read only for the lines that are printed
         progress->note(progress_note(lt, value, cfg, n, double(it + 1) * n / progress->elapsed_s()));

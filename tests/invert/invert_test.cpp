@@ -492,6 +492,39 @@ TEST(Inversion, GrayOptimisesOneChannelSharedByRGB) {
   EXPECT_GT((cx.select(3, 0) - cx.select(3, 1)).abs().max().item<int>(), 1);  // colour noise without it
 }
 
+TEST(Inversion, WhiteBorderHoldsTheMarginWhiteInColourAndGrey) {
+  at::Tensor x = at::randn({2, 3, 8, 8});
+  const at::Tensor before = x.clone();
+  const at::Tensor white = at::tensor({1.5f, 2.0f, 2.5f});
+  hold_white_border(x, 0, white);
+  EXPECT_TRUE(at::equal(x, before));  // 0: off
+  hold_white_border(x, 2, white);
+  for (int c = 0; c < 3; ++c) {
+    at::Tensor ring = at::ones({8, 8}, at::kBool);
+    ring.narrow(0, 2, 4).narrow(1, 2, 4).fill_(false);
+    EXPECT_TRUE(x.select(1, c).masked_select(ring.expand({2, 8, 8})).eq(white[c]).all().item<bool>());
+    EXPECT_TRUE(
+        at::equal(x.select(1, c).narrow(1, 2, 4).narrow(2, 2, 4), before.select(1, c).narrow(1, 2, 4).narrow(2, 2, 4)));
+  }
+  // Through a whole inversion: the stored images are white (255) in the margin in colour and in
+  // grey, the inside is optimised; a margin that leaves nothing is refused.
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg = short_run(2);
+  cfg.white_border = 2;
+  for (bool gray : {false, true}) {
+    cfg.gray = gray;
+    const Surrogates s = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+    const int64_t S = s.images.size(1);
+    const at::Tensor px = s.images.to(at::kInt);
+    for (int dim : {1, 2})
+      for (int64_t from : {int64_t(0), S - 2}) EXPECT_EQ(px.narrow(dim, from, 2).min().item<int>(), 255) << gray;
+    EXPECT_LT(px.narrow(1, 2, S - 4).narrow(2, 2, S - 4).min().item<int>(), 200) << gray;
+    EXPECT_LT(s.best_loss, s.losses.front());
+  }
+  cfg.white_border = static_cast<int>(t.vit.config().image_size / 2);
+  EXPECT_THROW(invert_lora(t.vit, t.lora, nullptr, cfg, 1), InputError);
+}
+
 TEST(Inversion, StoredScoresMasksAndLogitsMatchASeparateForwardPass) {
   const Teacher t = tiny_teacher();
   InversionConfig cfg;

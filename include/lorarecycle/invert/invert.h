@@ -37,6 +37,9 @@ struct InversionConfig {
   double stop_confidence = 0.0;  // > 0: an image whose teacher probability of its class reached this gets no
                                  // cross-entropy gradient in that iteration (it stops short of the class's mode);
                                  // 0: off
+  int white_border = 0;          // > 0: the outer this many pixels of every surrogate are held at white (pixel value
+                                 // 1) from the start and after every step: the margin of dark-on-white data
+                                 // (glyphs, documents), so the class must be drawn inside it; 0: off (the paper)
   int init_lowres = 0;           // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
                                  // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
                                  // blobs of several sizes instead of white noise; 0: white noise (the paper)
@@ -102,6 +105,9 @@ at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std:
 at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0);
 // The starting images [n, C, S, S] of cfg.init_lowres (see InversionConfig), drawn from rng and
 // at::randn (seeded by the caller).
+// Sets the outer `border` pixels of x [B, C, S, S] to `white` ([C] or [1]: the normalised value of
+// pixel 1 per channel), in place, outside autograd; border 0 leaves x as it is.
+void hold_white_border(at::Tensor& x, int border, const at::Tensor& white);
 at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev);
 // The starting images [n, C, S, S] (normalised like the optimised variable: C 1 for gray, else 3) of
 // n rows of `set` (uint8 [M, S, S, 1 or 3]) drawn uniformly from rng; gray takes the channel mean.
