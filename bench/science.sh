@@ -501,7 +501,8 @@ fi
 # Support and queries from different teachers (docs/science.md, "Support and queries from
 # different teachers"): how hard the zoo of 100's pooled episodes are for the bare VFM (queries from
 # the support's LoRA and from the others; bench/pool_episodes.py), then 1,000-step runs with and
-# without metatrain --disjoint-teachers (~1.2 min each).
+# without metatrain --disjoint-teachers, softer softmaxes, and harder episodes (metatrain
+# --hard-classes; ~1.2 min each).
 if [ "$WHAT" = teachers ]; then
   [ -f "$OUT/pool100_real/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
   for p in pool100_lr2 pool100_real; do
@@ -530,6 +531,15 @@ if [ "$WHAT" = teachers ]; then
   )
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows dt "${TEACHER_RUNS[@]}"
+  # Harder episodes: the other classes among the first's M nearest (bare VFM prototypes).
+  HARD_RUNS=(
+    "paper T128 lr 3e-4, hard classes 16, surrogates|$OUT/pool100_lr2|$P3 --hard-classes 16"
+    "paper T128 lr 3e-4, hard classes 8, surrogates|$OUT/pool100_lr2|$P3 --hard-classes 8"
+    "paper T128 lr 3e-4, hard classes 8, real|$OUT/pool100_real|$P3 --hard-classes 8"
+    "paper T128 lr 3e-4, hard classes 16, real|$OUT/pool100_real|$P3 --hard-classes 16"
+    "main recipe, hard classes 8, surrogates|$OUT/pool100_lr2|$L1K --hard-classes 8"
+  )
+  run_rows hc "${HARD_RUNS[@]}"
 fi
 
 # The zoo's feature ensemble against its weight average (lora-avg) and the main job's meta-LoRA:

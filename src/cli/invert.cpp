@@ -30,6 +30,41 @@ std::vector<std::pair<int, double>> parse_prune(const std::string& spec) {
   return out;
 }
 
+namespace {
+// The options' ranges and combinations, before any work (InputError naming the option).
+void check_invert_options(const invert::InvertJobConfig& c) {
+  if (c.inv.per_class < 1 || c.inv.iterations < 1)
+    throw InputError("invert: --per-class and --iterations must be >= 1");
+  if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
+  if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
+    throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
+  if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
+  if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
+  if (c.inv.w_adv > 0 && c.student.empty())
+    throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
+  if (!c.student.empty() && !(c.inv.w_adv > 0))
+    throw InputError("invert: --student needs --w-adv > 0 (the weight of the student term)");
+  if (!(c.inv.adv_temperature > 0)) throw InputError("invert: --adv-temperature must be > 0");
+  if (c.inv.w_adv > 0 && c.inv.per_class < 2)
+    throw InputError("invert: --w-adv needs --per-class >= 2 (the student's prototypes leave each image out)");
+  if (c.inv.feature_prior_samples < 1) throw InputError("invert: --feature-prior-samples must be >= 1");
+  if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
+  if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
+    throw InputError("invert: --stop-confidence must be in [0, 1]");
+  if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
+  for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce},
+                                {"--w-bn", c.inv.w_bn},
+                                {"--w-tv", c.inv.w_tv},
+                                {"--w-l2", c.inv.w_l2},
+                                {"--w-div", c.inv.w_div},
+                                {"--w-co", c.inv.w_co},
+                                {"--w-feat", c.inv.w_feat},
+                                {"--w-adv", c.inv.w_adv}})
+    if (!(w >= 0))
+      throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
+}
+}  // namespace
+
 int run_invert(int argc, char** argv, dist::Runtime& rt) {
   invert::InvertJobConfig c;
   std::string prune = "none";
@@ -87,35 +122,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.flip = !no_flip;
   c.inv.cls_only_last = !full_last;
   c.inv.prune = parse_prune(prune);
-  if (c.inv.per_class < 1 || c.inv.iterations < 1)
-    throw InputError("invert: --per-class and --iterations must be >= 1");
-  if (!(c.inv.target_mix >= 0 && c.inv.target_mix <= 1)) throw InputError("invert: --target-mix must be in [0, 1]");
-  if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
-    throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
-  if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
-  if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
-  if (c.inv.w_adv > 0 && c.student.empty())
-    throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
-  if (!c.student.empty() && !(c.inv.w_adv > 0))
-    throw InputError("invert: --student needs --w-adv > 0 (the weight of the student term)");
-  if (!(c.inv.adv_temperature > 0)) throw InputError("invert: --adv-temperature must be > 0");
-  if (c.inv.w_adv > 0 && c.inv.per_class < 2)
-    throw InputError("invert: --w-adv needs --per-class >= 2 (the student's prototypes leave each image out)");
-  if (c.inv.feature_prior_samples < 1) throw InputError("invert: --feature-prior-samples must be >= 1");
-  if (!(c.inv.zoom >= 0 && c.inv.zoom < 1)) throw InputError("invert: --zoom must be in [0, 1)");
-  if (!(c.inv.stop_confidence >= 0 && c.inv.stop_confidence <= 1))
-    throw InputError("invert: --stop-confidence must be in [0, 1]");
-  if (!(c.inv.prune_start >= 0 && c.inv.prune_start <= 1)) throw InputError("invert: --prune-start must be in [0, 1]");
-  for (const auto& [name, w] : {std::pair<const char*, double>{"--w-ce", c.inv.w_ce},
-                                {"--w-bn", c.inv.w_bn},
-                                {"--w-tv", c.inv.w_tv},
-                                {"--w-l2", c.inv.w_l2},
-                                {"--w-div", c.inv.w_div},
-                                {"--w-co", c.inv.w_co},
-                                {"--w-feat", c.inv.w_feat},
-                                {"--w-adv", c.inv.w_adv}})
-    if (!(w >= 0))
-      throw InputError(std::string("invert: ") + name + " must be >= 0 (a loss weight), got " + std::to_string(w));
+  check_invert_options(c);
   RunContext ctx = start("invert", rt, common, true);
   c.precision = ctx.precision;
   invert::run_invert(c, *ctx.comm, ctx.device);

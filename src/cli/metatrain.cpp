@@ -23,6 +23,20 @@ std::string checked_prefetch(const std::string& prefetch, bool no_prefetch) {
   return no_prefetch ? "off" : prefetch;
 }
 
+// --prefetch on / off as asked; auto: on for a GPU, or when this rank has a CPU beyond its compute
+// threads. Logs the choice and why.
+bool decide_prefetch(const std::string& prefetch, const c10::Device& device, const dist::Runtime& rt) {
+  const int cpus = rt.cpus_for_rank();
+  const bool on = prefetch == "on" || (prefetch == "auto" && (device.is_cuda() || cpus > rt.threads()));
+  LOG_INFO("metatrain",
+           "prefetch " << (on ? "on" : "off")
+                       << (prefetch != "auto" ? " (asked for)"
+                           : device.is_cuda() ? " (auto: GPU)"
+                                              : " (auto: " + std::to_string(cpus) + " CPU(s) for this rank's " +
+                                                    std::to_string(rt.threads()) + " compute thread(s))"));
+  return on;
+}
+
 }  // namespace
 
 int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
@@ -62,6 +76,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("jitter", po::value(&c.jitter)->default_value(c.jitter), "random roll of each training image by up to this many pixels on both axes (0 = off): the jitter the surrogates were inverted under. With --distill-weight the teacher's features are those of the unshifted image")
       ("gray", po::bool_switch(&c.gray), "average each surrogate's colour channels (when the real images are grey, as in the embedded benchmark)")
       ("disjoint-teachers", po::bool_switch(&c.disjoint_teachers), "in episodes over real classes, take the support images of a class from one LoRA and its queries from the other LoRAs that cover it (never a query from the support's teacher; needs a zoo that covers each class twice or more)")
+      ("hard-classes", po::value(&c.hard_classes)->default_value(c.hard_classes), "harder episodes: an episode over real classes takes its first class at random and the other N - 1 among the M classes whose prototypes (mean bare-VFM feature of their pool images) lie nearest to it; M in [N - 1, classes - 1]; 0 = off (classes uniformly at random, the paper)")
       ("single-lora-prob", po::value(&c.single_lora_prob)->default_value(c.single_lora_prob), "share of episodes whose classes all come from one LoRA; they add the KL term to its stored teacher logits")
       ("kl-weight", po::value(&c.kl_weight)->default_value(c.kl_weight), "weight of that KL term (0 = CE only)")
       ("distill-weight", po::value(&c.distill_weight)->default_value(c.distill_weight), "weight of a feature distillation (mean squared difference) from each surrogate image's own zoo LoRA (read from the pool file's lora_path) to the meta-LoRA; 0 = off (the paper)")
@@ -104,14 +119,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   c.validate();
   RunContext ctx = start("metatrain", rt, common, true);
   c.precision = ctx.precision;
-  const int cpus = rt.cpus_for_rank();
-  c.prefetch = prefetch == "on" || (prefetch == "auto" && (ctx.device.is_cuda() || cpus > rt.threads()));
-  LOG_INFO("metatrain",
-           "prefetch " << (c.prefetch ? "on" : "off")
-                       << (prefetch != "auto"     ? " (asked for)"
-                           : ctx.device.is_cuda() ? " (auto: GPU)"
-                                                  : " (auto: " + std::to_string(cpus) + " CPU(s) for this rank's " +
-                                                        std::to_string(rt.threads()) + " compute thread(s))"));
+  c.prefetch = decide_prefetch(prefetch, ctx.device, rt);
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }

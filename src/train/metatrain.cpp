@@ -114,7 +114,7 @@ std::vector<std::pair<int, std::vector<int64_t>>> disjoint_support_files(const d
 
 EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& s,
                          const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng,
-                         bool disjoint_teachers) {
+                         bool disjoint_teachers, const std::vector<std::vector<int>>* neighbours) {
   std::uniform_real_distribution<double> u(0, 1);
   EpisodeRows ep;
   const bool single = !single_files.empty() && single_prob > 0 && u(rng) < single_prob;
@@ -128,6 +128,13 @@ EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpe
       ep.cols.push_back(k);
       ep.classes.push_back(f.classes[k]);
     }
+  } else if (neighbours) {  // one class at random, the others among its nearest
+    const int first = static_cast<int>(std::uniform_int_distribution<size_t>(0, pool.classes().size() - 1)(rng));
+    const auto& near = (*neighbours)[first];
+    ep.classes.push_back(first);
+    for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(near.size()), s.n_way - 1, rng))
+      ep.classes.push_back(near[k]);
+    for (int k : ep.classes) sources.push_back(&pool.classes()[k].rows);
   } else {
     for (int64_t k : data::sample_without_replacement(static_cast<int64_t>(pool.classes().size()), s.n_way, rng)) {
       sources.push_back(&pool.classes()[k].rows);
@@ -154,6 +161,28 @@ EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpe
       ep.picked[c].push_back(cr[k]);
   }
   return ep;
+}
+
+std::vector<std::vector<int>> nearest_classes(const data::SurrogatePool& pool, const at::Tensor& features, int m) {
+  const int C = static_cast<int>(pool.classes().size());
+  if (m < 1 || m > C - 1)
+    throw InputError("metatrain: --hard-classes " + std::to_string(m) + " must be in [1, " + std::to_string(C - 1) +
+                     "] (the pool's classes but one)");
+  const at::Tensor f = features.to(at::kDouble);
+  std::vector<at::Tensor> protos;
+  for (const auto& c : pool.classes()) protos.push_back(f.index_select(0, at::tensor(c.rows, at::kLong)).mean(0));
+  const at::Tensor p = at::stack(protos);
+  const at::Tensor d = (p.unsqueeze(1) - p.unsqueeze(0)).pow(2).sum(-1);  // [C, C]
+  std::vector<std::vector<int>> out(C);
+  for (int c = 0; c < C; ++c) {
+    const auto* row = d[c].contiguous().data_ptr<double>();
+    std::vector<int> order(C);
+    std::iota(order.begin(), order.end(), 0);
+    order.erase(order.begin() + c);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return row[a] < row[b]; });
+    out[c].assign(order.begin(), order.begin() + m);
+  }
+  return out;
 }
 
 at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid) {
@@ -273,6 +302,11 @@ void check_pool_for_episodes(const MetaTrainConfig& cfg, const data::SurrogatePo
                          " images: --disjoint-teachers needs K = " + std::to_string(cfg.spec.k_shot) +
                          " images from one LoRA and Q = " + std::to_string(cfg.spec.q_query) +
                          " from the others (a zoo that covers each class twice or more: zoo --classes)");
+  if (cfg.hard_classes != 0 &&
+      (cfg.hard_classes < cfg.spec.n_way - 1 || cfg.hard_classes >= static_cast<int>(pool.classes().size())))
+    throw InputError("metatrain: --hard-classes " + std::to_string(cfg.hard_classes) + " must lie in [N - 1 = " +
+                     std::to_string(cfg.spec.n_way - 1) + ", " + std::to_string(pool.classes().size() - 1) +
+                     "] (an episode's other classes are drawn among that many nearest; 0 = off)");
   if (cfg.single_lora_prob > 0 && single_lora_files(cfg, pool).empty() && rank == 0)
     LOG_WARN("metatrain", cfg.pool << ": no pool file holds K+Q = " << need << " images of each of its classes, so no "
                                    << "single-LoRA (KL) episode is drawn and --single-lora-prob "
@@ -288,8 +322,10 @@ class BatchMaker {
   // teacher_feat: [pool rows, V, 2, D] features of every image under its own LoRA, per mask variant
   // (V = --mask-variants with --mask-select random, else 1), unflipped and flipped (undefined: no
   // distillation).
+  // neighbours: nearest_classes for --hard-classes (empty: classes drawn uniformly).
   BatchMaker(const MetaTrainConfig& cfg, data::SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
-             int rank, int world, bool normalise_here, at::Tensor teacher_feat)
+             int rank, int world, bool normalise_here, at::Tensor teacher_feat,
+             std::vector<std::vector<int>> neighbours = {})
       : cfg_(cfg),
         pool_(pool),
         vit_(vit),
@@ -297,7 +333,8 @@ class BatchMaker {
         rank_(rank),
         world_(world),
         normalise_(normalise_here),
-        teacher_feat_(std::move(teacher_feat)) {
+        teacher_feat_(std::move(teacher_feat)),
+        neighbours_(std::move(neighbours)) {
     grid_ = vit.image_size / vit.patch_size;
     single_files_ = single_lora_files(cfg, pool);
   }
@@ -315,7 +352,8 @@ class BatchMaker {
       auto rng =
           data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       std::uniform_real_distribution<double> u(0, 1);
-      const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng, cfg_.disjoint_teachers);
+      const EpisodeRows ep = draw_episode(pool_, s, single_files_, cfg_.single_lora_prob, rng, cfg_.disjoint_teachers,
+                                          neighbours_.empty() ? nullptr : &neighbours_);
       const auto& picked = ep.picked;
       const bool single = ep.file >= 0;
       const int file = ep.file;
@@ -413,6 +451,7 @@ class BatchMaker {
   bool normalise_ = true;
   std::vector<int> single_files_;
   at::Tensor teacher_feat_;
+  std::vector<std::vector<int>> neighbours_;
 };
 
 // Runs a BatchMaker on its own thread, `depth` steps ahead.
@@ -474,6 +513,28 @@ class Prefetcher {
   std::exception_ptr error_;
 };
 
+// The bare VFM's feature of every pool image, [rows, D] float on the CPU (files shared out over the
+// ranks, one all-reduce: every rank holds the same table).
+at::Tensor bare_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
+                         const c10::Device& device) {
+  at::NoGradGuard ng;
+  at::Tensor out = at::zeros({pool.size(), vit.config().projection_dim}, at::kFloat);
+  for (size_t fi = 0; fi < pool.files().size(); ++fi) {
+    if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
+    const auto& f = pool.files()[fi];
+    for (int64_t first = f.first_row; first < f.first_row + f.rows; first += 64) {
+      std::vector<int64_t> rows(std::min<int64_t>(64, f.first_row + f.rows - first));
+      std::iota(rows.begin(), rows.end(), first);
+      const at::Tensor px = model::preprocess_images(pool.images(rows), vit.config(), device);
+      out.narrow(0, first, static_cast<int64_t>(rows.size()))
+          .copy_(vit.forward(px, {}).feature.to(at::kCPU, at::kFloat));
+    }
+  }
+  at::Tensor d = out.to(device);
+  comm.all_reduce_sum(d);
+  return d.cpu();
+}
+
 json fingerprint(const MetaTrainConfig& c, int episodes) {
   json targets = json::array();
   for (auto m : c.lora.target_modules) targets.push_back(model::module_name(m));
@@ -506,7 +567,8 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
   if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
   if (c.scales_only) j["scales_only"] = true;      // the same
-  if (c.disjoint_teachers) j["disjoint_teachers"] = true;  // the same
+  if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
+  if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
     j["mask_variants"] = c.mask_variants;
@@ -645,7 +707,8 @@ class MetaTrainer {
     if (start_ == 0 && have_val_) val0_ = validate(0);
     rss_before_ = peak_rss_mb();
     cuda_peak_mb(device_, /*reset=*/true);  // the training loop's peak, without validation
-    BatchMaker maker(cfg_, *pool_, vit_->config(), E_, rank_, W_, /*normalise_here=*/!device_.is_cuda(), teacher_feat_);
+    BatchMaker maker(cfg_, *pool_, vit_->config(), E_, rank_, W_, /*normalise_here=*/!device_.is_cuda(), teacher_feat_,
+                     neighbours_);
     install_stop_handlers();
     Progress progress("metatrain", "meta-training", cfg_.steps - start_, "steps", 10.0);
     optim::BadStepGuard guard("metatrain", cfg_.max_bad_steps, "; last good checkpoint: " + ckpt_.string(),
@@ -776,6 +839,11 @@ class MetaTrainer {
     vit_->to(device_);
     vit_->set_precision(cfg_.precision);
     if (cfg_.distill_weight > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
+    if (cfg_.hard_classes > 0) {
+      neighbours_ = nearest_classes(*pool_, bare_features(*vit_, *pool_, comm_, device_), cfg_.hard_classes);
+      LOG_INFO("metatrain", "--hard-classes " << cfg_.hard_classes << ": each episode's other classes among the "
+                                              << cfg_.hard_classes << " nearest of its first (bare VFM prototypes)");
+    }
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
     // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
@@ -1253,6 +1321,7 @@ class MetaTrainer {
   data::ImageSet val_;
   bool have_val_ = false;
   at::Tensor teacher_feat_, query_labels_;
+  std::vector<std::vector<int>> neighbours_;  // --hard-classes: nearest_classes of the pool
   std::optional<model::Lora> lora_;
   // --scales-only: each adapter's frozen B0 and its trained scales s (params_); B = B0 diag(s).
   struct Scaled {

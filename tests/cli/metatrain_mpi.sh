@@ -17,6 +17,7 @@
 #     the zoo's mean on the chosen layers only, and a resumed run takes its weights from the
 #     checkpoint without reading the zoo (moved away here); --disjoint-teachers runs where every
 #     class can be drawn so and is refused (exit 2) where the other LoRAs hold too few queries;
+#     --hard-classes runs inside its range and is refused outside it;
 #  7. --host-sync log (the GPU default; forced here on the CPU): the finite check, clipping and a
 #     skipped update on the device, read every --log-every steps: the same weights as --host-sync
 #     step within rounding (1e-5), at most one host read per log interval (metatrain.json
@@ -204,6 +205,11 @@ mpirun2 $B metatrain $ARGS --disjoint-teachers --steps 3 --out d1 >d1.txt 2>&1 |
   || fail "metatrain.json does not record disjoint_teachers"
 expect_status 2 "--disjoint-teachers needs K = 1 images from one LoRA and Q = 7 from the others" -- \
   $B metatrain ${ARGS/--query 5/--query 7} --disjoint-teachers --steps 3 --out d2
+# --hard-classes M: runs with M in [N - 1, classes - 1] (the quick pool has 10 classes), refused outside.
+mpirun2 $B metatrain $ARGS --hard-classes 4 --steps 3 --out h1 >h1.txt 2>&1 || { cat h1.txt; fail "--hard-classes 4"; }
+grep -q "hard-classes 4: each episode's other classes among the 4 nearest" h1.txt || { cat h1.txt; fail "no --hard-classes line"; }
+expect_status 2 "--hard-classes 3 must lie in [N - 1 = 4, 9]" -- $B metatrain $ARGS --hard-classes 3 --steps 3 --out h2
+expect_status 2 "--hard-classes 10 must lie in [N - 1 = 4, 9]" -- $B metatrain $ARGS --hard-classes 10 --steps 3 --out h2
 set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --stop-after 2 --out z4 >z4.txt 2>&1; rc=$?; set -e
 [ $rc = 75 ] || { cat z4.txt; fail "--init zoo-mean --stop-after exited $rc, expected 75"; }
 mv runs/quick/zoo zoo_away

@@ -102,6 +102,47 @@ TEST(DrawEpisode, DisjointTeachersTakeQueriesFromTheOtherLoras) {
   EXPECT_EQ(disjoint_support_files(pool, pool.classes()[0], data::EpisodeSpec{3, 1, 6}).size(), 2u);
 }
 
+TEST(DrawEpisode, HardClassesComeFromTheFirstClassesNearest) {
+  test::TempDir tmp;
+  test::write_pool(tmp.path() / "pool", 4, 3, 6, 8, 4, true, {{0, 1, 2}, {3, 4, 5}, {0, 2, 4}, {1, 3, 5}});
+  data::SurrogatePool pool = data::SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, int64_t(1) << 30);
+  const auto& classes = pool.classes();
+  ASSERT_EQ(classes.size(), 6u);
+  // Features on a line: pool class k's images at 10 * (its dataset class id) + noise < 1, so the
+  // nearest classes are those with the closest ids.
+  at::Tensor feat = at::zeros({pool.size(), 2});
+  at::manual_seed(1);
+  for (const auto& c : classes)
+    for (int64_t r : c.rows) feat[r][0] = 10.0 * double(c.id) + at::rand({1}).item<double>();
+  const auto near = nearest_classes(pool, feat, 2);
+  std::map<int64_t, int> index_of;
+  for (size_t k = 0; k < classes.size(); ++k) index_of[classes[k].id] = static_cast<int>(k);
+  EXPECT_EQ(near[index_of[0]], (std::vector<int>{index_of[1], index_of[2]}));
+  EXPECT_EQ(near[index_of[5]], (std::vector<int>{index_of[4], index_of[3]}));
+  for (int id = 1; id <= 4; ++id) {  // the two ids either side come first (in either order)
+    const std::set<int> got(near[index_of[id]].begin(), near[index_of[id]].end());
+    EXPECT_EQ(got, (std::set<int>{index_of[id - 1], index_of[id + 1]})) << "class " << id;
+  }
+  EXPECT_THROW(nearest_classes(pool, feat, 0), InputError);
+  EXPECT_THROW(nearest_classes(pool, feat, 6), InputError);
+  // Episodes of 3 classes: the first at random, the other two its nearest.
+  const data::EpisodeSpec spec{3, 1, 3};
+  std::set<int> firsts;
+  for (std::uint64_t e = 0; e < 200; ++e) {
+    auto rng = data::make_rng(7, 1, e);
+    const EpisodeRows ep = draw_episode(pool, spec, {}, 0.0, rng, false, &near);
+    ASSERT_EQ(ep.classes.size(), 3u);
+    firsts.insert(ep.classes[0]);
+    EXPECT_EQ(std::set<int>(ep.classes.begin() + 1, ep.classes.end()),
+              std::set<int>(near[ep.classes[0]].begin(), near[ep.classes[0]].end()));
+    for (int c = 0; c < 3; ++c)
+      for (int64_t r : ep.picked[c])
+        EXPECT_NE(std::find(classes[ep.classes[c]].rows.begin(), classes[ep.classes[c]].rows.end(), r),
+                  classes[ep.classes[c]].rows.end());
+  }
+  EXPECT_EQ(firsts.size(), 6u);  // every class can come first
+}
+
 TEST(TopPatches, KeepsTheHighestScoresInPatchOrder) {
   const at::Tensor s = at::tensor({0.1f, 0.9f, 0.3f, 0.8f, 0.2f, 0.7f, 0.0f, 0.5f}).view({1, 8});
   EXPECT_TRUE(top_patches(s, 0.0).equal(at::arange(8, at::kLong).view({1, 8})));

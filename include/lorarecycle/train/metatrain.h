@@ -52,9 +52,15 @@ struct EpisodeRows {
 // disjoint_teachers: in an episode over real classes, the K support images of a class come from one
 // LoRA (a pool file) and its Q queries from the other LoRAs that cover the class (metatrain refuses,
 // before training, a pool where a class cannot be drawn so).
+// neighbours (non-null; --hard-classes): an episode over real classes takes its first class at
+// random and the other N - 1 among that class's entry of neighbours (pool class indices).
 EpisodeRows draw_episode(const data::SurrogatePool& pool, const data::EpisodeSpec& spec,
                          const std::vector<int>& single_files, double single_prob, std::mt19937_64& rng,
-                         bool disjoint_teachers = false);
+                         bool disjoint_teachers = false, const std::vector<std::vector<int>>* neighbours = nullptr);
+// For --hard-classes M: per pool class, the M other classes whose prototypes (mean feature of the
+// class's images, features [pool rows, D] in pool row order) lie nearest (squared distance), nearest
+// first. InputError when M is outside [1, classes - 1].
+std::vector<std::vector<int>> nearest_classes(const data::SurrogatePool& pool, const at::Tensor& features, int m);
 // The support-file choices of a real class under disjoint_teachers: the files (pool file indices)
 // that hold >= K of its images while the class's other files hold >= Q, each with its rows of the
 // class. Empty: the class cannot be drawn with disjoint teachers.
@@ -92,13 +98,14 @@ struct MetaTrainConfig {
   bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
   bool disjoint_teachers = false;  // support and queries of a class from different LoRAs (draw_episode)
-  double kl_weight = 1.0;          // weight of the KL term on single-LoRA episodes
-  double temperature = 1.0;        // training logits = -squared distance / temperature
-  double distill_weight = 0.0;     // weight of the feature distillation to each image's own LoRA (0 = off)
-  bool distill_dense = false;  // with a mask ratio: the teacher's features of the whole image, not of the kept patches
-  int64_t val_every = 200;     // steps between validations (0 = only at start and end)
-  std::string keep = "last";   // the meta-LoRA written: last (after --steps) | best (highest validation mean)
-  int val_episodes = 300;      // fixed validation episodes
+  int hard_classes = 0;         // > 0: an episode's other classes among its first class's this many nearest (bare VFM)
+  double kl_weight = 1.0;       // weight of the KL term on single-LoRA episodes
+  double temperature = 1.0;     // training logits = -squared distance / temperature
+  double distill_weight = 0.0;  // weight of the feature distillation to each image's own LoRA (0 = off)
+  bool distill_dense = false;   // with a mask ratio: the teacher's features of the whole image, not of the kept patches
+  int64_t val_every = 200;      // steps between validations (0 = only at start and end)
+  std::string keep = "last";    // the meta-LoRA written: last (after --steps) | best (highest validation mean)
+  int val_episodes = 300;       // fixed validation episodes
   data::EpisodeSpec val_spec{5, 1, 15};
   int64_t checkpoint_every = 200;
   int64_t hash_every = 100;  // replica check (0 = only at the end)
