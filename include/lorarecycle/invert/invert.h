@@ -103,11 +103,11 @@ at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std:
 // The zoom view of x [B, C, S, S]: the square of side `side` at (y0, x0) resized back to S x S
 // (bilinear, differentiable in x); x itself when side >= S.
 at::Tensor zoom_view(const at::Tensor& x, int side, int y0, int x0);
-// The starting images [n, C, S, S] of cfg.init_lowres (see InversionConfig), drawn from rng and
-// at::randn (seeded by the caller).
 // Sets the outer `border` pixels of x [B, C, S, S] to `white` ([C] or [1]: the normalised value of
 // pixel 1 per channel), in place, outside autograd; border 0 leaves x as it is.
 void hold_white_border(at::Tensor& x, int border, const at::Tensor& white);
+// The starting images [n, C, S, S] of cfg.init_lowres (see InversionConfig), drawn from rng and
+// at::randn (seeded by the caller).
 at::Tensor lowres_noise(int64_t n, int64_t C, int S, int init_lowres, std::mt19937_64& rng, const c10::Device& dev);
 // The starting images [n, C, S, S] (normalised like the optimised variable: C 1 for gray, else 3) of
 // n rows of `set` (uint8 [M, S, S, 1 or 3]) drawn uniformly from rng; gray takes the channel mean.
