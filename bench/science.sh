@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -53,7 +53,8 @@
 # "layers" (after "zoo100"): the meta-LoRA on the late or the early encoder layers only
 # (metatrain --layers), surrogates and real images; "teachers" (after "zoo100"): the support of a
 # class from one LoRA, its queries from the others (metatrain --disjoint-teachers); "border" (after
-# "zoo100"): the zoo of 100 inverted with a white margin (invert --white-border 3).
+# "zoo100"): the zoo of 100 inverted with a white margin (invert --white-border 3); "iters" (after
+# "zoo100"): the zoo of 100 inverted with 50 iterations instead of 200 (less exaggerated surrogates).
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -436,6 +437,19 @@ zoo100_variant() {
 if [ "$WHAT" = border ]; then
   zoo100_variant wb border3 "white border 3" "--init-lowres 2 --white-border 3"
   run_rows wb2 "paper T256 lr 3e-4, white border 3, zoo of 100|$OUT/pool100_border3|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+fi
+# The surrogates are caricatures of their classes (further apart than real images; "teachers"
+# part): fewer inversion iterations stop them earlier on the way to the teacher's extreme.
+if [ "$WHAT" = iters ]; then
+  zoo100_variant it it50 "50 iterations" "--init-lowres 2 --iterations 50"
+  run_rows it2 "paper T256 lr 3e-4, 50 iterations, zoo of 100|$OUT/pool100_it50|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+  for p in pool100_lr2 pool100_it50; do
+    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
+    [ -f "$OUT/hard_${p}_bare.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
+      --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_bare.feat.h5" --log-level warn
+  done
+  $PY bench/pool_episodes.py "smooth starts=$OUT/pool100_lr2=$OUT/hard_pool100_lr2_bare.feat.h5" \
+    "50 iterations=$OUT/pool100_it50=$OUT/hard_pool100_it50_bare.feat.h5"
 fi
 if [ "$WHAT" = imgstarts ]; then zoo100_variant im img "base-glyph starts" "--init-images data/demo/base.h5"; fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
