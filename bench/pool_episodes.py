@@ -8,7 +8,8 @@
       prototypes (squared distance): the accuracy over all queries, over the queries that come
       from the support image's LoRA, over the others; the cross-entropy at temperature 128 (the
       runs' T); the median squared distance between two images (the logits' scale).
-Used by bench/science.sh teachers (docs/science.md, "Support and queries from different teachers").
+Used by bench/science.sh teachers and iters (docs/science.md, "Which layers the surrogates teach, and
+from which teacher").
 """
 import glob
 import os

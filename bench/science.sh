@@ -415,6 +415,16 @@ if [ "$WHAT" = dropout ]; then
   run_rows dr "${DROPOUT_RUNS[@]}"
 fi
 
+# pool_features POOL NAME [embed flags]: $OUT/hard_POOL_NAME.feat.h5, the features of $OUT/POOL's
+# images (packed in file order by bench/pool_hardness.py) under the VFM with the flags, unless made.
+pool_features() {
+  local p=$1 m=$2
+  shift 2
+  [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
+  [ -f "$OUT/hard_${p}_$m.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm "$@" \
+    --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_$m.feat.h5" --log-level warn
+}
+
 # zoo100_variant PREFIX NAME LABEL "INVERT FLAGS": the zoo of 100 (the "zoo100" part's) inverted
 # with FLAGS as $OUT/pool100_NAME, meta-trained 1,000 steps with the paper's objective (T 128, lr
 # 1e-3 and 3e-4) and the main recipe (runs $OUT/PREFIX_<i>), then the surrogate check beside the
@@ -443,11 +453,7 @@ fi
 if [ "$WHAT" = iters ]; then
   zoo100_variant it it50 "50 iterations" "--init-lowres 2 --iterations 50"
   run_rows it2 "paper T256 lr 3e-4, 50 iterations, zoo of 100|$OUT/pool100_it50|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
-  for p in pool100_lr2 pool100_it50; do
-    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
-    [ -f "$OUT/hard_${p}_bare.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
-      --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_bare.feat.h5" --log-level warn
-  done
+  for p in pool100_lr2 pool100_it50; do pool_features $p bare; done
   $PY bench/pool_episodes.py "smooth starts=$OUT/pool100_lr2=$OUT/hard_pool100_lr2_bare.feat.h5" \
     "50 iterations=$OUT/pool100_it50=$OUT/hard_pool100_it50_bare.feat.h5"
 fi
@@ -483,17 +489,17 @@ if [ "$WHAT" = student ]; then
   zoo100_variant sw adv0.1 "against lora-avg 0.1" "--init-lowres 2 --student $AVG --w-adv 0.1"
   run_rows sw0 "zoo-mean + paper T128 lr 3e-4, against lora-avg 0.1|$OUT/pool100_adv0.1|--init zoo-mean $P1K --lr 3e-4"
   # How hard each pool's episodes are for lora-avg and for the bare VFM (~1 min).
-  for p in pool100_lr2 pool100_adv0.3 pool100_adv0.1; do
-    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
-    for m in avg bare; do
-      [ -f "$OUT/hard_${p}_$m.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
-        $([ $m = avg ] && echo --lora "$AVG") --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_$m.feat.h5" --log-level warn
-    done
+  FEATS=()
+  for p in pool100_adv0.1 pool100_adv0.3 pool100_lr2; do
+    pool_features $p avg --lora "$AVG"
+    pool_features $p bare
+    FEATS+=("$OUT/hard_${p}_avg.feat.h5" "$OUT/hard_${p}_bare.feat.h5")
   done
-  $PY bench/pool_hardness.py score 5 "$OUT"/hard_*.feat.h5
+  $PY bench/pool_hardness.py score 5 "${FEATS[@]}"
 fi
 
-# Which layers the surrogates teach (docs/science.md, "Which layers the surrogates teach"): the
+# Which layers the surrogates teach (docs/science.md, "Which layers the surrogates teach, and from
+# which teacher"): the
 # meta-LoRA on a subset of the encoder layers (metatrain --layers; the others stay bare), on the zoo
 # of 100's smooth-start pool and its real-image control, 1,000 steps each (~1.5 min each).
 if [ "$WHAT" = layers ]; then
@@ -512,18 +518,14 @@ if [ "$WHAT" = layers ]; then
   run_rows ly "${LAYER_RUNS[@]}"
 fi
 
-# Support and queries from different teachers (docs/science.md, "Support and queries from
-# different teachers"): how hard the zoo of 100's pooled episodes are for the bare VFM (queries from
+# Support and queries from different teachers (docs/science.md, "Which layers the surrogates
+# teach, and from which teacher"): how hard the zoo of 100's pooled episodes are for the bare VFM (queries from
 # the support's LoRA and from the others; bench/pool_episodes.py), then 1,000-step runs with and
 # without metatrain --disjoint-teachers, softer softmaxes, and harder episodes (metatrain
 # --hard-classes; ~1.2 min each).
 if [ "$WHAT" = teachers ]; then
   [ -f "$OUT/pool100_real/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
-  for p in pool100_lr2 pool100_real; do
-    [ -f "$OUT/hard_$p.h5" ] || $PY bench/pool_hardness.py pack "$OUT/$p" "$OUT/hard_$p.h5"
-    [ -f "$OUT/hard_${p}_bare.feat.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm \
-      --images "$OUT/hard_$p.h5" --out "$OUT/hard_${p}_bare.feat.h5" --log-level warn
-  done
+  for p in pool100_lr2 pool100_real; do pool_features $p bare; done
   $PY bench/pool_episodes.py "surrogates, smooth starts=$OUT/pool100_lr2=$OUT/hard_pool100_lr2_bare.feat.h5" \
     "real images (control)=$OUT/pool100_real=$OUT/hard_pool100_real_bare.feat.h5"
   P3="$P1K --lr 3e-4"
