@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -458,6 +458,35 @@ if [ "$WHAT" = iters ]; then
     "50 iterations=$OUT/pool100_it50=$OUT/hard_pool100_it50_bare.feat.h5"
 fi
 if [ "$WHAT" = imgstarts ]; then zoo100_variant im img "base-glyph starts" "--init-images data/demo/base.h5"; fi
+# Retrieval instead of synthesis (invert --retrieve data/demo/base.h5): each LoRA's "surrogates" are
+# the public glyphs (other scripts) it assigns to each of its classes most confidently, out of 4,096
+# drawn per LoRA; nothing is inverted (docs/science.md, "Public glyphs chosen by the zoo").
+if [ "$WHAT" = retrieve ]; then
+  zoo100_variant rt retr "retrieved base glyphs" "--retrieve data/demo/base.h5"
+  run_rows rt2 "paper T256 lr 3e-4, retrieved base glyphs, zoo of 100|$OUT/pool100_retr|$L1K --distill-weight 0 --temperature 256 --lr 3e-4"
+  # The main recipe gains where the episodic objective loses: distillation alone (no CE), each with
+  # its smooth-start control; 32 retrieved images per LoRA and class; from the zoo's average.
+  DO="--distill-weight 1 --temperature 1e9"
+  run_rows rt3 "distillation only, retrieved base glyphs|$OUT/pool100_retr|$L1K $DO" \
+    "distillation only, smooth starts|$OUT/pool100_lr2|$L1K $DO"
+  once "$OUT/pool100_retr32/index.json" "$OUT/pool100_retr32.log" "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo100" \
+    --out "$OUT/pool100_retr32" --retrieve data/demo/base.h5 --per-class 32
+  run_rows rt4 "main recipe, 32 retrieved per class|$OUT/pool100_retr32|$L1K" \
+    "distillation only, 32 retrieved per class|$OUT/pool100_retr32|$L1K $DO"
+  run_rows rt5 "main recipe from the zoo's average lr 3e-4, retrieved|$OUT/pool100_retr|$L1K --init zoo-mean --lr 3e-4" \
+    "main recipe from the zoo's average lr 3e-4, smooth starts|$OUT/pool100_lr2|$L1K --init zoo-mean --lr 3e-4"
+  # Distillation alone on the retrieved glyphs, still rising at step 1,000: twice the steps, and
+  # from the zoo's average.
+  run_rows rt6 "distillation only, retrieved, 2,000 steps|$OUT/pool100_retr|--steps 2000 --val-every 500 $DO" \
+    "distillation only from the zoo's average lr 3e-4, retrieved|$OUT/pool100_retr|$L1K $DO --init zoo-mean --lr 3e-4"
+  # From the zoo's full average (rank 128: lora-avg itself at step 0) rather than its rank-4 cut.
+  ZM="--init zoo-mean --rank 128 --alpha 128 --lr 3e-4"
+  run_rows rt7 "distillation only from lora-avg (rank 128) lr 3e-4, retrieved|$OUT/pool100_retr|$L1K $DO $ZM" \
+    "distillation only from lora-avg (rank 128) lr 3e-4, smooth starts|$OUT/pool100_lr2|$L1K $DO $ZM"
+  # The control: distillation on real images of the zoo's classes, the best transfer set there is.
+  run_rows rt8 "distillation only, real images (control)|$OUT/pool100_real|$L1K $DO" \
+    "distillation only from the zoo's average lr 3e-4, real images|$OUT/pool100_real|$L1K $DO --init zoo-mean --lr 3e-4"
+fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
 # the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations
 # (half the main job's, to keep the cost near one default inversion: ~20 min in bf16 here; the

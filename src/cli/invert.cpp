@@ -40,6 +40,14 @@ void check_invert_options(const invert::InvertJobConfig& c) {
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
   if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
+  if (!c.retrieve.empty() && !c.real_images.empty())
+    throw InputError("invert: --retrieve and --real-images are two ways of storing images without inverting; give one");
+  if (!c.retrieve.empty() &&
+      (!c.init_images.empty() || !c.feature_prior.empty() || !c.student.empty() || c.inv.co_teachers > 0))
+    throw InputError(
+        "invert: --retrieve stores public images without inverting: --init-images, --feature-prior, --student and "
+        "--co-teachers have no effect with it");
+  if (c.retrieve_candidates < 1) throw InputError("invert: --retrieve-candidates must be >= 1");
   if (c.inv.w_adv > 0 && c.student.empty())
     throw InputError("invert: --w-adv needs --student (the LoRA to invert against)");
   if (!c.student.empty() && !(c.inv.w_adv > 0))
@@ -113,6 +121,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("full-last-layer", po::bool_switch(&full_last), "run the whole last layer as the official code does (benchmarking; the default computes CLS only)")
       ("restart", po::bool_switch(&c.restart), "discard the pool files an earlier run left in --out and invert every LoRA anew (without it, finished files are reused when their recorded settings equal today's, and the run is refused otherwise)")
       ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates")
+      ("retrieve", po::value(&c.retrieve), "retrieval instead of synthesis: store, in place of each LoRA's surrogates, the --per-class images of this public HDF5 set (none of the zoo's data, e.g. the VFM's pre-training images: data/demo/base.h5 in the embedded benchmark) that the LoRA assigns to each of its classes most confidently, each image used once per LoRA (a greedy matching by the LoRA's probabilities); same pool layout, with the LoRA's logits and scores. Uses public data, not the zoo's; nothing is inverted")
+      ("retrieve-candidates", po::value(&c.retrieve_candidates)->default_value(c.retrieve_candidates), "images of --retrieve each LoRA scores, drawn per LoRA (seeded by --seed and the LoRA); all of them when the set is smaller")
       ("real-images", po::value(&c.real_images), "control experiment: instead of inverting, store --per-class REAL images of each LoRA's classes from this HDF5 set (the zoo's --data), in the same pool layout with the LoRA's logits and scores; the LoRAs covering one class get disjoint images while the class has enough");
   // clang-format on
   desc.add(own);

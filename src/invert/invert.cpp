@@ -452,6 +452,32 @@ at::Tensor roll_each(const at::Tensor& x, const std::vector<int>& dy, const std:
   return x.gather(2, ri).gather(3, ci);
 }
 
+std::vector<int64_t> retrieve_rows(const at::Tensor& probs, int per_class) {
+  if (probs.dim() != 2 || per_class < 1) throw InputError("retrieve_rows: probs must be [M, N] and per_class >= 1");
+  const int64_t M = probs.size(0), N = probs.size(1);
+  if (M < N * per_class)
+    throw InputError("retrieval: " + std::to_string(M) + " candidate images cannot fill " + std::to_string(N) +
+                     " classes x " + std::to_string(per_class) + " (raise --retrieve-candidates or use a larger set)");
+  const at::Tensor p = probs.to(at::kCPU, at::kFloat).contiguous().reshape({-1});
+  const at::Tensor order = std::get<1>(p.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const int64_t* o = order.data_ptr<int64_t>();
+  std::vector<char> used(static_cast<size_t>(M), 0);
+  std::vector<std::vector<int64_t>> by_label(static_cast<size_t>(N));
+  int64_t filled = 0;
+  for (int64_t i = 0; i < M * N && filled < N * per_class; ++i) {
+    const int64_t img = o[i] / N, label = o[i] % N;
+    auto& mine = by_label[static_cast<size_t>(label)];
+    if (used[static_cast<size_t>(img)] || static_cast<int>(mine.size()) >= per_class) continue;
+    used[static_cast<size_t>(img)] = 1;
+    mine.push_back(img);
+    ++filled;
+  }
+  std::vector<int64_t> rows(static_cast<size_t>(N * per_class));
+  for (int64_t l = 0; l < N; ++l)
+    for (int k = 0; k < per_class; ++k) rows[static_cast<size_t>(k * N + l)] = by_label[static_cast<size_t>(l)][k];
+  return rows;
+}
+
 void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg,
                      Surrogates& out) {
   at::NoGradGuard ng;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <sstream>
 
@@ -30,8 +31,9 @@
 namespace lorarec::invert {
 namespace {
 using json = nlohmann::json;
-constexpr std::uint64_t kRealStream = 0x401;  // permutation of a class's images (--real-images)
-constexpr std::uint64_t kCoStream = 0x402;    // co-teachers drawn per LoRA and class (--co-teachers)
+constexpr std::uint64_t kRealStream = 0x401;      // permutation of a class's images (--real-images)
+constexpr std::uint64_t kRetrieveStream = 0x402;  // a LoRA's candidate images (--retrieve)
+constexpr std::uint64_t kCoStream = 0x402;        // co-teachers drawn per LoRA and class (--co-teachers)
 namespace stdfs = std::filesystem;
 
 // Per-rank progress files, read by rank 0 to log the whole job's rate and ETA without a collective
@@ -168,6 +170,11 @@ json pool_settings(const InvertJobConfig& cfg) {
     s["--real-images (content digest)"] = prov::file_digest(cfg.real_images);
     return s;
   }
+  if (!cfg.retrieve.empty()) {  // public images chosen by the LoRA, nothing inverted
+    s["--retrieve (content digest)"] = prov::file_digest(cfg.retrieve);
+    s["--retrieve-candidates"] = cfg.retrieve_candidates;
+    return s;
+  }
   const bool use_prior = !cfg.prior.empty() && v.w_bn > 0;
   s.update({{"--iterations", v.iterations},
             {"--lr", v.lr},
@@ -225,6 +232,7 @@ class InvertJob {
     if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
     for (const auto& [option, file] : {std::pair<const char*, const std::string&>{"--real-images", cfg_.real_images},
                                        {"--init-images", cfg_.init_images},
+                                       {"--retrieve", cfg_.retrieve},
                                        {"--feature-prior", cfg_.feature_prior},
                                        {"--student", cfg_.student}})
       if (!file.empty() && !stdfs::exists(file)) throw InputError(std::string(option) + " " + file + ": no such file");
@@ -390,6 +398,10 @@ class InvertJob {
       student_.emplace(model::load_peft(cfg_.student, vit_->config(), cfg_.model));
       student_->to(device_);
     }
+    if (!cfg_.retrieve.empty()) {
+      retrieve_ = data::ImageSet::load(cfg_.retrieve);
+      model::check_image_shape(retrieve_->images().sizes(), vit_->config(), cfg_.retrieve);
+    }
     slot_.assign(jobs_.size(), {});
     if (cfg_.real_images.empty()) return;
     real_ = data::ImageSet::load(cfg_.real_images);
@@ -426,6 +438,10 @@ class InvertJob {
       throw InputError(j.dir + ": its head has " + std::to_string(lora.head_weight().size(0)) +
                        " classes, the zoo manifest lists " + std::to_string(N));
     lora.to(device_);
+    if (retrieve_) {  // the seconds include scoring the candidates
+      const auto t1 = std::chrono::steady_clock::now();
+      return stored_images(lora, retrieved_rows(j, lora), *retrieve_, t1);
+    }
     if (!real_) {
       std::vector<CoTeacher> co;
       for (const CoTeacherPlan& p :
@@ -441,8 +457,6 @@ class InvertJob {
                          data::zoo_entry_name(j.id), co, student_ ? &*student_ : nullptr);
     }
     // Real images of the LoRA's classes, class-interleaved like surrogates, described alike.
-    Surrogates s;
-    const auto t1 = std::chrono::steady_clock::now();
     std::vector<int64_t> rows(static_cast<size_t>(N) * cfg_.inv.per_class);
     for (int l = 0; l < N; ++l) {
       std::vector<int64_t> perm = real_->by_class()[j.classes[l]];
@@ -451,13 +465,46 @@ class InvertJob {
       for (int k = 0; k < cfg_.inv.per_class; ++k)
         rows[static_cast<size_t>(k) * N + l] = perm[(slot_[i][l] * cfg_.inv.per_class + k) % perm.size()];
     }
-    s.images = real_->gather(rows);
+    return stored_images(lora, rows, *real_, std::chrono::steady_clock::now());
+  }
+
+  // Rows of `set` (class-interleaved: row k N + l is image k of label l) stored in place of
+  // surrogates, described alike (the LoRA's logits, patch scores, keep mask).
+  Surrogates stored_images(const model::Lora& lora, const std::vector<int64_t>& rows, const data::ImageSet& set,
+                           std::chrono::steady_clock::time_point t1) const {
+    const int64_t N = lora.head_weight().size(0);
+    Surrogates s;
+    s.images = set.gather(rows);
     if (s.images.size(3) == 1) s.images = s.images.expand({-1, -1, -1, 3}).contiguous();
     s.labels = at::arange(N, at::kInt).repeat({cfg_.inv.per_class});
     describe_images(*vit_, lora, cfg_.inv, s);
     s.best_iteration = 0;
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     return s;
+  }
+
+  // --retrieve: the LoRA's softmax over its candidates (drawn per LoRA, seeded), in chunks without
+  // gradients, and the rows retrieve_rows picks from them.
+  std::vector<int64_t> retrieved_rows(const data::ZooEntry& j, const model::Lora& lora) const {
+    const int64_t M = std::min<int64_t>(cfg_.retrieve_candidates, retrieve_->size());
+    std::vector<int64_t> all(static_cast<size_t>(retrieve_->size()));
+    std::iota(all.begin(), all.end(), int64_t{0});
+    auto rng = data::make_rng(cfg_.inv.seed, kRetrieveStream, static_cast<std::uint64_t>(j.id));
+    std::shuffle(all.begin(), all.end(), rng);
+    all.resize(static_cast<size_t>(M));
+    at::NoGradGuard ng;
+    std::vector<at::Tensor> probs;
+    constexpr int64_t kChunk = 256;
+    for (int64_t from = 0; from < M; from += kChunk) {
+      const std::vector<int64_t> part(all.begin() + from, all.begin() + std::min(M, from + kChunk));
+      at::Tensor img = retrieve_->gather(part);
+      if (img.size(3) == 1) img = img.expand({-1, -1, -1, 3}).contiguous();
+      const at::Tensor feat = vit_->forward(vit_->preprocess(img), model::ForwardOptions{}, &lora).feature;
+      probs.push_back(at::softmax(lora.head(feat).to(at::kFloat), -1).cpu());
+    }
+    std::vector<int64_t> rows = retrieve_rows(at::cat(probs), cfg_.inv.per_class);
+    for (int64_t& r : rows) r = all[static_cast<size_t>(r)];
+    return rows;
   }
 
   // The LoRA's pool file (data/surrogate_pool.h) with invert's attributes.
@@ -481,7 +528,7 @@ class InvertJob {
                             f.set_attr("/", "target_mix", v.target_mix);
                             f.set_attr("/", "settings", settings_.dump());
                             f.set_attr("/", "lora_digest", model::adapter_digest(j.dir));
-                            if (!real_) {  // the loss weights the surrogates were made with
+                            if (!real_ && !retrieve_) {  // the loss weights the surrogates were made with
                               f.set_attr("/", "w_ce", v.w_ce);
                               f.set_attr("/", "w_bn", prior_ ? v.w_bn : 0.0);
                               f.set_attr("/", "w_tv", v.w_tv);
@@ -489,6 +536,7 @@ class InvertJob {
                               f.set_attr("/", "w_div", v.w_div);
                             }
                             if (real_) f.set_attr("/", "real_images", cfg_.real_images);
+                            if (retrieve_) f.set_attr("/", "retrieved_from", cfg_.retrieve);
                             f.set_attr("/", "best_loss", s.best_loss);
                             f.set_attr("/", "final_loss", s.final_loss);
                             f.set_attr("/", "best_iteration", int64_t{s.best_iteration});
@@ -525,11 +573,12 @@ class InvertJob {
   json settings_;
   std::optional<model::ClipVision> vit_;
   std::optional<model::ResNet> prior_;
-  std::optional<data::ImageSet> real_;  // the real-image control (--real-images)
-  InversionConfig inv_;                 // cfg_.inv with the starting images of --init-images
-  std::vector<data::ZooEntry> co_zoo_;  // the co-teachers' zoo (--co-teachers)
-  std::optional<model::Lora> student_;  // --student, loaded when --w-adv > 0
-  std::vector<std::vector<int>> slot_;  // per LoRA and label: LoRAs before it covering the class
+  std::optional<data::ImageSet> real_;      // the real-image control (--real-images)
+  std::optional<data::ImageSet> retrieve_;  // the public images of --retrieve
+  InversionConfig inv_;                     // cfg_.inv with the starting images of --init-images
+  std::vector<data::ZooEntry> co_zoo_;      // the co-teachers' zoo (--co-teachers)
+  std::optional<model::Lora> student_;      // --student, loaded when --w-adv > 0
+  std::vector<std::vector<int>> slot_;      // per LoRA and label: LoRAs before it covering the class
   std::vector<double> costs_;
   std::vector<int> owner_;    // rank of each LoRA
   std::vector<size_t> mine_;  // this rank's LoRAs still to invert

@@ -164,6 +164,32 @@ expect_status 2 "--student needs --w-adv > 0" -- $B invert $C --student runs/qui
 expect_status 2 "--student nope: no such file" -- $B invert $C --student nope --w-adv 0.3 --out pool_st
 expect_status 2 "--w-adv needs --per-class >= 2" -- $B invert $C --student runs/quick/meta --w-adv 0.3 --per-class 1 --out pool_st
 expect_status 2 "setting --adv-temperature: (none)" -- $B invert $C --student runs/quick/meta --w-adv 0.3
+# Retrieval (--retrieve): refused with the options it ignores and when the candidates cannot fill the
+# classes; for real, every stored image is one of the public set's, each at most once per LoRA.
+expect_status 2 "--retrieve and --real-images are two ways" -- $B invert $C --retrieve data/quick/base.h5 \
+  --real-images data/quick/zoo.h5 --out pool_rt
+expect_status 2 "--co-teachers have no effect with it" -- $B invert $C --retrieve data/quick/base.h5 \
+  --init-images data/quick/base.h5 --out pool_rt
+expect_status 2 "--retrieve-candidates must be >= 1" -- $B invert $C --retrieve data/quick/base.h5 --retrieve-candidates 0 --out pool_rt
+expect_status 2 "3 candidate images cannot fill" -- $B invert $C --retrieve data/quick/base.h5 --retrieve-candidates 3 \
+  --out pool_rt --restart
+$B invert $C --out pool_rt --retrieve data/quick/base.h5 --retrieve-candidates 200 --restart >inv_rt.txt 2>&1 ||
+  { cat inv_rt.txt; fail "invert --retrieve"; }
+grep -q 'retrieve (content digest)' pool_rt/index.json && grep -q '"--retrieve-candidates": 200' pool_rt/index.json ||
+  fail "pool_rt/index.json does not record --retrieve"
+"$LORAREC_PYTHON" - <<'PY'
+import glob, h5py, numpy as np
+base = h5py.File("data/quick/base.h5", "r")["images"][...]
+keys = {b.tobytes(): i for i, b in enumerate(base)}
+for path in sorted(glob.glob("pool_rt/lora_*.h5")):
+    with h5py.File(path, "r") as f:
+        rows = [keys.get(im.tobytes()) for im in f["images"][...]]
+        assert f.attrs["retrieved_from"].endswith("base.h5"), path
+    assert None not in rows, (path, "an image that is not one of the public set's")
+    assert len(set(rows)) == len(rows), (path, "an image stored twice")
+print("retrieve: every pool image is one of base.h5's, none twice within a LoRA")
+PY
+[ $? = 0 ] || fail "invert --retrieve stored images that are not the public set's"
 # All four, for real (2 iterations): the pool records them and the log names the terms.
 $B invert $C --out pool_co --iterations 2 --co-teachers 2 --init-images data/quick/base.h5 \
   --feature-prior data/quick/base.h5 --w-feat 0.1 --student runs/quick/meta --w-adv 0.3 --log-level debug >inv_co.txt 2>&1 ||

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "lorarecycle/data/image_set.h"
 #include "lorarecycle/invert/pool.h"
@@ -523,6 +524,27 @@ TEST(Inversion, WhiteBorderHoldsTheMarginWhiteInColourAndGrey) {
   }
   cfg.white_border = static_cast<int>(t.vit.config().image_size / 2);
   EXPECT_THROW(invert_lora(t.vit, t.lora, nullptr, cfg, 1), InputError);
+}
+
+TEST(Inversion, RetrieveRowsMatchImagesToTheirMostConfidentClassEachOnce) {
+  // Label 0 takes images 0 and 1; image 2 prefers label 0 too but finds it full; label 1 takes its
+  // argmax images 3 and 4 (0.6, 0.55) before image 2 (0.3). Class-interleaved: 0, 3, 1, 4.
+  const at::Tensor p =
+      at::tensor({0.9f, 0.1f, 0.8f, 0.2f, 0.7f, 0.3f, 0.4f, 0.6f, 0.45f, 0.55f, 0.5f, 0.5f}).view({6, 2});
+  EXPECT_EQ(retrieve_rows(p, 2), (std::vector<int64_t>{0, 3, 1, 4}));
+  // Every image prefers label 0: label 1 gets the most probable of the rest (3 at 0.4, then 2).
+  const at::Tensor q = at::tensor({0.9f, 0.1f, 0.8f, 0.2f, 0.7f, 0.3f, 0.6f, 0.4f}).view({4, 2});
+  EXPECT_EQ(retrieve_rows(q, 2), (std::vector<int64_t>{0, 3, 1, 2}));
+  EXPECT_THROW(retrieve_rows(q, 3), InputError);  // 4 images cannot fill 2 classes x 3
+  // Random probabilities: distinct rows, and each label's images in descending probability.
+  at::manual_seed(3);
+  const at::Tensor r = at::softmax(at::randn({50, 5}), -1);
+  const std::vector<int64_t> rows = retrieve_rows(r, 6);
+  ASSERT_EQ(rows.size(), 30u);
+  EXPECT_EQ(std::set<int64_t>(rows.begin(), rows.end()).size(), rows.size());
+  for (int l = 0; l < 5; ++l)
+    for (int k = 1; k < 6; ++k)
+      EXPECT_GE(r[rows[(k - 1) * 5 + l]][l].item<float>(), r[rows[k * 5 + l]][l].item<float>());
 }
 
 TEST(Inversion, StoredScoresMasksAndLogitsMatchASeparateForwardPass) {

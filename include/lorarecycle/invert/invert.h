@@ -144,6 +144,14 @@ struct Surrogates {
   double seconds = 0;
 };
 
+// Retrieval instead of synthesis (invert --retrieve): which of M public images stand for a LoRA's N
+// classes, given probs (float [M, N], the LoRA's softmax over them). A greedy matching: (image,
+// label) pairs taken by descending probability, each image at most once, each label up to
+// per_class times, so a label gets first the images the LoRA assigns to it most confidently.
+// Returns M-row indices, class-interleaved like surrogates (entry k N + l: the k-th image of label
+// l, the most probable first). Throws InputError when M < N per_class.
+std::vector<int64_t> retrieve_rows(const at::Tensor& probs, int per_class);
+
 // Fills out's teacher_logits, patch_scores, keep_mask and teacher_accuracy from out.images (uint8
 // [n, S, S, 3]) and out.labels under the LoRA: what the pool stores beside each image.
 void describe_images(const model::ClipVision& vit, const model::Lora& lora, const InversionConfig& cfg,

@@ -25,19 +25,24 @@ struct InvertJobConfig {
   std::string prior;  // BN-prior ResNet (directory or .safetensors); empty: no BN term
   std::string out;    // pool directory
   InversionConfig inv;
-  bool preview = false;        // also write lora_<k>.png, a contact sheet of the surrogates
-  std::string real_images;     // control: store per_class REAL images of each LoRA's classes from this
-                               // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
-                               // class gets the k-th block of a seeded permutation of its images
-  std::string init_images;     // HDF5 image set (data/image_set.h) whose images start the inversion instead
-                               // of noise (InversionConfig::init_images); empty: noise
-  std::string co_teacher_zoo;  // zoo whose LoRAs serve as co-teachers (inv.co_teachers > 0); empty: --zoo
-  std::string feature_prior;   // HDF5 image set whose token statistics the surrogates match
-                               // (InversionConfig::feature_prior); empty: off
-  std::string student;         // LoRA adapter directory (e.g. a meta-LoRA) the surrogates are inverted against
-                               // (InversionConfig::w_adv, invert_lora's student); empty: none
-  int chunk_images = 64;       // HDF5 chunk (images) of /images
-  bool restart = false;        // discard the pool files an earlier run left in `out`
+  bool preview = false;            // also write lora_<k>.png, a contact sheet of the surrogates
+  std::string real_images;         // control: store per_class REAL images of each LoRA's classes from this
+                                   // HDF5 set (the zoo's data) instead of inverting; the k-th LoRA covering a
+                                   // class gets the k-th block of a seeded permutation of its images
+  std::string retrieve;            // HDF5 image set (public, none of the zoo's data) whose images stand in for the
+                                   // surrogates instead of inverting: per LoRA, the per_class images of
+                                   // retrieve_candidates (drawn per LoRA, seeded) it assigns to each class most
+                                   // confidently (retrieve_rows); empty: off
+  int retrieve_candidates = 4096;  // images of `retrieve` each LoRA scores (all when the set is smaller)
+  std::string init_images;         // HDF5 image set (data/image_set.h) whose images start the inversion instead
+                                   // of noise (InversionConfig::init_images); empty: noise
+  std::string co_teacher_zoo;      // zoo whose LoRAs serve as co-teachers (inv.co_teachers > 0); empty: --zoo
+  std::string feature_prior;       // HDF5 image set whose token statistics the surrogates match
+                                   // (InversionConfig::feature_prior); empty: off
+  std::string student;             // LoRA adapter directory (e.g. a meta-LoRA) the surrogates are inverted against
+                                   // (InversionConfig::w_adv, invert_lora's student); empty: none
+  int chunk_images = 64;           // HDF5 chunk (images) of /images
+  bool restart = false;            // discard the pool files an earlier run left in `out`
   model::Precision precision = model::Precision::kFp32;  // of the ViT's passes (teacher, inversion)
 };
 
