@@ -54,7 +54,9 @@
 # (metatrain --layers), surrogates and real images; "teachers" (after "zoo100"): the support of a
 # class from one LoRA, its queries from the others (metatrain --disjoint-teachers); "border" (after
 # "zoo100"): the zoo of 100 inverted with a white margin (invert --white-border 3); "iters" (after
-# "zoo100"): the zoo of 100 inverted with 50 iterations instead of 200 (less exaggerated surrogates).
+# "zoo100"): the zoo of 100 inverted with 50 iterations instead of 200 (less exaggerated surrogates);
+# "retrieve" (after "zoo100"): public glyphs each LoRA assigns to its classes instead of inverted ones
+# (invert --retrieve), under the paper's objective, the main recipe and distillation alone.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
