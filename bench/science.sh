@@ -488,6 +488,12 @@ if [ "$WHAT" = retrieve ]; then
   # The control: distillation on real images of the zoo's classes, the best transfer set there is.
   run_rows rt8 "distillation only, real images (control)|$OUT/pool100_real|$L1K $DO" \
     "distillation only from the zoo's average lr 3e-4, real images|$OUT/pool100_real|$L1K $DO --init zoo-mean --lr 3e-4"
+  # Both: the episodic objective on the inverted surrogates (class content), distillation on the
+  # retrieved glyphs (real-looking inputs; metatrain --distill-pool), the main recipe's weights.
+  RD="--distill-pool $OUT/pool100_retr"
+  run_rows rt9 "main recipe, CE on surrogates + distillation on retrieved|$OUT/pool100_lr2|$L1K $RD" \
+    "the same from the zoo's average lr 3e-4|$OUT/pool100_lr2|$L1K $RD --init zoo-mean --lr 3e-4" \
+    "main recipe, CE on real images + distillation on retrieved (control)|$OUT/pool100_real|$L1K $RD"
 fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
 # the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations

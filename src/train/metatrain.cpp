@@ -54,7 +54,8 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kCheckpoint = "checkpoint.safetensors";
 constexpr std::uint64_t kEpisodeStream = 0x3000;  // + episode slot
 constexpr std::uint64_t kValSeedOffset = 0x5eed;
-constexpr std::uint64_t kMaskStream = 0x6000;  // + mask variant (--mask-select random)
+constexpr std::uint64_t kMaskStream = 0x6000;     // + mask variant (--mask-select random)
+constexpr std::uint64_t kDistillStream = 0x7000;  // + episode slot (--distill-pool images)
 constexpr int64_t kWarmSteps = 2;  // excluded from the throughput figures and the phase profile (first touches)
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -239,6 +240,9 @@ void MetaTrainConfig::validate() const {
     throw InputError(
         "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
         "and --mask-ratio > 0");
+  if (!distill_pool.empty() && distill_weight <= 0)
+    throw InputError("metatrain: --distill-pool carries the distillation term: it needs --distill-weight > 0");
+  if (distill_images < 0) throw InputError("metatrain: --distill-images must be >= 0");
   if (host_sync != "step" && host_sync != "log" && host_sync != "auto")
     throw InputError("metatrain: --host-sync must be step, log or auto, not '" + host_sync + "'");
   if (keep != "last" && keep != "best") throw InputError("metatrain: --keep must be last or best, not '" + keep + "'");
@@ -267,6 +271,7 @@ struct Batch {
   at::Tensor patch_index;           // [same, T] int64, or undefined (all patches)
   std::vector<at::Tensor> teacher;  // per local episode: [N*Q, N] teacher logits, or undefined
   at::Tensor teacher_feat;          // [same rows as pixels, D] own-LoRA features (--distill-weight), or undefined
+  at::Tensor distill_pixels, distill_u8, distill_feat;  // --distill-pool: its images (as pixels/u8) and targets
   double prep_seconds = 0;
 };
 
@@ -325,7 +330,8 @@ class BatchMaker {
   // neighbours: nearest_classes for --hard-classes (empty: classes drawn uniformly).
   BatchMaker(const MetaTrainConfig& cfg, data::SurrogatePool& pool, const model::ClipVisionConfig& vit, int episodes,
              int rank, int world, bool normalise_here, at::Tensor teacher_feat,
-             std::vector<std::vector<int>> neighbours = {})
+             std::vector<std::vector<int>> neighbours = {}, data::SurrogatePool* distill_pool = nullptr,
+             at::Tensor distill_feat = {})
       : cfg_(cfg),
         pool_(pool),
         vit_(vit),
@@ -334,7 +340,9 @@ class BatchMaker {
         world_(world),
         normalise_(normalise_here),
         teacher_feat_(std::move(teacher_feat)),
-        neighbours_(std::move(neighbours)) {
+        neighbours_(std::move(neighbours)),
+        distill_pool_(distill_pool),
+        distill_feat_(std::move(distill_feat)) {
     grid_ = vit.image_size / vit.patch_size;
     single_files_ = single_lora_files(cfg, pool);
   }
@@ -418,6 +426,7 @@ class BatchMaker {
     else
       b.u8 = u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
     if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
+    if (distill_pool_ != nullptr) make_distill(b, step);
     if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
       if (b.patch_index.defined()) b.patch_index = b.patch_index.pin_memory();
       if (b.teacher_feat.defined()) b.teacher_feat = b.teacher_feat.pin_memory();
@@ -426,6 +435,29 @@ class BatchMaker {
     }
     b.prep_seconds = seconds_since(t0);
     return b;
+  }
+
+  // --distill-pool: per local episode slot, --distill-images rows drawn uniformly (seeded by seed,
+  // slot and step: the schedule does not depend on the world size), whole and unflipped.
+  void make_distill(Batch& b, int64_t step) const {
+    const auto& s = cfg_.spec;
+    const int n = cfg_.distill_images > 0 ? cfg_.distill_images : s.n_way * (s.k_shot + s.q_query);
+    std::uniform_int_distribution<int64_t> pick(0, distill_pool_->size() - 1);
+    std::vector<int64_t> rows;
+    for (int j = rank_; j < episodes_; j += world_) {
+      auto rng =
+          data::make_rng(cfg_.seed, kDistillStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
+      for (int i = 0; i < n; ++i) rows.push_back(pick(rng));
+    }
+    at::Tensor u8 = distill_pool_->images(rows);
+    if (cfg_.gray) u8 = u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
+    b.distill_feat = distill_feat_.select(1, 0).select(1, 0).index_select(0, at::tensor(rows, at::kLong));
+    if (normalise_) {
+      b.distill_pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
+    } else {
+      b.distill_u8 = u8.pin_memory();
+      b.distill_feat = b.distill_feat.pin_memory();
+    }
   }
 
   // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
@@ -452,6 +484,8 @@ class BatchMaker {
   std::vector<int> single_files_;
   at::Tensor teacher_feat_;
   std::vector<std::vector<int>> neighbours_;
+  data::SurrogatePool* distill_pool_ = nullptr;
+  at::Tensor distill_feat_;  // [distill pool rows, 1, 2, D]
 };
 
 // Runs a BatchMaker on its own thread, `depth` steps ahead.
@@ -569,6 +603,10 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.scales_only) j["scales_only"] = true;      // the same
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
+  if (!c.distill_pool.empty()) {                               // the same
+    j["distill_pool"] = c.distill_pool;
+    j["distill_images"] = c.distill_images;
+  }
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
     j["mask_variants"] = c.mask_variants;
@@ -708,7 +746,7 @@ class MetaTrainer {
     rss_before_ = peak_rss_mb();
     cuda_peak_mb(device_, /*reset=*/true);  // the training loop's peak, without validation
     BatchMaker maker(cfg_, *pool_, vit_->config(), E_, rank_, W_, /*normalise_here=*/!device_.is_cuda(), teacher_feat_,
-                     neighbours_);
+                     neighbours_, distill_pool_ ? &*distill_pool_ : nullptr, distill_feat_);
     install_stop_handlers();
     Progress progress("metatrain", "meta-training", cfg_.steps - start_, "steps", 10.0);
     optim::BadStepGuard guard("metatrain", cfg_.max_bad_steps, "; last good checkpoint: " + ckpt_.string(),
@@ -776,31 +814,43 @@ class MetaTrainer {
 
   // Before any work, on every rank: --out and its work directory are new, empty or this
   // command's; the pool was inverted from --model; the fingerprint of the run.
+  // The digest of a pool's index.json ("none" when absent); InputError when it is not JSON or its
+  // pool was inverted from another VFM than --model.
+  std::string checked_pool_digest(const stdfs::path& index_path, const std::string& what,
+                                  const std::string& model_digest) const {
+    if (!stdfs::exists(index_path)) return "none";
+    json index;
+    try {
+      index = json::parse(fs::read_text(index_path));
+    } catch (const json::exception& e) {
+      throw InputError(index_path.string() + ": invalid JSON (" + e.what() + ")");
+    }
+    const json had = index.value("settings", json::object()).value("--model (content digest)", json());
+    if (had.is_string() && had.get<std::string>() != model_digest)
+      throw InputError(what + " was inverted from another VFM (" + index.value("model", std::string("?")) +
+                       ", digest " + had.get<std::string>() + ") than --model " + cfg_.model + " (digest " +
+                       model_digest + "); meta-train on the VFM the zoo was tuned on");
+    return prov::file_digest(index_path);
+  }
+
   void check_inputs() {
     (void)prov::check_output_dir(cfg_.out, "metatrain");
     (void)prov::check_output_dir(work_, "metatrain-work");
     if (!stdfs::exists(cfg_.model)) throw InputError("--model " + cfg_.model + ": no such directory");
     const stdfs::path index_path = stdfs::path(cfg_.pool) / data::kPoolIndexFile;
     const std::string model_digest = io::checked_model_digest(cfg_.model);
-    std::string pool_digest = "none";
-    if (stdfs::exists(index_path)) {
-      pool_digest = prov::file_digest(index_path);
-      json index;
-      try {
-        index = json::parse(fs::read_text(index_path));
-      } catch (const json::exception& e) {
-        throw InputError(index_path.string() + ": invalid JSON (" + e.what() + ")");
-      }
-      const json had = index.value("settings", json::object()).value("--model (content digest)", json());
-      if (had.is_string() && had.get<std::string>() != model_digest)
-        throw InputError("--pool " + cfg_.pool + " was inverted from another VFM (" +
-                         index.value("model", std::string("?")) + ", digest " + had.get<std::string>() +
-                         ") than --model " + cfg_.model + " (digest " + model_digest +
-                         "); meta-train on the VFM the zoo was tuned on");
-    }
+    const std::string pool_digest = checked_pool_digest(index_path, "--pool " + cfg_.pool, model_digest);
     fp_ = fingerprint(cfg_, E_);
     fp_["model (content digest)"] = model_digest;
     fp_["pool (index digest)"] = pool_digest;
+    if (!cfg_.distill_pool.empty()) {
+      const stdfs::path distill_index = stdfs::path(cfg_.distill_pool) / data::kPoolIndexFile;
+      if (!stdfs::exists(distill_index))
+        throw InputError("--distill-pool " + cfg_.distill_pool + ": no " + data::kPoolIndexFile +
+                         " (a pool directory written by invert, e.g. with --retrieve)");
+      fp_["distill pool (index digest)"] =
+          checked_pool_digest(distill_index, "--distill-pool " + cfg_.distill_pool, model_digest);
+    }
     if (stdfs::exists(ckpt_) && !cfg_.resume && !cfg_.restart)
       throw InputError(ckpt_.string() +
                        ": a checkpoint exists; pass --resume to continue it or --restart to discard it");
@@ -821,6 +871,23 @@ class MetaTrainer {
     comm_.barrier();
   }
 
+  // --distill-pool: the pool and its images' features under their own LoRAs (whole images,
+  // unflipped: they are fed so).
+  void load_distill_pool() {
+    distill_pool_.emplace(data::SurrogatePool::open(cfg_.distill_pool, vit_->config().image_size, P_,
+                                                    cfg_.cache_mb * (int64_t(1) << 20)));
+    MetaTrainConfig dense = cfg_;
+    dense.mask_ratio = 0;
+    dense.distill_dense = false;
+    dense.flip = false;
+    distill_feat_ = own_lora_features(*vit_, *distill_pool_, dense, comm_, device_);
+    const int n =
+        cfg_.distill_images > 0 ? cfg_.distill_images : cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
+    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": the distillation term on " << n << " of its "
+                                            << distill_pool_->size()
+                                            << " images per episode (whole images), not on the episodes' images");
+  }
+
   void load_models_and_data() {
     vit_.emplace(model::ClipVision::load(cfg_.model));
     const auto& vc = vit_->config();
@@ -838,7 +905,9 @@ class MetaTrainer {
     }
     vit_->to(device_);
     vit_->set_precision(cfg_.precision);
-    if (cfg_.distill_weight > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
+    if (cfg_.distill_weight > 0 && cfg_.distill_pool.empty())
+      teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
+    if (cfg_.distill_weight > 0 && !cfg_.distill_pool.empty()) load_distill_pool();
     if (cfg_.hard_classes > 0) {
       neighbours_ = nearest_classes(*pool_, bare_features(*vit_, *pool_, comm_, device_), cfg_.hard_classes);
       LOG_INFO("metatrain", "--hard-classes " << cfg_.hard_classes << ": each episode's other classes among the "
@@ -1044,6 +1113,16 @@ class MetaTrainer {
     return {loss_sum, correct};
   }
 
+  // --distill-pool: the distillation term on the batch's images of that pool (a dense forward),
+  // weighted as the episodes' own term would be: distill_weight x the mean squared difference per
+  // episode, summed over this rank's episodes.
+  at::Tensor distill_loss(const Batch& b) const {
+    const at::Tensor px = b.distill_pixels.defined() ? b.distill_pixels.to(device_)
+                                                     : model::preprocess_images(b.distill_u8, vit_->config(), device_);
+    const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
+    return (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.distill_weight * E_local_);
+  }
+
   // One step: forward and backward on this rank's episodes, one all-reduce of the gradients and
   // counters, and (on every rank alike) the update or, for a non-finite step, none.
   StepResult step(const Batch& b, optim::BadStepGuard& guard) {
@@ -1062,8 +1141,9 @@ class MetaTrainer {
     }
     feat = feat.to(at::kFloat);  // prototypes and losses in float32
     util::PhaseScope loss_phase("loss");
-    const auto [loss_sum, correct] = episode_losses(b, feat);
+    auto [loss_sum, correct] = episode_losses(b, feat);
     loss_phase.stop();
+    if (b.distill_feat.defined()) loss_sum = loss_sum + distill_loss(b);
     util::PhaseScope backward_phase("backward");
     opt_->zero_grad();
     (loss_sum / double(E_local_)).backward();
@@ -1321,7 +1401,9 @@ class MetaTrainer {
   data::ImageSet val_;
   bool have_val_ = false;
   at::Tensor teacher_feat_, query_labels_;
-  std::vector<std::vector<int>> neighbours_;  // --hard-classes: nearest_classes of the pool
+  std::optional<data::SurrogatePool> distill_pool_;  // --distill-pool
+  at::Tensor distill_feat_;                          // its images' own-LoRA features [rows, 1, 2, D]
+  std::vector<std::vector<int>> neighbours_;         // --hard-classes: nearest_classes of the pool
   std::optional<model::Lora> lora_;
   // --scales-only: each adapter's frozen B0 and its trained scales s (params_); B = B0 diag(s).
   struct Scaled {

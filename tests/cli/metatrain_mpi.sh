@@ -10,7 +10,9 @@
 #     in a row abort with a clear message;
 #  5. feature distillation from each surrogate's own LoRA (--distill-weight, with a temperature and
 #     a mask ratio, the attention-top patches and --mask-select random): world size 1 equals mpirun
-#     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2);
+#     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2); the
+#     same with the term on a second pool's images (--distill-pool), which is refused without
+#     --distill-weight and when it is not a pool;
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
@@ -149,6 +151,19 @@ top, rnd = deltas("k2"), deltas("rm2")
 diff = max(float(np.abs(top[k] - rnd[k]).max()) for k in top)
 assert diff > 1e-4, "random subsets trained the same weights as the top patches"
 PY
+# --distill-pool: the distillation term on a second pool's images instead of the episodes' (the
+# quick pool again, whose LoRAs exist), whole images: the same checks, the log line, the
+# fingerprint, and the refusals.
+distill_runs dp 40 --mask-select top --distill-pool runs/quick/pool --distill-images 6
+grep -q -- "--distill-pool runs/quick/pool: the distillation term on 6 of its" dp2.txt || { cat dp2.txt; fail "no --distill-pool line"; }
+"$LORAREC_PYTHON" -c '
+import json
+fp = json.load(open("dp2/metatrain.json"))["fingerprint"]
+assert fp["distill_pool"] == "runs/quick/pool" and fp["distill_images"] == 6, fp' || fail "the fingerprint lacks --distill-pool"
+expect_status 2 "--distill-pool carries the distillation term: it needs --distill-weight > 0" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-pool runs/quick/pool --steps 2 --out dpx
+expect_status 2 "--distill-pool runs/quick/zoo: no index.json" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/zoo --steps 2 --out dpx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'
 import h5py

@@ -103,6 +103,9 @@ struct MetaTrainConfig {
   double temperature = 1.0;     // training logits = -squared distance / temperature
   double distill_weight = 0.0;  // weight of the feature distillation to each image's own LoRA (0 = off)
   bool distill_dense = false;   // with a mask ratio: the teacher's features of the whole image, not of the kept patches
+  std::string distill_pool;     // a second pool whose images carry the distillation term instead of the episodes'
+                                // (e.g. invert --retrieve: public images), each under its own LoRA, dense; empty: off
+  int distill_images = 0;       // images of distill_pool per episode and step (0: as many as an episode holds)
   int64_t val_every = 200;      // steps between validations (0 = only at start and end)
   std::string keep = "last";    // the meta-LoRA written: last (after --steps) | best (highest validation mean)
   int val_episodes = 300;       // fixed validation episodes
