@@ -20,12 +20,16 @@
 # left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
 # tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
 # the work, so a lower bound of nothing).
-# PARTS="1 2" runs only those parts (default "1 2 3 4"; the peak (0) always runs).
+#   (5) the step's fixed cost: the step of (4) at 40 and 80 images per episode (5-way 1-shot, 7 and 15
+#       queries), mask 0 and 0.75; a line through the two gives the cost per image and the cost that
+#       does not depend on the images (per-op overhead, optimizer, loss), and the 0 / 0.75 ratio
+#       with and without that fixed cost, against the ratio of the FLOPs.
+# PARTS="1 2" runs only those parts (default "1 2 3 4 5"; the peak (0) always runs).
 #   [WORKDIR=DIR] [PARTS=...] bash bench/perf.sh [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
-REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4}; EPS=${EPS:-2 4}
+REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4 5}; EPS=${EPS:-2 4}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
@@ -131,6 +135,21 @@ part 4 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
+part 5 && echo "(5) fixed cost of the step: 1 rank, 1 thread, 40 and 80 images per episode, 60 steps: running"
+part 5 && for rep in $(seq 1 "$REPS"); do
+  for p in $PRECS; do
+    for m in 0 0.75; do
+      for q in 7 15; do
+        s5=("${STEP[@]}")
+        for i in "${!s5[@]}"; do [ "${s5[$i]}" = --query ] && s5[$((i + 1))]=$q; done
+        OMP_NUM_THREADS=1 with_precision $p "$(bin_for $p)" metatrain "${s5[@]}" --pool "$W/pool" --out "$W/fx" --restart \
+          --steps 60 --mask-ratio $m --val-every 0 >/dev/null
+        cp "$W/fx/metatrain.json" "$W/fixed_${p}_${m}_q$q.$rep.json"
+      done
+    done
+  done
+done
+
 /usr/bin/python3 - "$W" "$PWD/$MODEL" "$REPS" <<'PY'
 import json, os, statistics as st, sys
 w, model, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -201,4 +220,22 @@ if any(f.startswith("phase_") for f in os.listdir(w)):
                  for m, ts in ph.items()}
             ratio = f"{v['0'] / v['0.75']:9.2f}x" if v["0.75"] > 0.005 else f"{'-':>10}"
             print(f"  {k:<16}{v['0']:9.2f}{v['0.5']:10.2f}{v['0.75']:11.2f}{ratio}")
+
+if any(f.startswith("fixed_") for f in os.listdir(w)):
+    def fwd_tokens(n): return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
+    kept = P - int(0.75 * P)
+    print(f"\n(5) the step's fixed cost, ms (1 rank, 1 episode; step = fixed + images x per image, through the "
+          f"medians at 40 and 80 images); forward FLOPs per image dense / mask 0.75: {fwd_tokens(N) / fwd_tokens(kept + 1):.2f}x")
+    print(f"  {'precision':<18}{'mask':>6}{'40 images':>11}{'80 images':>11}{'per image':>11}{'fixed':>8}")
+    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
+        if not os.path.exists(f"{w}/fixed_{pr}_0_q7.1.json"): continue
+        fit = {}
+        for m in ("0", "0.75"):
+            t = {q: med(json.load(open(f"{w}/fixed_{pr}_{m}_q{q}.{r}.json"))["timing"]["step_seconds"] * 1e3
+                        for r in range(1, reps + 1)) for q in (7, 15)}
+            per = (t[15] - t[7]) / 40
+            fit[m] = (t[7] - 40 * per, per, t[15])
+            print(f"  {pr:<18}{m:>6}{t[7]:11.2f}{t[15]:11.2f}{per:11.4f}{fit[m][0]:8.2f}")
+        (f0, c0, s0), (f7, c7, s7) = fit["0"], fit["0.75"]
+        print(f"  {pr:<18} 0 / 0.75 at 80 images: step {s0 / s7:.2f}x, per image {c0 / c7:.2f}x (the step without its fixed cost)")
 PY
