@@ -37,7 +37,10 @@ speed_pool "$W/pool" "${MPI[@]}" -np 2
 /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
 
 echo; echo "(0) one-thread matmul peak (GFLOP/s; rows = 80 images x 65 tokens)"
-OMP_NUM_THREADS=1 /usr/bin/python3 - "$W/peak.json" <<'PY'
+# glibc's malloc tuned as lorarecycle tunes it (src/cli/main.cpp), so that large outputs are not
+# page-faulted anew on every call (docs/metatrain.md, "The step's fixed cost").
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824 \
+  OMP_NUM_THREADS=1 /usr/bin/python3 - "$W/peak.json" <<'PY'
 import json, sys, time, torch
 torch.set_num_threads(1)
 out = {}
