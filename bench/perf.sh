@@ -127,14 +127,19 @@ part 3 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
+# step_run JSON PRECISION MASK STEPS ARGS...: the one-rank, one-thread step (ARGS: STEP or a variant
+# of it) on the speed pool; its metatrain.json copied to JSON.
+step_run() {
+  local json=$1 p=$2 m=$3 n=$4
+  shift 4
+  OMP_NUM_THREADS=1 with_precision "$p" "$(bin_for "$p")" metatrain "$@" --pool "$W/pool" --out "$W/ph" --restart \
+    --steps "$n" --mask-ratio "$m" --val-every 0 >/dev/null
+  cp "$W/ph/metatrain.json" "$json"
+}
 part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: running"
 part 4 && for rep in $(seq 1 "$REPS"); do
   for p in $PRECS; do
-    for m in 0 0.5 0.75; do
-      OMP_NUM_THREADS=1 with_precision $p "$(bin_for $p)" metatrain "${STEP[@]}" --pool "$W/pool" --out "$W/ph" --restart \
-        --steps 40 --mask-ratio $m --val-every 0 >/dev/null
-      cp "$W/ph/metatrain.json" "$W/phase_${p}_$m.$rep.json"
-    done
+    for m in 0 0.5 0.75; do step_run "$W/phase_${p}_$m.$rep.json" "$p" $m 40 "${STEP[@]}"; done
   done
 done
 
@@ -145,9 +150,7 @@ part 5 && for rep in $(seq 1 "$REPS"); do
       for q in 7 15; do
         s5=("${STEP[@]}")
         for i in "${!s5[@]}"; do [ "${s5[$i]}" = --query ] && s5[$((i + 1))]=$q; done
-        OMP_NUM_THREADS=1 with_precision $p "$(bin_for $p)" metatrain "${s5[@]}" --pool "$W/pool" --out "$W/fx" --restart \
-          --steps 60 --mask-ratio $m --val-every 0 >/dev/null
-        cp "$W/fx/metatrain.json" "$W/fixed_${p}_${m}_q$q.$rep.json"
+        step_run "$W/fixed_${p}_${m}_q$q.$rep.json" "$p" $m 60 "${s5[@]}"
       done
     done
   done
