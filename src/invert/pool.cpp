@@ -43,7 +43,8 @@ void write_progress(const stdfs::path& dir, int rank, double done, double total,
                  json({{"done", done}, {"total", total}, {"seconds", seconds}}).dump());
 }
 
-void log_aggregate(const stdfs::path& dir, int world) {
+// unit: what done and total count ("image-iterations" when inverting, "images" when storing).
+void log_aggregate(const stdfs::path& dir, int world, const char* unit) {
   double done = 0, total = 0, rate = 0;
   for (int r = 0; r < world; ++r) {
     try {
@@ -58,9 +59,9 @@ void log_aggregate(const stdfs::path& dir, int world) {
   }
   const double eta = rate > 0 ? (total - done) / rate : -1;
   if (total <= 0) return;
-  LOG_INFO("invert", "all ranks: " << static_cast<long long>(done) << "/" << static_cast<long long>(total)
-                                   << " image-iterations (" << log::fixed(100.0 * done / total, 0) << "%), "
-                                   << log::sig(rate) << " image-iterations/s, ETA " << clock_str(eta));
+  LOG_INFO("invert", "all ranks: " << static_cast<long long>(done) << "/" << static_cast<long long>(total) << " "
+                                   << unit << " (" << log::fixed(100.0 * done / total, 0) << "%), " << log::sig(rate)
+                                   << " " << unit << "/s, ETA " << clock_str(eta));
 }
 
 void write_chunk(std::string& out, const char* type, const std::string& data) {
@@ -281,7 +282,8 @@ class InvertJob {
                                         << log::fixed(s.teacher_accuracy, 1) << "%, best loss " << log::sig(s.best_loss)
                                         << " at iteration " << s.best_iteration << ", " << log::fixed(s.seconds, 1)
                                         << " s");
-      if (comm_.rank() == 0) log_aggregate(progress_dir_, comm_.size());
+      if (comm_.rank() == 0)
+        log_aggregate(progress_dir_, comm_.size(), stores_images() ? "images" : "image-iterations");
       env::fault_point(comm_.rank(), "invert");
     }
   }
@@ -416,10 +418,14 @@ class InvertJob {
       }
   }
 
-  // Cost of a LoRA = images x iterations (classes from the manifest); assigned longest first.
+  // --real-images or --retrieve: images are stored, nothing is inverted.
+  bool stores_images() const { return !cfg_.real_images.empty() || !cfg_.retrieve.empty(); }
+
+  // Cost of a LoRA = images x iterations (classes from the manifest; images alone when they are
+  // stored, not inverted); assigned longest first.
   void assign() {
     for (const data::ZooEntry& j : jobs_)
-      costs_.push_back(double(j.classes.size()) * cfg_.inv.per_class * cfg_.inv.iterations);
+      costs_.push_back(double(j.classes.size()) * cfg_.inv.per_class * (stores_images() ? 1 : cfg_.inv.iterations));
     owner_ = lpt_assign(costs_, comm_.size());
     for (size_t i = 0; i < jobs_.size(); ++i)
       if (owner_[i] == comm_.rank()) {
