@@ -494,6 +494,10 @@ if [ "$WHAT" = retrieve ]; then
   run_rows rt9 "main recipe, CE on surrogates + distillation on retrieved|$OUT/pool100_lr2|$L1K $RD" \
     "the same from the zoo's average lr 3e-4|$OUT/pool100_lr2|$L1K $RD --init zoo-mean --lr 3e-4" \
     "main recipe, CE on real images + distillation on retrieved (control)|$OUT/pool100_real|$L1K $RD"
+  # The same with the settings at which the paper's objective did best on surrogates (T 256, lr
+  # 3e-4), at distillation weight 1 and 0.3.
+  run_rows rt10 "T256 lr 3e-4, CE on surrogates + distillation on retrieved|$OUT/pool100_lr2|$L1K $RD --temperature 256 --lr 3e-4" \
+    "the same at distillation weight 0.3|$OUT/pool100_lr2|$L1K $RD --temperature 256 --lr 3e-4 --distill-weight 0.3"
 fi
 # Co-teachers (invert --co-teachers 2): each surrogate of class c must also be c to 2 other LoRAs of
 # the zoo of 100 whose tasks hold c, on top of the smooth starts of pool100_lr2, at 100 iterations
