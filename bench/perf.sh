@@ -164,7 +164,10 @@ peak = json.load(open(f"{w}/peak.json"))
 c = json.load(open(f"{model}/config.json")); c = c.get("vision_config", c)
 D, M, L, p, S = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"], c["image_size"]
 P = (S // p) ** 2; N = P + 1
-fwd = 2 * P * 3 * p * p * D + L * (2 * N * D * D * 4 + 2 * 2 * N * N * D + 2 * N * D * M * 2)
+def fwd_tokens(n):  # the forward's matmul FLOPs per image with n tokens (n - 1 patches and CLS)
+    return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
+fwd = fwd_tokens(N)
+PRECISIONS = ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base")  # every variant
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
 
 def lines(name):
@@ -195,7 +198,7 @@ if eps_sets:
     print(f"\n(2) {'precision':<17}{'E':>3}{'mask 0':>9}{'mask 0.5':>10}{'mask 0.75':>11}{'0.5 vs 0':>10}{'0.75 vs 0':>11}"
           f"{'1 rank':>8}{'2 vs 1':>8}  (episodes/s; E = episodes per step; ratios: medians of per-repetition ratios)")
     for e in eps_sets:
-        for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
+        for pr in PRECISIONS:
             k = f"{pr}_e{e}"
             if not os.path.exists(f"{w}/eps_{k}_m0.1.json"): continue
             m0, m5, m7, n1 = eps(f"{k}_m0"), eps(f"{k}_m50"), eps(f"{k}_m75"), eps(f"{k}_np1")
@@ -216,7 +219,7 @@ if inv:
 if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]
     print("\n(4) the step by phase, ms per step (1 rank, 1 episode of 80 images; medians)")
-    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
+    for pr in PRECISIONS:
         if not os.path.exists(f"{w}/phase_{pr}_0.1.json"): continue
         ph = {m: [json.load(open(f"{w}/phase_{pr}_{m}.{r}.json"))["timing"] for r in range(1, reps + 1)]
               for m in ("0", "0.5", "0.75")}
@@ -228,20 +231,19 @@ if any(f.startswith("phase_") for f in os.listdir(w)):
             print(f"  {k:<16}{v['0']:9.2f}{v['0.5']:10.2f}{v['0.75']:11.2f}{ratio}")
 
 if any(f.startswith("fixed_") for f in os.listdir(w)):
-    def fwd_tokens(n): return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
     kept = P - int(0.75 * P)
     print(f"\n(5) the step's fixed cost, ms (1 rank, 1 episode; step = fixed + images x per image, through the "
           f"medians at 40 and 80 images); forward FLOPs per image dense / mask 0.75: {fwd_tokens(N) / fwd_tokens(kept + 1):.2f}x")
     print(f"  {'precision':<18}{'mask':>6}{'40 images':>11}{'80 images':>11}{'per image':>11}{'fixed':>8}")
-    for pr in ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base"):
+    for pr in PRECISIONS:
         if not os.path.exists(f"{w}/fixed_{pr}_0_q7.1.json"): continue
-        fit = {}
+        fit = {}  # mask -> (per image, step at 80 images)
         for m in ("0", "0.75"):
             t = {q: med(json.load(open(f"{w}/fixed_{pr}_{m}_q{q}.{r}.json"))["timing"]["step_seconds"] * 1e3
                         for r in range(1, reps + 1)) for q in (7, 15)}
             per = (t[15] - t[7]) / 40
-            fit[m] = (t[7] - 40 * per, per, t[15])
-            print(f"  {pr:<18}{m:>6}{t[7]:11.2f}{t[15]:11.2f}{per:11.4f}{fit[m][0]:8.2f}")
-        (f0, c0, s0), (f7, c7, s7) = fit["0"], fit["0.75"]
+            fit[m] = (per, t[15])
+            print(f"  {pr:<18}{m:>6}{t[7]:11.2f}{t[15]:11.2f}{per:11.4f}{t[7] - 40 * per:8.2f}")
+        (c0, s0), (c7, s7) = fit["0"], fit["0.75"]
         print(f"  {pr:<18} 0 / 0.75 at 80 images: step {s0 / s7:.2f}x, per image {c0 / c7:.2f}x (the step without its fixed cost)")
 PY

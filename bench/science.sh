@@ -318,20 +318,24 @@ fi
 # 32; ~11 min), inverted from smooth starts and from white noise (~13 min each in bf16) and its
 # real-image control pool, then lora-avg and 1,000-step runs (~2-4 min each; docs/science.md,
 # "The paper's zoo size").
+# pool100 NAME FLAGS...: the pool $OUT/pool100NAME of the zoo of 100, written by invert FLAGS, unless made.
+pool100() {
+  local name=$1
+  shift
+  once "$OUT/pool100$name/index.json" "$OUT/pool100$name.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+    --zoo "$OUT/zoo100" --out "$OUT/pool100$name" "$@"
+}
 # zoo100_pools: the zoo of 100, its smooth-start pool and its real-image control pool, unless made.
 zoo100_pools() {
   once "$OUT/zoo100/manifest.json" "$OUT/zoo100.log" \
     "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo100" --num-loras 100 --classes 64
-  once "$OUT/pool100_lr2/index.json" "$OUT/pool100_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --out "$OUT/pool100_lr2" --init-lowres 2
-  once "$OUT/pool100_real/index.json" "$OUT/pool100_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --real-images data/demo/zoo.h5 --out "$OUT/pool100_real"
+  pool100 _lr2 --init-lowres 2
+  pool100 _real --real-images data/demo/zoo.h5
 }
 if [ "$WHAT" = zoo100 ]; then
   zoo100_pools
   # The same zoo inverted from white noise (the default; ~13 min), for what smooth starts do here.
-  once "$OUT/pool100/index.json" "$OUT/pool100.log" "${MPI[@]}" $B invert "${CFG[@]}" \
-    --zoo "$OUT/zoo100" --out "$OUT/pool100"
+  pool100 ""
   ZOO100_RUNS=(
     "lora-avg, zoo of 100 over 64 classes|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128"
     "paper T128, --init-lowres 2, zoo of 100|$OUT/pool100_lr2|$P1K"
@@ -435,7 +439,7 @@ zoo100_variant() {
   local prefix=$1 label=$3 flags=$4 pool=$OUT/pool100_$2
   [ -f "$OUT/pool100_lr2/index.json" ] || { echo "science: run bash bench/science.sh zoo100 first" >&2; exit 2; }
   # shellcheck disable=SC2086  # flags are words
-  once "$pool/index.json" "$pool.log" "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo100" --out "$pool" $flags
+  pool100 "_$2" $flags
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows "$prefix" "paper T128, $label, zoo of 100|$pool|$P1K" "main recipe, $label, zoo of 100|$pool|$L1K" \
     "paper T128 lr 3e-4, $label, zoo of 100|$pool|$P1K --lr 3e-4"
@@ -471,8 +475,7 @@ if [ "$WHAT" = retrieve ]; then
   DO="--distill-weight 1 --temperature 1e9"
   run_rows rt3 "distillation only, retrieved base glyphs|$OUT/pool100_retr|$L1K $DO" \
     "distillation only, smooth starts|$OUT/pool100_lr2|$L1K $DO"
-  once "$OUT/pool100_retr32/index.json" "$OUT/pool100_retr32.log" "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo100" \
-    --out "$OUT/pool100_retr32" --retrieve data/demo/base.h5 --per-class 32
+  pool100 _retr32 --retrieve data/demo/base.h5 --per-class 32
   run_rows rt4 "main recipe, 32 retrieved per class|$OUT/pool100_retr32|$L1K" \
     "distillation only, 32 retrieved per class|$OUT/pool100_retr32|$L1K $DO"
   run_rows rt5 "main recipe from the zoo's average lr 3e-4, retrieved|$OUT/pool100_retr|$L1K --init zoo-mean --lr 3e-4" \

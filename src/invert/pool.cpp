@@ -31,9 +31,11 @@
 namespace lorarec::invert {
 namespace {
 using json = nlohmann::json;
-constexpr std::uint64_t kRealStream = 0x401;      // permutation of a class's images (--real-images)
-constexpr std::uint64_t kRetrieveStream = 0x402;  // a LoRA's candidate images (--retrieve)
-constexpr std::uint64_t kCoStream = 0x402;        // co-teachers drawn per LoRA and class (--co-teachers)
+constexpr std::uint64_t kRealStream = 0x401;  // permutation of a class's images (--real-images)
+constexpr std::uint64_t kCoStream = 0x402;    // co-teachers drawn per LoRA and class (--co-teachers)
+// A LoRA's candidate images (--retrieve). It shares kCoStream's number, which is harmless: the two
+// options exclude each other (check_invert_options), and the pools written with it keep it.
+constexpr std::uint64_t kRetrieveStream = kCoStream;
 namespace stdfs = std::filesystem;
 
 // Per-rank progress files, read by rank 0 to log the whole job's rate and ETA without a collective
@@ -503,9 +505,9 @@ class InvertJob {
     constexpr int64_t kChunk = 256;
     for (int64_t from = 0; from < M; from += kChunk) {
       const std::vector<int64_t> part(all.begin() + from, all.begin() + std::min(M, from + kChunk));
-      at::Tensor img = retrieve_->gather(part);
-      if (img.size(3) == 1) img = img.expand({-1, -1, -1, 3}).contiguous();
-      const at::Tensor feat = vit_->forward(vit_->preprocess(img), model::ForwardOptions{}, &lora).feature;
+      // preprocess takes grey images as they are (one channel for all three)
+      const at::Tensor feat =
+          vit_->forward(vit_->preprocess(retrieve_->gather(part)), model::ForwardOptions{}, &lora).feature;
       probs.push_back(at::softmax(lora.head(feat).to(at::kFloat), -1).cpu());
     }
     std::vector<int64_t> rows = retrieve_rows(at::cat(probs), cfg_.inv.per_class);

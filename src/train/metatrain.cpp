@@ -319,6 +319,11 @@ void check_pool_for_episodes(const MetaTrainConfig& cfg, const data::SurrogatePo
                                    << ", or lower --shot/--query)");
 }
 
+// --gray: each image's channels averaged (uint8 [B, S, S, 3] in and out).
+at::Tensor gray_u8(const at::Tensor& u8) {
+  return u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
+}
+
 // Draws and prepares batches; deterministic in (seed, slot, step).
 class BatchMaker {
  public:
@@ -405,7 +410,7 @@ class BatchMaker {
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
     at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
-    if (cfg_.gray) u8 = u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
+    if (cfg_.gray) u8 = gray_u8(u8);
     std::vector<int64_t> fl;
     for (size_t i = 0; i < flips.size(); ++i)
       if (flips[i]) fl.push_back(static_cast<int64_t>(i));
@@ -426,10 +431,11 @@ class BatchMaker {
     else
       b.u8 = u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
     if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
-    if (distill_pool_ != nullptr) make_distill(b, step);
+    if (distill_pool_ != nullptr) add_distill_images(b, step);
     if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
       if (b.patch_index.defined()) b.patch_index = b.patch_index.pin_memory();
       if (b.teacher_feat.defined()) b.teacher_feat = b.teacher_feat.pin_memory();
+      if (b.distill_feat.defined()) b.distill_feat = b.distill_feat.pin_memory();
       for (auto& t : b.teacher)
         if (t.defined()) t = t.pin_memory();
     }
@@ -438,10 +444,10 @@ class BatchMaker {
   }
 
   // --distill-pool: per local episode slot, --distill-images rows drawn uniformly (seeded by seed,
-  // slot and step: the schedule does not depend on the world size), whole and unflipped.
-  void make_distill(Batch& b, int64_t step) const {
-    const auto& s = cfg_.spec;
-    const int n = cfg_.distill_images > 0 ? cfg_.distill_images : s.n_way * (s.k_shot + s.q_query);
+  // slot and step: the schedule does not depend on the world size), whole and unflipped, prepared
+  // as the episodes' images are (b.distill_pixels or b.distill_u8); their targets b.distill_feat.
+  void add_distill_images(Batch& b, int64_t step) const {
+    const int n = cfg_.distill_images_per_episode();
     std::uniform_int_distribution<int64_t> pick(0, distill_pool_->size() - 1);
     std::vector<int64_t> rows;
     for (int j = rank_; j < episodes_; j += world_) {
@@ -449,15 +455,13 @@ class BatchMaker {
           data::make_rng(cfg_.seed, kDistillStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       for (int i = 0; i < n; ++i) rows.push_back(pick(rng));
     }
+    b.distill_feat = distill_feat_.index_select(0, at::tensor(rows, at::kLong));
     at::Tensor u8 = distill_pool_->images(rows);
-    if (cfg_.gray) u8 = u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
-    b.distill_feat = distill_feat_.select(1, 0).select(1, 0).index_select(0, at::tensor(rows, at::kLong));
-    if (normalise_) {
+    if (cfg_.gray) u8 = gray_u8(u8);
+    if (normalise_)
       b.distill_pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
-    } else {
+    else
       b.distill_u8 = u8.pin_memory();
-      b.distill_feat = b.distill_feat.pin_memory();
-    }
   }
 
   // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
@@ -485,7 +489,7 @@ class BatchMaker {
   at::Tensor teacher_feat_;
   std::vector<std::vector<int>> neighbours_;
   data::SurrogatePool* distill_pool_ = nullptr;
-  at::Tensor distill_feat_;  // [distill pool rows, 1, 2, D]
+  at::Tensor distill_feat_;  // [distill pool rows, D]
 };
 
 // Runs a BatchMaker on its own thread, `depth` steps ahead.
@@ -812,8 +816,6 @@ class MetaTrainer {
     bool stop = false;
   };
 
-  // Before any work, on every rank: --out and its work directory are new, empty or this
-  // command's; the pool was inverted from --model; the fingerprint of the run.
   // The digest of a pool's index.json ("none" when absent); InputError when it is not JSON or its
   // pool was inverted from another VFM than --model.
   std::string checked_pool_digest(const stdfs::path& index_path, const std::string& what,
@@ -833,6 +835,8 @@ class MetaTrainer {
     return prov::file_digest(index_path);
   }
 
+  // Before any work, on every rank: --out and its work directory are new, empty or this
+  // command's; the pool (and --distill-pool) was inverted from --model; the fingerprint of the run.
   void check_inputs() {
     (void)prov::check_output_dir(cfg_.out, "metatrain");
     (void)prov::check_output_dir(work_, "metatrain-work");
@@ -880,11 +884,11 @@ class MetaTrainer {
     dense.mask_ratio = 0;
     dense.distill_dense = false;
     dense.flip = false;
-    distill_feat_ = own_lora_features(*vit_, *distill_pool_, dense, comm_, device_);
-    const int n =
-        cfg_.distill_images > 0 ? cfg_.distill_images : cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
-    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": the distillation term on " << n << " of its "
-                                            << distill_pool_->size()
+    // [rows, 1 variant, 2 flips, D]: the one variant, unflipped
+    distill_feat_ =
+        own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
+    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": the distillation term on "
+                                            << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
                                             << " images per episode (whole images), not on the episodes' images");
   }
 
@@ -1113,12 +1117,17 @@ class MetaTrainer {
     return {loss_sum, correct};
   }
 
+  // A batch's images on the device: the normalised pixels (CPU training) or the uint8 images
+  // normalised there.
+  at::Tensor device_pixels(const at::Tensor& pixels, const at::Tensor& u8) const {
+    return pixels.defined() ? pixels.to(device_) : model::preprocess_images(u8, vit_->config(), device_);
+  }
+
   // --distill-pool: the distillation term on the batch's images of that pool (a dense forward),
   // weighted as the episodes' own term would be: distill_weight x the mean squared difference per
   // episode, summed over this rank's episodes.
   at::Tensor distill_loss(const Batch& b) const {
-    const at::Tensor px = b.distill_pixels.defined() ? b.distill_pixels.to(device_)
-                                                     : model::preprocess_images(b.distill_u8, vit_->config(), device_);
+    const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
     return (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.distill_weight * E_local_);
   }
@@ -1134,8 +1143,7 @@ class MetaTrainer {
     at::Tensor feat;
     {
       util::PhaseScope input_phase("input");
-      const at::Tensor px =
-          b.pixels.defined() ? b.pixels.to(device_) : model::preprocess_images(b.u8, vit_->config(), device_);
+      const at::Tensor px = device_pixels(b.pixels, b.u8);
       input_phase.stop();
       feat = vit_->forward(px, fo, &*lora_).feature;
     }
@@ -1402,7 +1410,7 @@ class MetaTrainer {
   bool have_val_ = false;
   at::Tensor teacher_feat_, query_labels_;
   std::optional<data::SurrogatePool> distill_pool_;  // --distill-pool
-  at::Tensor distill_feat_;                          // its images' own-LoRA features [rows, 1, 2, D]
+  at::Tensor distill_feat_;                          // its images' own-LoRA features [rows, D]
   std::vector<std::vector<int>> neighbours_;         // --hard-classes: nearest_classes of the pool
   std::optional<model::Lora> lora_;
   // --scales-only: each adapter's frozen B0 and its trained scales s (params_); B = B0 diag(s).

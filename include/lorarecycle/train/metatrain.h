@@ -106,9 +106,13 @@ struct MetaTrainConfig {
   std::string distill_pool;     // a second pool whose images carry the distillation term instead of the episodes'
                                 // (e.g. invert --retrieve: public images), each under its own LoRA, dense; empty: off
   int distill_images = 0;       // images of distill_pool per episode and step (0: as many as an episode holds)
-  int64_t val_every = 200;      // steps between validations (0 = only at start and end)
-  std::string keep = "last";    // the meta-LoRA written: last (after --steps) | best (highest validation mean)
-  int val_episodes = 300;       // fixed validation episodes
+  // Images of distill_pool per episode and step: distill_images, or (0) as many as an episode holds.
+  int distill_images_per_episode() const {
+    return distill_images > 0 ? distill_images : spec.n_way * (spec.k_shot + spec.q_query);
+  }
+  int64_t val_every = 200;    // steps between validations (0 = only at start and end)
+  std::string keep = "last";  // the meta-LoRA written: last (after --steps) | best (highest validation mean)
+  int val_episodes = 300;     // fixed validation episodes
   data::EpisodeSpec val_spec{5, 1, 15};
   int64_t checkpoint_every = 200;
   int64_t hash_every = 100;  // replica check (0 = only at the end)
