@@ -82,8 +82,11 @@ part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mp
 # a change, built into another directory), side by side in parts 2 and 4.
 # KERNEL_AB=1 adds "bf16-aten" (ATen's ops for QuickGELU and the attention's softmax instead of
 # the CPU kernels, LORAREC_ATEN_KERNELS=1) and "bf16-atensoftmax" (ATen's softmax only).
+# ATTN_AB=1 adds "bf16-opsattn" and "fp32-opsattn": the attention as separate ATen ops, one autograd
+# node each (LORAREC_UNFUSED_ATTENTION=1), instead of model::attention_block's one node per layer.
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
 [ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax"
+[ "${ATTN_AB:-0}" = 1 ] && AB="$AB bf16-opsattn fp32-opsattn"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 [[ " $PRECS " == *" bf16-base "* && -z "${BASE:-}" ]] && { echo "perf.sh: bf16-base needs BASE=<binary>" >&2; exit 2; }
@@ -94,6 +97,7 @@ with_precision() {
   elif [ "$p" = bf16-aten ]; then LORAREC_ATEN_KERNELS=1 "$@" --precision bf16
   elif [ "$p" = bf16-atensoftmax ]; then LORAREC_ATEN_KERNELS=softmax "$@" --precision bf16
   elif [ "$p" = bf16-base ]; then "$@" --precision bf16
+  elif [[ "$p" = *-opsattn ]]; then LORAREC_UNFUSED_ATTENTION=1 "$@" --precision "${p%-opsattn}"
   else "$@" --precision "$p"; fi
 }
 bin_for() { if [ "$1" = bf16-base ]; then echo "$BASE"; else echo "$B"; fi; }  # bin_for PRECISION
@@ -104,6 +108,7 @@ eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
   local knob=()
   [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA)
   [[ "$3" = bf16-aten* ]] && knob=(-x LORAREC_ATEN_KERNELS)
+  [[ "$3" = *-opsattn ]] && knob=(-x LORAREC_UNFUSED_ATTENTION)
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 with_precision "$3" "${cmd[@]}"
   else with_precision "$3" "${MPI[@]}" "${knob[@]}" -np "$2" "${cmd[@]}"; fi
   cp "$W/e_$1/metatrain.json" "$W/eps_$1.$rep.json"
@@ -167,7 +172,7 @@ P = (S // p) ** 2; N = P + 1
 def fwd_tokens(n):  # the forward's matmul FLOPs per image with n tokens (n - 1 patches and CLS)
     return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
 fwd = fwd_tokens(N)
-PRECISIONS = ("fp32", "bf16", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base")  # every variant
+PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base")  # every variant
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
 
 def lines(name):

@@ -802,6 +802,164 @@ at::Tensor quick_gelu(const at::Tensor& x) { return apply_kernel_node<QuickGeluO
 
 at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<SoftmaxOp>(x); }
 
+// ---- the attention block as one autograd node ------------------------------------------------
+
+namespace {
+
+// The dtype autocast gives a matmul of float32 `t` where it is on for t's device, else t's own.
+at::ScalarType autocast_dtype(const at::Tensor& t) {
+  if (t.scalar_type() != at::kFloat) return t.scalar_type();
+#ifdef LORAREC_AUTOCAST_BY_DEVICE
+  const c10::DeviceType type = t.device().type();
+  if (at::autocast::is_autocast_enabled(type)) return at::autocast::get_autocast_dtype(type);
+#else
+  if (t.is_cuda() && at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
+  if (t.is_cpu() && at::autocast::is_cpu_enabled()) return at::autocast::get_autocast_cpu_dtype();
+#endif
+  return t.scalar_type();
+}
+
+// Rows [B n, H dh] (any row stride) -> [B H, n, dh], contiguous.
+at::Tensor split_heads(const at::Tensor& rows, int64_t B, int64_t n, int64_t H) {
+  return rows.view({B, n, H, -1}).transpose(1, 2).reshape({B * H, n, -1});
+}
+
+// [B H, n, dh] written into rows [B n, H dh] (e.g. a column block of a wider matrix).
+void merge_heads_into(const at::Tensor& rows, const at::Tensor& t, int64_t B, int64_t n, int64_t H) {
+  rows.view({B, n, H, -1}).copy_(t.view({B, H, n, -1}).transpose(1, 2));
+}
+
+using OptTensor = c10::optional<at::Tensor>;
+
+// attention_block's node. Arguments after h: A and B of the adapters on q, k and v (absent where
+// there is none). Saved: the projections' input x, the scaled queries, the keys and values split
+// by heads, the attention probabilities, then per adapter u = x A^T, A and B in the compute dtype.
+struct AttentionNode : public torch::autograd::Function<AttentionNode> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const OptTensor& aq,
+                            const OptTensor& bq, const OptTensor& ak, const OptTensor& bk, const OptTensor& av,
+                            const OptTensor& bv, const at::Tensor& w_qkv, const OptTensor& b_qkv, int64_t heads,
+                            int64_t tq, double lora_scale) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const at::ScalarType dt = w_qkv.scalar_type();
+    const int64_t B = h.size(0), T = h.size(1), D = h.size(2), H = heads;
+    const bool all = tq == T;
+    const int64_t from = all ? 0 : D;  // w_qkv's first row multiplied with every token
+    const at::Tensor x = (h.scalar_type() == dt ? h : h.to(dt)).contiguous().view({B * T, D});
+    const at::Tensor xq = all ? x : x.view({B, T, D}).select(1, 0);  // the query tokens
+    const auto project = [&](const at::Tensor& in, int64_t row, int64_t n) {
+      const at::Tensor w = w_qkv.narrow(0, row, n);
+      return b_qkv.has_value() ? at::addmm(b_qkv->narrow(0, row, n), in, w.t()) : at::mm(in, w.t());
+    };
+    const at::Tensor y = project(x, from, 3 * D - from);                // [B T, 3D or 2D]
+    const at::Tensor yq = all ? y.narrow(1, 0, D) : project(xq, 0, D);  // [B Tq, D]
+    const std::array<const OptTensor*, 6> ab{&aq, &bq, &ak, &bk, &av, &bv};
+    std::vector<at::Tensor> lora_saved;
+    std::vector<int64_t> edges(6, -1), types(6, 0);  // autograd edge (h is 0) and dtype per A, B
+    for (int m = 0, edge = 1; m < 3; ++m) {
+      const OptTensor &a = *ab[2 * m], &b = *ab[2 * m + 1];
+      if (!a.has_value()) continue;
+      edges[2 * m] = edge++;
+      edges[2 * m + 1] = edge++;
+      types[2 * m] = static_cast<int64_t>(a->scalar_type());
+      types[2 * m + 1] = static_cast<int64_t>(b->scalar_type());
+      const at::Tensor ac = a->to(dt), bc = b->to(dt);
+      const at::Tensor u = at::mm(m == 0 ? xq : x, ac.t());  // [rows, r]
+      (m == 0 ? yq : y.narrow(1, m * D - from, D)).add_(at::mm(u, bc.t()), lora_scale);
+      lora_saved.insert(lora_saved.end(), {u, ac, bc});
+    }
+    // HF CLIPAttention: q scaled after the projection, softmax over the keys.
+    const at::Tensor qs = split_heads(yq, B, tq, H).mul_(1.0 / std::sqrt(double(D / H)));  // [B H, Tq, dh]
+    const at::Tensor kh = split_heads(y.narrow(1, D - from, D), B, T, H);
+    const at::Tensor vh = split_heads(y.narrow(1, 2 * D - from, D), B, T, H);
+    const at::Tensor p = softmax_values(at::bmm(qs, kh.transpose(1, 2)));  // [B H, Tq, T]
+    const at::Tensor o = at::empty({B * tq, D}, y.options());
+    merge_heads_into(o, at::bmm(p, vh), B, tq, H);
+    std::vector<at::Tensor> saved{x, qs, kh, vh, p, w_qkv};
+    saved.insert(saved.end(), lora_saved.begin(), lora_saved.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["shape"] = std::vector<int64_t>{B, T, tq, D, H};
+    ctx->saved_data["edges"] = edges;
+    ctx->saved_data["types"] = types;
+    ctx->saved_data["h_type"] = h.scalar_type();
+    ctx->saved_data["lora_scale"] = lora_scale;
+    return o.view({B, tq, D});
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("attention_block: second derivatives are not implemented (backward with create_graph)");
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &qs = saved[1], &kh = saved[2], &vh = saved[3], &p = saved[4], &w_qkv = saved[5];
+    const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
+    const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const std::vector<int64_t> types = ctx->saved_data["types"].toIntVector();
+    const int64_t B = shape[0], T = shape[1], tq = shape[2], D = shape[3], H = shape[4];
+    const bool all = tq == T;
+    const int64_t from = all ? 0 : D;
+    const double lora_scale = ctx->saved_data["lora_scale"].toDouble();
+    // Through o = p v and p = softmax(qs k^T): the gradients of q (unscaled), k and v by heads.
+    const at::Tensor go = split_heads(grads[0].to(qs.scalar_type()).contiguous().view({B * tq, D}), B, tq, H);
+    const at::Tensor gs = softmax_grad(p, at::bmm(go, vh.transpose(1, 2)));  // [B H, Tq, T]
+    const at::Tensor gy = at::empty({B * T, 3 * D - from}, qs.options());
+    const at::Tensor gyq = all ? gy.narrow(1, 0, D) : at::empty({B, D}, qs.options());
+    merge_heads_into(gyq, at::bmm(gs, kh).mul_(1.0 / std::sqrt(double(D / H))), B, tq, H);
+    merge_heads_into(gy.narrow(1, D - from, D), at::bmm(gs.transpose(1, 2), qs), B, T, H);
+    merge_heads_into(gy.narrow(1, 2 * D - from, D), at::bmm(p.transpose(1, 2), go), B, T, H);
+    // Through the projections: the input's gradient, and the adapters'.
+    const bool need_h = ctx->needs_input_grad(0);
+    at::Tensor gx;
+    if (need_h) {
+      gx = at::mm(gy, w_qkv.narrow(0, from, 3 * D - from));  // [B T, D]
+      if (!all) gx.view({B, T, D}).select(1, 0).add_(at::mm(gyq, w_qkv.narrow(0, 0, D)));
+    }
+    const at::Tensor gxq = !need_h ? at::Tensor() : all ? gx : gx.view({B, T, D}).select(1, 0);
+    torch::autograd::variable_list out(12);
+    for (int m = 0, next = 6; m < 3; ++m) {
+      if (edges[2 * m] < 0) continue;
+      const at::Tensor &u = saved[next], &ac = saved[next + 1], &bc = saved[next + 2];
+      next += 3;
+      const at::Tensor g = m == 0 ? gyq : gy.narrow(1, m * D - from, D);  // [rows, D]
+      const bool need_a = ctx->needs_input_grad(edges[2 * m]), need_b = ctx->needs_input_grad(edges[2 * m + 1]);
+      if (need_a || need_h) {
+        const at::Tensor gu = at::mm(g, bc).mul_(lora_scale);  // [rows, r]
+        if (need_a)
+          out[1 + 2 * m] = at::mm(gu.t(), m == 0 && !all ? x.view({B, T, D}).select(1, 0) : x)
+                               .to(static_cast<at::ScalarType>(types[2 * m]));
+        if (need_h) (m == 0 ? gxq : gx).addmm_(gu, ac);
+      }
+      if (need_b)  // as (u^T g)^T: the [r, out] product is the faster one (LoraAdd)
+        out[2 + 2 * m] =
+            at::mm(u.t(), g).mul_(lora_scale).t().contiguous().to(static_cast<at::ScalarType>(types[2 * m + 1]));
+    }
+    if (need_h) out[0] = gx.view({B, T, D}).to(ctx->saved_data["h_type"].toScalarType());
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor attention_block(const at::Tensor& h, const at::Tensor& w_qkv, const at::Tensor& b_qkv,
+                           const std::array<const Adapter*, 3>& adapters, int64_t heads, int64_t tq,
+                           double lora_scale) {
+  if (h.dim() != 3 || heads < 1 || h.size(2) % heads != 0 || w_qkv.dim() != 2 || w_qkv.size(0) != 3 * h.size(2) ||
+      w_qkv.size(1) != h.size(2) || (b_qkv.defined() && b_qkv.numel() != w_qkv.size(0)) ||
+      !(tq == h.size(1) || tq == 1))
+    throw InputError("attention_block: h must be [B, T, D] with D a multiple of the " + std::to_string(heads) +
+                     " heads, w_qkv [3D, D], b_qkv [3D] and Tq T or 1; got h " + shape_str(h.sizes()) + ", w_qkv " +
+                     shape_str(w_qkv.sizes()) + ", Tq " + std::to_string(tq));
+  const auto part = [&](int m, bool b) {
+    const Adapter* ad = adapters[m];
+    return ad == nullptr ? OptTensor() : OptTensor(b ? ad->b : ad->a);
+  };
+  // In the dtype autocast would give the matmuls (float32 weights under bf16 autocast: bf16).
+  const at::ScalarType dt = autocast_dtype(w_qkv);
+  return AttentionNode::apply(h, part(0, false), part(0, true), part(1, false), part(1, true), part(2, false),
+                              part(2, true), w_qkv.to(dt), b_qkv.defined() ? OptTensor(b_qkv.to(dt)) : OptTensor(),
+                              heads, tq, lora_scale);
+}
+
 at::Tensor ClipVision::add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   if (lora == nullptr) return y;
   const Adapter* ad = lora->find(layer, m);
@@ -919,6 +1077,12 @@ bool fused_attention_available() {
 #endif
 }
 
+Attention default_attention() {
+  if (fused_attention_available()) return Attention::kFused;
+  const char* e = env::get(env::kUnfusedAttention);
+  return e != nullptr && std::string(e) == "1" ? Attention::kExplicitOps : Attention::kExplicit;
+}
+
 void ClipVision::set_attention(Attention a) {
   if (a == Attention::kFused && !fused_attention_available())
     throw InputError("fused attention needs LibTorch >= 2.0 (this build: " + libtorch_version() + ")");
@@ -973,12 +1137,19 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);
     const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
     const int64_t Tq = hq.size(1);
-    const auto [q, k, v] = qkv(h, hq, l, lora);
     const auto pr = prune.find(l);
     const bool want_last = last && opts.want_scores;
     at::Tensor cls_row;  // [B, H, T] when pruning here or returning the scores
-    at::Tensor o = attend(q, k, v, (pr != prune.end() || want_last) ? &cls_row : nullptr);
-    o = linear(o.transpose(1, 2).reshape({B, Tq, D}), l, Module::kOut, lora);
+    at::Tensor o;        // [B, Tq, D]
+    if (attention_ == Attention::kExplicit && ly.w_qkv.defined() && pr == prune.end() && !want_last) {
+      const auto find = [&](Module m) { return lora != nullptr ? lora->find(l, m) : nullptr; };
+      o = attention_block(h, ly.w_qkv, ly.b_qkv, {find(Module::kQ), find(Module::kK), find(Module::kV)},
+                          c.num_attention_heads, Tq, lora != nullptr ? lora->scale() : 1.0);
+    } else {
+      const auto [q, k, v] = qkv(h, hq, l, lora);
+      o = attend(q, k, v, (pr != prune.end() || want_last) ? &cls_row : nullptr).transpose(1, 2).reshape({B, Tq, D});
+    }
+    o = linear(o, l, Module::kOut, lora);
     x = (cls_only ? x.slice(1, 0, 1) : x) + o;
 
     if (cls_row.defined()) {

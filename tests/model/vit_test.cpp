@@ -276,6 +276,124 @@ TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
   }
 }
 
+// The attention of one layer written as separate ops (HF CLIPAttention): what attention_block
+// replaces.
+at::Tensor attention_by_ops(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b,
+                            const std::array<const Adapter*, 3>& ad, int64_t H, int64_t tq, double s) {
+  const int64_t B = h.size(0), T = h.size(1), D = h.size(2);
+  const at::Tensor hq = h.slice(1, 0, tq);
+  std::array<at::Tensor, 3> p;
+  for (int m = 0; m < 3; ++m) {
+    const at::Tensor& in = m == 0 ? hq : h;
+    p[m] = at::linear(in, w.narrow(0, m * D, D), b.defined() ? b.narrow(0, m * D, D) : at::Tensor());
+    if (ad[m] != nullptr) p[m] = p[m] + s * at::linear(at::linear(in, ad[m]->a), ad[m]->b);
+    p[m] = p[m].view({B, m == 0 ? tq : T, H, D / H}).transpose(1, 2);
+  }
+  const at::Tensor attn = at::softmax(at::matmul(p[0] / std::sqrt(double(D / H)), p[1].transpose(-2, -1)), -1);
+  return at::matmul(attn, p[2]).transpose(1, 2).reshape({B, tq, D});
+}
+
+TEST(Vit, AttentionBlockIsOneNodeWithTheGradientsOfSeparateOps) {
+  // attention_block against the same attention as separate ops: value and the gradients of h and
+  // of every adapter, in fp32 and bf16, all queries and the CLS query alone, with and without
+  // biases, adapters on any of q, k and v; one node whose edges are its tensor inputs; only what
+  // needs a gradient gets one; a second derivative and bad shapes are refused.
+  at::manual_seed(15);
+  const int64_t B = 3, T = 9, D = 16, H = 4, r = 2;
+  const auto leaf = [](const at::Tensor& t) { return t.clone().requires_grad_(true); };
+  const at::Tensor h0 = at::randn({B, T, D}), w = 0.3 * at::randn({3 * D, D}), bias = 0.1 * at::randn({3 * D});
+  std::array<Adapter, 3> ad0;
+  for (auto& a : ad0) a = Adapter{0.4 * at::randn({r, D}), 0.4 * at::randn({D, r})};
+  for (const at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+    const double tol = dt == at::kBFloat16 ? 3e-2 : 1e-5;
+    for (const int64_t tq : {T, int64_t(1)}) {
+      for (const std::array<bool, 3> on : {std::array{true, false, true}, {true, true, true}, {false, true, false}}) {
+        for (const bool with_bias : {true, false}) {
+          const at::Tensor b = with_bias ? bias.to(dt) : at::Tensor();
+          at::Tensor hf = leaf(h0), hu = leaf(h0);
+          std::array<Adapter, 3> af, au;
+          std::array<const Adapter*, 3> pf{}, pu{};
+          for (int m = 0; m < 3; ++m) {
+            af[m] = {leaf(ad0[m].a), leaf(ad0[m].b)};
+            au[m] = {leaf(ad0[m].a), leaf(ad0[m].b)};
+            if (on[m]) pf[m] = &af[m], pu[m] = &au[m];
+          }
+          const at::Tensor fused = attention_block(hf, w.to(dt), b, pf, H, tq, 0.7);
+          at::Tensor ref;
+          {
+            AutocastScope autocast(c10::DeviceType::CPU, dt == at::kBFloat16);
+            ref = attention_by_ops(hu, w, with_bias ? bias : at::Tensor(), pu, H, tq, 0.7);
+          }
+          ASSERT_EQ(fused.scalar_type(), dt);
+          ASSERT_EQ(fused.sizes(), (std::vector<int64_t>{B, tq, D}));
+          const std::string where = std::string(dt == at::kFloat ? "fp32" : "bf16") + " tq " + std::to_string(tq);
+          EXPECT_LT(rel_error(fused, ref.detach()), tol) << where;
+          ASSERT_TRUE(fused.grad_fn() != nullptr);
+          EXPECT_EQ(fused.grad_fn()->next_edges().size(), 2u + 2u * (on[0] + on[1] + on[2]) + (with_bias ? 1 : 0));
+          const at::Tensor g = at::randn({B, tq, D});
+          fused.backward(g.to(dt));
+          ref.backward(g.to(ref.scalar_type()));
+          EXPECT_EQ(hf.grad().scalar_type(), at::kFloat);
+          EXPECT_LT(rel_error(hf.grad(), hu.grad()), tol) << where;
+          for (int m = 0; m < 3; ++m) {
+            if (!on[m]) continue;
+            EXPECT_LT(rel_error(af[m].a.grad(), au[m].a.grad()), tol) << where << " A of " << m;
+            EXPECT_LT(rel_error(af[m].b.grad(), au[m].b.grad()), tol) << where << " B of " << m;
+          }
+        }
+      }
+    }
+  }
+  // The inversion's case: a frozen LoRA, the gradient of h alone.
+  const at::Tensor h = leaf(h0);
+  attention_block(h, w, bias, {&ad0[0], nullptr, &ad0[2]}, H, T, 1.0).pow(2).sum().backward();
+  const at::Tensor hu = leaf(h0);
+  attention_by_ops(hu, w, bias, {&ad0[0], nullptr, &ad0[2]}, H, T, 1.0).pow(2).sum().backward();
+  EXPECT_LT(rel_error(h.grad(), hu.grad()), 1e-5);
+  EXPECT_TRUE(attention_block(h0, w, bias, {}, H, T, 1.0).grad_fn() == nullptr);
+  EXPECT_THROW(attention_block(leaf(h0), w, bias, {}, H, T, 1.0).sum().backward({}, true, /*create_graph=*/true),
+               RuntimeError);
+  EXPECT_THROW_MSG(attention_block(h0, w, bias, {}, 3, T, 1.0), InputError, "a multiple of the 3 heads");
+  EXPECT_THROW_MSG(attention_block(h0, w, bias, {}, H, 2, 1.0), InputError, "Tq T or 1");
+  EXPECT_THROW_MSG(attention_block(h0, w.narrow(0, 0, D), bias, {}, H, T, 1.0), InputError, "w_qkv [3D, D]");
+}
+
+TEST(Vit, AttentionNodeForwardEqualsSeparateOps) {
+  // ClipVision's explicit path (attention_block where it applies) against kExplicitOps: features
+  // and LoRA gradients, dense and sparse input, CLS-only last layer, fp32 and bf16, LoRAs on q, v,
+  // out_proj and fc1; with pruning (the CLS row) both take the ops.
+  ClipVision v = random_vit();
+  if (fused_attention_available()) v.set_attention(Attention::kExplicit);
+  LoraConfig lc;
+  lc.r = 2;
+  lc.target_modules = {Module::kQ, Module::kV, Module::kOut, Module::kFc1};
+  Lora l(v.config(), lc, 3);
+  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  l.set_requires_grad(true, false);
+  const at::Tensor x = pixels(3, 6);
+  ForwardOptions sparse;
+  sparse.patch_index = at::tensor({0, 2, 3, 5, 7, 8, 11, 12, 13, 15}, at::kLong).repeat({3, 1});
+  for (const Precision p : {Precision::kFp32, Precision::kBf16}) {
+    v.set_precision(p);
+    for (const ForwardOptions& o : {ForwardOptions{}, sparse}) {
+      const auto run = [&](Attention a) {
+        v.set_attention(a);
+        for (auto& t : l.parameters(false))
+          if (t.grad().defined()) t.mutable_grad().zero_();
+        const at::Tensor f = v.forward(x, o, &l).feature;
+        f.pow(2).sum().backward();
+        std::vector<at::Tensor> out{f.detach()};
+        for (const auto& t : l.parameters(false)) out.push_back(t.grad().clone());
+        return out;
+      };
+      const std::vector<at::Tensor> node = run(Attention::kExplicit), ops = run(Attention::kExplicitOps);
+      const double tol = p == Precision::kBf16 ? 5e-2 : 1e-4;
+      for (size_t i = 0; i < node.size(); ++i)
+        EXPECT_LT(rel_error(node[i], ops[i]), tol) << precision_name(p) << " " << i;
+    }
+  }
+}
+
 TEST(Vit, PruningWithRatioZeroEqualsDense) {
   const ClipVision v = random_vit();
   const at::Tensor x = pixels(3);

@@ -95,6 +95,17 @@ Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit);
 // back in their own dtype). Every LoRA delta of ClipVision::forward goes through it.
 at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale);
 
+// One encoder layer's attention from its first LayerNorm's output h [B, T, D] to the heads' merged
+// output [B, Tq, D] (before out_proj), as one autograd node with a hand-written backward: q, k, v
+// = h W^T + b from the stacked frozen projections w_qkv [3D, D] (b_qkv [3D] or undefined), each
+// plus lora_scale * (h A^T) B^T where adapters (q, k, v) has one; then softmax(q k^T / sqrt(dh)) v
+// over `heads` heads, the softmax as softmax_last_dim's. Tq is T, or 1 for the CLS query alone (k
+// and v still of every token). Computed in w_qkv's dtype without autocast; h's and the adapters'
+// gradients come back in their own dtypes. Separate ops would make ~30 autograd nodes of it, whose
+// cost does not shrink with the tokens (docs/metatrain.md). First derivatives only.
+at::Tensor attention_block(const at::Tensor& h, const at::Tensor& w_qkv, const at::Tensor& b_qkv,
+                           const std::array<const Adapter*, 3>& adapters, int64_t heads, int64_t tq, double lora_scale);
+
 // CLIP's QuickGELU, x * sigmoid(1.702 x), in x's dtype. On CPU float and bf16 tensors one pass over
 // memory each way (forward, and the backward as one autograd node that saves x alone), computed in
 // float with one rounding; elsewhere the same formulas in ATen ops. ClipVision::forward's MLP.
@@ -145,10 +156,16 @@ struct ForwardOutput {
 // How attention is computed: kExplicit (softmax(q k^T / sqrt(d)) v as matmuls, LibTorch 1.x and
 // later) or kFused (at::scaled_dot_product_attention, LibTorch >= 2.0: flash / memory-efficient
 // kernels where the device has them). Where pruning or the patch scores need the CLS query's
-// attention row, kFused computes that row alone beside the fused call.
-enum class Attention { kExplicit, kFused };
+// attention row, kFused computes that row alone beside the fused call. kExplicit runs a layer's
+// projections and attention as one autograd node (attention_block) where the q/k/v weights are
+// frozen and no CLS row is asked for; kExplicitOps is the same computation as separate ATen ops,
+// one autograd node each (tests and benchmarks; LORAREC_UNFUSED_ATTENTION=1 makes it the default
+// of the explicit path).
+enum class Attention { kExplicit, kFused, kExplicitOps };
 // Whether this build's LibTorch has the fused path (chosen at compile time: LibTorch >= 2.0).
 bool fused_attention_available();
+// kFused where available, else kExplicit (kExplicitOps under LORAREC_UNFUSED_ATTENTION=1).
+Attention default_attention();
 
 // Compute precision of the ViT's forward pass: float32, or bf16 autocast (matmuls in bf16,
 // norms, softmax and reductions in float32, as LibTorch's autocast lists say) with float32
@@ -250,7 +267,7 @@ class ClipVision {
 
   ClipVisionConfig config_;
   Precision precision_ = Precision::kFp32;
-  Attention attention_ = fused_attention_available() ? Attention::kFused : Attention::kExplicit;
+  Attention attention_ = default_attention();
   at::Tensor patch_w_;    // [D, C, p, p]
   at::Tensor class_emb_;  // [D]
   at::Tensor pos_emb_;    // [1 + P, D]
