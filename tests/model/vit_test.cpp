@@ -589,6 +589,42 @@ TEST(Vit, PreprocessNormalisesResizesAndRepeatsGray) {
   EXPECT_THROW(v.preprocess(at::zeros({1, 16, 16, 2}, at::kByte)), InputError);
 }
 
+TEST(Vit, PreprocessAtTheModelsSizeIsTheGeneralFormulaBitForBit) {
+  // The one-pass CPU path for uint8 images at the model's size and channels against
+  // (v / 255 - mean) / std in ATen's ops, the general path's order.
+  const ClipVision v = random_vit();
+  at::manual_seed(3);
+  const at::Tensor img = at::randint(0, 256, {5, 16, 16, 3}, at::kByte);
+  const auto& c = v.config();
+  const at::Tensor m = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end())).view({1, 3, 1, 1});
+  const at::Tensor d = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end())).view({1, 3, 1, 1});
+  const at::Tensor ref = (img.permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0) - m) / d;
+  const at::Tensor got = v.preprocess(img);
+  EXPECT_TRUE(got.is_contiguous());
+  EXPECT_TRUE(at::equal(got, ref));
+  EXPECT_TRUE(at::equal(v.preprocess(img.permute({0, 2, 1, 3})), ref.transpose(2, 3)));  // a strided input
+  const at::Tensor grey = img.narrow(3, 0, 1);                                           // one channel, repeated
+  EXPECT_TRUE(at::equal(v.preprocess(grey), (grey.permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0) - m) / d));
+}
+
+TEST(Vit, PatchesCopiedByRowsEqualAtensIndexing) {
+  // Pixels without a gradient take the row copies, pixels with one ATen's indexing (the
+  // inversion): the same features, dense and sparse, and the gradient still reaches the pixels.
+  const ClipVision v = random_vit();
+  const Lora l = nonzero_lora(v.config());
+  const at::Tensor x = pixels(3, 8);
+  ForwardOptions sparse;
+  sparse.patch_index = at::tensor({15, 2, 3, 5, 7, 0, 1, 4, 6, 8, 9, 14, 0, 1, 2, 3, 12, 13}, at::kLong).view({3, 6});
+  for (const ForwardOptions& o : {ForwardOptions{}, sparse}) {
+    const at::Tensor rows = v.forward(x, o, &l).feature;
+    const at::Tensor px = x.clone().requires_grad_(true);
+    const at::Tensor aten = v.forward(px, o, &l).feature;
+    EXPECT_TRUE(at::equal(rows, aten.detach()));
+    aten.sum().backward();
+    EXPECT_GT(px.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
 TEST(Vit, ResizeTakesTheShorterSideThenTheCentreCropAsClip) {
   // Shorter side already at size: no resampling, only the centre crop of the longer side.
   const at::Tensor wide = at::rand({2, 3, 4, 8});
