@@ -76,24 +76,26 @@ part 1 && for rep in $(seq 1 "$REPS"); do
 done
 
 part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mpirun -np 2 unless said): running"
-# LORA_AB=1 adds the precision "bf16-unfused" to parts 2 and 4: bf16 with each LoRA delta as separate
-# ops (LORAREC_UNFUSED_LORA=1) instead of the one fused autograd node (model::lora_add), side by side.
+# LORA_AB=1 adds "bf16-opsattn" and "bf16-unfused" to parts 2 and 4: the attention as separate ops
+# (below), and the same with each LoRA delta as separate ops too (LORAREC_UNFUSED_LORA=1) instead of
+# model::lora_add's one node. The attention node holds the q/k/v deltas itself, so the LoRA's two
+# forms differ only where the attention runs as ops.
 # BASE=<another build's lorarecycle> adds "bf16-base": bf16 with that binary (e.g. the commit before
 # a change, built into another directory), side by side in parts 2 and 4.
 # KERNEL_AB=1 adds "bf16-aten" (ATen's ops for QuickGELU and the attention's softmax instead of
 # the CPU kernels, LORAREC_ATEN_KERNELS=1) and "bf16-atensoftmax" (ATen's softmax only).
 # ATTN_AB=1 adds "bf16-opsattn" and "fp32-opsattn": the attention as separate ATen ops, one autograd
 # node each (LORAREC_UNFUSED_ATTENTION=1), instead of model::attention_block's one node per layer.
-AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-unfused"
+AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-opsattn bf16-unfused"
 [ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax"
-[ "${ATTN_AB:-0}" = 1 ] && AB="$AB bf16-opsattn fp32-opsattn"
+[ "${ATTN_AB:-0}" = 1 ] && AB="${AB/ bf16-opsattn/} bf16-opsattn fp32-opsattn"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
 [[ " $PRECS " == *" bf16-base "* && -z "${BASE:-}" ]] && { echo "perf.sh: bf16-base needs BASE=<binary>" >&2; exit 2; }
 # with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
 with_precision() {
   local p=$1; shift
-  if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 "$@" --precision bf16
+  if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 LORAREC_UNFUSED_ATTENTION=1 "$@" --precision bf16
   elif [ "$p" = bf16-aten ]; then LORAREC_ATEN_KERNELS=1 "$@" --precision bf16
   elif [ "$p" = bf16-atensoftmax ]; then LORAREC_ATEN_KERNELS=softmax "$@" --precision bf16
   elif [ "$p" = bf16-base ]; then "$@" --precision bf16
@@ -106,7 +108,7 @@ eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
              --query 15 --episodes-per-step "$5" --distill-weight 0 --no-flip --mask-ratio "$4"
              --log-level warn --hash-every 0 --restart)
   local knob=()
-  [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA)
+  [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA -x LORAREC_UNFUSED_ATTENTION)
   [[ "$3" = bf16-aten* ]] && knob=(-x LORAREC_ATEN_KERNELS)
   [[ "$3" = *-opsattn ]] && knob=(-x LORAREC_UNFUSED_ATTENTION)
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 with_precision "$3" "${cmd[@]}"

@@ -625,6 +625,22 @@ namespace {
 // the same delta is about ten nodes (two casts, two linears with their views and transposes, the
 // add), whose per-node work does not shrink with the token count (the masked bf16 step: 2-5 %
 // faster fused, docs/metatrain.md).
+// One adapter's share of a backward through y + scale (x A^T) B^T, in the compute dtype: g [N, out]
+// the gradient of y, x [N, in], u = x A^T [N, r] (the forward's), B [out, r]. gu = scale g B (x's
+// gradient is gu A), ga = gu^T x, and gb as scale (u^T g)^T: the [r, out] product is the faster
+// orientation of that bf16 matmul (bench: 75 vs 124 us). Each only where asked for.
+struct LoraGrads {
+  at::Tensor gu, ga, gb;
+};
+LoraGrads lora_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& u, const at::Tensor& b,
+                        double scale, bool need_gu, bool need_a, bool need_b) {
+  LoraGrads r;
+  if (need_gu || need_a) r.gu = at::mm(g, b).mul_(scale);  // [N, r]
+  if (need_a) r.ga = at::mm(r.gu.t(), x);
+  if (need_b) r.gb = at::mm(u.t(), g).mul_(scale).t().contiguous();
+  return r;
+}
+
 struct LoraAdd : public torch::autograd::Function<LoraAdd> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& y, const at::Tensor& x,
                             const at::Tensor& a, const at::Tensor& b, double scale) {
@@ -654,15 +670,13 @@ struct LoraAdd : public torch::autograd::Function<LoraAdd> {
     const at::Tensor g2 = g.reshape({-1, bc.size(0)}).to(bc.scalar_type());
     at::Tensor gy, gx, ga, gb;
     if (ctx->needs_input_grad(0)) gy = g;
-    const bool need_x = ctx->needs_input_grad(1), need_a = ctx->needs_input_grad(2);
-    if (need_x || need_a) {
-      const at::Tensor gu = at::mm(g2, bc).mul_(scale);  // [N, r]
-      if (need_x)
-        gx = at::mm(gu, ac).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
-      if (need_a) ga = at::mm(gu.t(), x2).to(ctx->saved_data["a_type"].toScalarType());
-    }
-    if (ctx->needs_input_grad(3))  // as (u^T g)^T: the [r, out] product is the faster one (bench: 75 vs 124 us)
-      gb = at::mm(u.t(), g2).mul_(scale).t().contiguous().to(ctx->saved_data["b_type"].toScalarType());
+    const bool need_x = ctx->needs_input_grad(1), need_a = ctx->needs_input_grad(2), need_b = ctx->needs_input_grad(3);
+    const LoraGrads lg = lora_backward(g2, x2, u, bc, scale, need_x, need_a, need_b);
+    if (need_x)
+      gx =
+          at::mm(lg.gu, ac).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
+    if (need_a) ga = lg.ga.to(ctx->saved_data["a_type"].toScalarType());
+    if (need_b) gb = lg.gb.to(ctx->saved_data["b_type"].toScalarType());
     return {gy, gx, ga, gb, at::Tensor()};
   }
 };
@@ -946,6 +960,7 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
       if (!all) gx.view({B, T, D}).select(1, 0).add_(at::mm(gyq, w_qkv.narrow(0, 0, D)));
     }
     const at::Tensor gxq = !need_h ? at::Tensor() : all ? gx : gx.view({B, T, D}).select(1, 0);
+    const at::Tensor xq = all ? x : x.view({B, T, D}).select(1, 0);  // the query tokens
     torch::autograd::variable_list out(12);
     for (int m = 0, next = 6; m < 3; ++m) {
       if (edges[2 * m] < 0) continue;
@@ -953,16 +968,10 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
       next += 3;
       const at::Tensor g = m == 0 ? gyq : gy.narrow(1, m * D - from, D);  // [rows, D]
       const bool need_a = ctx->needs_input_grad(edges[2 * m]), need_b = ctx->needs_input_grad(edges[2 * m + 1]);
-      if (need_a || need_h) {
-        const at::Tensor gu = at::mm(g, bc).mul_(lora_scale);  // [rows, r]
-        if (need_a)
-          out[1 + 2 * m] = at::mm(gu.t(), m == 0 && !all ? x.view({B, T, D}).select(1, 0) : x)
-                               .to(static_cast<at::ScalarType>(types[2 * m]));
-        if (need_h) (m == 0 ? gxq : gx).addmm_(gu, ac);
-      }
-      if (need_b)  // as (u^T g)^T: the [r, out] product is the faster one (LoraAdd)
-        out[2 + 2 * m] =
-            at::mm(u.t(), g).mul_(lora_scale).t().contiguous().to(static_cast<at::ScalarType>(types[2 * m + 1]));
+      const LoraGrads lg = lora_backward(g, m == 0 ? xq : x, u, bc, lora_scale, need_h, need_a, need_b);
+      if (need_a) out[1 + 2 * m] = lg.ga.to(static_cast<at::ScalarType>(types[2 * m]));
+      if (need_b) out[2 + 2 * m] = lg.gb.to(static_cast<at::ScalarType>(types[2 * m + 1]));
+      if (need_h) (m == 0 ? gxq : gx).addmm_(lg.gu, ac);
     }
     if (need_h) out[0] = gx.view({B, T, D}).to(ctx->saved_data["h_type"].toScalarType());
     return out;

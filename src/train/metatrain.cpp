@@ -319,10 +319,9 @@ void check_pool_for_episodes(const MetaTrainConfig& cfg, const data::SurrogatePo
                                    << ", or lower --shot/--query)");
 }
 
-// --gray: each image's channels averaged (uint8 [B, S, S, 3] in and out).
-at::Tensor gray_u8(const at::Tensor& u8) {
-  return u8.to(at::kFloat).mean(-1, true).round().to(at::kByte).expand({-1, -1, -1, 3}).contiguous();
-}
+// --gray: each image's channels averaged, uint8 [B, S, S, 3] in, [B, S, S, 1] out
+// (model::preprocess_images repeats one channel into all the model's).
+at::Tensor gray_u8(const at::Tensor& u8) { return u8.to(at::kFloat).mean(-1, true).round().to(at::kByte); }
 
 // Draws and prepares batches; deterministic in (seed, slot, step).
 class BatchMaker {
