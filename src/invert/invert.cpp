@@ -95,6 +95,25 @@ at::Tensor mixed_targets(const at::Tensor& y, int64_t N, double target_mix, std:
   return t.to(y.device());
 }
 
+at::Tensor fourier_scale(int S, double decay, const c10::Device& dev) {
+  if (S < 2 || !(decay >= 0)) throw InputError("--fourier: needs an image of at least 2 px and a decay >= 0");
+  const at::Tensor f = at::fft_fftfreq(S, 1.0, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor mag = (f.view({S, 1}).pow(2) + f.view({1, S}).pow(2)).sqrt();  // the full spectrum's |f|
+  at::Tensor s = mag.clamp_min(1.0 / S).pow(-decay);
+  s = s / s.pow(2).mean().sqrt();
+  return s.narrow(1, 0, S / 2 + 1).contiguous().to(at::kFloat).to(dev);  // rfft2's columns: f_x >= 0
+}
+
+at::Tensor to_spectrum(const at::Tensor& x, const at::Tensor& scale) {
+  const at::Tensor c = at::fft_rfft2(x.to(at::kFloat), c10::nullopt, {-2, -1}, "ortho");
+  return (at::view_as_real(c) / scale.unsqueeze(-1)).contiguous();
+}
+
+at::Tensor from_spectrum(const at::Tensor& v, const at::Tensor& scale, int S) {
+  const at::Tensor c = at::view_as_complex((v * scale.unsqueeze(-1)).contiguous());
+  return at::fft_irfft2(c, std::vector<int64_t>{S, S}, {-2, -1}, "ortho");
+}
+
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
   at::NoGradGuard ng;
   x.copy_(at::max(at::min(x, hi.view({1, -1, 1, 1})), lo.view({1, -1, 1, 1})));
@@ -173,10 +192,11 @@ std::string progress_note(const LossTerms& lt, double value, const InversionConf
          log::sig(rate) + " image-iterations/s";
 }
 
-// The optimised variable v: [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S] grey
-// pixels normalised with the mean of the channel constants; pixels(v) maps it to the model's
-// input, and [lo, hi] bound v to valid pixels. Its start draws from gen_rng (low-resolution
-// noise) or from the global generator (white noise).
+// The optimised variable: the image u, [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S]
+// grey pixels normalised with the mean of the channel constants, held as x = u itself or, with
+// cfg.fourier, as its spectrum (to_spectrum); image() gives u, pixels(u) maps it to the model's
+// input, and [lo, hi] bound u to valid pixels (project()). The start draws from gen_rng
+// (low-resolution noise, start images) or from the global generator (white noise).
 struct PixelVariable {
   PixelVariable(const model::ClipVision& vit, const InversionConfig& cfg, int n, std::mt19937_64& gen_rng)
       : gray(cfg.gray) {
@@ -201,13 +221,31 @@ struct PixelVariable {
       throw InputError("invert: --white-border " + std::to_string(cfg.white_border) + " leaves no pixel free in a " +
                        std::to_string(S) + " px image (it must be below " + std::to_string((S + 1) / 2) + ")");
     hold_white_border(x, cfg.white_border, hi);
+    if (cfg.fourier > 0) {
+      scale = fourier_scale(S, cfg.fourier, dev);
+      x = to_spectrum(x, scale);
+    }
     x.requires_grad_(true);
   }
-  at::Tensor pixels(const at::Tensor& v) const { return gray ? (v * gs + gm - cmean) / cstd : v; }
+  at::Tensor image() const { return scale.defined() ? from_spectrum(x, scale, static_cast<int>(x.size(2))) : x; }
+  at::Tensor pixels(const at::Tensor& u) const { return gray ? (u * gs + gm - cmean) / cstd : u; }
+  // After a step: the image clamped to valid pixels with its white margin held, written back to x.
+  void project(int white_border) {
+    if (!scale.defined()) {
+      clamp_pixels(x, lo, hi);
+      hold_white_border(x, white_border, hi);
+      return;
+    }
+    at::NoGradGuard ng;
+    at::Tensor u = image();
+    clamp_pixels(u, lo, hi);
+    hold_white_border(u, white_border, hi);
+    x.copy_(to_spectrum(u, scale));
+  }
 
   bool gray;
   double gm = 0, gs = 1;
-  at::Tensor cmean, cstd, x, lo, hi;
+  at::Tensor cmean, cstd, x, lo, hi, scale;
 };
 
 // The feature prior's statistics (cfg.feature_prior) under the inverted LoRA: of up to
@@ -292,13 +330,13 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
 
   Surrogates out;
   double best = std::numeric_limits<double>::infinity();
-  at::Tensor best_x = pixels(x).detach().clone();
+  at::Tensor best_x = pixels(var.image()).detach().clone();
   std::optional<Progress> progress;
   if (!progress_name.empty())
     progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
-    const at::Tensor xp = pixels(x);
+    const at::Tensor xp = pixels(var.image());
     const at::Tensor xa = augmented_view(xp, cfg, jitter, rng);
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
@@ -328,8 +366,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
     opt.zero_grad();
     lt.total.backward();
     opt.step(cfg.lr);
-    clamp_pixels(x, var.lo, var.hi);
-    hold_white_border(x, cfg.white_border, var.hi);
+    var.project(cfg.white_border);
     if (progress) {
       if (progress->due())  // the terms are read only for the lines that are printed
         progress->note(progress_note(lt, value, cfg, n, double(it + 1) * n / progress->elapsed_s()));

@@ -279,6 +279,58 @@ TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
   EXPECT_EQ(stopped.best_iteration, 0);  // the start, unchanged
 }
 
+// The share of an image's (or a batch's) energy above half the Nyquist frequency, |f| > 0.25 cycles/px.
+double high_frequency_share(const at::Tensor& x) {
+  const int64_t S = x.size(-1);
+  const at::Tensor p = at::fft_fft2(x.to(at::kDouble)).abs().pow(2);
+  const at::Tensor f = at::fft_fftfreq(S, 1.0, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor high = (f.view({S, 1}).pow(2) + f.view({1, S}).pow(2)).sqrt().gt(0.25);
+  return (p * high).sum().item<double>() / p.sum().item<double>();
+}
+
+TEST(Inversion, FourierSpectrumRoundTripsAndItsStepsAreBroadStrokes) {
+  const c10::Device cpu(at::kCPU);
+  // The scale: [S, S/2 + 1], 1/|f| falling with the frequency, root mean square 1 over the full
+  // spectrum (columns 1 .. S/2 - 1 stand for two columns each); decay 0 is all ones.
+  const at::Tensor s = fourier_scale(8, 1.0, cpu);
+  ASSERT_EQ(s.sizes(), (std::vector<int64_t>{8, 5}));
+  const at::Tensor twice = at::tensor({1.0, 2.0, 2.0, 2.0, 1.0}, at::kDouble).view({1, 5});
+  EXPECT_NEAR((s.to(at::kDouble).pow(2) * twice).sum().item<double>() / 64.0, 1.0, 1e-5);
+  EXPECT_DOUBLE_EQ(s[0][0].item<double>(), s[0][1].item<double>());         // |f| = 0 counts as the lowest frequency
+  EXPECT_NEAR(s[0][1].item<double>() / s[0][4].item<double>(), 4.0, 1e-5);  // 1/8 against 1/2 cycles/px
+  EXPECT_TRUE(at::allclose(fourier_scale(8, 0.0, cpu), at::ones({8, 5})));
+  EXPECT_THROW(fourier_scale(8, -1.0, cpu), InputError);
+  // The spectrum round-trips to the same image, and gradients reach it.
+  at::manual_seed(5);
+  const at::Tensor x = at::randn({3, 1, 8, 8});
+  const at::Tensor v = to_spectrum(x, s);
+  ASSERT_EQ(v.sizes(), (std::vector<int64_t>{3, 1, 8, 5, 2}));
+  EXPECT_TRUE(at::allclose(from_spectrum(v, s, 8), x, 1e-5, 1e-5));
+  const at::Tensor w = v.clone().requires_grad_(true);
+  (from_spectrum(w, s, 8) * x).sum().backward();
+  EXPECT_GT(w.grad().abs().sum().item<double>(), 0.0);
+  // Through an inversion from a flat grey start: what the steps add to the pixels is broad strokes
+  // with --fourier 1, where pixel steps put much of it in the high frequencies; the loss still
+  // falls, the run is seeded, and the margin and the pixel range hold.
+  const Teacher t = tiny_teacher();
+  const int64_t S = t.vit.config().image_size;
+  InversionConfig cfg = short_run(2);
+  cfg.init_images = at::full({4, S, S, 1}, 128, at::kByte);
+  cfg.gray = true;
+  const Surrogates pixel = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  cfg.fourier = 1.0;
+  const Surrogates spectral = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_TRUE(at::equal(spectral.images, invert_lora(t.vit, t.lora, nullptr, cfg, 1).images));
+  EXPECT_LT(spectral.best_loss, spectral.losses.front());
+  const auto added = [](const Surrogates& r) { return r.images.select(3, 0).to(at::kDouble) - 128.0; };
+  ASSERT_GT(added(spectral).abs().max().item<double>(), 10.0);  // the images moved
+  const double hs = high_frequency_share(added(spectral)), hp = high_frequency_share(added(pixel));
+  EXPECT_LT(hs, 0.5 * hp) << hs << " " << hp;
+  cfg.white_border = 2;
+  const Surrogates framed = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  for (int dim : {1, 2}) EXPECT_EQ(framed.images.narrow(dim, 0, 2).min().item<int>(), 255);
+}
+
 TEST(Inversion, StartImagesAreRowsOfTheSetNormalisedLikeTheVariable) {
   const model::ClipVisionConfig mc = test::tiny_config();
   const int64_t S = mc.image_size;

@@ -43,6 +43,12 @@ struct InversionConfig {
   int init_lowres = 0;           // > 0: image i starts as N(0, 1) noise drawn at r_i x r_i, r_i = init_lowres * 2^k
                                  // (k uniform, r_i <= S), resized to S x S (bilinear) and brought to unit std: smooth
                                  // blobs of several sizes instead of white noise; 0: white noise (the paper)
+  double fourier = 0.0;          // > 0: the optimised variable is the image's spectrum (rfft2, orthonormal), each
+                                 // frequency f scaled by 1 / max(|f|, 1/S)^fourier (fourier_scale), and Adam steps
+                                 // on it: the decorrelated parametrisation of feature visualisation (Olah et al.
+                                 // 2017), whose steps move low frequencies more than pixel steps do; the start
+                                 // images are the same; after every step the image is clamped to valid pixels and
+                                 // its spectrum re-read; 0: pixels (the paper)
   at::Tensor init_images;        // defined: image i starts as a row of this uint8 [M, S, S, C] set (C 1 or 3), drawn
                                  // uniformly per image (seeded), instead of noise: e.g. the VFM's pre-training
                                  // images, which hold none of the zoo's classes (invert --init-images)
@@ -126,6 +132,17 @@ std::vector<TokenStat> token_stats(const model::ClipVision& vit, const model::Lo
 // mean and var (biased) are the batch's over images and tokens (layer_inputs [B, T, D], any float
 // type; computed in float). Throws InputError when the layer counts or widths differ.
 at::Tensor token_stat_loss(const std::vector<at::Tensor>& layer_inputs, const std::vector<TokenStat>& target);
+// The per-frequency scale [S, S/2 + 1] of an S x S image's rfft2 spectrum for --fourier D:
+// 1 / max(|f|, 1/S)^D, |f| in cycles per pixel, divided by its root mean square over the full S x S
+// spectrum (so that equal steps on every coefficient move the pixels by as much in all as steps on the
+// pixels do); on dev. Throws InputError for S < 2 or D < 0.
+at::Tensor fourier_scale(int S, double decay, const c10::Device& dev);
+// Images x [n, C, S, S] -> their optimised spectrum [n, C, S, S/2 + 1, 2] (real, imaginary):
+// rfft2 (orthonormal) divided by scale; float.
+at::Tensor to_spectrum(const at::Tensor& x, const at::Tensor& scale);
+// The inverse of to_spectrum: irfft2 (orthonormal) of the spectrum v times scale, [n, C, S, S];
+// differentiable in v.
+at::Tensor from_spectrum(const at::Tensor& v, const at::Tensor& scale, int S);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).
