@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -57,6 +57,10 @@
 # "zoo100"): the zoo of 100 inverted with 50 iterations instead of 200 (less exaggerated surrogates);
 # "retrieve" (after "zoo100"): public glyphs each LoRA assigns to its classes instead of inverted ones
 # (invert --retrieve), under the paper's objective, the main recipe and distillation alone.
+# "fourier" (after the main job's invert): the surrogates' spectrum optimised instead of their pixels
+# (invert --fourier 1), on the main job's zoo and, with ZOO100=1, on the zoo of 100.
+# "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
+# (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -641,4 +645,63 @@ for name, F in (("bare VFM", bare), ("the main job's meta-LoRA", load("meta")[0]
     print(f"  {name:<34}{acc(F)}")
 print("  one zoo LoRA each:", " ".join(acc(z).split()[0] for z in zoo))
 PY
+fi
+# The surrogates' spectrum optimised instead of their pixels (invert --fourier 1: Adam on the
+# 1/|f|-scaled spectrum, the decorrelated parametrisation of feature visualisation, whose steps
+# draw broad strokes where pixel steps add high-frequency texture; docs/science.md, "Broad strokes:
+# the spectrum optimised instead of the pixels"): the main job's zoo inverted so (~5 min in bf16),
+# 300-step runs against the main job's own pool, and the surrogate check of both; with ZOO100=1
+# also the zoo of 100 from smooth starts (after "zoo100"; ~15 min + three 1,000-step runs).
+if [ "$WHAT" = fourier ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
+  real_pool
+  once "$OUT/pool_fourier1/index.json" "$OUT/pool_fourier1.log" \
+    "${MPI[@]}" $B invert "${CFG[@]}" --fourier 1 --out "$OUT/pool_fourier1"
+  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
+  run_rows fo "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
+    "paper T128 lr 3e-4, --fourier 1|$OUT/pool_fourier1|$P128 --lr 3e-4" \
+    "main recipe, pixels (the main job's pool)|runs/demo/pool|" "main recipe, --fourier 1|$OUT/pool_fourier1|"
+  bash bench/surrogate_check.sh runs/demo/pool "$OUT/pool_fourier1" "$OUT/pool_real"
+  # Steps on the spectrum leave the white-noise start's high frequencies in place: both again from
+  # smooth starts (--init-lowres 2), the paper's objective only.
+  for v in "lr2|--init-lowres 2" "lr2_fourier1|--init-lowres 2 --fourier 1"; do
+    IFS='|' read -r name flags <<<"$v"
+    # shellcheck disable=SC2086  # flags are words
+    once "$OUT/pool_$name/index.json" "$OUT/pool_$name.log" \
+      "${MPI[@]}" $B invert "${CFG[@]}" $flags --out "$OUT/pool_$name"
+  done
+  run_rows fo2 "paper T128 lr 3e-4, --init-lowres 2|$OUT/pool_lr2|$P128 --lr 3e-4" \
+    "paper T128 lr 3e-4, --init-lowres 2 --fourier 1|$OUT/pool_lr2_fourier1|$P128 --lr 3e-4"
+  bash bench/surrogate_check.sh "$OUT/pool_lr2" "$OUT/pool_lr2_fourier1" "$OUT/pool_real"
+  if [ "${ZOO100:-0}" = 1 ]; then zoo100_variant fo100 fourier1 "fourier 1" "--init-lowres 2 --fourier 1"; fi
+fi
+# Weight-space mixes of a meta-LoRA with the zoo's average (bench/lora_mix.py: exactly W x meta +
+# (1 - W) x lora-avg as one adapter, as WiSE-FT mixes a fine-tuned model with its start): does the
+# meta-LoRA carry anything that lora-avg lacks? eval on the validation classes only (its own 600
+# episodes, 5-way 1-shot), so W can be chosen there. For the main job's meta-LoRA and, as the
+# control, for one meta-trained on the real-image control pool (paper T128, 300 steps);
+# MIX_WEIGHTS (default 0.25 0.5 0.75 1); ~5 min each after the main job's metatrain.
+# mix_eval META_DIR: the mixes of one meta-LoRA, evaluated with nn and lora-avg on the same episodes.
+mix_eval() {
+  local meta=$1 tag w metas
+  tag=$(basename "$meta")
+  # Checks of the mix: mix1 must give what $tag gives, avg128 what eval's own lora-avg gives.
+  metas="avg128=$OUT/lora_avg128,$tag=$meta"
+  for w in ${MIX_WEIGHTS:-0.25 0.5 0.75 1}; do
+    $PY bench/lora_mix.py "$OUT/mix_${tag}_$w" "$w" "$meta" "$OUT/lora_avg128" >/dev/null
+    metas+=",mix$w=$OUT/mix_${tag}_$w"
+  done
+  once "$OUT/mix_${tag}_eval/done" "$OUT/mix_${tag}_eval.log" "${MPI[@]}" $B eval "${CFG[@]}" \
+    --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta --meta "$metas" --out "$OUT/mix_${tag}_eval"
+  touch "$OUT/mix_${tag}_eval/done"
+  echo "validation classes, 600 episodes 5-way 1-shot (mixW = W x $meta + (1 - W) x lora-avg):"
+  cat "$OUT/mix_${tag}_eval/results.csv"
+}
+if [ "$WHAT" = mix ]; then
+  [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
+  lora_avg "$OUT/lora_avg128" 128
+  mix_eval runs/demo/meta
+  real_pool
+  run_rows mixr "paper T128, real images (control)|$OUT/pool_real|$P128"
+  mix_eval "$OUT/mixr_1"
 fi
