@@ -15,4 +15,8 @@ MPIRUN_ROOT_FLAGS=()
 if [ "$(id -u)" = 0 ]; then MPIRUN_ROOT_FLAGS=(--allow-run-as-root); fi
 # What mpirun passes on to the ranks (-x): the thread count, and the OpenBLAS settings when set.
 MPIRUN_ENV_FLAGS=(-x OMP_NUM_THREADS)
-for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do [ -n "${!v:-}" ] && MPIRUN_ENV_FLAGS+=(-x "$v"); done
+# (An if, not `[ ] && ...`: the file's last status must be 0 when neither is set, or a script
+# under `set -e` that sources it ends there, silently.)
+for v in OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE; do
+  if [ -n "${!v:-}" ]; then MPIRUN_ENV_FLAGS+=(-x "$v"); fi
+done

@@ -14,3 +14,12 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 echo "ok: no pipe into grep -q or head in $(find tests launch bench cluster data_tools -name '*.sh' -o -name '*.sbatch' | wc -l) scripts"
+# launch/env.sh is sourced by scripts under `set -e`: it must end with status 0 whatever the
+# environment holds (it once ended on a false `[ -n "$OPENBLAS_CORETYPE" ] && ...` where neither
+# OPENBLAS_* variable was set, and every launch script stopped silently there under the tests).
+for test_env in "LORAREC_TEST=1" "LORAREC_TEST=" "LORAREC_TEST=1 OPENBLAS_CORETYPE=Haswell"; do
+  # shellcheck disable=SC2086  # test_env is words
+  out=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_NUM_THREADS $test_env bash -c 'set -euo pipefail; source launch/env.sh; echo sourced') || true
+  [ "$out" = sourced ] || { echo "FAIL: source launch/env.sh ended the script ($test_env)" >&2; exit 1; }
+done
+echo "ok: launch/env.sh sources under set -e with and without OPENBLAS_* and LORAREC_TEST"
