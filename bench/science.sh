@@ -648,15 +648,21 @@ PY
 fi
 # The surrogates' spectrum optimised instead of their pixels (invert --fourier 1: Adam on the
 # 1/|f|-scaled spectrum, the decorrelated parametrisation of feature visualisation, whose steps
-# draw broad strokes where pixel steps add high-frequency texture; docs/science.md, "Broad strokes:
-# the spectrum optimised instead of the pixels"): the main job's zoo inverted so (~5 min in bf16),
+# draw broad strokes where pixel steps add high-frequency texture; docs/science.md, "Broad strokes,
+# and the meta-LoRA mixed with the zoo's average"): the main job's zoo inverted so (~5 min in bf16),
 # 300-step runs against the main job's own pool, and the surrogate check of both; with ZOO100=1
 # also the zoo of 100 from smooth starts (after "zoo100"; ~15 min + three 1,000-step runs).
+# main_pool NAME FLAGS...: the main job's zoo inverted with configs/demo.ini [invert] plus FLAGS into
+# $OUT/pool_NAME, unless made.
+main_pool() {
+  local name=$1
+  shift
+  once "$OUT/pool_$name/index.json" "$OUT/pool_$name.log" "${MPI[@]}" $B invert "${CFG[@]}" "$@" --out "$OUT/pool_$name"
+}
 if [ "$WHAT" = fourier ]; then
   [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
   real_pool
-  once "$OUT/pool_fourier1/index.json" "$OUT/pool_fourier1.log" \
-    "${MPI[@]}" $B invert "${CFG[@]}" --fourier 1 --out "$OUT/pool_fourier1"
+  main_pool fourier1 --fourier 1
   echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
   run_rows fo "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
     "paper T128 lr 3e-4, --fourier 1|$OUT/pool_fourier1|$P128 --lr 3e-4" \
@@ -664,12 +670,8 @@ if [ "$WHAT" = fourier ]; then
   bash bench/surrogate_check.sh runs/demo/pool "$OUT/pool_fourier1" "$OUT/pool_real"
   # Steps on the spectrum leave the white-noise start's high frequencies in place: both again from
   # smooth starts (--init-lowres 2), the paper's objective only.
-  for v in "lr2|--init-lowres 2" "lr2_fourier1|--init-lowres 2 --fourier 1"; do
-    IFS='|' read -r name flags <<<"$v"
-    # shellcheck disable=SC2086  # flags are words
-    once "$OUT/pool_$name/index.json" "$OUT/pool_$name.log" \
-      "${MPI[@]}" $B invert "${CFG[@]}" $flags --out "$OUT/pool_$name"
-  done
+  main_pool lr2 --init-lowres 2
+  main_pool lr2_fourier1 --init-lowres 2 --fourier 1
   run_rows fo2 "paper T128 lr 3e-4, --init-lowres 2|$OUT/pool_lr2|$P128 --lr 3e-4" \
     "paper T128 lr 3e-4, --init-lowres 2 --fourier 1|$OUT/pool_lr2_fourier1|$P128 --lr 3e-4"
   bash bench/surrogate_check.sh "$OUT/pool_lr2" "$OUT/pool_lr2_fourier1" "$OUT/pool_real"
@@ -691,9 +693,8 @@ mix_eval() {
     $PY bench/lora_mix.py "$OUT/mix_${tag}_$w" "$w" "$meta" "$OUT/lora_avg128" >/dev/null
     metas+=",mix$w=$OUT/mix_${tag}_$w"
   done
-  once "$OUT/mix_${tag}_eval/done" "$OUT/mix_${tag}_eval.log" "${MPI[@]}" $B eval "${CFG[@]}" \
+  once "$OUT/mix_${tag}_eval/results.json" "$OUT/mix_${tag}_eval.log" "${MPI[@]}" $B eval "${CFG[@]}" \
     --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta --meta "$metas" --out "$OUT/mix_${tag}_eval"
-  touch "$OUT/mix_${tag}_eval/done"
   echo "validation classes, 600 episodes 5-way 1-shot (mixW = W x $meta + (1 - W) x lora-avg):"
   cat "$OUT/mix_${tag}_eval/results.csv"
 }

@@ -9,18 +9,18 @@ DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.flo
           "I32": np.int32, "U8": np.uint8}
 
 
-def read_safetensors(path):
-    """name -> array (in its stored dtype; BF16 as raw uint16) of a .safetensors file."""
+def read_safetensors(path, with_metadata=False):
+    """name -> array (in its stored dtype; BF16 as raw uint16) of a .safetensors file; with
+    with_metadata, (that, the header's __metadata__ dict)."""
     b = open(path, "rb").read()
     n = struct.unpack("<Q", b[:8])[0]
     h = json.loads(b[8:8 + n])
+    meta = h.pop("__metadata__", {})
     out = {}
     for k, v in h.items():
-        if k == "__metadata__":
-            continue
         s, e = v["data_offsets"]
         out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=DTYPES[v["dtype"]]).reshape(v["shape"])
-    return out
+    return (out, meta) if with_metadata else out
 
 
 def tensors(d):
