@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -59,6 +59,8 @@
 # (invert --retrieve), under the paper's objective, the main recipe and distillation alone.
 # "fourier" (after the main job's invert): the surrogates' spectrum optimised instead of their pixels
 # (invert --fourier 1), on the main job's zoo and, with ZOO100=1, on the zoo of 100.
+# "strokes" (after the main job's invert): each surrogate drawn as 12 soft line segments on white
+# (invert --strokes 12), on the main job's zoo.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -676,6 +678,22 @@ if [ "$WHAT" = fourier ]; then
     "paper T128 lr 3e-4, --init-lowres 2 --fourier 1|$OUT/pool_lr2_fourier1|$P128 --lr 3e-4"
   bash bench/surrogate_check.sh "$OUT/pool_lr2" "$OUT/pool_lr2_fourier1" "$OUT/pool_real"
   if [ "${ZOO100:-0}" = 1 ]; then zoo100_variant fo100 fourier1 "fourier 1" "--init-lowres 2 --fourier 1"; fi
+fi
+# Surrogates drawn as line segments (invert --strokes K: Adam on the end points, widths and ink of K
+# soft dark segments on white instead of on the pixels, a prior of line drawings that uses no image
+# of the data; docs/science.md, "Surrogates drawn as strokes"): the main job's zoo inverted so with
+# STROKES segments (default 12; ~6 min in bf16), 300-step runs against the main job's own pool
+# under the paper's objective and the main recipe, and the surrogate check of both.
+if [ "$WHAT" = strokes ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
+  real_pool
+  K=${STROKES:-12}
+  main_pool "strokes$K" --strokes "$K"
+  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
+  run_rows "st$K" "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
+    "paper T128 lr 3e-4, --strokes $K|$OUT/pool_strokes$K|$P128 --lr 3e-4" \
+    "main recipe, pixels (the main job's pool)|runs/demo/pool|" "main recipe, --strokes $K|$OUT/pool_strokes$K|"
+  bash bench/surrogate_check.sh runs/demo/pool "$OUT/pool_strokes$K" "$OUT/pool_real"
 fi
 # Weight-space mixes of a meta-LoRA with the zoo's average (bench/lora_mix.py: exactly W x meta +
 # (1 - W) x lora-avg as one adapter, as WiSE-FT mixes a fine-tuned model with its start): does the

@@ -39,6 +39,11 @@ void check_invert_options(const invert::InvertJobConfig& c) {
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (!(c.inv.fourier >= 0 && c.inv.fourier <= 4)) throw InputError("invert: --fourier must be in [0, 4]");
+  if (c.inv.strokes < 0 || c.inv.strokes > 64) throw InputError("invert: --strokes must be in [0, 64]");
+  if (c.inv.strokes > 0 && (c.inv.fourier > 0 || c.inv.init_lowres > 0 || !c.init_images.empty()))
+    throw InputError(
+        "invert: --strokes draws its own start; it cannot be combined with --fourier, --init-lowres or "
+        "--init-images");
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
   if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
   if (!c.retrieve.empty() && !c.real_images.empty())
@@ -105,6 +110,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("white-border", po::value(&c.inv.white_border)->default_value(c.inv.white_border), "hold the outer PX pixels of every surrogate at white (pixel value 1) from the start and after every step, so that the class is drawn inside a margin, as dark-on-white data (glyphs, documents) has one; must be below half the image size; 0 = off (the paper)")
       ("init-lowres", po::value(&c.inv.init_lowres)->default_value(c.inv.init_lowres), "start each surrogate from noise drawn at R x R, 2R x 2R, 4R x 4R, .. (one size per image, at random) resized to the image size: smooth blobs of several sizes, which the VFM tells apart, instead of white noise, which it sees as one image; 0 = white noise (the paper)")
       ("fourier", po::value(&c.inv.fourier)->default_value(c.inv.fourier), "optimise each surrogate's spectrum instead of its pixels, frequency f scaled by 1 / |f|^D (the decorrelated parametrisation of feature visualisation): the same start, but Adam's steps move broad strokes more than single pixels, which pixel steps favour (high-frequency textures); after every step the image is clamped to valid pixels; D in [0, 4], 1 is the usual; 0 = pixels (the paper)")
+      ("strokes", po::value(&c.inv.strokes)->default_value(c.inv.strokes), "draw each surrogate as K soft dark line segments on white and optimise their end points, widths (1-4 px) and ink instead of the pixels: a prior of line drawings (glyphs, sketches) that uses no image of the data; the roll and --white-border apply to the drawing; starts from K random segments per image (seeded); K in [0, 64]; 0 = pixels (the paper). Not with --fourier, --init-lowres or --init-images")
       ("init-images", po::value(&c.init_images), "start each surrogate from an image of this HDF5 set (drawn at random per image, seeded) instead of noise: a public set that holds none of the zoo's data, e.g. the VFM's pre-training images (the embedded benchmark: data/demo/base.h5, other scripts than the zoo's). The surrogates are then no longer data-free in the strict sense; overrides --init-lowres")
       ("co-teachers", po::value(&c.inv.co_teachers)->default_value(c.inv.co_teachers), "each surrogate of class c must also be c to up to M other zoo LoRAs whose tasks hold c (drawn per LoRA and class, seeded), each judging it among its own classes: a surrogate then carries what tells c from the classes of several tasks, not of its own LoRA's task only; costs up to (1 + M) x the forwards; 0 = its own LoRA only (the paper)")
       ("w-co", po::value(&c.inv.w_co)->default_value(c.inv.w_co), "weight of the co-teachers' cross-entropy (--co-teachers)")

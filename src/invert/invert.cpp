@@ -114,6 +114,45 @@ at::Tensor from_spectrum(const at::Tensor& v, const at::Tensor& scale, int S) {
   return at::fft_irfft2(c, std::vector<int64_t>{S, S}, {-2, -1}, "ortho");
 }
 
+at::Tensor render_strokes(const at::Tensor& params, int S) {
+  if (params.dim() != 3 || params.size(2) != 6 || S < 2)
+    throw InputError("render_strokes: params must be [n, K, 6] and the image at least 2 px");
+  const int64_t n = params.size(0), K = params.size(1);
+  const at::Tensor p = params.to(at::kFloat);
+  const at::Tensor coord = at::arange(S, p.options());
+  const at::Tensor py = coord.view({1, 1, S, 1}), px = coord.view({1, 1, 1, S});
+  const auto col = [&](int i) { return p.select(2, i).view({n, K, 1, 1}); };
+  const at::Tensor ax = at::sigmoid(col(0)) * (S - 1), ay = at::sigmoid(col(1)) * (S - 1);
+  const at::Tensor dx = at::sigmoid(col(2)) * (S - 1) - ax, dy = at::sigmoid(col(3)) * (S - 1) - ay;
+  // The nearest point of each segment to each pixel: a + t (b - a), t clamped to the segment.
+  const at::Tensor t = (((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy + 1e-6)).clamp(0.0, 1.0);
+  const at::Tensor ex = px - ax - t * dx, ey = py - ay - t * dy;
+  const at::Tensor d = (ex * ex + ey * ey + 1e-6).sqrt();
+  const at::Tensor half = (1.0 + 3.0 * at::sigmoid(col(4))) * 0.5;
+  const at::Tensor ink = at::sigmoid((half - d) / 0.5) * at::sigmoid(col(5));  // [n, K, S, S]
+  return (1.0 - ink).prod(1, true);
+}
+
+at::Tensor init_strokes(int64_t n, int K, int S, std::mt19937_64& rng, const c10::Device& dev) {
+  if (n < 0 || K < 1 || S < 2) throw InputError("init_strokes: needs K >= 1 segments and an image of at least 2 px");
+  std::uniform_real_distribution<double> centre(0.2 * (S - 1), 0.8 * (S - 1)), angle(0.0, std::acos(-1.0)),
+      length(0.15 * S, 0.5 * S);
+  const auto logit = [&](double px) {
+    const double u = std::clamp(px / (S - 1), 0.02, 0.98);
+    return std::log(u / (1.0 - u));
+  };
+  std::vector<float> v;
+  v.reserve(static_cast<size_t>(n * K * 6));
+  for (int64_t i = 0; i < n * K; ++i) {
+    const double cx = centre(rng), cy = centre(rng), a = angle(rng), h = 0.5 * length(rng);
+    for (double e : {cx - h * std::cos(a), cy - h * std::sin(a), cx + h * std::cos(a), cy + h * std::sin(a)})
+      v.push_back(static_cast<float>(logit(e)));
+    v.push_back(static_cast<float>(-std::log(2.0)));  // width 1 + 3 / 3 = 2 px
+    v.push_back(2.0f);                                // ink sigmoid(2) = 0.88
+  }
+  return at::tensor(v, at::kFloat).view({n, K, 6}).to(dev);
+}
+
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi) {
   at::NoGradGuard ng;
   x.copy_(at::max(at::min(x, hi.view({1, -1, 1, 1})), lo.view({1, -1, 1, 1})));
@@ -194,9 +233,9 @@ std::string progress_note(const LossTerms& lt, double value, const InversionConf
 
 // The optimised variable: the image u, [n, 3, S, S] normalised pixels, or with cfg.gray [n, 1, S, S]
 // grey pixels normalised with the mean of the channel constants, held as x = u itself or, with
-// cfg.fourier, as its spectrum (to_spectrum); image() gives u, pixels(u) maps it to the model's
-// input, and [lo, hi] bound u to valid pixels (project()). The start draws from gen_rng
-// (low-resolution noise, start images) or from the global generator (white noise).
+// cfg.fourier, as its spectrum (to_spectrum), or with cfg.strokes as line segments (render_strokes); image() gives u,
+// pixels(u) maps it to the model's input, and [lo, hi] bound u to valid pixels (project()). The start draws from
+// gen_rng (low-resolution noise, start images) or from the global generator (white noise).
 struct PixelVariable {
   PixelVariable(const model::ClipVision& vit, const InversionConfig& cfg, int n, std::mt19937_64& gen_rng)
       : gray(cfg.gray) {
@@ -221,16 +260,38 @@ struct PixelVariable {
       throw InputError("invert: --white-border " + std::to_string(cfg.white_border) + " leaves no pixel free in a " +
                        std::to_string(S) + " px image (it must be below " + std::to_string((S + 1) / 2) + ")");
     hold_white_border(x, cfg.white_border, hi);
-    if (cfg.fourier > 0) {
+    if (cfg.strokes > 0) {
+      if (cfg.fourier > 0 || cfg.init_lowres > 0 || cfg.init_images.defined())
+        throw InputError(
+            "invert: --strokes draws its own start; it cannot be combined with --fourier, "
+            "--init-lowres or --init-images");
+      x = init_strokes(n, cfg.strokes, S, gen_rng, dev);
+      border = cfg.white_border;
+      S_ = S;
+    } else if (cfg.fourier > 0) {
       scale = fourier_scale(S, cfg.fourier, dev);
       x = to_spectrum(x, scale);
     }
     x.requires_grad_(true);
   }
-  at::Tensor image() const { return scale.defined() ? from_spectrum(x, scale, static_cast<int>(x.size(2))) : x; }
+  at::Tensor image() const {
+    if (S_ > 0) return drawn();
+    return scale.defined() ? from_spectrum(x, scale, static_cast<int>(x.size(2))) : x;
+  }
+  // --strokes: the drawing, ink kept off the white margin, in the variable's normalisation.
+  at::Tensor drawn() const {
+    at::Tensor v = render_strokes(x, S_);
+    if (border > 0) {
+      at::Tensor inner = at::zeros({1, 1, S_, S_}, v.options());
+      inner.narrow(2, border, S_ - 2 * border).narrow(3, border, S_ - 2 * border).fill_(1.0);
+      v = 1.0 - (1.0 - v) * inner;
+    }
+    return gray ? (v - gm) / gs : (v - cmean) / cstd;
+  }
   at::Tensor pixels(const at::Tensor& u) const { return gray ? (u * gs + gm - cmean) / cstd : u; }
   // After a step: the image clamped to valid pixels with its white margin held, written back to x.
   void project(int white_border) {
+    if (S_ > 0) return;  // a drawing is always valid pixels
     if (!scale.defined()) {
       clamp_pixels(x, lo, hi);
       hold_white_border(x, white_border, hi);
@@ -245,6 +306,7 @@ struct PixelVariable {
 
   bool gray;
   double gm = 0, gs = 1;
+  int S_ = 0, border = 0;  // --strokes: the image size (0: not a drawing) and the white margin
   at::Tensor cmean, cstd, x, lo, hi, scale;
 };
 

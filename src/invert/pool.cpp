@@ -199,6 +199,7 @@ json pool_settings(const InvertJobConfig& cfg) {
   if (v.stop_confidence > 0) s["--stop-confidence"] = v.stop_confidence;
   if (v.init_lowres > 0) s["--init-lowres"] = v.init_lowres;
   if (v.fourier > 0) s["--fourier"] = v.fourier;
+  if (v.strokes > 0) s["--strokes"] = v.strokes;
   if (v.white_border > 0) s["--white-border"] = v.white_border;
   if (!cfg.init_images.empty()) s["--init-images (content digest)"] = prov::file_digest(cfg.init_images);
   if (v.co_teachers > 0) {

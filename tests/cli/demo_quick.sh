@@ -153,6 +153,9 @@ expect_status 2 "--stop-confidence must be in [0, 1]" -- $B invert $C --stop-con
 expect_status 2 "--init-lowres must be 0 (off) or >= 2" -- $B invert $C --init-lowres 1
 expect_status 2 "setting --fourier" -- $B invert $C --fourier 1
 expect_status 2 "--fourier must be in [0, 4]" -- $B invert $C --fourier -1
+expect_status 2 "setting --strokes" -- $B invert $C --strokes 8
+expect_status 2 "--strokes must be in [0, 64]" -- $B invert $C --strokes 65
+expect_status 2 "cannot be combined with --fourier" -- $B invert $C --strokes 8 --fourier 1
 expect_status 2 "setting --co-teacher" -- $B invert $C --co-teachers 1
 expect_status 2 "setting --init-images" -- $B invert $C --init-images data/quick/base.h5
 expect_status 2 "--co-teachers must be >= 0" -- $B invert $C --co-teachers -1

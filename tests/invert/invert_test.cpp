@@ -331,6 +331,68 @@ TEST(Inversion, FourierSpectrumRoundTripsAndItsStepsAreBroadStrokes) {
   for (int dim : {1, 2}) EXPECT_EQ(framed.images.narrow(dim, 0, 2).min().item<int>(), 255);
 }
 
+// Parameters of one segment from pixel coordinates (the inverse of render_strokes' mapping).
+std::vector<float> segment(double x0, double y0, double x1, double y1, int S, double width, double ink) {
+  const auto logit = [](double u) { return static_cast<float>(std::log(u / (1.0 - u))); };
+  return {logit(x0 / (S - 1)), logit(y0 / (S - 1)),        logit(x1 / (S - 1)),
+          logit(y1 / (S - 1)), logit((width - 1.0) / 3.0), logit(ink)};
+}
+
+TEST(Inversion, StrokesDrawSoftSegmentsOnWhiteAndInvertAsDrawings) {
+  // One horizontal segment of width 2 px from (4, 8) to (12, 8) in a 16 px image: dark on it, white
+  // away from it, half-dark at its width's edge; a second one crossing it adds its ink.
+  const int S = 16;
+  std::vector<float> p = segment(4, 8, 12, 8, S, 2.0, 0.99);
+  const at::Tensor one = render_strokes(at::tensor(p).view({1, 1, 6}), S);
+  ASSERT_EQ(one.sizes(), (std::vector<int64_t>{1, 1, S, S}));
+  const auto px = [](const at::Tensor& v, int row, int col) { return v[0][0][row][col].item<double>(); };
+  EXPECT_LT(px(one, 8, 8), 0.15);         // on the segment
+  EXPECT_GT(px(one, 2, 8), 0.999);        // 6 px above it
+  EXPECT_GT(px(one, 8, 15), 0.97);        // 3 px past its end
+  EXPECT_NEAR(px(one, 9, 8), 0.5, 0.06);  // 1 px off its axis: the edge of a 2 px stroke
+  EXPECT_GE(one.min().item<double>(), 0.0);
+  EXPECT_LE(one.max().item<double>(), 1.0);
+  const std::vector<float> q = segment(8, 2, 8, 14, S, 2.0, 0.5);
+  p.insert(p.end(), q.begin(), q.end());
+  const at::Tensor two = render_strokes(at::tensor(p).view({1, 2, 6}), S);
+  EXPECT_NEAR(px(two, 4, 8), 1.0 - 0.5 / (1.0 + std::exp(-2.0)), 0.01);  // the faint one alone, on its axis
+  EXPECT_NEAR(px(two, 8, 8), px(one, 8, 8) * (1.0 - 0.5 * 0.88), 0.03);  // inks multiply where they cross
+  // Gradients reach every parameter of a segment that touches the image.
+  const at::Tensor w = at::tensor(p).view({1, 2, 6}).requires_grad_(true);
+  render_strokes(w, S).sum().backward();
+  EXPECT_TRUE(w.grad().abs().gt(0).all().item<bool>());
+  EXPECT_THROW(render_strokes(at::zeros({1, 2, 5}), S), InputError);
+  // The start: K segments per image inside the image, seeded.
+  auto rng = data::make_rng(3, 0, 0);
+  const at::Tensor s0 = init_strokes(4, 6, S, rng, c10::Device(at::kCPU));
+  ASSERT_EQ(s0.sizes(), (std::vector<int64_t>{4, 6, 6}));
+  auto rng2 = data::make_rng(3, 0, 0);
+  EXPECT_TRUE(at::equal(s0, init_strokes(4, 6, S, rng2, c10::Device(at::kCPU))));
+  const at::Tensor drawn = render_strokes(s0, S);
+  EXPECT_LT(drawn.mean().item<double>(), 0.97);  // some ink
+  EXPECT_GT(drawn.mean().item<double>(), 0.4);   // mostly paper
+  // An inversion as drawings: the loss falls, the run is seeded, the stored images are drawings
+  // (pixels paper white or ink dark), and the margin holds.
+  const Teacher t = tiny_teacher();
+  InversionConfig cfg = short_run(2);
+  cfg.gray = true;
+  cfg.strokes = 8;
+  cfg.lr = 0.1;
+  const Surrogates r = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_TRUE(at::equal(r.images, invert_lora(t.vit, t.lora, nullptr, cfg, 1).images));
+  EXPECT_LT(r.best_loss, r.losses.front());
+  const at::Tensor g = r.images.select(3, 0).to(at::kDouble);
+  const double paper = g.ge(230).to(at::kDouble).mean().item<double>(),
+               ink = g.le(60).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(paper, 0.2);        // 16 px images with 8 strokes: 29 % paper, 37 % ink
+  EXPECT_GT(paper + ink, 0.5);  // few grey pixels, as in a drawing
+  cfg.white_border = 2;
+  const Surrogates framed = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  for (int dim : {1, 2}) EXPECT_EQ(framed.images.narrow(dim, 0, 2).min().item<int>(), 255);
+  cfg.fourier = 1.0;  // a drawing has no spectrum to step on
+  EXPECT_THROW(invert_lora(t.vit, t.lora, nullptr, cfg, 1), InputError);
+}
+
 TEST(Inversion, StartImagesAreRowsOfTheSetNormalisedLikeTheVariable) {
   const model::ClipVisionConfig mc = test::tiny_config();
   const int64_t S = mc.image_size;

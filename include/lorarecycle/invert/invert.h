@@ -49,6 +49,11 @@ struct InversionConfig {
                                  // 2017), whose steps move low frequencies more than pixel steps do; the start
                                  // images are the same; after every step the image is clamped to valid pixels and
                                  // its spectrum re-read; 0: pixels (the paper)
+  int strokes = 0;               // > 0: each surrogate is drawn as this many soft dark line segments on white
+                                 // (render_strokes) and Adam steps on their end points, widths and ink instead
+                                 // of on pixels: a prior of line drawings (glyphs, sketches) with no image of
+                                 // the data; the jitter and the margin apply to the drawn image; 0: pixels (the
+                                 // paper)
   at::Tensor init_images;        // defined: image i starts as a row of this uint8 [M, S, S, C] set (C 1 or 3), drawn
                                  // uniformly per image (seeded), instead of noise: e.g. the VFM's pre-training
                                  // images, which hold none of the zoo's classes (invert --init-images)
@@ -143,6 +148,17 @@ at::Tensor to_spectrum(const at::Tensor& x, const at::Tensor& scale);
 // The inverse of to_spectrum: irfft2 (orthonormal) of the spectrum v times scale, [n, C, S, S];
 // differentiable in v.
 at::Tensor from_spectrum(const at::Tensor& v, const at::Tensor& scale, int S);
+// --strokes: the grey images [n, 1, S, S] in [0, 1] (1 white) of n drawings of K soft line segments,
+// params [n, K, 6] per segment (x0, y0, x1, y1, w, a): the end points at sigmoid(.) x (S - 1) pixels
+// (pixel centres 0 .. S - 1, x the column), the width 1 + 3 sigmoid(w) pixels, the ink sigmoid(a).
+// A pixel at distance d from a segment takes ink a x sigmoid((width / 2 - d) / 0.5 px) from it, and
+// the inks multiply: pixel = prod over segments of (1 - ink). Differentiable in params; throws
+// InputError for another shape or S < 2.
+at::Tensor render_strokes(const at::Tensor& params, int S);
+// The start of --strokes: params [n, K, 6] of K segments per image with centres uniform in the inner
+// 60 % of the image, directions uniform, lengths uniform in [0.15, 0.5] x S, width 2 px, ink 0.88;
+// drawn from rng (float, on dev).
+at::Tensor init_strokes(int64_t n, int K, int S, std::mt19937_64& rng, const c10::Device& dev);
 // Clamps every channel of [B, 3, H, W] to [lo_c, hi_c] in place.
 void clamp_pixels(at::Tensor& x, const at::Tensor& lo, const at::Tensor& hi);
 // Normalised pixels -> uint8 [B, H, W, 3] (inverse of ClipVision::preprocess, no resize).
