@@ -26,7 +26,10 @@ def grey(path):
         files = sorted(p.glob("lora_*.h5"))
         if not files:
             sys.exit(f"pool_pixels: {p} holds no lora_*.h5 (not a pool directory)")
-        images = [h5py.File(f, "r")["images"][:] for f in files]
+        images = []
+        for f in files:
+            with h5py.File(f, "r") as h:
+                images.append(h["images"][:])
         return np.concatenate(images).astype(np.float64).mean(-1)
     if not p.is_file():
         sys.exit(f"pool_pixels: {p} is neither a pool directory nor a file")

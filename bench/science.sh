@@ -679,39 +679,6 @@ if [ "$WHAT" = fourier ]; then
   bash bench/surrogate_check.sh "$OUT/pool_lr2" "$OUT/pool_lr2_fourier1" "$OUT/pool_real"
   if [ "${ZOO100:-0}" = 1 ]; then zoo100_variant fo100 fourier1 "fourier 1" "--init-lowres 2 --fourier 1"; fi
 fi
-# Surrogates drawn as line segments (invert --strokes K: Adam on the end points, widths and ink of K
-# soft dark segments on white instead of on the pixels, a prior of line drawings that uses no image
-# of the data; docs/science.md, "Surrogates drawn as strokes"): the main job's zoo inverted so with
-# STROKES segments (default 12; ~6 min in bf16), 300-step runs against the main job's own pool
-# under the paper's objective and the main recipe (the controls run once for every K), and the
-# surrogate check and the pixel statistics (bench/pool_pixels.py) of both. STROKE_FLAGS adds invert
-# flags to the drawings (TAG names that pool), and then the same flags on pixels are the second
-# control (e.g. TAG=_co2 STROKE_FLAGS="--co-teachers 2": ~17 min per pool). MIX=1 adds the
-# weight-space mixes of the main recipe's meta-LoRA on the drawings with lora-avg (part "mix",
-# below; ~5 min).
-if [ "$WHAT" = strokes ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
-  real_pool
-  K=${STROKES:-12}
-  N="$K${TAG:-}"
-  # shellcheck disable=SC2086
-  main_pool "strokes$N" --strokes "$K" ${STROKE_FLAGS:-}
-  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
-  run_rows stc "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
-    "main recipe, pixels (the main job's pool)|runs/demo/pool|"
-  run_rows "st$N" "paper T128 lr 3e-4, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|$P128 --lr 3e-4" \
-    "main recipe, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|"
-  bash bench/surrogate_check.sh runs/demo/pool "$OUT/pool_strokes$N" "$OUT/pool_real"
-  $PY bench/pool_pixels.py data/demo/zoo.h5 runs/demo/pool "$OUT/pool_strokes$N" "$OUT/pool_real"
-  if [ -n "${STROKE_FLAGS:-}" ]; then  # the control of the combination: the same flags on pixels
-    # shellcheck disable=SC2086
-    main_pool "pixels${TAG:-}" ${STROKE_FLAGS}
-    run_rows "stp${TAG:-}" "paper T128 lr 3e-4, pixels $STROKE_FLAGS|$OUT/pool_pixels${TAG:-}|$P128 --lr 3e-4" \
-      "main recipe, pixels $STROKE_FLAGS|$OUT/pool_pixels${TAG:-}|"
-    bash bench/surrogate_check.sh "$OUT/pool_pixels${TAG:-}" "$OUT/pool_strokes$N" "$OUT/pool_real"
-  fi
-  STROKES_MIX=$([ "${MIX:-0}" = 1 ] && echo "$OUT/st${N}_2" || true)
-fi
 # Weight-space mixes of a meta-LoRA with the zoo's average (bench/lora_mix.py: exactly W x meta +
 # (1 - W) x lora-avg as one adapter, as WiSE-FT mixes a fine-tuned model with its start): does the
 # meta-LoRA carry anything that lora-avg lacks? eval on the validation classes only (its own 600
@@ -741,8 +708,42 @@ if [ "$WHAT" = mix ]; then
   run_rows mixr "paper T128, real images (control)|$OUT/pool_real|$P128"
   mix_eval "$OUT/mixr_1"
 fi
-# strokes with MIX=1: the mixes of its main-recipe meta-LoRA.
-if [ -n "${STROKES_MIX:-}" ]; then
-  lora_avg "$OUT/lora_avg128" 128
-  mix_eval "$STROKES_MIX"
+# Surrogates drawn as line segments (invert --strokes K: Adam on the end points, widths and ink of K
+# soft dark segments on white instead of on the pixels, a prior of line drawings that uses no image
+# of the data; docs/science.md, "Surrogates drawn as strokes"): the main job's zoo inverted so with
+# STROKES segments (default 12; ~6 min in bf16), 300-step runs against the main job's own pool
+# under the paper's objective and the main recipe (the controls run once for every K), and the
+# surrogate check and the pixel statistics (bench/pool_pixels.py) of the pools. STROKE_FLAGS adds
+# invert flags to the drawings (TAG, required with it, names their pools), and then the same flags
+# on pixels are the second control (e.g. TAG=_co2 STROKE_FLAGS="--co-teachers 2": ~17 min per
+# pool). MIX=1 adds the weight-space mixes of the main recipe's meta-LoRA on the drawings with
+# lora-avg (mix_eval above; ~5 min).
+if [ "$WHAT" = strokes ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
+  # A pool is reused by its name, so other flags need another name.
+  [ -z "${STROKE_FLAGS:-}" ] || [ -n "${TAG:-}" ] || { echo "science: STROKE_FLAGS needs a TAG naming its pools" >&2; exit 2; }
+  real_pool
+  K=${STROKES:-12}
+  N="$K${TAG:-}"
+  # shellcheck disable=SC2086
+  main_pool "strokes$N" --strokes "$K" ${STROKE_FLAGS:-}
+  POOLS=(runs/demo/pool "$OUT/pool_strokes$N")
+  echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
+  run_rows stc "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
+    "main recipe, pixels (the main job's pool)|runs/demo/pool|"
+  run_rows "st$N" "paper T128 lr 3e-4, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|$P128 --lr 3e-4" \
+    "main recipe, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|"
+  if [ -n "${STROKE_FLAGS:-}" ]; then  # the control of the combination: the same flags on pixels
+    # shellcheck disable=SC2086
+    main_pool "pixels$TAG" $STROKE_FLAGS
+    run_rows "stp$TAG" "paper T128 lr 3e-4, pixels $STROKE_FLAGS|$OUT/pool_pixels$TAG|$P128 --lr 3e-4" \
+      "main recipe, pixels $STROKE_FLAGS|$OUT/pool_pixels$TAG|"
+    POOLS+=("$OUT/pool_pixels$TAG")
+  fi
+  bash bench/surrogate_check.sh "${POOLS[@]}" "$OUT/pool_real"
+  $PY bench/pool_pixels.py data/demo/zoo.h5 "${POOLS[@]}" "$OUT/pool_real"
+  if [ "${MIX:-0}" = 1 ]; then
+    lora_avg "$OUT/lora_avg128" 128
+    mix_eval "$OUT/st${N}_2"
+  fi
 fi

@@ -39,11 +39,7 @@ void check_invert_options(const invert::InvertJobConfig& c) {
   if (c.inv.init_lowres == 1 || c.inv.init_lowres < 0)
     throw InputError("invert: --init-lowres must be 0 (off) or >= 2");
   if (!(c.inv.fourier >= 0 && c.inv.fourier <= 4)) throw InputError("invert: --fourier must be in [0, 4]");
-  if (c.inv.strokes < 0 || c.inv.strokes > 64) throw InputError("invert: --strokes must be in [0, 64]");
-  if (c.inv.strokes > 0 && (c.inv.fourier > 0 || c.inv.init_lowres > 0 || !c.init_images.empty()))
-    throw InputError(
-        "invert: --strokes draws its own start; it cannot be combined with --fourier, --init-lowres or "
-        "--init-images");
+  invert::check_strokes(c.inv, !c.init_images.empty());
   if (c.inv.co_teachers < 0) throw InputError("invert: --co-teachers must be >= 0");
   if (c.inv.white_border < 0) throw InputError("invert: --white-border must be >= 0");
   if (!c.retrieve.empty() && !c.real_images.empty())

@@ -133,6 +133,14 @@ at::Tensor render_strokes(const at::Tensor& params, int S) {
   return (1.0 - ink).prod(1, true);
 }
 
+void check_strokes(const InversionConfig& cfg, bool init_images) {
+  if (cfg.strokes < 0 || cfg.strokes > 64) throw InputError("invert: --strokes must be in [0, 64]");
+  if (cfg.strokes > 0 && (cfg.fourier > 0 || cfg.init_lowres > 0 || init_images))
+    throw InputError(
+        "invert: --strokes draws its own start; it cannot be combined with --fourier, --init-lowres or "
+        "--init-images");
+}
+
 at::Tensor init_strokes(int64_t n, int K, int S, std::mt19937_64& rng, const c10::Device& dev) {
   if (n < 0 || K < 1 || S < 2) throw InputError("init_strokes: needs K >= 1 segments and an image of at least 2 px");
   std::uniform_real_distribution<double> centre(0.2 * (S - 1), 0.8 * (S - 1)), angle(0.0, std::acos(-1.0)),
@@ -245,12 +253,6 @@ struct PixelVariable {
     std::tie(gm, gs) = gray_constants(mc);
     std::tie(cmean, cstd) = channel_constants(mc);
     cmean = cmean.to(dev), cstd = cstd.to(dev);
-    if (cfg.init_images.defined())
-      x = start_images(cfg.init_images, n, cfg.gray, mc, gen_rng, dev);
-    else if (cfg.init_lowres > 0)
-      x = lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev);
-    else
-      x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev));
     std::tie(lo, hi) = vit.pixel_bounds();
     if (cfg.gray) {
       lo = at::full({1}, -gm / gs, lo.options());
@@ -259,39 +261,43 @@ struct PixelVariable {
     if (2 * cfg.white_border >= S)
       throw InputError("invert: --white-border " + std::to_string(cfg.white_border) + " leaves no pixel free in a " +
                        std::to_string(S) + " px image (it must be below " + std::to_string((S + 1) / 2) + ")");
-    hold_white_border(x, cfg.white_border, hi);
-    if (cfg.strokes > 0) {
-      if (cfg.fourier > 0 || cfg.init_lowres > 0 || cfg.init_images.defined())
-        throw InputError(
-            "invert: --strokes draws its own start; it cannot be combined with --fourier, "
-            "--init-lowres or --init-images");
+    if (cfg.strokes > 0) {  // a drawing: its segments are the variable, and the margin holds no ink
+      check_strokes(cfg, cfg.init_images.defined());
       x = init_strokes(n, cfg.strokes, S, gen_rng, dev);
-      border = cfg.white_border;
-      S_ = S;
-    } else if (cfg.fourier > 0) {
-      scale = fourier_scale(S, cfg.fourier, dev);
-      x = to_spectrum(x, scale);
+      drawing_size = S;
+      if (const int b = cfg.white_border; b > 0) {
+        ink_area = at::zeros({1, 1, S, S}, x.options());
+        ink_area.narrow(2, b, S - 2 * b).narrow(3, b, S - 2 * b).fill_(1.0);
+      }
+    } else {
+      if (cfg.init_images.defined())
+        x = start_images(cfg.init_images, n, cfg.gray, mc, gen_rng, dev);
+      else if (cfg.init_lowres > 0)
+        x = lowres_noise(n, cfg.gray ? 1 : 3, S, cfg.init_lowres, gen_rng, dev);
+      else
+        x = at::randn({n, cfg.gray ? 1 : 3, S, S}, at::TensorOptions().device(dev));
+      hold_white_border(x, cfg.white_border, hi);
+      if (cfg.fourier > 0) {
+        scale = fourier_scale(S, cfg.fourier, dev);
+        x = to_spectrum(x, scale);
+      }
     }
     x.requires_grad_(true);
   }
   at::Tensor image() const {
-    if (S_ > 0) return drawn();
+    if (drawing_size > 0) return drawn();
     return scale.defined() ? from_spectrum(x, scale, static_cast<int>(x.size(2))) : x;
   }
-  // --strokes: the drawing, ink kept off the white margin, in the variable's normalisation.
+  // --strokes: the drawing, without ink in the white margin, in the variable's normalisation.
   at::Tensor drawn() const {
-    at::Tensor v = render_strokes(x, S_);
-    if (border > 0) {
-      at::Tensor inner = at::zeros({1, 1, S_, S_}, v.options());
-      inner.narrow(2, border, S_ - 2 * border).narrow(3, border, S_ - 2 * border).fill_(1.0);
-      v = 1.0 - (1.0 - v) * inner;
-    }
+    at::Tensor v = render_strokes(x, drawing_size);
+    if (ink_area.defined()) v = 1.0 - (1.0 - v) * ink_area;
     return gray ? (v - gm) / gs : (v - cmean) / cstd;
   }
   at::Tensor pixels(const at::Tensor& u) const { return gray ? (u * gs + gm - cmean) / cstd : u; }
   // After a step: the image clamped to valid pixels with its white margin held, written back to x.
   void project(int white_border) {
-    if (S_ > 0) return;  // a drawing is always valid pixels
+    if (drawing_size > 0) return;  // a drawing is always valid pixels
     if (!scale.defined()) {
       clamp_pixels(x, lo, hi);
       hold_white_border(x, white_border, hi);
@@ -306,8 +312,9 @@ struct PixelVariable {
 
   bool gray;
   double gm = 0, gs = 1;
-  int S_ = 0, border = 0;  // --strokes: the image size (0: not a drawing) and the white margin
-  at::Tensor cmean, cstd, x, lo, hi, scale;
+  int drawing_size = 0;  // --strokes: the image size (0: not a drawing)
+  // ink_area: --strokes with --white-border only, [1, 1, S, S] 1 inside the margin, 0 on it.
+  at::Tensor cmean, cstd, x, lo, hi, scale, ink_area;
 };
 
 // The feature prior's statistics (cfg.feature_prior) under the inverted LoRA: of up to

@@ -155,6 +155,9 @@ at::Tensor from_spectrum(const at::Tensor& v, const at::Tensor& scale, int S);
 // the inks multiply: pixel = prod over segments of (1 - ink). Differentiable in params; throws
 // InputError for another shape or S < 2.
 at::Tensor render_strokes(const at::Tensor& params, int S);
+// Throws InputError unless cfg.strokes is in [0, 64] and, when > 0, neither cfg.fourier, cfg.init_lowres
+// nor start images (init_images: given, or cfg.init_images defined) are set: a drawing has its own start.
+void check_strokes(const InversionConfig& cfg, bool init_images);
 // The start of --strokes: params [n, K, 6] of K segments per image with centres uniform in the inner
 // 60 % of the image, directions uniform, lengths uniform in [0.15, 0.5] x S, width 2 px, ink 0.88;
 // drawn from rng (float, on dev).
