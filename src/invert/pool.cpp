@@ -372,8 +372,7 @@ class InvertJob {
     prov::claim_output_dir(out_, "pool", settings_);
     fs::make_dirs(out_);
     fs::make_dirs(progress_dir_);
-    for (const auto& p : fs::remove_temporaries(out_))
-      LOG_WARN("invert", "removed the partial file of an interrupted run: " << p);
+    (void)fs::remove_temporaries(out_, "invert");
     for (const auto& e : stdfs::directory_iterator(progress_dir_)) stdfs::remove(e.path());
   }
 

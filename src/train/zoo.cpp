@@ -297,8 +297,7 @@ std::vector<data::ZooEntry> run_zoo(const ZooConfig& cfg, dist::Communicator& co
         LOG_INFO("zoo", "--restart: removed " << finished.size() << " LoRAs of an earlier run from " << cfg.out);
     }
     prov::claim_output_dir(cfg.out, "zoo", settings);
-    for (const auto& p : fs::remove_temporaries(cfg.out))
-      LOG_WARN("zoo", "removed the partial output of an interrupted run: " << p);
+    (void)fs::remove_temporaries(cfg.out, "zoo");
   }
   comm.barrier();
   model::ClipVision vit = model::ClipVision::load(cfg.model);

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "lorarecycle/util/error.h"
+#include "lorarecycle/util/log.h"
 
 namespace lorarec::fs {
 
@@ -54,7 +55,7 @@ void make_dirs(const stdfs::path& dir) {
 
 void throw_write_error(const stdfs::path& path) { throw WriteError(path.string(), std::strerror(errno)); }
 
-std::vector<std::string> remove_temporaries(const stdfs::path& dir) {
+std::vector<std::string> remove_temporaries(const stdfs::path& dir, const char* stage) {
   std::vector<std::string> removed;
   if (!stdfs::is_directory(dir)) return removed;
   for (const auto& e : stdfs::directory_iterator(dir)) {
@@ -63,6 +64,7 @@ std::vector<std::string> remove_temporaries(const stdfs::path& dir) {
       std::error_code ec;
       stdfs::remove_all(e.path(), ec);
       removed.push_back(e.path().string());
+      LOG_WARN(stage, "removed the partial output of an interrupted run: " << removed.back());
     }
   }
   return removed;

@@ -6,14 +6,17 @@ no_temporaries() { [ -z "$(find "$1" -name '.*.tmp.*')" ] || fail "temporary fil
 # A peer killed by the launcher while it writes (the job ends because rank 1 failed) can leave its
 # in-flight temporary: nothing trusts it, and the re-run must remove it, saying so. partials DIR:
 # the temporaries at the top of DIR; temporaries_removed DIR BEFORE RERUN_LOG: none is left, and
-# every one of BEFORE is named in the re-run's log.
+# every one of BEFORE is named in the re-run's log. Such a kill is a race, so plant_partial DIR NAME
+# also leaves one as that kill would, so that the re-run's removal and its message are checked on
+# every run, not only when the race is lost.
+plant_partial() { mkdir -p "$1/.$2.tmp.99999" && echo half >"$1/.$2.tmp.99999/part"; }
 partials() { find "$1" -maxdepth 1 -name '.*.tmp.*' -printf '%f\n' | sort; }
 temporaries_removed() {
   no_temporaries "$1"
   local t
   for t in $2; do grep -qF "removed the partial output of an interrupted run: $1/$t" "$3" ||
     { cat "$3"; fail "$1/$t: not named as removed by the re-run"; }; done
-  [ -z "$2" ] || echo "$1: the re-run removed $(echo $2 | wc -w) temporary left by the peer killed mid-write"
+  echo "$1: the re-run removed and named $(echo $2 | wc -w) temporaries (one planted; others left by the peer killed mid-write)"
 }
 
 # ---- zoo: 4 LoRAs, rank 1 trains 1 and 3; the fault comes after its first (lora 1) is saved.
@@ -22,6 +25,7 @@ zoo_case() {  # zoo_case ACTION NEEDLE
   expect_crash "$2" -- env LORAREC_FAULT="1:zoo:$1" "${LAUNCH[@]}" $B zoo --config "$CFG" --out $out
   [ -d $out/lora_001 ] || fail "zoo $1: rank 1's finished LoRA is missing"
   compare_adapters runs/quick/zoo/lora_001 $out/lora_001 0
+  plant_partial $out lora_002
   local tmps; tmps=$(partials $out)
   local before; before=$(tree_state $out | grep -v '/\.[^/]*\.tmp\.' || true)
   "${LAUNCH[@]}" $B zoo --config "$CFG" --out $out >rerun.txt 2>&1 || { cat rerun.txt; fail "zoo re-run"; }
@@ -38,6 +42,7 @@ invert_case() {
   local out=pool_$1
   expect_crash "$2" -- env LORAREC_FAULT="1:invert:$1" "${LAUNCH[@]}" $B invert --config "$CFG" --out $out
   [ -f $out/lora_001.h5 ] || fail "invert $1: rank 1's finished pool file is missing"
+  plant_partial $out lora_002.h5
   local tmps; tmps=$(partials $out)
   local before; before=$(tree_state $out | grep 'lora_.*\.h5' | grep -v '/\.[^/]*\.tmp\.' || true)
   "${LAUNCH[@]}" $B invert --config "$CFG" --out $out >rerun.txt 2>&1 || { cat rerun.txt; fail "invert re-run"; }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "lorarecycle/util/env.h"
@@ -65,6 +66,24 @@ TEST(Fs, WriteAtomicallyReplacesDirectories) {
       fs::write_text(tmp / "f", content);
     });
   EXPECT_EQ(fs::read_text(target / "f"), "second");
+}
+
+TEST(Fs, RemoveTemporariesRemovesOnlyTemporarySiblings) {
+  test::TempDir dir;
+  const auto file = dir.path() / "lora_000.h5";
+  fs::write_text(file, "finished");
+  fs::write_text(fs::temp_sibling(file), "half");            // a file's temporary
+  fs::make_dirs(fs::temp_sibling(dir.path() / "lora_001"));  // a directory's temporary
+  fs::write_text(dir.path() / ".hidden", "kept");            // hidden, not a temporary
+  std::vector<std::string> removed = fs::remove_temporaries(dir.path(), "unit");
+  std::sort(removed.begin(), removed.end());
+  ASSERT_EQ(removed.size(), 2u);
+  EXPECT_EQ(removed[0], fs::temp_sibling(file).string());
+  EXPECT_EQ(removed[1], fs::temp_sibling(dir.path() / "lora_001").string());
+  int entries = 0;
+  for (const auto& e : fs::stdfs::directory_iterator(dir.path())) (void)e, ++entries;
+  EXPECT_EQ(entries, 2) << "the finished file and the hidden file stay";
+  EXPECT_TRUE(fs::remove_temporaries(dir.path() / "missing", "unit").empty());
 }
 
 TEST(Fs, ReadTextOfMissingFileIsInputError) { EXPECT_THROW(fs::read_text("/nonexistent/file"), InputError); }

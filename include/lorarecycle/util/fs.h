@@ -39,8 +39,9 @@ stdfs::path temp_sibling(const stdfs::path& target);
 void write_atomically(const stdfs::path& target, const std::function<void(const stdfs::path&)>& write);
 
 // Removes the temporary siblings (temp_sibling names) that an interrupted run left in `dir`:
-// they are never trusted. Returns what was removed.
-std::vector<std::string> remove_temporaries(const stdfs::path& dir);
+// they are never trusted. Each is named in one warning under `stage`'s tag, the same words for
+// every stage (the fault tests look for them). Returns what was removed.
+std::vector<std::string> remove_temporaries(const stdfs::path& dir, const char* stage);
 
 // create_directories, with a WriteError naming the directory when it fails.
 void make_dirs(const stdfs::path& dir);
