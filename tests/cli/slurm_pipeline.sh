@@ -22,7 +22,8 @@ export SLURM_CONF=$S/slurm.conf
 trap 'bash "$REPO/cluster/local_slurm.sh" stop "$S" >/dev/null 2>&1; cd /; rm -rf "$WORK"' EXIT
 echo "slurm up after $(( $(date +%s) - t0 )) s: $(sinfo -h -o '%P %t %c CPUs')"
 wait_jobs() {  # wait_jobs SECONDS: until no job is queued or running
-  for _ in $(seq 1 "$1"); do [ -z "$(squeue -h)" ] && return 0; sleep 1; done
+  local q  # a failed squeue (a busy slurmctld times out) prints nothing: that is not "no jobs"
+  for _ in $(seq 1 "$1"); do q=$(squeue -h) && [ -z "$q" ] && return 0; sleep 1; done
   squeue; fail "jobs still queued after $1 s"
 }
 
