@@ -717,7 +717,8 @@ fi
 # invert flags to the drawings (TAG, required with it, names their pools), and then the same flags
 # on pixels are the second control (e.g. TAG=_co2 STROKE_FLAGS="--co-teachers 2": ~17 min per
 # pool). MIX=1 adds the weight-space mixes of the main recipe's meta-LoRA on the drawings with
-# lora-avg (mix_eval above; ~5 min).
+# lora-avg (mix_eval above; ~5 min); MASK=1 the main job's mask-0.75 run on the pixels and on the
+# drawings (~2 min each).
 if [ "$WHAT" = strokes ]; then
   [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
   # A pool is reused by its name, so other flags need another name.
@@ -745,5 +746,9 @@ if [ "$WHAT" = strokes ]; then
   if [ "${MIX:-0}" = 1 ]; then
     lora_avg "$OUT/lora_avg128" 128
     mix_eval "$OUT/st${N}_2"
+  fi
+  if [ "${MASK:-0}" = 1 ]; then  # the main job's masked run (mask 0.75, random quarters) on both pools
+    run_rows stcm "main recipe mask 0.75, pixels (the main job's pool)|runs/demo/pool|--mask-ratio 0.75"
+    run_rows "stm$N" "main recipe mask 0.75, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|--mask-ratio 0.75"
   fi
 fi
