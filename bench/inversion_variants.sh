@@ -2,7 +2,7 @@
 # A screen of inversion settings that needs no meta-training (docs/science.md, "Screening the
 # inversion"): a sub-zoo of the main job's zoo that covers each of its 20 classes once (LoRAs with
 # disjoint classes, picked in zoo order: 4 of them), inverted once per variant with the main job's
-# [invert] settings plus the variant's flags (fp32, 2 ranks, ~2 min each here), then
+# painted [invert] settings plus the variant's flags (fp32, 2 ranks, ~2 min each here), then
 # bench/surrogate_check.sh on every pool: does one surrogate teach its class to real queries
 # (sur->real), and how alike are the surrogates of a class (within; real glyphs ~0.93)?
 #   bash bench/inversion_variants.sh [VARIANT ...]     (default: every variant below)
@@ -23,7 +23,10 @@ MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 "${MPIRUN_ENV_FLAGS[@]}")
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
-# NAME|invert flags on top of configs/demo.ini [invert] (200 iterations, grey, no flip, no BN prior).
+# The screen was measured on painted surrogates: the main job's [invert] without the two keys that
+# make it draw them since the round "Surrogates drawn as strokes" (strokes, co-teachers).
+sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$REPO/configs/demo.ini" >"$OUT/demo_painted.ini"
+# NAME|invert flags on top of that [invert] (200 iterations, grey, no flip, no BN prior).
 VARIANTS=(
   "base|"
   "iters100|--iterations 100"
@@ -66,7 +69,7 @@ for row in "${VARIANTS[@]}"; do
   if [ ! -f "$pool/index.json" ]; then
     t0=$(date +%s)
     # shellcheck disable=SC2086  # flags are words
-    (cd "$W" && "${MPI[@]}" "$B" invert --config "$REPO/configs/demo.ini" --precision fp32 --model "$W/runs/demo/vfm" \
+    (cd "$W" && "${MPI[@]}" "$B" invert --config "$OUT/demo_painted.ini" --precision fp32 --model "$W/runs/demo/vfm" \
        --zoo "$SUB" --out "$pool" $flags) >"$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log"; exit 1; }
     echo "$name: inverted in $(( $(date +%s) - t0 )) s ($flags)"
   fi

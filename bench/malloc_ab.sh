@@ -40,7 +40,7 @@ printf '%-16s %4s %8s %8s %8s\n' variant rep wall_s user_s sys_s
 for rep in $(seq 1 "$REPS"); do for v in A B; do
   rm -rf "$W/p_$v"
   read -r e u s <<<"$(env "$(envof $v)" /usr/bin/time -f "%e %U %S" "$B" invert --config "$CFG" --zoo "$W/zoo1" \
-    --out "$W/p_$v" --iterations 30 --log-level warn 2>&1 | tail -1)"
+    --out "$W/p_$v" --iterations 30 --strokes 0 --co-teachers 0 --log-level warn 2>&1 | tail -1)"
   printf '%-16s %4d %8s %8s %8s\n' "$(name $v)" "$rep" "$e" "$u" "$s"
 done; done
 /usr/bin/python3 - "$W/p_A/lora_000.h5" "$W/p_B/lora_000.h5" <<'PY'

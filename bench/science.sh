@@ -5,9 +5,9 @@
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
 #            main job's pool until this round; ~28 min on 2 cores);
-#   bn0      the same without the BN prior (--w-bn 0, as configs/demo.ini now has it): the main
-#            job's own pool runs/demo/pool, inverted here only if the main job has not (~15 min;
-#            a main job run in bf16 made it in bf16);
+#   bn0      the same without the BN prior (--w-bn 0, as configs/demo.ini has it): the main job's
+#            pool until it drew its surrogates (--strokes 12 --co-teachers 2), painted, the control
+#            of every part (PIX below; ~6-15 min; a painted runs/demo/pool copied here is reused);
 #   div0.3   bn0 plus a diversity term (--w-div 0.3: same-class surrogates pushed apart in the
 #            teacher's feature space; ~15 min);
 #   real     the control: `invert --real-images data/demo/zoo.h5`, i.e. the same number of REAL
@@ -76,6 +76,14 @@ B=build/lorarecycle
 # The tables of docs/science.md were measured in fp32 (before --precision auto); PRECISION=auto
 # runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
 CFG=(--config configs/demo.ini --precision "${PRECISION:-fp32}")
+# Every part inverts with configs/demo.ini [invert] as it was when the part was measured: painted
+# surrogates, no co-teachers. Since the round "Surrogates drawn as strokes" the main job draws its
+# surrogates (strokes = 12, co-teachers = 2), so the parts invert from a copy without those two
+# keys, and the painted main-job pool they compare against is $OUT/pool_bn0 (PIX), not runs/demo/pool.
+mkdir -p "$OUT"
+sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' configs/demo.ini >"$OUT/demo_painted.ini"
+ICFG=(--config "$OUT/demo_painted.ini" --precision "${PRECISION:-fp32}")
+PIX=$OUT/pool_bn0
 PY=/usr/bin/python3
 # Metatrain flags shared by the parts: the paper's objective at T 128 (no distillation), and a
 # 1,000-step run validated every 250 steps.
@@ -89,8 +97,8 @@ for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/
 done
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
-# Inverted pools: invert flags on top of configs/demo.ini [invert]; every pool lives in
-# $OUT/pool_<name> except bn0, which is the main job's.
+# Inverted pools: invert flags on top of the painted configs/demo.ini [invert] (ICFG); every pool
+# lives in $OUT/pool_<name>; bn0 is the painted main job's pool (PIX).
 declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
 # once DONE_FILE LOG COMMAND...: runs COMMAND (output to LOG) unless DONE_FILE exists; on failure
 # prints LOG and exits.
@@ -112,9 +120,14 @@ PY
 # The real-image control pool of the main job's zoo (~1 min).
 real_pool() {
   once "$OUT/pool_real/index.json" "$OUT/pool_real.log" \
-    "${MPI[@]}" $B invert "${CFG[@]}" --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
+    "${MPI[@]}" $B invert "${ICFG[@]}" --real-images data/demo/zoo.h5 --out "$OUT/pool_real"
 }
-pool_dir() { if [ "$1" = bn0 ]; then echo runs/demo/pool; else echo "$OUT/pool_$1"; fi; }
+pool_dir() { echo "$OUT/pool_$1"; }
+# The main job's pool as it was until the drawings (painted, --w-bn 0; ~6-15 min): the control of
+# every part. A copy of a painted runs/demo/pool made with the same settings is reused as it is.
+pixel_pool() {
+  once "$PIX/index.json" "$OUT/pool_bn0.log" "${MPI[@]}" $B invert "${ICFG[@]}" --w-bn 0 --out "$PIX"
+}
 # lora_avg OUT RANK [FLAGS]: the zoo's mean delta cut to rank RANK (alpha = rank: the exact mean at
 # full rank) written as a PEFT adapter by metatrain --init zoo-mean without training (one step at lr
 # 1e-30); FLAGS (e.g. --pool) choose the pool and so the zoo.
@@ -128,7 +141,7 @@ lora_avg() {
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
     once "$(pool_dir $pool)/index.json" "$OUT/pool_$pool.log" \
-      "${MPI[@]}" $B invert "${CFG[@]}" ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)"
+      "${MPI[@]}" $B invert "${ICFG[@]}" ${POOL_FLAGS[$pool]} --out "$(pool_dir $pool)"
   done
   real_pool
   # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
@@ -150,7 +163,7 @@ idx["classes"] = []
 json.dump(idx, open(f"{dst}/index.json", "w"))
 PY
   fi
-  $PY - "$OUT/pool_bn0.1" runs/demo/pool "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
+  $PY - "$OUT/pool_bn0.1" "$PIX" "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
 import glob, json, sys, h5py, numpy as np
 print(f"{'pool':28s} {'classes':>7s} {'img/class':>9s} {'LoRAs/class':>11s} {'mean':>6s} {'white':>6s} {'teacher acc':>11s}")
 for d in sys.argv[1:]:
@@ -225,24 +238,25 @@ zoo64_and_pool() {
   once "$OUT/zoo64/manifest.json" "$OUT/zoo64.log" \
     "${MPI[@]}" $B zoo "${CFG[@]}" --out "$OUT/zoo64" --num-loras 32 --classes 64
   once "$OUT/pool64/index.json" "$OUT/pool64.log" \
-    "${MPI[@]}" $B invert "${CFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
+    "${MPI[@]}" $B invert "${ICFG[@]}" --zoo "$OUT/zoo64" --out "$OUT/pool64"
 }
 
 # The zoo's average as the bar (docs/science.md, "Starting from the zoo's average").
 if [ "$WHAT" = all ] || [ "$WHAT" = zoo ]; then
   real_pool
   zoo64_and_pool
-  once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_real/index.json" "$OUT/pool64_real.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --real-images data/demo/zoo.h5 --out "$OUT/pool64_real"
   # NAME|POOL|metatrain flags on top of configs/demo.ini [metatrain]. lora-avg: the zoo's mean
   # delta at full rank (zoo rank 4 x LoRAs; alpha = rank keeps the zoo's scale 1), no training.
   AVG="--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0"
+  pixel_pool
   ZOO_RUNS=(
-    "lora-avg, zoo of 20|runs/demo/pool|$AVG --rank 80 --alpha 80"
+    "lora-avg, zoo of 20|$PIX|$AVG --rank 80 --alpha 80"
     "lora-avg, zoo of 32 over 64 classes|$OUT/pool64_real|$AVG --rank 128 --alpha 128"
     "zoo-mean rank 4, no training, zoo of 32|$OUT/pool64_real|$AVG"
-    "zoo-mean + main, surrogates 20|runs/demo/pool|--init zoo-mean --steps 300 --val-every 50"
-    "zoo-mean + paper T128 lr 3e-4, surrogates 20|runs/demo/pool|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
+    "zoo-mean + main, surrogates 20|$PIX|--init zoo-mean --steps 300 --val-every 50"
+    "zoo-mean + paper T128 lr 3e-4, surrogates 20|$PIX|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
     "zoo-mean + paper T128 lr 3e-4, real 20|$OUT/pool_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
     "zoo-mean + paper T128 lr 3e-4, real 64|$OUT/pool64_real|--init zoo-mean $P128 --lr 3e-4 --steps 300 --val-every 50"
     "paper T128 lr 3e-4, real 64|$OUT/pool64_real|$P128 --lr 3e-4 --steps 300 --val-every 50"
@@ -263,7 +277,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
     [ -f "$OUT/pool64_real_d$d/index.json" ] || $PY bench/pool_copies.py "$OUT/pool64_real" "$OUT/pool64_real_d$d" "$d"
   done
   # The inversion's side: a jitter shift (and flip) per image instead of one per batch (~21 min).
-  once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_pi/index.json" "$OUT/pool64_pi.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_pi" --jitter-per-image
   VARIETY_RUNS=(
     "real 64, 1 distinct image per LoRA and class|$OUT/pool64_real_d1|$P1K"
@@ -272,7 +286,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = variety ]; then
     "surrogates 64, inverted with --jitter-per-image|$OUT/pool64_pi|$P1K"
   )
   # Soft two-class targets (--target-mix 0.5): the surrogate check only (it fell; no 1,000-step run).
-  once "$OUT/pool64_tm/index.json" "$OUT/pool64_tm.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_tm/index.json" "$OUT/pool64_tm.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_tm" --target-mix 0.5
   echo "paper T128, 1000 steps: validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last"
   echo "(8 distinct real images per LoRA and class, and the surrogates without jitter: the \"zoo\" part's rows)"
@@ -284,7 +298,7 @@ fi
 # Smooth starting noise on the 64-class zoo, against the default pool (docs/science.md).
 if [ "$WHAT" = starts ]; then
   zoo64_and_pool
-  once "$OUT/pool64_lr2/index.json" "$OUT/pool64_lr2.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_lr2/index.json" "$OUT/pool64_lr2.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2" --init-lowres 2
   STARTS_RUNS=(
     "surrogates 64, white-noise starts (default)|$OUT/pool64|$P1K"
@@ -301,9 +315,9 @@ fi
 # docs/science.md, "Smooth starts, more images, the main recipe".
 if [ "$WHAT" = lowres ]; then
   zoo64_and_pool
-  once "$OUT/pool64_lr2_pc32/index.json" "$OUT/pool64_lr2_pc32.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_lr2_pc32/index.json" "$OUT/pool64_lr2_pc32.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_pc32" --init-lowres 2 --per-class 32
-  once "$OUT/pool64_lr2_zoom/index.json" "$OUT/pool64_lr2_zoom.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool64_lr2_zoom/index.json" "$OUT/pool64_lr2_zoom.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo64" --out "$OUT/pool64_lr2_zoom" --init-lowres 2 --zoom 0.5
   LOWRES_RUNS=(
     "--init-lowres 2, 32 per LoRA and class|$OUT/pool64_lr2_pc32|$P1K"
@@ -328,7 +342,7 @@ fi
 pool100() {
   local name=$1
   shift
-  once "$OUT/pool100$name/index.json" "$OUT/pool100$name.log" "${MPI[@]}" $B invert "${CFG[@]}" \
+  once "$OUT/pool100$name/index.json" "$OUT/pool100$name.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoo100" --out "$OUT/pool100$name" "$@"
 }
 # zoo100_pools: the zoo of 100, its smooth-start pool and its real-image control pool, unless made.
@@ -401,13 +415,14 @@ fi
 # whole surrogate (--distill-dense), and random quarters (--mask-select random, the main job's since
 # this round) with 1, 8 or 32 fixed subsets per image.
 if [ "$WHAT" = mask ]; then
+  pixel_pool
   MASK_RUNS=(
-    "main, dense|runs/demo/pool|"
-    "main, mask 0.75, attention-top patches|runs/demo/pool|--mask-ratio 0.75 --mask-select top"
-    "main, mask 0.75, attention-top, --distill-dense|runs/demo/pool|--mask-ratio 0.75 --mask-select top --distill-dense"
-    "main, mask 0.75, random subsets, 1 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 1"
-    "main, mask 0.75, random subsets, 8 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 8"
-    "main, mask 0.75, random subsets, 32 per image|runs/demo/pool|--mask-ratio 0.75 --mask-select random --mask-variants 32"
+    "main, dense|$PIX|"
+    "main, mask 0.75, attention-top patches|$PIX|--mask-ratio 0.75 --mask-select top"
+    "main, mask 0.75, attention-top, --distill-dense|$PIX|--mask-ratio 0.75 --mask-select top --distill-dense"
+    "main, mask 0.75, random subsets, 1 per image|$PIX|--mask-ratio 0.75 --mask-select random --mask-variants 1"
+    "main, mask 0.75, random subsets, 8 per image|$PIX|--mask-ratio 0.75 --mask-select random --mask-variants 8"
+    "main, mask 0.75, random subsets, 32 per image|$PIX|--mask-ratio 0.75 --mask-select random --mask-variants 32"
   )
   echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
   run_rows k "${MASK_RUNS[@]}"
@@ -659,17 +674,17 @@ fi
 main_pool() {
   local name=$1
   shift
-  once "$OUT/pool_$name/index.json" "$OUT/pool_$name.log" "${MPI[@]}" $B invert "${CFG[@]}" "$@" --out "$OUT/pool_$name"
+  once "$OUT/pool_$name/index.json" "$OUT/pool_$name.log" "${MPI[@]}" $B invert "${ICFG[@]}" "$@" --out "$OUT/pool_$name"
 }
 if [ "$WHAT" = fourier ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
+  pixel_pool
   real_pool
   main_pool fourier1 --fourier 1
   echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
-  run_rows fo "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
+  run_rows fo "paper T128 lr 3e-4, pixels (the painted main-job pool)|$PIX|$P128 --lr 3e-4" \
     "paper T128 lr 3e-4, --fourier 1|$OUT/pool_fourier1|$P128 --lr 3e-4" \
-    "main recipe, pixels (the main job's pool)|runs/demo/pool|" "main recipe, --fourier 1|$OUT/pool_fourier1|"
-  bash bench/surrogate_check.sh runs/demo/pool "$OUT/pool_fourier1" "$OUT/pool_real"
+    "main recipe, pixels (the painted main-job pool)|$PIX|" "main recipe, --fourier 1|$OUT/pool_fourier1|"
+  bash bench/surrogate_check.sh "$PIX" "$OUT/pool_fourier1" "$OUT/pool_real"
   # Steps on the spectrum leave the white-noise start's high frequencies in place: both again from
   # smooth starts (--init-lowres 2), the paper's objective only.
   main_pool lr2 --init-lowres 2
@@ -720,7 +735,7 @@ fi
 # lora-avg (mix_eval above; ~5 min); MASK=1 the main job's mask-0.75 run on the pixels and on the
 # drawings (~2 min each).
 if [ "$WHAT" = strokes ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run bash launch/demo.sh --until invert first" >&2; exit 2; }
+  pixel_pool
   # A pool is reused by its name, so other flags need another name.
   [ -z "${STROKE_FLAGS:-}" ] || [ -n "${TAG:-}" ] || { echo "science: STROKE_FLAGS needs a TAG naming its pools" >&2; exit 2; }
   real_pool
@@ -728,10 +743,10 @@ if [ "$WHAT" = strokes ]; then
   N="$K${TAG:-}"
   # shellcheck disable=SC2086
   main_pool "strokes$N" --strokes "$K" ${STROKE_FLAGS:-}
-  POOLS=(runs/demo/pool "$OUT/pool_strokes$N")
+  POOLS=("$PIX" "$OUT/pool_strokes$N")
   echo "validation accuracy (%) at 0 / 100 / 200 / 300 steps +- 95% CI at the last:"
-  run_rows stc "paper T128 lr 3e-4, pixels (the main job's pool)|runs/demo/pool|$P128 --lr 3e-4" \
-    "main recipe, pixels (the main job's pool)|runs/demo/pool|"
+  run_rows stc "paper T128 lr 3e-4, pixels (the painted main-job pool)|$PIX|$P128 --lr 3e-4" \
+    "main recipe, pixels (the painted main-job pool)|$PIX|"
   run_rows "st$N" "paper T128 lr 3e-4, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|$P128 --lr 3e-4" \
     "main recipe, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|"
   if [ -n "${STROKE_FLAGS:-}" ]; then  # the control of the combination: the same flags on pixels
@@ -748,7 +763,7 @@ if [ "$WHAT" = strokes ]; then
     mix_eval "$OUT/st${N}_2"
   fi
   if [ "${MASK:-0}" = 1 ]; then  # the main job's masked run (mask 0.75, random quarters) on both pools
-    run_rows stcm "main recipe mask 0.75, pixels (the main job's pool)|runs/demo/pool|--mask-ratio 0.75"
+    run_rows stcm "main recipe mask 0.75, pixels (the painted main-job pool)|$PIX|--mask-ratio 0.75"
     run_rows "stm$N" "main recipe mask 0.75, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|--mask-ratio 0.75"
   fi
 fi

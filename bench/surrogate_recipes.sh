@@ -5,8 +5,10 @@
 #  invert:    5 inversion settings on the first 2 zoo LoRAs (one per rank): pixel statistics of
 #             the surrogates next to the real validation images, teacher accuracy, seconds
 #             (~3 min on 2 cores);
-#  metatrain: meta-training variants on runs/demo/pool, 300 steps, validation (5-way 1-shot, the
-#             same 300 val episodes) at 0/100/200/300 steps (~12 min on 2 cores).
+#  metatrain: meta-training variants on POOL (default runs/demo/pool, the main job's), 300 steps,
+#             validation (5-way 1-shot, the same 300 val episodes) at 0/100/200/300 steps (~12 min
+#             on 2 cores). docs/metatrain.md's table was measured on an earlier, painted main-job
+#             pool; POOL=/tmp/lorarec_science/pool_bn0 (bench/science.sh's copy) is the latest of those.
 # Scratch output under ${BENCH_DIR:-/tmp/lorarec_recipes}.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +21,8 @@ B=build/lorarecycle
 PY=/usr/bin/python3
 MPI=(mpirun --allow-run-as-root -np 2 -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE)
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
-for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json runs/demo/pool/index.json data/demo/val.h5; do
+POOL=${POOL:-runs/demo/pool}
+for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json "$POOL/index.json" data/demo/val.h5; do
   [ -e "$need" ] || { echo "surrogate_recipes: $need missing; run bash launch/demo.sh first" >&2; exit 2; }
 done
 
@@ -74,7 +77,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = metatrain ]; then
     local flags="--distill-weight $d --temperature $t $*"
     n_mt=$((n_mt + 1))
     local run="$OUT/m_$n_mt"
-    "${MPI[@]}" $B metatrain --config configs/demo.ini --out "$run" --restart --steps 300 --val-every 100 \
+    "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$POOL" --out "$run" --restart --steps 300 --val-every 100 \
       $flags >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
     $PY - "$run.work/metrics.jsonl" "$name" "$flags" <<'PY'
 import json, sys
