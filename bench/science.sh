@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -61,6 +61,9 @@
 # (invert --fourier 1), on the main job's zoo and, with ZOO100=1, on the zoo of 100.
 # "strokes" (after the main job's invert): each surrogate drawn as 12 soft line segments on white
 # (invert --strokes 12), on the main job's zoo.
+# "strokes100" (makes the "zoo100" part's zoo and pools when missing): the zoo of 100 drawn with
+# co-teachers (invert --strokes 12 --co-teachers 2 --iterations 100), the main job's inversion at
+# the painted co-teacher pool's iteration count.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -766,4 +769,19 @@ if [ "$WHAT" = strokes ]; then
     run_rows stcm "main recipe mask 0.75, pixels (the painted main-job pool)|$PIX|--mask-ratio 0.75"
     run_rows "stm$N" "main recipe mask 0.75, --strokes $K ${STROKE_FLAGS:-}|$OUT/pool_strokes$N|--mask-ratio 0.75"
   fi
+fi
+# The zoo of 100 drawn (docs/science.md, "The zoo of 100 drawn"): the main job's surrogates
+# (--strokes 12 --co-teachers 2) at 100 iterations, so that the painted co-teacher pool of the
+# "coteach" part (--init-lowres 2 --co-teachers 2 --iterations 100) is its control; ~45 min in bf16
+# on 2 cores, then three 1,000-step runs. Before them, two rows that check this binary against the
+# earlier rounds' figures of the zoo of 100 (lora-avg 61.31, main recipe on smooth starts 58.95), so
+# that the painted rows of those rounds can stand as controls; last, the drawn pool from the zoo's
+# average (the painted smooth starts fell there, 58.73, real images rose, 63.67).
+if [ "$WHAT" = strokes100 ]; then
+  zoo100_pools
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows s100c "lora-avg, zoo of 100 over 64 classes|$OUT/pool100_lr2|--init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --rank 128 --alpha 128" \
+    "main recipe, --init-lowres 2, zoo of 100 (check)|$OUT/pool100_lr2|$L1K"
+  zoo100_variant s100 strokes12_co2 "drawn, co-teachers 2" "--strokes 12 --co-teachers 2 --iterations 100"
+  run_rows s100z "zoo-mean + paper T128 lr 3e-4, drawn, co-teachers 2|$OUT/pool100_strokes12_co2|--init zoo-mean $P1K --lr 3e-4"
 fi
