@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -64,6 +64,9 @@
 # "strokes100" (makes the "zoo100" part's zoo and pools when missing): the zoo of 100 drawn with
 # co-teachers (invert --strokes 12 --co-teachers 2 --iterations 100), the main job's inversion at
 # the painted co-teacher pool's iteration count.
+# "align" (makes the "zoo100" part's zoo and pools when missing): where the paper's objective moves
+# the meta-LoRA from the zoo's average on surrogates and on real images, two seeds each, compared in
+# weight space (bench/lora_delta.py); DRAWN=1 adds the zoo of 100 drawn with co-teachers.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -784,4 +787,39 @@ if [ "$WHAT" = strokes100 ]; then
     "main recipe, --init-lowres 2, zoo of 100 (check)|$OUT/pool100_lr2|$L1K"
   zoo100_variant s100 strokes12_co2 "drawn, co-teachers 2" "--strokes 12 --co-teachers 2 --iterations 100"
   run_rows s100z "zoo-mean + paper T128 lr 3e-4, drawn, co-teachers 2|$OUT/pool100_strokes12_co2|--init zoo-mean $P1K --lr 3e-4"
+fi
+# Where the surrogates push the meta-LoRA (docs/science.md, "Where the surrogates push the
+# meta-LoRA"): from the zoo of 100's average (its rank-4 cut, --init zoo-mean), the paper's
+# objective at T 128 and lr 3e-4 on the smooth-start surrogates and on real images of the zoo's
+# classes (from there real images rise to 63.67 and surrogates fall to 58.73), each with two seeds,
+# for 100 and for 1,000 steps; bench/lora_delta.py then compares, in weight space, where each run
+# moved the meta-LoRA from the start. Two seeds on the same images give the cosine's noise floor.
+# ~15 min after the zoo of 100's pools.
+if [ "$WHAT" = align ]; then
+  zoo100_pools
+  START=$OUT/al_start
+  once "$START/adapter_config.json" "$START.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$OUT/pool100_lr2" \
+    --out "$START" --restart --init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  for steps in 100 1000; do
+    ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
+    echo "from the zoo's average, $steps steps: validation accuracy (%) at 0 / 25 / 50 / 75 / 100 % of the run +- 95% CI at the last:"
+    run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
+      "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
+      "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
+    $PY bench/lora_delta.py "$START" "sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" \
+      "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4"
+  done
+  # DRAWN=1: the same 100-step runs on the zoo of 100 drawn with co-teachers (the "strokes100" part's
+  # pool, made when missing: ~40 min), which meta-trains better than the smooth starts (from the
+  # zoo's average 60.55 against 58.73 at 1,000 steps): does it also move the meta-LoRA more where
+  # real images do?
+  if [ "${DRAWN:-0}" = 1 ]; then
+    pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+    ZM="--init zoo-mean $P128 --lr 3e-4 --steps 100 --val-every 25"
+    echo "from the zoo's average, 100 steps, drawn surrogates: validation accuracy (%) as above:"
+    run_rows al100d "drawn, co-teachers 2, seed 0|$OUT/pool100_strokes12_co2|$ZM" \
+      "drawn, co-teachers 2, seed 1|$OUT/pool100_strokes12_co2|$ZM --seed 1"
+    $PY bench/lora_delta.py "$START" "drawn0=$OUT/al100d_1" "drawn1=$OUT/al100d_2" "sur0=$OUT/al100_1" \
+      "sur1=$OUT/al100_2" "real0=$OUT/al100_3" "real1=$OUT/al100_4"
+  fi
 fi
