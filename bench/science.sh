@@ -134,14 +134,20 @@ pool_dir() { echo "$OUT/pool_$1"; }
 pixel_pool() {
   once "$PIX/index.json" "$OUT/pool_bn0.log" "${MPI[@]}" $B invert "${ICFG[@]}" --w-bn 0 --out "$PIX"
 }
-# lora_avg OUT RANK [FLAGS]: the zoo's mean delta cut to rank RANK (alpha = rank: the exact mean at
-# full rank) written as a PEFT adapter by metatrain --init zoo-mean without training (one step at lr
-# 1e-30); FLAGS (e.g. --pool) choose the pool and so the zoo.
+# zoo_mean_start OUT [FLAGS]: the meta-LoRA that metatrain --init zoo-mean starts from (the zoo's
+# mean delta cut to the run's rank), written as a PEFT adapter without training (one step at lr
+# 1e-30); FLAGS (e.g. --pool, --rank) choose the pool, and so the zoo, and the rank.
+zoo_mean_start() {
+  local out=$1
+  shift
+  once "$out/adapter_config.json" "$out.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$out" --restart \
+    --init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --val-every 0 "$@"
+}
+# lora_avg OUT RANK [FLAGS]: that start at rank RANK with alpha = rank (the exact mean at full rank).
 lora_avg() {
   local out=$1 rank=$2
   shift 2
-  once "$out/adapter_config.json" "$out.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$out" --restart \
-    --init zoo-mean --rank "$rank" --alpha "$rank" --steps 1 --lr 1e-30 --lr-min 0 --val-every 0 "$@"
+  zoo_mean_start "$out" --rank "$rank" --alpha "$rank" "$@"
 }
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
@@ -793,21 +799,21 @@ fi
 # objective at T 128 and lr 3e-4 on the smooth-start surrogates and on real images of the zoo's
 # classes (from there real images rise to 63.67 and surrogates fall to 58.73), each with two seeds,
 # for 100 and for 1,000 steps; bench/lora_delta.py then compares, in weight space, where each run
-# moved the meta-LoRA from the start. Two seeds on the same images give the cosine's noise floor.
+# moved the meta-LoRA from the start. Two seeds on the same images give the cosine's ceiling.
 # ~15 min after the zoo of 100's pools.
 if [ "$WHAT" = align ]; then
   zoo100_pools
   START=$OUT/al_start
-  once "$START/adapter_config.json" "$START.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$OUT/pool100_lr2" \
-    --out "$START" --restart --init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  zoo_mean_start "$START" --pool "$OUT/pool100_lr2"  # the runs' own rank and alpha
   for steps in 100 1000; do
     ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
     echo "from the zoo's average, $steps steps: validation accuracy (%) at 0 / 25 / 50 / 75 / 100 % of the run +- 95% CI at the last:"
     run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
       "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
       "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
-    $PY bench/lora_delta.py "$START" "sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" \
-      "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4"
+    RUNS=("sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4")
+    $PY bench/lora_delta.py "$START" "${RUNS[@]}"
+    if [ "$steps" = 100 ]; then ZM100=$ZM RUNS100=("${RUNS[@]}"); fi
   done
   # DRAWN=1: the same 100-step runs on the zoo of 100 drawn with co-teachers (the "strokes100" part's
   # pool, made when missing: ~40 min), which meta-trains better than the smooth starts (from the
@@ -815,11 +821,9 @@ if [ "$WHAT" = align ]; then
   # real images do?
   if [ "${DRAWN:-0}" = 1 ]; then
     pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
-    ZM="--init zoo-mean $P128 --lr 3e-4 --steps 100 --val-every 25"
     echo "from the zoo's average, 100 steps, drawn surrogates: validation accuracy (%) as above:"
-    run_rows al100d "drawn, co-teachers 2, seed 0|$OUT/pool100_strokes12_co2|$ZM" \
-      "drawn, co-teachers 2, seed 1|$OUT/pool100_strokes12_co2|$ZM --seed 1"
-    $PY bench/lora_delta.py "$START" "drawn0=$OUT/al100d_1" "drawn1=$OUT/al100d_2" "sur0=$OUT/al100_1" \
-      "sur1=$OUT/al100_2" "real0=$OUT/al100_3" "real1=$OUT/al100_4"
+    run_rows al100d "drawn, co-teachers 2, seed 0|$OUT/pool100_strokes12_co2|$ZM100" \
+      "drawn, co-teachers 2, seed 1|$OUT/pool100_strokes12_co2|$ZM100 --seed 1"
+    $PY bench/lora_delta.py "$START" "drawn0=$OUT/al100d_1" "drawn1=$OUT/al100d_2" "${RUNS100[@]}"
   fi
 fi
