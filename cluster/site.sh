@@ -12,4 +12,5 @@ REPO=${LORAREC_REPO:?LORAREC_REPO must name the lorarecycle checkout}
 source "$REPO/launch/env.sh"
 LORAREC_BIN=${LORAREC_BIN:-$REPO/build/lorarecycle}
 # Slurm starts ranks through PMIx (Debian's Open MPI has no PMI2 support).
-SRUN=(srun --mpi=pmix --kill-on-bad-exit=1)
+# srun is given the job's --cpus-per-task: since Slurm 22.05 it no longer inherits it from sbatch.
+SRUN=(srun --mpi=pmix --kill-on-bad-exit=1 --cpus-per-task "${SLURM_CPUS_PER_TASK:-1}")

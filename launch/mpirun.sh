@@ -4,7 +4,9 @@
 # COMMAND is a lorarecycle subcommand (pretrain, zoo, invert, metatrain, eval, ...) or a program.
 #   -n RANKS         ranks in all (default: the cores of this machine, or the hostfile's slots)
 #   --hostfile FILE  Open MPI hostfile ("node01 slots=32" per line) for runs over several nodes
-#   --no-bind        do not bind ranks to cores (default: --bind-to core when ranks <= cores)
+#   --no-bind        do not bind ranks to cores (default: each rank bound to cores/ranks cores of
+#                    its own when ranks <= cores: one core each at one rank per core, more where
+#                    fewer ranks run, e.g. one per GPU, whose batches are made on its spare cores)
 #   --dry-run        print the mpirun command instead of running it
 # One rank per core (or per GPU), one compute thread per rank; --allow-run-as-root only as root;
 # --oversubscribe only when there are more ranks than cores on one machine.
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     --no-bind) BIND=0; shift ;;
     --dry-run) DRY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n "2,11p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,12p" "$0"; exit 0 ;;
     *) echo "mpirun.sh: unknown argument $1 (the command goes after --)" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +41,10 @@ else
   ARGS+=(-np "$N")
   if [ "$N" -gt "$CORES" ]; then ARGS+=(--oversubscribe); BIND=0; fi
 fi
-[ $BIND = 1 ] && ARGS+=(--bind-to core --map-by core)
+if [ $BIND = 1 ]; then
+  if [ -z "$HOSTFILE" ] && [ "$N" -lt "$CORES" ]; then ARGS+=(--bind-to core --map-by "slot:PE=$(( CORES / N ))")
+  else ARGS+=(--bind-to core --map-by core); fi
+fi
 for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE NCCL_SOCKET_IFNAME NCCL_DEBUG LORAREC_FAULT; do
   [ -n "${!v:-}" ] && ARGS+=(-x "$v")
 done

@@ -16,9 +16,10 @@ namespace lorarec::test {
 
 // A pool of `files` LoRAs, N classes, `per` images per class, S x S images, P patches. File f's
 // label l is dataset class ids[f][l] (default: f * N + l, no class shared). format < 2 writes the
-// old layout (no format marks).
+// old layout (no format marks). textured: each byte also varies with its row, column and channel
+// (for checks that move pixels).
 inline void write_pool(const std::filesystem::path& dir, int files, int N, int per, int S, int P, bool complete = true,
-                       std::vector<std::vector<int>> ids = {}, int format = 2) {
+                       std::vector<std::vector<int>> ids = {}, int format = 2, bool textured = false) {
   std::filesystem::create_directories(dir);
   nlohmann::json index = {{"files", nlohmann::json::array()}};
   if (format >= 2) index["format"] = format;
@@ -39,6 +40,11 @@ inline void write_pool(const std::filesystem::path& dir, int files, int N, int p
                          .view({n, 1, 1, 1})
                          .expand({n, S, S, 3})
                          .contiguous();
+    if (textured) {
+      const at::Tensor pos = at::arange(S, at::kInt).view({S, 1, 1}) * 7 + at::arange(S, at::kInt).view({1, S, 1}) * 3 +
+                             at::arange(3, at::kInt).view({1, 1, 3});
+      img = (img.to(at::kInt) + pos.unsqueeze(0)).remainder(256).to(at::kByte).contiguous();
+    }
     io::h5::write_file_atomically((dir / name).string(), [&](io::h5::File& h) {
       h.write("/images", img, 4);
       h.write("/labels", at::tensor(labels, at::kInt));

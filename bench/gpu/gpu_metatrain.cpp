@@ -1,6 +1,7 @@
 // A CLI-free driver of run_metatrain for GPU machines without Boost.Program_options (built with
 // -DLORAREC_BUILD_CLI=OFF -DLORAREC_BUILD_GPU_CHECK=ON; see bench/gpu_check.sh). Arguments are
-// key=value pairs: model pool out val device comm mask steps query episodes bf16 seed hash.
+// key=value pairs: model pool out val device comm mask steps query episodes precision (fp32|bf16|auto)
+// sync (the CLI's --host-sync: auto|step|log) log (--log-every) tf32 data_threads (0 = auto) seed hash.
 #include <cstdio>
 #include <map>
 #include <string>
@@ -33,16 +34,24 @@ int main(int argc, char** argv) {
     c.steps = std::stoll(get("steps", "20"));
     c.spec.q_query = std::stoi(get("query", "15"));
     c.episodes_per_step = std::stoi(get("episodes", "0"));
-    c.precision = get("bf16", "0") == "1" ? lorarec::model::Precision::kBf16 : lorarec::model::Precision::kFp32;
     c.seed = std::stoull(get("seed", "0"));
     c.hash_every = std::stoll(get("hash", "5"));
+    c.host_sync = get("sync", "auto");
+    c.log_every = std::stoll(get("log", "20"));
     c.val_episodes = 50;
     c.restart = true;
     auto comm = rt->make_communicator(get("comm", "auto"));
     const auto device = lorarec::model::select_device(get("device", "auto"), rt->local_rank());
+    const int data_threads = std::stoi(get("data_threads", "0"));
+    c.data_threads = data_threads > 0 ? data_threads : lorarec::train::auto_data_threads(device, rt->cpus_for_rank());
+    const auto precision = lorarec::model::resolve_precision(get("precision", "auto"), device);
+    c.precision = precision.precision;
     lorarec::model::set_tf32(get("tf32", "1") == "1");  // as the CLI's --tf32 (default on)
-    LOG_INFO("gpu_check", "communicator " << comm->name() << ", device " << device.str() << ", tf32 "
-                                          << (lorarec::model::tf32_enabled() ? "on" : "off"));
+    LOG_INFO("gpu_check", "communicator " << comm->name() << ", device " << device.str() << ", precision "
+                                          << lorarec::model::precision_name(c.precision) << " (" << precision.reason
+                                          << "), tf32 " << (lorarec::model::tf32_enabled() ? "on" : "off")
+                                          << ", data threads " << c.data_threads << " (" << rt->cpus_for_rank()
+                                          << " CPUs for this rank)");
     lorarec::train::run_metatrain(c, *comm, device);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpu_metatrain: error: %s\n", e.what());

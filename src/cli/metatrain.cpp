@@ -37,6 +37,16 @@ bool decide_prefetch(const std::string& prefetch, const c10::Device& device, con
   return on;
 }
 
+// --data-threads as asked, or (0) train::auto_data_threads; logged on a GPU, where they work.
+int decide_data_threads(int asked, const c10::Device& device, const dist::Runtime& rt) {
+  if (asked < 0) throw InputError("metatrain: --data-threads must be >= 0, got " + std::to_string(asked));
+  const int n = asked > 0 ? asked : train::auto_data_threads(device, rt.cpus_for_rank());
+  if (device.is_cuda())
+    LOG_INFO("metatrain", "data threads " << n << (asked > 0 ? " (asked for)" : " (auto)") << "; " << rt.cpus_for_rank()
+                                          << " CPU(s) for this rank");
+  return n;
+}
+
 }  // namespace
 
 int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
@@ -44,6 +54,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   std::string targets = "q_proj,v_proj", layers;
   bool no_flip = false, no_prefetch = false;
   std::string prefetch = "auto";
+  int data_threads = 0;
   CommonOptions common;
   po::options_description desc = common_options(common);
   po::options_description own("Meta-training options");
@@ -101,6 +112,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("sync-timing", po::bool_switch(&c.sync_timing), "measuring: a barrier before each all-reduce, so the report separates waiting for the slowest rank (imbalance_wait_share) from the all-reduce itself")
       ("prefetch", po::value(&prefetch)->default_value(prefetch), "prepare the next steps' batches on a second thread: on | off | auto (on a GPU, or when this rank has a CPU to spare beside its compute threads; off when every CPU runs a rank, where the thread would take time from the compute). The choice is logged")
       ("no-prefetch", po::bool_switch(&no_prefetch), "the same as --prefetch off")
+      ("data-threads", po::value(&data_threads)->default_value(0), "threads that copy a GPU step's images into page-locked memory, flips in the same pass (0 = auto: the rank's CPUs beside its training thread, 1 to 8; a CPU step makes its batch on one thread). The choice is logged")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")
       ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")
@@ -122,6 +134,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
   RunContext ctx = start("metatrain", rt, common, true);
   c.precision = ctx.precision;
   c.prefetch = decide_prefetch(prefetch, ctx.device, rt);
+  c.data_threads = decide_data_threads(data_threads, ctx.device, rt);
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }

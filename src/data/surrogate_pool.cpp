@@ -2,9 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "lorarecycle/data/zoo_manifest.h"
 #include "lorarecycle/io/hdf5.h"
@@ -247,6 +251,39 @@ at::Tensor SurrogatePool::images(const std::vector<int64_t>& rows) {
     out.push_back(handles_[row_file_[r]]->read("/images", r - f.first_row, 1, at::kByte));
   }
   return at::cat(out);
+}
+
+void SurrogatePool::images_into(const std::vector<int64_t>& rows, const std::vector<bool>& flip, at::Tensor& out,
+                                int threads) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (flip.size() != rows.size() || out.scalar_type() != at::kByte || !out.is_contiguous() || out.dim() != 4 ||
+      out.size(0) != n)
+    throw InputError("images_into: out must be contiguous uint8 [" + std::to_string(n) +
+                     ", S, S, C] with a flip per row");
+  const at::Tensor src = images_.defined() ? images_ : images(rows);  // on demand: the rows in order
+  if (out.size(1) != src.size(1) || out.size(2) != src.size(2) || out.size(3) != src.size(3))
+    throw InputError("images_into: out's image shape differs from the pool's");
+  const int64_t W = src.size(2), C = src.size(3), row_bytes = W * C, image_bytes = src.size(1) * row_bytes;
+  const uint8_t* base = src.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  auto copy = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint8_t* s = base + (images_.defined() ? rows[i] : i) * image_bytes;
+      uint8_t* d = dst + i * image_bytes;
+      if (!flip[i]) {
+        std::memcpy(d, s, static_cast<size_t>(image_bytes));
+        continue;
+      }
+      for (int64_t y = 0; y < src.size(1); ++y)  // a row's pixels in reverse order, channels kept
+        for (int64_t x = 0; x < W; ++x)
+          std::memcpy(d + y * row_bytes + x * C, s + y * row_bytes + (W - 1 - x) * C, static_cast<size_t>(C));
+    }
+  };
+  const int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  std::vector<std::thread> pool;
+  for (int k = 1; k < t; ++k) pool.emplace_back(copy, n * k / t, n * (k + 1) / t);
+  copy(0, n / t);
+  for (auto& th : pool) th.join();
 }
 
 }  // namespace lorarec::data

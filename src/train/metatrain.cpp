@@ -408,27 +408,11 @@ class BatchMaker {
         flat.push_back((rows[i] * V + (V > 1 ? variants[i] : 0)) * 2 + (flips[i] ? 1 : 0));
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
-    at::Tensor u8 = pool_.images(rows);  // [B, S, S, 3]
-    if (cfg_.gray) u8 = gray_u8(u8);
-    std::vector<int64_t> fl;
-    for (size_t i = 0; i < flips.size(); ++i)
-      if (flips[i]) fl.push_back(static_cast<int64_t>(i));
-    at::Tensor scores;
-    if (cfg_.random_masks()) {
-      scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);
-    } else if (cfg_.mask_ratio > 0) {
-      scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
-    }
-    if (!fl.empty()) {
-      const at::Tensor fi = at::tensor(fl, at::kLong);
-      u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
-      if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
-    }
-    roll_images(shifts, u8, scores);
+    auto [u8, scores] = images_and_scores(rows, flips, variants, shifts);
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
     else
-      b.u8 = u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
+      b.u8 = u8.is_pinned() ? u8 : u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
     if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
     if (distill_pool_ != nullptr) add_distill_images(b, step);
     if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
@@ -440,6 +424,41 @@ class BatchMaker {
     }
     b.prep_seconds = seconds_since(t0);
     return b;
+  }
+
+  // The batch's images, uint8 [B, S, S, 3] flipped and rolled, and their patch scores (undefined
+  // without a mask), flipped and rolled alike.
+  std::pair<at::Tensor, at::Tensor> images_and_scores(const std::vector<int64_t>& rows, const std::vector<bool>& flips,
+                                                      const std::vector<int>& variants,
+                                                      const std::vector<std::pair<int, int>>& shifts) {
+    // A GPU step's images go straight into page-locked memory, flipped in the same pass: one copy
+    // of the bytes on data_threads threads (gray and jitter take the general path below).
+    const bool direct = !normalise_ && !cfg_.gray && shifts.empty();
+    at::Tensor u8;  // [B, S, S, 3]
+    if (direct) {
+      u8 = at::empty({static_cast<int64_t>(rows.size()), vit_.image_size, vit_.image_size, 3},
+                     at::TensorOptions().dtype(at::kByte).pinned_memory(at::hasCUDA()));
+      pool_.images_into(rows, flips, u8, cfg_.data_threads);
+    } else {
+      u8 = pool_.images(rows);
+      if (cfg_.gray) u8 = gray_u8(u8);
+    }
+    std::vector<int64_t> fl;
+    for (size_t i = 0; i < flips.size(); ++i)
+      if (flips[i]) fl.push_back(static_cast<int64_t>(i));
+    at::Tensor scores;
+    if (cfg_.random_masks()) {
+      scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);
+    } else if (cfg_.mask_ratio > 0) {
+      scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
+    }
+    if (!fl.empty()) {
+      const at::Tensor fi = at::tensor(fl, at::kLong);
+      if (!direct) u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
+      if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
+    }
+    roll_images(shifts, u8, scores);
+    return {u8, scores};
   }
 
   // --distill-pool: per local episode slot, --distill-images rows drawn uniformly (seeded by seed,
@@ -1251,7 +1270,13 @@ class MetaTrainer {
   // The step's timings (after the warm-up steps) and the metrics window; a metrics line every
   // --log-every steps.
   void record(const StepResult& r, double wait, double prep, double total) {
-    if (step_ - start_ >= kWarmSteps) {
+    const bool timed = step_ - start_ >= kWarmSteps;
+    if (device_.is_cuda() && step_ - start_ == kWarmSteps - 1) {
+      // The timed steps start with an idle GPU: the warm-up steps' queued work is not theirs.
+      (void)at::empty({1}, at::TensorOptions().device(device_)).cpu();
+      ++host_reads_;
+    }
+    if (timed) {
       t_wait_ += wait, t_prep_ += prep, t_compute_ += r.compute, t_reduce_ += r.reduce;
       t_imbalance_ += r.imbalance, t_total_ += total;
       ++timed_steps_;
@@ -1262,7 +1287,13 @@ class MetaTrainer {
     win_time_ += total;
     ++win_steps_;
     if ((step_ + 1) % cfg_.log_every == 0 || step_ + 1 == cfg_.steps) {
+      // Under --host-sync log this read waits for the device's queue: a GPU's time goes here, so
+      // the timed steps count it (else episodes/s would be the rate of enqueueing the work).
+      const auto t_read = Clock::now();
       deferred_stop_ = read_window() || deferred_stop_;
+      const double read = seconds_since(t_read);
+      if (timed) t_total_ += read;
+      win_time_ += read;
       const json line = {{"step", step_ + 1},
                          {"loss", win_loss_ / (double(win_steps_) * E_)},
                          {"train_acc", 100.0 * win_correct_ / win_queries_},
@@ -1353,6 +1384,7 @@ class MetaTrainer {
           {"data_wait_share", share(t_wait_)},
           {"data_prep_share", share(t_prep_)},
           {"prefetch", cfg_.prefetch},
+          {"data_threads", cfg_.data_threads},
           {"forward_backward_share", share(t_compute_)},
           {"all_reduce_share", share(t_reduce_)},
           {"sync_timing", cfg_.sync_timing},
@@ -1446,6 +1478,8 @@ class MetaTrainer {
 };
 
 }  // namespace
+
+int auto_data_threads(const c10::Device& device, int cpus) { return device.is_cuda() ? std::clamp(cpus - 1, 1, 8) : 1; }
 
 MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   MetaTrainer trainer(cfg, comm, device);

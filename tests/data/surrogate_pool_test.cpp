@@ -42,6 +42,31 @@ TEST(SurrogatePool, CachedAndOnDemandReadsAgree) {
   for (int64_t r : c7.rows) EXPECT_EQ((r - 20) % 5, 2);
 }
 
+// images_into (a GPU step's one pass into page-locked memory) gives what images() and a
+// left-right flip give, cached or read on demand, on any number of threads.
+TEST(SurrogatePool, ImagesIntoCopiesAndFlipsAsImagesDo) {
+  test::TempDir tmp;
+  write_pool(tmp.path() / "pool", 3, 5, 4, 8, 4, true, {}, 2, /*textured=*/true);
+  const std::vector<int64_t> rows{0, 59, 21, 40, 3, 21, 7};
+  const std::vector<bool> flip{true, false, true, true, false, false, true};
+  for (int64_t cache : {int64_t(1) << 30, int64_t(0)}) {
+    SurrogatePool pool = SurrogatePool::open((tmp.path() / "pool").string(), 8, 4, cache);
+    at::Tensor want = pool.images(rows).clone();
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (flip[i]) want[static_cast<int64_t>(i)].copy_(want[static_cast<int64_t>(i)].flip({1}));
+    ASSERT_FALSE(want.equal(pool.images(rows)));  // the flips change these images
+    for (int threads : {1, 3, 16}) {
+      at::Tensor out = at::full({7, 8, 8, 3}, 255, at::kByte);
+      pool.images_into(rows, flip, out, threads);
+      EXPECT_TRUE(out.equal(want)) << "cache " << cache << ", threads " << threads;
+    }
+    at::Tensor wrong = at::empty({7, 8, 4, 3}, at::kByte);
+    EXPECT_THROW(pool.images_into(rows, flip, wrong, 2), InputError);
+    at::Tensor short_out = at::empty({6, 8, 8, 3}, at::kByte);
+    EXPECT_THROW(pool.images_into(rows, flip, short_out, 2), InputError);
+  }
+}
+
 // Two LoRAs tuned on overlapping tasks: file 0 covers classes {10, 11, 12}, file 1 {12, 13, 10}.
 TEST(SurrogatePool, PoolsImagesByRealClassAcrossLoras) {
   test::TempDir tmp;

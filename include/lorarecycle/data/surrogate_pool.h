@@ -114,6 +114,10 @@ class SurrogatePool {
   int64_t image_bytes() const { return image_bytes_; }
   // uint8 [n, S, S, 3] of the given global rows.
   at::Tensor images(const std::vector<int64_t>& rows);
+  // The same images written into `out` (uint8 [rows.size(), S, S, 3], contiguous: e.g. page-locked
+  // memory a GPU step copies from), image i mirrored left-right where flip[i], in one pass over
+  // the bytes shared out over `threads` threads (cached pools; on-demand reads come in first).
+  void images_into(const std::vector<int64_t>& rows, const std::vector<bool>& flip, at::Tensor& out, int threads);
   const at::Tensor& patch_scores() const { return scores_; }                  // float [rows, P]
   const at::Tensor& teacher_logits(int file) const { return logits_[file]; }  // float [rows of file, N]
 
