@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Starts lorarecycle under mpirun with the per-rank settings of launch/env.sh.
-#   bash launch/mpirun.sh [-n RANKS] [--hostfile FILE] [--no-bind] [--dry-run] -- COMMAND [ARGS...]
+#   bash launch/mpirun.sh [-n RANKS] [--hostfile FILE] [--cpus-per-rank C] [--no-bind] [--dry-run] -- COMMAND [ARGS...]
 # COMMAND is a lorarecycle subcommand (pretrain, zoo, invert, metatrain, eval, ...) or a program.
 #   -n RANKS         ranks in all (default: the cores of this machine, or the hostfile's slots)
 #   --hostfile FILE  Open MPI hostfile ("node01 slots=32" per line) for runs over several nodes
+#   --cpus-per-rank C  bind each rank to C cores of its own (e.g. one rank per GPU: a GPU rank makes
+#                    its batches on its spare cores; default: cores/ranks on one machine, 1 with a
+#                    hostfile)
 #   --no-bind        do not bind ranks to cores (default: each rank bound to cores/ranks cores of
 #                    its own when ranks <= cores: one core each at one rank per core, more where
 #                    fewer ranks run, e.g. one per GPU, whose batches are made on its spare cores)
@@ -13,15 +16,16 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/launch/env.sh"
-N=""; HOSTFILE=""; BIND=1; DRY=0
+N=""; HOSTFILE=""; BIND=1; DRY=0; PE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -n|--np) N=$2; shift 2 ;;
     --hostfile) HOSTFILE=$2; shift 2 ;;
+    --cpus-per-rank) PE=$2; shift 2 ;;
     --no-bind) BIND=0; shift ;;
     --dry-run) DRY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n "2,12p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,15p" "$0"; exit 0 ;;
     *) echo "mpirun.sh: unknown argument $1 (the command goes after --)" >&2; exit 2 ;;
   esac
 done
@@ -41,9 +45,14 @@ else
   ARGS+=(-np "$N")
   if [ "$N" -gt "$CORES" ]; then ARGS+=(--oversubscribe); BIND=0; fi
 fi
+if [ -n "$PE" ]; then
+  [[ "$PE" =~ ^[1-9][0-9]*$ ]] || { echo "mpirun.sh: --cpus-per-rank needs a positive integer, got '$PE'" >&2; exit 2; }
+  [ $BIND = 1 ] || { echo "mpirun.sh: --cpus-per-rank needs binding (not --no-bind, nor more ranks than cores)" >&2; exit 2; }
+elif [ -z "$HOSTFILE" ] && [ "$N" -lt "$CORES" ]; then
+  PE=$(( CORES / N ))
+fi
 if [ $BIND = 1 ]; then
-  if [ -z "$HOSTFILE" ] && [ "$N" -lt "$CORES" ]; then ARGS+=(--bind-to core --map-by "slot:PE=$(( CORES / N ))")
-  else ARGS+=(--bind-to core --map-by core); fi
+  if [ -n "$PE" ]; then ARGS+=(--bind-to core --map-by "slot:PE=$PE"); else ARGS+=(--bind-to core --map-by core); fi
 fi
 for v in OMP_NUM_THREADS OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE NCCL_SOCKET_IFNAME NCCL_DEBUG LORAREC_FAULT; do
   [ -n "${!v:-}" ] && ARGS+=(-x "$v")
