@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -67,6 +67,9 @@
 # "align" (makes the "zoo100" part's zoo and pools when missing): where the paper's objective moves
 # the meta-LoRA from the zoo's average on surrogates and on real images, two seeds each, compared in
 # weight space (bench/lora_delta.py); DRAWN=1 adds the zoo of 100 drawn with co-teachers.
+# "domalign" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the
+# paper's objective on the drawn zoo of 100 with a feature-statistics alignment to public glyphs
+# (metatrain --align-weight), against the same without it and on real images.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -727,6 +730,29 @@ mix_eval() {
   echo "validation classes, 600 episodes 5-way 1-shot (mixW = W x $meta + (1 - W) x lora-avg):"
   cat "$OUT/mix_${tag}_eval/results.csv"
 }
+# Feature-statistics alignment with public glyphs (docs/science.md, "Aligning the surrogates'
+# features with public glyphs"): the "align" part found the surrogates teaching a direction
+# orthogonal to real images'. Here the paper's objective on the zoo of 100 drawn with co-teachers
+# (the "strokes100" pool) gets a term that matches the per-dimension mean and spread of the
+# episodes' features to those of public glyphs that hold none of the zoo's classes
+# (metatrain --align-weight W with --distill-pool: the "retrieve" part's pool, invert --retrieve
+# data/demo/base.h5), so that what the episodes teach must hold where real glyphs lie. WEIGHTS
+# (default "1 10") the alignment weights; the control without it; the real-image control with the
+# first weight. ~2 min per run after the pools.
+if [ "$WHAT" = domalign ]; then
+  zoo100_pools
+  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+  pool100 _retr --retrieve data/demo/base.h5
+  DRAWN100=$OUT/pool100_strokes12_co2
+  PUB="--distill-pool $OUT/pool100_retr"
+  rows=("paper T128 lr 3e-4, drawn (control)|$DRAWN100|$P1K --lr 3e-4")
+  for w in ${WEIGHTS:-1 10}; do rows+=("... + alignment $w with public glyphs|$DRAWN100|$P1K --lr 3e-4 $PUB --align-weight $w"); done
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows da "${rows[@]}"
+  read -r w1 _ <<<"${WEIGHTS:-1 10}"
+  run_rows dar "paper T128 lr 3e-4, real images (control)|$OUT/pool100_real|$P1K --lr 3e-4" \
+    "... + alignment $w1 with public glyphs|$OUT/pool100_real|$P1K --lr 3e-4 $PUB --align-weight $w1"
+fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
   lora_avg "$OUT/lora_avg128" 128

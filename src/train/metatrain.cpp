@@ -240,8 +240,13 @@ void MetaTrainConfig::validate() const {
     throw InputError(
         "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
         "and --mask-ratio > 0");
-  if (!distill_pool.empty() && distill_weight <= 0)
-    throw InputError("metatrain: --distill-pool carries the distillation term: it needs --distill-weight > 0");
+  if (!(align_weight >= 0) || !std::isfinite(align_weight)) throw InputError("metatrain: --align-weight must be >= 0");
+  if (!distill_pool.empty() && distill_weight <= 0 && align_weight <= 0)
+    throw InputError(
+        "metatrain: --distill-pool carries the distillation or the alignment term: it needs --distill-weight > 0 or "
+        "--align-weight > 0");
+  if (align_weight > 0 && distill_pool.empty())
+    throw InputError("metatrain: --align-weight aligns the episodes' features with --distill-pool's images: give one");
   if (distill_images < 0) throw InputError("metatrain: --distill-images must be >= 0");
   if (host_sync != "step" && host_sync != "log" && host_sync != "auto")
     throw InputError("metatrain: --host-sync must be step, log or auto, not '" + host_sync + "'");
@@ -623,6 +628,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
   if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
   if (c.scales_only) j["scales_only"] = true;      // the same
+  if (c.align_weight > 0) j["align_weight"] = c.align_weight;  // the same
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
   if (!c.distill_pool.empty()) {                               // the same
@@ -905,9 +911,12 @@ class MetaTrainer {
     // [rows, 1 variant, 2 flips, D]: the one variant, unflipped
     distill_feat_ =
         own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
-    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": the distillation term on "
+    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": "
+                                            << (cfg_.distill_weight > 0 ? "the distillation term" : "")
+                                            << (cfg_.distill_weight > 0 && cfg_.align_weight > 0 ? " and " : "")
+                                            << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
                                             << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
-                                            << " images per episode (whole images), not on the episodes' images");
+                                            << " images per episode (whole images)");
   }
 
   void load_models_and_data() {
@@ -929,7 +938,7 @@ class MetaTrainer {
     vit_->set_precision(cfg_.precision);
     if (cfg_.distill_weight > 0 && cfg_.distill_pool.empty())
       teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
-    if (cfg_.distill_weight > 0 && !cfg_.distill_pool.empty()) load_distill_pool();
+    if (!cfg_.distill_pool.empty()) load_distill_pool();
     if (cfg_.hard_classes > 0) {
       neighbours_ = nearest_classes(*pool_, bare_features(*vit_, *pool_, comm_, device_), cfg_.hard_classes);
       LOG_INFO("metatrain", "--hard-classes " << cfg_.hard_classes << ": each episode's other classes among the "
@@ -1141,13 +1150,17 @@ class MetaTrainer {
     return pixels.defined() ? pixels.to(device_) : model::preprocess_images(u8, vit_->config(), device_);
   }
 
-  // --distill-pool: the distillation term on the batch's images of that pool (a dense forward),
-  // weighted as the episodes' own term would be: distill_weight x the mean squared difference per
-  // episode, summed over this rank's episodes.
-  at::Tensor distill_loss(const Batch& b) const {
+  // --distill-pool: the terms on the batch's images of that pool (a dense forward), weighted as the
+  // episodes' own terms would be, summed over this rank's episodes: distill_weight x the mean
+  // squared difference to their own LoRA's features, and align_weight x feature_stats_gap between
+  // this rank's episode features `feat` and theirs.
+  at::Tensor public_loss(const Batch& b, const at::Tensor& feat) const {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
-    return (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.distill_weight * E_local_);
+    at::Tensor loss = at::zeros({}, f.options());
+    if (cfg_.distill_weight > 0) loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * cfg_.distill_weight;
+    if (cfg_.align_weight > 0) loss = loss + feature_stats_gap(feat, f) * cfg_.align_weight;
+    return loss * double(E_local_);
   }
 
   // One step: forward and backward on this rank's episodes, one all-reduce of the gradients and
@@ -1169,7 +1182,7 @@ class MetaTrainer {
     util::PhaseScope loss_phase("loss");
     auto [loss_sum, correct] = episode_losses(b, feat);
     loss_phase.stop();
-    if (b.distill_feat.defined()) loss_sum = loss_sum + distill_loss(b);
+    if (b.distill_feat.defined()) loss_sum = loss_sum + public_loss(b, feat);
     util::PhaseScope backward_phase("backward");
     opt_->zero_grad();
     (loss_sum / double(E_local_)).backward();
@@ -1478,6 +1491,13 @@ class MetaTrainer {
 };
 
 }  // namespace
+
+at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b) {
+  if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(1) || a.size(0) < 2 || b.size(0) < 2)
+    throw InputError("feature_stats_gap: needs [n_a, D] and [n_b, D] with n >= 2 rows each");
+  const at::Tensor gap = (a.mean(0) - b.mean(0)).pow(2).sum() + (a.std(0) - b.std(0)).pow(2).sum();
+  return gap / b.detach().pow(2).sum(1).mean().clamp_min(1e-12);
+}
 
 int auto_data_threads(const c10::Device& device, int cpus) { return device.is_cuda() ? std::clamp(cpus - 1, 1, 8) : 1; }
 

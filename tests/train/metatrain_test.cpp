@@ -218,9 +218,35 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.distill_dense = true, d.distill_weight = 1; }, "--distill-dense");
   bad([](auto& d) { d.mask_select = "bottom"; }, "--mask-select must be top or random");
   bad([](auto& d) { d.mask_variants = 0; }, "--mask-variants must be >= 1");
+  bad([](auto& d) { d.align_weight = -1; }, "--align-weight must be >= 0");
+  bad([](auto& d) { d.align_weight = 1; }, "--align-weight aligns the episodes' features with --distill-pool");
+  bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");
   c.keep = "best", c.val = "v.h5";
   c.distill_dense = true, c.distill_weight = 1, c.mask_ratio = 0.75;
   EXPECT_NO_THROW(c.validate());
+  c.distill_dense = false, c.distill_weight = 0, c.distill_pool = "public", c.align_weight = 0.5;
+  EXPECT_NO_THROW(c.validate());  // the alignment alone on the public pool
+}
+
+// feature_stats_gap: 0 for the same rows in another order, the squared mean shift over the mean
+// squared norm for a shifted copy, unchanged by a common scale, and a gradient that moves a's
+// statistics towards b's.
+TEST(FeatureStatsGap, MeasuresMomentsScaleFree) {
+  at::manual_seed(3);
+  const at::Tensor b = at::randn({64, 8}, at::kDouble);
+  EXPECT_NEAR(feature_stats_gap(b.flip({0}), b).item<double>(), 0.0, 1e-12);
+  const at::Tensor shift = at::full({8}, 0.5, at::kDouble);
+  const double norm = b.pow(2).sum(1).mean().item<double>();
+  EXPECT_NEAR(feature_stats_gap(b + shift, b).item<double>(), 8 * 0.25 / norm, 1e-9);
+  const at::Tensor a = at::randn({40, 8}, at::kDouble) * 2 + 1;
+  EXPECT_NEAR(feature_stats_gap(a * 7, b * 7).item<double>(), feature_stats_gap(a, b).item<double>(), 1e-9);
+  at::Tensor x = a.clone().requires_grad_(true);
+  const at::Tensor g0 = feature_stats_gap(x, b);
+  g0.backward();
+  const at::Tensor stepped = (a - 0.05 * x.grad()).detach();
+  EXPECT_LT(feature_stats_gap(stepped, b).item<double>(), g0.item<double>());
+  EXPECT_THROW(feature_stats_gap(at::randn({1, 8}), at::randn({4, 8})), InputError);
+  EXPECT_THROW(feature_stats_gap(at::randn({4, 8}), at::randn({4, 6})), InputError);
 }
 
 }  // namespace

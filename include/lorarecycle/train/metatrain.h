@@ -106,6 +106,9 @@ struct MetaTrainConfig {
   std::string distill_pool;     // a second pool whose images carry the distillation term instead of the episodes'
                                 // (e.g. invert --retrieve: public images), each under its own LoRA, dense; empty: off
   int distill_images = 0;       // images of distill_pool per episode and step (0: as many as an episode holds)
+  // Weight of the feature-statistics alignment: feature_stats_gap between the episodes' images and
+  // distill_pool's (public images), both under the meta-LoRA, per episode (needs distill_pool; 0 = off).
+  double align_weight = 0.0;
   // Images of distill_pool per episode and step: distill_images, or (0) as many as an episode holds.
   int distill_images_per_episode() const {
     return distill_images > 0 ? distill_images : spec.n_way * (spec.k_shot + spec.q_query);
@@ -137,6 +140,12 @@ struct MetaTrainConfig {
   int64_t stop_after = 0;  // > 0: checkpoint and stop after this many steps of this run
   void validate() const;
 };
+
+// How far apart two sets of features lie in their first two moments, scale-free: (|mean_a -
+// mean_b|^2 + |sd_a - sd_b|^2) / mean |b_i|^2 (per-dimension means and standard deviations over the
+// rows of a [n_a, D] and b [n_b, D]; the denominator without gradient). 0 for identical statistics;
+// unchanged when both are scaled alike.
+at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b);
 
 // --data-threads 0 (auto): on a GPU the rank's CPUs beside its training thread (cpus: its
 // affinity mask or share of the node), 1 to 8; on a CPU 1.
