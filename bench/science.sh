@@ -737,8 +737,8 @@ mix_eval() {
 # episodes' features to those of public glyphs that hold none of the zoo's classes
 # (metatrain --align-weight W with --distill-pool: the "retrieve" part's pool, invert --retrieve
 # data/demo/base.h5), so that what the episodes teach must hold where real glyphs lie. WEIGHTS
-# (default "1 10") the alignment weights; the control without it; the real-image control with the
-# first weight. ~2 min per run after the pools.
+# (default "1 10 0.1") the alignment weights; the control without it; the real-image control with the
+# first weight. ~2 min per run after the pools (4 with the alignment's extra forward).
 if [ "$WHAT" = domalign ]; then
   zoo100_pools
   pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
@@ -746,12 +746,28 @@ if [ "$WHAT" = domalign ]; then
   DRAWN100=$OUT/pool100_strokes12_co2
   PUB="--distill-pool $OUT/pool100_retr"
   rows=("paper T128 lr 3e-4, drawn (control)|$DRAWN100|$P1K --lr 3e-4")
-  for w in ${WEIGHTS:-1 10}; do rows+=("... + alignment $w with public glyphs|$DRAWN100|$P1K --lr 3e-4 $PUB --align-weight $w"); done
+  for w in ${WEIGHTS:-1 10 0.1}; do rows+=("... + alignment $w with public glyphs|$DRAWN100|$P1K --lr 3e-4 $PUB --align-weight $w"); done
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows da "${rows[@]}"
-  read -r w1 _ <<<"${WEIGHTS:-1 10}"
+  read -r w1 _ <<<"${WEIGHTS:-1 10 0.1}"
   run_rows dar "paper T128 lr 3e-4, real images (control)|$OUT/pool100_real|$P1K --lr 3e-4" \
     "... + alignment $w1 with public glyphs|$OUT/pool100_real|$P1K --lr 3e-4 $PUB --align-weight $w1"
+  # DELTA=1: the "align" part's check (its runs, made when missing): from the zoo's average on the
+  # smooth-start surrogates with the first weight, 100 and 1,000 steps; does the alignment move the
+  # meta-LoRA where real images move it (bench/lora_delta.py)?
+  if [ "${DELTA:-0}" = 1 ]; then
+    START=$OUT/al_start
+    zoo_mean_start "$START" --pool "$OUT/pool100_lr2"
+    for steps in 100 1000; do
+      ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
+      run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
+        "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
+        "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
+      run_rows "dal$steps" "surrogates (smooth starts) + alignment $w1, seed 0|$OUT/pool100_lr2|$ZM $PUB --align-weight $w1"
+      $PY bench/lora_delta.py "$START" "aligned=$OUT/dal${steps}_1" "sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" \
+        "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4"
+    done
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
