@@ -45,11 +45,24 @@ else
   ARGS+=(-np "$N")
   if [ "$N" -gt "$CORES" ]; then ARGS+=(--oversubscribe); BIND=0; fi
 fi
+# Physical cores among this process's CPUs: Open MPI's PE= counts cores where nproc counts hardware
+# threads. nproc where the topology cannot be read.
+phys_cores() {
+  local list r c t n=""
+  list=$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status 2>/dev/null || true)
+  if [ -n "$list" ] && [ -r /sys/devices/system/cpu/cpu0/topology/core_id ]; then
+    n=$(for r in ${list//,/ }; do for c in $(seq "${r%-*}" "${r#*-}"); do
+          t=/sys/devices/system/cpu/cpu$c/topology; echo "$(cat "$t/physical_package_id"):$(cat "$t/core_id")"
+        done; done | sort -u | wc -l)
+  fi
+  echo "${n:-$CORES}"
+}
 if [ -n "$PE" ]; then
   [[ "$PE" =~ ^[1-9][0-9]*$ ]] || { echo "mpirun.sh: --cpus-per-rank needs a positive integer, got '$PE'" >&2; exit 2; }
   [ $BIND = 1 ] || { echo "mpirun.sh: --cpus-per-rank needs binding (not --no-bind, nor more ranks than cores)" >&2; exit 2; }
 elif [ -z "$HOSTFILE" ] && [ "$N" -lt "$CORES" ]; then
-  PE=$(( CORES / N ))
+  PE=$(( $(phys_cores) / N ))
+  [ "$PE" -ge 2 ] || PE=""  # one core each: --map-by core, as at one rank per core
 fi
 if [ $BIND = 1 ]; then
   if [ -n "$PE" ]; then ARGS+=(--bind-to core --map-by "slot:PE=$PE"); else ARGS+=(--bind-to core --map-by core); fi

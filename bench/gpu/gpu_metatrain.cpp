@@ -2,7 +2,9 @@
 // -DLORAREC_BUILD_CLI=OFF -DLORAREC_BUILD_GPU_CHECK=ON; see bench/gpu_check.sh). Arguments are
 // key=value pairs: model pool out val device comm mask steps query episodes precision (fp32|bf16|auto)
 // sync (the CLI's --host-sync: auto|step|log) log (--log-every) tf32 data_threads (0 = auto) seed hash.
+#include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <map>
 #include <string>
 
@@ -24,6 +26,12 @@ int main(int argc, char** argv) {
       if (eq == std::string::npos) throw lorarec::InputError("argument '" + a + "' is not key=value");
       kv[a.substr(0, eq)] = a.substr(eq + 1);
     }
+    static const char* kKeys[] = {"model", "pool",  "out",          "val",      "device",    "comm",
+                                  "mask",  "steps", "query",        "episodes", "precision", "sync",
+                                  "log",   "tf32",  "data_threads", "seed",     "hash"};
+    for (const auto& [k, v] : kv)
+      if (std::find(std::begin(kKeys), std::end(kKeys), k) == std::end(kKeys))
+        throw lorarec::InputError("unknown key '" + k + "' (see the comment at the top of gpu_metatrain.cpp)");
     auto get = [&](const char* k, const char* d) { return kv.count(k) ? kv[k] : std::string(d); };
     lorarec::train::MetaTrainConfig c;
     c.model = get("model", "");

@@ -260,6 +260,8 @@ void SurrogatePool::images_into(const std::vector<int64_t>& rows, const std::vec
       out.size(0) != n)
     throw InputError("images_into: out must be contiguous uint8 [" + std::to_string(n) +
                      ", S, S, C] with a flip per row");
+  for (int64_t r : rows)
+    if (r < 0 || r >= size()) throw InputError("images_into: row " + std::to_string(r) + " outside the pool");
   const at::Tensor src = images_.defined() ? images_ : images(rows);  // on demand: the rows in order
   if (out.size(1) != src.size(1) || out.size(2) != src.size(2) || out.size(3) != src.size(3))
     throw InputError("images_into: out's image shape differs from the pool's");
@@ -281,7 +283,12 @@ void SurrogatePool::images_into(const std::vector<int64_t>& rows, const std::vec
   };
   const int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
   std::vector<std::thread> pool;
-  for (int k = 1; k < t; ++k) pool.emplace_back(copy, n * k / t, n * (k + 1) / t);
+  try {
+    for (int k = 1; k < t; ++k) pool.emplace_back(copy, n * k / t, n * (k + 1) / t);
+  } catch (...) {  // a thread that could not start: join the others before the error leaves
+    for (auto& th : pool) th.join();
+    throw;
+  }
   copy(0, n / t);
   for (auto& th : pool) th.join();
 }

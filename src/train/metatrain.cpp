@@ -247,6 +247,9 @@ void MetaTrainConfig::validate() const {
         "--align-weight > 0");
   if (align_weight > 0 && distill_pool.empty())
     throw InputError("metatrain: --align-weight aligns the episodes' features with --distill-pool's images: give one");
+  if (align_weight > 0 && distill_images_per_episode() < 2)
+    throw InputError(
+        "metatrain: --align-weight compares feature spreads: it needs --distill-images >= 2 (0 = N (K+Q))");
   if (distill_images < 0) throw InputError("metatrain: --distill-images must be >= 0");
   if (host_sync != "step" && host_sync != "log" && host_sync != "auto")
     throw InputError("metatrain: --host-sync must be step, log or auto, not '" + host_sync + "'");
@@ -468,7 +471,8 @@ class BatchMaker {
 
   // --distill-pool: per local episode slot, --distill-images rows drawn uniformly (seeded by seed,
   // slot and step: the schedule does not depend on the world size), whole and unflipped, prepared
-  // as the episodes' images are (b.distill_pixels or b.distill_u8); their targets b.distill_feat.
+  // as the episodes' images are (b.distill_pixels or b.distill_u8); their targets b.distill_feat
+  // (with a distillation weight).
   void add_distill_images(Batch& b, int64_t step) const {
     const int n = cfg_.distill_images_per_episode();
     std::uniform_int_distribution<int64_t> pick(0, distill_pool_->size() - 1);
@@ -478,7 +482,7 @@ class BatchMaker {
           data::make_rng(cfg_.seed, kDistillStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       for (int i = 0; i < n; ++i) rows.push_back(pick(rng));
     }
-    b.distill_feat = distill_feat_.index_select(0, at::tensor(rows, at::kLong));
+    if (distill_feat_.defined()) b.distill_feat = distill_feat_.index_select(0, at::tensor(rows, at::kLong));
     at::Tensor u8 = distill_pool_->images(rows);
     if (cfg_.gray) u8 = gray_u8(u8);
     if (normalise_)
@@ -899,18 +903,20 @@ class MetaTrainer {
     comm_.barrier();
   }
 
-  // --distill-pool: the pool and its images' features under their own LoRAs (whole images,
-  // unflipped: they are fed so).
+  // --distill-pool: the pool and, with a distillation weight, its images' features under their own
+  // LoRAs (whole images, unflipped: they are fed so). The alignment alone needs no targets.
   void load_distill_pool() {
     distill_pool_.emplace(data::SurrogatePool::open(cfg_.distill_pool, vit_->config().image_size, P_,
                                                     cfg_.cache_mb * (int64_t(1) << 20)));
-    MetaTrainConfig dense = cfg_;
-    dense.mask_ratio = 0;
-    dense.distill_dense = false;
-    dense.flip = false;
-    // [rows, 1 variant, 2 flips, D]: the one variant, unflipped
-    distill_feat_ =
-        own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
+    if (cfg_.distill_weight > 0) {
+      MetaTrainConfig dense = cfg_;
+      dense.mask_ratio = 0;
+      dense.distill_dense = false;
+      dense.flip = false;
+      // [rows, 1 variant, 2 flips, D]: the one variant, unflipped
+      distill_feat_ =
+          own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
+    }
     LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": "
                                             << (cfg_.distill_weight > 0 ? "the distillation term" : "")
                                             << (cfg_.distill_weight > 0 && cfg_.align_weight > 0 ? " and " : "")
@@ -1150,17 +1156,25 @@ class MetaTrainer {
     return pixels.defined() ? pixels.to(device_) : model::preprocess_images(u8, vit_->config(), device_);
   }
 
-  // --distill-pool: the terms on the batch's images of that pool (a dense forward), weighted as the
-  // episodes' own terms would be, summed over this rank's episodes: distill_weight x the mean
-  // squared difference to their own LoRA's features, and align_weight x feature_stats_gap between
-  // this rank's episode features `feat` and theirs.
+  // --distill-pool: the terms on the batch's images of that pool (a dense forward), per episode as
+  // the episodes' own terms, summed over this rank's episodes (so the sum does not depend on how
+  // the episodes are shared out): distill_weight x the mean squared difference to their own
+  // LoRA's features, and align_weight x feature_stats_gap between an episode's features (rows of
+  // `feat`) and those of its own share of the pool's images.
   at::Tensor public_loss(const Batch& b, const at::Tensor& feat) const {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
     at::Tensor loss = at::zeros({}, f.options());
-    if (cfg_.distill_weight > 0) loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * cfg_.distill_weight;
-    if (cfg_.align_weight > 0) loss = loss + feature_stats_gap(feat, f) * cfg_.align_weight;
-    return loss * double(E_local_);
+    if (cfg_.distill_weight > 0)
+      loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.distill_weight * E_local_);
+    if (cfg_.align_weight > 0) {
+      const int64_t per_episode = cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
+      const int64_t n = cfg_.distill_images_per_episode();
+      for (int e = 0; e < E_local_; ++e)
+        loss = loss + feature_stats_gap(feat.narrow(0, e * per_episode, per_episode), f.narrow(0, e * n, n)) *
+                          cfg_.align_weight;
+    }
+    return loss;
   }
 
   // One step: forward and backward on this rank's episodes, one all-reduce of the gradients and
@@ -1182,7 +1196,7 @@ class MetaTrainer {
     util::PhaseScope loss_phase("loss");
     auto [loss_sum, correct] = episode_losses(b, feat);
     loss_phase.stop();
-    if (b.distill_feat.defined()) loss_sum = loss_sum + public_loss(b, feat);
+    if (distill_pool_) loss_sum = loss_sum + public_loss(b, feat);
     util::PhaseScope backward_phase("backward");
     opt_->zero_grad();
     (loss_sum / double(E_local_)).backward();
@@ -1280,6 +1294,21 @@ class MetaTrainer {
     opt_->step(lr, grads);
   }
 
+  // Before the replica check, a validation or a checkpoint of a timed step on a GPU: the host waits
+  // for the device's queue here, and the timed steps count that wait (the GPU's share of the steps
+  // since the last read), as record() counts the log reads.
+  void drain_before_reads(int64_t done) {
+    if (!device_.is_cuda() || step_ - start_ < kWarmSteps) return;
+    const bool due = (cfg_.hash_every > 0 && done % cfg_.hash_every == 0) ||
+                     (have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0) ||
+                     done % cfg_.checkpoint_every == 0 || done == cfg_.steps;
+    if (!due) return;
+    const auto t = Clock::now();
+    (void)at::empty({1}, at::TensorOptions().device(device_)).cpu();
+    ++host_reads_;
+    t_total_ += seconds_since(t);
+  }
+
   // The step's timings (after the warm-up steps) and the metrics window; a metrics line every
   // --log-every steps.
   void record(const StepResult& r, double wait, double prep, double total) {
@@ -1325,6 +1354,7 @@ class MetaTrainer {
   bool after_step(bool stop_now) {
     const int64_t done = step_ + 1;
     const bool last = done == cfg_.steps;
+    drain_before_reads(done);
     if (env::fault_point(rank_, "replica")) {  // test hook: the replica check must catch this
       at::NoGradGuard ng;
       params_[0].add_(1e-3);

@@ -12,7 +12,8 @@
 #     a mask ratio, the attention-top patches and --mask-select random): world size 1 equals mpirun
 #     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2); the
 #     same with the term on a second pool's images (--distill-pool), which is refused without
-#     --distill-weight and when it is not a pool;
+#     --distill-weight (or --align-weight) and when it is not a pool; the alignment term alone
+#     (--align-weight, --distill-weight 0): world size 1 equals mpirun -np 2;
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
@@ -160,10 +161,24 @@ grep -q -- "--distill-pool runs/quick/pool: the distillation term on 6 of its" d
 import json
 fp = json.load(open("dp2/metatrain.json"))["fingerprint"]
 assert fp["distill_pool"] == "runs/quick/pool" and fp["distill_images"] == 6, fp' || fail "the fingerprint lacks --distill-pool"
-expect_status 2 "--distill-pool carries the distillation term: it needs --distill-weight > 0" -- \
+expect_status 2 "--distill-pool carries the distillation or the alignment term: it needs --distill-weight > 0 or --align-weight > 0" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-pool runs/quick/pool --steps 2 --out dpx
 expect_status 2 "--distill-pool runs/quick/zoo: no index.json" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/zoo --steps 2 --out dpx
+# --align-weight alone (--distill-weight 0): the alignment of each episode's features with its share
+# of the second pool's images, the same weights at world size 1 (both episodes of a step on one
+# rank) and 2 (one each), its log line and fingerprint, and its refusal without --distill-pool.
+AL="$COMMON --pool runs/quick/pool --single-lora-prob 0 --distill-weight 0 --distill-pool runs/quick/pool --distill-images 6 --align-weight 1 --steps 20"
+$B metatrain $AL --out al1 >al1.txt 2>&1 || { cat al1.txt; fail "alignment, world size 1"; }
+mpirun2 $B metatrain $AL --out al2 >al2.txt 2>&1 || { cat al2.txt; fail "alignment, mpirun -np 2"; }
+grep -q -- "--distill-pool runs/quick/pool: the alignment term on 6 of its" al2.txt || { cat al2.txt; fail "no alignment line"; }
+compare_adapters al1 al2 1e-4
+"$LORAREC_PYTHON" -c '
+import json
+fp = json.load(open("al2/metatrain.json"))["fingerprint"]
+assert fp["align_weight"] == 1 and fp["distill_weight"] == 0, fp' || fail "the fingerprint lacks --align-weight"
+expect_status 2 "--align-weight aligns the episodes' features with --distill-pool's images: give one" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --align-weight 1 --steps 2 --out alx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'
 import h5py

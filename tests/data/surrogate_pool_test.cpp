@@ -64,6 +64,8 @@ TEST(SurrogatePool, ImagesIntoCopiesAndFlipsAsImagesDo) {
     EXPECT_THROW(pool.images_into(rows, flip, wrong, 2), InputError);
     at::Tensor short_out = at::empty({6, 8, 8, 3}, at::kByte);
     EXPECT_THROW(pool.images_into(rows, flip, short_out, 2), InputError);
+    at::Tensor one = at::empty({1, 8, 8, 3}, at::kByte);
+    EXPECT_THROW(pool.images_into({60}, {false}, one, 1), InputError);  // rows 0..59
   }
 }
 

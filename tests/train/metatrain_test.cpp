@@ -221,6 +221,7 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.align_weight = -1; }, "--align-weight must be >= 0");
   bad([](auto& d) { d.align_weight = 1; }, "--align-weight aligns the episodes' features with --distill-pool");
   bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");
+  bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_images = 1; }, "--distill-images >= 2");
   c.keep = "best", c.val = "v.h5";
   c.distill_dense = true, c.distill_weight = 1, c.mask_ratio = 0.75;
   EXPECT_NO_THROW(c.validate());
