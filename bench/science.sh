@@ -69,7 +69,8 @@
 # weight space (bench/lora_delta.py); DRAWN=1 adds the zoo of 100 drawn with co-teachers.
 # "domalign" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the
 # paper's objective on the drawn zoo of 100 with a feature-statistics alignment to public glyphs
-# (metatrain --align-weight), against the same without it and on real images.
+# (metatrain --align-weight), against the same without it, on real images, and anchored to real
+# images of the zoo's classes instead (control).
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -752,6 +753,11 @@ if [ "$WHAT" = domalign ]; then
   read -r w1 _ <<<"${WEIGHTS:-1 10 0.1}"
   run_rows dar "paper T128 lr 3e-4, real images (control)|$OUT/pool100_real|$P1K --lr 3e-4" \
     "... + alignment $w1 with public glyphs|$OUT/pool100_real|$P1K --lr 3e-4 $PUB --align-weight $w1"
+  # The in-domain control: the drawn surrogates aligned with real images of the zoo's classes (the
+  # real-image pool, which the method never has) instead of public glyphs: does an anchor in the
+  # validation glyphs' domain help where the public glyphs hurt?
+  run_rows dai "drawn + alignment 1 with real zoo-class images (control)|$DRAWN100|$P1K --lr 3e-4 --distill-pool $OUT/pool100_real --align-weight 1" \
+    "drawn + alignment 0.1 with real zoo-class images (control)|$DRAWN100|$P1K --lr 3e-4 --distill-pool $OUT/pool100_real --align-weight 0.1"
   # DELTA=1: the "align" part's check (its runs, made when missing): from the zoo's average on the
   # smooth-start surrogates with the first weight, 100 and 1,000 steps; does the alignment move the
   # meta-LoRA where real images move it (bench/lora_delta.py)?
