@@ -12,8 +12,9 @@
 #      224 px, 196 patches) on a synthetic pool: fp32 (tf32) and bf16, mask ratio 0 / 0.5 / 0.75,
 #      1 and 4 episodes (80 images each) per step in one forward, host sync per step against per
 #      log interval, data threads and mpirun's binding; the step's TFLOP/s against the peak of (0).
-#      FLOP count: 2 x the forward's matmul FLOPs (as bench/perf.sh). REPS=N interleaved rounds,
-#      RUNS="..." a list of variants of one's own (the format is below), CHECKS=0 skips 2 and 3.
+#      FLOP count: 2 x the forward's matmul FLOPs (bench/vit_flops.py, as bench/perf.sh). REPS=N
+#      interleaved rounds, RUNS="..." a list of variants of one's own (the format is below),
+#      CHECKS=0 skips 2 and 3.
 # A dry run of this script on a CPU before a lease: SMOKE=1 BUILD_DIR=build bash bench/gpu_check.sh
 # (build configured with -DLORAREC_BUILD_GPU_CHECK=ON; the tiny preset, CPU + MPI, sections 2 and 4).
 set -uo pipefail
@@ -100,7 +101,9 @@ $PY - "$SCRATCH" <<'PY'
 import h5py, json, os, sys
 import numpy as np
 s = sys.argv[1]
-c = json.load(open(f"{s}/vfm/config.json")); c = c.get("vision_config", c)
+sys.path.insert(0, "bench")
+from vit_flops import vision_config
+c = vision_config(f"{s}/vfm")
 S, P = c["image_size"], (c["image_size"] // c["patch_size"]) ** 2
 os.makedirs(f"{s}/pool", exist_ok=True)
 rng = np.random.default_rng(0); idx = {"format": 2, "files": []}
@@ -139,10 +142,9 @@ $PY - "$SCRATCH" "$OUT" "$REPS" "$RUNS" <<'PY'
 import json, os, statistics, sys
 s, o, reps, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
 peak = json.load(open(f"{o}/peak.json")) if os.path.exists(f"{o}/peak.json") else {}
-c = json.load(open(f"{s}/vfm/config.json")); c = c.get("vision_config", c)
-D, M, L, p = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"]
-def fwd(n):  # the forward's matmul FLOPs per image with n tokens (bench/perf.sh)
-    return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
+sys.path.insert(0, "bench")
+from vit_flops import forward_flops, vision_config
+c = vision_config(f"{s}/vfm")
 def load(r, rep):
     path = f"{s}/b_{r.replace(':', '_')}_r{rep}/metatrain.json"
     return json.load(open(path)) if os.path.exists(path) else None
@@ -168,7 +170,7 @@ for r in runs:
         dj = load(d, k + 1) if d else None
         if js[k] and dj: ratios.append(js[k]["timing"]["episodes_per_s"] / dj["timing"]["episodes_per_s"])
     j = ok[0]; t = j["timing"]; n = j["tokens_per_image"]
-    tfl = eps * 2 * fwd(n) * 80 / 1e12
+    tfl = eps * 2 * forward_flops(c, n) * 80 / 1e12
     pk = peak.get("bf16" if prec == "bf16" else "tf32")
     print(f"| {label} | {m} | {n} | {e} | {t['host_sync']} | {t.get('data_threads', dt)} | {bind} | {eps:.2f} | "
           f"{' / '.join(f'{x:.2f}' for x in eps_each)} | {eps * 80:.0f} | "

@@ -15,9 +15,9 @@
 #       thread, the step of (1), 40 steps): metatrain.json timing.phase_ms_per_step (wall-clock
 #       scopes around the phases; CPU ops are synchronous), medians, and what each phase shrinks
 #       by from mask 0 to 0.75 (tokens 65 -> 17; the forward's FLOPs 4.1x fewer).
-# The step's FLOP count: 2 x the forward's matmul FLOPs (the frozen ViT's backward computes
-# input gradients only, one matmul per forward matmul; the LoRA's weight gradients are rank 4 and
-# left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
+# The step's FLOP count (bench/vit_flops.py): 2 x the forward's matmul FLOPs (the frozen ViT's
+# backward computes input gradients only, one matmul per forward matmul; the LoRA's weight
+# gradients are rank 4 and left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
 # tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
 # the work, so a lower bound of nothing).
 #   (5) the step's fixed cost: the step of (4) at 40 and 80 images per episode (5-way 1-shot, 7 and 15
@@ -168,12 +168,11 @@ import json, os, statistics as st, sys
 w, model, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 med = st.median
 peak = json.load(open(f"{w}/peak.json"))
-c = json.load(open(f"{model}/config.json")); c = c.get("vision_config", c)
-D, M, L, p, S = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"], c["image_size"]
-P = (S // p) ** 2; N = P + 1
-def fwd_tokens(n):  # the forward's matmul FLOPs per image with n tokens (n - 1 patches and CLS)
-    return 2 * (n - 1) * 3 * p * p * D + L * (2 * n * D * D * 4 + 2 * 2 * n * n * D + 2 * n * D * M * 2)
-fwd = fwd_tokens(N)
+sys.path.insert(0, "bench")
+from vit_flops import forward_flops, vision_config
+c = vision_config(model)
+P = (c["image_size"] // c["patch_size"]) ** 2; N = P + 1
+fwd = forward_flops(c, N)
 PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-base")  # every variant
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
 
@@ -240,7 +239,7 @@ if any(f.startswith("phase_") for f in os.listdir(w)):
 if any(f.startswith("fixed_") for f in os.listdir(w)):
     kept = P - int(0.75 * P)
     print(f"\n(5) the step's fixed cost, ms (1 rank, 1 episode; step = fixed + images x per image, through the "
-          f"medians at 40 and 80 images); forward FLOPs per image dense / mask 0.75: {fwd_tokens(N) / fwd_tokens(kept + 1):.2f}x")
+          f"medians at 40 and 80 images); forward FLOPs per image dense / mask 0.75: {fwd / forward_flops(c, kept + 1):.2f}x")
     print(f"  {'precision':<18}{'mask':>6}{'40 images':>11}{'80 images':>11}{'per image':>11}{'fixed':>8}")
     for pr in PRECISIONS:
         if not os.path.exists(f"{w}/fixed_{pr}_0_q7.1.json"): continue

@@ -153,6 +153,20 @@ lora_avg() {
   shift 2
   zoo_mean_start "$out" --rank "$rank" --alpha "$rank" "$@"
 }
+# align_runs STEPS: the "align" part's runs from the zoo of 100's average ($START, written when
+# missing), the paper's objective at T 128 and lr 3e-4 for STEPS steps on the smooth-start
+# surrogates and on real images, two seeds each (made when missing; its validation rows printed);
+# sets ZM (their flags) and RUNS (their bench/lora_delta.py arguments).
+align_runs() {
+  local steps=$1
+  START=$OUT/al_start
+  zoo_mean_start "$START" --pool "$OUT/pool100_lr2"  # the runs' own rank and alpha
+  ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
+  run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
+    "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
+    "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
+  RUNS=("sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4")
+}
 
 if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   for pool in bn0.1 bn0 div0.3; do
@@ -762,16 +776,10 @@ if [ "$WHAT" = domalign ]; then
   # smooth-start surrogates with the first weight, 100 and 1,000 steps; does the alignment move the
   # meta-LoRA where real images move it (bench/lora_delta.py)?
   if [ "${DELTA:-0}" = 1 ]; then
-    START=$OUT/al_start
-    zoo_mean_start "$START" --pool "$OUT/pool100_lr2"
     for steps in 100 1000; do
-      ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
-      run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
-        "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
-        "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
+      align_runs "$steps"
       run_rows "dal$steps" "surrogates (smooth starts) + alignment $w1, seed 0|$OUT/pool100_lr2|$ZM $PUB --align-weight $w1"
-      $PY bench/lora_delta.py "$START" "aligned=$OUT/dal${steps}_1" "sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" \
-        "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4"
+      $PY bench/lora_delta.py "$START" "aligned=$OUT/dal${steps}_1" "${RUNS[@]}"
     done
   fi
 fi
@@ -851,15 +859,9 @@ fi
 # ~15 min after the zoo of 100's pools.
 if [ "$WHAT" = align ]; then
   zoo100_pools
-  START=$OUT/al_start
-  zoo_mean_start "$START" --pool "$OUT/pool100_lr2"  # the runs' own rank and alpha
   for steps in 100 1000; do
-    ZM="--init zoo-mean $P128 --lr 3e-4 --steps $steps --val-every $((steps / 4))"
     echo "from the zoo's average, $steps steps: validation accuracy (%) at 0 / 25 / 50 / 75 / 100 % of the run +- 95% CI at the last:"
-    run_rows "al$steps" "surrogates (smooth starts), seed 0|$OUT/pool100_lr2|$ZM" \
-      "surrogates (smooth starts), seed 1|$OUT/pool100_lr2|$ZM --seed 1" \
-      "real images, seed 0|$OUT/pool100_real|$ZM" "real images, seed 1|$OUT/pool100_real|$ZM --seed 1"
-    RUNS=("sur0=$OUT/al${steps}_1" "sur1=$OUT/al${steps}_2" "real0=$OUT/al${steps}_3" "real1=$OUT/al${steps}_4")
+    align_runs "$steps"
     $PY bench/lora_delta.py "$START" "${RUNS[@]}"
     if [ "$steps" = 100 ]; then ZM100=$ZM RUNS100=("${RUNS[@]}"); fi
   done

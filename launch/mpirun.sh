@@ -4,12 +4,10 @@
 # COMMAND is a lorarecycle subcommand (pretrain, zoo, invert, metatrain, eval, ...) or a program.
 #   -n RANKS         ranks in all (default: the cores of this machine, or the hostfile's slots)
 #   --hostfile FILE  Open MPI hostfile ("node01 slots=32" per line) for runs over several nodes
-#   --cpus-per-rank C  bind each rank to C cores of its own (e.g. one rank per GPU: a GPU rank makes
-#                    its batches on its spare cores; default: cores/ranks on one machine, 1 with a
-#                    hostfile)
-#   --no-bind        do not bind ranks to cores (default: each rank bound to cores/ranks cores of
-#                    its own when ranks <= cores: one core each at one rank per core, more where
-#                    fewer ranks run, e.g. one per GPU, whose batches are made on its spare cores)
+#   --cpus-per-rank C  bind each rank to C cores of its own (default: its share of this machine's
+#                    physical cores, one with a hostfile; more than one where fewer ranks than cores
+#                    run, e.g. one per GPU, whose batches are made on its spare cores)
+#   --no-bind        do not bind ranks to cores
 #   --dry-run        print the mpirun command instead of running it
 # One rank per core (or per GPU), one compute thread per rank; --allow-run-as-root only as root;
 # --oversubscribe only when there are more ranks than cores on one machine.
@@ -25,7 +23,7 @@ while [ $# -gt 0 ]; do
     --no-bind) BIND=0; shift ;;
     --dry-run) DRY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n "2,15p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,13p" "$0"; exit 0 ;;
     *) echo "mpirun.sh: unknown argument $1 (the command goes after --)" >&2; exit 2 ;;
   esac
 done

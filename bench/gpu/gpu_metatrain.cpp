@@ -2,10 +2,9 @@
 // -DLORAREC_BUILD_CLI=OFF -DLORAREC_BUILD_GPU_CHECK=ON; see bench/gpu_check.sh). Arguments are
 // key=value pairs: model pool out val device comm mask steps query episodes precision (fp32|bf16|auto)
 // sync (the CLI's --host-sync: auto|step|log) log (--log-every) tf32 data_threads (0 = auto) seed hash.
-#include <algorithm>
 #include <cstdio>
-#include <iterator>
 #include <map>
+#include <set>
 #include <string>
 
 #include "lorarecycle/dist/communicator.h"
@@ -26,13 +25,11 @@ int main(int argc, char** argv) {
       if (eq == std::string::npos) throw lorarec::InputError("argument '" + a + "' is not key=value");
       kv[a.substr(0, eq)] = a.substr(eq + 1);
     }
-    static const char* kKeys[] = {"model", "pool",  "out",          "val",      "device",    "comm",
-                                  "mask",  "steps", "query",        "episodes", "precision", "sync",
-                                  "log",   "tf32",  "data_threads", "seed",     "hash"};
-    for (const auto& [k, v] : kv)
-      if (std::find(std::begin(kKeys), std::end(kKeys), k) == std::end(kKeys))
-        throw lorarec::InputError("unknown key '" + k + "' (see the comment at the top of gpu_metatrain.cpp)");
-    auto get = [&](const char* k, const char* d) { return kv.count(k) ? kv[k] : std::string(d); };
+    std::set<std::string> known;  // the keys read below
+    auto get = [&](const char* k, const char* d) {
+      known.insert(k);
+      return kv.count(k) ? kv[k] : std::string(d);
+    };
     lorarec::train::MetaTrainConfig c;
     c.model = get("model", "");
     c.pool = get("pool", "");
@@ -50,11 +47,14 @@ int main(int argc, char** argv) {
     c.restart = true;
     auto comm = rt->make_communicator(get("comm", "auto"));
     const auto device = lorarec::model::select_device(get("device", "auto"), rt->local_rank());
-    const int data_threads = std::stoi(get("data_threads", "0"));
-    c.data_threads = data_threads > 0 ? data_threads : lorarec::train::auto_data_threads(device, rt->cpus_for_rank());
+    c.data_threads =
+        lorarec::train::resolve_data_threads(std::stoi(get("data_threads", "0")), device, rt->cpus_for_rank());
     const auto precision = lorarec::model::resolve_precision(get("precision", "auto"), device);
     c.precision = precision.precision;
     lorarec::model::set_tf32(get("tf32", "1") == "1");  // as the CLI's --tf32 (default on)
+    for (const auto& [k, v] : kv)
+      if (!known.count(k))
+        throw lorarec::InputError("unknown key '" + k + "' (see the comment at the top of gpu_metatrain.cpp)");
     LOG_INFO("gpu_check", "communicator " << comm->name() << ", device " << device.str() << ", precision "
                                           << lorarec::model::precision_name(c.precision) << " (" << precision.reason
                                           << "), tf32 " << (lorarec::model::tf32_enabled() ? "on" : "off")

@@ -37,10 +37,9 @@ bool decide_prefetch(const std::string& prefetch, const c10::Device& device, con
   return on;
 }
 
-// --data-threads as asked, or (0) train::auto_data_threads; logged on a GPU, where they work.
+// --data-threads (train::resolve_data_threads); logged on a GPU, where the auto choice is more than one.
 int decide_data_threads(int asked, const c10::Device& device, const dist::Runtime& rt) {
-  if (asked < 0) throw InputError("metatrain: --data-threads must be >= 0, got " + std::to_string(asked));
-  const int n = asked > 0 ? asked : train::auto_data_threads(device, rt.cpus_for_rank());
+  const int n = train::resolve_data_threads(asked, device, rt.cpus_for_rank());
   if (device.is_cuda())
     LOG_INFO("metatrain", "data threads " << n << (asked > 0 ? " (asked for)" : " (auto)") << "; " << rt.cpus_for_rank()
                                           << " CPU(s) for this rank");
@@ -113,7 +112,7 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("sync-timing", po::bool_switch(&c.sync_timing), "measuring: a barrier before each all-reduce, so the report separates waiting for the slowest rank (imbalance_wait_share) from the all-reduce itself")
       ("prefetch", po::value(&prefetch)->default_value(prefetch), "prepare the next steps' batches on a second thread: on | off | auto (on a GPU, or when this rank has a CPU to spare beside its compute threads; off when every CPU runs a rank, where the thread would take time from the compute). The choice is logged")
       ("no-prefetch", po::bool_switch(&no_prefetch), "the same as --prefetch off")
-      ("data-threads", po::value(&data_threads)->default_value(0), "threads that copy a GPU step's images into page-locked memory, flips in the same pass (0 = auto: the rank's CPUs beside its training thread, 1 to 8; a CPU step makes its batch on one thread). The choice is logged")
+      ("data-threads", po::value(&data_threads)->default_value(0), "threads that copy a step's images, flips in the same pass (a GPU step's into page-locked memory; 0 = auto: on a GPU the rank's CPUs beside its training thread, 1 to 8, on a CPU 1). The choice is logged on a GPU")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")
       ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")

@@ -420,7 +420,8 @@ class BatchMaker {
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
     else
-      b.u8 = u8.is_pinned() ? u8 : u8.pin_memory();  // a GPU step: copied without waiting (page-locked, non_blocking)
+      b.u8 =
+          u8.is_pinned() ? u8 : u8.pin_memory();  // a GPU step: copied without waiting (page-locked; --gray's copy not)
     if (scores.defined()) b.patch_index = top_patches(scores, cfg_.mask_ratio);
     if (distill_pool_ != nullptr) add_distill_images(b, step);
     if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
@@ -434,36 +435,35 @@ class BatchMaker {
     return b;
   }
 
+  // Rows of `pool` as uint8 [n, S, S, 3] (--gray: averaged), image i mirrored where flips[i]: one
+  // pass over the bytes on data_threads threads, for a GPU step straight into page-locked memory.
+  at::Tensor gather(data::SurrogatePool& pool, const std::vector<int64_t>& rows, const std::vector<bool>& flips) const {
+    at::Tensor u8 = at::empty({static_cast<int64_t>(rows.size()), vit_.image_size, vit_.image_size, 3},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(!normalise_));
+    pool.images_into(rows, flips, u8, cfg_.data_threads);
+    return cfg_.gray ? gray_u8(u8) : u8;
+  }
+
   // The batch's images, uint8 [B, S, S, 3] flipped and rolled, and their patch scores (undefined
   // without a mask), flipped and rolled alike.
   std::pair<at::Tensor, at::Tensor> images_and_scores(const std::vector<int64_t>& rows, const std::vector<bool>& flips,
                                                       const std::vector<int>& variants,
-                                                      const std::vector<std::pair<int, int>>& shifts) {
-    // A GPU step's images go straight into page-locked memory, flipped in the same pass: one copy
-    // of the bytes on data_threads threads (gray and jitter take the general path below).
-    const bool direct = !normalise_ && !cfg_.gray && shifts.empty();
-    at::Tensor u8;  // [B, S, S, 3]
-    if (direct) {
-      u8 = at::empty({static_cast<int64_t>(rows.size()), vit_.image_size, vit_.image_size, 3},
-                     at::TensorOptions().dtype(at::kByte).pinned_memory(at::hasCUDA()));
-      pool_.images_into(rows, flips, u8, cfg_.data_threads);
-    } else {
-      u8 = pool_.images(rows);
-      if (cfg_.gray) u8 = gray_u8(u8);
-    }
-    std::vector<int64_t> fl;
-    for (size_t i = 0; i < flips.size(); ++i)
-      if (flips[i]) fl.push_back(static_cast<int64_t>(i));
+                                                      const std::vector<std::pair<int, int>>& shifts) const {
+    at::Tensor u8 = gather(pool_, rows, flips);
     at::Tensor scores;
     if (cfg_.random_masks()) {
       scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);
     } else if (cfg_.mask_ratio > 0) {
       scores = pool_.patch_scores().index_select(0, at::tensor(rows, at::kLong));
     }
-    if (!fl.empty()) {
-      const at::Tensor fi = at::tensor(fl, at::kLong);
-      if (!direct) u8.index_copy_(0, fi, u8.index_select(0, fi).flip({2}));
-      if (scores.defined()) scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
+    if (scores.defined()) {
+      std::vector<int64_t> fl;
+      for (size_t i = 0; i < flips.size(); ++i)
+        if (flips[i]) fl.push_back(static_cast<int64_t>(i));
+      if (!fl.empty()) {
+        const at::Tensor fi = at::tensor(fl, at::kLong);
+        scores.index_copy_(0, fi, flip_patch_scores(scores.index_select(0, fi), grid_));
+      }
     }
     roll_images(shifts, u8, scores);
     return {u8, scores};
@@ -483,12 +483,11 @@ class BatchMaker {
       for (int i = 0; i < n; ++i) rows.push_back(pick(rng));
     }
     if (distill_feat_.defined()) b.distill_feat = distill_feat_.index_select(0, at::tensor(rows, at::kLong));
-    at::Tensor u8 = distill_pool_->images(rows);
-    if (cfg_.gray) u8 = gray_u8(u8);
+    const at::Tensor u8 = gather(*distill_pool_, rows, std::vector<bool>(rows.size(), false));
     if (normalise_)
       b.distill_pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
     else
-      b.distill_u8 = u8.pin_memory();
+      b.distill_u8 = u8.is_pinned() ? u8 : u8.pin_memory();
   }
 
   // Random roll of each image (the jitter the surrogates were inverted under); the patch scores
@@ -1294,30 +1293,20 @@ class MetaTrainer {
     opt_->step(lr, grads);
   }
 
-  // Before the replica check, a validation or a checkpoint of a timed step on a GPU: the host waits
-  // for the device's queue here, and the timed steps count that wait (the GPU's share of the steps
-  // since the last read), as record() counts the log reads.
-  void drain_before_reads(int64_t done) {
-    if (!device_.is_cuda() || step_ - start_ < kWarmSteps) return;
-    const bool due = (cfg_.hash_every > 0 && done % cfg_.hash_every == 0) ||
-                     (have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0) ||
-                     done % cfg_.checkpoint_every == 0 || done == cfg_.steps;
-    if (!due) return;
+  // The host waits for the device's queue (one host read); its seconds.
+  double wait_for_device() {
     const auto t = Clock::now();
     (void)at::empty({1}, at::TensorOptions().device(device_)).cpu();
     ++host_reads_;
-    t_total_ += seconds_since(t);
+    return seconds_since(t);
   }
 
   // The step's timings (after the warm-up steps) and the metrics window; a metrics line every
   // --log-every steps.
   void record(const StepResult& r, double wait, double prep, double total) {
     const bool timed = step_ - start_ >= kWarmSteps;
-    if (device_.is_cuda() && step_ - start_ == kWarmSteps - 1) {
-      // The timed steps start with an idle GPU: the warm-up steps' queued work is not theirs.
-      (void)at::empty({1}, at::TensorOptions().device(device_)).cpu();
-      ++host_reads_;
-    }
+    // The timed steps start with an idle GPU: the warm-up steps' queued work is not theirs.
+    if (device_.is_cuda() && step_ - start_ == kWarmSteps - 1) (void)wait_for_device();
     if (timed) {
       t_wait_ += wait, t_prep_ += prep, t_compute_ += r.compute, t_reduce_ += r.reduce;
       t_imbalance_ += r.imbalance, t_total_ += total;
@@ -1354,14 +1343,20 @@ class MetaTrainer {
   bool after_step(bool stop_now) {
     const int64_t done = step_ + 1;
     const bool last = done == cfg_.steps;
-    drain_before_reads(done);
+    const bool hash_due = cfg_.hash_every > 0 && done % cfg_.hash_every == 0;
+    const bool val_due = have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0 && !last;
+    const bool checkpoint_due = done % cfg_.checkpoint_every == 0 || last;
+    // Each of these reads from the device: on a GPU a timed step counts the wait for its queue, as
+    // record() counts the log reads.
+    if (device_.is_cuda() && step_ - start_ >= kWarmSteps && (hash_due || val_due || checkpoint_due))
+      t_total_ += wait_for_device();
     if (env::fault_point(rank_, "replica")) {  // test hook: the replica check must catch this
       at::NoGradGuard ng;
       params_[0].add_(1e-3);
     }
-    if (cfg_.hash_every > 0 && done % cfg_.hash_every == 0) check_replicas(done);
-    if (have_val_ && cfg_.val_every > 0 && done % cfg_.val_every == 0 && !last) (void)validate(done);
-    if (done % cfg_.checkpoint_every == 0 || last) {
+    if (hash_due) check_replicas(done);
+    if (val_due) (void)validate(done);
+    if (checkpoint_due) {
       deferred_stop_ = read_window() || deferred_stop_;  // the skipped count the checkpoint records
       save_checkpoint(done);
     }
@@ -1529,7 +1524,10 @@ at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b) {
   return gap / b.detach().pow(2).sum(1).mean().clamp_min(1e-12);
 }
 
-int auto_data_threads(const c10::Device& device, int cpus) { return device.is_cuda() ? std::clamp(cpus - 1, 1, 8) : 1; }
+int resolve_data_threads(int asked, const c10::Device& device, int cpus) {
+  if (asked < 0) throw InputError("metatrain: --data-threads must be >= 0, got " + std::to_string(asked));
+  return asked > 0 ? asked : device.is_cuda() ? std::clamp(cpus - 1, 1, 8) : 1;
+}
 
 MetaTrainResult run_metatrain(const MetaTrainConfig& cfg, dist::Communicator& comm, const c10::Device& device) {
   MetaTrainer trainer(cfg, comm, device);

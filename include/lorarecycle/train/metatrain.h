@@ -123,8 +123,8 @@ struct MetaTrainConfig {
   int64_t cache_mb = 2048;  // budget for holding the pool's images in memory
   int max_bad_steps = 10;   // consecutive non-finite steps before aborting
   bool prefetch = true;     // prepare the next steps' batches on a second thread (the CLI: --prefetch auto|on|off)
-  // Threads that copy a GPU step's images into page-locked memory (flips in the same pass); the
-  // CLI's --data-threads 0 = auto_data_threads. CPU steps make their batch on one thread.
+  // Threads that copy a batch's images (flips in the same pass; a GPU step's into page-locked
+  // memory); the CLI's --data-threads, resolve_data_threads.
   int data_threads = 1;
   // When the host reads the step's results (loss, accuracy, finite check, stop flag): "step" after
   // every step; "log" only every log_every steps and at checkpoints (the finite check, gradient
@@ -147,9 +147,9 @@ struct MetaTrainConfig {
 // unchanged when both are scaled alike.
 at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b);
 
-// --data-threads 0 (auto): on a GPU the rank's CPUs beside its training thread (cpus: its
-// affinity mask or share of the node), 1 to 8; on a CPU 1.
-int auto_data_threads(const c10::Device& device, int cpus);
+// --data-threads: `asked` when > 0; 0 (auto) = on a GPU the rank's CPUs beside its training thread
+// (cpus: its affinity mask or share of the node), 1 to 8, on a CPU 1. InputError below 0.
+int resolve_data_threads(int asked, const c10::Device& device, int cpus);
 
 struct MetaTrainResult {
   bool finished = false;  // false: stopped early (signal or stop_after), checkpoint written
