@@ -71,6 +71,9 @@
 # paper's objective on the drawn zoo of 100 with a feature-statistics alignment to public glyphs
 # (metatrain --align-weight), against the same without it, on real images, and anchored to real
 # images of the zoo's classes instead (control).
+# "null" (makes the "zoo100" and "retrieve" parts' pools when missing): surrogates of a zoo that knows
+# nothing (zero deltas, random heads; bench/null_zoo.py) from a fresh start and from the zoo of 100's
+# average, and the zoo's surrogates from its average anchored to the start's features on public glyphs.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -782,6 +785,47 @@ if [ "$WHAT" = domalign ]; then
       $PY bench/lora_delta.py "$START" "aligned=$OUT/dal${steps}_1" "${RUNS[@]}"
     done
   fi
+fi
+# A zoo that knows nothing (docs/science.md, "Surrogates of a zoo that knows nothing"): 20 of the
+# zoo of 100's entries with their LoRA deltas zeroed and random heads (bench/null_zoo.py), inverted
+# as the smooth-start pool is (~5 min on 2 cores in bf16), meta-trained with the paper's objective
+# (T 128, lr 3e-4, 1,000 steps) from a fresh start and from the zoo of 100's average (the "align"
+# part's start through --init DIR: the null zoo's own mean is 0), and compared in weight space with
+# the "align" part's runs. Then the real zoo's surrogates from its average with an anchor:
+# --distill-pool's public glyphs (the "retrieve" part's pool) distilled towards the start's own
+# features (a copy of the pool whose files name the start as their LoRA: learning without
+# forgetting), weights 1 and 10, the same anchored on real images of the zoo's classes, and real
+# images anchored to public glyphs (controls: does the anchor only freeze the meta-LoRA?). ~30 min
+# after the pools.
+if [ "$WHAT" = null ]; then
+  zoo100_pools
+  pool100 _retr --retrieve data/demo/base.h5
+  once "$OUT/zoonull/manifest.json" "$OUT/zoonull.log" $PY bench/null_zoo.py "$OUT/zoo100" "$OUT/zoonull" 20
+  once "$OUT/poolnull_lr2/index.json" "$OUT/poolnull_lr2.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
+    --zoo "$OUT/zoonull" --out "$OUT/poolnull_lr2" --init-lowres 2
+  echo "from the zoo's average, the align part's runs: validation accuracy (%) as below:"
+  align_runs 1000
+  for src in retr real; do  # the copies whose distillation targets are the start's features
+    [ -f "$OUT/anchor_$src/index.json" ] && continue
+    rm -rf "$OUT/anchor_$src" && cp -r "$OUT/pool100_$src" "$OUT/anchor_$src"
+    $PY - "$OUT/anchor_$src" "$START" <<'PY'
+import glob, sys, h5py
+for p in glob.glob(f"{sys.argv[1]}/*.h5"):
+    with h5py.File(p, "r+") as f:
+        f.attrs["lora_path"] = sys.argv[2]
+PY
+  done
+  ZS="--init $START --temperature 128 $L1K --lr 3e-4"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows nul "null zoo, fresh start|$OUT/poolnull_lr2|$P1K --lr 3e-4" \
+    "null zoo, from the zoo of 100's average|$OUT/poolnull_lr2|$ZS --distill-weight 0"
+  run_rows anc "surrogates from the zoo's average (--init DIR)|$OUT/pool100_lr2|$ZS --distill-weight 0" \
+    "... + anchor 1 on public glyphs|$OUT/pool100_lr2|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1" \
+    "... + anchor 10 on public glyphs|$OUT/pool100_lr2|$ZS --distill-pool $OUT/anchor_retr --distill-weight 10" \
+    "... + anchor 1 on real zoo-class images (control)|$OUT/pool100_lr2|$ZS --distill-pool $OUT/anchor_real --distill-weight 1" \
+    "real images from the zoo's average + anchor 1 on public glyphs (control)|$OUT/pool100_real|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1"
+  $PY bench/lora_delta.py "$START" "${RUNS[@]}" "null=$OUT/nul_2" "sur0_dir=$OUT/anc_1" "anchor1=$OUT/anc_2" \
+    "anchor10=$OUT/anc_3" "anchor_real=$OUT/anc_4" "real_anchor1=$OUT/anc_5"
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }

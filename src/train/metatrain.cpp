@@ -263,8 +263,9 @@ void MetaTrainConfig::validate() const {
   if (max_bad_steps < 1) throw InputError("metatrain: --max-bad-steps must be >= 1");
   if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
-  if (init != "fresh" && init != "zoo-mean")
-    throw InputError("metatrain: --init must be fresh or zoo-mean, not '" + init + "'");
+  if (init != "fresh" && init != "zoo-mean" && !stdfs::is_regular_file(stdfs::path(init) / model::kPeftConfig))
+    throw InputError("metatrain: --init must be fresh, zoo-mean or a PEFT adapter directory (with " +
+                     std::string(model::kPeftConfig) + "), not '" + init + "'");
   if (scales_only && init != "zoo-mean")
     throw InputError("metatrain: --scales-only needs --init zoo-mean (a fresh B is 0: its scales would do nothing)");
 }
@@ -628,9 +629,11 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"clip_norm", c.clip_norm},
             {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
   if (c.cycle == 0) j["steps"] = c.steps;
-  if (c.init != "fresh") j["init"] = c.init;       // absent for fresh: checkpoints of earlier versions still resume
-  if (c.distill_dense) j["distill_dense"] = true;  // absent when off: earlier checkpoints still resume
-  if (c.scales_only) j["scales_only"] = true;      // the same
+  if (c.init != "fresh") j["init"] = c.init;      // absent for fresh: checkpoints of earlier versions still resume
+  if (c.init != "fresh" && c.init != "zoo-mean")  // a start adapter: its weights, not only its path
+    j["init_digest"] = prov::file_digest(stdfs::path(c.init) / model::kPeftWeights);
+  if (c.distill_dense) j["distill_dense"] = true;              // absent when off: earlier checkpoints still resume
+  if (c.scales_only) j["scales_only"] = true;                  // the same
   if (c.align_weight > 0) j["align_weight"] = c.align_weight;  // the same
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
@@ -658,6 +661,30 @@ void check_lora_paths(const data::SurrogatePool& pool, const std::string& option
   }
 }
 
+// InputError unless `src` adapts every module `lora` does (`what`: its subject and verb, "... do").
+void check_adapts(const model::Lora& src, const model::Lora& lora, const std::string& what) {
+  for (const auto& [key, ad] : lora.adapters())
+    if (!src.find(key.first, static_cast<model::Module>(key.second)))
+      throw InputError("metatrain: " + what + " not adapt " +
+                       model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
+                       std::to_string(key.first) + ", which the meta-LoRA does; give the meta-LoRA its --targets");
+}
+
+// Sets `lora`'s A and B (its layers only, --layers) to the best rank-r approximation of `src`'s
+// deltas at `lora`'s alpha; returns the share of src's squared norm kept.
+double set_low_rank_start(model::Lora& lora, const model::Lora& src) {
+  double kept = 0;
+  const model::Lora init = model::low_rank(src, lora.config().r, lora.config().alpha, &kept);
+  at::NoGradGuard ng;
+  for (auto& [key, ad] : init.adapters()) {
+    model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
+    if (!dst) continue;
+    dst->a.copy_(ad.a);
+    dst->b.copy_(ad.b);
+  }
+  return kept;
+}
+
 // --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
 // pool's LoRAs (each LoRA once, however many files name it). Every rank computes the same adapter.
 void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
@@ -669,24 +696,21 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
     if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
       zoo.push_back(model::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
-  for (const auto& [key, ad] : lora.adapters())
-    if (!mean.find(key.first, static_cast<model::Module>(key.second)))
-      throw InputError(std::string("metatrain: --init zoo-mean: the zoo's LoRAs do not adapt ") +
-                       model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
-                       std::to_string(key.first) +
-                       ", which the meta-LoRA does; give the meta-LoRA the zoo's --targets");
-  double kept = 0;
-  const model::Lora init = model::low_rank(mean, lora.config().r, lora.config().alpha, &kept);
-  at::NoGradGuard ng;
-  for (auto& [key, ad] : init.adapters()) {  // the meta-LoRA's layers only (--layers)
-    model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
-    if (!dst) continue;
-    dst->a.copy_(ad.a);
-    dst->b.copy_(ad.b);
-  }
+  check_adapts(mean, lora, "--init zoo-mean: the zoo's LoRAs do");
+  const double kept = set_low_rank_start(lora, mean);
   LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
                                                         << "), cut to rank " << lora.config().r << ", keeps "
                                                         << log::fixed(100 * kept, 1) << " % of its squared norm");
+}
+
+// --init DIR: sets `lora` to the best rank-r approximation of the PEFT adapter in DIR (e.g. lora-avg
+// or a meta-LoRA written earlier), which must adapt every module the meta-LoRA does.
+void init_from_adapter(model::Lora& lora, const std::string& dir, const std::string& model_path) {
+  const model::Lora start = model::load_peft(dir, lora.vit_config(), model_path);
+  check_adapts(start, lora, "--init " + dir + ": the adapter does");
+  const double kept = set_low_rank_start(lora, start);
+  LOG_INFO("metatrain", "--init " << dir << ": rank " << start.config().r << ", cut to rank " << lora.config().r
+                                  << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm");
 }
 
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),
@@ -953,6 +977,7 @@ class MetaTrainer {
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
     // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
     if (cfg_.init == "zoo-mean" && (!resuming || cfg_.scales_only)) init_from_zoo_mean(*lora_, *pool_);
+    if (cfg_.init != "fresh" && cfg_.init != "zoo-mean" && !resuming) init_from_adapter(*lora_, cfg_.init, cfg_.model);
     lora_->to(device_);
     if (cfg_.scales_only) {
       lora_->set_requires_grad(false, false);

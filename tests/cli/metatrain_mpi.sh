@@ -210,6 +210,35 @@ grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no
 ! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
 expect_status 2 "--init zoo-mean: the zoo's LoRAs do not adapt k_proj of layer 0" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
+# --init DIR: the adapter written by the full-rank zoo-mean run (z1) as the start gives its deltas
+# back; one zoo LoRA cut to rank 1; its weights in the fingerprint; a directory without an adapter
+# and an adapter that misses a module refused.
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init z1 --rank $FULL --alpha $FULL --lr 1e-30 --lr-min 0 \
+  --steps 2 --out z7 >z7.txt 2>&1 || { cat z7.txt; fail "--init DIR"; }
+grep -q "init z1: rank $FULL, cut to rank $FULL, keeps 100.0 %" z7.txt || { cat z7.txt; fail "no --init DIR line"; }
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init runs/quick/zoo/lora_000 --rank 1 --lr 1e-30 --lr-min 0 --steps 2 --out z8 \
+  >z8.txt 2>&1 || { cat z8.txt; fail "--init DIR at rank 1"; }
+"$LORAREC_PYTHON" - z1 z7 runs/quick/zoo/lora_000 z8 <<'PY'
+import json, sys
+import numpy as np
+from peft_adapter import deltas
+a, b = deltas(sys.argv[1]), deltas(sys.argv[2])
+err = max(np.abs(a[k] - b[k]).max() for k in a) / max(np.abs(a[k]).max() for k in a)
+print(f"--init DIR at full rank: max relative difference to the start's deltas {err:.3g}")
+assert a.keys() == b.keys() and err < 1e-4, err
+fp = json.load(open(f"{sys.argv[2]}/metatrain.json"))["fingerprint"]
+assert fp["init"] == "z1" and len(fp["init_digest"]) == 16, fp
+lora, one = deltas(sys.argv[3]), deltas(sys.argv[4])
+for k in one:  # the best rank-1 approximation: the first singular pair of the LoRA's delta
+    u, s, vt = np.linalg.svd(lora[k])
+    assert np.linalg.matrix_rank(one[k], tol=1e-6 * s[0]) == 1, k
+    assert abs(np.linalg.norm(one[k]) - s[0]) < 1e-3 * s[0], (k, np.linalg.norm(one[k]), s[0])
+print(f"--init DIR at rank 1: {len(one)} deltas, rank 1, norm = the first singular value")
+PY
+expect_status 2 "--init must be fresh, zoo-mean or a PEFT adapter directory (with adapter_config.json), not 'runs/quick'" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init runs/quick --steps 2 --out z9
+expect_status 2 "--init z1: the adapter does not adapt k_proj of layer 0" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init z1 --targets q_proj,k_proj --steps 2 --out z9
 # --layers: the meta-LoRA on layer 1 alone, from the zoo's mean: only layer 1's deltas, equal to the
 # zoo's mean delta there (PEFT's layers_to_transform written); bad lists refused.
 mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --layers 1 --rank $FULL --alpha $FULL --lr 1e-30 \
