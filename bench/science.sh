@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -788,7 +788,7 @@ if [ "$WHAT" = domalign ]; then
 fi
 # A zoo that knows nothing (docs/science.md, "Surrogates of a zoo that knows nothing"): 20 of the
 # zoo of 100's entries with their LoRA deltas zeroed and random heads (bench/null_zoo.py), inverted
-# as the smooth-start pool is (~5 min on 2 cores in bf16), meta-trained with the paper's objective
+# as the smooth-start pool is (~2.5 min on 2 cores in bf16), meta-trained with the paper's objective
 # (T 128, lr 3e-4, 1,000 steps) from a fresh start and from the zoo of 100's average (the "align"
 # part's start through --init DIR: the null zoo's own mean is 0), and compared in weight space with
 # the "align" part's runs. Then the real zoo's surrogates from its average with an anchor:
@@ -796,29 +796,31 @@ fi
 # features (a copy of the pool whose files name the start as their LoRA: learning without
 # forgetting), weights 1 and 10, the same anchored on real images of the zoo's classes, and real
 # images anchored to public glyphs (controls: does the anchor only freeze the meta-LoRA?). ~30 min
-# after the pools.
+# after the pools, plus ~8 min for the "align" part's four 1,000-step runs when they are missing.
 if [ "$WHAT" = null ]; then
   zoo100_pools
   pool100 _retr --retrieve data/demo/base.h5
   once "$OUT/zoonull/manifest.json" "$OUT/zoonull.log" $PY bench/null_zoo.py "$OUT/zoo100" "$OUT/zoonull" 20
   once "$OUT/poolnull_lr2/index.json" "$OUT/poolnull_lr2.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
     --zoo "$OUT/zoonull" --out "$OUT/poolnull_lr2" --init-lowres 2
-  echo "from the zoo's average, the align part's runs: validation accuracy (%) as below:"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  echo "from the zoo's average, the align part's runs:"
   align_runs 1000
   for src in retr real; do  # the copies whose distillation targets are the start's features
     [ -f "$OUT/anchor_$src/index.json" ] && continue
-    rm -rf "$OUT/anchor_$src" && cp -r "$OUT/pool100_$src" "$OUT/anchor_$src"
-    $PY - "$OUT/anchor_$src" "$START" <<'PY'
+    rm -rf "$OUT/anchor_$src.tmp" && cp -r "$OUT/pool100_$src" "$OUT/anchor_$src.tmp"
+    $PY - "$OUT/anchor_$src.tmp" "$START" <<'PY'
 import glob, sys, h5py
 for p in glob.glob(f"{sys.argv[1]}/*.h5"):
     with h5py.File(p, "r+") as f:
         f.attrs["lora_path"] = sys.argv[2]
 PY
+    mv "$OUT/anchor_$src.tmp" "$OUT/anchor_$src"  # complete only once every file names the start
   done
   ZS="--init $START --temperature 128 $L1K --lr 3e-4"
-  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows nul "null zoo, fresh start|$OUT/poolnull_lr2|$P1K --lr 3e-4" \
-    "null zoo, from the zoo of 100's average|$OUT/poolnull_lr2|$ZS --distill-weight 0"
+    "null zoo, from the zoo of 100's average|$OUT/poolnull_lr2|$ZS --distill-weight 0" \
+    "the zoo of 100's surrogates, fresh start (control)|$OUT/pool100_lr2|$P1K --lr 3e-4"
   run_rows anc "surrogates from the zoo's average (--init DIR)|$OUT/pool100_lr2|$ZS --distill-weight 0" \
     "... + anchor 1 on public glyphs|$OUT/pool100_lr2|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1" \
     "... + anchor 10 on public glyphs|$OUT/pool100_lr2|$ZS --distill-pool $OUT/anchor_retr --distill-weight 10" \

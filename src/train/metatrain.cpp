@@ -263,11 +263,16 @@ void MetaTrainConfig::validate() const {
   if (max_bad_steps < 1) throw InputError("metatrain: --max-bad-steps must be >= 1");
   if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
-  if (init != "fresh" && init != "zoo-mean" && !stdfs::is_regular_file(stdfs::path(init) / model::kPeftConfig))
+  std::error_code ec;
+  if (init != "fresh" && init != "zoo-mean" &&
+      (init.empty() || !stdfs::is_regular_file(stdfs::path(init) / model::kPeftConfig, ec)))
     throw InputError("metatrain: --init must be fresh, zoo-mean or a PEFT adapter directory (with " +
-                     std::string(model::kPeftConfig) + "), not '" + init + "'");
+                     std::string(model::kPeftConfig) + "), not '" + init +
+                     "' (a resumed run needs its --init directory as it was)");
   if (scales_only && init != "zoo-mean")
-    throw InputError("metatrain: --scales-only needs --init zoo-mean (a fresh B is 0: its scales would do nothing)");
+    throw InputError(
+        "metatrain: --scales-only needs --init zoo-mean (not fresh, whose B is 0, nor an adapter "
+        "directory: the scales multiply the zoo's mean delta's singular values)");
 }
 
 namespace {
@@ -630,8 +635,9 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
   if (c.cycle == 0) j["steps"] = c.steps;
   if (c.init != "fresh") j["init"] = c.init;      // absent for fresh: checkpoints of earlier versions still resume
-  if (c.init != "fresh" && c.init != "zoo-mean")  // a start adapter: its weights, not only its path
-    j["init_digest"] = prov::file_digest(stdfs::path(c.init) / model::kPeftWeights);
+  if (c.init != "fresh" && c.init != "zoo-mean")  // a start adapter: its files, not only its path
+    j["init_digest"] = prov::file_digest(stdfs::path(c.init) / model::kPeftWeights) + "+" +
+                       prov::file_digest(stdfs::path(c.init) / model::kPeftConfig);
   if (c.distill_dense) j["distill_dense"] = true;              // absent when off: earlier checkpoints still resume
   if (c.scales_only) j["scales_only"] = true;                  // the same
   if (c.align_weight > 0) j["align_weight"] = c.align_weight;  // the same
@@ -661,13 +667,17 @@ void check_lora_paths(const data::SurrogatePool& pool, const std::string& option
   }
 }
 
-// InputError unless `src` adapts every module `lora` does (`what`: its subject and verb, "... do").
-void check_adapts(const model::Lora& src, const model::Lora& lora, const std::string& what) {
+// InputError unless `src` adapts every module `lora` does: "metatrain: <option>: <src_name> does
+// not adapt <module> of layer <l>, which the meta-LoRA does; give the meta-LoRA <src_name>'s
+// modules (--targets) and layers (--layers)".
+void check_adapts(const model::Lora& src, const model::Lora& lora, const std::string& option,
+                  const std::string& src_name) {
   for (const auto& [key, ad] : lora.adapters())
     if (!src.find(key.first, static_cast<model::Module>(key.second)))
-      throw InputError("metatrain: " + what + " not adapt " +
+      throw InputError("metatrain: " + option + ": " + src_name + " does not adapt " +
                        model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
-                       std::to_string(key.first) + ", which the meta-LoRA does; give the meta-LoRA its --targets");
+                       std::to_string(key.first) + ", which the meta-LoRA does; give the meta-LoRA " + src_name +
+                       "'s modules (--targets) and layers (--layers)");
 }
 
 // Sets `lora`'s A and B (its layers only, --layers) to the best rank-r approximation of `src`'s
@@ -696,7 +706,7 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
     if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
       zoo.push_back(model::load_peft(f.lora_path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
-  check_adapts(mean, lora, "--init zoo-mean: the zoo's LoRAs do");
+  check_adapts(mean, lora, "--init zoo-mean", "the zoo's mean");
   const double kept = set_low_rank_start(lora, mean);
   LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
                                                         << "), cut to rank " << lora.config().r << ", keeps "
@@ -707,7 +717,7 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
 // or a meta-LoRA written earlier), which must adapt every module the meta-LoRA does.
 void init_from_adapter(model::Lora& lora, const std::string& dir, const std::string& model_path) {
   const model::Lora start = model::load_peft(dir, lora.vit_config(), model_path);
-  check_adapts(start, lora, "--init " + dir + ": the adapter does");
+  check_adapts(start, lora, "--init " + dir, "the adapter");
   const double kept = set_low_rank_start(lora, start);
   LOG_INFO("metatrain", "--init " << dir << ": rank " << start.config().r << ", cut to rank " << lora.config().r
                                   << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm");

@@ -208,10 +208,11 @@ PY
 mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank 1 --steps 2 --out z2 >z2.txt 2>&1 || { cat z2.txt; fail "--init zoo-mean at rank 1"; }
 grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no rank-1 init line"; }
 ! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
-expect_status 2 "--init zoo-mean: the zoo's LoRAs do not adapt k_proj of layer 0" -- \
+expect_status 2 "--init zoo-mean: the zoo's mean does not adapt k_proj of layer 0" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
 # --init DIR: the adapter written by the full-rank zoo-mean run (z1) as the start gives its deltas
-# back; one zoo LoRA cut to rank 1; its weights in the fingerprint; a directory without an adapter
+# back; one zoo LoRA cut to rank 1 (its first singular pair); its files in the fingerprint, so a
+# resume takes the checkpoint's weights and refuses a changed start; a directory without an adapter
 # and an adapter that misses a module refused.
 mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init z1 --rank $FULL --alpha $FULL --lr 1e-30 --lr-min 0 \
   --steps 2 --out z7 >z7.txt 2>&1 || { cat z7.txt; fail "--init DIR"; }
@@ -227,14 +228,26 @@ err = max(np.abs(a[k] - b[k]).max() for k in a) / max(np.abs(a[k]).max() for k i
 print(f"--init DIR at full rank: max relative difference to the start's deltas {err:.3g}")
 assert a.keys() == b.keys() and err < 1e-4, err
 fp = json.load(open(f"{sys.argv[2]}/metatrain.json"))["fingerprint"]
-assert fp["init"] == "z1" and len(fp["init_digest"]) == 16, fp
+assert fp["init"] == "z1" and len(fp["init_digest"]) == 33, fp  # weights + config
 lora, one = deltas(sys.argv[3]), deltas(sys.argv[4])
 for k in one:  # the best rank-1 approximation: the first singular pair of the LoRA's delta
     u, s, vt = np.linalg.svd(lora[k])
-    assert np.linalg.matrix_rank(one[k], tol=1e-6 * s[0]) == 1, k
-    assert abs(np.linalg.norm(one[k]) - s[0]) < 1e-3 * s[0], (k, np.linalg.norm(one[k]), s[0])
-print(f"--init DIR at rank 1: {len(one)} deltas, rank 1, norm = the first singular value")
+    assert np.allclose(one[k], s[0] * np.outer(u[:, 0], vt[0]), atol=1e-4 * s[0]), k
+print(f"--init DIR at rank 1: {len(one)} deltas, each the first singular pair of the LoRA's")
 PY
+cp -r runs/quick/zoo/lora_001 start1
+set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init start1 --steps 4 --stop-after 2 --out z10 >z10.txt 2>&1
+rc=$?; set -e
+[ $rc = 75 ] || { cat z10.txt; fail "--init DIR --stop-after exited $rc, expected 75"; }
+cp runs/quick/zoo/lora_002/adapter_model.safetensors start1/
+expect_status 2 "checkpoint of another configuration" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init start1 --steps 4 --resume --out z10
+cp runs/quick/zoo/lora_001/adapter_model.safetensors start1/
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init start1 --steps 4 --resume --out z10 >z10r.txt 2>&1 \
+  || { cat z10r.txt; fail "resuming a --init DIR run"; }
+! grep -q "init start1: rank" z10r.txt || fail "the resumed run took the start again"
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init start1 --steps 4 --out z11 >z11.txt 2>&1 || { cat z11.txt; fail "--init DIR, 4 steps"; }
+compare_adapters z10 z11 1e-6
 expect_status 2 "--init must be fresh, zoo-mean or a PEFT adapter directory (with adapter_config.json), not 'runs/quick'" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init runs/quick --steps 2 --out z9
 expect_status 2 "--init z1: the adapter does not adapt k_proj of layer 0" -- \

@@ -82,7 +82,8 @@ struct MetaTrainConfig {
   int64_t warmup = 25;               // warm-up steps of a cycle (official 25)
   double clip_norm = 0;              // gradient-norm clip (0 = off)
   model::LoraConfig lora;            // meta-LoRA shape (no head)
-  std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean delta)
+  std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean
+                                     // delta) | a PEFT adapter directory (rank-r SVD of its delta)
   // Train one scale per rank-1 component (B diag(s) A, A and B frozen at the start, s from 1)
   // instead of A and B; needs init zoo-mean (the scales then multiply the singular values of the
   // zoo's mean delta; at full rank the start is lora-avg exactly).
