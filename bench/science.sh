@@ -73,7 +73,8 @@
 # images of the zoo's classes instead (control).
 # "null" (makes the "zoo100" and "retrieve" parts' pools when missing): surrogates of a zoo that knows
 # nothing (zero deltas, random heads; bench/null_zoo.py) from a fresh start and from the zoo of 100's
-# average, and the zoo's surrogates from its average anchored to the start's features on public glyphs.
+# average, and the zoo's surrogates from its average anchored to the start's features on public glyphs;
+# DRAWN=1 adds the drawn pool (the "strokes100" part's) from the average, with and without the anchor.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -828,6 +829,21 @@ PY
     "real images from the zoo's average + anchor 1 on public glyphs (control)|$OUT/pool100_real|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1"
   $PY bench/lora_delta.py "$START" "${RUNS[@]}" "null=$OUT/nul_2" "sur0_dir=$OUT/anc_1" "anchor1=$OUT/anc_2" \
     "anchor10=$OUT/anc_3" "anchor_real=$OUT/anc_4" "real_anchor1=$OUT/anc_5"
+  # DRAWN=1: the best pool of the zoo of 100 (drawn with co-teachers, the "strokes100" part's; made
+  # when missing, ~20 min) from the zoo's average under the paper's objective, without and with the
+  # anchor (also at lr 1e-3 and for 2,000 steps; ~25 min), and under the main recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3;
+  # --distill-pool would replace those targets, so it runs without the anchor).
+  if [ "${DRAWN:-0}" = 1 ]; then
+    pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+    D=$OUT/pool100_strokes12_co2
+    run_rows ancd "drawn from the zoo's average, paper objective|$D|$ZS --distill-weight 0" \
+      "... + anchor 1 on public glyphs|$D|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1" \
+      "drawn from the zoo's average, main recipe|$D|--init $START $L1K" \
+      "drawn + anchor 1, lr 1e-3|$D|${ZS/--lr 3e-4/--lr 1e-3} --distill-pool $OUT/anchor_retr --distill-weight 1" \
+      "drawn + anchor 1, 2,000 steps|$D|${ZS/$L1K/--steps 2000 --val-every 500} --distill-pool $OUT/anchor_retr --distill-weight 1"
+    $PY bench/lora_delta.py "$START" "${RUNS[@]}" "drawn=$OUT/ancd_1" "drawn_anchor=$OUT/ancd_2" "drawn_main=$OUT/ancd_3" \
+      "anchor_lr1e-3=$OUT/ancd_4" "anchor_2000=$OUT/ancd_5"
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
