@@ -831,7 +831,7 @@ PY
     "anchor10=$OUT/anc_3" "anchor_real=$OUT/anc_4" "real_anchor1=$OUT/anc_5"
   # DRAWN=1: the best pool of the zoo of 100 (drawn with co-teachers, the "strokes100" part's; made
   # when missing, ~20 min) from the zoo's average under the paper's objective, without and with the
-  # anchor (also at lr 1e-3 and for 2,000 steps; ~25 min), and under the main recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3;
+  # anchor (also at lr 1e-3, for 2,000 steps and with a second seed; ~35 min), and under the main recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3;
   # --distill-pool would replace those targets, so it runs without the anchor).
   if [ "${DRAWN:-0}" = 1 ]; then
     pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
@@ -840,9 +840,11 @@ PY
       "... + anchor 1 on public glyphs|$D|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1" \
       "drawn from the zoo's average, main recipe|$D|--init $START $L1K" \
       "drawn + anchor 1, lr 1e-3|$D|${ZS/--lr 3e-4/--lr 1e-3} --distill-pool $OUT/anchor_retr --distill-weight 1" \
-      "drawn + anchor 1, 2,000 steps|$D|${ZS/$L1K/--steps 2000 --val-every 500} --distill-pool $OUT/anchor_retr --distill-weight 1"
+      "drawn + anchor 1, 2,000 steps|$D|${ZS/$L1K/--steps 2000 --val-every 500} --distill-pool $OUT/anchor_retr --distill-weight 1" \
+      "drawn + anchor 1, seed 1|$D|$ZS --distill-pool $OUT/anchor_retr --distill-weight 1 --seed 1" \
+      "drawn, seed 1 (no anchor)|$D|$ZS --distill-weight 0 --seed 1"
     $PY bench/lora_delta.py "$START" "${RUNS[@]}" "drawn=$OUT/ancd_1" "drawn_anchor=$OUT/ancd_2" "drawn_main=$OUT/ancd_3" \
-      "anchor_lr1e-3=$OUT/ancd_4" "anchor_2000=$OUT/ancd_5"
+      "anchor_lr1e-3=$OUT/ancd_4" "anchor_2000=$OUT/ancd_5" "anchor_seed1=$OUT/ancd_6" "drawn_seed1=$OUT/ancd_7"
   fi
 fi
 if [ "$WHAT" = mix ]; then
