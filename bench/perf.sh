@@ -17,8 +17,8 @@
 #       by from mask 0 to 0.75 (tokens 65 -> 17; the forward's FLOPs 4.1x fewer).
 # The step's FLOP count (bench/vit_flops.py): 2 x the forward's matmul FLOPs (the frozen ViT's
 # backward computes input gradients only, one matmul per forward matmul; the LoRA's weight
-# gradients are rank 4 and left out), forward = patch embedding + per layer q/k/v/out, attention scores and values, MLP, all
-# tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
+# gradients are rank 4 and left out), forward = patch embedding + per layer q/k/v/out, attention
+# scores and values, MLP, all tokens in every layer (the last layer's CLS-only shortcut is not subtracted: an upper bound of
 # the work, so a lower bound of nothing).
 #   (5) the step's fixed cost: the step of (4) at 40 and 80 images per episode (5-way 1-shot, 7 and 15
 #       queries), mask 0 and 0.75; a line through the two gives the cost per image and the cost that

@@ -114,6 +114,17 @@ echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut
 # Inverted pools: invert flags on top of the painted configs/demo.ini [invert] (ICFG); every pool
 # lives in $OUT/pool_<name>; bn0 is the painted main job's pool (PIX).
 declare -A POOL_FLAGS=([bn0.1]="--w-bn 0.1" [bn0]="--w-bn 0" [div0.3]="--w-bn 0 --w-div 0.3")
+# derived_pool SRC DST [ARGS...]: the pool DST, a copy of the pool SRC edited by the python script
+# on stdin (run with the copy's directory and ARGS), unless made. The copy is edited under DST.tmp
+# and renamed when the script has run, so an interrupted edit is never taken for a finished pool.
+derived_pool() {
+  local src=$1 dst=$2
+  shift 2
+  [ -f "$dst/index.json" ] && return 0
+  rm -rf "$dst.tmp" && cp -r "$src" "$dst.tmp"
+  $PY - "$dst.tmp" "$@"
+  mv "$dst.tmp" "$dst"
+}
 # once DONE_FILE LOG COMMAND...: runs COMMAND (output to LOG) unless DONE_FILE exists; on failure
 # prints LOG and exits.
 once() {
@@ -180,23 +191,19 @@ if [ "$WHAT" = all ] || [ "$WHAT" = pools ]; then
   real_pool
   # The old layout as a control of the pooling itself: the same surrogates, classes numbered per
   # LoRA (lora_id * N + label), so no class mixes teachers.
-  if [ ! -f "$OUT/pool_perlora/index.json" ]; then
-    rm -rf "$OUT/pool_perlora" && mkdir -p "$OUT/pool_perlora"
-    $PY - "$OUT/pool_bn0.1" "$OUT/pool_perlora" <<'PY'
-import glob, json, os, shutil, sys, h5py
-src, dst = sys.argv[1:]
-idx = json.load(open(f"{src}/index.json"))
+  derived_pool "$OUT/pool_bn0.1" "$OUT/pool_perlora" <<'PY'
+import json, sys, h5py
+d = sys.argv[1]
+idx = json.load(open(f"{d}/index.json"))
 for e in idx["files"]:
-    shutil.copy(f"{src}/{e['file']}", f"{dst}/{e['file']}")
-    with h5py.File(f"{dst}/{e['file']}", "r+") as f:
+    with h5py.File(f"{d}/{e['file']}", "r+") as f:
         n = f["teacher_logits"].shape[1]
         f["global_class"][...] = f["labels"][:] + e["lora_id"] * n
         if "data_digest" in f.attrs:  # edited on purpose: the integrity digest no longer applies
             del f.attrs["data_digest"]
 idx["classes"] = []
-json.dump(idx, open(f"{dst}/index.json", "w"))
+json.dump(idx, open(f"{d}/index.json", "w"))
 PY
-  fi
   $PY - "$OUT/pool_bn0.1" "$PIX" "$OUT/pool_div0.3" "$OUT/pool_real" "$OUT/pool_perlora" <<'PY'
 import glob, json, sys, h5py, numpy as np
 print(f"{'pool':28s} {'classes':>7s} {'img/class':>9s} {'LoRAs/class':>11s} {'mean':>6s} {'white':>6s} {'teacher acc':>11s}")
@@ -808,15 +815,12 @@ if [ "$WHAT" = null ]; then
   echo "from the zoo's average, the align part's runs:"
   align_runs 1000
   for src in retr real; do  # the copies whose distillation targets are the start's features
-    [ -f "$OUT/anchor_$src/index.json" ] && continue
-    rm -rf "$OUT/anchor_$src.tmp" && cp -r "$OUT/pool100_$src" "$OUT/anchor_$src.tmp"
-    $PY - "$OUT/anchor_$src.tmp" "$START" <<'PY'
+    derived_pool "$OUT/pool100_$src" "$OUT/anchor_$src" "$START" <<'PY'
 import glob, sys, h5py
 for p in glob.glob(f"{sys.argv[1]}/*.h5"):
     with h5py.File(p, "r+") as f:
         f.attrs["lora_path"] = sys.argv[2]
 PY
-    mv "$OUT/anchor_$src.tmp" "$OUT/anchor_$src"  # complete only once every file names the start
   done
   ZS="--init $START --temperature 128 $L1K --lr 3e-4"
   run_rows nul "null zoo, fresh start|$OUT/poolnull_lr2|$P1K --lr 3e-4" \
@@ -831,8 +835,9 @@ PY
     "anchor10=$OUT/anc_3" "anchor_real=$OUT/anc_4" "real_anchor1=$OUT/anc_5"
   # DRAWN=1: the best pool of the zoo of 100 (drawn with co-teachers, the "strokes100" part's; made
   # when missing, ~20 min) from the zoo's average under the paper's objective, without and with the
-  # anchor (also at lr 1e-3, for 2,000 steps and with a second seed; ~35 min), and under the main recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3;
-  # --distill-pool would replace those targets, so it runs without the anchor).
+  # anchor (also at lr 1e-3, for 2,000 steps and with a second seed; ~35 min), and under the main
+  # recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3; --distill-pool would
+  # replace those targets, so it runs without the anchor).
   if [ "${DRAWN:-0}" = 1 ]; then
     pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
     D=$OUT/pool100_strokes12_co2

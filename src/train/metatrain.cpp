@@ -264,8 +264,7 @@ void MetaTrainConfig::validate() const {
   if (resume && restart) throw InputError("metatrain: --resume and --restart exclude each other");
   if (stop_after < 0) throw InputError("metatrain: --stop-after must be >= 0");
   std::error_code ec;
-  if (init != "fresh" && init != "zoo-mean" &&
-      (init.empty() || !stdfs::is_regular_file(stdfs::path(init) / model::kPeftConfig, ec)))
+  if (init_from_dir() && (init.empty() || !stdfs::is_regular_file(stdfs::path(init) / model::kPeftConfig, ec)))
     throw InputError("metatrain: --init must be fresh, zoo-mean or a PEFT adapter directory (with " +
                      std::string(model::kPeftConfig) + "), not '" + init +
                      "' (a resumed run needs its --init directory as it was)");
@@ -442,10 +441,11 @@ class BatchMaker {
   }
 
   // Rows of `pool` as uint8 [n, S, S, 3] (--gray: averaged), image i mirrored where flips[i]: one
-  // pass over the bytes on data_threads threads, for a GPU step straight into page-locked memory.
+  // pass over the bytes on data_threads threads, for a GPU step straight into page-locked memory
+  // (with --gray the averaged copy is the one the caller pins).
   at::Tensor gather(data::SurrogatePool& pool, const std::vector<int64_t>& rows, const std::vector<bool>& flips) const {
     at::Tensor u8 = at::empty({static_cast<int64_t>(rows.size()), vit_.image_size, vit_.image_size, 3},
-                              at::TensorOptions().dtype(at::kByte).pinned_memory(!normalise_));
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(!normalise_ && !cfg_.gray));
     pool.images_into(rows, flips, u8, cfg_.data_threads);
     return cfg_.gray ? gray_u8(u8) : u8;
   }
@@ -634,8 +634,8 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
             {"clip_norm", c.clip_norm},
             {"bf16", c.precision == model::Precision::kBf16}};  // the key earlier checkpoints carry
   if (c.cycle == 0) j["steps"] = c.steps;
-  if (c.init != "fresh") j["init"] = c.init;      // absent for fresh: checkpoints of earlier versions still resume
-  if (c.init != "fresh" && c.init != "zoo-mean")  // a start adapter: its files, not only its path
+  if (c.init != "fresh") j["init"] = c.init;  // absent for fresh: checkpoints of earlier versions still resume
+  if (c.init_from_dir())                      // a start adapter: its files, not only its path
     j["init_digest"] = prov::file_digest(stdfs::path(c.init) / model::kPeftWeights) + "+" +
                        prov::file_digest(stdfs::path(c.init) / model::kPeftConfig);
   if (c.distill_dense) j["distill_dense"] = true;              // absent when off: earlier checkpoints still resume
@@ -987,7 +987,7 @@ class MetaTrainer {
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
     // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
     if (cfg_.init == "zoo-mean" && (!resuming || cfg_.scales_only)) init_from_zoo_mean(*lora_, *pool_);
-    if (cfg_.init != "fresh" && cfg_.init != "zoo-mean" && !resuming) init_from_adapter(*lora_, cfg_.init, cfg_.model);
+    if (cfg_.init_from_dir() && !resuming) init_from_adapter(*lora_, cfg_.init, cfg_.model);
     lora_->to(device_);
     if (cfg_.scales_only) {
       lora_->set_requires_grad(false, false);
