@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -75,6 +75,8 @@
 # nothing (zero deltas, random heads; bench/null_zoo.py) from a fresh start and from the zoo of 100's
 # average, and the zoo's surrogates from its average anchored to the start's features on public glyphs;
 # DRAWN=1 adds the drawn pool (the "strokes100" part's) from the average, with and without the anchor.
+# "fullavg" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the "null"
+# part's anchored drawn runs with a full-rank meta-LoRA started at lora-avg itself.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -167,6 +169,17 @@ lora_avg() {
   local out=$1 rank=$2
   shift 2
   zoo_mean_start "$out" --rank "$rank" --alpha "$rank" "$@"
+}
+# anchor_pool SRC DST START: a copy of the pool SRC whose files name the adapter START as their
+# LoRA, so that --distill-pool DST distils START's own features on SRC's images (an anchor: learning
+# without forgetting).
+anchor_pool() {
+  derived_pool "$1" "$2" "$3" <<'PY'
+import glob, sys, h5py
+for p in glob.glob(f"{sys.argv[1]}/*.h5"):
+    with h5py.File(p, "r+") as f:
+        f.attrs["lora_path"] = sys.argv[2]
+PY
 }
 # align_runs STEPS: the "align" part's runs from the zoo of 100's average ($START, written when
 # missing), the paper's objective at T 128 and lr 3e-4 for STEPS steps on the smooth-start
@@ -814,14 +827,7 @@ if [ "$WHAT" = null ]; then
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   echo "from the zoo's average, the align part's runs:"
   align_runs 1000
-  for src in retr real; do  # the copies whose distillation targets are the start's features
-    derived_pool "$OUT/pool100_$src" "$OUT/anchor_$src" "$START" <<'PY'
-import glob, sys, h5py
-for p in glob.glob(f"{sys.argv[1]}/*.h5"):
-    with h5py.File(p, "r+") as f:
-        f.attrs["lora_path"] = sys.argv[2]
-PY
-  done
+  for src in retr real; do anchor_pool "$OUT/pool100_$src" "$OUT/anchor_$src" "$START"; done
   ZS="--init $START --temperature 128 $L1K --lr 3e-4"
   run_rows nul "null zoo, fresh start|$OUT/poolnull_lr2|$P1K --lr 3e-4" \
     "null zoo, from the zoo of 100's average|$OUT/poolnull_lr2|$ZS --distill-weight 0" \
@@ -851,6 +857,28 @@ PY
     $PY bench/lora_delta.py "$START" "${RUNS[@]}" "drawn=$OUT/ancd_1" "drawn_anchor=$OUT/ancd_2" "drawn_main=$OUT/ancd_3" \
       "anchor_lr1e-3=$OUT/ancd_4" "anchor_2000=$OUT/ancd_5" "anchor_seed1=$OUT/ancd_6" "drawn_seed1=$OUT/ancd_7"
   fi
+fi
+# From lora-avg itself (docs/science.md, "From the zoo's average at full rank"): the "null" part's
+# best recipe (the drawn pool with co-teachers, the paper's objective at T 128, anchored to the
+# start's features on public glyphs) with the meta-LoRA at full rank (128, alpha 128) started at the
+# zoo of 100's exact mean delta instead of its rank-4 cut; lr 3e-4 and 1e-4 (a full-rank LoRA moves
+# its delta faster per Adam step), the same without the anchor, and real images anchored (control).
+# Makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing. ~4 min per run.
+if [ "$WHAT" = fullavg ]; then
+  zoo100_pools
+  pool100 _retr --retrieve data/demo/base.h5
+  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+  S128=$OUT/avg100_128
+  lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
+  anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+  D=$OUT/pool100_strokes12_co2
+  F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K"
+  A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows fa "drawn from lora-avg, paper objective + anchor 1, lr 3e-4|$D|$F --lr 3e-4 $A" \
+    "... lr 1e-4|$D|$F --lr 1e-4 $A" \
+    "drawn from lora-avg, paper objective, lr 1e-4 (no anchor)|$D|$F --lr 1e-4 --distill-weight 0" \
+    "real images from lora-avg + anchor 1, lr 1e-4 (control)|$OUT/pool100_real|$F --lr 1e-4 $A"
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }

@@ -236,15 +236,20 @@ void MetaTrainConfig::validate() const {
   if (mask_select != "top" && mask_select != "random")
     throw InputError("metatrain: --mask-select must be top or random, got '" + mask_select + "'");
   if (mask_variants < 1) throw InputError("metatrain: --mask-variants must be >= 1");
-  if (distill_dense && (distill_weight <= 0 || mask_ratio <= 0))
+  if (!(distill_pool_weight < 0 || std::isfinite(distill_pool_weight)))
+    throw InputError("metatrain: --distill-pool-weight must be finite");
+  if (distill_pool_weight >= 0 && distill_pool.empty())
+    throw InputError("metatrain: --distill-pool-weight weights --distill-pool's term: give --distill-pool");
+  if (distill_dense && (episode_distill_weight() <= 0 || mask_ratio <= 0))
     throw InputError(
-        "metatrain: --distill-dense changes the distillation targets under a mask: it needs --distill-weight > 0 "
-        "and --mask-ratio > 0");
+        "metatrain: --distill-dense changes the distillation targets under a mask: it needs "
+        "--distill-weight > 0 on the episodes (no --distill-pool, or one with --distill-pool-weight) and "
+        "--mask-ratio > 0");
   if (!(align_weight >= 0) || !std::isfinite(align_weight)) throw InputError("metatrain: --align-weight must be >= 0");
-  if (!distill_pool.empty() && distill_weight <= 0 && align_weight <= 0)
+  if (!distill_pool.empty() && public_distill_weight() <= 0 && align_weight <= 0)
     throw InputError(
         "metatrain: --distill-pool carries the distillation or the alignment term: it needs --distill-weight > 0 or "
-        "--align-weight > 0");
+        "--align-weight > 0 (with --distill-pool-weight: that weight > 0 or --align-weight > 0)");
   if (align_weight > 0 && distill_pool.empty())
     throw InputError("metatrain: --align-weight aligns the episodes' features with --distill-pool's images: give one");
   if (align_weight > 0 && distill_images_per_episode() < 2)
@@ -646,6 +651,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (!c.distill_pool.empty()) {                               // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;
+    if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same
   }
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
@@ -941,7 +947,7 @@ class MetaTrainer {
   void load_distill_pool() {
     distill_pool_.emplace(data::SurrogatePool::open(cfg_.distill_pool, vit_->config().image_size, P_,
                                                     cfg_.cache_mb * (int64_t(1) << 20)));
-    if (cfg_.distill_weight > 0) {
+    if (cfg_.public_distill_weight() > 0) {
       MetaTrainConfig dense = cfg_;
       dense.mask_ratio = 0;
       dense.distill_dense = false;
@@ -950,12 +956,13 @@ class MetaTrainer {
       distill_feat_ =
           own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
     }
-    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": "
-                                            << (cfg_.distill_weight > 0 ? "the distillation term" : "")
-                                            << (cfg_.distill_weight > 0 && cfg_.align_weight > 0 ? " and " : "")
-                                            << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
-                                            << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
-                                            << " images per episode (whole images)");
+    LOG_INFO("metatrain", "--distill-pool "
+                              << cfg_.distill_pool << ": "
+                              << (cfg_.public_distill_weight() > 0 ? "the distillation term" : "")
+                              << (cfg_.public_distill_weight() > 0 && cfg_.align_weight > 0 ? " and " : "")
+                              << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
+                              << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
+                              << " images per episode (whole images)");
   }
 
   void load_models_and_data() {
@@ -975,8 +982,7 @@ class MetaTrainer {
     }
     vit_->to(device_);
     vit_->set_precision(cfg_.precision);
-    if (cfg_.distill_weight > 0 && cfg_.distill_pool.empty())
-      teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
+    if (cfg_.episode_distill_weight() > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
     if (!cfg_.distill_pool.empty()) load_distill_pool();
     if (cfg_.hard_classes > 0) {
       neighbours_ = nearest_classes(*pool_, bare_features(*vit_, *pool_, comm_, device_), cfg_.hard_classes);
@@ -1177,7 +1183,8 @@ class MetaTrainer {
         loss = loss + cfg_.kl_weight * kl;
       }
       if (tfeat.defined())  // mean over the episode's images of the squared distance / D
-        loss = loss + cfg_.distill_weight * (f - tfeat.narrow(0, int64_t(e) * per_episode, per_episode)).pow(2).mean();
+        loss = loss + cfg_.episode_distill_weight() *
+                          (f - tfeat.narrow(0, int64_t(e) * per_episode, per_episode)).pow(2).mean();
       loss_sum = loss_sum + loss;
       correct = correct + logits.detach().argmax(-1).eq(query_labels_).sum().to(feat.scalar_type());
     }
@@ -1192,15 +1199,15 @@ class MetaTrainer {
 
   // --distill-pool: the terms on the batch's images of that pool (a dense forward), per episode as
   // the episodes' own terms, summed over this rank's episodes (so the sum does not depend on how
-  // the episodes are shared out): distill_weight x the mean squared difference to their own
+  // the episodes are shared out): public_distill_weight() x the mean squared difference to their own
   // LoRA's features, and align_weight x feature_stats_gap between an episode's features (rows of
   // `feat`) and those of its own share of the pool's images.
   at::Tensor public_loss(const Batch& b, const at::Tensor& feat) const {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
     at::Tensor loss = at::zeros({}, f.options());
-    if (cfg_.distill_weight > 0)
-      loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.distill_weight * E_local_);
+    if (cfg_.public_distill_weight() > 0)
+      loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.public_distill_weight() * E_local_);
     if (cfg_.align_weight > 0) {
       const int64_t per_episode = cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
       const int64_t n = cfg_.distill_images_per_episode();

@@ -13,7 +13,8 @@
 #     -np 2, the distillation term falls, and a pool whose LoRA is missing is refused (exit 2); the
 #     same with the term on a second pool's images (--distill-pool), which is refused without
 #     --distill-weight (or --align-weight) and when it is not a pool; the alignment term alone
-#     (--align-weight, --distill-weight 0): world size 1 equals mpirun -np 2;
+#     (--align-weight, --distill-weight 0): world size 1 equals mpirun -np 2; both distillation terms
+#     at once (--distill-pool-weight) add up to each alone;
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
@@ -179,6 +180,37 @@ fp = json.load(open("al2/metatrain.json"))["fingerprint"]
 assert fp["align_weight"] == 1 and fp["distill_weight"] == 0, fp' || fail "the fingerprint lacks --align-weight"
 expect_status 2 "--align-weight aligns the episodes' features with --distill-pool's images: give one" -- \
   $B metatrain $COMMON --pool runs/quick/pool --align-weight 1 --steps 2 --out alx
+# --distill-pool-weight: the pool's term and the episodes' own-LoRA distillation in one step. With a
+# flat CE (T 1e9) the first logged loss is log(5) + the terms that are on, from the same start on the
+# same episodes and pool images: both terms at once = the episodes' alone + the pool's alone - log(5).
+# The pool's term at --distill-pool-weight 1 and --distill-weight 0 is the unset default's at
+# --distill-weight 1, bit for bit. Refused without --distill-pool.
+PW="$COMMON --pool runs/quick/pool --single-lora-prob 0 ${DIS/--distill-weight 1/} --mask-select top --distill-images 6 --steps 2"
+PWP="--distill-pool runs/quick/pool"
+for run in "pw_ep|--distill-weight 1" "pw_pub|$PWP --distill-weight 1" "pw_both|$PWP --distill-pool-weight 1 --distill-weight 1" \
+  "pw_pub0|$PWP --distill-pool-weight 1 --distill-weight 0"; do
+  IFS='|' read -r n flags <<<"$run"
+  $B metatrain $PW $flags --out $n >$n.txt 2>&1 || { cat $n.txt; fail "metatrain $flags"; }
+done
+# targets for the episodes' pool and for --distill-pool's: two lines with both terms, one without
+[ "$(grep -c "distillation targets: .* images under their own LoRAs" pw_both.txt)" = 2 ] &&
+  [ "$(grep -c "distillation targets: .* images under their own LoRAs" pw_pub.txt)" = 1 ] ||
+  { cat pw_both.txt; fail "--distill-pool-weight: not both sets of distillation targets"; }
+grep -q -- "--distill-pool runs/quick/pool: the distillation term on 6 of its" pw_both.txt || { cat pw_both.txt; fail "--distill-pool-weight: no pool term"; }
+compare_adapters pw_pub pw_pub0 0
+"$LORAREC_PYTHON" - <<'PY' || fail "--distill-pool-weight: the two terms do not add up"
+import json, math
+first = {n: [json.loads(l) for l in open(n + ".work/metrics.jsonl") if '"loss"' in l][0]["loss"] - math.log(5)
+         for n in ("pw_ep", "pw_pub", "pw_both")}
+fp = json.load(open("pw_both/metatrain.json"))["fingerprint"]
+print(f"--distill-pool-weight: first-step terms {first}")
+# the terms are ~5e-4 on the quick zoo; the logged loss is float32 around log(5): ulp 1.2e-7
+assert first["pw_ep"] > 1e-4 and first["pw_pub"] > 1e-4, first
+assert abs(first["pw_both"] - first["pw_ep"] - first["pw_pub"]) < 2e-6, first
+assert fp["distill_pool_weight"] == 1 and fp["distill_weight"] == 1, fp
+PY
+expect_status 2 "--distill-pool-weight weights --distill-pool's term: give --distill-pool" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool-weight 1 --steps 2 --out pwx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'
 import h5py

@@ -222,11 +222,26 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.align_weight = 1; }, "--align-weight aligns the episodes' features with --distill-pool");
   bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");
   bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_images = 1; }, "--distill-images >= 2");
+  bad([](auto& d) { d.distill_weight = 1, d.distill_pool_weight = 1; }, "give --distill-pool");
+  bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_pool_weight = 0; },
+      "with --distill-pool-weight: that weight > 0");
+  // --distill-dense concerns the episodes' own distillation: off under a --distill-pool that replaces it
+  bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_dense = true, d.mask_ratio = 0.5; },
+      "--distill-dense");
   c.keep = "best", c.val = "v.h5";
   c.distill_dense = true, c.distill_weight = 1, c.mask_ratio = 0.75;
   EXPECT_NO_THROW(c.validate());
   c.distill_dense = false, c.distill_weight = 0, c.distill_pool = "public", c.align_weight = 0.5;
   EXPECT_NO_THROW(c.validate());  // the alignment alone on the public pool
+  c.align_weight = 0, c.distill_weight = 1, c.distill_pool_weight = 0.5;
+  EXPECT_NO_THROW(c.validate());  // both distillation terms
+  EXPECT_EQ(c.public_distill_weight(), 0.5);
+  EXPECT_EQ(c.episode_distill_weight(), 1.0);
+  c.distill_pool_weight = -1;  // unset: the pool's term replaces the episodes'
+  EXPECT_EQ(c.public_distill_weight(), 1.0);
+  EXPECT_EQ(c.episode_distill_weight(), 0.0);
+  c.distill_pool.clear();
+  EXPECT_EQ(c.episode_distill_weight(), 1.0);
 }
 
 // feature_stats_gap: 0 for the same rows in another order, the squared mean shift over the mean

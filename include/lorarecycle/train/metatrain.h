@@ -108,6 +108,14 @@ struct MetaTrainConfig {
   std::string distill_pool;     // a second pool whose images carry the distillation term instead of the episodes'
                                 // (e.g. invert --retrieve: public images), each under its own LoRA, dense; empty: off
   int distill_images = 0;       // images of distill_pool per episode and step (0: as many as an episode holds)
+  // Weight of distill_pool's distillation term. < 0 (unset): distill_weight, and the episodes' own
+  // distillation is off (the pool replaces it). >= 0: this weight, and distill_weight stays the
+  // episodes' own-LoRA distillation, so both terms run (e.g. the main recipe plus an anchor).
+  double distill_pool_weight = -1.0;
+  double public_distill_weight() const { return distill_pool_weight >= 0 ? distill_pool_weight : distill_weight; }
+  double episode_distill_weight() const {
+    return distill_pool.empty() || distill_pool_weight >= 0 ? distill_weight : 0.0;
+  }
   // Weight of the feature-statistics alignment: feature_stats_gap between the episodes' images and
   // distill_pool's (public images), both under the meta-LoRA, per episode (needs distill_pool; 0 = off).
   double align_weight = 0.0;
