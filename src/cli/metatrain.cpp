@@ -46,16 +46,22 @@ int decide_data_threads(int asked, const c10::Device& device, const dist::Runtim
   return n;
 }
 
-}  // namespace
-
-int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
-  train::MetaTrainConfig c;
+// What the command line sets beside MetaTrainConfig's own fields.
+struct MetaTrainCli {
   std::string targets = "q_proj,v_proj", layers;
   bool no_flip = false, no_prefetch = false;
   std::string prefetch = "auto";
   int data_threads = 0;
-  CommonOptions common;
-  po::options_description desc = common_options(common);
+};
+
+// The options of `lorarecycle metatrain`, bound to c and x.
+po::options_description metatrain_options(train::MetaTrainConfig& c, MetaTrainCli& x) {
+  std::string& targets = x.targets;
+  std::string& layers = x.layers;
+  bool& no_flip = x.no_flip;
+  bool& no_prefetch = x.no_prefetch;
+  std::string& prefetch = x.prefetch;
+  int& data_threads = x.data_threads;
   po::options_description own("Meta-training options");
   // One option per line:
   // clang-format off
@@ -119,7 +125,17 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")
       ("stop-after", po::value(&c.stop_after)->default_value(c.stop_after), "checkpoint and exit (status 75) after this many steps of this run (0 = run to the end)");
   // clang-format on
-  desc.add(own);
+  return own;
+}
+
+}  // namespace
+
+int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
+  train::MetaTrainConfig c;
+  MetaTrainCli x;
+  CommonOptions common;
+  po::options_description desc = common_options(common);
+  desc.add(metatrain_options(c, x));
   if (!parse(
           "metatrain",
           "usage: lorarecycle metatrain --model DIR --pool POOL_DIR --out DIR [--val val.h5] [options]\n"
@@ -127,15 +143,15 @@ int run_metatrain(int argc, char** argv, dist::Runtime& rt) {
           "2 bad input, 1 runtime failure.",
           argc, argv, desc, common, rt.rank()))
     return 0;
-  c.lora.target_modules = parse_modules(targets);
-  c.lora.layers = parse_layers(layers, "metatrain --layers");
-  c.flip = !no_flip;
-  prefetch = checked_prefetch(prefetch, no_prefetch);
+  c.lora.target_modules = parse_modules(x.targets);
+  c.lora.layers = parse_layers(x.layers, "metatrain --layers");
+  c.flip = !x.no_flip;
+  const std::string prefetch = checked_prefetch(x.prefetch, x.no_prefetch);
   c.validate();
   RunContext ctx = start("metatrain", rt, common, true);
   c.precision = ctx.precision;
   c.prefetch = decide_prefetch(prefetch, ctx.device, rt);
-  c.data_threads = decide_data_threads(data_threads, ctx.device, rt);
+  c.data_threads = decide_data_threads(x.data_threads, ctx.device, rt);
   const auto r = train::run_metatrain(c, *ctx.comm, ctx.device);
   return r.finished ? 0 : kExitCheckpointed;
 }
