@@ -76,7 +76,8 @@
 # average, and the zoo's surrogates from its average anchored to the start's features on public glyphs;
 # DRAWN=1 adds the drawn pool (the "strokes100" part's) from the average, with and without the anchor.
 # "fullavg" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the "null"
-# part's anchored drawn runs with a full-rank meta-LoRA started at lora-avg itself.
+# part's anchored drawn runs with a full-rank meta-LoRA started at lora-avg itself; ZOO20=1 the same on
+# the main job's zoo of 20, CO=N on the zoo of 100 drawn with N co-teachers.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -878,7 +879,45 @@ if [ "$WHAT" = fullavg ]; then
   run_rows fa "drawn from lora-avg, paper objective + anchor 1, lr 3e-4|$D|$F --lr 3e-4 $A" \
     "... lr 1e-4|$D|$F --lr 1e-4 $A" \
     "drawn from lora-avg, paper objective, lr 1e-4 (no anchor)|$D|$F --lr 1e-4 --distill-weight 0" \
-    "real images from lora-avg + anchor 1, lr 1e-4 (control)|$OUT/pool100_real|$F --lr 1e-4 $A"
+    "real images from lora-avg + anchor 1, lr 1e-4 (control)|$OUT/pool100_real|$F --lr 1e-4 $A" \
+    "drawn from lora-avg, paper objective + anchor 1, lr 1e-4, seed 1|$D|$F --lr 1e-4 $A --seed 1" \
+    "... lr 1e-4, 2,000 steps|$D|${F/$L1K/--steps 2000 --val-every 500} --lr 1e-4 $A"
+  # The main recipe (CE at T 128 + each surrogate's own LoRA distilled) with the anchor beside it
+  # (--distill-pool-weight), from the rank-4 start of the "null" part and from lora-avg.
+  START=$OUT/al_start
+  zoo_mean_start "$START" --pool "$OUT/pool100_lr2"
+  anchor_pool "$OUT/pool100_retr" "$OUT/anchor_retr" "$START"
+  M4="--init $START $L1K --distill-pool $OUT/anchor_retr --distill-pool-weight 1"
+  run_rows fam "drawn from the rank-4 average, main recipe + anchor 1|$D|$M4" \
+    "... lr 3e-4|$D|$M4 --lr 3e-4" \
+    "drawn from lora-avg, main recipe + anchor 1, lr 1e-4|$D|$F --lr 1e-4 --distill-pool $OUT/anchor128_retr --distill-pool-weight 1" \
+    "drawn from lora-avg, main recipe, lr 1e-4 (no anchor)|$D|$F --lr 1e-4"
+  # ZOO20=1: the same from the main job's zoo of 20 (its lora-avg at full rank: 20 LoRAs x rank 4),
+  # with the main job's drawn pool (configs/demo.ini [invert], ~5 min), its real-image control
+  # pool and public glyphs it retrieves (~1 min each).
+  if [ "${ZOO20:-0}" = 1 ]; then
+    real_pool
+    once "$OUT/pool20_drawn/index.json" "$OUT/pool20_drawn.log" "${MPI[@]}" $B invert "${CFG[@]}" --out "$OUT/pool20_drawn"
+    once "$OUT/pool20_retr/index.json" "$OUT/pool20_retr.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
+      --retrieve data/demo/base.h5 --out "$OUT/pool20_retr"
+    S80=$OUT/avg20_80
+    lora_avg "$S80" 80 --pool "$OUT/pool_real"
+    anchor_pool "$OUT/pool20_retr" "$OUT/anchor80_retr" "$S80"
+    F20="--init $S80 --rank 80 --alpha 80 --temperature 128 $L1K --lr 1e-4"
+    A20="--distill-pool $OUT/anchor80_retr"
+    run_rows f20 "zoo of 20, drawn from lora-avg, paper objective + anchor 1|$OUT/pool20_drawn|$F20 $A20 --distill-weight 1" \
+      "zoo of 20, drawn from lora-avg, main recipe + anchor 1|$OUT/pool20_drawn|$F20 $A20 --distill-pool-weight 1" \
+      "zoo of 20, real images from lora-avg + anchor 1 (control)|$OUT/pool_real|$F20 $A20 --distill-weight 1"
+  fi
+  # CO=N: the zoo of 100 drawn with N co-teachers instead of 2 (each surrogate judged by up to N
+  # more LoRAs of its class, of the 7-8 that cover it; ~(1 + N) / 3 x the co-teachers-2 inversion's
+  # 20 min), under the two anchored recipes from lora-avg at lr 1e-4.
+  if [ -n "${CO:-}" ]; then
+    pool100 "_strokes12_co$CO" --strokes 12 --co-teachers "$CO" --iterations 100
+    DC=$OUT/pool100_strokes12_co$CO
+    run_rows "fc$CO" "drawn, $CO co-teachers, from lora-avg, paper objective + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 $A" \
+      "drawn, $CO co-teachers, from lora-avg, main recipe + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 --distill-pool $OUT/anchor128_retr --distill-pool-weight 1"
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }

@@ -238,6 +238,10 @@ void MetaTrainConfig::validate() const {
   if (mask_variants < 1) throw InputError("metatrain: --mask-variants must be >= 1");
   if (!(distill_pool_weight < 0 || std::isfinite(distill_pool_weight)))
     throw InputError("metatrain: --distill-pool-weight must be finite");
+  if (distill_targets != "own" && distill_targets != "start")
+    throw InputError("metatrain: --distill-targets must be own or start, not '" + distill_targets + "'");
+  if (distill_targets == "start" && distill_pool.empty())
+    throw InputError("metatrain: --distill-targets start concerns --distill-pool's term: give --distill-pool");
   if (distill_pool_weight >= 0 && distill_pool.empty())
     throw InputError("metatrain: --distill-pool-weight weights --distill-pool's term: give --distill-pool");
   if (distill_dense && (episode_distill_weight() <= 0 || mask_ratio <= 0))
@@ -588,10 +592,11 @@ class Prefetcher {
   std::exception_ptr error_;
 };
 
-// The bare VFM's feature of every pool image, [rows, D] float on the CPU (files shared out over the
-// ranks, one all-reduce: every rank holds the same table).
-at::Tensor bare_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
-                         const c10::Device& device) {
+// The feature of every pool image under `lora` (nullptr: the bare VFM), whole and unflipped, [rows,
+// D] float on the CPU (files shared out over the ranks, one all-reduce: every rank holds the same
+// table).
+at::Tensor pool_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
+                         const c10::Device& device, const model::Lora* lora) {
   at::NoGradGuard ng;
   at::Tensor out = at::zeros({pool.size(), vit.config().projection_dim}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
@@ -602,7 +607,7 @@ at::Tensor bare_features(const model::ClipVision& vit, data::SurrogatePool& pool
       std::iota(rows.begin(), rows.end(), first);
       const at::Tensor px = model::preprocess_images(pool.images(rows), vit.config(), device);
       out.narrow(0, first, static_cast<int64_t>(rows.size()))
-          .copy_(vit.forward(px, {}).feature.to(at::kCPU, at::kFloat));
+          .copy_(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
     }
   }
   at::Tensor d = out.to(device);
@@ -652,6 +657,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;
     if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same
+    if (c.distill_targets != "own") j["distill_targets"] = c.distill_targets;          // the same
   }
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
@@ -947,7 +953,7 @@ class MetaTrainer {
   void load_distill_pool() {
     distill_pool_.emplace(data::SurrogatePool::open(cfg_.distill_pool, vit_->config().image_size, P_,
                                                     cfg_.cache_mb * (int64_t(1) << 20)));
-    if (cfg_.public_distill_weight() > 0) {
+    if (cfg_.public_distill_weight() > 0 && cfg_.distill_targets == "own") {
       MetaTrainConfig dense = cfg_;
       dense.mask_ratio = 0;
       dense.distill_dense = false;
@@ -958,7 +964,10 @@ class MetaTrainer {
     }
     LOG_INFO("metatrain", "--distill-pool "
                               << cfg_.distill_pool << ": "
-                              << (cfg_.public_distill_weight() > 0 ? "the distillation term" : "")
+                              << (cfg_.public_distill_weight() > 0
+                                      ? (cfg_.distill_targets == "start" ? "the distillation term towards the start"
+                                                                         : "the distillation term")
+                                      : "")
                               << (cfg_.public_distill_weight() > 0 && cfg_.align_weight > 0 ? " and " : "")
                               << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
                               << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
@@ -985,7 +994,7 @@ class MetaTrainer {
     if (cfg_.episode_distill_weight() > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
     if (!cfg_.distill_pool.empty()) load_distill_pool();
     if (cfg_.hard_classes > 0) {
-      neighbours_ = nearest_classes(*pool_, bare_features(*vit_, *pool_, comm_, device_), cfg_.hard_classes);
+      neighbours_ = nearest_classes(*pool_, pool_features(*vit_, *pool_, comm_, device_, nullptr), cfg_.hard_classes);
       LOG_INFO("metatrain", "--hard-classes " << cfg_.hard_classes << ": each episode's other classes among the "
                                               << cfg_.hard_classes << " nearest of its first (bare VFM prototypes)");
     }
@@ -994,6 +1003,8 @@ class MetaTrainer {
     // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
     if (cfg_.init == "zoo-mean" && (!resuming || cfg_.scales_only)) init_from_zoo_mean(*lora_, *pool_);
     if (cfg_.init_from_dir() && !resuming) init_from_adapter(*lora_, cfg_.init, cfg_.model);
+    if (distill_pool_ && cfg_.distill_targets == "start" && cfg_.public_distill_weight() > 0)
+      distill_feat_ = start_features();
     lora_->to(device_);
     if (cfg_.scales_only) {
       lora_->set_requires_grad(false, false);
@@ -1012,6 +1023,22 @@ class MetaTrainer {
     oc.flat = true;  // the update as a few ops on one buffer, not ~7 per LoRA matrix
     opt_.emplace(params_, oc);
     query_labels_ = data::episode_labels(cfg_.spec.n_way, cfg_.spec.q_query).to(device_);
+  }
+
+  // --distill-targets start: --distill-pool's images' features (whole, unflipped) under the
+  // meta-LoRA's start, built as a fresh run builds it (a resumed run too: its weights come from the
+  // checkpoint, its targets from the start).
+  at::Tensor start_features() {
+    const auto t0 = Clock::now();
+    model::Lora start(vit_->config(), cfg_.lora, cfg_.seed + 1);  // fresh: B = 0, the bare VFM
+    if (cfg_.init == "zoo-mean") init_from_zoo_mean(start, *pool_);
+    if (cfg_.init_from_dir()) init_from_adapter(start, cfg_.init, cfg_.model);
+    start.to(device_);
+    at::Tensor f = pool_features(*vit_, *distill_pool_, comm_, device_, &start);
+    LOG_INFO("metatrain", "distillation targets: " << distill_pool_->size() << " images of --distill-pool under the "
+                                                   << "meta-LoRA's start (" << cfg_.init << "), " << seconds_since(t0)
+                                                   << " s");
+    return f;
   }
 
   void log_pool() const {

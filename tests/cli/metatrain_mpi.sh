@@ -14,7 +14,8 @@
 #     same with the term on a second pool's images (--distill-pool), which is refused without
 #     --distill-weight (or --align-weight) and when it is not a pool; the alignment term alone
 #     (--align-weight, --distill-weight 0): world size 1 equals mpirun -np 2; both distillation terms
-#     at once (--distill-pool-weight) add up to each alone;
+#     at once (--distill-pool-weight) add up to each alone; the pool's term towards the start
+#     (--distill-targets start) equals it on a pool copy that names the start as its LoRA, and resumes;
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
 #     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
@@ -211,6 +212,43 @@ assert fp["distill_pool_weight"] == 1 and fp["distill_weight"] == 1, fp
 PY
 expect_status 2 "--distill-pool-weight weights --distill-pool's term: give --distill-pool" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool-weight 1 --steps 2 --out pwx
+# --distill-targets start: the pool's term towards the meta-LoRA's start (here --init k2, an adapter
+# of rank 4 like the meta-LoRA: the start is k2 up to the SVD's rounding) equals the same term on a
+# copy of the pool whose files name k2 as their LoRA (how bench/science.sh built its anchors), world
+# size 1 against 2; the anchor changes the weights; a stopped and resumed run (targets rebuilt from
+# the start, weights from the checkpoint) equals the uninterrupted one bit for bit; refusals.
+cp -r runs/quick/pool anchorpool
+"$LORAREC_PYTHON" - "$PWD/k2" <<'PY'
+import glob, sys, h5py
+for p in glob.glob("anchorpool/*.h5"):
+    with h5py.File(p, "r+") as f:
+        f.attrs["lora_path"] = sys.argv[1]
+PY
+ST="$COMMON --pool runs/quick/pool --single-lora-prob 0 --init k2 --temperature 128 --lr 3e-3 --cycle 0 --warmup 2 --distill-images 6 --steps 20"
+$B metatrain $ST --distill-weight 1 --distill-pool anchorpool --out st_copy >st_copy.txt 2>&1 || { cat st_copy.txt; fail "anchor copy"; }
+mpirun2 $B metatrain $ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets start --out st2 >st2.txt 2>&1 ||
+  { cat st2.txt; fail "--distill-targets start, mpirun -np 2"; }
+grep -q "images of --distill-pool under the meta-LoRA's start (k2)" st2.txt || { cat st2.txt; fail "no start-targets line"; }
+compare_adapters st_copy st2 1e-4
+$B metatrain $ST --distill-weight 0 --out st_none >st_none.txt 2>&1 || { cat st_none.txt; fail "no anchor"; }
+"$LORAREC_PYTHON" - <<'PY' || fail "--distill-targets start: the anchor changed nothing"
+import numpy as np
+from peft_adapter import tensors
+a, b = tensors("st2"), tensors("st_none")
+diff = max(float(np.abs(a[k] - b[k]).max()) for k in a) / max(float(np.abs(a[k]).max()) for k in a)
+print(f"anchored against unanchored: max relative difference {diff:.3g}")
+assert diff > 1e-3, diff
+PY
+set +e; mpirun2 $B metatrain $ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets start --stop-after 10 \
+  --out st_r >st_r.txt 2>&1; rc=$?; set -e
+[ $rc = 75 ] || { cat st_r.txt; fail "--distill-targets start --stop-after exited $rc, expected 75"; }
+mpirun2 $B metatrain $ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets start --resume --out st_r \
+  >st_r2.txt 2>&1 || { cat st_r2.txt; fail "--distill-targets start --resume"; }
+compare_adapters st2 st_r 0
+expect_status 2 "--distill-targets start concerns --distill-pool's term: give --distill-pool" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-targets start --steps 2 --out stx
+expect_status 2 "--distill-targets must be own or start" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-targets mine --steps 2 --out stx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'
 import h5py

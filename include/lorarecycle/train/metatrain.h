@@ -112,6 +112,10 @@ struct MetaTrainConfig {
   // distillation is off (the pool replaces it). >= 0: this weight, and distill_weight stays the
   // episodes' own-LoRA distillation, so both terms run (e.g. the main recipe plus an anchor).
   double distill_pool_weight = -1.0;
+  // Whose features distill_pool's term distils: "own" (each image's own LoRA, its file's
+  // lora_path) or "start" (the meta-LoRA's start: the bare VFM, or what --init sets; an anchor,
+  // learning without forgetting).
+  std::string distill_targets = "own";
   double public_distill_weight() const { return distill_pool_weight >= 0 ? distill_pool_weight : distill_weight; }
   double episode_distill_weight() const {
     return distill_pool.empty() || distill_pool_weight >= 0 ? distill_weight : 0.0;
