@@ -236,12 +236,16 @@ void MetaTrainConfig::validate() const {
   if (mask_select != "top" && mask_select != "random")
     throw InputError("metatrain: --mask-select must be top or random, got '" + mask_select + "'");
   if (mask_variants < 1) throw InputError("metatrain: --mask-variants must be >= 1");
-  if (!(distill_pool_weight < 0 || std::isfinite(distill_pool_weight)))
-    throw InputError("metatrain: --distill-pool-weight must be finite");
+  if (!(distill_pool_weight == -1.0 || (distill_pool_weight >= 0 && std::isfinite(distill_pool_weight))))
+    throw InputError("metatrain: --distill-pool-weight must be >= 0 (or -1: unset)");
   if (distill_targets != "own" && distill_targets != "start")
     throw InputError("metatrain: --distill-targets must be own or start, not '" + distill_targets + "'");
   if (distill_targets == "start" && distill_pool.empty())
     throw InputError("metatrain: --distill-targets start concerns --distill-pool's term: give --distill-pool");
+  if (distill_targets == "start" && public_distill_weight() <= 0)
+    throw InputError(
+        "metatrain: --distill-targets start sets the targets of --distill-pool's distillation term, which is off: "
+        "give --distill-weight > 0 (or --distill-pool-weight > 0)");
   if (distill_pool_weight >= 0 && distill_pool.empty())
     throw InputError("metatrain: --distill-pool-weight weights --distill-pool's term: give --distill-pool");
   if (distill_dense && (episode_distill_weight() <= 0 || mask_ratio <= 0))
@@ -592,11 +596,11 @@ class Prefetcher {
   std::exception_ptr error_;
 };
 
-// The feature of every pool image under `lora` (nullptr: the bare VFM), whole and unflipped, [rows,
-// D] float on the CPU (files shared out over the ranks, one all-reduce: every rank holds the same
-// table).
+// The feature of every pool image under `lora` (nullptr: the bare VFM), whole and unflipped (gray:
+// its channels averaged, as --gray feeds the student), [rows, D] float on the CPU (files shared out
+// over the ranks, one all-reduce: every rank holds the same table).
 at::Tensor pool_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
-                         const c10::Device& device, const model::Lora* lora) {
+                         const c10::Device& device, const model::Lora* lora, bool gray) {
   at::NoGradGuard ng;
   at::Tensor out = at::zeros({pool.size(), vit.config().projection_dim}, at::kFloat);
   for (size_t fi = 0; fi < pool.files().size(); ++fi) {
@@ -605,7 +609,8 @@ at::Tensor pool_features(const model::ClipVision& vit, data::SurrogatePool& pool
     for (int64_t first = f.first_row; first < f.first_row + f.rows; first += 64) {
       std::vector<int64_t> rows(std::min<int64_t>(64, f.first_row + f.rows - first));
       std::iota(rows.begin(), rows.end(), first);
-      const at::Tensor px = model::preprocess_images(pool.images(rows), vit.config(), device);
+      const at::Tensor u8 = pool.images(rows);
+      const at::Tensor px = model::preprocess_images(gray ? gray_u8(u8) : u8, vit.config(), device);
       out.narrow(0, first, static_cast<int64_t>(rows.size()))
           .copy_(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
     }
@@ -994,7 +999,8 @@ class MetaTrainer {
     if (cfg_.episode_distill_weight() > 0) teacher_feat_ = own_lora_features(*vit_, *pool_, cfg_, comm_, device_);
     if (!cfg_.distill_pool.empty()) load_distill_pool();
     if (cfg_.hard_classes > 0) {
-      neighbours_ = nearest_classes(*pool_, pool_features(*vit_, *pool_, comm_, device_, nullptr), cfg_.hard_classes);
+      neighbours_ =
+          nearest_classes(*pool_, pool_features(*vit_, *pool_, comm_, device_, nullptr, false), cfg_.hard_classes);
       LOG_INFO("metatrain", "--hard-classes " << cfg_.hard_classes << ": each episode's other classes among the "
                                               << cfg_.hard_classes << " nearest of its first (bare VFM prototypes)");
     }
@@ -1034,7 +1040,7 @@ class MetaTrainer {
     if (cfg_.init == "zoo-mean") init_from_zoo_mean(start, *pool_);
     if (cfg_.init_from_dir()) init_from_adapter(start, cfg_.init, cfg_.model);
     start.to(device_);
-    at::Tensor f = pool_features(*vit_, *distill_pool_, comm_, device_, &start);
+    at::Tensor f = pool_features(*vit_, *distill_pool_, comm_, device_, &start, cfg_.gray);
     LOG_INFO("metatrain", "distillation targets: " << distill_pool_->size() << " images of --distill-pool under the "
                                                    << "meta-LoRA's start (" << cfg_.init << "), " << seconds_since(t0)
                                                    << " s");
@@ -1226,9 +1232,9 @@ class MetaTrainer {
 
   // --distill-pool: the terms on the batch's images of that pool (a dense forward), per episode as
   // the episodes' own terms, summed over this rank's episodes (so the sum does not depend on how
-  // the episodes are shared out): public_distill_weight() x the mean squared difference to their own
-  // LoRA's features, and align_weight x feature_stats_gap between an episode's features (rows of
-  // `feat`) and those of its own share of the pool's images.
+  // the episodes are shared out): public_distill_weight() x the mean squared difference to their
+  // targets (their own LoRA's features, or the start's under --distill-targets start), and align_weight x
+  // feature_stats_gap between an episode's features (rows of `feat`) and those of its own share of the pool's images.
   at::Tensor public_loss(const Batch& b, const at::Tensor& feat) const {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
@@ -1548,7 +1554,7 @@ class MetaTrainer {
   bool have_val_ = false;
   at::Tensor teacher_feat_, query_labels_;
   std::optional<data::SurrogatePool> distill_pool_;  // --distill-pool
-  at::Tensor distill_feat_;                          // its images' own-LoRA features [rows, D]
+  at::Tensor distill_feat_;                          // its images' targets [rows, D] (own LoRA or start)
   std::vector<std::vector<int>> neighbours_;         // --hard-classes: nearest_classes of the pool
   std::optional<model::Lora> lora_;
   // --scales-only: each adapter's frozen B0 and its trained scales s (params_); B = B0 diag(s).

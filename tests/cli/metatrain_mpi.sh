@@ -183,12 +183,13 @@ expect_status 2 "--align-weight aligns the episodes' features with --distill-poo
   $B metatrain $COMMON --pool runs/quick/pool --align-weight 1 --steps 2 --out alx
 # --distill-pool-weight: the pool's term and the episodes' own-LoRA distillation in one step. With a
 # flat CE (T 1e9) the first logged loss is log(5) + the terms that are on, from the same start on the
-# same episodes and pool images: both terms at once = the episodes' alone + the pool's alone - log(5).
+# same episodes and pool images: both terms at once (the pool's at weight 2) = the episodes' alone +
+# 2 x the pool's alone.
 # The pool's term at --distill-pool-weight 1 and --distill-weight 0 is the unset default's at
 # --distill-weight 1, bit for bit. Refused without --distill-pool.
 PW="$COMMON --pool runs/quick/pool --single-lora-prob 0 ${DIS/--distill-weight 1/} --mask-select top --distill-images 6 --steps 2"
 PWP="--distill-pool runs/quick/pool"
-for run in "pw_ep|--distill-weight 1" "pw_pub|$PWP --distill-weight 1" "pw_both|$PWP --distill-pool-weight 1 --distill-weight 1" \
+for run in "pw_ep|--distill-weight 1" "pw_pub|$PWP --distill-weight 1" "pw_both|$PWP --distill-pool-weight 2 --distill-weight 1" \
   "pw_pub0|$PWP --distill-pool-weight 1 --distill-weight 0"; do
   IFS='|' read -r n flags <<<"$run"
   $B metatrain $PW $flags --out $n >$n.txt 2>&1 || { cat $n.txt; fail "metatrain $flags"; }
@@ -207,8 +208,8 @@ fp = json.load(open("pw_both/metatrain.json"))["fingerprint"]
 print(f"--distill-pool-weight: first-step terms {first}")
 # the terms are ~5e-4 on the quick zoo; the logged loss is float32 around log(5): ulp 1.2e-7
 assert first["pw_ep"] > 1e-4 and first["pw_pub"] > 1e-4, first
-assert abs(first["pw_both"] - first["pw_ep"] - first["pw_pub"]) < 2e-6, first
-assert fp["distill_pool_weight"] == 1 and fp["distill_weight"] == 1, fp
+assert abs(first["pw_both"] - first["pw_ep"] - 2 * first["pw_pub"]) < 2e-6, first
+assert fp["distill_pool_weight"] == 2 and fp["distill_weight"] == 1, fp
 PY
 expect_status 2 "--distill-pool-weight weights --distill-pool's term: give --distill-pool" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool-weight 1 --steps 2 --out pwx

@@ -225,6 +225,9 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.distill_weight = 1, d.distill_pool_weight = 1; }, "give --distill-pool");
   bad([](auto& d) { d.distill_targets = "teacher"; }, "--distill-targets must be own or start");
   bad([](auto& d) { d.distill_weight = 1, d.distill_targets = "start"; }, "--distill-targets start concerns");
+  bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_targets = "start"; }, "which is off");
+  bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_pool_weight = -0.5; },
+      "--distill-pool-weight must be >= 0");
   bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_pool_weight = 0; },
       "with --distill-pool-weight: that weight > 0");
   // --distill-dense concerns the episodes' own distillation: off under a --distill-pool that replaces it
