@@ -881,7 +881,8 @@ if [ "$WHAT" = fullavg ]; then
     "drawn from lora-avg, paper objective, lr 1e-4 (no anchor)|$D|$F --lr 1e-4 --distill-weight 0" \
     "real images from lora-avg + anchor 1, lr 1e-4 (control)|$OUT/pool100_real|$F --lr 1e-4 $A" \
     "drawn from lora-avg, paper objective + anchor 1, lr 1e-4, seed 1|$D|$F --lr 1e-4 $A --seed 1" \
-    "... lr 1e-4, 2,000 steps|$D|${F/$L1K/--steps 2000 --val-every 500} --lr 1e-4 $A"
+    "... lr 1e-4, 2,000 steps|$D|${F/$L1K/--steps 2000 --val-every 500} --lr 1e-4 $A" \
+    "real images from lora-avg, lr 1e-4, no anchor (control)|$OUT/pool100_real|$F --lr 1e-4 --distill-weight 0"
   # The main recipe (CE at T 128 + each surrogate's own LoRA distilled) with the anchor beside it
   # (--distill-pool-weight), from the rank-4 start of the "null" part and from lora-avg.
   START=$OUT/al_start
@@ -907,7 +908,8 @@ if [ "$WHAT" = fullavg ]; then
     A20="--distill-pool $OUT/anchor80_retr"
     run_rows f20 "zoo of 20, drawn from lora-avg, paper objective + anchor 1|$OUT/pool20_drawn|$F20 $A20 --distill-weight 1" \
       "zoo of 20, drawn from lora-avg, main recipe + anchor 1|$OUT/pool20_drawn|$F20 $A20 --distill-pool-weight 1" \
-      "zoo of 20, real images from lora-avg + anchor 1 (control)|$OUT/pool_real|$F20 $A20 --distill-weight 1"
+      "zoo of 20, real images from lora-avg + anchor 1 (control)|$OUT/pool_real|$F20 $A20 --distill-weight 1" \
+      "zoo of 20, real images from lora-avg + anchor 1, seed 1 (control)|$OUT/pool_real|$F20 $A20 --distill-weight 1 --seed 1"
   fi
   # CO=N: the zoo of 100 drawn with N co-teachers instead of 2 (each surrogate judged by up to N
   # more LoRAs of its class, of the 7-8 that cover it; ~(1 + N) / 3 x the co-teachers-2 inversion's
