@@ -882,7 +882,9 @@ if [ "$WHAT" = fullavg ]; then
     "real images from lora-avg + anchor 1, lr 1e-4 (control)|$OUT/pool100_real|$F --lr 1e-4 $A" \
     "drawn from lora-avg, paper objective + anchor 1, lr 1e-4, seed 1|$D|$F --lr 1e-4 $A --seed 1" \
     "... lr 1e-4, 2,000 steps|$D|${F/$L1K/--steps 2000 --val-every 500} --lr 1e-4 $A" \
-    "real images from lora-avg, lr 1e-4, no anchor (control)|$OUT/pool100_real|$F --lr 1e-4 --distill-weight 0"
+    "real images from lora-avg, lr 1e-4, no anchor (control)|$OUT/pool100_real|$F --lr 1e-4 --distill-weight 0" \
+    "drawn from lora-avg, paper objective + anchor 0.3, lr 1e-4|$D|$F --lr 1e-4 ${A/--distill-weight 1/--distill-weight 0.3}" \
+    "drawn from lora-avg, paper objective + anchor 0.1, lr 1e-4|$D|$F --lr 1e-4 ${A/--distill-weight 1/--distill-weight 0.1}"
   # The main recipe (CE at T 128 + each surrogate's own LoRA distilled) with the anchor beside it
   # (--distill-pool-weight), from the rank-4 start of the "null" part and from lora-avg.
   START=$OUT/al_start
