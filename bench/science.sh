@@ -843,8 +843,8 @@ if [ "$WHAT" = null ]; then
   # DRAWN=1: the best pool of the zoo of 100 (drawn with co-teachers, the "strokes100" part's; made
   # when missing, ~20 min) from the zoo's average under the paper's objective, without and with the
   # anchor (also at lr 1e-3, for 2,000 steps and with a second seed; ~35 min), and under the main
-  # recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3; --distill-pool would
-  # replace those targets, so it runs without the anchor).
+  # recipe (CE at T 128 + each surrogate's own LoRA distilled, lr 1e-3; here without the anchor,
+  # the "fullavg" part runs both with --distill-pool-weight).
   if [ "${DRAWN:-0}" = 1 ]; then
     pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
     D=$OUT/pool100_strokes12_co2
@@ -859,7 +859,8 @@ if [ "$WHAT" = null ]; then
       "anchor_lr1e-3=$OUT/ancd_4" "anchor_2000=$OUT/ancd_5" "anchor_seed1=$OUT/ancd_6" "drawn_seed1=$OUT/ancd_7"
   fi
 fi
-# From lora-avg itself (docs/science.md, "From the zoo's average at full rank"): the "null" part's
+# From lora-avg itself (docs/science.md, "From `lora-avg` itself, and the main recipe with an
+# anchor"): the "null" part's
 # best recipe (the drawn pool with co-teachers, the paper's objective at T 128, anchored to the
 # start's features on public glyphs) with the meta-LoRA at full rank (128, alpha 128) started at the
 # zoo of 100's exact mean delta instead of its rank-4 cut; lr 3e-4 and 1e-4 (a full-rank LoRA moves
@@ -875,6 +876,7 @@ if [ "$WHAT" = fullavg ]; then
   D=$OUT/pool100_strokes12_co2
   F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K"
   A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
+  MA="--distill-pool $OUT/anchor128_retr --distill-pool-weight 1"  # beside the main recipe's distillation
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   run_rows fa "drawn from lora-avg, paper objective + anchor 1, lr 3e-4|$D|$F --lr 3e-4 $A" \
     "... lr 1e-4|$D|$F --lr 1e-4 $A" \
@@ -893,7 +895,7 @@ if [ "$WHAT" = fullavg ]; then
   M4="--init $START $L1K --distill-pool $OUT/anchor_retr --distill-pool-weight 1"
   run_rows fam "drawn from the rank-4 average, main recipe + anchor 1|$D|$M4" \
     "... lr 3e-4|$D|$M4 --lr 3e-4" \
-    "drawn from lora-avg, main recipe + anchor 1, lr 1e-4|$D|$F --lr 1e-4 --distill-pool $OUT/anchor128_retr --distill-pool-weight 1" \
+    "drawn from lora-avg, main recipe + anchor 1, lr 1e-4|$D|$F --lr 1e-4 $MA" \
     "drawn from lora-avg, main recipe, lr 1e-4 (no anchor)|$D|$F --lr 1e-4"
   # ZOO20=1: the same from the main job's zoo of 20 (its lora-avg at full rank: 20 LoRAs x rank 4),
   # with the main job's drawn pool (configs/demo.ini [invert], ~5 min), its real-image control
@@ -920,7 +922,7 @@ if [ "$WHAT" = fullavg ]; then
     pool100 "_strokes12_co$CO" --strokes 12 --co-teachers "$CO" --iterations 100
     DC=$OUT/pool100_strokes12_co$CO
     run_rows "fc$CO" "drawn, $CO co-teachers, from lora-avg, paper objective + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 $A" \
-      "drawn, $CO co-teachers, from lora-avg, main recipe + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 --distill-pool $OUT/anchor128_retr --distill-pool-weight 1"
+      "drawn, $CO co-teachers, from lora-avg, main recipe + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 $MA"
   fi
 fi
 if [ "$WHAT" = mix ]; then

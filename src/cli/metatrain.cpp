@@ -56,12 +56,6 @@ struct MetaTrainCli {
 
 // The options of `lorarecycle metatrain`, bound to c and x.
 po::options_description metatrain_options(train::MetaTrainConfig& c, MetaTrainCli& x) {
-  std::string& targets = x.targets;
-  std::string& layers = x.layers;
-  bool& no_flip = x.no_flip;
-  bool& no_prefetch = x.no_prefetch;
-  std::string& prefetch = x.prefetch;
-  int& data_threads = x.data_threads;
   po::options_description own("Meta-training options");
   // One option per line:
   // clang-format off
@@ -85,10 +79,10 @@ po::options_description metatrain_options(train::MetaTrainConfig& c, MetaTrainCl
       ("alpha", po::value(&c.lora.alpha)->default_value(c.lora.alpha), "lora_alpha (scale = alpha / r)")
       ("init", po::value(&c.init)->default_value(c.init), "meta-LoRA start: fresh (A random, B zero: the paper), zoo-mean (the best rank-r approximation, by SVD, of the mean weight delta of the LoRAs the pool was inverted from: meta-training starts from the zoo's average, lora-avg, and must then improve on it; needs the zoo's --targets) or a PEFT adapter directory (its best rank-r approximation: e.g. a lora-avg or meta-LoRA written earlier, tuned on the same --model; the adapter's files enter the run's fingerprint, so a resumed run needs the directory unchanged)")
       ("scales-only", po::bool_switch(&c.scales_only), "train one scale per rank-1 component of the meta-LoRA (B diag(s) A, s from 1) with A and B frozen where --init zoo-mean put them (the top --rank singular directions of the zoo's mean delta), instead of A and B: the scales multiply its singular values. At full rank (--rank = the model's width) the run starts exactly at lora-avg and can only re-weight its directions. The written meta-LoRA has the scales folded into B; a resumed run rebuilds A and B from the zoo's files")
-      ("targets", po::value(&targets)->default_value(targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
-      ("layers", po::value(&layers)->default_value(layers), "comma-separated encoder layers (from 0) that get the meta-LoRA, e.g. 2,3 (PEFT's layers_to_transform); empty = every layer. The others run the bare VFM")
+      ("targets", po::value(&x.targets)->default_value(x.targets), "comma-separated target modules (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
+      ("layers", po::value(&x.layers)->default_value(x.layers), "comma-separated encoder layers (from 0) that get the meta-LoRA, e.g. 2,3 (PEFT's layers_to_transform); empty = every layer. The others run the bare VFM")
       ("mask-ratio", po::value(&c.mask_ratio)->default_value(c.mask_ratio), "sparse tokens: feed each surrogate with its top-(1-x) patches by stored CLS-attention score (+ CLS); 0 = dense")
-      ("no-flip", po::bool_switch(&no_flip), "no random horizontal flip of the surrogates (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
+      ("no-flip", po::bool_switch(&x.no_flip), "no random horizontal flip of the surrogates (set it for data that is not mirror-symmetric: glyphs, text; the embedded benchmark's configs do)")
       ("jitter", po::value(&c.jitter)->default_value(c.jitter), "random roll of each training image by up to this many pixels on both axes (0 = off): the jitter the surrogates were inverted under. With --distill-weight the teacher's features are those of the unshifted image")
       ("gray", po::bool_switch(&c.gray), "average each surrogate's colour channels (when the real images are grey, as in the embedded benchmark)")
       ("disjoint-teachers", po::bool_switch(&c.disjoint_teachers), "in episodes over real classes, take the support images of a class from one LoRA and its queries from the other LoRAs that cover it (never a query from the support's teacher; needs a zoo that covers each class twice or more)")
@@ -118,9 +112,9 @@ po::options_description metatrain_options(train::MetaTrainConfig& c, MetaTrainCl
       ("max-bad-steps", po::value(&c.max_bad_steps)->default_value(c.max_bad_steps), "abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
       ("host-sync", po::value(&c.host_sync)->default_value(c.host_sync), "when the host reads a step's results (loss, accuracy, the finite check, the stop flag): step (after every step) | log (every --log-every steps and at checkpoints: the finite check, clipping and a skipped update stay on the device, so a GPU step never waits for the host; --max-bad-steps and a stop signal are acted on at those reads) | auto (log on GPUs, step on CPUs)")
       ("sync-timing", po::bool_switch(&c.sync_timing), "measuring: a barrier before each all-reduce, so the report separates waiting for the slowest rank (imbalance_wait_share) from the all-reduce itself")
-      ("prefetch", po::value(&prefetch)->default_value(prefetch), "prepare the next steps' batches on a second thread: on | off | auto (on a GPU, or when this rank has a CPU to spare beside its compute threads; off when every CPU runs a rank, where the thread would take time from the compute). The choice is logged")
-      ("no-prefetch", po::bool_switch(&no_prefetch), "the same as --prefetch off")
-      ("data-threads", po::value(&data_threads)->default_value(0), "threads that copy a step's images, flips in the same pass (a GPU step's into page-locked memory; 0 = auto: on a GPU the rank's CPUs beside its training thread, 1 to 8, on a CPU 1). The choice is logged on a GPU")
+      ("prefetch", po::value(&x.prefetch)->default_value(x.prefetch), "prepare the next steps' batches on a second thread: on | off | auto (on a GPU, or when this rank has a CPU to spare beside its compute threads; off when every CPU runs a rank, where the thread would take time from the compute). The choice is logged")
+      ("no-prefetch", po::bool_switch(&x.no_prefetch), "the same as --prefetch off")
+      ("data-threads", po::value(&x.data_threads)->default_value(x.data_threads), "threads that copy a step's images, flips in the same pass (a GPU step's into page-locked memory; 0 = auto: on a GPU the rank's CPUs beside its training thread, 1 to 8, on a CPU 1). The choice is logged on a GPU")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of the meta-LoRA, the episodes and the augmentation")
       ("resume", po::bool_switch(&c.resume), "continue from the checkpoint in the work directory (none there: start fresh)")
       ("restart", po::bool_switch(&c.restart), "discard an existing checkpoint and metrics and start over")

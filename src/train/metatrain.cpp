@@ -1006,12 +1006,16 @@ class MetaTrainer {
     }
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
-    // A checkpoint holds the weights; under --scales-only only the scales, A and B are the start's.
-    if (cfg_.init == "zoo-mean" && (!resuming || cfg_.scales_only)) init_from_zoo_mean(*lora_, *pool_);
-    if (cfg_.init_from_dir() && !resuming) init_from_adapter(*lora_, cfg_.init, cfg_.model);
-    if (distill_pool_ && cfg_.distill_targets == "start" && cfg_.public_distill_weight() > 0)
-      distill_feat_ = start_features();
+    const bool start_targets = distill_pool_ && cfg_.distill_targets == "start" && cfg_.public_distill_weight() > 0;
+    // The start (what --init sets). A checkpoint holds the weights, which resume() copies in later, so
+    // a resumed run builds the start only where it needs it: under --scales-only (only the scales are
+    // checkpointed; A and B are the start's) and for --distill-targets start (the start's features).
+    if (!resuming || cfg_.scales_only || start_targets) {
+      if (cfg_.init == "zoo-mean") init_from_zoo_mean(*lora_, *pool_);
+      if (cfg_.init_from_dir()) init_from_adapter(*lora_, cfg_.init, cfg_.model);
+    }
     lora_->to(device_);
+    if (start_targets) distill_feat_ = start_features();  // lora_ is the start until resume()'s copy
     if (cfg_.scales_only) {
       lora_->set_requires_grad(false, false);
       for (const auto& entry : lora_->adapters()) {
@@ -1032,15 +1036,11 @@ class MetaTrainer {
   }
 
   // --distill-targets start: --distill-pool's images' features (whole, unflipped) under the
-  // meta-LoRA's start, built as a fresh run builds it (a resumed run too: its weights come from the
-  // checkpoint, its targets from the start).
+  // meta-LoRA as it starts (fresh: B = 0, the bare VFM; else what --init set), before a resumed run
+  // copies its checkpoint's weights in.
   at::Tensor start_features() {
     const auto t0 = Clock::now();
-    model::Lora start(vit_->config(), cfg_.lora, cfg_.seed + 1);  // fresh: B = 0, the bare VFM
-    if (cfg_.init == "zoo-mean") init_from_zoo_mean(start, *pool_);
-    if (cfg_.init_from_dir()) init_from_adapter(start, cfg_.init, cfg_.model);
-    start.to(device_);
-    at::Tensor f = pool_features(*vit_, *distill_pool_, comm_, device_, &start, cfg_.gray);
+    at::Tensor f = pool_features(*vit_, *distill_pool_, comm_, device_, &*lora_, cfg_.gray);
     LOG_INFO("metatrain", "distillation targets: " << distill_pool_->size() << " images of --distill-pool under the "
                                                    << "meta-LoRA's start (" << cfg_.init << "), " << seconds_since(t0)
                                                    << " s");
