@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -78,6 +78,8 @@
 # "fullavg" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the "null"
 # part's anchored drawn runs with a full-rank meta-LoRA started at lora-avg itself; ZOO20=1 the same on
 # the main job's zoo of 20, CO=N on the zoo of 100 drawn with N co-teachers.
+# "public" (makes the "fullavg" part's start and anchor when missing): the real-image control with
+# the VFM's public pre-training glyphs in place of the zoo's classes (bench/public_pool.py).
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -924,6 +926,47 @@ if [ "$WHAT" = fullavg ]; then
     run_rows "fc$CO" "drawn, $CO co-teachers, from lora-avg, paper objective + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 $A" \
       "drawn, $CO co-teachers, from lora-avg, main recipe + anchor 1, lr 1e-4|$DC|$F --lr 1e-4 $MA"
   fi
+fi
+# Public glyphs as episodes (docs/science.md, "Episodes of public glyphs"): the real-image control
+# pool of the zoo of 100 with each zoo class's images replaced by the images of one class of
+# data/demo/base.h5 (the VFM's pre-training glyphs: other scripts; bench/public_pool.py, seconds),
+# everything else kept. Does what real images of the zoo's classes teach come from their domain or
+# from episodes of real glyphs as such? From lora-avg (the "fullavg" part's start) under the
+# "fullavg" part's recipe, with and without the anchor, and from a fresh meta-LoRA under the "zoo100"
+# part's real-image row (the paper's objective at T 128, lr 1e-3). ~3-4 min per run.
+if [ "$WHAT" = public ]; then
+  zoo100_pools
+  pool100 _retr --retrieve data/demo/base.h5
+  S128=$OUT/avg100_128
+  lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
+  anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+  [ -f "$OUT/pool100_pub/index.json" ] ||
+    $PY bench/public_pool.py "$OUT/pool100_real" data/demo/base.h5 "$OUT/pool100_pub"
+  F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K --lr 1e-4"
+  A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows pub "public glyphs from lora-avg, paper objective + anchor 1|$OUT/pool100_pub|$F $A" \
+    "public glyphs from lora-avg, paper objective (no anchor)|$OUT/pool100_pub|$F --distill-weight 0" \
+    "public glyphs from the bare VFM (fresh, rank 4), paper objective|$OUT/pool100_pub|$P1K"
+  # What the surrogates are worth in real images: the real-image control cut to one distinct image
+  # per LoRA and class (6 distinct per class: the LoRAs of a class share real images;
+  # bench/pool_copies.py), anchored from lora-avg as above.
+  [ -f "$OUT/pool100_real_d1/index.json" ] || $PY bench/pool_copies.py "$OUT/pool100_real" "$OUT/pool100_real_d1" 1
+  # The same cut to 1, 2, 4 and 6 distinct images per real class ("class": each file keeps its
+  # teacher logits).
+  [ -f "$OUT/pool100_real_c1/index.json" ] ||
+    $PY bench/pool_copies.py "$OUT/pool100_real" "$OUT/pool100_real_c1" 1 class
+  [ -f "$OUT/pool100_real_c2/index.json" ] ||
+    $PY bench/pool_copies.py "$OUT/pool100_real" "$OUT/pool100_real_c2" 2 class
+  [ -f "$OUT/pool100_real_c4/index.json" ] ||
+    $PY bench/pool_copies.py "$OUT/pool100_real" "$OUT/pool100_real_c4" 4 class
+  [ -f "$OUT/pool100_real_c6/index.json" ] ||
+    $PY bench/pool_copies.py "$OUT/pool100_real" "$OUT/pool100_real_c6" 6 class
+  run_rows pubd "real images, 1 distinct per LoRA and class, from lora-avg + anchor 1|$OUT/pool100_real_d1|$F $A" \
+    "real images, 1 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c1|$F $A" \
+    "real images, 2 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c2|$F $A" \
+    "real images, 4 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c4|$F $A" \
+    "real images, 6 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c6|$F $A"
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
