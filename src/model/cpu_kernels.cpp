@@ -1,7 +1,20 @@
 #include "model/cpu_kernels.h"
 
+#include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#include "lorarecycle/util/env.h"
+#include "lorarecycle/util/error.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LORAREC_X86_KERNELS 1
+#include <immintrin.h>
+#define LORAREC_AVX2 __attribute__((target("avx2,fma")))
+#define LORAREC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define LORAREC_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
+#endif
 
 // Built with -O3 and, under GCC, -fno-tree-pre (CMakeLists.txt says why) so that the loops below vectorise; every line
 // of them is plain float arithmetic the compiler can map to SIMD (no libm calls, no branches).
@@ -35,6 +48,29 @@ LORAREC_ALWAYS_INLINE void store(float v, uint16_t* out) {
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
   *out = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
 }
+
+// n floats stored as bf16 by AVX512-BF16's conversion instruction (round to nearest even, a NaN
+// stays a quiet NaN; unlike store() above it flushes denormal values to zero, as every bf16
+// instruction does). Its loop's float results go through a buffer to reach it; a call per block, as
+// a function of another target cannot be inlined into the loops.
+#ifdef LORAREC_X86_KERNELS
+LORAREC_AVX512BF16 void store_bf16_native(const float* v, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + i)));
+  if (i < n) {
+    const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, v + i)));
+  }
+}
+#else
+LORAREC_ALWAYS_INLINE void store_bf16_native(const float* v, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) store(v[i], out + i);
+}
+#endif
+
+// Values a loop writes through a float buffer per block under kNative (bf16 only).
+constexpr int64_t kBlock = 256;
 
 // exp(t) for the sigmoid: t clamped to [-87, 88] (normal results; exp(-87) is 1.6e-38, so
 // sigmoid's tails come out as exact 0 and 1 as libm's do in float). t = n ln2 + r with |r| <= ln2/2
@@ -72,22 +108,46 @@ LORAREC_ALWAYS_INLINE Sigmoid sigmoid_of_scaled(float x) {
   return {s, (e * s) * static_cast<float>(t >= -87.0f)};
 }
 
-template <typename T>
+template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void forward_loop(const T* x, T* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load(x[i]);
-    store(v * sigmoid_of_scaled(v).s, y + i);
+  if constexpr (kNative) {
+    float buf[kBlock];
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t m = std::min(kBlock, n - i0);
+      for (int64_t i = 0; i < m; ++i) {
+        const float v = load(x[i0 + i]);
+        buf[i] = v * sigmoid_of_scaled(v).s;
+      }
+      store_bf16_native(buf, y + i0, m);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = load(x[i]);
+      store(v * sigmoid_of_scaled(v).s, y + i);
+    }
   }
 }
 
 // d/dx [x s] = s + 1.702 x s (1 - s), multiplied in an order that stays finite at both ends of the
 // float range (x s first, then 1 - s, then 1.702).
 template <typename T>
+LORAREC_ALWAYS_INLINE float backward_value(const T* x, const T* g, int64_t i) {
+  const float v = load(x[i]);
+  const Sigmoid sg = sigmoid_of_scaled(v);
+  return load(g[i]) * (sg.s + kAlpha * ((v * sg.s) * sg.one_minus_s));
+}
+
+template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void backward_loop(const T* x, const T* g, T* gx, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load(x[i]);
-    const Sigmoid sg = sigmoid_of_scaled(v);
-    store(load(g[i]) * (sg.s + kAlpha * ((v * sg.s) * sg.one_minus_s)), gx + i);
+  if constexpr (kNative) {
+    float buf[kBlock];
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t m = std::min(kBlock, n - i0);
+      for (int64_t i = 0; i < m; ++i) buf[i] = backward_value(x + i0, g + i0, i);
+      store_bf16_native(buf, gx + i0, m);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) store(backward_value(x, g, i), gx + i);
   }
 }
 
@@ -117,7 +177,7 @@ LORAREC_ALWAYS_INLINE float lane_sum(const float* lane) {
 }
 
 // y = softmax(x) over one row of n, in float; e holds the row's exponentials.
-template <typename T>
+template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void softmax_row(const T* __restrict x, T* __restrict y, float* __restrict e, int64_t n) {
   int32_t key = order_key(-__builtin_inff());
   for (int64_t i = 0; i < n; ++i) {
@@ -133,64 +193,78 @@ LORAREC_ALWAYS_INLINE void softmax_row(const T* __restrict x, T* __restrict y, f
   float sum = lane_sum(lane);
   for (; i < n; ++i) sum += e[i];
   const float inv = 1.0f / sum;
-  for (i = 0; i < n; ++i) store(e[i] * inv, y + i);
+  if constexpr (kNative) {
+    for (i = 0; i < n; ++i) e[i] *= inv;
+    store_bf16_native(e, y, n);
+  } else {
+    for (i = 0; i < n; ++i) store(e[i] * inv, y + i);
+  }
 }
 
-// gx = y (g - <g, y>) over one row of n.
-template <typename T>
-LORAREC_ALWAYS_INLINE void softmax_backward_row(const T* __restrict y, const T* g, T* gx, int64_t n) {
+// gx = y (g - <g, y>) over one row of n (through e, n floats, under kNative).
+template <bool kNative, typename T>
+LORAREC_ALWAYS_INLINE void softmax_backward_row(const T* __restrict y, const T* g, T* gx, float* __restrict e,
+                                                int64_t n) {
   float lane[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) lane[j] += load(g[i + j]) * load(y[i + j]);
   float dot = lane_sum(lane);
   for (; i < n; ++i) dot += load(g[i]) * load(y[i]);
-  for (i = 0; i < n; ++i) store(load(y[i]) * (load(g[i]) - dot), gx + i);
+  if constexpr (kNative) {
+    for (i = 0; i < n; ++i) e[i] = load(y[i]) * (load(g[i]) - dot);
+    store_bf16_native(e, gx, n);
+  } else {
+    for (i = 0; i < n; ++i) store(load(y[i]) * (load(g[i]) - dot), gx + i);
+  }
 }
 
-template <typename T>
+template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void softmax_loop(const T* x, T* y, int64_t rows, int64_t n, float* e) {
-  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * n, y + r * n, e, n);
+  for (int64_t r = 0; r < rows; ++r) softmax_row<kNative>(x + r * n, y + r * n, e, n);
 }
 
-template <typename T>
-LORAREC_ALWAYS_INLINE void softmax_backward_loop(const T* y, const T* g, T* gx, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) softmax_backward_row(y + r * n, g + r * n, gx + r * n, n);
+template <bool kNative, typename T>
+LORAREC_ALWAYS_INLINE void softmax_backward_loop(const T* y, const T* g, T* gx, int64_t rows, int64_t n, float* e) {
+  for (int64_t r = 0; r < rows; ++r) softmax_backward_row<kNative>(y + r * n, g + r * n, gx + r * n, e, n);
 }
 
 // One function per instruction set and buffer type: the same loop, compiled for that target.
-#define LORAREC_KERNELS(SUFFIX, TARGET)                                                                              \
-  TARGET void fwd_f32_##SUFFIX(const float* x, float* y, int64_t n) { forward_loop(x, y, n); }                       \
-  TARGET void fwd_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t n) { forward_loop(x, y, n); }                \
-  TARGET void bwd_f32_##SUFFIX(const float* x, const float* g, float* gx, int64_t n) { backward_loop(x, g, gx, n); } \
-  TARGET void bwd_bf16_##SUFFIX(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n) {                     \
-    backward_loop(x, g, gx, n);                                                                                      \
+// NATIVE: bf16 results stored by the AVX512-BF16 conversion (store_bf16_native).
+#define LORAREC_KERNELS(SUFFIX, TARGET, NATIVE)                                                               \
+  TARGET void fwd_f32_##SUFFIX(const float* x, float* y, int64_t n) { forward_loop<false>(x, y, n); }         \
+  TARGET void fwd_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t n) { forward_loop<NATIVE>(x, y, n); } \
+  TARGET void bwd_f32_##SUFFIX(const float* x, const float* g, float* gx, int64_t n) {                        \
+    backward_loop<false>(x, g, gx, n);                                                                        \
+  }                                                                                                           \
+  TARGET void bwd_bf16_##SUFFIX(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n) {              \
+    backward_loop<NATIVE>(x, g, gx, n);                                                                       \
   }
 
-#define LORAREC_SOFTMAX_KERNELS(SUFFIX, TARGET)                                                                \
+#define LORAREC_SOFTMAX_KERNELS(SUFFIX, TARGET, NATIVE)                                                        \
   TARGET void smx_f32_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n, float* e) {                  \
-    softmax_loop(x, y, rows, n, e);                                                                            \
+    softmax_loop<false>(x, y, rows, n, e);                                                                     \
   }                                                                                                            \
   TARGET void smx_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, float* e) {           \
-    softmax_loop(x, y, rows, n, e);                                                                            \
+    softmax_loop<NATIVE>(x, y, rows, n, e);                                                                    \
   }                                                                                                            \
-  TARGET void smb_f32_##SUFFIX(const float* y, const float* g, float* gx, int64_t rows, int64_t n) {           \
-    softmax_backward_loop(y, g, gx, rows, n);                                                                  \
+  TARGET void smb_f32_##SUFFIX(const float* y, const float* g, float* gx, int64_t rows, int64_t n, float* e) { \
+    softmax_backward_loop<false>(y, g, gx, rows, n, e);                                                        \
   }                                                                                                            \
-  TARGET void smb_bf16_##SUFFIX(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n) { \
-    softmax_backward_loop(y, g, gx, rows, n);                                                                  \
+  TARGET void smb_bf16_##SUFFIX(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n,   \
+                                float* e) {                                                                    \
+    softmax_backward_loop<NATIVE>(y, g, gx, rows, n, e);                                                       \
   }
 
-LORAREC_KERNELS(generic, )
-LORAREC_SOFTMAX_KERNELS(generic, )
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LORAREC_X86_KERNELS 1
-#define LORAREC_AVX2 __attribute__((target("avx2,fma")))
-#define LORAREC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-LORAREC_KERNELS(avx2, LORAREC_AVX2)
-LORAREC_SOFTMAX_KERNELS(avx2, LORAREC_AVX2)
-LORAREC_KERNELS(avx512, LORAREC_AVX512)
-LORAREC_SOFTMAX_KERNELS(avx512, LORAREC_AVX512)
+LORAREC_KERNELS(generic, , false)
+LORAREC_SOFTMAX_KERNELS(generic, , false)
+#ifdef LORAREC_X86_KERNELS
+LORAREC_KERNELS(avx2, LORAREC_AVX2, false)
+LORAREC_SOFTMAX_KERNELS(avx2, LORAREC_AVX2, false)
+LORAREC_KERNELS(avx512, LORAREC_AVX512, false)
+LORAREC_SOFTMAX_KERNELS(avx512, LORAREC_AVX512, false)
+LORAREC_KERNELS(avx512bf16, LORAREC_AVX512BF16, true)
+LORAREC_SOFTMAX_KERNELS(avx512bf16, LORAREC_AVX512BF16, true)
 #endif
 
 Isa detect() {
@@ -198,23 +272,32 @@ Isa detect() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq"))
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kGeneric;
 }
 
+// env::kKernelIsa: a cap on the detected set, for side-by-side benchmarks.
+Isa capped(Isa detected) {
+  const char* e = env::get(env::kKernelIsa);
+  if (e == nullptr || *e == '\0') return detected;
+  for (const Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+    if (std::string(e) == isa_name(isa)) return std::min(isa, detected);
+  throw InputError(std::string(env::kKernelIsa) + "=" + e + ": expected generic, avx2, avx512 or avx512bf16");
+}
+
 }  // namespace
 
 Isa best_isa() {
-  static const Isa isa = detect();
+  static const Isa isa = capped(detect());
   return isa;
 }
 
 std::vector<Isa> supported_isas() {
-  std::vector<Isa> out{Isa::kGeneric};
-  if (best_isa() == Isa::kAvx512) out.push_back(Isa::kAvx2);
-  if (best_isa() != Isa::kGeneric) out.push_back(best_isa());
+  std::vector<Isa> out;
+  for (const Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+    if (isa <= best_isa()) out.push_back(isa);
   return out;
 }
 
@@ -224,6 +307,8 @@ const char* isa_name(Isa isa) {
       return "avx2";
     case Isa::kAvx512:
       return "avx512";
+    case Isa::kAvx512Bf16:
+      return "avx512bf16";
     default:
       return "generic";
   }
@@ -231,17 +316,17 @@ const char* isa_name(Isa isa) {
 
 // A request for an instruction set this build or CPU lacks runs the generic loop.
 #ifdef LORAREC_X86_KERNELS
-#define LORAREC_DISPATCH(NAME, ...)                                      \
-  switch (isa) {                                                         \
-    case Isa::kAvx512:                                                   \
-      if (best_isa() == Isa::kAvx512) return NAME##_avx512(__VA_ARGS__); \
-      break;                                                             \
-    case Isa::kAvx2:                                                     \
-      if (best_isa() != Isa::kGeneric) return NAME##_avx2(__VA_ARGS__);  \
-      break;                                                             \
-    default:                                                             \
-      break;                                                             \
-  }                                                                      \
+#define LORAREC_DISPATCH(NAME, ...)            \
+  if (isa <= best_isa()) switch (isa) {        \
+      case Isa::kAvx512Bf16:                   \
+        return NAME##_avx512bf16(__VA_ARGS__); \
+      case Isa::kAvx512:                       \
+        return NAME##_avx512(__VA_ARGS__);     \
+      case Isa::kAvx2:                         \
+        return NAME##_avx2(__VA_ARGS__);       \
+      default:                                 \
+        break;                                 \
+    }                                          \
   return NAME##_generic(__VA_ARGS__)
 #else
 #define LORAREC_DISPATCH(NAME, ...) \
@@ -267,10 +352,12 @@ void softmax_rows(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, Isa i
   LORAREC_DISPATCH(smx_bf16, x, y, rows, n, e.data());
 }
 void softmax_rows_backward(const float* y, const float* g, float* gx, int64_t rows, int64_t n, Isa isa) {
-  LORAREC_DISPATCH(smb_f32, y, g, gx, rows, n);
+  std::vector<float> e(static_cast<size_t>(n));
+  LORAREC_DISPATCH(smb_f32, y, g, gx, rows, n, e.data());
 }
 void softmax_rows_backward(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n, Isa isa) {
-  LORAREC_DISPATCH(smb_bf16, y, g, gx, rows, n);
+  std::vector<float> e(static_cast<size_t>(n));
+  LORAREC_DISPATCH(smb_bf16, y, g, gx, rows, n, e.data());
 }
 
 }  // namespace lorarec::model::kernel

@@ -15,12 +15,14 @@
 
 namespace lorarec::model::kernel {
 
-enum class Isa { kGeneric, kAvx2, kAvx512 };
+// Ordered: each set runs on every CPU that runs the next. kAvx512Bf16 is kAvx512 plus AVX512-BF16's
+// conversion instruction for bf16 results (which flushes denormal results to zero).
+enum class Isa { kGeneric, kAvx2, kAvx512, kAvx512Bf16 };
 
 // The best instruction set of this CPU among those the kernels are built for (detected once;
-// kGeneric off x86-64).
+// kGeneric off x86-64), at most what env::kKernelIsa names when it is set.
 Isa best_isa();
-// kGeneric first, then every other one this CPU runs (for tests and benchmarks).
+// kGeneric first, then every other one up to best_isa() (for tests and benchmarks).
 std::vector<Isa> supported_isas();
 const char* isa_name(Isa isa);
 

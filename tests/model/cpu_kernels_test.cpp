@@ -87,7 +87,8 @@ TEST(QuickGeluKernel, EveryInstructionSetMatchesTheFormulaInFloat) {
 
 TEST(QuickGeluKernel, Bf16IsTheFloatResultRoundedOnce) {
   // The bf16 kernels compute in float what the float kernels compute from the same values and
-  // round once: bit for bit the float kernel's result rounded to nearest even.
+  // round once: bit for bit the float kernel's result rounded to nearest even (no result here is
+  // a float denormal, which the AVX512-BF16 path flushes to zero: see the softmax test below).
   std::vector<uint16_t> x, g;
   for (const float v : inputs()) x.push_back(to_bf16(v));
   std::mt19937 rng(9);
@@ -206,6 +207,24 @@ TEST(SoftmaxKernel, Bf16IsTheFloatResultRoundedOnce) {
         EXPECT_EQ(gxb[i], to_bf16(gxf[i])) << "backward, n " << n << " at " << i << " (" << isa_name(isa) << ")";
       }
     }
+  }
+}
+
+TEST(SoftmaxKernel, Bf16DenormalResultsFollowTheInstructionSet) {
+  // Row [0, 0, -87]: the last probability, e^-87 / 2 ~ 8.2e-39, is a float denormal. bf16 results
+  // are the float result rounded (a bf16 denormal), except under AVX512-BF16's conversion
+  // instruction, which flushes denormals to zero (cpu_kernels.h).
+  const std::vector<uint16_t> x{to_bf16(0.0f), to_bf16(0.0f), to_bf16(-87.0f)};
+  const std::vector<float> xf{0.0f, 0.0f, -87.0f};
+  for (const Isa isa : supported_isas()) {
+    std::vector<uint16_t> y(3);
+    std::vector<float> yf(3);
+    softmax_rows(x.data(), y.data(), 1, 3, isa);
+    softmax_rows(xf.data(), yf.data(), 1, 3, isa);
+    ASSERT_GT(yf[2], 0.0f) << isa_name(isa);
+    ASSERT_LT(yf[2], std::numeric_limits<float>::min()) << isa_name(isa);
+    EXPECT_EQ(y[0], to_bf16(yf[0])) << isa_name(isa);
+    EXPECT_EQ(y[2], isa == Isa::kAvx512Bf16 ? uint16_t(0) : to_bf16(yf[2])) << isa_name(isa);
   }
 }
 

@@ -39,6 +39,9 @@ inline constexpr const char* kOpTraceSteps = "LORAREC_OP_TRACE_STEPS";
 // (both) makes model::quick_gelu / model::softmax_last_dim run ATen's ops instead of the CPU
 // kernels of src/model/cpu_kernels.cpp (same values within rounding, same single node).
 inline constexpr const char* kAtenKernels = "LORAREC_ATEN_KERNELS";
+// Dev tool for side-by-side benchmarks (bench/perf.sh KERNEL_AB=isa): caps the instruction set of
+// the CPU kernels (src/model/cpu_kernels.h) at "generic", "avx2", "avx512" or "avx512bf16".
+inline constexpr const char* kKernelIsa = "LORAREC_KERNEL_ISA";
 // Dev tool for side-by-side benchmarks (bench/perf.sh): "1" makes the explicit attention path run
 // as separate ATen ops (model::Attention::kExplicitOps) instead of model::attention_block's node.
 inline constexpr const char* kUnfusedAttention = "LORAREC_UNFUSED_ATTENTION";
