@@ -66,6 +66,25 @@ def per_class(files, distinct):
     return len(kept)
 
 
+def start_copy(src, dst, tool):
+    """Copies the finished pool SRC to DST's temporary name (DST must not exist) without the source
+    images' previews; returns that directory and its LoRA files. The caller edits the files and
+    renames the directory to DST, so an interrupted edit is never taken for a finished pool."""
+    if not (src / "index.json").is_file():
+        sys.exit(f"{tool}: {src} is not a finished pool (no index.json)")
+    if dst.exists():
+        sys.exit(f"{tool}: {dst} exists; remove it first")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for png in tmp.glob("lora_*.png"):  # previews of the source images
+        png.unlink()
+    files = sorted(tmp.glob("lora_*.h5"))
+    if not files:
+        sys.exit(f"{tool}: {src} has no lora_<k>.h5 files")
+    return tmp, files
+
+
 def main():
     if len(sys.argv) not in (4, 5) or (len(sys.argv) == 5 and sys.argv[4] not in ("lora", "class")):
         sys.exit(__doc__.strip())
@@ -73,16 +92,7 @@ def main():
     mode = sys.argv[4] if len(sys.argv) == 5 else "lora"
     if distinct < 1:
         sys.exit("pool_copies: DISTINCT must be >= 1")
-    if not (src / "index.json").is_file():
-        sys.exit(f"pool_copies: {src} is not a finished pool (no index.json)")
-    if dst.exists():
-        sys.exit(f"pool_copies: {dst} exists; remove it first")
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    for png in tmp.glob("lora_*.png"):  # previews of the source images
-        png.unlink()
-    files = sorted(tmp.glob("lora_*.h5"))
+    tmp, files = start_copy(src, dst, "pool_copies")
     if mode == "lora":
         per_lora(files, distinct)
         what = "per LoRA and class"

@@ -16,12 +16,13 @@ the zoo's classes teach the meta-LoRA is their domain or episodic training on re
 act as soft labels of the episode's class slot.
 """
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from pool_copies import start_copy  # bench/, the script's own directory
 
 
 def public_rows(labels, classes, rng):
@@ -40,8 +41,6 @@ def main():
     seed = int(sys.argv[4]) if len(sys.argv) == 5 else 0
     if not (src / "index.json").is_file():
         sys.exit(f"public_pool: {src} is not a finished pool (no index.json)")
-    if dst.exists():
-        sys.exit(f"public_pool: {dst} exists; remove it first")
     with h5py.File(public, "r") as f:
         images = f["images"][:]
         labels = f["labels"][:]
@@ -54,14 +53,7 @@ def main():
     mapping = {z: int(p) for z, p in zip(zoo_classes, chosen)}
     rows = public_rows(labels, chosen, rng)
     used = {p: 0 for p in mapping.values()}
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    for png in tmp.glob("lora_*.png"):  # previews of the source images
-        png.unlink()
-    files = sorted(tmp.glob("lora_*.h5"))
-    if not files:
-        sys.exit(f"public_pool: {src} has no lora_<k>.h5 files")
+    tmp, files = start_copy(src, dst, "public_pool")
     for path in files:
         with h5py.File(path, "r+") as f:
             if f["images"].shape[1:] != images.shape[1:]:
