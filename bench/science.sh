@@ -78,8 +78,10 @@
 # "fullavg" (makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing): the "null"
 # part's anchored drawn runs with a full-rank meta-LoRA started at lora-avg itself; ZOO20=1 the same on
 # the main job's zoo of 20, CO=N on the zoo of 100 drawn with N co-teachers.
-# "public" (makes the "fullavg" part's start and anchor when missing): the real-image control with
-# the VFM's public pre-training glyphs in place of the zoo's classes (bench/public_pool.py).
+# "public" (makes the "fullavg" part's start, anchor and drawn pool when missing): the real-image
+# control with the VFM's public pre-training glyphs in place of the zoo's classes
+# (bench/public_pool.py), the same cut to a few real images per class (what a surrogate pool is
+# worth), and surrogate pools of two kinds of inversion joined (bench/pool_union.py).
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -933,7 +935,8 @@ fi
 # everything else kept. Does what real images of the zoo's classes teach come from their domain or
 # from episodes of real glyphs as such? From lora-avg (the "fullavg" part's start) under the
 # "fullavg" part's recipe, with and without the anchor, and from a fresh meta-LoRA under the "zoo100"
-# part's real-image row (the paper's objective at T 128, lr 1e-3). ~3-4 min per run.
+# part's real-image row (the paper's objective at T 128, lr 1e-3); then the real-image control cut
+# to a few images per class, and surrogate pools joined. ~3-4 min per run (11 runs).
 if [ "$WHAT" = public ]; then
   zoo100_pools
   pool100 _retr --retrieve data/demo/base.h5
@@ -967,6 +970,19 @@ if [ "$WHAT" = public ]; then
     "real images, 2 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c2|$F $A" \
     "real images, 4 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c4|$F $A" \
     "real images, 6 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c6|$F $A"
+  # More surrogates per class from inversions of another kind: the painted pool (smooth starts) alone
+  # and joined to the drawn pool(s) (bench/pool_union.py; the 4-co-teacher pool when CO=4 made it).
+  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+  D=$OUT/pool100_strokes12_co2
+  [ -f "$OUT/pool100_u2/index.json" ] || $PY bench/pool_union.py "$OUT/pool100_u2" "$D" "$OUT/pool100_lr2"
+  U=("painted (smooth starts) from lora-avg + anchor 1|$OUT/pool100_lr2|$F $A"
+    "drawn + painted (128 per class) from lora-avg + anchor 1|$OUT/pool100_u2|$F $A")
+  if [ -f "$OUT/pool100_strokes12_co4/index.json" ]; then
+    [ -f "$OUT/pool100_u3/index.json" ] ||
+      $PY bench/pool_union.py "$OUT/pool100_u3" "$D" "$OUT/pool100_strokes12_co4" "$OUT/pool100_lr2"
+    U+=("drawn (2 and 4 co-teachers) + painted (192 per class) from lora-avg + anchor 1|$OUT/pool100_u3|$F $A")
+  fi
+  run_rows pubu "${U[@]}"
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }

@@ -64,7 +64,7 @@ LORAREC_AVX512BF16 void store_bf16_native(const float* v, uint16_t* out, int64_t
   }
 }
 #else
-LORAREC_ALWAYS_INLINE void store_bf16_native(const float* v, uint16_t* out, int64_t n) {
+[[maybe_unused]] LORAREC_ALWAYS_INLINE void store_bf16_native(const float* v, uint16_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) store(v[i], out + i);
 }
 #endif
