@@ -81,7 +81,8 @@
 # "public" (makes the "fullavg" part's start, anchor and drawn pool when missing): the real-image
 # control with the VFM's public pre-training glyphs in place of the zoo's classes
 # (bench/public_pool.py), the same cut to a few real images per class (what a surrogate pool is
-# worth), and surrogate pools of two kinds of inversion joined (bench/pool_union.py).
+# worth), and surrogate pools of two kinds of inversion joined (bench/pool_union.py); DRAWN2=1 the
+# drawn pool inverted again with another seed, alone and joined.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -983,6 +984,15 @@ if [ "$WHAT" = public ]; then
     U+=("drawn (2 and 4 co-teachers) + painted (192 per class) from lora-avg + anchor 1|$OUT/pool100_u3|$F $A")
   fi
   run_rows pubu "${U[@]}"
+  # DRAWN2=1: more surrogates of the same kind instead: the drawn pool inverted again with seed 1
+  # (other starts; ~20 min on 2 ranks), alone and joined to the seed-0 pool (128 per class).
+  if [ "${DRAWN2:-0}" = 1 ]; then
+    pool100 _strokes12_co2_s1 --strokes 12 --co-teachers 2 --iterations 100 --seed 1
+    [ -f "$OUT/pool100_u2s/index.json" ] ||
+      $PY bench/pool_union.py "$OUT/pool100_u2s" "$D" "$OUT/pool100_strokes12_co2_s1"
+    run_rows pubs "drawn, seed 1, from lora-avg + anchor 1|$OUT/pool100_strokes12_co2_s1|$F $A" \
+      "drawn, seeds 0 and 1 (128 per class) from lora-avg + anchor 1|$OUT/pool100_u2s|$F $A"
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
