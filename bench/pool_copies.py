@@ -37,8 +37,7 @@ def per_lora(files, distinct):
                     keep = rows[:distinct]
                     data[rows] = data[keep[np.arange(len(rows)) % len(keep)]]
                 f[name][...] = data
-            if "data_digest" in f.attrs:  # edited on purpose: the integrity digest no longer applies
-                del f.attrs["data_digest"]
+            drop_digest(f)
 
 
 def per_class(files, distinct):
@@ -61,9 +60,14 @@ def per_class(files, distinct):
                 used[int(c)] += 1
             for name, d in data.items():
                 f[name][...] = d
-            if "data_digest" in f.attrs:
-                del f.attrs["data_digest"]
+            drop_digest(f)
     return len(kept)
+
+
+def drop_digest(f):
+    """An edited pool file's integrity digest no longer applies (the pool reader checks it when present)."""
+    if "data_digest" in f.attrs:
+        del f.attrs["data_digest"]
 
 
 def start_copy(src, dst, tool):

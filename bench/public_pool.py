@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pool_copies import start_copy  # bench/, the script's own directory
+from pool_copies import drop_digest, start_copy  # bench/, the script's own directory
 
 
 def public_rows(labels, classes, rng):
@@ -39,12 +39,11 @@ def main():
         sys.exit(__doc__.strip())
     src, public, dst = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     seed = int(sys.argv[4]) if len(sys.argv) == 5 else 0
-    if not (src / "index.json").is_file():
-        sys.exit(f"public_pool: {src} is not a finished pool (no index.json)")
+    tmp, files = start_copy(src, dst, "public_pool")
     with h5py.File(public, "r") as f:
         images = f["images"][:]
         labels = f["labels"][:]
-    zoo_classes = sorted(c["class"] for c in json.loads((src / "index.json").read_text())["classes"])
+    zoo_classes = sorted(c["class"] for c in json.loads((tmp / "index.json").read_text())["classes"])
     pub_classes = np.unique(labels)
     if len(pub_classes) < len(zoo_classes):
         sys.exit(f"public_pool: {public} has {len(pub_classes)} classes, the pool {len(zoo_classes)}")
@@ -53,7 +52,6 @@ def main():
     mapping = {z: int(p) for z, p in zip(zoo_classes, chosen)}
     rows = public_rows(labels, chosen, rng)
     used = {p: 0 for p in mapping.values()}
-    tmp, files = start_copy(src, dst, "public_pool")
     for path in files:
         with h5py.File(path, "r+") as f:
             if f["images"].shape[1:] != images.shape[1:]:
@@ -65,8 +63,7 @@ def main():
                 out[i] = images[r[used[p] % len(r)]]
                 used[p] += 1
             f["images"][...] = out
-            if "data_digest" in f.attrs:  # edited on purpose: the integrity digest no longer applies
-                del f.attrs["data_digest"]
+            drop_digest(f)
             f.attrs["public_images"] = f"{public} (seed {seed})"
     (tmp / "public_classes.json").write_text(json.dumps({str(z): p for z, p in mapping.items()}, indent=1) + "\n")
     tmp.rename(dst)

@@ -108,23 +108,23 @@ LORAREC_ALWAYS_INLINE Sigmoid sigmoid_of_scaled(float x) {
   return {s, (e * s) * static_cast<float>(t >= -87.0f)};
 }
 
+template <typename T>
+LORAREC_ALWAYS_INLINE float forward_value(const T* x, int64_t i) {
+  const float v = load(x[i]);
+  return v * sigmoid_of_scaled(v).s;
+}
+
 template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void forward_loop(const T* x, T* y, int64_t n) {
   if constexpr (kNative) {
     float buf[kBlock];
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
       const int64_t m = std::min(kBlock, n - i0);
-      for (int64_t i = 0; i < m; ++i) {
-        const float v = load(x[i0 + i]);
-        buf[i] = v * sigmoid_of_scaled(v).s;
-      }
+      for (int64_t i = 0; i < m; ++i) buf[i] = forward_value(x + i0, i);
       store_bf16_native(buf, y + i0, m);
     }
   } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = load(x[i]);
-      store(v * sigmoid_of_scaled(v).s, y + i);
-    }
+    for (int64_t i = 0; i < n; ++i) store(forward_value(x, i), y + i);
   }
 }
 
@@ -201,7 +201,7 @@ LORAREC_ALWAYS_INLINE void softmax_row(const T* __restrict x, T* __restrict y, f
   }
 }
 
-// gx = y (g - <g, y>) over one row of n (through e, n floats, under kNative).
+// gx = y (g - <g, y>) over one row of n (through e, n floats, under kNative only).
 template <bool kNative, typename T>
 LORAREC_ALWAYS_INLINE void softmax_backward_row(const T* __restrict y, const T* g, T* gx, float* __restrict e,
                                                 int64_t n) {
@@ -241,19 +241,19 @@ LORAREC_ALWAYS_INLINE void softmax_backward_loop(const T* y, const T* g, T* gx, 
     backward_loop<NATIVE>(x, g, gx, n);                                                                       \
   }
 
-#define LORAREC_SOFTMAX_KERNELS(SUFFIX, TARGET, NATIVE)                                                        \
-  TARGET void smx_f32_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n, float* e) {                  \
-    softmax_loop<false>(x, y, rows, n, e);                                                                     \
-  }                                                                                                            \
-  TARGET void smx_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, float* e) {           \
-    softmax_loop<NATIVE>(x, y, rows, n, e);                                                                    \
-  }                                                                                                            \
-  TARGET void smb_f32_##SUFFIX(const float* y, const float* g, float* gx, int64_t rows, int64_t n, float* e) { \
-    softmax_backward_loop<false>(y, g, gx, rows, n, e);                                                        \
-  }                                                                                                            \
-  TARGET void smb_bf16_##SUFFIX(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n,   \
-                                float* e) {                                                                    \
-    softmax_backward_loop<NATIVE>(y, g, gx, rows, n, e);                                                       \
+#define LORAREC_SOFTMAX_KERNELS(SUFFIX, TARGET, NATIVE)                                                      \
+  TARGET void smx_f32_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n, float* e) {                \
+    softmax_loop<false>(x, y, rows, n, e);                                                                   \
+  }                                                                                                          \
+  TARGET void smx_bf16_##SUFFIX(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, float* e) {         \
+    softmax_loop<NATIVE>(x, y, rows, n, e);                                                                  \
+  }                                                                                                          \
+  TARGET void smb_f32_##SUFFIX(const float* y, const float* g, float* gx, int64_t rows, int64_t n) {         \
+    softmax_backward_loop<false>(y, g, gx, rows, n, nullptr);                                                \
+  }                                                                                                          \
+  TARGET void smb_bf16_##SUFFIX(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n, \
+                                float* e) {                                                                  \
+    softmax_backward_loop<NATIVE>(y, g, gx, rows, n, e);                                                     \
   }
 
 LORAREC_KERNELS(generic, , false)
@@ -278,11 +278,14 @@ Isa detect() {
   return Isa::kGeneric;
 }
 
+// Every set, in order.
+constexpr Isa kAllIsas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+
 // env::kKernelIsa: a cap on the detected set, for side-by-side benchmarks.
 Isa capped(Isa detected) {
   const char* e = env::get(env::kKernelIsa);
   if (e == nullptr || *e == '\0') return detected;
-  for (const Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+  for (const Isa isa : kAllIsas)
     if (std::string(e) == isa_name(isa)) return std::min(isa, detected);
   throw InputError(std::string(env::kKernelIsa) + "=" + e + ": expected generic, avx2, avx512 or avx512bf16");
 }
@@ -296,7 +299,7 @@ Isa best_isa() {
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (const Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+  for (const Isa isa : kAllIsas)
     if (isa <= best_isa()) out.push_back(isa);
   return out;
 }
@@ -352,11 +355,10 @@ void softmax_rows(const uint16_t* x, uint16_t* y, int64_t rows, int64_t n, Isa i
   LORAREC_DISPATCH(smx_bf16, x, y, rows, n, e.data());
 }
 void softmax_rows_backward(const float* y, const float* g, float* gx, int64_t rows, int64_t n, Isa isa) {
-  std::vector<float> e(static_cast<size_t>(n));
-  LORAREC_DISPATCH(smb_f32, y, g, gx, rows, n, e.data());
+  LORAREC_DISPATCH(smb_f32, y, g, gx, rows, n);
 }
 void softmax_rows_backward(const uint16_t* y, const uint16_t* g, uint16_t* gx, int64_t rows, int64_t n, Isa isa) {
-  std::vector<float> e(static_cast<size_t>(n));
+  std::vector<float> e(static_cast<size_t>(n));  // the rows' results before their conversion (AVX512-BF16)
   LORAREC_DISPATCH(smb_bf16, y, g, gx, rows, n, e.data());
 }
 

@@ -1006,7 +1006,8 @@ class MetaTrainer {
     }
     lora_.emplace(vc, cfg_.lora, cfg_.seed + 1);
     const bool resuming = cfg_.resume && stdfs::exists(ckpt_);
-    const bool start_targets = distill_pool_ && cfg_.distill_targets == "start" && cfg_.public_distill_weight() > 0;
+    // validate() refuses start targets without --distill-pool's term on.
+    const bool start_targets = distill_pool_ && cfg_.distill_targets == "start";
     // The start (what --init sets). A checkpoint holds the weights, which resume() copies in later, so
     // a resumed run builds the start only where it needs it: under --scales-only (only the scales are
     // checkpointed; A and B are the start's) and for --distill-targets start (the start's features).
