@@ -82,14 +82,15 @@ part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mp
 # forms differ only where the attention runs as ops.
 # BASE=<another build's lorarecycle> adds "bf16-base": bf16 with that binary (e.g. the commit before
 # a change, built into another directory), side by side in parts 2 and 4.
-# KERNEL_AB=1 adds "bf16-aten" (ATen's ops for QuickGELU and the attention's softmax instead of
-# the CPU kernels, LORAREC_ATEN_KERNELS=1), "bf16-atensoftmax" (ATen's softmax only) and
+# KERNEL_AB=1 adds "bf16-aten" (ATen's ops for QuickGELU, the attention's softmax and the LayerNorms
+# instead of the CPU kernels, LORAREC_ATEN_KERNELS=1), "bf16-atensoftmax" (ATen's softmax only),
+# "bf16-atenln" and "fp32-atenln" (ATen's LayerNorm only, LORAREC_ATEN_KERNELS=layer_norm) and
 # "bf16-avx512" (the kernels capped at AVX-512 without its bf16 conversion instruction,
 # LORAREC_KERNEL_ISA=avx512; the same as bf16 on CPUs without avx512_bf16).
 # ATTN_AB=1 adds "bf16-opsattn" and "fp32-opsattn": the attention as separate ATen ops, one autograd
 # node each (LORAREC_UNFUSED_ATTENTION=1), instead of model::attention_block's one node per layer.
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-opsattn bf16-unfused"
-[ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax bf16-avx512"
+[ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax bf16-atenln fp32-atenln bf16-avx512"
 [ "${ATTN_AB:-0}" = 1 ] && AB="${AB/ bf16-opsattn/} bf16-opsattn fp32-opsattn"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
@@ -100,6 +101,7 @@ with_precision() {
   if [ "$p" = bf16-unfused ]; then LORAREC_UNFUSED_LORA=1 LORAREC_UNFUSED_ATTENTION=1 "$@" --precision bf16
   elif [ "$p" = bf16-aten ]; then LORAREC_ATEN_KERNELS=1 "$@" --precision bf16
   elif [ "$p" = bf16-atensoftmax ]; then LORAREC_ATEN_KERNELS=softmax "$@" --precision bf16
+  elif [[ "$p" = *-atenln ]]; then LORAREC_ATEN_KERNELS=layer_norm "$@" --precision "${p%-atenln}"
   elif [ "$p" = bf16-avx512 ]; then LORAREC_KERNEL_ISA=avx512 "$@" --precision bf16
   elif [ "$p" = bf16-base ]; then "$@" --precision bf16
   elif [[ "$p" = *-opsattn ]]; then LORAREC_UNFUSED_ATTENTION=1 "$@" --precision "${p%-opsattn}"
@@ -112,7 +114,7 @@ eps_run() {  # eps_run NAME NP PRECISION MASK EPISODES_PER_STEP
              --log-level warn --hash-every 0 --restart)
   local knob=()
   [ "$3" = bf16-unfused ] && knob=(-x LORAREC_UNFUSED_LORA -x LORAREC_UNFUSED_ATTENTION)
-  [[ "$3" = bf16-aten* ]] && knob=(-x LORAREC_ATEN_KERNELS)
+  [[ "$3" = *-aten* ]] && knob=(-x LORAREC_ATEN_KERNELS)
   [ "$3" = bf16-avx512 ] && knob=(-x LORAREC_KERNEL_ISA)
   [[ "$3" = *-opsattn ]] && knob=(-x LORAREC_UNFUSED_ATTENTION)
   if [ "$2" = 1 ]; then OMP_NUM_THREADS=1 with_precision "$3" "${cmd[@]}"
@@ -177,7 +179,7 @@ from vit_flops import forward_flops, vision_config
 c = vision_config(model)
 P = (c["image_size"] // c["patch_size"]) ** 2; N = P + 1
 fwd = forward_flops(c, N)
-PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-avx512", "bf16-base")  # every variant
+PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-atenln", "fp32-atenln", "bf16-avx512", "bf16-base")  # every variant
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
 
 def lines(name):

@@ -845,6 +845,104 @@ struct SoftmaxOp {
 
 at::Tensor quick_gelu(const at::Tensor& x) { return apply_kernel_node<QuickGeluOp>(x); }
 
+// ---- LayerNorm ------------------------------------------------------------------------------
+
+namespace {
+
+// Whether layer_norm_as's kernels take x: float on the CPU (AVX2 or AVX-512), float weights that
+// get no gradient (the frozen VFM; pretraining's LayerNorms learn, and run ATen's).
+bool fused_layer_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const auto frozen_float = [](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() == at::kFloat && t.device() == c10::Device(at::kCPU) && t.dim() == 1 &&
+           !(t.requires_grad() && at::GradMode::is_enabled());
+  };
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 && x.size(-1) > 0 && frozen_float(w) &&
+         frozen_float(b) && w.numel() == x.size(-1) && b.numel() == x.size(-1) && !aten_instead("layer_norm") &&
+         kernel::best_isa() != kernel::Isa::kGeneric;
+}
+
+// The kernel's values of x's rows into y (float or bf16) and the rows' mean and rstd.
+void layer_norm_values(const at::Tensor& xc, const at::Tensor& w, const at::Tensor& b, double eps, const at::Tensor& y,
+                       const at::Tensor& mean, const at::Tensor& rstd) {
+  const int64_t n = xc.size(-1);
+  const float *x = xc.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float *m = mean.data_ptr<float>(), *r = rstd.data_ptr<float>();
+  const auto go = [&](auto tag) {
+    using T = decltype(tag);
+    T* out = raw<T>(y);
+    over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
+      kernel::layer_norm_rows(x + row * n, wp, bp, out + row * n, m + row, r + row, k, n, static_cast<float>(eps),
+                              kernel::best_isa());
+    });
+  };
+  if (y.scalar_type() == at::kFloat)
+    go(float());
+  else
+    go(uint16_t());
+}
+
+// LayerNorm as one node that saves x (float), w and the rows' mean and rstd; the backward gives
+// x's gradient in float from a float or bf16 output gradient.
+struct LayerNormNode : public torch::autograd::Function<LayerNormNode> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, double eps, int64_t out_type) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const at::Tensor xc = x.contiguous(), wc = w.contiguous(), bc = b.contiguous();
+    const int64_t rows = xc.numel() / xc.size(-1);
+    const at::Tensor y = at::empty(x.sizes(), x.options().dtype(static_cast<at::ScalarType>(out_type)));
+    const at::Tensor mean = at::empty({rows}, x.options()), rstd = at::empty({rows}, x.options());
+    layer_norm_values(xc, wc, bc, eps, y, mean, rstd);
+    ctx->save_for_backward({xc, wc, mean, rstd});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("layer_norm_as: second derivatives are not implemented (backward with create_graph)");
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &mean = saved[2], &rstd = saved[3];
+    const at::Tensor& g0 = grads[0];
+    const at::Tensor g = (g0.scalar_type() == at::kBFloat16 ? g0 : g0.to(at::kFloat)).contiguous();
+    const at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+    const int64_t n = x.size(-1);
+    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *m = mean.data_ptr<float>();
+    const float* r = rstd.data_ptr<float>();
+    float* out = gx.data_ptr<float>();
+    const auto go = [&](auto tag) {
+      using T = decltype(tag);
+      const T* gp = raw<T>(g);
+      over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
+        kernel::layer_norm_rows_backward(xp + row * n, m + row, r + row, wp, gp + row * n, out + row * n, k, n,
+                                         kernel::best_isa());
+      });
+    };
+    if (g.scalar_type() == at::kFloat)
+      go(float());
+    else
+      go(uint16_t());
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps,
+                         at::ScalarType out) {
+  if (!fused_layer_norm(x, w, b) || (out != at::kFloat && out != at::kBFloat16))
+    return at::layer_norm(x, {x.size(-1)}, w, b, eps);
+  if (x.requires_grad() && at::GradMode::is_enabled())
+    return LayerNormNode::apply(x, w, b, eps, static_cast<int64_t>(out));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const at::Tensor xc = x.contiguous();
+  const int64_t rows = xc.numel() / xc.size(-1);
+  const at::Tensor y = at::empty(x.sizes(), x.options().dtype(out));
+  layer_norm_values(xc, w.contiguous(), b.contiguous(), eps, y, at::empty({rows}, x.options()),
+                    at::empty({rows}, x.options()));
+  return y;
+}
+
 at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<SoftmaxOp>(x); }
 
 // ---- the attention block as one autograd node ------------------------------------------------
@@ -1134,7 +1232,7 @@ at::Tensor ClipVision::embed_tokens(const at::Tensor& pixels, const at::Tensor& 
     x = x + pos_emb_.slice(0, 1).unsqueeze(0);
   const at::Tensor cls = (class_emb_ + pos_emb_[0]).view({1, 1, D}).expand({B, 1, D});
   x = at::cat({cls, x}, 1);
-  return at::layer_norm(x, {D}, pre_ln_w_, pre_ln_b_, c.layer_norm_eps);
+  return layer_norm_as(x, pre_ln_w_, pre_ln_b_, c.layer_norm_eps, at::kFloat);
 }
 
 static std::string libtorch_version() {
@@ -1181,6 +1279,22 @@ at::Tensor ClipVision::attend(const at::Tensor& q, const at::Tensor& k, const at
   return at::matmul(attn, v);
 }
 
+namespace {
+
+// ForwardOptions::prune by layer, each layer in [0, L) and each ratio in [0, 1).
+std::map<int, double> checked_prune(const ForwardOptions& opts, int64_t L) {
+  std::map<int, double> prune;
+  for (const auto& [l, r] : opts.prune) {
+    if (l < 0 || l >= L)
+      throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
+    if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
+    prune[l] = r;
+  }
+  return prune;
+}
+
+}  // namespace
+
 ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const {
   const ClipVisionConfig& c = config_;
   const int64_t S = c.image_size, C = c.num_channels, P = c.num_patches();
@@ -1189,13 +1303,7 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     throw InputError("pixels must be [B, " + std::to_string(C) + ", " + std::to_string(S) + ", " + std::to_string(S) +
                      "], got " + shape_str(pixels.sizes()));
   const int64_t B = pixels.size(0);
-  std::map<int, double> prune;
-  for (const auto& [l, r] : opts.prune) {
-    if (l < 0 || l >= L)
-      throw InputError("pruning layer " + std::to_string(l) + " outside [0, " + std::to_string(L) + ")");
-    if (!(r >= 0.0 && r < 1.0)) throw InputError("pruning ratio " + std::to_string(r) + " outside [0, 1)");
-    prune[l] = r;
-  }
+  const std::map<int, double> prune = checked_prune(opts, L);
   const bool track = opts.patch_index.defined() || !prune.empty() || opts.want_scores;
 
   at::Tensor index;  // [B, T] int64 original patch indices of the current tokens
@@ -1210,14 +1318,18 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     if (opts.layer_inputs != nullptr) opts.layer_inputs->push_back(x);
     util::PhaseScope attention_phase("attention");
     // Attention (HF CLIPAttention: q scaled after projection, softmax over keys).
-    const at::Tensor h = at::layer_norm(x, {D}, ly.ln1_w, ly.ln1_b, c.layer_norm_eps);
-    const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
-    const int64_t Tq = hq.size(1);
     const auto pr = prune.find(l);
     const bool want_last = last && opts.want_scores;
+    const bool block = attention_ == Attention::kExplicit && ly.w_qkv.defined() && pr == prune.end() && !want_last;
+    // Under autocast the LayerNorms write bf16 where one bf16 matmul takes their output (the
+    // attention block; fc1 without an adapter); where it has several consumers it stays float, so
+    // that their gradients add up in float as before.
+    const at::Tensor h = layer_norm_as(x, ly.ln1_w, ly.ln1_b, c.layer_norm_eps, block ? autocast_dtype(x) : at::kFloat);
+    const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
+    const int64_t Tq = hq.size(1);
     at::Tensor cls_row;  // [B, H, T] when pruning here or returning the scores
     at::Tensor o;        // [B, Tq, D]
-    if (attention_ == Attention::kExplicit && ly.w_qkv.defined() && pr == prune.end() && !want_last) {
+    if (block) {
       const auto find = [&](Module m) { return lora != nullptr ? lora->find(l, m) : nullptr; };
       o = attention_block(h, ly.w_qkv, ly.b_qkv, {find(Module::kQ), find(Module::kK), find(Module::kV)},
                           c.num_attention_heads, Tq, lora != nullptr ? lora->scale() : 1.0);
@@ -1247,7 +1359,10 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
     attention_phase.stop();
     util::PhaseScope mlp_phase("mlp");
     // MLP.
-    const at::Tensor h2 = at::layer_norm(x, {D}, ly.ln2_w, ly.ln2_b, c.layer_norm_eps);
+    const bool h2_once = !(opts.official_prune_residual && pr != prune.end()) &&
+                         (lora == nullptr || lora->find(l, Module::kFc1) == nullptr);
+    const at::Tensor h2 =
+        layer_norm_as(x, ly.ln2_w, ly.ln2_b, c.layer_norm_eps, h2_once ? autocast_dtype(x) : at::kFloat);
     at::Tensor m = linear(h2, l, Module::kFc1, lora);
     m = c.hidden_act == Activation::kQuickGelu ? quick_gelu(m) : at::gelu(m);
     m = linear(m, l, Module::kFc2, lora);

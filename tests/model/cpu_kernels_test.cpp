@@ -228,6 +228,114 @@ TEST(SoftmaxKernel, Bf16DenormalResultsFollowTheInstructionSet) {
   }
 }
 
+// Rows for LayerNorm: lengths below, at and above the 16 lanes (5, 17: the loops; 16, 128: the
+// AVX-512 rows), an offset far from zero (the second pass keeps the variance exact where one pass
+// of sum and sum of squares would cancel), a constant row (variance 0: eps alone) and a NaN row.
+struct NormRows {
+  int64_t n;
+  std::vector<float> x, g, w, b;
+};
+std::vector<NormRows> layer_norm_inputs() {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<NormRows> out;
+  for (const int64_t n : {5, 16, 17, 128}) {
+    NormRows r{n, std::vector<float>(size_t(6 * n)), std::vector<float>(size_t(6 * n)), {}, {}};
+    for (float& v : r.x) v = normal(rng);
+    for (float& v : r.g) v = normal(rng);
+    for (int64_t i = 0; i < n; ++i) {
+      r.w.push_back(1.0f + normal(rng) / 4);
+      r.b.push_back(normal(rng) / 4);
+      r.x[size_t(n + i)] += 1000.0f;
+      r.x[size_t(2 * n + i)] = 3.0f;
+    }
+    r.x[size_t(3 * n)] = std::numeric_limits<float>::quiet_NaN();
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+TEST(LayerNormKernel, EveryInstructionSetMatchesTheFormulaInFloat) {
+  // Against the formulas in double (two-pass moments), relative to the terms' size: y against
+  // |xh w| + |b|, gx against rstd (|d| + |mean d| + |xh mean(d xh)|), each plus the rounding of the
+  // float mean carried by x - mean; the NaN row stays NaN.
+  const float eps = 1e-5f;
+  for (const Isa isa : supported_isas()) {
+    for (const NormRows& in : layer_norm_inputs()) {
+      const int64_t n = in.n, rows = int64_t(in.x.size()) / n;
+      std::vector<float> y(in.x.size()), gx(in.x.size()), mean(static_cast<size_t>(rows)),
+          rstd(static_cast<size_t>(rows));
+      layer_norm_rows(in.x.data(), in.w.data(), in.b.data(), y.data(), mean.data(), rstd.data(), rows, n, eps, isa);
+      layer_norm_rows_backward(in.x.data(), mean.data(), rstd.data(), in.w.data(), in.g.data(), gx.data(), rows, n,
+                               isa);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x = in.x.data() + r * n;
+        const float* g = in.g.data() + r * n;
+        if (r == 3) {
+          for (int64_t i = 0; i < n; ++i) EXPECT_TRUE(std::isnan(y[size_t(r * n + i)])) << isa_name(isa);
+          continue;
+        }
+        double m = 0, v = 0, md = 0, mdx = 0;
+        for (int64_t i = 0; i < n; ++i) m += x[i];
+        m /= double(n);
+        for (int64_t i = 0; i < n; ++i) v += (x[i] - m) * (x[i] - m);
+        const double rs = 1.0 / std::sqrt(v / double(n) + eps);
+        EXPECT_NEAR(mean[size_t(r)], m, 1e-6 * (std::abs(m) + 1)) << isa_name(isa);
+        EXPECT_NEAR(rstd[size_t(r)], rs, 1e-5 * rs) << "n " << n << " row " << r << " (" << isa_name(isa) << ")";
+        for (int64_t i = 0; i < n; ++i) {
+          const double xh = (x[i] - m) * rs, d = double(g[i]) * in.w[size_t(i)];
+          md += d / double(n);
+          mdx += d * xh / double(n);
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const double xh = (x[i] - m) * rs, d = double(g[i]) * in.w[size_t(i)];
+          const double want = xh * in.w[size_t(i)] + in.b[size_t(i)];
+          // x - mean carries the rounding of the float mean (2 ulps of |mean|; the offset row).
+          const double xh_err = 2.4e-7 * std::abs(m) * rs;
+          const double scale = std::abs(xh * in.w[size_t(i)]) + std::abs(in.b[size_t(i)]);
+          EXPECT_LE(std::abs(y[size_t(r * n + i)] - want), 2e-5 * scale + xh_err * std::abs(in.w[size_t(i)]))
+              << "n " << n << " row " << r << " (" << isa_name(isa) << ")";
+          const double gw = rs * (d - md - xh * mdx);
+          const double gscale = rs * (std::abs(d) + std::abs(md) + std::abs(xh * mdx));
+          EXPECT_LE(std::abs(gx[size_t(r * n + i)] - gw), 2e-5 * gscale + rs * xh_err * std::abs(mdx))
+              << "backward, n " << n << " row " << r << " (" << isa_name(isa) << ")";
+        }
+      }
+    }
+  }
+}
+
+TEST(LayerNormKernel, Bf16IsTheFloatResultRoundedOnce) {
+  // bf16 output: bit for bit the float kernel's output rounded to nearest even (same moments); the
+  // backward from a bf16 gradient: bit for bit the float backward from the same values.
+  const float eps = 1e-5f;
+  for (const Isa isa : supported_isas()) {
+    for (const NormRows& in : layer_norm_inputs()) {
+      const int64_t n = in.n, rows = int64_t(in.x.size()) / n;
+      std::vector<uint16_t> yb(in.x.size()), gb;
+      std::vector<float> yf(in.x.size()), gf, mb(static_cast<size_t>(rows)), rb(static_cast<size_t>(rows)),
+          mf(static_cast<size_t>(rows)), rf(static_cast<size_t>(rows));
+      layer_norm_rows(in.x.data(), in.w.data(), in.b.data(), yb.data(), mb.data(), rb.data(), rows, n, eps, isa);
+      layer_norm_rows(in.x.data(), in.w.data(), in.b.data(), yf.data(), mf.data(), rf.data(), rows, n, eps, isa);
+      for (const float v : in.g) {
+        gb.push_back(to_bf16(v));
+        gf.push_back(from_bf16(gb.back()));
+      }
+      std::vector<float> gxb(in.x.size()), gxf(in.x.size());
+      layer_norm_rows_backward(in.x.data(), mb.data(), rb.data(), in.w.data(), gb.data(), gxb.data(), rows, n, isa);
+      layer_norm_rows_backward(in.x.data(), mf.data(), rf.data(), in.w.data(), gf.data(), gxf.data(), rows, n, isa);
+      for (size_t i = 0; i < yb.size(); ++i) {
+        if (std::isnan(yf[i])) {
+          EXPECT_TRUE(std::isnan(from_bf16(yb[i])));
+          continue;
+        }
+        EXPECT_EQ(yb[i], to_bf16(yf[i])) << "n " << n << " at " << i << " (" << isa_name(isa) << ")";
+        EXPECT_EQ(gxb[i], gxf[i]) << "backward, n " << n << " at " << i << " (" << isa_name(isa) << ")";
+      }
+    }
+  }
+}
+
 TEST(QuickGeluKernel, TheBestInstructionSetIsAmongTheSupportedOnes) {
   const std::vector<Isa> all = supported_isas();
   EXPECT_EQ(all.back(), best_isa());

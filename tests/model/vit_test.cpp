@@ -276,6 +276,47 @@ TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
   }
 }
 
+TEST(Vit, LayerNormAsIsOneNodeWithAtensGradients) {
+  // layer_norm_as against at::layer_norm: value and input gradient with a float output (within
+  // float rounding) and a bf16 one (the float result rounded once; its gradient from a bf16
+  // output gradient), rows of the ViT's 128 and of 40 (the row kernels' two paths), on a
+  // non-contiguous input too; one node, whose one live edge is x's; weights that need a gradient run ATen's and
+  // get it; no node without a gradient; a second derivative is refused.
+  at::manual_seed(15);
+  for (const int64_t D : {128, 40}) {
+    const at::Tensor x0 = 3 * at::randn({4, 9, D}) + 2, g0 = at::randn({4, 9, D});
+    const at::Tensor w = 1 + at::randn({D}) / 4, b = at::randn({D}) / 4;
+    for (const at::ScalarType out : {at::kFloat, at::kBFloat16}) {
+      const double tol = out == at::kBFloat16 ? 1e-2 : 1e-5;
+      for (const bool transposed : {false, true}) {
+        const at::Tensor base = transposed ? x0.transpose(0, 1).contiguous() : x0;
+        at::Tensor xf = base.clone().requires_grad_(true), xu = base.clone().requires_grad_(true);
+        const at::Tensor in_f = transposed ? xf.transpose(0, 1) : xf, in_u = transposed ? xu.transpose(0, 1) : xu;
+        const at::Tensor fused = layer_norm_as(in_f, w, b, 1e-5, out);
+        const at::Tensor ref = at::layer_norm(in_u, {D}, w, b, 1e-5);
+        ASSERT_EQ(fused.scalar_type(), out);
+        EXPECT_LT(rel_error(fused.to(at::kFloat), ref.detach()), tol) << D << " " << out << " " << transposed;
+        ASSERT_TRUE(fused.grad_fn() != nullptr);
+        ASSERT_EQ(fused.grad_fn()->next_edges().size(), 3u);  // x, w, b; only x's leads anywhere
+        EXPECT_TRUE(fused.grad_fn()->next_edges()[0].is_valid());
+        EXPECT_FALSE(fused.grad_fn()->next_edges()[1].is_valid() || fused.grad_fn()->next_edges()[2].is_valid());
+        fused.backward(g0.to(out));
+        ref.backward(g0.to(out).to(at::kFloat));
+        EXPECT_EQ(xf.grad().scalar_type(), at::kFloat);
+        EXPECT_LT(rel_error(xf.grad(), xu.grad()), 1e-5) << D << " " << out << " " << transposed;
+      }
+    }
+    EXPECT_TRUE(layer_norm_as(x0, w, b, 1e-5, at::kBFloat16).grad_fn() == nullptr);
+    // Weights that learn (pretraining): ATen's LayerNorm, float out, their gradients too.
+    const at::Tensor wl = w.clone().requires_grad_(true), x = x0.clone().requires_grad_(true);
+    const at::Tensor y = layer_norm_as(x, wl, b, 1e-5, at::kBFloat16);
+    EXPECT_EQ(y.scalar_type(), at::kFloat);
+    y.backward(g0);
+    EXPECT_TRUE(wl.grad().defined());
+    EXPECT_THROW(layer_norm_as(x, w, b, 1e-5, at::kFloat).sum().backward({}, true, true), RuntimeError);
+  }
+}
+
 // The attention of one layer written as separate ops (HF CLIPAttention): what attention_block
 // replaces.
 at::Tensor attention_by_ops(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b,

@@ -118,6 +118,15 @@ at::Tensor quick_gelu(const at::Tensor& x);
 // attention of ClipVision::forward. First derivatives only, as quick_gelu.
 at::Tensor softmax_last_dim(const at::Tensor& x);
 
+// LayerNorm over x's last dimension with weight w and bias b, as ATen's at::layer_norm, written in
+// `out` (float or bf16): on CPU float x with frozen float weights (no gradient asked for) a row
+// kernel computed in float with one rounding, and where x needs a gradient one autograd node that
+// gives it in float from a float or bf16 output gradient. Elsewhere, or for another `out`,
+// at::layer_norm (its result in its own dtype: float under CPU autocast). ClipVision::forward's
+// LayerNorms write bf16 under autocast where a bf16 matmul is their one consumer, so that no cast
+// follows them. First derivatives only, as quick_gelu.
+at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, at::ScalarType out);
+
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
 // scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
 // B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share
