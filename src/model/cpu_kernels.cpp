@@ -376,8 +376,57 @@ LORAREC_AVX512 void layer_norm_backward_rows16(const float* x, const float* mean
   }
 }
 
+// The residual add and LayerNorm (add_layer_norm_rows), AVX-512 rows of n = 16 k.
+template <typename Y, typename H>
+LORAREC_AVX512 void add_layer_norm_rows16(const float* x, const Y* y, const float* bias, float* v, const float* w,
+                                          const float* b, H* h, float* mean, float* rstd, int64_t rows, int64_t n,
+                                          float eps) {
+  for (int64_t r = 0; r < rows; ++r, x += n, y += n, v += n, h += n) {
+    for (int64_t i = 0; i < n; i += 16) {
+      __m512 s = _mm512_add_ps(_mm512_loadu_ps(x + i), load16(y + i));
+      if (bias != nullptr) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + i));
+      _mm512_storeu_ps(v + i, s);
+    }
+    const Moments16 mo = row_moments16(v, n, eps, mean + r, rstd + r);
+    for (int64_t i = 0; i < n; i += 16) store16(layer_norm16(v, w, b, mo, i), h + i);
+  }
+}
+
+template <typename G>
+LORAREC_AVX512 void add_layer_norm_backward_rows16(const float* v, const float* mean, const float* rstd, const float* w,
+                                                   const G* gh, const float* gv_out, float* gv, uint16_t* gy16,
+                                                   int64_t rows, int64_t n) {
+  layer_norm_backward_rows16(v, mean, rstd, w, gh, gv, rows, n);
+  for (int64_t i = 0; i < rows * n; i += 16) {
+    __m512 s = _mm512_loadu_ps(gv + i);
+    if (gv_out != nullptr) s = _mm512_add_ps(s, _mm512_loadu_ps(gv_out + i));
+    _mm512_storeu_ps(gv + i, s);
+    if (gy16 != nullptr) store16(s, gy16 + i);
+  }
+}
 #pragma GCC diagnostic pop
 #endif
+
+// The residual add and LayerNorm as plain loops (any n, any instruction set).
+template <typename Y, typename H>
+void add_layer_norm_loop(const float* x, const Y* y, const float* bias, float* v, const float* w, const float* b, H* h,
+                         float* mean, float* rstd, int64_t rows, int64_t n, float eps, float* e) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* vr = v + r * n;
+    for (int64_t i = 0; i < n; ++i) vr[i] = x[r * n + i] + load(y[r * n + i]) + (bias != nullptr ? bias[i] : 0.0f);
+    layer_norm_row<false>(vr, w, b, h + r * n, e, mean + r, rstd + r, n, eps);
+  }
+}
+
+template <typename G>
+void add_layer_norm_backward_loop(const float* v, const float* mean, const float* rstd, const float* w, const G* gh,
+                                  const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, float* e) {
+  layer_norm_backward_loop(v, mean, rstd, w, gh, gv, rows, n, e);
+  for (int64_t i = 0; i < rows * n; ++i) {
+    if (gv_out != nullptr) gv[i] += gv_out[i];
+    if (gy16 != nullptr) store(gv[i], gy16 + i);
+  }
+}
 
 // The intrinsic rows where ROWS16 is 1 (AVX-512 builds); a no-op expression elsewhere, never reached.
 #ifdef LORAREC_X86_KERNELS
@@ -568,6 +617,66 @@ void layer_norm_rows_backward(const float* x, const float* mean, const float* rs
                               float* gx, int64_t rows, int64_t n, Isa isa) {
   std::vector<float> e(static_cast<size_t>(n));
   LORAREC_DISPATCH(lnb_bf16, x, mean, rstd, w, g, gx, rows, n, e.data());
+}
+
+// The fused residual add and LayerNorm: AVX-512 rows where asked for, run by this CPU and n is a
+// multiple of 16, else the plain loops.
+namespace {
+bool rows16(Isa isa, int64_t n) {
+#ifdef LORAREC_X86_KERNELS
+  return isa >= Isa::kAvx512 && best_isa() >= Isa::kAvx512 && n % 16 == 0;
+#else
+  (void)isa;
+  (void)n;
+  return false;
+#endif
+}
+
+template <typename Y, typename H>
+void add_layer_norm(const float* x, const Y* y, const float* bias, float* v, const float* w, const float* b, H* h,
+                    float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
+#ifdef LORAREC_X86_KERNELS
+  if (rows16(isa, n)) return add_layer_norm_rows16(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps);
+#endif
+  std::vector<float> e(static_cast<size_t>(n));
+  add_layer_norm_loop(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, e.data());
+}
+
+template <typename G>
+void add_layer_norm_backward(const float* v, const float* mean, const float* rstd, const float* w, const G* gh,
+                             const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, Isa isa) {
+#ifdef LORAREC_X86_KERNELS
+  if (rows16(isa, n)) return add_layer_norm_backward_rows16(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n);
+#endif
+  std::vector<float> e(static_cast<size_t>(n));
+  add_layer_norm_backward_loop(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n, e.data());
+}
+}  // namespace
+
+void add_layer_norm_rows(const float* x, const float* y, const float* bias, float* v, const float* w, const float* b,
+                         float* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
+  add_layer_norm(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, isa);
+}
+void add_layer_norm_rows(const float* x, const uint16_t* y, const float* bias, float* v, const float* w, const float* b,
+                         float* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
+  add_layer_norm(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, isa);
+}
+void add_layer_norm_rows(const float* x, const float* y, const float* bias, float* v, const float* w, const float* b,
+                         uint16_t* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
+  add_layer_norm(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, isa);
+}
+void add_layer_norm_rows(const float* x, const uint16_t* y, const float* bias, float* v, const float* w, const float* b,
+                         uint16_t* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
+  add_layer_norm(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, isa);
+}
+void add_layer_norm_rows_backward(const float* v, const float* mean, const float* rstd, const float* w, const float* gh,
+                                  const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, Isa isa) {
+  add_layer_norm_backward(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n, isa);
+}
+void add_layer_norm_rows_backward(const float* v, const float* mean, const float* rstd, const float* w,
+                                  const uint16_t* gh, const float* gv_out, float* gv, uint16_t* gy16, int64_t rows,
+                                  int64_t n, Isa isa) {
+  add_layer_norm_backward(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n, isa);
 }
 
 }  // namespace lorarec::model::kernel

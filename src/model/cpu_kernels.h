@@ -9,6 +9,9 @@
 // - LayerNorm over rows of float values, its result in float or bf16 (the bf16 matmuls' input, so
 //   that no cast follows it), and its input gradient from a float or bf16 output gradient: ATen's
 //   took 0.49 ms over the main job's 5200 x 128 values, about 1 ns per value.
+//   The residual add before a LayerNorm is fused with it (add_layer_norm_rows): one pass that
+//   writes the residual stream and the LayerNorm's output, and a backward that adds the two
+//   gradients of the residual stream in the same pass.
 // All compute in float whatever the storage. Each function is compiled for several instruction
 // sets and the best one this CPU runs is chosen at run time (best_isa); tests call every
 // supported one against the formulas.
@@ -66,5 +69,26 @@ void layer_norm_rows_backward(const float* x, const float* mean, const float* rs
                               float* gx, int64_t rows, int64_t n, Isa isa);
 void layer_norm_rows_backward(const float* x, const float* mean, const float* rstd, const float* w, const uint16_t* g,
                               float* gx, int64_t rows, int64_t n, Isa isa);
+
+// The residual add fused with the next LayerNorm: v = x + y (+ bias) per row (x float, y float or
+// bf16, bias float or null), written to v (float), then h = layer_norm_rows(v) in float or bf16
+// (bf16 rounded once, to nearest even, without AVX512-BF16's flush of denormals), mean and rstd
+// per row. v must not overlap the inputs.
+void add_layer_norm_rows(const float* x, const float* y, const float* bias, float* v, const float* w, const float* b,
+                         float* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa);
+void add_layer_norm_rows(const float* x, const uint16_t* y, const float* bias, float* v, const float* w, const float* b,
+                         float* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa);
+void add_layer_norm_rows(const float* x, const float* y, const float* bias, float* v, const float* w, const float* b,
+                         uint16_t* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa);
+void add_layer_norm_rows(const float* x, const uint16_t* y, const float* bias, float* v, const float* w, const float* b,
+                         uint16_t* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa);
+// Its backward: gv = gv_out + the LayerNorm's input gradient from gh (as layer_norm_rows_backward),
+// in float (gv_out, the gradient that reaches v from further on, may be null: 0); gy16, where not
+// null, gets gv rounded to bf16 (the gradient of a bf16 y; a float y's is gv itself).
+void add_layer_norm_rows_backward(const float* v, const float* mean, const float* rstd, const float* w, const float* gh,
+                                  const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, Isa isa);
+void add_layer_norm_rows_backward(const float* v, const float* mean, const float* rstd, const float* w,
+                                  const uint16_t* gh, const float* gv_out, float* gv, uint16_t* gy16, int64_t rows,
+                                  int64_t n, Isa isa);
 
 }  // namespace lorarec::model::kernel

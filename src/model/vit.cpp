@@ -40,6 +40,8 @@
 namespace lorarec::model {
 namespace {
 
+using OptTensor = c10::optional<at::Tensor>;
+
 constexpr const char* kModuleNames[kNumModules] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
 constexpr const char* kModulePaths[kNumModules] = {"self_attn.q_proj",   "self_attn.k_proj", "self_attn.v_proj",
                                                    "self_attn.out_proj", "mlp.fc1",          "mlp.fc2"};
@@ -928,6 +930,102 @@ struct LayerNormNode : public torch::autograd::Function<LayerNormNode> {
 
 }  // namespace
 
+namespace {
+
+// add_layer_norm_as's node: saves v, w, mean and rstd (and y's dtype).
+struct AddLayerNormNode : public torch::autograd::Function<AddLayerNormNode> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& y, const OptTensor& bias, const at::Tensor& w,
+                                                const at::Tensor& b, double eps, int64_t out_type) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const at::Tensor xc = x.contiguous(), yc = y.contiguous(), wc = w.contiguous(), bc = b.contiguous();
+    const at::Tensor biasc = bias.has_value() ? bias->contiguous() : at::Tensor();
+    const int64_t n = x.size(-1), rows = xc.numel() / n;
+    const at::Tensor v = at::empty(x.sizes(), x.options());
+    const at::Tensor h = at::empty(x.sizes(), x.options().dtype(static_cast<at::ScalarType>(out_type)));
+    const at::Tensor mean = at::empty({rows}, x.options()), rstd = at::empty({rows}, x.options());
+    const float* bp = biasc.defined() ? biasc.data_ptr<float>() : nullptr;
+    float *m = mean.data_ptr<float>(), *r = rstd.data_ptr<float>(), *vp = v.data_ptr<float>();
+    const float* xp = xc.data_ptr<float>();
+    const auto go = [&](auto ytag, auto htag) {
+      using Y = decltype(ytag);
+      using H = decltype(htag);
+      const Y* yp = raw<Y>(yc);
+      H* hp = raw<H>(h);
+      over_rows(rows, n, [&](int64_t row, int64_t k) {
+        kernel::add_layer_norm_rows(xp + row * n, yp + row * n, bp, vp + row * n, wc.data_ptr<float>(),
+                                    bc.data_ptr<float>(), hp + row * n, m + row, r + row, k, n, static_cast<float>(eps),
+                                    kernel::best_isa());
+      });
+    };
+    const bool y16 = y.scalar_type() == at::kBFloat16, h16 = h.scalar_type() == at::kBFloat16;
+    if (y16 && h16)
+      go(uint16_t(), uint16_t());
+    else if (y16)
+      go(uint16_t(), float());
+    else if (h16)
+      go(float(), uint16_t());
+    else
+      go(float(), float());
+    ctx->save_for_backward({v, wc, mean, rstd});
+    ctx->saved_data["y_type"] = y.scalar_type();
+    return {v, h};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("add_layer_norm_as: second derivatives are not implemented (backward with create_graph)");
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &v = saved[0], &w = saved[1], &mean = saved[2], &rstd = saved[3];
+    const at::Tensor gv_out = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
+    const at::Tensor gh = grads[1].defined() ? grads[1] : at::zeros_like(v);
+    const at::Tensor g = (gh.scalar_type() == at::kBFloat16 ? gh : gh.to(at::kFloat)).contiguous();
+    const at::ScalarType y_type = ctx->saved_data["y_type"].toScalarType();
+    const at::Tensor gv = at::empty_like(v, at::MemoryFormat::Contiguous);
+    const at::Tensor gy = y_type == at::kBFloat16 ? at::empty(v.sizes(), v.options().dtype(y_type)) : gv;
+    const int64_t n = v.size(-1);
+    const float *vp = v.data_ptr<float>(), *m = mean.data_ptr<float>(), *r = rstd.data_ptr<float>();
+    const float* go_p = gv_out.defined() ? gv_out.data_ptr<float>() : nullptr;
+    uint16_t* gy16 = y_type == at::kBFloat16 ? raw<uint16_t>(gy) : nullptr;
+    const auto go = [&](auto tag) {
+      using G = decltype(tag);
+      const G* gp = raw<G>(g);
+      over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
+        kernel::add_layer_norm_rows_backward(vp + row * n, m + row, r + row, w.data_ptr<float>(), gp + row * n,
+                                             go_p == nullptr ? nullptr : go_p + row * n, gv.data_ptr<float>() + row * n,
+                                             gy16 == nullptr ? nullptr : gy16 + row * n, k, n, kernel::best_isa());
+      });
+    };
+    if (g.scalar_type() == at::kFloat)
+      go(float());
+    else
+      go(uint16_t());
+    return {gv, gy, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> add_layer_norm_as(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
+                                                    const at::Tensor& w, const at::Tensor& b, double eps,
+                                                    at::ScalarType out) {
+  const bool bias_ok =
+      !bias.defined() || (bias.scalar_type() == at::kFloat && bias.device().is_cpu() && bias.dim() == 1 &&
+                          bias.numel() == x.size(-1) && !(bias.requires_grad() && at::GradMode::is_enabled()));
+  const bool fused = fused_layer_norm(x, w, b) && bias_ok && y.sizes() == x.sizes() && y.device().is_cpu() &&
+                     (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16) &&
+                     (out == at::kFloat || out == at::kBFloat16);
+  if (!fused) {
+    const at::Tensor v = bias.defined() ? x + y + bias : x + y;
+    return {v, layer_norm_as(v, w, b, eps, out)};
+  }
+  const torch::autograd::variable_list vh = AddLayerNormNode::apply(
+      x, y, bias.defined() ? OptTensor(bias) : OptTensor(), w, b, eps, static_cast<int64_t>(out));
+  return {vh[0], vh[1]};
+}
+
 at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps,
                          at::ScalarType out) {
   if (!fused_layer_norm(x, w, b) || (out != at::kFloat && out != at::kBFloat16))
@@ -971,8 +1069,6 @@ at::Tensor split_heads(const at::Tensor& rows, int64_t B, int64_t n, int64_t H) 
 void merge_heads_into(const at::Tensor& rows, const at::Tensor& t, int64_t B, int64_t n, int64_t H) {
   rows.view({B, n, H, -1}).copy_(t.view({B, H, n, -1}).transpose(1, 2));
 }
-
-using OptTensor = c10::optional<at::Tensor>;
 
 // attention_block's node. Arguments after h: A and B of the adapters on q, k and v (absent where
 // there is none). Saved: the projections' input x, the scaled queries, the keys and values split
@@ -1279,6 +1375,20 @@ at::Tensor ClipVision::attend(const at::Tensor& q, const at::Tensor& k, const at
   return at::matmul(attn, v);
 }
 
+std::pair<at::Tensor, at::Tensor> ClipVision::residual_norm(const at::Tensor& x, const at::Tensor& in, int layer,
+                                                            Module m, const Lora* lora, const at::Tensor& ln_w,
+                                                            const at::Tensor& ln_b, at::ScalarType out) const {
+  const int i = static_cast<int>(m);
+  const Layer& ly = layers_[layer];
+  if (ly.w[i].requires_grad() || !x.device().is_cpu()) {  // training weights, or a GPU: the separate ops
+    const at::Tensor v = x + linear(in, layer, m, lora);
+    return {v, layer_norm_as(v, ln_w, ln_b, config_.layer_norm_eps, out)};
+  }
+  // The matmul without its bias (added in float by the node), in the bf16 copy under kBf16.
+  const at::Tensor y = at::linear(in, ly.w_lp[i].defined() ? ly.w_lp[i] : ly.w[i]);
+  return add_layer_norm_as(x, add_lora(y, in, layer, m, lora), ly.b[i], ln_w, ln_b, config_.layer_norm_eps, out);
+}
+
 namespace {
 
 // ForwardOptions::prune by layer, each layer in [0, L) and each ratio in [0, 1).
@@ -1291,6 +1401,31 @@ std::map<int, double> checked_prune(const ForwardOptions& opts, int64_t L) {
     prune[l] = r;
   }
   return prune;
+}
+
+// The CLS query's head-averaged attention on each patch token ([B, T - 1] of cls_row [B, H, T]):
+// kept as the scores where want_last, and where ratio > 0 that share of the patch tokens dropped
+// from index and from each of `tokens` ([B, T, D] each; not when they hold the CLS row alone), the
+// most attended kept in their order.
+void use_cls_row(const at::Tensor& cls_row, double ratio, bool want_last, bool cls_only,
+                 std::initializer_list<at::Tensor*> tokens, at::Tensor& index, at::Tensor& last_scores,
+                 at::Tensor& last_index) {
+  const at::Tensor s = cls_row.slice(-1, 1).mean(1);
+  if (want_last) {
+    last_scores = s.detach();
+    last_index = index;
+  }
+  const int64_t B = s.size(0), n = s.size(1);
+  const auto drop = static_cast<int64_t>(ratio * double(n));
+  if (drop > 0 && n - drop >= 1) {
+    const at::Tensor keep = std::get<0>(std::get<1>(at::topk(s, n - drop, -1)).sort(-1));  // order kept
+    index = at::gather(index, 1, keep);
+    if (cls_only) return;
+    for (at::Tensor* t : tokens) {
+      const at::Tensor rows = keep.unsqueeze(-1).expand({B, n - drop, t->size(2)});
+      *t = at::cat({t->slice(1, 0, 1), at::gather(t->slice(1, 1), 1, rows)}, 1);
+    }
+  }
 }
 
 }  // namespace
@@ -1308,28 +1443,32 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
 
   at::Tensor index;  // [B, T] int64 original patch indices of the current tokens
   at::Tensor x = embed_tokens(pixels, opts.patch_index, track, &index);
+  // Whether layer k's attention runs as attention_block's node. Under autocast the LayerNorms write
+  // bf16 where one bf16 matmul takes their output (that node; fc1 without an adapter); where the
+  // output has several consumers it stays float, so that their gradients add up in float.
+  const auto block = [&](int k) {
+    return attention_ == Attention::kExplicit && layers_[k].w_qkv.defined() && prune.count(k) == 0 &&
+           !(k == L - 1 && opts.want_scores);
+  };
+  const auto ln1_type = [&](int k) { return block(k) ? autocast_dtype(x) : at::kFloat; };
 
   at::Tensor last_scores, last_index;
+  at::Tensor h;  // layer l's first LayerNorm, where the residual add before it computed it
   for (int l = 0; l < L; ++l) {
     const Layer& ly = layers_[l];
     const bool last = (l == L - 1);
     const bool cls_only = last && opts.cls_only_last;
-    const int64_t T = x.size(1);
     if (opts.layer_inputs != nullptr) opts.layer_inputs->push_back(x);
     util::PhaseScope attention_phase("attention");
     // Attention (HF CLIPAttention: q scaled after projection, softmax over keys).
     const auto pr = prune.find(l);
     const bool want_last = last && opts.want_scores;
-    const bool block = attention_ == Attention::kExplicit && ly.w_qkv.defined() && pr == prune.end() && !want_last;
-    // Under autocast the LayerNorms write bf16 where one bf16 matmul takes their output (the
-    // attention block; fc1 without an adapter); where it has several consumers it stays float, so
-    // that their gradients add up in float as before.
-    const at::Tensor h = layer_norm_as(x, ly.ln1_w, ly.ln1_b, c.layer_norm_eps, block ? autocast_dtype(x) : at::kFloat);
+    if (!h.defined()) h = layer_norm_as(x, ly.ln1_w, ly.ln1_b, c.layer_norm_eps, ln1_type(l));
     const at::Tensor hq = cls_only ? h.slice(1, 0, 1) : h;
     const int64_t Tq = hq.size(1);
     at::Tensor cls_row;  // [B, H, T] when pruning here or returning the scores
     at::Tensor o;        // [B, Tq, D]
-    if (block) {
+    if (block(l)) {
       const auto find = [&](Module m) { return lora != nullptr ? lora->find(l, m) : nullptr; };
       o = attention_block(h, ly.w_qkv, ly.b_qkv, {find(Module::kQ), find(Module::kK), find(Module::kV)},
                           c.num_attention_heads, Tq, lora != nullptr ? lora->scale() : 1.0);
@@ -1337,36 +1476,29 @@ ForwardOutput ClipVision::forward_impl(const at::Tensor& pixels, const ForwardOp
       const auto [q, k, v] = qkv(h, hq, l, lora);
       o = attend(q, k, v, (pr != prune.end() || want_last) ? &cls_row : nullptr).transpose(1, 2).reshape({B, Tq, D});
     }
-    o = linear(o, l, Module::kOut, lora);
-    x = (cls_only ? x.slice(1, 0, 1) : x) + o;
-
-    if (cls_row.defined()) {
-      // Head-averaged attention of the CLS query on each patch token: [B, T - 1].
-      const at::Tensor s = cls_row.slice(-1, 1).mean(1);
-      if (want_last) {
-        last_scores = s.detach();
-        last_index = index;
-      }
-      const int64_t n = T - 1;
-      const int64_t drop = pr != prune.end() ? static_cast<int64_t>(pr->second * double(n)) : 0;
-      if (drop > 0 && n - drop >= 1) {
-        const at::Tensor keep = std::get<0>(std::get<1>(at::topk(s, n - drop, -1)).sort(-1));  // order kept
-        index = at::gather(index, 1, keep);
-        if (!cls_only)
-          x = at::cat({x.slice(1, 0, 1), at::gather(x.slice(1, 1), 1, keep.unsqueeze(-1).expand({B, n - drop, D}))}, 1);
-      }
-    }
+    // The residual and the MLP's LayerNorm (per token: pruning after it drops the same rows).
+    const bool official = opts.official_prune_residual && pr != prune.end();
+    const bool fc1_lora = lora != nullptr && lora->find(l, Module::kFc1) != nullptr;
+    const at::ScalarType h2_type = !official && !fc1_lora ? autocast_dtype(x) : at::kFloat;
+    at::Tensor h2;
+    std::tie(x, h2) =
+        residual_norm(cls_only ? x.slice(1, 0, 1) : x, o, l, Module::kOut, lora, ly.ln2_w, ly.ln2_b, h2_type);
+    if (cls_row.defined())
+      use_cls_row(cls_row, pr != prune.end() ? pr->second : 0.0, want_last, cls_only, {&x, &h2}, index, last_scores,
+                  last_index);
     attention_phase.stop();
     util::PhaseScope mlp_phase("mlp");
-    // MLP.
-    const bool h2_once = !(opts.official_prune_residual && pr != prune.end()) &&
-                         (lora == nullptr || lora->find(l, Module::kFc1) == nullptr);
-    const at::Tensor h2 =
-        layer_norm_as(x, ly.ln2_w, ly.ln2_b, c.layer_norm_eps, h2_once ? autocast_dtype(x) : at::kFloat);
+    // MLP; its residual with the next layer's first LayerNorm.
     at::Tensor m = linear(h2, l, Module::kFc1, lora);
     m = c.hidden_act == Activation::kQuickGelu ? quick_gelu(m) : at::gelu(m);
-    m = linear(m, l, Module::kFc2, lora);
-    x = (opts.official_prune_residual && pr != prune.end()) ? h2 + m : x + m;
+    h = at::Tensor();
+    if (official || last) {
+      m = linear(m, l, Module::kFc2, lora);
+      x = official ? h2 + m : x + m;
+    } else {
+      const Layer& next = layers_[l + 1];
+      std::tie(x, h) = residual_norm(x, m, l, Module::kFc2, lora, next.ln1_w, next.ln1_b, ln1_type(l + 1));
+    }
   }
   util::PhaseScope head_phase("head");
   ForwardOutput out;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace lorarec::model::kernel {
@@ -331,6 +332,79 @@ TEST(LayerNormKernel, Bf16IsTheFloatResultRoundedOnce) {
         }
         EXPECT_EQ(yb[i], to_bf16(yf[i])) << "n " << n << " at " << i << " (" << isa_name(isa) << ")";
         EXPECT_EQ(gxb[i], gxf[i]) << "backward, n " << n << " at " << i << " (" << isa_name(isa) << ")";
+      }
+    }
+  }
+}
+
+TEST(AddLayerNormKernel, IsTheAddThenTheLayerNorm) {
+  // add_layer_norm_rows against its two steps: v exactly (x + y) + bias in float, with y float or
+  // bf16 and with and without a bias; h against layer_norm_rows of v (float within rounding, bf16
+  // within one bf16 step: the two may run differently compiled loops); the backward against
+  // layer_norm_rows_backward plus the gradient from further on (or none), and y's bf16 gradient
+  // exactly that sum rounded once.
+  const float eps = 1e-5f;
+  for (const Isa isa : supported_isas()) {
+    for (const NormRows& in : layer_norm_inputs()) {
+      const int64_t n = in.n, rows = int64_t(in.x.size()) / n;
+      const size_t N = in.x.size(), R = static_cast<size_t>(rows);
+      std::vector<float> y(N), gout(N), bias(static_cast<size_t>(n));
+      std::vector<uint16_t> y16(N);
+      std::mt19937 rng(12);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (size_t i = 0; i < N; ++i) {
+        y16[i] = to_bf16(normal(rng));
+        y[i] = normal(rng);
+        gout[i] = normal(rng);
+      }
+      for (float& b : bias) b = normal(rng);
+      for (const bool bf16_y : {false, true}) {
+        for (const bool with_bias : {false, true}) {
+          const float* bp = with_bias ? bias.data() : nullptr;
+          std::vector<float> v(N), h(N), mean(R), rstd(R), want_v(N), want_h(N), m2(R), r2(R);
+          std::vector<uint16_t> h16(N);
+          if (bf16_y) {
+            add_layer_norm_rows(in.x.data(), y16.data(), bp, v.data(), in.w.data(), in.b.data(), h.data(), mean.data(),
+                                rstd.data(), rows, n, eps, isa);
+            add_layer_norm_rows(in.x.data(), y16.data(), bp, v.data(), in.w.data(), in.b.data(), h16.data(),
+                                mean.data(), rstd.data(), rows, n, eps, isa);
+          } else {
+            add_layer_norm_rows(in.x.data(), y.data(), bp, v.data(), in.w.data(), in.b.data(), h.data(), mean.data(),
+                                rstd.data(), rows, n, eps, isa);
+            add_layer_norm_rows(in.x.data(), y.data(), bp, v.data(), in.w.data(), in.b.data(), h16.data(), mean.data(),
+                                rstd.data(), rows, n, eps, isa);
+          }
+          for (size_t i = 0; i < N; ++i)
+            want_v[i] = (in.x[i] + (bf16_y ? from_bf16(y16[i]) : y[i])) + (with_bias ? bias[i % size_t(n)] : 0.0f);
+          layer_norm_rows(want_v.data(), in.w.data(), in.b.data(), want_h.data(), m2.data(), r2.data(), rows, n, eps,
+                          isa);
+          for (size_t i = 0; i < N; ++i) {
+            const std::string where = std::string(isa_name(isa)) + " n " + std::to_string(n) + " at " +
+                                      std::to_string(i) + (bf16_y ? " bf16 y" : "") + (with_bias ? " bias" : "");
+            if (std::isnan(want_v[i]) || std::isnan(want_h[i])) {
+              EXPECT_TRUE(std::isnan(h[i])) << where;
+              continue;
+            }
+            EXPECT_EQ(v[i], want_v[i]) << where;
+            EXPECT_NEAR(h[i], want_h[i], 1e-6 * (std::abs(want_h[i]) + 1)) << where;
+            EXPECT_NEAR(from_bf16(h16[i]), h[i], std::abs(h[i]) / 128 + 1e-30) << where;
+          }
+          // The backward, with and without a gradient from further on.
+          for (const bool with_out : {false, true}) {
+            std::vector<float> gv(N), want(N);
+            std::vector<uint16_t> gy16(N);
+            add_layer_norm_rows_backward(v.data(), mean.data(), rstd.data(), in.w.data(), in.g.data(),
+                                         with_out ? gout.data() : nullptr, gv.data(), gy16.data(), rows, n, isa);
+            layer_norm_rows_backward(v.data(), mean.data(), rstd.data(), in.w.data(), in.g.data(), want.data(), rows, n,
+                                     isa);
+            for (size_t i = 0; i < N; ++i) {
+              if (std::isnan(want[i])) continue;
+              const float w = want[i] + (with_out ? gout[i] : 0.0f);
+              EXPECT_NEAR(gv[i], w, 1e-6 * (std::abs(w) + 1)) << isa_name(isa) << " n " << n << " at " << i;
+              EXPECT_EQ(gy16[i], to_bf16(gv[i])) << isa_name(isa) << " n " << n << " at " << i;
+            }
+          }
+        }
       }
     }
   }

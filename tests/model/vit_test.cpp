@@ -317,6 +317,48 @@ TEST(Vit, LayerNormAsIsOneNodeWithAtensGradients) {
   }
 }
 
+TEST(Vit, AddLayerNormAsIsOneNodeWithTheGradientsOfSeparateOps) {
+  // add_layer_norm_as against x + y + bias and at::layer_norm as ATen ops: both outputs and the
+  // gradients of x and y (both outputs used downstream), y float or bf16, h float or bf16, with and
+  // without a bias, rows of 128 and 40, a non-contiguous x; one node; a second derivative refused.
+  at::manual_seed(16);
+  for (const int64_t D : {128, 40}) {
+    const at::Tensor x0 = 2 * at::randn({3, 7, D}), y0 = at::randn({3, 7, D});
+    const at::Tensor gv0 = at::randn({3, 7, D}), gh0 = at::randn({3, 7, D});
+    const at::Tensor w = 1 + at::randn({D}) / 4, b = at::randn({D}) / 4, bias = at::randn({D});
+    for (const at::ScalarType yt : {at::kFloat, at::kBFloat16})
+      for (const at::ScalarType out : {at::kFloat, at::kBFloat16})
+        for (const bool with_bias : {false, true}) {
+          const double tol = (yt == at::kBFloat16 || out == at::kBFloat16) ? 1e-2 : 1e-5;
+          const std::string where = std::to_string(D) + " " + std::string(c10::toString(yt)) + " " +
+                                    c10::toString(out) + (with_bias ? " bias" : "");
+          const at::Tensor xt = x0.transpose(0, 1).contiguous().requires_grad_(true), xf = xt.transpose(0, 1);
+          const at::Tensor xu = x0.clone().requires_grad_(true);
+          const at::Tensor yf = y0.to(yt).clone().requires_grad_(true), yu = y0.to(yt).clone().requires_grad_(true);
+          ASSERT_FALSE(xf.is_contiguous());
+          const at::Tensor bb = with_bias ? bias : at::Tensor();
+          const auto [v, h] = add_layer_norm_as(xf, yf, bb, w, b, 1e-5, out);
+          const at::Tensor vu = with_bias ? xu + yu + bias : xu + yu;
+          const at::Tensor hu = at::layer_norm(vu, {D}, w, b, 1e-5);
+          ASSERT_EQ(v.scalar_type(), at::kFloat);
+          ASSERT_EQ(h.scalar_type(), out);
+          EXPECT_LT(rel_error(v, vu.detach()), 1e-6) << where;
+          EXPECT_LT(rel_error(h.to(at::kFloat), hu.detach()), tol) << where;
+          EXPECT_EQ(v.grad_fn(), h.grad_fn()) << where;
+          const at::Tensor gh = gh0.to(out).to(at::kFloat);  // h's gradient as its dtype holds it
+          ((v * gv0).sum() + (h.to(at::kFloat) * gh).sum()).backward();
+          ((vu * gv0).sum() + (hu * gh).sum()).backward();
+          EXPECT_LT(rel_error(xt.grad().transpose(0, 1), xu.grad()), 1e-5) << where;
+          EXPECT_EQ(yf.grad().scalar_type(), yt);
+          EXPECT_LT(rel_error(yf.grad().to(at::kFloat), yu.grad().to(at::kFloat)), yt == at::kBFloat16 ? 1e-2 : 1e-5)
+              << where;
+        }
+    const at::Tensor x = x0.clone().requires_grad_(true);
+    EXPECT_THROW(add_layer_norm_as(x, y0, bias, w, b, 1e-5, at::kFloat).second.sum().backward({}, true, true),
+                 RuntimeError);
+  }
+}
+
 // The attention of one layer written as separate ops (HF CLIPAttention): what attention_block
 // replaces.
 at::Tensor attention_by_ops(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b,

@@ -127,6 +127,16 @@ at::Tensor softmax_last_dim(const at::Tensor& x);
 // follows them. First derivatives only, as quick_gelu.
 at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, at::ScalarType out);
 
+// The residual add before a LayerNorm fused with it: {v, h} with v = x + y (+ bias) and h =
+// layer_norm_as(v, w, b, eps, out), as one autograd node over one kernel pass each way (x float,
+// y float or bf16 of x's shape, bias [D] or undefined, all of x, bias, w and b on the CPU with no
+// gradient asked of bias, w or b; elsewhere the separate ops). The backward adds v's two
+// gradients (from further on and through the LayerNorm) in the same pass: x gets the sum in
+// float, y the same rounded to its dtype. First derivatives only.
+std::pair<at::Tensor, at::Tensor> add_layer_norm_as(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
+                                                    const at::Tensor& w, const at::Tensor& b, double eps,
+                                                    at::ScalarType out);
+
 // The best rank-r approximation (truncated SVD, Eckart-Young) of each of src's weight deltas
 // scale * B A, as a LoRA of rank r and lora_alpha alpha on src's adapted modules. With s = alpha / r:
 // B = U sqrt(S / s), A = sqrt(S / s) V^T (factors of equal norms). kept_share (optional): the share
@@ -267,6 +277,12 @@ class ClipVision {
   at::Tensor add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   // q [B, H, Tq, dh] of hq and k, v [B, H, T, dh] of h (hq: h or its CLS row), with the LoRA's deltas.
   std::array<at::Tensor, 3> qkv(const at::Tensor& h, const at::Tensor& hq, int layer, const Lora* lora) const;
+  // x + module m's output of `in` at `layer` (with the LoRA's delta), then the LayerNorm (ln_w,
+  // ln_b) of that sum in `out`: {sum, LayerNorm}. On the CPU with frozen weights one node
+  // (add_layer_norm_as, the module's bias added there); elsewhere the separate ops.
+  std::pair<at::Tensor, at::Tensor> residual_norm(const at::Tensor& x, const at::Tensor& in, int layer, Module m,
+                                                  const Lora* lora, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                                                  at::ScalarType out) const;
   ForwardOutput forward_impl(const at::Tensor& pixels, const ForwardOptions& opts, const Lora* lora) const;
   at::Tensor embed_tokens(const at::Tensor& pixels, const at::Tensor& patch_index, bool track, at::Tensor* index) const;
 
