@@ -87,9 +87,12 @@ TEST(QuickGeluKernel, EveryInstructionSetMatchesTheFormulaInFloat) {
 }
 
 TEST(QuickGeluKernel, Bf16IsTheFloatResultRoundedOnce) {
-  // The bf16 kernels compute in float what the float kernels compute from the same values and
-  // round once: bit for bit the float kernel's result rounded to nearest even (no result here is
-  // a float denormal, which the AVX512-BF16 path flushes to zero: see the softmax test below).
+  // Below AVX-512 the bf16 kernels compute in float what the float kernels compute from the same
+  // values and round once: bit for bit the float kernel's result rounded to nearest even. Under
+  // AVX-512 they compute to bf16's precision (cpu_kernels.h): each result within one bf16 step of
+  // the formula (and of the float kernel's rounded result), and equal to that rounded result for
+  // at least 99 % of the values, the tails (0 with x's sign, x itself) and NaN exactly. No result
+  // here is a float denormal, which the AVX512-BF16 path flushes to zero (softmax test below).
   std::vector<uint16_t> x, g;
   for (const float v : inputs()) x.push_back(to_bf16(v));
   std::mt19937 rng(9);
@@ -102,16 +105,35 @@ TEST(QuickGeluKernel, Bf16IsTheFloatResultRoundedOnce) {
   }
   const auto n = int64_t(x.size());
   for (const Isa isa : supported_isas()) {
+    const bool bf16_precision = isa >= Isa::kAvx512;
     std::vector<uint16_t> y(x.size()), gx(x.size());
     std::vector<float> yf(x.size()), gxf(x.size());
     quick_gelu_forward(x.data(), y.data(), n, isa);
     quick_gelu_backward(x.data(), g.data(), gx.data(), n, isa);
     quick_gelu_forward(xf.data(), yf.data(), n, isa);
     quick_gelu_backward(xf.data(), gf.data(), gxf.data(), n, isa);
+    size_t off_forward = 0, off_backward = 0;
     for (size_t i = 0; i < x.size(); ++i) {
-      EXPECT_EQ(y[i], to_bf16(yf[i])) << "forward at " << xf[i] << " (" << isa_name(isa) << ")";
-      EXPECT_EQ(gx[i], to_bf16(gxf[i])) << "backward at " << xf[i] << " (" << isa_name(isa) << ")";
+      const std::string where = " at " + std::to_string(xf[i]) + " (" + isa_name(isa) + ")";
+      if (!bf16_precision) {
+        EXPECT_EQ(y[i], to_bf16(yf[i])) << "forward" << where;
+        EXPECT_EQ(gx[i], to_bf16(gxf[i])) << "backward" << where;
+        continue;
+      }
+      off_forward += y[i] != to_bf16(yf[i]);
+      off_backward += gx[i] != to_bf16(gxf[i]);
+      const double step = 1.0 / 128;  // a bf16 step, relative, at most
+      EXPECT_LE(std::abs(from_bf16(y[i]) - ref_forward(xf[i])), step * std::abs(ref_forward(xf[i])) + kTinyAbs)
+          << "forward" << where;
+      EXPECT_LE(std::abs(from_bf16(gx[i]) - ref_backward(xf[i], gf[i])),
+                step * std::abs(ref_backward(xf[i], gf[i])) + kRelTol * backward_scale(xf[i], gf[i]) + kTinyAbs)
+          << "backward" << where;
+      if (std::abs(xf[i]) >= 60.0f) {
+        EXPECT_EQ(y[i], to_bf16(yf[i])) << "forward tail" << where;
+      }
     }
+    EXPECT_LE(off_forward, x.size() / 100) << isa_name(isa);
+    EXPECT_LE(off_backward, x.size() / 100) << isa_name(isa);
     std::vector<uint16_t> nan{0x7FC0u, 0xFFC1u};
     quick_gelu_forward(nan.data(), nan.data(), 2, isa);
     EXPECT_TRUE(std::isnan(from_bf16(nan[0])) && std::isnan(from_bf16(nan[1])));
