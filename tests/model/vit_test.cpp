@@ -472,7 +472,7 @@ TEST(Vit, AttentionNodeForwardEqualsSeparateOps) {
       const std::vector<at::Tensor> node = run(Attention::kExplicit), ops = run(Attention::kExplicitOps);
       const double tol = p == Precision::kBf16 ? 5e-2 : 1e-4;
       for (size_t i = 0; i < node.size(); ++i)
-        EXPECT_LT(rel_error(node[i], ops[i]), tol) << precision_name(p) << " " << i << " " << rel_error(node[i], ops[i]);
+        EXPECT_LT(rel_error(node[i], ops[i]), tol) << precision_name(p) << " " << i;
     }
   }
 }
