@@ -266,11 +266,12 @@ LORAREC_ALWAYS_INLINE void layer_norm_loop(const float* x, const float* w, const
   for (int64_t r = 0; r < rows; ++r) layer_norm_row<kNative>(x + r * n, w, b, y + r * n, e, mean + r, rstd + r, n, eps);
 }
 
-// One row of the backward: e = g w, then its two means, then gx.
+// One row of the backward: e = g w, then its two means, then gx (+ add, where not null; also
+// rounded to bf16 into out16, where not null: the fused residual's backward in the same pass).
 template <typename T>
 LORAREC_ALWAYS_INLINE void layer_norm_backward_row(const float* __restrict x, float mean, float rstd,
                                                    const float* __restrict w, const T* __restrict g, float* gx,
-                                                   float* __restrict e, int64_t n) {
+                                                   float* __restrict e, int64_t n, const float* add, uint16_t* out16) {
   for (int64_t i = 0; i < n; ++i) e[i] = load(g[i]) * w[i];
   const float mean_d = row_sum(e, n) / static_cast<float>(n);
   float lane[kLanes] = {};
@@ -280,38 +281,61 @@ LORAREC_ALWAYS_INLINE void layer_norm_backward_row(const float* __restrict x, fl
   float dot = lane_sum(lane);
   for (; i < n; ++i) dot += e[i] * ((x[i] - mean) * rstd);
   const float mean_dx = dot / static_cast<float>(n);
-  for (i = 0; i < n; ++i) gx[i] = rstd * (e[i] - mean_d - (x[i] - mean) * rstd * mean_dx);
+  for (i = 0; i < n; ++i) {
+    const float v = rstd * (e[i] - mean_d - (x[i] - mean) * rstd * mean_dx) + (add != nullptr ? add[i] : 0.0f);
+    gx[i] = v;
+    if (out16 != nullptr) store(v, out16 + i);
+  }
 }
 
 template <typename T>
 LORAREC_ALWAYS_INLINE void layer_norm_backward_loop(const float* x, const float* mean, const float* rstd,
                                                     const float* w, const T* g, float* gx, int64_t rows, int64_t n,
-                                                    float* e) {
+                                                    float* e, const float* add, uint16_t* out16) {
   for (int64_t r = 0; r < rows; ++r)
-    layer_norm_backward_row(x + r * n, mean[r], rstd[r], w, g + r * n, gx + r * n, e, n);
+    layer_norm_backward_row(x + r * n, mean[r], rstd[r], w, g + r * n, gx + r * n, e, n,
+                            add != nullptr ? add + r * n : nullptr, out16 != nullptr ? out16 + r * n : nullptr);
+}
+
+// The residual add and LayerNorm (add_layer_norm_rows) as loops: v's row, then layer_norm_row.
+template <typename Y, typename H>
+LORAREC_ALWAYS_INLINE void add_layer_norm_loop(const float* x, const Y* y, const float* bias, float* v, const float* w,
+                                               const float* b, H* h, float* mean, float* rstd, int64_t rows, int64_t n,
+                                               float eps, float* e) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* vr = v + r * n;
+    for (int64_t i = 0; i < n; ++i) vr[i] = x[r * n + i] + load(y[r * n + i]) + (bias != nullptr ? bias[i] : 0.0f);
+    layer_norm_row<false>(vr, w, b, h + r * n, e, mean + r, rstd + r, n, eps);
+  }
 }
 
 // Rows of n = 16 k floats under AVX-512, written with intrinsics: the loops above leave the lanes
-// in memory and cost 0.28 ms over 5200 rows of 128 (4x what these take). The same formulas;
+// in memory and cost 0.28 ms over 5200 rows of 128 (twice what these take). The same formulas;
 // the sums in another order, so results differ from the loops' by rounding.
 #ifdef LORAREC_X86_KERNELS
 // GCC 12 warns that the undefined vectors inside some intrinsics (_mm512_reduce_add_ps,
 // _mm512_cvtepu16_epi32) may be used uninitialised: a false alarm of the headers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-LORAREC_AVX512 inline void store16(__m512 v, float* out) { _mm512_storeu_ps(out, v); }
-// bf16 as store() rounds: to nearest even, a NaN a quiet NaN.
-LORAREC_AVX512 inline void store16(__m512 v, uint16_t* out) {
+// 16 floats as bf16 bits, rounded as store() rounds: to nearest even, a NaN a quiet NaN.
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m256i bf16_bits16(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(r));
+  return _mm512_cvtepi32_epi16(r);
+}
+// 16 bf16 bits as floats.
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m512 from_bf16_bits16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+LORAREC_AVX512 inline void store16(__m512 v, float* out) { _mm512_storeu_ps(out, v); }
+LORAREC_AVX512 inline void store16(__m512 v, uint16_t* out) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bf16_bits16(v));
 }
 LORAREC_AVX512 inline __m512 load16(const float* in) { return _mm512_loadu_ps(in); }
 LORAREC_AVX512 inline __m512 load16(const uint16_t* in) {
-  const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  return from_bf16_bits16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)));
 }
 
 // A row's mean and rstd (also written out), as broadcast vectors.
@@ -356,12 +380,11 @@ LORAREC_AVX512BF16 void layer_norm_rows16_native(const float* x, const float* w,
 }
 
 // gx = the LayerNorm's input gradient (+ add, where not null), also stored rounded to bf16 in
-// out16 where not null: the fused residual's backward (add_layer_norm_backward_rows16) in the same
-// pass.
+// out16 where not null (the fused residual's backward, in the same pass).
 template <typename T>
 LORAREC_AVX512 void layer_norm_backward_rows16(const float* x, const float* mean, const float* rstd, const float* w,
-                                               const T* g, float* gx, int64_t rows, int64_t n,
-                                               const float* add = nullptr, uint16_t* out16 = nullptr) {
+                                               const T* g, float* gx, int64_t rows, int64_t n, const float* add,
+                                               uint16_t* out16) {
   for (int64_t r = 0; r < rows; ++r, x += n, g += n, gx += n) {
     const __m512 vm = _mm512_set1_ps(mean[r]), vr = _mm512_set1_ps(rstd[r]);
     __m512 sd = _mm512_setzero_ps(), sdx = _mm512_setzero_ps();
@@ -394,16 +417,12 @@ LORAREC_AVX512 void layer_norm_backward_rows16(const float* x, const float* mean
 // exact as in the loops: s is 0 past exp's clamp at the top and 1 - s is 0 at the bottom; a NaN x
 // gives a NaN.
 
+// load16 and store16 of the lanes in k only (a row's last, partial vector).
 LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m512 load16m(const uint16_t* in, __mmask16 k) {
-  const __m512i u = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, in));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  return from_bf16_bits16(_mm256_maskz_loadu_epi16(k, in));
 }
-LORAREC_AVX512 LORAREC_ALWAYS_INLINE void store16m(__m512 v, uint16_t* out, __mmask16 k) {  // as store16
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_mask_storeu_epi16(out, k, _mm512_cvtepi32_epi16(r));
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE void store16m(__m512 v, uint16_t* out, __mmask16 k) {
+  _mm256_mask_storeu_epi16(out, k, bf16_bits16(v));
 }
 LORAREC_ALWAYS_INLINE __mmask16 lanes16(int64_t i, int64_t n) {  // the lanes of values i.. of n
   return n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
@@ -486,35 +505,8 @@ LORAREC_AVX512 void add_layer_norm_rows16(const float* x, const Y* y, const floa
   }
 }
 
-template <typename G>
-LORAREC_AVX512 void add_layer_norm_backward_rows16(const float* v, const float* mean, const float* rstd, const float* w,
-                                                   const G* gh, const float* gv_out, float* gv, uint16_t* gy16,
-                                                   int64_t rows, int64_t n) {
-  layer_norm_backward_rows16(v, mean, rstd, w, gh, gv, rows, n, gv_out, gy16);
-}
 #pragma GCC diagnostic pop
 #endif
-
-// The residual add and LayerNorm as plain loops (any n, any instruction set).
-template <typename Y, typename H>
-void add_layer_norm_loop(const float* x, const Y* y, const float* bias, float* v, const float* w, const float* b, H* h,
-                         float* mean, float* rstd, int64_t rows, int64_t n, float eps, float* e) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* vr = v + r * n;
-    for (int64_t i = 0; i < n; ++i) vr[i] = x[r * n + i] + load(y[r * n + i]) + (bias != nullptr ? bias[i] : 0.0f);
-    layer_norm_row<false>(vr, w, b, h + r * n, e, mean + r, rstd + r, n, eps);
-  }
-}
-
-template <typename G>
-void add_layer_norm_backward_loop(const float* v, const float* mean, const float* rstd, const float* w, const G* gh,
-                                  const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, float* e) {
-  layer_norm_backward_loop(v, mean, rstd, w, gh, gv, rows, n, e);
-  for (int64_t i = 0; i < rows * n; ++i) {
-    if (gv_out != nullptr) gv[i] += gv_out[i];
-    if (gy16 != nullptr) store(gv[i], gy16 + i);
-  }
-}
 
 // The intrinsic rows where ROWS16 is 1 (AVX-512 builds); a no-op expression elsewhere, never reached.
 #ifdef LORAREC_X86_KERNELS
@@ -562,6 +554,8 @@ void add_layer_norm_backward_loop(const float* v, const float* mean, const float
     softmax_backward_loop<NATIVE>(y, g, gx, rows, n, e);                                                     \
   }
 
+// LayerNorm: lnf (bf16 results by NATIVE), the residual add fused with it (alnf; bf16 results
+// rounded in integer instructions), and one backward for both (lnb: add and out16 may be null).
 #define LORAREC_LAYER_NORM_KERNELS(SUFFIX, TARGET, NATIVE, ROWS16)                                                     \
   TARGET void lnf_f32_##SUFFIX(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,     \
                                int64_t rows, int64_t n, float eps, float* e) {                                         \
@@ -574,15 +568,19 @@ void add_layer_norm_backward_loop(const float* v, const float* mean, const float
       return LORAREC_ROWS16(LORAREC_LN16_BF16_##NATIVE, x, w, b, y, mean, rstd, rows, n, eps);                         \
     layer_norm_loop<NATIVE>(x, w, b, y, mean, rstd, rows, n, eps, e);                                                  \
   }                                                                                                                    \
-  TARGET void lnb_f32_##SUFFIX(const float* x, const float* mean, const float* rstd, const float* w, const float* g,   \
-                               float* gx, int64_t rows, int64_t n, float* e) {                                         \
-    if (ROWS16 && n % 16 == 0) return LORAREC_ROWS16(layer_norm_backward_rows16, x, mean, rstd, w, g, gx, rows, n);    \
-    layer_norm_backward_loop(x, mean, rstd, w, g, gx, rows, n, e);                                                     \
+  template <typename Y, typename H>                                                                                    \
+  TARGET void alnf_##SUFFIX(const float* x, const Y* y, const float* bias, float* v, const float* w, const float* b,   \
+                            H* h, float* mean, float* rstd, int64_t rows, int64_t n, float eps, float* e) {            \
+    if (ROWS16 && n % 16 == 0)                                                                                         \
+      return LORAREC_ROWS16(add_layer_norm_rows16, x, y, bias, v, w, b, h, mean, rstd, rows, n, eps);                  \
+    add_layer_norm_loop(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, e);                                          \
   }                                                                                                                    \
-  TARGET void lnb_bf16_##SUFFIX(const float* x, const float* mean, const float* rstd, const float* w,                  \
-                                const uint16_t* g, float* gx, int64_t rows, int64_t n, float* e) {                     \
-    if (ROWS16 && n % 16 == 0) return LORAREC_ROWS16(layer_norm_backward_rows16, x, mean, rstd, w, g, gx, rows, n);    \
-    layer_norm_backward_loop(x, mean, rstd, w, g, gx, rows, n, e);                                                     \
+  template <typename G>                                                                                                \
+  TARGET void lnb_##SUFFIX(const float* x, const float* mean, const float* rstd, const float* w, const G* g,           \
+                           const float* add, float* gx, uint16_t* out16, int64_t rows, int64_t n, float* e) {          \
+    if (ROWS16 && n % 16 == 0)                                                                                         \
+      return LORAREC_ROWS16(layer_norm_backward_rows16, x, mean, rstd, w, g, gx, rows, n, add, out16);                 \
+    layer_norm_backward_loop(x, mean, rstd, w, g, gx, rows, n, e, add, out16);                                         \
   }
 
 LORAREC_KERNELS(generic, , false, 0)
@@ -708,45 +706,26 @@ void layer_norm_rows(const float* x, const float* w, const float* b, uint16_t* y
 void layer_norm_rows_backward(const float* x, const float* mean, const float* rstd, const float* w, const float* g,
                               float* gx, int64_t rows, int64_t n, Isa isa) {
   std::vector<float> e(static_cast<size_t>(n));
-  LORAREC_DISPATCH(lnb_f32, x, mean, rstd, w, g, gx, rows, n, e.data());
+  LORAREC_DISPATCH(lnb, x, mean, rstd, w, g, nullptr, gx, nullptr, rows, n, e.data());
 }
 void layer_norm_rows_backward(const float* x, const float* mean, const float* rstd, const float* w, const uint16_t* g,
                               float* gx, int64_t rows, int64_t n, Isa isa) {
   std::vector<float> e(static_cast<size_t>(n));
-  LORAREC_DISPATCH(lnb_bf16, x, mean, rstd, w, g, gx, rows, n, e.data());
+  LORAREC_DISPATCH(lnb, x, mean, rstd, w, g, nullptr, gx, nullptr, rows, n, e.data());
 }
 
-// The fused residual add and LayerNorm: AVX-512 rows where asked for, run by this CPU and n is a
-// multiple of 16, else the plain loops.
 namespace {
-bool rows16(Isa isa, int64_t n) {
-#ifdef LORAREC_X86_KERNELS
-  return isa >= Isa::kAvx512 && best_isa() >= Isa::kAvx512 && n % 16 == 0;
-#else
-  (void)isa;
-  (void)n;
-  return false;
-#endif
-}
-
 template <typename Y, typename H>
 void add_layer_norm(const float* x, const Y* y, const float* bias, float* v, const float* w, const float* b, H* h,
                     float* mean, float* rstd, int64_t rows, int64_t n, float eps, Isa isa) {
-#ifdef LORAREC_X86_KERNELS
-  if (rows16(isa, n)) return add_layer_norm_rows16(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps);
-#endif
   std::vector<float> e(static_cast<size_t>(n));
-  add_layer_norm_loop(x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, e.data());
+  LORAREC_DISPATCH(alnf, x, y, bias, v, w, b, h, mean, rstd, rows, n, eps, e.data());
 }
-
 template <typename G>
 void add_layer_norm_backward(const float* v, const float* mean, const float* rstd, const float* w, const G* gh,
                              const float* gv_out, float* gv, uint16_t* gy16, int64_t rows, int64_t n, Isa isa) {
-#ifdef LORAREC_X86_KERNELS
-  if (rows16(isa, n)) return add_layer_norm_backward_rows16(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n);
-#endif
   std::vector<float> e(static_cast<size_t>(n));
-  add_layer_norm_backward_loop(v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n, e.data());
+  LORAREC_DISPATCH(lnb, v, mean, rstd, w, gh, gv_out, gv, gy16, rows, n, e.data());
 }
 }  // namespace
 

@@ -883,6 +883,36 @@ void layer_norm_values(const at::Tensor& xc, const at::Tensor& w, const at::Tens
     go(uint16_t());
 }
 
+// The input gradient of a LayerNorm (of saved float x with weight w and the rows' mean and rstd)
+// from its output's gradient gh (float or bf16), plus gx_out where defined (the gradient that
+// reaches x from elsewhere); also rounded to bf16 into gx16 where defined. One kernel pass.
+at::Tensor layer_norm_input_grad(const at::Tensor& x, const at::Tensor& w, const at::Tensor& mean,
+                                 const at::Tensor& rstd, const at::Tensor& gh, const at::Tensor& gx_out,
+                                 const at::Tensor& gx16) {
+  const at::Tensor g = (gh.scalar_type() == at::kBFloat16 ? gh : gh.to(at::kFloat)).contiguous();
+  const at::Tensor add = gx_out.defined() ? gx_out.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t n = x.size(-1);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *m = mean.data_ptr<float>();
+  const float *r = rstd.data_ptr<float>(), *ap = add.defined() ? add.data_ptr<float>() : nullptr;
+  float* out = gx.data_ptr<float>();
+  uint16_t* out16 = gx16.defined() ? raw<uint16_t>(gx16) : nullptr;
+  const auto go = [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = raw<T>(g);
+    over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
+      kernel::add_layer_norm_rows_backward(xp + row * n, m + row, r + row, wp, gp + row * n,
+                                           ap == nullptr ? nullptr : ap + row * n, out + row * n,
+                                           out16 == nullptr ? nullptr : out16 + row * n, k, n, kernel::best_isa());
+    });
+  };
+  if (g.scalar_type() == at::kFloat)
+    go(float());
+  else
+    go(uint16_t());
+  return gx;
+}
+
 // LayerNorm as one node that saves x (float), w and the rows' mean and rstd; the backward gives
 // x's gradient in float from a float or bf16 output gradient.
 struct LayerNormNode : public torch::autograd::Function<LayerNormNode> {
@@ -905,25 +935,7 @@ struct LayerNormNode : public torch::autograd::Function<LayerNormNode> {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1], &mean = saved[2], &rstd = saved[3];
-    const at::Tensor& g0 = grads[0];
-    const at::Tensor g = (g0.scalar_type() == at::kBFloat16 ? g0 : g0.to(at::kFloat)).contiguous();
-    const at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-    const int64_t n = x.size(-1);
-    const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *m = mean.data_ptr<float>();
-    const float* r = rstd.data_ptr<float>();
-    float* out = gx.data_ptr<float>();
-    const auto go = [&](auto tag) {
-      using T = decltype(tag);
-      const T* gp = raw<T>(g);
-      over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
-        kernel::layer_norm_rows_backward(xp + row * n, m + row, r + row, wp, gp + row * n, out + row * n, k, n,
-                                         kernel::best_isa());
-      });
-    };
-    if (g.scalar_type() == at::kFloat)
-      go(float());
-    else
-      go(uint16_t());
+    const at::Tensor gx = layer_norm_input_grad(x, w, mean, rstd, grads[0], at::Tensor(), at::Tensor());
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -979,29 +991,12 @@ struct AddLayerNormNode : public torch::autograd::Function<AddLayerNormNode> {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const at::Tensor &v = saved[0], &w = saved[1], &mean = saved[2], &rstd = saved[3];
-    const at::Tensor gv_out = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
     const at::Tensor gh = grads[1].defined() ? grads[1] : at::zeros_like(v);
-    const at::Tensor g = (gh.scalar_type() == at::kBFloat16 ? gh : gh.to(at::kFloat)).contiguous();
     const at::ScalarType y_type = ctx->saved_data["y_type"].toScalarType();
-    const at::Tensor gv = at::empty_like(v, at::MemoryFormat::Contiguous);
-    const at::Tensor gy = y_type == at::kBFloat16 ? at::empty(v.sizes(), v.options().dtype(y_type)) : gv;
-    const int64_t n = v.size(-1);
-    const float *vp = v.data_ptr<float>(), *m = mean.data_ptr<float>(), *r = rstd.data_ptr<float>();
-    const float* go_p = gv_out.defined() ? gv_out.data_ptr<float>() : nullptr;
-    uint16_t* gy16 = y_type == at::kBFloat16 ? raw<uint16_t>(gy) : nullptr;
-    const auto go = [&](auto tag) {
-      using G = decltype(tag);
-      const G* gp = raw<G>(g);
-      over_rows(mean.numel(), n, [&](int64_t row, int64_t k) {
-        kernel::add_layer_norm_rows_backward(vp + row * n, m + row, r + row, w.data_ptr<float>(), gp + row * n,
-                                             go_p == nullptr ? nullptr : go_p + row * n, gv.data_ptr<float>() + row * n,
-                                             gy16 == nullptr ? nullptr : gy16 + row * n, k, n, kernel::best_isa());
-      });
-    };
-    if (g.scalar_type() == at::kFloat)
-      go(float());
-    else
-      go(uint16_t());
+    // y's gradient is v's: the same tensor for a float y, rounded to bf16 in the same pass for a bf16 y.
+    const at::Tensor gy16 = y_type == at::kBFloat16 ? at::empty(v.sizes(), v.options().dtype(y_type)) : at::Tensor();
+    const at::Tensor gv = layer_norm_input_grad(v, w, mean, rstd, gh, grads[0], gy16);
+    const at::Tensor gy = gy16.defined() ? gy16 : gv;
     return {gv, gy, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -1030,15 +1025,7 @@ at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Ten
                          at::ScalarType out) {
   if (!fused_layer_norm(x, w, b) || (out != at::kFloat && out != at::kBFloat16))
     return at::layer_norm(x, {x.size(-1)}, w, b, eps);
-  if (x.requires_grad() && at::GradMode::is_enabled())
-    return LayerNormNode::apply(x, w, b, eps, static_cast<int64_t>(out));
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const at::Tensor xc = x.contiguous();
-  const int64_t rows = xc.numel() / xc.size(-1);
-  const at::Tensor y = at::empty(x.sizes(), x.options().dtype(out));
-  layer_norm_values(xc, w.contiguous(), b.contiguous(), eps, y, at::empty({rows}, x.options()),
-                    at::empty({rows}, x.options()));
-  return y;
+  return LayerNormNode::apply(x, w, b, eps, static_cast<int64_t>(out));  // no node where nothing needs a gradient
 }
 
 at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<SoftmaxOp>(x); }
