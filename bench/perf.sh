@@ -10,7 +10,8 @@
 #       share; GFLOP per CPU-second against the peak of (0);
 #   (2) episodes/s at mask ratio 0 / 0.5 / 0.75, fp32 and bf16, mpirun -np 2, and world size 1, at
 #       2 and 4 episodes per step (one and two per rank; EPS="2 4" by default);
-#   (3) inversion of one LoRA (30 iterations): image-iterations/s, fp32 and bf16;
+#   (3) inversion of one LoRA: image-iterations/s of the loop (60-iteration run minus 10-iteration
+#       run, wall; the start-up is the same in both precisions), fp32 and bf16;
 #   (4) the step's per-phase profile at mask ratio 0 / 0.5 / 0.75, fp32 and bf16 (one rank, one
 #       thread, the step of (1), 40 steps): metatrain.json timing.phase_ms_per_step (wall-clock
 #       scopes around the phases; CPU ops are synchronous), medians, and what each phase shrinks
@@ -86,11 +87,13 @@ part 2 && echo "(2) episodes/s ($EPS episodes per step, 160 episodes per run, mp
 # instead of the CPU kernels, LORAREC_ATEN_KERNELS=1), "bf16-atensoftmax" (ATen's softmax only),
 # "bf16-atenln" and "fp32-atenln" (ATen's LayerNorm only, LORAREC_ATEN_KERNELS=layer_norm) and
 # "bf16-avx512" (the kernels capped at AVX-512 without its bf16 conversion instruction,
-# LORAREC_KERNEL_ISA=avx512; the same as bf16 on CPUs without avx512_bf16).
+# LORAREC_KERNEL_ISA=avx512; the same as bf16 on CPUs without avx512_bf16) and "fp32-atenbmm" (the
+# attention's float products through at::bmm instead of one cblas_sgemm per matrix,
+# LORAREC_ATEN_KERNELS=bmm).
 # ATTN_AB=1 adds "bf16-opsattn" and "fp32-opsattn": the attention as separate ATen ops, one autograd
 # node each (LORAREC_UNFUSED_ATTENTION=1), instead of model::attention_block's one node per layer.
 AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-opsattn bf16-unfused"
-[ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax bf16-atenln fp32-atenln bf16-avx512"
+[ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax bf16-atenln fp32-atenln bf16-avx512 fp32-atenbmm"
 [ "${ATTN_AB:-0}" = 1 ] && AB="${AB/ bf16-opsattn/} bf16-opsattn fp32-opsattn"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
 PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
@@ -102,6 +105,7 @@ with_precision() {
   elif [ "$p" = bf16-aten ]; then LORAREC_ATEN_KERNELS=1 "$@" --precision bf16
   elif [ "$p" = bf16-atensoftmax ]; then LORAREC_ATEN_KERNELS=softmax "$@" --precision bf16
   elif [[ "$p" = *-atenln ]]; then LORAREC_ATEN_KERNELS=layer_norm "$@" --precision "${p%-atenln}"
+  elif [[ "$p" = *-atenbmm ]]; then LORAREC_ATEN_KERNELS=bmm "$@" --precision "${p%-atenbmm}"
   elif [ "$p" = bf16-avx512 ]; then LORAREC_KERNEL_ISA=avx512 "$@" --precision bf16
   elif [ "$p" = bf16-base ]; then "$@" --precision bf16
   elif [[ "$p" = *-opsattn ]]; then LORAREC_UNFUSED_ATTENTION=1 "$@" --precision "${p%-opsattn}"
@@ -130,25 +134,18 @@ part 2 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
-part 3 && echo "(3) inversion of one LoRA, 30 iterations, 1 rank: running"
+part 3 && echo "(3) inversion of one LoRA, 10 and 60 iterations, 1 rank: running"
 part 3 && for rep in $(seq 1 "$REPS"); do
   for p in fp32 bf16; do
-    rm -rf "$W/p_$p"
-    read -r e u <<<"$(OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U" "$B" invert --model "$MODEL" --zoo "$W/zoo1" \
-      --out "$W/p_$p" --per-class 8 --iterations 30 --no-flip --gray --w-bn 0 --precision $p --log-level warn 2>&1 | tail -1)"
-    echo "$p $rep $e $u" >> "$W/inv.txt"
+    for it in 10 60; do
+      rm -rf "$W/p_$p"
+      read -r e u <<<"$(OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U" "$B" invert --model "$MODEL" --zoo "$W/zoo1" \
+        --out "$W/p_$p" --per-class 8 --iterations $it --no-flip --gray --w-bn 0 --precision $p --log-level warn 2>&1 | tail -1)"
+      echo "$p:$it $rep $e $u" >> "$W/inv.txt"
+    done
   done
 done
 
-# step_run JSON PRECISION MASK STEPS ARGS...: the one-rank, one-thread step (ARGS: STEP or a variant
-# of it) on the speed pool; its metatrain.json copied to JSON.
-step_run() {
-  local json=$1 p=$2 m=$3 n=$4
-  shift 4
-  OMP_NUM_THREADS=1 with_precision "$p" "$(bin_for "$p")" metatrain "$@" --pool "$W/pool" --out "$W/ph" --restart \
-    --steps "$n" --mask-ratio "$m" --val-every 0 >/dev/null
-  cp "$W/ph/metatrain.json" "$json"
-}
 part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: running"
 part 4 && for rep in $(seq 1 "$REPS"); do
   for p in $PRECS; do
@@ -223,10 +220,16 @@ inv = {}
 for v, r, e, u in lines("inv.txt"):
     inv.setdefault(v, []).append(float(e))
 if inv:
-    n_img = 5 * 8 * 30
-    f, b = med(inv["fp32"]), med(inv["bf16"])
-    print(f"\n(3) inversion, 1 LoRA (40 images x 30 iterations), 1 rank: fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), "
-          f"bf16 {b:.2f} s ({n_img / b:.0f}); bf16 vs fp32 {f / b:.2f}x (wall, includes start-up)")
+    # As part 1: the 60-iteration run minus the 10-iteration run times 50 iterations of the loop,
+    # without the start-up (libraries, model, zoo, HDF5), per repetition; medians.
+    n_img = 5 * 8 * 50
+    loop = {p: [b - a for a, b in zip(inv[f"{p}:10"], inv[f"{p}:60"])] for p in ("fp32", "bf16")}
+    f, b = med(loop["fp32"]), med(loop["bf16"])
+    f60, b60 = med(inv["fp32:60"]), med(inv["bf16:60"])
+    print(f"\n(3) inversion, 1 LoRA (40 images), 1 rank, 50 iterations (60-iteration run - 10-iteration run): "
+          f"fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), bf16 {b:.2f} s ({n_img / b:.0f}); "
+          f"bf16 vs fp32 {f / b:.2f}x\n    whole 60-iteration command (wall, start-up included): "
+          f"fp32 {f60:.2f} s, bf16 {b60:.2f} s, {f60 / b60:.2f}x")
 
 if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]

@@ -22,12 +22,13 @@ while [ $# -gt 0 ]; do
 done
 
 # Build: compilers, CMake, ccache, clang-format (the format check). Libraries: LibTorch (CPU), Open MPI, HDF5, Boost.PO, JSON,
-# GoogleTest, libpng/libjpeg (predict). Runtime: OpenBLAS (the reference BLAS is ~10x slower), h5dump/h5ls.
+# GoogleTest, libpng/libjpeg (predict), CBLAS (libblas-dev: the attention's float products). Runtime: OpenBLAS (the
+# reference BLAS is ~10x slower), h5dump/h5ls.
 # Tests: Debian's python3 with torch/numpy/h5py for the independent reference.
 # Benchmark data (data_tools/): font packages (the glyphs), Fashion-MNIST, PIL and fontTools;
 # the main job's report: matplotlib.
 PACKAGES=(build-essential cmake ccache pkg-config git bc clang-format
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libblas-dev
   libopenmpi-dev openmpi-bin
   libhdf5-dev hdf5-tools zlib1g-dev libpng-dev libjpeg-dev
   libboost-program-options-dev nlohmann-json3-dev libgtest-dev

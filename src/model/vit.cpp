@@ -20,12 +20,17 @@
 
 #include "model/cpu_kernels.h"
 
+#ifdef LORAREC_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <type_traits>
@@ -692,7 +697,7 @@ at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& 
 namespace {
 
 // env::kAtenKernels: which of the CPU kernels benchmarks have switched off ("gelu", "softmax",
-// "1" for both), read once.
+// "layer_norm", "bmm", "1" for all), read once.
 bool aten_instead(const char* which) {
   static const std::string v = [] {
     const char* e = env::get(env::kAtenKernels);
@@ -1030,6 +1035,75 @@ at::Tensor layer_norm_as(const at::Tensor& x, const at::Tensor& w, const at::Ten
 
 at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<SoftmaxOp>(x); }
 
+// ---- batched products on the CPU -------------------------------------------------------------
+
+namespace {
+
+#ifdef LORAREC_HAVE_CBLAS
+// A matrix operand of cblas_sgemm (row major): the matrices of a 3-d tensor t ([N, rows, cols])
+// as its transpose flag and leading dimension, or false where neither rows nor columns are
+// unit-stride.
+bool blas_operand(const at::Tensor& t, CBLAS_TRANSPOSE* trans, int64_t* ld) {
+  const int64_t rows = t.size(1), cols = t.size(2), rs = t.stride(1), cs = t.stride(2);
+  if (cs == 1 && (rows == 1 || rs >= std::max<int64_t>(cols, 1))) {
+    *trans = CblasNoTrans;
+    *ld = std::max<int64_t>({rs, cols, 1});
+    return true;
+  }
+  if (rs == 1 && (cols == 1 || cs >= std::max<int64_t>(rows, 1))) {
+    *trans = CblasTrans;
+    *ld = std::max<int64_t>({cs, rows, 1});
+    return true;
+  }
+  return false;
+}
+#endif
+
+}  // namespace
+
+bool blas_bmm_available() {
+#ifdef LORAREC_HAVE_CBLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor bmm_nograd(const at::Tensor& a, const at::Tensor& b) {
+#ifdef LORAREC_HAVE_CBLAS
+  const bool ok = a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1) && a.is_cpu() &&
+                  b.is_cpu() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && !aten_instead("bmm");
+  if (ok) {
+    const int64_t N = a.size(0), m = a.size(1), k = a.size(2), n = b.size(2);
+    CBLAS_TRANSPOSE ta = CblasNoTrans, tb = CblasNoTrans;
+    int64_t lda = 0, ldb = 0;
+    // ATen computes products of fewer than 400 multiply-adds with its own loops, without an op per
+    // matrix; those stay with it (and its summation order, which the tests' small ViTs compare).
+    const bool small = m * n * k < 400;
+    const bool strided = N > 0 && !small && blas_operand(a, &ta, &lda) && blas_operand(b, &tb, &ldb);
+    const int64_t limit = std::numeric_limits<int>::max();
+    if (strided && std::max({m, n, k, lda, ldb}) < limit) {
+      at::Tensor out = at::empty({N, m, n}, a.options());
+      if (m == 0 || n == 0) return out;
+      if (k == 0) return out.zero_();
+      const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
+      float* pc = out.data_ptr<float>();
+      const int64_t sa = a.stride(0), sb = b.stride(0);
+      // Enough matrices per task that a thread's share is worth its start.
+      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m * n * k, 1));
+      at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f,
+                      pa + i * sa, static_cast<int>(lda), pb + i * sb, static_cast<int>(ldb), 0.0f, pc + i * m * n,
+                      static_cast<int>(n));
+      });
+      return out;
+    }
+  }
+#endif
+  return at::bmm(a, b);
+}
+
 // ---- the attention block as one autograd node ------------------------------------------------
 
 namespace {
@@ -1097,9 +1171,9 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const at::Tensor qs = split_heads(yq, B, tq, H).mul_(1.0 / std::sqrt(double(D / H)));  // [B H, Tq, dh]
     const at::Tensor kh = split_heads(y.narrow(1, D - from, D), B, T, H);
     const at::Tensor vh = split_heads(y.narrow(1, 2 * D - from, D), B, T, H);
-    const at::Tensor p = softmax_values(at::bmm(qs, kh.transpose(1, 2)));  // [B H, Tq, T]
+    const at::Tensor p = softmax_values(bmm_nograd(qs, kh.transpose(1, 2)));  // [B H, Tq, T]
     const at::Tensor o = at::empty({B * tq, D}, y.options());
-    merge_heads_into(o, at::bmm(p, vh), B, tq, H);
+    merge_heads_into(o, bmm_nograd(p, vh), B, tq, H);
     std::vector<at::Tensor> saved{x, qs, kh, vh, p, w_qkv};
     saved.insert(saved.end(), lora_saved.begin(), lora_saved.end());
     ctx->save_for_backward(saved);
@@ -1127,12 +1201,12 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const double lora_scale = ctx->saved_data["lora_scale"].toDouble();
     // Through o = p v and p = softmax(qs k^T): the gradients of q (unscaled), k and v by heads.
     const at::Tensor go = split_heads(grads[0].to(qs.scalar_type()).contiguous().view({B * tq, D}), B, tq, H);
-    const at::Tensor gs = softmax_grad(p, at::bmm(go, vh.transpose(1, 2)));  // [B H, Tq, T]
+    const at::Tensor gs = softmax_grad(p, bmm_nograd(go, vh.transpose(1, 2)));  // [B H, Tq, T]
     const at::Tensor gy = at::empty({B * T, 3 * D - from}, qs.options());
     const at::Tensor gyq = all ? gy.narrow(1, 0, D) : at::empty({B, D}, qs.options());
-    merge_heads_into(gyq, at::bmm(gs, kh).mul_(1.0 / std::sqrt(double(D / H))), B, tq, H);
-    merge_heads_into(gy.narrow(1, D - from, D), at::bmm(gs.transpose(1, 2), qs), B, T, H);
-    merge_heads_into(gy.narrow(1, 2 * D - from, D), at::bmm(p.transpose(1, 2), go), B, T, H);
+    merge_heads_into(gyq, bmm_nograd(gs, kh).mul_(1.0 / std::sqrt(double(D / H))), B, tq, H);
+    merge_heads_into(gy.narrow(1, D - from, D), bmm_nograd(gs.transpose(1, 2), qs), B, T, H);
+    merge_heads_into(gy.narrow(1, 2 * D - from, D), bmm_nograd(p.transpose(1, 2), go), B, T, H);
     // Through the projections: the input's gradient, and the adapters'.
     const bool need_h = ctx->needs_input_grad(0);
     at::Tensor gx;

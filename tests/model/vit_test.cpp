@@ -2,8 +2,14 @@
 
 #include "model/cpu_kernels.h"
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/function.h>
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "lorarecycle/util/error.h"
 #include "test_util.h"
@@ -275,6 +281,72 @@ TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
     const at::Tensor x = x0.clone().requires_grad_(true);
     EXPECT_THROW(softmax_last_dim(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
   }
+}
+
+// Counts the ATen ops named `name` that run on this thread while it lives.
+class OpCounter {
+ public:
+  explicit OpCounter(const char* name) : name_(name) {
+    counts()[name_] = 0;
+    handle_ = at::addThreadLocalCallback(
+        at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+          auto it = counts().find(fn.name());
+          if (it != counts().end()) ++it->second;
+          return nullptr;
+        }));
+  }
+  ~OpCounter() { at::removeCallback(handle_); }
+  int64_t count() const { return counts()[name_]; }
+
+ private:
+  static std::map<std::string, int64_t>& counts() {
+    static thread_local std::map<std::string, int64_t> c;
+    return c;
+  }
+  std::string name_;
+  at::CallbackHandle handle_;
+};
+
+TEST(Vit, BmmNogradIsAtenBmmWithoutAnOpPerMatrix) {
+  // bmm_nograd against the products in double, for the layouts the attention node gives it:
+  // contiguous, either operand a transposed view, a column block of a wider matrix (a row stride
+  // other than the width), the attention's shapes (65 and 17 tokens, 32 per head, the CLS query
+  // alone), an empty contraction and an empty batch; strides BLAS cannot take, bf16 and double
+  // go through at::bmm (the same values). With CBLAS no select op runs (ATen 1.13's float bmm
+  // makes one per matrix), and the result is contiguous.
+  at::manual_seed(16);
+  const auto ref = [](const at::Tensor& a, const at::Tensor& b) {
+    return at::bmm(a.to(at::kDouble), b.to(at::kDouble)).to(at::kFloat);
+  };
+  struct Case {
+    int64_t n, m, k, p;
+  };
+  for (const Case c :
+       {Case{320, 65, 32, 65}, Case{320, 17, 32, 17}, Case{320, 1, 32, 65}, Case{320, 65, 1, 32}, Case{3, 5, 7, 4}}) {
+    const at::Tensor a = at::randn({c.n, c.m, c.k}), b = at::randn({c.n, c.k, c.p});
+    const at::Tensor at_ = at::randn({c.n, c.k, c.m}).transpose(1, 2), bt = at::randn({c.n, c.p, c.k}).transpose(1, 2);
+    const at::Tensor wide = at::randn({c.n, c.m, 3 * c.k}), ablock = wide.narrow(2, c.k, c.k);  // row stride 3k
+    for (const auto& [x, y] : std::vector<std::pair<at::Tensor, at::Tensor>>{
+             {a, b}, {at_, b}, {a, bt}, {at_, bt}, {ablock, b}, {ablock, bt}}) {
+      OpCounter selects("aten::select");
+      const at::Tensor out = bmm_nograd(x, y);
+      if (blas_bmm_available()) {
+        EXPECT_EQ(selects.count(), 0) << c.m << " " << c.k << " " << c.p;
+      }
+      ASSERT_EQ(out.sizes(), (std::vector<int64_t>{c.n, c.m, c.p}));
+      EXPECT_TRUE(out.is_contiguous());
+      EXPECT_LT(rel_error(out, ref(x, y)), 1e-5) << c.m << " " << c.k << " " << c.p;
+    }
+  }
+  const at::Tensor a = at::randn({4, 6, 5}), b = at::randn({4, 5, 3});
+  const at::Tensor every_other = at::randn({4, 6, 10}).slice(2, 0, 10, 2);  // neither dimension unit-stride
+  EXPECT_LT(rel_error(bmm_nograd(every_other, b), ref(every_other, b)), 1e-5);
+  EXPECT_LT(rel_error(bmm_nograd(a.to(at::kDouble), b.to(at::kDouble)).to(at::kFloat), ref(a, b)), 1e-6);
+  EXPECT_LT(rel_error(bmm_nograd(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat), ref(a, b)), 2e-2);
+  const at::Tensor empty_k = bmm_nograd(at::randn({4, 6, 0}), at::randn({4, 0, 3}));
+  EXPECT_EQ(empty_k.sizes(), (std::vector<int64_t>{4, 6, 3}));
+  EXPECT_EQ(empty_k.abs().sum().item<float>(), 0.0f);
+  EXPECT_EQ(bmm_nograd(at::randn({0, 6, 5}), at::randn({0, 5, 3})).sizes(), (std::vector<int64_t>{0, 6, 3}));
 }
 
 TEST(Vit, LayerNormAsIsOneNodeWithAtensGradients) {

@@ -112,6 +112,18 @@ at::Tensor attention_block(const at::Tensor& h, const at::Tensor& w_qkv, const a
 // First derivatives only: a backward with create_graph through it throws RuntimeError.
 at::Tensor quick_gelu(const at::Tensor& x);
 
+// at::bmm(a, b) for 3-d a [N, m, k] and b [N, k, n], without autograd (the attention node's
+// products). For float CPU tensors where the build found a CBLAS (LORAREC_HAVE_CBLAS): one
+// cblas_sgemm per matrix on the operands' own strides (a transposed view is BLAS's transpose
+// flag, not a copy), the matrices spread over ATen's threads. ATen 1.13 runs a float bmm on the
+// CPU as one select and one mm op per matrix (about a thousand ops per product of an 80-image
+// episode's heads), its own dispatch cost above the products' (docs/metatrain.md). Any other
+// dtype or device, BLAS-unfriendly strides, or matrices of fewer than 400 multiply-adds (which
+// ATen computes in its own loops, with no op per matrix): at::bmm.
+at::Tensor bmm_nograd(const at::Tensor& a, const at::Tensor& b);
+// Whether this build has the CBLAS path of bmm_nograd.
+bool blas_bmm_available();
+
 // softmax over x's last dimension, in x's dtype, as one autograd node that saves its output. On
 // CPU float and bf16 tensors (where the CPU has AVX2 or AVX-512) a row kernel computed in float
 // with one rounding, forward and backward; elsewhere ATen's softmax and its backward. The

@@ -36,9 +36,10 @@ inline constexpr const char* kOpTrace = "LORAREC_OP_TRACE";
 inline constexpr const char* kOpTraceSteps = "LORAREC_OP_TRACE_STEPS";
 
 // Dev tool for side-by-side benchmarks (bench/perf.sh KERNEL_AB=1): "gelu", "softmax",
-// "layer_norm" or "1" (all three) makes model::quick_gelu / model::softmax_last_dim /
+// "layer_norm", "bmm" or "1" (all four) makes model::quick_gelu / model::softmax_last_dim /
 // model::layer_norm_as run ATen's ops instead of the CPU kernels of src/model/cpu_kernels.cpp
-// (same values within rounding; layer_norm_as then writes float, as at::layer_norm).
+// (same values within rounding; layer_norm_as then writes float, as at::layer_norm), and
+// model::bmm_nograd at::bmm instead of one cblas_sgemm per matrix.
 inline constexpr const char* kAtenKernels = "LORAREC_ATEN_KERNELS";
 // Dev tool for side-by-side benchmarks (bench/perf.sh KERNEL_AB=isa): caps the instruction set of
 // the CPU kernels (src/model/cpu_kernels.h) at "generic", "avx2", "avx512" or "avx512bf16".
