@@ -146,6 +146,15 @@ part 3 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
+# step_run JSON PRECISION MASK STEPS ARGS...: the one-rank, one-thread step (ARGS: STEP or a variant
+# of it) on the speed pool; its metatrain.json copied to JSON.
+step_run() {
+  local json=$1 p=$2 m=$3 n=$4
+  shift 4
+  OMP_NUM_THREADS=1 with_precision "$p" "$(bin_for "$p")" metatrain "$@" --pool "$W/pool" --out "$W/ph" --restart \
+    --steps "$n" --mask-ratio "$m" --val-every 0 >/dev/null
+  cp "$W/ph/metatrain.json" "$json"
+}
 part 4 && echo "(4) per-phase profile of the step, 1 rank, 1 thread, 40 steps: running"
 part 4 && for rep in $(seq 1 "$REPS"); do
   for p in $PRECS; do
