@@ -185,7 +185,7 @@ from vit_flops import forward_flops, vision_config
 c = vision_config(model)
 P = (c["image_size"] // c["patch_size"]) ** 2; N = P + 1
 fwd = forward_flops(c, N)
-PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-atenln", "fp32-atenln", "bf16-avx512", "bf16-base")  # every variant
+PRECISIONS = ("fp32", "fp32-opsattn", "bf16", "bf16-opsattn", "bf16-unfused", "bf16-aten", "bf16-atensoftmax", "bf16-atenln", "fp32-atenln", "bf16-avx512", "fp32-atenbmm", "bf16-base")  # every variant
 ep_flop = 2 * fwd * 80  # 5-way 1-shot 15-query
 
 def lines(name):
