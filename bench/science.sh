@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -83,6 +83,10 @@
 # (bench/public_pool.py), the same cut to a few real images per class (what a surrogate pool is
 # worth), and surrogate pools of two kinds of inversion joined (bench/pool_union.py); DRAWN2=1 the
 # drawn pool inverted again with another seed, alone and joined.
+# "shots" (makes the "fullavg" part's start, anchor and drawn pool when missing): the anchored
+# paper-objective recipe from lora-avg with 5-shot training episodes (prototypes of 5 images, from
+# several teachers of the class) instead of 1-shot, on the drawn pool and on real images (control),
+# beside the 1-shot runs again with this binary.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -993,6 +997,25 @@ if [ "$WHAT" = public ]; then
     run_rows pubs "drawn, seed 1, from lora-avg + anchor 1|$OUT/pool100_strokes12_co2_s1|$F $A" \
       "drawn, seeds 0 and 1 (128 per class) from lora-avg + anchor 1|$OUT/pool100_u2s|$F $A"
   fi
+fi
+# 5-shot training episodes (docs/science.md, "Five-shot training episodes"): K + Q = 8 images per
+# class as in the 1-shot 7-query episodes of every other run, so the same images per step; the
+# validation stays 5-way 1-shot. ~5 min per run (4 runs).
+if [ "$WHAT" = shots ]; then
+  zoo100_pools
+  pool100 _retr --retrieve data/demo/base.h5
+  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
+  S128=$OUT/avg100_128
+  lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
+  anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+  D=$OUT/pool100_strokes12_co2
+  F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K --lr 1e-4"
+  A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  run_rows shot "drawn from lora-avg + anchor 1, 1-shot 7-query episodes|$D|$F $A --shot 1 --query 7" \
+    "drawn from lora-avg + anchor 1, 5-shot 3-query episodes|$D|$F $A --shot 5 --query 3" \
+    "real images from lora-avg + anchor 1, 1-shot 7-query (control)|$OUT/pool100_real|$F $A --shot 1 --query 7" \
+    "real images from lora-avg + anchor 1, 5-shot 3-query (control)|$OUT/pool100_real|$F $A --shot 5 --query 3"
 fi
 if [ "$WHAT" = mix ]; then
   [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
