@@ -875,13 +875,18 @@ fi
 # zoo of 100's exact mean delta instead of its rank-4 cut; lr 3e-4 and 1e-4 (a full-rank LoRA moves
 # its delta faster per Adam step), the same without the anchor, and real images anchored (control).
 # Makes the "zoo100", "strokes100" and "retrieve" parts' pools when missing. ~4 min per run.
-if [ "$WHAT" = fullavg ]; then
+# The "fullavg" part's inputs, made when missing: the zoo of 100's pools, the public glyphs it
+# retrieves, its drawn pool, its lora-avg at full rank (S128) and the anchor's copy of those glyphs.
+fullavg_inputs() {
   zoo100_pools
   pool100 _retr --retrieve data/demo/base.h5
   pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
   S128=$OUT/avg100_128
   lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
   anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+}
+if [ "$WHAT" = fullavg ]; then
+  fullavg_inputs
   D=$OUT/pool100_strokes12_co2
   F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K"
   A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
@@ -943,11 +948,7 @@ fi
 # part's real-image row (the paper's objective at T 128, lr 1e-3); then the real-image control cut
 # to a few images per class, and surrogate pools joined. ~3-4 min per run (11 runs).
 if [ "$WHAT" = public ]; then
-  zoo100_pools
-  pool100 _retr --retrieve data/demo/base.h5
-  S128=$OUT/avg100_128
-  lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
-  anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+  fullavg_inputs
   [ -f "$OUT/pool100_pub/index.json" ] ||
     $PY bench/public_pool.py "$OUT/pool100_real" data/demo/base.h5 "$OUT/pool100_pub"
   F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K --lr 1e-4"
@@ -977,7 +978,6 @@ if [ "$WHAT" = public ]; then
     "real images, 6 distinct per class, from lora-avg + anchor 1|$OUT/pool100_real_c6|$F $A"
   # More surrogates per class from inversions of another kind: the painted pool (smooth starts) alone
   # and joined to the drawn pool(s) (bench/pool_union.py; the 4-co-teacher pool when CO=4 made it).
-  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
   D=$OUT/pool100_strokes12_co2
   [ -f "$OUT/pool100_u2/index.json" ] || $PY bench/pool_union.py "$OUT/pool100_u2" "$D" "$OUT/pool100_lr2"
   U=("painted (smooth starts) from lora-avg + anchor 1|$OUT/pool100_lr2|$F $A"
@@ -1002,12 +1002,7 @@ fi
 # class as in the 1-shot 7-query episodes of every other run, so the same images per step; the
 # validation stays 5-way 1-shot. ~5 min per run (4 runs).
 if [ "$WHAT" = shots ]; then
-  zoo100_pools
-  pool100 _retr --retrieve data/demo/base.h5
-  pool100 _strokes12_co2 --strokes 12 --co-teachers 2 --iterations 100
-  S128=$OUT/avg100_128
-  lora_avg "$S128" 128 --pool "$OUT/pool100_lr2"
-  anchor_pool "$OUT/pool100_retr" "$OUT/anchor128_retr" "$S128"
+  fullavg_inputs
   D=$OUT/pool100_strokes12_co2
   F="--init $S128 --rank 128 --alpha 128 --temperature 128 $L1K --lr 1e-4"
   A="--distill-pool $OUT/anchor128_retr --distill-weight 1"
