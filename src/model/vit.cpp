@@ -1040,19 +1040,19 @@ at::Tensor softmax_last_dim(const at::Tensor& x) { return apply_kernel_node<Soft
 namespace {
 
 #ifdef LORAREC_HAVE_CBLAS
-// A matrix operand of cblas_sgemm (row major): the matrices of a 3-d tensor t ([N, rows, cols])
-// as its transpose flag and leading dimension, or false where neither rows nor columns are
-// unit-stride.
+// A matrix operand of cblas_sgemm (row major): the matrices of a 3-d tensor t ([N, rows, cols],
+// no size 0) as its transpose flag and leading dimension, or false where neither rows nor columns
+// are unit-stride.
 bool blas_operand(const at::Tensor& t, CBLAS_TRANSPOSE* trans, int64_t* ld) {
   const int64_t rows = t.size(1), cols = t.size(2), rs = t.stride(1), cs = t.stride(2);
-  if (cs == 1 && (rows == 1 || rs >= std::max<int64_t>(cols, 1))) {
+  if (cs == 1 && (rows == 1 || rs >= cols)) {
     *trans = CblasNoTrans;
-    *ld = std::max<int64_t>({rs, cols, 1});
+    *ld = std::max(rs, cols);
     return true;
   }
-  if (rs == 1 && (cols == 1 || cs >= std::max<int64_t>(rows, 1))) {
+  if (rs == 1 && (cols == 1 || cs >= rows)) {
     *trans = CblasTrans;
-    *ld = std::max<int64_t>({cs, rows, 1});
+    *ld = std::max(cs, rows);
     return true;
   }
   return false;
@@ -1077,20 +1077,19 @@ at::Tensor bmm_nograd(const at::Tensor& a, const at::Tensor& b) {
     const int64_t N = a.size(0), m = a.size(1), k = a.size(2), n = b.size(2);
     CBLAS_TRANSPOSE ta = CblasNoTrans, tb = CblasNoTrans;
     int64_t lda = 0, ldb = 0;
-    // ATen computes products of fewer than 400 multiply-adds with its own loops, without an op per
-    // matrix; those stay with it (and its summation order, which the tests' small ViTs compare).
+    // ATen computes products of fewer than 400 multiply-adds (empty ones included) with its own
+    // loops, without an op per matrix; those stay with it (and its summation order, which the
+    // tests' small ViTs compare).
     const bool small = m * n * k < 400;
     const bool strided = N > 0 && !small && blas_operand(a, &ta, &lda) && blas_operand(b, &tb, &ldb);
     const int64_t limit = std::numeric_limits<int>::max();
     if (strided && std::max({m, n, k, lda, ldb}) < limit) {
       at::Tensor out = at::empty({N, m, n}, a.options());
-      if (m == 0 || n == 0) return out;
-      if (k == 0) return out.zero_();
       const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
       float* pc = out.data_ptr<float>();
       const int64_t sa = a.stride(0), sb = b.stride(0);
       // Enough matrices per task that a thread's share is worth its start.
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m * n * k, 1));
+      const int64_t grain = std::max<int64_t>(1, 32768 / (m * n * k));
       at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
           cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f,

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/function.h>
 
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -286,24 +285,27 @@ TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
 // Counts the ATen ops named `name` that run on this thread while it lives.
 class OpCounter {
  public:
-  explicit OpCounter(const char* name) : name_(name) {
-    counts()[name_] = 0;
+  explicit OpCounter(std::string name) {
+    target() = std::move(name);
+    seen() = 0;
     handle_ = at::addThreadLocalCallback(
         at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-          auto it = counts().find(fn.name());
-          if (it != counts().end()) ++it->second;
+          if (fn.name() == target()) ++seen();
           return nullptr;
         }));
   }
   ~OpCounter() { at::removeCallback(handle_); }
-  int64_t count() const { return counts()[name_]; }
+  int64_t count() const { return seen(); }
 
  private:
-  static std::map<std::string, int64_t>& counts() {
-    static thread_local std::map<std::string, int64_t> c;
-    return c;
+  static std::string& target() {
+    static thread_local std::string t;
+    return t;
   }
-  std::string name_;
+  static int64_t& seen() {
+    static thread_local int64_t n = 0;
+    return n;
+  }
   at::CallbackHandle handle_;
 };
 
