@@ -489,6 +489,30 @@ LORAREC_AVX512BF16 void gelu_lite_backward16_native(const uint16_t* x, const uin
   }
 }
 
+// The forward that also writes its derivative s + 1.702 x s (1 - s) (gelu_grad_lite16 at g = 1),
+// so that the backward is one multiplication: y and d rounded to bf16 once each.
+// to_bits: the bf16 conversion of the caller's target (inlined there).
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE void gelu_lite_with_grad16_body(const uint16_t* x, uint16_t* y, uint16_t* d,
+                                                                     int64_t n, __m256i (*to_bits)(__m512)) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = lanes16(i, n);
+    const __m512 xv = load16m(x + i, k);
+    const SigmoidLite16 sg = sigmoid_lite16(xv);
+    const __m512 s = _mm512_maskz_mov_ps(sg.top, sg.s);
+    const __m512 inner = _mm512_mul_ps(_mm512_mul_ps(xv, s), sg.one_minus_s);
+    _mm256_mask_storeu_epi16(y + i, k, to_bits(_mm512_mul_ps(xv, s)));
+    _mm256_mask_storeu_epi16(d + i, k, to_bits(_mm512_fmadd_ps(_mm512_set1_ps(kAlpha), inner, s)));
+  }
+}
+LORAREC_AVX512 __m256i bf16_bits16_fn(__m512 v) { return bf16_bits16(v); }
+LORAREC_AVX512BF16 __m256i bf16_bits16_native_fn(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+LORAREC_AVX512 void gelu_lite_with_grad16(const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n) {
+  gelu_lite_with_grad16_body(x, y, d, n, bf16_bits16_fn);
+}
+LORAREC_AVX512BF16 void gelu_lite_with_grad16_native(const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n) {
+  gelu_lite_with_grad16_body(x, y, d, n, bf16_bits16_native_fn);
+}
+
 // The residual add and LayerNorm (add_layer_norm_rows), AVX-512 rows of n = 16 k.
 template <typename Y, typename H>
 LORAREC_AVX512 void add_layer_norm_rows16(const float* x, const Y* y, const float* bias, float* v, const float* w,
@@ -675,6 +699,18 @@ void quick_gelu_backward(const float* x, const float* g, float* gx, int64_t n, I
 }
 void quick_gelu_backward(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n, Isa isa) {
   LORAREC_DISPATCH(bwd_bf16, x, g, gx, n);
+}
+
+bool quick_gelu_with_grad_supported(Isa isa) { return isa >= Isa::kAvx512 && isa <= best_isa(); }
+void quick_gelu_forward_with_grad(const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n, Isa isa) {
+  if (!quick_gelu_with_grad_supported(isa))
+    throw RuntimeError(std::string("quick_gelu_forward_with_grad: not built or not run here for ") + isa_name(isa));
+#ifdef LORAREC_X86_KERNELS
+  if (isa == Isa::kAvx512Bf16) return gelu_lite_with_grad16_native(x, y, d, n);
+  gelu_lite_with_grad16(x, y, d, n);
+#else
+  (void)x, (void)y, (void)d, (void)n;
+#endif
 }
 
 void softmax_rows(const float* x, float* y, int64_t rows, int64_t n, Isa isa) {

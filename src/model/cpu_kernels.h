@@ -47,6 +47,13 @@ void quick_gelu_forward(const uint16_t* x, uint16_t* y, int64_t n, Isa isa);
 void quick_gelu_backward(const float* x, const float* g, float* gx, int64_t n, Isa isa);
 void quick_gelu_backward(const uint16_t* x, const uint16_t* g, uint16_t* gx, int64_t n, Isa isa);
 
+// The bf16 forward under kAvx512 and kAvx512Bf16 (as quick_gelu_forward there: the same y) that
+// also writes d[i] = s (1 + 1.702 x[i] (1 - s)), the derivative at x[i], rounded to bf16 once, so
+// that the backward is g * d (one more rounding than quick_gelu_backward: within two bf16 steps
+// of the formula). quick_gelu_with_grad_supported says where it runs; elsewhere it throws.
+bool quick_gelu_with_grad_supported(Isa isa);
+void quick_gelu_forward_with_grad(const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n, Isa isa);
+
 // y = softmax(x) over each of `rows` contiguous rows of n values, computed in float (bf16 stored
 // once, rounded to nearest even); a -inf value gets probability 0, a row with a NaN or +inf is
 // NaN. x and y must not overlap. The generic build is slower than ATen's softmax: callers use it

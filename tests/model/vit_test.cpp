@@ -249,8 +249,10 @@ TEST(Vit, QuickGeluIsOneNodeWithTheCompositeGradients) {
             rel_error((xb * at::sigmoid(1.702 * xb)).to(at::kDouble), exact));
   // Without a gradient no node is made; a second derivative is refused, not silently wrong.
   EXPECT_TRUE(quick_gelu(x0).grad_fn() == nullptr);
-  const at::Tensor x = x0.clone().requires_grad_(true);
-  EXPECT_THROW(quick_gelu(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
+  for (const at::ScalarType dt : {at::kFloat, at::kBFloat16}) {  // bf16: the node that saves the derivative
+    const at::Tensor x = x0.to(dt).requires_grad_(true);
+    EXPECT_THROW(quick_gelu(x).sum().backward({}, /*retain_graph=*/true, /*create_graph=*/true), RuntimeError);
+  }
 }
 
 TEST(Vit, SoftmaxLastDimIsOneNodeWithAtensGradients) {
