@@ -17,6 +17,10 @@ B=$REPO/build/lorarecycle
 cd "${WORKDIR:-.}"
 R=runs/demo
 W=$(mktemp -d /tmp/malloc_ab_XXXXXX); trap 'rm -rf "$W"' EXIT
+# The meta-training recipe this benchmark was measured with (bench/rank4_ini.sh).
+source "$REPO/bench/rank4_ini.sh"
+(cd "$REPO" && rank4_ini "$W/demo_rank4.ini")
+CFG=$W/demo_rank4.ini
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
 envof() { if [ "$1" = A ]; then echo LORAREC_MALLOC=system; else echo LORAREC_MALLOC=tuned; fi; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -101,13 +101,18 @@ mkdir -p "$OUT"
 B=build/lorarecycle
 # The tables of docs/science.md were measured in fp32 (before --precision auto); PRECISION=auto
 # runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
-CFG=(--config configs/demo.ini --precision "${PRECISION:-fp32}")
+# Every part's meta-training was measured with configs/demo.ini's [metatrain] as it was until the
+# main job started from lora-avg (the "mainjob" part): that recipe, kept by bench/rank4_ini.sh.
+mkdir -p "$OUT"
+source bench/rank4_ini.sh
+rank4_ini "$OUT/demo_rank4.ini"
+CFG=(--config "$OUT/demo_rank4.ini" --precision "${PRECISION:-fp32}")
 # Every part inverts with configs/demo.ini [invert] as it was when the part was measured: painted
 # surrogates, no co-teachers. Since the round "Surrogates drawn as strokes" the main job draws its
 # surrogates (strokes = 12, co-teachers = 2), so the parts invert from a copy without those two
 # keys, and the painted main-job pool they compare against is $OUT/pool_bn0 (PIX), not runs/demo/pool.
 mkdir -p "$OUT"
-sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' configs/demo.ini >"$OUT/demo_painted.ini"
+sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$OUT/demo_rank4.ini" >"$OUT/demo_painted.ini"
 ICFG=(--config "$OUT/demo_painted.ini" --precision "${PRECISION:-fp32}")
 PIX=$OUT/pool_bn0
 PY=/usr/bin/python3
@@ -282,17 +287,19 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
   done
 fi
 
-# run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (configs/demo.ini [metatrain] plus FLAGS) on POOL
-# as $OUT/PREFIX_<i>, unless done, and prints each run's validation series.
+# run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (the rank-4 recipe's [metatrain], or RUN_CONFIG's
+# when set, plus FLAGS) on POOL as $OUT/PREFIX_<i>, unless done, and prints each run's validation
+# series.
 run_rows() {
-  local prefix=$1 i=0 row name p flags run
+  local prefix=$1 i=0 row name p flags run cfg=("${CFG[@]}")
+  [ -n "${RUN_CONFIG:-}" ] && cfg=(--config "$RUN_CONFIG" --precision "${PRECISION:-fp32}")
   shift
   for row in "$@"; do
     IFS='|' read -r name p flags <<<"$row"
     i=$((i + 1))
     run="$OUT/${prefix}_$i"
     once "$run/metatrain.json" "$run.log" \
-      "${MPI[@]}" $B metatrain "${CFG[@]}" --pool "$p" --out "$run" --restart $flags
+      "${MPI[@]}" $B metatrain "${cfg[@]}" --pool "$p" --out "$run" --restart $flags
     printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
   done
 }
@@ -1012,10 +1019,36 @@ if [ "$WHAT" = shots ]; then
     "real images from lora-avg + anchor 1, 1-shot 7-query (control)|$OUT/pool100_real|$F $A --shot 1 --query 7" \
     "real images from lora-avg + anchor 1, 5-shot 3-query (control)|$OUT/pool100_real|$F $A --shot 5 --query 3"
 fi
+# The main job from lora-avg (docs/science.md, "The main job from lora-avg"): configs/demo.ini's
+# recipe (from the zoo's average at full rank, the paper's objective at T 128, lr 1e-4, 1,000 steps,
+# anchored on public glyphs the zoo retrieves) against the rank-4 recipe it replaced, dense and at
+# mask 0.75, on the main job's pool (launch/demo.sh --until invert makes it and the anchor's
+# runs/demo/anchor_pool); the anchor's share (the same without it) and real images of the zoo's
+# classes in the pool's layout (control). ~2 min per run, the rank-4 ones ~40 s.
+if [ "$WHAT" = mainjob ]; then
+  for f in runs/demo/pool/index.json runs/demo/anchor_pool/index.json; do
+    [ -f "$f" ] || { echo "science: $f missing: run bash launch/demo.sh --until invert" >&2; exit 2; }
+  done
+  real_pool
+  echo "validation accuracy (%), step 0 first, +- 95% CI at the last:"
+  run_rows mj4 "rank-4 recipe (until 2026-12-05), dense|runs/demo/pool|" \
+    "rank-4 recipe, mask 0.75|runs/demo/pool|--mask-ratio 0.75"
+  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+    "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+  # Without the anchor: the config without its two keys (a command line cannot unset a key).
+  sed -e '/^distill-pool *=/d' -e '/^distill-targets *=/d' configs/demo.ini >"$OUT/demo_noanchor.ini"
+  RUN_CONFIG=$OUT/demo_noanchor.ini run_rows mjn "from lora-avg, no anchor, dense|runs/demo/pool|--distill-weight 0" \
+    "from lora-avg, no anchor, mask 0.75|runs/demo/pool|--distill-weight 0 --mask-ratio 0.75" \
+    "real images from lora-avg, no anchor (control)|$OUT/pool_real|--distill-weight 0"
+fi
 if [ "$WHAT" = mix ]; then
-  [ -f runs/demo/meta/adapter_config.json ] || { echo "science: run the main job first (runs/demo/meta)" >&2; exit 2; }
+  # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
+  # now starts from lora-avg: the "mainjob" part).
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   lora_avg "$OUT/lora_avg128" 128
-  mix_eval runs/demo/meta
+  run_rows mixm "main recipe (rank 4), the main job's pool|runs/demo/pool|"
+  mix_eval "$OUT/mixm_1"
   real_pool
   run_rows mixr "paper T128, real images (control)|$OUT/pool_real|$P128"
   mix_eval "$OUT/mixr_1"

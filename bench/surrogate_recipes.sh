@@ -71,13 +71,16 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = metatrain ]; then
   printf '\n%-40s %-58s %s\n' variant flags "val 5w1s at 0 / 100 / 200 / 300 steps (+- 95% CI at 300)"
   n_mt=0
-  # mt LABEL DISTILL_WEIGHT TEMPERATURE [more flags]: the main job's [metatrain] settings otherwise.
+  # mt LABEL DISTILL_WEIGHT TEMPERATURE [more flags]: the main job's [metatrain] settings otherwise
+  # (as they were when this was measured: bench/rank4_ini.sh).
+  source bench/rank4_ini.sh
+  rank4_ini "$OUT/demo_rank4.ini"
   mt() {
     local name=$1 d=$2 t=$3; shift 3
     local flags="--distill-weight $d --temperature $t $*"
     n_mt=$((n_mt + 1))
     local run="$OUT/m_$n_mt"
-    "${MPI[@]}" $B metatrain --config configs/demo.ini --pool "$POOL" --out "$run" --restart --steps 300 --val-every 100 \
+    "${MPI[@]}" $B metatrain --config "$OUT/demo_rank4.ini" --pool "$POOL" --out "$run" --restart --steps 300 --val-every 100 \
       $flags >"$run.log" 2>&1 || { cat "$run.log"; exit 1; }
     $PY - "$run.work/metrics.jsonl" "$name" "$flags" <<'PY'
 import json, sys

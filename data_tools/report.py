@@ -336,7 +336,7 @@ def main():
         try:
             vi, vf = rep["val_initial"], rep["val_final"]
             md.append(f"- {label}: {rep['steps']} steps x {rep['episodes_per_step']} episodes, "
-                      f"{rep['timing']['episodes_per_s']:.1f} episodes/s; val {vi['val_mean']:.2f} ± {vi['val_ci95']:.2f} (bare VFM) "
+                      f"{rep['timing']['episodes_per_s']:.1f} episodes/s; val {vi['val_mean']:.2f} ± {vi['val_ci95']:.2f} (step 0) "
                       f"-> {vf['val_mean']:.2f} ± {vf['val_ci95']:.2f}" + kept_text(rep))
         except Exception as e:  # noqa: BLE001
             md.append(f"- {label}: metatrain.json incomplete ({why(e)})")

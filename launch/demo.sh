@@ -53,6 +53,14 @@ done_with zoo
 
 stage "5/8 invert the zoo into the surrogate pool"
 "${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini"
+# The anchor's images (a config whose [metatrain] names distill-pool): public glyphs that each zoo
+# LoRA assigns to its classes (invert --retrieve from the VFM's pre-training data; no inversion).
+ANCHOR=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$REPO/configs/$PRESET.ini")
+if [ -n "$ANCHOR" ]; then
+  if [ -f "$ANCHOR/index.json" ]; then echo "reusing $ANCHOR"; else
+    "${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini" --co-teachers 0 --retrieve "data/$PRESET/base.h5" \
+      --out "$ANCHOR"; fi
+fi
 done_with invert
 
 # Exit status 75 = stopped with a checkpoint (e.g. a signal): re-running this script resumes.
@@ -97,7 +105,7 @@ for name in ("meta", "meta_mask75"):
     a, b = m["val_initial"], m["val_final"]
     print(f"{name}: mask ratio {m['mask_ratio']}, {m['steps']} steps x {m['episodes_per_step']} episodes, "
           f"{m['timing']['episodes_per_s']:.1f} episodes/s; val 5-way 1-shot {a['val_mean']:.2f} +- {a['val_ci95']:.2f} "
-          f"(bare VFM) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}"
+          f"(step 0) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}"
           + (f"; kept step {m['kept_step']} ({m['val_kept']['val_mean']:.2f})" if m.get("keep") == "best" else ""))
 PY
 echo "demo: done in $(( $(date +%s) - t0 )) s; outputs under runs/$PRESET"

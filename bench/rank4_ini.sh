@@ -1,0 +1,29 @@
+# Sourced by the benchmarks that rerun tables measured with the main job's earlier meta-training
+# recipe (bench/science.sh, bench/surrogate_recipes.sh, bench/malloc_ab.sh), from the repository
+# root. rank4_ini OUT writes configs/demo.ini with its [metatrain] section as it was until the main
+# job started from lora-avg (2026-12-05, docs/science.md "The main job from lora-avg"): a fresh
+# rank-4 meta-LoRA, CE at T 128 + each surrogate's own LoRA distilled, 300 steps at lr 1e-3.
+rank4_ini() {
+  awk 'BEGIN { skip = 0 }
+       /^\[metatrain\]/ { print; while ((getline line < "/dev/stdin") > 0) print line; skip = 1; next }
+       /^\[/ { skip = 0 }
+       !skip' configs/demo.ini >"$1" <<'INI'
+model = runs/demo/vfm
+pool = runs/demo/pool
+val = data/demo/val.h5
+out = runs/demo/meta
+way = 5
+shot = 1
+query = 7
+steps = 300
+episodes-per-step = 2
+val-every = 100
+val-episodes = 300
+checkpoint-every = 100
+no-flip = true
+distill-weight = 1
+mask-select = random
+temperature = 128
+
+INI
+}
