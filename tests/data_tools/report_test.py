@@ -113,7 +113,7 @@ class Report(unittest.TestCase):
         md = read(os.path.join(self.tmp, "rep", "report.md"))
         self.assertNotIn("Missing or unfinished", md)
         self.assertIn("## Results (this run)\n\n| dataset | method | 5-way 1-shot | 5-way 5-shot | tasks/s (1-shot) |", md)
-        self.assertIn("- meta (mask 0.0): 20 steps x 2 episodes, 5.0 episodes/s; val 40.00 ± 1.00 (bare VFM) -> 45.00 ± 1.10\n", md)
+        self.assertIn("- meta (mask 0.0): 20 steps x 2 episodes, 5.0 episodes/s; val 40.00 ± 1.00 (step 0) -> 45.00 ± 1.10\n", md)
         self.assertIn("-> 45.00 ± 1.10; kept the best validation's meta-LoRA: step 10, 46.50\n", md)
         self.assertTrue(md.endswith("![validation curves](val_curves.png)\n\n![surrogates](surrogates.png)\n"))
         for f in ("val_curves.png", "surrogates.png"):
