@@ -103,7 +103,6 @@ B=build/lorarecycle
 # runs them in what the main job now uses (bf16 on CPUs with avx512_bf16).
 # Every part's meta-training was measured with configs/demo.ini's [metatrain] as it was until the
 # main job started from lora-avg (the "mainjob" part): that recipe, kept by bench/rank4_ini.sh.
-mkdir -p "$OUT"
 source bench/rank4_ini.sh
 rank4_ini "$OUT/demo_rank4.ini"
 CFG=(--config "$OUT/demo_rank4.ini" --precision "${PRECISION:-fp32}")
@@ -111,7 +110,6 @@ CFG=(--config "$OUT/demo_rank4.ini" --precision "${PRECISION:-fp32}")
 # surrogates, no co-teachers. Since the round "Surrogates drawn as strokes" the main job draws its
 # surrogates (strokes = 12, co-teachers = 2), so the parts invert from a copy without those two
 # keys, and the painted main-job pool they compare against is $OUT/pool_bn0 (PIX), not runs/demo/pool.
-mkdir -p "$OUT"
 sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$OUT/demo_rank4.ini" >"$OUT/demo_painted.ini"
 ICFG=(--config "$OUT/demo_painted.ini" --precision "${PRECISION:-fp32}")
 PIX=$OUT/pool_bn0

@@ -456,11 +456,18 @@ LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m512 gelu_lite16(__m512 x) {
   const SigmoidLite16 sg = sigmoid_lite16(x);
   return _mm512_mul_ps(x, _mm512_maskz_mov_ps(sg.top, sg.s));  // x 0 keeps x's sign, as the loops
 }
-LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m512 gelu_grad_lite16(__m512 x, __m512 g) {
+// s (0 where it is not kept) and the derivative s + 1.702 x s (1 - s) at x.
+struct GeluParts16 {
+  __m512 s, derivative;
+};
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE GeluParts16 gelu_parts16(__m512 x) {
   const SigmoidLite16 sg = sigmoid_lite16(x);
   const __m512 s = _mm512_maskz_mov_ps(sg.top, sg.s);
   const __m512 inner = _mm512_mul_ps(_mm512_mul_ps(x, s), sg.one_minus_s);
-  return _mm512_mul_ps(g, _mm512_fmadd_ps(_mm512_set1_ps(kAlpha), inner, s));
+  return {s, _mm512_fmadd_ps(_mm512_set1_ps(kAlpha), inner, s)};
+}
+LORAREC_AVX512 LORAREC_ALWAYS_INLINE __m512 gelu_grad_lite16(__m512 x, __m512 g) {
+  return _mm512_mul_ps(g, gelu_parts16(x).derivative);
 }
 LORAREC_AVX512 void gelu_lite_forward16(const uint16_t* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
@@ -489,19 +496,17 @@ LORAREC_AVX512BF16 void gelu_lite_backward16_native(const uint16_t* x, const uin
   }
 }
 
-// The forward that also writes its derivative s + 1.702 x s (1 - s) (gelu_grad_lite16 at g = 1),
-// so that the backward is one multiplication: y and d rounded to bf16 once each.
+// The forward that also writes its derivative (gelu_parts16), so that the backward is one
+// multiplication: y and d rounded to bf16 once each.
 // to_bits: the bf16 conversion of the caller's target (inlined there).
 LORAREC_AVX512 LORAREC_ALWAYS_INLINE void gelu_lite_with_grad16_body(const uint16_t* x, uint16_t* y, uint16_t* d,
                                                                      int64_t n, __m256i (*to_bits)(__m512)) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = lanes16(i, n);
     const __m512 xv = load16m(x + i, k);
-    const SigmoidLite16 sg = sigmoid_lite16(xv);
-    const __m512 s = _mm512_maskz_mov_ps(sg.top, sg.s);
-    const __m512 inner = _mm512_mul_ps(_mm512_mul_ps(xv, s), sg.one_minus_s);
-    _mm256_mask_storeu_epi16(y + i, k, to_bits(_mm512_mul_ps(xv, s)));
-    _mm256_mask_storeu_epi16(d + i, k, to_bits(_mm512_fmadd_ps(_mm512_set1_ps(kAlpha), inner, s)));
+    const GeluParts16 p = gelu_parts16(xv);
+    _mm256_mask_storeu_epi16(y + i, k, to_bits(_mm512_mul_ps(xv, p.s)));
+    _mm256_mask_storeu_epi16(d + i, k, to_bits(p.derivative));
   }
 }
 LORAREC_AVX512 __m256i bf16_bits16_fn(__m512 v) { return bf16_bits16(v); }

@@ -797,16 +797,15 @@ at::Tensor softmax_grad(const at::Tensor& y, const at::Tensor& g) {
   return gx;
 }
 
-// One autograd node over Op's values and gradient: Op::kSaveOutput says whether the backward
-// needs the output (softmax) or the input (QuickGELU). The kernels' result carries no graph, so a
-// second derivative (backward with create_graph) is refused instead of treating the gradient as
-// a constant.
+// One autograd node over Op's values and gradient: Op::values_for_grad gives the output and what
+// the backward needs (softmax: its output; QuickGELU: its input, or its derivative). The kernels' result carries no
+// graph, so a second derivative (backward with create_graph) is refused instead of treating the gradient as a constant.
 template <typename Op>
 struct KernelNode : public torch::autograd::Function<KernelNode<Op>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    at::Tensor y = Op::values(x);
-    ctx->save_for_backward({Op::kSaveOutput ? y : x});
+    auto [y, saved] = Op::values_for_grad(x);
+    ctx->save_for_backward({saved});
     return y;
   }
 
@@ -830,34 +829,20 @@ at::Tensor apply_kernel_node(const at::Tensor& x) {
   return KernelNode<Op>::apply(x);
 }
 
-// x * sigmoid(1.702 x), saving x alone (the backward recomputes the sigmoid). Unfused: three
-// forward ops and five backward ones, a quarter of the bf16 CPU step on the main job's shapes
-// (docs/metatrain.md).
+// x * sigmoid(1.702 x). Unfused: three forward ops and five backward ones, a quarter of the bf16
+// CPU step on the main job's shapes (docs/metatrain.md). It saves x (the backward recomputes the
+// sigmoid), except in bf16 under AVX-512: there the forward also writes the derivative, saved
+// instead of x, so that the backward is one multiplication (the recomputing backward kernel was 7 %
+// of the dense bf16 step's samples, twice the forward's).
 struct QuickGeluOp {
   static constexpr const char* kName = "quick_gelu";
-  static constexpr bool kSaveOutput = false;
-  static at::Tensor values(const at::Tensor& x) { return quick_gelu_values(x); }
-  static at::Tensor grad(const at::Tensor& x, const at::Tensor& g) { return quick_gelu_grad(x, g); }
-};
-
-// softmax over the last dimension, saving its output (contiguous).
-struct SoftmaxOp {
-  static constexpr const char* kName = "softmax_last_dim";
-  static constexpr bool kSaveOutput = true;
-  static at::Tensor values(const at::Tensor& x) { return softmax_values(x); }
-  static at::Tensor grad(const at::Tensor& y, const at::Tensor& g) { return softmax_grad(y, g); }
-};
-
-// bf16 QuickGELU under AVX-512 with a gradient to track: the forward also writes the derivative,
-// which the node saves instead of x, so that the backward is one multiplication instead of the
-// sigmoid again (the backward kernel was 7 % of the dense bf16 step's samples, twice the forward's).
-struct QuickGeluSavedGradNode : public torch::autograd::Function<QuickGeluSavedGradNode> {
-  static bool takes(const at::Tensor& x) {
-    return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && !aten_instead("gelu") &&
+  static bool saves_derivative(const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && !aten_instead("gelu") &&
            kernel::quick_gelu_with_grad_supported(kernel::best_isa());
   }
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  static at::Tensor values(const at::Tensor& x) { return quick_gelu_values(x); }
+  static std::pair<at::Tensor, at::Tensor> values_for_grad(const at::Tensor& x) {
+    if (!saves_derivative(x)) return {values(x), x};
     const at::Tensor xc = x.contiguous();
     at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous), d = at::empty_like(y);
     const uint16_t* xp = raw<uint16_t>(xc);
@@ -865,26 +850,28 @@ struct QuickGeluSavedGradNode : public torch::autograd::Function<QuickGeluSavedG
     over_rows(xc.numel(), 1, [&](int64_t r, int64_t k) {
       kernel::quick_gelu_forward_with_grad(xp + r, yp + r, dp + r, k, kernel::best_isa());
     });
-    ctx->save_for_backward({d});
-    return y;
+    return {y, d};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    if (at::GradMode::is_enabled())
-      throw RuntimeError("quick_gelu: second derivatives are not implemented (backward with create_graph)");
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    const at::Tensor d = ctx->get_saved_variables()[0];
-    return {at::mul(grads[0].to(d.scalar_type()), d)};
+  // saved: x, or the derivative where saves_derivative (decided by the dtype both share).
+  static at::Tensor grad(const at::Tensor& saved, const at::Tensor& g) {
+    return saves_derivative(saved) ? at::mul(g.to(saved.scalar_type()), saved) : quick_gelu_grad(saved, g);
   }
+};
+
+// softmax over the last dimension, saving its output (contiguous).
+struct SoftmaxOp {
+  static constexpr const char* kName = "softmax_last_dim";
+  static at::Tensor values(const at::Tensor& x) { return softmax_values(x); }
+  static std::pair<at::Tensor, at::Tensor> values_for_grad(const at::Tensor& x) {
+    at::Tensor y = values(x);
+    return {y, y};
+  }
+  static at::Tensor grad(const at::Tensor& y, const at::Tensor& g) { return softmax_grad(y, g); }
 };
 
 }  // namespace
 
-at::Tensor quick_gelu(const at::Tensor& x) {
-  if (x.requires_grad() && at::GradMode::is_enabled() && QuickGeluSavedGradNode::takes(x))
-    return QuickGeluSavedGradNode::apply(x);
-  return apply_kernel_node<QuickGeluOp>(x);
-}
+at::Tensor quick_gelu(const at::Tensor& x) { return apply_kernel_node<QuickGeluOp>(x); }
 
 // ---- LayerNorm ------------------------------------------------------------------------------
 
