@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1039,6 +1039,26 @@ if [ "$WHAT" = mainjob ]; then
   RUN_CONFIG=$OUT/demo_noanchor.ini run_rows mjn "from lora-avg, no anchor, dense|runs/demo/pool|--distill-weight 0" \
     "from lora-avg, no anchor, mask 0.75|runs/demo/pool|--distill-weight 0 --mask-ratio 0.75" \
     "real images from lora-avg, no anchor (control)|$OUT/pool_real|--distill-weight 0"
+fi
+# Random affine maps of the training images (metatrain --affine S: rotation, scale, shear and shift,
+# per image and step; docs/science.md, "Random affine maps of the training images"): the main job's
+# recipe (configs/demo.ini) with S = 0.5, 1 and 2 on its pool, and S = 1 on real images of the zoo's
+# classes (control); the controls without the maps are the "mainjob" part's runs (reused when
+# made). ~2-4 min per run.
+if [ "$WHAT" = affine ]; then
+  for f in runs/demo/pool/index.json runs/demo/anchor_pool/index.json; do
+    [ -f "$f" ] || { echo "science: $f missing: run bash launch/demo.sh --until invert" >&2; exit 2; }
+  done
+  real_pool
+  echo "validation accuracy (%), step 0 first, +- 95% CI at the last:"
+  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+    "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+  RUN_CONFIG=configs/demo.ini run_rows aff "... + affine 1|runs/demo/pool|--affine 1" \
+    "real images ... + affine 1 (control)|$OUT/pool_real|--affine 1" \
+    "... + affine 0.5|runs/demo/pool|--affine 0.5" \
+    "... + affine 2|runs/demo/pool|--affine 2" \
+    "... + affine 1, mask 0.75|runs/demo/pool|--affine 1 --mask-ratio 0.75"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

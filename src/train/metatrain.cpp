@@ -197,6 +197,33 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
   return std::get<0>(idx.sort(1));
 }
 
+std::array<float, 6> random_affine(double strength, std::mt19937_64& rng) {
+  const double pi = 3.14159265358979323846;
+  std::uniform_real_distribution<double> u(-1, 1);
+  const double angle = u(rng) * strength * 10 * pi / 180, scale = 1 + u(rng) * strength * 0.1;
+  const double shear = u(rng) * strength * 0.1;
+  const double tx = u(rng) * strength * 0.125, ty = u(rng) * strength * 0.125;  // 1/16 of the side
+  // Output to input about the centre: rotation times shear ([[1, shear], [0, 1]]: area kept) over
+  // the scale, then the shift. The draws are symmetric, so this map and its inverse are alike.
+  const double c = std::cos(angle) / scale, s = std::sin(angle) / scale;
+  return {static_cast<float>(c), static_cast<float>(c * shear - s), static_cast<float>(tx),
+          static_cast<float>(s), static_cast<float>(s * shear + c), static_cast<float>(ty)};
+}
+
+at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned) {
+  LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte, "affine_images: need uint8 [B, S, S, C]");
+  LORAREC_CHECK(theta.dim() == 3 && theta.size(0) == u8.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
+                "affine_images: need theta [B, 2, 3]");
+  const at::NoGradGuard no_grad;
+  // Ink = 255 - value, so that the zeros the sampler brings in from outside are white paper.
+  const at::Tensor ink = at::rsub(u8.permute({0, 3, 1, 2}).to(at::kFloat), 255.0);
+  const at::Tensor grid = at::affine_grid_generator(theta.to(at::kFloat), ink.sizes(), /*align_corners=*/false);
+  const at::Tensor moved = at::grid_sampler_2d(ink, grid, /*bilinear*/ 0, /*zeros*/ 0, /*align_corners=*/false);
+  at::Tensor out = at::empty(u8.sizes(), u8.options().pinned_memory(pinned));
+  out.copy_(at::rsub(moved, 255.0).round_().clamp_(0, 255).permute({0, 2, 3, 1}));
+  return out;
+}
+
 at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
                               std::uint64_t seed) {
   if (variants.size() != rows.size()) throw RuntimeError("random_mask_scores: one variant per row needed");
@@ -227,6 +254,11 @@ void MetaTrainConfig::validate() const {
     throw InputError("metatrain: need --cycle >= 0 and 0 <= --warmup < cycle");
   if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
   if (jitter < 0) throw InputError("metatrain: --jitter must be >= 0");
+  if (!(affine >= 0 && affine <= 4)) throw InputError("metatrain: --affine must be in [0, 4]");
+  if (affine > 0 && mask_ratio > 0 && mask_select == "top")
+    throw InputError(
+        "metatrain: --affine moves the patches that --mask-select top chose on the unmoved image; use --mask-select "
+        "random with it");
   if (!(single_lora_prob >= 0 && single_lora_prob <= 1))
     throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
   if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
@@ -386,6 +418,7 @@ class BatchMaker {
     std::vector<bool> flips;
     std::vector<int> variants;                // per image, with --mask-select random
     std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
+    std::vector<float> affines;               // per image 6 values of its map's matrix with --affine
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng =
           data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
@@ -416,6 +449,11 @@ class BatchMaker {
           shifts.emplace_back(dy, dx);
         }
       }
+      if (cfg_.affine > 0)
+        for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) {
+          const std::array<float, 6> m = random_affine(cfg_.affine, rng);
+          affines.insert(affines.end(), m.begin(), m.end());
+        }
       if (single && cfg_.kl_weight > 0) {
         const auto& f = pool_.files()[file];
         std::vector<int64_t> local_rows;
@@ -435,6 +473,7 @@ class BatchMaker {
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
     auto [u8, scores] = images_and_scores(rows, flips, variants, shifts);
+    if (!affines.empty()) u8 = affine_images(u8, at::tensor(affines, at::kFloat).view({-1, 2, 3}), u8.is_pinned());
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
     else
@@ -658,6 +697,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.align_weight > 0) j["align_weight"] = c.align_weight;  // the same
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
+  if (c.affine > 0) j["affine"] = c.affine;                    // the same
   if (!c.distill_pool.empty()) {                               // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;

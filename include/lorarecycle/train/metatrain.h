@@ -22,6 +22,7 @@
 
 #include <c10/core/Device.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -95,8 +96,13 @@ struct MetaTrainConfig {
   std::string mask_select = "top";
   int mask_variants = 8;
   bool random_masks() const { return mask_ratio > 0 && mask_select == "random"; }
-  bool flip = true;                // random horizontal flip per image
-  int jitter = 0;                  // random roll of each image by up to this many pixels (0 = off)
+  bool flip = true;  // random horizontal flip per image
+  int jitter = 0;    // random roll of each image by up to this many pixels (0 = off)
+  // Random affine map of each training image with this strength (0 = off): at 1, rotation within
+  // +-10 degrees, scale 0.9-1.1, shear +-0.1 and a shift of up to 1/16 of the image per axis; the
+  // ranges scale linearly with it. The map is about the centre, the uncovered area is the paper's
+  // white (the glyph benchmark's images are dark on white).
+  double affine = 0;
   bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
   bool disjoint_teachers = false;  // support and queries of a class from different LoRAs (draw_episode)
@@ -184,6 +190,15 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio);
 // fixed random subset of image rows[i] (uniform, a function of seed, row and variant only).
 at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
                               std::uint64_t seed);
+
+// --affine: a random map of strength `strength` (MetaTrainConfig::affine), as the 2 x 3 matrix
+// (row-major) that at::affine_grid takes: output coordinates (normalised to [-1, 1], x first) to
+// input coordinates. Rotation, scale, shear and shift drawn uniformly from the ranges named there.
+std::array<float, 6> random_affine(double strength, std::mt19937_64& rng);
+// Images uint8 [B, S, S, C] mapped by theta [B, 2, 3] (random_affine's matrices) with bilinear
+// interpolation; what the map brings in from outside the image is white (255). The result is
+// uint8 [B, S, S, C], in page-locked memory when `pinned`.
+at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned = false);
 
 // Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
 // Tests may set the flag through request_stop().
