@@ -1162,9 +1162,17 @@ void outer_heads_into(const at::Tensor& rows, const at::Tensor& a, const at::Ten
   at::mul_out(out, a.view({B, H, T}).permute({0, 2, 1}).unsqueeze(-1), c.view({B, H, -1}).unsqueeze(1));
 }
 
+// Whether attention_block merges an adapter of rank r into the projection's weights (W + scale B A,
+// one product per call) instead of two products of its own (x A^T, then B): from r > D / 6 the
+// merged form costs fewer operations with gradients (the delta's gradient g^T x, N D^2, against
+// u, its two weight gradients and x's share, 6 N D r), and the forward is the frozen projection's.
+// Below that, adapters stay separate (the zoo's rank-4 LoRAs: the same bits as before).
+bool merged_adapter(int64_t r, int64_t d) { return 6 * r > d; }
+
 // attention_block's node. Arguments after h: A and B of the adapters on q, k and v (absent where
 // there is none). Saved: the projections' input x, the scaled queries, the keys and values split
-// by heads, the attention probabilities, then per adapter u = x A^T, A and B in the compute dtype.
+// by heads, the attention probabilities, the projection's weights (with the merged adapters'
+// deltas), then per adapter u = x A^T, A and B in the compute dtype (merged: no u, A and B in float).
 struct AttentionNode : public torch::autograd::Function<AttentionNode> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const OptTensor& aq,
                             const OptTensor& bq, const OptTensor& ak, const OptTensor& bk, const OptTensor& av,
@@ -1177,13 +1185,24 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const int64_t from = all ? 0 : D;  // w_qkv's first row multiplied with every token
     const at::Tensor x = (h.scalar_type() == dt ? h : h.to(dt)).contiguous().view({B * T, D});
     const at::Tensor xq = all ? x : x.view({B, T, D}).select(1, 0);  // the query tokens
+    const std::array<const OptTensor*, 6> ab{&aq, &bq, &ak, &bk, &av, &bv};
+    // Adapters of rank r > D / 6 are merged into the projection's weights (merged_adapter).
+    std::vector<int64_t> merged(3, 0);
+    at::Tensor w_eff = w_qkv;
+    for (int m = 0; m < 3; ++m) {
+      const OptTensor &a = *ab[2 * m], &b = *ab[2 * m + 1];
+      if (!a.has_value() || !merged_adapter(a->size(0), D)) continue;
+      if (!merged[0] && !merged[1] && !merged[2]) w_eff = w_qkv.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      w_eff.narrow(0, m * D, D).addmm_(b->to(at::kFloat), a->to(at::kFloat), 1, lora_scale);
+      merged[m] = 1;
+    }
+    if (w_eff.scalar_type() != dt) w_eff = w_eff.to(dt);
     const auto project = [&](const at::Tensor& in, int64_t row, int64_t n) {
-      const at::Tensor w = w_qkv.narrow(0, row, n);
+      const at::Tensor w = w_eff.narrow(0, row, n);
       return b_qkv.has_value() ? at::addmm(b_qkv->narrow(0, row, n), in, w.t()) : at::mm(in, w.t());
     };
     const at::Tensor y = project(x, from, 3 * D - from);                // [B T, 3D or 2D]
     const at::Tensor yq = all ? y.narrow(1, 0, D) : project(xq, 0, D);  // [B Tq, D]
-    const std::array<const OptTensor*, 6> ab{&aq, &bq, &ak, &bk, &av, &bv};
     std::vector<at::Tensor> lora_saved;
     std::vector<int64_t> edges(6, -1), types(6, 0);  // autograd edge (h is 0) and dtype per A, B
     for (int m = 0, edge = 1; m < 3; ++m) {
@@ -1193,6 +1212,10 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
       edges[2 * m + 1] = edge++;
       types[2 * m] = static_cast<int64_t>(a->scalar_type());
       types[2 * m + 1] = static_cast<int64_t>(b->scalar_type());
+      if (merged[m]) {  // A and B in float for their gradients; no u
+        lora_saved.insert(lora_saved.end(), {at::Tensor(), a->to(at::kFloat), b->to(at::kFloat)});
+        continue;
+      }
       const at::Tensor ac = a->to(dt), bc = b->to(dt);
       const at::Tensor u = at::mm(m == 0 ? xq : x, ac.t());  // [rows, r]
       (m == 0 ? yq : y.narrow(1, m * D - from, D)).add_(at::mm(u, bc.t()), lora_scale);
@@ -1205,10 +1228,11 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const at::Tensor p = softmax_values(bmm_nograd(qs, kh.transpose(1, 2)));  // [B H, Tq, T]
     const at::Tensor o = at::empty({B * tq, D}, y.options());
     merge_heads_into(o, bmm_nograd(p, vh), B, tq, H);
-    std::vector<at::Tensor> saved{x, qs, kh, vh, p, w_qkv};
+    std::vector<at::Tensor> saved{x, qs, kh, vh, p, w_eff};  // the weights the input's gradient goes through
     saved.insert(saved.end(), lora_saved.begin(), lora_saved.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["shape"] = std::vector<int64_t>{B, T, tq, D, H};
+    ctx->saved_data["merged"] = merged;
     ctx->saved_data["edges"] = edges;
     ctx->saved_data["types"] = types;
     ctx->saved_data["h_type"] = h.scalar_type();
@@ -1225,6 +1249,7 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const at::Tensor &x = saved[0], &qs = saved[1], &kh = saved[2], &vh = saved[3], &p = saved[4], &w_qkv = saved[5];
     const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
     const std::vector<int64_t> edges = ctx->saved_data["edges"].toIntVector();
+    const std::vector<int64_t> merged = ctx->saved_data["merged"].toIntVector();
     const std::vector<int64_t> types = ctx->saved_data["types"].toIntVector();
     const int64_t B = shape[0], T = shape[1], tq = shape[2], D = shape[3], H = shape[4];
     const bool all = tq == T;
@@ -1259,6 +1284,14 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
       next += 3;
       const at::Tensor g = m == 0 ? gyq : gy.narrow(1, m * D - from, D);  // [rows, D]
       const bool need_a = ctx->needs_input_grad(edges[2 * m]), need_b = ctx->needs_input_grad(edges[2 * m + 1]);
+      if (merged[m]) {  // the delta's gradient g^T x [D, D], then scale B^T of it and scale of it A^T
+        if (!need_a && !need_b) continue;
+        const at::Tensor gd = at::mm(g.t(), m == 0 ? xq : x).to(at::kFloat);
+        if (need_a) out[1 + 2 * m] = at::mm(bc.t(), gd).mul_(lora_scale).to(static_cast<at::ScalarType>(types[2 * m]));
+        if (need_b)
+          out[2 + 2 * m] = at::mm(gd, ac.t()).mul_(lora_scale).to(static_cast<at::ScalarType>(types[2 * m + 1]));
+        continue;
+      }
       const LoraGrads lg = lora_backward(g, m == 0 ? xq : x, u, bc, lora_scale, need_h, need_a, need_b);
       if (need_a) out[1 + 2 * m] = lg.ga.to(static_cast<at::ScalarType>(types[2 * m]));
       if (need_b) out[2 + 2 * m] = lg.gb.to(static_cast<at::ScalarType>(types[2 * m + 1]));
