@@ -1017,6 +1017,21 @@ if [ "$WHAT" = shots ]; then
     "real images from lora-avg + anchor 1, 1-shot 7-query (control)|$OUT/pool100_real|$F $A --shot 1 --query 7" \
     "real images from lora-avg + anchor 1, 5-shot 3-query (control)|$OUT/pool100_real|$F $A --shot 5 --query 3"
 fi
+# The main job's pool and anchor pool (launch/demo.sh --until invert), and the real-image pool.
+mainjob_inputs() {
+  local f
+  for f in runs/demo/pool/index.json runs/demo/anchor_pool/index.json; do
+    [ -f "$f" ] || { echo "science: $f missing: run bash launch/demo.sh --until invert" >&2; exit 2; }
+  done
+  real_pool
+  echo "validation accuracy (%), step 0 first, +- 95% CI at the last:"
+}
+# The main job's recipe dense, at mask 0.75 and on real images ("mj" runs, shared by two parts).
+mainjob_rows() {
+  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+    "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+}
 # The main job from lora-avg (docs/science.md, "The main job from lora-avg"): configs/demo.ini's
 # recipe (from the zoo's average at full rank, the paper's objective at T 128, lr 1e-4, 1,000 steps,
 # anchored on public glyphs the zoo retrieves) against the rank-4 recipe it replaced, dense and at
@@ -1024,16 +1039,10 @@ fi
 # runs/demo/anchor_pool); the anchor's share (the same without it) and real images of the zoo's
 # classes in the pool's layout (control). ~2 min per run, the rank-4 ones ~40 s.
 if [ "$WHAT" = mainjob ]; then
-  for f in runs/demo/pool/index.json runs/demo/anchor_pool/index.json; do
-    [ -f "$f" ] || { echo "science: $f missing: run bash launch/demo.sh --until invert" >&2; exit 2; }
-  done
-  real_pool
-  echo "validation accuracy (%), step 0 first, +- 95% CI at the last:"
+  mainjob_inputs
   run_rows mj4 "rank-4 recipe (until 2026-12-05), dense|runs/demo/pool|" \
     "rank-4 recipe, mask 0.75|runs/demo/pool|--mask-ratio 0.75"
-  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
-    "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
-    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+  mainjob_rows
   # Without the anchor: the config without its two keys (a command line cannot unset a key).
   sed -e '/^distill-pool *=/d' -e '/^distill-targets *=/d' configs/demo.ini >"$OUT/demo_noanchor.ini"
   RUN_CONFIG=$OUT/demo_noanchor.ini run_rows mjn "from lora-avg, no anchor, dense|runs/demo/pool|--distill-weight 0" \
@@ -1046,14 +1055,8 @@ fi
 # classes (control); the controls without the maps are the "mainjob" part's runs (reused when
 # made). ~2-4 min per run.
 if [ "$WHAT" = affine ]; then
-  for f in runs/demo/pool/index.json runs/demo/anchor_pool/index.json; do
-    [ -f "$f" ] || { echo "science: $f missing: run bash launch/demo.sh --until invert" >&2; exit 2; }
-  done
-  real_pool
-  echo "validation accuracy (%), step 0 first, +- 95% CI at the last:"
-  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
-    "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
-    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+  mainjob_inputs
+  mainjob_rows
   RUN_CONFIG=configs/demo.ini run_rows aff "... + affine 1|runs/demo/pool|--affine 1" \
     "real images ... + affine 1 (control)|$OUT/pool_real|--affine 1" \
     "... + affine 0.5|runs/demo/pool|--affine 0.5" \
