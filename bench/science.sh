@@ -1053,7 +1053,7 @@ fi
 # per image and step; docs/science.md, "Random affine maps of the training images"): the main job's
 # recipe (configs/demo.ini) with S = 0.5, 1 and 2 on its pool, and S = 1 on real images of the zoo's
 # classes (control); the controls without the maps are the "mainjob" part's runs (reused when
-# made). ~2-4 min per run.
+# made). ~2-4 min per run. INV=1 adds surrogates inverted under the maps (below).
 if [ "$WHAT" = affine ]; then
   mainjob_inputs
   mainjob_rows
@@ -1062,6 +1062,15 @@ if [ "$WHAT" = affine ]; then
     "... + affine 0.5|runs/demo/pool|--affine 0.5" \
     "... + affine 2|runs/demo/pool|--affine 2" \
     "... + affine 1, mask 0.75|runs/demo/pool|--affine 1 --mask-ratio 0.75"
+  # INV=1: the main job's pool inverted again with the maps in the inversion too (invert --affine 1:
+  # each surrogate must be its class under them; ~8 min on 2 ranks), meta-trained without and with
+  # them.
+  if [ "${INV:-0}" = 1 ]; then
+    once "$OUT/pool_drawn_affine1/index.json" "$OUT/pool_drawn_affine1.log" "${MPI[@]}" $B invert \
+      --config configs/demo.ini --precision "${PRECISION:-fp32}" --affine 1 --out "$OUT/pool_drawn_affine1"
+    RUN_CONFIG=configs/demo.ini run_rows affi "inverted under affine 1|$OUT/pool_drawn_affine1|" \
+      "inverted under affine 1, + affine 1|$OUT/pool_drawn_affine1|--affine 1"
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

@@ -126,6 +126,29 @@ at::Tensor episode_labels(int n_way, int per_class) {
   return at::arange(n_way, at::kLong).repeat_interleave(per_class);
 }
 
+std::array<float, 6> random_affine(double strength, std::mt19937_64& rng) {
+  const double pi = 3.14159265358979323846;
+  std::uniform_real_distribution<double> u(-1, 1);
+  const double angle = u(rng) * strength * 10 * pi / 180, scale = 1 + u(rng) * strength * 0.1;
+  const double shear = u(rng) * strength * 0.1;
+  const double tx = u(rng) * strength * 0.125, ty = u(rng) * strength * 0.125;  // 1/16 of the side
+  // Output to input about the centre: rotation times shear ([[1, shear], [0, 1]]: area kept) over
+  // the scale, then the shift. The draws are symmetric, so this map and its inverse are alike.
+  const double c = std::cos(angle) / scale, s = std::sin(angle) / scale;
+  return {static_cast<float>(c), static_cast<float>(c * shear - s), static_cast<float>(tx),
+          static_cast<float>(s), static_cast<float>(s * shear + c), static_cast<float>(ty)};
+}
+
+at::Tensor affine_map(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& fill) {
+  LORAREC_CHECK(x.dim() == 4 && theta.dim() == 3 && theta.size(0) == x.size(0) && theta.size(1) == 2 &&
+                    theta.size(2) == 3 && fill.numel() == x.size(1),
+                "affine_map: need x [B, C, H, W], theta [B, 2, 3] and fill [C]");
+  const at::Tensor f = fill.to(x.options()).view({1, -1, 1, 1});
+  // The sampler brings in zeros from outside: map x - fill, then add fill back.
+  const at::Tensor grid = at::affine_grid_generator(theta.to(x.options()), x.sizes(), /*align_corners=*/false);
+  return at::grid_sampler_2d(x - f, grid, /*bilinear*/ 0, /*zeros*/ 0, /*align_corners=*/false) + f;
+}
+
 at::Tensor random_shift_flip(const at::Tensor& pixels, int max_shift, bool hflip, std::mt19937_64& rng) {
   if (max_shift <= 0 && !hflip) return pixels;
   std::vector<at::Tensor> out;

@@ -200,8 +200,11 @@ at::Tensor to_uint8(const model::ClipVision& vit, const at::Tensor& x) {
 namespace {
 
 // This iteration's view of the batch: a roll by up to `jitter` pixels and a flip (one for the
-// batch, or per image), then with cfg.zoom a random crop resized back. Consumes rng in that order.
-at::Tensor augmented_view(const at::Tensor& xp, const InversionConfig& cfg, int jitter, std::mt19937_64& rng) {
+// batch, or per image), then with cfg.zoom a random crop resized back, then with cfg.affine a
+// random affine map per image that brings in `white` [C] (the ViT's input for a white pixel).
+// Consumes rng in that order.
+at::Tensor augmented_view(const at::Tensor& xp, const InversionConfig& cfg, int jitter, const at::Tensor& white,
+                          std::mt19937_64& rng) {
   const int n = static_cast<int>(xp.size(0)), S = static_cast<int>(xp.size(-1));
   std::uniform_int_distribution<int> shift(-jitter, jitter);
   at::Tensor xa = xp;
@@ -225,6 +228,14 @@ at::Tensor augmented_view(const at::Tensor& xp, const InversionConfig& cfg, int 
     std::uniform_int_distribution<int> corner(0, S - side);
     const int y0 = corner(rng), x0 = corner(rng);
     xa = zoom_view(xa, side, y0, x0);
+  }
+  if (cfg.affine > 0) {  // drawn last: without it the views are those of before
+    std::vector<float> theta;
+    for (int b = 0; b < n; ++b) {
+      const std::array<float, 6> m = data::random_affine(cfg.affine, rng);
+      theta.insert(theta.end(), m.begin(), m.end());
+    }
+    xa = data::affine_map(xa, at::tensor(theta, at::kFloat).view({n, 2, 3}), white);
   }
   return xa;
 }
@@ -393,6 +404,10 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   oc.beta2 = cfg.beta2;
   optim::AdamW opt({x}, oc);
   const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
+  const at::Tensor white = [&] {  // the ViT's input for a white pixel, per channel (--affine)
+    const auto [mean, std] = channel_constants(vit.config());
+    return ((1.0 - mean) / std).view({-1}).to(var.x.device());
+  }();
   const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
   const bool use_prior = prior != nullptr && cfg.w_bn > 0;
   const std::vector<TokenStat> feat_target = feature_prior_stats(vit, lora, cfg, stream);
@@ -406,7 +421,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   for (int it = 0; it < cfg.iterations; ++it) {
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     const at::Tensor xp = pixels(var.image());
-    const at::Tensor xa = augmented_view(xp, cfg, jitter, rng);
+    const at::Tensor xa = augmented_view(xp, cfg, jitter, white, rng);
     model::ForwardOptions fo;
     fo.cls_only_last = cfg.cls_only_last;
     if (it >= prune_from) fo.prune = cfg.prune;

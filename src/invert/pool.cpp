@@ -197,6 +197,7 @@ json pool_settings(const InvertJobConfig& cfg) {
   if (use_prior) s["--prior (content digest)"] = io::checked_model_digest(cfg.prior);
   // Recorded only when used, so that pools written before these options existed still match.
   if (v.zoom > 0) s["--zoom"] = v.zoom;
+  if (v.affine > 0) s["--affine"] = v.affine;
   if (v.stop_confidence > 0) s["--stop-confidence"] = v.stop_confidence;
   if (v.init_lowres > 0) s["--init-lowres"] = v.init_lowres;
   if (v.fourier > 0) s["--fourier"] = v.fourier;

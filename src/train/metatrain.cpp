@@ -197,30 +197,15 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
   return std::get<0>(idx.sort(1));
 }
 
-std::array<float, 6> random_affine(double strength, std::mt19937_64& rng) {
-  const double pi = 3.14159265358979323846;
-  std::uniform_real_distribution<double> u(-1, 1);
-  const double angle = u(rng) * strength * 10 * pi / 180, scale = 1 + u(rng) * strength * 0.1;
-  const double shear = u(rng) * strength * 0.1;
-  const double tx = u(rng) * strength * 0.125, ty = u(rng) * strength * 0.125;  // 1/16 of the side
-  // Output to input about the centre: rotation times shear ([[1, shear], [0, 1]]: area kept) over
-  // the scale, then the shift. The draws are symmetric, so this map and its inverse are alike.
-  const double c = std::cos(angle) / scale, s = std::sin(angle) / scale;
-  return {static_cast<float>(c), static_cast<float>(c * shear - s), static_cast<float>(tx),
-          static_cast<float>(s), static_cast<float>(s * shear + c), static_cast<float>(ty)};
-}
-
 at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned) {
   LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte, "affine_images: need uint8 [B, S, S, C]");
   LORAREC_CHECK(theta.dim() == 3 && theta.size(0) == u8.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
                 "affine_images: need theta [B, 2, 3]");
   const at::NoGradGuard no_grad;
-  // Ink = 255 - value, so that the zeros the sampler brings in from outside are white paper.
-  const at::Tensor ink = at::rsub(u8.permute({0, 3, 1, 2}).to(at::kFloat), 255.0);
-  const at::Tensor grid = at::affine_grid_generator(theta.to(at::kFloat), ink.sizes(), /*align_corners=*/false);
-  const at::Tensor moved = at::grid_sampler_2d(ink, grid, /*bilinear*/ 0, /*zeros*/ 0, /*align_corners=*/false);
+  const at::Tensor moved =
+      data::affine_map(u8.permute({0, 3, 1, 2}).to(at::kFloat), theta, at::full({u8.size(3)}, 255.0, at::kFloat));
   at::Tensor out = at::empty(u8.sizes(), u8.options().pinned_memory(pinned));
-  out.copy_(at::rsub(moved, 255.0).round_().clamp_(0, 255).permute({0, 2, 3, 1}));
+  out.copy_(moved.round_().clamp_(0, 255).permute({0, 2, 3, 1}));
   return out;
 }
 
@@ -451,7 +436,7 @@ class BatchMaker {
       }
       if (cfg_.affine > 0)
         for (int i = 0; i < s.n_way * (s.k_shot + s.q_query); ++i) {
-          const std::array<float, 6> m = random_affine(cfg_.affine, rng);
+          const std::array<float, 6> m = data::random_affine(cfg_.affine, rng);
           affines.insert(affines.end(), m.begin(), m.end());
         }
       if (single && cfg_.kl_weight > 0) {

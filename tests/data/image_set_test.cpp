@@ -117,5 +117,27 @@ TEST(Augment, ShiftRollsEachImageAndIsSeeded) {
   EXPECT_TRUE(at::equal(std::get<0>(a[0].flatten().sort()), std::get<0>(x[0].flatten().sort())));
 }
 
+// affine_map: the identity keeps x; a one-pixel shift brings in `fill` per channel; the gradient
+// reaches x (the inversion steps through the map); random_affine is seeded.
+TEST(Augment, AffineMapBringsInTheFillAndPassesGradients) {
+  const int64_t S = 8;
+  const at::Tensor x = at::rand({2, 3, S, S}).requires_grad_(true);
+  const at::Tensor id = at::tensor({1.f, 0.f, 0.f, 0.f, 1.f, 0.f}).view({1, 2, 3}).repeat({2, 1, 1});
+  const at::Tensor fill = at::tensor({2.f, -1.f, 0.5f});
+  EXPECT_TRUE(at::allclose(affine_map(x, id, fill), x, 1e-6, 1e-6));
+  const at::Tensor right = at::tensor({1.f, 0.f, -2.f / S, 0.f, 1.f, 0.f}).view({1, 2, 3}).repeat({2, 1, 1});
+  const at::Tensor y = affine_map(x, right, fill);
+  for (int c = 0; c < 3; ++c)
+    EXPECT_TRUE(at::allclose(y.select(1, c).select(-1, 0), at::full({2, S}, fill[c].item<float>()), 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(y.narrow(-1, 1, S - 1), x.narrow(-1, 0, S - 1), 1e-6, 1e-6));
+  y.sum().backward();
+  // Every pixel but the last column moved into the image once: gradient 1 there, 0 in the last.
+  EXPECT_TRUE(at::allclose(x.grad().narrow(-1, 0, S - 1), at::ones({2, 3, S, S - 1}), 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(x.grad().select(-1, S - 1), at::zeros({2, 3, S}), 1e-6, 1e-6));
+  auto r1 = make_rng(3, 0, 0), r2 = make_rng(3, 0, 0);
+  EXPECT_EQ(random_affine(1, r1), random_affine(1, r2));
+  EXPECT_NE(random_affine(1, r1), random_affine(1, r1 /* the next draw */));
+}
+
 }  // namespace
 }  // namespace lorarec::data

@@ -263,7 +263,7 @@ TEST(Inversion, LowresNoiseIsSmoothUnitNoiseOfSeveralSizes) {
   EXPECT_THROW(lowres_noise(1, 1, 16, 32, rng, c10::Device(at::kCPU)), lorarec::InputError);
 }
 
-TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
+TEST(Inversion, ZoomAffineAndStopConfidenceChangeTheSurrogatesSeeded) {
   const Teacher t = tiny_teacher();
   InversionConfig cfg = short_run(2);
   const Surrogates plain = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
@@ -273,6 +273,12 @@ TEST(Inversion, ZoomAndStopConfidenceChangeTheSurrogatesSeeded) {
   EXPECT_FALSE(at::equal(zoomed.images, plain.images));
   EXPECT_LT(zoomed.best_loss, zoomed.losses.front());
   cfg.zoom = 0;
+  cfg.affine = 1;  // the same for the affine maps
+  const Surrogates mapped = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
+  EXPECT_TRUE(at::equal(mapped.images, invert_lora(t.vit, t.lora, nullptr, cfg, 1).images));
+  EXPECT_FALSE(at::equal(mapped.images, plain.images));
+  EXPECT_LT(mapped.best_loss, mapped.losses.front());
+  cfg.affine = 0;
   cfg.stop_confidence = 1e-6;  // every image is past it from the start: no CE gradient at all
   const Surrogates stopped = invert_lora(t.vit, t.lora, nullptr, cfg, 1);
   EXPECT_EQ(stopped.best_loss, 0.0);

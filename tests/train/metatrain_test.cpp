@@ -222,12 +222,12 @@ TEST(AffineImages, MapsInkAndBringsInWhite) {
   EXPECT_TRUE(affine_images(u8, right, /*pinned=*/false).sizes().equals(u8.sizes()));
 
   std::mt19937_64 rng(5);
-  const std::array<float, 6> zero = random_affine(0, rng);
+  const std::array<float, 6> zero = data::random_affine(0, rng);
   EXPECT_EQ(zero, (std::array<float, 6>{1, 0, 0, 0, 1, 0}));
   std::vector<float> all;
   double max_shift = 0, min_det = 10, max_det = 0, max_angle = 0;
   for (int i = 0; i < 2000; ++i) {
-    const std::array<float, 6> m = random_affine(1, rng);
+    const std::array<float, 6> m = data::random_affine(1, rng);
     all.insert(all.end(), m.begin(), m.end());
     max_shift = std::max({max_shift, std::abs(double(m[2])), std::abs(double(m[5]))});
     const double det = double(m[0]) * m[4] - double(m[1]) * m[3];  // 1 / scale^2

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -81,6 +82,15 @@ at::Tensor episode_labels(int n_way, int per_class);
 // Augmentation: each image of [B, C, H, W] rolled (circularly) by its own random offset in
 // [-max_shift, max_shift] pixels per axis; optionally flipped horizontally with probability 1/2.
 at::Tensor random_shift_flip(const at::Tensor& pixels, int max_shift, bool hflip, std::mt19937_64& rng);
+
+// A random affine map of strength `strength` (0: the identity) as the 2 x 3 matrix (row-major)
+// at::affine_grid takes: output coordinates (normalised to [-1, 1], x first) to input coordinates.
+// At strength 1: rotation within +-10 degrees, scale 0.9-1.1, shear +-0.1, a shift of up to 1/16 of
+// the side per axis, each drawn uniformly; the ranges scale linearly with the strength.
+std::array<float, 6> random_affine(double strength, std::mt19937_64& rng);
+// x [B, C, H, W] (float) mapped by theta [B, 2, 3] with bilinear interpolation; what the map
+// brings in from outside the image is `fill` [C] (per channel). Differentiable in x.
+at::Tensor affine_map(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& fill);
 
 // A seeded generator for (seed, rank, step): the same triple always gives the same stream, so a
 // resumed run draws what an uninterrupted one would have.

@@ -34,6 +34,9 @@ struct InversionConfig {
                                  // of the LoRA (both drawn once per image, seeded); 0: one-hot targets
   double zoom = 0.0;             // > 0: every iteration also crops a square of side s * S, s ~ U(1 - zoom, 1), at a
                                  // random place and resizes it back to S (bilinear), one crop for the batch; 0: off
+  double affine = 0.0;           // > 0: every iteration each image is also seen through its own random affine map
+                                 // of this strength (data::random_affine; white brought in), after the roll,
+                                 // flip and zoom; 0: off
   double stop_confidence = 0.0;  // > 0: an image whose teacher probability of its class reached this gets no
                                  // cross-entropy gradient in that iteration (it stops short of the class's mode);
                                  // 0: off

@@ -191,12 +191,8 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio);
 at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
                               std::uint64_t seed);
 
-// --affine: a random map of strength `strength` (MetaTrainConfig::affine), as the 2 x 3 matrix
-// (row-major) that at::affine_grid takes: output coordinates (normalised to [-1, 1], x first) to
-// input coordinates. Rotation, scale, shear and shift drawn uniformly from the ranges named there.
-std::array<float, 6> random_affine(double strength, std::mt19937_64& rng);
-// Images uint8 [B, S, S, C] mapped by theta [B, 2, 3] (random_affine's matrices) with bilinear
-// interpolation; what the map brings in from outside the image is white (255). The result is
+// --affine: images uint8 [B, S, S, C] mapped by theta [B, 2, 3] (data::random_affine's matrices)
+// with bilinear interpolation; what the map brings in from outside the image is white (255). The result is
 // uint8 [B, S, S, C], in page-locked memory when `pinned`.
 at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned = false);
 
