@@ -100,8 +100,8 @@ struct MetaTrainConfig {
   int jitter = 0;    // random roll of each image by up to this many pixels (0 = off)
   // Random affine map of each training image with this strength (0 = off): at 1, rotation within
   // +-10 degrees, scale 0.9-1.1, shear +-0.1 and a shift of up to 1/16 of the image per axis; the
-  // ranges scale linearly with it. The map is about the centre, the uncovered area is the paper's
-  // white (the glyph benchmark's images are dark on white).
+  // ranges scale linearly with it (data::random_affine). The map is about the centre; what it brings
+  // in from outside the image is white (the glyph benchmark's images are dark on white).
   double affine = 0;
   bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
