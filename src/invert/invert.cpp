@@ -404,10 +404,7 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   oc.beta2 = cfg.beta2;
   optim::AdamW opt({x}, oc);
   const int jitter = cfg.jitter >= 0 ? cfg.jitter : S / 8;
-  const at::Tensor white = [&] {  // the ViT's input for a white pixel, per channel (--affine)
-    const auto [mean, std] = channel_constants(vit.config());
-    return ((1.0 - mean) / std).view({-1}).to(var.x.device());
-  }();
+  const at::Tensor white = vit.pixel_bounds().second;  // the ViT's input for a white pixel (--affine)
   const int prune_from = static_cast<int>(cfg.prune_start * cfg.iterations);
   const bool use_prior = prior != nullptr && cfg.w_bn > 0;
   const std::vector<TokenStat> feat_target = feature_prior_stats(vit, lora, cfg, stream);

@@ -1186,17 +1186,18 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
     const at::Tensor x = (h.scalar_type() == dt ? h : h.to(dt)).contiguous().view({B * T, D});
     const at::Tensor xq = all ? x : x.view({B, T, D}).select(1, 0);  // the query tokens
     const std::array<const OptTensor*, 6> ab{&aq, &bq, &ak, &bk, &av, &bv};
-    // Adapters of rank r > D / 6 are merged into the projection's weights (merged_adapter).
+    // Adapters of rank r > D / 6 are merged into the projection's weights (merged_adapter), in float
+    // (w_qkv copied once), then cast to the compute dtype.
     std::vector<int64_t> merged(3, 0);
     at::Tensor w_eff = w_qkv;
     for (int m = 0; m < 3; ++m) {
       const OptTensor &a = *ab[2 * m], &b = *ab[2 * m + 1];
       if (!a.has_value() || !merged_adapter(a->size(0), D)) continue;
-      if (!merged[0] && !merged[1] && !merged[2]) w_eff = w_qkv.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      if (w_eff.is_same(w_qkv)) w_eff = w_qkv.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
       w_eff.narrow(0, m * D, D).addmm_(b->to(at::kFloat), a->to(at::kFloat), 1, lora_scale);
       merged[m] = 1;
     }
-    if (w_eff.scalar_type() != dt) w_eff = w_eff.to(dt);
+    w_eff = w_eff.to(dt);
     const auto project = [&](const at::Tensor& in, int64_t row, int64_t n) {
       const at::Tensor w = w_eff.narrow(0, row, n);
       return b_qkv.has_value() ? at::addmm(b_qkv->narrow(0, row, n), in, w.t()) : at::mm(in, w.t());

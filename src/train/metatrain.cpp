@@ -199,9 +199,7 @@ at::Tensor top_patches(const at::Tensor& scores, double ratio) {
 
 at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned) {
   LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte, "affine_images: need uint8 [B, S, S, C]");
-  LORAREC_CHECK(theta.dim() == 3 && theta.size(0) == u8.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
-                "affine_images: need theta [B, 2, 3]");
-  const at::NoGradGuard no_grad;
+  const at::NoGradGuard no_grad;  // theta's shape: data::affine_map checks it
   const at::Tensor moved =
       data::affine_map(u8.permute({0, 3, 1, 2}).to(at::kFloat), theta, at::full({u8.size(3)}, 255.0, at::kFloat));
   at::Tensor out = at::empty(u8.sizes(), u8.options().pinned_memory(pinned));

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <random>
 #include <set>
 
 #include "lorarecycle/io/hdf5.h"
@@ -137,6 +141,30 @@ TEST(Augment, AffineMapBringsInTheFillAndPassesGradients) {
   auto r1 = make_rng(3, 0, 0), r2 = make_rng(3, 0, 0);
   EXPECT_EQ(random_affine(1, r1), random_affine(1, r2));
   EXPECT_NE(random_affine(1, r1), random_affine(1, r1 /* the next draw */));
+}
+
+// random_affine: the identity at strength 0; at strength 1 the documented ranges (shift 1/16 of
+// the side = 0.125 in normalised coordinates, scale 0.9-1.1 as the determinant 1 / scale^2, since
+// the shear keeps area, rotation 10 degrees), each range used.
+TEST(Augment, RandomAffineStaysInItsRanges) {
+  std::mt19937_64 rng(5);
+  EXPECT_EQ(random_affine(0, rng), (std::array<float, 6>{1, 0, 0, 0, 1, 0}));
+  double max_shift = 0, min_det = 10, max_det = 0, max_angle = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const std::array<float, 6> m = random_affine(1, rng);
+    max_shift = std::max({max_shift, std::abs(double(m[2])), std::abs(double(m[5]))});
+    const double det = double(m[0]) * m[4] - double(m[1]) * m[3];
+    min_det = std::min(min_det, det), max_det = std::max(max_det, det);
+    max_angle = std::max(max_angle, std::abs(std::atan2(double(m[3]), double(m[0]))));
+  }
+  EXPECT_LE(max_shift, 0.125 + 1e-6);
+  EXPECT_GT(max_shift, 0.1);
+  EXPECT_GE(min_det, 1 / (1.1 * 1.1) - 1e-5);
+  EXPECT_LE(max_det, 1 / (0.9 * 0.9) + 1e-5);
+  EXPECT_LT(min_det, 1 / (1.05 * 1.05));
+  EXPECT_GT(max_det, 1 / (0.95 * 0.95));
+  EXPECT_LE(max_angle, 10 * 3.14159265358979 / 180 + 1e-6);
+  EXPECT_GT(max_angle, 9 * 3.14159265358979 / 180);
 }
 
 }  // namespace

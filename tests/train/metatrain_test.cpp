@@ -5,9 +5,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <array>
-#include <cmath>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -203,8 +201,7 @@ TEST(FlipPatchScores, MirrorsEachRowOfTheGrid) {
 }
 
 // --affine: the identity matrix leaves images as they are; a shift by one pixel moves the ink
-// one column and brings in white paper; random maps keep a white image white, and their matrices
-// stay within the documented ranges (identity at strength 0).
+// one column and brings in white paper; random maps keep a white image white and its ink.
 TEST(AffineImages, MapsInkAndBringsInWhite) {
   const int64_t S = 8;
   at::Tensor u8 = at::full({2, S, S, 3}, 255, at::kByte);
@@ -219,28 +216,15 @@ TEST(AffineImages, MapsInkAndBringsInWhite) {
   EXPECT_TRUE(moved[0].narrow(1, 2, 1).eq(255).all().item<bool>());
   EXPECT_TRUE(moved.select(2, 0).eq(255).all().item<bool>());  // column 0 came from outside: white
   EXPECT_TRUE(moved[1].narrow(1, 1, S - 1).equal(u8[1].narrow(1, 0, S - 1)));
-  EXPECT_TRUE(affine_images(u8, right, /*pinned=*/false).sizes().equals(u8.sizes()));
 
+  // Random maps (their ranges: the data test Augment.RandomAffineStaysInItsRanges).
   std::mt19937_64 rng(5);
-  const std::array<float, 6> zero = data::random_affine(0, rng);
-  EXPECT_EQ(zero, (std::array<float, 6>{1, 0, 0, 0, 1, 0}));
   std::vector<float> all;
-  double max_shift = 0, min_det = 10, max_det = 0, max_angle = 0;
-  for (int i = 0; i < 2000; ++i) {
+  for (int i = 0; i < 16; ++i) {
     const std::array<float, 6> m = data::random_affine(1, rng);
     all.insert(all.end(), m.begin(), m.end());
-    max_shift = std::max({max_shift, std::abs(double(m[2])), std::abs(double(m[5]))});
-    const double det = double(m[0]) * m[4] - double(m[1]) * m[3];  // 1 / scale^2
-    min_det = std::min(min_det, det), max_det = std::max(max_det, det);
-    max_angle = std::max(max_angle, std::abs(std::atan2(double(m[3]), double(m[0]))));
   }
-  EXPECT_LE(max_shift, 0.125 + 1e-6);
-  EXPECT_GT(max_shift, 0.1);  // the range is used
-  EXPECT_GE(min_det, 1 / (1.1 * 1.1) - 1e-5);
-  EXPECT_LE(max_det, 1 / (0.9 * 0.9) + 1e-5);
-  EXPECT_LE(max_angle, 10 * 3.14159265358979 / 180 + 1e-6);
-  EXPECT_GT(max_angle, 9 * 3.14159265358979 / 180);
-  const at::Tensor theta = at::tensor(all, at::kFloat).view({-1, 2, 3}).narrow(0, 0, 16);
+  const at::Tensor theta = at::tensor(all, at::kFloat).view({-1, 2, 3});
   const at::Tensor white = at::full({16, S, S, 3}, 255, at::kByte);
   EXPECT_TRUE(affine_images(white, theta).equal(white));
   // A mapped image differs from the original (the maps are not the identity) but keeps its ink.
@@ -248,7 +232,7 @@ TEST(AffineImages, MapsInkAndBringsInWhite) {
   const at::Tensor mapped = affine_images(glyph, theta);
   EXPECT_FALSE(mapped.equal(glyph));
   const double ink0 = at::rsub(glyph.to(at::kFloat), 255).sum().item<double>();
-  const double ink1 = at::rsub(mapped.to(at::kFloat), 255).sum().item<double>() / 1.0;
+  const double ink1 = at::rsub(mapped.to(at::kFloat), 255).sum().item<double>();
   EXPECT_NEAR(ink1 / ink0, 1.0, 0.25);
 }
 

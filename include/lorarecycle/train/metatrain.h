@@ -22,7 +22,6 @@
 
 #include <c10/core/Device.h>
 
-#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
