@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1071,6 +1071,19 @@ if [ "$WHAT" = affine ]; then
     RUN_CONFIG=configs/demo.ini run_rows affi "inverted under affine 1|$OUT/pool_drawn_affine1|" \
       "inverted under affine 1, + affine 1|$OUT/pool_drawn_affine1|--affine 1"
   fi
+fi
+# Composed classes (metatrain --compose P: in a share P of the episodes every class is made of two
+# real classes, the part past a cut taken from the second; task augmentation; docs/science.md,
+# "Composed classes"): the main job's recipe on its pool at P 0.5 and 1, and real images of the
+# zoo's classes at P 0.5 (control); the rows without it are re-run with the same binary. ~3 min per
+# run.
+if [ "$WHAT" = compose ]; then
+  mainjob_inputs
+  RUN_CONFIG=configs/demo.ini run_rows cmp "... + compose 0.5|runs/demo/pool|--compose 0.5" \
+    "real images ... + compose 0.5 (control)|$OUT/pool_real|--compose 0.5" \
+    "... + compose 1|runs/demo/pool|--compose 1" \
+    "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

@@ -15,6 +15,7 @@
 #include "lorarecycle/optim/optim.h"
 #include "lorarecycle/util/error.h"
 #include "lorarecycle/util/log.h"
+#include "lorarecycle/util/op_trace.h"
 #include "lorarecycle/util/progress.h"
 
 namespace lorarec::invert {
@@ -415,7 +416,10 @@ Surrogates invert_lora(const model::ClipVision& vit, const model::Lora& lora, co
   std::optional<Progress> progress;
   if (!progress_name.empty())
     progress.emplace("invert", progress_name + " iterations", cfg.iterations, "iterations", 10.0);
+  // LORAREC_OP_TRACE (a dev tool): the ops of LORAREC_OP_TRACE_STEPS iterations from the sixth on, first LoRA
+  std::unique_ptr<util::OpTrace> trace = stream == 0 ? util::OpTrace::from_env(0) : nullptr;
   for (int it = 0; it < cfg.iterations; ++it) {
+    if (trace && it >= 5) trace->before_step();
     auto rng = data::make_rng(cfg.seed, stream, static_cast<std::uint64_t>(it));
     const at::Tensor xp = pixels(var.image());
     const at::Tensor xa = augmented_view(xp, cfg, jitter, white, rng);

@@ -207,6 +207,21 @@ at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pin
   return out;
 }
 
+at::Tensor compose_images(at::Tensor u8, const at::Tensor& other, const std::vector<std::array<int, 2>>& cuts) {
+  LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte && other.sizes() == u8.sizes() &&
+                    other.scalar_type() == at::kByte && static_cast<int64_t>(cuts.size()) == u8.size(0),
+                "compose_images: need two uint8 [B, S, S, C] and one cut per image");
+  for (size_t i = 0; i < cuts.size(); ++i) {
+    const auto [axis, pos] = cuts[i];
+    if (axis == 0) continue;
+    LORAREC_CHECK((axis == 1 || axis == 2) && pos >= 0 && pos <= u8.size(axis),
+                  "compose_images: a cut outside the image");
+    const auto n = u8.size(axis) - pos, b = static_cast<int64_t>(i);
+    u8[b].narrow(axis - 1, pos, n).copy_(other[b].narrow(axis - 1, pos, n));
+  }
+  return u8;
+}
+
 at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vector<int>& variants, int64_t num_patches,
                               std::uint64_t seed) {
   if (variants.size() != rows.size()) throw RuntimeError("random_mask_scores: one variant per row needed");
@@ -242,6 +257,15 @@ void MetaTrainConfig::validate() const {
     throw InputError(
         "metatrain: --affine moves the patches that --mask-select top chose on the unmoved image; use --mask-select "
         "random with it");
+  if (!(compose >= 0 && compose <= 1)) throw InputError("metatrain: --compose must be in [0, 1]");
+  if (compose > 0 && mask_ratio > 0 && mask_select == "top")
+    throw InputError(
+        "metatrain: --compose joins parts of images whose --mask-select top patches were chosen whole; use "
+        "--mask-select random with it");
+  if (compose > 0 && episode_distill_weight() > 0)
+    throw InputError(
+        "metatrain: --compose makes images that no LoRA's stored features describe: it cannot run with the "
+        "episodes' own distillation (--distill-weight without --distill-pool, or with --distill-pool-weight)");
   if (!(single_lora_prob >= 0 && single_lora_prob <= 1))
     throw InputError("metatrain: --single-lora-prob must be in [0, 1]");
   if (!(kl_weight >= 0)) throw InputError("metatrain: --kl-weight must be >= 0");
@@ -402,6 +426,8 @@ class BatchMaker {
     std::vector<int> variants;                // per image, with --mask-select random
     std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
     std::vector<float> affines;               // per image 6 values of its map's matrix with --affine
+    std::vector<int64_t> partners;            // per image with --compose: the row its part past the cut comes from
+    std::vector<std::array<int, 2>> cuts;     // per image with --compose: {axis, position} (0: not composed)
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng =
           data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
@@ -413,6 +439,7 @@ class BatchMaker {
       const int file = ep.file;
       const auto& cols = ep.cols;
       std::vector<int64_t> query_rows;
+      if (cfg_.compose > 0) add_composition(ep, s, u(rng) < cfg_.compose && !single, rng, partners, cuts);
       for (int c = 0; c < s.n_way; ++c)
         for (int k = 0; k < s.k_shot; ++k) rows.push_back(picked[c][k]);
       for (int c = 0; c < s.n_way; ++c)
@@ -455,7 +482,7 @@ class BatchMaker {
         flat.push_back((rows[i] * V + (V > 1 ? variants[i] : 0)) * 2 + (flips[i] ? 1 : 0));
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
-    auto [u8, scores] = images_and_scores(rows, flips, variants, shifts);
+    auto [u8, scores] = images_and_scores(rows, flips, variants, shifts, partners, cuts);
     if (!affines.empty()) u8 = affine_images(u8, at::tensor(affines, at::kFloat).view({-1, 2, 3}), u8.is_pinned());
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
@@ -485,12 +512,42 @@ class BatchMaker {
     return cfg_.gray ? gray_u8(u8) : u8;
   }
 
-  // The batch's images, uint8 [B, S, S, 3] flipped and rolled, and their patch scores (undefined
-  // without a mask), flipped and rolled alike.
+  // --compose, one episode (ep: its rows drawn): when `composed`, a second episode's rows of the
+  // same shape are the partners, class c's images taking the part past class c's cut from the second
+  // episode's class c (image k of class c from its image k); else every image keeps its own row and
+  // no cut. Appended in the batch's order (support, then queries, class-major).
+  void add_composition(const EpisodeRows& ep, const data::EpisodeSpec& s, bool composed, std::mt19937_64& rng,
+                       std::vector<int64_t>& partners, std::vector<std::array<int, 2>>& cuts) const {
+    std::vector<std::array<int, 2>> cut(s.n_way, {0, 0});
+    std::vector<std::vector<int64_t>> other = ep.picked;
+    if (composed) {
+      other = draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
+                  .picked;
+      const int S = vit_.image_size;
+      std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
+      for (auto& c : cut) {
+        const int a = axis(rng);
+        c = {a, pos(rng)};
+      }
+    }
+    for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
+      for (int c = 0; c < s.n_way; ++c)
+        for (int k = from; k < to; ++k) {
+          partners.push_back(other[c][k]);
+          cuts.push_back(cut[c]);
+        }
+  }
+
+  // The batch's images, uint8 [B, S, S, 3] flipped, composed (--compose: partners and cuts per
+  // image, empty when off) and rolled, and their patch scores (undefined without a mask), flipped
+  // and rolled alike.
   std::pair<at::Tensor, at::Tensor> images_and_scores(const std::vector<int64_t>& rows, const std::vector<bool>& flips,
                                                       const std::vector<int>& variants,
-                                                      const std::vector<std::pair<int, int>>& shifts) const {
+                                                      const std::vector<std::pair<int, int>>& shifts,
+                                                      const std::vector<int64_t>& partners,
+                                                      const std::vector<std::array<int, 2>>& cuts) const {
     at::Tensor u8 = gather(pool_, rows, flips);
+    if (!partners.empty()) compose_images(u8, gather(pool_, partners, flips), cuts);
     at::Tensor scores;
     if (cfg_.random_masks()) {
       scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);
@@ -681,6 +738,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
   if (c.affine > 0) j["affine"] = c.affine;                    // the same
+  if (c.compose > 0) j["compose"] = c.compose;                 // the same
   if (!c.distill_pool.empty()) {                               // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;

@@ -22,7 +22,8 @@
 #     the zoo's mean on the chosen layers only, and a resumed run takes its weights from the
 #     checkpoint without reading the zoo (moved away here); --disjoint-teachers runs where every
 #     class can be drawn so and is refused (exit 2) where the other LoRAs hold too few queries;
-#     --hard-classes runs inside its range and is refused outside it;
+#     --hard-classes runs inside its range and is refused outside it; --compose: world size 1 equals
+#     mpirun -np 2, it changes the weights, and is refused with --mask-select top;
 #  7. --host-sync log (the GPU default; forced here on the CPU): the finite check, clipping and a
 #     skipped update on the device, read every --log-every steps: the same weights as --host-sync
 #     step within rounding (1e-5), at most one host read per log interval (metatrain.json
@@ -352,6 +353,15 @@ expect_status 2 "--disjoint-teachers needs K = 1 images from one LoRA and Q = 7 
 mpirun2 $B metatrain $ARGS --hard-classes 4 --steps 3 --out h1 >h1.txt 2>&1 || { cat h1.txt; fail "--hard-classes 4"; }
 grep -q "hard-classes 4: each episode's other classes among the 4 nearest" h1.txt || { cat h1.txt; fail "no --hard-classes line"; }
 expect_status 2 "--hard-classes 3 must lie in [N - 1 = 4, 9]" -- $B metatrain $ARGS --hard-classes 3 --steps 3 --out h2
+# --compose 1 (every multi-LoRA episode's classes composed of two): world size 1 equals mpirun -np 2
+# (the partners and cuts are drawn per episode, not per rank), and the weights differ from the
+# same run without it; refused with --mask-select top.
+$B metatrain $ARGS --compose 1 --steps 4 --out c1 >c1.txt 2>&1 || { cat c1.txt; fail "--compose 1"; }
+mpirun2 $B metatrain $ARGS --compose 1 --steps 4 --out c2 >c2.txt 2>&1 || { cat c2.txt; fail "--compose 1, 2 ranks"; }
+compare_adapters c1 c2 1e-4
+$B metatrain $ARGS --steps 4 --out c0 >c0.txt 2>&1 || { cat c0.txt; fail "the run without --compose"; }
+if compare_adapters c0 c1 1e-3 >/dev/null 2>&1; then fail "--compose 1 left the weights as without it"; fi
+expect_status 2 "use --mask-select random with it" -- $B metatrain $ARGS --compose 0.5 --mask-ratio 0.5 --steps 1 --out c3
 expect_status 2 "--hard-classes 10 must lie in [N - 1 = 4, 9]" -- $B metatrain $ARGS --hard-classes 10 --steps 3 --out h2
 set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --stop-after 2 --out z4 >z4.txt 2>&1; rc=$?; set -e
 [ $rc = 75 ] || { cat z4.txt; fail "--init zoo-mean --stop-after exited $rc, expected 75"; }

@@ -236,6 +236,24 @@ TEST(AffineImages, MapsInkAndBringsInWhite) {
   EXPECT_NEAR(ink1 / ink0, 1.0, 0.25);
 }
 
+// --compose: a vertical cut takes the columns from the cut on from the partner, a horizontal cut the
+// rows, axis 0 leaves the image; the partner is not changed.
+TEST(ComposeImages, TakesThePartPastTheCutFromThePartner) {
+  const int64_t S = 8;
+  const at::Tensor a = at::arange(3 * S * S * 3, at::kInt).remainder(200).to(at::kByte).view({3, S, S, 3});
+  const at::Tensor b = at::full({3, S, S, 3}, 255, at::kByte);
+  const at::Tensor b0 = b.clone();
+  const at::Tensor out = compose_images(a.clone(), b, {{2, 3}, {1, 5}, {0, 0}});
+  EXPECT_TRUE(out[0].narrow(1, 0, 3).equal(a[0].narrow(1, 0, 3)));
+  EXPECT_TRUE(out[0].narrow(1, 3, S - 3).eq(255).all().item<bool>());
+  EXPECT_TRUE(out[1].narrow(0, 0, 5).equal(a[1].narrow(0, 0, 5)));
+  EXPECT_TRUE(out[1].narrow(0, 5, S - 5).eq(255).all().item<bool>());
+  EXPECT_TRUE(out[2].equal(a[2]));
+  EXPECT_TRUE(b.equal(b0));
+  EXPECT_THROW(compose_images(a.clone(), b, {{2, S + 1}, {0, 0}, {0, 0}}), std::exception);
+  EXPECT_THROW(compose_images(a.clone(), b, {{2, 3}}), std::exception);
+}
+
 TEST(MetaTrainConfig, RejectsBadValues) {
   MetaTrainConfig c;
   c.model = "m", c.pool = "p", c.out = "o";
@@ -258,6 +276,9 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.mask_variants = 0; }, "--mask-variants must be >= 1");
   bad([](auto& d) { d.affine = -0.5; }, "--affine must be in [0, 4]");
   bad([](auto& d) { d.affine = 1, d.mask_ratio = 0.5; }, "use --mask-select random with it");
+  bad([](auto& d) { d.compose = 1.5; }, "--compose must be in [0, 1]");
+  bad([](auto& d) { d.compose = 0.5, d.mask_ratio = 0.5; }, "use --mask-select random with it");
+  bad([](auto& d) { d.compose = 0.5, d.distill_weight = 1; }, "--compose makes images that no LoRA's stored features");
   bad([](auto& d) { d.align_weight = -1; }, "--align-weight must be >= 0");
   bad([](auto& d) { d.align_weight = 1; }, "--align-weight aligns the episodes' features with --distill-pool");
   bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");

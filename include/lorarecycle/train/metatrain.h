@@ -22,6 +22,7 @@
 
 #include <c10/core/Device.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -102,6 +103,13 @@ struct MetaTrainConfig {
   // ranges scale linearly with it (data::random_affine). The map is about the centre; what it brings
   // in from outside the image is white (the glyph benchmark's images are dark on white).
   double affine = 0;
+  // Share of the multi-LoRA episodes whose classes are composed (0 = off): each of the N classes of
+  // such an episode becomes a new class made of two real classes, every image of it one image of
+  // the first with the part past a cut (the right of a vertical cut or the bottom of a horizontal
+  // one, at 3/8 to 5/8 of the side) replaced by that part of an image of the second; cut, side and
+  // second class drawn per class, so all images of a composed class share them (as characters
+  // built from the same two components). More classes than the pool holds (task augmentation).
+  double compose = 0;
   bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
   bool disjoint_teachers = false;  // support and queries of a class from different LoRAs (draw_episode)
@@ -194,6 +202,10 @@ at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vecto
 // with bilinear interpolation; what the map brings in from outside the image is white (255). The result is
 // uint8 [B, S, S, C], in page-locked memory when `pinned`.
 at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned = false);
+// --compose: image i of u8 [B, S, S, C] with its part past cuts[i] taken from other[i] (same shape);
+// cuts[i] = {axis, position}: axis 1 replaces rows >= position, 2 columns >= position, 0 leaves
+// the image as it is. In place; returns u8.
+at::Tensor compose_images(at::Tensor u8, const at::Tensor& other, const std::vector<std::array<int, 2>>& cuts);
 
 // Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
 // Tests may set the flag through request_stop().
