@@ -31,7 +31,8 @@ inline constexpr const char* kOmpThreads = "OMP_NUM_THREADS";
 inline constexpr const char* kFaultInject = "LORAREC_FAULT";
 
 // Dev tool (util/op_trace.h): a Chrome trace of every op of LORAREC_OP_TRACE_STEPS (default 10)
-// metatrain steps, written to the file LORAREC_OP_TRACE names (rank 0).
+// metatrain steps (rank 0) or invert iterations (the first LoRA's, from the sixth on), written to the
+// file LORAREC_OP_TRACE names.
 inline constexpr const char* kOpTrace = "LORAREC_OP_TRACE";
 inline constexpr const char* kOpTraceSteps = "LORAREC_OP_TRACE_STEPS";
 
