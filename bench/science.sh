@@ -1076,7 +1076,7 @@ fi
 # real classes, the part past a cut taken from the second; task augmentation; docs/science.md,
 # "Composed classes"): the main job's recipe on its pool at P 0.5 and 1, and real images of the
 # zoo's classes at P 0.5 (control); the rows without it are re-run with the same binary. ~3 min per
-# run.
+# run. TEST=1 adds the real-image controls' test figures (below).
 if [ "$WHAT" = compose ]; then
   mainjob_inputs
   RUN_CONFIG=configs/demo.ini run_rows cmp "... + compose 0.5|runs/demo/pool|--compose 0.5" \
@@ -1084,6 +1084,16 @@ if [ "$WHAT" = compose ]; then
     "... + compose 1|runs/demo/pool|--compose 1" \
     "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
     "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+  # TEST=1: what the real-image controls (not data-free) score on the test classes beside lora-avg
+  # and the main job's meta-LoRA: whether the bar can be cleared on this benchmark at all. Read
+  # after every choice was made; nothing is chosen on it. The affine part's control joins when made.
+  if [ "${TEST:-0}" = 1 ]; then
+    metas=$OUT/cmp_5,$OUT/cmp_2
+    [ -f "$OUT/aff_2/adapter_model.safetensors" ] && metas=$metas,$OUT/aff_2
+    "${MPI[@]}" $B eval --config configs/demo.ini --data test=data/demo/test.h5 --methods lora-avg,meta \
+      --meta "$metas,runs/demo/meta" --shots 1 --out "$OUT/eval_real_test" --log-level warn
+    echo "(cmp_5: real images; cmp_2: real images + compose 0.5; aff_2: real images + affine 1; meta: the main job's)"
+  fi
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
