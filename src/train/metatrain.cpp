@@ -207,17 +207,20 @@ at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pin
   return out;
 }
 
-at::Tensor compose_images(at::Tensor u8, const at::Tensor& other, const std::vector<std::array<int, 2>>& cuts) {
-  LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte && other.sizes() == u8.sizes() &&
-                    other.scalar_type() == at::kByte && static_cast<int64_t>(cuts.size()) == u8.size(0),
-                "compose_images: need two uint8 [B, S, S, C] and one cut per image");
+at::Tensor compose_images(at::Tensor u8, const at::Tensor& parts, const std::vector<std::array<int, 2>>& cuts) {
+  const auto composed = std::count_if(cuts.begin(), cuts.end(), [](const auto& c) { return c[0] != 0; });
+  LORAREC_CHECK(u8.dim() == 4 && u8.scalar_type() == at::kByte && parts.dim() == 4 &&
+                    parts.scalar_type() == at::kByte && parts.size(0) == composed &&
+                    parts.sizes().slice(1) == u8.sizes().slice(1) && static_cast<int64_t>(cuts.size()) == u8.size(0),
+                "compose_images: need uint8 [B, S, S, C], one cut per image and one part image per cut");
+  int64_t j = 0;
   for (size_t i = 0; i < cuts.size(); ++i) {
     const auto [axis, pos] = cuts[i];
     if (axis == 0) continue;
     LORAREC_CHECK((axis == 1 || axis == 2) && pos >= 0 && pos <= u8.size(axis),
                   "compose_images: a cut outside the image");
-    const auto n = u8.size(axis) - pos, b = static_cast<int64_t>(i);
-    u8[b].narrow(axis - 1, pos, n).copy_(other[b].narrow(axis - 1, pos, n));
+    const auto n = u8.size(axis) - pos;
+    u8[static_cast<int64_t>(i)].narrow(axis - 1, pos, n).copy_(parts[j++].narrow(axis - 1, pos, n));
   }
   return u8;
 }
@@ -253,15 +256,11 @@ void MetaTrainConfig::validate() const {
   if (!(mask_ratio >= 0 && mask_ratio < 1)) throw InputError("metatrain: --mask-ratio must be in [0, 1)");
   if (jitter < 0) throw InputError("metatrain: --jitter must be >= 0");
   if (!(affine >= 0 && affine <= 4)) throw InputError("metatrain: --affine must be in [0, 4]");
-  if (affine > 0 && mask_ratio > 0 && mask_select == "top")
-    throw InputError(
-        "metatrain: --affine moves the patches that --mask-select top chose on the unmoved image; use --mask-select "
-        "random with it");
   if (!(compose >= 0 && compose <= 1)) throw InputError("metatrain: --compose must be in [0, 1]");
-  if (compose > 0 && mask_ratio > 0 && mask_select == "top")
-    throw InputError(
-        "metatrain: --compose joins parts of images whose --mask-select top patches were chosen whole; use "
-        "--mask-select random with it");
+  if ((affine > 0 || compose > 0) && mask_ratio > 0 && mask_select == "top")
+    throw InputError(std::string("metatrain: ") + (affine > 0 ? "--affine" : "--compose") +
+                     " changes the images after --mask-select top chose their patches on the unchanged ones; use "
+                     "--mask-select random with it");
   if (compose > 0 && episode_distill_weight() > 0)
     throw InputError(
         "metatrain: --compose makes images that no LoRA's stored features describe: it cannot run with the "
@@ -426,8 +425,8 @@ class BatchMaker {
     std::vector<int> variants;                // per image, with --mask-select random
     std::vector<std::pair<int, int>> shifts;  // per image (dy, dx) with --jitter
     std::vector<float> affines;               // per image 6 values of its map's matrix with --affine
-    std::vector<int64_t> partners;            // per image with --compose: the row its part past the cut comes from
     std::vector<std::array<int, 2>> cuts;     // per image with --compose: {axis, position} (0: not composed)
+    std::vector<int64_t> partners;            // per composed image: the row its part past the cut comes from
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng =
           data::make_rng(cfg_.seed, kEpisodeStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
@@ -439,7 +438,7 @@ class BatchMaker {
       const int file = ep.file;
       const auto& cols = ep.cols;
       std::vector<int64_t> query_rows;
-      if (cfg_.compose > 0) add_composition(ep, s, u(rng) < cfg_.compose && !single, rng, partners, cuts);
+      if (cfg_.compose > 0) add_composition(s, u(rng) < cfg_.compose && !single, rng, cuts, partners);
       for (int c = 0; c < s.n_way; ++c)
         for (int k = 0; k < s.k_shot; ++k) rows.push_back(picked[c][k]);
       for (int c = 0; c < s.n_way; ++c)
@@ -482,7 +481,7 @@ class BatchMaker {
         flat.push_back((rows[i] * V + (V > 1 ? variants[i] : 0)) * 2 + (flips[i] ? 1 : 0));
       b.teacher_feat = teacher_feat_.view({-1, teacher_feat_.size(-1)}).index_select(0, at::tensor(flat, at::kLong));
     }
-    auto [u8, scores] = images_and_scores(rows, flips, variants, shifts, partners, cuts);
+    auto [u8, scores] = images_and_scores(rows, flips, variants, shifts, cuts, partners);
     if (!affines.empty()) u8 = affine_images(u8, at::tensor(affines, at::kFloat).view({-1, 2, 3}), u8.is_pinned());
     if (normalise_)
       b.pixels = model::preprocess_images(u8, vit_, c10::Device(at::kCPU));
@@ -512,23 +511,26 @@ class BatchMaker {
     return cfg_.gray ? gray_u8(u8) : u8;
   }
 
-  // --compose, one episode (ep: its rows drawn): when `composed`, a second episode's rows of the
-  // same shape are the partners, class c's images taking the part past class c's cut from the second
-  // episode's class c (image k of class c from its image k); else every image keeps its own row and
-  // no cut. Appended in the batch's order (support, then queries, class-major).
-  void add_composition(const EpisodeRows& ep, const data::EpisodeSpec& s, bool composed, std::mt19937_64& rng,
-                       std::vector<int64_t>& partners, std::vector<std::array<int, 2>>& cuts) const {
-    std::vector<std::array<int, 2>> cut(s.n_way, {0, 0});
-    std::vector<std::vector<int64_t>> other = ep.picked;
-    if (composed) {
-      other = draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
-                  .picked;
-      const int S = vit_.image_size;
-      std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
-      for (auto& c : cut) {
-        const int a = axis(rng);
-        c = {a, pos(rng)};
-      }
+  // --compose, one episode: its images' cuts (none unless `composed`) and, when composed, their
+  // partner rows: a second episode of the same shape is drawn, and class c's images take the part
+  // past class c's cut from the second episode's class c (image k from its image k). Appended in the
+  // batch's order (support, then queries, class-major).
+  void add_composition(const data::EpisodeSpec& s, bool composed, std::mt19937_64& rng,
+                       std::vector<std::array<int, 2>>& cuts, std::vector<int64_t>& partners) const {
+    const int n = s.n_way * (s.k_shot + s.q_query);
+    if (!composed) {
+      cuts.insert(cuts.end(), n, {0, 0});
+      return;
+    }
+    const auto other =
+        draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
+            .picked;
+    const int S = vit_.image_size;
+    std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
+    std::vector<std::array<int, 2>> cut(s.n_way);
+    for (auto& c : cut) {
+      const int a = axis(rng);  // drawn before the position
+      c = {a, pos(rng)};
     }
     for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
       for (int c = 0; c < s.n_way; ++c)
@@ -538,16 +540,21 @@ class BatchMaker {
         }
   }
 
-  // The batch's images, uint8 [B, S, S, 3] flipped, composed (--compose: partners and cuts per
-  // image, empty when off) and rolled, and their patch scores (undefined without a mask), flipped
-  // and rolled alike.
+  // The batch's images, uint8 [B, S, S, 3] flipped, composed (--compose: a cut per image, empty
+  // when off, and a partner row per composed image, read flipped as its image) and rolled, and
+  // their patch scores (undefined without a mask), flipped and rolled alike.
   std::pair<at::Tensor, at::Tensor> images_and_scores(const std::vector<int64_t>& rows, const std::vector<bool>& flips,
                                                       const std::vector<int>& variants,
                                                       const std::vector<std::pair<int, int>>& shifts,
-                                                      const std::vector<int64_t>& partners,
-                                                      const std::vector<std::array<int, 2>>& cuts) const {
+                                                      const std::vector<std::array<int, 2>>& cuts,
+                                                      const std::vector<int64_t>& partners) const {
     at::Tensor u8 = gather(pool_, rows, flips);
-    if (!partners.empty()) compose_images(u8, gather(pool_, partners, flips), cuts);
+    if (!partners.empty()) {  // only the composed images' partners are read
+      std::vector<bool> partner_flips;
+      for (size_t i = 0; i < cuts.size(); ++i)
+        if (cuts[i][0] != 0) partner_flips.push_back(flips[i]);
+      compose_images(u8, gather(pool_, partners, partner_flips), cuts);
+    }
     at::Tensor scores;
     if (cfg_.random_masks()) {
       scores = random_mask_scores(rows, variants, grid_ * grid_, cfg_.seed);

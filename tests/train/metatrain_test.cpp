@@ -236,22 +236,25 @@ TEST(AffineImages, MapsInkAndBringsInWhite) {
   EXPECT_NEAR(ink1 / ink0, 1.0, 0.25);
 }
 
-// --compose: a vertical cut takes the columns from the cut on from the partner, a horizontal cut the
-// rows, axis 0 leaves the image; the partner is not changed.
+// --compose: a vertical cut takes the columns from the cut on from the next part image, a horizontal
+// cut the rows, axis 0 leaves the image (and uses no part); the parts are not changed.
 TEST(ComposeImages, TakesThePartPastTheCutFromThePartner) {
   const int64_t S = 8;
-  const at::Tensor a = at::arange(3 * S * S * 3, at::kInt).remainder(200).to(at::kByte).view({3, S, S, 3});
-  const at::Tensor b = at::full({3, S, S, 3}, 255, at::kByte);
+  const at::Tensor a = at::arange(4 * S * S * 3, at::kInt).remainder(200).to(at::kByte).view({4, S, S, 3});
+  at::Tensor b = at::full({2, S, S, 3}, 255, at::kByte);
+  b[1].fill_(250);
   const at::Tensor b0 = b.clone();
-  const at::Tensor out = compose_images(a.clone(), b, {{2, 3}, {1, 5}, {0, 0}});
+  const at::Tensor out = compose_images(a.clone(), b, {{2, 3}, {0, 0}, {1, 5}, {0, 0}});
   EXPECT_TRUE(out[0].narrow(1, 0, 3).equal(a[0].narrow(1, 0, 3)));
   EXPECT_TRUE(out[0].narrow(1, 3, S - 3).eq(255).all().item<bool>());
-  EXPECT_TRUE(out[1].narrow(0, 0, 5).equal(a[1].narrow(0, 0, 5)));
-  EXPECT_TRUE(out[1].narrow(0, 5, S - 5).eq(255).all().item<bool>());
-  EXPECT_TRUE(out[2].equal(a[2]));
+  EXPECT_TRUE(out[1].equal(a[1]));
+  EXPECT_TRUE(out[2].narrow(0, 0, 5).equal(a[2].narrow(0, 0, 5)));
+  EXPECT_TRUE(out[2].narrow(0, 5, S - 5).eq(250).all().item<bool>());  // the second part
+  EXPECT_TRUE(out[3].equal(a[3]));
   EXPECT_TRUE(b.equal(b0));
-  EXPECT_THROW(compose_images(a.clone(), b, {{2, S + 1}, {0, 0}, {0, 0}}), std::exception);
-  EXPECT_THROW(compose_images(a.clone(), b, {{2, 3}}), std::exception);
+  EXPECT_THROW(compose_images(a.clone(), b, {{2, S + 1}, {0, 0}, {1, 5}, {0, 0}}), std::exception);
+  EXPECT_THROW(compose_images(a.clone(), b, {{2, 3}, {0, 0}, {0, 0}, {0, 0}}), std::exception);  // 2 parts, 1 cut
+  EXPECT_THROW(compose_images(a.clone(), b, {{2, 3}, {1, 5}}), std::exception);                  // 4 images, 2 cuts
 }
 
 TEST(MetaTrainConfig, RejectsBadValues) {

@@ -202,10 +202,10 @@ at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vecto
 // with bilinear interpolation; what the map brings in from outside the image is white (255). The result is
 // uint8 [B, S, S, C], in page-locked memory when `pinned`.
 at::Tensor affine_images(const at::Tensor& u8, const at::Tensor& theta, bool pinned = false);
-// --compose: image i of u8 [B, S, S, C] with its part past cuts[i] taken from other[i] (same shape);
-// cuts[i] = {axis, position}: axis 1 replaces rows >= position, 2 columns >= position, 0 leaves
-// the image as it is. In place; returns u8.
-at::Tensor compose_images(at::Tensor u8, const at::Tensor& other, const std::vector<std::array<int, 2>>& cuts);
+// --compose: image i of u8 [B, S, S, C] with its part past cuts[i] = {axis, position} taken from
+// the next image of parts (one [S, S, C] image per cut that is not 0, in order): axis 1 replaces
+// rows >= position, 2 columns >= position, 0 leaves the image as it is. In place; returns u8.
+at::Tensor compose_images(at::Tensor u8, const at::Tensor& parts, const std::vector<std::array<int, 2>>& cuts);
 
 // Installs SIGTERM/SIGUSR1 handlers that set a flag (checked once per step); returns the flag.
 // Tests may set the flag through request_stop().
