@@ -1075,15 +1075,19 @@ fi
 # Composed classes (metatrain --compose P: in a share P of the episodes every class is made of two
 # real classes, the part past a cut taken from the second; task augmentation; docs/science.md,
 # "Composed classes"): the main job's recipe on its pool at P 0.5 and 1, and real images of the
-# zoo's classes at P 0.5 (control); the rows without it are re-run with the same binary. ~3 min per
-# run. TEST=1 adds the real-image controls' test figures (below).
+# zoo's classes at P 0.5 (control); the rows without it are re-run with the same binary; then the
+# same at P 0.5 with the part from another image of the same class (--compose-partner same: variants
+# of a class between its teachers' versions, no new classes). ~3 min per run. TEST=1 adds the
+# real-image controls' test figures (below).
 if [ "$WHAT" = compose ]; then
   mainjob_inputs
   RUN_CONFIG=configs/demo.ini run_rows cmp "... + compose 0.5|runs/demo/pool|--compose 0.5" \
     "real images ... + compose 0.5 (control)|$OUT/pool_real|--compose 0.5" \
     "... + compose 1|runs/demo/pool|--compose 1" \
     "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
-    "real images from lora-avg + anchor (control)|$OUT/pool_real|"
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|" \
+    "... + compose 0.5, same class|runs/demo/pool|--compose 0.5 --compose-partner same" \
+    "real images ... + compose 0.5, same class (control)|$OUT/pool_real|--compose 0.5 --compose-partner same"
   # TEST=1: what the real-image controls (not data-free) score on the test classes beside lora-avg
   # and the main job's meta-LoRA: whether the bar can be cleared on this benchmark at all. Read
   # after every choice was made; nothing is chosen on it. The affine part's control joins when made.

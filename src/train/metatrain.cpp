@@ -257,6 +257,8 @@ void MetaTrainConfig::validate() const {
   if (jitter < 0) throw InputError("metatrain: --jitter must be >= 0");
   if (!(affine >= 0 && affine <= 4)) throw InputError("metatrain: --affine must be in [0, 4]");
   if (!(compose >= 0 && compose <= 1)) throw InputError("metatrain: --compose must be in [0, 1]");
+  if (compose_partner != "other" && compose_partner != "same")
+    throw InputError("metatrain: --compose-partner must be other or same, got '" + compose_partner + "'");
   if ((affine > 0 || compose > 0) && mask_ratio > 0 && mask_select == "top")
     throw InputError(std::string("metatrain: ") + (affine > 0 ? "--affine" : "--compose") +
                      " changes the images after --mask-select top chose their patches on the unchanged ones; use "
@@ -438,7 +440,7 @@ class BatchMaker {
       const int file = ep.file;
       const auto& cols = ep.cols;
       std::vector<int64_t> query_rows;
-      if (cfg_.compose > 0) add_composition(s, u(rng) < cfg_.compose && !single, rng, cuts, partners);
+      if (cfg_.compose > 0) add_composition(s, ep, u(rng) < cfg_.compose && !single, rng, cuts, partners);
       for (int c = 0; c < s.n_way; ++c)
         for (int k = 0; k < s.k_shot; ++k) rows.push_back(picked[c][k]);
       for (int c = 0; c < s.n_way; ++c)
@@ -512,21 +514,37 @@ class BatchMaker {
   }
 
   // --compose, one episode: its images' cuts (none unless `composed`) and, when composed, their
-  // partner rows: a second episode of the same shape is drawn, and class c's images take the part
-  // past class c's cut from the second episode's class c (image k from its image k). Appended in the
-  // batch's order (support, then queries, class-major).
-  void add_composition(const data::EpisodeSpec& s, bool composed, std::mt19937_64& rng,
+  // partner rows. --compose-partner other: a second episode of the same shape is drawn, and class
+  // c's images take the part past class c's cut from the second episode's class c (image k from its
+  // image k); same: each image takes it from another row of its own class, with a cut of its own.
+  // Appended in the batch's order (support, then queries, class-major).
+  void add_composition(const data::EpisodeSpec& s, const EpisodeRows& ep, bool composed, std::mt19937_64& rng,
                        std::vector<std::array<int, 2>>& cuts, std::vector<int64_t>& partners) const {
     const int n = s.n_way * (s.k_shot + s.q_query);
     if (!composed) {
       cuts.insert(cuts.end(), n, {0, 0});
       return;
     }
+    const int S = vit_.image_size;
+    std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
+    if (cfg_.compose_partner == "same") {
+      for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
+        for (int c = 0; c < s.n_way; ++c) {
+          const std::vector<int64_t>& rows = pool_.classes()[ep.classes[c]].rows;  // >= K + Q of them
+          for (int k = from; k < to; ++k) {
+            // Another row of the class: one of the other rows.size() - 1, skipping the image's own.
+            int64_t i = std::uniform_int_distribution<int64_t>(0, static_cast<int64_t>(rows.size()) - 2)(rng);
+            if (rows[i] == ep.picked[c][k]) i = static_cast<int64_t>(rows.size()) - 1;
+            partners.push_back(rows[i]);
+            const int a = axis(rng);  // drawn before the position
+            cuts.push_back({a, pos(rng)});
+          }
+        }
+      return;
+    }
     const auto other =
         draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
             .picked;
-    const int S = vit_.image_size;
-    std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
     std::vector<std::array<int, 2>> cut(s.n_way);
     for (auto& c : cut) {
       const int a = axis(rng);  // drawn before the position
@@ -746,7 +764,8 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
   if (c.affine > 0) j["affine"] = c.affine;                    // the same
   if (c.compose > 0) j["compose"] = c.compose;                 // the same
-  if (!c.distill_pool.empty()) {                               // the same
+  if (c.compose > 0 && c.compose_partner != "other") j["compose_partner"] = c.compose_partner;  // the same
+  if (!c.distill_pool.empty()) {                                                                // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;
     if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same

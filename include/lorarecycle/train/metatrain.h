@@ -110,6 +110,11 @@ struct MetaTrainConfig {
   // second class drawn per class, so all images of a composed class share them (as characters
   // built from the same two components). More classes than the pool holds (task augmentation).
   double compose = 0;
+  // Where a composed image's part past the cut comes from: "other" (above: a second class, per
+  // class) or "same": another image of the image's own class, drawn per image with its own cut, so
+  // the class stays itself and its images mix two of its images (in a pool by real class, mostly
+  // of two teachers: variants between the teachers' versions of a class).
+  std::string compose_partner = "other";
   bool gray = false;               // average the surrogates' channels (for VFMs of grey images)
   double single_lora_prob = 0.1;   // share of episodes drawn from one LoRA (with the KL term)
   bool disjoint_teachers = false;  // support and queries of a class from different LoRAs (draw_episode)
