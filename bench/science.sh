@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1097,6 +1097,36 @@ if [ "$WHAT" = compose ]; then
     "${MPI[@]}" $B eval --config configs/demo.ini --data test=data/demo/test.h5 --methods lora-avg,meta \
       --meta "$metas,runs/demo/meta" --shots 1 --out "$OUT/eval_real_test" --log-level warn
     echo "(cmp_5: real images; cmp_2: real images + compose 0.5; aff_2: real images + affine 1; meta: the main job's)"
+  fi
+fi
+# Teachers per class (docs/science.md, "Ten teachers per class"): a class's surrogates are about one
+# version per teacher, so a zoo of 40 LoRAs over the main job's 20 classes (10 LoRAs per class)
+# against the main job's 20 (5 per class). Both inverted painted with the same settings (PIX and
+# pool_z40; drawings with co-teachers would take about 40 min for 40 LoRAs), the main job's recipe
+# from each zoo's own lora-avg at full rank (the zoo of 20: rank 80 = 4 x 20; the zoo of 40: 128, the
+# ViT's width, exact), and real images of the zoo of 40's classes (control; the zoo of 20's is the
+# compose part's). ~7 min for the zoo, ~6 and ~12 min for the pools, ~3 min per run.
+if [ "$WHAT" = teachers40 ]; then
+  mainjob_inputs
+  pixel_pool
+  once "$OUT/zoo40/manifest.json" "$OUT/zoo40.log" \
+    "${MPI[@]}" $B zoo --config configs/demo.ini --out "$OUT/zoo40" --num-loras 40 --classes 20
+  once "$OUT/pool_z40/index.json" "$OUT/pool_z40.log" \
+    "${MPI[@]}" $B invert "${ICFG[@]}" --w-bn 0 --zoo "$OUT/zoo40" --out "$OUT/pool_z40"
+  once "$OUT/pool_z40_real/index.json" "$OUT/pool_z40_real.log" "${MPI[@]}" $B invert "${ICFG[@]}" \
+    --zoo "$OUT/zoo40" --real-images data/demo/zoo.h5 --out "$OUT/pool_z40_real"
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print('zoo of 40, LoRAs per class:', m.get('coverage'))" \
+    "$OUT/zoo40/manifest.json"
+  RUN_CONFIG=configs/demo.ini run_rows t40 "zoo of 20 (5 per class), painted|$PIX|" \
+    "zoo of 40 (10 per class), painted|$OUT/pool_z40|--rank 128 --alpha 128" \
+    "zoo of 40, real images (control)|$OUT/pool_z40_real|--rank 128 --alpha 128"
+  # DRAWN=1: the zoo of 40 inverted as the main job inverts (configs/demo.ini [invert]: drawn, 2
+  # co-teachers; ~20 min on 2 ranks) and the recipe on it; the zoo of 20's drawn row is the main
+  # job's pool (the compose part's "from lora-avg + anchor" row).
+  if [ "${DRAWN:-0}" = 1 ]; then
+    once "$OUT/pool_z40_drawn/index.json" "$OUT/pool_z40_drawn.log" "${MPI[@]}" $B invert --config configs/demo.ini \
+      --precision "${PRECISION:-fp32}" --zoo "$OUT/zoo40" --out "$OUT/pool_z40_drawn"
+    RUN_CONFIG=configs/demo.ini run_rows t40d "zoo of 40 (10 per class), drawn|$OUT/pool_z40_drawn|--rank 128 --alpha 128"
   fi
 fi
 if [ "$WHAT" = mix ]; then

@@ -259,6 +259,9 @@ void MetaTrainConfig::validate() const {
   if (!(compose >= 0 && compose <= 1)) throw InputError("metatrain: --compose must be in [0, 1]");
   if (compose_partner != "other" && compose_partner != "same")
     throw InputError("metatrain: --compose-partner must be other or same, got '" + compose_partner + "'");
+  if (compose_partner != "other" && compose == 0)
+    throw InputError("metatrain: --compose-partner " + compose_partner +
+                     " acts on composed episodes only: set --compose P > 0");
   if ((affine > 0 || compose > 0) && mask_ratio > 0 && mask_select == "top")
     throw InputError(std::string("metatrain: ") + (affine > 0 ? "--affine" : "--compose") +
                      " changes the images after --mask-select top chose their patches on the unchanged ones; use "
@@ -764,8 +767,8 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
   if (c.affine > 0) j["affine"] = c.affine;                    // the same
   if (c.compose > 0) j["compose"] = c.compose;                 // the same
-  if (c.compose > 0 && c.compose_partner != "other") j["compose_partner"] = c.compose_partner;  // the same
-  if (!c.distill_pool.empty()) {                                                                // the same
+  if (c.compose_partner != "other") j["compose_partner"] = c.compose_partner;  // the same
+  if (!c.distill_pool.empty()) {                                               // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;
     if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same

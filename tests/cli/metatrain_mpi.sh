@@ -24,7 +24,8 @@
 #     class can be drawn so and is refused (exit 2) where the other LoRAs hold too few queries;
 #     --hard-classes runs inside its range and is refused outside it; --compose: world size 1 equals
 #     mpirun -np 2, it changes the weights, and is refused with --mask-select top; so does
-#     --compose-partner same, which trains otherwise than the default (other) and refuses other values;
+#     --compose-partner same, which trains otherwise than the default (other); other values and the
+#     option without --compose are refused;
 #  7. --host-sync log (the GPU default; forced here on the CPU): the finite check, clipping and a
 #     skipped update on the device, read every --log-every steps: the same weights as --host-sync
 #     step within rounding (1e-5), at most one host read per log interval (metatrain.json
@@ -372,6 +373,7 @@ compare_adapters cs1 cs2 1e-4
 if compare_adapters c0 cs1 1e-3 >/dev/null 2>&1; then fail "--compose-partner same left the weights as without --compose"; fi
 if compare_adapters c1 cs1 1e-3 >/dev/null 2>&1; then fail "--compose-partner same trained as --compose-partner other"; fi
 expect_status 2 "--compose-partner must be other or same" -- $B metatrain $ARGS --compose 1 --compose-partner mine --steps 1 --out c4
+expect_status 2 "acts on composed episodes only" -- $B metatrain $ARGS --compose-partner same --steps 1 --out c5
 expect_status 2 "--hard-classes 10 must lie in [N - 1 = 4, 9]" -- $B metatrain $ARGS --hard-classes 10 --steps 3 --out h2
 set +e; mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --steps 4 --stop-after 2 --out z4 >z4.txt 2>&1; rc=$?; set -e
 [ $rc = 75 ] || { cat z4.txt; fail "--init zoo-mean --stop-after exited $rc, expected 75"; }

@@ -281,6 +281,7 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.affine = 1, d.mask_ratio = 0.5; }, "use --mask-select random with it");
   bad([](auto& d) { d.compose = 1.5; }, "--compose must be in [0, 1]");
   bad([](auto& d) { d.compose = 1, d.compose_partner = "both"; }, "--compose-partner must be other or same");
+  bad([](auto& d) { d.compose_partner = "same"; }, "acts on composed episodes only: set --compose P > 0");
   bad([](auto& d) { d.compose = 0.5, d.mask_ratio = 0.5; }, "use --mask-select random with it");
   bad([](auto& d) { d.compose = 0.5, d.distill_weight = 1; }, "--compose makes images that no LoRA's stored features");
   bad([](auto& d) { d.align_weight = -1; }, "--align-weight must be >= 0");
