@@ -53,7 +53,7 @@ for rep in $(seq 1 "$REPS"); do for v in $VARIANTS; do
   step=$(/usr/bin/python3 -c "import json;print(json.load(open('$W/m_$v/metatrain.json'))['timing']['step_seconds'])")
   /usr/bin/python3 -c "print('%-16s %4d %9.3f %9.3f %12.3f %12.0f' % ('$(name $v)', $rep, ($u24-$u4)/20, ($s24-$s4)/20, $step, $rss/1024))"
 done; done
-for v in $VARIANTS; do cmp "$W/m_A/adapter_model.safetensors" "$W/m_$v/adapter_model.safetensors"; done
+for v in ${VARIANTS#A }; do cmp "$W/m_A/adapter_model.safetensors" "$W/m_$v/adapter_model.safetensors"; done
 echo "meta-LoRAs: identical"
 echo; echo "(2) inversion of one LoRA"
 printf '%-16s %4s %8s %8s %8s\n' variant rep wall_s user_s sys_s
@@ -80,5 +80,5 @@ for rep in $(seq 1 "$REPS_EVAL"); do for v in $VARIANTS; do
     --episodes 100 --out "$W/e_$v" --log-level warn 2>&1 | tail -1)"
   printf '%-16s %4d %8s %8s %8s\n' "$(name $v)" "$rep" "$e" "$u" "$s"
 done; done
-for v in $VARIANTS; do diff <(cut -d, -f1-8 "$W/e_A/results.csv") <(cut -d, -f1-8 "$W/e_$v/results.csv"); done
+for v in ${VARIANTS#A }; do diff <(cut -d, -f1-8 "$W/e_A/results.csv") <(cut -d, -f1-8 "$W/e_$v/results.csv"); done
 echo "eval rows: equal"

@@ -523,41 +523,39 @@ class BatchMaker {
   // Appended in the batch's order (support, then queries, class-major).
   void add_composition(const data::EpisodeSpec& s, const EpisodeRows& ep, bool composed, std::mt19937_64& rng,
                        std::vector<std::array<int, 2>>& cuts, std::vector<int64_t>& partners) const {
-    const int n = s.n_way * (s.k_shot + s.q_query);
     if (!composed) {
-      cuts.insert(cuts.end(), n, {0, 0});
+      cuts.insert(cuts.end(), s.n_way * (s.k_shot + s.q_query), {0, 0});
       return;
     }
     const int S = vit_.image_size;
     std::uniform_int_distribution<int> axis(1, 2), pos((3 * S + 4) / 8, (5 * S) / 8);
-    if (cfg_.compose_partner == "same") {
-      for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
-        for (int c = 0; c < s.n_way; ++c) {
-          const std::vector<int64_t>& rows = pool_.classes()[ep.classes[c]].rows;  // >= K + Q of them
-          for (int k = from; k < to; ++k) {
-            // Another row of the class: one of the other rows.size() - 1, skipping the image's own.
-            int64_t i = std::uniform_int_distribution<int64_t>(0, static_cast<int64_t>(rows.size()) - 2)(rng);
-            if (rows[i] == ep.picked[c][k]) i = static_cast<int64_t>(rows.size()) - 1;
-            partners.push_back(rows[i]);
-            const int a = axis(rng);  // drawn before the position
-            cuts.push_back({a, pos(rng)});
-          }
-        }
-      return;
-    }
-    const auto other =
-        draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
-            .picked;
-    std::vector<std::array<int, 2>> cut(s.n_way);
-    for (auto& c : cut) {
+    const auto draw_cut = [&]() -> std::array<int, 2> {
       const int a = axis(rng);  // drawn before the position
-      c = {a, pos(rng)};
+      return {a, pos(rng)};
+    };
+    const bool same = cfg_.compose_partner == "same";
+    std::vector<std::vector<int64_t>> other;       // other: the second episode's rows
+    std::vector<std::array<int, 2>> cut(s.n_way);  // other: the cut of each class
+    if (!same) {
+      other = draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
+                  .picked;
+      for (auto& c : cut) c = draw_cut();
     }
     for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
       for (int c = 0; c < s.n_way; ++c)
         for (int k = from; k < to; ++k) {
-          partners.push_back(other[c][k]);
-          cuts.push_back(cut[c]);
+          if (!same) {
+            partners.push_back(other[c][k]);
+            cuts.push_back(cut[c]);
+            continue;
+          }
+          // Another row of the class (it holds >= K + Q): one of the other rows.size() - 1, skipping
+          // the image's own.
+          const std::vector<int64_t>& rows = pool_.classes()[ep.classes[c]].rows;
+          int64_t i = std::uniform_int_distribution<int64_t>(0, static_cast<int64_t>(rows.size()) - 2)(rng);
+          if (rows[i] == ep.picked[c][k]) i = static_cast<int64_t>(rows.size()) - 1;
+          partners.push_back(rows[i]);
+          cuts.push_back(draw_cut());
         }
   }
 
