@@ -7,7 +7,8 @@ OUT_DIR's delta on every adapted module is exactly W * delta_A + (1 - W) * delta
 delta = (lora_alpha / r) * B @ A: the two LoRAs side by side (rank r_A + r_B, lora_alpha = rank so
 that the scale is 1), each B multiplied by its adapter's own scale and weight; a module adapted in
 one of the two only gets zero rows and columns for the other. Classifier heads are dropped (the
-mix is an embedding adapter, as a meta-LoRA is). W = 1 is A, W = 0 is B. Used by
+mix is an embedding adapter, as a meta-LoRA is). W = 1 is A, W = 0 is B; W > 1 (up to 8)
+extrapolates past A along A - B (B + W (A - B), as task arithmetic scales a task vector). Used by
 bench/science.sh "mix" to interpolate between a meta-LoRA and the zoo's average (lora-avg, written
 by metatrain --init zoo-mean --rank R --alpha R --steps 1 --lr 1e-30), as weight-space ensembles
 of a fine-tuned model with its start do (WiSE-FT). Reads with the tests' safetensors reader
@@ -47,8 +48,8 @@ def main():
     if len(sys.argv) != 5:
         raise SystemExit(__doc__)
     out, w, a_dir, b_dir = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if not 0.0 <= w <= 1.0:
-        raise SystemExit("lora_mix: W must be in [0, 1]")
+    if not 0.0 <= w <= 8.0:
+        raise SystemExit("lora_mix: W must be in [0, 8]")
     (ca, ma, sa, A), (cb, mb, sb, B) = load(a_dir), load(b_dir)
     if ma.get("base_model_digest") != mb.get("base_model_digest"):
         raise SystemExit("lora_mix: the two adapters are of different base models")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -87,6 +87,8 @@
 # paper-objective recipe from lora-avg with 5-shot training episodes (prototypes of 5 images, from
 # several teachers of the class) instead of 1-shot, on the drawn pool and on real images (control),
 # beside the 1-shot runs again with this binary.
+# "knobs" (after the main job's invert): the main recipe's temperature, learning rate, queries and
+# episodes per step, one at a time, with real-image controls; its meta-LoRA extrapolated past itself.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # Each part's comment below says what it costs.
@@ -113,6 +115,12 @@ CFG=(--config "$OUT/demo_rank4.ini" --precision "${PRECISION:-fp32}")
 sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$OUT/demo_rank4.ini" >"$OUT/demo_painted.ini"
 ICFG=(--config "$OUT/demo_painted.ini" --precision "${PRECISION:-fp32}")
 PIX=$OUT/pool_bn0
+# The parts that start from lora-avg ("mainjob", "affine", "compose", "teachers40", "knobs") were
+# measured with configs/demo.ini's [metatrain] at T 128 and lr 1e-4, the main job's settings until
+# the "knobs" part chose T 256 and lr 3e-4: they run from a copy with those two values (T128).
+T128=$OUT/demo_t128.ini
+sed -e '/^\[metatrain\]/,/^\[/s/^temperature *=.*/temperature = 128/' \
+  -e '/^\[metatrain\]/,/^\[/s/^lr *=.*/lr = 0.0001/' configs/demo.ini >"$T128"
 PY=/usr/bin/python3
 # Metatrain flags shared by the parts: the paper's objective at T 128 (no distillation), and a
 # 1,000-step run validated every 250 steps.
@@ -1028,7 +1036,7 @@ mainjob_inputs() {
 }
 # The main job's recipe dense, at mask 0.75 and on real images ("mj" runs, shared by two parts).
 mainjob_rows() {
-  RUN_CONFIG=configs/demo.ini run_rows mj "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+  RUN_CONFIG=$T128 run_rows mj "from lora-avg + anchor (T 128, lr 1e-4), dense|runs/demo/pool|" \
     "from lora-avg + anchor, mask 0.75|runs/demo/pool|--mask-ratio 0.75" \
     "real images from lora-avg + anchor (control)|$OUT/pool_real|"
 }
@@ -1044,7 +1052,7 @@ if [ "$WHAT" = mainjob ]; then
     "rank-4 recipe, mask 0.75|runs/demo/pool|--mask-ratio 0.75"
   mainjob_rows
   # Without the anchor: the config without its two keys (a command line cannot unset a key).
-  sed -e '/^distill-pool *=/d' -e '/^distill-targets *=/d' configs/demo.ini >"$OUT/demo_noanchor.ini"
+  sed -e '/^distill-pool *=/d' -e '/^distill-targets *=/d' "$T128" >"$OUT/demo_noanchor.ini"
   RUN_CONFIG=$OUT/demo_noanchor.ini run_rows mjn "from lora-avg, no anchor, dense|runs/demo/pool|--distill-weight 0" \
     "from lora-avg, no anchor, mask 0.75|runs/demo/pool|--distill-weight 0 --mask-ratio 0.75" \
     "real images from lora-avg, no anchor (control)|$OUT/pool_real|--distill-weight 0"
@@ -1057,7 +1065,7 @@ fi
 if [ "$WHAT" = affine ]; then
   mainjob_inputs
   mainjob_rows
-  RUN_CONFIG=configs/demo.ini run_rows aff "... + affine 1|runs/demo/pool|--affine 1" \
+  RUN_CONFIG=$T128 run_rows aff "... + affine 1|runs/demo/pool|--affine 1" \
     "real images ... + affine 1 (control)|$OUT/pool_real|--affine 1" \
     "... + affine 0.5|runs/demo/pool|--affine 0.5" \
     "... + affine 2|runs/demo/pool|--affine 2" \
@@ -1068,7 +1076,7 @@ if [ "$WHAT" = affine ]; then
   if [ "${INV:-0}" = 1 ]; then
     once "$OUT/pool_drawn_affine1/index.json" "$OUT/pool_drawn_affine1.log" "${MPI[@]}" $B invert \
       --config configs/demo.ini --precision "${PRECISION:-fp32}" --affine 1 --out "$OUT/pool_drawn_affine1"
-    RUN_CONFIG=configs/demo.ini run_rows affi "inverted under affine 1|$OUT/pool_drawn_affine1|" \
+    RUN_CONFIG=$T128 run_rows affi "inverted under affine 1|$OUT/pool_drawn_affine1|" \
       "inverted under affine 1, + affine 1|$OUT/pool_drawn_affine1|--affine 1"
   fi
 fi
@@ -1081,10 +1089,10 @@ fi
 # real-image controls' test figures (below).
 if [ "$WHAT" = compose ]; then
   mainjob_inputs
-  RUN_CONFIG=configs/demo.ini run_rows cmp "... + compose 0.5|runs/demo/pool|--compose 0.5" \
+  RUN_CONFIG=$T128 run_rows cmp "... + compose 0.5|runs/demo/pool|--compose 0.5" \
     "real images ... + compose 0.5 (control)|$OUT/pool_real|--compose 0.5" \
     "... + compose 1|runs/demo/pool|--compose 1" \
-    "from lora-avg + anchor (configs/demo.ini), dense|runs/demo/pool|" \
+    "from lora-avg + anchor (T 128, lr 1e-4), dense|runs/demo/pool|" \
     "real images from lora-avg + anchor (control)|$OUT/pool_real|" \
     "... + compose 0.5, same class|runs/demo/pool|--compose 0.5 --compose-partner same" \
     "real images ... + compose 0.5, same class (control)|$OUT/pool_real|--compose 0.5 --compose-partner same"
@@ -1117,7 +1125,7 @@ if [ "$WHAT" = teachers40 ]; then
     --zoo "$OUT/zoo40" --real-images data/demo/zoo.h5 --out "$OUT/pool_z40_real"
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print('zoo of 40, LoRAs per class:', m.get('coverage'))" \
     "$OUT/zoo40/manifest.json"
-  RUN_CONFIG=configs/demo.ini run_rows t40 "zoo of 20 (5 per class), painted|$PIX|" \
+  RUN_CONFIG=$T128 run_rows t40 "zoo of 20 (5 per class), painted|$PIX|" \
     "zoo of 40 (10 per class), painted|$OUT/pool_z40|--rank 128 --alpha 128" \
     "zoo of 40, real images (control)|$OUT/pool_z40_real|--rank 128 --alpha 128"
   # DRAWN=1: the zoo of 40 inverted as the main job inverts (configs/demo.ini [invert]: drawn, 2
@@ -1126,7 +1134,73 @@ if [ "$WHAT" = teachers40 ]; then
   if [ "${DRAWN:-0}" = 1 ]; then
     once "$OUT/pool_z40_drawn/index.json" "$OUT/pool_z40_drawn.log" "${MPI[@]}" $B invert --config configs/demo.ini \
       --precision "${PRECISION:-fp32}" --zoo "$OUT/zoo40" --out "$OUT/pool_z40_drawn"
-    RUN_CONFIG=configs/demo.ini run_rows t40d "zoo of 40 (10 per class), drawn|$OUT/pool_z40_drawn|--rank 128 --alpha 128"
+    RUN_CONFIG=$T128 run_rows t40d "zoo of 40 (10 per class), drawn|$OUT/pool_z40_drawn|--rank 128 --alpha 128"
+  fi
+fi
+# The main recipe's own settings, one change at a time (docs/science.md, "The main recipe's
+# settings"): the softmax temperature, the learning rate, queries per class and episodes per step,
+# each against the main job's recipe run again with this binary, and the real-image control for
+# each; then the ones that helped together, at mask 0.75, and with the share of single-LoRA KL
+# episodes (0.1) at 0.5, without the KL term, and 10-way (no single-LoRA episodes: a LoRA has 5
+# classes); the choice again with another seed (its own validation episodes), and a lighter anchor. Then the meta-LoRA extrapolated
+# past itself along its displacement from lora-avg (bench/lora_mix.py with W > 1: lora-avg + W x
+# (meta - lora-avg)), evaluated by eval on the validation classes' own 600 episodes (5-way
+# 1-shot), for the main job's meta-LoRA, the real-image control and, when the "mainjob" part has
+# made it, the unanchored run. ~2.5 min per run (5 for the doubled ones, 10 for all four), ~1 min
+# for the evaluation.
+if [ "$WHAT" = knobs ]; then
+  mainjob_inputs
+  KN4="--temperature 256 --lr 3e-4 --query 15 --episodes-per-step 4"
+  RUN_CONFIG=$T128 run_rows kn "from lora-avg + anchor (T 128, lr 1e-4), dense|runs/demo/pool|" \
+    "real images from lora-avg + anchor (control)|$OUT/pool_real|" \
+    "... T 256|runs/demo/pool|--temperature 256" \
+    "... lr 3e-4|runs/demo/pool|--lr 3e-4" \
+    "... 15 queries per class|runs/demo/pool|--query 15" \
+    "... 4 episodes per step|runs/demo/pool|--episodes-per-step 4" \
+    "real images ... T 256 (control)|$OUT/pool_real|--temperature 256" \
+    "real images ... lr 3e-4 (control)|$OUT/pool_real|--lr 3e-4" \
+    "real images ... 15 queries per class (control)|$OUT/pool_real|--query 15" \
+    "real images ... 4 episodes per step (control)|$OUT/pool_real|--episodes-per-step 4" \
+    "... T 256 + lr 3e-4|runs/demo/pool|--temperature 256 --lr 3e-4" \
+    "... lr 1e-3|runs/demo/pool|--lr 1e-3" \
+    "real images ... T 256 + lr 3e-4 (control)|$OUT/pool_real|--temperature 256 --lr 3e-4" \
+    "... all four: T 256, lr 3e-4, 15 queries, 4 episodes per step|runs/demo/pool|$KN4" \
+    "real images ... all four (control)|$OUT/pool_real|$KN4" \
+    "... mask 0.75 (the main job's masked run)|runs/demo/pool|--mask-ratio 0.75" \
+    "... T 256 + lr 3e-4, mask 0.75|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75" \
+    "... T 256 + lr 3e-4, single-LoRA KL episodes 0.5|runs/demo/pool|--temperature 256 --lr 3e-4 --single-lora-prob 0.5" \
+    "... T 256 + lr 3e-4, no KL term|runs/demo/pool|--temperature 256 --lr 3e-4 --kl-weight 0" \
+    "... T 256 + lr 3e-4, 10-way|runs/demo/pool|--temperature 256 --lr 3e-4 --way 10" \
+    "... seed 1|runs/demo/pool|--seed 1" \
+    "... T 256 + lr 3e-4, seed 1|runs/demo/pool|--temperature 256 --lr 3e-4 --seed 1" \
+    "... T 256 + lr 3e-4, anchor 0.5|runs/demo/pool|--temperature 256 --lr 3e-4 --distill-weight 0.5" \
+    "... mask 0.75, seed 1|runs/demo/pool|--mask-ratio 0.75 --seed 1" \
+    "... T 256 + lr 3e-4, mask 0.75, seed 1|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75 --seed 1"
+  once "$OUT/lora_avg80/adapter_config.json" "$OUT/lora_avg80.log" "${MPI[@]}" $B metatrain --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --out "$OUT/lora_avg80" --restart --init zoo-mean --rank 80 --alpha 80 \
+    --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+  metas="avg80=$OUT/lora_avg80"
+  pairs=("m:$OUT/kn_1" "r:$OUT/kn_2")
+  [ -f "$OUT/mjn_1/adapter_model.safetensors" ] && pairs+=("n:$OUT/mjn_1")
+  for pair in "${pairs[@]}"; do
+    for w in ${EXTRA_WEIGHTS:-1 1.5 2 3}; do
+      $PY bench/lora_mix.py "$OUT/xtr_${pair%%:*}$w" "$w" "${pair#*:}" "$OUT/lora_avg80" >/dev/null
+      metas+=",${pair%%:*}$w=$OUT/xtr_${pair%%:*}$w"
+    done
+  done
+  once "$OUT/xtr_eval/results.json" "$OUT/xtr_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "$metas" --out "$OUT/xtr_eval"
+  echo "validation classes, 600 episodes 5-way 1-shot (mW = lora-avg + W x (meta - lora-avg); m: the main"
+  echo "recipe, r: real images (control), n: no anchor):"
+  cat "$OUT/xtr_eval/results.csv"
+  # TEST=1: the real-image control at the main job's new settings (T 256, lr 3e-4; not data-free) on
+  # the test classes beside lora-avg and the main job's meta-LoRA (the compose part's TEST=1 did the
+  # same at T 128, lr 1e-4). Read after the choice; nothing is chosen on it.
+  if [ "${TEST:-0}" = 1 ]; then
+    "${MPI[@]}" $B eval --config configs/demo.ini --data test=data/demo/test.h5 --methods lora-avg,meta \
+      --meta "$OUT/kn_9,runs/demo/meta" --shots 1 --out "$OUT/eval_real_test_kn" --log-level warn
+    echo "(kn_9: real images at T 256, lr 3e-4; meta: the main job's)"
   fi
 fi
 if [ "$WHAT" = mix ]; then
