@@ -1142,11 +1142,11 @@ fi
 # each against the main job's recipe run again with this binary, and the real-image control for
 # each; then the ones that helped together, at mask 0.75, and with the share of single-LoRA KL
 # episodes (0.1) at 0.5, without the KL term, and 10-way (no single-LoRA episodes: a LoRA has 5
-# classes); the choice again with another seed (its own validation episodes), and a lighter anchor. Then the meta-LoRA extrapolated
-# past itself along its displacement from lora-avg (bench/lora_mix.py with W > 1: lora-avg + W x
-# (meta - lora-avg)), evaluated by eval on the validation classes' own 600 episodes (5-way
-# 1-shot), for the main job's meta-LoRA, the real-image control and, when the "mainjob" part has
-# made it, the unanchored run. ~2.5 min per run (5 for the doubled ones, 10 for all four), ~1 min
+# classes); the choice again with another seed (its own validation episodes), and a lighter
+# anchor. Then the meta-LoRA extrapolated past itself along its displacement from lora-avg
+# (bench/lora_mix.py with W > 1: lora-avg + W x (meta - lora-avg)), evaluated by eval on the
+# validation classes' own 600 episodes (5-way 1-shot), for the first row's meta-LoRA, its
+# real-image control and, when the "mainjob" part has made it, the unanchored run. ~2.5 min per run (5 for the doubled ones, 10 for all four), ~1 min
 # for the evaluation.
 if [ "$WHAT" = knobs ]; then
   mainjob_inputs
