@@ -1142,7 +1142,7 @@ fi
 # each against the main job's recipe run again with this binary, and the real-image control for
 # each; then the ones that helped together, at mask 0.75, and with the share of single-LoRA KL
 # episodes (0.1) at 0.5, without the KL term, and 10-way (no single-LoRA episodes: a LoRA has 5
-# classes); the choice again with another seed (its own validation episodes), and a lighter
+# classes); the choice again with two more seeds (their own validation episodes), and a lighter
 # anchor. Then the meta-LoRA extrapolated past itself along its displacement from lora-avg
 # (bench/lora_mix.py with W > 1: lora-avg + W x (meta - lora-avg)), evaluated by eval on the
 # validation classes' own 600 episodes (5-way 1-shot), for the first row's meta-LoRA, its
@@ -1175,7 +1175,11 @@ if [ "$WHAT" = knobs ]; then
     "... T 256 + lr 3e-4, seed 1|runs/demo/pool|--temperature 256 --lr 3e-4 --seed 1" \
     "... T 256 + lr 3e-4, anchor 0.5|runs/demo/pool|--temperature 256 --lr 3e-4 --distill-weight 0.5" \
     "... mask 0.75, seed 1|runs/demo/pool|--mask-ratio 0.75 --seed 1" \
-    "... T 256 + lr 3e-4, mask 0.75, seed 1|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75 --seed 1"
+    "... T 256 + lr 3e-4, mask 0.75, seed 1|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75 --seed 1" \
+    "... seed 2|runs/demo/pool|--seed 2" \
+    "... T 256 + lr 3e-4, seed 2|runs/demo/pool|--temperature 256 --lr 3e-4 --seed 2" \
+    "... mask 0.75, seed 2|runs/demo/pool|--mask-ratio 0.75 --seed 2" \
+    "... T 256 + lr 3e-4, mask 0.75, seed 2|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75 --seed 2"
   once "$OUT/lora_avg80/adapter_config.json" "$OUT/lora_avg80.log" "${MPI[@]}" $B metatrain --config configs/demo.ini \
     --precision "${PRECISION:-fp32}" --out "$OUT/lora_avg80" --restart --init zoo-mean --rank 80 --alpha 80 \
     --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
