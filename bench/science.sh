@@ -777,19 +777,20 @@ fi
 # episodes, 5-way 1-shot), so W can be chosen there. For the main job's meta-LoRA and, as the
 # control, for one meta-trained on the real-image control pool (paper T128, 300 steps);
 # MIX_WEIGHTS (default 0.25 0.5 0.75 1); ~5 min each after the main job's metatrain.
-# mix_eval META_DIR: the mixes of one meta-LoRA, evaluated with nn and lora-avg on the same episodes.
+# mix_eval META_DIR [BASE_DIR]: the mixes of one meta-LoRA with BASE_DIR (default: the zoo of 100's
+# lora-avg, $OUT/lora_avg128; W > 1 extrapolates), evaluated with nn and lora-avg on the same episodes.
 mix_eval() {
-  local meta=$1 tag w metas
+  local meta=$1 base=${2:-$OUT/lora_avg128} tag w metas
   tag=$(basename "$meta")
-  # Checks of the mix: mix1 must give what $tag gives, avg128 what eval's own lora-avg gives.
-  metas="avg128=$OUT/lora_avg128,$tag=$meta"
+  # Checks of the mix: mix1 must give what $tag gives, the base what eval's own lora-avg gives.
+  metas="$(basename "$base" | sed 's/^lora_//')=$base,$tag=$meta"
   for w in ${MIX_WEIGHTS:-0.25 0.5 0.75 1}; do
-    $PY bench/lora_mix.py "$OUT/mix_${tag}_$w" "$w" "$meta" "$OUT/lora_avg128" >/dev/null
+    $PY bench/lora_mix.py "$OUT/mix_${tag}_$w" "$w" "$meta" "$base" >/dev/null
     metas+=",mix$w=$OUT/mix_${tag}_$w"
   done
   once "$OUT/mix_${tag}_eval/results.json" "$OUT/mix_${tag}_eval.log" "${MPI[@]}" $B eval "${CFG[@]}" \
     --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta --meta "$metas" --out "$OUT/mix_${tag}_eval"
-  echo "validation classes, 600 episodes 5-way 1-shot (mixW = W x $meta + (1 - W) x lora-avg):"
+  echo "validation classes, 600 episodes 5-way 1-shot (mixW = W x $meta + (1 - W) x $base):"
   cat "$OUT/mix_${tag}_eval/results.csv"
 }
 # Feature-statistics alignment with public glyphs (docs/science.md, "Aligning the surrogates'
@@ -1145,9 +1146,9 @@ fi
 # classes); the choice again with two more seeds (their own validation episodes), and a lighter
 # anchor. Then the meta-LoRA extrapolated past itself along its displacement from lora-avg
 # (bench/lora_mix.py with W > 1: lora-avg + W x (meta - lora-avg)), evaluated by eval on the
-# validation classes' own 600 episodes (5-way 1-shot), for the first row's meta-LoRA, its
-# real-image control and, when the "mainjob" part has made it, the unanchored run. ~2.5 min per run (5 for the doubled ones, 10 for all four), ~1 min
-# for the evaluation.
+# validation classes' own 600 episodes (5-way 1-shot; mix_eval), for the first row's meta-LoRA,
+# its real-image control and, when the "mainjob" part has made it, the unanchored run. ~2.5 min
+# per run (5 for the doubled ones, 10 for all four), ~40 s per evaluation.
 if [ "$WHAT" = knobs ]; then
   mainjob_inputs
   KN4="--temperature 256 --lr 3e-4 --query 15 --episodes-per-step 4"
@@ -1180,24 +1181,13 @@ if [ "$WHAT" = knobs ]; then
     "... T 256 + lr 3e-4, seed 2|runs/demo/pool|--temperature 256 --lr 3e-4 --seed 2" \
     "... mask 0.75, seed 2|runs/demo/pool|--mask-ratio 0.75 --seed 2" \
     "... T 256 + lr 3e-4, mask 0.75, seed 2|runs/demo/pool|--temperature 256 --lr 3e-4 --mask-ratio 0.75 --seed 2"
-  once "$OUT/lora_avg80/adapter_config.json" "$OUT/lora_avg80.log" "${MPI[@]}" $B metatrain --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --out "$OUT/lora_avg80" --restart --init zoo-mean --rank 80 --alpha 80 \
-    --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
-  metas="avg80=$OUT/lora_avg80"
-  pairs=("m:$OUT/kn_1" "r:$OUT/kn_2")
-  [ -f "$OUT/mjn_1/adapter_model.safetensors" ] && pairs+=("n:$OUT/mjn_1")
-  for pair in "${pairs[@]}"; do
-    for w in ${EXTRA_WEIGHTS:-1 1.5 2 3}; do
-      $PY bench/lora_mix.py "$OUT/xtr_${pair%%:*}$w" "$w" "${pair#*:}" "$OUT/lora_avg80" >/dev/null
-      metas+=",${pair%%:*}$w=$OUT/xtr_${pair%%:*}$w"
-    done
+  # mW = lora-avg + W x (meta - lora-avg); kn_1: the recipe, kn_2: real images (control), mjn_1: no
+  # anchor.
+  lora_avg "$OUT/lora_avg80" 80
+  for meta in "$OUT/kn_1" "$OUT/kn_2" "$OUT/mjn_1"; do
+    [ -f "$meta/adapter_model.safetensors" ] || continue  # mjn_1: made by the "mainjob" part
+    MIX_WEIGHTS=${EXTRA_WEIGHTS:-1 1.5 2 3} mix_eval "$meta" "$OUT/lora_avg80"
   done
-  once "$OUT/xtr_eval/results.json" "$OUT/xtr_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-    --meta "$metas" --out "$OUT/xtr_eval"
-  echo "validation classes, 600 episodes 5-way 1-shot (mW = lora-avg + W x (meta - lora-avg); m: the main"
-  echo "recipe, r: real images (control), n: no anchor):"
-  cat "$OUT/xtr_eval/results.csv"
   # TEST=1: the real-image control at the main job's new settings (T 256, lr 3e-4; not data-free) on
   # the test classes beside lora-avg and the main job's meta-LoRA (the compose part's TEST=1 did the
   # same at T 128, lr 1e-4). Read after the choice; nothing is chosen on it.

@@ -534,28 +534,29 @@ class BatchMaker {
       return {a, pos(rng)};
     };
     const bool same = cfg_.compose_partner == "same";
-    std::vector<std::vector<int64_t>> other;       // other: the second episode's rows
-    std::vector<std::array<int, 2>> cut(s.n_way);  // other: the cut of each class
+    std::vector<std::vector<int64_t>> other;  // other: the second episode's rows
+    std::vector<std::array<int, 2>> cut;      // other: the cut of each class
     if (!same) {
       other = draw_episode(pool_, s, {}, 0.0, rng, cfg_.disjoint_teachers, neighbours_.empty() ? nullptr : &neighbours_)
                   .picked;
+      cut.resize(s.n_way);
       for (auto& c : cut) c = draw_cut();
     }
     for (const auto& [from, to] : {std::pair{0, s.k_shot}, std::pair{s.k_shot, s.k_shot + s.q_query}})
       for (int c = 0; c < s.n_way; ++c)
         for (int k = from; k < to; ++k) {
-          if (!same) {
+          if (same) {
+            // Another row of the class (it holds >= K + Q): one of the other rows.size() - 1,
+            // skipping the image's own.
+            const std::vector<int64_t>& rows = pool_.classes()[ep.classes[c]].rows;
+            int64_t i = std::uniform_int_distribution<int64_t>(0, static_cast<int64_t>(rows.size()) - 2)(rng);
+            if (rows[i] == ep.picked[c][k]) i = static_cast<int64_t>(rows.size()) - 1;
+            partners.push_back(rows[i]);
+            cuts.push_back(draw_cut());
+          } else {
             partners.push_back(other[c][k]);
             cuts.push_back(cut[c]);
-            continue;
           }
-          // Another row of the class (it holds >= K + Q): one of the other rows.size() - 1, skipping
-          // the image's own.
-          const std::vector<int64_t>& rows = pool_.classes()[ep.classes[c]].rows;
-          int64_t i = std::uniform_int_distribution<int64_t>(0, static_cast<int64_t>(rows.size()) - 2)(rng);
-          if (rows[i] == ep.picked[c][k]) i = static_cast<int64_t>(rows.size()) - 1;
-          partners.push_back(rows[i]);
-          cuts.push_back(draw_cut());
         }
   }
 
