@@ -2,13 +2,15 @@
 """A weighted mix of two LoRA adapters of one VFM, written as one PEFT adapter.
 
   /usr/bin/python3 bench/lora_mix.py OUT_DIR W ADAPTER_A ADAPTER_B
+  /usr/bin/python3 bench/lora_mix.py OUT_DIR W ADAPTER_A zero      (W x delta_A: A scaled)
 
 OUT_DIR's delta on every adapted module is exactly W * delta_A + (1 - W) * delta_B, where
 delta = (lora_alpha / r) * B @ A: the two LoRAs side by side (rank r_A + r_B, lora_alpha = rank so
 that the scale is 1), each B multiplied by its adapter's own scale and weight; a module adapted in
 one of the two only gets zero rows and columns for the other. Classifier heads are dropped (the
 mix is an embedding adapter, as a meta-LoRA is). W = 1 is A, W = 0 is B; W > 1 (up to 8)
-extrapolates past A along A - B (B + W (A - B), as task arithmetic scales a task vector). Used by
+extrapolates past A along A - B (B + W (A - B), as task arithmetic scales a task vector). B given as
+`zero` is the bare VFM (no delta): the output is A's delta times W. Used by
 bench/science.sh "mix" to interpolate between a meta-LoRA and the zoo's average (lora-avg, written
 by metatrain --init zoo-mean --rank R --alpha R --steps 1 --lr 1e-30), as weight-space ensembles
 of a fine-tuned model with its start do (WiSE-FT). Reads with the tests' safetensors reader
@@ -50,7 +52,9 @@ def main():
     out, w, a_dir, b_dir = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
     if not 0.0 <= w <= 8.0:
         raise SystemExit("lora_mix: W must be in [0, 8]")
-    (ca, ma, sa, A), (cb, mb, sb, B) = load(a_dir), load(b_dir)
+    (ca, ma, sa, A) = load(a_dir)
+    # "zero": no delta (rank 0, every module A's zero-width block).
+    (cb, mb, sb, B) = (dict(ca, r=0, lora_alpha=0.0), ma, 1.0, {}) if b_dir == "zero" else load(b_dir)
     if ma.get("base_model_digest") != mb.get("base_model_digest"):
         raise SystemExit("lora_mix: the two adapters are of different base models")
     ra, rb = int(ca["r"]), int(cb["r"])
@@ -80,7 +84,7 @@ def main():
     json.dump(cfg, open(os.path.join(out, "adapter_config.json"), "w"), indent=2)
     # The check, on the file as written: its delta of every module against the direct sum.
     got, want = deltas(out), {m: w * d for m, d in deltas(a_dir).items()}
-    for m, d in deltas(b_dir).items():
+    for m, d in ({} if b_dir == "zero" else deltas(b_dir)).items():
         want[m] = want.get(m, 0) + (1 - w) * d
     assert got.keys() == want.keys(), (sorted(got), sorted(want))
     for m, d in want.items():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -91,6 +91,7 @@
 # episodes per step, one at a time, with real-image controls; its meta-LoRA extrapolated past itself.
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
+# "scale" (after the main job's invert): the zoo's average scaled by W (task arithmetic), the same way.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -778,12 +779,15 @@ fi
 # control, for one meta-trained on the real-image control pool (paper T128, 300 steps);
 # MIX_WEIGHTS (default 0.25 0.5 0.75 1); ~5 min each after the main job's metatrain.
 # mix_eval META_DIR [BASE_DIR]: the mixes of one meta-LoRA with BASE_DIR (default: the zoo of 100's
-# lora-avg, $OUT/lora_avg128; W > 1 extrapolates), evaluated with nn and lora-avg on the same episodes.
+# lora-avg, $OUT/lora_avg128; W > 1 extrapolates; "zero": the bare VFM, so mixW = W x META), evaluated
+# with nn and lora-avg on the same episodes.
 mix_eval() {
   local meta=$1 base=${2:-$OUT/lora_avg128} tag w metas
   tag=$(basename "$meta")
-  # Checks of the mix: mix1 must give what $tag gives, the base what eval's own lora-avg gives.
-  metas="$(basename "$base" | sed 's/^lora_//')=$base,$tag=$meta"
+  # Checks of the mix: mix1 must give what $tag gives, the base what eval's own lora-avg gives (the
+  # bare VFM, "zero", is nn's).
+  metas="$tag=$meta"
+  [ "$base" = zero ] || metas="$(basename "$base" | sed 's/^lora_//')=$base,$metas"
   for w in ${MIX_WEIGHTS:-0.25 0.5 0.75 1}; do
     $PY bench/lora_mix.py "$OUT/mix_${tag}_$w" "$w" "$meta" "$base" >/dev/null
     metas+=",mix$w=$OUT/mix_${tag}_$w"
@@ -1196,6 +1200,15 @@ if [ "$WHAT" = knobs ]; then
       --meta "$OUT/kn_9,runs/demo/meta" --shots 1 --out "$OUT/eval_real_test_kn" --log-level warn
     echo "(kn_9: real images at T 256, lr 3e-4; meta: the main job's)"
   fi
+fi
+# The zoo's average scaled (task arithmetic's coefficient on the mean delta; docs/science.md, "The
+# zoo's average scaled"): W x lora-avg of the main job's zoo for W from 0.5 to 4 (bench/lora_mix.py
+# with the bare VFM as its second adapter), on the validation classes' own 600 episodes (mix_eval;
+# ~1 min after the main job's invert stage).
+if [ "$WHAT" = scale ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  lora_avg "$OUT/lora_avg80" 80
+  MIX_WEIGHTS=${SCALE_WEIGHTS:-0.5 0.8 1 1.2 1.5 2 3 4} mix_eval "$OUT/lora_avg80" zero
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
