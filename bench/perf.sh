@@ -3,7 +3,8 @@
 # repetition, medians). Needs the main job's VFM and zoo (launch/demo.sh --until zoo; WORKDIR= its
 # --workdir, default the repo).
 #   (0) the machine's one-thread matmul peak, fp32 and bf16 (at::mm on the step's shapes through the
-#       same LibTorch build: Debian's python3-torch);
+#       same LibTorch build: Debian's python3-torch), ATen's element-wise kernels, and the dense
+#       step's weight products timed one by one (their sum per step in each precision);
 #   (1) the meta-training step, one rank, one thread: CPU seconds per step (24-step run minus 4-step
 #       run, /usr/bin/time, user + system) of `metatrain --no-prefetch --distill-weight 0` in fp32
 #       and bf16 against the same step in PyTorch eager mode (bench/eager_step.py); the kernel's
@@ -25,7 +26,7 @@
 #       queries), mask 0 and 0.75; a line through the two gives the cost per image and the cost that
 #       does not depend on the images (per-op overhead, optimizer, loss), and the 0 / 0.75 ratio
 #       with and without that fixed cost, against the ratio of the FLOPs.
-# PARTS="1 2" runs only those parts (default "1 2 3 4 5"; the peak (0) always runs).
+# PARTS="1 2" runs only those parts (default "1 2 3 4 5"; the peak (0) always runs; PARTS=none: only (0)).
 #   [WORKDIR=DIR] [PARTS=...] bash bench/perf.sh [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +77,30 @@ for dt in (torch.float32, torch.bfloat16):
         ms = sorted(times)[3] * 1e3
         row.append(f"{name} {ms:.3f} ({arrays * a.numel() * a.element_size() / ms / 1e6:.0f})")
     print(f"    {str(dt).split('.')[1]:<9} " + ", ".join(row))
+# The dense step's weight products one by one (80 images x 65 tokens; forward, and the input
+# gradient in the backward; per layer, 4 layers: the FLOP count's products less the attention's
+# per-head ones), each timed alone with its operands hot: what the step's matmuls would cost in
+# each precision if they ran as fast inside the step as alone (bench/profile.sh gives what they do).
+print("  the step's weight products alone (ms per call; per step = 4 layers, all tokens):")
+rows = 80 * 65
+prods = (("qkv", rows, 128, 384), ("out_proj", rows, 128, 128), ("fc1", rows, 128, 512), ("fc2", rows, 512, 128),
+         ("qkv input grad", rows, 384, 128), ("out_proj input grad", rows, 128, 128),
+         ("fc1 input grad", rows, 512, 128), ("fc2 input grad", rows, 128, 512))
+per_step = {}
+for dt in (torch.float32, torch.bfloat16):
+    row, total = [], 0.0
+    for name, m, k, n in prods:
+        a, b = torch.randn(m, k).to(dt), torch.randn(n, k).to(dt)
+        for _ in range(3): torch.mm(a, b.t())
+        times = []
+        for _ in range(7):
+            t = time.perf_counter(); [torch.mm(a, b.t()) for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
+        ms = sorted(times)[3] * 1e3
+        total += 4 * ms
+        row.append(f"{name} {ms:.2f}")
+    per_step[dt] = total
+    print(f"    {str(dt).split('.')[1]:<9} " + ", ".join(row) + f"; per step {total:.1f} ms")
+print(f"    bf16 vs fp32, these products alone: {per_step[torch.float32] / per_step[torch.bfloat16]:.2f}x")
 PY
 
 part 1 && echo "(1) meta-training step, 1 rank, 1 thread, 5-way 1-shot 15-query: CPU seconds per step (24 - 4 steps) / 20: running"
