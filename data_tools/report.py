@@ -200,6 +200,18 @@ def results_table(path):
         cells = [f"{float(by_shot[s]['mean']):.2f} ± {float(by_shot[s]['ci95']):.2f}" if s in by_shot else "-" for s in shots]
         tps = float(by_shot[shots[0]]["tasks_per_s"]) if shots[0] in by_shot else 0
         lines.append(f"| {d} | {m} | " + " | ".join(cells) + f" | {tps:.2f} |")
+    # Paired differences (eval's ref, diff, diff_ci95 columns; absent in results of older versions).
+    paired = [(d, m, by_shot) for (d, m), by_shot in table.items() if any(r.get("ref") for r in by_shot.values())]
+    if paired:
+        lines += ["", "Paired differences on the same episodes (eval: each method against lora-avg, lora-avg against nn; "
+                  "the mean ± 95% CI of the per-episode accuracy differences). The episodes' difficulty, shared by "
+                  "both methods, drops out, so two rows whose own CIs overlap can still differ here.", "",
+                  "| dataset | method | " + " | ".join(f"5-way {s}-shot" for s in shots) + " |",
+                  "|---|---|" + "---|" * len(shots)]
+        for d, m, by_shot in paired:
+            cells = [f"{float(by_shot[s]['diff']):+.2f} ± {float(by_shot[s]['diff_ci95']):.2f} vs {by_shot[s]['ref']}"
+                     if s in by_shot and by_shot[s].get("ref") else "-" for s in shots]
+            lines.append(f"| {d} | {m} | " + " | ".join(cells) + " |")
     # Speed-up of tuning-free inference over fine-tuning.
     speed = []
     for (d, m), by_shot in table.items():

@@ -97,18 +97,41 @@ double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_
   return 100.0 * pred.eq(data::episode_labels(way, q).to(pred.device())).to(at::kDouble).mean().item<double>();
 }
 
+void add_paired(std::vector<EvalRow>& rows) {
+  const auto same_task = [](const EvalRow& a, const EvalRow& b) {
+    return a.dataset == b.dataset && a.way == b.way && a.shot == b.shot && a.query == b.query;
+  };
+  for (EvalRow& r : rows) {
+    r.ref.clear();
+    r.vs_ref = {};
+    if (r.acc.values.empty() || r.method == kPairedRefs[1]) continue;
+    const EvalRow* ref = nullptr;
+    for (const char* name : kPairedRefs) {
+      if (r.method == name) continue;
+      for (const EvalRow& o : rows)
+        if (o.method == name && same_task(o, r) && !o.acc.values.empty()) ref = &o;
+      if (ref != nullptr) break;
+    }
+    if (ref == nullptr) continue;
+    r.ref = ref->method;
+    r.vs_ref = fewshot::paired_difference(r.acc.values, ref->acc.values);
+  }
+}
+
 std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream os;
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10s\n", "dataset", "method", "setting",
-                "accuracy % (95% CI)", "tasks/s");
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10s  %s\n", "dataset", "method", "setting",
+                "accuracy % (95% CI)", "tasks/s", "paired difference (95% CI), same episodes");
   os << buf;
   for (const auto& r : rows) {
-    char setting[32], acc[48];
+    char setting[32], acc[48], paired[96] = "";
     std::snprintf(setting, sizeof setting, "%dw%ds", r.way, r.shot);
     std::snprintf(acc, sizeof acc, "%6.2f +- %4.2f", r.acc.mean, r.acc.ci95);
-    std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10.2f\n", r.dataset.c_str(), r.method.c_str(), setting,
-                  acc, r.tasks_per_s);
+    if (!r.ref.empty())
+      std::snprintf(paired, sizeof paired, "%+6.2f +- %4.2f vs %s", r.vs_ref.mean, r.vs_ref.ci95, r.ref.c_str());
+    std::snprintf(buf, sizeof buf, "%-14s %-16s %-10s %-18s %10.2f  %s\n", r.dataset.c_str(), r.method.c_str(), setting,
+                  acc, r.tasks_per_s, paired);
     os << buf;
   }
   return os.str();
@@ -257,8 +280,9 @@ std::pair<std::vector<double>, std::vector<double>> run_episodes(
     env::fault_point(comm.rank(), "eval");
   }
   progress.finish();
-  return {fewshot::all_gather_values(mine, static_cast<int64_t>(left.size()), comm),
-          fewshot::all_gather_values(mine_secs, static_cast<int64_t>(left.size()), comm)};
+  const auto n = static_cast<int64_t>(left.size());
+  return {fewshot::round_robin_to_order(fewshot::all_gather_values(mine, n, comm), comm.size()),
+          fewshot::round_robin_to_order(fewshot::all_gather_values(mine_secs, n, comm), comm.size())};
 }
 
 // A kPerTask method on one dataset and shot: the first n episodes of the same list, one at a
@@ -282,11 +306,13 @@ void eval_per_task(Run& run, const std::string& dname, const data::ImageSet& set
   if (!done.empty())
     LOG_INFO("eval", dname << " " << m.name << " " << shot << "-shot: " << (n - left.size()) << " of " << n
                            << " episodes finished by an earlier run");
-  auto [acc, secs] =
+  const auto [run_acc, run_secs] =
       run_episodes(run, m, set, spec, left, key, source, dname + " " + m.name + " " + std::to_string(shot) + "-shot");
-  for (const auto& [i, v] : done) acc.push_back(v.first), secs.push_back(v.second);
+  std::map<int64_t, std::pair<double, double>> all = done;  // by episode: the list's order
+  for (size_t j = 0; j < left.size(); ++j) all[left[j]] = {run_acc[j], run_secs[j]};
+  std::vector<double> acc;
   double total = 0;
-  for (double x : secs) total += x;
+  for (const auto& [i, v] : all) acc.push_back(v.first), total += v.second;
   EvalRow r;
   r.dataset = dname, r.method = m.name, r.way = cfg.way, r.shot = shot, r.query = cfg.query;
   r.acc = fewshot::summarize(acc, total);
@@ -305,16 +331,26 @@ void eval_per_task(Run& run, const std::string& dname, const data::ImageSet& set
 void write_results(const EvalConfig& cfg, int world_size, const std::vector<EvalRow>& rows, const json& inputs,
                    const std::map<std::string, std::string>& method_input) {
   fs::make_dirs(cfg.out);
-  std::string csv = "dataset,method,way,shot,query,episodes,mean,ci95,tasks_per_s,timed_tasks\n";
+  std::string csv = "dataset,method,way,shot,query,episodes,mean,ci95,tasks_per_s,timed_tasks,ref,diff,diff_ci95\n";
   json j = {{"model", cfg.model}, {"seed", cfg.seed}, {"world_size", world_size}, {"ft_steps", cfg.ft_steps},
             {"ft_lr", cfg.ft_lr}, {"inputs", inputs}, {"rows", json::array()}};
   for (const auto& r : rows) {
     char line[512];
-    std::snprintf(line, sizeof line, "%s,%s,%d,%d,%d,%lld,%.4f,%.4f,%.4f,%lld\n", r.dataset.c_str(), r.method.c_str(),
+    std::snprintf(line, sizeof line, "%s,%s,%d,%d,%d,%lld,%.4f,%.4f,%.4f,%lld,", r.dataset.c_str(), r.method.c_str(),
                   r.way, r.shot, r.query, static_cast<long long>(r.acc.episodes), r.acc.mean, r.acc.ci95, r.tasks_per_s,
                   static_cast<long long>(r.timed_tasks));
     csv += line;
+    if (!r.ref.empty()) {
+      std::snprintf(line, sizeof line, "%s,%.4f,%.4f", r.ref.c_str(), r.vs_ref.mean, r.vs_ref.ci95);
+      csv += line;
+    } else {
+      csv += ",,";
+    }
+    csv += "\n";
     json rj = row_json(r);
+    if (!r.ref.empty())
+      rj["paired"] = {
+          {"ref", r.ref}, {"diff", r.vs_ref.mean}, {"ci95", r.vs_ref.ci95}, {"episodes", r.vs_ref.episodes}};
     rj["inputs"] = {"model", "data/" + r.dataset};
     if (auto it = method_input.find(r.method); it != method_input.end() && !it->second.empty())
       rj["inputs"].push_back(it->second);
@@ -373,6 +409,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   }
   if (run.reused > 0)
     LOG_INFO("eval", run.reused << " result rows reused from an earlier run (" << cfg.out << "/partial)");
+  add_paired(run.rows);
   if (comm.rank() == 0) {
     std::fputs(format_table(run.rows).c_str(), stdout);
     std::fflush(stdout);

@@ -33,7 +33,8 @@ json row_json(const EvalRow& r) {
           {"mean", r.acc.mean},
           {"ci95", r.acc.ci95},
           {"tasks_per_s", r.tasks_per_s},
-          {"timed_tasks", r.timed_tasks}};
+          {"timed_tasks", r.timed_tasks},
+          {"episode_acc", r.acc.values}};
 }
 namespace {
 EvalRow row_from_json(const json& j) {
@@ -41,6 +42,7 @@ EvalRow row_from_json(const json& j) {
   r.dataset = j.at("dataset"), r.method = j.at("method"), r.way = j.at("way"), r.shot = j.at("shot");
   r.query = j.at("query"), r.acc.mean = j.at("mean"), r.acc.ci95 = j.at("ci95"), r.acc.episodes = j.at("episodes");
   r.tasks_per_s = j.at("tasks_per_s"), r.timed_tasks = j.at("timed_tasks");
+  r.acc.values = j.at("episode_acc").get<std::vector<double>>();
   return r;
 }
 
@@ -97,6 +99,12 @@ std::optional<EvalRow> ResultCache::row(const std::string& key, const std::strin
     // The row's own digest: a row whose bytes changed since it was written is recomputed.
     const std::string digest = j.value("digest", std::string());
     j.erase("digest");
+    if (!j.contains("episode_acc")) {  // written before rows kept their episodes (paired comparisons)
+      if (comm_.rank() == 0)
+        LOG_INFO("eval", (dir_ / (safe(key) + ".json")).string()
+                             << ": no per-episode accuracies (an older version's row), recomputed");
+      return std::nullopt;
+    }
     if (digest != fnv_hex(j.dump())) {
       if (comm_.rank() == 0)
         LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string()

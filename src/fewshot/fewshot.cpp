@@ -3,11 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <string>
 
 #include "lorarecycle/dist/communicator.h"
 #include "lorarecycle/model/vit.h"
+#include "lorarecycle/util/error.h"
 
 namespace lorarec::fewshot {
 
@@ -21,7 +24,26 @@ Accuracy summarize(const std::vector<double>& acc, double seconds) {
   a.mean = sum / acc.size();
   for (double x : acc) sq += (x - a.mean) * (x - a.mean);
   a.ci95 = 1.96 * std::sqrt(sq / acc.size()) / std::sqrt(double(acc.size()));
+  a.values = acc;
   return a;
+}
+
+Accuracy paired_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  if (n == 0) throw InputError("paired_difference: no episodes to compare (a per-episode list is empty)");
+  std::vector<double> d(n);
+  for (size_t i = 0; i < n; ++i) d[i] = a[i] - b[i];
+  return summarize(d, 0.0);
+}
+
+std::vector<double> round_robin_to_order(const std::vector<double>& gathered, int world) {
+  if (world < 1) throw InputError("round_robin_to_order: world size must be >= 1, got " + std::to_string(world));
+  const auto n = static_cast<int64_t>(gathered.size());
+  std::vector<double> out(gathered.size());
+  int64_t k = 0;
+  for (int r = 0; r < world; ++r)
+    for (int64_t i = r; i < n; i += world) out[i] = gathered[k++];
+  return out;
 }
 
 at::Tensor embed_rows(const model::ClipVision& vit, const model::Lora* lora, int64_t begin, int64_t end, int batch_size,
@@ -93,7 +115,7 @@ Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& s
     auto rng = data::make_rng(seed, 0, static_cast<std::uint64_t>(i));
     mine.push_back(episode_accuracy(features, sampler.sample(rng), spec));
   }
-  return summarize(all_gather_values(mine, episodes, comm),
+  return summarize(round_robin_to_order(all_gather_values(mine, episodes, comm), comm.size()),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 

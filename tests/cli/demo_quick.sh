@@ -33,6 +33,20 @@ for d in ("test", "hangul"):
             assert (d, m, s) in got, (d, m, s)
 for r in rows:
     assert 0 <= float(r["mean"]) <= 100 and float(r["tasks_per_s"]) > 0, r
+# Paired differences: every row but nn against lora-avg (lora-avg against nn), on the same episodes;
+# for the methods scored on every episode the difference of the means, and results.json holds the
+# per-episode accuracies they come from.
+by = {(r["dataset"], r["method"], r["shot"]): r for r in rows}
+js = {(r["dataset"], r["method"], str(r["shot"])): r for r in json.load(open("w/runs/quick/eval/results.json"))["rows"]}
+for k, r in by.items():
+    want = "" if k[1] == "nn" else "nn" if k[1] == "lora-avg" else "lora-avg"
+    assert r["ref"] == want, (k, r["ref"])
+    acc = js[k]["episode_acc"]
+    assert len(acc) == int(r["episodes"]) and abs(sum(acc) / len(acc) - float(r["mean"])) < 1e-3, k
+    if want and k[1] in ("lora-avg", "meta", "meta-mask75"):
+        ref = by[(k[0], want, k[2])]
+        assert abs(float(r["diff"]) - (float(r["mean"]) - float(ref["mean"]))) < 1e-3, (k, r)
+        assert js[k]["paired"]["ref"] == want and js[k]["paired"]["episodes"] == len(acc), k
 m = json.load(open("w/runs/quick/meta_mask75/metatrain.json"))
 assert m["mask_ratio"] == 0.75 and m["tokens_per_image"] == 17 and m["world_size"] == 2, m
 print("eval: every method, dataset and shot present;", len(rows), "rows")

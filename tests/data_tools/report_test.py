@@ -69,15 +69,18 @@ def make_meta(d, mask, keep_best=False):
             f.write(json.dumps({"step": step + 1, "loss": 1.0, "episodes_per_s": 5.0}) + "\n")
 
 
-def make_eval(d):
+def make_eval(d, paired=False):
+    """An eval's results.csv; paired=True: with the ref, diff, diff_ci95 columns eval now writes."""
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "method", "way", "shot", "query", "episodes", "mean", "ci95", "tasks_per_s", "timed_tasks"])
+        extra = ["ref", "diff", "diff_ci95"] if paired else []
+        w.writerow(["dataset", "method", "way", "shot", "query", "episodes", "mean", "ci95", "tasks_per_s",
+                    "timed_tasks"] + extra)
         for shot in (1, 5):
-            w.writerow(["test", "nn", 5, shot, 15, 100, 50.0 + shot, 1.0, 4.0, 10])
-            w.writerow(["test", "meta", 5, shot, 15, 100, 55.0 + shot, 1.0, 4.0, 10])
-            w.writerow(["test", "lora-ft", 5, shot, 15, 100, 52.0 + shot, 1.0, 0.5, 10])
+            w.writerow(["test", "nn", 5, shot, 15, 100, 50.0 + shot, 1.0, 4.0, 10] + (["", "", ""] if paired else []))
+            w.writerow(["test", "meta", 5, shot, 15, 100, 55.0 + shot, 1.0, 4.0, 10] + (["nn", 5.0, 0.5] if paired else []))
+            w.writerow(["test", "lora-ft", 5, shot, 15, 100, 52.0 + shot, 1.0, 0.5, 10] + (["nn", 2.0, 0.75] if paired else []))
 
 
 def make_complete(run):
@@ -125,6 +128,22 @@ class Report(unittest.TestCase):
                          md.replace(run, "R"))
         # A second run does not mistake its own report directory for a part.
         self.assertEqual(report(run).stdout, p.stdout)
+
+    def test_paired_differences(self):
+        run = os.path.join(self.tmp, "runs", "demo")
+        make_complete(run)
+        md = os.path.join(self.tmp, "rep", "report.md")
+        report("--runs", run, "--out", os.path.join(self.tmp, "rep"))
+        self.assertNotIn("Paired differences", read(md))  # results.csv of an older eval: no columns, no table
+        make_eval(os.path.join(run, "eval"), paired=True)
+        p = report("--runs", run, "--out", os.path.join(self.tmp, "rep"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        text = read(md)
+        self.assertIn("Paired differences on the same episodes", text)
+        self.assertIn("| test | meta | +5.00 ± 0.50 vs nn | +5.00 ± 0.50 vs nn |", text)
+        self.assertIn("| test | lora-ft | +2.00 ± 0.75 vs nn | +2.00 ± 0.75 vs nn |", text)
+        self.assertNotIn("| test | nn | +", text)
+        self.assertIn("| test | meta | 56.00 ± 1.00 | 60.00 ± 1.00 | 4.00 |", text)
 
     def test_parts_found_anywhere(self):
         run = os.path.join(self.tmp, "mine")

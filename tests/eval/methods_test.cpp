@@ -26,6 +26,40 @@ EvalConfig config() {
   return c;
 }
 
+EvalRow row(const std::string& dataset, const std::string& method, int shot, std::vector<double> values) {
+  EvalRow r;
+  r.dataset = dataset, r.method = method, r.way = 5, r.shot = shot, r.query = 15;
+  r.acc = fewshot::summarize(values, 1.0);
+  return r;
+}
+
+TEST(PairedComparison, EachRowAgainstLoraAvgElseNnOnTheSameEpisodes) {
+  std::vector<EvalRow> rows{row("test", "nn", 1, {40, 60, 20, 80}),
+                            row("test", "lora-avg", 1, {50, 60, 30, 90}),
+                            row("test", "meta", 1, {60, 60, 40, 90}),
+                            row("test", "lora-ft", 1, {70, 50}),
+                            row("test", "meta", 5, {60, 70}),
+                            row("test", "nn", 5, {50, 50}),
+                            row("cross", "meta", 1, {30, 20}),
+                            row("cross", "nn", 1, {10, 20}),
+                            row("test", "lorahub", 1, {})};
+  add_paired(rows);
+  const auto check = [&](size_t i, const std::string& ref, double diff, int64_t n) {
+    EXPECT_EQ(rows[i].ref, ref) << rows[i].dataset << " " << rows[i].method << " " << rows[i].shot;
+    EXPECT_DOUBLE_EQ(rows[i].vs_ref.mean, diff) << rows[i].method;
+    EXPECT_EQ(rows[i].vs_ref.episodes, n) << rows[i].method;
+  };
+  check(0, "", 0, 0);                                    // nn: the base, compared with nothing
+  check(1, "nn", 7.5, 4);                                // lora-avg against nn
+  check(2, "lora-avg", 5, 4);                            // meta against lora-avg: {10, 0, 10, 0}
+  check(3, "lora-avg", 5, 2);                            // the first 2 episodes only: {20, -10}
+  check(4, "nn", 15, 2);                                 // 5-shot: no lora-avg row, so nn
+  check(6, "nn", 10, 2);                                 // another dataset: its own nn
+  check(8, "", 0, 0);                                    // no per-episode values: nothing to pair
+  EXPECT_NEAR(rows[2].vs_ref.ci95, 1.96 * 5 / 2, 1e-9);  // {10, 0, 10, 0}: population std 5
+  EXPECT_NE(format_table(rows).find("+5.00 +- 4.90 vs lora-avg"), std::string::npos) << format_table(rows);
+}
+
 TEST(MethodTable, NamesEachMethodOnceFixedMethodsFirst) {
   std::vector<std::string> names;
   bool seen_per_task = false;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "lorarecycle/dist/communicator.h"
+#include "lorarecycle/util/error.h"
 #include "test_util.h"
 
 namespace lorarec::fewshot {
@@ -31,6 +32,35 @@ TEST(FewShot, SummaryIsMeanAndNormalCi) {
   EXPECT_DOUBLE_EQ(a.mean, 50);
   EXPECT_NEAR(a.ci95, 1.96 * 50 / 2, 1e-9);  // population std 50, sqrt(4) = 2
   EXPECT_DOUBLE_EQ(a.tasks_per_s(), 2.0);
+}
+
+TEST(FewShot, SummaryKeepsTheEpisodesInOrder) {
+  EXPECT_EQ(summarize({100, 0, 40}, 1.0).values, (std::vector<double>{100, 0, 40}));
+}
+
+TEST(FewShot, PairedDifferenceIsTheSummaryOfPerEpisodeDifferences) {
+  // d = {20, 0, 40, -20}: mean 10, population std sqrt(500), n 4.
+  const Accuracy d = paired_difference({100, 0, 100, 0}, {80, 0, 60, 20});
+  EXPECT_DOUBLE_EQ(d.mean, 10);
+  EXPECT_NEAR(d.ci95, 1.96 * std::sqrt(500.0) / 2, 1e-9);
+  EXPECT_EQ(d.episodes, 4);
+  // A shorter list (a per-task method on the first n episodes): compared on those.
+  const Accuracy p = paired_difference({100, 0}, {80, 0, 60, 20});
+  EXPECT_EQ(p.episodes, 2);
+  EXPECT_DOUBLE_EQ(p.mean, 10);
+  // The same shift on every episode: no spread, however different the episodes are.
+  const Accuracy s = paired_difference({90, 30, 70}, {80, 20, 60});
+  EXPECT_DOUBLE_EQ(s.mean, 10);
+  EXPECT_NEAR(s.ci95, 0, 1e-12);
+  EXPECT_THROW(paired_difference({}, {1, 2}), InputError);
+}
+
+TEST(FewShot, RoundRobinValuesGoBackToEpisodeOrder) {
+  // 7 episodes over 3 ranks: rank 0 took 0, 3, 6; rank 1 took 1, 4; rank 2 took 2, 5.
+  EXPECT_EQ(round_robin_to_order({0, 3, 6, 1, 4, 2, 5}, 3), (std::vector<double>{0, 1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(round_robin_to_order({0, 2, 4, 1, 3}, 2), (std::vector<double>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(round_robin_to_order({5, 6}, 1), (std::vector<double>{5, 6}));
+  EXPECT_THROW(round_robin_to_order({1}, 0), InputError);
 }
 
 TEST(FewShot, SeparableFeaturesScoreHundredAndChanceFeaturesScoreNear20) {

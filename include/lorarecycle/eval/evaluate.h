@@ -53,10 +53,22 @@ struct EvalConfig {
 struct EvalRow {
   std::string dataset, method;
   int way = 0, shot = 0, query = 0;
-  fewshot::Accuracy acc;
+  fewshot::Accuracy acc;   // acc.values: per episode, in the episode list's order
   double tasks_per_s = 0;  // global throughput: tasks / slowest rank's time
   int64_t timed_tasks = 0;
+  // add_paired: this row against `ref` on the same episodes (fewshot::paired_difference, this
+  // minus ref); ref empty where there is none.
+  std::string ref;
+  fewshot::Accuracy vs_ref;
 };
+
+// The methods a row is compared with, the first found first: lora-avg (the bar of the paper's
+// comparison), else nn (the bare VFM). lora-avg rows are compared with nn, nn rows with nothing.
+inline constexpr const char* kPairedRefs[] = {"lora-avg", "nn"};
+// Sets ref and vs_ref of every row that has per-episode values and whose dataset, way, shot and
+// query have a reference row (kPairedRefs) with them too. A row scored on fewer episodes
+// (lora-ft, lorahub: the first n of the same list) is compared on those.
+void add_paired(std::vector<EvalRow>& rows);
 
 // "NAME=path" -> {NAME, path}; a bare "path" -> {default_name, path}.
 std::pair<std::string, std::string> split_named(const std::string& spec, const std::string& default_name);

@@ -26,9 +26,21 @@ struct Accuracy {
   double mean = 0, ci95 = 0;
   int64_t episodes = 0;
   double seconds = 0;
+  std::vector<double> values;  // per episode, in the episode list's order (summarize keeps its input)
   double tasks_per_s() const { return seconds > 0 ? episodes / seconds : 0; }
 };
 Accuracy summarize(const std::vector<double>& accuracies, double seconds);
+
+// Two methods scored on the same episode list, compared episode by episode: a[i] - b[i] over the
+// first min(|a|, |b|) episodes, summarised as summarize does (mean +- 1.96 std / sqrt(n)). Episodes
+// differ far more in difficulty than methods do within one, so this interval is much narrower than
+// the two methods' own and says whether one beats the other on these episodes. Throws when either
+// is empty.
+Accuracy paired_difference(const std::vector<double>& a, const std::vector<double>& b);
+
+// Values of episodes dealt round-robin over `world` ranks (rank r took episodes r, r + world, ...),
+// gathered in rank order (all_gather_values), put back in episode order.
+std::vector<double> round_robin_to_order(const std::vector<double>& gathered, int world);
 
 // The one batched-embedding loop: features (float, CPU) of rows [begin, end) of an image source,
 // `batch_size` images per forward pass; images(first, count) returns their uint8 [count, S, S, C]
