@@ -1194,11 +1194,14 @@ if [ "$WHAT" = knobs ]; then
   done
   # TEST=1: the real-image control at the main job's new settings (T 256, lr 3e-4; not data-free) on
   # the test classes beside lora-avg and the main job's meta-LoRA (the compose part's TEST=1 did the
-  # same at T 128, lr 1e-4). Read after the choice; nothing is chosen on it.
+  # same at T 128, lr 1e-4), and the main job's recipe with the other two seeds, dense and at mask
+  # 0.75 (kn_22, kn_27; kn_25, kn_29; seed 0 is the main job's own), each with eval's paired
+  # difference against lora-avg on the same episodes. Read after the choice; nothing is chosen on it.
   if [ "${TEST:-0}" = 1 ]; then
     "${MPI[@]}" $B eval --config configs/demo.ini --data test=data/demo/test.h5 --methods lora-avg,meta \
-      --meta "$OUT/kn_9,runs/demo/meta" --shots 1 --out "$OUT/eval_real_test_kn" --log-level warn
-    echo "(kn_9: real images at T 256, lr 3e-4; meta: the main job's)"
+      --meta "$OUT/kn_9,runs/demo/meta,seed1=$OUT/kn_22,seed2=$OUT/kn_27,mask75=runs/demo/meta_mask75,mask75-seed1=$OUT/kn_25,mask75-seed2=$OUT/kn_29" \
+      --shots 1 --out "$OUT/eval_real_test_kn" --log-level warn
+    echo "(kn_9: real images at T 256, lr 3e-4; meta: the main job's; seedN: its recipe with seed N)"
   fi
 fi
 # The zoo's average scaled (task arithmetic's coefficient on the mean delta; docs/science.md, "The
