@@ -47,8 +47,12 @@ def main():
                     problems.append(f"{rel}: {k} differs")
     ra, rb = a / "eval" / "results.csv", b / "eval" / "results.csv"
     if ra.exists() or rb.exists():
+        # The columns both files have (results.csv of an older eval lacks ref, diff, diff_ci95).
+        shared = set(next(csv.reader(open(ra)))) & set(next(csv.reader(open(rb)))) if ra.exists() and rb.exists() else set()
+
         def rows(p):
-            return sorted(tuple((k, v) for k, v in r.items() if k not in ("tasks_per_s", "timed_tasks", "seconds"))
+            return sorted(tuple((k, v) for k, v in r.items()
+                                if k in shared and k not in ("tasks_per_s", "timed_tasks", "seconds"))
                           for r in csv.DictReader(open(p)))
         xa, xb = rows(ra), rows(rb)
         counts["rows"] = len(xa)

@@ -203,7 +203,7 @@ def results_table(path):
     # Paired differences (eval's ref, diff, diff_ci95 columns; absent in results of older versions).
     paired = [(d, m, by_shot) for (d, m), by_shot in table.items() if any(r.get("ref") for r in by_shot.values())]
     if paired:
-        lines += ["", "Paired differences on the same episodes (eval: each method against lora-avg, lora-avg against nn; "
+        lines += ["", "Paired differences on the same episodes (eval: each method against lora-avg, else nn; lora-avg against nn; "
                   "the mean ± 95% CI of the per-episode accuracy differences). The episodes' difficulty, shared by "
                   "both methods, drops out, so two rows whose own CIs overlap can still differ here.", "",
                   "| dataset | method | " + " | ".join(f"5-way {s}-shot" for s in shots) + " |",

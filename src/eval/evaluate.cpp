@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "lorarecycle/data/image_set.h"
@@ -63,6 +64,22 @@ void EvalConfig::validate() const {
     if (m.needs == Needs::kMeta && meta.empty())
       throw InputError("eval: method " + std::string(m.name) + " needs --meta");
   }
+  // Rows are keyed (result cache, paired differences) by dataset and method name: each must be unique.
+  std::set<std::string> seen;
+  for (const auto& d : data) {
+    const std::string name = split_named(d, std::filesystem::path(d).stem().string()).first;
+    if (!seen.insert(name).second)
+      throw InputError("eval: two --data sets are named '" + name + "' (name them: NAME=path.h5)");
+  }
+  seen.clear();
+  for (const auto& m : meta) {
+    const std::string name =
+        split_named(m, meta.size() == 1 ? "meta" : std::filesystem::path(m).filename().string()).first;
+    if (find_method(name) != nullptr && name != "meta")
+      throw InputError("eval: --meta '" + m + "' is named '" + name + "', the name of a method (name it: NAME=dir)");
+    if (!seen.insert(name).second)
+      throw InputError("eval: two --meta adapters are named '" + name + "' (name them: NAME=dir)");
+  }
 }
 
 std::pair<std::string, std::string> split_named(const std::string& spec, const std::string& default_name) {
@@ -109,10 +126,13 @@ void add_paired(std::vector<EvalRow>& rows) {
     for (const char* name : kPairedRefs) {
       if (r.method == name) continue;
       for (const EvalRow& o : rows)
-        if (o.method == name && same_task(o, r) && !o.acc.values.empty()) ref = &o;
+        if (o.method == name && same_task(o, r)) {
+          ref = &o;
+          break;
+        }
       if (ref != nullptr) break;
     }
-    if (ref == nullptr) continue;
+    if (ref == nullptr || ref->acc.values.empty()) continue;  // the reference's episodes unknown: no pairing
     r.ref = ref->method;
     r.vs_ref = fewshot::paired_difference(r.acc.values, ref->acc.values);
   }
@@ -292,13 +312,16 @@ void eval_per_task(Run& run, const std::string& dname, const data::ImageSet& set
   const EvalConfig& cfg = run.cfg;
   const std::string key = dname + "__" + m.name + "__" + std::to_string(shot);
   const std::string source = dsource + m.source;
-  if (auto r = run.cache.row(key, source)) {
+  const int n = m.episodes > 0 ? std::min(m.episodes, cfg.episodes) : cfg.episodes;
+  // The row covers the first n episodes (--ft-episodes, --hub-episodes); each episode line is one
+  // task, whatever n.
+  const std::string row_source = source + "|episodes " + std::to_string(n);
+  if (auto r = run.cache.row(key, row_source)) {
     run.rows.push_back(*r);
     ++run.reused;
     return;
   }
   const data::EpisodeSpec spec{cfg.way, shot, cfg.query};
-  const int n = m.episodes > 0 ? std::min(m.episodes, cfg.episodes) : cfg.episodes;
   const auto done = run.cache.episodes(key, source);
   std::vector<int64_t> left;
   for (int64_t i = 0; i < n; ++i)
@@ -308,7 +331,7 @@ void eval_per_task(Run& run, const std::string& dname, const data::ImageSet& set
                            << " episodes finished by an earlier run");
   const auto [run_acc, run_secs] =
       run_episodes(run, m, set, spec, left, key, source, dname + " " + m.name + " " + std::to_string(shot) + "-shot");
-  std::map<int64_t, std::pair<double, double>> all = done;  // by episode: the list's order
+  std::map<int64_t, std::pair<double, double>> all(done.begin(), done.lower_bound(n));  // by episode, < n
   for (size_t j = 0; j < left.size(); ++j) all[left[j]] = {run_acc[j], run_secs[j]};
   std::vector<double> acc;
   double total = 0;
@@ -323,7 +346,7 @@ void eval_per_task(Run& run, const std::string& dname, const data::ImageSet& set
                          << r.acc.ci95 << " % over " << n << " episodes (" << m.detail << "); " << r.tasks_per_s
                          << " tasks/s");
   run.rows.push_back(r);
-  run.cache.put_row(key, source, r);
+  run.cache.put_row(key, row_source, r);
   env::fault_point(run.comm.rank(), "eval");
 }
 

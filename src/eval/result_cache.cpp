@@ -99,16 +99,16 @@ std::optional<EvalRow> ResultCache::row(const std::string& key, const std::strin
     // The row's own digest: a row whose bytes changed since it was written is recomputed.
     const std::string digest = j.value("digest", std::string());
     j.erase("digest");
-    if (!j.contains("episode_acc")) {  // written before rows kept their episodes (paired comparisons)
-      if (comm_.rank() == 0)
-        LOG_INFO("eval", (dir_ / (safe(key) + ".json")).string()
-                             << ": no per-episode accuracies (an older version's row), recomputed");
-      return std::nullopt;
-    }
     if (digest != fnv_hex(j.dump())) {
       if (comm_.rank() == 0)
         LOG_WARN("eval", (dir_ / (safe(key) + ".json")).string()
                              << ": corrupt (its digest does not match), recomputed");
+      return std::nullopt;
+    }
+    if (!j.contains("episode_acc")) {  // written before rows kept their episodes (paired comparisons)
+      if (comm_.rank() == 0)
+        LOG_INFO("eval", (dir_ / (safe(key) + ".json")).string()
+                             << ": no per-episode accuracies (an older version's row), recomputed");
       return std::nullopt;
     }
     return row_from_json(j);

@@ -44,9 +44,9 @@ open(p, "w").write(t.replace('"mean":%s' % json.dumps(j["mean"]), '"mean":%s' % 
 assert json.loads(open(p).read())["mean"] == j["mean"] + 50
 p = "ev_rows/partial/test__lora-ft__1.r0.txt"
 lines = open(p).read().splitlines(True)
-f = lines[0].split(" ")
+f = lines[2].split(" ")  # rank 0's third line: episode 4, re-run and put back in the middle of the list
 f[1] = "100" if f[1] != "100" else "0"
-lines[0] = " ".join(f)
+lines[2] = " ".join(f)
 open(p, "w").write("".join(lines))
 PY
 rm ev_rows/partial/test__lora-ft__1.json
@@ -64,6 +64,15 @@ a, b = rows("runs/quick/eval/results.json"), rows("ev_rows/results.json")
 for k, v in b.items():
     assert v == a[k], (k, v, a[k])
 print("eval: per-episode accuracies equal after the resume:", sorted(b))
+PY
+# ... and whatever the world size: nn and lora-ft on one rank, episode by episode.
+$B eval --config "$CFG" --methods nn,lora-ft --shots 1 --out ev_one >rows3.txt 2>&1 || { cat rows3.txt; fail "eval on one rank"; }
+"$LORAREC_PYTHON" - <<'PY' || fail "per-episode accuracies on one rank differ from two ranks'"
+import json
+rows = lambda p: {(r["dataset"], r["method"], r["shot"]): r["episode_acc"] for r in json.load(open(p))["rows"]}
+a, b = rows("ev_rows/results.json"), rows("ev_one/results.json")
+assert b and all(v == a[k] for k, v in b.items()), sorted(b)
+print("eval: per-episode accuracies on one rank equal those on two:", sorted(b))
 PY
 echo "eval: a changed partial row recomputed, a changed lora-ft episode line re-run; results equal"
 

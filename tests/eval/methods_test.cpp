@@ -104,6 +104,23 @@ TEST(MethodTable, ValidationNamesWhatAMethodNeeds) {
   EXPECT_NO_THROW(c.validate());
 }
 
+// Rows are keyed by dataset and method name (result cache, paired differences): names are unique.
+TEST(MethodTable, ValidationRefusesTwoRowsOfOneName) {
+  EvalConfig c = config();
+  c.data = {"a/test.h5", "b/test.h5"};
+  EXPECT_THROW_MSG(c.validate(), InputError, "two --data sets are named 'test' (name them: NAME=path.h5)");
+  c.data = {"a/test.h5", "other=b/test.h5"};
+  EXPECT_NO_THROW(c.validate());
+  c.meta = {"x/m1", "y/m1"};
+  EXPECT_THROW_MSG(c.validate(), InputError, "two --meta adapters are named 'm1' (name them: NAME=dir)");
+  c.meta = {"lora-avg=x/m1", "y/m1"};
+  EXPECT_THROW_MSG(c.validate(), InputError, "--meta 'lora-avg=x/m1' is named 'lora-avg', the name of a method");
+  c.meta = {"x/nn"};  // one adapter is named "meta" whatever its directory
+  EXPECT_NO_THROW(c.validate());
+  c.meta = {"x/m1", "y/m2", "meta=z/m3"};
+  EXPECT_NO_THROW(c.validate());
+}
+
 // lora-avg is one adapter whose weight delta is the mean of the zoo's deltas.
 TEST(LoraAvgMethod, ItsWeightDeltaIsTheMeanOfTheZoos) {
   const auto cfg = test::tiny_config();
