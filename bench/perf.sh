@@ -45,16 +45,23 @@ GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshol
   OMP_NUM_THREADS=1 /usr/bin/python3 - "$W/peak.json" <<'PY'
 import json, sys, time, torch
 torch.set_num_threads(1)
+
+
+def median_s(f):
+    """Seconds per call of f: 3 calls to warm up, then the median of 7 means over 10 calls."""
+    for _ in range(3): f()
+    times = []
+    for _ in range(7):
+        t = time.perf_counter(); [f() for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
+    return sorted(times)[3]
+
+
 out = {}
 for dt in (torch.float32, torch.bfloat16):
     best = 0.0
     for m, k, n in ((5200, 128, 128), (5200, 128, 512), (5200, 512, 128)):
         a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
-        for _ in range(3): torch.mm(a, b)
-        times = []
-        for _ in range(7):
-            t = time.perf_counter(); [torch.mm(a, b) for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
-        g = 2 * m * k * n / sorted(times)[3] / 1e9
+        g = 2 * m * k * n / median_s(lambda: torch.mm(a, b)) / 1e9
         print(f"  {str(dt).split('.')[1]:<9} {m} x {k} x {n}: {g:7.1f}")
         best = max(best, g)
     out[str(dt).split('.')[1]] = best
@@ -70,11 +77,7 @@ for dt in (torch.float32, torch.bfloat16):
     row = []
     for name, f, arrays in (("mul", lambda: torch.mul(a, b, out=o), 3), ("add_", lambda: a.add_(b), 3),
                             ("mul scalar", lambda: torch.mul(a, 0.5, out=o), 2)):
-        for _ in range(3): f()
-        times = []
-        for _ in range(7):
-            t = time.perf_counter(); [f() for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
-        ms = sorted(times)[3] * 1e3
+        ms = median_s(f) * 1e3
         row.append(f"{name} {ms:.3f} ({arrays * a.numel() * a.element_size() / ms / 1e6:.0f})")
     print(f"    {str(dt).split('.')[1]:<9} " + ", ".join(row))
 # The dense step's weight products one by one (80 images x 65 tokens; forward, and the input
@@ -91,11 +94,7 @@ for dt in (torch.float32, torch.bfloat16):
     row, total = [], 0.0
     for name, m, k, n in prods:
         a, b = torch.randn(m, k).to(dt), torch.randn(n, k).to(dt)
-        for _ in range(3): torch.mm(a, b.t())
-        times = []
-        for _ in range(7):
-            t = time.perf_counter(); [torch.mm(a, b.t()) for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
-        ms = sorted(times)[3] * 1e3
+        ms = median_s(lambda: torch.mm(a, b.t())) * 1e3
         total += 4 * ms
         row.append(f"{name} {ms:.2f}")
     per_step[dt] = total

@@ -67,14 +67,13 @@ void EvalConfig::validate() const {
   // Rows are keyed (result cache, paired differences) by dataset and method name: each must be unique.
   std::set<std::string> seen;
   for (const auto& d : data) {
-    const std::string name = split_named(d, std::filesystem::path(d).stem().string()).first;
+    const std::string name = split_data(d).first;
     if (!seen.insert(name).second)
       throw InputError("eval: two --data sets are named '" + name + "' (name them: NAME=path.h5)");
   }
   seen.clear();
   for (const auto& m : meta) {
-    const std::string name =
-        split_named(m, meta.size() == 1 ? "meta" : std::filesystem::path(m).filename().string()).first;
+    const std::string name = split_meta(m, meta.size()).first;
     if (find_method(name) != nullptr && name != "meta")
       throw InputError("eval: --meta '" + m + "' is named '" + name + "', the name of a method (name it: NAME=dir)");
     if (!seen.insert(name).second)
@@ -86,6 +85,14 @@ std::pair<std::string, std::string> split_named(const std::string& spec, const s
   const auto eq = spec.find('=');
   if (eq != std::string::npos && eq > 0) return {spec.substr(0, eq), spec.substr(eq + 1)};
   return {default_name, spec};
+}
+
+std::pair<std::string, std::string> split_data(const std::string& spec) {
+  return split_named(spec, std::filesystem::path(spec).stem().string());
+}
+
+std::pair<std::string, std::string> split_meta(const std::string& spec, size_t count) {
+  return split_named(spec, count == 1 ? "meta" : std::filesystem::path(spec).filename().string());
 }
 
 double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px, int way,
@@ -300,9 +307,8 @@ std::pair<std::vector<double>, std::vector<double>> run_episodes(
     env::fault_point(comm.rank(), "eval");
   }
   progress.finish();
-  const auto n = static_cast<int64_t>(left.size());
-  return {fewshot::round_robin_to_order(fewshot::all_gather_values(mine, n, comm), comm.size()),
-          fewshot::round_robin_to_order(fewshot::all_gather_values(mine_secs, n, comm), comm.size())};
+  return {fewshot::all_gather_values(mine, static_cast<int64_t>(left.size()), comm),
+          fewshot::all_gather_values(mine_secs, static_cast<int64_t>(left.size()), comm)};
 }
 
 // A kPerTask method on one dataset and shot: the first n episodes of the same list, one at a
@@ -418,7 +424,7 @@ std::vector<EvalRow> run_eval(const EvalConfig& cfg, dist::Communicator& comm, c
   ResultCache cache(cfg.out, eval_settings(cfg, device), comm);
   Run run{cfg, comm, vit, cache, {}, 0};
   for (const auto& dspec : cfg.data) {
-    auto [dname, path] = split_named(dspec, stdfs::path(dspec).stem().string());
+    auto [dname, path] = split_data(dspec);
     const data::ImageSet set = data::ImageSet::load(path);
     model::check_image_shape(set.images().sizes(), vit.config(), path);
     for (int shot : cfg.shots)  // refuses a set too small for the episodes before any embedding

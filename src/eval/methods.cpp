@@ -3,7 +3,6 @@
 #include "result_cache.h"
 
 #include <algorithm>
-#include <filesystem>
 
 #include "lorarecycle/eval/lorahub.h"
 #include "lorarecycle/model/peft.h"
@@ -11,7 +10,6 @@
 
 namespace lorarec::eval {
 namespace {
-namespace stdfs = std::filesystem;
 
 std::vector<MethodInstance> make_nn(MethodContext&) {
   std::vector<MethodInstance> out(1);
@@ -34,7 +32,7 @@ std::vector<MethodInstance> make_lora_avg(MethodContext& c) {
 std::vector<MethodInstance> make_meta(MethodContext& c) {
   std::vector<MethodInstance> out;
   for (const auto& spec : c.cfg.meta) {
-    auto [name, dir] = split_named(spec, c.cfg.meta.size() == 1 ? "meta" : stdfs::path(spec).filename().string());
+    auto [name, dir] = split_meta(spec, c.cfg.meta.size());
     MethodInstance m;
     m.name = name;
     m.lora = std::make_unique<model::Lora>(model::load_peft(dir, c.vit.config(), c.cfg.model));

@@ -76,7 +76,8 @@ std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t t
   const at::Tensor g = comm.gather_rows(at::tensor(mine, at::kDouble).view({-1, 1}), 0);
   at::Tensor flat = comm.rank() == 0 ? g.view({-1}).contiguous() : at::empty({total}, at::kDouble);
   comm.broadcast(flat, 0);
-  return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+  return round_robin_to_order(std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel()),
+                              comm.size());
 }
 
 at::Tensor prototype_distances(const at::Tensor& query, const at::Tensor& protos) {
@@ -115,7 +116,7 @@ Accuracy evaluate_prototypes(const at::Tensor& features, const data::ImageSet& s
     auto rng = data::make_rng(seed, 0, static_cast<std::uint64_t>(i));
     mine.push_back(episode_accuracy(features, sampler.sample(rng), spec));
   }
-  return summarize(round_robin_to_order(all_gather_values(mine, episodes, comm), comm.size()),
+  return summarize(all_gather_values(mine, episodes, comm),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 

@@ -55,24 +55,17 @@ grep -q "ev_rows/partial/test__nn__1.json: corrupt (its digest does not match), 
 grep -qE "lora-ft 1-shot: 9 of 10 episodes finished by an earlier run" rows2.txt || { cat rows2.txt; fail "corrupt lora-ft episode line reused"; }
 diff <(cut -d, -f1-8 runs/quick/eval/results.csv | grep -E '^dataset,|,(nn|lora-ft),') <(cut -d, -f1-8 ev_rows/results.csv) ||
   fail "eval rows after a corrupt partial result differ from the pipeline's"
-# The per-episode accuracies too, in the episode list's order although 9 of lora-ft's 10 came from
-# the earlier run's lines and one was run again (what the paired differences pair).
-"$LORAREC_PYTHON" - <<'PY' || fail "per-episode accuracies after a resumed eval differ from the pipeline's"
-import json
-rows = lambda p: {(r["dataset"], r["method"], r["shot"]): r["episode_acc"] for r in json.load(open(p))["rows"]}
-a, b = rows("runs/quick/eval/results.json"), rows("ev_rows/results.json")
-for k, v in b.items():
-    assert v == a[k], (k, v, a[k])
-print("eval: per-episode accuracies equal after the resume:", sorted(b))
-PY
-# ... and whatever the world size: nn and lora-ft on one rank, episode by episode.
+# The per-episode accuracies too (what the paired differences pair), in the episode list's order:
+# after the resume, where 9 of lora-ft's 10 came from the earlier run's lines and one was run again,
+# and whatever the world size (nn and lora-ft on one rank).
 $B eval --config "$CFG" --methods nn,lora-ft --shots 1 --out ev_one >rows3.txt 2>&1 || { cat rows3.txt; fail "eval on one rank"; }
-"$LORAREC_PYTHON" - <<'PY' || fail "per-episode accuracies on one rank differ from two ranks'"
+"$LORAREC_PYTHON" - <<'PY' || fail "per-episode accuracies differ after a resumed eval or on one rank"
 import json
 rows = lambda p: {(r["dataset"], r["method"], r["shot"]): r["episode_acc"] for r in json.load(open(p))["rows"]}
-a, b = rows("ev_rows/results.json"), rows("ev_one/results.json")
-assert b and all(v == a[k] for k, v in b.items()), sorted(b)
-print("eval: per-episode accuracies on one rank equal those on two:", sorted(b))
+pipeline, resumed, one = rows("runs/quick/eval/results.json"), rows("ev_rows/results.json"), rows("ev_one/results.json")
+for name, got, want in (("after the resume", resumed, pipeline), ("on one rank against two", one, resumed)):
+    assert got and all(v == want[k] for k, v in got.items()), (name, sorted(got))
+    print("eval: per-episode accuracies equal", name + ":", sorted(got))
 PY
 echo "eval: a changed partial row recomputed, a changed lora-ft episode line re-run; results equal"
 

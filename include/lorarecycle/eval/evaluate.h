@@ -72,6 +72,11 @@ void add_paired(std::vector<EvalRow>& rows);
 
 // "NAME=path" -> {NAME, path}; a bare "path" -> {default_name, path}.
 std::pair<std::string, std::string> split_named(const std::string& spec, const std::string& default_name);
+// A --data spec: {name, path}, the name given or the file's stem.
+std::pair<std::string, std::string> split_data(const std::string& spec);
+// One of `count` --meta specs: {name, dir}, the name given, else "meta" when it is the only one,
+// else the directory's name.
+std::pair<std::string, std::string> split_meta(const std::string& spec, size_t count);
 
 // One episode of the lora-ft baseline; returns the query accuracy in percent.
 double finetune_episode(const model::ClipVision& vit, const at::Tensor& support_px, const at::Tensor& query_px, int way,

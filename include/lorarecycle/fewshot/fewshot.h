@@ -38,8 +38,8 @@ Accuracy summarize(const std::vector<double>& accuracies, double seconds);
 // is empty.
 Accuracy paired_difference(const std::vector<double>& a, const std::vector<double>& b);
 
-// Values of episodes dealt round-robin over `world` ranks (rank r took episodes r, r + world, ...),
-// gathered in rank order (all_gather_values), put back in episode order.
+// Values of items dealt round-robin over `world` ranks (rank r took items r, r + world, ...),
+// concatenated in rank order, put back in item order (all_gather_values' last step).
 std::vector<double> round_robin_to_order(const std::vector<double>& gathered, int world);
 
 // The one batched-embedding loop: features (float, CPU) of rows [begin, end) of an image source,
@@ -54,8 +54,9 @@ at::Tensor embed_rows(const model::ClipVision& vit, const model::Lora* lora, int
 at::Tensor embed_all(const model::ClipVision& vit, const model::Lora* lora, const data::ImageSet& set,
                      dist::Communicator& comm, int batch_size = 256);
 
-// Collective. Every rank's values concatenated in rank order, on every rank (`total` = the sum of
-// the ranks' counts): per-episode accuracies of episodes split over ranks.
+// Collective. The values of `total` items dealt round-robin over the ranks (rank r holds those of
+// items r, r + world, ..., in that order), on every rank in item order: per-episode accuracies of
+// episodes split over ranks, in the episode list's order whatever the world size.
 std::vector<double> all_gather_values(const std::vector<double>& mine, int64_t total, dist::Communicator& comm);
 
 // Logits of queries [M, D] against prototypes [C, D]: -||q - p||^2, [M, C].
