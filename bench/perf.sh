@@ -27,11 +27,16 @@
 #       does not depend on the images (per-op overhead, optimizer, loss), and the 0 / 0.75 ratio
 #       with and without that fixed cost, against the ratio of the FLOPs.
 # PARTS="1 2" runs only those parts (default "1 2 3 4 5"; the peak (0) always runs; PARTS=none: only (0)).
+# bf16 is timed only on a CPU with bf16 instructions (avx512_bf16 or amx_bf16): elsewhere LibTorch
+# emulates its matmuls, tens of times slower than fp32, and --precision auto picks fp32; (0) then
+# gives the emulated matmul rate alone. BF16=1 times bf16 everywhere anyway.
 #   [WORKDIR=DIR] [PARTS=...] bash bench/perf.sh [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/env.sh
 REPS=${1:-2}; PARTS=${PARTS:-1 2 3 4 5}; EPS=${EPS:-2 4}
+if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo || [ "${BF16:-0}" = 1 ]; then BF16=1; else BF16=0; fi
+export BF16
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
@@ -43,17 +48,18 @@ echo; echo "(0) one-thread matmul peak (GFLOP/s; rows = 80 images x 65 tokens)"
 # page-faulted anew on every call (docs/metatrain.md, "The step's fixed cost").
 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824 \
   OMP_NUM_THREADS=1 /usr/bin/python3 - "$W/peak.json" <<'PY'
-import json, sys, time, torch
+import json, os, sys, time, torch
 torch.set_num_threads(1)
+native_bf16 = os.environ["BF16"] == "1"
 
 
-def median_s(f):
-    """Seconds per call of f: 3 calls to warm up, then the median of 7 means over 10 calls."""
+def median_s(f, calls=10, reps=7):
+    """Seconds per call of f: 3 calls to warm up, then the median of REPS means over CALLS calls."""
     for _ in range(3): f()
     times = []
-    for _ in range(7):
-        t = time.perf_counter(); [f() for _ in range(10)]; times.append((time.perf_counter() - t) / 10)
-    return sorted(times)[3]
+    for _ in range(reps):
+        t = time.perf_counter(); [f() for _ in range(calls)]; times.append((time.perf_counter() - t) / calls)
+    return sorted(times)[reps // 2]
 
 
 out = {}
@@ -61,7 +67,8 @@ for dt in (torch.float32, torch.bfloat16):
     best = 0.0
     for m, k, n in ((5200, 128, 128), (5200, 128, 512), (5200, 512, 128)):
         a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
-        g = 2 * m * k * n / median_s(lambda: torch.mm(a, b)) / 1e9
+        emulated = dt == torch.bfloat16 and not native_bf16  # ~0.1-0.4 s a call: fewer of them
+        g = 2 * m * k * n / (median_s(lambda: torch.mm(a, b), 1, 3) if emulated else median_s(lambda: torch.mm(a, b))) / 1e9
         print(f"  {str(dt).split('.')[1]:<9} {m} x {k} x {n}: {g:7.1f}")
         best = max(best, g)
     out[str(dt).split('.')[1]] = best
@@ -90,7 +97,7 @@ prods = (("qkv", rows, 128, 384), ("out_proj", rows, 128, 128), ("fc1", rows, 12
          ("qkv input grad", rows, 384, 128), ("out_proj input grad", rows, 128, 128),
          ("fc1 input grad", rows, 512, 128), ("fc2 input grad", rows, 128, 512))
 per_step = {}
-for dt in (torch.float32, torch.bfloat16):
+for dt in (torch.float32, torch.bfloat16) if native_bf16 else (torch.float32,):
     row, total = [], 0.0
     for name, m, k, n in prods:
         a, b = torch.randn(m, k).to(dt), torch.randn(n, k).to(dt)
@@ -99,7 +106,11 @@ for dt in (torch.float32, torch.bfloat16):
         row.append(f"{name} {ms:.2f}")
     per_step[dt] = total
     print(f"    {str(dt).split('.')[1]:<9} " + ", ".join(row) + f"; per step {total:.1f} ms")
-print(f"    bf16 vs fp32, these products alone: {per_step[torch.float32] / per_step[torch.bfloat16]:.2f}x")
+if native_bf16:
+    print(f"    bf16 vs fp32, these products alone: {per_step[torch.float32] / per_step[torch.bfloat16]:.2f}x")
+else:
+    print(f"    bf16: not timed further, this CPU has no avx512_bf16 or amx_bf16 (emulated matmuls at "
+          f"{out['float32'] / out['bfloat16']:.0f}x the fp32 time; BF16=1 times them anyway)")
 PY
 
 part 1 && echo "(1) meta-training step, 1 rank, 1 thread, 5-way 1-shot 15-query: CPU seconds per step (24 - 4 steps) / 20: running"
@@ -110,8 +121,10 @@ cpp_step() {  # cpp_step PRECISION STEPS -> "user sys"
 eager_step() {
   OMP_NUM_THREADS=1 /usr/bin/time -f "%U %S" /usr/bin/python3 "$REPO/bench/eager_step.py" --steps "$1" 2>&1 >/dev/null | tail -1
 }
+STEP_VARIANTS="eager fp32"; INV_PRECS=fp32
+[ "$BF16" = 1 ] && STEP_VARIANTS+=" bf16" && INV_PRECS+=" bf16"
 part 1 && for rep in $(seq 1 "$REPS"); do
-  for v in eager fp32 bf16; do
+  for v in $STEP_VARIANTS; do
     if [ $v = eager ]; then read -r u4 s4 <<<"$(eager_step 4)"; read -r u24 s24 <<<"$(eager_step 24)"
     else read -r u4 s4 <<<"$(cpp_step $v 4)"; read -r u24 s24 <<<"$(cpp_step $v 24)"; fi
     echo "$v $rep $u4 $s4 $u24 $s24" >> "$W/step.txt"
@@ -138,7 +151,8 @@ AB=""; [ "${LORA_AB:-0}" = 1 ] && AB=" bf16-opsattn bf16-unfused"
 [ "${KERNEL_AB:-0}" = 1 ] && AB="$AB bf16-aten bf16-atensoftmax bf16-atenln fp32-atenln bf16-avx512 fp32-atenbmm"
 [ "${ATTN_AB:-0}" = 1 ] && AB="${AB/ bf16-opsattn/} bf16-opsattn fp32-opsattn"
 [ -n "${BASE:-}" ] && { [ -x "$BASE" ] || { echo "perf.sh: BASE=$BASE is not an executable" >&2; exit 2; }; AB="$AB bf16-base"; }
-PRECS=${PRECS:-fp32 bf16$AB}  # PRECS="bf16 bf16-unfused": only those
+DEFAULT_PRECS="fp32 bf16$AB"; [ "$BF16" = 1 ] || DEFAULT_PRECS=fp32
+PRECS=${PRECS:-$DEFAULT_PRECS}  # PRECS="bf16 bf16-unfused": only those
 [[ " $PRECS " == *" bf16-base "* && -z "${BASE:-}" ]] && { echo "perf.sh: bf16-base needs BASE=<binary>" >&2; exit 2; }
 # with_precision P CMD...: runs CMD with --precision P's value (bf16-unfused: bf16 and the env knob).
 with_precision() {
@@ -178,7 +192,7 @@ done
 
 part 3 && echo "(3) inversion of one LoRA, 10 and 60 iterations, 1 rank: running"
 part 3 && for rep in $(seq 1 "$REPS"); do
-  for p in fp32 bf16; do
+  for p in $INV_PRECS; do
     for it in 10 60; do
       rm -rf "$W/p_$p"
       read -r e u <<<"$(OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U" "$B" invert --model "$MODEL" --zoo "$W/zoo1" \
@@ -243,11 +257,12 @@ if rows:
     cpu = {v: med(a + b for a, b in x) for v, x in rows.items()}
     for v, label, pk in (("eager", "PyTorch eager (eager_step.py)", "float32"), ("fp32", "lorarecycle fp32", "float32"),
                          ("bf16", "lorarecycle bf16", "bfloat16")):
+        if v not in rows: continue
         u, s, t = med(x[0] for x in rows[v]), med(x[1] for x in rows[v]), cpu[v]
         print(f"  {label:<32}{u:8.3f}{s:8.3f}{t:8.3f}{100 * s / t:7.1f}%{cpu['eager'] / t:9.2f}x{ep_flop / t / 1e9:13.1f}"
               f"{100 * ep_flop / t / 1e9 / peak[pk]:8.1f}%")
-    print(f"  bf16 step vs fp32 step: {cpu['fp32'] / cpu['bf16']:.2f}x; matmul peak fp32 {peak['float32']:.0f}, "
-          f"bf16 {peak['bfloat16']:.0f} GFLOP/s")
+    print((f"  bf16 step vs fp32 step: {cpu['fp32'] / cpu['bf16']:.2f}x; " if "bf16" in cpu else "  bf16 not timed; ")
+          + f"matmul peak fp32 {peak['float32']:.0f}, bf16 {peak['bfloat16']:.0f} GFLOP/s")
 
 eps_sets = sorted({int(f.split("_e")[1].split("_")[0]) for f in os.listdir(w) if f.startswith("eps_")})
 if eps_sets:
@@ -274,13 +289,15 @@ if inv:
     # As part 1: the 60-iteration run minus the 10-iteration run times 50 iterations of the loop,
     # without the start-up (libraries, model, zoo, HDF5), per repetition; medians.
     n_img = 5 * 8 * 50
-    loop = {p: [b - a for a, b in zip(inv[f"{p}:10"], inv[f"{p}:60"])] for p in ("fp32", "bf16")}
-    f, b = med(loop["fp32"]), med(loop["bf16"])
-    f60, b60 = med(inv["fp32:60"]), med(inv["bf16:60"])
+    precs = [p for p in ("fp32", "bf16") if f"{p}:60" in inv]
+    loop = {p: med(b - a for a, b in zip(inv[f"{p}:10"], inv[f"{p}:60"])) for p in precs}
+    whole = {p: med(inv[f"{p}:60"]) for p in precs}
     print(f"\n(3) inversion, 1 LoRA (40 images), 1 rank, 50 iterations (60-iteration run - 10-iteration run): "
-          f"fp32 {f:.2f} s ({n_img / f:.0f} image-iterations/s), bf16 {b:.2f} s ({n_img / b:.0f}); "
-          f"bf16 vs fp32 {f / b:.2f}x\n    whole 60-iteration command (wall, start-up included): "
-          f"fp32 {f60:.2f} s, bf16 {b60:.2f} s, {f60 / b60:.2f}x")
+          + ", ".join(f"{p} {loop[p]:.2f} s ({n_img / loop[p]:.0f} image-iterations/s)" for p in precs)
+          + (f"; bf16 vs fp32 {loop['fp32'] / loop['bf16']:.2f}x" if len(precs) == 2 else "")
+          + "\n    whole 60-iteration command (wall, start-up included): "
+          + ", ".join(f"{p} {whole[p]:.2f} s" for p in precs)
+          + (f", {whole['fp32'] / whole['bf16']:.2f}x" if len(precs) == 2 else ""))
 
 if any(f.startswith("phase_") for f in os.listdir(w)):
     order = ["data", "input", "patches", "embed", "attention", "mlp", "head", "loss", "backward", "reduce", "optimizer", "other"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -92,6 +92,7 @@
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # "scale" (after the main job's invert): the zoo's average scaled by W (task arithmetic), the same way.
+# "vfm" (after the main job's invert): the main job made again from a VFM pre-trained for fewer steps.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1212,6 +1213,55 @@ if [ "$WHAT" = scale ]; then
   [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   lora_avg "$OUT/lora_avg80" 80
   MIX_WEIGHTS=${SCALE_WEIGHTS:-0.5 0.8 1 1.2 1.5 2 3 4} mix_eval "$OUT/lora_avg80" zero
+fi
+# The VFM's pre-training length (docs/science.md, "A shorter-trained VFM"), a knob of the main job
+# that no earlier part varied: the main job made again from a VFM pre-trained VFM_STEPS steps (default
+# 600; configs/demo.ini has 1,200) in $OUT/vfm<STEPS> by launch/demo.sh --config, up to its pool and
+# anchor (the benchmark data and the BN prior, unused at --w-bn 0, are the repo's). For that VFM and
+# for the main job's own: the main recipe dense from its zoo's lora-avg, the same on real images of its
+# zoo's classes (control), and eval on the validation classes' 600 episodes (nn, lora-avg, meta, real;
+# paired differences against lora-avg). ~35 min for 600 steps, then ~12 min per VFM (fp32, 2 cores).
+vfm_rows() {  # vfm_rows TAG WORKDIR CONFIG: the runs and the validation eval of one VFM's main job
+  local tag=$1 w=$2 conf=$3
+  sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$conf" >"$OUT/${tag}_real.ini"
+  (
+    cd "$w"
+    once "$OUT/${tag}_pool_real/index.json" "$OUT/${tag}_pool_real.log" "${MPI[@]}" "$REPO/$B" invert \
+      --config "$OUT/${tag}_real.ini" --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5 --out "$OUT/${tag}_pool_real"
+    for run in meta real; do
+      local pool=runs/demo/pool
+      [ "$run" = real ] && pool=$OUT/${tag}_pool_real
+      once "$OUT/${tag}_$run/metatrain.json" "$OUT/${tag}_$run.log" "${MPI[@]}" "$REPO/$B" metatrain --config "$conf" \
+        --precision "${PRECISION:-fp32}" --pool "$pool" --out "$OUT/${tag}_$run" --restart
+      printf '%-44s %s\n' "$tag: main recipe, $run" "$(series "$OUT/${tag}_$run.work/metrics.jsonl" 2)"
+    done
+    once "$OUT/${tag}_eval/results.json" "$OUT/${tag}_eval.log" "${MPI[@]}" "$REPO/$B" eval --config "$conf" \
+      --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+      --meta "meta=$OUT/${tag}_meta,real=$OUT/${tag}_real" --out "$OUT/${tag}_eval"
+    echo "$tag: validation classes, 600 episodes 5-way 1-shot:"
+    cat "$OUT/${tag}_eval/results.csv"
+  )
+}
+if [ "$WHAT" = vfm ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  S=${VFM_STEPS:-600}
+  W=$OUT/vfm$S
+  mkdir -p "$W/data" "$W/runs/demo"
+  ln -sfn "$REPO/data/demo" "$W/data/demo"
+  ln -sfn "$REPO/runs/demo/prior" "$W/runs/demo/prior"
+  sed -e "/^\[pretrain\]/,/^\[/s/^steps *=.*/steps = $S/" configs/demo.ini >"$W/demo.ini"
+  once "$W/runs/demo/anchor_pool/index.json" "$OUT/vfm${S}_demo.log" \
+    bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  vfm_rows vfm1200 "$REPO" "$REPO/configs/demo.ini"
+  vfm_rows "vfm$S" "$W" "$W/demo.ini"
+  # The VFMs themselves on their held-out base classes (their pretrain_report.json; its test-class
+  # figure is not printed here: nothing is chosen on the test classes).
+  for t in "vfm1200 runs/demo" "vfm$S $W/runs/demo"; do
+    set -- $t
+    $PY -c "import json,sys; h=json.load(open(sys.argv[1]))['heldout_proto_5w1s']; print(sys.argv[2], 'VFM: held-out base classes, 5-way 1-shot prototypes', f\"{h['mean']:.2f} +- {h['ci95']:.2f}\")" \
+      "$2/vfm/pretrain_report.json" "$1"
+  done
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded benchmark: every stage that exists, each reused when finished.
-#   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR] [--until STAGE]
+#   bash launch/demo.sh [--preset demo|quick] [--np N] [--workdir DIR] [--config FILE] [--until STAGE]
 # Outputs go to data/<preset> and runs/<preset> under the work directory (default: the repo).
+# --config FILE replaces configs/<preset>.ini (e.g. a copy with other settings; its paths are
+# relative to the work directory, as the preset's are).
 # Stages: (1) benchmark data from Debian's fonts and Fashion-MNIST, (2) pre-train the small VFM
 # and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes, (5)
 # invert every LoRA into the surrogate pool, (6) meta-train the meta-LoRA, dense and with mask
@@ -14,17 +16,21 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PRESET=demo
 NP=2
 WORKDIR=$REPO
+CONFIG=
 UNTIL=
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET=$2; shift 2 ;;
     --np) NP=$2; shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
+    --config) CONFIG=$(realpath "$2"); shift 2 ;;
     --until) UNTIL=$2; shift 2 ;;
-    -h|--help) sed -n "2,13p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,15p" "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+CONFIG=${CONFIG:-$REPO/configs/$PRESET.ini}
+[ -f "$CONFIG" ] || { echo "demo.sh: no config $CONFIG" >&2; exit 2; }
 source "$REPO/launch/env.sh"
 B=$REPO/build/lorarecycle
 mkdir -p "$WORKDIR" && cd "$WORKDIR"
@@ -39,7 +45,7 @@ done_with data
 
 stage "2/8 pre-train the VFM"
 if [ -f "runs/$PRESET/vfm/pretrain_report.json" ]; then echo "reusing runs/$PRESET/vfm"; else
-  "${MPI[@]}" "$B" pretrain --config "$REPO/configs/$PRESET.ini"; fi
+  "${MPI[@]}" "$B" pretrain --config "$CONFIG"; fi
 done_with vfm
 
 stage "3/8 pre-train the BN prior"
@@ -48,17 +54,17 @@ if [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PR
 done_with prior
 
 stage "4/8 LoRA zoo"
-"${MPI[@]}" "$B" zoo --config "$REPO/configs/$PRESET.ini"
+"${MPI[@]}" "$B" zoo --config "$CONFIG"
 done_with zoo
 
 stage "5/8 invert the zoo into the surrogate pool"
-"${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini"
+"${MPI[@]}" "$B" invert --config "$CONFIG"
 # The anchor's images (a config whose [metatrain] names distill-pool): public glyphs that each zoo
 # LoRA assigns to its classes (invert --retrieve from the VFM's pre-training data; no inversion).
-ANCHOR=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$REPO/configs/$PRESET.ini")
+ANCHOR=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$CONFIG")
 if [ -n "$ANCHOR" ]; then
   if [ -f "$ANCHOR/index.json" ]; then echo "reusing $ANCHOR"; else
-    "${MPI[@]}" "$B" invert --config "$REPO/configs/$PRESET.ini" --co-teachers 0 --retrieve "data/$PRESET/base.h5" \
+    "${MPI[@]}" "$B" invert --config "$CONFIG" --co-teachers 0 --retrieve "data/$PRESET/base.h5" \
       --out "$ANCHOR"; fi
 fi
 done_with invert
@@ -68,13 +74,13 @@ stage "6/8 meta-train the meta-LoRA: dense (runs/$PRESET/meta) and mask ratio 0.
 for variant in "meta 0" "meta_mask75 0.75"; do
   set -- $variant
   if [ -f "runs/$PRESET/$1/metatrain.json" ]; then echo "reusing runs/$PRESET/$1"; else
-    "${MPI[@]}" "$B" metatrain --config "$REPO/configs/$PRESET.ini" --out "runs/$PRESET/$1" --mask-ratio "$2" --resume; fi
+    "${MPI[@]}" "$B" metatrain --config "$CONFIG" --out "runs/$PRESET/$1" --mask-ratio "$2" --resume; fi
 done
 done_with metatrain
 
 stage "7/8 evaluate: in-domain (test classes) and cross-domain (Hangul, Fashion-MNIST)"
 if [ -f "runs/$PRESET/eval/results.csv" ]; then echo "reusing runs/$PRESET/eval"; else
-  "${MPI[@]}" "$B" eval --config "$REPO/configs/$PRESET.ini"; fi
+  "${MPI[@]}" "$B" eval --config "$CONFIG"; fi
 done_with eval
 
 stage "8/8 report (runs/$PRESET/report)"

@@ -22,7 +22,7 @@ po::options_description common_options(CommonOptions& o) {
       ("config", po::value(&o.configs)->composing(), "INI config file (sections [common] and [<command>], '#' comments); may be given several times, a later file overrides an earlier one, and the command line overrides them all")
       ("log-level", po::value(&o.log_level)->default_value(o.log_level), "debug | info | warn | error (info is printed by rank 0 only)")
       ("device", po::value(&o.device)->default_value(o.device), "auto (CUDA when available, GPU = local rank mod count) | cpu | cuda | cuda:N")
-      ("precision", po::value(&o.precision)->default_value(o.precision), "compute precision of the ViT in invert, metatrain, eval, embed and predict: fp32 | bf16 (autocast: matmuls in bf16, norms and softmax in float32; weights, gradients and optimizer state stay float32) | auto (bf16 on a CPU with avx512_bf16 or amx_bf16 and on a GPU of compute capability >= 8, else fp32). The choice and why is logged at the start. pretrain and zoo always run in fp32")
+      ("precision", po::value(&o.precision)->default_value(o.precision), "compute precision of the ViT in invert, metatrain, eval, embed and predict: fp32 | bf16 (autocast: matmuls in bf16, norms and softmax in float32; weights, gradients and optimizer state stay float32) | auto (bf16 on a CPU with avx512_bf16 or amx_bf16 and on a GPU of compute capability >= 8, else fp32). The choice and why is logged at the start; bf16 asked for on a CPU without avx512_bf16 or amx_bf16 runs emulated, slower than fp32, and a warning says so. pretrain and zoo always run in fp32")
       ("bf16", po::bool_switch(&o.bf16), "the same as --precision bf16 (older configs)")
       ("tf32", po::value(&o.tf32)->default_value(o.tf32, "on"), "on a GPU: fp32 matmuls and convolutions (fp32 precision, pretrain, zoo) run on TF32 tensor cores (PyTorch's allow_tf32 for cuBLAS and cuDNN; ~10 mantissa bits in the products, fp32 accumulation) | off: full fp32. No effect on CPUs. Logged at the start on a GPU")
       ("comm", po::value(&o.comm)->default_value(o.comm), "communicator: auto (NCCL when the device is CUDA and there are several ranks, else MPI under a launcher, else local) | local | mpi | nccl")
@@ -124,6 +124,7 @@ RunContext start(const char* tag, dist::Runtime& rt, const CommonOptions& common
     precision += model::fused_attention_available() ? ", attention fused (scaled_dot_product_attention)"
                                                     : ", attention explicit (LibTorch < 2.0 has no fused kernel)";
   LOG_INFO(tag, "communicator " << ctx.comm->name() << ", device " << device.str() << precision);
+  if (with_precision && !prec.warning.empty()) LOG_WARN(tag, "precision bf16: " << prec.warning);
   return ctx;
 }
 

@@ -1698,17 +1698,22 @@ std::string cpu_bf16_features() {
 }
 
 PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device) {
-  if (spec == "fp32") return {Precision::kFp32, "asked for"};
-  if (spec == "bf16") return {Precision::kBf16, "asked for"};
+  if (spec == "fp32") return {Precision::kFp32, "asked for", ""};
+  if (spec == "bf16") {
+    if (device.is_cuda() || !cpu_bf16_features().empty()) return {Precision::kBf16, "asked for", ""};
+    return {Precision::kBf16, "asked for",
+            "this CPU has no avx512_bf16 or amx_bf16: its bf16 matmuls are emulated and slower than fp32 "
+            "(--precision auto picks fp32 here)"};
+  }
   if (spec != "auto") throw InputError("unknown precision '" + spec + "' (expected auto, fp32 or bf16)");
   if (device.is_cuda()) {
     if (at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8())
-      return {Precision::kBf16, "auto: this GPU runs bf16 natively (compute capability >= 8)"};
-    return {Precision::kFp32, "auto: this GPU has no native bf16 (compute capability < 8)"};
+      return {Precision::kBf16, "auto: this GPU runs bf16 natively (compute capability >= 8)", ""};
+    return {Precision::kFp32, "auto: this GPU has no native bf16 (compute capability < 8)", ""};
   }
   const std::string f = cpu_bf16_features();
-  if (!f.empty()) return {Precision::kBf16, "auto: this CPU has " + f};
-  return {Precision::kFp32, "auto: this CPU has no avx512_bf16 or amx_bf16"};
+  if (!f.empty()) return {Precision::kBf16, "auto: this CPU has " + f, ""};
+  return {Precision::kFp32, "auto: this CPU has no avx512_bf16 or amx_bf16", ""};
 }
 
 void set_tf32(bool on) {

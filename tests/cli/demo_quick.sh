@@ -113,6 +113,10 @@ done
 C="--config $REPO/configs/quick.ini"
 $B invert $C --out pool_other --precision $OTHER >inv_o.txt 2>&1 || { cat inv_o.txt; fail "invert --precision $OTHER"; }
 grep -q "precision $OTHER (asked for)" inv_o.txt || { cat inv_o.txt; fail "invert: no 'precision $OTHER (asked for)'"; }
+# bf16 asked for on a CPU without bf16 instructions runs emulated: a warning says so, and only there.
+if [ "$OTHER" = bf16 ]; then
+  grep -q "warn .*precision bf16: this CPU has no avx512_bf16 or amx_bf16" inv_o.txt || { cat inv_o.txt; fail "invert: no emulated-bf16 warning"; }
+elif grep -q "bf16 matmuls are emulated" inv_o.txt ../run1.txt; then fail "an emulated-bf16 warning on a CPU with bf16 instructions"; fi
 "$LORAREC_PYTHON" - "$OTHER" <<'PY'
 import json, sys
 other = sys.argv[1]

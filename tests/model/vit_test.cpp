@@ -880,6 +880,10 @@ TEST(Precision, ResolvesFixedAndAutoChoices) {
   if (!f.empty()) {
     EXPECT_NE(a.reason.find(f), std::string::npos) << a.reason;
   }
+  // bf16 asked for is kept; on a CPU without bf16 instructions with a warning that says so.
+  EXPECT_EQ(resolve_precision("bf16", cpu).warning.empty(), !f.empty());
+  EXPECT_TRUE(resolve_precision("fp32", cpu).warning.empty());
+  EXPECT_TRUE(a.warning.empty());
 }
 
 TEST(Vit, GradientsFlowToLoraOnly) {

@@ -206,10 +206,14 @@ const char* precision_name(Precision p);
 struct PrecisionChoice {
   Precision precision = Precision::kFp32;
   std::string reason;  // why, for the log: "asked for", "auto: this CPU has avx512_bf16", ...
+  // Set when bf16 was asked for on a CPU without bf16 instructions: LibTorch then emulates the
+  // bf16 matmuls, slower than fp32 (the run says so at the start, as a warning).
+  std::string warning;
 };
 // "fp32" | "bf16" | "auto". auto = bf16 where the device runs it natively: a CPU with
 // avx512_bf16 or amx_bf16 (read from /proc/cpuinfo), a CUDA GPU with bf16 support (compute
-// capability >= 8); fp32 elsewhere. InputError for another spec.
+// capability >= 8); fp32 elsewhere. bf16 asked for on a CPU without avx512_bf16 or amx_bf16 is
+// kept, with a warning. InputError for another spec.
 PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device);
 // TF32 for fp32 matmuls and convolutions on CUDA (cuBLAS and cuDNN, as PyTorch's allow_tf32);
 // process-wide, no effect on CPUs. tf32_enabled() reads back what cuBLAS was set to.
