@@ -1220,7 +1220,8 @@ fi
 # anchor (the benchmark data and the BN prior, unused at --w-bn 0, are the repo's). For that VFM and
 # for the main job's own: the main recipe dense from its zoo's lora-avg, the same on real images of its
 # zoo's classes (control), and eval on the validation classes' 600 episodes (nn, lora-avg, meta, real;
-# paired differences against lora-avg). ~35 min for 600 steps, then ~12 min per VFM (fp32, 2 cores).
+# paired differences against lora-avg). ~22 min to make the 600-step job, then ~10-12 min per VFM (fp32,
+# 2 cores; 45 min in all on an AMD EPYC with AVX2).
 vfm_rows() {  # vfm_rows TAG WORKDIR CONFIG: the runs and the validation eval of one VFM's main job
   local tag=$1 w=$2 conf=$3
   sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$conf" >"$OUT/${tag}_real.ini"

@@ -1697,13 +1697,23 @@ std::string cpu_bf16_features() {
   return "";
 }
 
+bool bf16_matmul_accumulates_in_float() {
+  static const bool in_float = [] {
+    const at::NoGradGuard no_grad;
+    const at::Tensor a = at::ones({2, 512}, at::kBFloat16), b = at::ones({512, 2}, at::kBFloat16);
+    return at::mm(a, b).min().item<float>() == 512.0f;
+  }();
+  return in_float;
+}
+
 PrecisionChoice resolve_precision(const std::string& spec, const c10::Device& device) {
   if (spec == "fp32") return {Precision::kFp32, "asked for", ""};
   if (spec == "bf16") {
     if (device.is_cuda() || !cpu_bf16_features().empty()) return {Precision::kBf16, "asked for", ""};
     return {Precision::kBf16, "asked for",
-            "this CPU has no avx512_bf16 or amx_bf16: its bf16 matmuls are emulated and slower than fp32 "
-            "(--precision auto picks fp32 here)"};
+            std::string("this CPU has no avx512_bf16 or amx_bf16: its bf16 matmuls are emulated and slower than fp32") +
+                (bf16_matmul_accumulates_in_float() ? "" : ", and LibTorch's emulation sums their products in bf16") +
+                " (--precision auto picks fp32 here)"};
   }
   if (spec != "auto") throw InputError("unknown precision '" + spec + "' (expected auto, fp32 or bf16)");
   if (device.is_cuda()) {

@@ -68,7 +68,11 @@ PY
 # up to bf16 rounding.
 $B metatrain ${ARGS/fp32/bf16} --steps 20 --out b1 >b1.txt 2>&1 || { cat b1.txt; fail "bf16, world size 1"; }
 mpirun2 $B metatrain ${ARGS/fp32/bf16} --steps 20 --hash-every 1 --out b2 >b2.txt 2>&1 || { cat b2.txt; fail "bf16, mpirun -np 2"; }
-compare_adapters b1 b2 5e-3
+# Where LibTorch's bf16 emulation sums a product's terms in bf16 (its warning says so: CPUs without
+# AVX-512) the two batchings round apart by more.
+TOL_B=5e-3
+if grep -q "sums their products in bf16" b1.txt; then TOL_B=2e-2; fi
+compare_adapters b1 b2 $TOL_B
 
 # 2. stop after 10 steps, resume: the same weights as the uninterrupted run
 set +e; mpirun2 $B metatrain $ARGS --steps 20 --stop-after 10 --out r1 >r1.txt 2>&1; rc=$?; set -e

@@ -222,6 +222,11 @@ bool tf32_enabled();
 // The CPU's bf16 instruction sets found in /proc/cpuinfo ("avx512_bf16", "amx_bf16", joined by
 // '+'), empty when none (or no /proc/cpuinfo).
 std::string cpu_bf16_features();
+// Whether LibTorch's bf16 matmul on this CPU sums its products in float (oneDNN's kernels, on CPUs
+// with AVX-512) rather than in bf16 (ATen's fallback in LibTorch 1.13 for a plain [M, K] x [K, N]
+// product on other CPUs: ~1-3 % relative error at K = 128-512). Probed once, with a product whose
+// sum a bf16 accumulator cannot reach (512 ones: a bf16 sum stops at 256).
+bool bf16_matmul_accumulates_in_float();
 
 class ClipVision {
  public:
