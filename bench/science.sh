@@ -114,7 +114,9 @@ CFG=(--config "$OUT/demo_rank4.ini" --precision "${PRECISION:-fp32}")
 # surrogates, no co-teachers. Since the round "Surrogates drawn as strokes" the main job draws its
 # surrogates (strokes = 12, co-teachers = 2), so the parts invert from a copy without those two
 # keys, and the painted main-job pool they compare against is $OUT/pool_bn0 (PIX), not runs/demo/pool.
-sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$OUT/demo_rank4.ini" >"$OUT/demo_painted.ini"
+# painted_ini SRC DST: the config SRC without the two drawing keys.
+painted_ini() { sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$1" >"$2"; }
+painted_ini "$OUT/demo_rank4.ini" "$OUT/demo_painted.ini"
 ICFG=(--config "$OUT/demo_painted.ini" --precision "${PRECISION:-fp32}")
 PIX=$OUT/pool_bn0
 # The parts that start from lora-avg ("mainjob", "affine", "compose", "teachers40", "knobs") were
@@ -1224,7 +1226,7 @@ fi
 # 2 cores; 45 min in all on an AMD EPYC with AVX2).
 vfm_rows() {  # vfm_rows TAG WORKDIR CONFIG: the runs and the validation eval of one VFM's main job
   local tag=$1 w=$2 conf=$3
-  sed -e '/^strokes *=/d' -e '/^co-teachers *=/d' "$conf" >"$OUT/${tag}_real.ini"
+  painted_ini "$conf" "$OUT/${tag}_real.ini"
   (
     cd "$w"
     once "$OUT/${tag}_pool_real/index.json" "$OUT/${tag}_pool_real.log" "${MPI[@]}" "$REPO/$B" invert \
@@ -1253,15 +1255,16 @@ if [ "$WHAT" = vfm ]; then
   sed -e "/^\[pretrain\]/,/^\[/s/^steps *=.*/steps = $S/" configs/demo.ini >"$W/demo.ini"
   once "$W/runs/demo/anchor_pool/index.json" "$OUT/vfm${S}_demo.log" \
     bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
+  S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  vfm_rows vfm1200 "$REPO" "$REPO/configs/demo.ini"
+  vfm_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
   vfm_rows "vfm$S" "$W" "$W/demo.ini"
   # The VFMs themselves on their held-out base classes (their pretrain_report.json; its test-class
   # figure is not printed here: nothing is chosen on the test classes).
-  for t in "vfm1200 runs/demo" "vfm$S $W/runs/demo"; do
-    set -- $t
+  for t in "vfm$S0 runs/demo" "vfm$S $W/runs/demo"; do
+    read -r tag dir <<<"$t"
     $PY -c "import json,sys; h=json.load(open(sys.argv[1]))['heldout_proto_5w1s']; print(sys.argv[2], 'VFM: held-out base classes, 5-way 1-shot prototypes', f\"{h['mean']:.2f} +- {h['ci95']:.2f}\")" \
-      "$2/vfm/pretrain_report.json" "$1"
+      "$dir/vfm/pretrain_report.json" "$tag"
   done
 fi
 if [ "$WHAT" = mix ]; then
