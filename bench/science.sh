@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -92,7 +92,10 @@
 # "mix" (after the main job's metatrain): W x a meta-LoRA + (1 - W) x lora-avg as one adapter
 # (bench/lora_mix.py), evaluated on the validation classes.
 # "scale" (after the main job's invert): the zoo's average scaled by W (task arithmetic), the same way.
-# "vfm" (after the main job's invert): the main job made again from a VFM pre-trained for fewer steps.
+# "vfm" (after the main job's invert): the main job made again from a VFM pre-trained for fewer
+# (VFM_STEPS=600, the default) or more steps (VFM_STEPS=2400).
+# "targets" (after the main job's invert): the main job made again with a zoo whose LoRAs adapt every
+# linear layer (q, k, v, out, fc1, fc2) instead of q and v.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1216,15 +1219,16 @@ if [ "$WHAT" = scale ]; then
   lora_avg "$OUT/lora_avg80" 80
   MIX_WEIGHTS=${SCALE_WEIGHTS:-0.5 0.8 1 1.2 1.5 2 3 4} mix_eval "$OUT/lora_avg80" zero
 fi
-# The VFM's pre-training length (docs/science.md, "A shorter-trained VFM"), a knob of the main job
-# that no earlier part varied: the main job made again from a VFM pre-trained VFM_STEPS steps (default
-# 600; configs/demo.ini has 1,200) in $OUT/vfm<STEPS> by launch/demo.sh --config, up to its pool and
-# anchor (the benchmark data and the BN prior, unused at --w-bn 0, are the repo's). For that VFM and
-# for the main job's own: the main recipe dense from its zoo's lora-avg, the same on real images of its
-# zoo's classes (control), and eval on the validation classes' 600 episodes (nn, lora-avg, meta, real;
-# paired differences against lora-avg). ~22 min to make the 600-step job, then ~10-12 min per VFM (fp32,
-# 2 cores; 45 min in all on an AMD EPYC with AVX2).
-vfm_rows() {  # vfm_rows TAG WORKDIR CONFIG: the runs and the validation eval of one VFM's main job
+# The VFM's pre-training length (docs/science.md, "The VFM's pre-training length"), a knob of the main
+# job that no earlier part varied: the main job made again from a VFM pre-trained VFM_STEPS steps
+# (default 600; VFM_STEPS=2400 the other way; configs/demo.ini has 1,200) in $OUT/vfm<STEPS> by
+# launch/demo.sh --config, up to its pool and anchor (the benchmark data and the BN prior, unused at
+# --w-bn 0, are the repo's). For that VFM and for the main job's own: the main recipe dense from its
+# zoo's lora-avg, the same on real images of its zoo's classes (control), and eval on the validation
+# classes' 600 episodes (nn, lora-avg, meta, real; paired differences against lora-avg). ~22 min to
+# make the 600-step job (31 min the 2,400-step one), then ~10-12 min per VFM (fp32, 2 cores; 45 min in
+# all on an AMD EPYC with AVX2).
+job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of one main job
   local tag=$1 w=$2 conf=$3
   painted_ini "$conf" "$OUT/${tag}_real.ini"
   (
@@ -1257,8 +1261,8 @@ if [ "$WHAT" = vfm ]; then
     bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
   S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  vfm_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
-  vfm_rows "vfm$S" "$W" "$W/demo.ini"
+  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  job_rows "vfm$S" "$W" "$W/demo.ini"
   # The VFMs themselves on their held-out base classes (their pretrain_report.json; its test-class
   # figure is not printed here: nothing is chosen on the test classes).
   for t in "vfm$S0 runs/demo" "vfm$S $W/runs/demo"; do
@@ -1266,6 +1270,39 @@ if [ "$WHAT" = vfm ]; then
     $PY -c "import json,sys; h=json.load(open(sys.argv[1]))['heldout_proto_5w1s']; print(sys.argv[2], 'VFM: held-out base classes, 5-way 1-shot prototypes', f\"{h['mean']:.2f} +- {h['ci95']:.2f}\")" \
       "$dir/vfm/pretrain_report.json" "$tag"
   done
+fi
+# The zoo's target modules (docs/science.md, "A zoo that adapts every layer"): the main job's LoRAs
+# adapt q_proj and v_proj, as the paper's; here the zoo's 20 LoRAs (same tasks, same seed, same VFM)
+# adapt all six linear layers of each block, so that they, their average and their inversions can
+# carry more of each class. Made in $OUT/targets6 by launch/demo.sh --config up to its pool and anchor
+# (the VFM, prior and data are the main job's), then the same rows as the "vfm" part for both zoos:
+# the main recipe from that zoo's lora-avg (the meta-LoRA on the same six layers, rank 80 = the zoo's
+# 20 x 4, so it starts exactly there), its real-image control, and eval on the validation classes'
+# 600 episodes. ~20 min to make the zoo and its pools, then ~12 min (fp32, 2 cores, AMD EPYC with AVX2).
+if [ "$WHAT" = targets ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  W=$OUT/targets6
+  ALL=q_proj,k_proj,v_proj,out_proj,fc1,fc2
+  mkdir -p "$W/data" "$W/runs/demo"
+  ln -sfn "$REPO/data/demo" "$W/data/demo"
+  for d in vfm prior; do ln -sfn "$REPO/runs/demo/$d" "$W/runs/demo/$d"; done
+  sed -e "/^\[zoo\]/a targets = $ALL" -e "/^\[metatrain\]/a targets = $ALL" configs/demo.ini >"$W/demo.ini"
+  once "$W/runs/demo/anchor_pool/index.json" "$OUT/targets6_demo.log" \
+    bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
+  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  job_rows targets6 "$W" "$W/demo.ini"
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print('targets6 zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$W/runs/demo/zoo/manifest.json"
+  # The two zoos' rows compared episode by episode (both evals draw the same 600 episodes).
+  $PY - "$OUT/vfm${S0}_eval/results.json" "$OUT/targets6_eval/results.json" <<'PYEOF'
+import json, sys
+import numpy as np
+qv, six = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:])
+for m in ("lora-avg", "meta", "real"):
+    d = six[m] - qv[m]
+    print(f"targets6 - q,v zoo, {m}: {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
+PYEOF
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
