@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -96,6 +96,7 @@
 # (VFM_STEPS=600, the default) or more steps (VFM_STEPS=2400).
 # "targets" (after the main job's invert): the main job made again with a zoo whose LoRAs adapt every
 # linear layer (q, k, v, out, fc1, fc2) instead of q and v.
+# "way" (after the main job's invert): the main job made again with 10-way zoo tasks instead of 5-way.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1271,38 +1272,53 @@ if [ "$WHAT" = vfm ]; then
       "$dir/vfm/pretrain_report.json" "$tag"
   done
 fi
+# remade_job TAG SED_ARG...: the main job made again in $OUT/TAG from configs/demo.ini edited by
+# sed SED_ARG... (the VFM, BN prior and data are the main job's), by launch/demo.sh --config up to its
+# pool and anchor; then the "vfm" part's rows for the main job and for it, and their eval rows
+# compared episode by episode (both evals draw the same 600 validation episodes).
+remade_job() {
+  local tag=$1 w=$OUT/$1 s0
+  shift
+  mkdir -p "$w/data" "$w/runs/demo"
+  ln -sfn "$REPO/data/demo" "$w/data/demo"
+  for d in vfm prior; do ln -sfn "$REPO/runs/demo/$d" "$w/runs/demo/$d"; done
+  sed "$@" configs/demo.ini >"$w/demo.ini"
+  once "$w/runs/demo/anchor_pool/index.json" "$OUT/${tag}_demo.log" \
+    bash launch/demo.sh --workdir "$w" --config "$w/demo.ini" --until invert
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  s0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
+  job_rows "vfm$s0" "$REPO" "$REPO/configs/demo.ini"
+  job_rows "$tag" "$w" "$w/demo.ini"
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$w/runs/demo/zoo/manifest.json" "$tag"
+  $PY - "$OUT/vfm${s0}_eval/results.json" "$OUT/${tag}_eval/results.json" "$tag" <<'PYEOF'
+import json, sys
+import numpy as np
+main, other = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:3])
+for m in ("lora-avg", "meta", "real"):
+    d = other[m] - main[m]
+    print(f"{sys.argv[3]} - the main job, {m}: {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
+PYEOF
+}
 # The zoo's target modules (docs/science.md, "A zoo that adapts every layer"): the main job's LoRAs
 # adapt q_proj and v_proj, as the paper's; here the zoo's 20 LoRAs (same tasks, same seed, same VFM)
 # adapt all six linear layers of each block, so that they, their average and their inversions can
-# carry more of each class. Made in $OUT/targets6 by launch/demo.sh --config up to its pool and anchor
-# (the VFM, prior and data are the main job's), then the same rows as the "vfm" part for both zoos:
-# the main recipe from that zoo's lora-avg (the meta-LoRA on the same six layers, rank 80 = the zoo's
-# 20 x 4, so it starts exactly there), its real-image control, and eval on the validation classes'
-# 600 episodes. ~20 min to make the zoo and its pools, then ~12 min (fp32, 2 cores, AMD EPYC with AVX2).
+# carry more of each class; the meta-LoRA on the same six layers, rank 80 = the zoo's 20 x 4, so it
+# starts exactly at that zoo's lora-avg. ~20 min to make the zoo and its pools, then ~12 min (fp32,
+# 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = targets ]; then
   [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
-  W=$OUT/targets6
   ALL=q_proj,k_proj,v_proj,out_proj,fc1,fc2
-  mkdir -p "$W/data" "$W/runs/demo"
-  ln -sfn "$REPO/data/demo" "$W/data/demo"
-  for d in vfm prior; do ln -sfn "$REPO/runs/demo/$d" "$W/runs/demo/$d"; done
-  sed -e "/^\[zoo\]/a targets = $ALL" -e "/^\[metatrain\]/a targets = $ALL" configs/demo.ini >"$W/demo.ini"
-  once "$W/runs/demo/anchor_pool/index.json" "$OUT/targets6_demo.log" \
-    bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
-  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
-  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
-  job_rows targets6 "$W" "$W/demo.ini"
-  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print('targets6 zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$W/runs/demo/zoo/manifest.json"
-  # The two zoos' rows compared episode by episode (both evals draw the same 600 episodes).
-  $PY - "$OUT/vfm${S0}_eval/results.json" "$OUT/targets6_eval/results.json" <<'PYEOF'
-import json, sys
-import numpy as np
-qv, six = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:])
-for m in ("lora-avg", "meta", "real"):
-    d = six[m] - qv[m]
-    print(f"targets6 - q,v zoo, {m}: {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
-PYEOF
+  remade_job targets6 -e "/^\[zoo\]/a targets = $ALL" -e "/^\[metatrain\]/a targets = $ALL"
+fi
+# Wider zoo tasks (docs/science.md, "Ten-way zoo tasks"): every LoRA of the main job's zoo separates
+# 5 classes; here each of the 20 LoRAs is tuned on 10 of the same 20 classes (each class covered by
+# 10 LoRAs instead of 5), so that a LoRA must hold more of the domain's distinctions, and inverted into
+# 4 surrogates per class instead of 8 (40 per class in the pool, as the main job's, in the same
+# inversion time; with 4 < K + Q = 8 no single-LoRA KL episode can be drawn, a term the "knobs" part
+# found changes nothing). ~22 min to make (zoo 4.4, drawn inversion 16), then ~12 min.
+if [ "$WHAT" = way ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
