@@ -130,6 +130,7 @@ T128=$OUT/demo_t128.ini
 sed -e '/^\[metatrain\]/,/^\[/s/^temperature *=.*/temperature = 128/' \
   -e '/^\[metatrain\]/,/^\[/s/^lr *=.*/lr = 0.0001/' configs/demo.ini >"$T128"
 PY=/usr/bin/python3
+S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM pre-training steps
 # Metatrain flags shared by the parts: the paper's objective at T 128 (no distillation), and a
 # 1,000-step run validated every 250 steps.
 P128="--distill-weight 0 --temperature 128"
@@ -1250,55 +1251,47 @@ job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of
     cat "$OUT/${tag}_eval/results.csv"
   )
 }
-if [ "$WHAT" = vfm ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
-  S=${VFM_STEPS:-600}
-  W=$OUT/vfm$S
-  mkdir -p "$W/data" "$W/runs/demo"
-  ln -sfn "$REPO/data/demo" "$W/data/demo"
-  ln -sfn "$REPO/runs/demo/prior" "$W/runs/demo/prior"
-  sed -e "/^\[pretrain\]/,/^\[/s/^steps *=.*/steps = $S/" configs/demo.ini >"$W/demo.ini"
-  once "$W/runs/demo/anchor_pool/index.json" "$OUT/vfm${S}_demo.log" \
-    bash launch/demo.sh --workdir "$W" --config "$W/demo.ini" --until invert
-  S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
-  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
-  job_rows "vfm$S" "$W" "$W/demo.ini"
-  # The VFMs themselves on their held-out base classes (their pretrain_report.json; its test-class
-  # figure is not printed here: nothing is chosen on the test classes).
-  for t in "vfm$S0 runs/demo" "vfm$S $W/runs/demo"; do
-    read -r tag dir <<<"$t"
-    $PY -c "import json,sys; h=json.load(open(sys.argv[1]))['heldout_proto_5w1s']; print(sys.argv[2], 'VFM: held-out base classes, 5-way 1-shot prototypes', f\"{h['mean']:.2f} +- {h['ci95']:.2f}\")" \
-      "$dir/vfm/pretrain_report.json" "$tag"
-  done
-fi
 # remade_job TAG SED_ARG...: the main job made again in $OUT/TAG from configs/demo.ini edited by
-# sed SED_ARG... (the VFM, BN prior and data are the main job's), by launch/demo.sh --config up to its
-# pool and anchor; then the "vfm" part's rows for the main job and for it, and their eval rows
-# compared episode by episode (both evals draw the same 600 validation episodes).
+# sed SED_ARG..., by launch/demo.sh --config up to its pool and anchor (the data and BN prior are the
+# main job's, and so is the VFM unless the edit changes [pretrain]); then job_rows for the main job
+# and for it, and their eval rows compared episode by episode (both evals draw the same 600
+# validation episodes; mean +- 95% CI as eval computes it).
+pretrain_ini() { sed -n '/^\[pretrain\]/,/^\[/p' "$1"; }  # pretrain_ini CONFIG: its [pretrain] section
 remade_job() {
-  local tag=$1 w=$OUT/$1 s0
+  local tag=$1 w=$OUT/$1
   shift
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   mkdir -p "$w/data" "$w/runs/demo"
   ln -sfn "$REPO/data/demo" "$w/data/demo"
-  for d in vfm prior; do ln -sfn "$REPO/runs/demo/$d" "$w/runs/demo/$d"; done
+  ln -sfn "$REPO/runs/demo/prior" "$w/runs/demo/prior"
   sed "$@" configs/demo.ini >"$w/demo.ini"
+  [ "$(pretrain_ini configs/demo.ini)" != "$(pretrain_ini "$w/demo.ini")" ] || ln -sfn "$REPO/runs/demo/vfm" "$w/runs/demo/vfm"
   once "$w/runs/demo/anchor_pool/index.json" "$OUT/${tag}_demo.log" \
     bash launch/demo.sh --workdir "$w" --config "$w/demo.ini" --until invert
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  s0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM steps
-  job_rows "vfm$s0" "$REPO" "$REPO/configs/demo.ini"
+  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
   job_rows "$tag" "$w" "$w/demo.ini"
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$w/runs/demo/zoo/manifest.json" "$tag"
-  $PY - "$OUT/vfm${s0}_eval/results.json" "$OUT/${tag}_eval/results.json" "$tag" <<'PYEOF'
+  $PY - "$OUT/vfm${S0}_eval/results.json" "$OUT/${tag}_eval/results.json" "$tag" <<'PYEOF'
 import json, sys
 import numpy as np
 main, other = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:3])
 for m in ("lora-avg", "meta", "real"):
     d = other[m] - main[m]
-    print(f"{sys.argv[3]} - the main job, {m}: {d.mean():+.2f} +- {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
+    print(f"{sys.argv[3]} - the main job, {m}: {d.mean():+.2f} +- {1.96 * d.std() / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
 PYEOF
 }
+if [ "$WHAT" = vfm ]; then
+  S=${VFM_STEPS:-600}
+  remade_job "vfm$S" -e "/^\[pretrain\]/,/^\[/s/^steps *=.*/steps = $S/"
+  # The VFMs themselves on their held-out base classes (their pretrain_report.json; its test-class
+  # figure is not printed here: nothing is chosen on the test classes).
+  for t in "vfm$S0 runs/demo" "vfm$S $OUT/vfm$S/runs/demo"; do
+    read -r tag dir <<<"$t"
+    $PY -c "import json,sys; h=json.load(open(sys.argv[1]))['heldout_proto_5w1s']; print(sys.argv[2], 'VFM: held-out base classes, 5-way 1-shot prototypes', f\"{h['mean']:.2f} +- {h['ci95']:.2f}\")" \
+      "$dir/vfm/pretrain_report.json" "$tag"
+  done
+fi
 # The zoo's target modules (docs/science.md, "A zoo that adapts every layer"): the main job's LoRAs
 # adapt q_proj and v_proj, as the paper's; here the zoo's 20 LoRAs (same tasks, same seed, same VFM)
 # adapt all six linear layers of each block, so that they, their average and their inversions can
@@ -1306,7 +1299,6 @@ PYEOF
 # starts exactly at that zoo's lora-avg. ~20 min to make the zoo and its pools, then ~12 min (fp32,
 # 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = targets ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   ALL=q_proj,k_proj,v_proj,out_proj,fc1,fc2
   remade_job targets6 -e "/^\[zoo\]/a targets = $ALL" -e "/^\[metatrain\]/a targets = $ALL"
 fi
@@ -1317,7 +1309,6 @@ fi
 # inversion time; with 4 < K + Q = 8 no single-LoRA KL episode can be drawn, a term the "knobs" part
 # found changes nothing). ~22 min to make (zoo 4.4, drawn inversion 16), then ~12 min.
 if [ "$WHAT" = way ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
 fi
 if [ "$WHAT" = mix ]; then
