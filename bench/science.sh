@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -720,34 +720,7 @@ if [ "$WHAT" = ensemble ]; then
     --images data/demo/val.h5 --out "$E/$1.h5" --log-level warn; }
   emb bare; emb avg "$E/avg"; emb meta runs/demo/meta
   for d in runs/demo/zoo/lora_*; do emb "zoo_$(basename "$d")" "$d"; done
-  $PY - "$E" <<'PY'
-import glob, os, sys
-import h5py
-import numpy as np
-e = sys.argv[1]
-def load(name):
-    with h5py.File(f"{e}/{name}.h5", "r") as f:
-        return f["features"][:].astype(np.float64), f["labels"][:]
-bare, y = load("bare")
-zoo = [load(os.path.basename(p)[:-len(".h5")])[0] for p in sorted(glob.glob(f"{e}/zoo_lora_*.h5"))]
-rng = np.random.default_rng(0)
-by = {c: np.flatnonzero(y == c) for c in np.unique(y)}
-eps = []
-for _ in range(600):
-    idx = [rng.choice(by[c], 16, replace=False) for c in rng.choice(list(by), 5, replace=False)]
-    eps.append((np.array([i[0] for i in idx]), np.concatenate([i[1:] for i in idx])))
-def acc(F):
-    a = np.array([100 * (((F[q][:, None] - F[s][None]) ** 2).sum(-1).argmin(1) == np.repeat(np.arange(5), 15)).mean()
-                  for s, q in eps])
-    return f"{a.mean():.2f} +- {1.96 * a.std() / np.sqrt(len(a)):.2f}"
-unit = lambda F: F / np.linalg.norm(F, axis=1, keepdims=True)
-print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, 600 episodes (5-way 1-shot 15-query):")
-for name, F in (("bare VFM", bare), ("the main job's meta-LoRA", load("meta")[0]), ("lora-avg", load("avg")[0]),
-                ("mean of the zoo's features", np.mean(zoo, 0)), ("mean of L2-normalised features", np.mean([unit(z) for z in zoo], 0)),
-                ("zoo's features concatenated", np.concatenate(zoo, 1))):
-    print(f"  {name:<34}{acc(F)}")
-print("  one zoo LoRA each:", " ".join(acc(z).split()[0] for z in zoo))
-PY
+  $PY bench/zoo_ensemble.py "$E" meta
 fi
 # The surrogates' spectrum optimised instead of their pixels (invert --fourier 1: Adam on the
 # 1/|f|-scaled spectrum, the decorrelated parametrisation of feature visualisation, whose steps
@@ -1310,6 +1283,92 @@ fi
 # found changes nothing). ~22 min to make (zoo 4.4, drawn inversion 16), then ~12 min.
 if [ "$WHAT" = way ]; then
   remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
+fi
+# What each zoo holds beyond its average (docs/science.md, "What the zoo holds beyond its
+# average"): for the main job and every job that "vfm", "targets" and "way" made again, the
+# validation images embedded under the bare VFM, each zoo LoRA, that zoo's lora-avg (its mean
+# delta at full rank, the start of its meta-LoRA), its meta-LoRA (surrogates) and its real-image
+# control (the job_rows runs), then bench/zoo_ensemble.py: the zoo's feature ensembles, the most a
+# teacher made of the zoo alone gives, beside what the surrogates and real images add, all paired
+# against lora-avg on the same 600 episodes. ~2 min per job (two embeds at a time), no training.
+# embed_val DIR NAME|LORA...: the validation images' features under the VFM runs/demo/vfm (of the
+# working directory) and each LORA (empty: none) into DIR/NAME.h5, unless there; two embeds at a
+# time, one thread each.
+embed_val() {
+  local e=$1 item
+  shift
+  for item in "$@"; do
+    local name=${item%%|*} lora=${item#*|}
+    [ -f "$e/$name.h5" ] && continue
+    [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n
+    OMP_NUM_THREADS=1 "$REPO/$B" embed --precision "${PRECISION:-fp32}" --model runs/demo/vfm ${lora:+--lora "$lora"} \
+      --images data/demo/val.h5 --out "$e/$name.h5.tmp" --log-level warn && mv "$e/$name.h5.tmp" "$e/$name.h5" &
+  done
+  wait
+  for item in "$@"; do
+    [ -f "$e/${item%%|*}.h5" ] || { echo "science: embed of ${item%%|*} failed ($e)" >&2; exit 1; }
+  done
+}
+# ceiling_job TAG WORKDIR CONFIG
+ceiling_job() {
+  local tag=$1 w=$2 conf=$3 e=$OUT/ceiling_$1
+  mkdir -p "$e"
+  (
+    cd "$w"
+    local nz zr
+    nz=$(ls -d runs/demo/zoo/lora_* | wc -l)
+    zr=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
+    once "$e/avg/adapter_config.json" "$e/avg.log" "${MPI[@]}" "$REPO/$B" metatrain --config "$conf" \
+      --precision "${PRECISION:-fp32}" --out "$e/avg" --restart --init zoo-mean --rank $((nz * zr)) \
+      --alpha $((nz * zr)) --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
+    local todo=("bare|" "avg|$e/avg" "meta|$OUT/${tag}_meta" "real|$OUT/${tag}_real") d
+    for d in runs/demo/zoo/lora_*; do todo+=("zoo_$(basename "$d")|$d"); done
+    embed_val "$e" "${todo[@]}"
+  )
+  echo "== $tag"
+  $PY bench/zoo_ensemble.py "$e" meta real
+}
+if [ "$WHAT" = ceiling ]; then
+  [ -f "$OUT/vfm${S0}_real/metatrain.json" ] || { echo "science: run the 'vfm' part first (the main job's rows)" >&2; exit 2; }
+  ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  for tag in vfm600 vfm2400 targets6 way10; do
+    if [ -f "$OUT/${tag}_real/metatrain.json" ]; then ceiling_job "$tag" "$OUT/$tag" "$OUT/$tag/demo.ini"; fi
+  done
+fi
+# The zoo's ensemble distilled (docs/science.md, "What the zoo holds beyond its average"): the main
+# job's recipe with its anchor's targets (the start's features on the public glyphs that the zoo
+# retrieves, runs/demo/anchor_pool) replaced by the zoo's: the pairwise distances of its LoRAs'
+# features concatenated (--distill-targets zoo) or their mean (zoo-mean). Rows as the "vfm" part's
+# (its main-job runs are the control: run it first); then eval on the validation classes beside
+# them, and the runs' features on the validation images beside the "ceiling" part's rows of the
+# main job (with their distance to the zoo's geometry). ~5 min per run (fp32, 2 cores), ~3 min for eval.
+if [ "$WHAT" = zoodist ]; then
+  [ -f "$OUT/vfm${S0}_real/metatrain.json" ] || { echo "science: run the 'vfm' part first (the main job's rows)" >&2; exit 2; }
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  printf '%-48s %s\n' "main recipe (anchor: the start's features)" "$(series "$OUT/vfm${S0}_meta.work/metrics.jsonl" 2)"
+  ZD_RUNS=(
+    "anchor: the zoo's distances (zoo)|runs/demo/pool|--distill-targets zoo"
+    "anchor: the zoo's mean features (zoo-mean)|runs/demo/pool|--distill-targets zoo-mean"
+    "the zoo's distances alone (flat CE: T 1e9)|runs/demo/pool|--distill-targets zoo --temperature 1e9"
+    "the zoo's distances alone, on the surrogates|runs/demo/pool|--distill-targets zoo --temperature 1e9 --distill-pool runs/demo/pool"
+    "the zoo's mean features alone (flat CE)|runs/demo/pool|--distill-targets zoo-mean --temperature 1e9"
+    "the zoo's distances alone, surrogates, lr 3e-3|runs/demo/pool|--distill-targets zoo --temperature 1e9 --single-lora-prob 0 --lr 3e-3 --distill-pool runs/demo/pool"
+    "the zoo's distances alone, lr 3e-3|runs/demo/pool|--distill-targets zoo --temperature 1e9 --single-lora-prob 0 --lr 3e-3"
+  )
+  RUN_CONFIG=$REPO/configs/demo.ini run_rows zd "${ZD_RUNS[@]}"
+  once "$OUT/zd_eval/results.json" "$OUT/zd_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "meta=$OUT/vfm${S0}_meta,zoo=$OUT/zd_1,zoo-mean=$OUT/zd_2,zoo-alone=$OUT/zd_3,zoo-surr=$OUT/zd_4,zoo-mean-alone=$OUT/zd_5,zoo-surr-3e-3=$OUT/zd_6,zoo-3e-3=$OUT/zd_7" \
+    --out "$OUT/zd_eval"
+  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
+  cat "$OUT/zd_eval/results.csv"
+  # Did the runs take on the zoo's geometry where it counts, on the validation images? The
+  # "ceiling" part's rows of the main job with these runs' features beside them (~1 min more).
+  ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini" >/dev/null
+  ZD=()
+  for i in $(seq ${#ZD_RUNS[@]}); do ZD+=("zd_$i|$OUT/zd_$i"); done
+  embed_val "$OUT/ceiling_vfm$S0" "${ZD[@]}"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" meta real "${ZD[@]%%|*}"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

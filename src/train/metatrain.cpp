@@ -241,6 +241,24 @@ at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vecto
 
 // ---------------------------------------------------------------------------------------------
 
+// --distill-targets: a known value, and (other than own) --distill-pool's distillation term on.
+static void check_distill_targets(const MetaTrainConfig& c) {
+  if (c.distill_targets != "own" && c.distill_targets != "start" && c.distill_targets != "zoo-mean" &&
+      c.distill_targets != "zoo")
+    throw InputError("metatrain: --distill-targets must be own, start, zoo-mean or zoo, not '" + c.distill_targets +
+                     "'");
+  if (c.distill_targets != "own" && c.distill_pool.empty())
+    throw InputError("metatrain: --distill-targets " + c.distill_targets +
+                     " concerns --distill-pool's term: give --distill-pool");
+  if (c.distill_targets != "own" && c.public_distill_weight() <= 0)
+    throw InputError("metatrain: --distill-targets " + c.distill_targets +
+                     " sets the targets of --distill-pool's distillation term, which is off: "
+                     "give --distill-weight > 0 (or --distill-pool-weight > 0)");
+  if (c.distill_targets == "zoo" && c.distill_images_per_episode() < 2)
+    throw InputError(
+        "metatrain: --distill-targets zoo compares pairwise distances: it needs --distill-images >= 2 (0 = N (K+Q))");
+}
+
 void MetaTrainConfig::validate() const {
   if (model.empty() || pool.empty() || out.empty())
     throw InputError("metatrain: --model, --pool and --out are required");
@@ -281,14 +299,7 @@ void MetaTrainConfig::validate() const {
   if (mask_variants < 1) throw InputError("metatrain: --mask-variants must be >= 1");
   if (!(distill_pool_weight == -1.0 || (distill_pool_weight >= 0 && std::isfinite(distill_pool_weight))))
     throw InputError("metatrain: --distill-pool-weight must be >= 0 (or -1: unset)");
-  if (distill_targets != "own" && distill_targets != "start")
-    throw InputError("metatrain: --distill-targets must be own or start, not '" + distill_targets + "'");
-  if (distill_targets == "start" && distill_pool.empty())
-    throw InputError("metatrain: --distill-targets start concerns --distill-pool's term: give --distill-pool");
-  if (distill_targets == "start" && public_distill_weight() <= 0)
-    throw InputError(
-        "metatrain: --distill-targets start sets the targets of --distill-pool's distillation term, which is off: "
-        "give --distill-weight > 0 (or --distill-pool-weight > 0)");
+  check_distill_targets(*this);
   if (distill_pool_weight >= 0 && distill_pool.empty())
     throw InputError("metatrain: --distill-pool-weight weights --distill-pool's term: give --distill-pool");
   if (distill_dense && (episode_distill_weight() <= 0 || mask_ratio <= 0))
@@ -902,6 +913,42 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
   return d.cpu();
 }
 
+// --distill-targets zoo or zoo-mean: the feature of every image of `pool` (whole, unflipped; gray:
+// its channels averaged, as --gray feeds the student) under each LoRA its files name (each once, in
+// the order first named), [rows, L, D] float on the CPU. The LoRAs are shared out over the ranks and
+// the table summed, so every rank holds all of it.
+at::Tensor zoo_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
+                        const c10::Device& device, bool gray) {
+  const auto t0 = Clock::now();
+  at::NoGradGuard ng;
+  check_lora_paths(pool, "--distill-targets zoo");
+  std::vector<std::string> zoo;
+  std::set<std::string> seen;
+  for (const auto& f : pool.files())
+    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(f.lora_path);
+  const int64_t L = static_cast<int64_t>(zoo.size());
+  at::Tensor out = at::zeros({pool.size(), L, vit.config().projection_dim}, at::kFloat);
+  for (int64_t l = 0; l < L; ++l) {
+    if (static_cast<int>(l % comm.size()) != comm.rank()) continue;
+    model::Lora teacher = model::load_peft(zoo[static_cast<size_t>(l)], vit.config());
+    teacher.to(device);
+    for (int64_t first = 0; first < pool.size(); first += 64) {
+      std::vector<int64_t> rows(std::min<int64_t>(64, pool.size() - first));
+      std::iota(rows.begin(), rows.end(), first);
+      const at::Tensor u8 = pool.images(rows);
+      const at::Tensor px = model::preprocess_images(gray ? gray_u8(u8) : u8, vit.config(), device);
+      out.narrow(0, first, static_cast<int64_t>(rows.size()))
+          .select(1, l)
+          .copy_(vit.forward(px, {}, &teacher).feature.to(at::kCPU, at::kFloat));
+    }
+  }
+  at::Tensor d = out.to(device);
+  comm.all_reduce_sum(d);
+  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images of --distill-pool under each of the " << L
+                                                 << " LoRAs its files name, " << seconds_since(t0) << " s");
+  return d.cpu();
+}
+
 // Meta-training as phases: set-up (inputs, directories, models, pool) and resume, the training
 // loop of steps, validation, checkpoints, and the report. One instance per run.
 class MetaTrainer {
@@ -1067,7 +1114,8 @@ class MetaTrainer {
   void load_distill_pool() {
     distill_pool_.emplace(data::SurrogatePool::open(cfg_.distill_pool, vit_->config().image_size, P_,
                                                     cfg_.cache_mb * (int64_t(1) << 20)));
-    if (cfg_.public_distill_weight() > 0 && cfg_.distill_targets == "own") {
+    const bool distil = cfg_.public_distill_weight() > 0;
+    if (distil && cfg_.distill_targets == "own") {
       MetaTrainConfig dense = cfg_;
       dense.mask_ratio = 0;
       dense.distill_dense = false;
@@ -1076,12 +1124,17 @@ class MetaTrainer {
       distill_feat_ =
           own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
     }
+    if (distil && (cfg_.distill_targets == "zoo" || cfg_.distill_targets == "zoo-mean")) {
+      distill_feat_ = zoo_features(*vit_, *distill_pool_, comm_, device_, cfg_.gray);  // [rows, L, D]
+      if (cfg_.distill_targets == "zoo-mean") distill_feat_ = distill_feat_.mean(1);
+    }
+    const std::map<std::string, std::string> term = {
+        {"own", "the distillation term"},
+        {"start", "the distillation term towards the start"},
+        {"zoo-mean", "the distillation term towards the mean of the zoo's features"},
+        {"zoo", "the term towards the zoo's pairwise distances"}};
     LOG_INFO("metatrain", "--distill-pool "
-                              << cfg_.distill_pool << ": "
-                              << (cfg_.public_distill_weight() > 0
-                                      ? (cfg_.distill_targets == "start" ? "the distillation term towards the start"
-                                                                         : "the distillation term")
-                                      : "")
+                              << cfg_.distill_pool << ": " << (distil ? term.at(cfg_.distill_targets) : std::string())
                               << (cfg_.public_distill_weight() > 0 && cfg_.align_weight > 0 ? " and " : "")
                               << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
                               << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
@@ -1349,11 +1402,16 @@ class MetaTrainer {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
     const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
     at::Tensor loss = at::zeros({}, f.options());
-    if (cfg_.public_distill_weight() > 0)
+    const int64_t n = cfg_.distill_images_per_episode();
+    if (cfg_.public_distill_weight() > 0 && cfg_.distill_targets == "zoo") {
+      const at::Tensor t = to_device(b.distill_feat);  // [rows, L, D]: each image under every zoo LoRA
+      for (int e = 0; e < E_local_; ++e)
+        loss = loss + distance_gap(f.narrow(0, e * n, n), t.narrow(0, e * n, n)) * cfg_.public_distill_weight();
+    } else if (cfg_.public_distill_weight() > 0) {
       loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.public_distill_weight() * E_local_);
+    }
     if (cfg_.align_weight > 0) {
       const int64_t per_episode = cfg_.spec.n_way * (cfg_.spec.k_shot + cfg_.spec.q_query);
-      const int64_t n = cfg_.distill_images_per_episode();
       for (int e = 0; e < E_local_; ++e)
         loss = loss + feature_stats_gap(feat.narrow(0, e * per_episode, per_episode), f.narrow(0, e * n, n)) *
                           cfg_.align_weight;
@@ -1707,6 +1765,20 @@ at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b) {
     throw InputError("feature_stats_gap: needs [n_a, D] and [n_b, D] with n >= 2 rows each");
   const at::Tensor gap = (a.mean(0) - b.mean(0)).pow(2).sum() + (a.std(0) - b.std(0)).pow(2).sum();
   return gap / b.detach().pow(2).sum(1).mean().clamp_min(1e-12);
+}
+
+at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t) {
+  if (f.dim() != 2 || t.dim() != 3 || t.size(0) != f.size(0) || f.size(0) < 2)
+    throw InputError("distance_gap: needs f [n, D] and t [n, L, D'] with n >= 2 rows each");
+  auto sq_dist = [](const at::Tensor& x) {  // [..., n, D] -> [..., n, n] pairwise squared distances
+    const at::Tensor n2 = x.pow(2).sum(-1);
+    return (n2.unsqueeze(-1) + n2.unsqueeze(-2) - 2 * at::matmul(x, x.transpose(-1, -2))).clamp_min(0);
+  };
+  const int64_t n = f.size(0);
+  const at::Tensor off = 1 - at::eye(n, f.options());
+  const at::Tensor dt = sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0);  // [n, n]
+  const at::Tensor m = (dt * off).sum() / static_cast<double>(n * (n - 1));
+  return ((sq_dist(f) - dt) * off).pow(2).sum() / static_cast<double>(n * (n - 1)) / m.pow(2).clamp_min(1e-24);
 }
 
 int resolve_data_threads(int asked, const c10::Device& device, int cpus) {

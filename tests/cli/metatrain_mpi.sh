@@ -255,7 +255,41 @@ mpirun2 $B metatrain $ST --distill-weight 1 --distill-pool runs/quick/pool --dis
 compare_adapters st2 st_r 0
 expect_status 2 "--distill-targets start concerns --distill-pool's term: give --distill-pool" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-targets start --steps 2 --out stx
-expect_status 2 "--distill-targets must be own or start" -- \
+# --distill-targets zoo-mean and zoo: the zoo is the LoRAs that --distill-pool's files name. On the
+# copy whose files all name k2 (a zoo of one), zoo-mean's targets are k2's features, as own's are:
+# the same run. zoo matches distances: started at k2 (up to the SVD's rounding) the term is ~0 at the
+# first step (first logged loss = the undistilled run's, flat CE), on the quick pool's zoo it is not;
+# there, world size 1 and 2 (the LoRAs shared out over the ranks) train alike. Refusals.
+$B metatrain $ST --distill-weight 1 --distill-pool anchorpool --distill-targets zoo-mean --out zm_copy >zm_copy.txt 2>&1 ||
+  { cat zm_copy.txt; fail "--distill-targets zoo-mean"; }
+grep -q "images of --distill-pool under each of the 1 LoRAs its files name" zm_copy.txt || { cat zm_copy.txt; fail "no zoo targets line"; }
+compare_adapters st_copy zm_copy 1e-4
+ZF="${ST/--temperature 128/--temperature 1e9}"
+ZF="${ZF/--steps 20/--steps 2}"
+for run in "zg_none|--distill-weight 0" "zg_k2|--distill-weight 1 --distill-pool anchorpool --distill-targets zoo" \
+  "zg_zoo|--distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo"; do
+  IFS='|' read -r n flags <<<"$run"
+  $B metatrain $ZF $flags --out $n >$n.txt 2>&1 || { cat $n.txt; fail "metatrain $flags"; }
+done
+grep -q -- "--distill-pool runs/quick/pool: the term towards the zoo's pairwise distances on 6 of its" zg_zoo.txt ||
+  { cat zg_zoo.txt; fail "no zoo-distance line"; }
+"$LORAREC_PYTHON" - <<'PY' || fail "--distill-targets zoo: the first step's term"
+import json
+first = {n: [json.loads(l) for l in open(n + ".work/metrics.jsonl") if '"loss"' in l][0]["loss"] for n in ("zg_none", "zg_k2", "zg_zoo")}
+print(f"--distill-targets zoo: first-step losses {first}")
+assert abs(first["zg_k2"] - first["zg_none"]) < 1e-5, first
+assert first["zg_zoo"] - first["zg_none"] > 1e-4, first
+PY
+ZD="$ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo"
+$B metatrain $ZD --out zd1 >zd1.txt 2>&1 || { cat zd1.txt; fail "--distill-targets zoo, world size 1"; }
+mpirun2 $B metatrain $ZD --out zd2 >zd2.txt 2>&1 || { cat zd2.txt; fail "--distill-targets zoo, mpirun -np 2"; }
+compare_adapters zd1 zd2 1e-4
+expect_status 2 "--distill-targets zoo compares pairwise distances: it needs --distill-images >= 2" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo \
+  --distill-images 1 --steps 2 --out zx
+expect_status 2 "--distill-targets zoo-mean concerns --distill-pool's term: give --distill-pool" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-targets zoo-mean --steps 2 --out zx
+expect_status 2 "--distill-targets must be own, start, zoo-mean or zoo" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-targets mine --steps 2 --out stx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'

@@ -289,7 +289,7 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");
   bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_images = 1; }, "--distill-images >= 2");
   bad([](auto& d) { d.distill_weight = 1, d.distill_pool_weight = 1; }, "give --distill-pool");
-  bad([](auto& d) { d.distill_targets = "teacher"; }, "--distill-targets must be own or start");
+  bad([](auto& d) { d.distill_targets = "teacher"; }, "--distill-targets must be own, start, zoo-mean or zoo");
   bad([](auto& d) { d.distill_weight = 1, d.distill_targets = "start"; }, "--distill-targets start concerns");
   bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_targets = "start"; }, "which is off");
   bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_pool_weight = -0.5; },
@@ -313,6 +313,39 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   EXPECT_EQ(c.episode_distill_weight(), 0.0);
   c.distill_pool.clear();
   EXPECT_EQ(c.episode_distill_weight(), 1.0);
+}
+
+// distance_gap: 0 when f holds the zoo's distances (one LoRA: its own features, rotated and shifted;
+// two LoRAs: their features concatenated, over sqrt 2), a direct double loop's value otherwise,
+// unchanged by a common scale, and a gradient that brings f's distances towards the zoo's.
+TEST(DistanceGap, MatchesTheZoosPairwiseDistances) {
+  at::manual_seed(5);
+  const at::Tensor t = at::randn({6, 2, 4}, at::kDouble);
+  const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({4, 4}, at::kDouble)));
+  EXPECT_NEAR(distance_gap(at::matmul(t.select(1, 0), q) + 3, t.narrow(1, 0, 1)).item<double>(), 0.0, 1e-10);
+  const at::Tensor concat = at::cat({t.select(1, 0), t.select(1, 1)}, 1) / std::sqrt(2.0);
+  EXPECT_NEAR(distance_gap(concat, t).item<double>(), 0.0, 1e-10);
+  const at::Tensor f = at::randn({6, 3}, at::kDouble);
+  double sum = 0, mean = 0;
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 6; ++j)
+      if (i != j)
+        mean += 0.5 * ((t[i][0] - t[j][0]).pow(2).sum() + (t[i][1] - t[j][1]).pow(2).sum()).item<double>() / 30;
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 6; ++j) {
+      if (i == j) continue;
+      const double ds = (f[i] - f[j]).pow(2).sum().item<double>();
+      const double dt = 0.5 * ((t[i][0] - t[j][0]).pow(2).sum() + (t[i][1] - t[j][1]).pow(2).sum()).item<double>();
+      sum += std::pow((ds - dt) / mean, 2) / 30;
+    }
+  EXPECT_NEAR(distance_gap(f, t).item<double>(), sum, 1e-9 * sum);
+  EXPECT_NEAR(distance_gap(f * 5, t * 5).item<double>(), sum, 1e-9 * sum);
+  at::Tensor x = f.clone().requires_grad_(true);
+  const at::Tensor g0 = distance_gap(x, t);
+  g0.backward();
+  EXPECT_LT(distance_gap((f - 1e-3 * x.grad()).detach(), t).item<double>(), g0.item<double>());
+  EXPECT_THROW(distance_gap(at::randn({1, 4}), at::randn({1, 2, 4})), InputError);
+  EXPECT_THROW(distance_gap(at::randn({4, 4}), at::randn({3, 2, 4})), InputError);
 }
 
 // feature_stats_gap: 0 for the same rows in another order, the squared mean shift over the mean

@@ -131,8 +131,11 @@ struct MetaTrainConfig {
   // episodes' own-LoRA distillation, so both terms run (e.g. the main recipe plus an anchor).
   double distill_pool_weight = -1.0;
   // Whose features distill_pool's term distils: "own" (each image's own LoRA, its file's
-  // lora_path) or "start" (the meta-LoRA's start: the bare VFM, or what --init sets; an anchor,
-  // learning without forgetting).
+  // lora_path), "start" (the meta-LoRA's start: the bare VFM, or what --init sets; an anchor,
+  // learning without forgetting), "zoo-mean" (the mean of the features under every LoRA that
+  // distill_pool's files name: the zoo's feature ensemble) or "zoo" (no feature targets: the
+  // pairwise squared distances among an episode's distill_pool images matched to the zoo's, their
+  // mean over those LoRAs, i.e. the geometry of the LoRAs' features concatenated; distance_gap).
   std::string distill_targets = "own";
   double public_distill_weight() const { return distill_pool_weight >= 0 ? distill_pool_weight : distill_weight; }
   double episode_distill_weight() const {
@@ -178,6 +181,14 @@ struct MetaTrainConfig {
 // rows of a [n_a, D] and b [n_b, D]; the denominator without gradient). 0 for identical statistics;
 // unchanged when both are scaled alike.
 at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b);
+
+// How far the pairwise squared distances among the rows of f [n, D] lie from a zoo's: t [n, L, D']
+// holds each row's features under L LoRAs, and the zoo's distance of rows i and j is the mean over
+// the LoRAs of |t_il - t_jl|^2 (the squared distance of the L features concatenated, over L). The
+// mean over pairs i != j of ((|f_i - f_j|^2 - that) / m)^2, m the zoo's mean distance over the pairs
+// (without gradient through t): 0 when f has the zoo's distances, unchanged when both are scaled
+// alike, invariant to f's rotations and shifts (prototype classification is).
+at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t);
 
 // --data-threads: `asked` when > 0; 0 (auto) = on a GPU the rank's CPUs beside its training thread
 // (cpus: its affinity mask or share of the node), 1 to 8, on a CPU 1. InputError below 0.

@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""What a zoo holds beyond its average: its feature ensembles against lora-avg, on the same episodes.
+
+  /usr/bin/python3 bench/zoo_ensemble.py DIR [NAME ...]
+
+DIR holds features written by `lorarecycle embed` of the validation images: bare.h5 (the bare VFM),
+avg.h5 (lora-avg: the zoo's mean delta at full rank), zoo_*.h5 (one per zoo LoRA) and NAME.h5 for
+each NAME given (e.g. meta-LoRAs). 600 seeded 5-way 1-shot 15-query episodes (numpy, the same for
+every row; not eval's episodes), nearest prototype by squared distance. Each row: mean +- 95% CI,
+and its paired difference from lora-avg on the same episodes (mean +- 95% CI of the per-episode
+differences, population SD as eval's fewshot::summarize). The zoo's ensembles: the mean of its
+LoRAs' features, the same of L2-normalised features, and the features concatenated (squared
+distances summed over the LoRAs). Last column: how far each row's pairwise squared distances lie
+from the zoo's (their mean over the LoRAs), as metatrain --distill-targets zoo measures it
+(train::distance_gap: the mean over pairs of ((d - d_zoo) / mean d_zoo)^2), averaged over 200
+seeded subsets of 40 images. Used by bench/science.sh "ensemble", "ceiling" and "zoodist".
+"""
+import glob
+import os
+import sys
+
+import h5py
+import numpy as np
+
+
+def load(d, name):
+    with h5py.File(f"{d}/{name}.h5", "r") as f:
+        return f["features"][:].astype(np.float64), f["labels"][:]
+
+
+def episodes(y, n=600, way=5, shot=1, query=15):
+    rng = np.random.default_rng(0)
+    by = {c: np.flatnonzero(y == c) for c in np.unique(y)}
+    eps = []
+    for _ in range(n):
+        idx = [rng.choice(by[c], shot + query, replace=False) for c in rng.choice(list(by), way, replace=False)]
+        eps.append((np.concatenate([i[:shot] for i in idx]), np.concatenate([i[shot:] for i in idx])))
+    return eps, way, shot, query
+
+
+def episode_acc(F, eps, way, shot, query):
+    truth = np.repeat(np.arange(way), query)
+    out = []
+    for s, q in eps:
+        protos = F[s].reshape(way, shot, -1).mean(1)
+        d = ((F[q][:, None] - protos[None]) ** 2).sum(-1)
+        out.append(100 * (d.argmin(1) == truth).mean())
+    return np.array(out)
+
+
+def sq_dist(x):
+    n2 = (x ** 2).sum(-1)
+    return np.maximum(n2[..., :, None] + n2[..., None, :] - 2 * x @ np.swapaxes(x, -1, -2), 0)
+
+
+def distance_gap(F, zoo, subsets):
+    """Mean over the subsets of distance_gap(F[idx], zoo[idx]); zoo is [n, L, D]."""
+    out = []
+    for idx in subsets:
+        n, off = len(idx), 1 - np.eye(len(idx))
+        dt = sq_dist(np.swapaxes(zoo[idx], 0, 1)).mean(0)
+        m = (dt * off).sum() / (n * (n - 1))
+        out.append((((sq_dist(F[idx]) - dt) * off) ** 2).sum() / (n * (n - 1)) / m ** 2)
+    return float(np.mean(out))
+
+
+def ci(a):
+    return 1.96 * a.std() / np.sqrt(len(a))
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    d, extra = sys.argv[1], sys.argv[2:]
+    bare, y = load(d, "bare")
+    avg, y_avg = load(d, "avg")
+    names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
+    if not names:
+        raise SystemExit(f"zoo_ensemble: no zoo_*.h5 in {d}")
+    zoo = [load(d, n)[0] for n in names]
+    if not np.array_equal(y, y_avg):
+        raise SystemExit("zoo_ensemble: bare.h5 and avg.h5 hold other images")
+    eps = episodes(y)
+    acc = lambda F: episode_acc(F, *eps)  # noqa: E731
+    base = acc(avg)
+    unit = lambda F: F / np.linalg.norm(F, axis=1, keepdims=True)  # noqa: E731
+    rows = [("bare VFM", bare)] + [(n, load(d, n)[0]) for n in extra]
+    rows += [("lora-avg", avg), ("mean of the zoo's features", np.mean(zoo, 0)),
+             ("mean of L2-normalised features", np.mean([unit(z) for z in zoo], 0)),
+             ("zoo's features concatenated", np.concatenate(zoo, 1))]
+    print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
+    stack = np.stack(zoo, 1)
+    rng = np.random.default_rng(1)
+    subsets = [rng.choice(len(y), 40, replace=False) for _ in range(200)]
+    print(f"  {'features':<34}{'accuracy (%)':<18}{'paired - lora-avg':<20}distance gap to the zoo")
+    for name, F in rows:
+        a = base if name == "lora-avg" else acc(F)
+        diff = "" if name == "lora-avg" else f"{(a - base).mean():+.2f} +- {ci(a - base):.2f}"
+        scale_free = name in ("zoo's features concatenated", "mean of L2-normalised features")  # other scales
+        gap = "" if scale_free else f"{distance_gap(F, stack, subsets):.4f}"
+        print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
+    print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
+
+
+if __name__ == "__main__":
+    main()
