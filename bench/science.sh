@@ -1346,6 +1346,7 @@ if [ "$WHAT" = zoodist ]; then
   [ -f "$OUT/vfm${S0}_real/metatrain.json" ] || { echo "science: run the 'vfm' part first (the main job's rows)" >&2; exit 2; }
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   printf '%-48s %s\n' "main recipe (anchor: the start's features)" "$(series "$OUT/vfm${S0}_meta.work/metrics.jsonl" 2)"
+  ZN="--distill-targets zoo --distill-zoo-softmax 0.1 --temperature 1e9 --single-lora-prob 0 --lr 1e-3"
   ZD_RUNS=(
     "anchor: the zoo's distances (zoo)|runs/demo/pool|--distill-targets zoo"
     "anchor: the zoo's mean features (zoo-mean)|runs/demo/pool|--distill-targets zoo-mean"
@@ -1354,12 +1355,18 @@ if [ "$WHAT" = zoodist ]; then
     "the zoo's mean features alone (flat CE)|runs/demo/pool|--distill-targets zoo-mean --temperature 1e9"
     "the zoo's distances alone, surrogates, lr 3e-3|runs/demo/pool|--distill-targets zoo --temperature 1e9 --single-lora-prob 0 --lr 3e-3 --distill-pool runs/demo/pool"
     "the zoo's distances alone, lr 3e-3|runs/demo/pool|--distill-targets zoo --temperature 1e9 --single-lora-prob 0 --lr 3e-3"
+    "the zoo's neighbours alone (softmax R 0.1)|runs/demo/pool|$ZN"
+    "the zoo's neighbours alone, surrogates|runs/demo/pool|$ZN --distill-pool runs/demo/pool"
   )
   RUN_CONFIG=$REPO/configs/demo.ini run_rows zd "${ZD_RUNS[@]}"
+  # eval's names of the runs zd_1, zd_2, ... (in ZD_RUNS' order)
+  ZD_META=("meta=$OUT/vfm${S0}_meta") i=0
+  for name in zoo zoo-mean zoo-alone zoo-surr zoo-mean-alone zoo-surr-3e-3 zoo-3e-3 zoo-near zoo-near-surr; do
+    i=$((i + 1)) && ZD_META+=("$name=$OUT/zd_$i")
+  done
   once "$OUT/zd_eval/results.json" "$OUT/zd_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
     --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-    --meta "meta=$OUT/vfm${S0}_meta,zoo=$OUT/zd_1,zoo-mean=$OUT/zd_2,zoo-alone=$OUT/zd_3,zoo-surr=$OUT/zd_4,zoo-mean-alone=$OUT/zd_5,zoo-surr-3e-3=$OUT/zd_6,zoo-3e-3=$OUT/zd_7" \
-    --out "$OUT/zd_eval"
+    --meta "$(IFS=,; echo "${ZD_META[*]}")" --out "$OUT/zd_eval"
   echo "validation classes, 600 episodes 5-way 1-shot (eval):"
   cat "$OUT/zd_eval/results.csv"
   # Did the runs take on the zoo's geometry where it counts, on the validation images? The

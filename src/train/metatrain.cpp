@@ -254,6 +254,14 @@ static void check_distill_targets(const MetaTrainConfig& c) {
     throw InputError("metatrain: --distill-targets " + c.distill_targets +
                      " sets the targets of --distill-pool's distillation term, which is off: "
                      "give --distill-weight > 0 (or --distill-pool-weight > 0)");
+  if (!(c.distill_zoo_softmax >= 0) || !std::isfinite(c.distill_zoo_softmax))
+    throw InputError("metatrain: --distill-zoo-softmax must be >= 0");
+  if (c.distill_zoo_softmax > 0 && c.distill_targets != "zoo")
+    throw InputError(
+        "metatrain: --distill-zoo-softmax concerns --distill-targets zoo's term: give --distill-targets zoo");
+  if (c.distill_zoo_softmax > 0 && c.distill_images_per_episode() < 3)
+    throw InputError(
+        "metatrain: --distill-zoo-softmax compares each image's neighbours: it needs --distill-images >= 3");
   if (c.distill_targets == "zoo" && c.distill_images_per_episode() < 2)
     throw InputError(
         "metatrain: --distill-targets zoo compares pairwise distances: it needs --distill-images >= 2 (0 = N (K+Q))");
@@ -783,6 +791,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
     j["distill_images"] = c.distill_images;
     if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same
     if (c.distill_targets != "own") j["distill_targets"] = c.distill_targets;          // the same
+    if (c.distill_zoo_softmax > 0) j["distill_zoo_softmax"] = c.distill_zoo_softmax;   // absent when off
   }
   if (c.mask_ratio > 0 && c.mask_select != "top") {
     j["mask_select"] = c.mask_select;
@@ -1132,7 +1141,9 @@ class MetaTrainer {
         {"own", "the distillation term"},
         {"start", "the distillation term towards the start"},
         {"zoo-mean", "the distillation term towards the mean of the zoo's features"},
-        {"zoo", "the term towards the zoo's pairwise distances"}};
+        {"zoo", cfg_.distill_zoo_softmax > 0 ? "the term towards the zoo's neighbours (softmax R " +
+                                                   log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
+                                             : std::string("the term towards the zoo's pairwise distances")}};
     LOG_INFO("metatrain", "--distill-pool "
                               << cfg_.distill_pool << ": " << (distil ? term.at(cfg_.distill_targets) : std::string())
                               << (cfg_.public_distill_weight() > 0 && cfg_.align_weight > 0 ? " and " : "")
@@ -1405,8 +1416,11 @@ class MetaTrainer {
     const int64_t n = cfg_.distill_images_per_episode();
     if (cfg_.public_distill_weight() > 0 && cfg_.distill_targets == "zoo") {
       const at::Tensor t = to_device(b.distill_feat);  // [rows, L, D]: each image under every zoo LoRA
-      for (int e = 0; e < E_local_; ++e)
-        loss = loss + distance_gap(f.narrow(0, e * n, n), t.narrow(0, e * n, n)) * cfg_.public_distill_weight();
+      const double r = cfg_.distill_zoo_softmax;
+      for (int e = 0; e < E_local_; ++e) {
+        const at::Tensor fe = f.narrow(0, e * n, n), te = t.narrow(0, e * n, n);
+        loss = loss + (r > 0 ? neighbour_gap(fe, te, r) : distance_gap(fe, te)) * cfg_.public_distill_weight();
+      }
     } else if (cfg_.public_distill_weight() > 0) {
       loss = loss + (f - to_device(b.distill_feat)).pow(2).mean() * (cfg_.public_distill_weight() * E_local_);
     }
@@ -1767,18 +1781,35 @@ at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b) {
   return gap / b.detach().pow(2).sum(1).mean().clamp_min(1e-12);
 }
 
+// [..., n, D] -> [..., n, n]: the pairwise squared distances of the rows.
+static at::Tensor sq_dist(const at::Tensor& x) {
+  const at::Tensor n2 = x.pow(2).sum(-1);
+  return (n2.unsqueeze(-1) + n2.unsqueeze(-2) - 2 * at::matmul(x, x.transpose(-1, -2))).clamp_min(0);
+}
+
 at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t) {
   if (f.dim() != 2 || t.dim() != 3 || t.size(0) != f.size(0) || f.size(0) < 2)
     throw InputError("distance_gap: needs f [n, D] and t [n, L, D'] with n >= 2 rows each");
-  auto sq_dist = [](const at::Tensor& x) {  // [..., n, D] -> [..., n, n] pairwise squared distances
-    const at::Tensor n2 = x.pow(2).sum(-1);
-    return (n2.unsqueeze(-1) + n2.unsqueeze(-2) - 2 * at::matmul(x, x.transpose(-1, -2))).clamp_min(0);
-  };
   const int64_t n = f.size(0);
   const at::Tensor off = 1 - at::eye(n, f.options());
   const at::Tensor dt = sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0);  // [n, n]
   const at::Tensor m = (dt * off).sum() / static_cast<double>(n * (n - 1));
   return ((sq_dist(f) - dt) * off).pow(2).sum() / static_cast<double>(n * (n - 1)) / m.pow(2).clamp_min(1e-24);
+}
+
+at::Tensor neighbour_gap(const at::Tensor& f, const at::Tensor& t, double r) {
+  if (f.dim() != 2 || t.dim() != 3 || t.size(0) != f.size(0) || f.size(0) < 3 || !(r > 0))
+    throw InputError("neighbour_gap: needs f [n, D] and t [n, L, D'] with n >= 3 rows each, and r > 0");
+  const int64_t n = f.size(0);
+  const at::Tensor diag = at::eye(n, f.options()).to(at::kBool);
+  // log softmax over j != i of -d_ij / (r x the mean of d over those pairs)
+  auto log_p = [&](const at::Tensor& d) {
+    const at::Tensor m = d.masked_fill(diag, 0).sum() / static_cast<double>(n * (n - 1));
+    return at::log_softmax((-d / (m.clamp_min(1e-24) * r)).masked_fill(diag, -1e30), 1);
+  };
+  const at::Tensor lt = log_p(sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0));
+  const at::Tensor ls = log_p(sq_dist(f));
+  return (lt.exp() * (lt - ls)).masked_fill(diag, 0).sum() / static_cast<double>(n);
 }
 
 int resolve_data_threads(int asked, const c10::Device& device, int cpus) {

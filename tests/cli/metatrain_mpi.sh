@@ -284,6 +284,25 @@ ZD="$ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo"
 $B metatrain $ZD --out zd1 >zd1.txt 2>&1 || { cat zd1.txt; fail "--distill-targets zoo, world size 1"; }
 mpirun2 $B metatrain $ZD --out zd2 >zd2.txt 2>&1 || { cat zd2.txt; fail "--distill-targets zoo, mpirun -np 2"; }
 compare_adapters zd1 zd2 1e-4
+# --distill-zoo-softmax: the neighbours' form of the same term, also alike at world size 1 and 2 and
+# recorded in the fingerprint; it moves the weights elsewhere than the distances' form.
+$B metatrain $ZD --distill-zoo-softmax 0.2 --out zs1 >zs1.txt 2>&1 || { cat zs1.txt; fail "--distill-zoo-softmax, world size 1"; }
+mpirun2 $B metatrain $ZD --distill-zoo-softmax 0.2 --out zs2 >zs2.txt 2>&1 || { cat zs2.txt; fail "--distill-zoo-softmax, mpirun -np 2"; }
+compare_adapters zs1 zs2 1e-4
+"$LORAREC_PYTHON" - <<'PY' || fail "--distill-zoo-softmax: not recorded, or the same run as the distances' form"
+import json
+import numpy as np
+from peft_adapter import tensors
+fp = json.load(open("zs2/metatrain.json"))["fingerprint"]
+assert fp["distill_zoo_softmax"] == 0.2 and fp["distill_targets"] == "zoo", fp
+a, b = tensors("zs2"), tensors("zd2")
+diff = max(float(np.abs(a[k] - b[k]).max()) for k in a) / max(float(np.abs(a[k]).max()) for k in a)
+print(f"softmax against distances: max relative difference {diff:.3g}")
+assert diff > 1e-4, diff
+PY
+expect_status 2 "--distill-zoo-softmax concerns --distill-targets zoo's term: give --distill-targets zoo" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-zoo-softmax 0.2 \
+  --steps 2 --out zx
 expect_status 2 "--distill-targets zoo compares pairwise distances: it needs --distill-images >= 2" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo \
   --distill-images 1 --steps 2 --out zx

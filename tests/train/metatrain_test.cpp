@@ -7,6 +7,7 @@
 
 #include <array>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -346,6 +347,46 @@ TEST(DistanceGap, MatchesTheZoosPairwiseDistances) {
   EXPECT_LT(distance_gap((f - 1e-3 * x.grad()).detach(), t).item<double>(), g0.item<double>());
   EXPECT_THROW(distance_gap(at::randn({1, 4}), at::randn({1, 2, 4})), InputError);
   EXPECT_THROW(distance_gap(at::randn({4, 4}), at::randn({3, 2, 4})), InputError);
+}
+
+// neighbour_gap: 0 when f has the zoo's distances up to a common scale, a direct double loop's KL
+// otherwise (each side's softmax over the other rows of -d / (r x its mean d)), unchanged when f alone
+// is scaled, and a gradient that brings f's neighbours towards the zoo's.
+TEST(NeighbourGap, MatchesTheZoosNeighbours) {
+  at::manual_seed(6);
+  const at::Tensor t = at::randn({5, 2, 4}, at::kDouble);
+  const at::Tensor concat = at::cat({t.select(1, 0), t.select(1, 1)}, 1);
+  EXPECT_NEAR(neighbour_gap(concat * 3 + 1, t, 0.3).item<double>(), 0.0, 1e-10);
+  const at::Tensor f = at::randn({5, 3}, at::kDouble);
+  auto dist = [](const at::Tensor& x, int i, int j) { return (x[i] - x[j]).pow(2).sum().item<double>(); };
+  auto zoo = [&](int i, int j) { return 0.5 * (dist(t.select(1, 0), i, j) + dist(t.select(1, 1), i, j)); };
+  auto own = [&](int i, int j) { return dist(f, i, j); };
+  auto probs = [](const std::function<double(int, int)>& d, int i, double r) {
+    double mean = 0;
+    for (int a = 0; a < 5; ++a)
+      for (int b = 0; b < 5; ++b)
+        if (a != b) mean += d(a, b) / 20;
+    std::vector<double> p(5, 0.0);
+    double z = 0;
+    for (int j = 0; j < 5; ++j)
+      if (j != i) z += p[j] = std::exp(-d(i, j) / (r * mean));
+    for (double& v : p) v /= z;
+    return p;
+  };
+  double kl = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto pt = probs(zoo, i, 0.3), ps = probs(own, i, 0.3);
+    for (int j = 0; j < 5; ++j)
+      if (j != i) kl += pt[j] * std::log(pt[j] / ps[j]) / 5;
+  }
+  EXPECT_NEAR(neighbour_gap(f, t, 0.3).item<double>(), kl, 1e-9 * kl);
+  EXPECT_NEAR(neighbour_gap(f * 9, t, 0.3).item<double>(), kl, 1e-9 * kl);
+  at::Tensor x = f.clone().requires_grad_(true);
+  const at::Tensor g0 = neighbour_gap(x, t, 0.3);
+  g0.backward();
+  EXPECT_LT(neighbour_gap((f - 1e-2 * x.grad()).detach(), t, 0.3).item<double>(), g0.item<double>());
+  EXPECT_THROW(neighbour_gap(at::randn({2, 4}), at::randn({2, 2, 4}), 0.3), InputError);
+  EXPECT_THROW(neighbour_gap(f, t, 0.0), InputError);
 }
 
 // feature_stats_gap: 0 for the same rows in another order, the squared mean shift over the mean

@@ -137,6 +137,9 @@ struct MetaTrainConfig {
   // pairwise squared distances among an episode's distill_pool images matched to the zoo's, their
   // mean over those LoRAs, i.e. the geometry of the LoRAs' features concatenated; distance_gap).
   std::string distill_targets = "own";
+  // With distill_targets "zoo": 0 = distance_gap (squared error of the distances); R > 0 =
+  // neighbour_gap at softmax temperature R (the near neighbours weigh most).
+  double distill_zoo_softmax = 0.0;
   double public_distill_weight() const { return distill_pool_weight >= 0 ? distill_pool_weight : distill_weight; }
   double episode_distill_weight() const {
     return distill_pool.empty() || distill_pool_weight >= 0 ? distill_weight : 0.0;
@@ -189,6 +192,12 @@ at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b);
 // (without gradient through t): 0 when f has the zoo's distances, unchanged when both are scaled
 // alike, invariant to f's rotations and shifts (prototype classification is).
 at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t);
+
+// The same comparison through each row's neighbours: for row i, the softmax over the other rows j of
+// -d_ij / (r x mean d), for f's distances (scaled by f's own mean distance) and for the zoo's (by
+// theirs); the mean over i of KL(zoo || f). 0 when f's distances are the zoo's up to a common scale;
+// unchanged when f alone is scaled, rotated or shifted. Small r weighs the nearest rows most.
+at::Tensor neighbour_gap(const at::Tensor& f, const at::Tensor& t, double r);
 
 // --data-threads: `asked` when > 0; 0 (auto) = on a GPU the rank's CPUs beside its training thread
 // (cpus: its affinity mask or share of the node), 1 to 8, on a CPU 1. InputError below 0.
