@@ -1291,18 +1291,18 @@ fi
 # control (the job_rows runs), then bench/zoo_ensemble.py: the zoo's feature ensembles, the most a
 # teacher made of the zoo alone gives, beside what the surrogates and real images add, all paired
 # against lora-avg on the same 600 episodes. ~2 min per job (two embeds at a time), no training.
-# embed_val DIR NAME|LORA...: the validation images' features under the VFM runs/demo/vfm (of the
-# working directory) and each LORA (empty: none) into DIR/NAME.h5, unless there; two embeds at a
-# time, one thread each.
+# embed_val DIR IMAGES NAME|LORA...: the features of the image set IMAGES under the VFM
+# runs/demo/vfm (of the working directory) and each LORA (empty: none) into DIR/NAME.h5, unless
+# there; two embeds at a time, one thread each.
 embed_val() {
-  local e=$1 item
-  shift
+  local e=$1 images=$2 item
+  shift 2
   for item in "$@"; do
     local name=${item%%|*} lora=${item#*|}
     [ -f "$e/$name.h5" ] && continue
     [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n
     OMP_NUM_THREADS=1 "$REPO/$B" embed --precision "${PRECISION:-fp32}" --model runs/demo/vfm ${lora:+--lora "$lora"} \
-      --images data/demo/val.h5 --out "$e/$name.h5.tmp" --log-level warn && mv "$e/$name.h5.tmp" "$e/$name.h5" &
+      --images "$images" --out "$e/$name.h5.tmp" --log-level warn && mv "$e/$name.h5.tmp" "$e/$name.h5" &
   done
   wait
   for item in "$@"; do
@@ -1323,7 +1323,7 @@ ceiling_job() {
       --alpha $((nz * zr)) --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
     local todo=("bare|" "avg|$e/avg" "meta|$OUT/${tag}_meta" "real|$OUT/${tag}_real") d
     for d in runs/demo/zoo/lora_*; do todo+=("zoo_$(basename "$d")|$d"); done
-    embed_val "$e" "${todo[@]}"
+    embed_val "$e" data/demo/val.h5 "${todo[@]}"
   )
   echo "== $tag"
   $PY bench/zoo_ensemble.py "$e" meta real
@@ -1374,8 +1374,34 @@ if [ "$WHAT" = zoodist ]; then
   ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini" >/dev/null
   ZD=()
   for i in $(seq ${#ZD_RUNS[@]}); do ZD+=("zd_$i|$OUT/zd_$i"); done
-  embed_val "$OUT/ceiling_vfm$S0" "${ZD[@]}"
+  embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZD[@]}"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" meta real "${ZD[@]%%|*}"
+  # Where the zoo's LoRAs disagree (their ensemble's geometry differs from their average's): the
+  # surrogates, the anchor's public glyphs and real images of the zoo's classes (the control pool;
+  # 800 images each, their pool files joined into one image set) beside the validation images.
+  AG=$OUT/agree
+  AGREE=()
+  for set in "surrogates|runs/demo/pool" "public glyphs (the anchor's)|runs/demo/anchor_pool" \
+    "real images of the zoo's classes|$OUT/vfm${S0}_pool_real"; do
+    IFS='|' read -r name dir <<<"$set"
+    tag=$(basename "$dir")
+    mkdir -p "$AG/$tag"
+    [ -f "$AG/$tag.h5" ] || $PY - "$dir" "$AG/$tag.h5" <<'PY'
+import glob, sys
+import h5py
+import numpy as np
+files = sorted(glob.glob(f"{sys.argv[1]}/*.h5"))
+with h5py.File(sys.argv[2] + ".tmp", "w") as out:
+    out["images"] = np.concatenate([h5py.File(p, "r")["images"][:] for p in files])
+    out["labels"] = np.concatenate([h5py.File(p, "r")["global_class"][:] for p in files]).astype(np.int64)
+import os; os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+    todo=("avg|$OUT/ceiling_vfm$S0/avg")
+    for d in runs/demo/zoo/lora_*; do todo+=("zoo_$(basename "$d")|$d"); done
+    embed_val "$AG/$tag" "$AG/$tag.h5" "${todo[@]}"
+    AGREE+=("$name=$AG/$tag")
+  done
+  $PY bench/zoo_agreement.py "${AGREE[@]}" "validation images=$OUT/ceiling_vfm$S0"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

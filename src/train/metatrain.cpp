@@ -1144,12 +1144,12 @@ class MetaTrainer {
         {"zoo", cfg_.distill_zoo_softmax > 0 ? "the term towards the zoo's neighbours (softmax R " +
                                                    log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
                                              : std::string("the term towards the zoo's pairwise distances")}};
-    LOG_INFO("metatrain", "--distill-pool "
-                              << cfg_.distill_pool << ": " << (distil ? term.at(cfg_.distill_targets) : std::string())
-                              << (cfg_.public_distill_weight() > 0 && cfg_.align_weight > 0 ? " and " : "")
-                              << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
-                              << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
-                              << " images per episode (whole images)");
+    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": "
+                                            << (distil ? term.at(cfg_.distill_targets) : std::string())
+                                            << (distil && cfg_.align_weight > 0 ? " and " : "")
+                                            << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
+                                            << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
+                                            << " images per episode (whole images)");
   }
 
   void load_models_and_data() {
