@@ -1284,13 +1284,6 @@ fi
 if [ "$WHAT" = way ]; then
   remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
 fi
-# What each zoo holds beyond its average (docs/science.md, "What the zoo holds beyond its
-# average"): for the main job and every job that "vfm", "targets" and "way" made again, the
-# validation images embedded under the bare VFM, each zoo LoRA, that zoo's lora-avg (its mean
-# delta at full rank, the start of its meta-LoRA), its meta-LoRA (surrogates) and its real-image
-# control (the job_rows runs), then bench/zoo_ensemble.py: the zoo's feature ensembles, the most a
-# teacher made of the zoo alone gives, beside what the surrogates and real images add, all paired
-# against lora-avg on the same 600 episodes. ~2 min per job (two embeds at a time), no training.
 # embed_val DIR IMAGES NAME|LORA...: the features of the image set IMAGES under the VFM
 # runs/demo/vfm (of the working directory) and each LORA (empty: none) into DIR/NAME.h5, unless
 # there; two embeds at a time, one thread each.
@@ -1328,6 +1321,13 @@ ceiling_job() {
   echo "== $tag"
   $PY bench/zoo_ensemble.py "$e" meta real
 }
+# What each zoo holds beyond its average (docs/science.md, "What the zoo holds beyond its
+# average"): for the main job and every job that "vfm", "targets" and "way" made again, the
+# validation images embedded under the bare VFM, each zoo LoRA, that zoo's lora-avg (its mean
+# delta at full rank, the start of its meta-LoRA), its meta-LoRA (surrogates) and its real-image
+# control (the job_rows runs), then bench/zoo_ensemble.py: the zoo's feature ensembles, the most a
+# teacher made of the zoo alone gives, beside what the surrogates and real images add, all paired
+# against lora-avg on the same 600 episodes. ~2 min per job (two embeds at a time), no training.
 if [ "$WHAT" = ceiling ]; then
   [ -f "$OUT/vfm${S0}_real/metatrain.json" ] || { echo "science: run the 'vfm' part first (the main job's rows)" >&2; exit 2; }
   ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
