@@ -10,10 +10,12 @@ every row; not eval's episodes), nearest prototype by squared distance. Each row
 and its paired difference from lora-avg on the same episodes (mean +- 95% CI of the per-episode
 differences, population SD as eval's fewshot::summarize). The zoo's ensembles: the mean of its
 LoRAs' features, the same of L2-normalised features, and the features concatenated (squared
-distances summed over the LoRAs). Last column: how far each row's pairwise squared distances lie
-from the zoo's (their mean over the LoRAs), as metatrain --distill-targets zoo measures it
-(train::distance_gap: the mean over pairs of ((d - d_zoo) / mean d_zoo)^2), averaged over 200
-seeded subsets of 40 images. Used by bench/science.sh "ensemble", "ceiling" and "zoodist".
+distances summed over the LoRAs); two capacity checks fitted on these images (the concatenation's
+top 32 principal components, and lora-avg's features mapped linearly onto it). Last column: how far
+each row's pairwise squared distances lie from the zoo's (their mean over the LoRAs), as
+metatrain --distill-targets zoo measures it (train::distance_gap: the mean over pairs of
+((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images. Used by
+bench/science.sh "ensemble", "ceiling" and "zoodist".
 """
 import glob
 import os
@@ -85,9 +87,17 @@ def main():
     base = acc(avg)
     unit = lambda F: F / np.linalg.norm(F, axis=1, keepdims=True)  # noqa: E731
     rows = [("bare VFM", bare)] + [(n, load(d, n)[0]) for n in extra]
+    concat = np.concatenate(zoo, 1)
+    centred = concat - concat.mean(0)
+    top = np.linalg.svd(centred, full_matrices=False)[2][:32]
+    to_concat = np.linalg.lstsq(avg - avg.mean(0), centred, rcond=None)[0]
     rows += [("lora-avg", avg), ("mean of the zoo's features", np.mean(zoo, 0)),
              ("mean of L2-normalised features", np.mean([unit(z) for z in zoo], 0)),
-             ("zoo's features concatenated", np.concatenate(zoo, 1))]
+             ("zoo's features concatenated", concat),
+             # capacity checks, fitted on these very images (not a method): does a 32-d feature hold
+             # the concatenation's gain, and does a linear map of lora-avg's features reach it?
+             ("concatenated, top 32 components*", centred @ top.T),
+             ("lora-avg mapped onto it linearly*", (avg - avg.mean(0)) @ to_concat)]
     print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
     stack = np.stack(zoo, 1)
     rng = np.random.default_rng(1)
@@ -96,10 +106,11 @@ def main():
     for name, F in rows:
         a = base if name == "lora-avg" else acc(F)
         diff = "" if name == "lora-avg" else f"{(a - base).mean():+.2f} +- {ci(a - base):.2f}"
-        scale_free = name in ("zoo's features concatenated", "mean of L2-normalised features")  # other scales
+        scale_free = name not in ("bare VFM", "lora-avg", "mean of the zoo's features") and name not in extra
         gap = "" if scale_free else f"{distance_gap(F, stack, subsets):.4f}"
         print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
     print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
+    print("  * fitted on these validation images: checks of capacity, not methods")
 
 
 if __name__ == "__main__":
