@@ -1357,11 +1357,14 @@ if [ "$WHAT" = zoodist ]; then
     "the zoo's distances alone, lr 3e-3|runs/demo/pool|--distill-targets zoo --temperature 1e9 --single-lora-prob 0 --lr 3e-3"
     "the zoo's neighbours alone (softmax R 0.1)|runs/demo/pool|$ZN"
     "the zoo's neighbours alone, surrogates|runs/demo/pool|$ZN --distill-pool runs/demo/pool"
+    "anchor: the zoo's mean features, seed 1|runs/demo/pool|--distill-targets zoo-mean --seed 1"
+    "main recipe, seed 1 (its control)|runs/demo/pool|--seed 1"
   )
   RUN_CONFIG=$REPO/configs/demo.ini run_rows zd "${ZD_RUNS[@]}"
   # eval's names of the runs zd_1, zd_2, ... (in ZD_RUNS' order)
   ZD_META=("meta=$OUT/vfm${S0}_meta") i=0
-  for name in zoo zoo-mean zoo-alone zoo-surr zoo-mean-alone zoo-surr-3e-3 zoo-3e-3 zoo-near zoo-near-surr; do
+  for name in zoo zoo-mean zoo-alone zoo-surr zoo-mean-alone zoo-surr-3e-3 zoo-3e-3 zoo-near zoo-near-surr \
+    zoo-mean-seed1 meta-seed1; do
     i=$((i + 1)) && ZD_META+=("$name=$OUT/zd_$i")
   done
   once "$OUT/zd_eval/results.json" "$OUT/zd_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
