@@ -187,11 +187,13 @@ pixel_pool() {
 }
 # zoo_mean_start OUT [FLAGS]: the meta-LoRA that metatrain --init zoo-mean starts from (the zoo's
 # mean delta cut to the run's rank), written as a PEFT adapter without training (one step at lr
-# 1e-30); FLAGS (e.g. --pool, --rank) choose the pool, and so the zoo, and the rank.
+# 1e-30); FLAGS (e.g. --pool, --rank) choose the pool, and so the zoo, and the rank. RUN_CONFIG, as
+# for run_rows, replaces the config (e.g. a remade job's, run from its work directory).
 zoo_mean_start() {
-  local out=$1
+  local out=$1 cfg=("${CFG[@]}")
   shift
-  once "$out/adapter_config.json" "$out.log" "${MPI[@]}" $B metatrain "${CFG[@]}" --out "$out" --restart \
+  [ -n "${RUN_CONFIG:-}" ] && cfg=(--config "$RUN_CONFIG" --precision "${PRECISION:-fp32}")
+  once "$out/adapter_config.json" "$out.log" "${MPI[@]}" "$REPO/$B" metatrain "${cfg[@]}" --out "$out" --restart \
     --init zoo-mean --steps 1 --lr 1e-30 --lr-min 0 --val-every 0 "$@"
 }
 # lora_avg OUT RANK [FLAGS]: that start at rank RANK with alpha = rank (the exact mean at full rank).
@@ -199,6 +201,36 @@ lora_avg() {
   local out=$1 rank=$2
   shift 2
   zoo_mean_start "$out" --rank "$rank" --alpha "$rank" "$@"
+}
+# zoo_rank: the full rank of the zoo runs/demo/zoo (of the working directory): its LoRAs x their rank.
+zoo_rank() {
+  local nz zr
+  nz=$(ls -d runs/demo/zoo/lora_* | wc -l)
+  zr=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
+  echo $((nz * zr))
+}
+# embed_val DIR IMAGES NAME|LORA...: the features of the image set IMAGES under the VFM
+# runs/demo/vfm (of the working directory) and each LORA (empty: none) into DIR/NAME.h5, unless
+# there; two embeds at a time, one thread each.
+embed_val() {
+  local e=$1 images=$2 item
+  shift 2
+  for item in "$@"; do
+    local name=${item%%|*} lora=${item#*|}
+    [ -f "$e/$name.h5" ] && continue
+    [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n
+    OMP_NUM_THREADS=1 "$REPO/$B" embed --precision "${PRECISION:-fp32}" --model runs/demo/vfm ${lora:+--lora "$lora"} \
+      --images "$images" --out "$e/$name.h5.tmp" --log-level warn && mv "$e/$name.h5.tmp" "$e/$name.h5" &
+  done
+  wait
+  for item in "$@"; do
+    [ -f "$e/${item%%|*}.h5" ] || { echo "science: embed of ${item%%|*} failed ($e)" >&2; exit 1; }
+  done
+}
+# zoo_embeds: embed_val's NAME|LORA items for every LoRA of runs/demo/zoo (zoo_lora_NNN).
+zoo_embeds() {
+  local d
+  for d in runs/demo/zoo/lora_*; do echo "zoo_$(basename "$d")|$d"; done
 }
 # anchor_pool SRC DST START: a copy of the pool SRC whose files name the adapter START as their
 # LoRA, so that --distill-pool DST distils START's own features on SRC's images (an anchor: learning
@@ -714,12 +746,9 @@ fi
 # and runs/demo/meta, then 600 seeded 5-way 1-shot 15-query episodes in numpy (~2 min).
 if [ "$WHAT" = ensemble ]; then
   E=$OUT/ensemble; mkdir -p "$E"
-  NZ=$(ls -d runs/demo/zoo/lora_* | wc -l); ZR=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
-  lora_avg "$E/avg" $((NZ * ZR))
-  emb() { [ -f "$E/$1.h5" ] || OMP_NUM_THREADS=1 $B embed "${CFG[@]}" --model runs/demo/vfm ${2:+--lora "$2"} \
-    --images data/demo/val.h5 --out "$E/$1.h5" --log-level warn; }
-  emb bare; emb avg "$E/avg"; emb meta runs/demo/meta
-  for d in runs/demo/zoo/lora_*; do emb "zoo_$(basename "$d")" "$d"; done
+  lora_avg "$E/avg" "$(zoo_rank)"
+  mapfile -t ZOO_EMBEDS < <(zoo_embeds)
+  embed_val "$E" data/demo/val.h5 "bare|" "avg|$E/avg" "meta|runs/demo/meta" "${ZOO_EMBEDS[@]}"
   $PY bench/zoo_ensemble.py "$E" meta
 fi
 # The surrogates' spectrum optimised instead of their pixels (invert --fourier 1: Adam on the
@@ -1284,42 +1313,23 @@ fi
 if [ "$WHAT" = way ]; then
   remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
 fi
-# embed_val DIR IMAGES NAME|LORA...: the features of the image set IMAGES under the VFM
-# runs/demo/vfm (of the working directory) and each LORA (empty: none) into DIR/NAME.h5, unless
-# there; two embeds at a time, one thread each.
-embed_val() {
-  local e=$1 images=$2 item
-  shift 2
-  for item in "$@"; do
-    local name=${item%%|*} lora=${item#*|}
-    [ -f "$e/$name.h5" ] && continue
-    [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n
-    OMP_NUM_THREADS=1 "$REPO/$B" embed --precision "${PRECISION:-fp32}" --model runs/demo/vfm ${lora:+--lora "$lora"} \
-      --images "$images" --out "$e/$name.h5.tmp" --log-level warn && mv "$e/$name.h5.tmp" "$e/$name.h5" &
-  done
-  wait
-  for item in "$@"; do
-    [ -f "$e/${item%%|*}.h5" ] || { echo "science: embed of ${item%%|*} failed ($e)" >&2; exit 1; }
-  done
-}
-# ceiling_job TAG WORKDIR CONFIG
-ceiling_job() {
+# ceiling_features TAG WORKDIR CONFIG: in $OUT/ceiling_TAG, the validation images under the bare
+# VFM, the job's lora-avg (made with its CONFIG), its two job_rows meta-LoRAs and each zoo LoRA.
+ceiling_features() {
   local tag=$1 w=$2 conf=$3 e=$OUT/ceiling_$1
   mkdir -p "$e"
   (
     cd "$w"
-    local nz zr
-    nz=$(ls -d runs/demo/zoo/lora_* | wc -l)
-    zr=$($PY -c 'import json; print(json.load(open("runs/demo/zoo/lora_000/adapter_config.json"))["r"])')
-    once "$e/avg/adapter_config.json" "$e/avg.log" "${MPI[@]}" "$REPO/$B" metatrain --config "$conf" \
-      --precision "${PRECISION:-fp32}" --out "$e/avg" --restart --init zoo-mean --rank $((nz * zr)) \
-      --alpha $((nz * zr)) --steps 1 --lr 1e-30 --lr-min 0 --val-every 0
-    local todo=("bare|" "avg|$e/avg" "meta|$OUT/${tag}_meta" "real|$OUT/${tag}_real") d
-    for d in runs/demo/zoo/lora_*; do todo+=("zoo_$(basename "$d")|$d"); done
-    embed_val "$e" data/demo/val.h5 "${todo[@]}"
+    RUN_CONFIG=$conf lora_avg "$e/avg" "$(zoo_rank)"
+    mapfile -t zoo < <(zoo_embeds)
+    embed_val "$e" data/demo/val.h5 "bare|" "avg|$e/avg" "meta|$OUT/${tag}_meta" "real|$OUT/${tag}_real" "${zoo[@]}"
   )
-  echo "== $tag"
-  $PY bench/zoo_ensemble.py "$e" meta real
+}
+# ceiling_job TAG WORKDIR CONFIG: ceiling_features, then bench/zoo_ensemble.py's rows.
+ceiling_job() {
+  ceiling_features "$@"
+  echo "== $1"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_$1" meta real
 }
 # What each zoo holds beyond its average (docs/science.md, "What the zoo holds beyond its
 # average"): for the main job and every job that "vfm", "targets" and "way" made again, the
@@ -1374,14 +1384,14 @@ if [ "$WHAT" = zoodist ]; then
   cat "$OUT/zd_eval/results.csv"
   # Did the runs take on the zoo's geometry where it counts, on the validation images? The
   # "ceiling" part's rows of the main job with these runs' features beside them (~1 min more).
-  ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini" >/dev/null
+  ceiling_features "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
   ZD=()
   for i in $(seq ${#ZD_RUNS[@]}); do ZD+=("zd_$i|$OUT/zd_$i"); done
   embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZD[@]}"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" meta real "${ZD[@]%%|*}"
   # Where the zoo's LoRAs disagree (their ensemble's geometry differs from their average's): the
   # surrogates, the anchor's public glyphs and real images of the zoo's classes (the control pool;
-  # 800 images each, their pool files joined into one image set) beside the validation images.
+  # 800 images each, packed into one image set by bench/pool_hardness.py) beside the validation images.
   AG=$OUT/agree
   AGREE=()
   for set in "surrogates|runs/demo/pool" "public glyphs (the anchor's)|runs/demo/anchor_pool" \
@@ -1389,19 +1399,9 @@ if [ "$WHAT" = zoodist ]; then
     IFS='|' read -r name dir <<<"$set"
     tag=$(basename "$dir")
     mkdir -p "$AG/$tag"
-    [ -f "$AG/$tag.h5" ] || $PY - "$dir" "$AG/$tag.h5" <<'PY'
-import glob, sys
-import h5py
-import numpy as np
-files = sorted(glob.glob(f"{sys.argv[1]}/*.h5"))
-with h5py.File(sys.argv[2] + ".tmp", "w") as out:
-    out["images"] = np.concatenate([h5py.File(p, "r")["images"][:] for p in files])
-    out["labels"] = np.concatenate([h5py.File(p, "r")["global_class"][:] for p in files]).astype(np.int64)
-import os; os.replace(sys.argv[2] + ".tmp", sys.argv[2])
-PY
-    todo=("avg|$OUT/ceiling_vfm$S0/avg")
-    for d in runs/demo/zoo/lora_*; do todo+=("zoo_$(basename "$d")|$d"); done
-    embed_val "$AG/$tag" "$AG/$tag.h5" "${todo[@]}"
+    [ -f "$AG/$tag.h5" ] || $PY bench/pool_hardness.py pack "$dir" "$AG/$tag.h5"
+    mapfile -t ZOO_EMBEDS < <(zoo_embeds)
+    embed_val "$AG/$tag" "$AG/$tag.h5" "avg|$OUT/ceiling_vfm$S0/avg" "${ZOO_EMBEDS[@]}"
     AGREE+=("$name=$AG/$tag")
   done
   $PY bench/zoo_agreement.py "${AGREE[@]}" "validation images=$OUT/ceiling_vfm$S0"

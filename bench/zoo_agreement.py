@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo_ensemble import distance_gap, load  # noqa: E402
+from zoo_ensemble import distance_gap, load, subsets  # noqa: E402
 
 
 def main():
@@ -31,10 +31,9 @@ def main():
         if not names:
             raise SystemExit(f"zoo_agreement: no zoo_*.h5 in {d}")
         zoo = np.stack([load(d, n)[0] for n in names], 1)
-        rng = np.random.default_rng(1)
-        subsets = [rng.choice(len(avg), 40, replace=False) for _ in range(200)]
-        single = np.mean([distance_gap(zoo[:, i], zoo, subsets[:50]) for i in range(zoo.shape[1])])
-        print(f"  {name:<34}{distance_gap(avg, zoo, subsets):<12.4f}{distance_gap(zoo.mean(1), zoo, subsets):<12.4f}"
+        rows_40 = subsets(len(avg))
+        single = np.mean([distance_gap(zoo[:, i], zoo, rows_40[:50]) for i in range(zoo.shape[1])])
+        print(f"  {name:<34}{distance_gap(avg, zoo, rows_40):<12.4f}{distance_gap(zoo.mean(1), zoo, rows_40):<12.4f}"
               f"{single:.4f}")
 
 

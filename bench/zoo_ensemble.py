@@ -66,6 +66,12 @@ def distance_gap(F, zoo, subsets):
     return float(np.mean(out))
 
 
+def subsets(n, count=200, size=40):
+    """The seeded row subsets over which the distance gap is averaged."""
+    rng = np.random.default_rng(1)
+    return [rng.choice(n, size, replace=False) for _ in range(count)]
+
+
 def ci(a):
     return 1.96 * a.std() / np.sqrt(len(a))
 
@@ -100,14 +106,14 @@ def main():
              ("lora-avg mapped onto it linearly*", (avg - avg.mean(0)) @ to_concat)]
     print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
     stack = np.stack(zoo, 1)
-    rng = np.random.default_rng(1)
-    subsets = [rng.choice(len(y), 40, replace=False) for _ in range(200)]
+    rows_40 = subsets(len(y))
     print(f"  {'features':<34}{'accuracy (%)':<18}{'paired - lora-avg':<20}distance gap to the zoo")
     for name, F in rows:
         a = base if name == "lora-avg" else acc(F)
         diff = "" if name == "lora-avg" else f"{(a - base).mean():+.2f} +- {ci(a - base):.2f}"
-        scale_free = name not in ("bare VFM", "lora-avg", "mean of the zoo's features") and name not in extra
-        gap = "" if scale_free else f"{distance_gap(F, stack, subsets):.4f}"
+        # the gap compares scales: only for features on the model's own scale
+        own_scale = name in ("bare VFM", "lora-avg", "mean of the zoo's features") or name in extra
+        gap = f"{distance_gap(F, stack, rows_40):.4f}" if own_scale else ""
         print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
     print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
     print("  * fitted on these validation images: checks of capacity, not methods")

@@ -841,16 +841,23 @@ double set_low_rank_start(model::Lora& lora, const model::Lora& src) {
   return kept;
 }
 
-// --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
-// pool's LoRAs (each LoRA once, however many files name it). Every rank computes the same adapter.
-void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
-  check_lora_paths(pool, "--init zoo-mean");
-  const auto& vc = lora.vit_config();
+// The zoo of a pool: the LoRA directories its files name, each once however many files name it,
+// in the order first named (check_lora_paths first, for `option`).
+std::vector<std::string> pool_zoo(const data::SurrogatePool& pool, const std::string& option) {
+  check_lora_paths(pool, option);
   std::set<std::string> seen;
-  std::vector<model::Lora> zoo;
+  std::vector<std::string> zoo;
   for (const auto& f : pool.files())
-    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second)
-      zoo.push_back(model::load_peft(f.lora_path, vc));
+    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(f.lora_path);
+  return zoo;
+}
+
+// --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
+// pool's LoRAs (pool_zoo). Every rank computes the same adapter.
+void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
+  const auto& vc = lora.vit_config();
+  std::vector<model::Lora> zoo;
+  for (const auto& path : pool_zoo(pool, "--init zoo-mean")) zoo.push_back(model::load_peft(path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
   check_adapts(mean, lora, "--init zoo-mean", "the zoo's mean");
   const double kept = set_low_rank_start(lora, mean);
@@ -922,40 +929,23 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
   return d.cpu();
 }
 
-// --distill-targets zoo or zoo-mean: the feature of every image of `pool` (whole, unflipped; gray:
-// its channels averaged, as --gray feeds the student) under each LoRA its files name (each once, in
-// the order first named), [rows, L, D] float on the CPU. The LoRAs are shared out over the ranks and
-// the table summed, so every rank holds all of it.
+// --distill-targets zoo or zoo-mean: the feature of every image of `pool` under each LoRA of its
+// zoo (pool_zoo), as pool_features computes it (whole, unflipped, grey under --gray; its files
+// shared out over the ranks), [rows, L, D] float on the CPU, the same on every rank.
 at::Tensor zoo_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
                         const c10::Device& device, bool gray) {
   const auto t0 = Clock::now();
-  at::NoGradGuard ng;
-  check_lora_paths(pool, "--distill-targets zoo");
-  std::vector<std::string> zoo;
-  std::set<std::string> seen;
-  for (const auto& f : pool.files())
-    if (seen.insert(stdfs::weakly_canonical(f.lora_path).string()).second) zoo.push_back(f.lora_path);
-  const int64_t L = static_cast<int64_t>(zoo.size());
-  at::Tensor out = at::zeros({pool.size(), L, vit.config().projection_dim}, at::kFloat);
-  for (int64_t l = 0; l < L; ++l) {
-    if (static_cast<int>(l % comm.size()) != comm.rank()) continue;
-    model::Lora teacher = model::load_peft(zoo[static_cast<size_t>(l)], vit.config());
+  const std::vector<std::string> zoo = pool_zoo(pool, "--distill-targets zoo");
+  std::vector<at::Tensor> per_lora;
+  for (const auto& path : zoo) {
+    model::Lora teacher = model::load_peft(path, vit.config());
     teacher.to(device);
-    for (int64_t first = 0; first < pool.size(); first += 64) {
-      std::vector<int64_t> rows(std::min<int64_t>(64, pool.size() - first));
-      std::iota(rows.begin(), rows.end(), first);
-      const at::Tensor u8 = pool.images(rows);
-      const at::Tensor px = model::preprocess_images(gray ? gray_u8(u8) : u8, vit.config(), device);
-      out.narrow(0, first, static_cast<int64_t>(rows.size()))
-          .select(1, l)
-          .copy_(vit.forward(px, {}, &teacher).feature.to(at::kCPU, at::kFloat));
-    }
+    per_lora.push_back(pool_features(vit, pool, comm, device, &teacher, gray));
   }
-  at::Tensor d = out.to(device);
-  comm.all_reduce_sum(d);
-  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images of --distill-pool under each of the " << L
-                                                 << " LoRAs its files name, " << seconds_since(t0) << " s");
-  return d.cpu();
+  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images of --distill-pool under each of the "
+                                                 << zoo.size() << " LoRAs its files name, " << seconds_since(t0)
+                                                 << " s");
+  return at::stack(per_lora, 1);
 }
 
 // Meta-training as phases: set-up (inputs, directories, models, pool) and resume, the training
@@ -1137,15 +1127,15 @@ class MetaTrainer {
       distill_feat_ = zoo_features(*vit_, *distill_pool_, comm_, device_, cfg_.gray);  // [rows, L, D]
       if (cfg_.distill_targets == "zoo-mean") distill_feat_ = distill_feat_.mean(1);
     }
-    const std::map<std::string, std::string> term = {
-        {"own", "the distillation term"},
-        {"start", "the distillation term towards the start"},
-        {"zoo-mean", "the distillation term towards the mean of the zoo's features"},
-        {"zoo", cfg_.distill_zoo_softmax > 0 ? "the term towards the zoo's neighbours (softmax R " +
-                                                   log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
-                                             : std::string("the term towards the zoo's pairwise distances")}};
-    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": "
-                                            << (distil ? term.at(cfg_.distill_targets) : std::string())
+    const std::string& targets = cfg_.distill_targets;
+    const std::string term = !distil                 ? ""
+                             : targets == "own"      ? "the distillation term"
+                             : targets == "start"    ? "the distillation term towards the start"
+                             : targets == "zoo-mean" ? "the distillation term towards the mean of the zoo's features"
+                             : cfg_.distill_zoo_softmax > 0 ? "the term towards the zoo's neighbours (softmax R " +
+                                                                  log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
+                                                            : "the term towards the zoo's pairwise distances";
+    LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": " << term
                                             << (distil && cfg_.align_weight > 0 ? " and " : "")
                                             << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
                                             << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
@@ -1787,12 +1777,18 @@ static at::Tensor sq_dist(const at::Tensor& x) {
   return (n2.unsqueeze(-1) + n2.unsqueeze(-2) - 2 * at::matmul(x, x.transpose(-1, -2))).clamp_min(0);
 }
 
+// t [n, L, D'] (each row under L LoRAs) -> [n, n]: the zoo's pairwise squared distances, their mean
+// over the LoRAs, in f's dtype and without gradient.
+static at::Tensor zoo_sq_dist(const at::Tensor& t, const at::Tensor& f) {
+  return sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0);
+}
+
 at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t) {
   if (f.dim() != 2 || t.dim() != 3 || t.size(0) != f.size(0) || f.size(0) < 2)
     throw InputError("distance_gap: needs f [n, D] and t [n, L, D'] with n >= 2 rows each");
   const int64_t n = f.size(0);
   const at::Tensor off = 1 - at::eye(n, f.options());
-  const at::Tensor dt = sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0);  // [n, n]
+  const at::Tensor dt = zoo_sq_dist(t, f);
   const at::Tensor m = (dt * off).sum() / static_cast<double>(n * (n - 1));
   return ((sq_dist(f) - dt) * off).pow(2).sum() / static_cast<double>(n * (n - 1)) / m.pow(2).clamp_min(1e-24);
 }
@@ -1807,7 +1803,7 @@ at::Tensor neighbour_gap(const at::Tensor& f, const at::Tensor& t, double r) {
     const at::Tensor m = d.masked_fill(diag, 0).sum() / static_cast<double>(n * (n - 1));
     return at::log_softmax((-d / (m.clamp_min(1e-24) * r)).masked_fill(diag, -1e30), 1);
   };
-  const at::Tensor lt = log_p(sq_dist(t.detach().to(f.scalar_type()).transpose(0, 1)).mean(0));
+  const at::Tensor lt = log_p(zoo_sq_dist(t, f));
   const at::Tensor ls = log_p(sq_dist(f));
   return (lt.exp() * (lt - ls)).masked_fill(diag, 0).sum() / static_cast<double>(n);
 }
