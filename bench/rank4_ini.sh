@@ -2,11 +2,14 @@
 # recipe (bench/science.sh, bench/surrogate_recipes.sh, bench/malloc_ab.sh), from the repository
 # root. rank4_ini OUT writes configs/demo.ini with its [metatrain] section as it was until the main
 # job started from lora-avg (2026-12-05, docs/science.md "The main job from lora-avg"): a fresh
-# rank-4 meta-LoRA, CE at T 128 + each surrogate's own LoRA distilled, 300 steps at lr 1e-3.
+# rank-4 meta-LoRA, CE at T 128 + each surrogate's own LoRA distilled, 300 steps at lr 1e-3; and
+# without the anchor's retrieval keys of [invert] (added on 2026-12-06), so that retrieval keeps
+# its 8 images per class among 4,096.
 rank4_ini() {
   awk 'BEGIN { skip = 0 }
        /^\[metatrain\]/ { print; while ((getline line < "/dev/stdin") > 0) print line; skip = 1; next }
        /^\[/ { skip = 0 }
+       /^retrieve-(per-class|candidates) *=/ { next }
        !skip' configs/demo.ini >"$1" <<'INI'
 model = runs/demo/vfm
 pool = runs/demo/pool

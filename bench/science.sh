@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -126,9 +126,16 @@ PIX=$OUT/pool_bn0
 # The parts that start from lora-avg ("mainjob", "affine", "compose", "teachers40", "knobs") were
 # measured with configs/demo.ini's [metatrain] at T 128 and lr 1e-4, the main job's settings until
 # the "knobs" part chose T 256 and lr 3e-4: they run from a copy with those two values (T128).
+# Every part that runs configs/demo.ini's own recipe was measured with its anchor as it was until the
+# "glyphs" part: the start's features on 800 retrieved glyphs (8 per class among 4,096), in
+# runs/demo/anchor_pool. They run from a copy with that anchor (DEMO800), and retrieve it when missing.
+DEMO800=$OUT/demo_anchor800.ini
+sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
+  -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
+  -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' configs/demo.ini >"$DEMO800"
 T128=$OUT/demo_t128.ini
 sed -e '/^\[metatrain\]/,/^\[/s/^temperature *=.*/temperature = 128/' \
-  -e '/^\[metatrain\]/,/^\[/s/^lr *=.*/lr = 0.0001/' configs/demo.ini >"$T128"
+  -e '/^\[metatrain\]/,/^\[/s/^lr *=.*/lr = 0.0001/' "$DEMO800" >"$T128"
 PY=/usr/bin/python3
 S0=$(sed -n '/^\[pretrain\]/,/^\[/s/^steps *= *//p' configs/demo.ini)  # the main job's VFM pre-training steps
 # Metatrain flags shared by the parts: the paper's objective at T 128 (no distillation), and a
@@ -165,6 +172,11 @@ once() {
   [ -f "$done" ] && return 0
   "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
 }
+# The 800-glyph anchor of DEMO800 (as launch/demo.sh retrieved it until the "glyphs" part; ~1 min).
+if [ -f runs/demo/pool/index.json ]; then
+  once runs/demo/anchor_pool/index.json "$OUT/anchor_pool.log" "${MPI[@]}" $B invert --config "$DEMO800" \
+    --co-teachers 0 --retrieve data/demo/base.h5 --out runs/demo/anchor_pool
+fi
 # series METRICS DIGITS: the validation accuracies of a run, step 0 first, +- the CI at the last.
 series() {
   $PY - "$1" "$2" <<'PY'
@@ -1266,12 +1278,12 @@ remade_job() {
   mkdir -p "$w/data" "$w/runs/demo"
   ln -sfn "$REPO/data/demo" "$w/data/demo"
   ln -sfn "$REPO/runs/demo/prior" "$w/runs/demo/prior"
-  sed "$@" configs/demo.ini >"$w/demo.ini"
+  sed "$@" "$DEMO800" >"$w/demo.ini"
   [ "$(pretrain_ini configs/demo.ini)" != "$(pretrain_ini "$w/demo.ini")" ] || ln -sfn "$REPO/runs/demo/vfm" "$w/runs/demo/vfm"
   once "$w/runs/demo/anchor_pool/index.json" "$OUT/${tag}_demo.log" \
     bash launch/demo.sh --workdir "$w" --config "$w/demo.ini" --until invert
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-  job_rows "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  job_rows "vfm$S0" "$REPO" "$DEMO800"
   job_rows "$tag" "$w" "$w/demo.ini"
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$w/runs/demo/zoo/manifest.json" "$tag"
   $PY - "$OUT/vfm${S0}_eval/results.json" "$OUT/${tag}_eval/results.json" "$tag" <<'PYEOF'
@@ -1340,7 +1352,7 @@ ceiling_job() {
 # against lora-avg on the same 600 episodes. ~2 min per job (two embeds at a time), no training.
 if [ "$WHAT" = ceiling ]; then
   [ -f "$OUT/vfm${S0}_real/metatrain.json" ] || { echo "science: run the 'vfm' part first (the main job's rows)" >&2; exit 2; }
-  ceiling_job "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  ceiling_job "vfm$S0" "$REPO" "$DEMO800"
   for tag in vfm600 vfm2400 targets6 way10; do
     if [ -f "$OUT/${tag}_real/metatrain.json" ]; then ceiling_job "$tag" "$OUT/$tag" "$OUT/$tag/demo.ini"; fi
   done
@@ -1370,7 +1382,7 @@ if [ "$WHAT" = zoodist ]; then
     "anchor: the zoo's mean features, seed 1|runs/demo/pool|--distill-targets zoo-mean --seed 1"
     "main recipe, seed 1 (its control)|runs/demo/pool|--seed 1"
   )
-  RUN_CONFIG=$REPO/configs/demo.ini run_rows zd "${ZD_RUNS[@]}"
+  RUN_CONFIG=$DEMO800 run_rows zd "${ZD_RUNS[@]}"
   # eval's names of the runs zd_1, zd_2, ... (in ZD_RUNS' order)
   ZD_META=("meta=$OUT/vfm${S0}_meta") i=0
   for name in zoo zoo-mean zoo-alone zoo-surr zoo-mean-alone zoo-surr-3e-3 zoo-3e-3 zoo-near zoo-near-surr \
@@ -1384,7 +1396,7 @@ if [ "$WHAT" = zoodist ]; then
   cat "$OUT/zd_eval/results.csv"
   # Did the runs take on the zoo's geometry where it counts, on the validation images? The
   # "ceiling" part's rows of the main job with these runs' features beside them (~1 min more).
-  ceiling_features "vfm$S0" "$REPO" "$REPO/configs/demo.ini"
+  ceiling_features "vfm$S0" "$REPO" "$DEMO800"
   ZD=()
   for i in $(seq ${#ZD_RUNS[@]}); do ZD+=("zd_$i|$OUT/zd_$i"); done
   embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZD[@]}"
@@ -1405,6 +1417,59 @@ if [ "$WHAT" = zoodist ]; then
     AGREE+=("$name=$AG/$tag")
   done
   $PY bench/zoo_agreement.py "${AGREE[@]}" "validation images=$OUT/ceiling_vfm$S0"
+fi
+# The zoo's geometry taught on more public glyphs (docs/science.md, "Distilled on more public
+# glyphs"): the "zoodist" runs fit the zoo's geometry on their 800 training images ten times closer
+# than on the validation images. Are 800 too few? The same runs with a distillation pool of ~10,000
+# public glyphs: each zoo LoRA's 100 most confident images per class among all 24,048 of the VFM's
+# pre-training set (the anchor: 8 per class among 4,096 drawn). Then eval beside the "zoodist" rows,
+# the runs' distance to the zoo's geometry on the validation images, and on the images they trained
+# on (the anchor's glyphs, the surrogates, real images of the zoo's classes). A control distils the
+# zoo's distances on real images of the zoo's classes (the "vfm" part's control pool). Run "zoodist"
+# first. ~6 min for the pool, ~8 min per run (the four on the 10,000 images spend ~2.5 min of it
+# computing the zoo's targets), ~5 min for eval and embeds (fp32, 2 cores, AMD EPYC with AVX2).
+if [ "$WHAT" = glyphs ]; then
+  [ -f "$OUT/zd_eval/results.json" ] || { echo "science: run the 'zoodist' part first" >&2; exit 2; }
+  BIG=$OUT/anchor_big
+  once "$BIG/index.json" "$BIG.log" "${MPI[@]}" $B invert --config configs/demo.ini --precision "${PRECISION:-fp32}" \
+    --co-teachers 0 --retrieve data/demo/base.h5 --per-class 100 --retrieve-candidates 24048 --out "$BIG"
+  $PY - "$BIG" <<'PY'
+import glob, sys, h5py, numpy as np
+imgs = np.concatenate([h5py.File(p, "r")["images"][:] for p in sorted(glob.glob(f"{sys.argv[1]}/*.h5"))])
+print(f"{sys.argv[1]}: {len(imgs)} images, {len(np.unique(imgs.reshape(len(imgs), -1), axis=0))} distinct")
+PY
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  G_RUNS=(
+    "the zoo's distances alone, 10,000 glyphs|runs/demo/pool|--distill-targets zoo --temperature 1e9 --distill-pool $BIG"
+    "anchor: the zoo's mean features, 10,000 glyphs|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG"
+    "main recipe, anchor on 10,000 glyphs|runs/demo/pool|--distill-pool $BIG"
+    "anchor: the zoo's mean features, 10,000 glyphs, seed 1|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG --seed 1"
+    "the zoo's distances alone, real zoo-class images (control)|runs/demo/pool|--distill-targets zoo --temperature 1e9 --distill-pool $OUT/vfm${S0}_pool_real"
+  )
+  RUN_CONFIG=$DEMO800 run_rows gl "${G_RUNS[@]}"
+  # the "zoodist" rows they repeat on 800 glyphs (zd_3, zd_2, zd_10, zd_11, the main recipe) beside them
+  G_META=("meta=$OUT/vfm${S0}_meta" "zoo-alone=$OUT/zd_3" "zoo-mean=$OUT/zd_2" "zoo-mean-seed1=$OUT/zd_10"
+    "meta-seed1=$OUT/zd_11")
+  for i in $(seq ${#G_RUNS[@]}); do G_META+=("gl_$i=$OUT/gl_$i"); done
+  once "$OUT/gl_eval/results.json" "$OUT/gl_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "$(IFS=,; echo "${G_META[*]}")" --out "$OUT/gl_eval"
+  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
+  cat "$OUT/gl_eval/results.csv"
+  GL=()
+  for i in $(seq ${#G_RUNS[@]}); do GL+=("gl_$i|$OUT/gl_$i"); done
+  embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${GL[@]}"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" meta zd_3 zd_2 zd_10 zd_11 "${GL[@]%%|*}" --curve
+  # The same distance on the images the runs trained on: the anchor's glyphs, the surrogates and
+  # the real-image control (the "zoodist" part's packed sets), under zd_3, zd_4 (the zoo's distances alone on the
+  # surrogates; "zoodist" embedded the validation images under both) and these runs.
+  TRAINED=("zd_3|$OUT/zd_3" "zd_4|$OUT/zd_4" "${GL[@]}")
+  for tag in anchor_pool pool "vfm${S0}_pool_real"; do
+    embed_val "$OUT/agree/$tag" "$OUT/agree/$tag.h5" "${TRAINED[@]}"
+  done
+  $PY bench/zoo_agreement.py "public glyphs (the anchor's)=$OUT/agree/anchor_pool" "surrogates=$OUT/agree/pool" \
+    "real images of the zoo's classes=$OUT/agree/vfm${S0}_pool_real" "validation images=$OUT/ceiling_vfm$S0" \
+    --runs "$(IFS=,; echo "${TRAINED[*]%%|*}")"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What a zoo holds beyond its average: its feature ensembles against lora-avg, on the same episodes.
 
-  /usr/bin/python3 bench/zoo_ensemble.py DIR [NAME ...]
+  /usr/bin/python3 bench/zoo_ensemble.py DIR [NAME ...] [--curve]
 
 DIR holds features written by `lorarecycle embed` of the validation images: bare.h5 (the bare VFM),
 avg.h5 (lora-avg: the zoo's mean delta at full rank), zoo_*.h5 (one per zoo LoRA) and NAME.h5 for
@@ -14,8 +14,11 @@ distances summed over the LoRAs); two capacity checks fitted on these images (th
 top 32 principal components, and lora-avg's features mapped linearly onto it). Last column: how far
 each row's pairwise squared distances lie from the zoo's (their mean over the LoRAs), as
 metatrain --distill-targets zoo measures it (train::distance_gap: the mean over pairs of
-((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images. Used by
-bench/science.sh "ensemble", "ceiling" and "zoodist".
+((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images. --curve adds the
+zoo's partial ensembles (the features of k LoRAs drawn at random concatenated, three seeded draws
+per k): how the accuracy over lora-avg grows as the distance gap shrinks, i.e. how close to the
+zoo's geometry a student must come to keep a given share of the ensemble's gain. Used by
+bench/science.sh "ensemble", "ceiling", "zoodist" and "glyphs".
 """
 import glob
 import os
@@ -79,7 +82,8 @@ def ci(a):
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    d, extra = sys.argv[1], sys.argv[2:]
+    curve = "--curve" in sys.argv
+    d, extra = sys.argv[1], [a for a in sys.argv[2:] if a != "--curve"]
     bare, y = load(d, "bare")
     avg, y_avg = load(d, "avg")
     names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
@@ -117,6 +121,22 @@ def main():
         print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
     print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
     print("  * fitted on these validation images: checks of capacity, not methods")
+    if curve:
+        partial_ensembles(zoo, stack, acc, base, rows_40)
+
+
+def partial_ensembles(zoo, stack, acc, base, rows_40):
+    """The concatenated features of k zoo LoRAs drawn at random (3 seeded draws per k): paired
+    accuracy over lora-avg and distance gap to the whole zoo's geometry, one pair per draw."""
+    rng = np.random.default_rng(2)
+    print("  the zoo's partial ensembles (k LoRAs' features concatenated): paired - lora-avg / distance gap")
+    for k in (1, 2, 3, 5, 10, 15):
+        cells = []
+        for _ in range(3):
+            pick = rng.choice(len(zoo), k, replace=False)
+            F = np.concatenate([zoo[i] for i in pick], 1) / np.sqrt(k)
+            cells.append(f"{(acc(F) - base).mean():+.2f} / {distance_gap(F, stack, rows_40):.4f}")
+        print(f"    k = {k:<4}" + "    ".join(cells))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ done_with zoo
 stage "5/8 invert the zoo into the surrogate pool"
 "${MPI[@]}" "$B" invert --config "$CONFIG"
 # The anchor's images (a config whose [metatrain] names distill-pool): public glyphs that each zoo
-# LoRA assigns to its classes (invert --retrieve from the VFM's pre-training data; no inversion).
+# LoRA assigns to its classes (invert --retrieve from the VFM's pre-training data; no inversion), as
+# many per class as [invert] retrieve-per-class says (the demo preset: 100 among all 24,048).
 ANCHOR=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$CONFIG")
 if [ -n "$ANCHOR" ]; then
   if [ -f "$ANCHOR/index.json" ]; then echo "reusing $ANCHOR"; else

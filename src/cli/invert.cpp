@@ -80,6 +80,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   invert::InvertJobConfig c;
   std::string prune = "none";
   bool no_flip = false;
+  int retrieve_per_class = 0;
   bool full_last = false;
   CommonOptions common;
   po::options_description desc = common_options(common);
@@ -128,6 +129,7 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
       ("restart", po::bool_switch(&c.restart), "discard the pool files an earlier run left in --out and invert every LoRA anew (without it, finished files are reused when their recorded settings equal today's, and the run is refused otherwise)")
       ("preview", po::bool_switch(&c.preview), "write lora_<k>.png contact sheets of the surrogates")
       ("retrieve", po::value(&c.retrieve), "retrieval instead of synthesis: store, in place of each LoRA's surrogates, the --per-class images of this public HDF5 set (none of the zoo's data, e.g. the VFM's pre-training images: data/demo/base.h5 in the embedded benchmark) that the LoRA assigns to each of its classes most confidently, each image used once per LoRA (a greedy matching by the LoRA's probabilities); same pool layout, with the LoRA's logits and scores. Uses public data, not the zoo's; nothing is inverted")
+      ("retrieve-per-class", po::value(&retrieve_per_class)->default_value(0), "with --retrieve: images stored per class in place of --per-class (0 = --per-class), so that one config can invert a few surrogates per class and retrieve many public images (the embedded benchmark's main job: 8 surrogates, 100 retrieved glyphs per class); ignored without --retrieve")
       ("retrieve-candidates", po::value(&c.retrieve_candidates)->default_value(c.retrieve_candidates), "images of --retrieve each LoRA scores, drawn per LoRA (seeded by --seed and the LoRA); all of them when the set is smaller")
       ("real-images", po::value(&c.real_images), "control experiment: instead of inverting, store --per-class REAL images of each LoRA's classes from this HDF5 set (the zoo's --data), in the same pool layout with the LoRA's logits and scores; the LoRAs covering one class get disjoint images while the class has enough");
   // clang-format on
@@ -138,6 +140,8 @@ int run_invert(int argc, char** argv, dist::Runtime& rt) {
   c.inv.flip = !no_flip;
   c.inv.cls_only_last = !full_last;
   c.inv.prune = parse_prune(prune);
+  if (retrieve_per_class < 0) throw InputError("invert: --retrieve-per-class must be >= 0 (0 = --per-class)");
+  if (!c.retrieve.empty() && retrieve_per_class > 0) c.inv.per_class = retrieve_per_class;
   check_invert_options(c);
   RunContext ctx = start("invert", rt, common, true);
   c.precision = ctx.precision;

@@ -196,10 +196,12 @@ expect_status 2 "--co-teachers have no effect with it" -- $B invert $C --retriev
 expect_status 2 "--retrieve-candidates must be >= 1" -- $B invert $C --retrieve data/quick/base.h5 --retrieve-candidates 0 --out pool_rt
 expect_status 2 "3 candidate images cannot fill" -- $B invert $C --retrieve data/quick/base.h5 --retrieve-candidates 3 \
   --out pool_rt --restart
-$B invert $C --out pool_rt --retrieve data/quick/base.h5 --retrieve-candidates 200 --restart >inv_rt.txt 2>&1 ||
-  { cat inv_rt.txt; fail "invert --retrieve"; }
-grep -q 'retrieve (content digest)' pool_rt/index.json && grep -q '"--retrieve-candidates": 200' pool_rt/index.json ||
-  fail "pool_rt/index.json does not record --retrieve"
+expect_status 2 "--retrieve-per-class must be >= 0" -- $B invert $C --retrieve data/quick/base.h5 --retrieve-per-class -1 \
+  --out pool_rt
+$B invert $C --out pool_rt --retrieve data/quick/base.h5 --retrieve-candidates 200 --retrieve-per-class 3 --restart \
+  >inv_rt.txt 2>&1 || { cat inv_rt.txt; fail "invert --retrieve"; }
+grep -q 'retrieve (content digest)' pool_rt/index.json && grep -q '"--retrieve-candidates": 200' pool_rt/index.json &&
+  grep -q '"--per-class": 3' pool_rt/index.json || fail "pool_rt/index.json does not record --retrieve and its 3 per class"
 "$LORAREC_PYTHON" - <<'PY'
 import glob, h5py, numpy as np
 base = h5py.File("data/quick/base.h5", "r")["images"][...]
@@ -210,7 +212,9 @@ for path in sorted(glob.glob("pool_rt/lora_*.h5")):
         assert f.attrs["retrieved_from"].endswith("base.h5"), path
     assert None not in rows, (path, "an image that is not one of the public set's")
     assert len(set(rows)) == len(rows), (path, "an image stored twice")
-print("retrieve: every pool image is one of base.h5's, none twice within a LoRA")
+    counts = np.unique(h5py.File(path, "r")["labels"][...], return_counts=True)[1]
+    assert (counts == 3).all(), (path, "--retrieve-per-class 3 stored", counts)
+print("retrieve: every pool image is one of base.h5's, none twice within a LoRA, 3 per class")
 PY
 [ $? = 0 ] || fail "invert --retrieve stored images that are not the public set's"
 # All four, for real (2 iterations): the pool records them and the log names the terms.
