@@ -1425,8 +1425,9 @@ fi
 # pre-training set (the anchor: 8 per class among 4,096 drawn). Then eval beside the "zoodist" rows,
 # the runs' distance to the zoo's geometry on the validation images, and on the images they trained
 # on (the anchor's glyphs, the surrogates, real images of the zoo's classes). A control distils the
-# zoo's distances on real images of the zoo's classes (the "vfm" part's control pool). Run "zoodist"
-# first. ~6 min for the pool, ~8 min per run (the four on the 10,000 images spend ~2.5 min of it
+# zoo's distances on real images of the zoo's classes (the "vfm" part's control pool); the last run
+# is the adopted anchor without the surrogates (flat CE, no KL episodes). Run "zoodist"
+# first. ~6 min for the pool, ~8 min per run (the five on the 10,000 images spend ~2.5 min of it
 # computing the zoo's targets), ~5 min for eval and embeds (fp32, 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = glyphs ]; then
   [ -f "$OUT/zd_eval/results.json" ] || { echo "science: run the 'zoodist' part first" >&2; exit 2; }
@@ -1445,6 +1446,7 @@ PY
     "main recipe, anchor on 10,000 glyphs|runs/demo/pool|--distill-pool $BIG"
     "anchor: the zoo's mean features, 10,000 glyphs, seed 1|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG --seed 1"
     "the zoo's distances alone, real zoo-class images (control)|runs/demo/pool|--distill-targets zoo --temperature 1e9 --distill-pool $OUT/vfm${S0}_pool_real"
+    "the zoo's mean features alone, 10,000 glyphs (no surrogate term)|runs/demo/pool|--distill-targets zoo-mean --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
   )
   RUN_CONFIG=$DEMO800 run_rows gl "${G_RUNS[@]}"
   # the "zoodist" rows they repeat on 800 glyphs (zd_3, zd_2, zd_10, zd_11, the main recipe) beside them
