@@ -1,16 +1,24 @@
-# Sourced by the benchmarks that rerun tables measured with the main job's earlier meta-training
-# recipe (bench/science.sh, bench/surrogate_recipes.sh, bench/malloc_ab.sh), from the repository
-# root. rank4_ini OUT writes configs/demo.ini with its [metatrain] section as it was until the main
-# job started from lora-avg (2026-12-05, docs/science.md "The main job from lora-avg"): a fresh
-# rank-4 meta-LoRA, CE at T 128 + each surrogate's own LoRA distilled, 300 steps at lr 1e-3; and
-# without the anchor's retrieval keys of [invert] (added on 2026-12-06), so that retrieval keeps
-# its 8 images per class among 4,096.
+# Sourced by the benchmarks that rerun tables measured with the main job's earlier configs
+# (bench/science.sh, bench/surrogate_recipes.sh, bench/malloc_ab.sh), from the repository root.
+#
+# demo800_ini OUT writes configs/demo.ini as it was until bench/science.sh's "glyphs" part
+# (2026-12-06, docs/science.md "Distilled on more public glyphs"): the [metatrain] anchor the
+# start's own features on the 800 glyphs of runs/demo/anchor_pool, and [invert] without the
+# anchor's retrieval keys, so that retrieval keeps its 8 images per class among 4,096.
+demo800_ini() {
+  sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
+    -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
+    -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' configs/demo.ini >"$1"
+}
+# rank4_ini OUT writes that config with its [metatrain] section as it was until the main job
+# started from lora-avg (2026-12-05, docs/science.md "The main job from lora-avg"): a fresh rank-4
+# meta-LoRA, CE at T 128 + each surrogate's own LoRA distilled, 300 steps at lr 1e-3.
 rank4_ini() {
+  demo800_ini "$1.base"
   awk 'BEGIN { skip = 0 }
        /^\[metatrain\]/ { print; while ((getline line < "/dev/stdin") > 0) print line; skip = 1; next }
        /^\[/ { skip = 0 }
-       /^retrieve-(per-class|candidates) *=/ { next }
-       !skip' configs/demo.ini >"$1" <<'INI'
+       !skip' "$1.base" >"$1" <<'INI'
 model = runs/demo/vfm
 pool = runs/demo/pool
 val = data/demo/val.h5
@@ -29,4 +37,5 @@ mask-select = random
 temperature = 128
 
 INI
+  rm -f "$1.base"
 }

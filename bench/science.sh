@@ -128,11 +128,10 @@ PIX=$OUT/pool_bn0
 # the "knobs" part chose T 256 and lr 3e-4: they run from a copy with those two values (T128).
 # Every part that runs configs/demo.ini's own recipe was measured with its anchor as it was until the
 # "glyphs" part: the start's features on 800 retrieved glyphs (8 per class among 4,096), in
-# runs/demo/anchor_pool. They run from a copy with that anchor (DEMO800), and retrieve it when missing.
+# runs/demo/anchor_pool. They run from a copy with that anchor (DEMO800, bench/rank4_ini.sh), and
+# retrieve it when missing.
 DEMO800=$OUT/demo_anchor800.ini
-sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
-  -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
-  -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' configs/demo.ini >"$DEMO800"
+demo800_ini "$DEMO800"
 T128=$OUT/demo_t128.ini
 sed -e '/^\[metatrain\]/,/^\[/s/^temperature *=.*/temperature = 128/' \
   -e '/^\[metatrain\]/,/^\[/s/^lr *=.*/lr = 0.0001/' "$DEMO800" >"$T128"
@@ -1433,7 +1432,7 @@ if [ "$WHAT" = glyphs ]; then
   [ -f "$OUT/zd_eval/results.json" ] || { echo "science: run the 'zoodist' part first" >&2; exit 2; }
   BIG=$OUT/anchor_big
   once "$BIG/index.json" "$BIG.log" "${MPI[@]}" $B invert --config configs/demo.ini --precision "${PRECISION:-fp32}" \
-    --co-teachers 0 --retrieve data/demo/base.h5 --per-class 100 --retrieve-candidates 24048 --out "$BIG"
+    --co-teachers 0 --retrieve data/demo/base.h5 --retrieve-per-class 100 --retrieve-candidates 24048 --out "$BIG"
   $PY - "$BIG" <<'PY'
 import glob, sys, h5py, numpy as np
 imgs = np.concatenate([h5py.File(p, "r")["images"][:] for p in sorted(glob.glob(f"{sys.argv[1]}/*.h5"))])
@@ -1449,22 +1448,21 @@ PY
     "the zoo's mean features alone, 10,000 glyphs (no surrogate term)|runs/demo/pool|--distill-targets zoo-mean --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
   )
   RUN_CONFIG=$DEMO800 run_rows gl "${G_RUNS[@]}"
-  # the "zoodist" rows they repeat on 800 glyphs (zd_3, zd_2, zd_10, zd_11, the main recipe) beside them
-  G_META=("meta=$OUT/vfm${S0}_meta" "zoo-alone=$OUT/zd_3" "zoo-mean=$OUT/zd_2" "zoo-mean-seed1=$OUT/zd_10"
-    "meta-seed1=$OUT/zd_11")
-  for i in $(seq ${#G_RUNS[@]}); do G_META+=("gl_$i=$OUT/gl_$i"); done
+  G_META=() GL=()
+  for i in $(seq ${#G_RUNS[@]}); do G_META+=("gl_$i=$OUT/gl_$i") GL+=("gl_$i|$OUT/gl_$i"); done
   once "$OUT/gl_eval/results.json" "$OUT/gl_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
     --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
     --meta "$(IFS=,; echo "${G_META[*]}")" --out "$OUT/gl_eval"
   echo "validation classes, 600 episodes 5-way 1-shot (eval):"
   cat "$OUT/gl_eval/results.csv"
-  GL=()
-  for i in $(seq ${#G_RUNS[@]}); do GL+=("gl_$i|$OUT/gl_$i"); done
+  # the "zoodist" rows they repeat on 800 glyphs (the main recipe, zd_3, zd_2, zd_10, zd_11), from
+  # that part's eval of the same episodes
+  grep -E '^val,(meta|zoo-alone|zoo-mean|zoo-mean-seed1|meta-seed1),' "$OUT/zd_eval/results.csv"
   embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${GL[@]}"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" meta zd_3 zd_2 zd_10 zd_11 "${GL[@]%%|*}" --curve
   # The same distance on the images the runs trained on: the anchor's glyphs, the surrogates and
-  # the real-image control (the "zoodist" part's packed sets), under zd_3, zd_4 (the zoo's distances alone on the
-  # surrogates; "zoodist" embedded the validation images under both) and these runs.
+  # the real-image control (the "zoodist" part's packed sets), under zd_3, zd_4 (the zoo's distances
+  # alone on the surrogates; "zoodist" embedded the validation images under both) and these runs.
   TRAINED=("zd_3|$OUT/zd_3" "zd_4|$OUT/zd_4" "${GL[@]}")
   for tag in anchor_pool pool "vfm${S0}_pool_real"; do
     embed_val "$OUT/agree/$tag" "$OUT/agree/$tag.h5" "${TRAINED[@]}"

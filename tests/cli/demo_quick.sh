@@ -209,10 +209,10 @@ keys = {b.tobytes(): i for i, b in enumerate(base)}
 for path in sorted(glob.glob("pool_rt/lora_*.h5")):
     with h5py.File(path, "r") as f:
         rows = [keys.get(im.tobytes()) for im in f["images"][...]]
+        counts = np.unique(f["labels"][...], return_counts=True)[1]
         assert f.attrs["retrieved_from"].endswith("base.h5"), path
     assert None not in rows, (path, "an image that is not one of the public set's")
     assert len(set(rows)) == len(rows), (path, "an image stored twice")
-    counts = np.unique(h5py.File(path, "r")["labels"][...], return_counts=True)[1]
     assert (counts == 3).all(), (path, "--retrieve-per-class 3 stored", counts)
 print("retrieve: every pool image is one of base.h5's, none twice within a LoRA, 3 per class")
 PY
