@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1470,6 +1470,40 @@ PY
   $PY bench/zoo_agreement.py "public glyphs (the anchor's)=$OUT/agree/anchor_pool" "surrogates=$OUT/agree/pool" \
     "real images of the zoo's classes=$OUT/agree/vfm${S0}_pool_real" "validation images=$OUT/ceiling_vfm$S0" \
     --runs "$(IFS=,; echo "${TRAINED[*]%%|*}")"
+fi
+# The zoo's concatenated features as the anchor's targets (docs/science.md, "The zoo's features
+# concatenated as targets"): the zoo's mean features (the adopted anchor) carry +0.53 of the +1.29
+# that its concatenation scores over lora-avg; distilling the concatenation's distances did not carry
+# it. metatrain --distill-targets zoo-concat gives feature targets with those distances: the
+# concatenation cut to the model's width (128 principal components over the 10,000 glyphs) and
+# turned onto the zoo's mean features. First what that cut keeps on the validation images when
+# fitted on other images (bench/zoo_concat.py, numpy: the zoo's features on the anchor's 800
+# glyphs, embedded by "zoodist"), then the adopted anchor's runs of the "glyphs" part (gl_2, gl_4,
+# gl_6) with these targets, on the same eval episodes. Run "glyphs" first. ~8 min per run, ~4 min
+# eval and embeds (fp32, 2 cores, AMD EPYC with AVX2).
+if [ "$WHAT" = concat ]; then
+  [ -f "$OUT/gl_eval/results.json" ] || { echo "science: run the 'glyphs' part first" >&2; exit 2; }
+  BIG=$OUT/anchor_big
+  $PY bench/zoo_concat.py "$OUT/agree/anchor_pool" "$OUT/ceiling_vfm$S0"
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  C_RUNS=(
+    "anchor: the zoo's features concatenated, 10,000 glyphs|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG"
+    "the same, seed 1|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG --seed 1"
+    "the zoo's features concatenated alone (no surrogate term)|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
+  )
+  RUN_CONFIG=$DEMO800 run_rows zc "${C_RUNS[@]}"
+  C_META=() ZC=()
+  for i in $(seq ${#C_RUNS[@]}); do C_META+=("zc_$i=$OUT/zc_$i") ZC+=("zc_$i|$OUT/zc_$i"); done
+  once "$OUT/zc_eval/results.json" "$OUT/zc_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "$(IFS=,; echo "${C_META[*]}")" --out "$OUT/zc_eval"
+  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
+  cat "$OUT/zc_eval/results.csv"
+  # the zoo's mean features as the targets (gl_2, gl_4, gl_6), from the "glyphs" part's eval of the
+  # same episodes
+  grep -E '^val,(gl_2|gl_4|gl_6),' "$OUT/gl_eval/results.csv"
+  embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZC[@]}"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" gl_2 gl_4 gl_6 "${ZC[@]%%|*}"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

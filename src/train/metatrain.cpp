@@ -244,9 +244,9 @@ at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vecto
 // --distill-targets: a known value, and (other than own) --distill-pool's distillation term on.
 static void check_distill_targets(const MetaTrainConfig& c) {
   if (c.distill_targets != "own" && c.distill_targets != "start" && c.distill_targets != "zoo-mean" &&
-      c.distill_targets != "zoo")
-    throw InputError("metatrain: --distill-targets must be own, start, zoo-mean or zoo, not '" + c.distill_targets +
-                     "'");
+      c.distill_targets != "zoo-concat" && c.distill_targets != "zoo")
+    throw InputError("metatrain: --distill-targets must be own, start, zoo-mean, zoo-concat or zoo, not '" +
+                     c.distill_targets + "'");
   if (c.distill_targets != "own" && c.distill_pool.empty())
     throw InputError("metatrain: --distill-targets " + c.distill_targets +
                      " concerns --distill-pool's term: give --distill-pool");
@@ -929,7 +929,7 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
   return d.cpu();
 }
 
-// --distill-targets zoo or zoo-mean: the feature of every image of `pool` under each LoRA of its
+// --distill-targets zoo, zoo-mean or zoo-concat: the feature of every image of `pool` under each LoRA of its
 // zoo (pool_zoo), as pool_features computes it (whole, unflipped, grey under --gray; its files
 // shared out over the ranks), [rows, L, D] float on the CPU, the same on every rank.
 at::Tensor zoo_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
@@ -1123,18 +1123,28 @@ class MetaTrainer {
       distill_feat_ =
           own_lora_features(*vit_, *distill_pool_, dense, comm_, device_).select(1, 0).select(1, 0).contiguous();
     }
-    if (distil && (cfg_.distill_targets == "zoo" || cfg_.distill_targets == "zoo-mean")) {
+    if (distil &&
+        (cfg_.distill_targets == "zoo" || cfg_.distill_targets == "zoo-mean" || cfg_.distill_targets == "zoo-concat")) {
       distill_feat_ = zoo_features(*vit_, *distill_pool_, comm_, device_, cfg_.gray);  // [rows, L, D]
       if (cfg_.distill_targets == "zoo-mean") distill_feat_ = distill_feat_.mean(1);
+      if (cfg_.distill_targets == "zoo-concat") {
+        const auto t0 = Clock::now();
+        distill_feat_ = zoo_concat_features(distill_feat_);
+        LOG_INFO("metatrain", "the zoo's features concatenated, cut to " << distill_feat_.size(1)
+                                                                         << " components and turned onto their mean, "
+                                                                         << seconds_since(t0) << " s");
+      }
     }
     const std::string& targets = cfg_.distill_targets;
-    const std::string term = !distil                 ? ""
-                             : targets == "own"      ? "the distillation term"
-                             : targets == "start"    ? "the distillation term towards the start"
-                             : targets == "zoo-mean" ? "the distillation term towards the mean of the zoo's features"
-                             : cfg_.distill_zoo_softmax > 0 ? "the term towards the zoo's neighbours (softmax R " +
-                                                                  log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
-                                                            : "the term towards the zoo's pairwise distances";
+    const std::string term =
+        !distil                   ? ""
+        : targets == "own"        ? "the distillation term"
+        : targets == "start"      ? "the distillation term towards the start"
+        : targets == "zoo-mean"   ? "the distillation term towards the mean of the zoo's features"
+        : targets == "zoo-concat" ? "the distillation term towards the zoo's features concatenated (cut and turned)"
+        : cfg_.distill_zoo_softmax > 0
+            ? "the term towards the zoo's neighbours (softmax R " + log::fixed(cfg_.distill_zoo_softmax, 2) + ")"
+            : "the term towards the zoo's pairwise distances";
     LOG_INFO("metatrain", "--distill-pool " << cfg_.distill_pool << ": " << term
                                             << (distil && cfg_.align_weight > 0 ? " and " : "")
                                             << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
@@ -1791,6 +1801,30 @@ at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t) {
   const at::Tensor dt = zoo_sq_dist(t, f);
   const at::Tensor m = (dt * off).sum() / static_cast<double>(n * (n - 1));
   return ((sq_dist(f) - dt) * off).pow(2).sum() / static_cast<double>(n * (n - 1)) / m.pow(2).clamp_min(1e-24);
+}
+
+at::Tensor zoo_concat_features(const at::Tensor& t) {
+  if (t.dim() != 3 || t.size(0) < 2 || t.size(1) < 1 || t.size(2) < 1)
+    throw InputError("zoo_concat_features: needs t [n, L, D] with n >= 2 rows");
+  const int64_t n = t.size(0), L = t.size(1), D = t.size(2), k = std::min(D, n - 1);  // centred: rank <= n - 1
+  const at::Tensor td = t.detach().to(at::kDouble);
+  const at::Tensor c = td.reshape({n, L * D}) / std::sqrt(static_cast<double>(L));
+  const at::Tensor cc = c - c.mean(0, true);
+  // the principal scores [n, k]: from the smaller of the scatter [LD, LD] and the Gram [n, n]
+  // matrices (eigh: ascending eigenvalues, so the last k columns)
+  at::Tensor y;
+  if (L * D <= n) {
+    y = at::matmul(cc, std::get<1>(at::linalg_eigh(at::matmul(cc.t(), cc))).narrow(1, L * D - k, k));
+  } else {
+    const auto [values, vectors] = at::linalg_eigh(at::matmul(cc, cc.t()));
+    y = vectors.narrow(1, n - k, k) * values.narrow(0, n - k, k).clamp_min(0).sqrt();
+  }
+  if (k < D) y = at::constant_pad_nd(y, {0, D - k});
+  // orthogonal Procrustes with one scale onto the mean features (both centred)
+  const at::Tensor mean = td.mean(1), centre = mean.mean(0, true);
+  const auto [u, sv, vh] = at::linalg_svd(at::matmul(y.t(), mean - centre), false);
+  const at::Tensor scale = sv.sum() / y.pow(2).sum().clamp_min(1e-300);
+  return (at::matmul(y, at::matmul(u, vh)) * scale + centre).to(t.scalar_type());
 }
 
 at::Tensor neighbour_gap(const at::Tensor& f, const at::Tensor& t, double r) {

@@ -264,6 +264,16 @@ $B metatrain $ST --distill-weight 1 --distill-pool anchorpool --distill-targets 
   { cat zm_copy.txt; fail "--distill-targets zoo-mean"; }
 grep -q "images of --distill-pool under each of the 1 LoRAs its files name" zm_copy.txt || { cat zm_copy.txt; fail "no zoo targets line"; }
 compare_adapters st_copy zm_copy 1e-4
+# zoo-concat: for a zoo of one the concatenation is k2's features, cut to their own width and turned
+# onto themselves, so the same run again; on the quick pool's zoo of two, world size 1 and 2 alike.
+$B metatrain $ST --distill-weight 1 --distill-pool anchorpool --distill-targets zoo-concat --out zc_copy >zc_copy.txt 2>&1 ||
+  { cat zc_copy.txt; fail "--distill-targets zoo-concat"; }
+grep -q "the zoo's features concatenated, cut to" zc_copy.txt || { cat zc_copy.txt; fail "no zoo-concat line"; }
+compare_adapters st_copy zc_copy 1e-4
+ZC="$ST --distill-weight 1 --distill-pool runs/quick/pool --distill-targets zoo-concat"
+$B metatrain $ZC --out zc1 >zc1.txt 2>&1 || { cat zc1.txt; fail "--distill-targets zoo-concat, world size 1"; }
+mpirun2 $B metatrain $ZC --out zc2 >zc2.txt 2>&1 || { cat zc2.txt; fail "--distill-targets zoo-concat, mpirun -np 2"; }
+compare_adapters zc1 zc2 1e-4
 ZF="${ST/--temperature 128/--temperature 1e9}"
 ZF="${ZF/--steps 20/--steps 2}"
 for run in "zg_none|--distill-weight 0" "zg_k2|--distill-weight 1 --distill-pool anchorpool --distill-targets zoo" \
@@ -308,7 +318,7 @@ expect_status 2 "--distill-targets zoo compares pairwise distances: it needs --d
   --distill-images 1 --steps 2 --out zx
 expect_status 2 "--distill-targets zoo-mean concerns --distill-pool's term: give --distill-pool" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-targets zoo-mean --steps 2 --out zx
-expect_status 2 "--distill-targets must be own, start, zoo-mean or zoo" -- \
+expect_status 2 "--distill-targets must be own, start, zoo-mean, zoo-concat or zoo" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-targets mine --steps 2 --out stx
 cp -r runs/quick/pool lostpool
 "$LORAREC_PYTHON" - <<'PY'

@@ -349,6 +349,36 @@ TEST(DistanceGap, MatchesTheZoosPairwiseDistances) {
   EXPECT_THROW(distance_gap(at::randn({4, 4}), at::randn({3, 2, 4})), InputError);
 }
 
+// zoo_concat_features: one LoRA gives back its own features (through both eigendecompositions:
+// the scatter matrix when rows >= width, the Gram matrix when fewer); the distances of the targets
+// are the concatenation's times one scale when it has no more than D components, and those of its
+// top D principal components (an SVD computed here) when it has more; the mean is the zoo's mean.
+TEST(ZooConcatFeatures, CarryTheConcatenationsGeometryNearTheMean) {
+  at::manual_seed(7);
+  for (const int64_t n : {9, 3}) {
+    const at::Tensor x = at::randn({n, 1, 4}, at::kDouble);
+    EXPECT_TRUE(at::allclose(zoo_concat_features(x), x.select(1, 0), 1e-9, 1e-9)) << n << " rows";
+  }
+  auto ratios = [](const at::Tensor& a, const at::Tensor& b) {  // off-diagonal |a_i - a_j|^2 / |b_i - b_j|^2
+    const at::Tensor off = 1 - at::eye(a.size(0), a.options());
+    return at::cdist(a, a).pow(2).masked_select(off.to(at::kBool)) /
+           at::cdist(b, b).pow(2).masked_select(off.to(at::kBool));
+  };
+  const at::Tensor t4 = at::randn({4, 3, 4}, at::kDouble);  // 4 rows: 3 centred components <= D
+  const at::Tensor c4 = t4.reshape({4, 12}) / std::sqrt(3.0);
+  const at::Tensor r4 = ratios(zoo_concat_features(t4), c4);
+  EXPECT_TRUE(at::allclose(r4, r4[0].expand_as(r4), 1e-9, 1e-9));
+  const at::Tensor t = at::randn({20, 2, 4}, at::kDouble);  // 8 components > D = 4
+  const at::Tensor c = t.reshape({20, 8}) / std::sqrt(2.0), cc = c - c.mean(0, true);
+  const at::Tensor top = at::matmul(cc, std::get<2>(at::linalg_svd(cc, false)).narrow(0, 0, 4).t());
+  const at::Tensor out = zoo_concat_features(t), r = ratios(out, top);
+  EXPECT_TRUE(at::allclose(r, r[0].expand_as(r), 1e-9, 1e-9));
+  EXPECT_TRUE(at::allclose(out.mean(0), t.mean(1).mean(0), 1e-9, 1e-9));
+  EXPECT_EQ(zoo_concat_features(t.to(at::kFloat)).scalar_type(), at::kFloat);
+  EXPECT_THROW(zoo_concat_features(at::randn({1, 2, 4})), InputError);
+  EXPECT_THROW(zoo_concat_features(at::randn({4, 4})), InputError);
+}
+
 // neighbour_gap: 0 when f has the zoo's distances up to a common scale, a direct double loop's KL
 // otherwise (each side's softmax over the other rows of -d / (r x its mean d)), unchanged when f alone
 // is scaled, and a gradient that brings f's neighbours towards the zoo's.

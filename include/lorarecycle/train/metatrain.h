@@ -133,9 +133,11 @@ struct MetaTrainConfig {
   // Whose features distill_pool's term distils: "own" (each image's own LoRA, its file's
   // lora_path), "start" (the meta-LoRA's start: the bare VFM, or what --init sets; an anchor,
   // learning without forgetting), "zoo-mean" (the mean of the features under every LoRA that
-  // distill_pool's files name: the zoo's feature ensemble) or "zoo" (no feature targets: the
-  // pairwise squared distances among an episode's distill_pool images matched to the zoo's, their
-  // mean over those LoRAs, i.e. the geometry of the LoRAs' features concatenated; distance_gap).
+  // distill_pool's files name: the zoo's feature ensemble), "zoo-concat" (those LoRAs' features
+  // concatenated, cut to the model's width and turned onto the zoo's mean features:
+  // zoo_concat_features) or "zoo" (no feature targets: the pairwise squared distances among an
+  // episode's distill_pool images matched to the zoo's, their mean over those LoRAs, i.e. the
+  // geometry of the LoRAs' features concatenated; distance_gap).
   std::string distill_targets = "own";
   // With distill_targets "zoo": 0 = distance_gap (squared error of the distances); R > 0 =
   // neighbour_gap at softmax temperature R (the near neighbours weigh most).
@@ -192,6 +194,16 @@ at::Tensor feature_stats_gap(const at::Tensor& a, const at::Tensor& b);
 // (without gradient through t): 0 when f has the zoo's distances, unchanged when both are scaled
 // alike, invariant to f's rotations and shifts (prototype classification is).
 at::Tensor distance_gap(const at::Tensor& f, const at::Tensor& t);
+
+// Feature targets that carry the geometry of a zoo's features concatenated: t [n, L, D] (each row
+// under L LoRAs) -> [n, D]. The concatenation over sqrt L (whose squared distances are the mean over
+// the LoRAs of theirs, as distance_gap's zoo) is cut to its top D principal components over the n
+// rows, then turned and scaled (orthogonal Procrustes with one scale) to lie closest to the mean of
+// the LoRAs' features, and shifted to their mean: the targets start near the zoo's mean features (a
+// meta-LoRA from lora-avg starts near them), and their pairwise distances are the concatenation's
+// within its top D components, times the scale. Computed in double; the returned dtype is t's.
+// InputError unless t is [n >= 2, L >= 1, D >= 1].
+at::Tensor zoo_concat_features(const at::Tensor& t);
 
 // The same comparison through each row's neighbours: for row i, the softmax over the other rows j of
 // -d_ij / (r x mean d), for f's distances (scaled by f's own mean distance) and for the zoo's (by
