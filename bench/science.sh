@@ -1476,22 +1476,35 @@ fi
 # that its concatenation scores over lora-avg; distilling the concatenation's distances did not carry
 # it. metatrain --distill-targets zoo-concat gives feature targets with those distances: the
 # concatenation cut to the model's width (128 principal components over the 10,000 glyphs) and
-# turned onto the zoo's mean features. First what that cut keeps on the validation images when
-# fitted on other images (bench/zoo_concat.py, numpy: the zoo's features on the anchor's 800
-# glyphs, embedded by "zoodist"), then the adopted anchor's runs of the "glyphs" part (gl_2, gl_4,
-# gl_6) with these targets, on the same eval episodes. Run "glyphs" first. ~8 min per run, ~4 min
-# eval and embeds (fp32, 2 cores, AMD EPYC with AVX2).
+# turned onto the zoo's mean features. The adopted anchor's runs of the "glyphs" part (gl_2, gl_4,
+# gl_6) with these targets, on the same eval episodes, and two changes of capacity to the last (lr
+# 1e-3; full rank); the distillation term on the training glyphs; what the cut keeps on the
+# validation images when fitted on other images (bench/zoo_concat.py, numpy: the zoo's features on
+# the anchor's 800 glyphs, embedded by "zoodist") and how close each run comes to the zoo's
+# geometry there. Run "glyphs" first. ~8 min per run, ~4 min eval and embeds, ~1 min numpy (fp32,
+# 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = concat ]; then
   [ -f "$OUT/gl_eval/results.json" ] || { echo "science: run the 'glyphs' part first" >&2; exit 2; }
   BIG=$OUT/anchor_big
-  $PY bench/zoo_concat.py "$OUT/agree/anchor_pool" "$OUT/ceiling_vfm$S0"
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   C_RUNS=(
     "anchor: the zoo's features concatenated, 10,000 glyphs|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG"
     "the same, seed 1|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG --seed 1"
     "the zoo's features concatenated alone (no surrogate term)|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
+    "the same, lr 1e-3|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG --lr 1e-3"
+    "the same at lr 3e-4, full rank (128, alpha 128)|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG --rank 128 --alpha 128"
   )
   RUN_CONFIG=$DEMO800 run_rows zc "${C_RUNS[@]}"
+  # How far the runs without surrogate term come on the glyphs they train on: under the flat CE
+  # (T 1e9: ln 5 whatever the features) the logged loss less ln 5 is the distillation term, the mean
+  # squared difference to the targets.
+  $PY - "$OUT" gl_6 zc_3 zc_4 zc_5 <<'PY'
+import json, math, sys
+print("distillation term on the training glyphs (loss - ln 5) at steps 20 / 100 / 500 / 1000:")
+for run in sys.argv[2:]:
+    loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
+    print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" for s in (20, 100, 500, 1000)))
+PY
   C_META=() ZC=()
   for i in $(seq ${#C_RUNS[@]}); do C_META+=("zc_$i=$OUT/zc_$i") ZC+=("zc_$i|$OUT/zc_$i"); done
   once "$OUT/zc_eval/results.json" "$OUT/zc_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
@@ -1503,7 +1516,11 @@ if [ "$WHAT" = concat ]; then
   # same episodes
   grep -E '^val,(gl_2|gl_4|gl_6),' "$OUT/gl_eval/results.csv"
   embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZC[@]}"
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_vfm$S0" gl_2 gl_4 gl_6 "${ZC[@]%%|*}"
+  # what the cut keeps (fitted on the anchor's 800 glyphs), and how close each run comes to the
+  # zoo's geometry on the validation images (scale aside), beside the zoo's mean features as targets
+  # (gl_2, gl_4, gl_6), the zoo's distances alone (gl_1) and their real-image control (gl_5)
+  $PY bench/zoo_concat.py "$OUT/agree/anchor_pool" "$OUT/ceiling_vfm$S0" "${ZC[@]%%|*}" gl_2 gl_4 gl_6 gl_1 gl_5 \
+    zd_3 zd_4
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

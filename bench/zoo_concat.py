@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What metatrain --distill-targets zoo-concat's targets keep of the zoo's ensemble on unseen images.
 
-  /usr/bin/python3 bench/zoo_concat.py FIT_DIR VAL_DIR
+  /usr/bin/python3 bench/zoo_concat.py FIT_DIR VAL_DIR [RUN ...]
 
 Both DIRs hold features written by `lorarecycle embed`: zoo_*.h5 (one per zoo LoRA, the same LoRAs
 in both); VAL_DIR also avg.h5 (lora-avg) of the validation images. The targets are built on FIT_DIR's
@@ -10,10 +10,13 @@ concatenated over sqrt L, centred, cut to their top k principal components, turn
 (orthogonal Procrustes with one scale) onto the zoo's mean features (centred) and shifted to their
 mean. The same centring, cut, turn and scale applied to the validation images' concatenation give the
 features the targets stand for there. Each row: accuracy on 600 seeded 5-way 1-shot episodes
-(bench/zoo_ensemble.py's), paired against lora-avg; the scale (the targets' distances are those of
-the concatenation's cut times its square; prototypes do not see it); and how far the targets lie from
-the zoo's mean features on the fit images (|targets - mean| / |mean - its centre|): how far a run
-from lora-avg must move. Starred:
+(bench/zoo_ensemble.py's), paired against lora-avg; the distance gap to the zoo's geometry on the
+validation images at the best common scale (zoo_ensemble.scaled_gap: geometry only); the scale (the
+targets' distances are those of the concatenation's cut times its square; prototypes do not see it);
+and how far the targets lie from the zoo's mean features on the fit images (|targets - mean| /
+|mean - its centre|): how far a run from lora-avg must move. Each RUN (VAL_DIR/RUN.h5, e.g. a
+meta-LoRA's features) gets the first three columns: how close a run trained towards such targets
+comes to the concatenation's geometry on images it never saw. Starred:
 the same cut fitted on the validation images themselves (a check of capacity, not a method). Used by
 bench/science.sh "concat".
 """
@@ -24,7 +27,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo_ensemble import ci, episode_acc, episodes, load  # noqa: E402
+from zoo_ensemble import ci, episode_acc, episodes, load, scaled_gap, subsets  # noqa: E402
 
 
 def zoo(d):
@@ -53,9 +56,9 @@ def fit(feats, k):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         raise SystemExit(__doc__)
-    fit_dir, val_dir = sys.argv[1:]
+    fit_dir, val_dir, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
     names, fit_zoo = zoo(fit_dir)
     val_names, val_zoo = zoo(val_dir)
     if names != val_names:
@@ -63,15 +66,20 @@ def main():
     avg, y = load(val_dir, "avg")
     eps = episodes(y)
     base = episode_acc(avg, *eps)
+    stack, rows_40 = np.stack(val_zoo, 1), subsets(len(y))
     n_fit, width = len(fit_zoo[0]), fit_zoo[0].shape[1]
     print(f"{len(names)} zoo LoRAs; targets fitted on {n_fit} images ({fit_dir}), scored on {len(y)} validation "
           f"images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
-    print(f"  {'features':<50}{'accuracy (%)':<18}{'paired - lora-avg':<20}{'scale':<8}targets from the mean")
+    print(f"  {'features':<50}{'accuracy (%)':<18}{'paired - lora-avg':<20}{'gap, scaled':<13}{'scale':<8}"
+          "targets from the mean")
 
     def row(name, F, scale="", off=""):
         a = episode_acc(F, *eps)
         d = a - base
-        print(f"  {name:<50}{a.mean():.2f} +- {ci(a):.2f}    {d.mean():+.2f} +- {ci(d):.2f}       {scale:<8}{off}")
+        print(f"  {name:<50}{a.mean():.2f} +- {ci(a):.2f}    {d.mean():+.2f} +- {ci(d):.2f}       "
+              f"{scaled_gap(F, stack, rows_40):<13.4f}{scale:<8}{off}")
+
+    row("lora-avg", avg)
 
     row("the zoo's mean features", np.mean(val_zoo, 0))
     row("the zoo's features concatenated", np.concatenate(val_zoo, 1) / np.sqrt(len(val_zoo)))
@@ -83,6 +91,8 @@ def main():
     apply, scale, off = fit(val_zoo, width)
     row(f"cut to {width}, fitted on the validation images*", apply(val_zoo), f"{scale:.3f}", f"{off:.3f}")
     print("  * fitted on the validation images themselves: a check of capacity, not a method")
+    for r in runs:
+        row(r, load(val_dir, r)[0])
 
 
 if __name__ == "__main__":
