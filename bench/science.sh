@@ -1518,9 +1518,10 @@ PY
   embed_val "$OUT/ceiling_vfm$S0" data/demo/val.h5 "${ZC[@]}"
   # what the cut keeps (fitted on the anchor's 800 glyphs), and how close each run comes to the
   # zoo's geometry on the validation images (scale aside), beside the zoo's mean features as targets
-  # (gl_2, gl_4, gl_6), the zoo's distances alone (gl_1) and their real-image control (gl_5)
+  # (gl_2, gl_4, gl_6), and the runs that distilled the zoo's distances or neighbours alone (gl_1, the
+  # "zoodist" part's zd_3, zd_4, zd_6 to zd_9) and their real-image control (gl_5)
   $PY bench/zoo_concat.py "$OUT/agree/anchor_pool" "$OUT/ceiling_vfm$S0" "${ZC[@]%%|*}" gl_2 gl_4 gl_6 gl_1 gl_5 \
-    zd_3 zd_4
+    zd_3 zd_4 zd_6 zd_7 zd_8 zd_9
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
