@@ -343,6 +343,12 @@ void MetaTrainConfig::validate() const {
     throw InputError("metatrain: --init must be fresh, zoo-mean or a PEFT adapter directory (with " +
                      std::string(model::kPeftConfig) + "), not '" + init +
                      "' (a resumed run needs its --init directory as it was)");
+  if (init_partial && init == "fresh")
+    throw InputError("metatrain: --init-partial concerns --init zoo-mean or an adapter directory, not fresh");
+  if (init_partial && scales_only)
+    throw InputError(
+        "metatrain: --init-partial and --scales-only exclude each other (the scales of a module the "
+        "start does not adapt would multiply B = 0)");
   if (scales_only && init != "zoo-mean")
     throw InputError(
         "metatrain: --scales-only needs --init zoo-mean (not fresh, whose B is 0, nor an adapter "
@@ -780,6 +786,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
                        prov::file_digest(stdfs::path(c.init) / model::kPeftConfig);
   if (c.distill_dense) j["distill_dense"] = true;              // absent when off: earlier checkpoints still resume
   if (c.scales_only) j["scales_only"] = true;                  // the same
+  if (c.init_partial) j["init_partial"] = true;                // the same
   if (c.align_weight > 0) j["align_weight"] = c.align_weight;  // the same
   if (c.disjoint_teachers) j["disjoint_teachers"] = true;      // the same
   if (c.hard_classes > 0) j["hard_classes"] = c.hard_classes;  // the same
@@ -815,15 +822,24 @@ void check_lora_paths(const data::SurrogatePool& pool, const std::string& option
 
 // InputError unless `src` adapts every module `lora` does: "metatrain: <option>: <src_name> does
 // not adapt <module> of layer <l>, which the meta-LoRA does; give the meta-LoRA <src_name>'s
-// modules (--targets) and layers (--layers)".
+// modules (--targets) and layers (--layers)". With `partial` (--init-partial) it only logs how
+// many of the meta-LoRA's modules `src` lacks: those keep the fresh start.
 void check_adapts(const model::Lora& src, const model::Lora& lora, const std::string& option,
-                  const std::string& src_name) {
+                  const std::string& src_name, bool partial) {
+  if (partial) {  // --init-partial: the modules the start lacks keep the fresh start; say how many
+    int fresh = 0;
+    for (const auto& [key, ad] : lora.adapters())
+      fresh += src.find(key.first, static_cast<model::Module>(key.second)) ? 0 : 1;
+    LOG_INFO("metatrain", option << " --init-partial: " << fresh << " of the meta-LoRA's " << lora.adapters().size()
+                                 << " adapted modules are not in " << src_name << " and start fresh (B = 0)");
+    return;
+  }
   for (const auto& [key, ad] : lora.adapters())
     if (!src.find(key.first, static_cast<model::Module>(key.second)))
       throw InputError("metatrain: " + option + ": " + src_name + " does not adapt " +
                        model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
                        std::to_string(key.first) + ", which the meta-LoRA does; give the meta-LoRA " + src_name +
-                       "'s modules (--targets) and layers (--layers)");
+                       "'s modules (--targets) and layers (--layers), or --init-partial");
 }
 
 // Sets `lora`'s A and B (its layers only, --layers) to the best rank-r approximation of `src`'s
@@ -854,12 +870,12 @@ std::vector<std::string> pool_zoo(const data::SurrogatePool& pool, const std::st
 
 // --init zoo-mean: sets `lora` to the best rank-r approximation of the mean weight delta of the
 // pool's LoRAs (pool_zoo). Every rank computes the same adapter.
-void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
+void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool, bool partial) {
   const auto& vc = lora.vit_config();
   std::vector<model::Lora> zoo;
   for (const auto& path : pool_zoo(pool, "--init zoo-mean")) zoo.push_back(model::load_peft(path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
-  check_adapts(mean, lora, "--init zoo-mean", "the zoo's mean");
+  check_adapts(mean, lora, "--init zoo-mean", "the zoo's mean", partial);
   const double kept = set_low_rank_start(lora, mean);
   LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
                                                         << "), cut to rank " << lora.config().r << ", keeps "
@@ -868,9 +884,9 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool) {
 
 // --init DIR: sets `lora` to the best rank-r approximation of the PEFT adapter in DIR (e.g. lora-avg
 // or a meta-LoRA written earlier), which must adapt every module the meta-LoRA does.
-void init_from_adapter(model::Lora& lora, const std::string& dir, const std::string& model_path) {
+void init_from_adapter(model::Lora& lora, const std::string& dir, const std::string& model_path, bool partial) {
   const model::Lora start = model::load_peft(dir, lora.vit_config(), model_path);
-  check_adapts(start, lora, "--init " + dir, "the adapter");
+  check_adapts(start, lora, "--init " + dir, "the adapter", partial);
   const double kept = set_low_rank_start(lora, start);
   LOG_INFO("metatrain", "--init " << dir << ": rank " << start.config().r << ", cut to rank " << lora.config().r
                                   << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm");
@@ -1185,8 +1201,8 @@ class MetaTrainer {
     // a resumed run builds the start only where it needs it: under --scales-only (only the scales are
     // checkpointed; A and B are the start's) and for --distill-targets start (the start's features).
     if (!resuming || cfg_.scales_only || start_targets) {
-      if (cfg_.init == "zoo-mean") init_from_zoo_mean(*lora_, *pool_);
-      if (cfg_.init_from_dir()) init_from_adapter(*lora_, cfg_.init, cfg_.model);
+      if (cfg_.init == "zoo-mean") init_from_zoo_mean(*lora_, *pool_, cfg_.init_partial);
+      if (cfg_.init_from_dir()) init_from_adapter(*lora_, cfg_.init, cfg_.model, cfg_.init_partial);
     }
     lora_->to(device_);
     if (start_targets) distill_feat_ = start_features();  // lora_ is the start until resume()'s copy

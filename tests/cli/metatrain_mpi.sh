@@ -351,6 +351,31 @@ grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no
 ! grep -q "cut to rank 1, keeps 100.0 %" z2.txt || fail "rank 1 keeps the whole mean delta"
 expect_status 2 "--init zoo-mean: the zoo's mean does not adapt k_proj of layer 0" -- \
   $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --targets q_proj,k_proj --steps 2 --out z3
+# --init-partial: the same meta-LoRA starts with the zoo's mean on q_proj (full rank, as z1) and B = 0
+# on k_proj, the module the zoo lacks; refused with fresh and with --scales-only.
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --init-partial --targets q_proj,k_proj --rank $FULL \
+  --alpha $FULL --lr 1e-30 --lr-min 0 --steps 2 --out z3p >z3p.txt 2>&1 || { cat z3p.txt; fail "--init-partial"; }
+grep -Eq "init zoo-mean --init-partial: ([0-9]+) of the meta-LoRA's [0-9]+ adapted modules are not in the zoo's mean" z3p.txt ||
+  { cat z3p.txt; fail "no --init-partial line"; }
+"$LORAREC_PYTHON" - z3p z1 <<'PY'
+import json, sys
+import numpy as np
+from peft_adapter import deltas
+part, full = deltas(sys.argv[1]), deltas(sys.argv[2])
+q = [k for k in part if "q_proj" in k]
+k_ = [k for k in part if "k_proj" in k]
+assert q and k_ and len(q) + len(k_) == len(part), part.keys()
+err = max(np.abs(part[k] - full[k]).max() for k in q) / max(np.abs(full[k]).max() for k in q)
+assert err < 1e-4, err
+top = max(np.abs(full[k]).max() for k in q)  # B = 0 at the start; 2 steps at lr 1e-30 move it by ~1e-30
+assert all(np.abs(part[k]).max() < 1e-12 * top for k in k_), "a module the zoo lacks did not start at B = 0"
+assert json.load(open(f"{sys.argv[1]}/metatrain.json"))["fingerprint"]["init_partial"] is True
+print(f"--init-partial: q_proj as the zoo's mean (max relative difference {err:.3g}), k_proj's {len(k_)} deltas ~0")
+PY
+expect_status 2 "--init-partial concerns --init zoo-mean or an adapter directory, not fresh" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init-partial --steps 2 --out z3x
+expect_status 2 "--init-partial and --scales-only exclude each other" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --init-partial --scales-only --steps 2 --out z3x
 # --init DIR: the adapter written by the full-rank zoo-mean run (z1) as the start gives its deltas
 # back; one zoo LoRA cut to rank 1 (its first singular pair); its files in the fingerprint, so a
 # resume takes the checkpoint's weights and refuses a changed start; a directory without an adapter

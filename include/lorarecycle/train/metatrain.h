@@ -86,6 +86,9 @@ struct MetaTrainConfig {
   std::string init = "fresh";        // fresh (A random, B 0) | zoo-mean (rank-r SVD of the pool's LoRAs' mean
                                      // delta) | a PEFT adapter directory (rank-r SVD of its delta)
   bool init_from_dir() const { return init != "fresh" && init != "zoo-mean"; }  // the last of those
+  // With init zoo-mean or a directory: the meta-LoRA may adapt modules and layers the start does
+  // not; those keep the fresh start (A random, B 0), so the run still starts at the start's function.
+  bool init_partial = false;
   // Train one scale per rank-1 component (B diag(s) A, A and B frozen at the start, s from 1)
   // instead of A and B; needs init zoo-mean (the scales then multiply the singular values of the
   // zoo's mean delta; at full rank the start is lora-avg exactly).
