@@ -1486,6 +1486,8 @@ fi
 if [ "$WHAT" = concat ]; then
   [ -f "$OUT/gl_eval/results.json" ] || { echo "science: run the 'glyphs' part first" >&2; exit 2; }
   BIG=$OUT/anchor_big
+  # a meta-LoRA with more room than the zoo's adapters (q and v): the zoo's mean there, 0 elsewhere
+  EVERY="--targets q_proj,k_proj,v_proj,out_proj,fc1,fc2 --init-partial"
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   C_RUNS=(
     "anchor: the zoo's features concatenated, 10,000 glyphs|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG"
@@ -1493,12 +1495,15 @@ if [ "$WHAT" = concat ]; then
     "the zoo's features concatenated alone (no surrogate term)|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
     "the same, lr 1e-3|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG --lr 1e-3"
     "the same at lr 3e-4, full rank (128, alpha 128)|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG --rank 128 --alpha 128"
+    "the same at rank 80, on every projection and MLP layer|runs/demo/pool|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG $EVERY"
+    "anchor: the zoo's features concatenated, every projection and MLP layer|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG $EVERY"
+    "anchor: the zoo's mean features, every projection and MLP layer|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG $EVERY"
   )
   RUN_CONFIG=$DEMO800 run_rows zc "${C_RUNS[@]}"
   # How far the runs without surrogate term come on the glyphs they train on: under the flat CE
   # (T 1e9: ln 5 whatever the features) the logged loss less ln 5 is the distillation term, the mean
   # squared difference to the targets.
-  $PY - "$OUT" gl_6 zc_3 zc_4 zc_5 <<'PY'
+  $PY - "$OUT" gl_6 zc_3 zc_4 zc_5 zc_6 <<'PY'
 import json, math, sys
 print("distillation term on the training glyphs (loss - ln 5) at steps 20 / 100 / 500 / 1000:")
 for run in sys.argv[2:]:
