@@ -345,6 +345,19 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
   done
 fi
 
+# val_eval PREFIX N: eval of nn, lora-avg and the meta-LoRAs $OUT/PREFIX_1 .. PREFIX_N (named so)
+# on 600 validation episodes (5-way 1-shot, paired against lora-avg) into $OUT/PREFIX_eval unless
+# done, and its table.
+val_eval() {
+  local prefix=$1 i metas=()
+  for i in $(seq "$2"); do metas+=("${prefix}_$i=$OUT/${prefix}_$i"); done
+  once "$OUT/${prefix}_eval/results.json" "$OUT/${prefix}_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "$(IFS=,; echo "${metas[*]}")" --out "$OUT/${prefix}_eval"
+  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
+  cat "$OUT/${prefix}_eval/results.csv"
+}
+
 # run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (the rank-4 recipe's [metatrain], or RUN_CONFIG's
 # when set, plus FLAGS) on POOL as $OUT/PREFIX_<i>, unless done, and prints each run's validation
 # series.
@@ -1448,13 +1461,9 @@ PY
     "the zoo's mean features alone, 10,000 glyphs (no surrogate term)|runs/demo/pool|--distill-targets zoo-mean --temperature 1e9 --single-lora-prob 0 --distill-pool $BIG"
   )
   RUN_CONFIG=$DEMO800 run_rows gl "${G_RUNS[@]}"
-  G_META=() GL=()
-  for i in $(seq ${#G_RUNS[@]}); do G_META+=("gl_$i=$OUT/gl_$i") GL+=("gl_$i|$OUT/gl_$i"); done
-  once "$OUT/gl_eval/results.json" "$OUT/gl_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-    --meta "$(IFS=,; echo "${G_META[*]}")" --out "$OUT/gl_eval"
-  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
-  cat "$OUT/gl_eval/results.csv"
+  GL=()
+  for i in $(seq ${#G_RUNS[@]}); do GL+=("gl_$i|$OUT/gl_$i"); done
+  val_eval gl ${#G_RUNS[@]}
   # the "zoodist" rows they repeat on 800 glyphs (the main recipe, zd_3, zd_2, zd_10, zd_11), from
   # that part's eval of the same episodes
   grep -E '^val,(meta|zoo-alone|zoo-mean|zoo-mean-seed1|meta-seed1),' "$OUT/zd_eval/results.csv"
@@ -1510,13 +1519,9 @@ for run in sys.argv[2:]:
     loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
     print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" for s in (20, 100, 500, 1000)))
 PY
-  C_META=() ZC=()
-  for i in $(seq ${#C_RUNS[@]}); do C_META+=("zc_$i=$OUT/zc_$i") ZC+=("zc_$i|$OUT/zc_$i"); done
-  once "$OUT/zc_eval/results.json" "$OUT/zc_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-    --meta "$(IFS=,; echo "${C_META[*]}")" --out "$OUT/zc_eval"
-  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
-  cat "$OUT/zc_eval/results.csv"
+  ZC=()
+  for i in $(seq ${#C_RUNS[@]}); do ZC+=("zc_$i|$OUT/zc_$i"); done
+  val_eval zc ${#C_RUNS[@]}
   # the zoo's mean features as the targets (gl_2, gl_4, gl_6), from the "glyphs" part's eval of the
   # same episodes
   grep -E '^val,(gl_2|gl_4|gl_6),' "$OUT/gl_eval/results.csv"
