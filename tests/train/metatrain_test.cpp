@@ -290,7 +290,11 @@ TEST(MetaTrainConfig, RejectsBadValues) {
   bad([](auto& d) { d.distill_pool = "public"; }, "needs --distill-weight > 0 or --align-weight > 0");
   bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_images = 1; }, "--distill-images >= 2");
   bad([](auto& d) { d.distill_weight = 1, d.distill_pool_weight = 1; }, "give --distill-pool");
-  bad([](auto& d) { d.distill_targets = "teacher"; }, "--distill-targets must be own, start, zoo-mean or zoo");
+  bad([](auto& d) { d.distill_targets = "teacher"; },
+      "--distill-targets must be own, start, zoo-mean, zoo-concat or zoo");
+  bad([](auto& d) { d.init_partial = true; }, "--init-partial concerns --init zoo-mean or an adapter directory");
+  bad([](auto& d) { d.init = "zoo-mean", d.init_partial = true, d.scales_only = true; },
+      "--init-partial and --scales-only exclude each other");
   bad([](auto& d) { d.distill_weight = 1, d.distill_targets = "start"; }, "--distill-targets start concerns");
   bad([](auto& d) { d.distill_pool = "public", d.align_weight = 1, d.distill_targets = "start"; }, "which is off");
   bad([](auto& d) { d.distill_pool = "public", d.distill_weight = 1, d.distill_pool_weight = -0.5; },
