@@ -13,14 +13,13 @@ and their ensemble differs little from their average there. With --runs, also ea
 geometry on some of these images lies from it on them and on the others. Used by bench/science.sh
 "zoodist" and "glyphs".
 """
-import glob
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo_ensemble import distance_gap, load, subsets  # noqa: E402
+from zoo_ensemble import distance_gap, load, load_zoo, subsets  # noqa: E402
 
 
 def main():
@@ -38,10 +37,7 @@ def main():
     for arg in args:
         name, d = arg.split("=", 1)
         avg = load(d, "avg")[0]
-        names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
-        if not names:
-            raise SystemExit(f"zoo_agreement: no zoo_*.h5 in {d}")
-        zoo = np.stack([load(d, n)[0] for n in names], 1)
+        zoo = np.stack(load_zoo(d, "zoo_agreement")[1], 1)
         rows_40 = subsets(len(avg))
         single = np.mean([distance_gap(zoo[:, i], zoo, rows_40[:50]) for i in range(zoo.shape[1])])
         own = [f"{distance_gap(load(d, r)[0], zoo, rows_40):.4f}" if os.path.exists(f"{d}/{r}.h5") else "-"

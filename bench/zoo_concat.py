@@ -20,21 +20,13 @@ comes to the concatenation's geometry on images it never saw. Starred:
 the same cut fitted on the validation images themselves (a check of capacity, not a method). Used by
 bench/science.sh "concat".
 """
-import glob
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo_ensemble import ci, episode_acc, episodes, load, scaled_gap, subsets  # noqa: E402
-
-
-def zoo(d):
-    names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
-    if not names:
-        raise SystemExit(f"zoo_concat: no zoo_*.h5 in {d}")
-    return names, [load(d, n)[0] for n in names]
+from zoo_ensemble import ci, episode_acc, episodes, load, load_zoo, scaled_gap, subsets  # noqa: E402
 
 
 def fit(feats, k):
@@ -59,8 +51,8 @@ def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     fit_dir, val_dir, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
-    names, fit_zoo = zoo(fit_dir)
-    val_names, val_zoo = zoo(val_dir)
+    names, fit_zoo = load_zoo(fit_dir, "zoo_concat")
+    val_names, val_zoo = load_zoo(val_dir, "zoo_concat")
     if names != val_names:
         raise SystemExit(f"zoo_concat: {fit_dir} and {val_dir} hold other zoos")
     avg, y = load(val_dir, "avg")

@@ -33,6 +33,15 @@ def load(d, name):
         return f["features"][:].astype(np.float64), f["labels"][:]
 
 
+def load_zoo(d, tool):
+    """The zoo LoRAs' features in d (zoo_*.h5, by name): (names, [features, ...]); tool names the
+    script in the error when there are none."""
+    names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
+    if not names:
+        raise SystemExit(f"{tool}: no zoo_*.h5 in {d}")
+    return names, [load(d, n)[0] for n in names]
+
+
 def episodes(y, n=600, way=5, shot=1, query=15):
     rng = np.random.default_rng(0)
     by = {c: np.flatnonzero(y == c) for c in np.unique(y)}
@@ -98,10 +107,7 @@ def main():
     d, extra = sys.argv[1], [a for a in sys.argv[2:] if a != "--curve"]
     bare, y = load(d, "bare")
     avg, y_avg = load(d, "avg")
-    names = sorted(os.path.basename(p)[: -len(".h5")] for p in glob.glob(f"{d}/zoo_*.h5"))
-    if not names:
-        raise SystemExit(f"zoo_ensemble: no zoo_*.h5 in {d}")
-    zoo = [load(d, n)[0] for n in names]
+    zoo = load_zoo(d, "zoo_ensemble")[1]
     if not np.array_equal(y, y_avg):
         raise SystemExit("zoo_ensemble: bare.h5 and avg.h5 hold other images")
     eps = episodes(y)

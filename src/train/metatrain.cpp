@@ -826,20 +826,19 @@ void check_lora_paths(const data::SurrogatePool& pool, const std::string& option
 // many of the meta-LoRA's modules `src` lacks: those keep the fresh start.
 void check_adapts(const model::Lora& src, const model::Lora& lora, const std::string& option,
                   const std::string& src_name, bool partial) {
-  if (partial) {  // --init-partial: the modules the start lacks keep the fresh start; say how many
-    int fresh = 0;
-    for (const auto& [key, ad] : lora.adapters())
-      fresh += src.find(key.first, static_cast<model::Module>(key.second)) ? 0 : 1;
-    LOG_INFO("metatrain", option << " --init-partial: " << fresh << " of the meta-LoRA's " << lora.adapters().size()
-                                 << " adapted modules are not in " << src_name << " and start fresh (B = 0)");
-    return;
-  }
-  for (const auto& [key, ad] : lora.adapters())
-    if (!src.find(key.first, static_cast<model::Module>(key.second)))
+  int missing = 0;
+  for (const auto& [key, ad] : lora.adapters()) {
+    if (src.find(key.first, static_cast<model::Module>(key.second))) continue;
+    if (!partial)
       throw InputError("metatrain: " + option + ": " + src_name + " does not adapt " +
                        model::module_name(static_cast<model::Module>(key.second)) + " of layer " +
                        std::to_string(key.first) + ", which the meta-LoRA does; give the meta-LoRA " + src_name +
                        "'s modules (--targets) and layers (--layers), or --init-partial");
+    ++missing;
+  }
+  if (partial)
+    LOG_INFO("metatrain", option << " --init-partial: " << missing << " of the meta-LoRA's " << lora.adapters().size()
+                                 << " adapted modules are not in " << src_name << " and start fresh (B = 0)");
 }
 
 // Sets `lora`'s A and B (its layers only, --layers) to the best rank-r approximation of `src`'s
