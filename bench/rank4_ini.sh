@@ -4,11 +4,13 @@
 # demo800_ini OUT writes configs/demo.ini as it was until bench/science.sh's "glyphs" part
 # (2026-12-06, docs/science.md "Distilled on more public glyphs"): the [metatrain] anchor the
 # start's own features on the 800 glyphs of runs/demo/anchor_pool, and [invert] without the
-# anchor's retrieval keys, so that retrieval keeps its 8 images per class among 4,096.
+# anchor's retrieval keys, so that retrieval keeps its 8 images per class among 4,096; and the
+# meta-LoRA on q and v only (the default targets), as until the "concat" part.
 demo800_ini() {
   sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
     -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
-    -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' configs/demo.ini >"$1"
+    -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' \
+    -e '/^\[metatrain\]/,/^\[/{/^targets *=/d;/^init-partial *=/d}' configs/demo.ini >"$1"
 }
 # rank4_ini OUT writes that config with its [metatrain] section as it was until the main job
 # started from lora-avg (2026-12-05, docs/science.md "The main job from lora-avg"): a fresh rank-4
