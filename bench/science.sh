@@ -348,14 +348,22 @@ fi
 # val_eval PREFIX N: eval of nn, lora-avg and the meta-LoRAs $OUT/PREFIX_1 .. PREFIX_N (named so)
 # on 600 validation episodes (5-way 1-shot, paired against lora-avg) into $OUT/PREFIX_eval unless
 # done, and its table.
+# eval_val NAME CONFIG TITLE META...: eval (CONFIG, from the current directory) of nn, lora-avg and
+# the meta-LoRAs META (name=dir each) on the validation classes' 600 episodes into $OUT/NAME, unless
+# done; prints TITLE and the results.
+eval_val() {
+  local name=$1 conf=$2 title=$3
+  shift 3
+  once "$OUT/$name/results.json" "$OUT/$name.log" "${MPI[@]}" "$REPO/$B" eval --config "$conf" \
+    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
+    --meta "$(IFS=,; echo "$*")" --out "$OUT/$name"
+  echo "$title"
+  cat "$OUT/$name/results.csv"
+}
 val_eval() {
   local prefix=$1 i metas=()
   for i in $(seq "$2"); do metas+=("${prefix}_$i=$OUT/${prefix}_$i"); done
-  once "$OUT/${prefix}_eval/results.json" "$OUT/${prefix}_eval.log" "${MPI[@]}" $B eval --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-    --meta "$(IFS=,; echo "${metas[*]}")" --out "$OUT/${prefix}_eval"
-  echo "validation classes, 600 episodes 5-way 1-shot (eval):"
-  cat "$OUT/${prefix}_eval/results.csv"
+  eval_val "${prefix}_eval" configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" "${metas[@]}"
 }
 
 # run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (the rank-4 recipe's [metatrain], or RUN_CONFIG's
@@ -1270,11 +1278,8 @@ job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of
         --precision "${PRECISION:-fp32}" --pool "$pool" --out "$OUT/${tag}_$run" --restart
       printf '%-44s %s\n' "$tag: main recipe, $run" "$(series "$OUT/${tag}_$run.work/metrics.jsonl" 2)"
     done
-    once "$OUT/${tag}_eval/results.json" "$OUT/${tag}_eval.log" "${MPI[@]}" "$REPO/$B" eval --config "$conf" \
-      --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-      --meta "meta=$OUT/${tag}_meta,real=$OUT/${tag}_real" --out "$OUT/${tag}_eval"
-    echo "$tag: validation classes, 600 episodes 5-way 1-shot:"
-    cat "$OUT/${tag}_eval/results.csv"
+    eval_val "${tag}_eval" "$conf" "$tag: validation classes, 600 episodes 5-way 1-shot:" \
+      "meta=$OUT/${tag}_meta" "real=$OUT/${tag}_real"
   )
 }
 # remade_job TAG SED_ARG...: the main job made again in $OUT/TAG from configs/demo.ini edited by
@@ -1540,7 +1545,7 @@ fi
 # the main job's +1.29) with configs/demo.ini's recipe of this round (the meta-LoRA on every projection
 # and MLP layer from the zoo's lora-avg, the anchor towards the zoo's mean features on 10,000 public
 # glyphs that this zoo retrieves), two seeds, and eval on the validation classes against that zoo's
-# own lora-avg. Run "targets" and "concat" first. ~6 min to retrieve, ~12 min per run, ~4 min eval
+# own lora-avg. Run "targets" and "concat" first. ~9 min to retrieve, ~12 min per run, ~1 min eval
 # (fp32, 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = zoo6 ]; then
   [ -f "$OUT/targets6_eval/results.json" ] || { echo "science: run the 'targets' part first" >&2; exit 2; }
@@ -1558,11 +1563,9 @@ if [ "$WHAT" = zoo6 ]; then
         --out "$OUT/z6_$seed" --restart --seed "$seed"
       printf '%-48s %s\n' "six-target zoo, the adopted recipe, seed $seed" "$(series "$OUT/z6_$seed.work/metrics.jsonl" 2)"
     done
-    once "$OUT/z6_eval/results.json" "$OUT/z6_eval.log" "${MPI[@]}" "$REPO/$B" eval --config "$REPO/configs/demo.ini" \
-      --precision "${PRECISION:-fp32}" --data val=data/demo/val.h5 --shots 1 --methods nn,lora-avg,meta \
-      --meta "z6_0=$OUT/z6_0,z6_1=$OUT/z6_1" --out "$OUT/z6_eval"
-    echo "six-target zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):"
-    cat "$OUT/z6_eval/results.csv"
+    eval_val z6_eval "$REPO/configs/demo.ini" \
+      "six-target zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "z6_0=$OUT/z6_0" "z6_1=$OUT/z6_1"
   )
   # the same recipe on the main job's zoo (q and v), on the same episodes ("concat" part: zc_8, zc_9)
   grep -E '^val,(lora-avg|zc_8|zc_9),' "$OUT/zc_eval/results.csv"
