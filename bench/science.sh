@@ -1513,6 +1513,7 @@ if [ "$WHAT" = concat ]; then
     "anchor: the zoo's features concatenated, every projection and MLP layer|runs/demo/pool|--distill-targets zoo-concat --distill-pool $BIG $EVERY"
     "anchor: the zoo's mean features, every projection and MLP layer|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG $EVERY"
     "the same, seed 1|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG $EVERY --seed 1"
+    "the same at full rank (128, alpha 128), seed 0|runs/demo/pool|--distill-targets zoo-mean --distill-pool $BIG $EVERY --rank 128 --alpha 128"
   )
   RUN_CONFIG=$DEMO800 run_rows zc "${C_RUNS[@]}"
   # How far the runs without surrogate term come on the glyphs they train on: under the flat CE
