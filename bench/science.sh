@@ -345,9 +345,6 @@ if [ "$WHAT" = all ] || [ "$WHAT" = runs ]; then
   done
 fi
 
-# val_eval PREFIX N: eval of nn, lora-avg and the meta-LoRAs $OUT/PREFIX_1 .. PREFIX_N (named so)
-# on 600 validation episodes (5-way 1-shot, paired against lora-avg) into $OUT/PREFIX_eval unless
-# done, and its table.
 # eval_val NAME CONFIG TITLE META...: eval (CONFIG, from the current directory) of nn, lora-avg and
 # the meta-LoRAs META (name=dir each) on the validation classes' 600 episodes into $OUT/NAME, unless
 # done; prints TITLE and the results.
@@ -360,6 +357,9 @@ eval_val() {
   echo "$title"
   cat "$OUT/$name/results.csv"
 }
+# val_eval PREFIX N: eval of nn, lora-avg and the meta-LoRAs $OUT/PREFIX_1 .. PREFIX_N (named so)
+# on 600 validation episodes (5-way 1-shot, paired against lora-avg) into $OUT/PREFIX_eval unless
+# done, and its table.
 val_eval() {
   local prefix=$1 i metas=()
   for i in $(seq "$2"); do metas+=("${prefix}_$i=$OUT/${prefix}_$i"); done
