@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1570,6 +1570,66 @@ if [ "$WHAT" = zoo6 ]; then
   )
   # the same recipe on the main job's zoo (q and v), on the same episodes ("concat" part: zc_8, zc_9)
   grep -E '^val,(lora-avg|zc_8|zc_9),' "$OUT/zc_eval/results.csv"
+fi
+# every_rows PREFIX FLAGS "NAME|FLAGS"...: the "concat" part's recipe on every projection and MLP layer
+# (DEMO800, the meta-LoRA on q, k, v, out, fc1 and fc2 from lora-avg, the 10,000-glyph anchor pool)
+# with FLAGS and each row's flags, on the main job's pool as $OUT/PREFIX_<i> (run_rows). Needs the
+# "concat" part, whose rows they are compared with.
+every_rows() {
+  local prefix=$1 common=$2 row rows=()
+  shift 2
+  [ -f "$OUT/zc_eval/results.json" ] || { echo "science: run the 'concat' part first" >&2; exit 2; }
+  for row in "$@"; do
+    rows+=("${row%%|*}|runs/demo/pool|${row#*|} --distill-pool $OUT/anchor_big --targets q_proj,k_proj,v_proj,out_proj,fc1,fc2 --init-partial $common")
+  done
+  RUN_CONFIG=$DEMO800 run_rows "$prefix" "${rows[@]}"
+}
+# Longer runs on every projection and MLP layer (docs/science.md, "Longer runs and a heavier anchor on
+# every layer"): the "concat" part's rows 6 to 8 (the zoo's features concatenated as targets alone and
+# with the surrogates' episodes, and the adopted recipe) at 2,000 steps instead of 1,000, seed 0, eval
+# on the same 600 validation episodes, beside the 1,000-step rows. Run "concat" first. ~16-18 min per
+# run, ~2 min eval (fp32, 2 cores, AMD EPYC with AVX2).
+if [ "$WHAT" = long ]; then
+  echo "validation accuracy (%) every 250 steps from 0 to 2000 +- 95% CI at the last:"
+  L_RUNS=(
+    "the zoo's features concatenated alone, every layer, 2,000 steps|--distill-targets zoo-concat --temperature 1e9 --single-lora-prob 0"
+    "anchor: the zoo's features concatenated, every layer, 2,000 steps|--distill-targets zoo-concat"
+    "anchor: the zoo's mean features (adopted), every layer, 2,000 steps|--distill-targets zoo-mean"
+  )
+  every_rows lg "--steps 2000" "${L_RUNS[@]}"
+  # the distillation term on the training glyphs of the run without surrogate term (loss - ln 5 under
+  # the flat CE, as in the "concat" part), beside its 1,000-step row (zc_6)
+  $PY - "$OUT" zc_6 lg_1 <<'PY'
+import json, math, sys
+print("distillation term on the training glyphs (loss - ln 5) at steps 20 / 100 / 500 / 1000 / 1500 / 2000:")
+for run in sys.argv[2:]:
+    loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
+    print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" if s in loss else "-" for s in (20, 100, 500, 1000, 1500, 2000)))
+PY
+  val_eval lg ${#L_RUNS[@]}
+  # the same rows at 1,000 steps ("concat" part), on the same episodes
+  grep -E '^val,(zc_6|zc_7|zc_8),' "$OUT/zc_eval/results.csv"
+fi
+# The anchor's weight in the adopted recipe (docs/science.md, "Longer runs and a heavier anchor on
+# every layer"): configs/demo.ini's recipe ("concat" part's row 8: the meta-LoRA on every projection
+# and MLP layer from lora-avg, the anchor towards the zoo's mean features on 10,000 public glyphs)
+# with --distill-weight 2, 4 and 8 instead of 1 (seed 0; 4 also seed 1), and the anchor alone (no
+# surrogate term: the flat CE at T 1e9, as the "concat" part's row 6), 1,000 steps, eval on the same
+# 600 validation episodes beside rows 8 and 9. Run "concat" first. ~9 min per run, ~3 min eval (fp32,
+# 2 cores, AMD EPYC with AVX2).
+if [ "$WHAT" = anchorw ]; then
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  A_RUNS=(
+    "the adopted recipe, anchor weight 2|--distill-targets zoo-mean --distill-weight 2"
+    "the adopted recipe, anchor weight 4|--distill-targets zoo-mean --distill-weight 4"
+    "the same, seed 1|--distill-targets zoo-mean --distill-weight 4 --seed 1"
+    "the adopted recipe, anchor weight 8|--distill-targets zoo-mean --distill-weight 8"
+    "the zoo's mean features alone (no surrogate term)|--distill-targets zoo-mean --temperature 1e9 --single-lora-prob 0"
+  )
+  every_rows aw "" "${A_RUNS[@]}"
+  val_eval aw ${#A_RUNS[@]}
+  # the same recipe at weight 1 ("concat" part's rows 8 and 9: seeds 0 and 1), on the same episodes
+  grep -E '^val,(zc_8|zc_9),' "$OUT/zc_eval/results.csv"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
