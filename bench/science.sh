@@ -1625,6 +1625,8 @@ if [ "$WHAT" = anchorw ]; then
     "the same, seed 1|--distill-targets zoo-mean --distill-weight 4 --seed 1"
     "the adopted recipe, anchor weight 8|--distill-targets zoo-mean --distill-weight 8"
     "the zoo's mean features alone (no surrogate term)|--distill-targets zoo-mean --temperature 1e9 --single-lora-prob 0"
+    "the adopted recipe, anchor weight 4, seed 2|--distill-targets zoo-mean --distill-weight 4 --seed 2"
+    "the adopted recipe (anchor weight 1), seed 2|--distill-targets zoo-mean --seed 2"
   )
   every_rows aw "" "${A_RUNS[@]}"
   val_eval aw ${#A_RUNS[@]}
