@@ -366,6 +366,18 @@ val_eval() {
   eval_val "${prefix}_eval" configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" "${metas[@]}"
 }
 
+# distill_term "STEP..." RUN...: each run's logged loss less ln 5 at those steps ("-" where it has none):
+# under the flat CE (T 1e9), the distillation term on the glyphs it trains on.
+distill_term() {
+  $PY - "$OUT" "$@" <<'PY'
+import json, math, sys
+steps = [int(s) for s in sys.argv[2].split()]
+print("distillation term on the training glyphs (loss - ln 5) at steps " + " / ".join(map(str, steps)) + ":")
+for run in sys.argv[3:]:
+    loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
+    print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" if s in loss else "-" for s in steps))
+PY
+}
 # run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (the rank-4 recipe's [metatrain], or RUN_CONFIG's
 # when set, plus FLAGS) on POOL as $OUT/PREFIX_<i>, unless done, and prints each run's validation
 # series.
@@ -1519,13 +1531,7 @@ if [ "$WHAT" = concat ]; then
   # How far the runs without surrogate term come on the glyphs they train on: under the flat CE
   # (T 1e9: ln 5 whatever the features) the logged loss less ln 5 is the distillation term, the mean
   # squared difference to the targets.
-  $PY - "$OUT" gl_6 zc_3 zc_4 zc_5 zc_6 <<'PY'
-import json, math, sys
-print("distillation term on the training glyphs (loss - ln 5) at steps 20 / 100 / 500 / 1000:")
-for run in sys.argv[2:]:
-    loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
-    print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" for s in (20, 100, 500, 1000)))
-PY
+  distill_term "20 100 500 1000" gl_6 zc_3 zc_4 zc_5 zc_6
   ZC=()
   for i in $(seq ${#C_RUNS[@]}); do ZC+=("zc_$i|$OUT/zc_$i"); done
   val_eval zc ${#C_RUNS[@]}
@@ -1599,13 +1605,7 @@ if [ "$WHAT" = long ]; then
   every_rows lg "--steps 2000" "${L_RUNS[@]}"
   # the distillation term on the training glyphs of the run without surrogate term (loss - ln 5 under
   # the flat CE, as in the "concat" part), beside its 1,000-step row (zc_6)
-  $PY - "$OUT" zc_6 lg_1 <<'PY'
-import json, math, sys
-print("distillation term on the training glyphs (loss - ln 5) at steps 20 / 100 / 500 / 1000 / 1500 / 2000:")
-for run in sys.argv[2:]:
-    loss = {m["step"]: m["loss"] for m in map(json.loads, open(f"{sys.argv[1]}/{run}.work/metrics.jsonl")) if "loss" in m}
-    print(f"  {run:<6}" + " / ".join(f"{loss[s] - math.log(5):.4f}" if s in loss else "-" for s in (20, 100, 500, 1000, 1500, 2000)))
-PY
+  distill_term "20 100 500 1000 1500 2000" zc_6 lg_1
   val_eval lg ${#L_RUNS[@]}
   # the same rows at 1,000 steps ("concat" part), on the same episodes
   grep -E '^val,(zc_6|zc_7|zc_8),' "$OUT/zc_eval/results.csv"
@@ -1613,7 +1613,8 @@ fi
 # The anchor's weight in the adopted recipe (docs/science.md, "Longer runs and a heavier anchor on
 # every layer"): configs/demo.ini's recipe ("concat" part's row 8: the meta-LoRA on every projection
 # and MLP layer from lora-avg, the anchor towards the zoo's mean features on 10,000 public glyphs)
-# with --distill-weight 2, 4 and 8 instead of 1 (seed 0; 4 also seed 1), and the anchor alone (no
+# with --distill-weight 2, 4 and 8 instead of 1 (seed 0; 4 also seeds 1 and 2, beside weight 1 at
+# seed 2), and the anchor alone (no
 # surrogate term: the flat CE at T 1e9, as the "concat" part's row 6), 1,000 steps, eval on the same
 # 600 validation episodes beside rows 8 and 9. Run "concat" first. ~9 min per run, ~3 min eval (fp32,
 # 2 cores, AMD EPYC with AVX2).
