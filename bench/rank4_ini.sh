@@ -5,9 +5,11 @@
 # (2026-12-06, docs/science.md "Distilled on more public glyphs"): the [metatrain] anchor the
 # start's own features on the 800 glyphs of runs/demo/anchor_pool, and [invert] without the
 # anchor's retrieval keys, so that retrieval keeps its 8 images per class among 4,096; and the
-# meta-LoRA on q and v only (the default targets), as until the "concat" part.
+# meta-LoRA on q and v only (the default targets), as until the "concat" part; the anchor at weight
+# 1, as until the "anchorw" part.
 demo800_ini() {
   sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
+    -e '/^\[metatrain\]/,/^\[/s/^distill-weight *=.*/distill-weight = 1/' \
     -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
     -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' \
     -e '/^\[metatrain\]/,/^\[/{/^targets *=/d;/^init-partial *=/d}' configs/demo.ini >"$1"

@@ -1549,11 +1549,11 @@ fi
 # The adopted recipe on the zoo that adapts every layer (docs/science.md, "The adopted recipe on a
 # zoo that adapts every layer"): the "targets" part's zoo (the main job's 20 tasks with all six
 # targets; its zoo's features concatenated hold +2.15 over its lora-avg on the validation images,
-# the main job's +1.29) with configs/demo.ini's recipe of this round (the meta-LoRA on every projection
-# and MLP layer from the zoo's lora-avg, the anchor towards the zoo's mean features on 10,000 public
-# glyphs that this zoo retrieves), two seeds, and eval on the validation classes against that zoo's
-# own lora-avg. Run "targets" and "concat" first. ~9 min to retrieve, ~12 min per run, ~1 min eval
-# (fp32, 2 cores, AMD EPYC with AVX2).
+# the main job's +1.29) with configs/demo.ini's recipe of that round (the meta-LoRA on every
+# projection and MLP layer from the zoo's lora-avg, the anchor towards the zoo's mean features on
+# 10,000 public glyphs that this zoo retrieves, at weight 1 as then), two seeds, and eval on the
+# validation classes against that zoo's own lora-avg. Run "targets" and "concat" first. ~9 min to
+# retrieve, ~12 min per run, ~1 min eval (fp32, 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = zoo6 ]; then
   [ -f "$OUT/targets6_eval/results.json" ] || { echo "science: run the 'targets' part first" >&2; exit 2; }
   [ -f "$OUT/zc_eval/results.json" ] || { echo "science: run the 'concat' part first" >&2; exit 2; }
@@ -1567,7 +1567,7 @@ if [ "$WHAT" = zoo6 ]; then
     for seed in 0 1; do
       once "$OUT/z6_$seed/metatrain.json" "$OUT/z6_$seed.log" "${MPI[@]}" "$REPO/$B" metatrain \
         --config "$REPO/configs/demo.ini" --precision "${PRECISION:-fp32}" --distill-pool "$OUT/targets6_big" \
-        --out "$OUT/z6_$seed" --restart --seed "$seed"
+        --distill-weight 1 --out "$OUT/z6_$seed" --restart --seed "$seed"
       printf '%-48s %s\n' "six-target zoo, the adopted recipe, seed $seed" "$(series "$OUT/z6_$seed.work/metrics.jsonl" 2)"
     done
     eval_val z6_eval "$REPO/configs/demo.ini" \
