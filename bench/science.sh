@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1633,6 +1633,33 @@ if [ "$WHAT" = anchorw ]; then
   val_eval aw ${#A_RUNS[@]}
   # the same recipe at weight 1 ("concat" part's rows 8 and 9: seeds 0 and 1), on the same episodes
   grep -E '^val,(zc_8|zc_9),' "$OUT/zc_eval/results.csv"
+fi
+# The zoo's features concatenated under the heavier anchor (docs/science.md, "The concatenation's
+# targets at anchor weight 4"): configs/demo.ini's recipe as it was then (every projection and MLP
+# layer from lora-avg, the anchor at weight 4 towards the zoo's mean features on the main job's
+# 10,000 retrieved glyphs) against the same with --distill-targets zoo-concat (the main job's since
+# this part), seeds 0, 1 and 2, on the main job's own pool, eval on 600 validation episodes. The
+# first row ($OUT/ac_main) was the main job's own dense run of that day (the same command, moved
+# here when the main job took the concatenation's targets). Run the main job's invert stage first,
+# with the same PRECISION (launch/demo.sh uses auto). ~5.5 min per run, ~4 min eval (bf16, 2 cores,
+# AMD EPYC with avx512_bf16).
+if [ "$WHAT" = anchorc ]; then
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  once "$OUT/ac_main/metatrain.json" "$OUT/ac_main.log" "${MPI[@]}" $B metatrain --config configs/demo.ini \
+    --precision "${PRECISION:-fp32}" --pool runs/demo/pool --out "$OUT/ac_main" --restart --distill-targets zoo-mean
+  printf '%-48s %s\n' "the zoo's mean features (main), seed 0" "$(series "$OUT/ac_main.work/metrics.jsonl" 2)"
+  AC_RUNS=(
+    "the zoo's mean features, seed 1|runs/demo/pool|--distill-targets zoo-mean --seed 1"
+    "the zoo's features concatenated as targets, seed 0|runs/demo/pool|--distill-targets zoo-concat"
+    "the same, seed 1|runs/demo/pool|--distill-targets zoo-concat --seed 1"
+    "the zoo's mean features, seed 2|runs/demo/pool|--distill-targets zoo-mean --seed 2"
+    "the zoo's features concatenated as targets, seed 2|runs/demo/pool|--distill-targets zoo-concat --seed 2"
+  )
+  RUN_CONFIG=configs/demo.ini run_rows ac "${AC_RUNS[@]}"
+  AC=("main=$OUT/ac_main")
+  for i in $(seq ${#AC_RUNS[@]}); do AC+=("ac_$i=$OUT/ac_$i"); done
+  eval_val ac_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" "${AC[@]}"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
