@@ -1700,7 +1700,9 @@ std::string cpu_bf16_features() {
 bool bf16_matmul_accumulates_in_float() {
   static const bool in_float = [] {
     const at::NoGradGuard no_grad;
-    const at::Tensor a = at::ones({2, 512}, at::kBFloat16), b = at::ones({512, 2}, at::kBFloat16);
+    // 16 x 512 x 16: above LibTorch 1.13's size threshold for oneDNN (m k n > 16^3), as the model's
+    // products are; smaller ones take the emulation, which sums in bf16, even on CPUs with bf16.
+    const at::Tensor a = at::ones({16, 512}, at::kBFloat16), b = at::ones({512, 16}, at::kBFloat16);
     return at::mm(a, b).min().item<float>() == 512.0f;
   }();
   return in_float;
