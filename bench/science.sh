@@ -1614,10 +1614,9 @@ fi
 # every layer"): configs/demo.ini's recipe ("concat" part's row 8: the meta-LoRA on every projection
 # and MLP layer from lora-avg, the anchor towards the zoo's mean features on 10,000 public glyphs)
 # with --distill-weight 2, 4 and 8 instead of 1 (seed 0; 4 also seeds 1 and 2, beside weight 1 at
-# seed 2), and the anchor alone (no
-# surrogate term: the flat CE at T 1e9, as the "concat" part's row 6), 1,000 steps, eval on the same
-# 600 validation episodes beside rows 8 and 9. Run "concat" first. ~9 min per run, ~3 min eval (fp32,
-# 2 cores, AMD EPYC with AVX2).
+# seed 2), and the anchor alone (no surrogate term: the flat CE at T 1e9, as the "concat" part's
+# row 6), 1,000 steps, eval on the same 600 validation episodes beside rows 8 and 9. Run "concat"
+# first. ~9 min per run, ~3 min eval (fp32, 2 cores, AMD EPYC with AVX2).
 if [ "$WHAT" = anchorw ]; then
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   A_RUNS=(
@@ -1639,7 +1638,7 @@ fi
 # layer from lora-avg, the anchor at weight 4 towards the zoo's mean features on the main job's
 # 10,000 retrieved glyphs) against the same with --distill-targets zoo-concat (the main job's since
 # this part), seeds 0, 1 and 2, on the main job's own pool, eval on 600 validation episodes. The
-# first row ($OUT/ac_main) was the main job's own dense run of that day (the same command, moved
+# first row ($OUT/acm_1) was the main job's own dense run of that day (the same command, moved
 # here when the main job took the concatenation's targets). Run the main job's invert stage first,
 # with the same PRECISION (launch/demo.sh uses auto). ~5.5 min per run, ~4 min eval (bf16, 2 cores,
 # AMD EPYC with avx512_bf16).
@@ -1647,9 +1646,7 @@ if [ "$WHAT" = anchorc ]; then
   [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   AW="--distill-weight 4"  # configs/demo.ini's since the "anchorw" part, named so that the rows stay as run
-  once "$OUT/ac_main/metatrain.json" "$OUT/ac_main.log" "${MPI[@]}" $B metatrain --config configs/demo.ini \
-    --precision "${PRECISION:-fp32}" --pool runs/demo/pool --out "$OUT/ac_main" --restart $AW --distill-targets zoo-mean
-  printf '%-48s %s\n' "the zoo's mean features (main), seed 0" "$(series "$OUT/ac_main.work/metrics.jsonl" 2)"
+  RUN_CONFIG=configs/demo.ini run_rows acm "the zoo's mean features (main), seed 0|runs/demo/pool|$AW --distill-targets zoo-mean"
   AC_RUNS=(
     "the zoo's mean features, seed 1|runs/demo/pool|$AW --distill-targets zoo-mean --seed 1"
     "the zoo's features concatenated as targets, seed 0|runs/demo/pool|$AW --distill-targets zoo-concat"
@@ -1658,7 +1655,7 @@ if [ "$WHAT" = anchorc ]; then
     "the zoo's features concatenated as targets, seed 2|runs/demo/pool|$AW --distill-targets zoo-concat --seed 2"
   )
   RUN_CONFIG=configs/demo.ini run_rows ac "${AC_RUNS[@]}"
-  AC=("main=$OUT/ac_main")
+  AC=("main=$OUT/acm_1")
   for i in $(seq ${#AC_RUNS[@]}); do AC+=("ac_$i=$OUT/ac_$i"); done
   eval_val ac_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" "${AC[@]}"
 fi
