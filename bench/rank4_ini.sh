@@ -1,14 +1,20 @@
 # Sourced by the benchmarks that rerun tables measured with the main job's earlier configs
 # (bench/science.sh, bench/surrogate_recipes.sh, bench/malloc_ab.sh), from the repository root.
 #
+# FIVE_WAY: sed arguments that turn configs/demo.ini back to the main job's 5-way zoo of before
+# bench/science.sh's "way10c" part (2026-12-07, docs/science.md "The main recipe on a zoo of 10-way
+# tasks"): [zoo] 5-way tasks, [invert] 8 surrogates per LoRA and class, [metatrain] single-LoRA
+# (KL) episodes at their default share.
+FIVE_WAY=(-e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 5/' -e '/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 8/'
+  -e '/^single-lora-prob *=/d')
 # demo800_ini OUT writes configs/demo.ini as it was until bench/science.sh's "glyphs" part
 # (2026-12-06, docs/science.md "Distilled on more public glyphs"): the [metatrain] anchor the
 # start's own features on the 800 glyphs of runs/demo/anchor_pool, and [invert] without the
 # anchor's retrieval keys, so that retrieval keeps its 8 images per class among 4,096; and the
 # meta-LoRA on q and v only (the default targets), as until the "concat" part; the anchor at weight
-# 1, as until the "anchorw" part.
+# 1, as until the "anchorw" part; the 5-way zoo (FIVE_WAY).
 demo800_ini() {
-  sed -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
+  sed "${FIVE_WAY[@]}" -e '/^retrieve-per-class *=/d' -e '/^retrieve-candidates *=/d' \
     -e '/^\[metatrain\]/,/^\[/s/^distill-weight *=.*/distill-weight = 1/' \
     -e '/^\[metatrain\]/,/^\[/s|^distill-pool *=.*|distill-pool = runs/demo/anchor_pool|' \
     -e '/^\[metatrain\]/,/^\[/s/^distill-targets *=.*/distill-targets = start/' \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -97,6 +97,8 @@
 # "targets" (after the main job's invert): the main job made again with a zoo whose LoRAs adapt every
 # linear layer (q, k, v, out, fc1, fc2) instead of q and v.
 # "way" (after the main job's invert): the main job made again with 10-way zoo tasks instead of 5-way.
+# "way10c" (after "anchorc"): that 10-way zoo made again under configs/demo.ini, with its recipe;
+# "way10x" (after "way10c"): its recipe for 2,000 steps, and on real images of its classes.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -380,7 +382,7 @@ PY
 }
 # run_rows PREFIX "NAME|POOL|FLAGS"...: metatrain (the rank-4 recipe's [metatrain], or RUN_CONFIG's
 # when set, plus FLAGS) on POOL as $OUT/PREFIX_<i>, unless done, and prints each run's validation
-# series.
+# series. Runs from the current directory (a remade job's work directory, say).
 run_rows() {
   local prefix=$1 i=0 row name p flags run cfg=("${CFG[@]}")
   [ -n "${RUN_CONFIG:-}" ] && cfg=(--config "$RUN_CONFIG" --precision "${PRECISION:-fp32}")
@@ -390,7 +392,7 @@ run_rows() {
     i=$((i + 1))
     run="$OUT/${prefix}_$i"
     once "$run/metatrain.json" "$run.log" \
-      "${MPI[@]}" $B metatrain "${cfg[@]}" --pool "$p" --out "$run" --restart $flags
+      "${MPI[@]}" "$REPO/$B" metatrain "${cfg[@]}" --pool "$p" --out "$run" --restart $flags
     printf '%-48s %s\n' "$name" "$(series "$run.work/metrics.jsonl" 2)"
   done
 }
@@ -1294,35 +1296,48 @@ job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of
       "meta=$OUT/${tag}_meta" "real=$OUT/${tag}_real"
   )
 }
-# remade_job TAG SED_ARG...: the main job made again in $OUT/TAG from configs/demo.ini edited by
+# remake TAG BASE SED_ARG...: the main job made again in $OUT/TAG from the config BASE edited by
 # sed SED_ARG..., by launch/demo.sh --config up to its pool and anchor (the data and BN prior are the
-# main job's, and so is the VFM unless the edit changes [pretrain]); then job_rows for the main job
-# and for it, and their eval rows compared episode by episode (both evals draw the same 600
-# validation episodes; mean +- 95% CI as eval computes it).
+# main job's, and so is the VFM unless the edit changes [pretrain]), unless made.
 pretrain_ini() { sed -n '/^\[pretrain\]/,/^\[/p' "$1"; }  # pretrain_ini CONFIG: its [pretrain] section
-remade_job() {
-  local tag=$1 w=$OUT/$1
-  shift
+remake() {
+  local tag=$1 base=$2 w=$OUT/$1 anchor
+  shift 2
   [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   mkdir -p "$w/data" "$w/runs/demo"
   ln -sfn "$REPO/data/demo" "$w/data/demo"
   ln -sfn "$REPO/runs/demo/prior" "$w/runs/demo/prior"
-  sed "$@" "$DEMO800" >"$w/demo.ini"
+  sed "$@" "$base" >"$w/demo.ini"
   [ "$(pretrain_ini configs/demo.ini)" != "$(pretrain_ini "$w/demo.ini")" ] || ln -sfn "$REPO/runs/demo/vfm" "$w/runs/demo/vfm"
-  once "$w/runs/demo/anchor_pool/index.json" "$OUT/${tag}_demo.log" \
+  anchor=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$w/demo.ini")
+  once "$w/$anchor/index.json" "$OUT/${tag}_demo.log" \
     bash launch/demo.sh --workdir "$w" --config "$w/demo.ini" --until invert
+}
+# paired_across EVAL_A EVAL_B TITLE "METHOD_B=METHOD_A"...: METHOD_B of $OUT/EVAL_B less METHOD_A of
+# $OUT/EVAL_A, episode by episode (both evals draw the same 600 validation episodes; mean +- 95% CI
+# as eval computes it).
+paired_across() {
+  $PY - "$OUT/$1/results.json" "$OUT/$2/results.json" "$3" "${@:4}" <<'PYEOF'
+import json, sys
+import numpy as np
+a, b = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:3])
+for pair in sys.argv[4:]:
+    mb, ma = pair.split("=")
+    d = b[mb] - a[ma]
+    print(f"{sys.argv[3]}: {mb} - {ma}: {d.mean():+.2f} +- {1.96 * d.std() / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
+PYEOF
+}
+# remade_job TAG SED_ARG...: remake TAG from the rank-4 recipe's config (DEMO800); then job_rows for
+# the main job and for it, and their eval rows compared episode by episode.
+remade_job() {
+  local tag=$1 w=$OUT/$1
+  shift
+  remake "$tag" "$DEMO800" "$@"
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   job_rows "vfm$S0" "$REPO" "$DEMO800"
   job_rows "$tag" "$w" "$w/demo.ini"
   $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$w/runs/demo/zoo/manifest.json" "$tag"
-  $PY - "$OUT/vfm${S0}_eval/results.json" "$OUT/${tag}_eval/results.json" "$tag" <<'PYEOF'
-import json, sys
-import numpy as np
-main, other = ({r["method"]: np.array(r["episode_acc"]) for r in json.load(open(f))["rows"]} for f in sys.argv[1:3])
-for m in ("lora-avg", "meta", "real"):
-    d = other[m] - main[m]
-    print(f"{sys.argv[3]} - the main job, {m}: {d.mean():+.2f} +- {1.96 * d.std() / np.sqrt(len(d)):.2f} (paired, {len(d)} episodes)")
-PYEOF
+  paired_across "vfm${S0}_eval" "${tag}_eval" "$tag - the main job" lora-avg=lora-avg meta=meta real=real
 }
 if [ "$WHAT" = vfm ]; then
   S=${VFM_STEPS:-600}
@@ -1637,16 +1652,16 @@ fi
 # targets at anchor weight 4"): configs/demo.ini's recipe as it was then (every projection and MLP
 # layer from lora-avg, the anchor at weight 4 towards the zoo's mean features on the main job's
 # 10,000 retrieved glyphs) against the same with --distill-targets zoo-concat (the main job's since
-# this part), seeds 0, 1 and 2, on the main job's own pool, eval on 600 validation episodes. The
-# first row ($OUT/acm_1) was the main job's own dense run of that day (the same command, moved
-# here when the main job took the concatenation's targets). Run the main job's invert stage first,
-# with the same PRECISION (launch/demo.sh uses auto). ~5.5 min per run, ~4 min eval (bf16, 2 cores,
-# AMD EPYC with avx512_bf16).
+# this part), seeds 0, 1 and 2, on the main job's zoo, pool and anchor glyphs of that day (5-way zoo
+# tasks: $OUT/w5, remade from configs/demo.ini with FIVE_WAY when missing, ~14 min in bf16), eval on
+# 600 validation episodes. The first row ($OUT/acm_1) was the main job's own dense run of that day
+# (the same command, moved here when the main job took the concatenation's targets). Run with the
+# PRECISION the main job used (launch/demo.sh uses auto). ~5.5 min per run, ~4 min eval (bf16, 2
+# cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorc ]; then
-  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
-  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  remake w5 configs/demo.ini "${FIVE_WAY[@]}"
+  W5=$OUT/w5
   AW="--distill-weight 4"  # configs/demo.ini's since the "anchorw" part, named so that the rows stay as run
-  RUN_CONFIG=configs/demo.ini run_rows acm "the zoo's mean features (main), seed 0|runs/demo/pool|$AW --distill-targets zoo-mean"
   AC_RUNS=(
     "the zoo's mean features, seed 1|runs/demo/pool|$AW --distill-targets zoo-mean --seed 1"
     "the zoo's features concatenated as targets, seed 0|runs/demo/pool|$AW --distill-targets zoo-concat"
@@ -1654,10 +1669,68 @@ if [ "$WHAT" = anchorc ]; then
     "the zoo's mean features, seed 2|runs/demo/pool|$AW --distill-targets zoo-mean --seed 2"
     "the zoo's features concatenated as targets, seed 2|runs/demo/pool|$AW --distill-targets zoo-concat --seed 2"
   )
-  RUN_CONFIG=configs/demo.ini run_rows ac "${AC_RUNS[@]}"
   AC=("main=$OUT/acm_1")
   for i in $(seq ${#AC_RUNS[@]}); do AC+=("ac_$i=$OUT/ac_$i"); done
-  eval_val ac_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" "${AC[@]}"
+  (
+    cd "$W5"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W5/demo.ini run_rows acm "the zoo's mean features (main), seed 0|runs/demo/pool|$AW --distill-targets zoo-mean"
+    RUN_CONFIG=$W5/demo.ini run_rows ac "${AC_RUNS[@]}"
+    eval_val ac_eval "$W5/demo.ini" "validation classes, 600 episodes 5-way 1-shot (eval):" "${AC[@]}"
+  )
+fi
+# The main recipe on a 10-way zoo (docs/science.md, "The main recipe on a zoo of 10-way tasks"): the
+# zoo's features concatenated hold +2.28 over their lora-avg on the validation classes with 10-way
+# zoo tasks against +1.29 with the main job's 5-way ones ("ceiling" part), and the recipe with the
+# concatenation's targets now reaches about what the zoo holds. The main job made again from
+# configs/demo.ini with zoo --way 10 and 4 drawn surrogates per LoRA and class (40 per class, as the
+# main job's; the "way" part's zoo), then configs/demo.ini's recipe on it (named, so that the rows stay
+# as run), seeds 0, 1 and 2, eval on the same 600 validation episodes as the "anchorc" part, whose
+# rows on the main job's zoo are the comparison. Run "anchorc" first. ~20 min to make (bf16), then
+# ~6 min per run and ~5 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = way10c ]; then
+  [ -f "$OUT/ac_eval/results.json" ] || { echo "science: run the 'anchorc' part first" >&2; exit 2; }
+  remake w10c configs/demo.ini -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" \
+    -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
+  W=$OUT/w10c
+  RECIPE="--distill-targets zoo-concat --distill-weight 4"  # configs/demo.ini's since the "anchorc" part
+  (
+    cd "$W"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows w10 "10-way zoo, the main recipe, seed 0|runs/demo/pool|$RECIPE" \
+      "the same, seed 1|runs/demo/pool|$RECIPE --seed 1" "the same, seed 2|runs/demo/pool|$RECIPE --seed 2"
+    eval_val w10_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "w10_1=$OUT/w10_1" "w10_2=$OUT/w10_2" "w10_3=$OUT/w10_3"
+  )
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print('10-way zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$W/runs/demo/zoo/manifest.json"
+  # the same recipe on the main job's 5-way zoo ("anchorc" part: seeds 0, 1, 2), on the same episodes
+  grep -E '^val,(lora-avg|ac_2|ac_3|ac_5),' "$OUT/ac_eval/results.csv"
+  paired_across ac_eval w10_eval "10-way zoo - the main job's" lora-avg=lora-avg w10_1=ac_2 w10_2=ac_3 w10_3=ac_5
+fi
+# The 10-way zoo's recipe run on (docs/science.md, "The main recipe on a zoo of 10-way tasks"): the
+# "way10c" part's seed-0 row for 2,000 steps instead of 1,000 (the learning-rate schedule restarts
+# every 100 steps, so its first 1,000 steps repeat that row), and the same recipe on real images of
+# the zoo's classes in the pool's layout (4 per LoRA and class; the control), eval on the same 600
+# validation episodes beside the "way10c" rows. Run "way10c" first. ~8 min for the long run, ~5 min
+# the control, ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = way10x ]; then
+  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
+  W=$OUT/w10c
+  RECIPE="--distill-targets zoo-concat --distill-weight 4"  # as in "way10c"
+  painted_ini "$W/demo.ini" "$OUT/w10c_real.ini"
+  (
+    cd "$W"
+    once "$OUT/w10c_pool_real/index.json" "$OUT/w10c_pool_real.log" "${MPI[@]}" "$REPO/$B" invert \
+      --config "$OUT/w10c_real.ini" --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5 --out "$OUT/w10c_pool_real"
+    echo "validation accuracy (%) every 250 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows w10x "10-way zoo, the main recipe, 2,000 steps|runs/demo/pool|$RECIPE --steps 2000" \
+      "the same recipe, real images (control)|$OUT/w10c_pool_real|$RECIPE"
+    eval_val w10x_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "w10x_1=$OUT/w10x_1" "w10x_2=$OUT/w10x_2"
+  )
+  # the 1,000-step row of "way10c" (seed 0), on the same episodes
+  grep -E '^val,w10_1,' "$OUT/w10_eval/results.csv"
+  paired_across w10_eval w10x_eval "10-way zoo" w10x_1=w10_1 w10x_2=w10_1
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
