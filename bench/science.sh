@@ -1684,10 +1684,10 @@ fi
 # zoo tasks against +1.29 with the main job's 5-way ones ("ceiling" part), and the recipe with the
 # concatenation's targets now reaches about what the zoo holds. The main job made again from
 # configs/demo.ini with zoo --way 10 and 4 drawn surrogates per LoRA and class (40 per class, as the
-# main job's; the "way" part's zoo), then configs/demo.ini's recipe on it (named, so that the rows stay
-# as run), seeds 0, 1 and 2, eval on the same 600 validation episodes as the "anchorc" part, whose
-# rows on the main job's zoo are the comparison. Run "anchorc" first. ~20 min to make (bf16), then
-# ~6 min per run and ~5 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+# 5-way zoo's 8 per LoRA give; the "way" part's zoo; the main job's since this part), then
+# configs/demo.ini's recipe on it (named, so that the rows stay as run), seeds 0, 1 and 2, eval on the
+# same 600 validation episodes as the "anchorc" part, whose rows on the 5-way zoo are the comparison. Run "anchorc" first. ~15 min to make (bf16), then
+# ~6 min per run and ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = way10c ]; then
   [ -f "$OUT/ac_eval/results.json" ] || { echo "science: run the 'anchorc' part first" >&2; exit 2; }
   remake w10c configs/demo.ini -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" \
