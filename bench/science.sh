@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -98,7 +98,8 @@
 # linear layer (q, k, v, out, fc1, fc2) instead of q and v.
 # "way" (after the main job's invert): the main job made again with 10-way zoo tasks instead of 5-way.
 # "way10c" (after "anchorc"): that 10-way zoo made again under configs/demo.ini, with its recipe;
-# "way10x" (after "way10c"): its recipe for 2,000 steps, on real images of its classes, at weight 8.
+# "way10x" (after "way10c"): its recipe for 2,000 steps, on real images of its classes, at weight 8;
+# "zoo40c" (after "way10x"): what that zoo holds beyond its average, and a zoo of 40 such LoRAs.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1369,16 +1370,22 @@ fi
 if [ "$WHAT" = way ]; then
   remade_job way10 -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
 fi
-# ceiling_features TAG WORKDIR CONFIG: in $OUT/ceiling_TAG, the validation images under the bare
-# VFM, the job's lora-avg (made with its CONFIG), its two job_rows meta-LoRAs and each zoo LoRA.
-ceiling_features() {
-  local tag=$1 w=$2 conf=$3 e=$OUT/ceiling_$1
+# ceiling_features TAG WORKDIR CONFIG: zoo_ceiling in $OUT/ceiling_TAG with the job's two job_rows
+# meta-LoRAs (surrogates, real images).
+ceiling_features() { zoo_ceiling "$OUT/ceiling_$1" "$2" "$3" "meta|$OUT/${1}_meta" "real|$OUT/${1}_real"; }
+# zoo_ceiling DIR WORKDIR CONFIG [NAME|LORA...]: in DIR, the validation images under the bare VFM, the
+# lora-avg of WORKDIR's zoo (made with CONFIG, at the zoo's full rank or the VFM's width 128 if less)
+# and each zoo LoRA, and under each adapter LORA as NAME.
+zoo_ceiling() {
+  local e=$1 w=$2 conf=$3 rank
+  shift 3
   mkdir -p "$e"
   (
     cd "$w"
-    RUN_CONFIG=$conf lora_avg "$e/avg" "$(zoo_rank)"
+    rank=$(zoo_rank)
+    RUN_CONFIG=$conf lora_avg "$e/avg" "$((rank < 128 ? rank : 128))"
     mapfile -t zoo < <(zoo_embeds)
-    embed_val "$e" data/demo/val.h5 "bare|" "avg|$e/avg" "meta|$OUT/${tag}_meta" "real|$OUT/${tag}_real" "${zoo[@]}"
+    embed_val "$e" data/demo/val.h5 "bare|" "avg|$e/avg" "$@" "${zoo[@]}"
   )
 }
 # ceiling_job TAG WORKDIR CONFIG: ceiling_features, then bench/zoo_ensemble.py's rows.
@@ -1733,6 +1740,36 @@ if [ "$WHAT" = way10x ]; then
   # the 1,000-step row of "way10c" (seed 0), on the same episodes
   grep -E '^val,w10_1,' "$OUT/w10_eval/results.csv"
   paired_across w10_eval w10x_eval "10-way zoo" w10x_1=w10_1 w10x_2=w10_1 w10x_3=w10_1
+fi
+# What a zoo of 10-way tasks holds with 20 LoRAs and with 40 (docs/science.md, "The main recipe on a
+# zoo of 10-way tasks"): no training beyond the zoo. The "ceiling" part's features and
+# bench/zoo_ensemble.py (with --curve: the ensembles of k of the zoo's LoRAs) for the "way10c" zoo
+# (the main job's since then), with its meta-LoRA (w10_1) and real-image control (w10x_2), and for a
+# zoo of 40 LoRAs on 10-way tasks over the same 20 classes (20 per class: the same config with
+# num-loras 40, in $OUT/w40). Run "way10x" first. ~7 min for the zoo of 40, ~3 min per zoo's features
+# (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = zoo40c ]; then
+  [ -f "$OUT/w10x_eval/results.json" ] || { echo "science: run the 'way10x' part first" >&2; exit 2; }
+  W=$OUT/w10c W40=$OUT/w40
+  zoo_ceiling "$OUT/ceiling_w10c" "$W" "$W/demo.ini" "meta|$OUT/w10_1" "real|$OUT/w10x_2"
+  echo "== the 10-way zoo of 20 LoRAs (the main job's)"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta real --curve
+  mkdir -p "$W40/runs/demo"
+  ln -sfn "$REPO/data" "$W40/data"
+  ln -sfn "$REPO/runs/demo/vfm" "$W40/runs/demo/vfm"
+  # no anchor: only lora-avg is made here, from a pool of real images that names the zoo's LoRAs
+  sed -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/' -e '/^distill-/d' "$W/demo.ini" >"$W40/demo.ini"
+  painted_ini "$W40/demo.ini" "$W40/real.ini"
+  (
+    cd "$W40"
+    once runs/demo/zoo/manifest.json "$OUT/w40_zoo.log" "${MPI[@]}" "$REPO/$B" zoo --config "$W40/demo.ini" \
+      --precision "${PRECISION:-fp32}"
+    once runs/demo/pool/index.json "$OUT/w40_pool.log" "${MPI[@]}" "$REPO/$B" invert --config "$W40/real.ini" \
+      --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5
+  )
+  zoo_ceiling "$OUT/ceiling_w40" "$W40" "$W40/demo.ini"
+  echo "== the 10-way zoo of 40 LoRAs"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w40" --curve
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
