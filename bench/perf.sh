@@ -42,6 +42,9 @@ NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
 speed_pool "$W/pool" "${MPI[@]}" -np 2
 /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
+# (3) inverts 40 images of that LoRA, as with the 5-way zoo (8 per class) since the first run: per
+# class 40 / its way (4 for the main job's 10-way zoo since 2026-12-07).
+INV_PER=$((40 / $(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["n_way"])' "$W/zoo1/manifest.json")))
 
 echo; echo "(0) one-thread matmul peak (GFLOP/s; rows = 80 images x 65 tokens)"
 # glibc's malloc tuned as lorarecycle tunes it (src/cli/main.cpp), so that large outputs are not
@@ -196,7 +199,7 @@ part 3 && for rep in $(seq 1 "$REPS"); do
     for it in 10 60; do
       rm -rf "$W/p_$p"
       read -r e u <<<"$(OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U" "$B" invert --model "$MODEL" --zoo "$W/zoo1" \
-        --out "$W/p_$p" --per-class 8 --iterations $it --no-flip --gray --w-bn 0 --precision $p --log-level warn 2>&1 | tail -1)"
+        --out "$W/p_$p" --per-class "$INV_PER" --iterations $it --no-flip --gray --w-bn 0 --precision $p --log-level warn 2>&1 | tail -1)"
       echo "$p:$it $rep $e $u" >> "$W/inv.txt"
     done
   done
@@ -288,7 +291,7 @@ for v, r, e, u in lines("inv.txt"):
 if inv:
     # As part 1: the 60-iteration run minus the 10-iteration run times 50 iterations of the loop,
     # without the start-up (libraries, model, zoo, HDF5), per repetition; medians.
-    n_img = 5 * 8 * 50
+    n_img = 40 * 50
     precs = [p for p in ("fp32", "bf16") if f"{p}:60" in inv]
     loop = {p: med(b - a for a, b in zip(inv[f"{p}:10"], inv[f"{p}:60"])) for p in precs}
     whole = {p: med(inv[f"{p}:60"]) for p in precs}
