@@ -41,10 +41,6 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 NAME=perf source bench/demo_inputs.sh
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe "${MPIRUN_ENV_FLAGS[@]}")
 speed_pool "$W/pool" "${MPI[@]}" -np 2
-/usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
-# (3) inverts 40 images of that LoRA, as with the 5-way zoo (8 per class) since the first run: per
-# class 40 / its way (4 for the main job's 10-way zoo since 2026-12-07).
-INV_PER=$((40 / $(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["n_way"])' "$W/zoo1/manifest.json")))
 
 echo; echo "(0) one-thread matmul peak (GFLOP/s; rows = 80 images x 65 tokens)"
 # glibc's malloc tuned as lorarecycle tunes it (src/cli/main.cpp), so that large outputs are not
@@ -193,7 +189,15 @@ part 2 && for rep in $(seq 1 "$REPS"); do
   done
 done
 
-part 3 && echo "(3) inversion of one LoRA, 10 and 60 iterations, 1 rank: running"
+if part 3; then
+  echo "(3) inversion of one LoRA, 10 and 60 iterations, 1 rank: running"
+  /usr/bin/python3 "$REPO/bench/sub_zoo.py" "$R/zoo" "$W/zoo1" 1
+  # 40 images of that LoRA, as with the 5-way zoo (8 per class) since the first run: per class 40 /
+  # its way (4 for the main job's 10-way zoo since 2026-12-07).
+  INV_WAY=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["n_way"])' "$W/zoo1/manifest.json")
+  [ $((40 % INV_WAY)) = 0 ] || { echo "perf: (3) inverts 40 images; the zoo's way $INV_WAY does not divide 40" >&2; exit 2; }
+  INV_PER=$((40 / INV_WAY))
+fi
 part 3 && for rep in $(seq 1 "$REPS"); do
   for p in $INV_PRECS; do
     for it in 10 60; do

@@ -1279,13 +1279,20 @@ fi
 # classes' 600 episodes (nn, lora-avg, meta, real; paired differences against lora-avg). ~22 min to
 # make the 600-step job (31 min the 2,400-step one), then ~10-12 min per VFM (fp32, 2 cores; 45 min in
 # all on an AMD EPYC with AVX2).
+# real_images_pool TAG CONFIG POOL: in the current directory (a job's work directory), the pool POOL
+# of real images of the zoo's classes that CONFIG's zoo covers (invert --real-images with CONFIG's
+# painted copy, $OUT/TAG_real.ini; the real-image control), unless made.
+real_images_pool() {
+  local tag=$1 conf=$2 pool=$3
+  painted_ini "$conf" "$OUT/${tag}_real.ini"
+  once "$pool/index.json" "$OUT/${tag}_pool_real.log" "${MPI[@]}" "$REPO/$B" invert --config "$OUT/${tag}_real.ini" \
+    --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5 --out "$pool"
+}
 job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of one main job
   local tag=$1 w=$2 conf=$3
-  painted_ini "$conf" "$OUT/${tag}_real.ini"
   (
     cd "$w"
-    once "$OUT/${tag}_pool_real/index.json" "$OUT/${tag}_pool_real.log" "${MPI[@]}" "$REPO/$B" invert \
-      --config "$OUT/${tag}_real.ini" --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5 --out "$OUT/${tag}_pool_real"
+    real_images_pool "$tag" "$conf" "$OUT/${tag}_pool_real"
     for run in meta real; do
       local pool=runs/demo/pool
       [ "$run" = real ] && pool=$OUT/${tag}_pool_real
@@ -1301,15 +1308,27 @@ job_rows() {  # job_rows TAG WORKDIR CONFIG: the runs and the validation eval of
 # sed SED_ARG..., by launch/demo.sh --config up to its pool and anchor (the data and BN prior are the
 # main job's, and so is the VFM unless the edit changes [pretrain]), unless made.
 pretrain_ini() { sed -n '/^\[pretrain\]/,/^\[/p' "$1"; }  # pretrain_ini CONFIG: its [pretrain] section
-remake() {
-  local tag=$1 base=$2 w=$OUT/$1 anchor
+# job_dir TAG BASE SED_ARG...: the work directory $OUT/TAG of a job made again: its config demo.ini (BASE
+# edited by sed SED_ARG...) and links to the main job's data and BN prior, and to its VFM unless the
+# edit changes [pretrain].
+job_dir() {
+  local w=$OUT/$1 base=$2
   shift 2
-  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
   mkdir -p "$w/data" "$w/runs/demo"
   ln -sfn "$REPO/data/demo" "$w/data/demo"
   ln -sfn "$REPO/runs/demo/prior" "$w/runs/demo/prior"
   sed "$@" "$base" >"$w/demo.ini"
   [ "$(pretrain_ini configs/demo.ini)" != "$(pretrain_ini "$w/demo.ini")" ] || ln -sfn "$REPO/runs/demo/vfm" "$w/runs/demo/vfm"
+}
+# zoo_heldout LABEL WORKDIR: the mean held-out accuracy of WORKDIR's zoo LoRAs (runs/demo/zoo).
+zoo_heldout() {
+  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" \
+    "$2/runs/demo/zoo/manifest.json" "$1"
+}
+remake() {
+  local tag=$1 w=$OUT/$1 anchor
+  [ -f runs/demo/pool/index.json ] || { echo "science: run the main job's invert stage first (runs/demo/pool)" >&2; exit 2; }
+  job_dir "$@"
   anchor=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$w/demo.ini")
   once "$w/$anchor/index.json" "$OUT/${tag}_demo.log" \
     bash launch/demo.sh --workdir "$w" --config "$w/demo.ini" --until invert
@@ -1337,7 +1356,7 @@ remade_job() {
   echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
   job_rows "vfm$S0" "$REPO" "$DEMO800"
   job_rows "$tag" "$w" "$w/demo.ini"
-  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print(sys.argv[2], 'zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$w/runs/demo/zoo/manifest.json" "$tag"
+  zoo_heldout "$tag" "$w"
   paired_across "vfm${S0}_eval" "${tag}_eval" "$tag - the main job" lora-avg=lora-avg meta=meta real=real
 }
 if [ "$WHAT" = vfm ]; then
@@ -1692,24 +1711,25 @@ fi
 # concatenation's targets now reaches about what the zoo holds. The main job made again from
 # configs/demo.ini with zoo --way 10 and 4 drawn surrogates per LoRA and class (40 per class, as the
 # 5-way zoo's 8 per LoRA give; the "way" part's zoo; the main job's since this part), then
-# configs/demo.ini's recipe on it (named, so that the rows stay as run), seeds 0, 1 and 2, eval on the
-# same 600 validation episodes as the "anchorc" part, whose rows on the 5-way zoo are the comparison. Run "anchorc" first. ~15 min to make (bf16), then
-# ~6 min per run and ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+# configs/demo.ini's recipe on it (W10_RECIPE, named, so that the rows stay as run), seeds 0, 1 and
+# 2, eval on the same 600 validation episodes as the "anchorc" part, whose rows on the 5-way zoo are
+# the comparison. Run "anchorc" first. ~15 min to make (bf16), then ~6 min per run and ~4 min eval
+# (bf16, 2 cores, AMD EPYC with avx512_bf16).
+W10_RECIPE="--distill-targets zoo-concat --distill-weight 4"  # configs/demo.ini's since the "anchorc" part
 if [ "$WHAT" = way10c ]; then
   [ -f "$OUT/ac_eval/results.json" ] || { echo "science: run the 'anchorc' part first" >&2; exit 2; }
   remake w10c configs/demo.ini -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 10/" \
     -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 4/"
   W=$OUT/w10c
-  RECIPE="--distill-targets zoo-concat --distill-weight 4"  # configs/demo.ini's since the "anchorc" part
   (
     cd "$W"
     echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows w10 "10-way zoo, the main recipe, seed 0|runs/demo/pool|$RECIPE" \
-      "the same, seed 1|runs/demo/pool|$RECIPE --seed 1" "the same, seed 2|runs/demo/pool|$RECIPE --seed 2"
+    RUN_CONFIG=$W/demo.ini run_rows w10 "10-way zoo, the main recipe, seed 0|runs/demo/pool|$W10_RECIPE" \
+      "the same, seed 1|runs/demo/pool|$W10_RECIPE --seed 1" "the same, seed 2|runs/demo/pool|$W10_RECIPE --seed 2"
     eval_val w10_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
       "w10_1=$OUT/w10_1" "w10_2=$OUT/w10_2" "w10_3=$OUT/w10_3"
   )
-  $PY -c "import json,sys; m=json.load(open(sys.argv[1])); a=[l['heldout_accuracy'] for l in m['loras']]; print('10-way zoo: held-out accuracy, mean over its LoRAs', round(sum(a)/len(a),1))" "$W/runs/demo/zoo/manifest.json"
+  zoo_heldout 10-way "$W"
   # the same recipe on the main job's 5-way zoo ("anchorc" part: seeds 0, 1, 2), on the same episodes
   grep -E '^val,(lora-avg|ac_2|ac_3|ac_5),' "$OUT/ac_eval/results.csv"
   paired_across ac_eval w10_eval "10-way zoo - the main job's" lora-avg=lora-avg w10_1=ac_2 w10_2=ac_3 w10_3=ac_5
@@ -1724,15 +1744,12 @@ fi
 if [ "$WHAT" = way10x ]; then
   [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
   W=$OUT/w10c
-  RECIPE="--distill-targets zoo-concat --distill-weight 4"  # as in "way10c"
-  painted_ini "$W/demo.ini" "$OUT/w10c_real.ini"
   (
     cd "$W"
-    once "$OUT/w10c_pool_real/index.json" "$OUT/w10c_pool_real.log" "${MPI[@]}" "$REPO/$B" invert \
-      --config "$OUT/w10c_real.ini" --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5 --out "$OUT/w10c_pool_real"
+    real_images_pool w10c "$W/demo.ini" "$OUT/w10c_pool_real"
     echo "validation accuracy (%) every 250 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows w10x "10-way zoo, the main recipe, 2,000 steps|runs/demo/pool|$RECIPE --steps 2000" \
-      "the same recipe, real images (control)|$OUT/w10c_pool_real|$RECIPE" \
+    RUN_CONFIG=$W/demo.ini run_rows w10x "10-way zoo, the main recipe, 2,000 steps|runs/demo/pool|$W10_RECIPE --steps 2000" \
+      "the same recipe, real images (control)|$OUT/w10c_pool_real|$W10_RECIPE" \
       "the main recipe at anchor weight 8|runs/demo/pool|--distill-targets zoo-concat --distill-weight 8"
     eval_val w10x_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
       "w10x_1=$OUT/w10x_1" "w10x_2=$OUT/w10x_2" "w10x_3=$OUT/w10x_3"
@@ -1754,18 +1771,13 @@ if [ "$WHAT" = zoo40c ]; then
   zoo_ceiling "$OUT/ceiling_w10c" "$W" "$W/demo.ini" "meta|$OUT/w10_1" "real|$OUT/w10x_2"
   echo "== the 10-way zoo of 20 LoRAs (the main job's)"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta real --curve
-  mkdir -p "$W40/runs/demo"
-  ln -sfn "$REPO/data" "$W40/data"
-  ln -sfn "$REPO/runs/demo/vfm" "$W40/runs/demo/vfm"
   # no anchor: only lora-avg is made here, from a pool of real images that names the zoo's LoRAs
-  sed -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/' -e '/^distill-/d' "$W/demo.ini" >"$W40/demo.ini"
-  painted_ini "$W40/demo.ini" "$W40/real.ini"
+  job_dir w40 "$W/demo.ini" -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/' -e '/^distill-/d'
   (
     cd "$W40"
     once runs/demo/zoo/manifest.json "$OUT/w40_zoo.log" "${MPI[@]}" "$REPO/$B" zoo --config "$W40/demo.ini" \
       --precision "${PRECISION:-fp32}"
-    once runs/demo/pool/index.json "$OUT/w40_pool.log" "${MPI[@]}" "$REPO/$B" invert --config "$W40/real.ini" \
-      --precision "${PRECISION:-fp32}" --real-images data/demo/zoo.h5
+    real_images_pool w40 "$W40/demo.ini" runs/demo/pool
   )
   zoo_ceiling "$OUT/ceiling_w40" "$W40" "$W40/demo.ini"
   echo "== the 10-way zoo of 40 LoRAs"
