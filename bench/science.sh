@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|way20c] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -99,7 +99,9 @@
 # "way" (after the main job's invert): the main job made again with 10-way zoo tasks instead of 5-way.
 # "way10c" (after "anchorc"): that 10-way zoo made again under configs/demo.ini, with its recipe;
 # "way10x" (after "way10c"): its recipe for 2,000 steps, on real images of its classes, at weight 8;
-# "zoo40c" (after "way10x"): what that zoo holds beyond its average, and a zoo of 40 such LoRAs.
+# "zoo40c" (after "way10x"): what that zoo holds beyond its average, and a zoo of 40 such LoRAs;
+# "zoowide" (after "zoo40c"): the same for zoos of 20-way tasks and of 10-way tasks over 40 classes;
+# "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1407,6 +1409,19 @@ zoo_ceiling() {
     embed_val "$e" data/demo/val.h5 "bare|" "avg|$e/avg" "$@" "${zoo[@]}"
   )
 }
+# zoo_job TAG BASE SED_ARG...: a zoo alone made in $OUT/TAG (job_dir; no anchor: only lora-avg is
+# made from it, with a pool of real images that names its LoRAs), then zoo_ceiling in $OUT/ceiling_TAG.
+zoo_job() {
+  local tag=$1 w=$OUT/$1
+  job_dir "$@" -e '/^distill-/d'
+  (
+    cd "$w"
+    once runs/demo/zoo/manifest.json "$OUT/${tag}_zoo.log" "${MPI[@]}" "$REPO/$B" zoo --config "$w/demo.ini" \
+      --precision "${PRECISION:-fp32}"
+    real_images_pool "$tag" "$w/demo.ini" runs/demo/pool
+  )
+  zoo_ceiling "$OUT/ceiling_$tag" "$w" "$w/demo.ini"
+}
 # ceiling_job TAG WORKDIR CONFIG: ceiling_features, then bench/zoo_ensemble.py's rows.
 ceiling_job() {
   ceiling_features "$@"
@@ -1767,21 +1782,49 @@ fi
 # (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = zoo40c ]; then
   [ -f "$OUT/w10x_eval/results.json" ] || { echo "science: run the 'way10x' part first" >&2; exit 2; }
-  W=$OUT/w10c W40=$OUT/w40
+  W=$OUT/w10c
   zoo_ceiling "$OUT/ceiling_w10c" "$W" "$W/demo.ini" "meta|$OUT/w10_1" "real|$OUT/w10x_2"
   echo "== the 10-way zoo of 20 LoRAs (the main job's)"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta real --curve
-  # no anchor: only lora-avg is made here, from a pool of real images that names the zoo's LoRAs
-  job_dir w40 "$W/demo.ini" -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/' -e '/^distill-/d'
-  (
-    cd "$W40"
-    once runs/demo/zoo/manifest.json "$OUT/w40_zoo.log" "${MPI[@]}" "$REPO/$B" zoo --config "$W40/demo.ini" \
-      --precision "${PRECISION:-fp32}"
-    real_images_pool w40 "$W40/demo.ini" runs/demo/pool
-  )
-  zoo_ceiling "$OUT/ceiling_w40" "$W40" "$W40/demo.ini"
+  zoo_job w40 "$W/demo.ini" -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/'
   echo "== the 10-way zoo of 40 LoRAs"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w40" --curve
+fi
+# Wider zoos (docs/science.md, "Wider zoos"): what a zoo of 20 LoRAs holds beyond its average when
+# its tasks are wider still, as the "zoo40c" part measures it (no training beyond the zoo): 20-way
+# tasks over the same 20 classes (every LoRA covers every class; 2 surrogates per LoRA and class
+# would keep 40 per class), and 10-way tasks over 40 classes (5 LoRAs per class). Run "zoo40c"
+# first. ~8 min per zoo, ~3 min per zoo's features (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = zoowide ]; then
+  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  zoo_job w20w "$OUT/w10c/demo.ini" -e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/' \
+    -e '/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 2/'
+  echo "== a zoo of 20 LoRAs on 20-way tasks over 20 classes"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w20w" --curve
+  zoo_job w10k40 "$OUT/w10c/demo.ini" -e '/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/'
+  echo "== a zoo of 20 LoRAs on 10-way tasks over 40 classes"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10k40" --curve
+fi
+# The main recipe on a zoo of 20-way tasks (docs/science.md, "Wider zoos"): the main job made again
+# from configs/demo.ini with zoo --way 20 (every LoRA covers all 20 classes), 2 drawn surrogates per
+# LoRA and class (40 per class, as now) and retrieve-per-class 50 (the anchor's 20,000 slots, as
+# now), then the main recipe (W10_RECIPE), seed 0, eval on the same 600 validation episodes as the
+# "way10c" part, whose seed-0 row is the comparison. Run "way10c" first. ~15 min to make (bf16), then
+# ~6 min for the run and ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = way20c ]; then
+  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
+  remake w20c configs/demo.ini -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/" \
+    -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 2/" -e "s/^retrieve-per-class *=.*/retrieve-per-class = 50/"
+  W=$OUT/w20c
+  (
+    cd "$W"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows w20 "20-way zoo, the main recipe, seed 0|runs/demo/pool|$W10_RECIPE"
+    eval_val w20_eval "$W/demo.ini" "20-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "w20_1=$OUT/w20_1"
+  )
+  zoo_heldout 20-way "$W"
+  paired_across w10_eval w20_eval "20-way zoo - 10-way zoo" lora-avg=lora-avg w20_1=w10_1
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 
 #ifdef LORAREC_TORCH_HAS_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -184,6 +186,35 @@ std::vector<std::vector<int>> nearest_classes(const data::SurrogatePool& pool, c
     out[c].assign(order.begin(), order.begin() + m);
   }
   return out;
+}
+
+DistinctRows distinct_rows(data::SurrogatePool& pool) {
+  DistinctRows d;
+  d.of_row.resize(static_cast<size_t>(pool.size()));
+  std::unordered_multimap<uint64_t, int64_t> seen;  // FNV-1a hash of the bytes -> index into d.rows
+  for (int64_t first = 0; first < pool.size(); first += 1024) {
+    std::vector<int64_t> rows(static_cast<size_t>(std::min<int64_t>(1024, pool.size() - first)));
+    std::iota(rows.begin(), rows.end(), first);
+    const at::Tensor u8 = pool.images(rows).contiguous();
+    const int64_t bytes = u8.numel() / static_cast<int64_t>(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const uint8_t* p = u8.data_ptr<uint8_t>() + static_cast<int64_t>(i) * bytes;
+      uint64_t h = 1469598103934665603ULL;
+      for (int64_t b = 0; b < bytes; ++b) h = (h ^ p[b]) * 1099511628211ULL;
+      int64_t found = -1;
+      for (auto [it, end] = seen.equal_range(h); it != end && found < 0; ++it) {
+        const at::Tensor other = pool.images({d.rows[static_cast<size_t>(it->second)]}).contiguous();
+        if (std::memcmp(other.data_ptr<uint8_t>(), p, static_cast<size_t>(bytes)) == 0) found = it->second;
+      }
+      if (found < 0) {
+        found = static_cast<int64_t>(d.rows.size());
+        d.rows.push_back(rows[i]);
+        seen.emplace(h, found);
+      }
+      d.of_row[static_cast<size_t>(rows[i])] = found;
+    }
+  }
+  return d;
 }
 
 at::Tensor flip_patch_scores(const at::Tensor& scores, int64_t grid) {
@@ -727,28 +758,34 @@ class Prefetcher {
   std::exception_ptr error_;
 };
 
-// The feature of every pool image under `lora` (nullptr: the bare VFM), whole and unflipped (gray:
-// its channels averaged, as --gray feeds the student), [rows, D] float on the CPU (files shared out
-// over the ranks, one all-reduce: every rank holds the same table).
-at::Tensor pool_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
-                         const c10::Device& device, const model::Lora* lora, bool gray) {
+// The feature of each of `rows` (pool rows) under `lora` (nullptr: the bare VFM), whole and
+// unflipped (gray: its channels averaged, as --gray feeds the student), [rows.size(), D] float on the
+// CPU (chunks of 64 rows dealt out over the ranks, one all-reduce: every rank holds the same table).
+at::Tensor rows_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
+                         const c10::Device& device, const model::Lora* lora, bool gray,
+                         const std::vector<int64_t>& rows) {
   at::NoGradGuard ng;
-  at::Tensor out = at::zeros({pool.size(), vit.config().projection_dim}, at::kFloat);
-  for (size_t fi = 0; fi < pool.files().size(); ++fi) {
-    if (static_cast<int>(fi % comm.size()) != comm.rank()) continue;
-    const auto& f = pool.files()[fi];
-    for (int64_t first = f.first_row; first < f.first_row + f.rows; first += 64) {
-      std::vector<int64_t> rows(std::min<int64_t>(64, f.first_row + f.rows - first));
-      std::iota(rows.begin(), rows.end(), first);
-      const at::Tensor u8 = pool.images(rows);
-      const at::Tensor px = model::preprocess_images(gray ? gray_u8(u8) : u8, vit.config(), device);
-      out.narrow(0, first, static_cast<int64_t>(rows.size()))
-          .copy_(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
-    }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  at::Tensor out = at::zeros({n, vit.config().projection_dim}, at::kFloat);
+  for (int64_t first = 0, chunk = 0; first < n; first += 64, ++chunk) {
+    if (static_cast<int>(chunk % comm.size()) != comm.rank()) continue;
+    const std::vector<int64_t> part(rows.begin() + first, rows.begin() + std::min<int64_t>(first + 64, n));
+    const at::Tensor u8 = pool.images(part);
+    const at::Tensor px = model::preprocess_images(gray ? gray_u8(u8) : u8, vit.config(), device);
+    out.narrow(0, first, static_cast<int64_t>(part.size()))
+        .copy_(vit.forward(px, {}, lora).feature.to(at::kCPU, at::kFloat));
   }
   at::Tensor d = out.to(device);
   comm.all_reduce_sum(d);
   return d.cpu();
+}
+
+// rows_features of every pool image, computed once per distinct image (distinct_rows) and copied to
+// its repeats: [pool rows, D].
+at::Tensor pool_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
+                         const c10::Device& device, const model::Lora* lora, bool gray) {
+  const DistinctRows d = distinct_rows(pool);
+  return rows_features(vit, pool, comm, device, lora, gray, d.rows).index_select(0, at::tensor(d.of_row, at::kLong));
 }
 
 json fingerprint(const MetaTrainConfig& c, int episodes) {
@@ -945,22 +982,23 @@ at::Tensor own_lora_features(const model::ClipVision& vit, data::SurrogatePool& 
 }
 
 // --distill-targets zoo, zoo-mean or zoo-concat: the feature of every image of `pool` under each LoRA of its
-// zoo (pool_zoo), as pool_features computes it (whole, unflipped, grey under --gray; its files
-// shared out over the ranks), [rows, L, D] float on the CPU, the same on every rank.
+// zoo (pool_zoo), as pool_features computes it (whole, unflipped, grey under --gray; once per
+// distinct image, shared out over the ranks), [rows, L, D] float on the CPU, the same on every rank.
 at::Tensor zoo_features(const model::ClipVision& vit, data::SurrogatePool& pool, dist::Communicator& comm,
                         const c10::Device& device, bool gray) {
   const auto t0 = Clock::now();
   const std::vector<std::string> zoo = pool_zoo(pool, "--distill-targets zoo");
+  const DistinctRows d = distinct_rows(pool);  // a glyph that several LoRAs retrieved: once
   std::vector<at::Tensor> per_lora;
   for (const auto& path : zoo) {
     model::Lora teacher = model::load_peft(path, vit.config());
     teacher.to(device);
-    per_lora.push_back(pool_features(vit, pool, comm, device, &teacher, gray));
+    per_lora.push_back(rows_features(vit, pool, comm, device, &teacher, gray, d.rows));
   }
-  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images of --distill-pool under each of the "
-                                                 << zoo.size() << " LoRAs its files name, " << seconds_since(t0)
-                                                 << " s");
-  return at::stack(per_lora, 1);
+  LOG_INFO("metatrain", "distillation targets: " << pool.size() << " images (" << d.rows.size()
+                                                 << " distinct) of --distill-pool under each of the " << zoo.size()
+                                                 << " LoRAs its files name, " << seconds_since(t0) << " s");
+  return at::stack(per_lora, 1).index_select(0, at::tensor(d.of_row, at::kLong));
 }
 
 // Meta-training as phases: set-up (inputs, directories, models, pool) and resume, the training

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <functional>
@@ -58,6 +59,25 @@ TEST(DrawEpisode, RealClassesNeverCollideAndSupportAndQueryMayMixLoras) {
   EXPECT_GT(mixed, 100);  // support and query of a class come from different LoRAs
   EXPECT_GT(single, 40);
   EXPECT_LT(single, 120);
+}
+
+TEST(DistinctRows, MapsEveryRepeatOfAnImageToItsFirstRow) {
+  test::TempDir tmp;
+  // File f's image i has every byte (f * 50 + i) % 256: with 80 images per file, file 1's first 30
+  // repeat file 0's last 30 (global rows 80-109 = rows 50-79), and its last 50 are new.
+  test::write_pool(tmp.path() / "pool", 2, 10, 8, 4, 4);
+  for (int64_t cache : {int64_t(1) << 30, int64_t(0)}) {  // in memory, and read row by row
+    data::SurrogatePool pool = data::SurrogatePool::open((tmp.path() / "pool").string(), 4, 4, cache);
+    const DistinctRows d = distinct_rows(pool);
+    ASSERT_EQ(d.rows.size(), 130u);
+    ASSERT_EQ(d.of_row.size(), 160u);
+    for (int64_t r = 0; r < 160; ++r) {
+      const int64_t first = r >= 80 && r < 110 ? r - 30 : r;  // the image's first row
+      ASSERT_EQ(d.rows[static_cast<size_t>(d.of_row[static_cast<size_t>(r)])], first) << "row " << r;
+      EXPECT_TRUE(pool.images({r}).equal(pool.images({first})));
+    }
+    EXPECT_TRUE(std::is_sorted(d.rows.begin(), d.rows.end()));
+  }
 }
 
 TEST(DrawEpisode, DisjointTeachersTakeQueriesFromTheOtherLoras) {

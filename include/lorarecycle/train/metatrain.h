@@ -40,6 +40,15 @@ class Communicator;
 
 namespace lorarec::train {
 
+// A pool's distinct images: `rows`, the first pool row of each distinct image (same bytes), in row
+// order, and `of_row`, for every pool row the index in `rows` of its image. invert --retrieve gives a
+// public glyph to every LoRA that ranks it, so metatrain computes the features of --distill-pool's
+// images once per distinct image.
+struct DistinctRows {
+  std::vector<int64_t> rows, of_row;
+};
+DistinctRows distinct_rows(data::SurrogatePool& pool);
+
 // The pool rows of one training episode. picked[c] holds K + Q rows of episode class c (support
 // first); classes[c] is its pool class (index into classes()). Single-LoRA episodes (with
 // probability single_prob, from one of `single_files`) take N labels of one file: `file` >= 0 and
