@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|way20c] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|way20c|soup] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -101,7 +101,8 @@
 # "way10x" (after "way10c"): its recipe for 2,000 steps, on real images of its classes, at weight 8;
 # "zoo40c" (after "way10x"): what that zoo holds beyond its average, and a zoo of 40 such LoRAs;
 # "zoowide" (after "zoo40c"): the same for zoos of 20-way tasks and of 10-way tasks over 40 classes;
-# "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe.
+# "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe;
+# "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1825,6 +1826,22 @@ if [ "$WHAT" = way20c ]; then
   )
   zoo_heldout 20-way "$W"
   paired_across w10_eval w20_eval "20-way zoo - 10-way zoo" lora-avg=lora-avg w20_1=w10_1
+fi
+# The three seeds of the "way10c" part averaged in weight space (docs/science.md, "Wider zoos"): one
+# adapter whose delta on every module is the mean of the three meta-LoRAs' (bench/lora_mix.py twice:
+# the first two at W 0.5, then that mix with the third at W 2/3; rank 240), eval on the same 600
+# validation episodes as the "way10c" rows. No training: ~3 min (bf16, 2 cores, AMD EPYC with
+# avx512_bf16). Run "way10c" first.
+if [ "$WHAT" = soup ]; then
+  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
+  [ -f "$OUT/soup12/adapter_config.json" ] || $PY bench/lora_mix.py "$OUT/soup12" 0.5 "$OUT/w10_1" "$OUT/w10_2"
+  [ -f "$OUT/soup123/adapter_config.json" ] || $PY bench/lora_mix.py "$OUT/soup123" 0.6666666666666666 "$OUT/soup12" "$OUT/w10_3"
+  (
+    cd "$OUT/w10c"
+    eval_val soup_eval "$OUT/w10c/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "soup=$OUT/soup123"
+  )
+  paired_across w10_eval soup_eval "the three seeds averaged" soup=w10_1 soup=w10_2 soup=w10_3
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
