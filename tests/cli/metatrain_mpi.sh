@@ -262,7 +262,7 @@ expect_status 2 "--distill-targets start concerns --distill-pool's term: give --
 # there, world size 1 and 2 (the LoRAs shared out over the ranks) train alike. Refusals.
 $B metatrain $ST --distill-weight 1 --distill-pool anchorpool --distill-targets zoo-mean --out zm_copy >zm_copy.txt 2>&1 ||
   { cat zm_copy.txt; fail "--distill-targets zoo-mean"; }
-grep -q "images of --distill-pool under each of the 1 LoRAs its files name" zm_copy.txt || { cat zm_copy.txt; fail "no zoo targets line"; }
+grep -q "distinct) of --distill-pool under each of the 1 LoRAs its files name" zm_copy.txt || { cat zm_copy.txt; fail "no zoo targets line"; }
 compare_adapters st_copy zm_copy 1e-4
 # zoo-concat: for a zoo of one the concatenation is k2's features, cut to their own width and turned
 # onto themselves, so the same run again; on the quick pool's zoo of two, world size 1 and 2 alike.
