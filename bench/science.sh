@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|way20c|soup] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|way20c|class40c|soup] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -102,6 +102,7 @@
 # "zoo40c" (after "way10x"): what that zoo holds beyond its average, and a zoo of 40 such LoRAs;
 # "zoowide" (after "zoo40c"): the same for zoos of 20-way tasks and of 10-way tasks over 40 classes;
 # "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe;
+# "class40c" (after "way10c"): the main job made again with 10-way zoo tasks over 40 classes;
 # "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space.
 # Each part's comment below says what it costs.
 set -euo pipefail
@@ -1806,6 +1807,25 @@ if [ "$WHAT" = zoowide ]; then
   echo "== a zoo of 20 LoRAs on 10-way tasks over 40 classes"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10k40" --curve
 fi
+# recipe_on_zoo TAG PREFIX LABEL SED_ARG...: (LABEL names the zoo) remake TAG from configs/demo.ini edited by SED_ARG...,
+# the main recipe (W10_RECIPE, seed 0) on it as $OUT/PREFIX_1, eval on the "way10c" part's 600
+# validation episodes into $OUT/PREFIX_eval, the zoo's held-out accuracy, and both rows against
+# "way10c"'s seed-0 row episode by episode.
+recipe_on_zoo() {
+  local tag=$1 prefix=$2 label=$3 w=$OUT/$1
+  shift 3
+  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
+  remake "$tag" configs/demo.ini "$@"
+  (
+    cd "$w"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$w/demo.ini run_rows "$prefix" "$label zoo, the main recipe, seed 0|runs/demo/pool|$W10_RECIPE"
+    eval_val "${prefix}_eval" "$w/demo.ini" "$label zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
+      "${prefix}_1=$OUT/${prefix}_1"
+  )
+  zoo_heldout "$label" "$w"
+  paired_across w10_eval "${prefix}_eval" "$label zoo - the main job's 10-way zoo" lora-avg=lora-avg "${prefix}_1=w10_1"
+}
 # The main recipe on a zoo of 20-way tasks (docs/science.md, "Wider zoos"): the main job made again
 # from configs/demo.ini with zoo --way 20 (every LoRA covers all 20 classes), 2 drawn surrogates per
 # LoRA and class (40 per class, as now) and retrieve-per-class 50 (the anchor's 20,000 slots, as
@@ -1813,19 +1833,16 @@ fi
 # "way10c" part, whose seed-0 row is the comparison. Run "way10c" first. ~15 min to make (bf16), then
 # ~6 min for the run and ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = way20c ]; then
-  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
-  remake w20c configs/demo.ini -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/" \
+  recipe_on_zoo w20c w20 20-way -e "/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/" \
     -e "/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 2/" -e "s/^retrieve-per-class *=.*/retrieve-per-class = 50/"
-  W=$OUT/w20c
-  (
-    cd "$W"
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows w20 "20-way zoo, the main recipe, seed 0|runs/demo/pool|$W10_RECIPE"
-    eval_val w20_eval "$W/demo.ini" "20-way zoo: validation classes, 600 episodes 5-way 1-shot (eval; lora-avg is this zoo's):" \
-      "w20_1=$OUT/w20_1"
-  )
-  zoo_heldout 20-way "$W"
-  paired_across w10_eval w20_eval "20-way zoo - 10-way zoo" lora-avg=lora-avg w20_1=w10_1
+fi
+# The main recipe on a zoo of 10-way tasks over 40 classes (docs/science.md, "Wider zoos"): the main
+# job made again from configs/demo.ini with zoo --classes 40 (5 LoRAs per class; the pool then holds
+# 20 surrogates per class, the anchor its 20,000 slots), then the main recipe (W10_RECIPE), seed 0,
+# eval on the same 600 validation episodes as the "way10c" part. Run "way10c" first. ~16 min to make
+# (bf16), then ~5 min for the run and ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = class40c ]; then
+  recipe_on_zoo c40c c40 "10-way, 40 classes" -e "/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/"
 fi
 # The three seeds of the "way10c" part averaged in weight space (docs/science.md, "Wider zoos"): one
 # adapter whose delta on every module is the mean of the three meta-LoRAs' (bench/lora_mix.py twice:
