@@ -1807,10 +1807,10 @@ if [ "$WHAT" = zoowide ]; then
   echo "== a zoo of 20 LoRAs on 10-way tasks over 40 classes"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10k40" --curve
 fi
-# recipe_on_zoo TAG PREFIX LABEL SED_ARG...: (LABEL names the zoo) remake TAG from configs/demo.ini edited by SED_ARG...,
-# the main recipe (W10_RECIPE, seed 0) on it as $OUT/PREFIX_1, eval on the "way10c" part's 600
-# validation episodes into $OUT/PREFIX_eval, the zoo's held-out accuracy, and both rows against
-# "way10c"'s seed-0 row episode by episode.
+# recipe_on_zoo TAG PREFIX LABEL SED_ARG...: remake TAG from configs/demo.ini edited by SED_ARG...
+# (LABEL names its zoo), the main recipe (W10_RECIPE, seed 0) on it as $OUT/PREFIX_1, eval on the
+# "way10c" part's 600 validation episodes into $OUT/PREFIX_eval, the zoo's held-out accuracy, and
+# both rows against "way10c"'s seed-0 row episode by episode.
 recipe_on_zoo() {
   local tag=$1 prefix=$2 label=$3 w=$OUT/$1
   shift 3

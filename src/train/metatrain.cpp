@@ -191,7 +191,7 @@ std::vector<std::vector<int>> nearest_classes(const data::SurrogatePool& pool, c
 DistinctRows distinct_rows(data::SurrogatePool& pool) {
   DistinctRows d;
   d.of_row.resize(static_cast<size_t>(pool.size()));
-  std::unordered_multimap<uint64_t, int64_t> seen;  // FNV-1a hash of the bytes -> index into d.rows
+  std::unordered_multimap<uint64_t, int64_t> seen;  // hash of the bytes -> index into d.rows
   for (int64_t first = 0; first < pool.size(); first += 1024) {
     std::vector<int64_t> rows(static_cast<size_t>(std::min<int64_t>(1024, pool.size() - first)));
     std::iota(rows.begin(), rows.end(), first);
@@ -199,8 +199,7 @@ DistinctRows distinct_rows(data::SurrogatePool& pool) {
     const int64_t bytes = u8.numel() / static_cast<int64_t>(rows.size());
     for (size_t i = 0; i < rows.size(); ++i) {
       const uint8_t* p = u8.data_ptr<uint8_t>() + static_cast<int64_t>(i) * bytes;
-      uint64_t h = 1469598103934665603ULL;
-      for (int64_t b = 0; b < bytes; ++b) h = (h ^ p[b]) * 1099511628211ULL;
+      const uint64_t h = dist::fnv1a64(p, static_cast<size_t>(bytes));
       int64_t found = -1;
       for (auto [it, end] = seen.equal_range(h); it != end && found < 0; ++it) {
         const at::Tensor other = pool.images({d.rows[static_cast<size_t>(it->second)]}).contiguous();
