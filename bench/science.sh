@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -104,7 +104,8 @@
 # "zoo40k40" (after "zoowide"): the same for a zoo of 40 LoRAs on 10-way tasks over 40 classes;
 # "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe;
 # "class40c" (after "way10c"): the main job made again with 10-way zoo tasks over 40 classes;
-# "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space.
+# "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space;
+# "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1871,6 +1872,64 @@ if [ "$WHAT" = soup ]; then
       "soup=$OUT/soup123"
   )
   paired_across w10_eval soup_eval "the three seeds averaged" soup=w10_1 soup=w10_2 soup=w10_3
+fi
+# Public glyphs composed as Han characters are built, from components side by side or stacked
+# (bench/composite_glyphs.py: 24,048 images of two or three of the VFM's pre-training glyphs each;
+# docs/science.md, "Composed glyphs as the anchor"). First where the "way10c" zoo disagrees
+# (bench/zoo_agreement.py on 3,600 images of each set, beside the validation images of the "zoo40c"
+# part: the ensemble's lead over the average shows where the LoRAs disagree), then the anchor's
+# images retrieved from the composites as launch/demo.sh retrieves them from the glyphs (each LoRA's
+# 100 most confident per class; COMP_COUNT= sets how many composites, default 24048), and the main
+# recipe (W10_RECIPE, seed 0) with them instead of the glyphs, and with both (bench/pool_union.py),
+# eval on the "way10c" part's 600 validation episodes, paired against its seed-0 row. Run "zoo40c"
+# first. ~2 min for the agreement, ~4 min retrieval, ~7 min per run, ~4 min eval (bf16, 2 cores,
+# AMD EPYC with avx512_bf16).
+if [ "$WHAT" = composite ]; then
+  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  W=$OUT/w10c CN=${COMP_COUNT:-24048}
+  [ -f "$OUT/composite$CN.h5" ] || $PY bench/composite_glyphs.py data/demo/base.h5 "$OUT/composite$CN.h5" --count "$CN"
+  # 3,600 images of each set (the public glyphs drawn at random, seed 0), as h5 files embed reads
+  $PY - "$OUT" "$CN" <<'PY'
+import os, sys, h5py, numpy as np
+out, cn = sys.argv[1], sys.argv[2]
+for name, src, pick in (("public", "data/demo/base.h5", True), ("composite", f"{out}/composite{cn}.h5", False)):
+    dst = f"{out}/agree_{name}.h5"
+    if os.path.exists(dst):
+        continue
+    with h5py.File(src, "r") as f:
+        n = f["images"].shape[0]
+        rows = np.sort(np.random.default_rng(0).choice(n, 3600, replace=False)) if pick else np.arange(3600)
+        images = f["images"][rows]
+    with h5py.File(dst + ".tmp", "w") as g:
+        g["images"] = images
+        g["labels"] = np.zeros(len(images), np.int64)
+    os.replace(dst + ".tmp", dst)
+PY
+  (
+    cd "$W"
+    mapfile -t zoo < <(zoo_embeds)
+    mkdir -p "$OUT/agree_public" "$OUT/agree_composite"
+    embed_val "$OUT/agree_public" "$OUT/agree_public.h5" "avg|$OUT/ceiling_w10c/avg" "${zoo[@]}"
+    embed_val "$OUT/agree_composite" "$OUT/agree_composite.h5" "avg|$OUT/ceiling_w10c/avg" "${zoo[@]}"
+  )
+  echo "where the 10-way zoo's LoRAs disagree (3,600 images each; distance gap to the zoo's geometry):"
+  $PY bench/zoo_agreement.py validation="$OUT/ceiling_w10c" public="$OUT/agree_public" composite="$OUT/agree_composite"
+  (
+    cd "$W"
+    once "runs/demo/anchor_comp$CN/index.json" "$OUT/w10c_anchor_comp$CN.log" "${MPI[@]}" "$REPO/$B" invert \
+      --config "$W/demo.ini" --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve "$OUT/composite$CN.h5" \
+      --retrieve-candidates "$CN" --out "runs/demo/anchor_comp$CN"
+    [ -f "runs/demo/anchor_both$CN/index.json" ] ||
+      $PY "$REPO/bench/pool_union.py" "runs/demo/anchor_both$CN" runs/demo/anchor_glyphs "runs/demo/anchor_comp$CN"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows "cmp$CN" \
+      "anchor: composites, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_comp$CN" \
+      "anchor: glyphs and composites, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_both$CN"
+    eval_val "cmp${CN}_eval" "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
+      "cmp${CN}_1=$OUT/cmp${CN}_1" "cmp${CN}_2=$OUT/cmp${CN}_2"
+  )
+  paired_across w10_eval "cmp${CN}_eval" "the anchor's images - the glyphs (the main recipe, seed 0)" lora-avg=lora-avg \
+    "cmp${CN}_1=w10_1" "cmp${CN}_2=w10_1"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
