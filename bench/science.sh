@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -105,7 +105,8 @@
 # "way20c" (after "way10c"): the main job made again with 20-way zoo tasks, with the main recipe;
 # "class40c" (after "way10c"): the main job made again with 10-way zoo tasks over 40 classes;
 # "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space;
-# "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images.
+# "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images;
+# "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1930,6 +1931,35 @@ PY
   )
   paired_across w10_eval "cmp${CN}_eval" "the anchor's images - the glyphs (the main recipe, seed 0)" lora-avg=lora-avg \
     "cmp${CN}_1=w10_1" "cmp${CN}_2=w10_1"
+fi
+# The anchor on the public glyphs where the zoo's LoRAs disagree most (docs/science.md, "Composed
+# glyphs as the anchor"): every one of the 24,048 glyphs embedded under each LoRA of the "way10c"
+# zoo, then bench/disagree_pool.py fills the anchor's 20,000 slots with the 8,928 glyphs of largest
+# disagreement (as many distinct images as the main job's anchor holds), or, as the control, 8,928
+# drawn at random; the main recipe (W10_RECIPE, seed 0) with each, eval on the "way10c" part's 600
+# validation episodes, paired against its seed-0 row. Run "way10c" first. ~6 min for the features,
+# ~7 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = disagree ]; then
+  [ -f "$OUT/w10_eval/results.json" ] || { echo "science: run the 'way10c' part first" >&2; exit 2; }
+  W=$OUT/w10c
+  (
+    cd "$W"
+    mapfile -t zoo < <(zoo_embeds)
+    mkdir -p "$OUT/base_feats"
+    embed_val "$OUT/base_feats" "$REPO/data/demo/base.h5" "${zoo[@]}"
+    for kind in top random; do
+      [ -f "runs/demo/anchor_dis_$kind/index.json" ] || $PY "$REPO/bench/disagree_pool.py" runs/demo/anchor_glyphs \
+        "$OUT/base_feats" "$REPO/data/demo/base.h5" "runs/demo/anchor_dis_$kind" 8928 ${kind/top/}
+    done
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows dis \
+      "anchor: the most disagreed glyphs, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_dis_top" \
+      "anchor: glyphs at random, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_dis_random"
+    eval_val dis_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
+      "dis_1=$OUT/dis_1" "dis_2=$OUT/dis_2"
+  )
+  paired_across w10_eval dis_eval "the anchor's images - the retrieved glyphs (the main recipe, seed 0)" \
+    dis_1=w10_1 dis_2=w10_1
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
