@@ -1876,7 +1876,7 @@ if [ "$WHAT" = soup ]; then
 fi
 # Public glyphs composed as Han characters are built, from components side by side or stacked
 # (bench/composite_glyphs.py: 24,048 images of two or three of the VFM's pre-training glyphs each;
-# docs/science.md, "Composed glyphs as the anchor"). First where the "way10c" zoo disagrees
+# docs/science.md, "Other anchor images"). First where the "way10c" zoo disagrees
 # (bench/zoo_agreement.py on 3,600 images of each set, beside the validation images of the "zoo40c"
 # part: the ensemble's lead over the average shows where the LoRAs disagree), then the anchor's
 # images retrieved from the composites as launch/demo.sh retrieves them from the glyphs (each LoRA's
@@ -1932,8 +1932,8 @@ PY
   paired_across w10_eval "cmp${CN}_eval" "the anchor's images - the glyphs (the main recipe, seed 0)" lora-avg=lora-avg \
     "cmp${CN}_1=w10_1" "cmp${CN}_2=w10_1"
 fi
-# The anchor on the public glyphs where the zoo's LoRAs disagree most (docs/science.md, "Composed
-# glyphs as the anchor"): every one of the 24,048 glyphs embedded under each LoRA of the "way10c"
+# The anchor on the public glyphs where the zoo's LoRAs disagree most (docs/science.md, "Other
+# anchor images"): every one of the 24,048 glyphs embedded under each LoRA of the "way10c"
 # zoo, then bench/disagree_pool.py fills the anchor's 20,000 slots with the 8,928 glyphs of largest
 # disagreement (as many distinct images as the main job's anchor holds), or, as the control, 8,928
 # drawn at random; the main recipe (W10_RECIPE, seed 0) with each, eval on the "way10c" part's 600
