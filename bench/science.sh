@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -106,7 +106,8 @@
 # "class40c" (after "way10c"): the main job made again with 10-way zoo tasks over 40 classes;
 # "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space;
 # "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images;
-# "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most.
+# "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most;
+# "testceiling" (after the main job and "zoo40c"): what the main job's zoo holds on the test classes.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1960,6 +1961,20 @@ if [ "$WHAT" = disagree ]; then
   )
   paired_across w10_eval dis_eval "the anchor's images - the retrieved glyphs (the main recipe, seed 0)" \
     dis_1=w10_1 dis_2=w10_1
+fi
+# What the main job's zoo holds beyond its average on the test classes (docs/science.md, "Other
+# anchor images"), measured after every choice of the log and choosing nothing: the "zoo40c" part's
+# measure on data/demo/test.h5 instead of the validation images, with the main job's meta-LoRA
+# (runs/demo/meta). The zoo is the main job's (the "way10c" part's zoo is the same, byte for byte),
+# lora-avg the "zoo40c" part's. Run the main job and "zoo40c" first. ~3 min (bf16, 2 cores).
+if [ "$WHAT" = testceiling ]; then
+  [ -d "$OUT/ceiling_w10c/avg" ] && [ -f runs/demo/meta/metatrain.json ] ||
+    { echo "science: run the main job (launch/demo.sh) and the 'zoo40c' part first" >&2; exit 2; }
+  mkdir -p "$OUT/ceiling_test"
+  mapfile -t zoo < <(zoo_embeds)
+  embed_val "$OUT/ceiling_test" data/demo/test.h5 "bare|" "avg|$OUT/ceiling_w10c/avg" "meta|runs/demo/meta" "${zoo[@]}"
+  echo "== the main job's zoo of 20 LoRAs, on the test classes"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_test" meta --curve --set test
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job

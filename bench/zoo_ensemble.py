@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What a zoo holds beyond its average: its feature ensembles against lora-avg, on the same episodes.
 
-  /usr/bin/python3 bench/zoo_ensemble.py DIR [NAME ...] [--curve]
+  /usr/bin/python3 bench/zoo_ensemble.py DIR [NAME ...] [--curve] [--set NAME]
 
 DIR holds features written by `lorarecycle embed` of the validation images: bare.h5 (the bare VFM),
 avg.h5 (lora-avg: the zoo's mean delta at full rank), zoo_*.h5 (one per zoo LoRA) and NAME.h5 for
@@ -17,8 +17,9 @@ metatrain --distill-targets zoo measures it (train::distance_gap: the mean over 
 ((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images. --curve adds the
 zoo's partial ensembles (the features of k LoRAs drawn at random concatenated, three seeded draws
 per k): how the accuracy over lora-avg grows as the distance gap shrinks, i.e. how close to the
-zoo's geometry a student must come to keep a given share of the ensemble's gain. Used by
-bench/science.sh "ensemble", "ceiling", "zoodist" and "glyphs".
+zoo's geometry a student must come to keep a given share of the ensemble's gain. --set names the
+images in the printout when they are not the validation images (e.g. test). Used by
+bench/science.sh "ensemble", "ceiling", "zoodist", "glyphs" and "testceiling".
 """
 import glob
 import os
@@ -103,8 +104,16 @@ def ci(a):
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    curve = "--curve" in sys.argv
-    d, extra = sys.argv[1], [a for a in sys.argv[2:] if a != "--curve"]
+    args = sys.argv[1:]
+    curve = "--curve" in args
+    images = "validation"
+    if "--set" in args:
+        i = args.index("--set")
+        if i + 1 >= len(args):
+            raise SystemExit("zoo_ensemble: --set needs a name")
+        images = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    d, extra = args[0], [a for a in args[1:] if a != "--curve"]
     bare, y = load(d, "bare")
     avg, y_avg = load(d, "avg")
     zoo = load_zoo(d, "zoo_ensemble")[1]
@@ -126,7 +135,7 @@ def main():
              # the concatenation's gain, and does a linear map of lora-avg's features reach it?
              ("concatenated, top 32 components*", centred @ top.T),
              ("lora-avg mapped onto it linearly*", (avg - avg.mean(0)) @ to_concat)]
-    print(f"{len(zoo)} zoo LoRAs, {len(y)} validation images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
+    print(f"{len(zoo)} zoo LoRAs, {len(y)} {images} images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
     stack = np.stack(zoo, 1)
     rows_40 = subsets(len(y))
     print(f"  {'features':<34}{'accuracy (%)':<18}{'paired - lora-avg':<20}distance gap to the zoo")
@@ -138,7 +147,7 @@ def main():
         gap = f"{distance_gap(F, stack, rows_40):.4f}" if own_scale else ""
         print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
     print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
-    print("  * fitted on these validation images: checks of capacity, not methods")
+    print(f"  * fitted on these {images} images: checks of capacity, not methods")
     if curve:
         partial_ensembles(zoo, stack, acc, base, rows_40)
 
