@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -107,7 +107,8 @@
 # "soup" (after "way10c"): the three seeds of "way10c" averaged in weight space;
 # "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images;
 # "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most;
-# "testceiling" (after the main job and "zoo40c"): what the main job's zoo holds on the test classes.
+# "testceiling" (after the main job and "zoo40c"): what the main job's zoo holds on the test classes;
+# "alone10" (after "zoo40c"): the 10-way zoo's anchor alone, without the surrogates' episodes.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1975,6 +1976,24 @@ if [ "$WHAT" = testceiling ]; then
   embed_val "$OUT/ceiling_test" data/demo/test.h5 "bare|" "avg|$OUT/ceiling_w10c/avg" "meta|runs/demo/meta" "${zoo[@]}"
   echo "== the main job's zoo of 20 LoRAs, on the test classes"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_test" meta --curve --set test
+fi
+# How much of the 10-way zoo's ensemble the anchor alone passes on (docs/science.md, "Other anchor
+# images"): the main recipe (W10_RECIPE, seed 0) under a flat CE (T 1e9: the surrogates' episodes
+# give no gradient), eval on the "way10c" part's 600 validation episodes, and its features beside the
+# zoo's ensemble on the "zoo40c" part's numpy episodes. Run "zoo40c" first. ~7 min for the run, ~3
+# min eval, ~1 min for its features (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = alone10 ]; then
+  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  W=$OUT/w10c
+  (
+    cd "$W"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows al10 "the anchor alone (flat CE), seed 0|runs/demo/pool|$W10_RECIPE --temperature 1e9"
+    eval_val al10_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" "al10_1=$OUT/al10_1"
+    embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "alone|$OUT/al10_1"
+  )
+  paired_across w10_eval al10_eval "the anchor alone - the main recipe (seed 0)" al10_1=w10_1
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
