@@ -1802,15 +1802,21 @@ fi
 # tasks over the same 20 classes (every LoRA covers every class; 2 surrogates per LoRA and class
 # would keep 40 per class), and 10-way tasks over 40 classes (5 LoRAs per class). Run "zoo40c"
 # first. ~8 min per zoo, ~3 min per zoo's features (bf16, 2 cores, AMD EPYC with avx512_bf16).
+# zoo_curve TAG TITLE SED_ARG...: zoo_job TAG from the "way10c" part's config edited by SED_ARG...,
+# then TITLE and bench/zoo_ensemble.py --curve on its features.
+zoo_curve() {
+  local tag=$1 title=$2
+  shift 2
+  zoo_job "$tag" "$OUT/w10c/demo.ini" "$@"
+  echo "== $title"
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_$tag" --curve
+}
 if [ "$WHAT" = zoowide ]; then
   [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  zoo_job w20w "$OUT/w10c/demo.ini" -e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/' \
+  zoo_curve w20w "a zoo of 20 LoRAs on 20-way tasks over 20 classes" -e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/' \
     -e '/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 2/'
-  echo "== a zoo of 20 LoRAs on 20-way tasks over 20 classes"
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w20w" --curve
-  zoo_job w10k40 "$OUT/w10c/demo.ini" -e '/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/'
-  echo "== a zoo of 20 LoRAs on 10-way tasks over 40 classes"
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10k40" --curve
+  zoo_curve w10k40 "a zoo of 20 LoRAs on 10-way tasks over 40 classes" \
+    -e '/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/'
 fi
 # A zoo of 40 LoRAs on 10-way tasks over 40 classes (docs/science.md, "Wider zoos"): "zoowide"'s
 # zoo over 40 classes with twice the LoRAs (10 per class, as the main zoo has), whose ensemble was
@@ -1818,10 +1824,8 @@ fi
 # 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = zoo40k40 ]; then
   [ -d "$OUT/ceiling_w10k40" ] || { echo "science: run the 'zoowide' part first" >&2; exit 2; }
-  zoo_job w40k40 "$OUT/w10c/demo.ini" -e '/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/' \
-    -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/'
-  echo "== a zoo of 40 LoRAs on 10-way tasks over 40 classes"
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w40k40" --curve
+  zoo_curve w40k40 "a zoo of 40 LoRAs on 10-way tasks over 40 classes" \
+    -e '/^\[zoo\]/,/^\[/s/^classes *=.*/classes = 40/' -e '/^\[zoo\]/,/^\[/s/^num-loras *=.*/num-loras = 40/'
 fi
 # recipe_on_zoo TAG PREFIX LABEL SED_ARG...: remake TAG from configs/demo.ini edited by SED_ARG...
 # (LABEL names its zoo), the main recipe (W10_RECIPE, seed 0) on it as $OUT/PREFIX_1, eval on the
