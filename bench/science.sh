@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -108,7 +108,8 @@
 # "composite" (after "zoo40c"): public glyphs composed in pairs and triples as the anchor's images;
 # "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most;
 # "testceiling" (after the main job and "zoo40c"): what the main job's zoo holds on the test classes;
-# "alone10" (after "zoo40c"): the 10-way zoo's anchor alone, without the surrogates' episodes.
+# "alone10" (after "zoo40c"): the 10-way zoo's anchor alone, without the surrogates' episodes;
+# "augview" (after "zoo40c"): the anchor's glyphs each under a random affine map, with their own targets.
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1998,6 +1999,32 @@ if [ "$WHAT" = alone10 ]; then
   )
   paired_across w10_eval al10_eval "the anchor alone - the main recipe (seed 0)" al10_1=w10_1
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone
+fi
+# The zoo distilled on views of the anchor's glyphs (docs/science.md, "Other anchor images"): every
+# slot of the "way10c" part's anchor under its own random affine map (bench/affine_pool.py, strength
+# 1: the ranges of metatrain --affine), so that metatrain computes the zoo's targets on 20,000 views
+# no run has seen; the main recipe (W10_RECIPE, seed 0) with the views instead of the glyphs, and with
+# both (bench/pool_union.py), eval on the "way10c" part's 600 validation episodes and the features on
+# the "zoo40c" part's numpy episodes. Run "zoo40c" first. ~10 min per run, ~5 min eval (bf16, 2
+# cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = augview ]; then
+  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  W=$OUT/w10c
+  (
+    cd "$W"
+    [ -f runs/demo/anchor_aug/index.json ] ||
+      $PY "$REPO/bench/affine_pool.py" runs/demo/anchor_glyphs runs/demo/anchor_aug
+    [ -f runs/demo/anchor_augboth/index.json ] ||
+      $PY "$REPO/bench/pool_union.py" runs/demo/anchor_augboth runs/demo/anchor_glyphs runs/demo/anchor_aug
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$W/demo.ini run_rows aug "anchor: views of the glyphs, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_aug" \
+      "anchor: glyphs and views, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_augboth"
+    eval_val aug_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
+      "aug_1=$OUT/aug_1" "aug_2=$OUT/aug_2"
+    embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "views|$OUT/aug_1" "both|$OUT/aug_2"
+  )
+  paired_across w10_eval aug_eval "the anchor's images - the glyphs (the main recipe, seed 0)" aug_1=w10_1 aug_2=w10_1
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone views both
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
