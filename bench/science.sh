@@ -1798,11 +1798,6 @@ if [ "$WHAT" = zoo40c ]; then
   echo "== the 10-way zoo of 40 LoRAs"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w40" --curve
 fi
-# Wider zoos (docs/science.md, "Wider zoos"): what a zoo of 20 LoRAs holds beyond its average when
-# its tasks are wider still, as the "zoo40c" part measures it (no training beyond the zoo): 20-way
-# tasks over the same 20 classes (every LoRA covers every class; 2 surrogates per LoRA and class
-# would keep 40 per class), and 10-way tasks over 40 classes (5 LoRAs per class). Run "zoo40c"
-# first. ~8 min per zoo, ~3 min per zoo's features (bf16, 2 cores, AMD EPYC with avx512_bf16).
 # zoo_curve TAG TITLE SED_ARG...: zoo_job TAG from the "way10c" part's config edited by SED_ARG...,
 # then TITLE and bench/zoo_ensemble.py --curve on its features.
 zoo_curve() {
@@ -1812,6 +1807,11 @@ zoo_curve() {
   echo "== $title"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_$tag" --curve
 }
+# Wider zoos (docs/science.md, "Wider zoos"): what a zoo of 20 LoRAs holds beyond its average when
+# its tasks are wider still, as the "zoo40c" part measures it (no training beyond the zoo): 20-way
+# tasks over the same 20 classes (every LoRA covers every class; 2 surrogates per LoRA and class
+# would keep 40 per class), and 10-way tasks over 40 classes (5 LoRAs per class). Run "zoo40c"
+# first. ~8 min per zoo, ~3 min per zoo's features (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = zoowide ]; then
   [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
   zoo_curve w20w "a zoo of 20 LoRAs on 20-way tasks over 20 classes" -e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/' \
@@ -1881,6 +1881,28 @@ if [ "$WHAT" = soup ]; then
   )
   paired_across w10_eval soup_eval "the three seeds averaged" soup=w10_1 soup=w10_2 soup=w10_3
 fi
+# w10_rows PREFIX TITLE "LABEL|FLAGS"...: the main recipe (W10_RECIPE plus FLAGS, seed 0) on the
+# "way10c" part's job as $OUT/PREFIX_1.., each run's validation series, eval on that part's 600
+# validation episodes into $OUT/PREFIX_eval, and each run against its seed-0 row episode by episode
+# under TITLE (lora-avg against itself first: 0 when both evals drew the same episodes).
+w10_rows() {
+  local prefix=$1 title=$2 row i=0 rows=() metas=() pairs=(lora-avg=lora-avg)
+  shift 2
+  for row in "$@"; do
+    i=$((i + 1))
+    rows+=("${row%%|*}, seed 0|runs/demo/pool|$W10_RECIPE ${row#*|}")
+    metas+=("${prefix}_$i=$OUT/${prefix}_$i")
+    pairs+=("${prefix}_$i=w10_1")
+  done
+  (
+    cd "$OUT/w10c"
+    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+    RUN_CONFIG=$OUT/w10c/demo.ini run_rows "$prefix" "${rows[@]}"
+    eval_val "${prefix}_eval" "$OUT/w10c/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
+      "${metas[@]}"
+  )
+  paired_across w10_eval "${prefix}_eval" "$title" "${pairs[@]}"
+}
 # Public glyphs composed as Han characters are built, from components side by side or stacked
 # (bench/composite_glyphs.py: 24,048 images of two or three of the VFM's pre-training glyphs each;
 # docs/science.md, "Other anchor images"). First where the "way10c" zoo disagrees
@@ -1929,15 +1951,10 @@ PY
       --retrieve-candidates "$CN" --out "runs/demo/anchor_comp$CN"
     [ -f "runs/demo/anchor_both$CN/index.json" ] ||
       $PY "$REPO/bench/pool_union.py" "runs/demo/anchor_both$CN" runs/demo/anchor_glyphs "runs/demo/anchor_comp$CN"
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows "cmp$CN" \
-      "anchor: composites, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_comp$CN" \
-      "anchor: glyphs and composites, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_both$CN"
-    eval_val "cmp${CN}_eval" "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
-      "cmp${CN}_1=$OUT/cmp${CN}_1" "cmp${CN}_2=$OUT/cmp${CN}_2"
   )
-  paired_across w10_eval "cmp${CN}_eval" "the anchor's images - the glyphs (the main recipe, seed 0)" lora-avg=lora-avg \
-    "cmp${CN}_1=w10_1" "cmp${CN}_2=w10_1"
+  w10_rows "cmp$CN" "the anchor's images - the glyphs (the main recipe, seed 0)" \
+    "anchor: composites|--distill-pool runs/demo/anchor_comp$CN" \
+    "anchor: glyphs and composites|--distill-pool runs/demo/anchor_both$CN"
 fi
 # The anchor on the public glyphs where the zoo's LoRAs disagree most (docs/science.md, "Other
 # anchor images"): every one of the 24,048 glyphs embedded under each LoRA of the "way10c"
@@ -1954,19 +1971,14 @@ if [ "$WHAT" = disagree ]; then
     mapfile -t zoo < <(zoo_embeds)
     mkdir -p "$OUT/base_feats"
     embed_val "$OUT/base_feats" "$REPO/data/demo/base.h5" "${zoo[@]}"
-    for kind in top random; do
-      [ -f "runs/demo/anchor_dis_$kind/index.json" ] || $PY "$REPO/bench/disagree_pool.py" runs/demo/anchor_glyphs \
-        "$OUT/base_feats" "$REPO/data/demo/base.h5" "runs/demo/anchor_dis_$kind" 8928 ${kind/top/}
-    done
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows dis \
-      "anchor: the most disagreed glyphs, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_dis_top" \
-      "anchor: glyphs at random, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_dis_random"
-    eval_val dis_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
-      "dis_1=$OUT/dis_1" "dis_2=$OUT/dis_2"
+    [ -f runs/demo/anchor_dis_top/index.json ] || $PY "$REPO/bench/disagree_pool.py" runs/demo/anchor_glyphs \
+      "$OUT/base_feats" "$REPO/data/demo/base.h5" runs/demo/anchor_dis_top 8928
+    [ -f runs/demo/anchor_dis_random/index.json ] || $PY "$REPO/bench/disagree_pool.py" runs/demo/anchor_glyphs \
+      "$OUT/base_feats" "$REPO/data/demo/base.h5" runs/demo/anchor_dis_random 8928 random
   )
-  paired_across w10_eval dis_eval "the anchor's images - the retrieved glyphs (the main recipe, seed 0)" \
-    dis_1=w10_1 dis_2=w10_1
+  w10_rows dis "the anchor's images - the retrieved glyphs (the main recipe, seed 0)" \
+    "anchor: the most disagreed glyphs|--distill-pool runs/demo/anchor_dis_top" \
+    "anchor: glyphs at random|--distill-pool runs/demo/anchor_dis_random"
 fi
 # What the main job's zoo holds beyond its average on the test classes (docs/science.md, "Other
 # anchor images"), measured after every choice of the log and choosing nothing: the "zoo40c" part's
@@ -1989,15 +2001,8 @@ fi
 # min eval, ~1 min for its features (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = alone10 ]; then
   [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  W=$OUT/w10c
-  (
-    cd "$W"
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows al10 "the anchor alone (flat CE), seed 0|runs/demo/pool|$W10_RECIPE --temperature 1e9"
-    eval_val al10_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" "al10_1=$OUT/al10_1"
-    embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "alone|$OUT/al10_1"
-  )
-  paired_across w10_eval al10_eval "the anchor alone - the main recipe (seed 0)" al10_1=w10_1
+  w10_rows al10 "the anchor alone - the main recipe (seed 0)" "the anchor alone (flat CE)|--temperature 1e9"
+  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "alone|$OUT/al10_1")
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone
 fi
 # The zoo distilled on views of the anchor's glyphs (docs/science.md, "Other anchor images"): every
@@ -2009,22 +2014,18 @@ fi
 # cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = augview ]; then
   [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  W=$OUT/w10c
   (
-    cd "$W"
+    cd "$OUT/w10c"
     [ -f runs/demo/anchor_aug/index.json ] ||
       $PY "$REPO/bench/affine_pool.py" runs/demo/anchor_glyphs runs/demo/anchor_aug
     [ -f runs/demo/anchor_augboth/index.json ] ||
       $PY "$REPO/bench/pool_union.py" runs/demo/anchor_augboth runs/demo/anchor_glyphs runs/demo/anchor_aug
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$W/demo.ini run_rows aug "anchor: views of the glyphs, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_aug" \
-      "anchor: glyphs and views, seed 0|runs/demo/pool|$W10_RECIPE --distill-pool runs/demo/anchor_augboth"
-    eval_val aug_eval "$W/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
-      "aug_1=$OUT/aug_1" "aug_2=$OUT/aug_2"
-    embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "views|$OUT/aug_1" "both|$OUT/aug_2"
   )
-  paired_across w10_eval aug_eval "the anchor's images - the glyphs (the main recipe, seed 0)" aug_1=w10_1 aug_2=w10_1
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone views both
+  w10_rows aug "the anchor's images - the glyphs (the main recipe, seed 0)" \
+    "anchor: views of the glyphs|--distill-pool runs/demo/anchor_aug" \
+    "anchor: glyphs and views|--distill-pool runs/demo/anchor_augboth"
+  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "views|$OUT/aug_1" "both|$OUT/aug_2")
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta views both
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
