@@ -14,7 +14,9 @@ distances summed over the LoRAs); two capacity checks fitted on these images (th
 top 32 principal components, and lora-avg's features mapped linearly onto it). Last column: how far
 each row's pairwise squared distances lie from the zoo's (their mean over the LoRAs), as
 metatrain --distill-targets zoo measures it (train::distance_gap: the mean over pairs of
-((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images. --curve adds the
+((d - d_zoo) / mean d_zoo)^2), averaged over 200 seeded subsets of 40 images, for the rows on the
+model's own scale; then the same for every row after scaling its features by the one factor that
+fits their distances best (scaled_gap: geometry only, which prototypes see). --curve adds the
 zoo's partial ensembles (the features of k LoRAs drawn at random concatenated, three seeded draws
 per k): how the accuracy over lora-avg grows as the distance gap shrinks, i.e. how close to the
 zoo's geometry a student must come to keep a given share of the ensemble's gain. --set names the
@@ -138,14 +140,16 @@ def main():
     print(f"{len(zoo)} zoo LoRAs, {len(y)} {images} images, {len(eps[0])} episodes (5-way 1-shot 15-query):")
     stack = np.stack(zoo, 1)
     rows_40 = subsets(len(y))
-    print(f"  {'features':<34}{'accuracy (%)':<18}{'paired - lora-avg':<20}distance gap to the zoo")
+    print(f"  {'features':<34}{'accuracy (%)':<18}{'paired - lora-avg':<20}{'distance gap to the zoo':<25}"
+          "the same, scale fitted")
     for name, F in rows:
         a = base if name == "lora-avg" else acc(F)
         diff = "" if name == "lora-avg" else f"{(a - base).mean():+.2f} +- {ci(a - base):.2f}"
         # the gap compares scales: only for features on the model's own scale
         own_scale = name in ("bare VFM", "lora-avg", "mean of the zoo's features") or name in extra
-        gap = f"{distance_gap(F, stack, rows_40):.4f}" if own_scale else ""
-        print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}")
+        gap = f"{distance_gap(F, stack, rows_40):<25.4f}" if own_scale else " " * 25
+        gap += f"{scaled_gap(F, stack, rows_40):.4f}"
+        print(f"  {name:<34}{a.mean():.2f} +- {ci(a):.2f}    {diff:<20}{gap}".rstrip())
     print("  one zoo LoRA each:", " ".join(f"{acc(z).mean():.2f}" for z in zoo))
     print(f"  * fitted on these {images} images: checks of capacity, not methods")
     if curve:
