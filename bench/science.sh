@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -1903,6 +1903,36 @@ w10_rows() {
   )
   paired_across w10_eval "${prefix}_eval" "$title" "${pairs[@]}"
 }
+need_zoo40c() { [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }; }
+# w10_scored PREFIX TITLE "NAME|LABEL|FLAGS"...: w10_rows PREFIX TITLE "LABEL|FLAGS"..., then each
+# row's features on the validation images (the "zoo40c" part's $OUT/ceiling_w10c, as NAME) and
+# bench/zoo_ensemble.py's numpy episodes beside the recipe's seed-0 row ("meta") and EXTRA's names
+# (W10_EXTRA, features already there). Needs the "zoo40c" part.
+w10_scored() {
+  local prefix=$1 title=$2 row i=0 rows=() feats=() names=()
+  shift 2
+  need_zoo40c
+  for row in "$@"; do
+    i=$((i + 1))
+    rows+=("${row#*|}")
+    feats+=("${row%%|*}|$OUT/${prefix}_$i")
+    names+=("${row%%|*}")
+  done
+  w10_rows "$prefix" "$title" "${rows[@]}"
+  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "${feats[@]}")
+  # shellcheck disable=SC2086  # W10_EXTRA: names, split on purpose
+  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta ${W10_EXTRA:-} "${names[@]}"
+}
+# w10_retrieve NAME H5 COUNT: the anchor's 20,000 slots of the "way10c" job (runs/demo/NAME there)
+# retrieved as launch/demo.sh retrieves the glyphs, but from the COUNT images of H5, unless done.
+w10_retrieve() {
+  need_zoo40c
+  (
+    cd "$OUT/w10c"
+    once "runs/demo/$1/index.json" "$OUT/w10c_$1.log" "${MPI[@]}" "$REPO/$B" invert --config "$OUT/w10c/demo.ini" \
+      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve "$2" --retrieve-candidates "$3" --out "runs/demo/$1"
+  )
+}
 # Public glyphs composed as Han characters are built, from components side by side or stacked
 # (bench/composite_glyphs.py: 24,048 images of two or three of the VFM's pre-training glyphs each;
 # docs/science.md, "Other anchor images"). First where the "way10c" zoo disagrees
@@ -2031,19 +2061,16 @@ fi
 # an episode holds, 40 here: 5-way, 1 + 7 images a class): the main recipe (W10_RECIPE, seed 0) with
 # 160 and with 80 (2 episodes per step: 320 and 160 glyphs a step, not 80), eval on the
 # "way10c" part's 600 validation episodes and the features on the "zoo40c" part's numpy episodes
-# (docs/science.md, "Other anchor images"). Run "zoo40c" first. ~8-12 min per run, ~5 min eval
+# (docs/science.md, "What limits the anchor"). Run "zoo40c" first. ~8-12 min per run, ~5 min eval
 # (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorn ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  w10_rows an "anchor images per episode - 40 (the main recipe, seed 0)" \
-    "anchor: 160 glyphs per episode|--distill-images 160" \
-    "anchor: 80 glyphs per episode|--distill-images 80"
-  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "n160|$OUT/an_1" "n80|$OUT/an_2")
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta n160 n80
+  w10_scored an "anchor images per episode - 40 (the main recipe, seed 0)" \
+    "n160|anchor: 160 glyphs per episode|--distill-images 160" \
+    "n80|anchor: 80 glyphs per episode|--distill-images 80"
 fi
 # The "anchorn" part's 160 glyphs per episode at seeds 1 and 2, eval on the same 600 validation
-# episodes, each paired against the "way10c" part's row of the same seed (docs/science.md, "Other
-# anchor images"). Run "anchorn" first. ~10 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with
+# episodes, each paired against the "way10c" part's row of the same seed (docs/science.md, "What
+# limits the anchor"). Run "anchorn" first. ~10 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with
 # avx512_bf16).
 if [ "$WHAT" = anchorn3 ]; then
   [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
@@ -2060,47 +2087,41 @@ if [ "$WHAT" = anchorn3 ]; then
     an3_1=w10_2 an3_2=w10_3
   paired_across w10_eval an_eval "the same, seed 0" an_1=w10_1
 fi
+# Does the trend go on? The "anchorn" part's rows with 320 glyphs per episode (seed 0), eval on the
+# same 600 validation episodes and the features on the "zoo40c" part's numpy episodes
+# (docs/science.md, "What limits the anchor"). Run "anchorn" first. ~20 min for the run, ~4 min eval
+# (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = anchorn320 ]; then
+  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  W10_EXTRA=n160 w10_scored an320 "320 glyphs per episode - 40 (the main recipe, seed 0)" \
+    "n320|anchor: 320 glyphs per episode|--distill-images 320"
+  paired_across an_eval an320_eval "320 glyphs per episode - 160" an320_1=an_1
+fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split
 # (data/demo/zoo.h5: the script itself, the zoo's classes among them); and, data-free, the surrogate
 # pool itself as the anchor's images (800 surrogates). The main recipe (W10_RECIPE, seed 0), eval on
 # the "way10c" part's 600 validation episodes and the features on the "zoo40c" part's numpy
-# episodes (docs/science.md, "Other anchor images"). Run "zoo40c" first. ~6 min retrieval, ~10 min
+# episodes (docs/science.md, "What limits the anchor"). Run "zoo40c" first. ~6 min retrieval, ~10 min
 # per run, ~5 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = realanchor ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  (
-    cd "$OUT/w10c"
-    once runs/demo/anchor_script/index.json "$OUT/w10c_anchor_script.log" "${MPI[@]}" "$REPO/$B" invert \
-      --config "$OUT/w10c/demo.ini" --precision "${PRECISION:-fp32}" --co-teachers 0 \
-      --retrieve "$REPO/data/demo/zoo.h5" --retrieve-candidates 28800 --out runs/demo/anchor_script
-  )
-  w10_rows ra "the anchor's images - the glyphs (the main recipe, seed 0)" \
-    "anchor: real images of the script (control)|--distill-pool runs/demo/anchor_script" \
-    "anchor: the surrogates|--distill-pool runs/demo/pool"
-  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "script|$OUT/ra_1" "surr|$OUT/ra_2")
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta script surr
+  w10_retrieve anchor_script "$REPO/data/demo/zoo.h5" 28800
+  w10_scored ra "the anchor's images - the glyphs (the main recipe, seed 0)" \
+    "script|anchor: real images of the script (control)|--distill-pool runs/demo/anchor_script" \
+    "surr|anchor: the surrogates|--distill-pool runs/demo/pool"
 fi
 # How much of the zoo's ensemble one meta-LoRA can hold at all (a check of capacity, not a method:
 # it trains on the validation images): the anchor's 20,000 slots retrieved as launch/demo.sh
 # retrieves the glyphs, but from the 3,600 validation images themselves, then the main recipe
 # (W10_RECIPE, seed 0) with them, and the same under a flat CE (T 1e9: the anchor alone); eval on
 # the "way10c" part's 600 validation episodes and the features on the "zoo40c" part's numpy
-# episodes (docs/science.md, "Other anchor images"). Run "zoo40c" first. ~2 min retrieval, ~8 min
+# episodes (docs/science.md, "What limits the anchor"). Run "zoo40c" first. ~2 min retrieval, ~8 min
 # per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = capcheck ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  (
-    cd "$OUT/w10c"
-    once runs/demo/anchor_val/index.json "$OUT/w10c_anchor_val.log" "${MPI[@]}" "$REPO/$B" invert \
-      --config "$OUT/w10c/demo.ini" --precision "${PRECISION:-fp32}" --co-teachers 0 \
-      --retrieve "$REPO/data/demo/val.h5" --retrieve-candidates 3600 --out runs/demo/anchor_val
-  )
-  w10_rows cap "the anchor's images - the glyphs (the main recipe, seed 0)" \
-    "anchor: the validation images (capacity check)|--distill-pool runs/demo/anchor_val" \
-    "the same, anchor alone (flat CE)|--distill-pool runs/demo/anchor_val --temperature 1e9"
-  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "capval|$OUT/cap_1" "capalone|$OUT/cap_2")
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta capval capalone
+  w10_retrieve anchor_val "$REPO/data/demo/val.h5" 3600
+  w10_scored cap "the anchor's images - the glyphs (the main recipe, seed 0)" \
+    "capval|anchor: the validation images (capacity check)|--distill-pool runs/demo/anchor_val" \
+    "capalone|the same, anchor alone (flat CE)|--distill-pool runs/demo/anchor_val --temperature 1e9"
 fi
 if [ "$WHAT" = mix ]; then
   # The main job's meta-LoRA as it was measured here (the rank-4 recipe on its pool; the main job
