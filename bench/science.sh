@@ -109,7 +109,11 @@
 # "disagree" (after "way10c"): the anchor's images the public glyphs on which the zoo disagrees most;
 # "testceiling" (after the main job and "zoo40c"): what the main job's zoo holds on the test classes;
 # "alone10" (after "zoo40c"): the 10-way zoo's anchor alone, without the surrogates' episodes;
-# "augview" (after "zoo40c"): the anchor's glyphs each under a random affine map, with their own targets.
+# "augview" (after "zoo40c"): the anchor's glyphs each under a random affine map, with their own targets;
+# "anchorn" (after "zoo40c"): 160 and 80 anchor glyphs per episode instead of 40; "anchorn3" (after
+# "anchorn"): 160 at seeds 1 and 2; "anchorn320" (after "anchorn"): 320;
+# "realanchor" (after "zoo40c"): real images of the script (a control) or the surrogates as the anchor's;
+# "capcheck" (after "zoo40c"): the anchor on the validation images themselves (a check of capacity).
 # Each part's comment below says what it costs.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -1798,6 +1802,8 @@ if [ "$WHAT" = zoo40c ]; then
   echo "== the 10-way zoo of 40 LoRAs"
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w40" --curve
 fi
+# need_zoo40c: stop unless the "zoo40c" part has embedded the validation images under the 10-way zoo.
+need_zoo40c() { [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }; }
 # zoo_curve TAG TITLE SED_ARG...: zoo_job TAG from the "way10c" part's config edited by SED_ARG...,
 # then TITLE and bench/zoo_ensemble.py --curve on its features.
 zoo_curve() {
@@ -1813,7 +1819,7 @@ zoo_curve() {
 # would keep 40 per class), and 10-way tasks over 40 classes (5 LoRAs per class). Run "zoo40c"
 # first. ~8 min per zoo, ~3 min per zoo's features (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = zoowide ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  need_zoo40c
   zoo_curve w20w "a zoo of 20 LoRAs on 20-way tasks over 20 classes" -e '/^\[zoo\]/,/^\[/s/^way *=.*/way = 20/' \
     -e '/^\[invert\]/,/^\[/s/^per-class *=.*/per-class = 2/'
   zoo_curve w10k40 "a zoo of 20 LoRAs on 10-way tasks over 40 classes" \
@@ -1881,18 +1887,21 @@ if [ "$WHAT" = soup ]; then
   )
   paired_across w10_eval soup_eval "the three seeds averaged" soup=w10_1 soup=w10_2 soup=w10_3
 fi
-# w10_rows PREFIX TITLE "LABEL|FLAGS"...: the main recipe (W10_RECIPE plus FLAGS, seed 0) on the
-# "way10c" part's job as $OUT/PREFIX_1.., each run's validation series, eval on that part's 600
-# validation episodes into $OUT/PREFIX_eval, and each run against its seed-0 row episode by episode
-# under TITLE (lora-avg against itself first: 0 when both evals drew the same episodes).
+# w10_rows PREFIX TITLE "LABEL|FLAGS"...: the main recipe (W10_RECIPE plus FLAGS; seed 0 unless
+# FLAGS hold --seed 1 or 2) on the "way10c" part's job as $OUT/PREFIX_1.., each run's validation
+# series, eval on that part's 600 validation episodes into $OUT/PREFIX_eval, and each run against
+# that part's row of its seed episode by episode under TITLE (lora-avg against itself first: 0 when
+# both evals drew the same episodes).
 w10_rows() {
-  local prefix=$1 title=$2 row i=0 rows=() metas=() pairs=(lora-avg=lora-avg)
+  local prefix=$1 title=$2 row seed i=0 rows=() metas=() pairs=(lora-avg=lora-avg)
   shift 2
   for row in "$@"; do
     i=$((i + 1))
-    rows+=("${row%%|*}, seed 0|runs/demo/pool|$W10_RECIPE ${row#*|}")
+    seed=0
+    [[ ${row#*|} =~ --seed\ ([12]) ]] && seed=${BASH_REMATCH[1]}
+    rows+=("${row%%|*}, seed $seed|runs/demo/pool|$W10_RECIPE ${row#*|}")
     metas+=("${prefix}_$i=$OUT/${prefix}_$i")
-    pairs+=("${prefix}_$i=w10_1")
+    pairs+=("${prefix}_$i=w10_$((seed + 1))")
   done
   (
     cd "$OUT/w10c"
@@ -1903,7 +1912,6 @@ w10_rows() {
   )
   paired_across w10_eval "${prefix}_eval" "$title" "${pairs[@]}"
 }
-need_zoo40c() { [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }; }
 # w10_scored PREFIX TITLE "NAME|LABEL|FLAGS"...: w10_rows PREFIX TITLE "LABEL|FLAGS"..., then each
 # row's features on the validation images (the "zoo40c" part's $OUT/ceiling_w10c, as NAME) and
 # bench/zoo_ensemble.py's numpy episodes beside the recipe's seed-0 row ("meta") and EXTRA's names
@@ -1945,7 +1953,7 @@ w10_retrieve() {
 # first. ~2 min for the agreement, ~4 min retrieval, ~7 min per run, ~4 min eval (bf16, 2 cores,
 # AMD EPYC with avx512_bf16).
 if [ "$WHAT" = composite ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  need_zoo40c
   W=$OUT/w10c CN=${COMP_COUNT:-24048}
   [ -f "$OUT/composite$CN.h5" ] || $PY bench/composite_glyphs.py data/demo/base.h5 "$OUT/composite$CN.h5" --count "$CN"
   # 3,600 images of each set (the public glyphs drawn at random, seed 0), as h5 files embed reads
@@ -2030,10 +2038,7 @@ fi
 # zoo's ensemble on the "zoo40c" part's numpy episodes. Run "zoo40c" first. ~7 min for the run, ~3
 # min eval, ~1 min for its features (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = alone10 ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
-  w10_rows al10 "the anchor alone - the main recipe (seed 0)" "the anchor alone (flat CE)|--temperature 1e9"
-  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "alone|$OUT/al10_1")
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta alone
+  w10_scored al10 "the anchor alone - the main recipe (seed 0)" "alone|the anchor alone (flat CE)|--temperature 1e9"
 fi
 # The zoo distilled on views of the anchor's glyphs (docs/science.md, "Other anchor images"): every
 # slot of the "way10c" part's anchor under its own random affine map (bench/affine_pool.py, strength
@@ -2043,7 +2048,7 @@ fi
 # the "zoo40c" part's numpy episodes. Run "zoo40c" first. ~10 min per run, ~5 min eval (bf16, 2
 # cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = augview ]; then
-  [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }
+  need_zoo40c
   (
     cd "$OUT/w10c"
     [ -f runs/demo/anchor_aug/index.json ] ||
@@ -2051,11 +2056,9 @@ if [ "$WHAT" = augview ]; then
     [ -f runs/demo/anchor_augboth/index.json ] ||
       $PY "$REPO/bench/pool_union.py" runs/demo/anchor_augboth runs/demo/anchor_glyphs runs/demo/anchor_aug
   )
-  w10_rows aug "the anchor's images - the glyphs (the main recipe, seed 0)" \
-    "anchor: views of the glyphs|--distill-pool runs/demo/anchor_aug" \
-    "anchor: glyphs and views|--distill-pool runs/demo/anchor_augboth"
-  (cd "$OUT/w10c" && embed_val "$OUT/ceiling_w10c" data/demo/val.h5 "views|$OUT/aug_1" "both|$OUT/aug_2")
-  $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta views both
+  w10_scored aug "the anchor's images - the glyphs (the main recipe, seed 0)" \
+    "views|anchor: views of the glyphs|--distill-pool runs/demo/anchor_aug" \
+    "both|anchor: glyphs and views|--distill-pool runs/demo/anchor_augboth"
 fi
 # How many of the anchor's glyphs each step distils (metatrain --distill-images; default as many as
 # an episode holds, 40 here: 5-way, 1 + 7 images a class): the main recipe (W10_RECIPE, seed 0) with
@@ -2074,17 +2077,9 @@ fi
 # avx512_bf16).
 if [ "$WHAT" = anchorn3 ]; then
   [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
-  (
-    cd "$OUT/w10c"
-    echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
-    RUN_CONFIG=$OUT/w10c/demo.ini run_rows an3 \
-      "anchor: 160 glyphs per episode, seed 1|runs/demo/pool|$W10_RECIPE --distill-images 160 --seed 1" \
-      "the same, seed 2|runs/demo/pool|$W10_RECIPE --distill-images 160 --seed 2"
-    eval_val an3_eval "$OUT/w10c/demo.ini" "10-way zoo: validation classes, 600 episodes 5-way 1-shot (eval):" \
-      "an3_1=$OUT/an3_1" "an3_2=$OUT/an3_2"
-  )
-  paired_across w10_eval an3_eval "160 glyphs per episode - 40 (the main recipe), same seed" lora-avg=lora-avg \
-    an3_1=w10_2 an3_2=w10_3
+  w10_rows an3 "160 glyphs per episode - 40 (the main recipe), same seed" \
+    "anchor: 160 glyphs per episode|--distill-images 160 --seed 1" \
+    "anchor: 160 glyphs per episode|--distill-images 160 --seed 2"
   paired_across w10_eval an_eval "the same, seed 0" an_1=w10_1
 fi
 # Does the trend go on? The "anchorn" part's rows with 320 glyphs per episode (seed 0), eval on the
