@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|anchormask|anchorsteps|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -111,10 +111,14 @@
 # "alone10" (after "zoo40c"): the 10-way zoo's anchor alone, without the surrogates' episodes;
 # "augview" (after "zoo40c"): the anchor's glyphs each under a random affine map, with their own targets;
 # "anchorn" (after "zoo40c"): 160 and 80 anchor glyphs per episode instead of 40; "anchorn3" (after
-# "anchorn"): 160 at seeds 1 and 2; "anchorn320" (after "anchorn"): 320;
+# "anchorn"): 160 at seeds 1 and 2; "anchorn320" (after "anchorn"): 320; "anchormask" (after
+# "anchorn"): 160 with a random part of each glyph's patches masked; "anchorsteps" (after "anchorn"):
+# 160 in 500 steps;
 # "realanchor" (after "zoo40c"): real images of the script (a control) or the surrogates as the anchor's;
 # "capcheck" (after "zoo40c"): the anchor on the validation images themselves (a check of capacity).
-# Each part's comment below says what it costs.
+# Each part's comment below says what it costs. Every part up to "anchorsteps" was run before the
+# trained adapters on out_proj, fc1 and fc2 were merged into the weights (docs/metatrain.md, 2026-12-07):
+# with LORAREC_UNMERGED_LORA=1 their meta-training rows rerun bit for bit, without it within rounding.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -2091,6 +2095,31 @@ if [ "$WHAT" = anchorn320 ]; then
   W10_EXTRA=n160 w10_scored an320 "320 glyphs per episode - 40 (the main recipe, seed 0)" \
     "n320|anchor: 320 glyphs per episode|--distill-images 320"
   paired_across an_eval an320_eval "320 glyphs per episode - 160" an320_1=an_1
+fi
+# 160 glyphs per episode at the cost of fewer: the student sees a random part of each glyph's patches
+# (metatrain --distill-mask-ratio, drawn per glyph and step; the targets stay the whole glyph's), the
+# main recipe (W10_RECIPE, seed 0) with 160 glyphs per episode at mask 0.75 and 0.5, eval on the
+# "way10c" part's 600 validation episodes, paired against its seed-0 row and against the "anchorn"
+# part's 160 whole glyphs (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first.
+# ~7 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = anchormask ]; then
+  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  w10_rows am "160 glyphs per episode, masked - 40 whole (the main recipe)" \
+    "anchor: 160 glyphs per episode, 3/4 of their patches masked|--distill-images 160 --distill-mask-ratio 0.75" \
+    "anchor: 160 glyphs per episode, half masked|--distill-images 160 --distill-mask-ratio 0.5"
+  paired_across an_eval am_eval "masked - 160 whole glyphs per episode" am_1=an_1 am_2=an_1
+fi
+# 160 glyphs per episode in fewer steps: the main recipe (W10_RECIPE, seed 0) with 160 glyphs per
+# episode and 500 steps (its cosine schedule over 500; 1,000 steps with 40 glyphs cost about as
+# much, 2,000 added nothing: the "way10x" part), eval on the "way10c" part's 600 validation
+# episodes, paired against its seed-0 row and against the "anchorn" part's 160 glyphs over 1,000
+# steps (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first. ~6 min per run, ~3
+# min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = anchorsteps ]; then
+  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  w10_rows as "160 glyphs per episode in 500 steps - 40 in 1,000 (the main recipe)" \
+    "anchor: 160 glyphs per episode, 500 steps|--distill-images 160 --steps 500"
+  paired_across an_eval as_eval "500 steps - 1,000 (160 glyphs per episode)" as_1=an_1
 fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split

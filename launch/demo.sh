@@ -5,12 +5,12 @@
 # --config FILE replaces configs/<preset>.ini (e.g. a copy with other settings; its paths are
 # relative to the work directory, as the preset's are).
 # Stages: (1) benchmark data from Debian's fonts and Fashion-MNIST, (2) pre-train the small VFM
-# and (3) the BN-prior CNN on the base classes, (4) pre-tune the LoRA zoo on zoo classes, (5)
-# invert every LoRA into the surrogate pool, (6) meta-train the meta-LoRA, dense and with mask
-# ratio 0.75, (7) evaluate nn / lora-avg / lora-ft / meta in- and cross-domain, (8) write the
-# report (table beside the paper's, validation curves, surrogate grid). Each runs under mpirun -np N
-# (default 2: one rank per core). --until STAGE (data, vfm, prior, zoo, invert, metatrain, eval)
-# stops after that stage.
+# and (3) the BN-prior CNN on the base classes (skipped where [invert] w-bn is 0), (4) pre-tune the
+# LoRA zoo on zoo classes, (5) invert every LoRA into the surrogate pool, (6) meta-train the
+# meta-LoRA, dense and with mask ratio 0.75, (7) evaluate nn / lora-avg / lora-ft / meta in- and
+# cross-domain, (8) write the report (table beside the paper's, validation curves, surrogate grid).
+# Each runs under mpirun -np N (default 2: one rank per core). --until STAGE (data, vfm, prior, zoo,
+# invert, metatrain, eval) stops after that stage.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PRESET=demo
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     --workdir) WORKDIR=$2; shift 2 ;;
     --config) CONFIG=$(realpath "$2"); shift 2 ;;
     --until) UNTIL=$2; shift 2 ;;
-    -h|--help) sed -n "2,15p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,13p" "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +49,12 @@ if [ -f "runs/$PRESET/vfm/pretrain_report.json" ]; then echo "reusing runs/$PRES
 done_with vfm
 
 stage "3/8 pre-train the BN prior"
-if [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
+# Only where the inversion uses it: a config whose [invert] sets w-bn = 0 has no BN-prior term, and
+# the stage is skipped (bench/science.sh trains the prior when a comparison needs it).
+WBN=$(sed -n '/^\[invert\]/,/^\[/s/^w-bn *= *//p' "$CONFIG")
+if [ -n "$WBN" ] && awk -v w="$WBN" 'BEGIN { exit !(w + 0 == 0) }'; then
+  echo "skipped: [invert] w-bn = $WBN in $CONFIG (no BN-prior term)"
+elif [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/${PRESET}_prior.ini"; fi
 done_with prior
 
@@ -72,10 +77,17 @@ done_with invert
 
 # Exit status 75 = stopped with a checkpoint (e.g. a signal): re-running this script resumes.
 stage "6/8 meta-train the meta-LoRA: dense (runs/$PRESET/meta) and mask ratio 0.75 (runs/$PRESET/meta_mask75)"
+# The masked run takes 40 anchor glyphs per episode where the config names more (configs/demo.ini:
+# its anchor's glyphs go forward whole, so more of them would cost it the sparse tokens' saving).
+MASK_ANCHOR=()
+DI=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-images *= *//p' "$CONFIG")
+[ -n "$DI" ] && [ "$DI" -gt 40 ] && MASK_ANCHOR=(--distill-images 40)
 for variant in "meta 0" "meta_mask75 0.75"; do
   set -- $variant
+  extra=()
+  [ "$2" != 0 ] && extra=("${MASK_ANCHOR[@]}")
   if [ -f "runs/$PRESET/$1/metatrain.json" ]; then echo "reusing runs/$PRESET/$1"; else
-    "${MPI[@]}" "$B" metatrain --config "$CONFIG" --out "runs/$PRESET/$1" --mask-ratio "$2" --resume; fi
+    "${MPI[@]}" "$B" metatrain --config "$CONFIG" --out "runs/$PRESET/$1" --mask-ratio "$2" "${extra[@]}" --resume; fi
 done
 done_with metatrain
 
@@ -97,8 +109,11 @@ v = json.load(open(f"runs/{p}/vfm/pretrain_report.json"))
 e, h = v.get("eval_proto_5w1s", {}), v.get("heldout_proto_5w1s", {})
 print(f"VFM: test 5-way 1-shot prototypes {e.get('mean', 0):.2f} +- {e.get('ci95', 0):.2f} (chance 20); "
       f"held-out base {h.get('mean', 0):.2f} +- {h.get('ci95', 0):.2f}; held-out base head accuracy {v['heldout_head_acc']:.2f}")
-r = json.load(open(f"runs/{p}/prior/pretrain_report.json"))
-print(f"BN prior: held-out base accuracy {r['heldout_head_acc']:.2f}")
+try:
+    r = json.load(open(f"runs/{p}/prior/pretrain_report.json"))
+    print(f"BN prior: held-out base accuracy {r['heldout_head_acc']:.2f}")
+except FileNotFoundError:
+    print("BN prior: not trained (the inversion has no BN-prior term)")
 z = json.load(open(f"runs/{p}/zoo/manifest.json"))
 accs = [e["heldout_accuracy"] for e in z["loras"]]
 print(f"zoo: {len(accs)} LoRAs, held-out accuracy mean {sum(accs)/len(accs):.2f}, min {min(accs):.2f}, max {max(accs):.2f}")
@@ -110,7 +125,9 @@ print(f"pool: {len(ta)} LoRAs inverted; teacher accuracy on own surrogates mean 
 for name in ("meta", "meta_mask75"):
     m = json.load(open(f"runs/{p}/{name}/metatrain.json"))
     a, b = m["val_initial"], m["val_final"]
-    print(f"{name}: mask ratio {m['mask_ratio']}, {m['steps']} steps x {m['episodes_per_step']} episodes, "
+    di = m.get("fingerprint", {}).get("distill_images")  # 0: as many as an episode holds
+    print(f"{name}: mask ratio {m['mask_ratio']}, {m['steps']} steps x {m['episodes_per_step']} episodes"
+          + ("" if di is None else f" (anchor: {di or 'as many glyphs as an episode holds'} per episode)") + ", "
           f"{m['timing']['episodes_per_s']:.1f} episodes/s; val 5-way 1-shot {a['val_mean']:.2f} +- {a['val_ci95']:.2f} "
           f"(step 0) -> {b['val_mean']:.2f} +- {b['val_ci95']:.2f}"
           + (f"; kept step {m['kept_step']} ({m['val_kept']['val_mean']:.2f})" if m.get("keep") == "best" else ""))

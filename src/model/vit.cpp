@@ -25,6 +25,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -615,14 +616,36 @@ std::pair<at::Tensor, at::Tensor> ClipVision::pixel_bounds() const {
 
 // ---- ClipVision: forward --------------------------------------------------------------------
 
+namespace {
+at::ScalarType autocast_dtype(const at::Tensor& t);  // below: the dtype autocast gives t's matmuls
+}  // namespace
+
 at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   const int i = static_cast<int>(m);
   const Layer& ly = layers_[layer];
   // The bf16 copies (Precision::kBf16): autocast would cast the frozen weights to the same values
   // on every call.
   const bool lp = ly.w_lp[i].defined() && !ly.w[i].requires_grad();
+  if (const Adapter* ad = merge_here(x, layer, m, lora)) {  // the frozen weights in the compute dtype
+    const at::ScalarType dt = autocast_dtype(ly.w[i]);
+    return merged_lora_linear(x, lp ? ly.w_lp[i] : ly.w[i].to(dt),
+                              !ly.b[i].defined() ? at::Tensor()
+                              : lp               ? ly.b_lp[i]
+                                                 : ly.b[i].to(dt),
+                              ad->a, ad->b, lora->scale());
+  }
   at::Tensor y = lp ? at::linear(x, ly.w_lp[i], ly.b_lp[i]) : at::linear(x, ly.w[i], ly.b[i]);
   return add_lora(std::move(y), x, layer, m, lora);
+}
+
+const Adapter* ClipVision::merge_here(const at::Tensor& x, int layer, Module m, const Lora* lora) const {
+  if (lora == nullptr) return nullptr;
+  const Adapter* ad = lora->find(layer, m);
+  if (ad == nullptr || !adapter_merging() || !(ad->a.requires_grad() || ad->b.requires_grad()) ||
+      !at::GradMode::is_enabled() || layers_[layer].w[static_cast<int>(m)].requires_grad())
+    return nullptr;
+  const at::Tensor& w = layers_[layer].w[static_cast<int>(m)];
+  return merged_adapter_pays(x.numel() / x.size(-1), w.size(1), w.size(0), ad->a.size(0)) ? ad : nullptr;
 }
 
 namespace {
@@ -688,11 +711,86 @@ struct LoraAdd : public torch::autograd::Function<LoraAdd> {
   }
 };
 
+// x (W + scale B A)^T + bias as one node, W and the bias frozen: the adapter merged into W for the
+// call (one [out, in] product in float, cast to w's dtype), so the forward is one product and x's
+// gradient another through the merged weights; A's and B's gradients come from the delta's, g^T x
+// [out, in], as scale B^T (g^T x) and scale (g^T x) A^T (merged_adapter_pays says when this costs
+// less than lora_add's separate products).
+struct MergedLinear : public torch::autograd::Function<MergedLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const OptTensor& bias, const at::Tensor& a, const at::Tensor& b, double scale) {
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const at::ScalarType dt = w.scalar_type();
+    const int64_t in = x.size(-1), out = w.size(0);
+    const at::Tensor x2 = (x.scalar_type() == dt ? x : x.to(dt)).reshape({-1, in});
+    const at::Tensor af = a.to(at::kFloat), bf = b.to(at::kFloat);
+    const at::Tensor w_eff = w.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).addmm_(bf, af, 1, scale).to(dt);
+    const at::Tensor y = bias.has_value() ? at::addmm(bias->to(dt), x2, w_eff.t()) : at::mm(x2, w_eff.t());
+    ctx->save_for_backward({x2, w_eff, af, bf});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    ctx->saved_data["x_type"] = x.scalar_type();
+    ctx->saved_data["a_type"] = a.scalar_type();
+    ctx->saved_data["b_type"] = b.scalar_type();
+    ctx->saved_data["has_bias"] = bias.has_value();  // an absent bias is no input edge: A's index is 2
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = out;
+    return y.view(sizes);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled())
+      throw RuntimeError("merged adapter: second derivatives are not implemented (backward with create_graph)");
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x2 = saved[0], &w_eff = saved[1], &af = saved[2], &bf = saved[3];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const at::Tensor g = grads[0].reshape({-1, w_eff.size(0)}).to(w_eff.scalar_type());
+    at::Tensor gx, ga, gb;
+    if (ctx->needs_input_grad(0))
+      gx = at::mm(g, w_eff).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
+    const size_t ia = ctx->saved_data["has_bias"].toBool() ? 3 : 2;
+    const bool need_a = ctx->needs_input_grad(ia), need_b = ctx->needs_input_grad(ia + 1);
+    if (need_a || need_b) {
+      const at::Tensor gd = at::mm(g.t(), x2).to(at::kFloat);  // the delta's gradient [out, in]
+      if (need_a) ga = at::mm(bf.t(), gd).mul_(scale).to(ctx->saved_data["a_type"].toScalarType());
+      if (need_b) gb = at::mm(gd, af.t()).mul_(scale).to(ctx->saved_data["b_type"].toScalarType());
+    }
+    return {gx, at::Tensor(), at::Tensor(), ga, gb, at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale) {
   return LoraAdd::apply(y, x, a, b, scale);
 }
+
+at::Tensor merged_lora_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& a,
+                              const at::Tensor& b, double scale) {
+  if (x.dim() < 1 || w.dim() != 2 || x.size(-1) != w.size(1) || a.dim() != 2 || b.dim() != 2 ||
+      a.size(1) != w.size(1) || b.size(0) != w.size(0) || a.size(0) != b.size(1) ||
+      (bias.defined() && bias.numel() != w.size(0)))
+    throw InputError("merged_lora_linear: need x [.., in], w [out, in], a [r, in], b [out, r], bias [out]; got x " +
+                     shape_str(x.sizes()) + ", w " + shape_str(w.sizes()) + ", a " + shape_str(a.sizes()) + ", b " +
+                     shape_str(b.sizes()));
+  return MergedLinear::apply(x, w, bias.defined() ? OptTensor(bias) : OptTensor(), a, b, scale);
+}
+
+bool merged_adapter_pays(int64_t n, int64_t in, int64_t out, int64_t r) {
+  return n * (3 * r * (in + out) - in * out) > 3 * in * out * r;
+}
+
+namespace {
+std::atomic<bool> g_merge_adapters{[] {
+  const char* e = std::getenv("LORAREC_UNMERGED_LORA");
+  return !(e != nullptr && std::string(e) == "1");
+}()};
+}  // namespace
+
+void set_adapter_merging(bool on) { g_merge_adapters = on; }
+bool adapter_merging() { return g_merge_adapters; }
 
 namespace {
 
@@ -1515,8 +1613,14 @@ std::pair<at::Tensor, at::Tensor> ClipVision::residual_norm(const at::Tensor& x,
     const at::Tensor v = x + linear(in, layer, m, lora);
     return {v, layer_norm_as(v, ln_w, ln_b, config_.layer_norm_eps, out)};
   }
-  // The matmul without its bias (added in float by the node), in the bf16 copy under kBf16.
-  const at::Tensor y = at::linear(in, ly.w_lp[i].defined() ? ly.w_lp[i] : ly.w[i]);
+  // The matmul without its bias (added in float by the node), in the bf16 copy under kBf16; a
+  // trained high-rank adapter merged into it where that costs less (merged_adapter_pays).
+  const at::Tensor& w = ly.w_lp[i].defined() ? ly.w_lp[i] : ly.w[i];
+  if (const Adapter* ad = merge_here(in, layer, m, lora)) {
+    const at::Tensor y = merged_lora_linear(in, w.to(autocast_dtype(w)), at::Tensor(), ad->a, ad->b, lora->scale());
+    return add_layer_norm_as(x, y, ly.b[i], ln_w, ln_b, config_.layer_norm_eps, out);
+  }
+  const at::Tensor y = at::linear(in, w);
   return add_layer_norm_as(x, add_lora(y, in, layer, m, lora), ly.b[i], ln_w, ln_b, config_.layer_norm_eps, out);
 }
 

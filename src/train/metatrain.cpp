@@ -271,6 +271,15 @@ at::Tensor random_mask_scores(const std::vector<int64_t>& rows, const std::vecto
 
 // ---------------------------------------------------------------------------------------------
 
+// --distill-images and --distill-mask-ratio: in range, and the mask with a --distill-pool to mask.
+static void check_distill_images(const MetaTrainConfig& c) {
+  if (c.distill_images < 0) throw InputError("metatrain: --distill-images must be >= 0");
+  if (!(c.distill_mask_ratio >= 0 && c.distill_mask_ratio < 1))
+    throw InputError("metatrain: --distill-mask-ratio must be in [0, 1)");
+  if (c.distill_mask_ratio > 0 && c.distill_pool.empty())
+    throw InputError("metatrain: --distill-mask-ratio masks --distill-pool's images: give --distill-pool");
+}
+
 // --distill-targets: a known value, and (other than own) --distill-pool's distillation term on.
 static void check_distill_targets(const MetaTrainConfig& c) {
   if (c.distill_targets != "own" && c.distill_targets != "start" && c.distill_targets != "zoo-mean" &&
@@ -355,7 +364,7 @@ void MetaTrainConfig::validate() const {
   if (align_weight > 0 && distill_images_per_episode() < 2)
     throw InputError(
         "metatrain: --align-weight compares feature spreads: it needs --distill-images >= 2 (0 = N (K+Q))");
-  if (distill_images < 0) throw InputError("metatrain: --distill-images must be >= 0");
+  check_distill_images(*this);
   if (host_sync != "step" && host_sync != "log" && host_sync != "auto")
     throw InputError("metatrain: --host-sync must be step, log or auto, not '" + host_sync + "'");
   if (keep != "last" && keep != "best") throw InputError("metatrain: --keep must be last or best, not '" + keep + "'");
@@ -396,6 +405,7 @@ struct Batch {
   std::vector<at::Tensor> teacher;  // per local episode: [N*Q, N] teacher logits, or undefined
   at::Tensor teacher_feat;          // [same rows as pixels, D] own-LoRA features (--distill-weight), or undefined
   at::Tensor distill_pixels, distill_u8, distill_feat;  // --distill-pool: its images (as pixels/u8) and targets
+  at::Tensor distill_patch_index;  // --distill-mask-ratio: [distill rows, T] kept patches, or undefined (all)
   double prep_seconds = 0;
 };
 
@@ -552,6 +562,7 @@ class BatchMaker {
     if (distill_pool_ != nullptr) add_distill_images(b, step);
     if (!normalise_) {  // the rest of what a GPU step copies, page-locked too
       if (b.patch_index.defined()) b.patch_index = b.patch_index.pin_memory();
+      if (b.distill_patch_index.defined()) b.distill_patch_index = b.distill_patch_index.pin_memory();
       if (b.teacher_feat.defined()) b.teacher_feat = b.teacher_feat.pin_memory();
       if (b.distill_feat.defined()) b.distill_feat = b.distill_feat.pin_memory();
       for (auto& t : b.teacher)
@@ -657,11 +668,21 @@ class BatchMaker {
     const int n = cfg_.distill_images_per_episode();
     std::uniform_int_distribution<int64_t> pick(0, distill_pool_->size() - 1);
     std::vector<int64_t> rows;
+    std::vector<float> mask_scores;
     for (int j = rank_; j < episodes_; j += world_) {
       auto rng =
           data::make_rng(cfg_.seed, kDistillStream + static_cast<std::uint64_t>(j), static_cast<std::uint64_t>(step));
       for (int i = 0; i < n; ++i) rows.push_back(pick(rng));
+      // after this slot's rows, from the same stream: the rows do not depend on the mask ratio
+      if (cfg_.distill_mask_ratio > 0) {
+        std::uniform_real_distribution<float> u(0.0f, 1.0f);
+        for (int i = 0; i < n * grid_ * grid_; ++i) mask_scores.push_back(u(rng));
+      }
     }
+    if (!mask_scores.empty())
+      b.distill_patch_index =
+          top_patches(at::tensor(mask_scores, at::kFloat).view({static_cast<int64_t>(rows.size()), grid_ * grid_}),
+                      cfg_.distill_mask_ratio);
     if (distill_feat_.defined()) b.distill_feat = distill_feat_.index_select(0, at::tensor(rows, at::kLong));
     const at::Tensor u8 = gather(*distill_pool_, rows, std::vector<bool>(rows.size(), false));
     if (normalise_)
@@ -832,6 +853,7 @@ json fingerprint(const MetaTrainConfig& c, int episodes) {
   if (!c.distill_pool.empty()) {                                               // the same
     j["distill_pool"] = c.distill_pool;
     j["distill_images"] = c.distill_images;
+    if (c.distill_mask_ratio > 0) j["distill_mask_ratio"] = c.distill_mask_ratio;      // absent when off
     if (c.distill_pool_weight >= 0) j["distill_pool_weight"] = c.distill_pool_weight;  // the same
     if (c.distill_targets != "own") j["distill_targets"] = c.distill_targets;          // the same
     if (c.distill_zoo_softmax > 0) j["distill_zoo_softmax"] = c.distill_zoo_softmax;   // absent when off
@@ -1201,7 +1223,12 @@ class MetaTrainer {
                                             << (distil && cfg_.align_weight > 0 ? " and " : "")
                                             << (cfg_.align_weight > 0 ? "the alignment term" : "") << " on "
                                             << cfg_.distill_images_per_episode() << " of its " << distill_pool_->size()
-                                            << " images per episode (whole images)");
+                                            << " images per episode ("
+                                            << (cfg_.distill_mask_ratio > 0
+                                                    ? "a random " + log::fixed(1 - cfg_.distill_mask_ratio, 2) +
+                                                          " of their patches each step; whole-image targets"
+                                                    : std::string("whole images"))
+                                            << ")");
   }
 
   void load_models_and_data() {
@@ -1463,7 +1490,9 @@ class MetaTrainer {
   // feature_stats_gap between an episode's features (rows of `feat`) and those of its own share of the pool's images.
   at::Tensor public_loss(const Batch& b, const at::Tensor& feat) const {
     const at::Tensor px = device_pixels(b.distill_pixels, b.distill_u8);
-    const at::Tensor f = vit_->forward(px, model::ForwardOptions{}, &*lora_).feature.to(at::kFloat);
+    model::ForwardOptions fo;  // --distill-mask-ratio: the kept patches only
+    if (b.distill_patch_index.defined()) fo.patch_index = to_device(b.distill_patch_index);
+    const at::Tensor f = vit_->forward(px, fo, &*lora_).feature.to(at::kFloat);
     at::Tensor loss = at::zeros({}, f.options());
     const int64_t n = cfg_.distill_images_per_episode();
     if (cfg_.public_distill_weight() > 0 && cfg_.distill_targets == "zoo") {

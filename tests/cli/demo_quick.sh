@@ -23,6 +23,11 @@ grep -q "skips 2 finished" run2.txt || fail "zoo not reused"
 grep -q "rank 0 inverts 0" run2.txt || fail "pool not reused"
 grep -q "reusing runs/quick/meta$" run2.txt || fail "meta-LoRA not reused"
 grep -q "reusing runs/quick/eval" run2.txt || fail "evaluation not reused"
+# A config without the BN-prior term (w-bn = 0, as the demo preset's): stage 3 is skipped, not reused.
+sed 's/^w-bn *=.*/w-bn = 0/' "$REPO/configs/quick.ini" >quick_nobn.ini
+bash "$REPO/launch/demo.sh" --preset quick --workdir "$WORK/w" --config quick_nobn.ini --until prior 2>&1 | tee run3.txt
+grep -q "skipped: \[invert\] w-bn = 0 in .*quick_nobn.ini (no BN-prior term)" run3.txt || fail "BN-prior stage not skipped at w-bn 0"
+if grep -q "reusing runs/quick/prior" run3.txt; then fail "BN-prior stage reused at w-bn 0"; fi
 "$LORAREC_PYTHON" - <<'PY'
 import csv, json
 rows = list(csv.DictReader(open("w/runs/quick/eval/results.csv")))

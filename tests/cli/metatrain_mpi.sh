@@ -174,6 +174,33 @@ expect_status 2 "--distill-pool carries the distillation or the alignment term: 
   $B metatrain $COMMON --pool runs/quick/pool --distill-pool runs/quick/pool --steps 2 --out dpx
 expect_status 2 "--distill-pool runs/quick/zoo: no index.json" -- \
   $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/zoo --steps 2 --out dpx
+# --distill-mask-ratio: the pool's images with half their patches (random, per image and step) in
+# the student's forward, whole-image targets (the fall of the term is not checked: part of a glyph
+# cannot give the whole glyph's features): the same weights at world size 1 and 2, its log line and
+# fingerprint, the first step's term unlike the whole glyphs' on the same glyphs, weights unlike
+# theirs after the same 40 steps, and refusals.
+DM="$COMMON --pool runs/quick/pool --single-lora-prob 0 $DIS --mask-select top --distill-pool runs/quick/pool --distill-images 6 --distill-mask-ratio 0.5 --steps 40"
+$B metatrain $DM --out dm1 >dm1.txt 2>&1 || { cat dm1.txt; fail "--distill-mask-ratio, world size 1"; }
+mpirun2 $B metatrain $DM --out dm2 >dm2.txt 2>&1 || { cat dm2.txt; fail "--distill-mask-ratio, mpirun -np 2"; }
+compare_adapters dm1 dm2 1e-4
+grep -q -- "on 6 of its .* images per episode (a random 0.50 of their patches each step; whole-image targets)" dm2.txt ||
+  { cat dm2.txt; fail "no --distill-mask-ratio line"; }
+"$LORAREC_PYTHON" - <<'PY' || fail "--distill-mask-ratio: fingerprint, first term or weights"
+import json
+import numpy as np
+from peft_adapter import deltas
+fp = json.load(open("dm2/metatrain.json"))["fingerprint"]
+assert fp["distill_mask_ratio"] == 0.5 and "distill_mask_ratio" not in json.load(open("dp2/metatrain.json"))["fingerprint"], fp
+first = [next(json.loads(l)["loss"] for l in open(f"{d}.work/metrics.jsonl") if '"loss"' in l) for d in ("dp2", "dm2")]
+print("first logged loss, whole glyphs and half masked:", first)
+assert abs(first[0] - first[1]) > 1e-5, first
+whole, masked = deltas("dp2"), deltas("dm2")
+assert max(float(np.abs(whole[k] - masked[k]).max()) for k in whole) > 1e-4, "masking changed nothing"
+PY
+expect_status 2 "--distill-mask-ratio must be in [0, 1)" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-weight 1 --distill-pool runs/quick/pool --distill-mask-ratio 1 --steps 2 --out dmx
+expect_status 2 "--distill-mask-ratio masks --distill-pool's images: give --distill-pool" -- \
+  $B metatrain $COMMON --pool runs/quick/pool --distill-mask-ratio 0.5 --steps 2 --out dmx
 # --align-weight alone (--distill-weight 0): the alignment of each episode's features with its share
 # of the second pool's images, the same weights at world size 1 (both episodes of a step on one
 # rank) and 2 (one each), its log line and fingerprint, and its refusal without --distill-pool.

@@ -95,6 +95,22 @@ Lora average_loras(const std::vector<Lora>& loras, const ClipVisionConfig& vit);
 // back in their own dtype). Every LoRA delta of ClipVision::forward goes through it.
 at::Tensor lora_add(const at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, double scale);
 
+// x (w + scale b a)^T + bias (x [.., in], w [out, in] and bias [out] frozen, a [r, in], b [out, r]) as
+// one autograd node: the adapter merged into w for the call (in float, cast to w's dtype), x's
+// gradient through the merged weights, a's and b's from the delta's gradient g^T x; computed in w's
+// dtype without autocast, gradients in their inputs' dtypes. First derivatives only.
+at::Tensor merged_lora_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& a,
+                              const at::Tensor& b, double scale);
+// Whether merged_lora_linear costs fewer multiply-adds than the frozen product plus lora_add for n
+// rows, with the adapter's gradients: lora_add's adapter costs 3 n r (in + out) with them, the
+// merged form n in out (the delta's gradient) plus 3 in out r per call (the merge, a's and b's
+// gradients). At rank 80 on width 128 it does from ~90 rows (out_proj) or ~180 (the MLP).
+bool merged_adapter_pays(int64_t n, int64_t in, int64_t out, int64_t r);
+// ClipVision::forward merges trained adapters where merged_adapter_pays (on by default; off from the
+// start under LORAREC_UNMERGED_LORA=1, for benchmarks and for re-running figures made before it).
+void set_adapter_merging(bool on);
+bool adapter_merging();
+
 // One encoder layer's attention from its first LayerNorm's output h [B, T, D] to the heads' merged
 // output [B, Tq, D] (before out_proj), as one autograd node with a hand-written backward: q, k, v
 // = h W^T + b from the stacked frozen projections w_qkv [3D, D] (b_qkv [3D] or undefined), each
@@ -296,6 +312,9 @@ class ClipVision {
   at::Tensor linear(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   // x + lora's delta of module m at `layer` (x itself when the LoRA has none there).
   at::Tensor add_lora(at::Tensor y, const at::Tensor& x, int layer, Module m, const Lora* lora) const;
+  // The adapter of (layer, m) where merged_lora_linear should apply it to x: one with gradients
+  // (trained), over frozen weights, with grad mode on, where merged_adapter_pays; else nullptr.
+  const Adapter* merge_here(const at::Tensor& x, int layer, Module m, const Lora* lora) const;
   // q [B, H, Tq, dh] of hq and k, v [B, H, T, dh] of h (hq: h or its CLS row), with the LoRA's deltas.
   std::array<at::Tensor, 3> qkv(const at::Tensor& h, const at::Tensor& hq, int layer, const Lora* lora) const;
   // x + module m's output of `in` at `layer` (with the LoRA's delta), then the LayerNorm (ln_w,

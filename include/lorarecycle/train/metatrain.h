@@ -138,6 +138,10 @@ struct MetaTrainConfig {
   std::string distill_pool;     // a second pool whose images carry the distillation term instead of the episodes'
                                 // (e.g. invert --retrieve: public images), each under its own LoRA, dense; empty: off
   int distill_images = 0;       // images of distill_pool per episode and step (0: as many as an episode holds)
+  // Share of each distill_pool image's patches the student does not see (0 = whole images): every
+  // step, a random (1 - x) of them (drawn per image and step, with the image) and the CLS token go
+  // forward; the targets stay those of the whole image. A cheaper forward for more images per step.
+  double distill_mask_ratio = 0.0;
   // Weight of distill_pool's distillation term. < 0 (unset): distill_weight, and the episodes' own
   // distillation is off (the pool replaces it). >= 0: this weight, and distill_weight stays the
   // episodes' own-LoRA distillation, so both terms run (e.g. the main recipe plus an anchor).
