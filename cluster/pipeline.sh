@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Submits the whole pipeline as a chain of Slurm jobs, each starting after the previous one
-# succeeded (--dependency=afterok): data, VFM, BN prior, zoo, inversion, meta-training (dense and
-# mask 0.75), evaluation, report.
+# succeeded (--dependency=afterok): data, VFM, BN prior, zoo, inversion, the meta-training anchor's
+# glyphs, meta-training (dense and mask 0.75), evaluation, report, as launch/demo.sh runs them.
 #   bash cluster/pipeline.sh [--preset demo|quick|paper | --config FILE] [--ntasks N] [--gpus]
 #        [--cpus-per-gpu C] [--time HH:MM:SS] [--partition P] [--account A] [--workdir DIR] [--from STAGE]
 # --preset NAME: configs/NAME.ini of this checkout (default demo); demo and quick run every stage
-#   (the benchmark's data, VFM and BN prior first), paper starts at the zoo (your CLIP and data).
+#   (the benchmark's data, VFM and BN prior first; the prior only where [invert] w-bn is not 0; the
+#   anchor's glyphs, invert --retrieve from the VFM's pre-training set, where [metatrain] names a
+#   distill-pool; the masked run with 40 anchor glyphs per episode where the config names more),
+#   paper starts at the zoo (your CLIP and data).
 # --config FILE: your own INI file anywhere (e.g. a copy of configs/paper.ini with your paths;
 #   relative paths in it resolve against --workdir); the chain starts at the zoo, with a VFM stage
 #   first when FILE has a [pretrain] section and a prior stage when FILE's directory holds
@@ -17,7 +20,7 @@
 #   them (its prefetch and data threads); on one CPU an H200 ran mask 0.75 at 64 episodes/s
 #   against 103 on 16 (docs/metatrain.md).
 # --from STAGE: start the chain at that stage (earlier outputs exist): data, vfm, prior, zoo,
-#   invert, meta, meta_mask75, eval or report.
+#   invert, anchor, meta, meta_mask75, eval or report.
 # Prints the job ids; `squeue -u $USER` shows them, slurm-lr-<stage>-<id>.out their logs.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,8 +45,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$FROM" in
-  data|vfm|prior|zoo|invert|meta|meta_mask75|eval|report) ;;
-  *) die "unknown --from stage '$FROM' (data, vfm, prior, zoo, invert, meta, meta_mask75, eval, report)" ;;
+  data|vfm|prior|zoo|invert|anchor|meta|meta_mask75|eval|report) ;;
+  *) die "unknown --from stage '$FROM' (data, vfm, prior, zoo, invert, anchor, meta, meta_mask75, eval, report)" ;;
 esac
 # ini_value FILE SECTION KEY: the value of KEY in [SECTION] (last one wins), inline comments
 # (# or ; after a blank) and surrounding blanks removed; empty when absent.
@@ -96,10 +99,27 @@ submit() {  # submit NAME STAGE CONFIG [args]
 skip() { [ "$1" = "$FROM" ] && started=1; return 0; }  # a stage not run: --from it starts at the next
 if [ $BENCHMARK = 1 ]; then submit data data "$NAME"; else skip data; fi
 if [ "$HAS_PRETRAIN" -ge 1 ]; then submit vfm pretrain "$CFG"; else skip vfm; fi
-if [ $BENCHMARK = 1 ] || { [ -n "$CONFIG" ] && [ -f "$PRIOR_CFG" ]; }; then submit prior prior "$PRIOR_CFG"; else skip prior; fi
+# The benchmark's BN prior only where its inversion uses it (launch/demo.sh skips it at w-bn 0 too).
+WBN=$(ini_value "$CFG" invert w-bn)
+NO_BN=0
+[ -n "$WBN" ] && awk -v w="$WBN" 'BEGIN { exit !(w + 0 == 0) }' && NO_BN=1
+if { [ $BENCHMARK = 1 ] && [ $NO_BN = 0 ]; } || { [ -n "$CONFIG" ] && [ -f "$PRIOR_CFG" ]; }; then
+  submit prior prior "$PRIOR_CFG"
+else skip prior; fi
 submit zoo zoo "$CFG"
 submit invert invert "$CFG"
+# The benchmark's meta-training anchor (a config whose [metatrain] names distill-pool): public glyphs
+# that each zoo LoRA assigns to its classes, retrieved from the VFM's pre-training set as
+# launch/demo.sh retrieves them. With --config the anchor's pool is yours to make (invert --retrieve).
+ANCHOR=$(ini_value "$CFG" metatrain distill-pool)
+if [ $BENCHMARK = 1 ] && [ -n "$ANCHOR" ]; then
+  submit anchor invert "$CFG" --co-teachers 0 --retrieve "data/$NAME/base.h5" --out "$ANCHOR"
+else skip anchor; fi
+# The masked run takes 40 anchor glyphs per episode where the config names more (as launch/demo.sh).
+MASK_ANCHOR=()
+DI=$(ini_value "$CFG" metatrain distill-images)
+[ -n "$DI" ] && [ "$DI" -gt 40 ] && MASK_ANCHOR=(--distill-images 40)
 submit meta metatrain "$CFG" --out "$META" --mask-ratio 0
-submit meta_mask75 metatrain "$CFG" --out "$RUNS/meta_mask75" --mask-ratio 0.75
+submit meta_mask75 metatrain "$CFG" --out "$RUNS/meta_mask75" --mask-ratio 0.75 "${MASK_ANCHOR[@]}"
 submit eval eval "$CFG"
 submit report report "$NAME" --runs "$RUNS" --out "$RUNS/report"
