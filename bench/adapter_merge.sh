@@ -28,10 +28,10 @@ for rep in $(seq "$REPS"); do
   for mode in merged unmerged; do
     for i in "${!RUNS[@]}"; do
       out=$W/$mode.$i.$rep
-      # shellcheck disable=SC2046  # the run's flags, split on purpose
+      read -ra flags <<<"${RUNS[$i]#*|}"
       LORAREC_UNMERGED_LORA=$([ "$mode" = unmerged ] && echo 1 || echo 0) "${MPI[@]}" "$REPO/build/lorarecycle" \
         metatrain --config "$REPO/configs/demo.ini" --steps 60 --val-every 0 --val-episodes 20 \
-        $(echo "${RUNS[$i]#*|}") --out "$out" >"$out.log" 2>&1 || { tail "$out.log"; exit 1; }
+        "${flags[@]}" --out "$out" >"$out.log" 2>&1 || { tail "$out.log"; exit 1; }
       echo "rep $rep, $mode, ${RUNS[$i]%%|*}: $(/usr/bin/python3 -c "import json, sys
 print(f\"{json.load(open(sys.argv[1]))['timing']['step_seconds'] * 1000:.1f} ms per step\")" "$out/metatrain.json")"
     done

@@ -1808,6 +1808,7 @@ if [ "$WHAT" = zoo40c ]; then
 fi
 # need_zoo40c: stop unless the "zoo40c" part has embedded the validation images under the 10-way zoo.
 need_zoo40c() { [ -d "$OUT/ceiling_w10c" ] || { echo "science: run the 'zoo40c' part first" >&2; exit 2; }; }
+need_anchorn() { [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }; }
 # zoo_curve TAG TITLE SED_ARG...: zoo_job TAG from the "way10c" part's config edited by SED_ARG...,
 # then TITLE and bench/zoo_ensemble.py --curve on its features.
 zoo_curve() {
@@ -2080,7 +2081,7 @@ fi
 # limits the anchor"). Run "anchorn" first. ~10 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with
 # avx512_bf16).
 if [ "$WHAT" = anchorn3 ]; then
-  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  need_anchorn
   w10_rows an3 "160 glyphs per episode - 40 (the main recipe), same seed" \
     "anchor: 160 glyphs per episode|--distill-images 160 --seed 1" \
     "anchor: 160 glyphs per episode|--distill-images 160 --seed 2"
@@ -2091,7 +2092,7 @@ fi
 # (docs/science.md, "What limits the anchor"). Run "anchorn" first. ~20 min for the run, ~4 min eval
 # (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorn320 ]; then
-  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  need_anchorn
   W10_EXTRA=n160 w10_scored an320 "320 glyphs per episode - 40 (the main recipe, seed 0)" \
     "n320|anchor: 320 glyphs per episode|--distill-images 320"
   paired_across an_eval an320_eval "320 glyphs per episode - 160" an320_1=an_1
@@ -2103,7 +2104,7 @@ fi
 # part's 160 whole glyphs (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first.
 # ~7 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchormask ]; then
-  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  need_anchorn
   w10_rows am "160 glyphs per episode, masked - 40 whole (the main recipe)" \
     "anchor: 160 glyphs per episode, 3/4 of their patches masked|--distill-images 160 --distill-mask-ratio 0.75" \
     "anchor: 160 glyphs per episode, half masked|--distill-images 160 --distill-mask-ratio 0.5"
@@ -2116,7 +2117,7 @@ fi
 # steps (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first. ~6 min per run, ~3
 # min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorsteps ]; then
-  [ -f "$OUT/an_eval/results.json" ] || { echo "science: run the 'anchorn' part first" >&2; exit 2; }
+  need_anchorn
   w10_rows as "160 glyphs per episode in 500 steps - 40 in 1,000 (the main recipe)" \
     "anchor: 160 glyphs per episode, 500 steps|--distill-images 160 --steps 500"
   paired_across an_eval as_eval "500 steps - 1,000 (160 glyphs per episode)" as_1=an_1

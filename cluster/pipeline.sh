@@ -48,19 +48,7 @@ case "$FROM" in
   data|vfm|prior|zoo|invert|anchor|meta|meta_mask75|eval|report) ;;
   *) die "unknown --from stage '$FROM' (data, vfm, prior, zoo, invert, anchor, meta, meta_mask75, eval, report)" ;;
 esac
-# ini_value FILE SECTION KEY: the value of KEY in [SECTION] (last one wins), inline comments
-# (# or ; after a blank) and surrounding blanks removed; empty when absent.
-ini_value() {
-  awk -v want="$2" -v key="$3" '
-    { line = $0; sub(/\r$/, "", line); sub(/(^|[ \t])[#;].*$/, "", line) }
-    line ~ /^[ \t]*\[.*\][ \t]*$/ { s = line; gsub(/^[ \t]*\[[ \t]*|[ \t]*\][ \t]*$/, "", s); sec = s; next }
-    sec == want && index(line, "=") {
-      k = substr(line, 1, index(line, "=") - 1); v = substr(line, index(line, "=") + 1)
-      gsub(/^[ \t]+|[ \t]+$/, "", k); gsub(/^[ \t]+|[ \t]+$/, "", v)
-      if (k == key) val = v
-    }
-    END { print val }' "$1"
-}
+source "$REPO/launch/config_rules.sh"  # ini_value, needs_bn_prior, masked_anchor_flags
 if [ -n "$CONFIG" ]; then
   [ -z "$PRESET" ] || die "give --preset or --config, not both"
   [ -f "$CONFIG" ] || die "no such config file: $CONFIG"
@@ -99,11 +87,8 @@ submit() {  # submit NAME STAGE CONFIG [args]
 skip() { [ "$1" = "$FROM" ] && started=1; return 0; }  # a stage not run: --from it starts at the next
 if [ $BENCHMARK = 1 ]; then submit data data "$NAME"; else skip data; fi
 if [ "$HAS_PRETRAIN" -ge 1 ]; then submit vfm pretrain "$CFG"; else skip vfm; fi
-# The benchmark's BN prior only where its inversion uses it (launch/demo.sh skips it at w-bn 0 too).
-WBN=$(ini_value "$CFG" invert w-bn)
-NO_BN=0
-[ -n "$WBN" ] && awk -v w="$WBN" 'BEGIN { exit !(w + 0 == 0) }' && NO_BN=1
-if { [ $BENCHMARK = 1 ] && [ $NO_BN = 0 ]; } || { [ -n "$CONFIG" ] && [ -f "$PRIOR_CFG" ]; }; then
+# The benchmark's BN prior only where its inversion uses it (as launch/demo.sh).
+if { [ $BENCHMARK = 1 ] && needs_bn_prior "$CFG"; } || { [ -n "$CONFIG" ] && [ -f "$PRIOR_CFG" ]; }; then
   submit prior prior "$PRIOR_CFG"
 else skip prior; fi
 submit zoo zoo "$CFG"
@@ -115,10 +100,7 @@ ANCHOR=$(ini_value "$CFG" metatrain distill-pool)
 if [ $BENCHMARK = 1 ] && [ -n "$ANCHOR" ]; then
   submit anchor invert "$CFG" --co-teachers 0 --retrieve "data/$NAME/base.h5" --out "$ANCHOR"
 else skip anchor; fi
-# The masked run takes 40 anchor glyphs per episode where the config names more (as launch/demo.sh).
-MASK_ANCHOR=()
-DI=$(ini_value "$CFG" metatrain distill-images)
-[ -n "$DI" ] && [ "$DI" -gt 40 ] && MASK_ANCHOR=(--distill-images 40)
+read -ra MASK_ANCHOR <<<"$(masked_anchor_flags "$CFG")"  # as launch/demo.sh
 submit meta metatrain "$CFG" --out "$META" --mask-ratio 0
 submit meta_mask75 metatrain "$CFG" --out "$RUNS/meta_mask75" --mask-ratio 0.75 "${MASK_ANCHOR[@]}"
 submit eval eval "$CFG"

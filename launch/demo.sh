@@ -32,6 +32,7 @@ done
 CONFIG=${CONFIG:-$REPO/configs/$PRESET.ini}
 [ -f "$CONFIG" ] || { echo "demo.sh: no config $CONFIG" >&2; exit 2; }
 source "$REPO/launch/env.sh"
+source "$REPO/launch/config_rules.sh"  # ini_value, needs_bn_prior, masked_anchor_flags
 B=$REPO/build/lorarecycle
 mkdir -p "$WORKDIR" && cd "$WORKDIR"
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" --oversubscribe -np "$NP" "${MPIRUN_ENV_FLAGS[@]}")
@@ -51,9 +52,8 @@ done_with vfm
 stage "3/8 pre-train the BN prior"
 # Only where the inversion uses it: a config whose [invert] sets w-bn = 0 has no BN-prior term, and
 # the stage is skipped (bench/science.sh trains the prior when a comparison needs it).
-WBN=$(sed -n '/^\[invert\]/,/^\[/s/^w-bn *= *//p' "$CONFIG")
-if [ -n "$WBN" ] && awk -v w="$WBN" 'BEGIN { exit !(w + 0 == 0) }'; then
-  echo "skipped: [invert] w-bn = $WBN in $CONFIG (no BN-prior term)"
+if ! needs_bn_prior "$CONFIG"; then
+  echo "skipped: [invert] w-bn = $(ini_value "$CONFIG" invert w-bn) in $CONFIG (no BN-prior term)"
 elif [ -f "runs/$PRESET/prior/pretrain_report.json" ]; then echo "reusing runs/$PRESET/prior"; else
   "${MPI[@]}" "$B" pretrain --config "$REPO/configs/${PRESET}_prior.ini"; fi
 done_with prior
@@ -67,7 +67,7 @@ stage "5/8 invert the zoo into the surrogate pool"
 # The anchor's images (a config whose [metatrain] names distill-pool): public glyphs that each zoo
 # LoRA assigns to its classes (invert --retrieve from the VFM's pre-training data; no inversion), as
 # many per class as [invert] retrieve-per-class says (the demo preset: 100 among all 24,048).
-ANCHOR=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-pool *= *//p' "$CONFIG")
+ANCHOR=$(ini_value "$CONFIG" metatrain distill-pool)
 if [ -n "$ANCHOR" ]; then
   if [ -f "$ANCHOR/index.json" ]; then echo "reusing $ANCHOR"; else
     "${MPI[@]}" "$B" invert --config "$CONFIG" --co-teachers 0 --retrieve "data/$PRESET/base.h5" \
@@ -77,11 +77,7 @@ done_with invert
 
 # Exit status 75 = stopped with a checkpoint (e.g. a signal): re-running this script resumes.
 stage "6/8 meta-train the meta-LoRA: dense (runs/$PRESET/meta) and mask ratio 0.75 (runs/$PRESET/meta_mask75)"
-# The masked run takes 40 anchor glyphs per episode where the config names more (configs/demo.ini:
-# its anchor's glyphs go forward whole, so more of them would cost it the sparse tokens' saving).
-MASK_ANCHOR=()
-DI=$(sed -n '/^\[metatrain\]/,/^\[/s/^distill-images *= *//p' "$CONFIG")
-[ -n "$DI" ] && [ "$DI" -gt 40 ] && MASK_ANCHOR=(--distill-images 40)
+read -ra MASK_ANCHOR <<<"$(masked_anchor_flags "$CONFIG")"  # the masked run: 40 anchor glyphs at most
 for variant in "meta 0" "meta_mask75 0.75"; do
   set -- $variant
   extra=()

@@ -627,12 +627,9 @@ at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lo
   // on every call.
   const bool lp = ly.w_lp[i].defined() && !ly.w[i].requires_grad();
   if (const Adapter* ad = merge_here(x, layer, m, lora)) {  // the frozen weights in the compute dtype
-    const at::ScalarType dt = autocast_dtype(ly.w[i]);
-    return merged_lora_linear(x, lp ? ly.w_lp[i] : ly.w[i].to(dt),
-                              !ly.b[i].defined() ? at::Tensor()
-                              : lp               ? ly.b_lp[i]
-                                                 : ly.b[i].to(dt),
-                              ad->a, ad->b, lora->scale());
+    const at::Tensor &w = lp ? ly.w_lp[i] : ly.w[i], &b = lp ? ly.b_lp[i] : ly.b[i];
+    const at::ScalarType dt = autocast_dtype(w);
+    return merged_lora_linear(x, w.to(dt), b.defined() ? b.to(dt) : at::Tensor(), ad->a, ad->b, lora->scale());
   }
   at::Tensor y = lp ? at::linear(x, ly.w_lp[i], ly.b_lp[i]) : at::linear(x, ly.w[i], ly.b[i]);
   return add_lora(std::move(y), x, layer, m, lora);
@@ -641,10 +638,10 @@ at::Tensor ClipVision::linear(const at::Tensor& x, int layer, Module m, const Lo
 const Adapter* ClipVision::merge_here(const at::Tensor& x, int layer, Module m, const Lora* lora) const {
   if (lora == nullptr) return nullptr;
   const Adapter* ad = lora->find(layer, m);
-  if (ad == nullptr || !adapter_merging() || !(ad->a.requires_grad() || ad->b.requires_grad()) ||
-      !at::GradMode::is_enabled() || layers_[layer].w[static_cast<int>(m)].requires_grad())
-    return nullptr;
   const at::Tensor& w = layers_[layer].w[static_cast<int>(m)];
+  if (ad == nullptr || !adapter_merging() || !(ad->a.requires_grad() || ad->b.requires_grad()) ||
+      !at::GradMode::is_enabled() || w.requires_grad())
+    return nullptr;
   return merged_adapter_pays(x.numel() / x.size(-1), w.size(1), w.size(0), ad->a.size(0)) ? ad : nullptr;
 }
 
@@ -668,6 +665,19 @@ LoraGrads lora_backward(const at::Tensor& g, const at::Tensor& x, const at::Tens
   if (need_gu || need_a) r.gu = at::mm(g, b).mul_(scale);  // [N, r]
   if (need_a) r.ga = at::mm(r.gu.t(), x);
   if (need_b) r.gb = at::mm(u.t(), g).mul_(scale).t().contiguous();
+  return r;
+}
+
+// An adapter merged into its projection (W + scale B A): A's and B's gradients from the delta's
+// gradient g^T x (g [rows, out] and x [rows, in] in the compute dtype; A and B in float), scale B^T
+// (g^T x) and scale (g^T x) A^T in float, each only where asked for.
+LoraGrads merged_lora_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& af, const at::Tensor& bf,
+                               double scale, bool need_a, bool need_b) {
+  LoraGrads r;
+  if (!need_a && !need_b) return r;
+  const at::Tensor gd = at::mm(g.t(), x).to(at::kFloat);  // [out, in]
+  if (need_a) r.ga = at::mm(bf.t(), gd).mul_(scale);
+  if (need_b) r.gb = at::mm(gd, af.t()).mul_(scale);
   return r;
 }
 
@@ -752,11 +762,9 @@ struct MergedLinear : public torch::autograd::Function<MergedLinear> {
       gx = at::mm(g, w_eff).view(ctx->saved_data["x_sizes"].toIntVector()).to(ctx->saved_data["x_type"].toScalarType());
     const size_t ia = ctx->saved_data["has_bias"].toBool() ? 3 : 2;
     const bool need_a = ctx->needs_input_grad(ia), need_b = ctx->needs_input_grad(ia + 1);
-    if (need_a || need_b) {
-      const at::Tensor gd = at::mm(g.t(), x2).to(at::kFloat);  // the delta's gradient [out, in]
-      if (need_a) ga = at::mm(bf.t(), gd).mul_(scale).to(ctx->saved_data["a_type"].toScalarType());
-      if (need_b) gb = at::mm(gd, af.t()).mul_(scale).to(ctx->saved_data["b_type"].toScalarType());
-    }
+    const LoraGrads lg = merged_lora_backward(g, x2, af, bf, scale, need_a, need_b);
+    if (need_a) ga = lg.ga.to(ctx->saved_data["a_type"].toScalarType());
+    if (need_b) gb = lg.gb.to(ctx->saved_data["b_type"].toScalarType());
     return {gx, at::Tensor(), at::Tensor(), ga, gb, at::Tensor()};
   }
 };
@@ -1383,12 +1391,10 @@ struct AttentionNode : public torch::autograd::Function<AttentionNode> {
       next += 3;
       const at::Tensor g = m == 0 ? gyq : gy.narrow(1, m * D - from, D);  // [rows, D]
       const bool need_a = ctx->needs_input_grad(edges[2 * m]), need_b = ctx->needs_input_grad(edges[2 * m + 1]);
-      if (merged[m]) {  // the delta's gradient g^T x [D, D], then scale B^T of it and scale of it A^T
-        if (!need_a && !need_b) continue;
-        const at::Tensor gd = at::mm(g.t(), m == 0 ? xq : x).to(at::kFloat);
-        if (need_a) out[1 + 2 * m] = at::mm(bc.t(), gd).mul_(lora_scale).to(static_cast<at::ScalarType>(types[2 * m]));
-        if (need_b)
-          out[2 + 2 * m] = at::mm(gd, ac.t()).mul_(lora_scale).to(static_cast<at::ScalarType>(types[2 * m + 1]));
+      if (merged[m]) {  // from the delta's gradient g^T x [D, D]
+        const LoraGrads lg = merged_lora_backward(g, m == 0 ? xq : x, ac, bc, lora_scale, need_a, need_b);
+        if (need_a) out[1 + 2 * m] = lg.ga.to(static_cast<at::ScalarType>(types[2 * m]));
+        if (need_b) out[2 + 2 * m] = lg.gb.to(static_cast<at::ScalarType>(types[2 * m + 1]));
         continue;
       }
       const LoraGrads lg = lora_backward(g, m == 0 ? xq : x, u, bc, lora_scale, need_h, need_a, need_b);
