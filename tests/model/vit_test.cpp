@@ -35,13 +35,18 @@ at::Tensor pixels(int64_t b, std::uint64_t seed = 1) {
   return at::randn({b, 3, 16, 16});
 }
 
+// A LoRA of lc whose B is not zero (N(0, 0.3)), so that it changes the model.
+Lora nonzero_lora(const ClipVisionConfig& c, const LoraConfig& lc, std::uint64_t seed) {
+  Lora l(c, lc, seed);
+  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  return l;
+}
+
 Lora nonzero_lora(const ClipVisionConfig& c, std::uint64_t seed = 4) {
   LoraConfig lc;
   lc.r = 2;
   lc.alpha = 3;
-  Lora l(c, lc, seed);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
-  return l;
+  return nonzero_lora(c, lc, seed);
 }
 
 TEST(Lora, InitialisationFollowsThePaper) {
@@ -156,8 +161,7 @@ TEST(Vit, StackedQkvOfFrozenWeightsEqualsSeparateProjections) {
   LoraConfig lc;
   lc.r = 2;
   lc.target_modules = {Module::kQ, Module::kK, Module::kV, Module::kFc1};
-  Lora l(frozen.config(), lc, 6);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  Lora l = nonzero_lora(frozen.config(), lc, 6);
   const at::Tensor x = pixels(3);
   ForwardOptions fo;
   fo.prune = {{0, 0.5}};
@@ -279,8 +283,7 @@ TEST(Vit, MergedAdaptersGiveTheSeparateGradients) {
   LoraConfig lc;
   lc.r = 16;
   lc.target_modules = {Module::kQ, Module::kOut, Module::kFc1, Module::kFc2};
-  Lora l(vit.config(), lc, 7);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  Lora l = nonzero_lora(vit.config(), lc, 7);
   l.set_requires_grad(true, false);
   const at::Tensor px = pixels(6);
   for (const Precision p : {Precision::kFp32, Precision::kBf16}) {
@@ -629,8 +632,7 @@ TEST(Vit, AttentionNodeForwardEqualsSeparateOps) {
   LoraConfig lc;
   lc.r = 2;
   lc.target_modules = {Module::kQ, Module::kV, Module::kOut, Module::kFc1};
-  Lora l(v.config(), lc, 3);
-  for (const auto& [key, ad] : l.adapters()) l.find(key.first, static_cast<Module>(key.second))->b.normal_(0, 0.3);
+  Lora l = nonzero_lora(v.config(), lc, 3);
   l.set_requires_grad(true, false);
   const at::Tensor x = pixels(3, 6);
   ForwardOptions sparse;
