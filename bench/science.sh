@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|anchormask|anchorsteps|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|anchormask|anchorsteps|anchorsteps2k|schedule|cycles|fp32|glyphs300|glyphs50|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -113,7 +113,11 @@
 # "anchorn" (after "zoo40c"): 160 and 80 anchor glyphs per episode instead of 40; "anchorn3" (after
 # "anchorn"): 160 at seeds 1 and 2; "anchorn320" (after "anchorn"): 320; "anchormask" (after
 # "anchorn"): 160 with a random part of each glyph's patches masked; "anchorsteps" (after "anchorn"):
-# 160 in 500 steps;
+# 160 in 500 steps; "anchorsteps2k" (after "anchorn"): in 2,000;
+# "schedule" (after "anchorn"): 160 with one cosine over the run instead of cycles of 100 steps;
+# "cycles" (after "anchorn"): cycles of 50 and of 200 steps; "fp32" (after "anchorn"): 160
+# meta-trained in fp32 instead of bf16; "glyphs300" (after "anchorn"): 160 drawn from 300 glyphs per
+# LoRA and class instead of 100; "glyphs50" (after "anchorn"): from 50;
 # "realanchor" (after "zoo40c"): real images of the script (a control) or the surrogates as the anchor's;
 # "capcheck" (after "zoo40c"): the anchor on the validation images themselves (a check of capacity).
 # Each part's comment below says what it costs. Every part up to "anchorsteps" was run before the
@@ -1936,14 +1940,15 @@ w10_scored() {
   # shellcheck disable=SC2086  # W10_EXTRA: names, split on purpose
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta ${W10_EXTRA:-} "${names[@]}"
 }
-# w10_retrieve NAME H5 COUNT: the anchor's 20,000 slots of the "way10c" job (runs/demo/NAME there)
-# retrieved as launch/demo.sh retrieves the glyphs, but from the COUNT images of H5, unless done.
+# w10_retrieve NAME H5 COUNT [FLAG...]: the anchor's 20,000 slots of the "way10c" job (runs/demo/NAME
+# there) retrieved as launch/demo.sh retrieves the glyphs, but from the COUNT images of H5 (and with
+# the invert FLAGs), unless done.
 w10_retrieve() {
   need_zoo40c
   (
     cd "$OUT/w10c"
     once "runs/demo/$1/index.json" "$OUT/w10c_$1.log" "${MPI[@]}" "$REPO/$B" invert --config "$OUT/w10c/demo.ini" \
-      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve "$2" --retrieve-candidates "$3" --out "runs/demo/$1"
+      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve "$2" --retrieve-candidates "$3" --out "runs/demo/$1" "${@:4}"
   )
 }
 # Public glyphs composed as Han characters are built, from components side by side or stacked
@@ -2121,6 +2126,79 @@ if [ "$WHAT" = anchorsteps ]; then
   w10_rows as "160 glyphs per episode in 500 steps - 40 in 1,000 (the main recipe)" \
     "anchor: 160 glyphs per episode, 500 steps|--distill-images 160 --steps 500"
   paired_across an_eval as_eval "500 steps - 1,000 (160 glyphs per episode)" as_1=an_1
+fi
+# ... and in more: 160 glyphs per episode over 2,000 steps (the cycles' schedule does not depend on the
+# run's length, so its validation at 250-1,000 steps repeats the "anchorn" row; at 40 glyphs the
+# second 1,000 steps added nothing, the "way10x" part), eval of the end as "anchorsteps" does
+# (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first. ~16 min for the run, ~3 min
+# eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = anchorsteps2k ]; then
+  need_anchorn
+  w10_rows a2k "160 glyphs per episode in 2,000 steps - 40 in 1,000 (the main recipe)" \
+    "anchor: 160 glyphs per episode, 2,000 steps|--distill-images 160 --steps 2000"
+  paired_across an_eval a2k_eval "2,000 steps - 1,000 (160 glyphs per episode)" a2k_1=an_1
+fi
+# The learning-rate schedule: every run so far used the official warm-up + cosine cycles of 100
+# steps (lr from 1e-5 to the peak and back ten times in 1,000 steps); here one warm-up + cosine over
+# the whole run (metatrain --cycle 0), at the recipe's peak lr 3e-4 and at 1e-3, with the main job's
+# 160 anchor glyphs per episode (W10_RECIPE, seed 0), eval on the "way10c" part's 600 validation
+# episodes, paired against its seed-0 row and against the "anchorn" part's 160 glyphs with cycles
+# (docs/science.md, "The schedule, the precision and the glyphs' confidence"). Run "anchorn" first.
+# ~9 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = schedule ]; then
+  need_anchorn
+  w10_rows sc "one cosine over the run, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+    "anchor: 160 glyphs per episode, one cosine over 1,000 steps|--distill-images 160 --cycle 0" \
+    "anchor: 160 glyphs per episode, one cosine, lr 1e-3|--distill-images 160 --cycle 0 --lr 1e-3"
+  paired_across an_eval sc_eval "one cosine - cycles of 100 (160 glyphs per episode)" sc_1=an_1 sc_2=an_1
+fi
+# The cycles' length: 20 cycles of 50 steps and 5 of 200 (warm-up a quarter of each, as the official
+# 25 of 100) instead of 10 of 100, otherwise as "schedule" (docs/science.md, "The schedule, the
+# precision and the glyphs' confidence"). Run "anchorn" first. ~8 min per run, ~3 min eval (bf16, 2
+# cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = cycles ]; then
+  need_anchorn
+  w10_rows cy "cycles of 50 or 200, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+    "anchor: 160 glyphs per episode, cycles of 50 steps|--distill-images 160 --cycle 50 --warmup 12" \
+    "anchor: 160 glyphs per episode, cycles of 200 steps|--distill-images 160 --cycle 200 --warmup 50"
+  paired_across an_eval cy_eval "cycles of 50 or 200 - of 100 (160 glyphs per episode)" cy_1=an_1 cy_2=an_1
+fi
+# Does bf16 limit how closely the student fits the zoo? The main job's recipe with 160 anchor glyphs
+# per episode (W10_RECIPE, seed 0) meta-trained in fp32 (its targets, the zoo's features on the
+# glyphs, computed in fp32 too), evaluated like every other row (PRECISION), on the "way10c" part's
+# 600 validation episodes, paired against its seed-0 row and against the "anchorn" part's 160 glyphs
+# in bf16 (docs/science.md, "The schedule, the precision and the glyphs' confidence"). Run "anchorn"
+# first. ~20 min for the run, ~3 min eval (2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = fp32 ]; then
+  need_anchorn
+  ROW="anchor: 160 glyphs per episode, trained in fp32"
+  (cd "$OUT/w10c" && PRECISION=fp32 RUN_CONFIG=$OUT/w10c/demo.ini run_rows fp \
+    "$ROW|runs/demo/pool|$W10_RECIPE --distill-images 160")
+  w10_rows fp "fp32, 160 glyphs - bf16, 40 glyphs (the main recipe)" "$ROW|--distill-images 160"  # the run is there: eval only
+  paired_across an_eval fp_eval "fp32 - bf16 (160 glyphs per episode)" fp_1=an_1
+fi
+# More distinct glyphs: each zoo LoRA's 300 most confident public glyphs per class among all 24,048
+# (60,000 slots) instead of 100 (20,000 slots, 8,928 distinct), the main job's recipe with 160 of
+# them per episode (W10_RECIPE, seed 0), eval on the "way10c" part's 600 validation episodes, paired
+# against its seed-0 row and against the "anchorn" part's 160 of the 100 per class (docs/science.md,
+# "The schedule, the precision and the glyphs' confidence"). Run "anchorn" first. ~4 min retrieval,
+# ~12 min for the run, ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
+if [ "$WHAT" = glyphs300 ]; then
+  need_anchorn
+  w10_retrieve anchor_r300 "$REPO/data/demo/base.h5" 24048 --retrieve-per-class 300
+  w10_rows g3 "300 glyphs per LoRA and class, 160 per episode - 100, 40 (the main recipe)" \
+    "anchor: 300 glyphs per LoRA and class, 160 per episode|--distill-images 160 --distill-pool runs/demo/anchor_r300"
+  paired_across an_eval g3_eval "300 glyphs per LoRA and class - 100 (160 per episode)" g3_1=an_1
+fi
+# Fewer, more confident glyphs: each zoo LoRA's 50 most confident public glyphs per class (10,000
+# slots) instead of 100, otherwise as "glyphs300" (docs/science.md, "The schedule, the precision and
+# the glyphs' confidence"). Run "anchorn" first. ~4 min retrieval, ~9 min for the run, ~3 min eval.
+if [ "$WHAT" = glyphs50 ]; then
+  need_anchorn
+  w10_retrieve anchor_r50 "$REPO/data/demo/base.h5" 24048 --retrieve-per-class 50
+  w10_rows g5 "50 glyphs per LoRA and class, 160 per episode - 100, 40 (the main recipe)" \
+    "anchor: 50 glyphs per LoRA and class, 160 per episode|--distill-images 160 --distill-pool runs/demo/anchor_r50"
+  paired_across an_eval g5_eval "50 glyphs per LoRA and class - 100 (160 per episode)" g5_1=an_1
 fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split
