@@ -1921,6 +1921,16 @@ w10_rows() {
   )
   paired_across w10_eval "${prefix}_eval" "$title" "${pairs[@]}"
 }
+# w10_vs160 PREFIX TITLE PAIR_TITLE "LABEL|FLAGS"...: w10_rows PREFIX TITLE "LABEL|FLAGS"..., then
+# each row against the "anchorn" part's 160 glyphs per episode (an_1) under PAIR_TITLE. Needs "anchorn".
+w10_vs160() {
+  local prefix=$1 title=$2 pair_title=$3 i pairs=()
+  shift 3
+  need_anchorn
+  w10_rows "$prefix" "$title" "$@"
+  for i in $(seq $#); do pairs+=("${prefix}_$i=an_1"); done
+  paired_across an_eval "${prefix}_eval" "$pair_title" "${pairs[@]}"
+}
 # w10_scored PREFIX TITLE "NAME|LABEL|FLAGS"...: w10_rows PREFIX TITLE "LABEL|FLAGS"..., then each
 # row's features on the validation images (the "zoo40c" part's $OUT/ceiling_w10c, as NAME) and
 # bench/zoo_ensemble.py's numpy episodes beside the recipe's seed-0 row ("meta") and EXTRA's names
@@ -2109,11 +2119,10 @@ fi
 # part's 160 whole glyphs (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first.
 # ~7 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchormask ]; then
-  need_anchorn
-  w10_rows am "160 glyphs per episode, masked - 40 whole (the main recipe)" \
+  w10_vs160 am "160 glyphs per episode, masked - 40 whole (the main recipe)" \
+    "masked - 160 whole glyphs per episode" \
     "anchor: 160 glyphs per episode, 3/4 of their patches masked|--distill-images 160 --distill-mask-ratio 0.75" \
     "anchor: 160 glyphs per episode, half masked|--distill-images 160 --distill-mask-ratio 0.5"
-  paired_across an_eval am_eval "masked - 160 whole glyphs per episode" am_1=an_1 am_2=an_1
 fi
 # 160 glyphs per episode in fewer steps: the main recipe (W10_RECIPE, seed 0) with 160 glyphs per
 # episode and 500 steps (its cosine schedule over 500; 1,000 steps with 40 glyphs cost about as
@@ -2122,10 +2131,9 @@ fi
 # steps (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first. ~6 min per run, ~3
 # min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorsteps ]; then
-  need_anchorn
-  w10_rows as "160 glyphs per episode in 500 steps - 40 in 1,000 (the main recipe)" \
+  w10_vs160 as "160 glyphs per episode in 500 steps - 40 in 1,000 (the main recipe)" \
+    "500 steps - 1,000 (160 glyphs per episode)" \
     "anchor: 160 glyphs per episode, 500 steps|--distill-images 160 --steps 500"
-  paired_across an_eval as_eval "500 steps - 1,000 (160 glyphs per episode)" as_1=an_1
 fi
 # ... and in more: 160 glyphs per episode over 2,000 steps (the cycles' schedule does not depend on the
 # run's length, so its validation at 250-1,000 steps repeats the "anchorn" row; at 40 glyphs the
@@ -2133,10 +2141,9 @@ fi
 # (docs/science.md, "160 glyphs at the cost of 40"). Run "anchorn" first. ~16 min for the run, ~3 min
 # eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = anchorsteps2k ]; then
-  need_anchorn
-  w10_rows a2k "160 glyphs per episode in 2,000 steps - 40 in 1,000 (the main recipe)" \
+  w10_vs160 a2k "160 glyphs per episode in 2,000 steps - 40 in 1,000 (the main recipe)" \
+    "2,000 steps - 1,000 (160 glyphs per episode)" \
     "anchor: 160 glyphs per episode, 2,000 steps|--distill-images 160 --steps 2000"
-  paired_across an_eval a2k_eval "2,000 steps - 1,000 (160 glyphs per episode)" a2k_1=an_1
 fi
 # The learning-rate schedule: every run so far used the official warm-up + cosine cycles of 100
 # steps (lr from 1e-5 to the peak and back ten times in 1,000 steps); here one warm-up + cosine over
@@ -2146,22 +2153,20 @@ fi
 # (docs/science.md, "The schedule, the precision and the glyphs' confidence"). Run "anchorn" first.
 # ~9 min per run, ~4 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = schedule ]; then
-  need_anchorn
-  w10_rows sc "one cosine over the run, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+  w10_vs160 sc "one cosine over the run, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+    "one cosine - cycles of 100 (160 glyphs per episode)" \
     "anchor: 160 glyphs per episode, one cosine over 1,000 steps|--distill-images 160 --cycle 0" \
     "anchor: 160 glyphs per episode, one cosine, lr 1e-3|--distill-images 160 --cycle 0 --lr 1e-3"
-  paired_across an_eval sc_eval "one cosine - cycles of 100 (160 glyphs per episode)" sc_1=an_1 sc_2=an_1
 fi
 # The cycles' length: 20 cycles of 50 steps and 5 of 200 (warm-up a quarter of each, as the official
 # 25 of 100) instead of 10 of 100, otherwise as "schedule" (docs/science.md, "The schedule, the
 # precision and the glyphs' confidence"). Run "anchorn" first. ~8 min per run, ~3 min eval (bf16, 2
 # cores, AMD EPYC with avx512_bf16).
 if [ "$WHAT" = cycles ]; then
-  need_anchorn
-  w10_rows cy "cycles of 50 or 200, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+  w10_vs160 cy "cycles of 50 or 200, 160 glyphs - cycles of 100, 40 glyphs (the main recipe)" \
+    "cycles of 50 or 200 - of 100 (160 glyphs per episode)" \
     "anchor: 160 glyphs per episode, cycles of 50 steps|--distill-images 160 --cycle 50 --warmup 12" \
     "anchor: 160 glyphs per episode, cycles of 200 steps|--distill-images 160 --cycle 200 --warmup 50"
-  paired_across an_eval cy_eval "cycles of 50 or 200 - of 100 (160 glyphs per episode)" cy_1=an_1 cy_2=an_1
 fi
 # Does bf16 limit how closely the student fits the zoo? The main job's recipe with 160 anchor glyphs
 # per episode (W10_RECIPE, seed 0) meta-trained in fp32 (its targets, the zoo's features on the
@@ -2177,29 +2182,27 @@ if [ "$WHAT" = fp32 ]; then
   w10_rows fp "fp32, 160 glyphs - bf16, 40 glyphs (the main recipe)" "$ROW|--distill-images 160"  # the run is there: eval only
   paired_across an_eval fp_eval "fp32 - bf16 (160 glyphs per episode)" fp_1=an_1
 fi
-# More distinct glyphs: each zoo LoRA's 300 most confident public glyphs per class among all 24,048
-# (60,000 slots) instead of 100 (20,000 slots, 8,928 distinct), the main job's recipe with 160 of
-# them per episode (W10_RECIPE, seed 0), eval on the "way10c" part's 600 validation episodes, paired
-# against its seed-0 row and against the "anchorn" part's 160 of the 100 per class (docs/science.md,
-# "The schedule, the precision and the glyphs' confidence"). Run "anchorn" first. ~4 min retrieval,
-# ~12 min for the run, ~3 min eval (bf16, 2 cores, AMD EPYC with avx512_bf16).
-if [ "$WHAT" = glyphs300 ]; then
+# glyphs_per_class N PREFIX: each zoo LoRA's N most confident public glyphs per class among all
+# 24,048 (N x 200 slots) instead of 100 (20,000 slots, 8,928 distinct) retrieved as runs/demo/anchor_rN
+# of the "way10c" job, the main job's recipe with 160 of them per episode (W10_RECIPE, seed 0), eval
+# on that part's 600 validation episodes as $OUT/PREFIX_eval, paired against its seed-0 row and
+# against the "anchorn" part's 160 of the 100 per class (docs/science.md, "The schedule, the
+# precision and the glyphs' confidence"). Needs the "anchorn" part.
+glyphs_per_class() {
+  local n=$1 prefix=$2
   need_anchorn
-  w10_retrieve anchor_r300 "$REPO/data/demo/base.h5" 24048 --retrieve-per-class 300
-  w10_rows g3 "300 glyphs per LoRA and class, 160 per episode - 100, 40 (the main recipe)" \
-    "anchor: 300 glyphs per LoRA and class, 160 per episode|--distill-images 160 --distill-pool runs/demo/anchor_r300"
-  paired_across an_eval g3_eval "300 glyphs per LoRA and class - 100 (160 per episode)" g3_1=an_1
-fi
-# Fewer, more confident glyphs: each zoo LoRA's 50 most confident public glyphs per class (10,000
-# slots) instead of 100, otherwise as "glyphs300" (docs/science.md, "The schedule, the precision and
-# the glyphs' confidence"). Run "anchorn" first. ~4 min retrieval, ~9 min for the run, ~3 min eval.
-if [ "$WHAT" = glyphs50 ]; then
-  need_anchorn
-  w10_retrieve anchor_r50 "$REPO/data/demo/base.h5" 24048 --retrieve-per-class 50
-  w10_rows g5 "50 glyphs per LoRA and class, 160 per episode - 100, 40 (the main recipe)" \
-    "anchor: 50 glyphs per LoRA and class, 160 per episode|--distill-images 160 --distill-pool runs/demo/anchor_r50"
-  paired_across an_eval g5_eval "50 glyphs per LoRA and class - 100 (160 per episode)" g5_1=an_1
-fi
+  w10_retrieve "anchor_r$n" "$REPO/data/demo/base.h5" 24048 --retrieve-per-class "$n"
+  w10_vs160 "$prefix" "$n glyphs per LoRA and class, 160 per episode - 100, 40 (the main recipe)" \
+    "$n glyphs per LoRA and class - 100 (160 per episode)" \
+    "anchor: $n glyphs per LoRA and class, 160 per episode|--distill-images 160 --distill-pool runs/demo/anchor_r$n"
+}
+# More distinct glyphs, less confident ones among them: 300 per LoRA and class (60,000 slots). Run
+# "anchorn" first. ~4 min retrieval, ~12 min for the run, ~3 min eval (bf16, 2 cores, AMD EPYC with
+# avx512_bf16).
+if [ "$WHAT" = glyphs300 ]; then glyphs_per_class 300 g3; fi
+# Fewer, more confident glyphs: 50 per LoRA and class (10,000 slots). Run "anchorn" first. ~4 min
+# retrieval, ~9 min for the run, ~3 min eval.
+if [ "$WHAT" = glyphs50 ]; then glyphs_per_class 50 g5; fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split
 # (data/demo/zoo.h5: the script itself, the zoo's classes among them); and, data-free, the surrogate
