@@ -77,7 +77,7 @@ done_with invert
 
 # Exit status 75 = stopped with a checkpoint (e.g. a signal): re-running this script resumes.
 stage "6/8 meta-train the meta-LoRA: dense (runs/$PRESET/meta) and mask ratio 0.75 (runs/$PRESET/meta_mask75)"
-read -ra MASK_ANCHOR <<<"$(masked_anchor_flags "$CONFIG")"  # the masked run: 40 anchor glyphs at most
+read -ra MASK_ANCHOR <<<"$(masked_anchor_flags "$CONFIG")"  # the masked run: an episode's worth of anchor glyphs at most
 for variant in "meta 0" "meta_mask75 0.75"; do
   set -- $variant
   extra=()

@@ -1272,7 +1272,9 @@ void outer_heads_into(const at::Tensor& rows, const at::Tensor& a, const at::Ten
 // one product per call) instead of two products of its own (x A^T, then B): from r > D / 6 the
 // merged form costs fewer operations with gradients (the delta's gradient g^T x, N D^2, against
 // u, its two weight gradients and x's share, 6 N D r), and the forward is the frozen projection's.
-// Below that, adapters stay separate (the zoo's rank-4 LoRAs: the same bits as before).
+// Below that, adapters stay separate (the zoo's rank-4 LoRAs: the same bits as before). This is
+// merged_adapter_pays's rule for in = out = d as the rows grow; attention_block keeps its own
+// (whatever the rows, and with or without gradients) so that its products keep their bits.
 bool merged_adapter(int64_t r, int64_t d) { return 6 * r > d; }
 
 // attention_block's node. Arguments after h: A and B of the adapters on q, k and v (absent where

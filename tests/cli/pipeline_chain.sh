@@ -52,4 +52,14 @@ mv chain_demo.txt chain_demo_full.txt
 chain demo --from anchor
 [ "$(names demo)" = "lr-anchor lr-meta lr-meta_mask75 lr-eval lr-report" ] || fail "--from anchor: $(names demo)"
 grep -q "^lr-anchor - invert" chain_demo.txt || fail "--from anchor: the first job depends on nothing"
-echo "ok: cluster/pipeline.sh chains (demo, quick, --from anchor)"
+# The masked run's anchor rule on its own: at most an episode's images (way x (shot + query), metatrain's
+# defaults 5, 1, 15 where unset), nothing where distill-images is unset or within it.
+source "$REPO_DIR/launch/config_rules.sh"
+printf '[metatrain]\nway = 5\nquery = 15\ndistill-images = 160\n' >mask_a.ini
+printf '[metatrain]\ndistill-images = 80\n' >mask_b.ini
+printf '[metatrain]\nway = 10\nshot = 2\nquery = 3\ndistill-images = 51\n' >mask_c.ini
+[ "$(masked_anchor_flags mask_a.ini)" = "--distill-images 80" ] || fail "masked_anchor_flags: 160 over 5 x (1 + 15)"
+[ -z "$(masked_anchor_flags mask_b.ini)" ] || fail "masked_anchor_flags: 80 within the defaults' 80"
+[ "$(masked_anchor_flags mask_c.ini)" = "--distill-images 50" ] || fail "masked_anchor_flags: 51 over 10 x (2 + 3)"
+[ -z "$(masked_anchor_flags "$C/quick.ini")" ] || fail "masked_anchor_flags: quick.ini sets no distill-images"
+echo "ok: cluster/pipeline.sh chains (demo, quick, --from anchor), the masked run's anchor rule"

@@ -105,6 +105,7 @@ at::Tensor merged_lora_linear(const at::Tensor& x, const at::Tensor& w, const at
 // rows, with the adapter's gradients: lora_add's adapter costs 3 n r (in + out) with them, the
 // merged form n in out (the delta's gradient) plus 3 in out r per call (the merge, a's and b's
 // gradients). At rank 80 on width 128 it does from ~90 rows (out_proj) or ~180 (the MLP).
+// (attention_block's q/k/v use this rule's many-rows limit, r > D / 6: vit.cpp, merged_adapter.)
 bool merged_adapter_pays(int64_t n, int64_t in, int64_t out, int64_t r);
 // ClipVision::forward merges trained adapters where merged_adapter_pays (on by default; off from the
 // start under LORAREC_UNMERGED_LORA=1, for benchmarks and for re-running figures made before it).
