@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does meta-training on the surrogates teach the VFM anything? The ablation behind docs/science.md.
-#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|anchormask|anchorsteps|anchorsteps2k|schedule|cycles|fp32|glyphs300|glyphs50|realanchor|capcheck] [VARIANT ...]    (default: all, every variant)
+#   bash bench/science.sh [pools|runs|zoo|variety|all|starts|lowres|zoo100|mask|zoomean|dropout|ensemble|imgstarts|coteach|featprior|scales|student|layers|teachers|border|iters|retrieve|fourier|strokes|strokes100|align|domalign|null|fullavg|public|shots|mainjob|affine|compose|teachers40|knobs|mix|scale|vfm|targets|way|ceiling|zoodist|glyphs|concat|zoo6|long|anchorw|anchorc|way10c|way10x|zoo40c|zoowide|zoo40k40|way20c|class40c|soup|composite|disagree|testceiling|alone10|augview|anchorn|anchorn3|anchorn320|anchormask|anchorsteps|anchorsteps2k|schedule|cycles|fp32|glyphs300|glyphs50|realanchor|capcheck|rank] [VARIANT ...]    (default: all, every variant)
 # Needs the main job's VFM, BN prior and zoo (bash launch/demo.sh --until zoo). Pools, all in the
 # same layout (pooled by real class) and built here once:
 #   bn0.1    surrogates inverted with configs/demo.ini [invert] and the BN prior at weight 0.1 (the
@@ -119,7 +119,8 @@
 # meta-trained in fp32 instead of bf16; "glyphs300" (after "anchorn"): 160 drawn from 300 glyphs per
 # LoRA and class instead of 100; "glyphs50" (after "anchorn"): from 50;
 # "realanchor" (after "zoo40c"): real images of the script (a control) or the surrogates as the anchor's;
-# "capcheck" (after "zoo40c"): the anchor on the validation images themselves (a check of capacity).
+# "capcheck" (after "zoo40c"): the anchor on the validation images themselves (a check of capacity);
+# "rank" (after the main job, bash launch/demo.sh): its meta-training at rank 128 instead of 80.
 # Each part's comment below says what it costs. Every part up to "anchorsteps" was run before the
 # trained adapters on out_proj, fc1 and fc2 were merged into the weights (docs/metatrain.md, 2026-12-07):
 # with LORAREC_UNMERGED_LORA=1 their meta-training rows rerun bit for bit, without it within rounding.
@@ -2203,6 +2204,25 @@ if [ "$WHAT" = glyphs300 ]; then glyphs_per_class 300 g3; fi
 # Fewer, more confident glyphs: 50 per LoRA and class (10,000 slots). Run "anchorn" first. ~4 min
 # retrieval, ~9 min for the run, ~3 min eval.
 if [ "$WHAT" = glyphs50 ]; then glyphs_per_class 50 g5; fi
+# A student with more room (docs/science.md, "A full-rank student"): the main job's meta-training
+# (configs/demo.ini as it is, seed 0) at rank 128 with alpha 128 instead of 80 and 80, i.e. full
+# rank on every 128-wide projection and on both sides of the MLP's. It starts at the same lora-avg
+# (scale 1): on q and v the zoo's rank-80 mean plus 48 components at a fresh A and B = 0
+# (metatrain's set_low_rank_start), on the other modules B = 0 at rank 128. Eval on the 600
+# validation episodes of eval_val beside the main job's own meta-LoRA (runs/demo/meta, rank 80),
+# paired. Needs the main job (bash launch/demo.sh). ~11 min for the run, ~3 min eval (bf16, 2 cores,
+# AMD EPYC with avx512_bf16); run with PRECISION=auto, as the main job.
+if [ "$WHAT" = rank ]; then
+  [ -f runs/demo/meta/metatrain.json ] || { echo "science: run the main job first (bash launch/demo.sh)" >&2; exit 2; }
+  echo "validation accuracy (%) at 0 / 250 / 500 / 750 / 1000 steps +- 95% CI at the last:"
+  printf '%-48s %s\n' "the main job's meta-LoRA (rank 80)" "$(series runs/demo/meta.work/metrics.jsonl 2)"
+  RUN_CONFIG=configs/demo.ini run_rows rk "the main recipe at rank 128, alpha 128|runs/demo/pool|--rank 128 --alpha 128"
+  grep -h -m1 "components beyond its rank" "$OUT/rk_1.log"
+  eval_val rk_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" \
+    "main=runs/demo/meta" "rk_1=$OUT/rk_1"
+  paired_across rk_eval rk_eval "rank 128 - rank 80" rk_1=main
+  paired_across rk_eval rk_eval "over lora-avg" main=lora-avg rk_1=lora-avg
+fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split
 # (data/demo/zoo.h5: the script itself, the zoo's classes among them); and, data-free, the surrogate

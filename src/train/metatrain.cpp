@@ -900,16 +900,25 @@ void check_adapts(const model::Lora& src, const model::Lora& lora, const std::st
 }
 
 // Sets `lora`'s A and B (its layers only, --layers) to the best rank-r approximation of `src`'s
-// deltas at `lora`'s alpha; returns the share of src's squared norm kept.
-double set_low_rank_start(model::Lora& lora, const model::Lora& src) {
+// deltas at `lora`'s alpha; returns the share of src's squared norm kept. Where r exceeds a delta's
+// rank, the components beyond it (singular values below 1e-6 of the largest: zero up to rounding)
+// keep the fresh A with B = 0, as a fresh LoRA starts: the start is still src's delta, and those
+// components train (with A = B = 0, or both at rounding size, neither would get a gradient);
+// `fresh` counts them over the adapted modules.
+double set_low_rank_start(model::Lora& lora, const model::Lora& src, int64_t& fresh) {
   double kept = 0;
+  fresh = 0;
   const model::Lora init = model::low_rank(src, lora.config().r, lora.config().alpha, &kept);
   at::NoGradGuard ng;
   for (auto& [key, ad] : init.adapters()) {
     model::Adapter* dst = lora.find(key.first, static_cast<model::Module>(key.second));
     if (!dst) continue;
-    dst->a.copy_(ad.a);
-    dst->b.copy_(ad.b);
+    // low_rank's factors have equal norms per component: |a_j|^2 = s_j / scale
+    const at::Tensor norm2 = ad.a.pow(2).sum(1);
+    const at::Tensor used = norm2 > norm2.max() * 1e-6;  // [r]
+    fresh += used.numel() - used.sum().item<int64_t>();
+    dst->a.copy_(at::where(used.unsqueeze(1), ad.a, dst->a));
+    dst->b.copy_(ad.b * used.unsqueeze(0).to(ad.b.scalar_type()));
   }
   return kept;
 }
@@ -933,10 +942,12 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool, bool
   for (const auto& path : pool_zoo(pool, "--init zoo-mean")) zoo.push_back(model::load_peft(path, vc));
   const model::Lora mean = model::average_loras(zoo, vc);
   check_adapts(mean, lora, "--init zoo-mean", "the zoo's mean", partial);
-  const double kept = set_low_rank_start(lora, mean);
-  LOG_INFO("metatrain", "--init zoo-mean: the mean of " << zoo.size() << " zoo LoRAs (rank " << mean.config().r
-                                                        << "), cut to rank " << lora.config().r << ", keeps "
-                                                        << log::fixed(100 * kept, 1) << " % of its squared norm");
+  int64_t fresh = 0;
+  const double kept = set_low_rank_start(lora, mean, fresh);
+  LOG_INFO("metatrain", "--init zoo-mean: the mean of "
+                            << zoo.size() << " zoo LoRAs (rank " << mean.config().r << "), cut to rank "
+                            << lora.config().r << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm; "
+                            << fresh << " components beyond its rank (over all modules) start fresh (B = 0)");
 }
 
 // --init DIR: sets `lora` to the best rank-r approximation of the PEFT adapter in DIR (e.g. lora-avg
@@ -944,9 +955,11 @@ void init_from_zoo_mean(model::Lora& lora, const data::SurrogatePool& pool, bool
 void init_from_adapter(model::Lora& lora, const std::string& dir, const std::string& model_path, bool partial) {
   const model::Lora start = model::load_peft(dir, lora.vit_config(), model_path);
   check_adapts(start, lora, "--init " + dir, "the adapter", partial);
-  const double kept = set_low_rank_start(lora, start);
+  int64_t fresh = 0;
+  const double kept = set_low_rank_start(lora, start, fresh);
   LOG_INFO("metatrain", "--init " << dir << ": rank " << start.config().r << ", cut to rank " << lora.config().r
-                                  << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm");
+                                  << ", keeps " << log::fixed(100 * kept, 1) << " % of its squared norm; " << fresh
+                                  << " components beyond its rank start fresh (B = 0)");
 }
 
 // Features of every pool image under the LoRA it was inverted from (the pool file's lora_path),

@@ -17,7 +17,8 @@
 #     at once (--distill-pool-weight) add up to each alone; the pool's term towards the start
 #     (--distill-targets start) equals it on a pool copy that names the start as its LoRA, and resumes;
 #  6. --init zoo-mean: at full rank the meta-LoRA starts as the zoo's mean weight delta (checked on
-#     the saved adapter of a run with a vanishing learning rate, world size 2), a lower rank keeps
+#     the saved adapter of a run with a vanishing learning rate, world size 2), above it too, with
+#     the components beyond the mean's rank at a fresh non-zero A and B = 0, a lower rank keeps
 #     less of it, a meta-LoRA on other modules than the zoo's is refused (exit 2), --layers keeps
 #     the zoo's mean on the chosen layers only, and a resumed run takes its weights from the
 #     checkpoint without reading the zoo (moved away here); --disjoint-teachers runs where every
@@ -372,6 +373,29 @@ assert meta and meta.keys() == zoo[0].keys(), (meta.keys(), zoo[0].keys())
 err = max(np.abs(meta[k] - sum(z[k] for z in zoo) / len(zoo)).max() for k in meta) / max(np.abs(meta[k]).max() for k in meta)
 print(f"--init zoo-mean at full rank: {len(meta)} deltas, max relative difference to the zoo's mean delta {err:.3g}")
 assert err < 1e-4, err
+PY
+grep -q "keeps 100.0 % of its squared norm; 0 components beyond its rank" z1.txt || { cat z1.txt; fail "full rank left a component fresh"; }
+# Above the mean's rank (FULL + 3): the start is still the mean, and the 3 components beyond it per
+# module keep the fresh A (non-zero, so they train) with B = 0.
+mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank $((FULL + 3)) --alpha $((FULL + 3)) --lr 1e-30 \
+  --lr-min 0 --steps 2 --out z1x >z1x.txt 2>&1 || { cat z1x.txt; fail "--init zoo-mean above the mean's rank"; }
+"$LORAREC_PYTHON" - z1x z1 "$FULL" "$(grep -oE '[0-9]+ components beyond its rank' z1x.txt)" <<'PY'
+import sys
+import numpy as np
+from peft_adapter import deltas, tensors
+over, full, rank = deltas(sys.argv[1]), deltas(sys.argv[2]), int(sys.argv[3])
+assert over.keys() == full.keys(), (over.keys(), full.keys())
+err = max(np.abs(over[k] - full[k]).max() for k in over) / max(np.abs(full[k]).max() for k in over)
+assert err < 1e-4, err
+t = tensors(sys.argv[1])
+a = [v for k, v in t.items() if k.endswith("lora_A.weight")]
+b = [v for k, v in t.items() if k.endswith("lora_B.weight")]
+assert all(x.shape[0] == rank + 3 for x in a), [x.shape for x in a]
+assert all((np.abs(x[rank:]).max(axis=1) > 1e-3).all() for x in a), "a fresh component's A is 0"
+assert all(np.abs(x[:, rank:]).max() < 1e-20 for x in b), "a fresh component's B is not 0"
+assert sys.argv[4] == f"{3 * len(a)} components beyond its rank", sys.argv[4]
+print(f"--init zoo-mean at rank {rank} + 3: the mean's delta (max relative difference {err:.3g}), "
+      f"{3 * len(a)} fresh components with non-zero A and B = 0")
 PY
 mpirun2 $B metatrain $COMMON --pool runs/quick/pool --init zoo-mean --rank 1 --steps 2 --out z2 >z2.txt 2>&1 || { cat z2.txt; fail "--init zoo-mean at rank 1"; }
 grep -Eq "cut to rank 1, keeps [0-9]+\.[0-9] %" z2.txt || { cat z2.txt; fail "no rank-1 init line"; }
