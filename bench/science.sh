@@ -170,7 +170,7 @@ L1K="--steps 1000 --val-every 250"
 P1K="$P128 $L1K"
 MPI=(mpirun "${MPIRUN_ROOT_FLAGS[@]}" -np 2 "${MPIRUN_ENV_FLAGS[@]}")
 [ "$(nproc --all)" -ge 2 ] || MPI+=(--oversubscribe)
-for need in runs/demo/vfm runs/demo/prior runs/demo/zoo/manifest.json data/demo/val.h5 data/demo/zoo.h5; do
+for need in runs/demo/vfm runs/demo/zoo/manifest.json data/demo/val.h5 data/demo/zoo.h5; do
   [ -e "$need" ] || { echo "science: $need missing; run bash launch/demo.sh --until zoo first" >&2; exit 2; }
 done
 echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
@@ -197,10 +197,17 @@ once() {
   [ -f "$done" ] && return 0
   "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
 }
-# The 800-glyph anchor of DEMO800 (as launch/demo.sh retrieved it until the "glyphs" part; ~1 min).
-if [ -f runs/demo/pool/index.json ]; then
-  once runs/demo/anchor_pool/index.json "$OUT/anchor_pool.log" "${MPI[@]}" $B invert --config "$DEMO800" \
-    --co-teachers 0 --retrieve data/demo/base.h5 --out runs/demo/anchor_pool
+# The parts that read only the main job's outputs (MAIN_JOB_PARTS) skip the two inputs below.
+MAIN_JOB_PARTS=" rank "
+if [[ $MAIN_JOB_PARTS != *" $WHAT "* ]]; then
+  # The BN prior: launch/demo.sh skips it (configs/demo.ini has w-bn 0), but the parts' pools with
+  # the BN-prior term and the remade jobs use it: trained here once (configs/demo_prior.ini, ~3 min).
+  once runs/demo/prior/pretrain_report.json "$OUT/prior.log" "${MPI[@]}" $B pretrain --config configs/demo_prior.ini
+  # The 800-glyph anchor of DEMO800 (as launch/demo.sh retrieved it until the "glyphs" part; ~1 min).
+  if [ -f runs/demo/pool/index.json ]; then
+    once runs/demo/anchor_pool/index.json "$OUT/anchor_pool.log" "${MPI[@]}" $B invert --config "$DEMO800" \
+      --co-teachers 0 --retrieve data/demo/base.h5 --out runs/demo/anchor_pool
+  fi
 fi
 # series METRICS DIGITS: the validation accuracies of a run, step 0 first, +- the CI at the last.
 series() {
@@ -2210,7 +2217,7 @@ if [ "$WHAT" = glyphs50 ]; then glyphs_per_class 50 g5; fi
 # (scale 1): on q and v the zoo's rank-80 mean plus 48 components at a fresh A and B = 0
 # (metatrain's set_low_rank_start), on the other modules B = 0 at rank 128. Eval on the 600
 # validation episodes of eval_val beside the main job's own meta-LoRA (runs/demo/meta, rank 80),
-# paired. Needs the main job (bash launch/demo.sh). ~11 min for the run, ~3 min eval (bf16, 2 cores,
+# paired. Needs the main job (bash launch/demo.sh). ~8 min for the run, ~3 min eval (bf16, 2 cores,
 # AMD EPYC with avx512_bf16); run with PRECISION=auto, as the main job.
 if [ "$WHAT" = rank ]; then
   [ -f runs/demo/meta/metatrain.json ] || { echo "science: run the main job first (bash launch/demo.sh)" >&2; exit 2; }
@@ -2222,6 +2229,23 @@ if [ "$WHAT" = rank ]; then
     "main=runs/demo/meta" "rk_1=$OUT/rk_1"
   paired_across rk_eval rk_eval "rank 128 - rank 80" rk_1=main
   paired_across rk_eval rk_eval "over lora-avg" main=lora-avg rk_1=lora-avg
+  # CAP=1: the same two ranks with the anchor on the validation images themselves (the "capcheck"
+  # part's check of capacity, on the main job: its 100 most confident images per LoRA and class
+  # among the 3,600, retrieved as launch/demo.sh retrieves the glyphs; ~2 min): can rank 128 hold
+  # more of the zoo's ensemble than rank 80 where the images are the very ones it is scored on?
+  # ~8 min per run, ~4 min eval.
+  if [ "${CAP:-0}" = 1 ]; then
+    once "$OUT/anchor_val_main/index.json" "$OUT/anchor_val_main.log" "${MPI[@]}" "$B" invert --config configs/demo.ini \
+      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve data/demo/val.h5 --retrieve-candidates 3600 \
+      --out "$OUT/anchor_val_main"
+    RUN_CONFIG=configs/demo.ini run_rows rkc "anchor on the validation images, rank 80|runs/demo/pool|--distill-pool $OUT/anchor_val_main" \
+      "the same at rank 128, alpha 128|runs/demo/pool|--distill-pool $OUT/anchor_val_main --rank 128 --alpha 128"
+    eval_val rkc_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval; a check of capacity):" \
+      "rkc_1=$OUT/rkc_1" "rkc_2=$OUT/rkc_2"
+    paired_across rkc_eval rkc_eval "anchor on the validation images: rank 128 - rank 80" rkc_2=rkc_1
+    paired_across rkc_eval rkc_eval "over lora-avg" rkc_1=lora-avg rkc_2=lora-avg
+    paired_across rk_eval rkc_eval "the validation images - the glyphs" rkc_1=main rkc_2=rk_1
+  fi
 fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
 # launch/demo.sh retrieves the glyphs, but from the 28,800 real images of the meta-training split
