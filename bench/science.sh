@@ -124,6 +124,10 @@
 # Each part's comment below says what it costs. Every part up to "anchorsteps" was run before the
 # trained adapters on out_proj, fc1 and fc2 were merged into the weights (docs/metatrain.md, 2026-12-07):
 # with LORAREC_UNMERGED_LORA=1 their meta-training rows rerun bit for bit, without it within rounding.
+# Two rows of "concat" ("full rank (128, alpha 128)", from the 20-LoRA zoo's rank-80 mean) were run
+# while the 48 components of q and v beyond rank 80 started at A = B = 0 and never trained; they now
+# train (metatrain's --init, 2026-12-08), so those two rows would not rerun as measured (the "rank"
+# part's QV=1 measures what they meant to).
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -2245,6 +2249,21 @@ if [ "$WHAT" = rank ]; then
     paired_across rkc_eval rkc_eval "anchor on the validation images: rank 128 - rank 80" rkc_2=rkc_1
     paired_across rkc_eval rkc_eval "over lora-avg" rkc_1=lora-avg rkc_2=lora-avg
     paired_across rk_eval rkc_eval "the validation images - the glyphs" rkc_1=main rkc_2=rk_1
+  fi
+  # QV=1: the claim of docs/science.md's "The zoo's features concatenated as targets" that on q and v
+  # no adapter fits the concatenation's targets, "at full rank alike", was measured when rank 128
+  # from the rank-80 mean left 48 components of q and v that never trained: the anchor alone (flat
+  # CE, T 1e9, 40 glyphs per episode) on q and v only, rank 80 and rank 128 (now training), and the
+  # distillation term on the training glyphs. ~4 min per run, ~3 min eval.
+  if [ "${QV:-0}" = 1 ]; then
+    QVF="--temperature 1e9 --targets q_proj,v_proj --distill-images 40"
+    RUN_CONFIG=configs/demo.ini run_rows rkq "the anchor alone on q and v, rank 80|runs/demo/pool|$QVF" \
+      "the same at rank 128, alpha 128|runs/demo/pool|$QVF --rank 128 --alpha 128"
+    distill_term "20 100 500 1000" rkq_1 rkq_2
+    eval_val rkq_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" \
+      "rkq_1=$OUT/rkq_1" "rkq_2=$OUT/rkq_2"
+    paired_across rkq_eval rkq_eval "the anchor alone on q and v: rank 128 - rank 80" rkq_2=rkq_1
+    paired_across rkq_eval rkq_eval "over lora-avg" rkq_1=lora-avg rkq_2=lora-avg
   fi
 fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
