@@ -201,17 +201,14 @@ once() {
   [ -f "$done" ] && return 0
   "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
 }
-# The parts that read only the main job's outputs (MAIN_JOB_PARTS) skip the two inputs below.
-MAIN_JOB_PARTS=" rank "
-if [[ $MAIN_JOB_PARTS != *" $WHAT "* ]]; then
-  # The BN prior: launch/demo.sh skips it (configs/demo.ini has w-bn 0), but the parts' pools with
-  # the BN-prior term and the remade jobs use it: trained here once (configs/demo_prior.ini, ~3 min).
-  once runs/demo/prior/pretrain_report.json "$OUT/prior.log" "${MPI[@]}" $B pretrain --config configs/demo_prior.ini
-  # The 800-glyph anchor of DEMO800 (as launch/demo.sh retrieved it until the "glyphs" part; ~1 min).
-  if [ -f runs/demo/pool/index.json ]; then
-    once runs/demo/anchor_pool/index.json "$OUT/anchor_pool.log" "${MPI[@]}" $B invert --config "$DEMO800" \
-      --co-teachers 0 --retrieve data/demo/base.h5 --out runs/demo/anchor_pool
-  fi
+# The BN prior: launch/demo.sh skips it (configs/demo.ini has w-bn 0), but the parts' pools with the
+# BN-prior term and the remade jobs use it: trained here once when missing (configs/demo_prior.ini,
+# ~3 min).
+once runs/demo/prior/pretrain_report.json "$OUT/prior.log" "${MPI[@]}" $B pretrain --config configs/demo_prior.ini
+# The 800-glyph anchor of DEMO800 (as launch/demo.sh retrieved it until the "glyphs" part; ~1 min).
+if [ -f runs/demo/pool/index.json ]; then
+  once runs/demo/anchor_pool/index.json "$OUT/anchor_pool.log" "${MPI[@]}" $B invert --config "$DEMO800" \
+    --co-teachers 0 --retrieve data/demo/base.h5 --out runs/demo/anchor_pool
 fi
 # series METRICS DIGITS: the validation accuracies of a run, step 0 first, +- the CI at the last.
 series() {
@@ -1962,16 +1959,18 @@ w10_scored() {
   # shellcheck disable=SC2086  # W10_EXTRA: names, split on purpose
   $PY bench/zoo_ensemble.py "$OUT/ceiling_w10c" meta ${W10_EXTRA:-} "${names[@]}"
 }
-# w10_retrieve NAME H5 COUNT [FLAG...]: the anchor's 20,000 slots of the "way10c" job (runs/demo/NAME
-# there) retrieved as launch/demo.sh retrieves the glyphs, but from the COUNT images of H5 (and with
-# the invert FLAGs), unless done.
+# w10_retrieve NAME H5 COUNT [FLAG...]: retrieve_anchor (below) for the "way10c" job, into
+# runs/demo/NAME there (its 20,000 slots).
 w10_retrieve() {
   need_zoo40c
-  (
-    cd "$OUT/w10c"
-    once "runs/demo/$1/index.json" "$OUT/w10c_$1.log" "${MPI[@]}" "$REPO/$B" invert --config "$OUT/w10c/demo.ini" \
-      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve "$2" --retrieve-candidates "$3" --out "runs/demo/$1" "${@:4}"
-  )
+  (cd "$OUT/w10c" && retrieve_anchor "$OUT/w10c_$1.log" "$OUT/w10c/demo.ini" "runs/demo/$1" "$2" "$3" "${@:4}")
+}
+# retrieve_anchor LOG CONFIG OUT H5 COUNT [FLAG...]: the anchor's slots retrieved as launch/demo.sh
+# retrieves the glyphs (CONFIG's zoo and [invert] retrieve-per-class), but from the COUNT images of H5
+# (and with the invert FLAGs), into OUT unless done.
+retrieve_anchor() {
+  once "$3/index.json" "$1" "${MPI[@]}" "$REPO/$B" invert --config "$2" --precision "${PRECISION:-fp32}" \
+    --co-teachers 0 --retrieve "$4" --retrieve-candidates "$5" --out "$3" "${@:6}"
 }
 # Public glyphs composed as Han characters are built, from components side by side or stacked
 # (bench/composite_glyphs.py: 24,048 images of two or three of the VFM's pre-training glyphs each;
@@ -2232,22 +2231,18 @@ if [ "$WHAT" = rank ]; then
   eval_val rk_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" \
     "main=runs/demo/meta" "rk_1=$OUT/rk_1"
   paired_across rk_eval rk_eval "rank 128 - rank 80" rk_1=main
-  paired_across rk_eval rk_eval "over lora-avg" main=lora-avg rk_1=lora-avg
   # CAP=1: the same two ranks with the anchor on the validation images themselves (the "capcheck"
   # part's check of capacity, on the main job: its 100 most confident images per LoRA and class
   # among the 3,600, retrieved as launch/demo.sh retrieves the glyphs; ~2 min): can rank 128 hold
   # more of the zoo's ensemble than rank 80 where the images are the very ones it is scored on?
   # ~8 min per run, ~4 min eval.
   if [ "${CAP:-0}" = 1 ]; then
-    once "$OUT/anchor_val_main/index.json" "$OUT/anchor_val_main.log" "${MPI[@]}" "$B" invert --config configs/demo.ini \
-      --precision "${PRECISION:-fp32}" --co-teachers 0 --retrieve data/demo/val.h5 --retrieve-candidates 3600 \
-      --out "$OUT/anchor_val_main"
+    retrieve_anchor "$OUT/anchor_val_main.log" configs/demo.ini "$OUT/anchor_val_main" data/demo/val.h5 3600
     RUN_CONFIG=configs/demo.ini run_rows rkc "anchor on the validation images, rank 80|runs/demo/pool|--distill-pool $OUT/anchor_val_main" \
       "the same at rank 128, alpha 128|runs/demo/pool|--distill-pool $OUT/anchor_val_main --rank 128 --alpha 128"
     eval_val rkc_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval; a check of capacity):" \
       "rkc_1=$OUT/rkc_1" "rkc_2=$OUT/rkc_2"
     paired_across rkc_eval rkc_eval "anchor on the validation images: rank 128 - rank 80" rkc_2=rkc_1
-    paired_across rkc_eval rkc_eval "over lora-avg" rkc_1=lora-avg rkc_2=lora-avg
     paired_across rk_eval rkc_eval "the validation images - the glyphs" rkc_1=main rkc_2=rk_1
   fi
   # QV=1: the claim of docs/science.md's "The zoo's features concatenated as targets" that on q and v
@@ -2263,7 +2258,6 @@ if [ "$WHAT" = rank ]; then
     eval_val rkq_eval configs/demo.ini "validation classes, 600 episodes 5-way 1-shot (eval):" \
       "rkq_1=$OUT/rkq_1" "rkq_2=$OUT/rkq_2"
     paired_across rkq_eval rkq_eval "the anchor alone on q and v: rank 128 - rank 80" rkq_2=rkq_1
-    paired_across rkq_eval rkq_eval "over lora-avg" rkq_1=lora-avg rkq_2=lora-avg
   fi
 fi
 # Is it the anchor's images? A control that is not data-free: the anchor's 20,000 slots retrieved as
